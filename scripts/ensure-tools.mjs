@@ -1,0 +1,32 @@
+#!/usr/bin/env node
+// Makes sure the real tools the interop tests drive are present (the tests use the real
+// nbdinfo, nbdcopy, qemu-img, qemu-io, fio, socat and nbdkit, never stand-ins). On a Debian
+// machine where we are root this installs what is missing with apt-get, so `npm test` is one
+// command on a fresh clone; elsewhere it names the packages and stops.
+import { execFileSync, spawnSync } from 'node:child_process';
+
+const toolsByPackage = {
+  'qemu-utils': ['qemu-img', 'qemu-io', 'qemu-nbd'],
+  'libnbd-bin': ['nbdinfo', 'nbdcopy'],
+  fio: ['fio'],
+  socat: ['socat'],
+  nbdkit: ['nbdkit'],
+};
+
+const have = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+const missing = Object.entries(toolsByPackage)
+  .filter(([, cmds]) => cmds.some((c) => !have(c)))
+  .map(([pkg]) => pkg);
+
+if (missing.length === 0) process.exit(0);
+
+const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+if (!isRoot || !have('apt-get')) {
+  console.error(`geomirror tests need these Debian packages: ${missing.join(' ')}`);
+  console.error(`install them with: sudo apt-get update && sudo apt-get install -y ${missing.join(' ')}`);
+  process.exit(1);
+}
+console.error(`installing test tools: ${missing.join(' ')}`);
+const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+execFileSync('apt-get', ['install', '-y', '-qq', ...missing], { stdio: 'inherit', env });

@@ -1,0 +1,20 @@
+// The geomirror command. Subcommands are registered by the modules that implement them so
+// this file stays a table of contents.
+import { Command } from 'commander';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+const pkg = require('../../package.json') as { version: string; description: string };
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('geomirror')
+    .description(pkg.description)
+    .version(pkg.version, '-V, --version', 'print the geomirror version')
+    .showHelpAfterError('(run with --help for usage)');
+  return program;
+}
+
+const program = buildProgram();
+await program.parseAsync(process.argv);
