@@ -1,0 +1,666 @@
+// The cluster file (DESIGN.md "Configuration"): one YAML file describes every site of a
+// cluster. This module is the edge where it is validated, once: every problem found is named
+// by its key path (`sites.east.cache.size`) and line, with the fix, and all problems are
+// reported together so an operator fixes the file in one pass. What comes out is a typed,
+// normalized ClusterConfig (sizes in bytes, durations in ms, device paths absolute) that the
+// site runtime can trust without re-checking.
+//
+// Claims served: 1 (a local site and at least one remote mirror site, named and addressed),
+// 5-7 (site locations, checked by src/core/geo.ts), 8/13 (standby-for), 14 (relay chains).
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { LineCounter, parseDocument, isMap, isPair, isScalar, type Document } from 'yaml';
+import { parseSizeBytes, parseDurationMs } from './units.js';
+import { closest, didYouMean } from './suggest.js';
+
+export const roles = ['primary', 'mirror', 'relay', 'standby', 'witness'] as const;
+export type Role = (typeof roles)[number];
+export type RelayAck = 'cached' | 'end-to-end';
+export type OnMirrorLoss = 'block' | 'degrade';
+export type DeviceKind = 'memory' | 'loopback' | 'usb' | 'serial';
+
+/** Default time without heartbeats before a standby promotes itself (claim 13 v). */
+export const failoverTimeoutMsDefault = 5_000;
+export const blockSizes = [512, 4096] as const;
+export const blockSizeDefault = 4096;
+/** Names end up in log lines, metric labels and NBD export names: keep them plain. */
+export const nameLengthMax = 64;
+/** The cluster key must carry at least this much entropy (keygen writes 32 bytes). */
+export const secretBytesMin = 16;
+
+export interface Address {
+  host: string;
+  port: number;
+  /** `host:port` as written (IPv6 hosts in brackets), for messages and connect strings. */
+  text: string;
+}
+
+export interface DeviceSpec {
+  kind: DeviceKind;
+  /** The device string with relative paths made absolute: what the HAL opener is given. */
+  text: string;
+  /** loopback/serial: absolute path; memory: optional label. */
+  path?: string;
+  vendorId?: number;
+  productId?: number;
+  serialNumber?: string;
+  baud?: number;
+}
+
+export interface CacheSpec {
+  device: DeviceSpec;
+  sizeBytes: number;
+}
+
+export interface Location {
+  lat: number;
+  lon: number;
+}
+
+export interface SiteConfig {
+  name: string;
+  role: Role;
+  listen?: Address;
+  nbd?: Address;
+  admin?: Address;
+  cache?: CacheSpec;
+  /** Several entries form a RAID-1 array inside the site; empty for a witness or a copy-less relay. */
+  storage: DeviceSpec[];
+  /** Fan-out targets (primary; standby: defaults to the primary's mirrors). */
+  mirrors: string[];
+  /** Relay: next hop of the cascade (claim 14). */
+  forward?: string;
+  /** Standby: the primary it backs up (claim 8). */
+  standbyFor?: string;
+  relayAck: RelayAck;
+  onMirrorLoss: OnMirrorLoss;
+  failoverTimeoutMs: number;
+  location?: Location;
+}
+
+export interface SecretSpec {
+  /** `file`: read at site start from `path`; `inline`: the hex key is in the config file. */
+  source: 'file' | 'inline';
+  path?: string;
+  inlineHex?: string;
+}
+
+export interface VolumeConfig {
+  name: string;
+  sizeBytes: number;
+  blockSize: 512 | 4096;
+  blockCount: number;
+}
+
+export interface ClusterConfig {
+  /** Absolute path of the cluster file and its folder (relative paths resolve against it). */
+  file: string;
+  dir: string;
+  cluster: string;
+  secret: SecretSpec;
+  volume: VolumeConfig;
+  /** Sites in file order. */
+  sites: Record<string, SiteConfig>;
+  siteNames: string[];
+  primary: string;
+  /** Legal but suspicious (a mirror nobody sends to): logged at start, not refused. */
+  warnings: string[];
+}
+
+/** A problem in the cluster file: `path` is the key path, `message` says what and the fix. */
+export interface ConfigProblem {
+  path: string;
+  message: string;
+  line?: number;
+}
+
+export class ConfigError extends Error {
+  readonly file: string;
+  readonly problems: ConfigProblem[];
+  constructor(file: string, problems: ConfigProblem[]) {
+    const lines = problems.map((p) => `  ${file}${p.line === undefined ? '' : `:${p.line}`}: ${p.message}`);
+    super(`${file}: ${problems.length} problem(s) in the cluster file:\n${lines.join('\n')}`);
+    this.name = 'ConfigError';
+    this.file = file;
+    this.problems = problems;
+  }
+}
+
+const topKeys = ['cluster', 'secret', 'volume', 'sites'] as const;
+const volumeKeys = ['name', 'size', 'blockSize'] as const;
+const cacheKeys = ['device', 'size'] as const;
+const locationKeys = ['lat', 'lon'] as const;
+const siteKeys = [
+  'role',
+  'listen',
+  'nbd',
+  'admin',
+  'cache',
+  'storage',
+  'mirrors',
+  'forward',
+  'standby-for',
+  'relay-ack',
+  'on-mirror-loss',
+  'failover-timeout',
+  'location',
+] as const;
+type SiteKey = (typeof siteKeys)[number];
+
+/** Which roles may carry which keys, and which must. A key on the wrong role is refused, not ignored. */
+const keyRoles: Record<SiteKey, { allowed: readonly Role[]; required: readonly Role[] }> = {
+  role: { allowed: roles, required: roles },
+  listen: { allowed: roles, required: ['mirror', 'relay', 'standby', 'witness'] },
+  nbd: { allowed: ['primary', 'standby'], required: ['primary'] },
+  admin: { allowed: roles, required: [] },
+  cache: { allowed: ['primary', 'mirror', 'relay', 'standby'], required: ['primary', 'mirror', 'relay', 'standby'] },
+  storage: { allowed: ['primary', 'mirror', 'relay', 'standby'], required: ['primary', 'mirror', 'standby'] },
+  mirrors: { allowed: ['primary', 'standby'], required: [] },
+  forward: { allowed: ['relay'], required: ['relay'] },
+  'standby-for': { allowed: ['standby'], required: ['standby'] },
+  'relay-ack': { allowed: ['relay'], required: [] },
+  'on-mirror-loss': { allowed: ['primary', 'standby', 'relay'], required: [] },
+  'failover-timeout': { allowed: ['standby', 'witness'], required: [] },
+  location: { allowed: roles, required: [] },
+};
+
+const sitePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+
+/** Reads, parses and validates a cluster file. Throws ConfigError naming every problem. */
+export function loadConfig(file: string): ClusterConfig {
+  const abs = resolve(file);
+  let text: string;
+  try {
+    text = readFileSync(abs, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : String(err);
+    throw new ConfigError(abs, [{ path: '(file)', message: `cannot read the cluster file: ${why}` }]);
+  }
+  return parseConfig(text, abs);
+}
+
+/** Validates cluster-file text; `file` names it in messages and anchors relative paths. */
+export function parseConfig(text: string, file: string): ClusterConfig {
+  const abs = resolve(file);
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(
+      abs,
+      doc.errors.map((e) => ({
+        path: '(yaml)',
+        message: `not valid YAML: ${e.message.split('\n')[0]}`,
+        ...(e.linePos ? { line: e.linePos[0].line } : {}),
+      })),
+    );
+  }
+  const v = new Validator(doc, lineCounter, dirname(abs));
+  const config = v.cluster(doc.toJS({ maxAliasCount: 100 }) as unknown, abs);
+  if (v.problems.length > 0 || config === undefined) throw new ConfigError(abs, v.problems);
+  return config;
+}
+
+type Obj = Record<string, unknown>;
+
+function isObj(x: unknown): x is Obj {
+  return typeof x === 'object' && x !== null && !Array.isArray(x);
+}
+
+function show(x: unknown): string {
+  return typeof x === 'string' ? JSON.stringify(x) : JSON.stringify(x) ?? String(x);
+}
+
+/** Collects problems while walking the parsed file; each check names its key path. */
+class Validator {
+  readonly problems: ConfigProblem[] = [];
+  /** Every site name in the file, including sites that failed validation. */
+  private declared: string[] = [];
+  constructor(
+    private readonly doc: Document,
+    private readonly lines: LineCounter,
+    private readonly dir: string,
+  ) {}
+
+  private lineOf(keys: (string | number)[]): number | undefined {
+    // Point at the key of the deepest pair that exists, so a missing key points at its parent.
+    for (let n = keys.length; n > 0; n--) {
+      const parent = n === 1 ? this.doc.contents : this.doc.getIn(keys.slice(0, n - 1), true);
+      const last = keys[n - 1];
+      if (isMap(parent)) {
+        const pair = parent.items.find((p) => isPair(p) && isScalar(p.key) && p.key.value === last);
+        const range = pair && isScalar(pair.key) ? pair.key.range : undefined;
+        if (range) return this.lines.linePos(range[0]).line;
+      }
+      const node = this.doc.getIn(keys.slice(0, n), true) as { range?: [number, number, number] } | undefined;
+      if (node?.range) return this.lines.linePos(node.range[0]).line;
+    }
+    return undefined;
+  }
+
+  fail(keys: (string | number)[], message: string): undefined {
+    const path = pathText(keys);
+    const line = this.lineOf(keys);
+    this.problems.push({ path, message: `${path}: ${message}`, ...(line === undefined ? {} : { line }) });
+    return undefined;
+  }
+
+  private unknownKeys(obj: Obj, keys: (string | number)[], known: readonly string[]): void {
+    for (const k of Object.keys(obj)) {
+      if (!known.includes(k)) {
+        this.fail([...keys, k], `unknown key${didYouMean(k, known)}; known keys here: ${known.join(', ')}`);
+      }
+    }
+  }
+
+  private name(x: unknown, keys: (string | number)[], what: string): string | undefined {
+    if (typeof x !== 'string' || !sitePattern.test(x) || x.length > nameLengthMax) {
+      return this.fail(
+        keys,
+        `${show(x)} is not a valid ${what}; use letters, digits, '.', '_' or '-' (at most ${nameLengthMax}, starting with a letter or digit)`,
+      );
+    }
+    return x;
+  }
+
+  cluster(root: unknown, file: string): ClusterConfig | undefined {
+    if (!isObj(root)) {
+      this.fail([], 'the cluster file must be a YAML mapping with keys cluster, secret, volume, sites');
+      return undefined;
+    }
+    this.unknownKeys(root, [], topKeys);
+    for (const k of topKeys) if (!(k in root)) this.fail([k], 'is missing');
+    const cluster = 'cluster' in root ? this.name(root.cluster, ['cluster'], 'cluster name') : undefined;
+    const secret = 'secret' in root ? this.secret(root.secret) : undefined;
+    const volume = 'volume' in root ? this.volume(root.volume) : undefined;
+    const sites = 'sites' in root ? this.sites(root.sites) : undefined;
+    // Cross-site checks run even when some site failed, so one pass names every problem.
+    const primary = sites ? this.topology(sites) : undefined;
+    if (!cluster || !secret || !volume || !sites || primary === undefined || this.problems.length > 0) return undefined;
+    const warnings = reachabilityWarnings(sites, primary);
+    return { file, dir: this.dir, cluster, secret, volume, sites, siteNames: Object.keys(sites), primary, warnings };
+  }
+
+  private secret(x: unknown): SecretSpec | undefined {
+    if (typeof x !== 'string' || x.trim() === '') {
+      return this.fail(['secret'], `${show(x)} is not a key; use file:PATH (create it with geomirror keygen --out PATH) or the hex key itself`);
+    }
+    if (x.startsWith('file:')) {
+      const p = x.slice('file:'.length).trim();
+      if (p === '') return this.fail(['secret'], 'file: needs a path, e.g. file:./data/cluster.key');
+      return { source: 'file', path: this.path(p) };
+    }
+    const hex = x.trim();
+    if (!/^([0-9a-fA-F]{2})+$/.test(hex) || hex.length / 2 < secretBytesMin) {
+      return this.fail(
+        ['secret'],
+        `an inline key must be at least ${secretBytesMin} bytes of hex (geomirror keygen prints one); for a key file write file:PATH`,
+      );
+    }
+    return { source: 'inline', inlineHex: hex.toLowerCase() };
+  }
+
+  private volume(x: unknown): VolumeConfig | undefined {
+    if (!isObj(x)) return this.fail(['volume'], 'must be a mapping, e.g. { name: vol0, size: 1GiB, blockSize: 4096 }');
+    this.unknownKeys(x, ['volume'], volumeKeys);
+    const name = 'name' in x ? this.name(x.name, ['volume', 'name'], 'volume name') : this.fail(['volume', 'name'], 'is missing');
+    let blockSize: 512 | 4096 | undefined = blockSizeDefault;
+    if ('blockSize' in x) {
+      blockSize = blockSizes.find((b) => b === x.blockSize);
+      if (blockSize === undefined) this.fail(['volume', 'blockSize'], `${show(x.blockSize)} is not supported; use 512 or 4096`);
+    }
+    const sizeBytes = 'size' in x ? this.size(x.size, ['volume', 'size']) : this.fail(['volume', 'size'], 'is missing; e.g. size: 1GiB');
+    if (sizeBytes === undefined || blockSize === undefined || name === undefined) return undefined;
+    if (sizeBytes === 0 || sizeBytes % blockSize !== 0) {
+      return this.fail(['volume', 'size'], `${show(x.size)} must be a positive multiple of blockSize ${blockSize}`);
+    }
+    return { name, sizeBytes, blockSize, blockCount: sizeBytes / blockSize };
+  }
+
+  private size(x: unknown, keys: (string | number)[]): number | undefined {
+    const bytes = parseSizeBytes(x);
+    if (bytes === undefined) {
+      // "64MB" most likely meant 64MiB: offer that as the example (units are binary only).
+      const m = typeof x === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*([KMGT])i?B?\s*$/i.exec(x) : null;
+      const example = m ? `${m[1]}${m[2]!.toUpperCase()}iB` : '64MiB';
+      return this.fail(keys, `${show(x)} is not a size; use e.g. ${example} (units: B, KiB, MiB, GiB, TiB)`);
+    }
+    return bytes;
+  }
+
+  private path(p: string): string {
+    return isAbsolute(p) ? p : resolve(this.dir, p);
+  }
+
+  private sites(x: unknown): Record<string, SiteConfig> | undefined {
+    if (!isObj(x) || Object.keys(x).length === 0) {
+      return this.fail(['sites'], 'must be a mapping of site name to site, with one primary and at least one mirror');
+    }
+    const out: Record<string, SiteConfig> = {};
+    this.declared = Object.keys(x);
+    for (const [name, body] of Object.entries(x)) {
+      if (this.name(name, ['sites', name], 'site name') === undefined) continue;
+      const site = this.site(name, body);
+      if (site) out[name] = site;
+    }
+    return out;
+  }
+
+  private site(name: string, x: unknown): SiteConfig | undefined {
+    const at = ['sites', name];
+    if (!isObj(x)) return this.fail(at, `must be a mapping with at least role: (${roles.join(' | ')})`);
+    this.unknownKeys(x, at, siteKeys);
+    const role = roles.find((r) => r === x.role);
+    if (role === undefined) {
+      const hint = typeof x.role === 'string' ? didYouMean(x.role, roles) : '';
+      return this.fail([...at, 'role'], `${'role' in x ? `${show(x.role)} is not a role` : 'is missing'}${hint}; use one of ${roles.join(', ')}`);
+    }
+    for (const key of siteKeys) {
+      const rule = keyRoles[key];
+      if (key in x && !rule.allowed.includes(role)) {
+        this.fail([...at, key], `a ${role} site has no ${key} (only ${rule.allowed.join(', ')} sites do)`);
+      } else if (!(key in x) && rule.required.includes(role)) {
+        this.fail([...at, key], `is missing; a ${role} site needs it`);
+      }
+    }
+    const site: SiteConfig = {
+      name,
+      role,
+      storage: [],
+      mirrors: [],
+      relayAck: 'cached',
+      onMirrorLoss: 'degrade',
+      failoverTimeoutMs: failoverTimeoutMsDefault,
+    };
+    for (const key of ['listen', 'nbd', 'admin'] as const) {
+      if (key in x) {
+        const a = this.address(x[key], [...at, key]);
+        if (a) site[key] = a;
+      }
+    }
+    if ('cache' in x) {
+      const c = this.cache(x.cache, [...at, 'cache']);
+      if (c) site.cache = c;
+    }
+    if ('storage' in x) site.storage = this.storage(x.storage, [...at, 'storage']);
+    if ('mirrors' in x) site.mirrors = this.siteList(x.mirrors, [...at, 'mirrors']);
+    if ('forward' in x) site.forward = this.siteRef(x.forward, [...at, 'forward']);
+    if ('standby-for' in x) site.standbyFor = this.siteRef(x['standby-for'], [...at, 'standby-for']);
+    if ('relay-ack' in x) {
+      if (x['relay-ack'] === 'cached' || x['relay-ack'] === 'end-to-end') site.relayAck = x['relay-ack'];
+      else this.fail([...at, 'relay-ack'], `${show(x['relay-ack'])} is not a relay-ack mode; use cached (ack once in the relay's cache, claim 14) or end-to-end`);
+    }
+    if ('on-mirror-loss' in x) {
+      if (x['on-mirror-loss'] === 'block' || x['on-mirror-loss'] === 'degrade') site.onMirrorLoss = x['on-mirror-loss'];
+      else this.fail([...at, 'on-mirror-loss'], `${show(x['on-mirror-loss'])} is not a policy; use block or degrade`);
+    }
+    if ('failover-timeout' in x) {
+      const ms = parseDurationMs(x['failover-timeout']);
+      if (ms === undefined || ms === 0) this.fail([...at, 'failover-timeout'], `${show(x['failover-timeout'])} is not a duration; use e.g. 5s or 500ms`);
+      else site.failoverTimeoutMs = ms;
+    }
+    if ('location' in x) {
+      const l = this.location(x.location, [...at, 'location']);
+      if (l) site.location = l;
+    }
+    return site;
+  }
+
+  private address(x: unknown, keys: (string | number)[]): Address | undefined {
+    const a = typeof x === 'string' ? parseAddress(x) : undefined;
+    if (a === undefined) {
+      return this.fail(keys, `${show(x)} is not HOST:PORT; use e.g. 127.0.0.1:7401 (port 1-65535, IPv6 as [::1]:7401)`);
+    }
+    return a;
+  }
+
+  private cache(x: unknown, keys: (string | number)[]): CacheSpec | undefined {
+    if (!isObj(x)) return this.fail(keys, 'must be a mapping, e.g. { device: "loopback:./data/east.cache", size: 64MiB }');
+    this.unknownKeys(x, keys, cacheKeys);
+    const device = 'device' in x ? this.device(x.device, [...keys, 'device']) : this.fail([...keys, 'device'], 'is missing');
+    const sizeBytes = 'size' in x ? this.size(x.size, [...keys, 'size']) : this.fail([...keys, 'size'], 'is missing; e.g. size: 64MiB');
+    if (sizeBytes === 0) return this.fail([...keys, 'size'], 'must be more than 0 bytes');
+    return device && sizeBytes !== undefined ? { device, sizeBytes } : undefined;
+  }
+
+  private storage(x: unknown, keys: (string | number)[]): DeviceSpec[] {
+    if (!Array.isArray(x) || x.length === 0) {
+      this.fail(keys, 'must be a non-empty list of device strings, e.g. ["loopback:./data/east.img"]');
+      return [];
+    }
+    const out: DeviceSpec[] = [];
+    x.forEach((d, i) => {
+      const spec = this.device(d, [...keys, i]);
+      if (spec) out.push(spec);
+    });
+    return out;
+  }
+
+  private device(x: unknown, keys: (string | number)[]): DeviceSpec | undefined {
+    const parsed = typeof x === 'string' ? parseDeviceString(x, (p) => this.path(p)) : { error: 'is not a device string' };
+    if ('error' in parsed) return this.fail(keys, `${show(x)} ${parsed.error}`);
+    return parsed;
+  }
+
+  private siteList(x: unknown, keys: (string | number)[]): string[] {
+    if (!Array.isArray(x)) {
+      this.fail(keys, 'must be a list of site names, e.g. [east, west]');
+      return [];
+    }
+    const out: string[] = [];
+    x.forEach((n, i) => {
+      const name = this.siteRef(n, [...keys, i]);
+      if (name === undefined) return;
+      if (out.includes(name)) this.fail([...keys, i], `${name} is listed twice`);
+      else out.push(name);
+    });
+    return out;
+  }
+
+  private siteRef(x: unknown, keys: (string | number)[]): string | undefined {
+    if (typeof x !== 'string' || x === '') return this.fail(keys, `${show(x)} is not a site name`);
+    return x;
+  }
+
+  private location(x: unknown, keys: (string | number)[]): Location | undefined {
+    if (!isObj(x)) return this.fail(keys, 'must be { lat: DEGREES, lon: DEGREES }, e.g. { lat: 51.5, lon: -0.13 }');
+    this.unknownKeys(x, keys, locationKeys);
+    const lat = this.degrees(x.lat, [...keys, 'lat'], 90);
+    const lon = this.degrees(x.lon, [...keys, 'lon'], 180);
+    return lat !== undefined && lon !== undefined ? { lat, lon } : undefined;
+  }
+
+  private degrees(x: unknown, keys: (string | number)[], limit: number): number | undefined {
+    if (typeof x !== 'number' || !Number.isFinite(x) || Math.abs(x) > limit) {
+      return this.fail(keys, `${x === undefined ? 'is missing' : `${show(x)} is not`} decimal degrees between -${limit} and ${limit}`);
+    }
+    return x;
+  }
+
+  /** Cross-site rules: references exist and fit, one primary, no forward cycles, no port clash. */
+  private topology(sites: Record<string, SiteConfig>): string | undefined {
+    const names = Object.keys(sites);
+    const primaries = names.filter((n) => sites[n]!.role === 'primary');
+    const incomplete = names.length < this.declared.length;
+    if (primaries.length > 1 || (primaries.length === 0 && !incomplete)) {
+      this.fail(['sites'], primaries.length === 0 ? 'has no primary; exactly one site needs role: primary' : `has ${primaries.length} primaries (${primaries.join(', ')}); exactly one site may be role: primary (use standby for a backup, claim 8)`);
+    }
+    const ref = (from: string, keys: (string | number)[], target: string, want: readonly Role[], what: string): void => {
+      const t = sites[target];
+      if (t === undefined && this.declared.includes(target)) {
+        return; // that site has its own problem reported already
+      } else if (t === undefined) {
+        this.fail(keys, `no site named ${show(target)}${didYouMean(target, this.declared)}; sites are ${this.declared.join(', ')}`);
+      } else if (target === from) {
+        this.fail(keys, `${from} cannot ${what} itself`);
+      } else if (!want.includes(t.role)) {
+        this.fail(keys, `${target} is a ${t.role}; ${what} needs a ${want.join(' or ')} site`);
+      }
+    };
+    for (const s of Object.values(sites)) {
+      s.mirrors.forEach((m, i) => ref(s.name, ['sites', s.name, 'mirrors', i], m, ['mirror', 'relay'], 'mirror to'));
+      if (s.forward !== undefined) ref(s.name, ['sites', s.name, 'forward'], s.forward, ['mirror', 'relay'], 'forward to');
+      if (s.standbyFor !== undefined) ref(s.name, ['sites', s.name, 'standby-for'], s.standbyFor, ['primary'], 'stand by for');
+      if (s.role === 'primary' && s.mirrors.length === 0) {
+        this.fail(['sites', s.name, 'mirrors'], 'a primary needs at least one mirror (claim 1); list them, e.g. mirrors: [east, west]');
+      }
+    }
+    this.forwardCycles(sites);
+    this.addressClashes(sites);
+    if (this.problems.length > 0 || primaries.length !== 1) return undefined;
+    const primary = primaries[0]!;
+    // A standby continues "the same protocol towards the same mirrors" (claim 13 vii).
+    for (const s of Object.values(sites)) {
+      if (s.role === 'standby' && s.mirrors.length === 0) {
+        s.mirrors = sites[primary]!.mirrors.filter((m) => m !== s.name);
+      }
+    }
+    return primary;
+  }
+
+  private forwardCycles(sites: Record<string, SiteConfig>): void {
+    const reported = new Set<string>();
+    for (const start of Object.values(sites)) {
+      const chain: string[] = [];
+      let cur: SiteConfig | undefined = start;
+      while (cur?.forward !== undefined && !chain.includes(cur.name)) {
+        chain.push(cur.name);
+        cur = sites[cur.forward];
+      }
+      if (cur !== undefined && chain.includes(cur.name)) {
+        const loop = chain.slice(chain.indexOf(cur.name));
+        const key = [...loop].sort().join(',');
+        if (!reported.has(key) && loop.length > 1) {
+          reported.add(key);
+          this.fail(['sites', loop[0]!, 'forward'], `forward chain loops (${[...loop, loop[0]].join(' -> ')}); a relay chain must end at a mirror site`);
+        }
+      }
+    }
+  }
+
+  private addressClashes(sites: Record<string, SiteConfig>): void {
+    const used: { key: (string | number)[]; a: Address }[] = [];
+    for (const s of Object.values(sites)) {
+      for (const k of ['listen', 'nbd', 'admin'] as const) {
+        const a = s[k];
+        if (a === undefined) continue;
+        const other = used.find((u) => u.a.port === a.port && hostsOverlap(u.a.host, a.host));
+        if (other) this.fail(['sites', s.name, k], `${a.text} is already used by ${pathText(other.key)}; give each listen/nbd/admin its own port`);
+        used.push({ key: ['sites', s.name, k], a });
+      }
+    }
+  }
+}
+
+function pathText(keys: (string | number)[]): string {
+  if (keys.length === 0) return '(top level)';
+  return keys.map((k, i) => (typeof k === 'number' ? `[${k}]` : i === 0 ? k : `.${k}`)).join('');
+}
+
+function reachabilityWarnings(sites: Record<string, SiteConfig>, primary: string): string[] {
+  const reached = new Set<string>([primary]);
+  const walk = (name: string): void => {
+    const s = sites[name];
+    if (!s) return;
+    for (const next of [...s.mirrors, ...(s.forward ? [s.forward] : [])]) {
+      if (!reached.has(next)) {
+        reached.add(next);
+        walk(next);
+      }
+    }
+  };
+  walk(primary);
+  return Object.values(sites)
+    .filter((s) => (s.role === 'mirror' || s.role === 'relay') && !reached.has(s.name))
+    .map((s) => `sites.${s.name}: the ${s.role} receives no writes: neither ${primary}'s mirrors nor any relay's forward lead to it`);
+}
+
+const wildcardHosts = new Set(['0.0.0.0', '::', '']);
+function canonicalHost(h: string): string {
+  return h === 'localhost' ? '127.0.0.1' : h.toLowerCase();
+}
+function hostsOverlap(a: string, b: string): boolean {
+  return wildcardHosts.has(a) || wildcardHosts.has(b) || canonicalHost(a) === canonicalHost(b);
+}
+
+const hostnamePattern = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+const ipv4Pattern = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+/** `127.0.0.1:7400`, `node-east.lan:7400`, `[::1]:7400`; undefined if malformed. */
+export function parseAddress(text: string): Address | undefined {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text.trim());
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port < 1 || port > 65535) return undefined;
+  if (m[1] !== undefined) {
+    if (!m[1].includes(':')) return undefined;
+    return { host: m[1], port, text: `[${m[1]}]:${port}` };
+  }
+  const host = m[2]!;
+  const looksNumeric = /^[\d.]+$/.test(host);
+  if (looksNumeric ? !ipv4Pattern.test(host) : !hostnamePattern.test(host)) return undefined;
+  return { host, port, text: `${host}:${port}` };
+}
+
+const devicePrefixes = ['memory', 'loopback', 'usb', 'serial'] as const;
+const deviceForms = 'memory:, loopback:PATH, usb:VID:PID[:SERIAL] or serial:PATH[?baud=N]';
+
+/**
+ * Checks a device string and makes its path absolute. The HAL's own parser
+ * (hal/devstring.ts) opens the device; this only validates the form at the config edge.
+ */
+export function parseDeviceString(text: string, absolute: (p: string) => string): DeviceSpec | { error: string } {
+  const colon = text.indexOf(':');
+  const prefix = colon < 0 ? text : text.slice(0, colon);
+  const rest = colon < 0 ? '' : text.slice(colon + 1);
+  switch (prefix) {
+    case 'memory':
+      return rest === '' ? { kind: 'memory', text: 'memory:' } : { kind: 'memory', text: `memory:${rest}`, path: rest };
+    case 'loopback': {
+      if (rest === '') return { error: 'needs a file path: loopback:PATH, e.g. loopback:./data/east.img' };
+      const path = absolute(rest);
+      return { kind: 'loopback', text: `loopback:${path}`, path };
+    }
+    case 'usb': {
+      const m = /^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})(?::(.+))?$/.exec(rest);
+      if (!m) return { error: 'is not usb:VID:PID[:SERIAL] with 4-digit hex ids, e.g. usb:0781:5583' };
+      const spec: DeviceSpec = { kind: 'usb', text: `usb:${m[1]!.toLowerCase()}:${m[2]!.toLowerCase()}${m[3] ? `:${m[3]}` : ''}`, vendorId: parseInt(m[1]!, 16), productId: parseInt(m[2]!, 16) };
+      if (m[3]) spec.serialNumber = m[3];
+      return spec;
+    }
+    case 'serial': {
+      const m = /^([^?]+)(?:\?baud=(\d+))?$/.exec(rest);
+      if (!m) return { error: 'is not serial:PATH[?baud=N], e.g. serial:/dev/ttyUSB0?baud=921600' };
+      const baud = m[2] === undefined ? undefined : Number(m[2]);
+      if (baud === 0) return { error: 'has baud=0; give a positive baud rate' };
+      const path = absolute(m[1]!);
+      return { kind: 'serial', text: `serial:${path}${baud ? `?baud=${baud}` : ''}`, path, ...(baud ? { baud } : {}) };
+    }
+    default: {
+      const guess = closest(prefix, devicePrefixes);
+      return { error: `has no known device type${guess ? ` (did you mean "${guess}:"?)` : ''}; use ${deviceForms}` };
+    }
+  }
+}
+
+/**
+ * The cluster key as bytes: the inline hex, or the hex in the key file (keygen's format).
+ * Read at site start, not at load, so `geomirror status` works without the key.
+ */
+export function readSecret(config: ClusterConfig): Buffer {
+  const { secret } = config;
+  if (secret.source === 'inline') return Buffer.from(secret.inlineHex!, 'hex');
+  let text: string;
+  try {
+    text = readFileSync(secret.path!, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const fix = code === 'ENOENT' ? `; create it with: geomirror keygen --out ${secret.path}` : '';
+    throw new Error(`secret: cannot read key file ${secret.path} (${code ?? String(err)})${fix}`);
+  }
+  const hex = text.trim();
+  if (!/^([0-9a-fA-F]{2})+$/.test(hex) || hex.length / 2 < secretBytesMin) {
+    throw new Error(`secret: key file ${secret.path} must hold at least ${secretBytesMin} bytes as hex; make a new one with: geomirror keygen --out ${secret.path} --force`);
+  }
+  return Buffer.from(hex, 'hex');
+}
