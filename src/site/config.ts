@@ -544,7 +544,9 @@ class Validator {
       for (const k of ['listen', 'nbd', 'admin'] as const) {
         const a = s[k];
         if (a === undefined) continue;
-        const other = used.find((u) => u.a.port === a.port && hostsOverlap(u.a.host, a.host));
+        // A wildcard host overlaps every address of its own machine; sites with different
+        // explicit hosts may be different machines, so only equal hosts clash across sites.
+        const other = used.find((u) => u.a.port === a.port && (u.key[1] === s.name ? hostsOverlap(u.a.host, a.host) : canonicalHost(u.a.host) === canonicalHost(a.host)));
         if (other) this.fail(['sites', s.name, k], `${a.text} is already used by ${pathText(other.key)}; give each listen/nbd/admin its own port`);
         used.push({ key: ['sites', s.name, k], a });
       }
