@@ -1,0 +1,127 @@
+// The NBD server: a TCP listener serving several named exports (the empty name selects the
+// default one), each connection handled by a Connection. Bounded: connectionsMax connections are
+// served; beyond that up to refusedConnectionsMax are told why (NBD_REP_ERR_POLICY) and the rest
+// are closed at once.
+//
+// Claim 3: the host-facing SAN of the local site. DESIGN.md: "The NBD export is named after the
+// volume; the empty export name selects it too."
+
+import { createServer, type Server, type Socket } from 'node:net';
+import { Connection, type ConnectionHost, type NbdLogger } from './connection.js';
+import { checkExport, type NbdExport } from './export.js';
+import { defaultNbdLimits, type NbdLimits } from './limits.js';
+import { RangeLock } from './range-lock.js';
+
+export type { NbdLogger } from './connection.js';
+
+export interface NbdServerOptions {
+  readonly exports: readonly NbdExport[];
+  /** Export selected by the empty name; default: the first export. */
+  readonly defaultExport?: string;
+  readonly limits?: Partial<NbdLimits>;
+  /** pino-compatible; default: silent. */
+  readonly logger?: NbdLogger;
+}
+
+const silent: NbdLogger = { debug() {}, info() {}, warn() {} };
+
+export class NbdServer implements ConnectionHost {
+  readonly limits: NbdLimits;
+  readonly logger: NbdLogger;
+  private readonly byName = new Map<string, NbdExport>();
+  private readonly defaultName: string | undefined;
+  private readonly locks = new WeakMap<NbdExport, RangeLock>();
+  private readonly served = new Set<Connection>();
+  private readonly refused = new Set<Connection>();
+  private readonly server: Server;
+  private nextId = 1;
+  private closing = false;
+
+  constructor(options: NbdServerOptions) {
+    this.limits = { ...defaultNbdLimits, ...options.limits };
+    this.logger = options.logger ?? silent;
+    for (const e of options.exports) {
+      checkExport(e);
+      if (this.byName.has(e.name)) throw new Error(`NBD server: two exports are named '${e.name}'; export names must be unique`);
+      this.byName.set(e.name, e);
+    }
+    this.defaultName = options.defaultExport ?? options.exports[0]?.name;
+    if (this.defaultName !== undefined && !this.byName.has(this.defaultName)) {
+      throw new Error(`NBD server: default export '${this.defaultName}' is not one of the exports (${[...this.byName.keys()].join(', ')})`);
+    }
+    // allowHalfOpen: a client that shuts down its sending side still gets its in-flight replies.
+    this.server = createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.accept(s));
+  }
+
+  /** Starts listening; resolves with the bound port (pass 0 for an ephemeral one). */
+  listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(new Error(`NBD server cannot listen on ${host}:${port}: ${err.message}`, { cause: err }));
+      this.server.once('error', onError);
+      this.server.listen(port, host, () => {
+        this.server.off('error', onError);
+        const addr = this.server.address();
+        this.logger.info({ host, port: typeof addr === 'object' && addr ? addr.port : port }, 'NBD server listening');
+        resolve(typeof addr === 'object' && addr ? addr.port : port);
+      });
+    });
+  }
+
+  get connectionCount(): number {
+    return this.served.size;
+  }
+
+  /** Stops listening; lets in-flight requests finish (up to closeGraceMs), then closes everything. */
+  async close(): Promise<void> {
+    this.closing = true;
+    const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const c of [...this.served, ...this.refused]) c.shutdown();
+    const grace = setTimeout(() => {
+      for (const c of [...this.served, ...this.refused]) c.destroy();
+    }, this.limits.closeGraceMs);
+    await listenerClosed;
+    clearTimeout(grace);
+  }
+
+  lookup(name: string): NbdExport | undefined {
+    if (name === '' && this.defaultName !== undefined) return this.byName.get(this.defaultName);
+    return this.byName.get(name);
+  }
+
+  exports(): readonly NbdExport[] {
+    return [...this.byName.values()];
+  }
+
+  lockFor(exp: NbdExport): RangeLock {
+    let l = this.locks.get(exp);
+    if (l === undefined) {
+      l = new RangeLock();
+      this.locks.set(exp, l);
+    }
+    return l;
+  }
+
+  closed(conn: Connection): void {
+    this.served.delete(conn);
+    this.refused.delete(conn);
+  }
+
+  private accept(socket: Socket): void {
+    const id = this.nextId++;
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    if (this.served.size < this.limits.connectionsMax) {
+      this.served.add(new Connection(id, socket, this));
+      return;
+    }
+    const reason = `server is at its limit of ${this.limits.connectionsMax} connections; retry later`;
+    this.logger.warn({ conn: id, remote: socket.remoteAddress }, `refusing NBD connection: ${reason}`);
+    if (this.refused.size >= this.limits.refusedConnectionsMax) {
+      socket.destroy();
+      return;
+    }
+    this.refused.add(new Connection(id, socket, this, reason));
+  }
+}
