@@ -1,0 +1,91 @@
+// The admin HTTP server of a site (issue 5 item 8, issue 8 item 3): GET /status (JSON from
+// the runtime) and GET /metrics (Prometheus text). Read-only on purpose: nothing on this
+// port changes a replica, so exposing it to a monitoring network cannot corrupt data.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
+import type { Logger } from './log.js';
+import type { SiteStatus } from './status.js';
+
+/** A stuck provider must not hold admin connections forever. */
+export const adminRequestTimeoutMs = 10_000;
+
+export interface AdminServerOptions {
+  host: string;
+  /** 0 picks a free port (tests); the bound port is in AdminServer.port. */
+  port: number;
+  status: () => SiteStatus | Promise<SiteStatus>;
+  registry: Registry;
+  log?: Logger;
+}
+
+export interface AdminServer {
+  host: string;
+  port: number;
+  /** http://host:port */
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function startAdminServer(options: AdminServerOptions): Promise<AdminServer> {
+  const server = createServer((req, res) => {
+    handle(options, req, res).catch((err: unknown) => {
+      options.log?.error({ err, path: req.url }, 'admin request failed');
+      if (!res.headersSent) send(res, 500, 'text/plain; charset=utf-8', `internal error: ${(err as Error).message ?? String(err)}\n`);
+      else res.destroy();
+    });
+  });
+  server.requestTimeout = adminRequestTimeoutMs;
+  await listen(server, options.host, options.port);
+  const port = (server.address() as AddressInfo).port;
+  const hostText = options.host.includes(':') ? `[${options.host}]` : options.host;
+  options.log?.info({ event: 'admin-listening', host: options.host, port }, `admin HTTP on http://${hostText}:${port} (/status, /metrics)`);
+  return {
+    host: options.host,
+    port,
+    url: `http://${hostText}:${port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+function listen(server: Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      const why = err.code === 'EADDRINUSE' ? 'the port is already in use' : err.code === 'EADDRNOTAVAIL' ? 'no interface has that address' : err.message;
+      reject(new Error(`admin: cannot listen on ${host}:${port}: ${why}`, { cause: err }));
+    };
+    server.once('error', onError);
+    server.listen(port, host, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+async function handle(options: AdminServerOptions, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const path = new URL(req.url ?? '/', 'http://admin').pathname;
+  const known = path === '/status' || path === '/metrics';
+  if (known && req.method !== 'GET' && req.method !== 'HEAD') {
+    res.setHeader('Allow', 'GET, HEAD');
+    send(res, 405, 'text/plain; charset=utf-8', `${req.method} not allowed on ${path}; use GET\n`);
+    return;
+  }
+  if (path === '/status') {
+    const status = await options.status();
+    send(res, 200, 'application/json; charset=utf-8', `${JSON.stringify(status)}\n`);
+  } else if (path === '/metrics') {
+    const text = await options.registry.metrics();
+    send(res, 200, options.registry.contentType, text);
+  } else {
+    send(res, 404, 'text/plain; charset=utf-8', `no ${path} here; try /status or /metrics\n`);
+  }
+}
+
+function send(res: ServerResponse, code: number, type: string, body: string): void {
+  res.writeHead(code, { 'Content-Type': type, 'Content-Length': Buffer.byteLength(body), 'Cache-Control': 'no-store' });
+  res.end(res.req.method === 'HEAD' ? undefined : body);
+}

@@ -1,0 +1,61 @@
+// What a site says about itself on GET /status, and what `geomirror status` reads back
+// (issue 5 item 8): role, epoch, last seq acked, sync state, cache occupancy and, per peer,
+// link state and round-trip time. One shape, shared by the admin server and the CLI.
+import type { Role } from './config.js';
+import type { LinkState, SyncState } from './metrics.js';
+
+/**
+ * The site's own state. in-sync/degraded/resyncing describe the replicas this site feeds
+ * (a primary: every mirror in sync, some not, or one being resynced); a mirror reports
+ * in-sync once it serves its upstream. `starting`/`stopping` bracket the run.
+ */
+export type SiteState = 'starting' | 'in-sync' | 'degraded' | 'resyncing' | 'standby' | 'stopping';
+
+export interface PeerStatus {
+  name: string;
+  /** How this site sees the peer: it sends writes to a `mirror`/`downstream`, receives from `upstream`. */
+  relation: 'mirror' | 'downstream' | 'upstream' | 'standby' | 'primary' | 'witness';
+  link: LinkState;
+  /** Last heartbeat round trip, when the link is up. */
+  rttMs?: number;
+  /** For peers this site feeds: is that replica in sync. */
+  sync?: SyncState;
+  resyncPercent?: number;
+  /** Decimal string: seqs are u64 and may pass 2^53. */
+  lastSeqAcked?: string;
+  inflightWrites?: number;
+}
+
+export interface SiteStatus {
+  cluster: string;
+  site: string;
+  role: Role;
+  volume: string;
+  epoch: number;
+  /** Decimal string (u64). */
+  lastSeqAcked: string;
+  state: SiteState;
+  /** With state resyncing: overall progress 0-100. */
+  resyncPercent?: number;
+  cache: { usedBytes: number; capacityBytes: number; entries: number };
+  peers: PeerStatus[];
+  pid: number;
+  uptimeSeconds: number;
+}
+
+/** Checks a /status body from the network before the CLI trusts it (validate at the edge). */
+export function parseSiteStatus(body: unknown, from: string): SiteStatus {
+  const s = body as Partial<SiteStatus> | null;
+  const bad = (what: string): never => {
+    throw new Error(`${from}: /status answer is not a geomirror site status (${what})`);
+  };
+  if (typeof s !== 'object' || s === null) return bad('not a JSON object');
+  if (typeof s.site !== 'string') bad('no site');
+  if (typeof s.role !== 'string') bad('no role');
+  if (typeof s.epoch !== 'number') bad('no epoch');
+  if (typeof s.lastSeqAcked !== 'string') bad('no lastSeqAcked');
+  if (typeof s.state !== 'string') bad('no state');
+  if (typeof s.cache !== 'object' || s.cache === null) bad('no cache');
+  if (!Array.isArray(s.peers)) bad('no peers');
+  return s as SiteStatus;
+}
