@@ -1,0 +1,48 @@
+// `geomirror devices`: what storage hardware this node can see. The CLI calls listDevices()
+// and prints formatDevices(); both live here so hal owns the knowledge of what a device is.
+
+import { discoverSerialPorts, type SerialDiscovery } from './serial/discovery.js';
+import { discoverUsbDisks, type UsbDiscovery } from './usb/discovery.js';
+
+export interface DeviceList {
+  usb: UsbDiscovery;
+  serial: SerialDiscovery;
+}
+
+export async function listDevices(opts: { devDir?: string } = {}): Promise<DeviceList> {
+  const [usb, serial] = await Promise.all([discoverUsbDisks(), discoverSerialPorts(opts.devDir)]);
+  return { usb, serial };
+}
+
+function size(bytes: number | undefined): string {
+  if (bytes === undefined) return 'capacity unknown';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = bytes;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v.toFixed(v >= 100 || u === 0 ? 0 : 1)} ${units[u]}`;
+}
+
+/** Human-readable listing: one line per device, its device string first (copy into a config). */
+export function formatDevices(list: DeviceList): string {
+  const out: string[] = ['USB mass-storage devices:'];
+  if (list.usb.disks.length === 0) out.push(`  none found${list.usb.problem ? ` (${list.usb.problem})` : ''}`);
+  for (const d of list.usb.disks) {
+    const who = [d.manufacturer, d.product].filter(Boolean).join(' ') || 'unknown product';
+    const held = d.kernelDriver ? `held by kernel driver ${d.kernelDriver} (detached automatically on open)` : d.kernelDriver === null ? 'no kernel driver' : 'kernel driver unknown';
+    const access = d.accessible === false ? '; NO PERMISSION: add a udev rule for this VID/PID (see docs), then replug' : '';
+    out.push(`  ${d.deviceString}  ${who}, serial ${d.serialNumber ?? '?'}, ${size(d.capacityBytes)}, ${held}${access}`);
+  }
+  if (list.usb.disks.length > 0 && list.usb.problem) out.push(`  note: ${list.usb.problem}`);
+  out.push(`Serial ports (${list.serial.source}):`);
+  if (list.serial.ports.length === 0) out.push('  none found (looked for /dev/serial/by-id, /dev/ttyUSB*, /dev/ttyACM*, /dev/ttyAMA*)');
+  for (const p of list.serial.ports) {
+    const extra = [p.manufacturer, p.vendorId && p.productId ? `${p.vendorId}:${p.productId}` : undefined, p.byId ? `-> ${p.path}` : undefined].filter(Boolean).join(', ');
+    out.push(`  ${p.deviceString}${extra ? `  ${extra}` : ''}${p.accessible === false ? '  NO PERMISSION' : ''}`);
+  }
+  if (list.serial.problem) out.push(`  hint: ${list.serial.problem}`);
+  return out.join('\n') + '\n';
+}

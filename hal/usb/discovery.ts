@@ -1,0 +1,129 @@
+// Finds USB mass-storage devices by interface class (08/06/50), like zigbee-herdsman's
+// adapterDiscovery finds coordinators by ids. Listing never opens or claims a device: capacity
+// and "held by the kernel" come from sysfs, so `geomirror devices` cannot disturb a mounted disk.
+
+import { access, constants, readFile, readdir, readlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { MassStorage, hex4, type UsbDeviceLike } from './webusb.js';
+
+export interface UsbDiskInfo {
+  deviceString: string;
+  vendorId: number;
+  productId: number;
+  manufacturer: string | undefined;
+  product: string | undefined;
+  serialNumber: string | undefined;
+  /** From sysfs when the kernel driver exposes a block device; undefined when unreadable. */
+  capacityBytes: number | undefined;
+  /** 'usb-storage' (or another driver name) when the kernel holds the interface, else null. */
+  kernelDriver: string | null | undefined;
+  /** False when this user cannot open the device node (udev rules needed). */
+  accessible: boolean | undefined;
+}
+
+export interface UsbDiscovery {
+  disks: UsbDiskInfo[];
+  /** Why the list may be incomplete or empty for reasons other than "nothing plugged in". */
+  problem?: string;
+}
+
+const sysUsb = '/sys/bus/usb/devices';
+
+interface SysDevice extends UsbDeviceLike {
+  bus?: string;
+  address?: number;
+  ports?: number[];
+}
+
+/** Mass-storage devices the `usb` package sees (loaded lazily: a listing must not need it). */
+export async function findUsbDevices(): Promise<SysDevice[]> {
+  const mod = (await import('usb')) as unknown as { usb: { getDevices(): Promise<SysDevice[]> } };
+  const all = await mod.usb.getDevices();
+  return all.filter((d) =>
+    d.configuration?.interfaces.some(
+      (i) =>
+        i.alternate.interfaceClass === MassStorage.CLASS &&
+        i.alternate.interfaceSubclass === MassStorage.SUBCLASS_SCSI &&
+        i.alternate.interfaceProtocol === MassStorage.PROTOCOL_BOT,
+    ),
+  );
+}
+
+export async function discoverUsbDisks(): Promise<UsbDiscovery> {
+  let devs: SysDevice[];
+  try {
+    devs = await findUsbDevices();
+  } catch (e) {
+    const msg = (e as Error).message;
+    if (/\/sys\/bus\/usb|not found|ENOENT/i.test(msg)) return { disks: [], problem: 'no USB bus on this machine (/sys/bus/usb is absent: a container or VM without USB passthrough?)' };
+    if (/EACCES|permission/i.test(msg)) return { disks: [], problem: `cannot list USB devices: ${msg}; check read access to /sys/bus/usb and /dev/bus/usb` };
+    return { disks: [], problem: `cannot list USB devices: ${msg}` };
+  }
+  const disks: UsbDiskInfo[] = [];
+  for (const d of devs) {
+    const ifc = d.configuration!.interfaces.find((i) => i.alternate.interfaceClass === MassStorage.CLASS)!;
+    const sysName = d.bus && /^\d+-[\d.]+$/.test(d.bus) ? d.bus : d.bus && d.ports?.length ? `${d.bus}-${d.ports.join('.')}` : undefined;
+    const ifDir = sysName ? join(sysUsb, `${sysName}:1.${ifc.interfaceNumber}`) : undefined;
+    const serial = safe(() => d.serialNumber) ?? undefined;
+    disks.push({
+      deviceString: `usb:${hex4(d.vendorId)}:${hex4(d.productId)}${serial ? `:${serial}` : ''}`,
+      vendorId: d.vendorId,
+      productId: d.productId,
+      manufacturer: safe(() => d.manufacturerName) ?? undefined,
+      product: safe(() => d.productName) ?? undefined,
+      serialNumber: serial,
+      capacityBytes: ifDir ? await sysCapacity(ifDir) : undefined,
+      kernelDriver: ifDir ? await sysDriver(ifDir) : undefined,
+      accessible: sysName ? await nodeAccessible(sysName, d.address) : undefined,
+    });
+  }
+  return { disks };
+}
+
+function safe<T>(f: () => T): T | undefined {
+  try {
+    return f();
+  } catch {
+    return undefined; // string descriptors need an open device on some platforms
+  }
+}
+
+async function sysDriver(ifDir: string): Promise<string | null | undefined> {
+  try {
+    return (await readlink(join(ifDir, 'driver'))).split('/').pop() ?? null;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? null : undefined;
+  }
+}
+
+/** <iface>/hostN/targetN:0:0/N:0:0:0/block/sdX/size, in 512-byte sectors. */
+async function sysCapacity(ifDir: string): Promise<number | undefined> {
+  try {
+    for (const host of (await readdir(ifDir)).filter((n) => n.startsWith('host'))) {
+      for (const target of (await readdir(join(ifDir, host))).filter((n) => n.startsWith('target'))) {
+        for (const lun of (await readdir(join(ifDir, host, target))).filter((n) => /^\d+:\d+:\d+:\d+$/.test(n))) {
+          const blockDir = join(ifDir, host, target, lun, 'block');
+          for (const disk of await readdir(blockDir)) {
+            const sectors = Number((await readFile(join(blockDir, disk, 'size'), 'utf8')).trim());
+            if (Number.isFinite(sectors)) return sectors * 512;
+          }
+        }
+      }
+    }
+  } catch {
+    // Driver detached or sysfs laid out differently: capacity unknown without opening.
+  }
+  return undefined;
+}
+
+async function nodeAccessible(sysName: string, address: number | undefined): Promise<boolean | undefined> {
+  try {
+    const busnum = Number((await readFile(join(sysUsb, sysName, 'busnum'), 'utf8')).trim());
+    const devnum = address ?? Number((await readFile(join(sysUsb, sysName, 'devnum'), 'utf8')).trim());
+    const node = `/dev/bus/usb/${String(busnum).padStart(3, '0')}/${String(devnum).padStart(3, '0')}`;
+    await access(node, constants.R_OK | constants.W_OK);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EACCES' ? false : undefined;
+  }
+}
