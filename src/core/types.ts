@@ -1,0 +1,226 @@
+// The vocabulary of the pure core: identities, the abstract peer messages, the events a role
+// is fed and the actions it hands back. Nothing here does I/O (DESIGN "The core is a set of
+// pure state machines"; etcd raft's Ready, TigerBeetle's replica). The site layer executes the
+// actions with real devices and sockets and feeds the completions back as events; the
+// simulator in test/sim does the same with seeded fakes.
+//
+// Contract the executor (site layer or simulator) must keep, because correctness rests on it:
+//  1. Actions of one returned list are started in list order. An action that has an `opId`
+//     produces exactly one completion event with that `opId` (unless the process dies first).
+//  2. cacheAppend completions arrive in issue order, and after a crash the cache holds a prefix
+//     of the appends issued (a journal: replay stops at the first torn entry). cacheDrop takes
+//     effect in issue order before the next action runs (a crash may forget only the newest
+//     drops), so a replay never resurrects an entry older than one that was dropped after it.
+//  3. bitmapSet is durable when its completion arrives; bitmapSet/bitmapClear apply in issue
+//     order. metaPersist is durable when its completion arrives.
+//  4. `send` on a peer whose link is down is dropped silently: links are ordered streams
+//     (TCP), a reset loses what was in flight, and the core re-sends after the next peerUp.
+//  5. Timers are ticks: feed `tick` every few ms (Limits.tickMs); every event carries `nowMs`
+//     from a monotonic clock. The core never reads a clock or a random source itself.
+
+/** Epoch: grows by one at every promotion; persisted by every site (fencing). u64 on the wire. */
+export type Epoch = bigint;
+/** Sequence number assigned by the primary of an epoch, strictly increasing. u64 on the wire. */
+export type Seq = bigint;
+/** A site name from the cluster file. */
+export type PeerId = string;
+/** Host operation id chosen by the site (e.g. an index into its NBD cookie table). */
+export type HostOpId = number;
+/** Id of one I/O action, echoed by its completion event. Unique per core instance. */
+export type OpId = number;
+
+/** SCSI-style failure carried across the wire (hal/blockdev.ts SenseError flattened). */
+export interface SenseInfo {
+  readonly key: number;
+  readonly asc: number;
+  readonly ascq: number;
+  readonly message: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peer messages (abstract; src/wire maps each to a frame)
+
+export type PeerMsg =
+  /** A replicated host write. `fua`: durable at the receiver before it is acked. */
+  | { type: 'write'; epoch: Epoch; seq: Seq; offsetBytes: number; lengthBytes: number; fua: boolean; payload: Uint8Array }
+  /** Cumulative ack: every write with seq <= `seq` of `epoch` is in the receiver's cache AND performed on its storage (claim 10 iii, 11). */
+  | { type: 'ack'; epoch: Epoch; seq: Seq }
+  /** Per-write failure, sent before the cumulative ack that covers `seq`. */
+  | { type: 'writeStatus'; epoch: Epoch; seq: Seq; sense: SenseInfo }
+  /** Barrier: flush storage once every write with seq <= `seq` is performed. */
+  | { type: 'flush'; epoch: Epoch; flushId: bigint; seq: Seq }
+  | { type: 'flushAck'; epoch: Epoch; flushId: bigint; sense?: SenseInfo }
+  /** Liveness and round-trip time; `seqAcked` lets status show how far behind a peer is. */
+  | { type: 'heartbeat'; epoch: Epoch; sentMs: number; seqAcked: Seq; reply: boolean }
+  /** Upstream -> downstream, first message on every new link: "I speak for `epoch`". */
+  | { type: 'epoch'; epoch: Epoch }
+  /** Downstream -> upstream, the answer to `epoch`: "I hold every write of `epoch` up to `seqReceived`; send the rest, and resync me if you owe me regions". */
+  | { type: 'resyncRequest'; epoch: Epoch; seqReceived: Seq }
+  /** One region of the upstream's storage, sent to a mirror being resynced. */
+  | { type: 'resyncData'; epoch: Epoch; resyncId: bigint; offsetBytes: number; payload: Uint8Array }
+  /** The region is on the receiver's stable storage. */
+  | { type: 'resyncAck'; epoch: Epoch; resyncId: bigint; sense?: SenseInfo }
+  /** "Your epoch is stale; mine is `epoch`." The receiver must stop acting for its epoch. */
+  | { type: 'fence'; epoch: Epoch; reason: string };
+
+// ---------------------------------------------------------------------------------------------
+// Persistent state handed to a role at start (what the cache journal, bitmap file and meta
+// record held when the process last stopped)
+
+/** One pending write as it sits in the battery-backed cache journal. */
+export interface CacheEntry {
+  readonly epoch: Epoch;
+  readonly seq: Seq;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+  readonly fua: boolean;
+  readonly payload: Uint8Array;
+}
+
+/** The small persistent record every site keeps (epoch for fencing, seq reservation). */
+export interface Meta {
+  readonly epoch: Epoch;
+  /** Every seq below this may have been used; a restarted primary continues from here. */
+  readonly seqReserved: Seq;
+}
+
+export interface Recovered {
+  readonly meta: Meta;
+  /** Cache journal contents in append order. */
+  readonly cacheEntries: readonly CacheEntry[];
+  /** Persistent dirty bitmaps: mirror -> dirty region indexes (primary only). */
+  readonly dirtyRegions: ReadonlyMap<PeerId, readonly number[]>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events (fed to `step(event, nowMs)`)
+
+export type CoreEvent =
+  /** First event of every process life. `recovered` is what persistent storage held. */
+  | { type: 'start'; recovered: Recovered }
+  | { type: 'tick' }
+  | { type: 'hostWrite'; id: HostOpId; offsetBytes: number; lengthBytes: number; fua: boolean; payload: Uint8Array }
+  | { type: 'hostFlush'; id: HostOpId }
+  /** A link to `peer` is connected and authenticated. */
+  | { type: 'peerUp'; peer: PeerId }
+  /** The link to `peer` was lost (reset, timeout, peer died). Whatever was in flight is gone. */
+  | { type: 'peerDown'; peer: PeerId }
+  | { type: 'recv'; peer: PeerId; msg: PeerMsg }
+  | { type: 'cacheAppended'; opId: OpId; sense?: SenseInfo }
+  | { type: 'storageWritten'; opId: OpId; sense?: SenseInfo }
+  | { type: 'storageRead'; opId: OpId; data?: Uint8Array; sense?: SenseInfo }
+  | { type: 'storageFlushed'; opId: OpId; sense?: SenseInfo }
+  | { type: 'bitmapPersisted'; opId: OpId }
+  | { type: 'metaPersisted'; opId: OpId };
+
+// ---------------------------------------------------------------------------------------------
+// Actions (returned by `step`)
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+/** Why a host operation failed: `busy` means "queue full, retry later" (backpressure). */
+export type HostError =
+  | { kind: 'busy'; message: string }
+  | { kind: 'fenced'; message: string }
+  | { kind: 'io'; message: string; sense: SenseInfo };
+
+export type CoreAction =
+  /** Append to the battery-backed cache; completion `cacheAppended`. */
+  | { type: 'cacheAppend'; opId: OpId; entry: CacheEntry }
+  /** Remove entries from the cache (claim 12 vi, 21). No completion; in issue order. */
+  | { type: 'cacheDrop'; entries: readonly { epoch: Epoch; seq: Seq }[] }
+  /** Perform a write on local storage; completion `storageWritten`. */
+  | { type: 'storageWrite'; opId: OpId; offsetBytes: number; payload: Uint8Array; fua: boolean }
+  /** Read local storage (resync source); completion `storageRead` with `data`. */
+  | { type: 'storageRead'; opId: OpId; offsetBytes: number; lengthBytes: number }
+  /** Make every completed storage write durable; completion `storageFlushed`. */
+  | { type: 'storageFlush'; opId: OpId }
+  | { type: 'send'; peer: PeerId; msg: PeerMsg }
+  /** Complete a host write or flush; no `error` means success. */
+  | { type: 'ackHost'; id: HostOpId; error?: HostError }
+  /** Persist dirty bits for `peer`; completion `bitmapPersisted`. */
+  | { type: 'bitmapSet'; opId: OpId; peer: PeerId; regions: readonly number[] }
+  /** Clear dirty bits for `peer` (no completion needed: a stale set bit only costs a resync). */
+  | { type: 'bitmapClear'; peer: PeerId; regions: readonly number[] }
+  /** Persist the meta record; completion `metaPersisted`. */
+  | { type: 'metaPersist'; opId: OpId; meta: Meta }
+  | { type: 'log'; level: LogLevel; event: string; fields: Record<string, unknown> };
+
+// ---------------------------------------------------------------------------------------------
+// Named bounds (TigerBeetle style: every queue and window has a maximum, checked on insert)
+
+export interface Limits {
+  /** Writes with a seq assigned and not yet acked to the host (the per-mirror window). */
+  readonly inflightWritesMax: number;
+  /** Payload bytes of those writes. */
+  readonly inflightBytesMax: number;
+  /** Host operations waiting for a window slot; beyond this the host gets `busy`. */
+  readonly hostQueueWritesMax: number;
+  /** Bytes of payload the cache may hold (pending + awaiting the next storage flush). */
+  readonly cacheBytesMax: number;
+  /** Granularity of the dirty bitmap and of resync transfers. */
+  readonly regionBytes: number;
+  /** Resync rate: bytes of token budget added per second of ticks. */
+  readonly resyncBytesPerSecMax: number;
+  /** Regions being read/sent/acked at once per resyncing mirror. */
+  readonly resyncInflightRegionsMax: number;
+  /** Under `degrade`, how long an in-sync mirror may be unreachable before it is degraded. */
+  readonly mirrorLossGraceMs: number;
+  readonly heartbeatIntervalMs: number;
+  /** Flush local storage at least this often while unflushed writes sit in the cache. */
+  readonly flushIntervalMs: number;
+  /** ... or once this many performed writes await a flush. */
+  readonly flushAfterWritesMax: number;
+  /** Seqs reserved per metaPersist (the persisted high-water mark a restarted primary resumes from). */
+  readonly seqReserveChunk: bigint;
+  /** Host flushes in flight at once (beyond: queued in the host queue). */
+  readonly flushesInflightMax: number;
+  /** Writes a mirror holds received but not yet admitted to its cache (cache full). */
+  readonly mirrorReceiveQueueMax: number;
+  /** Resync regions a mirror holds waiting for its cache to drain. */
+  readonly mirrorResyncQueueMax: number;
+  /** Suggested tick period for the site layer. */
+  readonly tickMs: number;
+}
+
+export const defaultLimits: Limits = {
+  inflightWritesMax: 128,
+  inflightBytesMax: 32 * 1024 * 1024,
+  hostQueueWritesMax: 256,
+  cacheBytesMax: 64 * 1024 * 1024,
+  regionBytes: 64 * 1024, // 64 KiB: 16 Ki regions per GiB, a 2 KiB bitmap per GiB per mirror
+  resyncBytesPerSecMax: 64 * 1024 * 1024,
+  resyncInflightRegionsMax: 8,
+  mirrorLossGraceMs: 3000,
+  heartbeatIntervalMs: 1000,
+  flushIntervalMs: 1000,
+  flushAfterWritesMax: 64,
+  seqReserveChunk: 1n << 20n,
+  flushesInflightMax: 16,
+  mirrorReceiveQueueMax: 1024,
+  mirrorResyncQueueMax: 64,
+  tickMs: 10,
+};
+
+export type MirrorLossPolicy = 'block' | 'degrade';
+
+/** Assertions stay on in production (TigerBeetle): a broken invariant stops the role loudly. */
+export class CoreAssertionError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CoreAssertionError';
+  }
+}
+
+export function assert(cond: unknown, message: string): asserts cond {
+  if (!cond) throw new CoreAssertionError(message);
+}
+
+/** A role: fed one event at a time, returns the actions to execute. */
+export interface Role {
+  step(event: CoreEvent, nowMs: number): CoreAction[];
+}
+
+export function senseOf(message: string, key = 0x4, asc = 0x44, ascq = 0): SenseInfo {
+  return { key, asc, ascq, message };
+}
