@@ -1,0 +1,341 @@
+// The battery-backed cache journal: append, replay, torn tail, bad checksums, ring wrap,
+// backpressure when full, out-of-order done, and the documented byte layout.
+
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import {
+  CacheEntryFlags,
+  CacheJournal,
+  EntryHandle,
+  encodeEntryHeader,
+  entryHeaderBytes,
+  entryHeaderLayout,
+  ringStartBytes,
+  superblockLayout,
+  superblockSlotBytes,
+  type RecoveredEntry,
+} from '../../hal/cache.js';
+import { MemoryCacheDevice, openFileCacheDevice } from '../../hal/cachedev.js';
+import { SenseError } from '../../hal/blockdev.js';
+
+const sizeBytes = 64 * 1024;
+
+function payloadFor(i: number, len = 512): Buffer {
+  const b = Buffer.alloc(len);
+  for (let k = 0; k < len; k++) b[k] = (i * 31 + k * 7) & 0xff;
+  return b;
+}
+
+function meta(i: number, flags = 0) {
+  return { volume: 7, epoch: 3n, seq: BigInt(i), offsetBytes: i * 4096, flags };
+}
+
+/** What the device holds at this instant, as a fresh device: a crash of the process. */
+function crashCopy(dev: MemoryCacheDevice): MemoryCacheDevice {
+  const copy = new MemoryCacheDevice(dev.name, dev.sizeBytes);
+  copy.raw().set(dev.raw());
+  return copy;
+}
+
+function seqs(rs: RecoveredEntry[]): number[] {
+  return rs.map((r) => Number(r.handle.seq));
+}
+
+async function ticks(n = 20): Promise<void> {
+  for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+}
+
+describe('CacheJournal', () => {
+  it('replays every pending entry with its metadata and payload, in append order', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal, recovered } = await CacheJournal.open(dev);
+    expect(recovered).toEqual([]);
+    for (let i = 1; i <= 5; i++) await journal.append(meta(i, i === 3 ? CacheEntryFlags.FUA : 0), payloadFor(i, 512 * i));
+    const { recovered: again } = await CacheJournal.open(crashCopy(dev));
+    expect(seqs(again)).toEqual([1, 2, 3, 4, 5]);
+    for (const r of again) {
+      const i = Number(r.handle.seq);
+      expect(r.handle.volume).toBe(7);
+      expect(r.handle.epoch).toBe(3n);
+      expect(r.handle.offsetBytes).toBe(i * 4096);
+      expect(r.handle.flags).toBe(i === 3 ? CacheEntryFlags.FUA : 0);
+      expect(r.payload.equals(payloadFor(i, 512 * i))).toBe(true);
+    }
+  });
+
+  it('keeps u64 epoch and seq exact past 2^53', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal } = await CacheJournal.open(dev);
+    const big = (1n << 64n) - 3n;
+    await journal.append({ volume: 0xffff_ffff, epoch: big + 1n, seq: big, offsetBytes: 2 ** 40 }, payloadFor(1));
+    const { recovered } = await CacheJournal.open(crashCopy(dev));
+    expect(recovered[0]!.handle.seq).toBe(big);
+    expect(recovered[0]!.handle.epoch).toBe(big + 1n);
+    expect(recovered[0]!.handle.volume).toBe(0xffff_ffff);
+    expect(recovered[0]!.handle.offsetBytes).toBe(2 ** 40);
+  });
+
+  it('does not replay entries marked done once the head is persisted (close)', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal } = await CacheJournal.open(dev);
+    const hs: EntryHandle[] = [];
+    for (let i = 1; i <= 6; i++) hs.push(await journal.append(meta(i), payloadFor(i)));
+    journal.markDone(hs[0]!);
+    journal.markDone(hs[1]!);
+    journal.markDone(hs[3]!); // out of order: stays until 3 is done
+    expect(journal.pending().map((h) => Number(h.seq))).toEqual([3, 5, 6]);
+    await journal.close();
+    const { recovered } = await CacheJournal.open(crashCopy(dev));
+    // 4 is behind the pending 3, so it may come back (harmless re-delivery); 1 and 2 never.
+    expect(seqs(recovered)).toEqual([3, 4, 5, 6]);
+  });
+
+  it('persists the head after an idle spell, so a crash re-delivers few done entries', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal } = await CacheJournal.open(dev);
+    const hs: EntryHandle[] = [];
+    for (let i = 1; i <= 4; i++) hs.push(await journal.append(meta(i), payloadFor(i)));
+    for (const h of hs.slice(0, 3)) journal.markDone(h);
+    await new Promise((r) => setTimeout(r, 100));
+    const { recovered } = await CacheJournal.open(crashCopy(dev));
+    expect(seqs(recovered)).toEqual([4]);
+  });
+
+  it('cuts the tail at a torn payload and never resurrects what followed it', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal } = await CacheJournal.open(dev);
+    const hs: EntryHandle[] = [];
+    for (let i = 1; i <= 5; i++) hs.push(await journal.append(meta(i), payloadFor(i, 1024)));
+    const crashed = crashCopy(dev);
+    crashed.raw()[hs[2]!.posBytes + entryHeaderBytes + 100]! ^= 0xff; // entry 3: only part of its payload landed
+    const { journal: j2, recovered } = await CacheJournal.open(crashed);
+    expect(seqs(recovered)).toEqual([1, 2]);
+    // The next session writes an entry of the same size where 3 was, so the stale 4 sits
+    // exactly where the new 4 is expected: its older generation must keep it dead.
+    await j2.append(meta(30), payloadFor(30, 1024));
+    const { recovered: r3 } = await CacheJournal.open(crashCopy(crashed));
+    expect(seqs(r3)).toEqual([1, 2, 30]);
+  });
+
+  it('stops at a bad header checksum and at a header that is not the next entry', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal } = await CacheJournal.open(dev);
+    const hs: EntryHandle[] = [];
+    for (let i = 1; i <= 4; i++) hs.push(await journal.append(meta(i), payloadFor(i)));
+    const badHeader = crashCopy(dev);
+    badHeader.raw()[hs[1]!.posBytes + 30]! ^= 0x01; // inside the header: header crc fails
+    expect(seqs((await CacheJournal.open(badHeader)).recovered)).toEqual([1]);
+    const zeroed = crashCopy(dev);
+    zeroed.raw().fill(0, hs[3]!.posBytes, hs[3]!.posBytes + entryHeaderBytes); // never written
+    expect(seqs((await CacheJournal.open(zeroed)).recovered)).toEqual([1, 2, 3]);
+  });
+
+  it('falls back to the other superblock copy when the newer one is torn', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal } = await CacheJournal.open(dev);
+    const hs: EntryHandle[] = [];
+    for (let i = 1; i <= 3; i++) hs.push(await journal.append(meta(i), payloadFor(i)));
+    journal.markDone(hs[0]!);
+    await journal.close();
+    const crashed = crashCopy(dev);
+    // Tear both copies in turn: the surviving one names an older head (1 comes back) or the
+    // newer one (it does not); both are safe.
+    const tornNew = crashCopy(crashed);
+    const tornOld = crashCopy(crashed);
+    const slotA = tornNew.raw().subarray(0, 64);
+    const slotB = tornNew.raw().subarray(superblockSlotBytes, superblockSlotBytes + 64);
+    const newer = slotA.readUInt32BE(12) > slotB.readUInt32BE(12) ? 0 : superblockSlotBytes;
+    tornNew.raw()[newer + 20]! ^= 0xff;
+    tornOld.raw()[(newer === 0 ? superblockSlotBytes : 0) + 20]! ^= 0xff;
+    expect(seqs((await CacheJournal.open(tornNew)).recovered)).toEqual([1, 2, 3]);
+    expect(seqs((await CacheJournal.open(tornOld)).recovered)).toEqual([2, 3]);
+  });
+
+  it('wraps around the ring many times and replays correctly at every step', async () => {
+    let dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    let { journal } = await CacheJournal.open(dev, { headPersistBytes: 1 });
+    const live: EntryHandle[] = [];
+    let maxPos = 0;
+    let wrapped = 0;
+    let lastPos = 0;
+    for (let i = 1; i <= 400; i++) {
+      const len = 512 * (1 + (i % 13));
+      const h = await journal.append(meta(i), payloadFor(i, len));
+      if (h.posBytes < lastPos) wrapped++;
+      lastPos = h.posBytes;
+      maxPos = Math.max(maxPos, h.posBytes + h.sizeBytes);
+      live.push(h);
+      while (live.length > 4) journal.markDone(live.shift()!);
+      if (i % 37 === 0) {
+        await ticks();
+        // Crash and reopen: the pending ones (and maybe a few done ones just before) come back.
+        const crashed = crashCopy(dev);
+        const reopened = await CacheJournal.open(crashed, { headPersistBytes: 1 });
+        const got = seqs(reopened.recovered);
+        const want = live.map((h) => Number(h.seq));
+        expect(got.slice(-want.length)).toEqual(want);
+        for (const r of reopened.recovered) expect(r.payload.equals(payloadFor(Number(r.handle.seq), r.handle.payloadBytes))).toBe(true);
+        // Continue on the crashed copy: mark what came back done and keep going.
+        journal = reopened.journal;
+        dev = crashed;
+        live.length = 0;
+        for (const r of reopened.recovered) {
+          if (want.includes(Number(r.handle.seq))) live.push(r.handle);
+          else journal.markDone(r.handle);
+        }
+      }
+    }
+    expect(wrapped).toBeGreaterThan(5);
+    expect(maxPos).toBeLessThanOrEqual(sizeBytes);
+  });
+
+  it('makes a full append wait (never drop, never throw) and serves waiters first come first served', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal } = await CacheJournal.open(dev);
+    const len = 8192 - entryHeaderBytes;
+    const hs: EntryHandle[] = [];
+    // (64 KiB - 4 KiB superblocks) / 8 KiB entries = 7 entries fit.
+    for (let i = 1; i <= 7; i++) hs.push(await journal.append(meta(i), payloadFor(i, len)));
+    expect(journal.occupancy().bytes).toBe(7 * 8192);
+    const order: number[] = [];
+    const p8 = journal.append(meta(8), payloadFor(8, len)).then((h) => (order.push(8), h));
+    const p9 = journal.append(meta(9), payloadFor(9, 64)).then((h) => (order.push(9), h)); // small, but queued behind 8
+    await ticks();
+    expect(order).toEqual([]);
+    expect(journal.waitingAppends).toBe(2);
+    journal.markDone(hs[3]!); // out of order: frees nothing yet
+    await ticks();
+    expect(order).toEqual([]);
+    journal.markDone(hs[0]!); // head moves: 8 fits at the ring start
+    journal.markDone(hs[1]!); // and 9 after it
+    const [h8, h9] = await Promise.all([p8, p9]);
+    expect(order).toEqual([8, 9]);
+    expect(h8.posBytes).toBe(ringStartBytes);
+    expect(h9.jseq).toBe(h8.jseq + 1);
+    const { recovered } = await CacheJournal.open(crashCopy(dev));
+    // 4 was done out of order behind the pending 3: it may be re-delivered, harmlessly.
+    expect(seqs(recovered)).toEqual([3, 4, 5, 6, 7, 8, 9]);
+  });
+
+  it('rewinds an empty ring whose tail is near the end for an entry that only fits from the start', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal } = await CacheJournal.open(dev);
+    const a = await journal.append(meta(1), payloadFor(1, 40 * 1024));
+    journal.markDone(a);
+    // 40 KiB used from the start; 20 KiB left before the end; a 50 KiB entry must go at the
+    // start, which covers the persisted head: the journal must move the head first.
+    const b = await journal.append(meta(2), payloadFor(2, 50 * 1024));
+    expect(b.posBytes).toBe(ringStartBytes);
+    const { recovered } = await CacheJournal.open(crashCopy(dev));
+    expect(seqs(recovered)).toEqual([2]);
+    expect(recovered[0]!.payload.equals(payloadFor(2, 50 * 1024))).toBe(true);
+  });
+
+  it('refuses an entry bigger than the whole cache with an error naming the device and the fix', async () => {
+    const { journal } = await CacheJournal.open(new MemoryCacheDevice('memory:tiny', sizeBytes));
+    const err = await journal.append(meta(1), Buffer.alloc(sizeBytes)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SenseError);
+    expect((err as Error).message).toMatch(/memory:tiny.*cannot fit.*cache\.size/);
+  });
+
+  it('refuses bad metadata at the edge', async () => {
+    const { journal } = await CacheJournal.open(new MemoryCacheDevice('memory:c', sizeBytes));
+    await expect(journal.append({ ...meta(1), seq: -1n }, payloadFor(1))).rejects.toThrow(/seq -1/);
+    await expect(journal.append({ ...meta(1), seq: 1n << 64n }, payloadFor(1))).rejects.toThrow(/seq/);
+    await expect(journal.append({ ...meta(1), flags: 0x80 }, payloadFor(1))).rejects.toThrow(/unknown bits/);
+    await expect(journal.append({ ...meta(1), offsetBytes: -4096 }, payloadFor(1))).rejects.toThrow(/offset/);
+  });
+
+  it('refuses to reopen a journal with a different configured size', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'gm-cache-'));
+    try {
+      const path = join(dir, 'c.cache');
+      const { journal } = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes }));
+      await journal.append(meta(1), payloadFor(1));
+      await journal.close();
+      await expect(CacheJournal.open(await openFileCacheDevice(path, { sizeBytes: sizeBytes * 2 }))).rejects.toThrow(/formatted for 65536 bytes.*cache\.size/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('survives reopening a file-backed cache without close (what kill -9 leaves)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'gm-cache-'));
+    try {
+      const path = join(dir, 'c.cache');
+      const { journal } = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes }));
+      const big = payloadFor(2, 200 * 1024); // bigger than the whole 64 KiB cache
+      await expect(journal.append(meta(2), big)).rejects.toThrow(/cannot fit/);
+      const hs: EntryHandle[] = [];
+      for (let i = 1; i <= 5; i++) hs.push(await journal.append(meta(i), payloadFor(i, 4096)));
+      journal.markDone(hs[0]!);
+      // No close: a second handle on the same file sees what the page cache holds.
+      const { journal: j2, recovered } = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes }));
+      expect(seqs(recovered).slice(-4)).toEqual([2, 3, 4, 5]);
+      await j2.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('writes large payloads (CRC overlapped with the write) that replay byte for byte', async () => {
+    const dev = new MemoryCacheDevice('memory:c', 4 * 1024 * 1024);
+    const { journal } = await CacheJournal.open(dev);
+    const p = payloadFor(1, 1024 * 1024);
+    await journal.append(meta(1), p);
+    const { recovered } = await CacheJournal.open(crashCopy(dev));
+    expect(recovered[0]!.payload.equals(p)).toBe(true);
+  });
+});
+
+describe('cache journal byte layout', () => {
+  it('hand-encoded entry header equals the documented buffer-layout struct', () => {
+    const h = new EntryHandle(0x1_0000_0002, 9, (1n << 63n) + 5n, 0x0102030405060708n, 2 ** 45 + 4096, CacheEntryFlags.FUA | CacheEntryFlags.RETAIN, 4096, ringStartBytes, 4160, 77);
+    const hand = Buffer.alloc(entryHeaderBytes);
+    encodeEntryHeader(hand, 0xdeadbeef, h, 0xcafef00d);
+    const viaLayout = Buffer.alloc(entryHeaderBytes);
+    expect(entryHeaderLayout.span).toBe(entryHeaderBytes);
+    entryHeaderLayout.encode(
+      {
+        magic: 0x474d4345,
+        flags: 3,
+        version: 1,
+        reserved: 0,
+        journalId: 0xdeadbeef,
+        generation: 77,
+        jseqHi: 1,
+        jseqLo: 2,
+        volume: 9,
+        payloadBytes: 4096,
+        epochHi: 0x8000_0000,
+        epochLo: 5,
+        seqHi: 0x01020304,
+        seqLo: 0x05060708,
+        offsetBytesHi: 2 ** 13,
+        offsetBytesLo: 4096,
+        payloadCrc: 0xcafef00d,
+        headerCrc: hand.readUInt32BE(60),
+      },
+      viaLayout,
+    );
+    expect(viaLayout.toString('hex')).toBe(hand.toString('hex'));
+  });
+
+  it('superblock on the device decodes with the documented buffer-layout struct', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal } = await CacheJournal.open(dev);
+    await journal.append(meta(1), payloadFor(1));
+    await journal.close();
+    expect(superblockLayout.span).toBe(64);
+    const slots = [0, superblockSlotBytes].map((at) => superblockLayout.decode(dev.raw().subarray(at, at + 64)));
+    const newest = slots.reduce((a, b) => (a.sbSeqLo > b.sbSeqLo ? a : b));
+    expect(newest.magic).toBe(0x474d4353);
+    expect(newest.regionBytesLo).toBe(sizeBytes);
+    expect(newest.generation).toBe(1);
+    expect(newest.headPosLo).toBe(ringStartBytes);
+    expect(newest.headJseqLo).toBe(1);
+  });
+});
+
