@@ -31,6 +31,8 @@ const emptyBody = Buffer.alloc(0);
 export interface ParserOptions {
   /** Largest frame accepted; at most the protocol's frameBytesMax. */
   readonly frameBytesMax?: number;
+  /** frameSeq expected of the first frame (0 on a new connection; tests start elsewhere). */
+  readonly firstFrameSeq?: number;
 }
 
 export function versionRefusal(peerVersion: number): string {
@@ -62,6 +64,7 @@ export class FrameParser {
       throw new RangeError(`FrameParser frameBytesMax ${max} must be an integer in ${headerBytes}..${defaultFrameBytesMax}`);
     }
     this.frameBytesMax = max;
+    this.expectedSeq = (options.firstFrameSeq ?? 0) >>> 0;
   }
 
   /** Bytes the parser holds in its own buffers right now (never more than frameBytesMax). */
