@@ -12,12 +12,12 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, isPair, isScalar, type Document } from 'yaml';
 import { parseSizeBytes, parseDurationMs } from './units.js';
 import { closest, didYouMean } from './suggest.js';
+import { DeviceStringError, formatDeviceString, parseDeviceString, type DeviceSpec } from '../../hal/devstring.js';
 
 export const roles = ['primary', 'mirror', 'relay', 'standby', 'witness'] as const;
 export type Role = (typeof roles)[number];
 export type RelayAck = 'cached' | 'end-to-end';
 export type OnMirrorLoss = 'block' | 'degrade';
-export type DeviceKind = 'memory' | 'loopback' | 'usb' | 'serial';
 
 /** Default time without heartbeats before a standby promotes itself (claim 13 v). */
 export const failoverTimeoutMsDefault = 5_000;
@@ -35,20 +35,14 @@ export interface Address {
   text: string;
 }
 
-export interface DeviceSpec {
-  kind: DeviceKind;
-  /** The device string with relative paths made absolute: what the HAL opener is given. */
-  text: string;
-  /** loopback/serial: absolute path; memory: optional label. */
-  path?: string;
-  vendorId?: number;
-  productId?: number;
-  serialNumber?: string;
-  baud?: number;
-}
+/**
+ * A device of the file, parsed by the HAL's own parser (hal/devstring.ts) with relative
+ * loopback/serial paths made absolute; `text` is its canonical string for logs and status.
+ */
+export type SiteDevice = DeviceSpec & { readonly text: string };
 
 export interface CacheSpec {
-  device: DeviceSpec;
+  device: SiteDevice;
   sizeBytes: number;
 }
 
@@ -65,7 +59,7 @@ export interface SiteConfig {
   admin?: Address;
   cache?: CacheSpec;
   /** Several entries form a RAID-1 array inside the site; empty for a witness or a copy-less relay. */
-  storage: DeviceSpec[];
+  storage: SiteDevice[];
   /** Fan-out targets (primary; standby: defaults to the primary's mirrors). */
   mirrors: string[];
   /** Relay: next hop of the cascade (claim 14). */
@@ -423,12 +417,12 @@ class Validator {
     return device && sizeBytes !== undefined ? { device, sizeBytes } : undefined;
   }
 
-  private storage(x: unknown, keys: (string | number)[]): DeviceSpec[] {
+  private storage(x: unknown, keys: (string | number)[]): SiteDevice[] {
     if (!Array.isArray(x) || x.length === 0) {
       this.fail(keys, 'must be a non-empty list of device strings, e.g. ["loopback:./data/east.img"]');
       return [];
     }
-    const out: DeviceSpec[] = [];
+    const out: SiteDevice[] = [];
     x.forEach((d, i) => {
       const spec = this.device(d, [...keys, i]);
       if (spec) out.push(spec);
@@ -436,9 +430,10 @@ class Validator {
     return out;
   }
 
-  private device(x: unknown, keys: (string | number)[]): DeviceSpec | undefined {
-    const parsed = typeof x === 'string' ? parseDeviceString(x, (p) => this.path(p)) : { error: 'is not a device string' };
-    if ('error' in parsed) return this.fail(keys, `${show(x)} ${parsed.error}`);
+  private device(x: unknown, keys: (string | number)[]): SiteDevice | undefined {
+    if (typeof x !== 'string') return this.fail(keys, `${show(x)} is not a device string; use ${deviceForms}`);
+    const parsed = parseSiteDevice(x, (p) => this.path(p));
+    if (typeof parsed === 'string') return this.fail(keys, parsed);
     return parsed;
   }
 
@@ -604,45 +599,23 @@ export function parseAddress(text: string): Address | undefined {
   return { host, port, text: `${host}:${port}` };
 }
 
-const devicePrefixes = ['memory', 'loopback', 'usb', 'serial'] as const;
+const deviceSchemes = ['memory', 'loopback', 'usb', 'serial'] as const;
 const deviceForms = 'memory:, loopback:PATH, usb:VID:PID[:SERIAL] or serial:PATH[?baud=N]';
 
-/**
- * Checks a device string and makes its path absolute. The HAL's own parser
- * (hal/devstring.ts) opens the device; this only validates the form at the config edge.
- */
-export function parseDeviceString(text: string, absolute: (p: string) => string): DeviceSpec | { error: string } {
-  const colon = text.indexOf(':');
-  const prefix = colon < 0 ? text : text.slice(0, colon);
-  const rest = colon < 0 ? '' : text.slice(colon + 1);
-  switch (prefix) {
-    case 'memory':
-      return rest === '' ? { kind: 'memory', text: 'memory:' } : { kind: 'memory', text: `memory:${rest}`, path: rest };
-    case 'loopback': {
-      if (rest === '') return { error: 'needs a file path: loopback:PATH, e.g. loopback:./data/east.img' };
-      const path = absolute(rest);
-      return { kind: 'loopback', text: `loopback:${path}`, path };
-    }
-    case 'usb': {
-      const m = /^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})(?::(.+))?$/.exec(rest);
-      if (!m) return { error: 'is not usb:VID:PID[:SERIAL] with 4-digit hex ids, e.g. usb:0781:5583' };
-      const spec: DeviceSpec = { kind: 'usb', text: `usb:${m[1]!.toLowerCase()}:${m[2]!.toLowerCase()}${m[3] ? `:${m[3]}` : ''}`, vendorId: parseInt(m[1]!, 16), productId: parseInt(m[2]!, 16) };
-      if (m[3]) spec.serialNumber = m[3];
-      return spec;
-    }
-    case 'serial': {
-      const m = /^([^?]+)(?:\?baud=(\d+))?$/.exec(rest);
-      if (!m) return { error: 'is not serial:PATH[?baud=N], e.g. serial:/dev/ttyUSB0?baud=921600' };
-      const baud = m[2] === undefined ? undefined : Number(m[2]);
-      if (baud === 0) return { error: 'has baud=0; give a positive baud rate' };
-      const path = absolute(m[1]!);
-      return { kind: 'serial', text: `serial:${path}${baud ? `?baud=${baud}` : ''}`, path, ...(baud ? { baud } : {}) };
-    }
-    default: {
-      const guess = closest(prefix, devicePrefixes);
-      return { error: `has no known device type${guess ? ` (did you mean "${guess}:"?)` : ''}; use ${deviceForms}` };
-    }
+/** Parses with the HAL's parser, makes paths absolute; a string is the problem. */
+function parseSiteDevice(text: string, absolute: (p: string) => string): SiteDevice | string {
+  let spec: DeviceSpec;
+  try {
+    spec = parseDeviceString(text);
+  } catch (err) {
+    if (!(err instanceof DeviceStringError)) throw err;
+    const colon = text.indexOf(':');
+    const scheme = colon < 0 ? text : text.slice(0, colon);
+    const guess = deviceSchemes.includes(scheme as (typeof deviceSchemes)[number]) ? undefined : closest(scheme, deviceSchemes);
+    return `${err.message}${guess ? ` (did you mean "${guess}:"?)` : ''}`;
   }
+  if (spec.kind === 'loopback' || spec.kind === 'serial') spec = { ...spec, path: absolute(spec.path) };
+  return { ...spec, text: formatDeviceString(spec) };
 }
 
 /**

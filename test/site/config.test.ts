@@ -49,7 +49,7 @@ describe('loading a valid file', () => {
     const local = c.sites.local!;
     expect(local.role).toBe('primary');
     expect(local.nbd).toEqual({ host: '127.0.0.1', port: 10809, text: '127.0.0.1:10809' });
-    expect(local.cache).toEqual({ device: { kind: 'loopback', text: 'loopback:/srv/demo/data/local.cache', path: '/srv/demo/data/local.cache' }, sizeBytes: 64 * 1024 ** 2 });
+    expect(local.cache).toEqual({ device: { kind: 'loopback', path: '/srv/demo/data/local.cache', text: 'loopback:/srv/demo/data/local.cache' }, sizeBytes: 64 * 1024 ** 2 });
     expect(local.storage.map((d) => d.text)).toEqual(['loopback:/srv/demo/data/local.img']);
     expect(local.mirrors).toEqual(['east', 'west']);
     expect(local.onMirrorLoss).toBe('degrade');
@@ -83,14 +83,14 @@ sites:
       file,
     );
     expect(c.secret).toEqual({ source: 'inline', inlineHex: '00112233445566778899aabbccddeeff' });
-    expect(c.sites.hq!.storage[0]).toMatchObject({ kind: 'usb', vendorId: 0x0781, productId: 0x5583, serialNumber: 'AA01' });
-    expect(c.sites.hq!.storage[1]).toMatchObject({ kind: 'serial', path: '/dev/ttyUSB0', baud: 921600 });
+    expect(c.sites.hq!.storage[0]).toMatchObject({ kind: 'usb', vendorId: 0x0781, productId: 0x5583, serial: 'AA01', text: 'usb:0781:5583:AA01' });
+    expect(c.sites.hq!.storage[1]).toMatchObject({ kind: 'serial', path: '/dev/ttyUSB0', baudRate: 921600 });
     expect(c.sites.hq!.onMirrorLoss).toBe('block');
     expect(c.sites.r1!.relayAck).toBe('end-to-end');
     expect(c.sites.r2!.relayAck).toBe('cached');
     expect(c.sites.r2!.listen!.host).toBe('fd00::2');
     expect(c.sites.r2!.storage[0]!.text).toBe('loopback:/srv/demo/r2.img');
-    expect(c.sites.r2!.cache!.device.path).toBe('/abs/r2.cache');
+    expect(c.sites.r2!.cache!.device).toMatchObject({ kind: 'loopback', path: '/abs/r2.cache' });
     expect(c.sites.backup!.failoverTimeoutMs).toBe(2500);
     expect(c.sites.backup!.mirrors).toEqual(['r1', 'far']); // inherits the primary's mirrors
     expect(c.sites.judge!.failoverTimeoutMs).toBe(500);
@@ -113,8 +113,8 @@ describe('refusals name the key', () => {
     ['port clash', 'listen: 127.0.0.1:7402', /^sites\.west\.listen: 127\.0\.0\.1:7401 is already used by sites\.east\.listen/],
     ['admin clashes with nbd', 'admin: 127.0.0.1:9400', /^sites\.local\.admin: 127\.0\.0\.1:10809 is already used by sites\.local\.nbd/],
     ['bad address', 'listen: 127.0.0.1:7400', /^sites\.local\.listen: "127\.0\.0\.1:99999" is not HOST:PORT/],
-    ['bad device prefix', '"loopback:./data/east.img"', /^sites\.east\.storage\[0\]: "lopback:\.\/data\/east\.img" has no known device type \(did you mean "loopback:"\?\)/],
-    ['bad usb ids', '"loopback:./data/west.img"', /^sites\.west\.storage\[0\]: "usb:78:5583" is not usb:VID:PID/],
+    ['bad device prefix', '"loopback:./data/east.img"', /^sites\.east\.storage\[0\]: device string "lopback:\.\/data\/east\.img": unknown scheme .* \(did you mean "loopback:"\?\)$/],
+    ['bad usb ids', '"loopback:./data/west.img"', /^sites\.west\.storage\[0\]: device string "usb:78:5583:x y": expected a serial number/],
     ['block size', 'blockSize: 4096', /^volume\.blockSize: 1024 is not supported; use 512 or 4096/],
     ['volume not a block multiple', 'size: 1GiB', /^volume\.size: "1000" must be a positive multiple of blockSize 4096/],
     ['key on the wrong role', 'role: mirror, listen: 127.0.0.1:7401', /^sites\.east\.forward: a mirror site has no forward/],
@@ -133,7 +133,7 @@ describe('refusals name the key', () => {
     'admin clashes with nbd': ['admin: 127.0.0.1:9400', 'admin: 127.0.0.1:10809'],
     'bad address': ['listen: 127.0.0.1:7400', 'listen: 127.0.0.1:99999'],
     'bad device prefix': ['"loopback:./data/east.img"', '"lopback:./data/east.img"'],
-    'bad usb ids': ['"loopback:./data/west.img"', '"usb:78:5583"'],
+    'bad usb ids': ['"loopback:./data/west.img"', '"usb:78:5583:x y"'],
     'block size': ['blockSize: 4096', 'blockSize: 1024'],
     'volume not a block multiple': ['size: 1GiB', 'size: "1000"'],
     'key on the wrong role': ['role: mirror, listen: 127.0.0.1:7401', 'role: mirror, forward: west, listen: 127.0.0.1:7401'],

@@ -1,0 +1,214 @@
+// Runs one site of a cluster file: `geomirror site --config FILE --site NAME`.
+//
+// Order of work, each step refusing with a message that names the thing:
+//   1. the site exists in the file;
+//   2. start-up checks, all reported together: device files present and big enough, the key
+//      file readable, listen/nbd/admin addresses free on this machine;
+//   3. logs: the file's warnings and, on a primary or standby, the geography of claims 5-7;
+//   4. the admin server (so /status answers "starting" while the runtime replays its cache);
+//   5. the role's replication runtime (src/site/roles.ts), which opens devices, binds
+//      listen/nbd and connects links; it reports through SiteRuntime.status() and metrics.
+import { createServer } from 'node:net';
+import { statSync } from 'node:fs';
+import { checkGeography, type GeoReport } from '../core/geo.js';
+import { readSecret, type ClusterConfig, type SiteDevice, type Role, type SiteConfig } from './config.js';
+import { startAdminServer, type AdminServer } from './admin.js';
+import { componentLogger, createLogger, type Logger } from './log.js';
+import { createSiteMetrics, type SiteMetrics } from './metrics.js';
+import { roleRuntimes } from './roles.js';
+import type { SiteStatus } from './status.js';
+import { didYouMean } from './suggest.js';
+import { formatBytes } from './units.js';
+
+/** Everything a role runtime needs, checked and opened by runSite. */
+export interface SiteContext {
+  config: ClusterConfig;
+  site: SiteConfig;
+  /** The cluster key (claim: sites authenticate each other with it). */
+  secret: Buffer;
+  log: Logger;
+  metrics: SiteMetrics;
+  /** Primary/standby with located mirrors: the claims 5-7 report, already logged. */
+  geo?: GeoReport;
+}
+
+/** A running role: what the admin server and the stop path talk to. */
+export interface SiteRuntime {
+  status(): SiteStatus;
+  /** Stop accepting work, finish or persist what is in flight, close devices and sockets. */
+  stop(): Promise<void>;
+}
+
+export type RoleRuntime = (ctx: SiteContext) => Promise<SiteRuntime>;
+
+export interface RunSiteOptions {
+  /** Default: a logger for this site on stdout. */
+  log?: Logger;
+  /** Default: roleRuntimes[site.role]. Tests and embedders pass their own. */
+  runtime?: RoleRuntime;
+  /** Default true; tests running several sites in one process may turn process metrics off. */
+  processMetrics?: boolean;
+}
+
+export interface RunningSite {
+  name: string;
+  role: Role;
+  log: Logger;
+  metrics: SiteMetrics;
+  admin?: AdminServer;
+  status(): SiteStatus;
+  stop(): Promise<void>;
+}
+
+/** Start-up problems, all found before anything is opened. */
+export class StartupError extends Error {
+  readonly problems: string[];
+  constructor(site: string, problems: string[]) {
+    super(`site ${site} cannot start:\n${problems.map((p) => `  ${p}`).join('\n')}`);
+    this.name = 'StartupError';
+    this.problems = problems;
+  }
+}
+
+export async function runSite(config: ClusterConfig, siteName: string, options: RunSiteOptions = {}): Promise<RunningSite> {
+  const site = config.sites[siteName];
+  if (site === undefined) {
+    throw new StartupError(siteName, [`--site ${siteName}: no such site in ${config.file}${didYouMean(siteName, config.siteNames)}; sites are ${config.siteNames.join(', ')}`]);
+  }
+  const runtimeFactory = options.runtime ?? roleRuntimes[site.role];
+  const problems = [...checkDevices(config, site), ...(await checkAddresses(site))];
+  let secret: Buffer | undefined;
+  try {
+    secret = readSecret(config);
+  } catch (err) {
+    problems.push((err as Error).message);
+  }
+  if (runtimeFactory === undefined) {
+    problems.push(`sites.${site.name}.role: this build of geomirror has no ${site.role} runtime yet (built: ${Object.keys(roleRuntimes).join(', ') || 'none'})`);
+  }
+  if (problems.length > 0 || secret === undefined || runtimeFactory === undefined) throw new StartupError(site.name, problems);
+
+  const log = options.log ?? createLogger({ site: site.name });
+  const startedAtMs = Date.now();
+  log.info({ event: 'starting', role: site.role, cluster: config.cluster, config: config.file }, `starting ${site.role} site ${site.name} of cluster ${config.cluster}`);
+  for (const w of config.warnings) log.warn({ event: 'config-warning' }, w);
+  const geo = logGeography(config, site, componentLogger(log, 'geo'));
+  const metrics = createSiteMetrics({ site: site.name, role: site.role, cluster: config.cluster, processMetrics: options.processMetrics ?? true });
+  if (site.cache) metrics.cacheCapacityBytes.set(site.cache.sizeBytes);
+
+  let runtime: SiteRuntime | undefined;
+  const starting = (): SiteStatus => startingStatus(config, site, startedAtMs);
+  const admin = site.admin
+    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => runtime?.status() ?? starting(), registry: metrics.registry, log: componentLogger(log, 'admin') })
+    : undefined;
+  try {
+    runtime = await runtimeFactory({ config, site, secret, log, metrics, ...(geo ? { geo } : {}) });
+  } catch (err) {
+    await admin?.close();
+    throw err;
+  }
+  log.info({ event: 'ready', role: site.role, admin: admin?.url }, `site ${site.name} ready`);
+
+  let stopping: Promise<void> | undefined;
+  const running = runtime;
+  return {
+    name: site.name,
+    role: site.role,
+    log,
+    metrics,
+    ...(admin ? { admin } : {}),
+    status: () => running.status(),
+    stop: () =>
+      (stopping ??= (async () => {
+        log.info({ event: 'stopping' }, `stopping site ${site.name}`);
+        try {
+          await running.stop();
+        } finally {
+          await admin?.close();
+          log.info({ event: 'stopped' }, `site ${site.name} stopped`);
+        }
+      })()),
+  };
+}
+
+/** What /status says before the runtime is up: nothing invented, only the file's facts. */
+function startingStatus(config: ClusterConfig, site: SiteConfig, startedAtMs: number): SiteStatus {
+  return {
+    cluster: config.cluster,
+    site: site.name,
+    role: site.role,
+    volume: config.volume.name,
+    epoch: 0,
+    lastSeqAcked: '0',
+    state: 'starting',
+    cache: { usedBytes: 0, capacityBytes: site.cache?.sizeBytes ?? 0, entries: 0 },
+    peers: [],
+    pid: process.pid,
+    uptimeSeconds: Math.round((Date.now() - startedAtMs) / 1000),
+  };
+}
+
+/** Device files must exist and hold what the file says; the runtime opens them later. */
+export function checkDevices(config: ClusterConfig, site: SiteConfig): string[] {
+  const problems: string[] = [];
+  const check = (key: string, dev: SiteDevice, bytesMin: number, what: string): void => {
+    if (dev.kind !== 'loopback' && dev.kind !== 'serial') return; // memory: nothing to find; usb: the HAL enumerates the bus
+    let st;
+    try {
+      st = statSync(dev.path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const fix = dev.kind === 'loopback' ? `; create it with: truncate -s ${bytesMin} ${dev.path}` : '; is the device plugged in?';
+      problems.push(`${key}: ${dev.kind} device ${dev.path} ${code === 'ENOENT' ? 'does not exist' : `cannot be read (${code})`}${fix}`);
+      return;
+    }
+    if (dev.kind === 'loopback') {
+      if (!st.isFile()) problems.push(`${key}: ${dev.path} is not a regular file; loopback devices are plain files`);
+      else if (st.size < bytesMin) problems.push(`${key}: ${dev.path} holds ${formatBytes(st.size)} but ${what} is ${formatBytes(bytesMin)}; grow it with: truncate -s ${bytesMin} ${dev.path}`);
+    }
+  };
+  if (site.cache) check(`sites.${site.name}.cache.device`, site.cache.device, site.cache.sizeBytes, 'cache.size');
+  site.storage.forEach((d, i) => check(`sites.${site.name}.storage[${i}]`, d, config.volume.sizeBytes, 'volume.size'));
+  return problems;
+}
+
+/** Binds each of listen/nbd/admin for a moment, so a taken port is named before anything starts. */
+export async function checkAddresses(site: SiteConfig): Promise<string[]> {
+  const problems: string[] = [];
+  for (const key of ['listen', 'nbd', 'admin'] as const) {
+    const a = site[key];
+    if (a === undefined) continue;
+    const err = await probeListen(a.host, a.port);
+    if (err === undefined) continue;
+    const why =
+      err.code === 'EADDRINUSE'
+        ? `is taken by another process (is site ${site.name} already running? see: ss -ltnp 'sport = :${a.port}')`
+        : err.code === 'EADDRNOTAVAIL'
+          ? 'is not an address of this machine; run this site on the machine that owns it'
+          : err.code === 'EACCES'
+            ? 'needs privileges (ports below 1024); pick a port above 1023'
+            : err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN'
+              ? `has a host name that does not resolve (${err.code})`
+              : `cannot be bound (${err.code ?? err.message})`;
+    problems.push(`sites.${site.name}.${key}: ${a.text} ${why}`);
+  }
+  return problems;
+}
+
+function probeListen(host: string, port: number): Promise<NodeJS.ErrnoException | undefined> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', (err: NodeJS.ErrnoException) => resolve(err));
+    server.listen({ host, port, exclusive: true }, () => server.close(() => resolve(undefined)));
+  });
+}
+
+/** Claims 5-7 at start: the primary (or standby) logs each mirror's distance and the warnings. */
+function logGeography(config: ClusterConfig, site: SiteConfig, log: Logger): GeoReport | undefined {
+  if ((site.role !== 'primary' && site.role !== 'standby') || site.mirrors.length === 0) return undefined;
+  const mirrors = site.mirrors.map((name) => ({ name, ...(config.sites[name]?.location ? { location: config.sites[name]!.location! } : {}) }));
+  const report = checkGeography({ name: site.name, ...(site.location ? { location: site.location } : {}) }, mirrors);
+  for (const note of report.notes) log.info({ event: 'geography' }, note);
+  for (const warning of report.warnings) log.warn({ event: 'geography' }, warning);
+  return report;
+}
