@@ -328,7 +328,8 @@ export class UsbBlockDevice implements BlockDevice {
         if (becomingReady) await new Promise((res) => setTimeout(res, this.o.notReadyDelayMs));
         continue;
       }
-      const at = lba ?? s.information;
+      // A medium error's INFORMATION field names the failing block itself (SBC-3 4.14.1).
+      const at = s.key === SenseKey.MEDIUM_ERROR && s.information !== undefined ? s.information : (lba ?? s.information);
       throw new SenseError(s.key as SenseKey, [s.asc, s.ascq], this.name, `${what} failed${retryable ? ` after ${senseTries} retries` : ''}`, at);
     }
   }
