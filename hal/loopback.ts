@@ -210,6 +210,9 @@ function openError(device: string, path: string, readOnly: boolean, err: unknown
   if (code === 'ENOENT') {
     return sense.notPresent(device, `file ${path} does not exist; create it or open with create: true`);
   }
+  if (code === 'EISDIR') {
+    return sense.invalidField(device, `${path} is a directory; name a file inside it (e.g. ${path}/volume.img)`);
+  }
   if (!readOnly && (code === 'EACCES' || code === 'EROFS' || code === 'EPERM')) {
     return new SenseError(
       SenseKey.DATA_PROTECT,

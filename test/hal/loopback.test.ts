@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Asc, SenseKey } from '../../hal/blockdev.js';
-import { mapFsError, openLoopback } from '../../hal/loopback.js';
+import type { FileHandle } from 'node:fs/promises';
+import { LoopbackDevice, mapFsError, openLoopback } from '../../hal/loopback.js';
 import { adapterContract, pattern, senseOf } from './adapter-contract.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'geomirror-loopback-'));
@@ -123,5 +124,95 @@ describe('mapFsError', () => {
       expect([e.asc, e.ascq]).toEqual([...Asc.MEDIUM_NOT_PRESENT]);
     }
     expect(mapFsError('d', 'read', 1, err('EWHATEVER')).key).toBe(SenseKey.HARDWARE_ERROR);
+  });
+});
+
+/**
+ * A stand-in FileHandle over a Buffer that returns at most `chunkBytes` per call and can be told
+ * to fail with an OS error code: how short I/O and OS errors reach the real adapter code.
+ */
+class ShortIoHandle {
+  readonly bytes = Buffer.alloc(8 * 512);
+  calls = 0;
+  failWith: { op: 'read' | 'write' | 'datasync'; code: string } | undefined;
+  constructor(private readonly chunkBytes: number) {}
+  private maybeFail(op: 'read' | 'write' | 'datasync'): void {
+    if (this.failWith?.op === op) throw Object.assign(new Error(`${this.failWith.code}: simulated`), { code: this.failWith.code });
+  }
+  async write(data: Uint8Array, off: number, len: number, pos: number) {
+    this.calls++;
+    this.maybeFail('write');
+    const n = Math.min(len, this.chunkBytes);
+    this.bytes.set(data.subarray(off, off + n), pos);
+    return { bytesWritten: n, buffer: data };
+  }
+  async read(out: Buffer, off: number, len: number, pos: number) {
+    this.calls++;
+    this.maybeFail('read');
+    const n = Math.min(len, this.chunkBytes, this.bytes.length - pos);
+    this.bytes.copy(out, off, pos, pos + n);
+    return { bytesRead: Math.max(n, 0), buffer: out };
+  }
+  async datasync() {
+    this.maybeFail('datasync');
+  }
+  async close() {}
+}
+
+describe('LoopbackDevice over short and failing I/O', () => {
+  const make = (chunkBytes: number) => {
+    const fh = new ShortIoHandle(chunkBytes);
+    const dev = new LoopbackDevice('loopback:/fake.img', '/fake.img', fh as unknown as FileHandle, 512, 8, false);
+    return { fh, dev };
+  };
+
+  it('loops on short writes and short reads until the whole request is done', async () => {
+    const { fh, dev } = make(100);
+    const data = pattern(3 * 512, 21);
+    await dev.write(2, data, { fua: true });
+    expect(Buffer.compare(fh.bytes.subarray(1024, 2560), data)).toBe(0);
+    expect(fh.calls).toBe(Math.ceil(1536 / 100));
+    expect(Buffer.compare(await dev.read(2, 3), data)).toBe(0);
+  });
+
+  it('maps OS errors raised by write, read and datasync to sense with the LBA', async () => {
+    const cases: [op: 'read' | 'write' | 'datasync', code: string, key: number][] = [
+      ['write', 'EIO', SenseKey.MEDIUM_ERROR],
+      ['write', 'ENOSPC', SenseKey.MEDIUM_ERROR],
+      ['write', 'EROFS', SenseKey.DATA_PROTECT],
+      ['write', 'EBADF', SenseKey.NOT_READY],
+      ['read', 'EIO', SenseKey.MEDIUM_ERROR],
+      ['read', 'ENXIO', SenseKey.NOT_READY],
+      ['datasync', 'EIO', SenseKey.MEDIUM_ERROR],
+    ];
+    for (const [op, code, key] of cases) {
+      const { fh, dev } = make(4096);
+      fh.failWith = { op, code };
+      const p = op === 'read' ? dev.read(3, 1) : op === 'write' ? dev.write(3, Buffer.alloc(512)) : dev.flush();
+      const e = await senseOf(p);
+      expect([op, code, e.key]).toEqual([op, code, key]);
+      expect(e.message).toContain('loopback:/fake.img');
+      if (op !== 'datasync' && key !== SenseKey.NOT_READY) expect(e.lba).toBe(3); // device-gone sense carries no LBA
+      expect(e.message).toContain(code);
+    }
+    const { fh, dev } = make(4096);
+    fh.failWith = { op: 'datasync', code: 'EIO' };
+    const fua = await senseOf(dev.write(1, Buffer.alloc(512), { fua: true }));
+    expect([fua.key, fua.asc]).toEqual([SenseKey.MEDIUM_ERROR, Asc.WRITE_ERROR[0]]);
+  });
+
+  it('a write the filesystem accepts 0 bytes of fails instead of spinning', async () => {
+    const { dev } = make(0);
+    const e = await senseOf(dev.write(0, Buffer.alloc(512)));
+    expect(e.key).toBe(SenseKey.MEDIUM_ERROR);
+    expect(e.message).toMatch(/accepted 0 bytes/);
+  });
+});
+
+describe('openLoopback on a directory', () => {
+  it('says to name a file', async () => {
+    const e = await senseOf(openLoopback(dir, { blockSizeBytes: 512, blockCount: 4 }));
+    expect(e.message).toMatch(/is a directory|not a regular file/);
+    expect(e.message).toContain(dir);
   });
 });
