@@ -255,3 +255,28 @@ describe('FaultDevice power, write-protect, unplug', () => {
     expect(() => make({ volatileCacheBlocksMax: 0 })).toThrow(/volatileCacheBlocksMax/);
   });
 });
+
+describe('FaultDevice over a loopback file', () => {
+  it('a power cut reverts unflushed blocks in the file itself, so a reopen sees only durable data', async () => {
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { openLoopback } = await import('../../hal/loopback.js');
+    const dir = mkdtempSync(join(tmpdir(), 'geomirror-fault-'));
+    try {
+      const path = join(dir, 'v.img');
+      const dev = new FaultDevice(await openLoopback(path, { blockSizeBytes: 4096, blockCount: 8, create: true }), { seed: 5, powerCutKeepRate: 0 });
+      await dev.write(0, pattern(2 * 4096, 1));
+      await dev.flush();
+      await dev.write(1, pattern(3 * 4096, 2));
+      await dev.powerCut();
+      await dev.close();
+      const again = await openLoopback(path, { blockSizeBytes: 4096, blockCount: 8 });
+      const want = Buffer.concat([pattern(2 * 4096, 1), Buffer.alloc(2 * 4096)]);
+      expect(Buffer.compare(await again.read(0, 4), want)).toBe(0);
+      await again.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
