@@ -3,7 +3,6 @@
 // Every fault ends in a successful retried operation with the right bytes, or a sense-coded
 // error naming the device, within attemptsMax x timeout (issue 9).
 
-import type { MockPortBinding } from '@serialport/binding-mock';
 import { SerialPortMock } from 'serialport';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Asc, MediaStatus, SenseKey } from '../../hal/blockdev.js';
@@ -21,6 +20,13 @@ interface Wire {
 }
 
 const cleanups: Array<() => Promise<void>> = [];
+/** The part of @serialport/binding-mock's port we use (its ESM entry ships no typings). */
+interface MockPortBinding {
+  isOpen: boolean;
+  emitData(data: Buffer): void;
+  write(buf: Buffer): Promise<void>;
+}
+
 // The binding instance serialport itself loaded (its CJS copy; an ESM import of
 // @serialport/binding-mock would be a second instance with its own port table).
 const MockBinding = SerialPortMock.binding;
@@ -39,7 +45,7 @@ async function setup(seed: number, opts: { timeoutMs?: number; attemptsMax?: num
   MockBinding.createPort(path, { maxReadSize: 700 });
   const port = new SerialPortMock({ path, baudRate: 115200, autoOpen: false });
   await new Promise<void>((res, rej) => port.open((e) => (e ? rej(e) : res())));
-  const binding = port.port as MockPortBinding;
+  const binding = port.port as unknown as MockPortBinding;
   const damage = (b: Buffer): Buffer => {
     let out = Buffer.from(b);
     if (wire.dropRate && rng.chance(wire.dropRate) && out.length > 0) {
@@ -159,7 +165,7 @@ async function setupWithMedium(medium: MemoryDevice) {
   MockBinding.createPort(path);
   const port = new SerialPortMock({ path, baudRate: 115200, autoOpen: false });
   await new Promise<void>((res, rej) => port.open((e) => (e ? rej(e) : res())));
-  const binding = port.port as MockPortBinding;
+  const binding = port.port as unknown as MockPortBinding;
   let target = new SerialTarget(live, (b) => binding.isOpen && binding.emitData(b));
   const write = binding.write.bind(binding);
   binding.write = async (buf: Buffer) => {
