@@ -2,6 +2,10 @@
 // this file stays a table of contents.
 import { Command } from 'commander';
 import { createRequire } from 'node:module';
+import { registerCluster } from './cluster.js';
+import { registerKeygen } from './keygen.js';
+import { registerSite } from './site.js';
+import { registerStatus } from './status.js';
 
 const require = createRequire(import.meta.url);
 const pkg = require('../../package.json') as { version: string; description: string };
@@ -13,6 +17,10 @@ export function buildProgram(): Command {
     .description(pkg.description)
     .version(pkg.version, '-V, --version', 'print the geomirror version')
     .showHelpAfterError('(run with --help for usage)');
+  registerCluster(program);
+  registerSite(program);
+  registerStatus(program);
+  registerKeygen(program);
   return program;
 }
 

@@ -37,6 +37,11 @@ export interface SiteRuntime {
   status(): SiteStatus;
   /** Stop accepting work, finish or persist what is in flight, close devices and sockets. */
   stop(): Promise<void>;
+  /**
+   * Optional: settles when the runtime ends by itself. A rejection (say, the storage device
+   * died) makes the site process exit non-zero after stop().
+   */
+  done?: Promise<void>;
 }
 
 export type RoleRuntime = (ctx: SiteContext) => Promise<SiteRuntime>;
@@ -58,6 +63,8 @@ export interface RunningSite {
   admin?: AdminServer;
   status(): SiteStatus;
   stop(): Promise<void>;
+  /** The runtime's own end, if it reports one (SiteRuntime.done). */
+  done?: Promise<void>;
 }
 
 /** Start-up problems, all found before anything is opened. */
@@ -117,6 +124,7 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
     log,
     metrics,
     ...(admin ? { admin } : {}),
+    ...(running.done ? { done: running.done } : {}),
     status: () => running.status(),
     stop: () =>
       (stopping ??= (async () => {

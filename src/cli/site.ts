@@ -1,0 +1,88 @@
+// `geomirror site --config FILE --site NAME`: one site per process (one per Raspberry Pi, or
+// one child of `geomirror cluster`). Stops cleanly on SIGINT/SIGTERM, and when the cluster
+// manager that spawned it goes away (its IPC channel closes), so no site outlives a killed
+// manager.
+import type { Command } from 'commander';
+import { ConfigError, loadConfig } from '../site/config.js';
+import { runSite, StartupError, type RunningSite } from '../site/run.js';
+
+/** The message a site sends its cluster manager over IPC once it is serving. */
+export interface SiteReadyMessage {
+  type: 'geomirror-site-ready';
+  site: string;
+  admin?: string;
+}
+
+/** Time a site gets to stop cleanly after a signal before it exits anyway. */
+export const siteStopTimeoutMs = 10_000;
+
+export function registerSite(program: Command): void {
+  program
+    .command('site')
+    .description('run one site of a cluster file on this machine')
+    .requiredOption('-c, --config <file>', 'the cluster file (YAML)')
+    .requiredOption('-s, --site <name>', 'which site of the file to run')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ geomirror site --config targets/loopback/cluster.yaml --site east
+  $ GEOMIRROR_LOG_FORMAT=json geomirror site -c /etc/geomirror/cluster.yaml -s pi-north
+
+Logs are JSON lines, or human lines on a terminal (GEOMIRROR_LOG_FORMAT=json|pretty,
+GEOMIRROR_LOG_LEVEL=debug|info|warn). Ctrl-C or SIGTERM stops the site cleanly.`,
+    )
+    .action(async (opts: { config: string; site: string }) => {
+      process.exitCode = await siteCommand(opts.config, opts.site);
+    });
+}
+
+async function siteCommand(configFile: string, siteName: string): Promise<number> {
+  let running: RunningSite;
+  try {
+    running = await runSite(loadConfig(configFile), siteName);
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof StartupError) process.stderr.write(`${err.message}\n`);
+    else process.stderr.write(`site ${siteName} failed to start: ${(err as Error).stack ?? String(err)}\n`);
+    return 1;
+  }
+  const ready: SiteReadyMessage = { type: 'geomirror-site-ready', site: running.name, ...(running.admin ? { admin: running.admin.url } : {}) };
+  process.send?.(ready);
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (why: string): void => {
+      if (stopping) return;
+      stopping = true;
+      running.log.info({ event: 'signal', why }, `${why}: stopping`);
+      const timer = setTimeout(() => {
+        running.log.error({ event: 'stop-timeout', timeoutMs: siteStopTimeoutMs }, `site did not stop within ${siteStopTimeoutMs} ms; exiting anyway`);
+        resolve(1);
+      }, siteStopTimeoutMs);
+      timer.unref();
+      running.stop().then(
+        () => {
+          clearTimeout(timer);
+          resolve(0);
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          running.log.error({ err }, 'stop failed');
+          resolve(1);
+        },
+      );
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    if (process.connected) process.once('disconnect', () => stop('cluster manager went away'));
+    running.done?.then(
+      () => stop('runtime ended'),
+      (err: unknown) => {
+        running.log.fatal({ err }, 'runtime failed');
+        stopping = true;
+        running.stop().finally(() => resolve(1));
+      },
+    );
+  }).finally(() => {
+    if (process.connected) process.disconnect();
+  });
+}

@@ -1,0 +1,151 @@
+// `geomirror status`: which sites are in sync and how far behind (issue 5 item 8). Reads
+// GET /status from one admin address or from every site of a cluster file and prints one
+// row per site. A mirror's sync state, link and RTT are taken from the site that feeds it
+// (the primary or the relay before it), because that side decides whether it is in sync;
+// a site's own view fills in where no feeder answered.
+import type { Command } from 'commander';
+import { ConfigError, loadConfig, parseAddress } from '../site/config.js';
+import { parseSiteStatus, type PeerStatus, type SiteStatus } from '../site/status.js';
+import { formatBytes } from '../site/units.js';
+
+/** A site that does not answer within this is shown as unreachable. */
+export const statusTimeoutMs = 3_000;
+/** The admin address of the default loopback cluster (targets/loopback). */
+export const defaultAdmin = '127.0.0.1:9400';
+
+export interface StatusTarget {
+  /** Site name from the cluster file, or the address when queried by --admin. */
+  name: string;
+  admin: string;
+}
+
+export type StatusResult = { target: StatusTarget; status: SiteStatus } | { target: StatusTarget; error: string };
+
+export async function fetchStatus(target: StatusTarget, timeoutMs = statusTimeoutMs): Promise<StatusResult> {
+  const a = parseAddress(target.admin);
+  if (a === undefined) return { target, error: `${target.admin} is not HOST:PORT` };
+  const host = a.host.includes(':') ? `[${a.host}]` : a.host;
+  try {
+    const res = await fetch(`http://${host}:${a.port}/status`, { signal: AbortSignal.timeout(timeoutMs) });
+    if (!res.ok) return { target, error: `HTTP ${res.status}: ${(await res.text()).trim().slice(0, 200)}` };
+    return { target, status: parseSiteStatus(await res.json(), target.admin) };
+  } catch (err) {
+    const e = err as Error & { cause?: { code?: string } };
+    const why = e.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : e.cause?.code === 'ECONNREFUSED' ? 'connection refused (is the site running?)' : e.message;
+    return { target, error: why };
+  }
+}
+
+export interface StatusRow {
+  site: string;
+  role: string;
+  epoch: string;
+  acked: string;
+  state: string;
+  cache: string;
+  link: string;
+  rtt: string;
+}
+
+const pct = (x: number): string => `${Math.floor(x)}%`;
+
+function syncText(p: Pick<PeerStatus, 'sync' | 'resyncPercent'>): string | undefined {
+  if (p.sync === undefined) return undefined;
+  return p.sync === 'resyncing' && p.resyncPercent !== undefined ? `resyncing ${pct(p.resyncPercent)}` : p.sync;
+}
+
+/** One row per queried site; feeders' views of their peers override a site's own state. */
+export function statusRows(results: StatusResult[]): StatusRow[] {
+  const fedBy = new Map<string, PeerStatus>();
+  for (const r of results) {
+    if (!('status' in r)) continue;
+    for (const p of r.status.peers) if (p.relation === 'mirror' || p.relation === 'downstream') fedBy.set(p.name, p);
+  }
+  return results.map((r) => {
+    if (!('status' in r)) return { site: r.target.name, role: '?', epoch: '-', acked: '-', state: 'unreachable', cache: '-', link: '-', rtt: '-' };
+    const s = r.status;
+    const feeder = fedBy.get(s.site);
+    const upstream = s.peers.find((p) => p.relation === 'upstream');
+    const fed = s.peers.filter((p) => p.relation === 'mirror' || p.relation === 'downstream');
+    const own = s.state === 'resyncing' && s.resyncPercent !== undefined ? `resyncing ${pct(s.resyncPercent)}` : s.state;
+    const view = feeder ?? upstream;
+    const link = view ? view.link : fed.length > 0 ? `${fed.filter((p) => p.link === 'up').length}/${fed.length} up` : '-';
+    const rttMs = view?.rttMs;
+    const cap = s.cache.capacityBytes;
+    return {
+      site: s.site,
+      role: s.role,
+      epoch: String(s.epoch),
+      acked: s.lastSeqAcked,
+      state: (feeder && syncText(feeder)) ?? own,
+      cache: cap > 0 ? `${formatBytes(s.cache.usedBytes)}/${formatBytes(cap)} (${pct((100 * s.cache.usedBytes) / cap)})` : '-',
+      link,
+      rtt: rttMs === undefined ? '-' : rttMs < 1 ? `${(rttMs * 1000).toFixed(0)} us` : `${rttMs.toFixed(1)} ms`,
+    };
+  });
+}
+
+export function formatStatusTable(rows: StatusRow[]): string {
+  const header: StatusRow = { site: 'SITE', role: 'ROLE', epoch: 'EPOCH', acked: 'LAST ACKED', state: 'STATE', cache: 'CACHE', link: 'LINK', rtt: 'RTT' };
+  const cols = Object.keys(header) as (keyof StatusRow)[];
+  const width = Object.fromEntries(cols.map((c) => [c, Math.max(...[header, ...rows].map((r) => r[c].length))])) as Record<keyof StatusRow, number>;
+  return [header, ...rows].map((r) => cols.map((c) => r[c].padEnd(width[c])).join('  ').trimEnd()).join('\n');
+}
+
+export function registerStatus(program: Command): void {
+  program
+    .command('status')
+    .description('show each site: role, epoch, last seq acked, in sync / degraded / resyncing, cache, link, RTT')
+    .option('-a, --admin <host:port>', `query one site's admin address (default ${defaultAdmin} when no --config)`)
+    .option('-c, --config <file>', 'query every site of a cluster file that has an admin address')
+    .option('--json', 'print the raw /status answers as JSON')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ geomirror status                                          # the npm start cluster
+  $ geomirror status --config targets/loopback/cluster.yaml   # every site of a file
+  $ geomirror status --admin 10.0.0.5:9400 --json
+
+Exit code 1 when a site does not answer.`,
+    )
+    .action(async (opts: { admin?: string; config?: string; json?: boolean }) => {
+      let targets: StatusTarget[];
+      try {
+        targets = statusTargets(opts);
+      } catch (e) {
+        process.stderr.write(`geomirror status: ${(e as Error).message}\n`);
+        process.exitCode = 1;
+        return;
+      }
+      const results = await Promise.all(targets.map((t) => fetchStatus(t)));
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(results.map((r) => ({ site: r.target.name, admin: r.target.admin, ...('status' in r ? { status: r.status } : { error: r.error }) })), null, 2)}\n`);
+      } else {
+        process.stdout.write(`${formatStatusTable(statusRows(results))}\n`);
+        for (const r of results) if ('error' in r) process.stderr.write(`${r.target.name} (${r.target.admin}): ${r.error}\n`);
+      }
+      if (results.some((r) => 'error' in r)) process.exitCode = 1;
+    });
+}
+
+function statusTargets(opts: { admin?: string; config?: string }): StatusTarget[] {
+  if (opts.admin !== undefined && opts.config !== undefined) throw new Error('give --admin or --config, not both');
+  if (opts.config === undefined) {
+    const admin = opts.admin ?? defaultAdmin;
+    if (parseAddress(admin) === undefined) throw new Error(`--admin ${admin} is not HOST:PORT, e.g. 127.0.0.1:9400`);
+    return [{ name: admin, admin }];
+  }
+  let config;
+  try {
+    config = loadConfig(opts.config);
+  } catch (e) {
+    throw new Error(e instanceof ConfigError ? e.message : String(e));
+  }
+  const targets = config.siteNames.flatMap((n) => {
+    const a = config.sites[n]!.admin;
+    return a ? [{ name: n, admin: a.text }] : [];
+  });
+  if (targets.length === 0) throw new Error(`no site in ${config.file} has an admin: address to query; add e.g. admin: 127.0.0.1:9400`);
+  return targets;
+}

@@ -1,0 +1,105 @@
+// The cluster process manager: one child per site, output prefixed with the site name, all
+// stopped on request, non-zero exit when a site dies. The manager is tested with a test-only
+// child (fixtures/fake-site.mjs) because the real sites need the replication runtime; the
+// last test runs the real `geomirror cluster` on a file whose site cannot start.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { startCluster } from '../../src/cli/cluster.js';
+
+const fakeSite = fileURLToPath(new URL('./fixtures/fake-site.mjs', import.meta.url));
+const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'geomirror-cluster-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function sink(): { text: () => string; write(s: string): void } {
+  let buf = '';
+  return { text: () => buf, write: (s: string) => void (buf += s) };
+}
+
+function fakeCluster(sites: string[], stopTimeoutMs?: number) {
+  const out = sink();
+  const err = sink();
+  const handle = startCluster({ configFile: '/unused.yaml', sites, command: (site) => ({ file: process.execPath, args: [fakeSite, site] }), out, err, ...(stopTimeoutMs ? { stopTimeoutMs } : {}) });
+  return { handle, out, err };
+}
+
+const alive = (pid: number | undefined): boolean => {
+  try {
+    process.kill(pid!, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+describe('cluster process manager', () => {
+  it('starts every site, prefixes output lines with the site name, and stops them all', async () => {
+    const { handle, out } = fakeCluster(['local', 'east', 'west']);
+    await handle.ready;
+    const pids = Object.values(handle.pids());
+    expect(pids.every(alive)).toBe(true);
+    expect(await handle.stop()).toBe(0);
+    expect(pids.some(alive)).toBe(false);
+    const lines = out.text().split('\n');
+    for (const s of ['local', 'east', 'west']) {
+      expect(lines).toContain(`${s.padEnd(5)} | hello from ${s}`);
+      expect(lines).toContain(`${s.padEnd(5)} | second line`);
+      expect(lines).toContain(`${s.padEnd(5)} | bye from ${s}`);
+    }
+  });
+
+  it('names a site that dies during start, stops the others and exits 1', async () => {
+    const { handle, err } = fakeCluster(['local', 'east-dies-at-start', 'west']);
+    await expect(handle.ready).rejects.toThrow('site east-dies-at-start exited with code 3 during start');
+    expect(await handle.done).toBe(1);
+    expect(Object.values(handle.pids()).some(alive)).toBe(false);
+    expect(err.text()).toContain('east-dies-at-start | east-dies-at-start: cannot open storage');
+    expect(err.text()).toContain('geomirror cluster: site east-dies-at-start exited with code 3 during start');
+  });
+
+  it('keeps the others running when a site is killed after start, and exits 1 at the end', async () => {
+    const { handle, err } = fakeCluster(['local', 'east']);
+    await handle.ready;
+    const pids = handle.pids();
+    process.kill(pids.east!, 'SIGKILL');
+    await expect.poll(() => err.text()).toContain('geomirror cluster: site east was killed by SIGKILL; the other sites keep running');
+    expect(alive(pids.local)).toBe(true);
+    expect(await handle.stop()).toBe(1);
+  });
+
+  it('kills a site that ignores SIGTERM after the stop timeout', async () => {
+    const { handle, err } = fakeCluster(['stubborn-ignores-term'], 300);
+    await handle.ready;
+    expect(await handle.stop()).toBe(1);
+    expect(err.text()).toContain('site stubborn-ignores-term did not stop within 300 ms; killing it');
+  });
+
+  it('geomirror cluster exits non-zero naming a site that cannot start', async () => {
+    const cfg = join(dir, 'cluster.yaml');
+    writeFileSync(join(dir, 'cluster.key'), `${'ab'.repeat(32)}\n`);
+    writeFileSync(
+      cfg,
+      `cluster: t
+secret: file:./cluster.key
+volume: { name: v, size: 1MiB }
+sites:
+  local: { role: primary, nbd: 127.0.0.1:1, cache: { device: "memory:", size: 1MiB }, storage: ["memory:"], mirrors: [east] }
+  east: { role: mirror, listen: 127.0.0.1:2, cache: { device: "memory:", size: 1MiB }, storage: ["loopback:./missing.img"] }
+`,
+    );
+    // Ports 1 and 2 need privileges only root has; the missing file fails east either way.
+    const child = spawn(process.execPath, [bin, 'cluster', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/geomirror cluster: site (local|east) exited with code 1 during start/);
+    const dead = /site (local|east) exited with code 1 during start/.exec(stderr)![1]!;
+    expect(stderr).toContain(`${dead.padEnd(5)} | site ${dead} cannot start:`);
+    if (dead === 'east') expect(stderr).toContain(`east  |   sites.east.storage[0]: loopback device ${join(dir, 'missing.img')} does not exist`);
+  });
+});
