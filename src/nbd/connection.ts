@@ -101,6 +101,16 @@ export class Connection {
     return this.exp !== undefined;
   }
 
+  /** What this connection holds right now (for metrics and the bounded-memory tests). */
+  stats(): { inflightRequests: number; inflightBytes: number; replyQueueBytes: number; parserHeldBytes: number } {
+    return {
+      inflightRequests: this.inflightRequests,
+      inflightBytes: this.inflightBytes,
+      replyQueueBytes: this.socket.writableLength,
+      parserHeldBytes: this.parser.heldBytes,
+    };
+  }
+
   /** Server shutdown: stop taking requests, let in-flight ones finish, then close. */
   shutdown(): void {
     this.stopReading = true;

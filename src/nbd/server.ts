@@ -71,6 +71,11 @@ export class NbdServer implements ConnectionHost {
     return this.served.size;
   }
 
+  /** Per-connection resource use (served connections only). */
+  connectionStats(): ReturnType<Connection['stats']>[] {
+    return [...this.served].map((c) => c.stats());
+  }
+
   /** Stops listening; lets in-flight requests finish (up to closeGraceMs), then closes everything. */
   async close(): Promise<void> {
     this.closing = true;
