@@ -408,9 +408,11 @@ export class FrameEncoder {
   }
 
   encode(msg: Message): Buffer[] {
-    const seq = this.nextSeq;
+    // Number the frame only once it encoded: a rejected message must not leave a gap that
+    // the peer would refuse as FRAME_SEQUENCE.
+    const parts = encodeFrameParts(msg, this.nextSeq);
     this.nextSeq = (this.nextSeq + 1) >>> 0;
-    return encodeFrameParts(msg, seq);
+    return parts;
   }
 }
 

@@ -1,0 +1,409 @@
+// One authenticated replication link over a net.Socket: runs the handshake (dialer or listener),
+// then delivers decoded data messages to its listeners and sends messages with one vectored
+// write each. Heartbeats every heartbeatIntervalMs measure RTT; nothing received for
+// linkTimeoutMs and the link is dead. Any protocol error, refusal or timeout ends the link with
+// a REFUSE/ERROR frame carrying the code and reason, a log line naming the peer and the remote
+// address, and a closed socket; nothing else on the site is affected (DESIGN.md, wire protocol).
+import { randomBytes as cryptoRandomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+import {
+  ErrorCode,
+  FrameEncoder,
+  Handshake,
+  MessageReader,
+  ProtocolError,
+  errorCodeName,
+  specByName,
+  type DataMessage,
+  type HandshakeStep,
+  type HeartbeatMsg,
+  type Message,
+} from '../wire/index.js';
+import { systemClock, type Clock, type TimerHandle } from './clock.js';
+
+export interface LinkLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+}
+
+export const silentLogger: LinkLogger = { info: () => {}, warn: () => {} };
+
+export const linkDefaults = {
+  heartbeatIntervalMs: 1000,
+  linkTimeoutMs: 5000,
+  handshakeTimeoutMs: 5000,
+  /** Bytes queued in the socket above which send() says wait (and refuses further sends). */
+  sendQueueBytesMax: 4 * 1024 * 1024,
+  /** After sending REFUSE/ERROR, how long to wait for the peer to close before destroying. */
+  closeGraceMs: 2000,
+} as const;
+
+export interface LinkTimingOptions {
+  readonly heartbeatIntervalMs?: number;
+  readonly linkTimeoutMs?: number;
+  readonly handshakeTimeoutMs?: number;
+  readonly sendQueueBytesMax?: number;
+  readonly closeGraceMs?: number;
+  readonly clock?: Clock;
+  readonly logger?: LinkLogger;
+  readonly randomBytes?: (n: number) => Buffer;
+  /** Epoch and last seq to put in outgoing HEARTBEATs (the site's core knows them). */
+  readonly heartbeatState?: () => { epoch: bigint; lastSeq: bigint };
+}
+
+export interface LinkOptions extends LinkTimingOptions {
+  readonly role: 'dialer' | 'listener';
+  readonly cluster: string;
+  readonly site: string;
+  readonly secret: Buffer;
+  /** Dialer: the site it dials. */
+  readonly peer?: string;
+  /** Listener: which dialing site names to accept. */
+  readonly acceptPeer?: (site: string) => boolean;
+  /** Listener: replay memory shared by all connections of a server. */
+  readonly seenNonce?: (nonce: Buffer) => boolean;
+}
+
+export interface LinkClose {
+  /** Wire error code, or undefined when the transport closed without one. */
+  readonly code: number | undefined;
+  readonly reason: string;
+  /** local: this site ended it; peer: the peer sent REFUSE/ERROR; transport: the socket ended. */
+  readonly by: 'local' | 'peer' | 'transport';
+}
+
+export type LinkState = 'handshaking' | 'established' | 'closed';
+
+export class LinkClosedError extends Error {
+  constructor(readonly close: LinkClose, what: string) {
+    super(`${what}: ${close.reason}`);
+    this.name = 'LinkClosedError';
+  }
+}
+
+export interface Link {
+  on(event: 'established', fn: (peer: string) => void): this;
+  on(event: 'message', fn: (msg: DataMessage) => void): this;
+  on(event: 'heartbeat', fn: (msg: HeartbeatMsg, rttMs: number | undefined) => void): this;
+  on(event: 'close', fn: (info: LinkClose) => void): this;
+  on(event: 'drain', fn: () => void): this;
+  once(event: 'established', fn: (peer: string) => void): this;
+  once(event: 'close', fn: (info: LinkClose) => void): this;
+  once(event: 'drain', fn: () => void): this;
+}
+
+export class Link extends EventEmitter {
+  readonly role: 'dialer' | 'listener';
+  /** "host:port" of the other end, for logs. */
+  readonly remote: string;
+  private st: LinkState = 'handshaking';
+  private readonly hs: Handshake;
+  private readonly reader = new MessageReader();
+  private readonly encoder = new FrameEncoder();
+  private readonly clock: Clock;
+  private readonly log: LinkLogger;
+  private readonly o: Required<Omit<LinkTimingOptions, 'clock' | 'logger' | 'randomBytes' | 'heartbeatState'>>;
+  private readonly heartbeatState: () => { epoch: bigint; lastSeq: bigint };
+  private timer: TimerHandle | undefined;
+  private graceTimer: TimerHandle | undefined;
+  private lastRxMs: number;
+  private echoTimeUs = 0n;
+  private echoRxMs = 0;
+  private closeInfo: LinkClose | undefined;
+  private closeEmitted = false;
+  private peerName: string | undefined;
+  private everEstablished = false;
+  /** Latest round-trip time measured by heartbeats, in milliseconds. */
+  rttMs: number | undefined;
+  /** Frames received and sent since the link started. */
+  framesRx = 0;
+  framesTx = 0;
+
+  constructor(readonly socket: Socket, options: LinkOptions) {
+    super();
+    this.role = options.role;
+    this.clock = options.clock ?? systemClock;
+    this.log = options.logger ?? silentLogger;
+    this.o = {
+      heartbeatIntervalMs: options.heartbeatIntervalMs ?? linkDefaults.heartbeatIntervalMs,
+      linkTimeoutMs: options.linkTimeoutMs ?? linkDefaults.linkTimeoutMs,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? linkDefaults.handshakeTimeoutMs,
+      sendQueueBytesMax: options.sendQueueBytesMax ?? linkDefaults.sendQueueBytesMax,
+      closeGraceMs: options.closeGraceMs ?? linkDefaults.closeGraceMs,
+    };
+    if (!(this.o.heartbeatIntervalMs > 0 && this.o.heartbeatIntervalMs < this.o.linkTimeoutMs)) {
+      throw new RangeError(`link: heartbeatIntervalMs (${this.o.heartbeatIntervalMs}) must be > 0 and below linkTimeoutMs (${this.o.linkTimeoutMs})`);
+    }
+    if (this.o.sendQueueBytesMax < socket.writableHighWaterMark) {
+      // 'drain' only fires after a write crossed the socket's high-water mark; a smaller bound
+      // would leave whenWritable() waiting for an event that never comes.
+      throw new RangeError(`link: sendQueueBytesMax (${this.o.sendQueueBytesMax}) must be at least the socket's writableHighWaterMark (${socket.writableHighWaterMark})`);
+    }
+    this.heartbeatState = options.heartbeatState ?? (() => ({ epoch: 0n, lastSeq: 0n }));
+    this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this.lastRxMs = this.clock.nowMs();
+    this.hs = new Handshake({
+      role: options.role,
+      cluster: options.cluster,
+      site: options.site,
+      secret: options.secret,
+      randomBytes: options.randomBytes ?? cryptoRandomBytes,
+      ...(options.peer !== undefined ? { peer: options.peer } : {}),
+      ...(options.acceptPeer !== undefined ? { acceptPeer: options.acceptPeer } : {}),
+      ...(options.seenNonce !== undefined ? { seenNonce: options.seenNonce } : {}),
+    });
+    if (options.peer !== undefined) this.peerName = options.peer;
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => this.onTransportEnd(`socket error: ${err.message}`));
+    socket.on('close', () => this.onTransportEnd('connection closed by the peer without a reason'));
+    socket.on('drain', () => this.emit('drain'));
+    this.timer = this.clock.setTimeout(() => {
+      this.fail(ErrorCode.HANDSHAKE_TIMEOUT, `handshake not finished within handshakeTimeoutMs (${this.o.handshakeTimeoutMs} ms)`);
+    }, this.o.handshakeTimeoutMs);
+    this.applyStep(this.hs.start());
+  }
+
+  get state(): LinkState {
+    return this.st;
+  }
+  /** The peer's site name: the authenticated one once established (dialer: the one it dialed). */
+  get peer(): string | undefined {
+    return this.peerName;
+  }
+  /** True once the handshake succeeded (stays true after close). */
+  get wasEstablished(): boolean {
+    return this.everEstablished;
+  }
+  /** Why the link closed (once closed or closing). */
+  get closed(): LinkClose | undefined {
+    return this.closeInfo;
+  }
+  /** Bytes waiting in the socket to be sent. */
+  get queuedBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  /** Resolves with the peer's name once authenticated; rejects if the link closes first. */
+  whenEstablished(): Promise<string> {
+    if (this.st === 'established') return Promise.resolve(this.peerName!);
+    if (this.closeInfo) return Promise.reject(new LinkClosedError(this.closeInfo, 'link closed before it was established'));
+    return new Promise((resolve, reject) => {
+      const onEst = (peer: string) => {
+        this.off('close', onClose);
+        resolve(peer);
+      };
+      const onClose = (info: LinkClose) => {
+        this.off('established', onEst);
+        reject(new LinkClosedError(info, 'link closed before it was established'));
+      };
+      this.once('established', onEst);
+      this.once('close', onClose);
+    });
+  }
+
+  /**
+   * Sends one data message as one vectored write (payload not copied: do not change a WRITE's
+   * data until the write is acknowledged). Returns false when the send queue is at or above
+   * sendQueueBytesMax: await whenWritable() before the next send. Throws if called while the
+   * queue is full or the link is not established (a caller bug, named in the message).
+   */
+  send(msg: DataMessage): boolean {
+    if (this.st !== 'established') {
+      throw new Error(`link to '${this.peerName ?? this.remote}' is ${this.st}: cannot send ${msg.type}${this.closeInfo ? ` (${this.closeInfo.reason})` : ''}`);
+    }
+    if (specByName.get(msg.type)?.phase === 'handshake') throw new Error(`link: ${msg.type} is a handshake message; the link sends those itself`);
+    if (this.socket.writableLength >= this.o.sendQueueBytesMax) {
+      throw new Error(`link to '${this.peerName}': send queue is full (${this.socket.writableLength} bytes >= sendQueueBytesMax ${this.o.sendQueueBytesMax}); await link.whenWritable() after send() returns false`);
+    }
+    this.write(msg);
+    return this.socket.writableLength < this.o.sendQueueBytesMax;
+  }
+
+  /** Resolves when send() may be called again; rejects if the link closes. */
+  whenWritable(): Promise<void> {
+    if (this.closeInfo) return Promise.reject(new LinkClosedError(this.closeInfo, `link to '${this.peerName ?? this.remote}' closed`));
+    if (this.socket.writableLength < this.o.sendQueueBytesMax) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const onDrain = () => {
+        this.off('close', onClose);
+        resolve();
+      };
+      const onClose = (info: LinkClose) => {
+        this.off('drain', onDrain);
+        reject(new LinkClosedError(info, `link to '${this.peerName ?? this.remote}' closed`));
+      };
+      this.once('drain', onDrain);
+      this.once('close', onClose);
+    });
+  }
+
+  /** Orderly close: send ERROR (or REFUSE while handshaking) with the code and reason, then end. */
+  close(code: ErrorCode = ErrorCode.SHUTDOWN, reason = 'link closed by this site'): void {
+    this.fail(code, reason, 'info');
+  }
+
+  // ---- internals ----
+
+  private write(msg: Message): void {
+    const parts = this.encoder.encode(msg);
+    this.framesTx++;
+    if (parts.length === 1) {
+      this.socket.write(parts[0]!);
+      return;
+    }
+    this.socket.cork();
+    for (const p of parts) this.socket.write(p);
+    this.socket.uncork();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.st === 'closed') return;
+    this.lastRxMs = this.clock.nowMs();
+    try {
+      this.reader.push(chunk, (msg) => this.onMessage(msg));
+    } catch (e) {
+      if (e instanceof ProtocolError) this.fail(e.code, e.reason);
+      else this.fail(ErrorCode.INTERNAL, `internal error handling a frame: ${(e as Error).stack ?? String(e)}`);
+    }
+  }
+
+  private onMessage(msg: Message): void {
+    if (this.st === 'closed') return;
+    this.framesRx++;
+    if (this.st === 'handshaking') {
+      this.applyStep(this.hs.receive(msg));
+      return;
+    }
+    switch (msg.type) {
+      case 'ERROR':
+      case 'REFUSE':
+        this.endByPeer(msg.code, msg.reason);
+        return;
+      case 'HELLO':
+      case 'CHALLENGE':
+      case 'RESPONSE':
+      case 'WELCOME':
+        this.fail(ErrorCode.UNEXPECTED_MESSAGE, `${msg.type} frame after the link was established`);
+        return;
+      case 'HEARTBEAT':
+        this.onHeartbeat(msg);
+        return;
+      default:
+        this.emit('message', msg);
+    }
+  }
+
+  private applyStep(step: HandshakeStep): void {
+    if (step.state === 'refused') {
+      const r = step.refusal!;
+      if (r.by === 'peer') {
+        this.endByPeer(r.code, r.reason.replace(/^[A-Z_0-9]+: /, ''));
+      } else {
+        this.fail(r.code as ErrorCode, r.reason); // sends the REFUSE the step carries
+      }
+      return;
+    }
+    for (const m of step.send) this.write(m);
+    if (step.state === 'established') {
+      this.st = 'established';
+      this.everEstablished = true;
+      this.peerName = this.hs.peerSite!;
+      this.clock.clearTimeout(this.timer!);
+      this.lastRxMs = this.clock.nowMs();
+      this.log.info({ peer: this.peerName, remote: this.remote, role: this.role }, 'link established');
+      this.tick(); // first heartbeat now, then every interval
+      this.emit('established', this.peerName);
+    }
+  }
+
+  private tick(): void {
+    if (this.st !== 'established') return;
+    const now = this.clock.nowMs();
+    if (now - this.lastRxMs >= this.o.linkTimeoutMs) {
+      this.fail(ErrorCode.LINK_TIMEOUT, `nothing received from '${this.peerName}' for ${Math.round(now - this.lastRxMs)} ms (linkTimeoutMs ${this.o.linkTimeoutMs})`);
+      return;
+    }
+    const { epoch, lastSeq } = this.heartbeatState();
+    const echoHeldUs = this.echoTimeUs === 0n ? 0 : Math.min(0xffffffff, Math.max(0, Math.round((now - this.echoRxMs) * 1000)));
+    this.write({ type: 'HEARTBEAT', epoch, lastSeq, sendTimeUs: this.nowUs(now), echoTimeUs: this.echoTimeUs, echoHeldUs });
+    this.timer = this.clock.setTimeout(() => this.tick(), this.o.heartbeatIntervalMs);
+  }
+
+  private nowUs(nowMs: number): bigint {
+    return BigInt(Math.max(1, Math.round(nowMs * 1000))); // 0 means "no echo" on the wire
+  }
+
+  private onHeartbeat(msg: HeartbeatMsg): void {
+    const now = this.clock.nowMs();
+    this.echoTimeUs = msg.sendTimeUs;
+    this.echoRxMs = now;
+    let rtt: number | undefined;
+    if (msg.echoTimeUs !== 0n) {
+      const us = Number(this.nowUs(now) - msg.echoTimeUs) - msg.echoHeldUs;
+      if (us >= 0) {
+        rtt = us / 1000;
+        this.rttMs = rtt;
+      }
+    }
+    this.emit('heartbeat', msg, rtt);
+  }
+
+  /** End the link from this side: log, send REFUSE/ERROR with the reason, end the socket. */
+  private fail(code: ErrorCode, reason: string, level: 'warn' | 'info' = 'warn'): void {
+    if (this.closeInfo) return;
+    const wasHandshaking = this.st === 'handshaking';
+    this.closeInfo = { code, reason, by: 'local' };
+    this.log[level](
+      { peer: this.peerName, remote: this.remote, role: this.role, code, codeName: errorCodeName(code), reason },
+      wasHandshaking ? 'link refused' : 'link closed',
+    );
+    this.st = 'closed';
+    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
+    if (!this.socket.destroyed && this.socket.writable) {
+      this.write(wasHandshaking ? { type: 'REFUSE', code, reason } : { type: 'ERROR', code, reason });
+      this.socket.end();
+      this.graceTimer = this.clock.setTimeout(() => this.socket.destroy(), this.o.closeGraceMs);
+    } else {
+      this.socket.destroy();
+    }
+    this.emitClose();
+  }
+
+  private endByPeer(code: number, reason: string): void {
+    if (this.closeInfo) return;
+    const wasHandshaking = this.st === 'handshaking';
+    this.closeInfo = { code, reason: `${errorCodeName(code)} from '${this.peerName ?? this.remote}': ${reason}`, by: 'peer' };
+    this.log.warn(
+      { peer: this.peerName, remote: this.remote, role: this.role, code, codeName: errorCodeName(code), reason, by: 'peer' },
+      wasHandshaking ? 'link refused by peer' : 'link closed by peer',
+    );
+    this.st = 'closed';
+    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
+    this.socket.end();
+    this.graceTimer = this.clock.setTimeout(() => this.socket.destroy(), this.o.closeGraceMs);
+    this.emitClose();
+  }
+
+  private onTransportEnd(reason: string): void {
+    if (this.socket.destroyed && this.graceTimer !== undefined) this.clock.clearTimeout(this.graceTimer);
+    if (this.closeInfo) {
+      this.socket.destroy();
+      return;
+    }
+    this.closeInfo = { code: undefined, reason: `link to '${this.peerName ?? this.remote}': ${reason}`, by: 'transport' };
+    this.log.warn({ peer: this.peerName, remote: this.remote, role: this.role, reason }, 'link lost');
+    this.st = 'closed';
+    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
+    this.socket.destroy();
+    this.emitClose();
+  }
+
+  private emitClose(): void {
+    if (this.closeEmitted) return;
+    this.closeEmitted = true;
+    // Asynchronously, so a 'close' handler never runs inside our own data or send path.
+    queueMicrotask(() => this.emit('close', this.closeInfo!));
+  }
+}

@@ -1,0 +1,53 @@
+// Shared helpers of the link tests: a capturing logger, a raw TCP client, waiting on events.
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import type { LinkLogger } from '../../src/net/index.js';
+
+export interface LogLine { level: 'info' | 'warn'; msg: string; obj: Record<string, unknown> }
+
+export function captureLogger(): LinkLogger & { lines: LogLine[] } {
+  const lines: LogLine[] = [];
+  return {
+    lines,
+    info: (obj, msg) => lines.push({ level: 'info', msg, obj: obj as Record<string, unknown> }),
+    warn: (obj, msg) => lines.push({ level: 'warn', msg, obj: obj as Record<string, unknown> }),
+  };
+}
+
+/** Resolves when `pred` holds, polling on the event loop; rejects after `ms` with `what`. */
+export async function until(pred: () => boolean, what: string, ms = 10_000): Promise<void> {
+  const start = Date.now();
+  while (!pred()) {
+    if (Date.now() - start > ms) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** A raw client: connects, sends `bytes`, collects everything received until the server closes. */
+export function rawExchange(port: number, bytes: Buffer): Promise<{ received: Buffer; closed: boolean; local: string }> {
+  return new Promise((resolve, reject) => {
+    let local = '';
+    const s: Socket = connect({ host: '127.0.0.1', port }, () => {
+      local = `${s.localAddress}:${s.localPort}`;
+      s.write(bytes);
+    });
+    const got: Buffer[] = [];
+    s.on('data', (c) => got.push(c));
+    s.on('error', () => {}); // a reset after the server's close is fine: we only need 'close'
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`server did not close the connection after ${bytes.length} raw bytes`));
+    }, 10_000);
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve({ received: Buffer.concat(got), closed: true, local });
+    });
+  });
+}
+
+export async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const port = (srv.address() as AddressInfo).port;
+  await new Promise<void>((r) => srv.close(() => r()));
+  return port;
+}
