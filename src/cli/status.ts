@@ -3,6 +3,7 @@
 // row per site. A mirror's sync state, link and RTT are taken from the site that feeds it
 // (the primary or the relay before it), because that side decides whether it is in sync;
 // a site's own view fills in where no feeder answered.
+import { request } from 'node:http';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, parseAddress } from '../site/config.js';
 import { parseSiteStatus, type PeerStatus, type SiteStatus } from '../site/status.js';
@@ -12,6 +13,8 @@ import { formatBytes } from '../site/units.js';
 export const statusTimeoutMs = 3_000;
 /** The admin address of the default loopback cluster (targets/loopback). */
 export const defaultAdmin = '127.0.0.1:9400';
+/** A status answer is a few KiB; anything far larger is not a geomirror site. */
+export const statusBodyCharsMax = 1024 * 1024;
 
 export interface StatusTarget {
   /** Site name from the cluster file, or the address when queried by --admin. */
@@ -24,16 +27,34 @@ export type StatusResult = { target: StatusTarget; status: SiteStatus } | { targ
 export async function fetchStatus(target: StatusTarget, timeoutMs = statusTimeoutMs): Promise<StatusResult> {
   const a = parseAddress(target.admin);
   if (a === undefined) return { target, error: `${target.admin} is not HOST:PORT` };
-  const host = a.host.includes(':') ? `[${a.host}]` : a.host;
   try {
-    const res = await fetch(`http://${host}:${a.port}/status`, { signal: AbortSignal.timeout(timeoutMs) });
-    if (!res.ok) return { target, error: `HTTP ${res.status}: ${(await res.text()).trim().slice(0, 200)}` };
-    return { target, status: parseSiteStatus(await res.json(), target.admin) };
+    const { code, body } = await httpGet(a.host, a.port, '/status', timeoutMs);
+    if (code !== 200) return { target, error: `HTTP ${code}: ${body.trim().slice(0, 200)}` };
+    return { target, status: parseSiteStatus(JSON.parse(body), target.admin) };
   } catch (err) {
-    const e = err as Error & { cause?: { code?: string } };
-    const why = e.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : e.cause?.code === 'ECONNREFUSED' ? 'connection refused (is the site running?)' : e.message;
+    const e = err as NodeJS.ErrnoException;
+    const why = e.code === 'ETIMEDOUT' ? `no answer within ${timeoutMs} ms` : e.code === 'ECONNREFUSED' ? 'connection refused (is the site running?)' : e.message;
     return { target, error: why };
   }
+}
+
+/** One GET without keep-alive (fetch's pooled sockets would hold the CLI open for seconds). */
+function httpGet(host: string, port: number, path: string, timeoutMs: number): Promise<{ code: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host, port, path, method: 'GET', agent: false, timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        body += c;
+        if (body.length > statusBodyCharsMax) req.destroy(new Error(`/status answer longer than ${statusBodyCharsMax} characters`));
+      });
+      res.on('end', () => resolve({ code: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 export interface StatusRow {

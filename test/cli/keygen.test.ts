@@ -1,0 +1,52 @@
+// keygen: 32 random bytes as hex, written 0600, never overwritten without --force.
+import { execFile } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import { generateKeyHex, writeKeyFile } from '../../src/cli/keygen.js';
+
+const run = promisify(execFile);
+const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'geomirror-keygen-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('keygen', () => {
+  it('makes distinct 32-byte hex keys', () => {
+    const a = generateKeyHex();
+    expect(a).toMatch(/^[0-9a-f]{64}$/);
+    expect(generateKeyHex()).not.toBe(a);
+  });
+
+  it('writes a 0600 file in a new folder and refuses to overwrite it without force', () => {
+    const path = join(dir, 'sub', 'cluster.key');
+    writeKeyFile(path);
+    const first = readFileSync(path, 'utf8');
+    expect(first).toMatch(/^[0-9a-f]{64}\n$/);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    expect(() => writeKeyFile(path)).toThrow(`${path} already exists`);
+    expect(readFileSync(path, 'utf8')).toBe(first);
+    chmodSync(path, 0o644);
+    writeKeyFile(path, true);
+    expect(readFileSync(path, 'utf8')).not.toBe(first);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+  });
+
+  it('works from the command line', async () => {
+    const printed = await run(process.execPath, [bin, 'keygen']);
+    expect(printed.stdout).toMatch(/^[0-9a-f]{64}\n$/);
+    const path = join(dir, 'cli.key');
+    writeFileSync(path, 'keep me\n');
+    const refused = await run(process.execPath, [bin, 'keygen', '--out', path]).then(
+      () => undefined,
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect(refused?.code).toBe(1);
+    expect(refused?.stderr).toContain(`geomirror keygen: ${path} already exists`);
+    expect(readFileSync(path, 'utf8')).toBe('keep me\n');
+    await run(process.execPath, [bin, 'keygen', '--out', path, '--force']);
+    expect(readFileSync(path, 'utf8')).toMatch(/^[0-9a-f]{64}\n$/);
+  });
+});

@@ -1,0 +1,108 @@
+// geomirror status: queries real admin servers on 127.0.0.1 and prints one row per site,
+// taking a mirror's sync state, link and RTT from the primary that feeds it.
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fetchStatus, formatStatusTable, statusRows } from '../../src/cli/status.js';
+import { startAdminServer, type AdminServer } from '../../src/site/admin.js';
+import { createSiteMetrics } from '../../src/site/metrics.js';
+import type { SiteStatus } from '../../src/site/status.js';
+
+const run = promisify(execFile);
+const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'geomirror-status-'));
+
+const base = { cluster: 'demo', volume: 'vol0', epoch: 2, pid: 1, uptimeSeconds: 5 };
+const primary: SiteStatus = {
+  ...base,
+  site: 'local',
+  role: 'primary',
+  lastSeqAcked: '1200',
+  state: 'resyncing',
+  resyncPercent: 40,
+  cache: { usedBytes: 1024 * 1024, capacityBytes: 64 * 1024 * 1024, entries: 3 },
+  peers: [
+    { name: 'east', relation: 'mirror', link: 'up', rttMs: 0.3, sync: 'in-sync' },
+    { name: 'west', relation: 'mirror', link: 'up', rttMs: 12.5, sync: 'resyncing', resyncPercent: 40.7 },
+  ],
+};
+const east: SiteStatus = { ...base, site: 'east', role: 'mirror', lastSeqAcked: '1200', state: 'in-sync', cache: { usedBytes: 0, capacityBytes: 64 * 1024 * 1024, entries: 0 }, peers: [{ name: 'local', relation: 'upstream', link: 'up', rttMs: 0.3 }] };
+const west: SiteStatus = { ...east, site: 'west', lastSeqAcked: '900', peers: [{ name: 'local', relation: 'upstream', link: 'up', rttMs: 12.5 }] };
+
+const servers: AdminServer[] = [];
+let cfg = '';
+let deadPort = 0;
+beforeAll(async () => {
+  for (const s of [primary, east, west]) {
+    const m = createSiteMetrics({ site: s.site, role: s.role, cluster: 'demo', processMetrics: false });
+    servers.push(await startAdminServer({ host: '127.0.0.1', port: 0, status: () => s, registry: m.registry }));
+  }
+  // A port that was free a moment ago: nobody answers there.
+  const m = createSiteMetrics({ site: 'x', role: 'mirror', cluster: 'demo', processMetrics: false });
+  const gone = await startAdminServer({ host: '127.0.0.1', port: 0, status: () => east, registry: m.registry });
+  deadPort = gone.port;
+  await gone.close();
+  const [p, e, w] = servers.map((s) => s.port);
+  cfg = join(dir, 'cluster.yaml');
+  writeFileSync(
+    cfg,
+    `cluster: demo
+secret: file:./cluster.key
+volume: { name: vol0, size: 1MiB }
+sites:
+  local: { role: primary, nbd: 127.0.0.1:10809, admin: 127.0.0.1:${p}, cache: { device: "memory:", size: 64MiB }, storage: ["memory:"], mirrors: [east, west, north] }
+  east: { role: mirror, listen: 127.0.0.1:7401, admin: 127.0.0.1:${e}, cache: { device: "memory:", size: 64MiB }, storage: ["memory:"] }
+  west: { role: mirror, listen: 127.0.0.1:7402, admin: 127.0.0.1:${w}, cache: { device: "memory:", size: 64MiB }, storage: ["memory:"] }
+  north: { role: mirror, listen: 127.0.0.1:7403, admin: 127.0.0.1:${deadPort}, cache: { device: "memory:", size: 64MiB }, storage: ["memory:"] }
+`,
+  );
+});
+afterAll(async () => {
+  await Promise.all(servers.map((s) => s.close()));
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('geomirror status', () => {
+  it('builds rows from the sites and their feeders', async () => {
+    const results = await Promise.all([
+      fetchStatus({ name: 'local', admin: `127.0.0.1:${servers[0]!.port}` }),
+      fetchStatus({ name: 'east', admin: `127.0.0.1:${servers[1]!.port}` }),
+      fetchStatus({ name: 'west', admin: `127.0.0.1:${servers[2]!.port}` }),
+      fetchStatus({ name: 'north', admin: `127.0.0.1:${deadPort}` }),
+    ]);
+    expect(results[3]).toEqual({ target: { name: 'north', admin: `127.0.0.1:${deadPort}` }, error: 'connection refused (is the site running?)' });
+    const rows = statusRows(results);
+    expect(rows).toEqual([
+      { site: 'local', role: 'primary', epoch: '2', acked: '1200', state: 'resyncing 40%', cache: '1 MiB/64 MiB (1%)', link: '2/2 up', rtt: '-' },
+      { site: 'east', role: 'mirror', epoch: '2', acked: '1200', state: 'in-sync', cache: '0 B/64 MiB (0%)', link: 'up', rtt: '300 us' },
+      { site: 'west', role: 'mirror', epoch: '2', acked: '900', state: 'resyncing 40%', cache: '0 B/64 MiB (0%)', link: 'up', rtt: '12.5 ms' },
+      { site: 'north', role: '?', epoch: '-', acked: '-', state: 'unreachable', cache: '-', link: '-', rtt: '-' },
+    ]);
+    const table = formatStatusTable(rows).split('\n');
+    expect(table[0]).toMatch(/^SITE\s+ROLE\s+EPOCH\s+LAST ACKED\s+STATE\s+CACHE\s+LINK\s+RTT$/);
+    expect(table[3]).toMatch(/^west\s+mirror\s+2\s+900\s+resyncing 40%\s+0 B\/64 MiB \(0%\)\s+up\s+12\.5 ms$/);
+  });
+
+  it('prints the table for a cluster file and exits 1 when a site does not answer', async () => {
+    const err = await run(process.execPath, [bin, 'status', '--config', cfg]).then(
+      () => undefined,
+      (e: { code: number; stdout: string; stderr: string }) => e,
+    );
+    expect(err?.code).toBe(1);
+    const lines = err!.stdout.trim().split('\n');
+    expect(lines).toHaveLength(5);
+    expect(lines[1]).toMatch(/^local\s+primary\s+2\s+1200\s+resyncing 40%/);
+    expect(lines[4]).toMatch(/^north\s+\?\s+-\s+-\s+unreachable/);
+    expect(err!.stderr).toContain(`north (127.0.0.1:${deadPort}): connection refused`);
+  });
+
+  it('prints JSON for one admin address', async () => {
+    const { stdout } = await run(process.execPath, [bin, 'status', '--json', '--admin', `127.0.0.1:${servers[2]!.port}`]);
+    const out = JSON.parse(stdout) as { site: string; status: SiteStatus }[];
+    expect(out).toEqual([{ site: `127.0.0.1:${servers[2]!.port}`, admin: `127.0.0.1:${servers[2]!.port}`, status: west }]);
+  });
+});
