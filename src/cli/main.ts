@@ -1,28 +1,8 @@
-// The geomirror command. Subcommands are registered by the modules that implement them so
-// this file stays a table of contents.
-import { Command } from 'commander';
-import { createRequire } from 'node:module';
-import { registerCluster } from './cluster.js';
-import { registerKeygen } from './keygen.js';
-import { registerSite } from './site.js';
-import { registerStatus } from './status.js';
+// The geomirror command. Subcommands are registered by the modules that implement them
+// (see program.ts) so this file stays a table of contents.
+import { buildProgram } from './program.js';
 
-const require = createRequire(import.meta.url);
-const pkg = require('../../package.json') as { version: string; description: string };
-
-export function buildProgram(): Command {
-  const program = new Command();
-  program
-    .name('geomirror')
-    .description(pkg.description)
-    .version(pkg.version, '-V, --version', 'print the geomirror version')
-    .showHelpAfterError('(run with --help for usage)');
-  registerCluster(program);
-  registerSite(program);
-  registerStatus(program);
-  registerKeygen(program);
-  return program;
-}
+export { buildProgram };
 
 const program = buildProgram();
 await program.parseAsync(process.argv);

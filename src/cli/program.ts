@@ -1,0 +1,25 @@
+// The geomirror command tree, without parsing: main.ts parses process.argv with it, tests
+// build it in-process to read each command's help.
+import { Command } from 'commander';
+import { createRequire } from 'node:module';
+import { registerCluster } from './cluster.js';
+import { registerKeygen } from './keygen.js';
+import { registerSite } from './site.js';
+import { registerStatus } from './status.js';
+
+const require = createRequire(import.meta.url);
+const pkg = require('../../package.json') as { version: string; description: string };
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('geomirror')
+    .description(pkg.description)
+    .version(pkg.version, '-V, --version', 'print the geomirror version')
+    .showHelpAfterError('(run with --help for usage)');
+  registerCluster(program);
+  registerSite(program);
+  registerStatus(program);
+  registerKeygen(program);
+  return program;
+}
