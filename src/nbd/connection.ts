@@ -66,6 +66,7 @@ export class Connection {
   private inflightRequests = 0;
   private inflightBytes = 0;
   private stopReading = false; // after DISC, ABORT, a fatal error or server close
+  private peerEnded = false; // the client shut down its sending side (or closed)
   private ended = false;
   private handshakeTimer: NodeJS.Timeout | undefined;
 
@@ -138,7 +139,14 @@ export class Connection {
         return;
       }
       const ev = this.parser.next();
-      if (ev === undefined) break;
+      if (ev === undefined) {
+        if (this.peerEnded) {
+          // Everything the client sent before closing has been taken: finish it, then close.
+          this.stopReading = true;
+          return this.endWhenIdle();
+        }
+        break;
+      }
       this.handle(ev);
     }
     if (!this.stopReading && !this.ended && this.socket.isPaused()) this.socket.resume();
@@ -490,11 +498,12 @@ export class Connection {
   }
 
   private onPeerEnd(): void {
-    // Clients may close without NBD_CMD_DISC (fio does): finish what is in flight, then close.
+    // Clients may close without NBD_CMD_DISC (fio does), or shut down their sending side while
+    // waiting for replies: serve every complete request already received, then close. A partial
+    // message (e.g. a write cut mid-payload) is dropped, never applied.
+    this.peerEnded = true;
+    this.pump();
     if (this.parser.midMessage) this.log().debug({ conn: this.id, heldBytes: this.parser.heldBytes }, 'client closed mid-message');
-    this.stopReading = true;
-    if (this.inflightRequests === 0) this.endNow();
-    else this.endWhenIdle();
   }
 
   private onClose(): void {

@@ -357,6 +357,18 @@ describe('transmission', () => {
     expect(p.toString('utf8', 6, 6 + p.readUInt16BE(4))).toMatch(/past the end of export 'vol0'/);
   });
 
+  it('a client that half-closes after sending still gets every reply, then EOF (no DISC needed)', async () => {
+    const { c } = await open('vol0');
+    for (let i = 0; i < 20; i++) c.sendRequest(Cmd.WRITE, { cookie: BigInt(i), offset: i * 4096, payload: Buffer.alloc(4096, i) });
+    c.socket.end();
+    const cookies = new Set<bigint>();
+    for (let i = 0; i < 20; i++) cookies.add((await c.readSimpleReply()).cookie);
+    expect(cookies.size).toBe(20);
+    expect(await c.waitClosed()).toBe(true);
+    const b = await backing();
+    for (let i = 0; i < 20; i++) expect(b.subarray(i * 4096, i * 4096 + 4096).equals(Buffer.alloc(4096, i))).toBe(true);
+  });
+
   it('DISC finishes in-flight requests, then closes', async () => {
     const { c } = await open('vol0');
     c.sendRequest(Cmd.WRITE, { cookie: 1n, offset: 0, payload: Buffer.alloc(65536, 0x42) });
@@ -364,6 +376,18 @@ describe('transmission', () => {
     expect((await c.readSimpleReply()).error).toBe(0);
     expect(await c.waitClosed()).toBe(true);
     expect((await backing()).subarray(0, 65536).equals(Buffer.alloc(65536, 0x42))).toBe(true);
+  });
+});
+
+describe('shutdown', () => {
+  it('close() lets idle and negotiating clients go and resolves', async () => {
+    await start();
+    const idle = await open('vol0');
+    const haggling = await client();
+    await haggling.handshake();
+    await server.close();
+    expect(await idle.c.waitClosed()).toBe(true);
+    expect(await haggling.waitClosed()).toBe(true);
   });
 });
 
