@@ -1,0 +1,41 @@
+// `npm run sim -- --seed S` replays one seed with a readable trace;
+// `npm run sim -- --seeds N [--from F]` runs N seeds and prints each failure with its seed.
+import { Command } from 'commander';
+import { runSim } from './sim.js';
+
+const program = new Command()
+  .name('sim')
+  .description('deterministic simulation of the geomirror core (primary + mirrors) under seeded faults')
+  .option('--seed <n>', 'replay one seed with a readable trace', (v) => parseSeed(v))
+  .option('--seeds <n>', 'run this many seeds (no trace)', (v) => parseSeed(v))
+  .option('--from <n>', 'first seed of a --seeds run', (v) => parseSeed(v), 1)
+  .option('--ops <n>', 'host operations per run (default: seeded 120-240)', (v) => parseSeed(v))
+  .option('--quiet', 'with --seed: only the verdict, no trace');
+program.parse();
+const o = program.opts<{ seed?: number; seeds?: number; from: number; ops?: number; quiet?: boolean }>();
+
+function parseSeed(v: string): number {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`"${v}" is not a non-negative integer`);
+  return n;
+}
+
+if (o.seed !== undefined) {
+  const r = runSim({ seed: o.seed, hostOps: o.ops, trace: o.quiet ? undefined : (line) => console.log(line) });
+  console.log(`seed ${r.seed}: ${r.ok ? 'ok' : 'FAILED'} ${JSON.stringify(r.stats)}`);
+  for (const f of r.failures) console.log(`  ${f}`);
+  process.exitCode = r.ok ? 0 : 1;
+} else {
+  const n = o.seeds ?? 100;
+  const t0 = performance.now();
+  let failed = 0;
+  for (let seed = o.from; seed < o.from + n; seed++) {
+    const r = runSim({ seed, hostOps: o.ops });
+    if (!r.ok) {
+      failed++;
+      console.log(`seed ${seed} FAILED: ${r.failures.join('; ')}  (replay: npm run sim -- --seed ${seed})`);
+    }
+  }
+  console.log(`${n - failed}/${n} seeds ok in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  process.exitCode = failed === 0 ? 0 : 1;
+}

@@ -1,0 +1,716 @@
+// Deterministic simulator (TigerBeetle's VOPR, FoundationDB-style): drives the REAL core state
+// machines (src/core/primary.ts, src/core/mirror.ts) under a seeded network (per-link delay,
+// FIFO within a link, reordering across links, connection resets with reconnect, partitions
+// and heals), seeded crashes and restarts (process kill and power cut) and a seeded host
+// workload (mixed sizes, overlaps, FUA, flushes). Every run replays exactly from its seed.
+//
+// Checks (issue 5 item 9):
+//  - no CoreAssertionError fired;
+//  - at every host FLUSH completion, every write acked before the flush was issued survives a
+//    power cut (storage durable image + battery-backed cache replay) at the primary and at every
+//    mirror in sync throughout the flush;
+//  - after the faults stop (heal, restart, resync): every replica is byte-identical, and every
+//    block holds the last host-acked write to it or a write issued after that one.
+
+import { Prng } from '../../hal/prng.js';
+import { Mirror } from '../../src/core/mirror.js';
+import { Primary } from '../../src/core/primary.js';
+import {
+  CoreAssertionError,
+  defaultLimits,
+  type CoreAction,
+  type CoreEvent,
+  type HostError,
+  type Limits,
+  type MirrorLossPolicy,
+  type OpId,
+  type PeerId,
+  type PeerMsg,
+} from '../../src/core/types.js';
+import { SimCache, SimDisk, SimPersist } from './models.js';
+
+export interface SimOptions {
+  readonly seed: number;
+  /** Host operations to issue. */
+  readonly hostOps?: number;
+  /** Print a readable trace line per event and action. */
+  readonly trace?: (line: string) => void;
+  /** Turn faults off (for a baseline). */
+  readonly faults?: boolean;
+}
+
+export interface SimResult {
+  readonly seed: number;
+  readonly ok: boolean;
+  readonly failures: string[];
+  readonly stats: Record<string, number | string>;
+}
+
+const blockBytes = 512;
+
+// ---------------------------------------------------------------------------------------------
+// Scheduler: a binary heap of (timeMs, insertion order) -> closure. Equal times run in
+// insertion order, so the run is a pure function of the seed.
+
+class Scheduler {
+  private heap: { t: number; n: number; f: () => void }[] = [];
+  private n = 0;
+  now = 0;
+
+  at(t: number, f: () => void): void {
+    const item = { t: Math.max(t, this.now), n: this.n++, f };
+    const h = this.heap;
+    h.push(item);
+    let i = h.length - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (less(h[p]!, h[i]!)) break;
+      [h[p], h[i]] = [h[i]!, h[p]!];
+      i = p;
+    }
+  }
+
+  /** Runs the next item; false when empty. */
+  runOne(): boolean {
+    const h = this.heap;
+    if (h.length === 0) return false;
+    const top = h[0]!;
+    const last = h.pop()!;
+    if (h.length > 0) {
+      h[0] = last;
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < h.length && less(h[l]!, h[m]!)) m = l;
+        if (r < h.length && less(h[r]!, h[m]!)) m = r;
+        if (m === i) break;
+        [h[m], h[i]] = [h[i]!, h[m]!];
+        i = m;
+      }
+    }
+    this.now = top.t;
+    top.f();
+    return true;
+  }
+}
+
+function less(a: { t: number; n: number }, b: { t: number; n: number }): boolean {
+  return a.t < b.t || (a.t === b.t && a.n < b.n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sites
+
+interface Site {
+  readonly name: PeerId;
+  readonly role: 'primary' | 'mirror';
+  core: Primary | Mirror | undefined;
+  /** Bumped at every crash: completions of a previous life are discarded. */
+  life: number;
+  readonly disk: SimDisk;
+  readonly cache: SimCache;
+  readonly persist: SimPersist;
+  readonly pendingWrites: Map<OpId, { offsetBytes: number; payload: Uint8Array; fua: boolean }>;
+  cacheDoneAtMs: number;
+  persistDoneAtMs: number;
+  crashes: number;
+}
+
+interface Link {
+  readonly a: PeerId; // primary
+  readonly b: PeerId; // mirror
+  connected: boolean;
+  conn: number;
+  partitioned: boolean;
+  baseDelayMs: number;
+  lastDeliverMs: Record<string, number>;
+  reconnectPending: boolean;
+}
+
+interface HostWrite {
+  readonly id: number;
+  readonly offsetBytes: number;
+  readonly blocks: number;
+  readonly fua: boolean;
+  readonly payload: Uint8Array;
+  status: 'new' | 'pending' | 'acked' | 'failed' | 'unknown';
+  /** Submission order at the primary (a busy-rejected write is resubmitted later, after others). */
+  order: number;
+  ackedAtMs: number;
+}
+
+export function runSim(opts: SimOptions): SimResult {
+  return new Sim(opts).run();
+}
+
+class Sim {
+  private readonly prng: Prng;
+  private readonly seed: number;
+  private orderNext = 1;
+  private readonly sched = new Scheduler();
+  private readonly sites = new Map<PeerId, Site>();
+  private readonly links = new Map<PeerId, Link>();
+  private readonly failures: string[] = [];
+  private readonly trace: ((line: string) => void) | undefined;
+  private readonly faults: boolean;
+  private readonly volumeBytes: number;
+  private readonly limits: Limits;
+  private readonly policy: MirrorLossPolicy;
+  private readonly mirrorNames: PeerId[];
+  private readonly hostOps: number;
+  private readonly qd: number;
+  // host
+  private readonly writes: HostWrite[] = [];
+  private readonly byHostId = new Map<number, { kind: 'write'; w: HostWrite } | { kind: 'flush'; issuedAtMs: number; syncAtIssue: PeerId[]; ackedBefore: HostWrite[] }>();
+  private hostIdNext = 1;
+  private issued = 0;
+  private outstanding = 0;
+  private readonly retry: number[] = [];
+  private workloadDone = false;
+  private busyUntilMs = 0;
+  private stopped = false;
+  private readonly stats = { acked: 0, failedBusy: 0, flushes: 0, crashes: 0, powerCuts: 0, resets: 0, partitions: 0, degraded: 0, resyncs: 0, events: 0 };
+
+  constructor(opts: SimOptions) {
+    this.prng = new Prng(opts.seed);
+    this.seed = opts.seed;
+    this.trace = opts.trace;
+    this.faults = opts.faults ?? true;
+    const p = this.prng;
+    this.volumeBytes = (32 + p.int(4) * 32) * blockBytes; // 16..64 KiB: small, so writes overlap a lot
+    this.policy = p.chance(0.25) ? 'block' : 'degrade';
+    const mirrorCount = 1 + p.int(3);
+    this.mirrorNames = ['east', 'west', 'north'].slice(0, mirrorCount);
+    this.hostOps = opts.hostOps ?? 120 + p.int(120);
+    this.qd = 1 + p.int(16);
+    this.limits = {
+      ...defaultLimits,
+      inflightWritesMax: 2 + p.int(8),
+      inflightBytesMax: 8 * 1024 + p.int(4) * 4096,
+      hostQueueWritesMax: 4 + p.int(8),
+      cacheBytesMax: 0, // set below: never below inflightBytesMax
+      regionBytes: [1024, 2048, 4096][p.int(3)]!,
+      resyncBytesPerSecMax: 64 * 1024 + p.int(4) * 128 * 1024,
+      resyncInflightRegionsMax: 1 + p.int(3),
+      mirrorLossGraceMs: 20 + p.int(300),
+      heartbeatIntervalMs: 100,
+      flushIntervalMs: 20 + p.int(80),
+      flushAfterWritesMax: 1 + p.int(12),
+      seqReserveChunk: BigInt(4 + p.int(30)),
+      flushesInflightMax: 1 + p.int(4),
+      mirrorReceiveQueueMax: 64,
+      mirrorResyncQueueMax: 8,
+      tickMs: 5,
+    };
+    this.limits = { ...this.limits, cacheBytesMax: this.limits.inflightBytesMax + p.int(4) * 8192 };
+    const meta = { epoch: 1n, seqReserved: 1n };
+    for (const name of ['local', ...this.mirrorNames]) {
+      this.sites.set(name, {
+        name, role: name === 'local' ? 'primary' : 'mirror', core: undefined, life: 0,
+        disk: new SimDisk(this.volumeBytes, blockBytes), cache: new SimCache(), persist: new SimPersist(meta),
+        pendingWrites: new Map(), cacheDoneAtMs: 0, persistDoneAtMs: 0, crashes: 0,
+      });
+    }
+    for (const m of this.mirrorNames) {
+      this.links.set(m, { a: 'local', b: m, connected: false, conn: 0, partitioned: false, baseDelayMs: 0.2 + p.float() * 10, lastDeliverMs: {}, reconnectPending: false });
+    }
+  }
+
+  private log(line: string): void {
+    if (this.trace !== undefined) this.trace(`${this.sched.now.toFixed(3).padStart(10)} ${line}`);
+  }
+
+  private fail(msg: string): void {
+    this.failures.push(msg);
+    this.log(`FAIL ${msg}`);
+    this.stopped = true;
+  }
+
+  run(): SimResult {
+    this.log(`seed: volume ${this.volumeBytes} B, mirrors ${this.mirrorNames.join(',')}, policy ${this.policy}, qd ${this.qd}, ops ${this.hostOps}, limits ${JSON.stringify(this.limits, (_k, v) => (typeof v === 'bigint' ? Number(v) : v))}`);
+    for (const s of this.sites.values()) this.startSite(s);
+    for (const l of this.links.values()) this.connect(l);
+    this.sched.at(1, () => this.pump());
+    if (this.faults) this.scheduleFault();
+    const simEndMs = 600_000;
+    let steps = 0;
+    while (!this.stopped && this.sched.runOne()) {
+      steps++;
+      if (this.sched.now > simEndMs) {
+        this.fail(`did not converge within ${simEndMs} ms of simulated time: ${this.describe()}`);
+        break;
+      }
+      if (this.workloadDone && this.outstanding === 0 && this.retry.length === 0 && this.converged()) break;
+    }
+    this.stats.events = steps;
+    if (this.failures.length === 0) this.finalChecks();
+    return { seed: this.seed, ok: this.failures.length === 0, failures: this.failures, stats: { ...this.stats, policy: this.policy, mirrors: this.mirrorNames.length, simMs: Math.round(this.sched.now) } };
+  }
+
+  private describe(): string {
+    const p = this.sites.get('local')!.core as Primary | undefined;
+    return JSON.stringify({ primary: p?.status(), outstanding: this.outstanding, issued: this.issued }, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Site lifecycle
+
+  private startSite(s: Site): void {
+    const cfgBase = { self: s.name, volumeBytes: this.volumeBytes, blockBytes, limits: this.limits };
+    s.core = s.role === 'primary'
+      ? new Primary({ ...cfgBase, mirrors: this.mirrorNames, onMirrorLoss: this.policy })
+      : new Mirror(cfgBase);
+    const life = s.life;
+    this.deliver(s, { type: 'start', recovered: { meta: s.persist.meta, cacheEntries: s.cache.list(), dirtyRegions: s.persist.dirtyRegions() } });
+    const tick = (): void => {
+      if (s.life !== life || this.stopped) return;
+      this.deliver(s, { type: 'tick' });
+      this.sched.at(this.sched.now + this.limits.tickMs, tick);
+    };
+    this.sched.at(this.sched.now + this.limits.tickMs, tick);
+  }
+
+  private crash(s: Site, powerCut: boolean): void {
+    if (s.core === undefined) return;
+    this.log(`CRASH ${s.name}${powerCut ? ' (power cut)' : ' (kill -9)'}`);
+    this.stats.crashes++;
+    if (powerCut) this.stats.powerCuts++;
+    s.core = undefined;
+    s.life++;
+    s.crashes++;
+    // In-flight storage writes: each block landed or not.
+    for (const w of s.pendingWrites.values()) {
+      for (let i = 0; i < w.payload.byteLength / blockBytes; i++) if (this.prng.chance(0.5)) s.disk.writeBlock(w.offsetBytes, w.payload, i);
+    }
+    s.pendingWrites.clear();
+    s.cache.crash(this.prng);
+    s.persist.crash(this.prng);
+    s.cacheDoneAtMs = s.persistDoneAtMs = 0;
+    if (powerCut) s.disk.powerCut(this.prng);
+    for (const l of this.links.values()) if (l.a === s.name || l.b === s.name) this.reset(l, false);
+    if (s.role === 'primary') {
+      // The host's connection died with it: every outstanding operation has an unknown outcome.
+      for (const [id, op] of this.byHostId) {
+        if (op.kind === 'write' && op.w.status === 'pending') op.w.status = 'unknown';
+        this.byHostId.delete(id);
+      }
+      this.outstanding = 0;
+    }
+    this.sched.at(this.sched.now + 20 + this.prng.int(400), () => this.restart(s));
+  }
+
+  private restart(s: Site): void {
+    if (this.stopped || s.core !== undefined) return;
+    this.log(`RESTART ${s.name}`);
+    this.startSite(s);
+    for (const l of this.links.values()) if (l.a === s.name || l.b === s.name) this.connect(l);
+    if (s.role === 'primary') this.pump();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Network
+
+  private connect(l: Link): void {
+    l.reconnectPending = false;
+    if (this.stopped || l.connected || l.partitioned) return;
+    const a = this.sites.get(l.a)!;
+    const b = this.sites.get(l.b)!;
+    if (a.core === undefined || b.core === undefined) return;
+    l.connected = true;
+    l.conn++;
+    l.lastDeliverMs = {};
+    this.log(`LINK UP ${l.a}<->${l.b} conn ${l.conn}`);
+    this.deliver(a, { type: 'peerUp', peer: l.b });
+    if (l.connected) this.deliver(b, { type: 'peerUp', peer: l.a });
+  }
+
+  /** A TCP reset: in-flight messages are lost, both ends notice, a reconnect follows unless partitioned. */
+  private reset(l: Link, reconnect = true): void {
+    if (!l.connected) return;
+    l.connected = false;
+    l.conn++;
+    this.stats.resets++;
+    this.log(`LINK DOWN ${l.a}<->${l.b}`);
+    for (const n of [l.a, l.b]) {
+      const s = this.sites.get(n)!;
+      if (s.core !== undefined) this.deliver(s, { type: 'peerDown', peer: n === l.a ? l.b : l.a });
+    }
+    if (reconnect) this.scheduleReconnect(l);
+  }
+
+  private scheduleReconnect(l: Link): void {
+    if (l.reconnectPending) return;
+    l.reconnectPending = true;
+    this.sched.at(this.sched.now + 5 + this.prng.int(100), () => this.connect(l));
+  }
+
+  private send(from: PeerId, to: PeerId, msg: PeerMsg): void {
+    const l = this.links.get(from === 'local' ? to : from);
+    if (l === undefined || !l.connected) return;
+    const conn = l.conn;
+    const dir = `${from}>${to}`;
+    const t = Math.max(l.lastDeliverMs[dir] ?? 0, this.sched.now + l.baseDelayMs + this.prng.float() * 3);
+    l.lastDeliverMs[dir] = t; // FIFO within a link; links differ, so messages reorder across links
+    this.sched.at(t, () => {
+      if (l.conn !== conn || !l.connected) return;
+      const s = this.sites.get(to)!;
+      this.deliver(s, { type: 'recv', peer: from, msg });
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Faults
+
+  private scheduleFault(): void {
+    this.sched.at(this.sched.now + 5 + this.prng.int(120), () => {
+      if (this.stopped || this.workloadDone) return;
+      this.injectFault();
+      this.scheduleFault();
+    });
+  }
+
+  private injectFault(): void {
+    const p = this.prng;
+    const r = p.int(100);
+    const links = [...this.links.values()];
+    const l = links[p.int(links.length)]!;
+    if (r < 35) {
+      this.reset(l);
+    } else if (r < 50) {
+      if (l.partitioned) return;
+      this.stats.partitions++;
+      this.log(`PARTITION ${l.a}<->${l.b}`);
+      l.partitioned = true;
+      this.reset(l, false);
+      this.sched.at(this.sched.now + 10 + p.int(600), () => this.heal(l));
+    } else if (r < 75) {
+      const mirrors = this.mirrorNames.map((n) => this.sites.get(n)!);
+      this.crash(mirrors[p.int(mirrors.length)]!, p.chance(0.3));
+    } else if (r < 90) {
+      this.crash(this.sites.get('local')!, p.chance(0.3));
+    }
+    // else: a quiet spell
+  }
+
+  private heal(l: Link): void {
+    if (!l.partitioned) return;
+    this.log(`HEAL ${l.a}<->${l.b}`);
+    l.partitioned = false;
+    this.connect(l);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Event delivery and action execution
+
+  private deliver(s: Site, ev: CoreEvent): void {
+    if (s.core === undefined || this.stopped) return;
+    if (this.trace !== undefined && ev.type !== 'tick') this.log(`${s.name} <- ${fmtEvent(ev)}`);
+    let actions: CoreAction[];
+    try {
+      actions = s.core.step(ev, this.sched.now);
+    } catch (err) {
+      if (err instanceof CoreAssertionError) {
+        this.fail(`assertion fired at ${s.name} on ${ev.type}: ${err.message}`);
+        return;
+      }
+      throw err;
+    }
+    for (const a of actions) this.execute(s, a);
+  }
+
+  private execute(s: Site, a: CoreAction): void {
+    if (this.trace !== undefined && a.type !== 'log') this.log(`${s.name} -> ${fmtAction(a)}`);
+    const life = s.life;
+    const later = (delayMs: number, f: () => void): void => {
+      this.sched.at(this.sched.now + delayMs, () => {
+        if (s.life === life && s.core !== undefined && !this.stopped) f();
+      });
+    };
+    const p = this.prng;
+    switch (a.type) {
+      case 'cacheAppend': {
+        s.cache.append(a.entry);
+        s.cacheDoneAtMs = Math.max(s.cacheDoneAtMs, this.sched.now + 0.05 + p.float());
+        this.sched.at(s.cacheDoneAtMs, () => {
+          if (s.life !== life || s.core === undefined) return;
+          s.cache.completeOne();
+          this.deliver(s, { type: 'cacheAppended', opId: a.opId });
+        });
+        break;
+      }
+      case 'cacheDrop':
+        s.cache.drop(a.entries);
+        break;
+      case 'storageWrite':
+        s.pendingWrites.set(a.opId, { offsetBytes: a.offsetBytes, payload: a.payload, fua: a.fua });
+        later(0.1 + p.float() * 4, () => {
+          s.pendingWrites.delete(a.opId);
+          s.disk.write(a.offsetBytes, a.payload, a.fua);
+          this.deliver(s, { type: 'storageWritten', opId: a.opId });
+        });
+        break;
+      case 'storageRead':
+        later(0.1 + p.float() * 3, () => this.deliver(s, { type: 'storageRead', opId: a.opId, data: s.disk.read(a.offsetBytes, a.lengthBytes) }));
+        break;
+      case 'storageFlush': {
+        const snap = s.disk.flushSnapshot();
+        later(0.5 + p.float() * 8, () => {
+          s.disk.flushApply(snap);
+          this.deliver(s, { type: 'storageFlushed', opId: a.opId });
+        });
+        break;
+      }
+      case 'send':
+        this.send(s.name, a.peer, a.msg);
+        break;
+      case 'ackHost':
+        this.onHostAck(a.id, a.error);
+        break;
+      case 'bitmapSet':
+      case 'bitmapClear':
+      case 'metaPersist': {
+        s.persist.inflight.push(a.type === 'metaPersist' ? { kind: 'meta', meta: a.meta } : { kind: a.type === 'bitmapSet' ? 'set' : 'clear', peer: a.peer, regions: a.regions });
+        s.persistDoneAtMs = Math.max(s.persistDoneAtMs, this.sched.now + 0.05 + p.float() * 2);
+        this.sched.at(s.persistDoneAtMs, () => {
+          if (s.life !== life || s.core === undefined) return;
+          s.persist.applyOne();
+          if (a.type === 'bitmapSet') this.deliver(s, { type: 'bitmapPersisted', opId: a.opId });
+          if (a.type === 'metaPersist') this.deliver(s, { type: 'metaPersisted', opId: a.opId });
+        });
+        break;
+      }
+      case 'log':
+        if (a.event === 'mirror_degraded') this.stats.degraded++;
+        if (a.event === 'mirror_resync_start') this.stats.resyncs++;
+        if (this.trace !== undefined) this.log(`${s.name} LOG ${a.level} ${a.event} ${JSON.stringify(a.fields, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))}`);
+        break;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Host workload
+
+  private primary(): Primary | undefined {
+    return this.sites.get('local')!.core as Primary | undefined;
+  }
+
+  private pump(): void {
+    const primary = this.sites.get('local')!;
+    while (!this.stopped && primary.core !== undefined && this.outstanding < this.qd && this.sched.now >= this.busyUntilMs) {
+      const retryId = this.retry.shift();
+      if (retryId !== undefined) {
+        const w = this.writes[retryId]!;
+        this.submitWrite(w);
+        continue;
+      }
+      if (this.issued >= this.hostOps) {
+        this.workloadDone = true;
+        return;
+      }
+      this.issued++;
+      if (this.prng.chance(0.12)) this.submitFlush();
+      else this.submitWrite(this.newWrite());
+    }
+  }
+
+  private newWrite(): HostWrite {
+    const p = this.prng;
+    const volumeBlocks = this.volumeBytes / blockBytes;
+    const blocks = p.chance(0.7) ? 1 + p.int(4) : 1 + p.int(16);
+    const hot = p.chance(0.5);
+    const span = hot ? Math.min(volumeBlocks, 12) : volumeBlocks;
+    const first = Math.min(p.int(span), volumeBlocks - blocks);
+    const id = this.writes.length + 1; // write id 0 means "never written" (zeroes)
+    const payload = new Uint8Array(blocks * blockBytes);
+    for (let i = 0; i < blocks; i++) fillBlock(payload.subarray(i * blockBytes, (i + 1) * blockBytes), id, first + i);
+    const w: HostWrite = { id, offsetBytes: first * blockBytes, blocks, fua: p.chance(0.1), payload, status: 'new', ackedAtMs: -1, order: 0 };
+    this.writes.push(w);
+    return w;
+  }
+
+  private submitWrite(w: HostWrite): void {
+    const hostId = this.hostIdNext++;
+    w.status = 'pending';
+    w.order = this.orderNext++;
+    this.outstanding++;
+    this.byHostId.set(hostId, { kind: 'write', w });
+    this.deliver(this.sites.get('local')!, { type: 'hostWrite', id: hostId, offsetBytes: w.offsetBytes, lengthBytes: w.payload.byteLength, fua: w.fua, payload: w.payload });
+  }
+
+  private submitFlush(): void {
+    const hostId = this.hostIdNext++;
+    this.outstanding++;
+    this.stats.flushes++;
+    const syncAtIssue = [...(this.primary()?.inSyncMirrors() ?? [])];
+    this.byHostId.set(hostId, { kind: 'flush', issuedAtMs: this.sched.now, syncAtIssue, ackedBefore: this.writes.filter((w) => w.status === 'acked') });
+    this.deliver(this.sites.get('local')!, { type: 'hostFlush', id: hostId });
+  }
+
+  private onHostAck(hostId: number, error: HostError | undefined): void {
+    const op = this.byHostId.get(hostId);
+    if (op === undefined) {
+      this.fail(`host ack for unknown or already completed host op ${hostId}`);
+      return;
+    }
+    this.byHostId.delete(hostId);
+    this.outstanding--;
+    if (op.kind === 'write') {
+      if (error?.kind === 'busy') {
+        this.stats.failedBusy++;
+        op.w.status = 'new';
+        this.retry.push(op.w.id - 1);
+        // Backpressure: the host backs off before trying again.
+        this.busyUntilMs = this.sched.now + 1 + this.prng.float() * 4;
+        this.sched.at(this.busyUntilMs, () => this.pump());
+      } else if (error !== undefined) {
+        this.fail(`write ${op.w.id} failed: ${error.message}`);
+      } else {
+        op.w.status = 'acked';
+        op.w.ackedAtMs = this.sched.now;
+        this.stats.acked++;
+      }
+    } else if (error === undefined) {
+      this.checkFlush(op.syncAtIssue, op.ackedBefore);
+    } else if (error.kind !== 'busy') {
+      this.fail(`flush failed: ${error.message}`);
+    }
+    // Pace the host a little so the network and faults interleave with the workload.
+    this.sched.at(this.sched.now + this.prng.float() * 2, () => this.pump());
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Checks
+
+  /** After a FLUSH: every write acked before it survives a power cut at every in-sync site. */
+  private checkFlush(syncAtIssue: PeerId[], ackedBefore: HostWrite[]): void {
+    const primary = this.primary();
+    if (primary === undefined) return;
+    const nowInSync = new Set(primary.inSyncMirrors());
+    const sites = ['local', ...syncAtIssue.filter((m) => nowInSync.has(m))];
+    for (const name of sites) {
+      const s = this.sites.get(name)!;
+      const image = this.powerLossImage(s);
+      const err = this.checkImage(image, ackedBefore, `after flush at ${name}`);
+      if (err !== undefined) return this.fail(err);
+    }
+  }
+
+  /** What a site would hold after a power cut now: the durable disk plus the cache replayed. */
+  private powerLossImage(s: Site): Uint8Array {
+    const img = s.disk.durable.slice();
+    for (const e of s.cache.list()) img.set(e.payload, e.offsetBytes);
+    return img;
+  }
+
+  /** Every block holds the newest of `acked` that touches it, or a write issued after it. */
+  private checkImage(img: Uint8Array, acked: HostWrite[], where: string): string | undefined {
+    const volumeBlocks = this.volumeBytes / blockBytes;
+    const lastAcked = new Int32Array(volumeBlocks); // submission order, 0 = none
+    const lastAckedId = new Int32Array(volumeBlocks);
+    for (const w of acked) {
+      const first = w.offsetBytes / blockBytes;
+      for (let b = first; b < first + w.blocks; b++) {
+        if (w.order > lastAcked[b]!) {
+          lastAcked[b] = w.order;
+          lastAckedId[b] = w.id;
+        }
+      }
+    }
+    for (let b = 0; b < volumeBlocks; b++) {
+      const blk = img.subarray(b * blockBytes, (b + 1) * blockBytes);
+      const id = blockWriteId(blk, b);
+      if (id === undefined) return `${where}: block ${b} holds bytes no host write produced (torn or misplaced data)`;
+      const order = id === 0 ? 0 : this.writes[id - 1]!.order;
+      if (order < lastAcked[b]!) return `${where}: block ${b} holds write ${id} but later write ${lastAckedId[b]} was acked (lost acked write)`;
+      if (id > 0) {
+        const w = this.writes[id - 1]!;
+        const first = w.offsetBytes / blockBytes;
+        if (b < first || b >= first + w.blocks) return `${where}: block ${b} holds write ${id} which never touched it`;
+      }
+    }
+    return undefined;
+  }
+
+  private converged(): boolean {
+    const p = this.primary();
+    if (p === undefined || !p.quiescent()) return false;
+    for (const n of this.mirrorNames) {
+      const m = this.sites.get(n)!.core as Mirror | undefined;
+      if (m === undefined || !m.quiescent()) return false;
+    }
+    return true;
+  }
+
+  private finalChecks(): void {
+    const acked = this.writes.filter((w) => w.status === 'acked');
+    const ref = this.sites.get('local')!;
+    const err = this.checkImage(ref.disk.cur, acked, 'primary after convergence');
+    if (err !== undefined) return this.fail(err);
+    for (const n of this.mirrorNames) {
+      const d = this.sites.get(n)!.disk.cur;
+      for (let i = 0; i < d.byteLength; i += blockBytes) {
+        if (!sameBlock(d, ref.disk.cur, i)) {
+          return this.fail(`replica ${n} differs from the primary at block ${i / blockBytes}: write ${blockWriteId(d.subarray(i, i + blockBytes), i / blockBytes)} vs ${blockWriteId(ref.disk.cur.subarray(i, i + blockBytes), i / blockBytes)}`);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block contents: every block of write `id` carries (id, block number) plus a filler derived
+// from both, so a checker can tell which write a block came from and that it is whole.
+
+function fillBlock(blk: Uint8Array, id: number, block: number): void {
+  const dv = new DataView(blk.buffer, blk.byteOffset, blk.byteLength);
+  dv.setUint32(0, id);
+  dv.setUint32(4, block);
+  for (let i = 8; i < blk.byteLength; i++) blk[i] = (id * 31 + block * 7 + i) & 0xff;
+}
+
+function blockWriteId(blk: Uint8Array, block: number): number | undefined {
+  const dv = new DataView(blk.buffer, blk.byteOffset, blk.byteLength);
+  const id = dv.getUint32(0);
+  if (id === 0) return blk.every((x) => x === 0) ? 0 : undefined;
+  if (dv.getUint32(4) !== block) return undefined;
+  for (let i = 8; i < blk.byteLength; i++) if (blk[i] !== ((id * 31 + block * 7 + i) & 0xff)) return undefined;
+  return id;
+}
+
+function sameBlock(a: Uint8Array, b: Uint8Array, off: number): boolean {
+  for (let i = off; i < off + blockBytes; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trace formatting
+
+function fmtMsg(m: PeerMsg): string {
+  switch (m.type) {
+    case 'write': return `write e${m.epoch} s${m.seq} @${m.offsetBytes}+${m.lengthBytes}${m.fua ? ' fua' : ''}`;
+    case 'resyncData': return `resyncData #${m.resyncId} @${m.offsetBytes}+${m.payload.byteLength}`;
+    default: return JSON.stringify(m, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+  }
+}
+
+function fmtEvent(ev: CoreEvent): string {
+  switch (ev.type) {
+    case 'recv': return `recv from ${ev.peer}: ${fmtMsg(ev.msg)}`;
+    case 'hostWrite': return `hostWrite #${ev.id} @${ev.offsetBytes}+${ev.lengthBytes}${ev.fua ? ' fua' : ''}`;
+    case 'storageRead': return `storageRead op${ev.opId}`;
+    case 'start': return `start (cache ${ev.recovered.cacheEntries.length} entries, meta epoch ${ev.recovered.meta.epoch} seqReserved ${ev.recovered.meta.seqReserved}, dirty ${JSON.stringify([...ev.recovered.dirtyRegions])})`;
+    default: return JSON.stringify(ev, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+  }
+}
+
+function fmtAction(a: CoreAction): string {
+  switch (a.type) {
+    case 'send': return `send ${a.peer}: ${fmtMsg(a.msg)}`;
+    case 'cacheAppend': return `cacheAppend op${a.opId} e${a.entry.epoch} s${a.entry.seq} @${a.entry.offsetBytes}+${a.entry.lengthBytes}`;
+    case 'storageWrite': return `storageWrite op${a.opId} @${a.offsetBytes}+${a.payload.byteLength}${a.fua ? ' fua' : ''}`;
+    case 'cacheDrop': return `cacheDrop ${a.entries.map((e) => `e${e.epoch}s${e.seq}`).join(',')}`;
+    default: return JSON.stringify(a, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+  }
+}
