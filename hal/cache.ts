@@ -189,7 +189,13 @@ interface Waiter {
   readonly meta: EntryMeta;
   readonly flags: number;
   readonly payload: Uint8Array;
-  readonly resolve: (p: Promise<EntryHandle>) => void;
+  readonly settle: Settle;
+}
+
+/** How an append's promise is settled: directly, never by adopting another promise (see issue()). */
+interface Settle {
+  readonly resolve: (h: EntryHandle) => void;
+  readonly reject: (err: unknown) => void;
 }
 
 export interface CacheJournalOptions {
@@ -310,14 +316,16 @@ export class CacheJournal {
     }
     if (this.closed) return Promise.reject(sense.notPresent(this.device.name, 'cache journal is closed'));
     if (this.broken !== undefined) return Promise.reject(this.brokenError());
-    if (this.waiters.length === 0) {
-      const pos = this.allocate(sizeBytes);
-      if (pos >= 0) return this.issue(pos, sizeBytes, meta, flags, payload);
-    }
-    return new Promise<EntryHandle>((resolve) => {
-      this.waiters.push({ sizeBytes, meta, flags, payload, resolve });
+    let settle!: Settle;
+    const appended = new Promise<EntryHandle>((resolve, reject) => (settle = { resolve, reject }));
+    const pos = this.waiters.length === 0 ? this.allocate(sizeBytes) : -1;
+    if (pos >= 0) {
+      this.issue(pos, sizeBytes, meta, flags, payload, settle);
+    } else {
+      this.waiters.push({ sizeBytes, meta, flags, payload, settle });
       this.makeRoom();
-    });
+    }
+    return appended;
   }
 
   /** Marks an appended entry done (executed or acknowledged); entries may be done in any order. */
@@ -379,7 +387,7 @@ export class CacheJournal {
     this.closed = true;
     if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
     this.idleTimer = undefined;
-    for (const w of this.waiters.splice(0)) w.resolve(Promise.reject(sense.notPresent(this.device.name, 'cache journal closed while this append waited for space')));
+    for (const w of this.waiters.splice(0)) w.settle.reject(sense.notPresent(this.device.name, 'cache journal closed while this append waited for space'));
     await this.lastCached.catch(() => undefined);
     if (this.broken === undefined) await this.persistHead().catch(() => undefined);
     await this.device.close();
@@ -427,7 +435,7 @@ export class CacheJournal {
       const w = this.waiters[0]!;
       if (this.broken !== undefined) {
         this.waiters.shift();
-        w.resolve(Promise.reject(this.brokenError()));
+        w.settle.reject(this.brokenError());
         continue;
       }
       const pos = this.allocate(w.sizeBytes);
@@ -438,13 +446,13 @@ export class CacheJournal {
         return;
       }
       this.waiters.shift();
-      w.resolve(this.issue(pos, w.sizeBytes, w.meta, w.flags, w.payload));
+      this.issue(pos, w.sizeBytes, w.meta, w.flags, w.payload, w.settle);
     }
   }
 
   // --- writing ------------------------------------------------------------------------------
 
-  private issue(pos: number, sizeBytes: number, meta: EntryMeta, flags: number, payload: Uint8Array): Promise<EntryHandle> {
+  private issue(pos: number, sizeBytes: number, meta: EntryMeta, flags: number, payload: Uint8Array, settle: Settle): void {
     const handle = new EntryHandle(this.nextJseq++, meta.volume, meta.epoch, meta.seq, meta.offsetBytes, flags, payload.byteLength, pos, sizeBytes, this.generation);
     this.ring.push(handle);
     this.pendingCount++;
@@ -466,14 +474,21 @@ export class CacheJournal {
       throw err;
     });
     // Resolve in append order: replay stops at the first torn entry, so an entry is only safe
-    // once every earlier one is written too.
-    const cached = Promise.all([this.lastCached, own]).then(() => {
-      handle.state = 'cached';
-      return handle;
-    });
+    // once every earlier one is written too. Each append's promise is settled from this chain
+    // (not by adopting a promise, which costs extra ticks), so callers' reactions also run in
+    // append order: a site acks upstream in seq order.
+    const cached = Promise.all([this.lastCached, own]).then(
+      () => {
+        handle.state = 'cached';
+        settle.resolve(handle);
+      },
+      (err: unknown) => {
+        settle.reject(err);
+        throw err;
+      },
+    );
+    cached.catch(() => undefined); // the caller sees the rejection through `settle`
     this.lastCached = cached;
-    cached.catch(() => undefined); // the caller sees the rejection; the chain must not be "unhandled"
-    return cached;
   }
 
   private brokenError(): Error {

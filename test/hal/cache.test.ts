@@ -219,6 +219,23 @@ describe('CacheJournal', () => {
     expect(seqs(recovered)).toEqual([3, 4, 5, 6, 7, 8, 9]);
   });
 
+  it('settles appends in append order, waiters and direct appends alike (acks go out in seq order)', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal } = await CacheJournal.open(dev, { headPersistBytes: 1 });
+    const len = 8192 - entryHeaderBytes;
+    const order: number[] = [];
+    const track = (i: number, p: Promise<EntryHandle>) => p.then((h) => (order.push(i), h));
+    const first: Promise<EntryHandle>[] = [];
+    for (let i = 1; i <= 10; i++) first.push(track(i, journal.append(meta(i), payloadFor(i, len)))); // 8-10 wait
+    const hs = await Promise.all(first.slice(0, 7));
+    for (const h of hs) journal.markDone(h);
+    const late: Promise<EntryHandle>[] = [];
+    // Appended while the waiters are being served: must still come after them.
+    for (let i = 11; i <= 13; i++) late.push(track(i, journal.append(meta(i), payloadFor(i, 64))));
+    await Promise.all([...first, ...late]);
+    expect(order).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+  });
+
   it('rewinds an empty ring whose tail is near the end for an entry that only fits from the start', async () => {
     const dev = new MemoryCacheDevice('memory:c', sizeBytes);
     const { journal } = await CacheJournal.open(dev);
