@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { generateKeyHex, writeKeyFile } from '../../src/cli/keygen.js';
+import { generateKeyHex, writeKeyFile } from '../../src/site/key.js';
 
 const run = promisify(execFile);
 const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
@@ -35,18 +35,22 @@ describe('keygen', () => {
   });
 
   it('works from the command line', async () => {
-    const printed = await run(process.execPath, [bin, 'keygen']);
+    const kept = join(dir, 'kept.key');
+    const forced = join(dir, 'forced.key');
+    writeFileSync(kept, 'keep me\n');
+    writeFileSync(forced, 'replace me\n');
+    const [printed, refused] = await Promise.all([
+      run(process.execPath, [bin, 'keygen']),
+      run(process.execPath, [bin, 'keygen', '--out', kept]).then(
+        () => undefined,
+        (e: { code: number; stderr: string }) => e,
+      ),
+      run(process.execPath, [bin, 'keygen', '--out', forced, '--force']),
+    ]);
     expect(printed.stdout).toMatch(/^[0-9a-f]{64}\n$/);
-    const path = join(dir, 'cli.key');
-    writeFileSync(path, 'keep me\n');
-    const refused = await run(process.execPath, [bin, 'keygen', '--out', path]).then(
-      () => undefined,
-      (e: { code: number; stderr: string }) => e,
-    );
     expect(refused?.code).toBe(1);
-    expect(refused?.stderr).toContain(`geomirror keygen: ${path} already exists`);
-    expect(readFileSync(path, 'utf8')).toBe('keep me\n');
-    await run(process.execPath, [bin, 'keygen', '--out', path, '--force']);
-    expect(readFileSync(path, 'utf8')).toMatch(/^[0-9a-f]{64}\n$/);
+    expect(refused?.stderr).toContain(`geomirror keygen: ${kept} already exists`);
+    expect(readFileSync(kept, 'utf8')).toBe('keep me\n');
+    expect(readFileSync(forced, 'utf8')).toMatch(/^[0-9a-f]{64}\n$/);
   });
 });
