@@ -33,7 +33,10 @@ Logs are JSON lines, or human lines on a terminal (GEOMIRROR_LOG_FORMAT=json|pre
 GEOMIRROR_LOG_LEVEL=debug|info|warn). Ctrl-C or SIGTERM stops the site cleanly.`,
     )
     .action(async (opts: { config: string; site: string }) => {
-      process.exitCode = await siteCommand(opts.config, opts.site);
+      const code = await siteCommand(opts.config, opts.site);
+      // Exit outright: a runtime's leftover handle must not keep a stopped site alive (logs
+      // are written synchronously, so nothing is lost).
+      process.exit(code);
     });
 }
 

@@ -8,9 +8,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { createServer } from 'node:net';
 import { startCluster } from '../../src/cli/cluster.js';
+import { fetchStatus, statusRows } from '../../src/cli/status.js';
 
 const fakeSite = fileURLToPath(new URL('./fixtures/fake-site.mjs', import.meta.url));
+const siteWithTestRuntime = fileURLToPath(new URL('./fixtures/site-with-test-runtime.ts', import.meta.url));
 const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'geomirror-cluster-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -25,6 +28,14 @@ function fakeCluster(sites: string[], stopTimeoutMs?: number) {
   const err = sink();
   const handle = startCluster({ configFile: '/unused.yaml', sites, command: (site) => ({ file: process.execPath, args: [fakeSite, site] }), out, err, ...(stopTimeoutMs ? { stopTimeoutMs } : {}) });
   return { handle, out, err };
+}
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
 }
 
 const alive = (pid: number | undefined): boolean => {
@@ -76,6 +87,53 @@ describe('cluster process manager', () => {
     await handle.ready;
     expect(await handle.stop()).toBe(1);
     expect(err.text()).toContain('site stubborn-ignores-term did not stop within 300 ms; killing it');
+  });
+
+  it('runs real site commands: ready, admin /status, clean stop', async () => {
+    const ports = await Promise.all(Array.from({ length: 5 }, () => freePort()));
+    const cfg = join(dir, 'real.yaml');
+    writeFileSync(join(dir, 'real.key'), `${'ef'.repeat(32)}\n`);
+    writeFileSync(
+      cfg,
+      `cluster: real
+secret: file:./real.key
+volume: { name: v, size: 1MiB }
+sites:
+  local: { role: primary, nbd: 127.0.0.1:${ports[0]}, admin: 127.0.0.1:${ports[1]}, cache: { device: "memory:", size: 1MiB }, storage: ["memory:"], mirrors: [east] }
+  east: { role: mirror, listen: 127.0.0.1:${ports[2]}, admin: 127.0.0.1:${ports[3]}, cache: { device: "memory:", size: 1MiB }, storage: ["memory:"] }
+`,
+    );
+    const out = sink();
+    const err = sink();
+    const handle = startCluster({
+      configFile: cfg,
+      sites: ['local', 'east'],
+      command: (site) => ({ file: process.execPath, args: ['--import', 'tsx', siteWithTestRuntime, 'site', '--config', cfg, '--site', site] }),
+      out,
+      err,
+      env: { GEOMIRROR_LOG_FORMAT: 'json' },
+    });
+    await handle.ready;
+    const rows = statusRows(
+      await Promise.all([fetchStatus({ name: 'local', admin: `127.0.0.1:${ports[1]}` }), fetchStatus({ name: 'east', admin: `127.0.0.1:${ports[3]}` })]),
+    );
+    expect(rows.map((r) => [r.site, r.role, r.state, r.link])).toEqual([
+      ['local', 'primary', 'in-sync', '1/1 up'],
+      ['east', 'mirror', 'in-sync', 'up'],
+    ]);
+    expect(await handle.stop()).toBe(0);
+    const logged = out
+      .text()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => /^(\w+)\s+\| (.*)$/.exec(l)!)
+      .map((m) => ({ site: m[1], rec: JSON.parse(m[2]!) as { site: string; msg: string; event?: string } }));
+    for (const s of ['local', 'east']) {
+      const mine = logged.filter((l) => l.site === s).map((l) => l.rec);
+      expect(mine.every((r) => r.site === s)).toBe(true);
+      expect(mine.map((r) => r.event)).toEqual(expect.arrayContaining(['starting', 'ready', 'signal', 'stopping', 'stopped']));
+    }
+    expect(err.text()).toBe('');
   });
 
   it('geomirror cluster exits non-zero naming a site that cannot start', async () => {
