@@ -41,6 +41,8 @@ export interface ClusterHandle {
   done: Promise<number>;
   /** Stops every site (SIGTERM, then SIGKILL after clusterStopTimeoutMs). */
   stop(): Promise<number>;
+  /** SIGKILL every site still running (a second Ctrl-C); cache replay recovers them at next start. */
+  kill(): void;
   pids(): Record<string, number | undefined>;
 }
 
@@ -134,7 +136,13 @@ export function startCluster(options: ClusterOptions): ClusterHandle {
     return stopped;
   }
 
-  return { ready, done, stop, pids: () => Object.fromEntries(procs.map((p) => [p.name, p.child.pid])) };
+  function kill(): void {
+    stopping = true;
+    failed = true;
+    for (const p of procs) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+  }
+
+  return { ready, done, stop, kill, pids: () => Object.fromEntries(procs.map((p) => [p.name, p.child.pid])) };
 }
 
 function pipeLines(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
@@ -182,9 +190,15 @@ exit code is 0 when all stopped cleanly, 1 when a site failed.`,
         return;
       }
       const cluster = startCluster({ configFile, sites });
+      let signals = 0;
       const onSignal = (sig: NodeJS.Signals): void => {
-        process.stderr.write(`geomirror cluster: ${sig}: stopping ${sites.length} sites\n`);
-        void cluster.stop();
+        if (++signals === 1) {
+          process.stderr.write(`geomirror cluster: ${sig}: stopping ${sites.length} sites (again to kill them at once)\n`);
+          void cluster.stop();
+        } else {
+          process.stderr.write(`geomirror cluster: ${sig} again: killing every site\n`);
+          cluster.kill();
+        }
       };
       process.on('SIGINT', onSignal);
       process.on('SIGTERM', onSignal);
