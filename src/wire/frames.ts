@@ -53,6 +53,7 @@ export const FrameType = {
   STATUS_REPLY: 0x22,
   RESYNC_REQUEST: 0x30,
   RESYNC_DATA: 0x31,
+  RESYNC_ACK: 0x32,
   EPOCH: 0x40,
   FENCE: 0x41,
   ERROR: 0x7f,
@@ -199,18 +200,23 @@ export const messageSpecs: readonly MessageSpec[] = [
   spec('STATUS_REPLY', 'data', 'Status as key/value strings.', [f('requestId', 'u32', 'the STATUS_REQUEST answered')], [
     { name: 'entries', kind: 'kv', doc: 'status entries (e.g. role, epoch, lastSeq, inSync)' },
   ]),
-  spec('RESYNC_REQUEST', 'data', 'Ask the peer to send the data of these byte ranges (dirty regions).', [
+  spec('RESYNC_REQUEST', 'data', 'Downstream -> upstream, the answer to EPOCH on every new link (the join): "I hold every WRITE of this epoch up to seqReceived; send the rest, and resync the regions I miss". Optional ranges name byte ranges the sender knows it misses.', [
     volumeId, f('reserved', 'u32', 'must be 0'), epochF,
-  ], [{ name: 'ranges', kind: 'ranges', doc: 'byte ranges to resend' }]),
-  spec('RESYNC_DATA', 'data', 'Data of a resync range.', [
+    f('seqReceived', 'u64', 'highest seq of this epoch the sender holds with every seq before it'),
+  ], [{ name: 'ranges', kind: 'ranges', doc: 'byte ranges to resend (may be empty)' }]),
+  spec('RESYNC_DATA', 'data', 'Data of one resync region (upstream storage content), acknowledged by RESYNC_ACK.', [
     volumeId,
     f('flags', 'u16', 'bit 0 LAST (last frame of the request); other bits must be 0'),
     f('reserved', 'u16', 'must be 0'),
     epochF,
+    f('resyncId', 'u64', 'sender-chosen id echoed in RESYNC_ACK'),
     f('offsetBytes', 'u64', 'byte offset in the volume'),
-    f('lengthBytes', 'u32', 'data length; must equal bodyBytes - 32'),
+    f('lengthBytes', 'u32', 'data length; must equal bodyBytes - 40'),
     f('reserved2', 'u32', 'must be 0'),
   ], [{ name: 'data', kind: 'data', doc: 'the data' }]),
+  spec('RESYNC_ACK', 'data', 'Answer to RESYNC_DATA: the region is on the receiver\'s stable storage, or failed with sense.', [
+    volumeId, statusF, ...senseF, epochF, f('resyncId', 'u64', 'the RESYNC_DATA answered'),
+  ]),
   spec('EPOCH', 'data', 'A new epoch begins (claim 13: failover): primary and the last seq every in-sync site has.', [
     f('epoch', 'u64', 'the new epoch'),
     f('agreedLastSeq', 'u64', 'last seq of the previous epoch that the new primary holds'),
@@ -218,7 +224,10 @@ export const messageSpecs: readonly MessageSpec[] = [
   spec('FENCE', 'data', 'Refusal of an older epoch: the receiver must stop acting as primary.', [
     f('currentEpoch', 'u64', 'the epoch the sender is in'),
     f('refusedEpoch', 'u64', 'the older epoch that was refused'),
-  ], [{ name: 'primary', kind: 'str8', doc: 'current primary, empty if unknown' }]),
+  ], [
+    { name: 'primary', kind: 'str8', doc: 'current primary, empty if unknown' },
+    { name: 'reason', kind: 'str16', doc: 'human-readable reason' },
+  ]),
   spec('ERROR', 'any', 'Either side, established link: close reason; the sender closes the connection.', [
     f('code', 'u16', 'error code (table "Error codes")'),
   ], [{ name: 'reason', kind: 'str16', doc: 'human-readable reason' }]),
@@ -250,16 +259,17 @@ export interface HeartbeatMsg { type: 'HEARTBEAT'; epoch: bigint; lastSeq: bigin
 export interface StatusRequestMsg { type: 'STATUS_REQUEST'; requestId: number }
 export interface StatusReplyMsg { type: 'STATUS_REPLY'; requestId: number; entries: [string, string][] }
 export interface ResyncRange { offsetBytes: bigint; lengthBytes: bigint }
-export interface ResyncRequestMsg { type: 'RESYNC_REQUEST'; volumeId: number; epoch: bigint; ranges: ResyncRange[] }
-export interface ResyncDataMsg { type: 'RESYNC_DATA'; volumeId: number; flags: number; epoch: bigint; offsetBytes: bigint; data: Buffer }
+export interface ResyncRequestMsg { type: 'RESYNC_REQUEST'; volumeId: number; epoch: bigint; seqReceived: bigint; ranges: ResyncRange[] }
+export interface ResyncDataMsg { type: 'RESYNC_DATA'; volumeId: number; flags: number; epoch: bigint; resyncId: bigint; offsetBytes: bigint; data: Buffer }
+export interface ResyncAckMsg { type: 'RESYNC_ACK'; volumeId: number; status: number; senseKey: number; asc: number; ascq: number; epoch: bigint; resyncId: bigint }
 export interface EpochMsg { type: 'EPOCH'; epoch: bigint; agreedLastSeq: bigint; primary: string }
-export interface FenceMsg { type: 'FENCE'; currentEpoch: bigint; refusedEpoch: bigint; primary: string }
+export interface FenceMsg { type: 'FENCE'; currentEpoch: bigint; refusedEpoch: bigint; primary: string; reason: string }
 export interface ErrorMsg { type: 'ERROR'; code: number; reason: string }
 
 export type HandshakeMessage = HelloMsg | ChallengeMsg | ResponseMsg | WelcomeMsg | RefuseMsg;
 export type DataMessage =
   | WriteMsg | WriteAckMsg | AckMsg | FlushMsg | FlushAckMsg | HeartbeatMsg | StatusRequestMsg | StatusReplyMsg
-  | ResyncRequestMsg | ResyncDataMsg | EpochMsg | FenceMsg | ErrorMsg;
+  | ResyncRequestMsg | ResyncDataMsg | ResyncAckMsg | EpochMsg | FenceMsg | ErrorMsg;
 export type Message = HandshakeMessage | DataMessage;
 
 /** A frame as the parser delivers it: header fields and a view of the body. */
@@ -366,7 +376,7 @@ function encodeControlBody(s: MessageSpec, msg: Record<string, unknown>): Buffer
 }
 
 export const writeFixedBytes = 40;
-export const resyncDataFixedBytes = 32;
+export const resyncDataFixedBytes = 40;
 
 /** Header + fixed fields of a WRITE or RESYNC_DATA, hand-coded (the hot path). */
 function encodeDataHead(msg: WriteMsg | ResyncDataMsg, frameSeq: number): Buffer {
@@ -380,11 +390,9 @@ function encodeDataHead(msg: WriteMsg | ResyncDataMsg, frameSeq: number): Buffer
   h.writeUInt16BE(msg.flags, b + 4);
   h.writeUInt16BE(0, b + 6);
   h.writeBigUInt64BE(msg.epoch, b + 8);
-  let at = b + 16;
-  if (isWrite) {
-    h.writeBigUInt64BE(msg.seq, at);
-    at += 8;
-  }
+  // WRITE and RESYNC_DATA share one fixed layout: the u64 at 16 is seq or resyncId.
+  const at = b + 24;
+  h.writeBigUInt64BE(isWrite ? msg.seq : msg.resyncId, b + 16);
   h.writeBigUInt64BE(msg.offsetBytes, at);
   h.writeUInt32BE(data.length, at + 8);
   h.writeUInt32BE(0, at + 12);
@@ -548,12 +556,8 @@ function decodeDataBody(s: MessageSpec, body: Buffer): WriteMsg | ResyncDataMsg 
     throw new ProtocolError(ErrorCode.BAD_FLAGS, `${s.name} frame: unknown flag bits 0x${(flags & ~allowed).toString(16)}`);
   }
   const epoch = body.readBigUInt64BE(8);
-  let at = 16;
-  let seq = 0n;
-  if (isWrite) {
-    seq = body.readBigUInt64BE(16);
-    at = 24;
-  }
+  const seq = body.readBigUInt64BE(16); // seq of a WRITE, resyncId of a RESYNC_DATA
+  const at = 24;
   const offsetBytes = body.readBigUInt64BE(at);
   const lengthBytes = body.readUInt32BE(at + 8);
   if (body.readUInt32BE(at + 12) !== 0) reservedNonZero(s, 'reserved2');
@@ -563,7 +567,7 @@ function decodeDataBody(s: MessageSpec, body: Buffer): WriteMsg | ResyncDataMsg 
   const data = body.subarray(fixedBytes);
   return isWrite
     ? { type: 'WRITE', volumeId, flags, epoch, seq, offsetBytes, data }
-    : { type: 'RESYNC_DATA', volumeId, flags, epoch, offsetBytes, data };
+    : { type: 'RESYNC_DATA', volumeId, flags, epoch, resyncId: seq, offsetBytes, data };
 }
 
 /**
@@ -609,6 +613,7 @@ function checkFields(s: MessageSpec, msg: Message): void {
       break;
     case 'WRITE_ACK':
     case 'FLUSH_ACK':
+    case 'RESYNC_ACK':
       if (msg.status > AckStatus.STALE_EPOCH) bad = `status ${msg.status} is not a v1 AckStatus`;
       break;
     default:

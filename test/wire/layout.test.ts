@@ -39,7 +39,7 @@ describe('hand-coded WRITE / RESYNC_DATA == buffer-layout fixed structs', () => 
         const data = Buffer.from(bytes);
         const msg: Message = isWrite
           ? { type: 'WRITE', volumeId, flags, epoch, seq, offsetBytes, data }
-          : { type: 'RESYNC_DATA', volumeId, flags, epoch, offsetBytes, data };
+          : { type: 'RESYNC_DATA', volumeId, flags, epoch, resyncId: seq, offsetBytes, data };
         const spec = specByName.get(msg.type)!;
         const [head] = encodeFrameParts(msg, 0);
         const fixed = head!.subarray(24);
