@@ -114,6 +114,7 @@ export class Link extends EventEmitter {
   private closeEmitted = false;
   private peerName: string | undefined;
   private everEstablished = false;
+  private corked = false;
   /** Latest round-trip time measured by heartbeats, in milliseconds. */
   rttMs: number | undefined;
   /** Frames received and sent since the link started. */
@@ -249,14 +250,20 @@ export class Link extends EventEmitter {
   private write(msg: Message): void {
     const parts = this.encoder.encode(msg);
     this.framesTx++;
-    if (parts.length === 1) {
-      this.socket.write(parts[0]!);
-      return;
+    // Every frame sent in one event-loop turn goes out in one writev: cork at the first, uncork
+    // on the next tick (bench/wire.ts: uncorking per frame cost ~40% of throughput).
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
     }
-    this.socket.cork();
     for (const p of parts) this.socket.write(p);
-    this.socket.uncork();
   }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   private onData(chunk: Buffer): void {
     if (this.st === 'closed') return;

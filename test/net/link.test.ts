@@ -235,10 +235,14 @@ describe('Link timers (ManualClock)', () => {
     lb.socket.pause();
     let seq = 0n;
     const big = (s: bigint): WriteMsg => ({ type: 'WRITE', volumeId: 0, flags: 0, epoch: 1n, seq: s, offsetBytes: 0n, data: Buffer.alloc(1024 * 1024, 7) });
-    let ok = true;
-    while (ok) {
-      ok = la.send(big(++seq));
+    // Send until the queue stays full after the socket had its turn (the kernel buffers take
+    // megabytes first; frames of one turn are corked into one writev).
+    for (;;) {
       expect(seq).toBeLessThan(1000n);
+      if (la.send(big(++seq))) continue;
+      await new Promise((r) => setTimeout(r, 10));
+      if (la.queuedBytes >= 256 * 1024) break;
+      await la.whenWritable();
     }
     expect(la.queuedBytes).toBeGreaterThanOrEqual(256 * 1024);
     expect(() => la.send(big(seq + 1n))).toThrow(/sendQueueBytesMax/);
