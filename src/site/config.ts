@@ -60,7 +60,10 @@ export interface SiteConfig {
   cache?: CacheSpec;
   /** Several entries form a RAID-1 array inside the site; empty for a witness or a copy-less relay. */
   storage: SiteDevice[];
-  /** Fan-out targets (primary; standby: defaults to the primary's mirrors). */
+  /**
+   * Fan-out targets. A primary may list mirrors, relays and standbys (a standby needs the
+   * writes to hold a copy, claim 9); a standby's default is the primary's list minus itself.
+   */
   mirrors: string[];
   /** Relay: next hop of the cascade (claim 14). */
   forward?: string;
@@ -493,7 +496,7 @@ class Validator {
       }
     };
     for (const s of Object.values(sites)) {
-      s.mirrors.forEach((m, i) => ref(s.name, ['sites', s.name, 'mirrors', i], m, ['mirror', 'relay'], 'mirror to'));
+      s.mirrors.forEach((m, i) => ref(s.name, ['sites', s.name, 'mirrors', i], m, s.role === 'primary' ? ['mirror', 'relay', 'standby'] : ['mirror', 'relay'], 'mirror to'));
       if (s.forward !== undefined) ref(s.name, ['sites', s.name, 'forward'], s.forward, ['mirror', 'relay'], 'forward to');
       if (s.standbyFor !== undefined) ref(s.name, ['sites', s.name, 'standby-for'], s.standbyFor, ['primary'], 'stand by for');
       if (s.role === 'primary' && s.mirrors.length === 0) {
@@ -568,8 +571,12 @@ function reachabilityWarnings(sites: Record<string, SiteConfig>, primary: string
   };
   walk(primary);
   return Object.values(sites)
-    .filter((s) => (s.role === 'mirror' || s.role === 'relay') && !reached.has(s.name))
-    .map((s) => `sites.${s.name}: the ${s.role} receives no writes: neither ${primary}'s mirrors nor any relay's forward lead to it`);
+    .filter((s) => (s.role === 'mirror' || s.role === 'relay' || s.role === 'standby') && !reached.has(s.name))
+    .map((s) =>
+      s.role === 'standby'
+        ? `sites.${s.name}: the standby receives no writes; list it in ${primary}'s mirrors so it holds a copy to take over with (claim 9)`
+        : `sites.${s.name}: the ${s.role} receives no writes: neither ${primary}'s mirrors nor any relay's forward lead to it`,
+    );
 }
 
 const wildcardHosts = new Set(['0.0.0.0', '::', '']);

@@ -70,7 +70,7 @@ sites:
     nbd: 0.0.0.0:10809
     cache: { device: "memory:", size: 16MiB }
     storage: ["usb:0781:5583:AA01", "serial:/dev/ttyUSB0?baud=921600"]
-    mirrors: [r1, far]
+    mirrors: [r1, far, backup]
     on-mirror-loss: block
     location: { lat: 51.5, lon: -0.13 }
   r1: { role: relay, listen: "relay1.lan:7401", forward: r2, relay-ack: end-to-end, cache: { device: "memory:r1", size: 1MiB } }
@@ -97,9 +97,12 @@ sites:
     expect(c.sites.hq!.location).toEqual({ lat: 51.5, lon: -0.13 });
   });
 
-  it('warns about a mirror that nothing sends to', () => {
+  it('warns about a mirror or standby that nothing sends to', () => {
     const c = parseConfig(edit('mirrors: [east, west]', 'mirrors: [east]'), file);
     expect(c.warnings.join('\n')).toMatch(/sites\.west: the mirror receives no writes/);
+    const standby = parseConfig(designExample.replace('role: mirror, listen: 127.0.0.1:7402', 'role: standby, standby-for: local, listen: 127.0.0.1:7402').replace('mirrors: [east, west]', 'mirrors: [east]'), file);
+    expect(standby.warnings).toEqual([expect.stringMatching(/^sites\.west: the standby receives no writes; list it in local's mirrors/)]);
+    expect(standby.sites.west!.mirrors).toEqual(['east']);
   });
 });
 
