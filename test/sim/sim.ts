@@ -196,8 +196,9 @@ class Sim {
       resyncInflightRegionsMax: 1 + p.int(3),
       mirrorLossGraceMs: 20 + p.int(300),
       heartbeatIntervalMs: 100,
-      flushIntervalMs: 20 + p.int(80),
-      flushAfterWritesMax: 1 + p.int(12),
+      // Sometimes flush rarely, so caches hold acked writes for long (replay over resync data).
+      flushIntervalMs: p.chance(0.3) ? 1000 + p.int(3000) : 20 + p.int(80),
+      flushAfterWritesMax: p.chance(0.3) ? 1000 : 1 + p.int(12),
       seqReserveChunk: BigInt(4 + p.int(30)),
       flushesInflightMax: 1 + p.int(4),
       mirrorReceiveQueueMax: 64,
@@ -472,7 +473,8 @@ class Sim {
       case 'bitmapClear':
       case 'metaPersist': {
         s.persist.inflight.push(a.type === 'metaPersist' ? { kind: 'meta', meta: a.meta } : { kind: a.type === 'bitmapSet' ? 'set' : 'clear', peer: a.peer, regions: a.regions });
-        s.persistDoneAtMs = Math.max(s.persistDoneAtMs, this.sched.now + 0.05 + p.float() * 2);
+        // A bitmap/meta update is an fsync: usually quick, sometimes very slow (heavy tail).
+        s.persistDoneAtMs = Math.max(s.persistDoneAtMs, this.sched.now + 0.05 + p.float() * (p.chance(0.1) ? 40 : 2));
         this.sched.at(s.persistDoneAtMs, () => {
           if (s.life !== life || s.core === undefined) return;
           s.persist.applyOne();

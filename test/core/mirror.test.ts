@@ -1,0 +1,103 @@
+// Scenario scripts for a mirror site (claims 11, 17): each step feeds one event and lists the
+// actions that must come back, in order.
+import { describe, expect, it } from 'vitest';
+import { mirrorScript, writeMsg } from './harness.js';
+
+function joined(entries: Parameters<typeof mirrorScript>[0] = []) {
+  const t = mirrorScript(entries);
+  t.step({ type: 'peerUp', peer: 'local' });
+  t.recv('local', { type: 'epoch', epoch: 1n });
+  return t;
+}
+
+describe('mirror: receive, cache, perform, ack (claims 11, 17)', () => {
+  it('answers the upstream epoch with what it holds', () => {
+    const t = mirrorScript();
+    expect(t.step({ type: 'peerUp', peer: 'local' })).toEqual([]);
+    expect(t.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local resyncRequest e1 received s0']);
+  });
+
+  it('writes to cache and storage, acks only when both are done, drops once durable', () => {
+    const t = joined();
+    expect(t.recv('local', writeMsg(1n, 0, 512))).toEqual(['cacheAppend s1 @0+512', 'storageWrite @0+512']);
+    expect(t.done('storageWrite')).toEqual([]); // not yet in the cache: no ack
+    expect(t.done('cacheAppend')).toEqual(['send local ack s1']);
+    expect(t.tick(60)).toEqual(['storageFlush']);
+    expect(t.done('storageFlush')).toEqual(['cacheDrop s1']);
+  });
+
+  it('acks cumulatively, in seq order, and never past a write still being performed', () => {
+    const t = joined();
+    t.recv('local', writeMsg(1n, 0, 512));
+    t.recv('local', writeMsg(2n, 512, 512));
+    t.done('cacheAppend s1');
+    t.done('cacheAppend s2');
+    expect(t.done('storageWrite @512')).toEqual([]); // s1 still on its way to storage
+    expect(t.done('storageWrite @0')).toEqual(['send local ack s2']);
+  });
+
+  it('applies overlapping writes in seq order', () => {
+    const t = joined();
+    expect(t.recv('local', writeMsg(1n, 0, 1024))).toEqual(['cacheAppend s1 @0+1024', 'storageWrite @0+1024']);
+    expect(t.recv('local', writeMsg(2n, 512, 512))).toEqual(['cacheAppend s2 @512+512']);
+    expect(t.done('storageWrite @0')).toEqual(['storageWrite @512+512']);
+  });
+
+  it('ignores a duplicate seq of the same epoch', () => {
+    const t = joined();
+    t.recv('local', writeMsg(1n, 0, 512));
+    expect(t.recv('local', writeMsg(1n, 0, 512))).toEqual([]);
+    expect(t.logs).toContain('duplicate_write_ignored');
+  });
+
+  it('refuses frames of an older epoch with a fence, and adopts a newer epoch only once it is persisted', () => {
+    const t = joined();
+    expect(t.recv('local', { type: 'epoch', epoch: 3n })).toEqual(['metaPersist e3 reserved s0']);
+    expect(t.done('metaPersist')).toEqual(['send local resyncRequest e3 received s0']);
+    expect(t.recv('local', writeMsg(5n, 0, 512, 1n))).toEqual(['send local fence e3']);
+    expect(t.role.status().epoch).toBe(3n);
+  });
+
+  it('flush: waits for earlier writes to be performed, flushes storage, then acks the flush', () => {
+    const t = joined();
+    t.recv('local', writeMsg(1n, 0, 512));
+    t.done('cacheAppend');
+    expect(t.recv('local', { type: 'flush', epoch: 1n, flushId: 4n, seq: 1n })).toEqual([]);
+    expect(t.done('storageWrite')).toEqual(['send local ack s1', 'storageFlush']);
+    expect(t.done('storageFlush')).toEqual(['send local flushAck #4', 'cacheDrop s1']);
+  });
+
+  it('reports a failed storage write per write before the cumulative ack', () => {
+    const t = joined();
+    const actions = t.role.step({ type: 'recv', peer: 'local', msg: writeMsg(1n, 0, 512) }, 0);
+    const w = actions.find((a) => a.type === 'storageWrite')!;
+    const c = actions.find((a) => a.type === 'cacheAppend')!;
+    t.role.step({ type: 'cacheAppended', opId: (c as { opId: number }).opId }, 0);
+    t.step({ type: 'storageWritten', opId: (w as { opId: number }).opId, sense: { key: 3, asc: 0x0c, ascq: 0, message: 'east.img at LBA 0: write error' } });
+    expect(t.last.filter((a) => a.type === 'send').map((a) => (a.type === 'send' ? a.msg.type : ''))).toEqual(['writeStatus', 'ack']);
+  });
+});
+
+describe('mirror: restart and resync', () => {
+  it('replays its cache onto storage first, and reports the highest seq it holds', () => {
+    const e = (seq: bigint, off: number) => ({ epoch: 1n, seq, offsetBytes: off, lengthBytes: 512, fua: false, payload: new Uint8Array(512) });
+    const t = mirrorScript([e(4n, 0), e(5n, 0)]);
+    expect(t.openActions()).toEqual(['storageWrite @0+512']); // s5 waits behind s4 (same block)
+    t.step({ type: 'peerUp', peer: 'local' });
+    expect(t.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local resyncRequest e1 received s5']);
+    t.done('storageWrite');
+    expect(t.done('storageWrite')).toEqual(['send local ack s5']);
+  });
+
+  it('applies resync data only once its cache has drained, as a FUA write, then acks it', () => {
+    const t = joined();
+    t.recv('local', writeMsg(1n, 0, 512));
+    t.done('cacheAppend');
+    t.done('storageWrite');
+    const data = { type: 'resyncData' as const, epoch: 1n, resyncId: 9n, offsetBytes: 0, payload: new Uint8Array(1024) };
+    // Entry s1 is acked but not yet flushed: the cache is flushed first.
+    expect(t.recv('local', data)).toEqual(['storageFlush']);
+    expect(t.done('storageFlush')).toEqual(['cacheDrop s1', 'storageWrite @0+1024 fua']);
+    expect(t.done('storageWrite')).toEqual(['send local resyncAck #9']);
+  });
+});
