@@ -148,7 +148,8 @@ type SiteKey = (typeof siteKeys)[number];
 const keyRoles: Record<SiteKey, { allowed: readonly Role[]; required: readonly Role[] }> = {
   role: { allowed: roles, required: roles },
   listen: { allowed: roles, required: ['mirror', 'relay', 'standby', 'witness'] },
-  nbd: { allowed: ['primary', 'standby'], required: ['primary'] },
+  // A mirror may export its replica read-only (DR checks, backups); only a primary serves writes.
+  nbd: { allowed: ['primary', 'standby', 'mirror'], required: ['primary'] },
   admin: { allowed: roles, required: [] },
   cache: { allowed: ['primary', 'mirror', 'relay', 'standby'], required: ['primary', 'mirror', 'relay', 'standby'] },
   storage: { allowed: ['primary', 'mirror', 'relay', 'standby'], required: ['primary', 'mirror', 'standby'] },
