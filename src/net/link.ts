@@ -272,7 +272,11 @@ export class Link extends EventEmitter {
       this.reader.push(chunk, (msg) => this.onMessage(msg));
     } catch (e) {
       if (e instanceof ProtocolError) this.fail(e.code, e.reason);
-      else this.fail(ErrorCode.INTERNAL, `internal error handling a frame: ${(e as Error).stack ?? String(e)}`);
+      else {
+        // A bug in a handler: the stack goes to our log, never onto the wire.
+        this.log.warn({ peer: this.peerName, remote: this.remote, err: (e as Error).stack ?? String(e) }, 'link handler threw');
+        this.fail(ErrorCode.INTERNAL, 'internal error while handling a frame; see the log of this site');
+      }
     }
   }
 
