@@ -1,0 +1,105 @@
+// Maps the core's abstract peer messages (src/core/types.ts PeerMsg) onto wire frames
+// (src/wire, docs/PROTOCOL.md) and back. The core never sees bytes; the wire never sees roles.
+// Payloads cross as views both ways (no copy): a WRITE's data view is handed to the core, which
+// hands it to the cache journal; the parser never reuses memory it handed out.
+import type { PeerMsg, SenseInfo } from '../core/types.js';
+import { AckStatus, WriteFlags, type DataMessage } from '../wire/index.js';
+
+/** The one volume of a v1 cluster. */
+export const volumeId = 0;
+
+function senseFields(sense: SenseInfo | undefined): { status: number; senseKey: number; asc: number; ascq: number } {
+  return sense === undefined
+    ? { status: AckStatus.OK, senseKey: 0, asc: 0, ascq: 0 }
+    : { status: AckStatus.SENSE, senseKey: sense.key, asc: sense.asc, ascq: sense.ascq };
+}
+
+function senseOf(m: { status: number; senseKey: number; asc: number; ascq: number }, peer: string, what: string): SenseInfo | undefined {
+  if (m.status === AckStatus.OK) return undefined;
+  return { key: m.senseKey, asc: m.asc, ascq: m.ascq, message: `${peer}: ${what} failed (sense ${m.senseKey}/${m.asc}/${m.ascq})` };
+}
+
+/** Core -> wire. Returns undefined for messages the link layer carries itself (heartbeats). */
+export function toWire(msg: PeerMsg, self: string): DataMessage | undefined {
+  switch (msg.type) {
+    case 'write':
+      return {
+        type: 'WRITE',
+        volumeId,
+        flags: msg.fua ? WriteFlags.FUA : 0,
+        epoch: msg.epoch,
+        seq: msg.seq,
+        offsetBytes: BigInt(msg.offsetBytes),
+        data: Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength),
+      };
+    case 'ack':
+      return { type: 'ACK', volumeId, epoch: msg.epoch, seq: msg.seq };
+    case 'writeStatus':
+      return { type: 'WRITE_ACK', volumeId, ...senseFields(msg.sense), epoch: msg.epoch, seq: msg.seq };
+    case 'flush':
+      return { type: 'FLUSH', volumeId, epoch: msg.epoch, flushId: msg.flushId, barrierSeq: msg.seq };
+    case 'flushAck':
+      return { type: 'FLUSH_ACK', volumeId, ...senseFields(msg.sense), epoch: msg.epoch, flushId: msg.flushId };
+    case 'heartbeat':
+      return undefined; // src/net's Link sends HEARTBEAT itself (liveness + RTT); see fromHeartbeat
+    case 'epoch':
+      return { type: 'EPOCH', epoch: msg.epoch, agreedLastSeq: 0n, primary: self };
+    case 'resyncRequest':
+      return { type: 'RESYNC_REQUEST', volumeId, epoch: msg.epoch, seqReceived: msg.seqReceived, ranges: [] };
+    case 'resyncData':
+      return {
+        type: 'RESYNC_DATA',
+        volumeId,
+        flags: 0,
+        epoch: msg.epoch,
+        resyncId: msg.resyncId,
+        offsetBytes: BigInt(msg.offsetBytes),
+        data: Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength),
+      };
+    case 'resyncAck':
+      return { type: 'RESYNC_ACK', volumeId, ...senseFields(msg.sense), epoch: msg.epoch, resyncId: msg.resyncId };
+    case 'fence':
+      return { type: 'FENCE', currentEpoch: msg.epoch, refusedEpoch: 0n, primary: '', reason: msg.reason };
+  }
+}
+
+/** Wire -> core. Returns undefined for frames that are not replication messages. */
+export function fromWire(m: DataMessage, peer: string): PeerMsg | undefined {
+  switch (m.type) {
+    case 'WRITE':
+      return { type: 'write', epoch: m.epoch, seq: m.seq, offsetBytes: safeOffset(m.offsetBytes, peer), lengthBytes: m.data.byteLength, fua: (m.flags & WriteFlags.FUA) !== 0, payload: m.data };
+    case 'ACK':
+      return { type: 'ack', epoch: m.epoch, seq: m.seq };
+    case 'WRITE_ACK': {
+      const sense = senseOf(m, peer, `write seq ${m.seq}`);
+      // An OK per-write ack carries no more than the cumulative ACK that follows it.
+      return sense === undefined ? undefined : { type: 'writeStatus', epoch: m.epoch, seq: m.seq, sense };
+    }
+    case 'FLUSH':
+      return { type: 'flush', epoch: m.epoch, flushId: m.flushId, seq: m.barrierSeq };
+    case 'FLUSH_ACK': {
+      const sense = senseOf(m, peer, `flush ${m.flushId}`);
+      return { type: 'flushAck', epoch: m.epoch, flushId: m.flushId, ...(sense ? { sense } : {}) };
+    }
+    case 'EPOCH':
+      return { type: 'epoch', epoch: m.epoch };
+    case 'RESYNC_REQUEST':
+      return { type: 'resyncRequest', epoch: m.epoch, seqReceived: m.seqReceived };
+    case 'RESYNC_DATA':
+      return { type: 'resyncData', epoch: m.epoch, resyncId: m.resyncId, offsetBytes: safeOffset(m.offsetBytes, peer), payload: m.data };
+    case 'RESYNC_ACK': {
+      const sense = senseOf(m, peer, `resync ${m.resyncId}`);
+      return { type: 'resyncAck', epoch: m.epoch, resyncId: m.resyncId, ...(sense ? { sense } : {}) };
+    }
+    case 'FENCE':
+      return { type: 'fence', epoch: m.currentEpoch, reason: m.reason || `${peer} is at epoch ${m.currentEpoch}` };
+    default:
+      return undefined; // HEARTBEAT (handled by the link), STATUS_*, ERROR (closes the link)
+  }
+}
+
+/** Offsets beyond 2^53 cannot name a byte of any volume we serve; the core refuses out-of-range. */
+function safeOffset(offset: bigint, peer: string): number {
+  if (offset > BigInt(Number.MAX_SAFE_INTEGER)) throw new RangeError(`${peer}: offset ${offset} is beyond any volume`);
+  return Number(offset);
+}

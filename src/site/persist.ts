@@ -1,0 +1,163 @@
+// The small persistent records a site keeps beside its cache (DESIGN "Identity, ordering,
+// acknowledgement"): the meta record (epoch for fencing, seq reservation) and, on a primary, one
+// dirty-region bitmap per mirror (`on-mirror-loss: degrade`: regions a degraded mirror missed,
+// resynced when it returns). The core asks for them through metaPersist / bitmapSet / bitmapClear
+// actions; this file executes those with real files.
+//
+// Where: next to a loopback cache file (`<cache>.meta`, `<cache>.dirty-<peer>`), so one site's
+// state lives in one place. A `memory:` cache keeps them in RAM (nothing survives a restart, and
+// nothing needs to: the cache itself did not survive either).
+import { open, rename, readFile, writeFile, type FileHandle } from 'node:fs/promises';
+import { dirname, basename, join } from 'node:path';
+import type { Meta, PeerId } from '../core/types.js';
+
+const metaMagic = 'geomirror-meta-v1';
+/** A fresh site: epoch 1 (the first primary's epoch), no seq used yet. */
+export const freshMeta: Meta = { epoch: 1n, seqReserved: 1n };
+
+export interface MetaStore {
+  load(): Promise<Meta>;
+  /** Durable when the promise resolves (write temp, fdatasync, rename). */
+  save(meta: Meta): Promise<void>;
+}
+
+export function memoryMetaStore(): MetaStore {
+  let meta = freshMeta;
+  return {
+    load: async () => meta,
+    save: async (m) => {
+      meta = m;
+    },
+  };
+}
+
+export function fileMetaStore(path: string): MetaStore {
+  return {
+    async load(): Promise<Meta> {
+      let text: string;
+      try {
+        text = await readFile(path, 'utf8');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return freshMeta;
+        throw err;
+      }
+      let parsed: { magic?: unknown; epoch?: unknown; seqReserved?: unknown };
+      try {
+        parsed = JSON.parse(text) as typeof parsed;
+      } catch {
+        throw new Error(`${path}: the site meta record is not valid JSON; restore it from a backup or delete it only if this site's replica is to be resynced from scratch`);
+      }
+      if (parsed.magic !== metaMagic || typeof parsed.epoch !== 'string' || typeof parsed.seqReserved !== 'string') {
+        throw new Error(`${path}: not a geomirror meta record (expected ${metaMagic} with epoch and seqReserved)`);
+      }
+      return { epoch: BigInt(parsed.epoch), seqReserved: BigInt(parsed.seqReserved) };
+    },
+    async save(meta: Meta): Promise<void> {
+      const tmp = join(dirname(path), `.${basename(path)}.tmp`);
+      const body = JSON.stringify({ magic: metaMagic, epoch: meta.epoch.toString(), seqReserved: meta.seqReserved.toString() }) + '\n';
+      const fh = await open(tmp, 'w', 0o600);
+      try {
+        await fh.writeFile(body);
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      await rename(tmp, path);
+    },
+  };
+}
+
+/** Dirty-region bitmaps, one per mirror: bit i set = region i may differ on that mirror. */
+export interface BitmapStore {
+  /** Every mirror's dirty regions as persisted. */
+  load(peers: readonly PeerId[]): Promise<Map<PeerId, number[]>>;
+  /** Durable when the promise resolves. */
+  set(peer: PeerId, regions: readonly number[]): Promise<void>;
+  /** Takes effect in issue order; need not be durable (a stale set bit only costs a resync). */
+  clear(peer: PeerId, regions: readonly number[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+export function memoryBitmapStore(): BitmapStore {
+  const maps = new Map<PeerId, Set<number>>();
+  const of = (p: PeerId) => maps.get(p) ?? maps.set(p, new Set()).get(p)!;
+  return {
+    load: async (peers) => new Map(peers.map((p) => [p, [...of(p)]])),
+    set: async (p, regions) => void regions.forEach((r) => of(p).add(r)),
+    clear: async (p, regions) => void regions.forEach((r) => of(p).delete(r)),
+    close: async () => undefined,
+  };
+}
+
+/**
+ * One file per mirror, one bit per region (a 1 GiB volume at 64 KiB regions: 2 KiB). A set
+ * writes the changed bytes in place and fdatasyncs before resolving; writes to one file are
+ * chained so they apply in issue order.
+ */
+export function fileBitmapStore(pathPrefix: string, regionCount: number): BitmapStore {
+  const bytes = Math.ceil(regionCount / 8);
+  const files = new Map<PeerId, { fh: FileHandle; bits: Uint8Array; chain: Promise<void> }>();
+  const pathOf = (peer: PeerId) => `${pathPrefix}${peer}`;
+
+  async function get(peer: PeerId) {
+    let f = files.get(peer);
+    if (f) return f;
+    const path = pathOf(peer);
+    const bits = new Uint8Array(bytes);
+    try {
+      const old = await readFile(path);
+      bits.set(old.subarray(0, bytes));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      await writeFile(path, bits, { mode: 0o600 });
+    }
+    f = files.get(peer); // another caller may have opened it meanwhile
+    if (f) return f;
+    f = { fh: await open(path, 'r+'), bits, chain: Promise.resolve() };
+    files.set(peer, f);
+    return f;
+  }
+
+  async function update(peer: PeerId, regions: readonly number[], value: boolean, sync: boolean): Promise<void> {
+    const f = await get(peer);
+    const run = f.chain.then(async () => {
+      let lo = bytes;
+      let hi = -1;
+      for (const r of regions) {
+        if (!Number.isSafeInteger(r) || r < 0 || r >= regionCount) throw new Error(`${pathOf(peer)}: dirty region ${r} is outside 0..${regionCount - 1}`);
+        const i = r >> 3;
+        if (value) f.bits[i]! |= 1 << (r & 7);
+        else f.bits[i]! &= ~(1 << (r & 7));
+        lo = Math.min(lo, i);
+        hi = Math.max(hi, i);
+      }
+      if (hi < lo) return;
+      await f.fh.write(f.bits, lo, hi - lo + 1, lo);
+      if (sync) await f.fh.datasync();
+    });
+    f.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  return {
+    async load(peers) {
+      const out = new Map<PeerId, number[]>();
+      for (const p of peers) {
+        const f = await get(p);
+        const regions: number[] = [];
+        for (let r = 0; r < regionCount; r++) if ((f.bits[r >> 3]! >> (r & 7)) & 1) regions.push(r);
+        out.set(p, regions);
+      }
+      return out;
+    },
+    set: (peer, regions) => update(peer, regions, true, true),
+    clear: (peer, regions) => update(peer, regions, false, false),
+    async close() {
+      for (const f of files.values()) {
+        await f.chain;
+        await f.fh.close();
+      }
+      files.clear();
+    },
+  };
+}
