@@ -73,6 +73,7 @@ export async function openSerialDevice(spec: string, opts: SerialDeviceOptions =
       const hint = /EACCES|permission/i.test(err.message) ? ' (add your user to the dialout group or a udev rule for the port)' : '';
       throw sense.notPresent(name, `cannot open serial port ${path}: ${err.message}${hint}`);
     });
+    keepPollerInterests(sp);
     port = sp;
   }
   const dev = new SerialBlockDevice(name, port, { baudRate, ...opts });
@@ -83,6 +84,34 @@ export async function openSerialDevice(spec: string, opts: SerialDeviceOptions =
     throw e;
   }
   return dev;
+}
+
+/**
+ * Works around a bug in @serialport/bindings-cpp (13.x, src/poller.cpp Poller::poll): it
+ * records the union of wanted events but calls uv_poll_start with only the newest one, so a
+ * read that re-polls for "readable" while a write waits for "writable" (EAGAIN on a full tty
+ * buffer) cancels the writable wake-up and the write never finishes. Any frame larger than the
+ * kernel's tty buffer hits this on a real UART as well as on a pty. We pass the events still
+ * awaited by JS listeners along with the new one. Without a poller (other bindings) this is a
+ * no-op.
+ */
+export function keepPollerInterests(port: unknown): void {
+  const poller = (port as { port?: { poller?: PollerLike } }).port?.poller;
+  if (!poller || typeof poller.poll !== 'function' || typeof poller.listenerCount !== 'function') return;
+  const readable = 0b01;
+  const writable = 0b10;
+  const poll = poller.poll.bind(poller);
+  poller.poll = (flags = 0) => {
+    let f = flags;
+    if (poller.listenerCount('readable') > 0) f |= readable;
+    if (poller.listenerCount('writable') > 0) f |= writable;
+    return poll(f);
+  };
+}
+
+interface PollerLike {
+  poll(flags?: number): unknown;
+  listenerCount(event: string): number;
 }
 
 export class SerialBlockDevice implements BlockDevice {

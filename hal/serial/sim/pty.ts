@@ -22,6 +22,8 @@ export interface SerialSimOptions {
   blockCount: number;
   readOnly?: boolean;
   payloadBytesMax?: number;
+  /** Test hook: reads touching this LBA fail with MEDIUM ERROR inside the simulated device. */
+  mediumErrorLba?: number;
 }
 
 export interface SerialSim {
@@ -36,7 +38,9 @@ export async function startSerialSim(o: SerialSimOptions): Promise<SerialSim> {
   const devPath = join(o.dir, 'device.pty');
   const diskPath = o.diskPath ?? join(o.dir, 'serial-disk.img');
   const children: ChildProcess[] = [];
+  let stopping = false;
   const stop = async () => {
+    stopping = true;
     for (const c of children.reverse()) await killAndWait(c);
   };
   try {
@@ -45,6 +49,7 @@ export async function startSerialSim(o: SerialSimOptions): Promise<SerialSim> {
     await waitFor(() => existsSync(hostPath) && existsSync(devPath), socat, 'socat pty pair');
     const args = ['--import', 'tsx', simScript, '--port', devPath, '--disk', diskPath, '--block-size', String(o.blockSizeBytes), '--blocks', String(o.blockCount), '--create'];
     if (o.readOnly) args.push('--read-only');
+    if (o.mediumErrorLba !== undefined) args.push('--medium-error-lba', String(o.mediumErrorLba));
     if (o.payloadBytesMax) args.push('--payload-bytes-max', String(o.payloadBytesMax));
     const sim = spawn(process.execPath, args, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
     children.push(sim);
@@ -53,6 +58,9 @@ export async function startSerialSim(o: SerialSimOptions): Promise<SerialSim> {
     sim.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     sim.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     await waitFor(() => out.includes('ready'), sim, () => `serial simulator (${err.trim() || 'no output'})`);
+    sim.on('exit', (code, sig) => {
+      if (!stopping) process.stderr.write(`serial simulator on ${devPath} exited early (code ${code}, signal ${sig}): ${err.trim()}\n`);
+    });
   } catch (e) {
     await stop();
     throw e;
