@@ -137,6 +137,18 @@ describe('primary: mirror loss (issue 5 item 5)', () => {
     expect(t.done('cacheAppend s3')).toEqual(['send east write s3 @0+512', 'send west write s3 @0+512', 'storageWrite @0+512']);
   });
 
+  it('degraded: a write to a region whose dirty bit is still being persisted waits for that persist too', () => {
+    const t = primaryScript(['east'], {}, [], new Map([['east', [5]]]));
+    t.step(hostWrite(1, 0, 512));
+    t.done('metaPersist');
+    t.step(hostWrite(2, 512, 512)); // same region 0
+    expect(t.done('cacheAppend s1')).toEqual(['bitmapSet east [0]', 'storageWrite @0+512']);
+    expect(t.done('cacheAppend s2')).toEqual(['storageWrite @512+512']); // no second bitmapSet for region 0
+    t.done('storageWrite @0');
+    expect(t.done('storageWrite @512')).toEqual([]); // bit for region 0 not durable yet: no host ack
+    expect(t.done('bitmapSet')).toEqual(['ackHost #1', 'ackHost #2']);
+  });
+
   it('resync: a write landing in a region being resynced re-dirties it, so the region is sent again', () => {
     const t = primaryScript(['east'], {}, [], new Map([['east', [0]]]));
     expect(t.role.status().mirrors[0]).toMatchObject({ sync: 'degraded', dirtyRegions: 1 });
