@@ -39,6 +39,17 @@ describe('COBS', () => {
   });
 });
 
+describe('frame encoding (docs/SERIAL-PROTOCOL.md 2-3)', () => {
+  it('is 0x00 COBS(body || CRC-32C big-endian) 0x00, with the standard check value', () => {
+    const f = encodeFrame(Buffer.from('123456789'));
+    expect(f[0]).toBe(0);
+    expect(f[f.length - 1]).toBe(0);
+    const dec = cobsDecode(f.subarray(1, f.length - 1))!;
+    expect(dec.subarray(0, 9).toString()).toBe('123456789');
+    expect(dec.subarray(9).toString('hex')).toBe('e3069283');
+  });
+});
+
 describe('FrameParser', () => {
   it('delivers the same frames however the stream is split (every byte offset)', () => {
     const rng = new Prng(2);
