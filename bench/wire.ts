@@ -111,7 +111,7 @@ async function runFramed(a: Socket, b: Socket): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
-/** The same WRITEs through two authenticated Links (send()/whenWritable(), 'message' events). */
+/** The same WRITEs through two authenticated Links (send()/whenWritable(), 'message' events, ACKs every 32 writes). */
 async function runLink(a: Socket, b: Socket): Promise<number> {
   const secret = Buffer.alloc(32, 1);
   const common = { cluster: 'bench', secret, sendQueueBytesMax: sendQueueBytes, heartbeatIntervalMs: 1000, linkTimeoutMs: 60_000 };
@@ -121,7 +121,10 @@ async function runLink(a: Socket, b: Socket): Promise<number> {
   let got = 0;
   const done = new Promise<void>((r) => {
     lb.on('message', (m) => {
-      if (m.type === 'WRITE' && ++got === frames) r();
+      if (m.type !== 'WRITE') return;
+      // The mirror side acknowledges cumulatively every 32 writes (the window is 1024 writes).
+      if (++got % 32 === 0 || got === frames) lb.send({ type: 'ACK', volumeId: 0, epoch: m.epoch, seq: m.seq });
+      if (got === frames) r();
     });
   });
   const t0 = process.hrtime.bigint();

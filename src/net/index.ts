@@ -4,3 +4,4 @@ export * from './clock.js';
 export * from './link.js';
 export * from './server.js';
 export * from './dialer.js';
+export * from './window.js';

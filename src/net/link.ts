@@ -14,6 +14,8 @@ import {
   MessageReader,
   ProtocolError,
   errorCodeName,
+  inflightBytesMax,
+  inflightWritesMax,
   specByName,
   type DataMessage,
   type HandshakeStep,
@@ -21,6 +23,7 @@ import {
   type Message,
 } from '../wire/index.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
+import { InflightWindow } from './window.js';
 
 export interface LinkLogger {
   info(obj: object, msg: string): void;
@@ -45,6 +48,9 @@ export interface LinkTimingOptions {
   readonly handshakeTimeoutMs?: number;
   readonly sendQueueBytesMax?: number;
   readonly closeGraceMs?: number;
+  /** In-flight window per direction (protocol limits by default); see InflightWindow. */
+  readonly inflightWritesMax?: number;
+  readonly inflightBytesMax?: number;
   readonly clock?: Clock;
   readonly logger?: LinkLogger;
   readonly randomBytes?: (n: number) => Buffer;
@@ -88,9 +94,12 @@ export interface Link {
   on(event: 'heartbeat', fn: (msg: HeartbeatMsg, rttMs: number | undefined) => void): this;
   on(event: 'close', fn: (info: LinkClose) => void): this;
   on(event: 'drain', fn: () => void): this;
+  /** The send window opened (an ACK or WRITE_ACK arrived). */
+  on(event: 'window', fn: () => void): this;
   once(event: 'established', fn: (peer: string) => void): this;
   once(event: 'close', fn: (info: LinkClose) => void): this;
   once(event: 'drain', fn: () => void): this;
+  once(event: 'window', fn: () => void): this;
 }
 
 export class Link extends EventEmitter {
@@ -103,7 +112,11 @@ export class Link extends EventEmitter {
   private readonly encoder = new FrameEncoder();
   private readonly clock: Clock;
   private readonly log: LinkLogger;
-  private readonly o: Required<Omit<LinkTimingOptions, 'clock' | 'logger' | 'randomBytes' | 'heartbeatState'>>;
+  private readonly o: Required<Omit<LinkTimingOptions, 'clock' | 'logger' | 'randomBytes' | 'heartbeatState' | 'inflightWritesMax' | 'inflightBytesMax'>>;
+  /** WRITEs this side sent and the peer has not acknowledged. */
+  readonly sendWindow: InflightWindow;
+  /** WRITEs the peer sent and this side has not acknowledged (refused past the limit). */
+  readonly receiveWindow: InflightWindow;
   private readonly heartbeatState: () => { epoch: bigint; lastSeq: bigint };
   private timer: TimerHandle | undefined;
   private graceTimer: TimerHandle | undefined;
@@ -141,6 +154,8 @@ export class Link extends EventEmitter {
       // would leave whenWritable() waiting for an event that never comes.
       throw new RangeError(`link: sendQueueBytesMax (${this.o.sendQueueBytesMax}) must be at least the socket's writableHighWaterMark (${socket.writableHighWaterMark})`);
     }
+    this.sendWindow = new InflightWindow(options.inflightWritesMax ?? inflightWritesMax, options.inflightBytesMax ?? inflightBytesMax);
+    this.receiveWindow = new InflightWindow(options.inflightWritesMax ?? inflightWritesMax, options.inflightBytesMax ?? inflightBytesMax);
     this.heartbeatState = options.heartbeatState ?? (() => ({ epoch: 0n, lastSeq: 0n }));
     this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.lastRxMs = this.clock.nowMs();
@@ -206,9 +221,11 @@ export class Link extends EventEmitter {
 
   /**
    * Sends one data message as one vectored write (payload not copied: do not change a WRITE's
-   * data until the write is acknowledged). Returns false when the send queue is at or above
-   * sendQueueBytesMax: await whenWritable() before the next send. Throws if called while the
-   * queue is full or the link is not established (a caller bug, named in the message).
+   * data until the write is acknowledged). Returns false when the caller must wait before the
+   * next send: the send queue is at or above sendQueueBytesMax, or the in-flight window of
+   * unacknowledged WRITEs is full; await whenWritable(). Throws if called while the queue is
+   * full, with a WRITE that does not fit the window, or when not established (caller bugs,
+   * named in the message). ACK/WRITE_ACK sent here open the receive window.
    */
   send(msg: DataMessage): boolean {
     if (this.st !== 'established') {
@@ -218,24 +235,52 @@ export class Link extends EventEmitter {
     if (this.socket.writableLength >= this.o.sendQueueBytesMax) {
       throw new Error(`link to '${this.peerName}': send queue is full (${this.socket.writableLength} bytes >= sendQueueBytesMax ${this.o.sendQueueBytesMax}); await link.whenWritable() after send() returns false`);
     }
+    switch (msg.type) {
+      case 'WRITE':
+        if (!this.sendWindow.fits(msg.data.length)) {
+          throw new Error(`link to '${this.peerName}': in-flight window is full (${this.sendWindow.writes} writes, ${this.sendWindow.bytes} bytes unacknowledged; inflightWritesMax ${this.sendWindow.writesMax}, inflightBytesMax ${this.sendWindow.bytesMax}); await link.whenWritable() after send() returns false`);
+        }
+        this.sendWindow.add(msg.epoch, msg.seq, msg.data.length);
+        break;
+      case 'WRITE_ACK':
+        this.receiveWindow.ackOne(msg.epoch, msg.seq);
+        break;
+      case 'ACK':
+        this.receiveWindow.ackUpTo(msg.epoch, msg.seq);
+        break;
+      default:
+        break;
+    }
     this.write(msg);
-    return this.socket.writableLength < this.o.sendQueueBytesMax;
+    return this.writable;
+  }
+
+  /** True when send() may be called without waiting (queue below its bound, window open). */
+  get writable(): boolean {
+    return this.socket.writableLength < this.o.sendQueueBytesMax && this.sendWindow.open;
   }
 
   /** Resolves when send() may be called again; rejects if the link closes. */
   whenWritable(): Promise<void> {
     if (this.closeInfo) return Promise.reject(new LinkClosedError(this.closeInfo, `link to '${this.peerName ?? this.remote}' closed`));
-    if (this.socket.writableLength < this.o.sendQueueBytesMax) return Promise.resolve();
+    if (this.writable) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const onDrain = () => {
-        this.off('close', onClose);
+      const check = () => {
+        if (!this.writable) return;
+        done();
         resolve();
       };
       const onClose = (info: LinkClose) => {
-        this.off('drain', onDrain);
+        done();
         reject(new LinkClosedError(info, `link to '${this.peerName ?? this.remote}' closed`));
       };
-      this.once('drain', onDrain);
+      const done = () => {
+        this.off('drain', check);
+        this.off('window', check);
+        this.off('close', onClose);
+      };
+      this.on('drain', check);
+      this.on('window', check);
       this.once('close', onClose);
     });
   }
@@ -300,6 +345,27 @@ export class Link extends EventEmitter {
         return;
       case 'HEARTBEAT':
         this.onHeartbeat(msg);
+        return;
+      case 'WRITE':
+        if (!this.receiveWindow.fits(msg.data.length)) {
+          this.fail(
+            ErrorCode.WINDOW_EXCEEDED,
+            `'${this.peerName}' sent WRITE seq ${msg.seq} with ${this.receiveWindow.writes} writes / ${this.receiveWindow.bytes} bytes already unacknowledged (inflightWritesMax ${this.receiveWindow.writesMax}, inflightBytesMax ${this.receiveWindow.bytesMax})`,
+          );
+          return;
+        }
+        this.receiveWindow.add(msg.epoch, msg.seq, msg.data.length);
+        this.emit('message', msg);
+        return;
+      case 'WRITE_ACK':
+        this.sendWindow.ackOne(msg.epoch, msg.seq);
+        this.emit('message', msg);
+        this.emit('window');
+        return;
+      case 'ACK':
+        this.sendWindow.ackUpTo(msg.epoch, msg.seq);
+        this.emit('message', msg);
+        this.emit('window');
         return;
       default:
         this.emit('message', msg);

@@ -154,7 +154,7 @@ describe('Link over TCP', () => {
 });
 
 /** Two Links over one real loopback connection, timers on a ManualClock. */
-async function linkedPair(clock: ManualClock, extra: { heartbeatIntervalMs?: number; linkTimeoutMs?: number; sendQueueBytesMax?: number; clockB?: ManualClock } = {}) {
+async function linkedPair(clock: ManualClock, extra: { heartbeatIntervalMs?: number; linkTimeoutMs?: number; sendQueueBytesMax?: number; inflightWritesMax?: number; clockB?: ManualClock; windowB?: number } = {}) {
   const srv = createServer();
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
   const accepted = new Promise<Socket>((r) => srv.once('connection', r));
@@ -162,12 +162,12 @@ async function linkedPair(clock: ManualClock, extra: { heartbeatIntervalMs?: num
   await new Promise((r) => a.once('connect', r));
   const b = await accepted;
   srv.close();
-  const { clockB, ...timing } = extra;
+  const { clockB, windowB, ...timing } = extra;
   const common = { cluster: 'demo', secret, clock, heartbeatIntervalMs: 100, linkTimeoutMs: 500, ...timing };
   const logA = captureLogger();
   const logB = captureLogger();
   const la = new Link(a, { ...common, role: 'dialer', site: 'local', peer: 'east', logger: logA });
-  const lb = new Link(b, { ...common, clock: clockB ?? clock, role: 'listener', site: 'east', acceptPeer: (s) => s === 'local', logger: logB });
+  const lb = new Link(b, { ...common, clock: clockB ?? clock, ...(windowB ? { inflightWritesMax: windowB } : {}), role: 'listener', site: 'east', acceptPeer: (s) => s === 'local', logger: logB });
   cleanups.push(() => {
     a.destroy();
     b.destroy();
@@ -255,6 +255,36 @@ describe('Link timers (ManualClock)', () => {
     expect(la.queuedBytes).toBeLessThan(256 * 1024);
     await until(() => received.length === Number(seq), 'all writes delivered');
     expect(received).toEqual(Array.from({ length: Number(seq) }, (_, i) => BigInt(i + 1)));
+  });
+
+  it('in-flight window: send() says wait at inflightWritesMax, refuses beyond, reopens on a cumulative ACK', async () => {
+    const clock = new ManualClock();
+    const { la, lb } = await linkedPair(clock, { inflightWritesMax: 4 });
+    const got: bigint[] = [];
+    lb.on('message', (m) => m.type === 'WRITE' && got.push(m.seq));
+    expect([1n, 2n, 3n, 4n].map((s) => la.send(write(s, 1)))).toEqual([true, true, true, false]);
+    expect(() => la.send(write(5n, 1))).toThrow(/in-flight window is full/);
+    let open = false;
+    const w = la.whenWritable().then(() => (open = true));
+    await until(() => got.length === 4, 'writes delivered');
+    expect(open).toBe(false);
+    lb.send({ type: 'WRITE_ACK', volumeId: 0, status: 0, senseKey: 0, asc: 0, ascq: 0, epoch: 1n, seq: 1n });
+    await w;
+    expect(la.sendWindow.writes).toBe(3);
+    lb.send({ type: 'ACK', volumeId: 0, epoch: 1n, seq: 4n });
+    await until(() => la.sendWindow.writes === 0, 'cumulative ACK');
+    expect(la.send(write(5n, 1))).toBe(true);
+  });
+
+  it('a peer that exceeds the receive window is closed with WINDOW_EXCEEDED', async () => {
+    const clock = new ManualClock();
+    const { la, lb, logB } = await linkedPair(clock, { windowB: 2 });
+    const closed = new Promise<LinkClose>((r) => la.once('close', r));
+    for (const s of [1n, 2n, 3n]) la.send(write(s, 2));
+    const info = await closed;
+    expect(info).toMatchObject({ code: ErrorCode.WINDOW_EXCEEDED, by: 'peer' });
+    expect(logB.lines.find((l) => l.msg === 'link closed')?.obj.codeName).toBe('WINDOW_EXCEEDED');
+    expect(lb.state).toBe('closed');
   });
 
   it('the dialer reconnects with exponential backoff and jitter until a listener appears', async () => {
