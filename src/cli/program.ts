@@ -6,6 +6,7 @@ import { registerCluster } from './cluster.js';
 import { registerKeygen } from './keygen.js';
 import { registerSite } from './site.js';
 import { registerStatus } from './status.js';
+import { registerStart } from './start.js';
 
 const require = createRequire(import.meta.url);
 const pkg = require('../../package.json') as { version: string; description: string };
@@ -21,5 +22,6 @@ export function buildProgram(): Command {
   registerSite(program);
   registerStatus(program);
   registerKeygen(program);
+  registerStart(program);
   return program;
 }

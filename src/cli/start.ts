@@ -1,0 +1,165 @@
+// `geomirror start` (what `npm start` runs): the one-machine demo of issue 8. Creates the loopback
+// files and the cluster key on first run, starts every site of the cluster file in its own
+// process, prints the NBD URI, the replica paths and a try-it line, then a live one-line status
+// until Ctrl-C, which stops every site cleanly. Site logs go to a file so the status line stays
+// readable.
+import { createWriteStream, mkdirSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Command } from 'commander';
+import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
+import { prepareLoopbackCluster } from '../site/prepare.js';
+import { startCluster } from './cluster.js';
+import { fetchStatus, type StatusResult } from './status.js';
+
+export const defaultClusterFile = fileURLToPath(new URL('../../targets/loopback/cluster.yaml', import.meta.url));
+/** How often the live status line refreshes. */
+export const statusRefreshMs = 1000;
+
+/** Reads one counter's total (summed over label sets) from Prometheus text. */
+export function counterTotal(metricsText: string, name: string): number {
+  let total = 0;
+  for (const line of metricsText.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const rest = line.slice(name.length);
+    if (rest[0] !== ' ' && rest[0] !== '{') continue;
+    const v = Number(line.slice(line.lastIndexOf(' ') + 1));
+    if (Number.isFinite(v)) total += v;
+  }
+  return total;
+}
+
+async function fetchText(url: string): Promise<string | undefined> {
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
+    return res.ok ? await res.text() : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** One line: host throughput at the primary, then each site's state as the primary sees it. */
+export function statusLine(results: StatusResult[], writesPerSec: number, mibPerSec: number): string {
+  const parts = [`${writesPerSec.toFixed(0)} writes/s ${mibPerSec.toFixed(1)} MiB/s`];
+  for (const r of results) {
+    if ('error' in r) {
+      parts.push(`${r.target.name}: no answer`);
+      continue;
+    }
+    const s = r.status;
+    if (s.role === 'primary') {
+      parts.push(`${s.site}: primary seq ${s.lastSeqAcked}`);
+      for (const p of s.peers) {
+        const lag = p.lastSeqAcked !== undefined ? BigInt(s.lastSeqAcked) - BigInt(p.lastSeqAcked) : undefined;
+        const state = p.sync === 'resyncing' ? `resyncing ${p.resyncPercent ?? 0}%` : (p.sync ?? p.link);
+        parts.push(`${p.name}: ${state}${lag !== undefined && lag > 0n ? ` (lag ${lag})` : ''}${p.link === 'up' ? '' : ' [link down]'}`);
+      }
+    }
+  }
+  return parts.join(' | ');
+}
+
+export async function runStart(configFile: string): Promise<number> {
+  let config: ClusterConfig;
+  try {
+    config = loadConfig(configFile);
+  } catch (e) {
+    process.stderr.write(`${e instanceof ConfigError ? e.message : String(e)}\n`);
+    return 1;
+  }
+  const prepared = prepareLoopbackCluster(config);
+  const rel = (p: string) => relative(process.cwd(), p) || p;
+  if (prepared.createdKey) process.stdout.write(`created the cluster key ${rel(prepared.createdKey)}\n`);
+  if (prepared.createdFiles.length > 0) process.stdout.write(`created ${prepared.createdFiles.length} loopback file(s) (sparse) under ${rel(dirname(prepared.createdFiles[0]!))}\n`);
+
+  const logFile = join(config.dir, 'data', 'cluster.log');
+  mkdirSync(dirname(logFile), { recursive: true });
+  const log = createWriteStream(logFile, { flags: 'a' });
+  process.stdout.write(`starting ${config.siteNames.length} sites of cluster ${config.cluster} (logs: ${rel(logFile)})\n`);
+  const cluster = startCluster({ configFile: config.file, sites: config.siteNames, out: log, err: log, env: { GEOMIRROR_LOG_FORMAT: 'json' } });
+
+  let signals = 0;
+  let ticker: NodeJS.Timeout | undefined;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (ticker) clearInterval(ticker);
+    if (++signals === 1) {
+      process.stdout.write(`\n${sig}: stopping every site (again to kill them at once)\n`);
+      void cluster.stop();
+    } else cluster.kill();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  try {
+    await cluster.ready;
+  } catch (e) {
+    process.stderr.write(`geomirror start: ${(e as Error).message}; see ${rel(logFile)}\n`);
+    await cluster.stop();
+    return 1;
+  }
+  const primary = config.sites[config.primary]!;
+  const uri = primary.nbd ? `nbd://${primary.nbd.text}/${config.volume.name}` : undefined;
+  const lines = [
+    '',
+    `cluster ${config.cluster} is up: ${config.volume.name} (${config.volume.sizeBytes / 2 ** 20} MiB) on ${config.siteNames.length} sites`,
+    uri ? `  NBD export:  ${uri}` : '  (the primary has no nbd address)',
+    '  replicas:',
+    ...config.siteNames.map((n) => `    ${n.padEnd(8)} ${config.sites[n]!.role.padEnd(8)} ${config.sites[n]!.storage.map((d) => rel(d.text.replace(/^loopback:/, ''))).join(', ')}`),
+    '  try it:',
+    ...(uri
+      ? [
+          `    nbdinfo ${uri}`,
+          `    head -c 64M /dev/urandom > /tmp/rand.img && qemu-img convert -n -f raw -O raw /tmp/rand.img ${uri}`,
+          `    sha256sum ${config.siteNames.map((n) => rel(config.sites[n]!.storage[0]?.text.replace(/^loopback:/, '') ?? '')).join(' ')}`,
+        ]
+      : []),
+    `    geomirror status --config ${rel(config.file)}`,
+    'Ctrl-C stops every site.',
+    '',
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+
+  if (primary.admin) {
+    const adminUrl = `http://${primary.admin.text}`;
+    let last = { t: Date.now(), writes: 0, bytes: 0 };
+    const refresh = async () => {
+      const [metrics, results] = await Promise.all([
+        fetchText(`${adminUrl}/metrics`),
+        Promise.all(config.siteNames.filter((n) => config.sites[n]!.admin).map((n) => fetchStatus({ name: n, admin: config.sites[n]!.admin!.text }))),
+      ]);
+      const now = Date.now();
+      const writes = metrics ? counterTotal(metrics, 'geomirror_writes_total') : last.writes;
+      const bytes = metrics ? counterTotal(metrics, 'geomirror_write_bytes_total') : last.bytes;
+      const dt = Math.max(0.001, (now - last.t) / 1000);
+      const line = statusLine(results, (writes - last.writes) / dt, (bytes - last.bytes) / dt / 2 ** 20);
+      last = { t: now, writes, bytes };
+      if (signals === 0) process.stdout.write(process.stdout.isTTY ? `\r\x1b[2K${line}` : `${line}\n`);
+    };
+    ticker = setInterval(() => void refresh(), statusRefreshMs);
+  }
+  const code = await cluster.done;
+  if (ticker) clearInterval(ticker);
+  log.end();
+  process.stdout.write(`\nevery site stopped${code === 0 ? ' cleanly' : ' (some with errors: see the log)'}\n`);
+  return code;
+}
+
+export function registerStart(program: Command): void {
+  program
+    .command('start')
+    .description('run the demo cluster on loopback files (what npm start runs): create files and key, start every site, show live status')
+    .option('-c, --config <file>', 'the cluster file', defaultClusterFile)
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ npm start
+  $ geomirror start --config targets/loopback/mixed.yaml
+
+First run creates sparse loopback files and the cluster key next to the cluster file. Site
+logs go to data/cluster.log beside it. Ctrl-C stops every site; a second Ctrl-C kills them.`,
+    )
+    .action(async (opts: { config: string }) => {
+      process.exitCode = await runStart(opts.config);
+    });
+}
