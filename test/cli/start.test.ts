@@ -1,0 +1,77 @@
+// `geomirror start` (npm start) end to end: on a fresh folder it creates the loopback files and
+// key, brings up a primary and two mirrors as processes, prints the NBD URI, the export answers
+// real nbdinfo, a write through it lands on all three replicas, and SIGINT stops every site.
+import { execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { counterTotal } from '../../src/cli/start.js';
+
+const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'geomirror-start-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+const sha = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
+
+describe('counterTotal', () => {
+  it('sums a counter over its label sets and ignores look-alike names', () => {
+    const text = ['# HELP geomirror_writes_total x', 'geomirror_writes_total{op="write"} 5', 'geomirror_writes_total{op="flush"} 2', 'geomirror_writes_total_other 100', ''].join('\n');
+    expect(counterTotal(text, 'geomirror_writes_total')).toBe(7);
+  });
+});
+
+describe('geomirror start', () => {
+  it('creates files and key, serves NBD, replicates a write to every site, stops on SIGINT', async () => {
+    const [p1, p2, n, a1, a2, a3] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
+    const cfg = join(dir, 'cluster.yaml');
+    writeFileSync(
+      cfg,
+      `cluster: starttest
+secret: file:./data/cluster.key
+volume: { name: vol0, size: 16MiB, blockSize: 4096 }
+sites:
+  local: { role: primary, nbd: 127.0.0.1:${n}, admin: 127.0.0.1:${a1}, cache: { device: "loopback:./data/local.cache", size: 8MiB }, storage: ["loopback:./data/local.img"], mirrors: [east, west] }
+  east: { role: mirror, listen: 127.0.0.1:${p1}, admin: 127.0.0.1:${a2}, cache: { device: "loopback:./data/east.cache", size: 8MiB }, storage: ["loopback:./data/east.img"] }
+  west: { role: mirror, listen: 127.0.0.1:${p2}, admin: 127.0.0.1:${a3}, cache: { device: "loopback:./data/west.cache", size: 8MiB }, storage: ["loopback:./data/west.img"] }
+`,
+    );
+    const child = spawn(process.execPath, [bin, 'start', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      const deadline = Date.now() + 60_000;
+      while (!out.includes('is up') && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 100));
+      expect(out, out).toContain(`nbd://127.0.0.1:${n}/vol0`);
+      expect(existsSync(join(dir, 'data', 'cluster.key'))).toBe(true);
+
+      const info = JSON.parse(execFileSync('nbdinfo', ['--json', `nbd://127.0.0.1:${n}/vol0`], { encoding: 'utf8' })) as { exports: { 'export-size': number }[] };
+      expect(info.exports[0]!['export-size']).toBe(16 * 2 ** 20);
+
+      const img = join(dir, 'rand.img');
+      const data = Buffer.alloc(16 * 2 ** 20);
+      for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
+      writeFileSync(img, data);
+      execFileSync('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', img, `nbd://127.0.0.1:${n}/vol0`]);
+      const want = sha(img);
+      for (const s of ['local', 'east', 'west']) expect(sha(join(dir, 'data', `${s}.img`)), s).toBe(want);
+    } finally {
+      child.kill('SIGINT');
+    }
+    expect(await exited).toBe(0);
+    expect(out).toContain('every site stopped cleanly');
+  });
+});
