@@ -16,6 +16,7 @@ import { NbdServerParser, type ParserEvent } from './parser.js';
 import { NbdExportError, type NbdExport } from './export.js';
 import type { NbdLimits } from './limits.js';
 import type { RangeLock } from './range-lock.js';
+import type { ByteBudget } from './byte-budget.js';
 import {
   BASE_ALLOCATION,
   ClientFlag,
@@ -46,6 +47,8 @@ export interface ConnectionHost {
   lookup(name: string): NbdExport | undefined;
   exports(): readonly NbdExport[];
   lockFor(exp: NbdExport): RangeLock;
+  /** Server-wide payload memory (see byte-budget.ts). */
+  readonly budget: ByteBudget;
   closed(conn: Connection): void;
 }
 
@@ -78,11 +81,10 @@ export class Connection {
     private readonly refusal?: string,
   ) {
     const l = host.limits;
-    this.parser = new NbdServerParser({
-      optionBytesMax: l.optionBytesMax,
-      optionDiscardBytesMax: l.optionDiscardBytesMax,
-      writeBytesMax: l.requestBytesMax,
-    });
+    this.parser = new NbdServerParser(
+      { optionBytesMax: l.optionBytesMax, optionDiscardBytesMax: l.optionDiscardBytesMax, writeBytesMax: l.requestBytesMax },
+      (bytes) => host.budget.tryReserve(bytes), // released when the write completes
+    );
     socket.setNoDelay(true); // spec: "both the client and server SHOULD disable Nagle's algorithm"
     socket.on('data', (chunk: Buffer) => {
       if (this.stopReading) return void socket.pause(); // nothing may follow DISC/ABORT; drop it
@@ -127,6 +129,8 @@ export class Connection {
     return this.host.logger;
   }
 
+  private readonly retryPump = (): void => this.pump();
+
   private pump(): void {
     const l = this.host.limits;
     while (!this.stopReading && !this.ended) {
@@ -140,6 +144,13 @@ export class Connection {
       }
       const ev = this.parser.next();
       if (ev === undefined) {
+        if (this.parser.awaitingAdmission) {
+          // A write's payload does not fit the server-wide budget yet: stop reading until
+          // some memory is released, then try again.
+          this.socket.pause();
+          this.host.budget.onRelease(this.retryPump);
+          return;
+        }
         if (this.peerEnded) {
           // Everything the client sent before closing has been taken: finish it, then close.
           this.stopReading = true;
@@ -342,20 +353,42 @@ export class Connection {
       this.stopReading = true;
       return this.endWhenIdle();
     }
-    const bytes = req.command === Cmd.READ ? Math.min(req.lengthBytes, this.host.limits.requestBytesMax) : (req.payload?.length ?? 0);
+    // A write's payload bytes were reserved by the parser before buffering; a read reserves its
+    // reply bytes before it is served, waiting (as an in-flight request) if the budget is spent.
+    const isRead = req.command === Cmd.READ && req.lengthBytes <= this.host.limits.requestBytesMax;
+    const bytes = isRead ? req.lengthBytes : (req.payload?.length ?? 0);
     this.inflightRequests++;
     this.inflightBytes += bytes;
-    this.serve(req)
-      .catch((err: unknown) => this.replyError(req, err))
-      .finally(() => {
-        this.inflightRequests--;
-        this.inflightBytes -= bytes;
-        if (this.stopReading) this.endWhenIdle();
-        else this.pump();
-      });
+    const start = (): void => {
+      let readReserved = isRead ? bytes : 0; // handed to the socket write that sends the data
+      const releaseRead = (): void => {
+        this.host.budget.release(readReserved);
+        readReserved = 0;
+      };
+      this.serve(req, releaseRead)
+        .catch((err: unknown) => this.replyError(req, err))
+        .finally(() => {
+          if (!isRead) this.host.budget.release(bytes);
+          else if (readReserved > 0 && !this.readDataQueued.has(req)) releaseRead(); // error: no data sent
+          this.readDataQueued.delete(req);
+          this.inflightRequests--;
+          this.inflightBytes -= bytes;
+          if (this.stopReading) this.endWhenIdle();
+          else this.pump();
+        });
+    };
+    if (!isRead || this.host.budget.tryReserve(bytes)) return start();
+    const retry = (): void => {
+      if (this.host.budget.tryReserve(bytes)) start();
+      else this.host.budget.onRelease(retry);
+    };
+    this.host.budget.onRelease(retry);
   }
 
-  private async serve(req: Request): Promise<void> {
+  /** Reads whose data was handed to the socket (their budget is released when it is flushed). */
+  private readonly readDataQueued = new Set<Request>();
+
+  private async serve(req: Request, releaseRead: () => void): Promise<void> {
     const exp = this.exp!;
     const { offsetBytes, lengthBytes } = this.validate(exp, req);
     const fua = (req.flags & CmdFlag.FUA) !== 0;
@@ -363,7 +396,8 @@ export class Connection {
     switch (req.command) {
       case Cmd.READ: {
         const data = lengthBytes === 0 ? Buffer.alloc(0) : await readRange(exp, offsetBytes, lengthBytes);
-        return this.replyRead(req.cookie, offsetBytes, data);
+        this.readDataQueued.add(req);
+        return this.replyRead(req.cookie, offsetBytes, data, releaseRead);
       }
       case Cmd.WRITE:
         if (lengthBytes > 0) await writeRange(exp, lock, offsetBytes, req.payload!, fua);
@@ -445,10 +479,19 @@ export class Connection {
     }
   }
 
-  private replyRead(cookie: Buffer, offsetBytes: number, data: Buffer): void {
-    if (!this.structured) return this.sendReply(r.simpleReply(cookie, 0), data);
-    if (data.length === 0) return this.sendReply(r.structuredNone(cookie));
-    this.sendReply(r.structuredOffsetDataHeader(cookie, offsetBytes, data.length), data);
+  private replyRead(cookie: Buffer, offsetBytes: number, data: Buffer, flushed: () => void): void {
+    if (!this.structured) return this.sendFlushed(flushed, r.simpleReply(cookie, 0), data);
+    if (data.length === 0) return this.sendFlushed(flushed, r.structuredNone(cookie));
+    this.sendFlushed(flushed, r.structuredOffsetDataHeader(cookie, offsetBytes, data.length), data);
+  }
+
+  /** send(), then calls `flushed` once the kernel has the bytes (or the socket is gone). */
+  private sendFlushed(flushed: () => void, ...bufs: Buffer[]): void {
+    if (this.ended || this.socket.destroyed || !this.socket.writable) return flushed();
+    this.socket.cork();
+    for (let i = 0; i < bufs.length - 1; i++) this.socket.write(bufs[i]!);
+    this.socket.write(bufs[bufs.length - 1]!, () => flushed()); // also called (with an error) on destroy
+    this.socket.uncork();
   }
 
   private replyError(req: Request, err: unknown): void {
@@ -509,6 +552,10 @@ export class Connection {
   private onClose(): void {
     this.ended = true;
     this.stopReading = true;
+    this.host.budget.forget(this.retryPump);
+    // A write cut off mid-payload never completes: give its admitted bytes back.
+    const partial = this.parser.admittedPendingBytes;
+    if (partial > 0) this.host.budget.release(partial);
     if (this.handshakeTimer !== undefined) clearTimeout(this.handshakeTimer);
     this.host.closed(this);
   }

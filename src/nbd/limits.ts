@@ -17,6 +17,11 @@ export interface NbdLimits {
   readonly requestsInflightMax: number;
   /** Payload and reply bytes of one connection in flight at once; beyond it we stop reading. */
   readonly inflightBytesMax: number;
+  /**
+   * Server-wide payload bytes in memory (write payloads from header to completion, read data
+   * until the kernel took it). At least requestBytesMax. Connections wait (stop reading) for it.
+   */
+  readonly serverPayloadBytesMax: number;
   /** Reply bytes queued in the socket for a client that does not read; beyond it we stop reading. */
   readonly replyQueueBytesMax: number;
   /** Connections served at once; more are refused (NBD_REP_ERR_POLICY, then closed). */
@@ -40,6 +45,7 @@ export const defaultNbdLimits: NbdLimits = {
   requestBytesMax: 32 * 1024 * 1024,
   requestsInflightMax: 64,
   inflightBytesMax: 128 * 1024 * 1024,
+  serverPayloadBytesMax: 512 * 1024 * 1024,
   replyQueueBytesMax: 64 * 1024 * 1024,
   connectionsMax: 1024,
   refusedConnectionsMax: 64,

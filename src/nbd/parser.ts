@@ -53,6 +53,7 @@ export type ParserPhase = 'clientFlags' | 'options' | 'transmission' | 'dead';
 
 type Pending =
   | { kind: 'optionData'; option: number; lengthBytes: number }
+  | { kind: 'writeAdmit'; header: RequestHeader }
   | { kind: 'optionSkip'; option: number; lengthBytes: number; leftBytes: number }
   | { kind: 'writeData'; header: RequestHeader }
   | { kind: 'writeSkip'; header: RequestHeader; leftBytes: number };
@@ -72,7 +73,25 @@ export class NbdServerParser {
   private pending: Pending | undefined;
   private phaseNow: ParserPhase = 'clientFlags';
 
-  constructor(private readonly limits: ParserLimits) {}
+  /**
+   * `admitWrite` is asked for a write's payload bytes after its header is parsed and before any
+   * payload is buffered; while it says no, next() returns undefined and awaitingAdmission is true
+   * (the connection stops reading and asks again when memory is released).
+   */
+  constructor(
+    private readonly limits: ParserLimits,
+    private readonly admitWrite: (bytes: number) => boolean = () => true,
+  ) {}
+
+  /** Payload bytes admitted for a write still being received (the owner releases them on close). */
+  get admittedPendingBytes(): number {
+    return this.pending?.kind === 'writeData' ? this.pending.header.lengthBytes : 0;
+  }
+
+  /** True while a write header waits for admitWrite to accept its payload size. */
+  get awaitingAdmission(): boolean {
+    return this.pending?.kind === 'writeAdmit';
+  }
 
   get phase(): ParserPhase {
     return this.phaseNow;
@@ -155,7 +174,7 @@ export class NbdServerParser {
     if (header.lengthBytes > this.limits.writeBytesMax) {
       this.pending = { kind: 'writeSkip', header, leftBytes: header.lengthBytes };
     } else {
-      this.pending = { kind: 'writeData', header };
+      this.pending = { kind: 'writeAdmit', header };
     }
     return this.continuePending(this.pending);
   }
@@ -166,6 +185,11 @@ export class NbdServerParser {
         if (this.bufferedBytes < p.lengthBytes) return undefined;
         this.pending = undefined;
         return { type: 'option', option: p.option, data: this.take(p.lengthBytes) };
+      }
+      case 'writeAdmit': {
+        if (!this.admitWrite(p.header.lengthBytes)) return undefined;
+        this.pending = { kind: 'writeData', header: p.header };
+        return this.continuePending(this.pending);
       }
       case 'writeData': {
         if (this.bufferedBytes < p.header.lengthBytes) return undefined;

@@ -11,6 +11,7 @@ import { Connection, type ConnectionHost, type NbdLogger } from './connection.js
 import { checkExport, type NbdExport } from './export.js';
 import { defaultNbdLimits, type NbdLimits } from './limits.js';
 import { RangeLock } from './range-lock.js';
+import { ByteBudget } from './byte-budget.js';
 
 export type { NbdLogger } from './connection.js';
 
@@ -28,6 +29,7 @@ const silent: NbdLogger = { debug() {}, info() {}, warn() {} };
 export class NbdServer implements ConnectionHost {
   readonly limits: NbdLimits;
   readonly logger: NbdLogger;
+  readonly budget: ByteBudget;
   private readonly byName = new Map<string, NbdExport>();
   private readonly defaultName: string | undefined;
   private readonly locks = new WeakMap<NbdExport, RangeLock>();
@@ -40,6 +42,10 @@ export class NbdServer implements ConnectionHost {
   constructor(options: NbdServerOptions) {
     this.limits = { ...defaultNbdLimits, ...options.limits };
     this.logger = options.logger ?? silent;
+    if (this.limits.serverPayloadBytesMax < this.limits.requestBytesMax) {
+      throw new Error(`NBD server: serverPayloadBytesMax (${this.limits.serverPayloadBytesMax}) must be at least requestBytesMax (${this.limits.requestBytesMax})`);
+    }
+    this.budget = new ByteBudget(this.limits.serverPayloadBytesMax);
     for (const e of options.exports) {
       checkExport(e);
       if (this.byName.has(e.name)) throw new Error(`NBD server: two exports are named '${e.name}'; export names must be unique`);

@@ -64,6 +64,8 @@ async function open(name = 'vol0', structured = false): Promise<{ c: RawClient; 
 afterEach(async () => {
   for (const c of clients.splice(0)) c.close();
   await server?.close();
+  // Every byte reserved for payloads came back, whatever the clients did.
+  expect(server.budget.usedBytes).toBe(0);
 });
 
 describe('handshake', () => {
@@ -467,6 +469,27 @@ describe('hostile clients', () => {
     const other = await open('vol0');
     other.c.sendRequest(Cmd.READ, { cookie: 3n, offset: 0, length: 16 });
     expect((await other.c.readSimpleReply(16)).cookie).toBe(3n);
+  });
+
+  it('the server-wide payload budget makes writers wait (not fail) and all complete', async () => {
+    await start({ limits: { serverPayloadBytesMax: 64 * 1024, requestBytesMax: 64 * 1024 } });
+    const writers = await Promise.all([open('vol0'), open('vol0'), open('vol0')]);
+    const model = pattern(1, sizeBytes);
+    writers.forEach(({ c }, w) => {
+      for (let i = 0; i < 10; i++) {
+        const off = (w * 10 + i) * 32768;
+        const data = Buffer.alloc(32768, w * 10 + i + 1); // two fit the budget at once
+        data.copy(model, off);
+        c.sendRequest(Cmd.WRITE, { cookie: BigInt(i), offset: off, payload: data });
+      }
+      c.sendRequest(Cmd.READ, { cookie: 99n, offset: 0, length: 64 * 1024 });
+    });
+    for (const { c } of writers) {
+      for (let i = 0; i < 10; i++) expect((await c.readSimpleReply()).error).toBe(0);
+    }
+    for (const { c } of writers) expect((await c.readSimpleReply(64 * 1024)).cookie).toBe(99n);
+    expect((await backing()).equals(model)).toBe(true);
+    expect(server.budget.usedBytes).toBe(0);
   });
 
   it('500 connections at once all complete a handshake and a read', async () => {
