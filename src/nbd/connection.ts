@@ -5,9 +5,11 @@
 // interleave on the wire.
 //
 // Backpressure: we stop pulling (and pause the socket) while requestsInflightMax requests or
-// inflightBytesMax bytes are being served, or while replyQueueBytesMax reply bytes wait for a
-// client that does not read. Memory per connection is therefore bounded by those plus one
-// message being assembled (option <= optionBytesMax, write <= requestBytesMax).
+// inflightBytesMax bytes are being served, while replyQueueBytesMax reply bytes wait for a
+// client that does not read, or while a write's payload cannot reserve the server-wide byte
+// budget (byte-budget.ts). Payload memory is therefore bounded server-wide by that budget;
+// per connection there is at most one header, one socket chunk and one option (<= optionBytesMax)
+// on top, plus reply headers.
 //
 // Claim 3: the host's SAN. Spec: doc/proto.md of NetworkBlockDevice/nbd (sections cited inline).
 
