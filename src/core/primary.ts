@@ -110,7 +110,8 @@ interface MirrorState {
   tokensBytes: number;
   lastRefillMs: number;
   regionsDone: number;
-  regionsAtStart: number;
+  /** Last 10% step of resync progress that was logged. */
+  progressDecile: number;
   seqAcked: Seq;
   rttMs: number | undefined;
   lastHeardMs: number | undefined;
@@ -179,7 +180,7 @@ export class Primary implements Role {
     for (const peer of cfg.mirrors) {
       this.mirrors.set(peer, {
         peer, link: 'down', sync: 'inSync', downSinceMs: 0, dirty: new Map(), inflight: new Map(),
-        tokensBytes: 0, lastRefillMs: 0, regionsDone: 0, regionsAtStart: 0, seqAcked: 0n, rttMs: undefined, lastHeardMs: undefined,
+        tokensBytes: 0, lastRefillMs: 0, regionsDone: 0, progressDecile: 0, seqAcked: 0n, rttMs: undefined, lastHeardMs: undefined,
       });
     }
   }
@@ -622,7 +623,7 @@ export class Primary implements Role {
       return;
     }
     m.sync = 'resyncing';
-    m.regionsAtStart = m.dirty.size + m.regionsDone;
+    m.progressDecile = 0;
     m.lastRefillMs = this.nowMs;
     this.log('info', 'mirror_resync_start', { peer: m.peer, dirtyRegions: m.dirty.size, regionBytes: this.lim.regionBytes });
     this.maybeInSync(m);
@@ -783,6 +784,11 @@ export class Primary implements Role {
         m.regionsDone++;
         this.out.push({ type: 'bitmapClear', peer: m.peer, regions: [slot.region] });
       }
+    }
+    const percent = Math.floor((100 * m.regionsDone) / Math.max(1, m.regionsDone + m.dirty.size));
+    if (m.dirty.size > 0 && Math.floor(percent / 10) > m.progressDecile) {
+      m.progressDecile = Math.floor(percent / 10);
+      this.log('info', 'mirror_resync_progress', { peer: m.peer, percent, regionsDone: m.regionsDone, regionsLeft: m.dirty.size });
     }
     this.maybeInSync(m);
   }
