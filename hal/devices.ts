@@ -1,6 +1,7 @@
 // `geomirror devices`: what storage hardware this node can see. The CLI calls listDevices()
 // and prints formatDevices(); both live here so hal owns the knowledge of what a device is.
 
+import { sense, type BlockDevice } from './blockdev.js';
 import { discoverSerialPorts, type SerialDiscovery } from './serial/discovery.js';
 import { discoverUsbDisks, type UsbDiscovery } from './usb/discovery.js';
 
@@ -45,4 +46,42 @@ export function formatDevices(list: DeviceList): string {
   }
   if (list.serial.problem) out.push(`  hint: ${list.serial.problem}`);
   return out.join('\n') + '\n';
+}
+
+export interface HardwareOpenOptions {
+  /** The volume's geometry: the device must use this block size and hold at least this many blocks. */
+  readonly blockSizeBytes: number;
+  readonly blockCount: number;
+  /** usb-sim: only: create a missing disk image (sized to the volume). Default true. */
+  readonly create?: boolean;
+}
+
+/**
+ * Opens `usb:VID:PID[:SERIAL]`, `usb-sim:PATH` or `serial:PATH[?baud=N]` for a volume
+ * (hal/devstring.ts dispatches here). The adapters are imported on first use, so a build or
+ * platform without the native usb/serialport modules still runs memory: and loopback: volumes.
+ * Hardware reports its own geometry, so it is checked against the volume here, at the edge.
+ */
+export async function openHardwareDevice(deviceString: string, o: HardwareOpenOptions): Promise<BlockDevice> {
+  let dev: BlockDevice;
+  if (deviceString.startsWith('usb:') || deviceString.startsWith('usb-sim:')) {
+    const { openUsbDevice } = await import('./usb/device.js');
+    dev = await openUsbDevice(deviceString, { blockSizeBytes: o.blockSizeBytes, blockCount: o.blockCount, create: o.create ?? true });
+  } else if (deviceString.startsWith('serial:')) {
+    const { openSerialDevice } = await import('./serial/device.js');
+    dev = await openSerialDevice(deviceString);
+  } else {
+    throw new Error(`device string "${deviceString}" is not usb:, usb-sim: or serial:`);
+  }
+  const problem =
+    dev.blockSizeBytes !== o.blockSizeBytes
+      ? `device has ${dev.blockSizeBytes}-byte blocks but the volume uses ${o.blockSizeBytes}; set the volume's blockSize to ${dev.blockSizeBytes}`
+      : dev.blockCount < o.blockCount
+        ? `device holds ${dev.blockCount} blocks but the volume needs ${o.blockCount}; use a larger device or a smaller volume size`
+        : undefined;
+  if (problem) {
+    await dev.close();
+    throw sense.invalidField(dev.name, problem);
+  }
+  return dev;
 }
