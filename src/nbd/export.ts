@@ -9,7 +9,9 @@
 //   (read-modify-write at the edges under a range lock shared by every connection).
 // - Writes, zeroes and trims never overlap another in-flight write, zero or trim (the same lock),
 //   so an implementation needs no locking of its own for torn-block safety.
-// - Buffers passed to write() belong to the export once called and are never reused by the server.
+// - The server never modifies a buffer after passing it to write(), so the export may keep it
+//   (e.g. queued for replication) without copying; the export must not modify it either (one
+//   read-only zero buffer is passed repeatedly when zeroing without zero()).
 // - Errors: throw NbdExportError to choose the wire error; a HAL SenseError is mapped
 //   (DATA PROTECT -> EPERM, LBA out of range -> ENOSPC/EINVAL, anything else -> EIO).
 //
