@@ -87,10 +87,14 @@ export async function openUsbDevice(spec: string, opts: UsbDeviceOptions = {}): 
   let dev = opts.device;
   if (!dev) {
     const { findUsbDevices } = await import('./discovery.js');
-    const found = (await findUsbDevices()).filter(
+    const label = `usb:${hex4(want.vendorId)}:${hex4(want.productId)}${want.serial ? `:${want.serial}` : ''}`;
+    const all = await findUsbDevices().catch((e: Error) => {
+      const noBus = /\/sys\/bus\/usb|ENOENT/.test(e.message);
+      throw sense.notPresent(label, noBus ? `no USB device ${label}: this machine has no USB bus (${e.message})` : `cannot list USB devices to find ${label}: ${e.message}`);
+    });
+    const found = all.filter(
       (d) => d.vendorId === want.vendorId && d.productId === want.productId && (want.serial === undefined || d.serialNumber === want.serial),
     );
-    const label = `usb:${hex4(want.vendorId)}:${hex4(want.productId)}${want.serial ? `:${want.serial}` : ''}`;
     if (found.length === 0) throw sense.notPresent(label, `no USB device ${label} is connected; run "geomirror devices" to list what is`);
     if (found.length > 1 && want.serial === undefined) {
       throw sense.invalidField(label, `${found.length} devices match; add the serial number: ${found.map((d) => `${label}:${d.serialNumber ?? '?'}`).join(', ')}`);
