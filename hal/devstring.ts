@@ -6,11 +6,13 @@
 //   loopback:PATH             a regular file; relative PATH resolves against baseDir
 //   usb:VID:PID[:SERIAL]      USB mass-storage disk, ids in hex (lsusb style, 1-4 digits, optional 0x)
 //   serial:PATH[?baud=N]      serial-attached storage
+//   usb-sim:PATH              the USB mass-storage SIMULATOR over a disk-image file (tests, demos)
 //
 // hal/ imports nothing from src/.
 
 import { isAbsolute, resolve } from 'node:path';
 import type { BlockDevice } from './blockdev.js';
+import { openHardwareDevice } from './devices.js';
 import { openLoopback } from './loopback.js';
 import { MemoryDevice } from './memory.js';
 
@@ -23,9 +25,10 @@ export type DeviceSpec =
   | { readonly kind: 'memory'; readonly label: string }
   | { readonly kind: 'loopback'; readonly path: string }
   | { readonly kind: 'usb'; readonly vendorId: number; readonly productId: number; readonly serial?: string }
-  | { readonly kind: 'serial'; readonly path: string; readonly baudRate?: number };
+  | { readonly kind: 'serial'; readonly path: string; readonly baudRate?: number }
+  | { readonly kind: 'usb-sim'; readonly path: string };
 
-const expectedForms = 'memory:, loopback:PATH, usb:VID:PID[:SERIAL] (hex ids) or serial:PATH[?baud=N]';
+const expectedForms = 'memory:, loopback:PATH, usb:VID:PID[:SERIAL] (hex ids), serial:PATH[?baud=N] or usb-sim:PATH';
 
 /** A device string that cannot be parsed or opened in this build; names the string and the fix. */
 export class DeviceStringError extends Error {
@@ -61,6 +64,9 @@ export function parseDeviceString(text: string): DeviceSpec {
       return parseUsb(text, rest);
     case 'serial':
       return parseSerial(text, rest);
+    case 'usb-sim':
+      if (rest === '' || rest.includes('\0')) throw new DeviceStringError(text, 'expected usb-sim:PATH with a disk-image file path after the colon');
+      return { kind: 'usb-sim', path: rest };
     default:
       throw new DeviceStringError(text, `unknown scheme "${scheme}:"; expected ${expectedForms}`);
   }
@@ -111,6 +117,8 @@ export function formatDeviceString(spec: DeviceSpec): string {
     }
     case 'serial':
       return spec.baudRate === undefined ? `serial:${spec.path}` : `serial:${spec.path}?baud=${spec.baudRate}`;
+    case 'usb-sim':
+      return `usb-sim:${spec.path}`;
   }
 }
 
@@ -133,10 +141,7 @@ export async function openBlockDevice(device: DeviceSpec | string, options: Open
   return openAdapter(spec, options);
 }
 
-/**
- * The one place a spec meets an adapter. When the USB and serial adapters land, each of their
- * two `throw` lines becomes a `return openUsb(spec, options)` / `return openSerial(...)`.
- */
+/** The one place a spec meets an adapter. */
 function openAdapter(spec: DeviceSpec, o: OpenOptions): Promise<BlockDevice> | BlockDevice {
   switch (spec.kind) {
     case 'memory':
@@ -146,15 +151,11 @@ function openAdapter(spec: DeviceSpec, o: OpenOptions): Promise<BlockDevice> | B
       return openLoopback(path, { blockSizeBytes: o.blockSizeBytes, blockCount: o.blockCount, create: o.create === true, readOnly: o.readOnly === true });
     }
     case 'usb':
-      throw notInThisBuild(spec);
     case 'serial':
-      throw notInThisBuild(spec);
+      return openHardwareDevice(formatDeviceString(spec), o);
+    case 'usb-sim': {
+      const path = isAbsolute(spec.path) ? spec.path : resolve(o.baseDir ?? process.cwd(), spec.path);
+      return openHardwareDevice(`usb-sim:${path}`, { ...o, create: o.create !== false });
+    }
   }
-}
-
-function notInThisBuild(spec: DeviceSpec): DeviceStringError {
-  return new DeviceStringError(
-    formatDeviceString(spec),
-    `${spec.kind} devices are not available in this build; use memory: or loopback:PATH`,
-  );
 }
