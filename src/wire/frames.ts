@@ -378,6 +378,24 @@ function encodeControlBody(s: MessageSpec, msg: Record<string, unknown>): Buffer
 export const writeFixedBytes = 40;
 export const resyncDataFixedBytes = 40;
 
+/**
+ * u64 big-endian writes/reads for the hot path. Node's BigInt buffer methods do BigInt
+ * arithmetic per call; most epochs, seqs and offsets fit 32 bits, so those take a number path.
+ * Same bytes either way (test/wire/layout.test.ts checks them against buffer-layout).
+ */
+function putU64(b: Buffer, v: bigint, at: number): void {
+  if (v >= 0n && v <= 0xffffffffn) {
+    b.writeUInt32BE(0, at);
+    b.writeUInt32BE(Number(v), at + 4);
+  } else {
+    b.writeBigUInt64BE(v, at);
+  }
+}
+
+function getU64(b: Buffer, at: number): bigint {
+  return b.readUInt32BE(at) === 0 ? BigInt(b.readUInt32BE(at + 4)) : b.readBigUInt64BE(at);
+}
+
 /** Header + fixed fields of a WRITE or RESYNC_DATA, hand-coded (the hot path). */
 function encodeDataHead(msg: WriteMsg | ResyncDataMsg, frameSeq: number): Buffer {
   const isWrite = msg.type === 'WRITE';
@@ -389,11 +407,11 @@ function encodeDataHead(msg: WriteMsg | ResyncDataMsg, frameSeq: number): Buffer
   h.writeUInt32BE(msg.volumeId, b);
   h.writeUInt16BE(msg.flags, b + 4);
   h.writeUInt16BE(0, b + 6);
-  h.writeBigUInt64BE(msg.epoch, b + 8);
+  putU64(h, msg.epoch, b + 8);
   // WRITE and RESYNC_DATA share one fixed layout: the u64 at 16 is seq or resyncId.
   const at = b + 24;
-  h.writeBigUInt64BE(isWrite ? msg.seq : msg.resyncId, b + 16);
-  h.writeBigUInt64BE(msg.offsetBytes, at);
+  putU64(h, isWrite ? msg.seq : msg.resyncId, b + 16);
+  putU64(h, msg.offsetBytes, at);
   h.writeUInt32BE(data.length, at + 8);
   h.writeUInt32BE(0, at + 12);
   const bodyCrc = crc32(data, crc32Small(h, b, b + fixedBytes));
@@ -555,10 +573,10 @@ function decodeDataBody(s: MessageSpec, body: Buffer): WriteMsg | ResyncDataMsg 
   if ((flags & ~allowed) !== 0) {
     throw new ProtocolError(ErrorCode.BAD_FLAGS, `${s.name} frame: unknown flag bits 0x${(flags & ~allowed).toString(16)}`);
   }
-  const epoch = body.readBigUInt64BE(8);
-  const seq = body.readBigUInt64BE(16); // seq of a WRITE, resyncId of a RESYNC_DATA
+  const epoch = getU64(body, 8);
+  const seq = getU64(body, 16); // seq of a WRITE, resyncId of a RESYNC_DATA
   const at = 24;
-  const offsetBytes = body.readBigUInt64BE(at);
+  const offsetBytes = getU64(body, at);
   const lengthBytes = body.readUInt32BE(at + 8);
   if (body.readUInt32BE(at + 12) !== 0) reservedNonZero(s, 'reserved2');
   if (lengthBytes !== body.length - fixedBytes) {
