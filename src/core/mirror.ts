@@ -98,6 +98,12 @@ export class Mirror implements Role {
   private opNext: OpId = 1;
   private upstream: PeerId | undefined;
   private lastHeardUpstreamMs: number | undefined;
+  /**
+   * Writes this site failed to perform. The cumulative ack stops below the first of them, and
+   * their writeStatus is re-sent on every join until resync data shows the upstream got it
+   * (a status lost with a link reset must not turn into a silent ack).
+   */
+  private failed: MEntry[] = [];
 
   private entries: MEntry[] = [];
   private cacheBytes = 0;
@@ -226,6 +232,7 @@ export class Mirror implements Role {
     this.upstream = peer;
     this.lastHeardUpstreamMs = this.nowMs;
     this.send(peer, { type: 'resyncRequest', epoch: this.epoch, seqReceived: this.seqReceived });
+    for (const e of this.failed) this.send(peer, { type: 'writeStatus', epoch: e.epoch, seq: e.seq, sense: e.sense! });
     if (this.seqAcked > 0n) this.send(peer, { type: 'ack', epoch: this.epoch, seq: this.seqAcked });
   }
 
@@ -316,21 +323,24 @@ export class Mirror implements Role {
     }
   }
 
-  /** Cumulative ack of the performed prefix; failures are reported first, per write. */
+  /** Cumulative ack of the performed prefix; a failed write is reported per write and stops the ack below it. */
   private advanceAck(): void {
     let ack = this.seqAcked;
-    const failed: MEntry[] = [];
     for (const e of this.entries) {
       if (e.epoch !== this.epoch || e.seq <= this.seqAcked) continue;
       if (!e.cached || !e.stored) break;
-      if (e.sense !== undefined) failed.push(e);
+      if (e.sense !== undefined) {
+        if (!this.failed.includes(e)) {
+          this.failed.push(e);
+          if (this.upstream !== undefined) this.send(this.upstream, { type: 'writeStatus', epoch: e.epoch, seq: e.seq, sense: e.sense });
+        }
+        break;
+      }
       ack = e.seq;
     }
     if (ack === this.seqAcked) return;
     this.seqAcked = ack;
-    if (this.upstream === undefined) return; // sent again on the next join
-    for (const e of failed) this.send(this.upstream, { type: 'writeStatus', epoch: this.epoch, seq: e.seq, sense: e.sense! });
-    this.send(this.upstream, { type: 'ack', epoch: this.epoch, seq: ack });
+    if (this.upstream !== undefined) this.send(this.upstream, { type: 'ack', epoch: this.epoch, seq: ack });
   }
 
   private progressFlushReqs(): void {
@@ -400,9 +410,21 @@ export class Mirror implements Role {
     this.out.push({ type: 'cacheDrop', entries: gone.map((e) => ({ epoch: e.epoch, seq: e.seq })) });
   }
 
-  /** Resync data waits for an empty cache: a later replay must never overwrite it with older data. */
+  /**
+   * Resync data is applied only once every cached write is performed and durable, and those
+   * entries then leave the cache first, so a later replay can never overwrite resync data with
+   * older data. Resync only comes after the upstream degraded this site, which put every write
+   * it had not seen acked into its bitmap: un-acked entries (failed ones too) are superseded.
+   */
   private applyResync(): void {
-    if (this.entries.length > 0 || this.receiveQueue.length > 0) return;
+    if (this.resyncQueue.length === 0 || this.receiveQueue.length > 0) return;
+    if (this.entries.some((e) => !e.cached || !e.stored || !e.durable)) return; // maybeLocalFlush is due
+    if (this.entries.length > 0) {
+      const gone = this.entries.splice(0);
+      this.cacheBytes = 0;
+      this.out.push({ type: 'cacheDrop', entries: gone.map((e) => ({ epoch: e.epoch, seq: e.seq })) });
+    }
+    this.failed = [];
     while (this.resyncQueue.length > 0) {
       const item = this.resyncQueue.shift()!;
       const bad = this.validate(item.offsetBytes, item.payload.byteLength, item.payload.byteLength);

@@ -103,6 +103,7 @@ interface MirrorState {
   link: LinkState;
   sync: MirrorSync;
   downSinceMs: number;
+  degradedAtMs: number;
   /** region -> pending bitmapSet op, or 'set' once durable. */
   readonly dirty: Map<number, OpId | 'set'>;
   /** resyncId -> region being read / sent / awaiting its ack. */
@@ -179,7 +180,7 @@ export class Primary implements Role {
     this.overlap = new OverlapQueue(1 << 20);
     for (const peer of cfg.mirrors) {
       this.mirrors.set(peer, {
-        peer, link: 'down', sync: 'inSync', downSinceMs: 0, dirty: new Map(), inflight: new Map(),
+        peer, link: 'down', sync: 'inSync', downSinceMs: 0, degradedAtMs: 0, dirty: new Map(), inflight: new Map(),
         tokensBytes: 0, lastRefillMs: 0, regionsDone: 0, progressDecile: 0, seqAcked: 0n, rttMs: undefined, lastHeardMs: undefined,
       });
     }
@@ -607,21 +608,25 @@ export class Primary implements Role {
       return;
     }
     m.link = 'ready';
-    if (m.sync === 'inSync') {
-      // Re-send, in seq order, what it has not received (the link reset lost it).
-      let resent = 0;
-      for (const e of this.entries) {
-        if (e.cached && e.epoch === this.epoch && e.seq > seqReceived && e.waitingMirrors.has(m.peer)) {
-          this.send(m.peer, this.writeMsg(e));
-          resent++;
-        }
-      }
-      for (const f of this.flushes) {
-        if (f.stage === 'flushing' && f.waitingMirrors.has(m.peer)) this.send(m.peer, { type: 'flush', epoch: this.epoch, flushId: f.flushId, seq: f.upTo });
-      }
-      this.log('info', 'mirror_joined', { peer: m.peer, seqReceived, resent });
+    if (m.sync !== 'inSync') {
+      this.startResync(m);
       return;
     }
+    // Re-send, in seq order, what it has not received (the link reset lost it).
+    let resent = 0;
+    for (const e of this.entries) {
+      if (e.cached && e.epoch === this.epoch && e.seq > seqReceived && e.waitingMirrors.has(m.peer)) {
+        this.send(m.peer, this.writeMsg(e));
+        resent++;
+      }
+    }
+    for (const f of this.flushes) {
+      if (f.stage === 'flushing' && f.waitingMirrors.has(m.peer)) this.send(m.peer, { type: 'flush', epoch: this.epoch, flushId: f.flushId, seq: f.upTo });
+    }
+    this.log('info', 'mirror_joined', { peer: m.peer, seqReceived, resent });
+  }
+
+  private startResync(m: MirrorState): void {
     m.sync = 'resyncing';
     m.progressDecile = 0;
     m.lastRefillMs = this.nowMs;
@@ -638,14 +643,18 @@ export class Primary implements Role {
     }
   }
 
+  /**
+   * A mirror could not perform a write: it no longer holds the volume, whatever the policy, so
+   * it is degraded (its missed regions go to the bitmap and a resync repairs them). Under
+   * `block` the host also gets the error, since the strict guarantee was not met for that write.
+   */
   private onWriteStatus(m: MirrorState, seq: Seq, sense: SenseInfo): void {
     this.log('error', 'mirror_write_failed', { peer: m.peer, seq, message: sense.message });
-    if (this.cfg.onMirrorLoss === 'degrade') {
-      this.degrade(m, `write ${seq} failed on its storage: ${sense.message}`);
-      return;
+    if (this.cfg.onMirrorLoss === 'block') {
+      const e = this.entries.find((x) => x.epoch === this.epoch && x.seq === seq);
+      if (e !== undefined && !e.done) e.sense ??= sense;
     }
-    const e = this.entries.find((x) => x.epoch === this.epoch && x.seq === seq);
-    if (e !== undefined) e.sense ??= sense;
+    this.degrade(m, `write ${seq} failed on its storage: ${sense.message}`);
   }
 
   private onFlushAck(m: MirrorState, flushId: bigint, sense: SenseInfo | undefined): void {
@@ -653,11 +662,8 @@ export class Primary implements Role {
     if (f === undefined) return; // a re-sent flush acked twice
     if (sense !== undefined) {
       this.log('error', 'mirror_flush_failed', { peer: m.peer, message: sense.message });
-      if (this.cfg.onMirrorLoss === 'degrade') {
-        this.degrade(m, `flush failed: ${sense.message}`);
-        return;
-      }
-      f.sense ??= sense;
+      if (this.cfg.onMirrorLoss === 'block') f.sense ??= sense;
+      this.degrade(m, `flush failed: ${sense.message}`);
     }
     f.waitingMirrors.delete(m.peer);
   }
@@ -668,6 +674,7 @@ export class Primary implements Role {
   private degrade(m: MirrorState, reason: string): void {
     if (m.sync !== 'inSync') return;
     m.sync = 'degraded';
+    m.degradedAtMs = this.nowMs;
     m.regionsDone = 0;
     let missed = 0;
     for (const e of this.entries) {
@@ -722,6 +729,8 @@ export class Primary implements Role {
       if (this.cfg.onMirrorLoss === 'degrade' && m.sync === 'inSync' && m.link !== 'ready' && this.nowMs - m.downSinceMs >= this.lim.mirrorLossGraceMs) {
         this.degrade(m, `unreachable for ${this.nowMs - m.downSinceMs} ms (grace ${this.lim.mirrorLossGraceMs} ms)`);
       }
+      // Degraded while still connected (its storage failed): retry a resync after the grace period.
+      if (m.sync === 'degraded' && m.link === 'ready' && this.nowMs - m.degradedAtMs >= this.lim.mirrorLossGraceMs) this.startResync(m);
       if (m.sync === 'resyncing' && m.link === 'ready') this.resyncSome(m);
     }
     if (this.nowMs - this.lastHeartbeatMs >= this.lim.heartbeatIntervalMs) {

@@ -4,7 +4,7 @@
 
 import { Mirror, type MirrorConfig } from '../../src/core/mirror.js';
 import { Primary, type PrimaryConfig } from '../../src/core/primary.js';
-import { defaultLimits, type CacheEntry, type CoreAction, type CoreEvent, type Limits, type PeerMsg, type Role } from '../../src/core/types.js';
+import { defaultLimits, type SenseInfo, type CacheEntry, type CoreAction, type CoreEvent, type Limits, type PeerMsg, type Role } from '../../src/core/types.js';
 
 export const blockBytes = 512;
 
@@ -64,14 +64,14 @@ export class Script<R extends Role> {
   }
 
   /** Completes the oldest open I/O action whose formatted line starts with `prefix`. */
-  done(prefix: string, extra: { data?: Uint8Array } = {}): string[] {
+  done(prefix: string, extra: { data?: Uint8Array; sense?: SenseInfo } = {}): string[] {
     const i = this.open.findIndex((a) => fmt(a)!.startsWith(prefix));
     if (i < 0) throw new Error(`no open action "${prefix}"; open: ${this.open.map((a) => fmt(a)).join(' | ')}`);
     const a = this.open.splice(i, 1)[0]!;
     if (!('opId' in a)) throw new Error('unreachable');
     switch (a.type) {
       case 'cacheAppend': return this.step({ type: 'cacheAppended', opId: a.opId });
-      case 'storageWrite': return this.step({ type: 'storageWritten', opId: a.opId });
+      case 'storageWrite': return this.step(extra.sense === undefined ? { type: 'storageWritten', opId: a.opId } : { type: 'storageWritten', opId: a.opId, sense: extra.sense });
       case 'storageRead': return this.step({ type: 'storageRead', opId: a.opId, data: extra.data ?? new Uint8Array(a.lengthBytes) });
       case 'storageFlush': return this.step({ type: 'storageFlushed', opId: a.opId });
       case 'bitmapSet': return this.step({ type: 'bitmapPersisted', opId: a.opId });

@@ -67,14 +67,24 @@ describe('mirror: receive, cache, perform, ack (claims 11, 17)', () => {
     expect(t.done('storageFlush')).toEqual(['send local flushAck #4', 'cacheDrop s1']);
   });
 
-  it('reports a failed storage write per write before the cumulative ack', () => {
+  it('reports a failed storage write, never acks past it, and repeats the report on every join until resynced', () => {
     const t = joined();
-    const actions = t.role.step({ type: 'recv', peer: 'local', msg: writeMsg(1n, 0, 512) }, 0);
-    const w = actions.find((a) => a.type === 'storageWrite')!;
-    const c = actions.find((a) => a.type === 'cacheAppend')!;
-    t.role.step({ type: 'cacheAppended', opId: (c as { opId: number }).opId }, 0);
-    t.step({ type: 'storageWritten', opId: (w as { opId: number }).opId, sense: { key: 3, asc: 0x0c, ascq: 0, message: 'east.img at LBA 0: write error' } });
-    expect(t.last.filter((a) => a.type === 'send').map((a) => (a.type === 'send' ? a.msg.type : ''))).toEqual(['writeStatus', 'ack']);
+    t.recv('local', writeMsg(1n, 0, 512));
+    t.recv('local', writeMsg(2n, 1024, 512));
+    t.done('cacheAppend s1');
+    t.done('cacheAppend s2');
+    t.done('storageWrite @1024');
+    expect(t.openActions()).toEqual(['storageWrite @0+512']);
+    // The write of s1 fails on storage.
+    expect(t.done('storageWrite @0', { sense: { key: 3, asc: 0x0c, ascq: 0, message: 'east.img at LBA 0: write error' } }))
+      .toEqual(['send local writeStatus s1 east.img at LBA 0: write error']); // no ack for s1 nor s2
+    // The link drops (the status may be lost with it): the next join repeats it.
+    t.step({ type: 'peerDown', peer: 'local' });
+    t.step({ type: 'peerUp', peer: 'local' });
+    expect(t.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local resyncRequest e1 received s2', 'send local writeStatus s1 east.img at LBA 0: write error']);
+    // Resync data means the primary degraded us: the stuck entries are flushed, dropped, superseded.
+    expect(t.recv('local', { type: 'resyncData', epoch: 1n, resyncId: 1n, offsetBytes: 0, payload: new Uint8Array(1024) })).toEqual(['storageFlush']);
+    expect(t.done('storageFlush')).toEqual(['cacheDrop s1,s2', 'storageWrite @0+1024 fua']);
   });
 });
 

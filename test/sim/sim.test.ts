@@ -11,18 +11,21 @@ describe('deterministic simulation of primary + mirrors', () => {
     let degraded = 0;
     let resyncs = 0;
     let powerCuts = 0;
+    let writeErrors = 0;
     for (let seed = 1; seed <= seedsCount; seed++) {
       const r = runSim({ seed });
       if (!r.ok) failures.push(`seed ${seed}: ${r.failures.join('; ')} (replay: npm run sim -- --seed ${seed})`);
       degraded += r.stats.degraded as number;
       resyncs += r.stats.resyncs as number;
       powerCuts += r.stats.powerCuts as number;
+      writeErrors += r.stats.writeErrors as number;
     }
     expect(failures).toEqual([]);
     // The faults the checks are meant to survive did happen (a sim that injects nothing proves nothing).
     expect(degraded).toBeGreaterThan(seedsCount / 2);
     expect(resyncs).toBeGreaterThan(seedsCount / 2);
     expect(powerCuts).toBeGreaterThan(seedsCount / 2);
+    expect(writeErrors).toBeGreaterThan(seedsCount / 10);
   });
 
   it('is deterministic: the same seed gives the same run', () => {

@@ -161,6 +161,8 @@ class Sim {
   private readonly mirrorNames: PeerId[];
   private readonly hostOps: number;
   private readonly qd: number;
+  /** Chance that a mirror's storage write fails with a MEDIUM ERROR (0 in most seeds). */
+  private readonly mirrorWriteErrorRate: number;
   // host
   private readonly writes: HostWrite[] = [];
   private readonly byHostId = new Map<number, { kind: 'write'; w: HostWrite } | { kind: 'flush'; issuedAtMs: number; syncAtIssue: PeerId[]; ackedBefore: HostWrite[] }>();
@@ -171,7 +173,7 @@ class Sim {
   private workloadDone = false;
   private busyUntilMs = 0;
   private stopped = false;
-  private readonly stats = { acked: 0, failedBusy: 0, flushes: 0, crashes: 0, powerCuts: 0, resets: 0, partitions: 0, degraded: 0, resyncs: 0, events: 0 };
+  private readonly stats = { writeErrors: 0, acked: 0, failedBusy: 0, flushes: 0, crashes: 0, powerCuts: 0, resets: 0, partitions: 0, degraded: 0, resyncs: 0, events: 0 };
 
   constructor(opts: SimOptions) {
     this.prng = new Prng(opts.seed);
@@ -185,6 +187,7 @@ class Sim {
     this.mirrorNames = ['east', 'west', 'north'].slice(0, mirrorCount);
     this.hostOps = opts.hostOps ?? 80 + p.int(120);
     this.qd = 1 + p.int(16);
+    this.mirrorWriteErrorRate = p.chance(0.2) ? 0.01 : 0;
     this.limits = {
       ...defaultLimits,
       inflightWritesMax: 2 + p.int(8),
@@ -445,6 +448,11 @@ class Sim {
         s.cache.drop(a.entries);
         break;
       case 'storageWrite':
+        if (s.role === 'mirror' && this.faults && !this.workloadDone && p.chance(this.mirrorWriteErrorRate)) {
+          this.stats.writeErrors++;
+          later(0.1 + p.float() * 4, () => this.deliver(s, { type: 'storageWritten', opId: a.opId, sense: { key: 0x3, asc: 0x0c, ascq: 0, message: `${s.name}.img at byte ${a.offsetBytes}: write error (simulated)` } }));
+          break;
+        }
         s.pendingWrites.set(a.opId, { offsetBytes: a.offsetBytes, payload: a.payload, fua: a.fua });
         later(0.1 + p.float() * 4, () => {
           s.pendingWrites.delete(a.opId);
@@ -566,6 +574,10 @@ class Sim {
         // Backpressure: the host backs off before trying again.
         this.busyUntilMs = this.sched.now + 1 + this.prng.float() * 4;
         this.sched.at(this.busyUntilMs, () => this.pump());
+      } else if (error?.kind === 'io' && this.mirrorWriteErrorRate > 0 && this.policy === 'block') {
+        // Under `block` a mirror's storage error reaches the host; the data may still be on
+        // other sites, so the write's outcome is unknown to the checker.
+        op.w.status = 'unknown';
       } else if (error !== undefined) {
         this.fail(`write ${op.w.id} failed: ${error.message}`);
       } else {
@@ -575,7 +587,7 @@ class Sim {
       }
     } else if (error === undefined) {
       this.checkFlush(op.syncAtIssue, op.ackedBefore);
-    } else if (error.kind !== 'busy') {
+    } else if (error.kind !== 'busy' && !(error.kind === 'io' && this.mirrorWriteErrorRate > 0 && this.policy === 'block')) {
       this.fail(`flush failed: ${error.message}`);
     }
     // Pace the host a little so the network and faults interleave with the workload.
