@@ -7,7 +7,9 @@
 interface Entry { readonly epoch: bigint; readonly seq: bigint; readonly bytes: number }
 
 export class InflightWindow {
-  private readonly entries = new Map<string, Entry>();
+  // Keyed by seq (a bigint key compares by value); the epoch is checked on ack. Building a
+  // string key from two bigints cost more than the rest of the receive path per frame.
+  private readonly entries = new Map<bigint, Entry>();
   private dataBytes = 0;
 
   constructor(readonly writesMax: number, readonly bytesMax: number) {
@@ -30,18 +32,21 @@ export class InflightWindow {
   }
 
   add(epoch: bigint, seq: bigint, bytes: number): void {
-    const key = `${epoch}:${seq}`;
-    const old = this.entries.get(key);
-    if (old !== undefined) this.dataBytes -= old.bytes; // a re-sent write counts once
-    this.entries.set(key, { epoch, seq, bytes });
+    const old = this.entries.get(seq);
+    if (old !== undefined) {
+      // A re-sent write counts once (same seq in a newer epoch replaces it). Re-insert so the
+      // map stays in arrival order for ackUpTo.
+      this.dataBytes -= old.bytes;
+      this.entries.delete(seq);
+    }
+    this.entries.set(seq, { epoch, seq, bytes });
     this.dataBytes += bytes;
   }
 
   ackOne(epoch: bigint, seq: bigint): void {
-    const key = `${epoch}:${seq}`;
-    const e = this.entries.get(key);
-    if (e === undefined) return;
-    this.entries.delete(key);
+    const e = this.entries.get(seq);
+    if (e === undefined || e.epoch !== epoch) return;
+    this.entries.delete(seq);
     this.dataBytes -= e.bytes;
   }
 

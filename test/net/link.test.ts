@@ -311,3 +311,25 @@ describe('Link timers (ManualClock)', () => {
     expect(link.peer).toBe('east');
   });
 });
+
+describe('InflightWindow', () => {
+  it('counts a re-sent write once, acks one by (epoch, seq) and cumulatively up to (epoch, seq)', async () => {
+    const { InflightWindow } = await import('../../src/net/index.js');
+    const w = new InflightWindow(3, 100);
+    w.add(1n, 1n, 10);
+    w.add(1n, 2n, 10);
+    w.add(1n, 2n, 10); // re-sent
+    expect([w.writes, w.bytes]).toEqual([2, 20]);
+    w.ackOne(2n, 1n); // wrong epoch: no effect
+    expect(w.writes).toBe(2);
+    w.add(1n, 3n, 80);
+    expect([w.open, w.fits(1)]).toEqual([false, false]);
+    w.ackOne(1n, 2n);
+    expect([w.writes, w.bytes, w.fits(10), w.fits(11)]).toEqual([2, 90, true, false]);
+    w.add(2n, 4n, 5);
+    w.ackUpTo(1n, 3n);
+    expect([w.writes, w.bytes]).toEqual([1, 5]);
+    w.ackUpTo(2n, 4n);
+    expect([w.writes, w.bytes]).toEqual([0, 0]);
+  });
+});
