@@ -7,6 +7,9 @@ import { registerKeygen } from './keygen.js';
 import { registerSite } from './site.js';
 import { registerStatus } from './status.js';
 import { registerStart } from './start.js';
+import { registerVerify } from './verify.js';
+import { registerDevices } from './devices.js';
+import { registerFlash } from './flash.js';
 
 const require = createRequire(import.meta.url);
 const pkg = require('../../package.json') as { version: string; description: string };
@@ -23,5 +26,8 @@ export function buildProgram(): Command {
   registerStatus(program);
   registerKeygen(program);
   registerStart(program);
+  registerVerify(program);
+  registerDevices(program);
+  registerFlash(program);
   return program;
 }

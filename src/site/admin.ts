@@ -1,9 +1,11 @@
-// The admin HTTP server of a site (issue 5 item 8, issue 8 item 3): GET /status (JSON from
-// the runtime) and GET /metrics (Prometheus text). Read-only on purpose: nothing on this
+// The admin HTTP server of a site (issue 5 item 8, issue 8 items 2-3): GET /status (JSON from
+// the runtime), GET /metrics (Prometheus text) and GET /checksums (per-region digests of the
+// site's storage for geomirror verify, src/site/checksums.ts). Read-only on purpose: nothing on this
 // port changes a replica, so exposing it to a monitoring network cannot corrupt data.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
+import { ChecksumRequestError, type ChecksumAnswer } from './checksums.js';
 import type { Logger } from './log.js';
 import type { SiteStatus } from './status.js';
 
@@ -16,6 +18,8 @@ export interface AdminServerOptions {
   port: number;
   status: () => SiteStatus | Promise<SiteStatus>;
   registry: Registry;
+  /** GET /checksums (geomirror verify): validates the query, digests this site's storage regions. */
+  checksums?: (query: URLSearchParams) => Promise<ChecksumAnswer>;
   log?: Logger;
 }
 
@@ -67,8 +71,9 @@ function listen(server: Server, host: string, port: number): Promise<void> {
 }
 
 async function handle(options: AdminServerOptions, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const path = new URL(req.url ?? '/', 'http://admin').pathname;
-  const known = path === '/status' || path === '/metrics';
+  const url = new URL(req.url ?? '/', 'http://admin');
+  const path = url.pathname;
+  const known = path === '/status' || path === '/metrics' || path === '/checksums';
   if (known && req.method !== 'GET' && req.method !== 'HEAD') {
     res.setHeader('Allow', 'GET, HEAD');
     send(res, 405, 'text/plain; charset=utf-8', `${req.method} not allowed on ${path}; use GET\n`);
@@ -80,6 +85,14 @@ async function handle(options: AdminServerOptions, req: IncomingMessage, res: Se
   } else if (path === '/metrics') {
     const text = await options.registry.metrics();
     send(res, 200, options.registry.contentType, text);
+  } else if (path === '/checksums' && options.checksums) {
+    try {
+      const answer = await options.checksums(url.searchParams);
+      send(res, 200, 'application/json; charset=utf-8', `${JSON.stringify(answer)}\n`);
+    } catch (err) {
+      if (!(err instanceof ChecksumRequestError)) throw err;
+      send(res, err.httpStatus, 'text/plain; charset=utf-8', `${err.message}\n`);
+    }
   } else {
     send(res, 404, 'text/plain; charset=utf-8', `no ${path} here; try /status or /metrics\n`);
   }

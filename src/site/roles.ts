@@ -7,6 +7,7 @@ import { regionCount } from '../core/regions.js';
 import { defaultLimits } from '../core/types.js';
 import type { Role } from './config.js';
 import { replicaExport } from './host-export.js';
+import { regionChecksums } from './checksums.js';
 import { componentLogger } from './log.js';
 import { openSiteDevices, Replica, type ReplicaOptions } from './replica.js';
 import type { RoleRuntime, SiteContext, SiteRuntime } from './run.js';
@@ -55,6 +56,9 @@ async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
       await replica.stop();
     },
     done: replica.done,
+    // geomirror verify: digests of this site's own replica, read through its array (claim 4's
+    // reads path), so a mirror and the primary are compared on what each would serve.
+    checksums: (req) => regionChecksums(devices.array, config.volume.sizeBytes, req),
   };
 }
 

@@ -13,6 +13,7 @@ import { statSync } from 'node:fs';
 import { checkGeography, type GeoReport } from '../core/geo.js';
 import { readSecret, type ClusterConfig, type SiteDevice, type Role, type SiteConfig } from './config.js';
 import { startAdminServer, type AdminServer } from './admin.js';
+import { ChecksumRequestError, parseChecksumQuery, type ChecksumAnswer, type ChecksumRequest } from './checksums.js';
 import { componentLogger, createLogger, type Logger } from './log.js';
 import { createSiteMetrics, type SiteMetrics } from './metrics.js';
 import { roleRuntimes } from './roles.js';
@@ -42,6 +43,11 @@ export interface SiteRuntime {
    * died) makes the site process exit non-zero after stop().
    */
   done?: Promise<void>;
+  /**
+   * Optional, on sites with storage: per-region digests of this site's own storage, for
+   * `geomirror verify` (GET /checksums on the admin port). The request is already validated.
+   */
+  checksums?(req: ChecksumRequest): Promise<ChecksumAnswer>;
 }
 
 export type RoleRuntime = (ctx: SiteContext) => Promise<SiteRuntime>;
@@ -106,7 +112,7 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   let runtime: SiteRuntime | undefined;
   const starting = (): SiteStatus => startingStatus(config, site, startedAtMs);
   const admin = site.admin
-    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => runtime?.status() ?? starting(), registry: metrics.registry, log: componentLogger(log, 'admin') })
+    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => runtime?.status() ?? starting(), checksums: (q) => siteChecksums(config, site, runtime, q), registry: metrics.registry, log: componentLogger(log, 'admin') })
     : undefined;
   try {
     runtime = await runtimeFactory({ config, site, secret, log, metrics, ...(geo ? { geo } : {}) });
@@ -137,6 +143,24 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
         }
       })()),
   };
+}
+
+/** At most one checksum request runs per site: a verify reads the whole disk, twice would halve both. */
+const checksumsBusy = new WeakSet<SiteConfig>();
+
+/** GET /checksums: validated here against the volume, computed by the runtime over its storage. */
+async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: SiteRuntime | undefined, query: URLSearchParams): Promise<ChecksumAnswer> {
+  if (runtime?.checksums === undefined) {
+    throw new ChecksumRequestError(runtime === undefined ? `site ${site.name} is still starting; retry in a moment` : `site ${site.name} (${site.role}) keeps no storage to checksum`, 503);
+  }
+  const req = parseChecksumQuery(query, config.volume.sizeBytes, config.volume.blockSize);
+  if (checksumsBusy.has(site)) throw new ChecksumRequestError(`site ${site.name} is already computing checksums for another verify; retry when it is done`, 503);
+  checksumsBusy.add(site);
+  try {
+    return await runtime.checksums(req);
+  } finally {
+    checksumsBusy.delete(site);
+  }
 }
 
 /** What /status says before the runtime is up: nothing invented, only the file's facts. */
