@@ -13,7 +13,7 @@
 
 import { Command } from 'commander';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { createServer, connect } from 'node:net';
 import { tmpdir, cpus, loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -43,12 +43,28 @@ const workloads: Workload[] = [
 interface Result {
   readonly iops: number;
   readonly mibPerS: number;
+  /** Server CPU (user + system, all threads) per I/O; undefined when it cannot be measured. */
+  readonly cpuUsPerIo: number | undefined;
 }
 
 interface Target {
   readonly name: string;
   readonly uri: string;
+  /** Cumulative server CPU time in microseconds, if measurable. */
+  cpuUs(): Promise<number | undefined>;
   stop(): Promise<void>;
+}
+
+/** utime + stime of a process from /proc (Linux), in microseconds. */
+async function procCpuUs(pid: number): Promise<number | undefined> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ticks = Number(fields[11]) + Number(fields[12]); // utime, stime (fields 14, 15)
+    return (ticks / 100) * 1e6; // USER_HZ is 100 on Linux
+  } catch {
+    return undefined;
+  }
 }
 
 type ExportFactory = (file: string, sizeBytes: number) => Promise<{ export: NbdExport; close(): Promise<void> }>;
@@ -98,6 +114,11 @@ async function startOurs(file: string, sizeBytes: number, factory: ExportFactory
   return {
     name: 'geomirror',
     uri: `nbd://127.0.0.1:${port}/${made.export.name}`,
+    // This process is the server (fio runs as a child, not counted here).
+    cpuUs: async () => {
+      const u = process.cpuUsage();
+      return u.user + u.system;
+    },
     stop: async () => {
       await server.close();
       await made.close();
@@ -112,6 +133,7 @@ async function startNbdkit(file: string): Promise<Target> {
   return {
     name: 'nbdkit file',
     uri: `nbd://127.0.0.1:${port}/`,
+    cpuUs: () => procCpuUs(child.pid!),
     stop: async () => {
       const exited = new Promise((r) => child.once('exit', r));
       child.kill('SIGTERM');
@@ -120,18 +142,25 @@ async function startNbdkit(file: string): Promise<Target> {
   };
 }
 
-async function fio(uri: string, w: Workload, runtimeS: number, sizeBytes: number): Promise<Result> {
+async function fio(target: Target, w: Workload, runtimeS: number, sizeBytes: number): Promise<Result> {
+  const uri = target.uri;
+  const cpu0 = await target.cpuUs();
   const { stdout } = await run(
     'fio',
     [
       '--name=bench', '--ioengine=nbd', `--uri=${uri}`, `--rw=${w.rw}`, `--bs=${w.bs}`, `--iodepth=${w.iodepth}`,
-      `--size=${sizeBytes}`, '--time_based=1', `--runtime=${runtimeS}`, '--ramp_time=1', '--output-format=json',
+      `--size=${sizeBytes}`, '--time_based=1', `--runtime=${runtimeS}`, '--output-format=json',
     ],
     { maxBuffer: 16 * 1024 * 1024 },
   );
   const job = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0];
   if (job.error !== 0) throw new Error(`fio reported error ${job.error} against ${uri}`);
-  return { iops: job.write.iops, mibPerS: job.write.bw / 1024 };
+  const cpu1 = await target.cpuUs();
+  // No ramp time, so the CPU measured across the run and fio's I/O count cover the same span
+  // (connection setup is included in both and is negligible against seconds of I/O).
+  const ios = job.write.total_ios as number;
+  const cpuUsPerIo = cpu0 === undefined || cpu1 === undefined || ios === 0 ? undefined : (cpu1 - cpu0) / ios;
+  return { iops: job.write.iops, mibPerS: job.write.bw / 1024, cpuUsPerIo };
 }
 
 function median(xs: number[]): number {
@@ -169,30 +198,45 @@ async function main(): Promise<void> {
   const kitFile = join(dir, 'nbdkit.img');
   await makeFile(oursFile, sizeBytes);
   await makeFile(kitFile, sizeBytes);
-  const ours = o.oursUri !== undefined ? { name: 'geomirror', uri: o.oursUri, stop: async () => {} } : await startOurs(oursFile, sizeBytes, factory);
+  const ours: Target =
+    o.oursUri !== undefined
+      ? { name: 'geomirror', uri: o.oursUri, cpuUs: async () => undefined, stop: async () => {} }
+      : await startOurs(oursFile, sizeBytes, factory);
   const kit = await startNbdkit(kitFile);
+  console.log('Note: ratios of IOPS depend on machine load (a one-thread event loop loses CPU share to');
+  console.log('multi-threaded nbdkit when other work competes); CPU per I/O is the steadier comparison.');
   console.log(`bench:nbd  ${cpus().length} CPUs, load ${loadavg().map((l) => l.toFixed(1)).join(' ')}, ${o.sizeMib} MiB volume, ${runtimeS} s x ${repeats} alternating runs`);
   console.log(`  ours:   ${ours.uri}\n  nbdkit: ${kit.uri}`);
-  const rows: { workload: string; ours: Result; nbdkit: Result; ratio: number; goal: number | undefined; runs: { ours: number[]; nbdkit: number[] } }[] = [];
+  const rows: {
+    workload: string;
+    ours: Result;
+    nbdkit: Result;
+    ratio: number;
+    goal: number | undefined;
+    runs: { ours: number[]; nbdkit: number[] };
+  }[] = [];
   try {
     for (const w of workloads) {
       const oursIops: number[] = [];
       const kitIops: number[] = [];
       const oursMib: number[] = [];
       const kitMib: number[] = [];
+      const oursCpu: number[] = [];
+      const kitCpu: number[] = [];
       for (let i = 0; i < repeats; i++) {
         // Alternate who goes first so drift (page cache, other load) does not favour one side.
         const order = i % 2 === 0 ? [ours, kit] : [kit, ours];
         for (const t of order) {
-          const r = await fio(t.uri, w, runtimeS, sizeBytes);
+          const r = await fio(t, w, runtimeS, sizeBytes);
           (t === kit ? kitIops : oursIops).push(r.iops);
           (t === kit ? kitMib : oursMib).push(r.mibPerS);
+          if (r.cpuUsPerIo !== undefined) (t === kit ? kitCpu : oursCpu).push(r.cpuUsPerIo);
         }
       }
       const row = {
         workload: w.label,
-        ours: { iops: median(oursIops), mibPerS: median(oursMib) },
-        nbdkit: { iops: median(kitIops), mibPerS: median(kitMib) },
+        ours: { iops: median(oursIops), mibPerS: median(oursMib), cpuUsPerIo: oursCpu.length ? median(oursCpu) : undefined },
+        nbdkit: { iops: median(kitIops), mibPerS: median(kitMib), cpuUsPerIo: kitCpu.length ? median(kitCpu) : undefined },
         ratio: median(oursIops) / median(kitIops),
         goal: w.goalRatio,
         runs: { ours: oursIops.map(Math.round), nbdkit: kitIops.map(Math.round) },
@@ -204,6 +248,8 @@ async function main(): Promise<void> {
           `nbdkit ${row.nbdkit.iops.toFixed(0).padStart(7)} IOPS ${row.nbdkit.mibPerS.toFixed(1).padStart(7)} MiB/s | ratio ${row.ratio.toFixed(2)}x${goal}` +
           `  runs ours [${row.runs.ours.join(', ')}] nbdkit [${row.runs.nbdkit.join(', ')}]`,
       );
+      const cpu = (r: Result) => (r.cpuUsPerIo === undefined ? 'n/a' : `${r.cpuUsPerIo.toFixed(0)} us`);
+      console.log(`${''.padEnd(18)} server CPU per I/O: ours ${cpu(row.ours)}, nbdkit ${cpu(row.nbdkit)} (load-independent efficiency)`);
     }
   } finally {
     await ours.stop();
