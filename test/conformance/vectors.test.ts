@@ -8,6 +8,7 @@ import {
   MessageReader,
   ProtocolError,
   encodeFrame,
+  messageSpecs,
   type Message,
 } from '../../src/wire/index.js';
 import { loadVectors } from './load.js';
@@ -52,7 +53,7 @@ describe('vectors.json', () => {
 
   it('covers every message type and every framing error code', () => {
     const types = new Set(v.messages.map((m) => m.fields.type));
-    for (const t of ['HELLO', 'CHALLENGE', 'RESPONSE', 'WELCOME', 'REFUSE', 'WRITE', 'WRITE_ACK', 'ACK', 'FLUSH', 'FLUSH_ACK', 'HEARTBEAT', 'STATUS_REQUEST', 'STATUS_REPLY', 'RESYNC_REQUEST', 'RESYNC_DATA', 'RESYNC_ACK', 'EPOCH', 'FENCE', 'ERROR']) {
+    for (const t of messageSpecs.map((x) => x.name)) {
       expect(types.has(t as Message['type']), t).toBe(true);
     }
     const codes = new Set([...v.refusals.map((r) => r.code), ...v.handshakes.map((h) => h.code)]);
