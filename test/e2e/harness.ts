@@ -43,6 +43,8 @@ export interface ClusterOptions {
   cacheBytes?: number;
   onMirrorLoss?: 'block' | 'degrade';
   mirrors?: string[];
+  /** Extra environment of every site process; default fastLinkEnv (short link timing). */
+  env?: Record<string, string>;
 }
 
 export interface SiteProc {
@@ -73,7 +75,7 @@ export class Cluster {
   }
 
   static async create(options: ClusterOptions = {}): Promise<Cluster> {
-    const c = new Cluster({ volumeBytes: 64 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024, onMirrorLoss: 'degrade', mirrors: ['east', 'west'], ...options });
+    const c = new Cluster({ volumeBytes: 64 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024, onMirrorLoss: 'degrade', mirrors: ['east', 'west'], env: fastLinkEnv, ...options });
     await c.writeFiles();
     return c;
   }
@@ -118,7 +120,7 @@ export class Cluster {
     log.write(`----- life ${++s.lives} -----\n`);
     const child = spawn(process.execPath, [bin, 'site', '--config', this.configPath, '--site', name], {
       cwd: this.dir,
-      env: { ...process.env, ...fastLinkEnv, GEOMIRROR_LOG_FORMAT: 'json', NO_COLOR: '1' },
+      env: { ...process.env, ...this.opts.env, GEOMIRROR_LOG_FORMAT: 'json', NO_COLOR: '1' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     child.stdout!.pipe(log, { end: false });
