@@ -159,9 +159,19 @@ async function main(): Promise<void> {
   const ratios: number[] = [];
   const linkRatios: number[] = [];
   const mibps = (s: number) => (frames * payloadBytes) / s / 1048576;
+  // Besides wall-clock MiB/s, MiB per CPU-second of this process (user + system: both socket
+  // ends and the kernel's loopback copies run in it). On a loaded machine the wall clock
+  // measures the scheduler; CPU time still measures the work each path does.
+  const cpuRaw: number[] = [];
+  const cpuFramed: number[] = [];
+  const cpuLink: number[] = [];
+  let lastCpu = 0;
   const once1 = async (fn: (a: Socket, b: Socket) => Promise<number>) => {
     const [x, y] = await socketPair();
+    const c0 = process.cpuUsage();
     const v = mibps(await fn(x, y));
+    const c = process.cpuUsage(c0);
+    lastCpu = (frames * payloadBytes) / ((c.user + c.system) / 1e6) / 1048576;
     x.destroy();
     y.destroy();
     return v;
@@ -176,12 +186,17 @@ async function main(): Promise<void> {
     let ff: number;
     if (r % 2 === 0) {
       rr = await once1(runRaw);
+      cpuRaw.push(lastCpu);
       ff = await once1(runFramed);
+      cpuFramed.push(lastCpu);
     } else {
       ff = await once1(runFramed);
+      cpuFramed.push(lastCpu);
       rr = await once1(runRaw);
+      cpuRaw.push(lastCpu);
     }
     const ll = await once1(runLink);
+    cpuLink.push(lastCpu);
     raw.push(rr);
     framed.push(ff);
     viaLink.push(ll);
@@ -194,6 +209,9 @@ async function main(): Promise<void> {
   console.log(`through Link.send()   : median ${median(viaLink).toFixed(0)} MiB/s  [${fmt(viaLink)}]`);
   console.log(`ratio framed/unframed : ${median(ratios).toFixed(3)}x median of ${rounds} adjacent-run ratios (goal >= 0.85x)  [${ratios.map((x) => x.toFixed(2)).join(' ')}]`);
   console.log(`ratio Link/unframed   : ${median(linkRatios).toFixed(3)}x`);
+  const cr = median(cpuRaw);
+  console.log(`per CPU-second        : unframed ${cr.toFixed(0)}, framed ${median(cpuFramed).toFixed(0)} (${(median(cpuFramed) / cr).toFixed(3)}x), Link ${median(cpuLink).toFixed(0)} (${(median(cpuLink) / cr).toFixed(3)}x) MiB per CPU-s`);
+  console.log(`load average          : ${(await import('node:os')).loadavg().map((x) => x.toFixed(1)).join(' ')} on ${(await import('node:os')).cpus().length} CPUs`);
 
   console.log('\nchecksums (ns per call):');
   for (const size of [20, 4096 + 40]) {
