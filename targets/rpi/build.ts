@@ -1,0 +1,122 @@
+// `npm run build:rpi` (node --import tsx targets/rpi/build.ts [--out-dir DIR]): builds on any
+// Linux machine the Raspberry Pi bundle geomirror-<version>-linux-arm64.tar.gz (issue 11):
+//
+//   geomirror-<version>-linux-arm64/
+//     bin/geomirror                 runs lib/src/cli/main.js with the system's node (>= 20)
+//     lib/                          compiled JavaScript (tsc, tsconfig.build.json) + package.json
+//     lib/node_modules/             production dependencies with their linux-arm64 native parts
+//     systemd/geomirror@.service    one unit instance per site
+//     install.sh                    user, config, key, unit, udev rules
+//     README.md
+//
+// Native parts: serialport's @serialport/bindings-cpp carries prebuilds/linux-arm64 inside the
+// package (node-gyp-build picks it at load time); usb and @node-rs/crc32 are napi-rs packages
+// whose binaries are per-platform optional dependencies, which `npm install --os=linux
+// --cpu=arm64 --libc=glibc` selects. Install scripts are skipped: nothing compiles, and nothing
+// is fetched when the Pi runs it.
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { bundleFileName } from './flash.js';
+
+const here = fileURLToPath(new URL('.', import.meta.url));
+const root = resolve(here, '../..');
+
+/** Native files the bundle must carry, relative to lib/node_modules; checked after install. */
+export const arm64NativeParts = [
+  '@node-usb/usb-linux-arm64-gnu',
+  '@node-rs/crc32-linux-arm64-gnu',
+  '@serialport/bindings-cpp/prebuilds/linux-arm64',
+] as const;
+
+/** Dependencies that only serve development (tsx runs TypeScript; the bundle ships JavaScript). */
+const devOnlyDeps = ['tsx'];
+
+export interface BuildResult {
+  tarball: string;
+  sha256: string;
+  version: string;
+}
+
+function run(cmd: string, args: string[], cwd: string): void {
+  execFileSync(cmd, args, { cwd, stdio: ['ignore', 'inherit', 'inherit'] });
+}
+
+/** Package folders that never run: pino 9.3.0 alone ships 400 MB of test binaries in test/pkg. */
+const prunedPackageDirs = new Set(['test', 'tests', '__tests__', 'benchmarks', 'benchmark', 'bench', 'docs', 'example', 'examples', '.github']);
+
+function pruneNodeModules(nm: string): void {
+  const packages = readdirSync(nm).flatMap((n) => (n.startsWith('@') ? readdirSync(join(nm, n)).map((m) => join(nm, n, m)) : n.startsWith('.') ? [] : [join(nm, n)]));
+  for (const dir of packages) {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      if (entry.isDirectory() && prunedPackageDirs.has(entry.name)) rmSync(join(dir, entry.name), { recursive: true, force: true });
+    }
+  }
+}
+
+export function buildBundle(outDir = join(here, 'dist')): BuildResult {
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
+    name: string;
+    version: string;
+    description: string;
+    license: string;
+    engines: Record<string, string>;
+    dependencies: Record<string, string>;
+  };
+  const name = `geomirror-${pkg.version}-linux-arm64`;
+  const work = join(here, 'build');
+  rmSync(work, { recursive: true, force: true });
+  const log = (line: string): void => void process.stderr.write(`build:rpi: ${line}\n`);
+
+  log('compiling TypeScript (targets/rpi/tsconfig.build.json)');
+  run(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(here, 'tsconfig.build.json')], root);
+
+  const stage = join(work, 'stage', name);
+  const lib = join(stage, 'lib');
+  mkdirSync(lib, { recursive: true });
+  for (const dir of ['src', 'hal', 'targets']) cpSync(join(work, 'js', dir), join(lib, dir), { recursive: true });
+
+  const dependencies = Object.fromEntries(Object.entries(pkg.dependencies).filter(([n]) => !devOnlyDeps.includes(n)));
+  writeFileSync(
+    join(lib, 'package.json'),
+    JSON.stringify({ name: pkg.name, version: pkg.version, description: pkg.description, license: pkg.license, type: 'module', private: true, engines: pkg.engines, dependencies }, null, 2) + '\n',
+  );
+  // The project's lock file pins every transitive version; npm drops what only tsx needed.
+  cpSync(join(root, 'package-lock.json'), join(lib, 'package-lock.json'));
+  log('installing production dependencies for linux-arm64 (glibc)');
+  run('npm', ['install', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--os=linux', '--cpu=arm64', '--libc=glibc'], lib);
+  rmSync(join(lib, 'package-lock.json'));
+  const nm = join(lib, 'node_modules');
+  for (const part of arm64NativeParts) {
+    if (!existsSync(join(nm, part))) throw new Error(`build:rpi: ${part} is missing from the arm64 install; the bundle would not load on a Pi (check the npm registry and the package versions in package.json)`);
+  }
+  pruneNodeModules(nm);
+  // Other platforms' prebuilds are dead weight on a Pi.
+  const prebuilds = join(nm, '@serialport', 'bindings-cpp', 'prebuilds');
+  for (const dir of readdirSync(prebuilds)) if (dir !== 'linux-arm64') rmSync(join(prebuilds, dir), { recursive: true, force: true });
+
+  mkdirSync(join(stage, 'bin'));
+  // Dynamic import keeps this extensionless file valid whatever module type node assumes for it.
+  writeFileSync(join(stage, 'bin', 'geomirror'), "#!/usr/bin/env node\nimport('../lib/src/cli/main.js');\n");
+  chmodSync(join(stage, 'bin', 'geomirror'), 0o755);
+  mkdirSync(join(stage, 'systemd'));
+  cpSync(join(here, 'geomirror@.service'), join(stage, 'systemd', 'geomirror@.service'));
+  cpSync(join(here, 'install.sh'), join(stage, 'install.sh'));
+  chmodSync(join(stage, 'install.sh'), 0o755);
+  cpSync(join(here, 'README.md'), join(stage, 'README.md'));
+
+  mkdirSync(outDir, { recursive: true });
+  const tarball = join(outDir, bundleFileName(pkg.version));
+  log(`packing ${tarball}`);
+  run('tar', ['--sort=name', '--owner=0', '--group=0', '--numeric-owner', '--mtime=@0', '-czf', tarball, '-C', join(work, 'stage'), name], root);
+  const sha256 = createHash('sha256').update(readFileSync(tarball)).digest('hex');
+  log(`done: ${tarball} sha256 ${sha256}`);
+  return { tarball, sha256, version: pkg.version };
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const i = process.argv.indexOf('--out-dir');
+  buildBundle(i > 0 && process.argv[i + 1] ? resolve(process.argv[i + 1]!) : undefined);
+}
