@@ -9,7 +9,7 @@
 // command is then reported as failed-retryable; device.ts decides whether to retry.
 
 import * as BufferLayout from 'buffer-layout';
-import type { UsbDeviceLike } from './webusb.js';
+import type { TransferStatus, UsbDeviceLike } from './webusb.js';
 
 export const cbwSignature = 0x43425355; // "USBC" little-endian
 export const cswSignature = 0x53425355; // "USBS"
@@ -134,7 +134,7 @@ export class BotTransport {
     if (dir === 'out' && dataOut?.byteLength !== len) throw new RangeError(`data-out of ${dataOut?.byteLength} bytes for a ${len}-byte transfer`);
 
     // Command transport (BOT 5.1). A stall here means the device refused the CBW itself.
-    const sent = await this.io(() => this.dev.transferOut(this.endpointOut, encodeCbw(tag, len, dir === 'in', cdb), this.timeoutMs), 'CBW');
+    const sent = await this.io(() => this.bulkOut(encodeCbw(tag, len, dir === 'in', cdb)), 'CBW');
     if (sent.status !== 'ok' || sent.bytesWritten !== cbwBytes) {
       return this.fail('stall', `device did not accept the CBW (${sent.status}, ${sent.bytesWritten} bytes)`);
     }
@@ -144,7 +144,7 @@ export class BotTransport {
     let data: Buffer = Buffer.alloc(0);
     let early: Csw | undefined;
     if (dir === 'in' && len > 0) {
-      const r = await this.io(() => this.dev.transferIn(this.endpointIn, len, this.timeoutMs), 'data-in');
+      const r = await this.io(() => this.bulkIn(len), 'data-in');
       if (r.status === 'babble') return this.fail('phase-error', 'device sent more data than asked (babble)');
       if (r.status === 'stall') await this.clearHalt('in');
       else if (r.data) {
@@ -155,7 +155,7 @@ export class BotTransport {
         if (data.length > len) return this.fail('phase-error', `device sent ${data.length} bytes for a ${len}-byte data phase`);
       }
     } else if (dir === 'out' && len > 0) {
-      const r = await this.io(() => this.dev.transferOut(this.endpointOut, dataOut!, this.timeoutMs), 'data-out');
+      const r = await this.io(() => this.bulkOut(dataOut!), 'data-out');
       if (r.status === 'stall') await this.clearHalt('out');
       else if (r.status !== 'ok') return this.fail('phase-error', `data-out ended with ${r.status}`);
     }
@@ -163,10 +163,10 @@ export class BotTransport {
     // Status transport (BOT 5.3, 6.7.2 step 4): on a stall, clear it and read the CSW once more.
     let csw = early;
     if (!csw) {
-      let r = await this.io(() => this.dev.transferIn(this.endpointIn, cswBytes, this.timeoutMs), 'CSW');
+      let r = await this.io(() => this.bulkIn(cswBytes), 'CSW');
       if (r.status === 'stall') {
         await this.clearHalt('in');
-        r = await this.io(() => this.dev.transferIn(this.endpointIn, cswBytes, this.timeoutMs), 'CSW');
+        r = await this.io(() => this.bulkIn(cswBytes), 'CSW');
       }
       if (r.status !== 'ok' || !r.data) return this.fail('stall', `CSW not received (${r.status})`);
       const raw = Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
@@ -175,6 +175,30 @@ export class BotTransport {
     }
     if (csw.status === CswStatus.PHASE_ERROR) return this.fail('phase-error', 'device reported a phase error');
     return { status: csw.status as 0 | 1, data, residue: csw.dataResidue };
+  }
+
+  /**
+   * Bulk transfers with a STALL as a status, whichever way the usb package reports it: the
+   * WebUSB spec resolves with status 'stall', while usb 3.x (nusb underneath) rejects with
+   * "transferIn error: Stall". A stall is protocol, not failure (BOT 6.7), so it must not end
+   * up in the timeout/IO path that forces Reset Recovery.
+   */
+  private async bulkIn(length: number): Promise<{ data?: DataView | undefined; status: TransferStatus }> {
+    try {
+      return await this.dev.transferIn(this.endpointIn, length, this.timeoutMs);
+    } catch (e) {
+      if (isStall(e)) return { status: 'stall' };
+      throw e;
+    }
+  }
+
+  private async bulkOut(data: Uint8Array): Promise<{ bytesWritten: number; status: TransferStatus }> {
+    try {
+      return await this.dev.transferOut(this.endpointOut, data, this.timeoutMs);
+    } catch (e) {
+      if (isStall(e)) return { bytesWritten: 0, status: 'stall' };
+      throw e;
+    }
   }
 
   /** BOT 5.3.4 Reset Recovery: Mass Storage Reset, then clear HALT on Bulk-In and Bulk-Out. */
@@ -237,11 +261,20 @@ export class BotTransport {
   }
 }
 
-/** Maps what the usb package (nusb errors) or our own timer threw onto a transport error kind. */
+/** usb 3.x formats nusb's TransferError with Debug: "transferIn error: Stall". */
+export function isStall(e: unknown): boolean {
+  return e instanceof Error && /\bStall\b|LIBUSB_ERROR_PIPE/.test(e.message);
+}
+
+/**
+ * Maps what the usb package or our own timer threw onto a transport error kind. usb 3.x
+ * reports nusb's TransferError by name: Disconnected, Cancelled (which is how nusb reports a
+ * transfer that hit its timeout), Fault, Unknown; libusb-style names are accepted too.
+ */
 export function classify(e: unknown): BotErrorKind {
   if (e instanceof BotError) return e.kind;
   const m = e instanceof Error ? `${e.name} ${e.message}` : String(e);
   if (/disconnect|no such device|NotFound|ENODEV|not found/i.test(m)) return 'disconnected';
-  if (/time[d ]?out|ETIMEDOUT/i.test(m)) return 'timeout';
+  if (/time[d ]?out|ETIMEDOUT|Cancelled/i.test(m)) return 'timeout';
   return 'io';
 }

@@ -13,9 +13,9 @@ import { pattern, senseOf } from './adapter-contract.js';
 const name = 'usb:1209:0001:SIM0001';
 const opened: UsbBlockDevice[] = [];
 
-async function setup(o: { blockCount?: number; timeoutMs?: number; transferBytesMax?: number; medium?: BlockDevice } = {}) {
+async function setup(o: { blockCount?: number; timeoutMs?: number; transferBytesMax?: number; medium?: BlockDevice; stallAs?: 'throw' | 'status' } = {}) {
   const medium = o.medium ?? new MemoryDevice({ blockSizeBytes: 512, blockCount: o.blockCount ?? 256 });
-  const sim = new SimUsbDevice(medium);
+  const sim = new SimUsbDevice(medium, { stallAs: o.stallAs ?? 'throw' });
   const dev = await UsbBlockDevice.open(sim, name, { timeoutMs: o.timeoutMs ?? 150, notReadyDelayMs: 1, ...(o.transferBytesMax ? { transferBytesMax: o.transferBytesMax } : {}) });
   opened.push(dev);
   return { sim, dev, medium };
@@ -113,6 +113,25 @@ describe('USB adapter over the simulator', () => {
       expect(sim.stats.resets > 0).toBe(resets === true);
       // and the medium really holds the bytes (no silent drop behind a "success")
       expect(Buffer.compare(await sim.medium.read(40, 8), b)).toBe(0);
+    });
+  }
+
+  // usb 3.x rejects a stalled transfer ("transferIn error: Stall"); the WebUSB spec resolves
+  // with status 'stall'. Both must take the clear-halt path, not Reset Recovery.
+  for (const stallAs of ['throw', 'status'] as const) {
+    it(`a stall reported as ${stallAs === 'throw' ? 'a rejection (usb 3.x)' : "status 'stall' (WebUSB)"} clears the halt without a reset`, async () => {
+      const { sim, dev } = await setup({ stallAs });
+      const a = pattern(2 * 512, 31);
+      sim.inject({ kind: 'stall-data', on: 'write' });
+      await dev.write(9, a);
+      sim.inject({ kind: 'stall-data', on: 'read' });
+      expect(Buffer.compare(await dev.read(9, 2), a)).toBe(0);
+      expect(sim.stats.clearHalts).toBe(2);
+      expect(sim.stats.resets).toBe(0);
+      sim.mediumErrorLbas.add(100); // the device stalls data-in, then reports MEDIUM ERROR
+      const e = await senseOf(dev.read(99, 4));
+      expect([e.key, e.lba]).toEqual([SenseKey.MEDIUM_ERROR, 100]);
+      expect(sim.stats.resets).toBe(0);
     });
   }
 

@@ -48,6 +48,11 @@ export type UsbFault =
 export type CommandClass = 'read' | 'write' | 'other' | 'any';
 
 export interface SimUsbOptions {
+  /**
+   * How a STALL is reported: 'throw' as usb 3.x does (rejects with "transferIn error: Stall"),
+   * or 'status' as the WebUSB spec does (resolves with status 'stall'). Default 'throw'.
+   */
+  stallAs?: 'throw' | 'status';
   vendorId?: number;
   productId?: number;
   serialNumber?: string;
@@ -93,6 +98,7 @@ export class SimUsbDevice implements UsbDeviceLike {
   private halted = { in: false, out: false };
   private cur: Current | undefined;
   private sense: Sense = { key: 0, asc: 0, ascq: 0 };
+  private readonly stallAs: 'throw' | 'status';
 
   constructor(
     readonly medium: BlockDevice,
@@ -102,6 +108,7 @@ export class SimUsbDevice implements UsbDeviceLike {
     this.productId = o.productId ?? 0x0001;
     this.serialNumber = o.serialNumber ?? 'SIM0001';
     this.kernelDriverAttached = o.kernelDriverAttached ?? true;
+    this.stallAs = o.stallAs ?? 'throw';
     this.configuration = {
       configurationValue: 1,
       interfaces: [
@@ -145,7 +152,7 @@ export class SimUsbDevice implements UsbDeviceLike {
   }
   async claimInterface(n: number): Promise<void> {
     this.alive();
-    if (this.kernelDriverAttached) throw new Error('LIBUSB_ERROR_BUSY: interface is held by the kernel driver');
+    if (this.kernelDriverAttached) throw new Error('claimInterface error: Device or resource busy (os error 16)');
     this.iface(n).claimed = true;
   }
   async releaseInterface(n: number): Promise<void> {
@@ -155,7 +162,7 @@ export class SimUsbDevice implements UsbDeviceLike {
   async detachKernelDriver(n: number): Promise<void> {
     this.alive();
     this.iface(n);
-    if (!this.kernelDriverAttached) throw new Error('LIBUSB_ERROR_NOT_FOUND: no kernel driver attached');
+    if (!this.kernelDriverAttached) throw new Error('detachKernelDriver error: No data available (os error 61)');
     this.kernelDriverAttached = false;
   }
   async attachKernelDriver(n: number): Promise<void> {
@@ -184,7 +191,19 @@ export class SimUsbDevice implements UsbDeviceLike {
     this.halted[direction] = false;
   }
 
-  async transferOut(ep: number, data: Uint8Array, _timeoutMs?: number): Promise<{ bytesWritten: number; status: TransferStatus }> {
+  async transferOut(ep: number, data: Uint8Array, timeoutMs?: number): Promise<{ bytesWritten: number; status: TransferStatus }> {
+    const r = await this.bulkOut(ep, data, timeoutMs);
+    if (r.status === 'stall' && this.stallAs === 'throw') throw new Error('transferOut error: Stall');
+    return r;
+  }
+
+  async transferIn(ep: number, length: number, timeoutMs?: number): Promise<{ data?: DataView; status: TransferStatus }> {
+    const r = await this.bulkIn(ep, length, timeoutMs);
+    if (r.status === 'stall' && this.stallAs === 'throw') throw new Error('transferIn error: Stall');
+    return r;
+  }
+
+  private async bulkOut(ep: number, data: Uint8Array, _timeoutMs?: number): Promise<{ bytesWritten: number; status: TransferStatus }> {
     await this.tick();
     if (ep !== simEndpointOut) throw new Error(`no bulk-out endpoint ${ep}`);
     if (this.phase === 'needs-reset' || this.halted.out) return { bytesWritten: 0, status: 'stall' };
@@ -195,7 +214,7 @@ export class SimUsbDevice implements UsbDeviceLike {
     return { bytesWritten: 0, status: 'stall' };
   }
 
-  async transferIn(ep: number, length: number, timeoutMs?: number): Promise<{ data?: DataView; status: TransferStatus }> {
+  private async bulkIn(ep: number, length: number, timeoutMs?: number): Promise<{ data?: DataView; status: TransferStatus }> {
     await this.tick();
     if (ep !== simEndpointIn) throw new Error(`no bulk-in endpoint ${ep}`);
     if (this.phase === 'needs-reset' || this.halted.in) return { status: 'stall' };
@@ -365,7 +384,7 @@ export class SimUsbDevice implements UsbDeviceLike {
   }
 
   private alive(): void {
-    if (this.unplugged) throw new Error('LIBUSB_ERROR_NO_DEVICE: device disconnected');
+    if (this.unplugged) throw new Error('transfer error: Disconnected'); // as usb 3.x words nusb's error
   }
 
   /** Every call settles asynchronously, as a real transfer does, and fails once unplugged. */
@@ -377,7 +396,7 @@ export class SimUsbDevice implements UsbDeviceLike {
   private async timeOut(timeoutMs: number | undefined): Promise<never> {
     await new Promise((r) => setTimeout(r, timeoutMs ?? defaultTimeoutMs));
     this.alive();
-    throw new Error('LIBUSB_ERROR_TIMEOUT: transfer timed out');
+    throw new Error('transferIn error: Cancelled'); // nusb reports a timed-out transfer as Cancelled
   }
 }
 
