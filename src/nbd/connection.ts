@@ -74,6 +74,7 @@ export class Connection {
   private peerEnded = false; // the client shut down its sending side (or closed)
   private ended = false;
   private handshakeTimer: NodeJS.Timeout | undefined;
+  private stallTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly id: number,
@@ -93,7 +94,10 @@ export class Connection {
       this.parser.feed(chunk);
       this.pump();
     });
-    socket.on('drain', () => this.pump());
+    socket.on('drain', () => {
+      this.clearStall();
+      this.pump();
+    });
     socket.on('end', () => this.onPeerEnd());
     socket.on('error', (err) => this.log().debug({ err: err.message }, 'socket error'));
     socket.on('close', () => this.onClose());
@@ -136,11 +140,12 @@ export class Connection {
   private pump(): void {
     const l = this.host.limits;
     while (!this.stopReading && !this.ended) {
-      if (
-        this.inflightRequests >= l.requestsInflightMax ||
-        this.inflightBytes >= l.inflightBytesMax ||
-        this.socket.writableLength > l.replyQueueBytesMax
-      ) {
+      const replyQueueFull = this.socket.writableLength > l.replyQueueBytesMax;
+      if (replyQueueFull && this.stallTimer === undefined) {
+        this.stallTimer = setTimeout(() => this.hardDisconnect(`replies not read for ${l.replyStallTimeoutMs} ms`), l.replyStallTimeoutMs);
+        this.stallTimer.unref();
+      }
+      if (this.inflightRequests >= l.requestsInflightMax || this.inflightBytes >= l.inflightBytesMax || replyQueueFull) {
         this.socket.pause(); // resumed by pump() when a request completes or the socket drains
         return;
       }
@@ -551,9 +556,15 @@ export class Connection {
     if (this.parser.midMessage) this.log().debug({ conn: this.id, heldBytes: this.parser.heldBytes }, 'client closed mid-message');
   }
 
+  private clearStall(): void {
+    if (this.stallTimer !== undefined) clearTimeout(this.stallTimer);
+    this.stallTimer = undefined;
+  }
+
   private onClose(): void {
     this.ended = true;
     this.stopReading = true;
+    this.clearStall();
     this.host.budget.forget(this.retryPump);
     // A write cut off mid-payload never completes: give its admitted bytes back.
     const partial = this.parser.admittedPendingBytes;

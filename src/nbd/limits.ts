@@ -24,6 +24,11 @@ export interface NbdLimits {
   readonly serverPayloadBytesMax: number;
   /** Reply bytes queued in the socket for a client that does not read; beyond it we stop reading. */
   readonly replyQueueBytesMax: number;
+  /**
+   * A client whose queued replies do not drain for this long is disconnected, so a client that
+   * stops reading cannot hold reply memory (and the server-wide budget) forever.
+   */
+  readonly replyStallTimeoutMs: number;
   /** Connections served at once; more are refused (NBD_REP_ERR_POLICY, then closed). */
   readonly connectionsMax: number;
   /** Refused connections kept open long enough to say why; beyond it they are closed at once. */
@@ -47,6 +52,7 @@ export const defaultNbdLimits: NbdLimits = {
   inflightBytesMax: 128 * 1024 * 1024,
   serverPayloadBytesMax: 512 * 1024 * 1024,
   replyQueueBytesMax: 64 * 1024 * 1024,
+  replyStallTimeoutMs: 60_000,
   connectionsMax: 1024,
   refusedConnectionsMax: 64,
   handshakeTimeoutMs: 30_000,

@@ -471,6 +471,17 @@ describe('hostile clients', () => {
     expect((await other.c.readSimpleReply(16)).cookie).toBe(3n);
   });
 
+  it('a client that never reads its replies is disconnected after the stall timeout, freeing memory', async () => {
+    await start({ limits: { replyQueueBytesMax: 256 * 1024, replyStallTimeoutMs: 200 } });
+    const { c } = await open('vol0');
+    c.socket.pause();
+    for (let i = 0; i < 64; i++) c.sendRequest(Cmd.READ, { cookie: BigInt(i), offset: 0, length: sizeBytes });
+    // The paused client cannot see the close itself; watch the server drop it (bounded wait).
+    for (let i = 0; i < 200 && server.connectionCount > 0; i++) await new Promise((r) => setTimeout(r, 25));
+    expect(server.connectionCount).toBe(0);
+    expect(server.budget.usedBytes).toBe(0);
+  });
+
   it('the server-wide payload budget makes writers wait (not fail) and all complete', async () => {
     await start({ limits: { serverPayloadBytesMax: 64 * 1024, requestBytesMax: 64 * 1024 } });
     const writers = await Promise.all([open('vol0'), open('vol0'), open('vol0')]);
