@@ -442,11 +442,51 @@ export class FrameEncoder {
   }
 }
 
+export const ackBodyBytes = 24;
+
+/**
+ * ACK and WRITE_ACK, hand-coded: one per WRITE on the return path, so they skip the
+ * buffer-layout + smart-buffer control path (test/wire/layout.test.ts proves the same bytes).
+ * One 48-byte buffer, one write.
+ */
+function encodeAck(msg: AckMsg | WriteAckMsg, frameSeq: number): Buffer {
+  const h = Buffer.allocUnsafe(headerBytes + ackBodyBytes);
+  const b = headerBytes;
+  h.writeUInt32BE(msg.volumeId, b);
+  if (msg.type === 'ACK') {
+    h.writeUInt32BE(0, b + 4);
+  } else {
+    h[b + 4] = msg.status;
+    h[b + 5] = msg.senseKey;
+    h[b + 6] = msg.asc;
+    h[b + 7] = msg.ascq;
+  }
+  putU64(h, msg.epoch, b + 8);
+  putU64(h, msg.seq, b + 16);
+  writeHeader(h, 0, FrameType[msg.type], ackBodyBytes, frameSeq, crc32Small(h, b, b + ackBodyBytes));
+  return h;
+}
+
+function decodeAck(s: MessageSpec, body: Buffer): AckMsg | WriteAckMsg {
+  if (body.length !== ackBodyBytes) malformed(s, `body is ${body.length} bytes, ${s.name} is ${ackBodyBytes}`);
+  const volumeId = body.readUInt32BE(0);
+  const epoch = getU64(body, 8);
+  const seq = getU64(body, 16);
+  if (s === ackSpec) {
+    if (body.readUInt32BE(4) !== 0) reservedNonZero(s, 'reserved');
+    return { type: 'ACK', volumeId, epoch, seq };
+  }
+  const status = body[4]!;
+  if (status > AckStatus.STALE_EPOCH) malformed(s, `status ${status} is not a v1 AckStatus`);
+  return { type: 'WRITE_ACK', volumeId, status, senseKey: body[5]!, asc: body[6]!, ascq: body[7]!, epoch, seq };
+}
+
 export function encodeFrameParts(msg: Message, frameSeq: number): Buffer[] {
   if (msg.type === 'WRITE' || msg.type === 'RESYNC_DATA') {
     const head = encodeDataHead(msg, frameSeq);
     return msg.data.length === 0 ? [head] : [head, msg.data];
   }
+  if (msg.type === 'ACK' || msg.type === 'WRITE_ACK') return [encodeAck(msg, frameSeq)];
   const s = specByName.get(msg.type);
   if (s === undefined) encodeError(`unknown message type ${String((msg as { type: unknown }).type)}`);
   const body = encodeControlBody(s, msg as unknown as Record<string, unknown>);
@@ -559,6 +599,11 @@ function reservedNonZero(s: MessageSpec, field: string): never {
 }
 
 const writeSpec = specByName.get('WRITE')!;
+const ackSpec = specByName.get('ACK')!;
+const writeAckSpec = specByName.get('WRITE_ACK')!;
+if (ackSpec.fixed.spanBytes !== 24 || writeAckSpec.fixed.spanBytes !== 24 || ackSpec.tail.length + writeAckSpec.tail.length !== 0) {
+  throw new Error('wire: ACK/WRITE_ACK layouts changed; update encodeAck/decodeAck (the hand-coded path)');
+}
 const resyncDataSpec = specByName.get('RESYNC_DATA')!;
 
 /** WRITE / RESYNC_DATA body, hand-coded (the hot path); `data` is a view of the body. */
@@ -597,6 +642,7 @@ export function decodeMessage(frame: Frame): Message {
   if (s === undefined) throw new ProtocolError(ErrorCode.UNKNOWN_TYPE, `type 0x${frame.type.toString(16)} is not a v1 message`);
   const body = frame.body;
   if (s === writeSpec || s === resyncDataSpec) return decodeDataBody(s, body);
+  if (s === ackSpec || s === writeAckSpec) return decodeAck(s, body);
   if (body.length < s.fixed.spanBytes) malformed(s, `body is ${body.length} bytes, the fixed fields need ${s.fixed.spanBytes}`);
   const fixed = s.fixed.layout.decode(body, 0);
   const out: Record<string, unknown> = { type: s.name };
