@@ -13,6 +13,10 @@
 // before it); disjoint writes run in parallel. Reads wait for overlapping writes still in
 // flight, so a read after an acknowledged write sees it even when the ack was "cached".
 //
+// With a cache, a write reaches storage only once it is cached: replay then covers every write
+// that may have touched a member, so members never disagree after a crash (no RAID write hole).
+// Without a cache there is no journal and a crash mid-write may leave members different.
+//
 // RAID-1: write all healthy members, read one (round-robin). A member that fails an I/O is
 // marked failed, the error logged, and the rest keep serving; when none is left every call
 // fails with the last member's sense. Member health lives in memory only (there is no on-disk
@@ -117,6 +121,8 @@ export class DiskArray implements BlockDevice {
   readonly recoveredRetained: RecoveredEntry[] = [];
   private readonly members: Member[];
   private readonly inflight = new Set<Inflight>();
+  /** Every write's `executed` until it settles, so close() lets each mark its entry done. */
+  private readonly executing = new Set<Promise<void>>();
   private readonly executedOf = new WeakMap<EntryHandle, Promise<void>>();
   private readonly log: ArrayLogger;
   private nextReadMember = 0;
@@ -236,13 +242,17 @@ export class DiskArray implements BlockDevice {
             },
             data,
           );
-    // Storage starts at once (after overlapping predecessors), in parallel with the cache
-    // write: a crash before the cache write lands only loses a write nobody was told about.
-    const performed = this.schedule(lba, data, fua);
+    // Storage only after the cache: every write that may have touched a member is then in the
+    // journal (with every earlier one), so replay re-performs it on all members and a crash
+    // cannot leave RAID-1 members disagreeing (the write hole an array journal exists for).
+    const performed = this.schedule(lba, data, fua, cached);
     const executed = Promise.all([cached, performed]).then(([handle]) => {
       if (handle !== undefined && !retain) this.journal!.markDone(handle);
     });
     executed.catch(() => undefined); // callers may await only one stage
+    this.executing.add(executed);
+    const forget = () => this.executing.delete(executed);
+    executed.then(forget, forget);
     cached.catch(() => undefined);
     if (this.journal !== undefined) {
       void cached.then((h) => {
@@ -298,6 +308,7 @@ export class DiskArray implements BlockDevice {
     if (this.closed) return;
     this.closed = true;
     await Promise.allSettled([...this.inflight].map((w) => w.performed));
+    await Promise.allSettled([...this.executing]);
     await this.journal?.close();
     const results = await Promise.allSettled(this.members.map((m) => m.dev.close()));
     const failed = results.find((r) => r.status === 'rejected');
@@ -311,10 +322,11 @@ export class DiskArray implements BlockDevice {
   }
 
   /** Performs a write on storage once every overlapping earlier write has settled. */
-  private schedule(lba: number, data: Uint8Array, fua: boolean): Promise<void> {
+  private schedule(lba: number, data: Uint8Array, fua: boolean, cached?: Promise<unknown>): Promise<void> {
     const endLba = lba + data.byteLength / this.blockSizeBytes;
     const before = this.overlapping(lba, endLba);
     const performed = (async () => {
+      if (cached !== undefined) await cached;
       if (before.length > 0) await Promise.allSettled(before);
       await this.onMembers('write', lba, (dev) => dev.write(lba, data, { fua }));
     })();
