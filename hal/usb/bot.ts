@@ -205,7 +205,8 @@ export class BotTransport {
   async resetRecovery(): Promise<void> {
     this.stats.resetRecoveries++;
     const r = await this.io(
-      () => this.dev.controlTransferOut({ requestType: 'class', recipient: 'interface', request: BotRequest.RESET, value: 0, index: this.interfaceNumber }, undefined, this.timeoutMs),
+      // An empty buffer, not undefined: usb 3.1's wrapper reads data.buffer unconditionally.
+      () => this.dev.controlTransferOut({ requestType: 'class', recipient: 'interface', request: BotRequest.RESET, value: 0, index: this.interfaceNumber }, new Uint8Array(0), this.timeoutMs),
       'Bulk-Only Mass Storage Reset',
     );
     if (r.status !== 'ok') throw new BotError('stall', `Bulk-Only Mass Storage Reset was refused (${r.status})`, false);

@@ -171,7 +171,9 @@ export class SimUsbDevice implements UsbDeviceLike {
     this.kernelDriverAttached = true;
   }
 
-  async controlTransferOut(setup: ControlSetup, _data?: Uint8Array, _timeoutMs?: number): Promise<{ bytesWritten: number; status: TransferStatus }> {
+  async controlTransferOut(setup: ControlSetup, data?: Uint8Array, _timeoutMs?: number): Promise<{ bytesWritten: number; status: TransferStatus }> {
+    // usb 3.1's wrapper converts `data` with data.buffer, so undefined throws there: same here.
+    if (data === undefined) throw new TypeError("Cannot read properties of undefined (reading 'buffer')");
     await this.tick();
     if (setup.requestType === 'class' && setup.recipient === 'interface' && setup.request === BotRequest.RESET && setup.index === simInterfaceNumber) {
       // Bulk-Only Mass Storage Reset (BOT 3.1): ready for a CBW again; halts stay until cleared.
