@@ -35,24 +35,70 @@ interface SysDevice extends UsbDeviceLike {
   ports?: number[];
 }
 
-/** Mass-storage devices the `usb` package sees (loaded lazily: a listing must not need it). */
+/** A mass-storage device and the number of its Bulk-Only SCSI interface. */
+export interface FoundUsbDevice {
+  device: SysDevice;
+  interfaceNumber: number;
+  /** Why descriptors could not be read through the device (then sysfs said it is storage). */
+  openError?: string;
+}
+
+/**
+ * Mass-storage devices the `usb` package sees (loaded lazily: a listing must not need it).
+ * Reading `configuration` opens the device; when this user may not (no udev rule), the
+ * interface class comes from sysfs instead, so one locked-down device never hides the others.
+ */
 export async function findUsbDevices(): Promise<SysDevice[]> {
+  return (await findMassStorage()).map((f) => f.device);
+}
+
+export async function findMassStorage(): Promise<FoundUsbDevice[]> {
   const mod = (await import('usb')) as unknown as { usb: { getDevices(): Promise<SysDevice[]> } };
-  const all = await mod.usb.getDevices();
-  return all.filter((d) =>
-    d.configuration?.interfaces.some(
-      (i) =>
-        i.alternate.interfaceClass === MassStorage.CLASS &&
-        i.alternate.interfaceSubclass === MassStorage.SUBCLASS_SCSI &&
-        i.alternate.interfaceProtocol === MassStorage.PROTOCOL_BOT,
-    ),
-  );
+  const out: FoundUsbDevice[] = [];
+  for (const d of await mod.usb.getDevices()) {
+    try {
+      const ifc = d.configuration?.interfaces.find(
+        (i) =>
+          i.alternate.interfaceClass === MassStorage.CLASS &&
+          i.alternate.interfaceSubclass === MassStorage.SUBCLASS_SCSI &&
+          i.alternate.interfaceProtocol === MassStorage.PROTOCOL_BOT,
+      );
+      if (ifc) out.push({ device: d, interfaceNumber: ifc.interfaceNumber });
+    } catch (e) {
+      const n = await sysMassStorageInterface(sysNameOf(d));
+      if (n !== undefined) out.push({ device: d, interfaceNumber: n, openError: (e as Error).message });
+    }
+  }
+  return out;
+}
+
+function sysNameOf(d: SysDevice): string | undefined {
+  // usb 3.x gives the bus id and the port chain; sysfs names the device "<bus>-<p1>.<p2>...".
+  if (d.bus && /^\d+-[\d.]+$/.test(d.bus)) return d.bus;
+  return d.bus && d.ports?.length ? `${d.bus}-${d.ports.join('.')}` : undefined;
+}
+
+/** Interface number of a 08/06/50 interface, read from sysfs, or undefined. */
+async function sysMassStorageInterface(sysName: string | undefined): Promise<number | undefined> {
+  if (!sysName) return undefined;
+  const hex = async (dir: string, f: string) => parseInt((await readFile(join(sysUsb, dir, f), 'utf8')).trim(), 16);
+  for (const entry of await readdir(sysUsb).catch(() => [] as string[])) {
+    if (!entry.startsWith(`${sysName}:`)) continue;
+    try {
+      if ((await hex(entry, 'bInterfaceClass')) === MassStorage.CLASS && (await hex(entry, 'bInterfaceSubClass')) === MassStorage.SUBCLASS_SCSI && (await hex(entry, 'bInterfaceProtocol')) === MassStorage.PROTOCOL_BOT) {
+        return await hex(entry, 'bInterfaceNumber');
+      }
+    } catch {
+      // an interface directory without descriptors: not ours
+    }
+  }
+  return undefined;
 }
 
 export async function discoverUsbDisks(): Promise<UsbDiscovery> {
-  let devs: SysDevice[];
+  let found: FoundUsbDevice[];
   try {
-    devs = await findUsbDevices();
+    found = await findMassStorage();
   } catch (e) {
     const msg = (e as Error).message;
     if (/\/sys\/bus\/usb|not found|ENOENT/i.test(msg)) return { disks: [], problem: 'no USB bus on this machine (/sys/bus/usb is absent: a container or VM without USB passthrough?)' };
@@ -60,11 +106,11 @@ export async function discoverUsbDisks(): Promise<UsbDiscovery> {
     return { disks: [], problem: `cannot list USB devices: ${msg}` };
   }
   const disks: UsbDiskInfo[] = [];
-  for (const d of devs) {
-    const ifc = d.configuration!.interfaces.find((i) => i.alternate.interfaceClass === MassStorage.CLASS)!;
-    const sysName = d.bus && /^\d+-[\d.]+$/.test(d.bus) ? d.bus : d.bus && d.ports?.length ? `${d.bus}-${d.ports.join('.')}` : undefined;
-    const ifDir = sysName ? join(sysUsb, `${sysName}:1.${ifc.interfaceNumber}`) : undefined;
+  for (const { device: d, interfaceNumber, openError } of found) {
+    const sysName = sysNameOf(d);
+    const ifDir = sysName ? join(sysUsb, `${sysName}:1.${interfaceNumber}`) : undefined;
     const serial = safe(() => d.serialNumber) ?? undefined;
+    const accessible = openError && /EACCES|permission|access/i.test(openError) ? false : sysName ? await nodeAccessible(sysName, d.address) : undefined;
     disks.push({
       deviceString: `usb:${hex4(d.vendorId)}:${hex4(d.productId)}${serial ? `:${serial}` : ''}`,
       vendorId: d.vendorId,
@@ -74,7 +120,7 @@ export async function discoverUsbDisks(): Promise<UsbDiscovery> {
       serialNumber: serial,
       capacityBytes: ifDir ? await sysCapacity(ifDir) : undefined,
       kernelDriver: ifDir ? await sysDriver(ifDir) : undefined,
-      accessible: sysName ? await nodeAccessible(sysName, d.address) : undefined,
+      accessible,
     });
   }
   return { disks };
