@@ -16,7 +16,7 @@
 // is fetched when the Pi runs it.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bundleFileName } from './flash.js';
@@ -56,7 +56,12 @@ function pruneNodeModules(nm: string): void {
   }
 }
 
-export function buildBundle(outDir = join(here, 'dist')): BuildResult {
+export interface BuildOptions {
+  /** Keep the pruned arm64 node_modules here, keyed by the lock file, and reuse it (tests). */
+  depsCacheDir?: string;
+}
+
+export function buildBundle(outDir = join(here, 'dist'), opts: BuildOptions = {}): BuildResult {
   const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
     name: string;
     version: string;
@@ -83,16 +88,29 @@ export function buildBundle(outDir = join(here, 'dist')): BuildResult {
     join(lib, 'package.json'),
     JSON.stringify({ name: pkg.name, version: pkg.version, description: pkg.description, license: pkg.license, type: 'module', private: true, engines: pkg.engines, dependencies }, null, 2) + '\n',
   );
-  // The project's lock file pins every transitive version; npm drops what only tsx needed.
-  cpSync(join(root, 'package-lock.json'), join(lib, 'package-lock.json'));
-  log('installing production dependencies for linux-arm64 (glibc)');
-  run('npm', ['install', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--os=linux', '--cpu=arm64', '--libc=glibc'], lib);
-  rmSync(join(lib, 'package-lock.json'));
   const nm = join(lib, 'node_modules');
+  const lock = readFileSync(join(root, 'package-lock.json'));
+  const depsKey = createHash('sha256').update(lock).update(JSON.stringify(dependencies)).update('linux-arm64-glibc').digest('hex').slice(0, 16);
+  const cached = opts.depsCacheDir ? join(opts.depsCacheDir, `deps-${depsKey}`) : undefined;
+  if (cached && existsSync(cached)) {
+    log(`production dependencies for linux-arm64 from ${cached}`);
+    cpSync(cached, nm, { recursive: true });
+  } else {
+    // The project's lock file pins every transitive version; npm drops what only tsx needed.
+    writeFileSync(join(lib, 'package-lock.json'), lock);
+    log('installing production dependencies for linux-arm64 (glibc)');
+    run('npm', ['install', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--os=linux', '--cpu=arm64', '--libc=glibc'], lib);
+    rmSync(join(lib, 'package-lock.json'));
+    pruneNodeModules(nm);
+    if (cached) {
+      const part = `${cached}.part-${process.pid}`;
+      cpSync(nm, part, { recursive: true });
+      renameSync(part, cached);
+    }
+  }
   for (const part of arm64NativeParts) {
     if (!existsSync(join(nm, part))) throw new Error(`build:rpi: ${part} is missing from the arm64 install; the bundle would not load on a Pi (check the npm registry and the package versions in package.json)`);
   }
-  pruneNodeModules(nm);
   // Other platforms' prebuilds are dead weight on a Pi.
   const prebuilds = join(nm, '@serialport', 'bindings-cpp', 'prebuilds');
   for (const dir of readdirSync(prebuilds)) if (dir !== 'linux-arm64') rmSync(join(prebuilds, dir), { recursive: true, force: true });

@@ -30,8 +30,8 @@ export function udevRules(site: SiteConfig, user = serviceUser): string {
         `# ${dev.text}`,
         // libusb opens /dev/bus/usb/BBB/DDD: give it to the service user.
         `ACTION=="add|change", SUBSYSTEM=="usb", ENV{DEVTYPE}=="usb_device", ${own}, OWNER="${user}", GROUP="plugdev", MODE="0660"`,
-        // Unbind usb-storage from the disk's interfaces so no /dev/sdX appears to be mounted.
-        `ACTION=="add", SUBSYSTEM=="usb", ENV{DEVTYPE}=="usb_interface", DRIVER=="usb-storage", ${ids}, RUN+="/bin/sh -c 'echo -n %k > /sys/bus/usb/drivers/usb-storage/unbind'"`,
+        // When usb-storage binds the disk's interface, unbind it: no /dev/sdX, nothing to mount (hal/usb would detach it on open anyway).
+        `ACTION=="bind", SUBSYSTEM=="usb", ENV{DEVTYPE}=="usb_interface", DRIVER=="usb-storage", ${ids}, RUN+="/bin/sh -c 'echo -n %k > /sys/bus/usb/drivers/usb-storage/unbind'"`,
         // If a block device appears anyway (before the unbind), desktops must not automount it.
         `SUBSYSTEM=="block", ${ids}, ENV{UDISKS_IGNORE}="1", ENV{UDISKS_AUTO}="0"`,
       );
