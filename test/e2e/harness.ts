@@ -17,7 +17,7 @@ const repoRoot = resolve(import.meta.dirname, '../..');
 const bin = join(repoRoot, 'bin/geomirror.mjs');
 
 /** Bound on every wait of the harness; a test that needs longer is broken, not slow. */
-export const waitMsMax = 30_000;
+export const waitMsMax = 60_000;
 /** How often /status is polled: short, so a brief `resyncing` is seen. */
 export const statusPollMs = 20;
 /** Time a site gets to stop on SIGTERM before it is killed. */
@@ -45,6 +45,8 @@ export interface ClusterOptions {
   mirrors?: string[];
   /** Extra environment of every site process; default fastLinkEnv (short link timing). */
   env?: Record<string, string>;
+  /** Extra node flags of every site process (say --cpu-prof for a bench). */
+  nodeArgs?: string[];
 }
 
 export interface SiteProc {
@@ -75,7 +77,7 @@ export class Cluster {
   }
 
   static async create(options: ClusterOptions = {}): Promise<Cluster> {
-    const c = new Cluster({ volumeBytes: 64 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024, onMirrorLoss: 'degrade', mirrors: ['east', 'west'], env: fastLinkEnv, ...options });
+    const c = new Cluster({ volumeBytes: 64 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024, onMirrorLoss: 'degrade', mirrors: ['east', 'west'], env: fastLinkEnv, nodeArgs: [], ...options });
     await c.writeFiles();
     return c;
   }
@@ -118,7 +120,7 @@ export class Cluster {
     if (s.child !== undefined) throw new Error(`site ${name} is already running (pid ${s.child.pid})`);
     const log = createWriteStream(s.logPath, { flags: 'a' });
     log.write(`----- life ${++s.lives} -----\n`);
-    const child = spawn(process.execPath, [bin, 'site', '--config', this.configPath, '--site', name], {
+    const child = spawn(process.execPath, [...this.opts.nodeArgs, bin, 'site', '--config', this.configPath, '--site', name], {
       cwd: this.dir,
       env: { ...process.env, ...this.opts.env, GEOMIRROR_LOG_FORMAT: 'json', NO_COLOR: '1' },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -186,19 +188,35 @@ export class Cluster {
     return this.waitReady(name);
   }
 
+  /** Clean stop of one site (SIGTERM, SIGKILL after stopGraceMs). */
+  async stop(name: string): Promise<void> {
+    const s = this.site(name);
+    const child = s.child;
+    if (child === undefined) return;
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), stopGraceMs);
+      await s.exited;
+      clearTimeout(t);
+    }
+    s.child = undefined;
+  }
+
+  /** Rewrites the primary's on-mirror-loss in the cluster file; takes effect at its next start. */
+  setOnMirrorLoss(policy: 'block' | 'degrade'): void {
+    const text = readFileSync(this.configPath, 'utf8');
+    writeFileSync(this.configPath, text.replace(/on-mirror-loss: \w+/, `on-mirror-loss: ${policy}`));
+    this.opts.onMirrorLoss = policy;
+  }
+
+  /** True when every site process is alive. */
+  get allRunning(): boolean {
+    return [...this.sites.values()].every((s) => s.child !== undefined && s.child.exitCode === null && s.child.signalCode === null);
+  }
+
   /** SIGTERM every running site, SIGKILL what is left after stopGraceMs. */
   async stopAll(): Promise<void> {
-    await Promise.all(
-      [...this.sites.values()].map(async (s) => {
-        const child = s.child;
-        if (child === undefined || child.exitCode !== null || child.signalCode !== null) return;
-        child.kill('SIGTERM');
-        const t = setTimeout(() => child.kill('SIGKILL'), stopGraceMs);
-        await s.exited;
-        clearTimeout(t);
-        s.child = undefined;
-      }),
-    );
+    await Promise.all(this.names.map((n) => this.stop(n)));
   }
 
   logText(name: string): string {
@@ -306,9 +324,9 @@ export function planWrites(seed: number, volumeBytes: number, totalBytes: number
   return out;
 }
 
-/** Applies writes in order to a zeroed image: the expected replica content. */
-export function applyWrites(volumeBytes: number, writes: readonly PlannedWrite[]): Buffer {
-  const img = Buffer.alloc(volumeBytes);
+/** Applies writes in order to `base` (a copy) or a zeroed image: the expected replica content. */
+export function applyWrites(base: number | Buffer, writes: readonly PlannedWrite[]): Buffer {
+  const img = typeof base === 'number' ? Buffer.alloc(base) : Buffer.from(base);
   for (const w of writes) w.data.copy(img, w.offsetBytes);
   return img;
 }
@@ -436,10 +454,10 @@ export class NbdWriter {
 /**
  * What a replica may hold after a crash, checked per block: the data of the last acked write to
  * that block, or of any unacked write issued after it that covers the block (it may have
- * landed); a block no acked write covered may also still be zero. Returns the first few
- * mismatches, described.
+ * landed); a block no acked write covered may also still hold what it held before (`base`, default
+ * zero). Returns the first few mismatches, described.
  */
-export function checkAckedWrites(image: Buffer, issued: readonly PlannedWrite[], acked: ReadonlySet<number>, blockBytes = 4096, mismatchesMax = 5): string[] {
+export function checkAckedWrites(image: Buffer, issued: readonly PlannedWrite[], acked: ReadonlySet<number>, base?: Buffer, blockBytes = 4096, mismatchesMax = 5): string[] {
   const blocks = image.length / blockBytes;
   const lastAcked = new Int32Array(blocks).fill(-1);
   const writesByBlock = new Map<number, PlannedWrite[]>();
@@ -459,9 +477,10 @@ export function checkAckedWrites(image: Buffer, issued: readonly PlannedWrite[],
     const got = image.subarray(b * blockBytes, (b + 1) * blockBytes);
     const la = lastAcked[b]!;
     const candidates = list.filter((w) => w.index >= la && (w.index === la || !acked.has(w.index)));
-    const ok = candidates.some((w) => got.equals(w.data.subarray(b * blockBytes - w.offsetBytes, (b + 1) * blockBytes - w.offsetBytes))) || (la === -1 && got.equals(zero));
+    const before = base ? base.subarray(b * blockBytes, (b + 1) * blockBytes) : zero;
+    const ok = candidates.some((w) => got.equals(w.data.subarray(b * blockBytes - w.offsetBytes, (b + 1) * blockBytes - w.offsetBytes))) || (la === -1 && got.equals(before));
     if (!ok) {
-      problems.push(`block ${b} (byte ${b * blockBytes}): holds none of ${la === -1 ? 'zero or' : `acked write #${la} or`} the unacked writes after it (${candidates.filter((w) => w.index !== la).map((w) => `#${w.index}`).join(', ') || 'none'})`);
+      problems.push(`block ${b} (byte ${b * blockBytes}): holds none of ${la === -1 ? 'its old content or' : `acked write #${la} or`} the unacked writes after it (${candidates.filter((w) => w.index !== la).map((w) => `#${w.index}`).join(', ') || 'none'})`);
       if (problems.length >= mismatchesMax) break;
     }
   }
