@@ -23,6 +23,7 @@ import { fileBitmapStore, fileMetaStore, memoryBitmapStore, memoryMetaStore, typ
 import { fromWire, toWire, volumeId } from './peerwire.js';
 import type { PeerStatus, SiteStatus, SiteState } from './status.js';
 import type { Logger } from './log.js';
+import { AckTimer } from './ack-timer.js';
 
 /** Largest piece of a host write handed to the core: one WRITE frame's payload. */
 export const hostWriteChunkBytesMax = payloadBytesMax;
@@ -109,6 +110,8 @@ export class Replica {
   private hostIdNext = 1;
   private readonly parked: (() => void)[] = [];
   private readonly links = new Map<PeerId, Link>();
+  /** Send-to-ack timing and in-flight count per peer, for /metrics only (the core keeps the real window). */
+  private readonly ackTimer = new AckTimer();
   private readonly dialers: Dialer[] = [];
   private server: LinkServer | undefined;
   private ticker: NodeJS.Timeout | undefined;
@@ -215,7 +218,13 @@ export class Replica {
         link.close(undefined, (err as Error).message);
         return;
       }
-      if (msg) this.feed({ type: 'recv', peer, msg });
+      if (msg === undefined) return;
+      if (msg.type === 'ack') this.ackTimer.acked(peer, msg.seq, this.nowMs(), (ms) => this.ctx.metrics.ackLatencySeconds.observe({ peer }, ms / 1000));
+      else if (msg.type === 'write' && this.role instanceof Mirror) {
+        this.ctx.metrics.writesTotal.inc({ op: 'replicated' });
+        this.ctx.metrics.writeBytesTotal.inc({ op: 'replicated' }, msg.lengthBytes);
+      }
+      this.feed({ type: 'recv', peer, msg });
     });
     link.on('heartbeat', (hb, rttMs) => {
       if (rttMs !== undefined) this.ctx.metrics.linkRttSeconds.set({ peer }, rttMs / 1000);
@@ -226,6 +235,7 @@ export class Replica {
     link.once('close', (info) => {
       if (this.links.get(peer) !== link) return;
       this.links.delete(peer);
+      this.ackTimer.forget(peer);
       this.ctx.metrics.setLinkState(peer, this.role instanceof Primary ? 'connecting' : 'down');
       this.log.warn({ event: 'link-down', peer, reason: info.reason }, `link to ${peer} down: ${info.reason}`);
       this.feed({ type: 'peerDown', peer });
@@ -311,6 +321,7 @@ export class Replica {
         if (frame === undefined) break;
         try {
           link.send(frame);
+          if (a.msg.type === 'write') this.ackTimer.sent(a.peer, a.msg.seq, a.msg.lengthBytes, this.nowMs());
         } catch (err) {
           link.close(undefined, (err as Error).message);
         }
@@ -428,6 +439,11 @@ export class Replica {
       lastSeqAcked = ps.mirrors.reduce((min, x) => (x.sync === 'inSync' && x.seqAcked < min ? x.seqAcked : min), ps.seqNext - 1n);
       peers = ps.mirrors.map((x) => {
         const sync = x.sync === 'inSync' ? 'in-sync' : x.sync;
+        const inflight = this.ackTimer.inflight(x.peer);
+        m.inflightWrites.set({ peer: x.peer }, inflight.writes);
+        m.inflightBytes.set({ peer: x.peer }, inflight.bytes);
+        // What a resync still has to copy: every dirty region of a mirror not in sync.
+        m.resyncRemainingBytes.set({ peer: x.peer }, x.sync === 'inSync' ? 0 : x.dirtyRegions * this.limits.regionBytes);
         m.setSyncState(x.peer, sync);
         if (x.resyncPercent !== undefined) m.resyncProgressRatio.set({ peer: x.peer }, x.resyncPercent / 100);
         return {
