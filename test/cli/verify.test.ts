@@ -1,6 +1,7 @@
 // `geomirror verify` against a real cluster of site processes (the e2e harness): replicas that
 // agree -> exit 0; a mirror whose storage file was changed behind geomirror's back -> exit 1
-// naming the byte range and the site; a site that is down -> unreachable (exit 2).
+// naming the byte range and the site; a site that is down -> unreachable (exit 2). The cluster
+// also serves to check the per-peer metrics the runtime keeps.
 import { execFile } from 'node:child_process';
 import { openSync, writeSync, closeSync } from 'node:fs';
 import { promisify } from 'node:util';
@@ -43,6 +44,17 @@ describe('geomirror verify on a live cluster', () => {
     writer.close();
     expect(errors).toEqual([]);
     await cluster.waitInSync();
+
+    // The same cluster checks the runtime's metrics (issue 8 item 3): ack latency per mirror,
+    // in-flight per mirror (nothing left after the writes completed), writes a mirror received.
+    const metrics = async (site: string) => (await fetch(`http://${cluster!.site(site).admin}/metrics`)).text();
+    const primary = await metrics('local');
+    const acks = Number(/^geomirror_ack_latency_seconds_count\{[^}]*peer="east"[^}]*\} (\d+)$/m.exec(primary)?.[1]);
+    expect(acks, primary).toBeGreaterThan(0);
+    expect(primary).toMatch(/^geomirror_inflight_writes\{[^}]*peer="west"[^}]*\} 0$/m);
+    expect(primary).toMatch(/^geomirror_resync_remaining_bytes\{[^}]*peer="east"[^}]*\} 0$/m);
+    const eastMetrics = await metrics('east');
+    expect(Number(/^geomirror_write_bytes_total\{[^}]*op="replicated"[^}]*\} (\d+)$/m.exec(eastMetrics)?.[1])).toBeGreaterThanOrEqual(2 * mib);
 
     const good = await verify(cluster);
     expect(good.code, good.err).toBe(0);
