@@ -124,6 +124,8 @@ export class SerialBlockDevice implements BlockDevice {
   readonly link: SerialLink;
   private payloadBytesMax: number;
   private closed = false;
+  /** Serialises whole calls (see exclusive()). */
+  private ops: Promise<unknown> = Promise.resolve();
 
   /** Use openSerialDevice(); this constructor does not talk to the device. */
   constructor(
@@ -166,6 +168,10 @@ export class SerialBlockDevice implements BlockDevice {
     await undefined;
     this.assertOpen();
     checkRange(this, lba, blocks);
+    return this.exclusive(() => this.readChunks(lba, blocks));
+  }
+
+  private async readChunks(lba: number, blocks: number): Promise<Buffer> {
     const bs = this.blockSizeBytes;
     const out = Buffer.allocUnsafe(blocks * bs);
     const step = this.payloadBytesMax / bs;
@@ -187,6 +193,10 @@ export class SerialBlockDevice implements BlockDevice {
     const blocks = blocksIn(this, data, lba);
     checkRange(this, lba, blocks);
     if (this.capabilities.readOnly) throw sense.writeProtected(this.name, lba);
+    return this.exclusive(() => this.writeChunks(lba, blocks, data, options));
+  }
+
+  private async writeChunks(lba: number, blocks: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
     const bs = this.blockSizeBytes;
     const step = this.payloadBytesMax / bs;
     const flags = options?.fua ? Flag.FUA : 0;
@@ -199,13 +209,25 @@ export class SerialBlockDevice implements BlockDevice {
   async flush(): Promise<void> {
     await undefined;
     this.assertOpen();
-    await this.call(Op.FLUSH, 0, 0, 0, undefined, 0, undefined);
+    await this.exclusive(() => this.call(Op.FLUSH, 0, 0, 0, undefined, 0, undefined));
+  }
+
+  /**
+   * Runs one whole BlockDevice call at a time, in issue order: a READ/WRITE split into several
+   * frames must not interleave its frames with another call's (the HAL promises calls take
+   * effect in issue order). The link is stop-and-wait anyway, so this costs no parallelism.
+   */
+  private exclusive<T>(op: () => Promise<T>): Promise<T> {
+    const p = this.ops.then(op, op);
+    this.ops = p.catch(() => undefined);
+    return p;
   }
 
   async close(): Promise<void> {
     await undefined;
     if (this.closed) return;
     this.closed = true;
+    await this.ops; // calls issued before close() still complete
     this.link.close(`${this.name} is closed`);
     if (this.port.isOpen) await new Promise<void>((resolve) => this.port.close(() => resolve()));
   }

@@ -134,6 +134,8 @@ export class UsbBlockDevice implements BlockDevice {
   private readonly o: Required<Pick<UsbDeviceOptions, 'timeoutMs' | 'transferBytesMax' | 'attemptsMax' | 'senseRetriesMax' | 'notReadyDelayMs'>>;
   /** Serialises commands: BOT has one command in flight per LUN. */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Serialises whole calls (see exclusive()). */
+  private ops: Promise<unknown> = Promise.resolve();
 
   private constructor(
     readonly dev: UsbDeviceLike,
@@ -172,6 +174,10 @@ export class UsbBlockDevice implements BlockDevice {
     await undefined;
     this.assertOpen();
     checkRange(this, lba, blocks);
+    return this.exclusive(() => this.readChunks(lba, blocks));
+  }
+
+  private async readChunks(lba: number, blocks: number): Promise<Buffer> {
     const bs = this.blockSizeBytes;
     const out = Buffer.allocUnsafe(blocks * bs);
     const step = this.stepBlocks();
@@ -191,6 +197,10 @@ export class UsbBlockDevice implements BlockDevice {
     const blocks = blocksIn(this, data, lba);
     checkRange(this, lba, blocks);
     if (this.capabilities.readOnly) throw sense.writeProtected(this.name, lba);
+    return this.exclusive(() => this.writeChunks(lba, blocks, data, options));
+  }
+
+  private async writeChunks(lba: number, blocks: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
     const bs = this.blockSizeBytes;
     const step = this.stepBlocks();
     for (let done = 0; done < blocks; done += step) {
@@ -202,13 +212,25 @@ export class UsbBlockDevice implements BlockDevice {
   async flush(): Promise<void> {
     await undefined;
     this.assertOpen();
-    await this.run(cdb.synchronizeCache10(), 'none', 0, undefined, undefined, 'SYNCHRONIZE CACHE');
+    await this.exclusive(() => this.run(cdb.synchronizeCache10(), 'none', 0, undefined, undefined, 'SYNCHRONIZE CACHE'));
+  }
+
+  /**
+   * Runs one whole BlockDevice call at a time, in issue order: a split READ/WRITE must not
+   * interleave its commands with another call's (the HAL promises calls take effect in issue
+   * order). BOT has one command in flight anyway, so this costs no parallelism.
+   */
+  private exclusive<T>(op: () => Promise<T>): Promise<T> {
+    const p = this.ops.then(op, op);
+    this.ops = p.catch(() => undefined);
+    return p;
   }
 
   async close(): Promise<void> {
     await undefined;
     if (this.closed) return;
     this.closed = true;
+    await this.ops; // calls issued before close() still complete
     await this.queue.catch(() => undefined);
     if (!this.gone) {
       // Give the disk back to the kernel (Linux) so it is usable again after we stop.

@@ -126,6 +126,13 @@ for (const [label, make] of adapters) {
           // Overwrite part of a range: neighbours stay.
           await dev.write(6, b);
           expect(Buffer.compare(await dev.read(5, 3), Buffer.concat([a.subarray(0, blockSizeBytes), b, a.subarray(2 * blockSizeBytes)]))).toBe(0);
+          // Calls issued together take effect in issue order, even when the first is split
+          // into many commands or frames and the second overlaps its last one.
+          const long = pattern(280 * blockSizeBytes, 7);
+          const short = pattern(blockSizeBytes, 8);
+          await Promise.all([dev.write(10, long), dev.write(285, short)]);
+          expect(Buffer.compare(await dev.read(285, 1), short)).toBe(0);
+          expect(Buffer.compare(await dev.read(284, 1), long.subarray(274 * blockSizeBytes, 275 * blockSizeBytes))).toBe(0);
         });
       }
     });
