@@ -101,6 +101,10 @@ export function checkTarget(target: string, view: SystemView = readSystemView())
   }
   if (!st.isBlockDevice()) throw new TargetRefused(`${target}: is neither a regular file nor a block device; give an image file path or a disk such as /dev/sdX or /dev/mmcblk0`);
   const id = devIdOf(st.rdev);
+  const own = join(view.sysDir, 'dev', 'block', id);
+  if (existsSync(join(own, 'partition'))) {
+    throw new TargetRefused(`${target}: is a partition of /dev/${diskOf(view.sysDir, id)}; give the whole disk (e.g. /dev/sdb, not /dev/sdb1) so the image's partition table lands on it`);
+  }
   const name = diskOf(view.sysDir, id) ?? basename(path);
   const fam = blockFamily(view.sysDir, name);
   const familyIds = new Set([id, ...fam.ids]);

@@ -146,6 +146,24 @@ describe('geomirror flash', () => {
     expect(sha(readFileSync(t.path))).toBe(t.before);
   });
 
+  it('refuses a file target mounted through a loop device, target untouched', async () => {
+    const t = randomTarget('t-loop.img');
+    const sys = join(dir, 'fake-sys');
+    mkdirSync(join(sys, 'class', 'block', 'loop3', 'loop'), { recursive: true });
+    mkdirSync(join(sys, 'class', 'block', 'loop3', 'loop3p1'), { recursive: true });
+    writeFileSync(join(sys, 'class', 'block', 'loop3', 'loop', 'backing_file'), `${t.path}\n`);
+    writeFileSync(join(sys, 'class', 'block', 'loop3', 'dev'), '7:3\n');
+    writeFileSync(join(sys, 'class', 'block', 'loop3', 'loop3p1', 'dev'), '259:9\n');
+    const mountinfo = '22 1 259:2 / / rw - ext4 /dev/nvme0n1p2 rw\n90 22 259:9 / /media/bootfs rw - vfat /dev/loop3p1 rw\n';
+    const run = flash({ image: piImg, configFile: cfg, site: 'east', out: t.path, bundle, yes: true, system: { mountinfo, swaps: '', sysDir: sys }, log: () => {} });
+    await expect(run).rejects.toThrow(/through loop device \/dev\/loop3, at \/media\/bootfs/);
+    expect(sha(readFileSync(t.path))).toBe(t.before);
+    // The same loop device not mounted: no refusal from the mount check (flash then proceeds).
+    const quiet = { mountinfo: '22 1 259:2 / / rw - ext4 /dev/nvme0n1p2 rw\n', swaps: '', sysDir: sys };
+    const out = await flash({ image: piImg, configFile: cfg, site: 'east', out: t.path, bundle, yes: true, system: quiet, log: () => {} });
+    expect(out.boot.offsetBytes).toBe(bootOffsetBytes);
+  });
+
   it('asks before overwriting; with no terminal and no --yes it refuses, target untouched', () => {
     const t = randomTarget('t-noyes.img');
     const r = geomirror(['flash', '--image', piImg, '--config', cfg, '--site', 'east', '--out', t.path, '--bundle', bundle]);
