@@ -46,7 +46,12 @@ export async function startSerialSim(o: SerialSimOptions): Promise<SerialSim> {
   try {
     const socat = spawn('socat', ['-d', '-d', `pty,raw,echo=0,link=${hostPath}`, `pty,raw,echo=0,link=${devPath}`], { stdio: ['ignore', 'ignore', 'pipe'] });
     children.push(socat);
-    await waitFor(() => existsSync(hostPath) && existsSync(devPath), socat, 'socat pty pair');
+    let spawnError: Error | undefined;
+    socat.on('error', (e) => (spawnError = e)); // ENOENT: socat is not installed
+    await waitFor(() => {
+      if (spawnError) throw new Error(`cannot run socat (${spawnError.message}); install it (apt-get install socat)`);
+      return existsSync(hostPath) && existsSync(devPath);
+    }, socat, 'socat pty pair');
     const args = ['--import', 'tsx', simScript, '--port', devPath, '--disk', diskPath, '--block-size', String(o.blockSizeBytes), '--blocks', String(o.blockCount), '--create'];
     if (o.readOnly) args.push('--read-only');
     if (o.mediumErrorLba !== undefined) args.push('--medium-error-lba', String(o.mediumErrorLba));
