@@ -106,7 +106,14 @@ interface ResyncItem {
   readonly offsetBytes: number;
   readonly payload: Uint8Array;
   sentDown: boolean;
+  downDone: boolean;
+  /** With storage the region is also written to the relay's own copy (claim 18). */
+  localIssued: boolean;
+  localDone: boolean;
+  sense: SenseInfo | undefined;
 }
+
+type LocalOp = { kind: 'write'; entry: REntry } | { kind: 'resync'; item: ResyncItem };
 
 type WriteMsg = Extract<PeerMsg, { type: 'write' }>;
 type DownLink = 'down' | 'joining' | 'ready';
@@ -159,8 +166,8 @@ export class Relay implements Role {
   private cacheBytes = 0;
   private readonly receiveQueue: WriteMsg[] = [];
   private readonly cacheOps = new Map<OpId, REntry>();
-  private readonly storageOps = new Map<OpId, REntry>();
-  private readonly overlap: OverlapQueue<REntry>;
+  private readonly storageOps = new Map<OpId, LocalOp>();
+  private readonly overlap: OverlapQueue<LocalOp>;
   private unflushed: REntry[] = [];
   private localFlush: { opId: OpId; covers: REntry[]; waiters: FlushReq[] } | undefined;
   private lastFlushMs = 0;
@@ -259,7 +266,8 @@ export class Relay implements Role {
         break;
       case 'resyncData':
         assert(this.resyncs.length < this.lim.mirrorResyncQueueMax, `relay resync queue full (${this.lim.mirrorResyncQueueMax}): upstream exceeded resyncInflightRegionsMax`);
-        this.resyncs.push({ resyncId: msg.resyncId, offsetBytes: msg.offsetBytes, payload: msg.payload, sentDown: false });
+        if (this.resyncs.some((r) => r.resyncId === msg.resyncId)) break;
+        this.resyncs.push({ resyncId: msg.resyncId, offsetBytes: msg.offsetBytes, payload: msg.payload, sentDown: false, downDone: false, localIssued: !this.cfg.storage, localDone: !this.cfg.storage, sense: undefined });
         break;
       case 'heartbeat':
         if (!msg.reply) this.send(peer, { type: 'heartbeat', epoch: this.epoch, sentMs: msg.sentMs, seqAcked: this.seqAcked, reply: true });
@@ -306,6 +314,10 @@ export class Relay implements Role {
   }
 
   private join(peer: PeerId): void {
+    // Flush ids belong to one upstream session (a restarted primary counts from 1 again): the
+    // upstream re-sends every flush it still waits for, so answering an old one could complete
+    // a new flush early.
+    this.flushes = [];
     this.upstream = peer;
     this.lastHeardUpstreamMs = this.nowMs;
     this.send(peer, { type: 'resyncRequest', epoch: this.epoch, seqReceived: this.seqReceived });
@@ -349,7 +361,10 @@ export class Relay implements Role {
   private accept(ce: CacheEntry, replayed: boolean): void {
     const e: REntry = {
       epoch: ce.epoch, seq: ce.seq, offsetBytes: ce.offsetBytes, lengthBytes: ce.lengthBytes, fua: ce.fua, payload: ce.payload,
-      receivedMs: this.nowMs, cached: replayed, stored: !this.cfg.storage, durable: !this.cfg.storage, sense: undefined, sent: false, downAcked: false,
+      receivedMs: this.nowMs, cached: replayed, stored: !this.cfg.storage, durable: !this.cfg.storage, sense: undefined, sent: false,
+      // Re-sent by the upstream after our restart, but the downstream already acked it (acks
+      // only grow, so it would never be acked again).
+      downAcked: ce.epoch === this.epoch && ce.seq <= this.downAcked,
     };
     this.entries.push(e);
     this.cacheBytes += e.lengthBytes;
@@ -358,13 +373,15 @@ export class Relay implements Role {
       this.cacheOps.set(opId, e);
       this.out.push({ type: 'cacheAppend', opId, entry: { epoch: e.epoch, seq: e.seq, offsetBytes: e.offsetBytes, lengthBytes: e.lengthBytes, fua: e.fua, payload: e.payload } });
     }
-    if (this.cfg.storage && this.overlap.insert(e.offsetBytes, e.lengthBytes, e)) this.issueStorage(e);
+    const op: LocalOp = { kind: 'write', entry: e };
+    if (this.cfg.storage && this.overlap.insert(e.offsetBytes, e.lengthBytes, op)) this.issueStorage(op);
   }
 
-  private issueStorage(e: REntry): void {
+  private issueStorage(op: LocalOp): void {
     const opId = this.opNext++;
-    this.storageOps.set(opId, e);
-    this.out.push({ type: 'storageWrite', opId, offsetBytes: e.offsetBytes, payload: e.payload, fua: e.fua });
+    this.storageOps.set(opId, op);
+    if (op.kind === 'write') this.out.push({ type: 'storageWrite', opId, offsetBytes: op.entry.offsetBytes, payload: op.entry.payload, fua: op.entry.fua });
+    else this.out.push({ type: 'storageWrite', opId, offsetBytes: op.item.offsetBytes, payload: op.item.payload, fua: true });
   }
 
   private onCacheAppended(opId: OpId, sense: SenseInfo | undefined): void {
@@ -379,10 +396,19 @@ export class Relay implements Role {
   }
 
   private onStorageWritten(opId: OpId, sense: SenseInfo | undefined): void {
-    const e = this.storageOps.get(opId);
-    assert(e !== undefined, `storageWritten for unknown op ${opId}`);
+    const op = this.storageOps.get(opId);
+    assert(op !== undefined, `storageWritten for unknown op ${opId}`);
     this.storageOps.delete(opId);
-    for (const next of this.overlap.complete(e)) this.issueStorage(next);
+    for (const next of this.overlap.complete(op)) this.issueStorage(next);
+    if (op.kind === 'resync') {
+      op.item.localDone = true;
+      if (sense !== undefined) {
+        this.log('error', 'resync_write_failed', { offsetBytes: op.item.offsetBytes, message: sense.message });
+        op.item.sense ??= sense;
+      }
+      return;
+    }
+    const e = op.entry;
     e.stored = true;
     if (sense !== undefined) {
       this.log('error', 'storage_write_failed', { seq: e.seq, offsetBytes: e.offsetBytes, message: sense.message });
@@ -450,18 +476,20 @@ export class Relay implements Role {
         this.log('error', 'downstream_write_failed', { peer: this.cfg.downstream, seq: msg.seq, message: msg.sense.message });
         if (this.upstream !== undefined) this.send(this.upstream, msg);
         break;
-      case 'flushAck': {
-        const f = this.flushes.find((x) => x.flushId === msg.flushId);
-        if (f === undefined) return;
-        f.downDone = true;
-        if (msg.sense !== undefined) f.sense ??= msg.sense;
+      case 'flushAck':
+        // Downstream flush ids are the flush's seq: "everything up to seq is durable there" means
+        // the same in every session of this epoch, so a late answer can never mislead.
+        for (const f of this.flushes) {
+          if (f.upTo !== msg.flushId) continue;
+          f.downDone = true;
+          if (msg.sense !== undefined) f.sense ??= msg.sense;
+        }
         break;
-      }
       case 'resyncAck': {
-        const i = this.resyncs.findIndex((r) => r.resyncId === msg.resyncId);
-        if (i < 0) return;
-        this.resyncs.splice(i, 1);
-        if (this.upstream !== undefined) this.send(this.upstream, msg);
+        const r = this.resyncs.find((x) => x.resyncId === msg.resyncId);
+        if (r === undefined) return;
+        r.downDone = true;
+        if (msg.sense !== undefined) r.sense ??= msg.sense;
         break;
       }
       case 'heartbeat':
@@ -523,14 +551,37 @@ export class Relay implements Role {
       if (this.receiveQueue.some((w) => w.seq <= f.upTo)) continue;
       if (this.entries.some((e) => e.epoch === this.epoch && e.seq <= f.upTo && !e.sent && !e.downAcked)) continue;
       f.sentDown = true;
-      this.send(this.cfg.downstream, { type: 'flush', epoch: this.epoch, flushId: f.flushId, seq: f.upTo });
+      this.send(this.cfg.downstream, { type: 'flush', epoch: this.epoch, flushId: f.upTo, seq: f.upTo });
     }
-    // Resync data only once the cache is drained, so no cached write can be re-sent over it.
-    if (this.entries.some((e) => !e.downAcked) || this.receiveQueue.length > 0) return;
+    // Resync data only once the cache is empty (every entry went down, and with storage is
+    // durable here), so no cached write can be re-sent or replayed over it.
+    if (this.entries.length > 0 || this.receiveQueue.length > 0) return;
     for (const r of this.resyncs) {
+      if (!r.localIssued) {
+        r.localIssued = true;
+        const op: LocalOp = { kind: 'resync', item: r };
+        if (this.overlap.insert(r.offsetBytes, r.payload.byteLength, op)) this.issueStorage(op);
+      }
       if (r.sentDown) continue;
       r.sentDown = true;
       this.send(this.cfg.downstream, { type: 'resyncData', epoch: this.epoch, resyncId: r.resyncId, offsetBytes: r.offsetBytes, payload: r.payload });
+    }
+  }
+
+  /** A region is repaired once the downstream and (with storage) this relay wrote it. */
+  private finishResyncs(): void {
+    for (let i = 0; i < this.resyncs.length; ) {
+      const r = this.resyncs[i]!;
+      if (!r.downDone || !r.localDone) {
+        i++;
+        continue;
+      }
+      this.resyncs.splice(i, 1);
+      if (this.upstream !== undefined) {
+        this.send(this.upstream, r.sense === undefined
+          ? { type: 'resyncAck', epoch: this.epoch, resyncId: r.resyncId }
+          : { type: 'resyncAck', epoch: this.epoch, resyncId: r.resyncId, sense: r.sense });
+      }
     }
   }
 
@@ -577,7 +628,7 @@ export class Relay implements Role {
     if (!this.cfg.storage || this.localFlush !== undefined) return;
     const n = this.unflushed.length;
     const due =
-      this.flushWaiters.length > 0 ||
+      this.flushWaiters.length > 0 || (this.resyncs.length > 0 && n > 0) ||
       (n > 0 && (n >= this.lim.flushAfterWritesMax || this.nowMs - this.lastFlushMs >= this.lim.flushIntervalMs || this.cacheBytes * 2 >= this.lim.cacheBytesMax));
     if (!due) return;
     const opId = this.opNext++;
@@ -637,6 +688,7 @@ export class Relay implements Role {
     this.admit();
     this.advanceAck();
     this.pumpDown();
+    this.finishResyncs();
   }
 
   private send(peer: PeerId, msg: PeerMsg): void {

@@ -1,7 +1,7 @@
 // `npm run sim -- --seed S` replays one seed with a readable trace;
 // `npm run sim -- --seeds N [--from F]` runs N seeds and prints each failure with its seed.
 import { Command } from 'commander';
-import { runSim } from './sim.js';
+import { runSim, type Topology } from './sim.js';
 
 const program = new Command()
   .name('sim')
@@ -10,9 +10,13 @@ const program = new Command()
   .option('--seeds <n>', 'run this many seeds (no trace)', (v) => parseSeed(v))
   .option('--from <n>', 'first seed of a --seeds run', (v) => parseSeed(v), 1)
   .option('--ops <n>', 'host operations per run (default: seeded 120-240)', (v) => parseSeed(v))
-  .option('--quiet', 'with --seed: only the verdict, no trace');
+  .option('--quiet', 'with --seed: only the verdict, no trace')
+  .option('--topology <t>', 'fanout (default), chain (local -> r1 -> r2 -> remote) or mixed (east direct + r1 -> r2 -> west)', (v) => {
+    if (v !== 'fanout' && v !== 'chain' && v !== 'mixed') throw new Error(`--topology ${v}: use fanout, chain or mixed`);
+    return v as Topology;
+  });
 program.parse();
-const o = program.opts<{ seed?: number; seeds?: number; from: number; ops?: number; quiet?: boolean }>();
+const o = program.opts<{ seed?: number; seeds?: number; from: number; ops?: number; quiet?: boolean; topology?: Topology }>();
 
 function parseSeed(v: string): number {
   const n = Number(v);
@@ -21,7 +25,7 @@ function parseSeed(v: string): number {
 }
 
 if (o.seed !== undefined) {
-  const r = runSim({ seed: o.seed, hostOps: o.ops, trace: o.quiet ? undefined : (line) => console.log(line) });
+  const r = runSim({ seed: o.seed, hostOps: o.ops, topology: o.topology, trace: o.quiet ? undefined : (line) => console.log(line) });
   console.log(`seed ${r.seed}: ${r.ok ? 'ok' : 'FAILED'} ${JSON.stringify(r.stats)}`);
   for (const f of r.failures) console.log(`  ${f}`);
   process.exitCode = r.ok ? 0 : 1;
@@ -30,7 +34,7 @@ if (o.seed !== undefined) {
   const t0 = performance.now();
   let failed = 0;
   for (let seed = o.from; seed < o.from + n; seed++) {
-    const r = runSim({ seed, hostOps: o.ops });
+    const r = runSim({ seed, hostOps: o.ops, topology: o.topology });
     if (!r.ok) {
       failed++;
       console.log(`seed ${seed} FAILED: ${r.failures.join('; ')}  (replay: npm run sim -- --seed ${seed})`);

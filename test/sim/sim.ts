@@ -15,6 +15,7 @@
 import { Prng } from '../../hal/prng.js';
 import { Mirror } from '../../src/core/mirror.js';
 import { Primary } from '../../src/core/primary.js';
+import { Relay, type RelayAckMode } from '../../src/core/relay.js';
 import {
   CoreAssertionError,
   defaultLimits,
@@ -37,7 +38,14 @@ export interface SimOptions {
   readonly trace?: (line: string) => void;
   /** Turn faults off (for a baseline). */
   readonly faults?: boolean;
+  /**
+   * fanout (default): primary -> 1..3 mirrors. chain: local -> r1 -> r2 -> remote (issue 7).
+   * mixed: local -> east directly, and local -> r1 -> r2 -> west.
+   */
+  readonly topology?: Topology;
 }
+
+export type Topology = 'fanout' | 'chain' | 'mixed';
 
 export interface SimResult {
   readonly seed: number;
@@ -105,8 +113,10 @@ function less(a: { t: number; n: number }, b: { t: number; n: number }): boolean
 
 interface Site {
   readonly name: PeerId;
-  readonly role: 'primary' | 'mirror';
-  core: Primary | Mirror | undefined;
+  readonly role: 'primary' | 'mirror' | 'relay';
+  core: Primary | Mirror | Relay | undefined;
+  /** Relays: where they forward, their ack mode, whether they keep a copy (claim 18). */
+  readonly relay?: { downstream: PeerId; ackMode: RelayAckMode; storage: boolean };
   /** Bumped at every crash: completions of a previous life are discarded. */
   life: number;
   readonly disk: SimDisk;
@@ -119,8 +129,8 @@ interface Site {
 }
 
 interface Link {
-  readonly a: PeerId; // primary
-  readonly b: PeerId; // mirror
+  readonly a: PeerId; // upstream (primary or relay)
+  readonly b: PeerId; // downstream (mirror or relay); links are keyed by it (one upstream each)
   connected: boolean;
   conn: number;
   partitioned: boolean;
@@ -158,7 +168,13 @@ class Sim {
   private readonly volumeBytes: number;
   private readonly limits: Limits;
   private readonly policy: MirrorLossPolicy;
+  /** The primary's direct targets (mirrors or first relays). */
   private readonly mirrorNames: PeerId[];
+  /** Every site but the primary. */
+  private readonly others: PeerId[];
+  /** Sites behind each direct target (the leg), the target included. */
+  private readonly legs = new Map<PeerId, PeerId[]>();
+  private readonly topology: Topology;
   private readonly hostOps: number;
   private readonly qd: number;
   /** Chance that a mirror's storage write fails with a MEDIUM ERROR (0 in most seeds). */
@@ -183,11 +199,34 @@ class Sim {
     const p = this.prng;
     this.volumeBytes = (32 + p.int(4) * 32) * blockBytes; // 16..64 KiB: small, so writes overlap a lot
     this.policy = p.chance(0.25) ? 'block' : 'degrade';
-    const mirrorCount = 1 + p.int(3);
-    this.mirrorNames = ['east', 'west', 'north'].slice(0, mirrorCount);
+    this.topology = opts.topology ?? 'fanout';
+    // upstream -> downstream edges; relays are the sites that both receive and forward.
+    let edges: [PeerId, PeerId][];
+    if (this.topology === 'chain') {
+      edges = [['local', 'r1'], ['r1', 'r2'], ['r2', 'remote']];
+    } else if (this.topology === 'mixed') {
+      edges = [['local', 'east'], ['local', 'r1'], ['r1', 'r2'], ['r2', 'west']];
+    } else {
+      const mirrorCount = 1 + p.int(3);
+      edges = ['east', 'west', 'north'].slice(0, mirrorCount).map((m) => ['local', m]);
+    }
+    this.mirrorNames = edges.filter(([a]) => a === 'local').map(([, b]) => b);
+    this.others = edges.map(([, b]) => b);
+    for (const m of this.mirrorNames) {
+      const leg = [m];
+      for (let cur = m; ; ) {
+        const next = edges.find(([a]) => a === cur)?.[1];
+        if (next === undefined) break;
+        leg.push(next);
+        cur = next;
+      }
+      this.legs.set(m, leg);
+    }
     this.hostOps = opts.hostOps ?? 80 + p.int(120);
     this.qd = 1 + p.int(16);
-    this.mirrorWriteErrorRate = p.chance(0.2) ? 0.01 : 0;
+    // Behind a `cached` relay a storage error is a documented gap (src/core/relay.ts "Known
+    // limits"), so chains run without injected storage errors.
+    this.mirrorWriteErrorRate = this.topology === 'fanout' && p.chance(0.2) ? 0.01 : 0;
     this.limits = {
       ...defaultLimits,
       inflightWritesMax: 2 + p.int(8),
@@ -210,15 +249,20 @@ class Sim {
     };
     this.limits = { ...this.limits, cacheBytesMax: this.limits.inflightBytesMax + p.int(4) * 8192 };
     const meta = { epoch: 1n, seqReserved: 1n };
-    for (const name of ['local', ...this.mirrorNames]) {
+    for (const name of ['local', ...this.others]) {
+      const downstream = edges.find(([a]) => a === name)?.[1];
+      const relay = name !== 'local' && downstream !== undefined
+        ? { downstream, ackMode: (p.chance(0.5) ? 'cached' : 'end-to-end') as RelayAckMode, storage: p.chance(0.3) }
+        : undefined;
       this.sites.set(name, {
-        name, role: name === 'local' ? 'primary' : 'mirror', core: undefined, life: 0,
+        name, role: name === 'local' ? 'primary' : relay !== undefined ? 'relay' : 'mirror', core: undefined, life: 0,
+        ...(relay !== undefined ? { relay } : {}),
         disk: new SimDisk(this.volumeBytes, blockBytes), cache: new SimCache(), persist: new SimPersist(meta),
         pendingWrites: new Map(), cacheDoneAtMs: 0, persistDoneAtMs: 0, crashes: 0,
       });
     }
-    for (const m of this.mirrorNames) {
-      this.links.set(m, { a: 'local', b: m, connected: false, conn: 0, partitioned: false, baseDelayMs: 0.2 + p.float() * 10, lastDeliverMs: {}, reconnectPending: false });
+    for (const [a, m] of edges) {
+      this.links.set(m, { a, b: m, connected: false, conn: 0, partitioned: false, baseDelayMs: 0.2 + p.float() * 10, lastDeliverMs: {}, reconnectPending: false });
     }
   }
 
@@ -233,7 +277,7 @@ class Sim {
   }
 
   run(): SimResult {
-    this.log(`seed: volume ${this.volumeBytes} B, mirrors ${this.mirrorNames.join(',')}, policy ${this.policy}, qd ${this.qd}, ops ${this.hostOps}, limits ${JSON.stringify(this.limits, (_k, v) => (typeof v === 'bigint' ? Number(v) : v))}`);
+    this.log(`seed: volume ${this.volumeBytes} B, topology ${this.topology} ${[...this.links.values()].map((l) => `${l.a}->${l.b}`).join(' ')} relays ${JSON.stringify([...this.sites.values()].filter((x) => x.relay).map((x) => ({ name: x.name, ...x.relay })))}, policy ${this.policy}, qd ${this.qd}, ops ${this.hostOps}, limits ${JSON.stringify(this.limits, (_k, v) => (typeof v === 'bigint' ? Number(v) : v))}`);
     for (const s of this.sites.values()) this.startSite(s);
     for (const l of this.links.values()) this.connect(l);
     this.sched.at(1, () => this.pump());
@@ -250,12 +294,13 @@ class Sim {
     }
     this.stats.events = steps;
     if (this.failures.length === 0) this.finalChecks();
-    return { seed: this.seed, ok: this.failures.length === 0, failures: this.failures, stats: { ...this.stats, policy: this.policy, mirrors: this.mirrorNames.length, simMs: Math.round(this.sched.now) } };
+    return { seed: this.seed, ok: this.failures.length === 0, failures: this.failures, stats: { ...this.stats, policy: this.policy, topology: this.topology, mirrors: this.mirrorNames.length, simMs: Math.round(this.sched.now) } };
   }
 
   private describe(): string {
     const p = this.sites.get('local')!.core as Primary | undefined;
-    return JSON.stringify({ primary: p?.status(), outstanding: this.outstanding, issued: this.issued }, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+    const relays = [...this.sites.values()].filter((s) => s.role === 'relay').map((s) => (s.core as Relay | undefined)?.status());
+    return JSON.stringify({ primary: p?.status(), relays, outstanding: this.outstanding, issued: this.issued }, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -265,7 +310,9 @@ class Sim {
     const cfgBase = { self: s.name, volumeBytes: this.volumeBytes, blockBytes, limits: this.limits };
     s.core = s.role === 'primary'
       ? new Primary({ ...cfgBase, mirrors: this.mirrorNames, onMirrorLoss: this.policy })
-      : new Mirror(cfgBase);
+      : s.relay !== undefined
+        ? new Relay({ ...cfgBase, ...s.relay })
+        : new Mirror(cfgBase);
     const life = s.life;
     this.deliver(s, { type: 'start', recovered: { meta: s.persist.meta, cacheEntries: s.cache.list(), dirtyRegions: s.persist.dirtyRegions() } });
     const tick = (): void => {
@@ -351,7 +398,8 @@ class Sim {
   }
 
   private send(from: PeerId, to: PeerId, msg: PeerMsg): void {
-    const l = this.links.get(from === 'local' ? to : from);
+    const down = this.links.get(to);
+    const l = down !== undefined && down.a === from ? down : this.links.get(from);
     if (l === undefined || !l.connected) return;
     const conn = l.conn;
     const dir = `${from}>${to}`;
@@ -390,7 +438,7 @@ class Sim {
       this.reset(l, false);
       this.sched.at(this.sched.now + 10 + p.int(600), () => this.heal(l));
     } else if (r < 75) {
-      const mirrors = this.mirrorNames.map((n) => this.sites.get(n)!);
+      const mirrors = this.others.map((n) => this.sites.get(n)!);
       this.crash(mirrors[p.int(mirrors.length)]!, p.chance(0.3));
     } else if (r < 90) {
       this.crash(this.sites.get('local')!, p.chance(0.3));
@@ -602,9 +650,12 @@ class Sim {
     const primary = this.primary();
     if (primary === undefined) return;
     const nowInSync = new Set(primary.inSyncMirrors());
-    const sites = ['local', ...syncAtIssue.filter((m) => nowInSync.has(m))];
+    // A leg through relays is as in sync as its first hop: the relay never degrades its
+    // downstream, it only blocks (and answers a flush once the far end answered).
+    const sites = ['local', ...syncAtIssue.filter((m) => nowInSync.has(m)).flatMap((m) => this.legs.get(m)!)];
     for (const name of sites) {
       const s = this.sites.get(name)!;
+      if (!this.holdsCopy(s)) continue;
       const image = this.powerLossImage(s);
       const err = this.checkImage(image, ackedBefore, `after flush at ${name}`);
       if (err !== undefined) return this.fail(err);
@@ -650,11 +701,16 @@ class Sim {
   private converged(): boolean {
     const p = this.primary();
     if (p === undefined || !p.quiescent()) return false;
-    for (const n of this.mirrorNames) {
-      const m = this.sites.get(n)!.core as Mirror | undefined;
-      if (m === undefined || !m.quiescent()) return false;
+    for (const n of this.others) {
+      const m = this.sites.get(n)!.core;
+      if (m === undefined || m instanceof Primary || !m.quiescent()) return false;
     }
     return true;
+  }
+
+  /** Mirrors, and relays with storage (claim 18), hold a full copy of the volume. */
+  private holdsCopy(s: Site): boolean {
+    return s.role !== 'relay' || s.relay?.storage === true;
   }
 
   private finalChecks(): void {
@@ -662,7 +718,8 @@ class Sim {
     const ref = this.sites.get('local')!;
     const err = this.checkImage(ref.disk.cur, acked, 'primary after convergence');
     if (err !== undefined) return this.fail(err);
-    for (const n of this.mirrorNames) {
+    for (const n of this.others) {
+      if (!this.holdsCopy(this.sites.get(n)!)) continue;
       const d = this.sites.get(n)!.disk.cur;
       for (let i = 0; i < d.byteLength; i += blockBytes) {
         if (!sameBlock(d, ref.disk.cur, i)) {
