@@ -148,7 +148,8 @@ function sparseFile(path: string, bytes: number): void {
 
 function startProc(cmd: string, args: string[], logPath: string, env: NodeJS.ProcessEnv = process.env): { child: ChildProcess; exited: Promise<void> } {
   const log = createWriteStream(logPath, { flags: 'a' });
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+  // cwd: the repo, so `--import tsx` resolves whatever folder the bench was started from.
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env, cwd: repoRoot });
   child.stdout!.pipe(log, { end: false });
   child.stderr!.pipe(log, { end: false });
   const exited = new Promise<void>((r) => child.once('exit', () => (log.end(), r())));
