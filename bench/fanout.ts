@@ -8,7 +8,10 @@
 // Configurations alternate (0,1,2,0,1,2,...) so drift in machine load hits all of them alike;
 // each point is repeated and the table shows medians and the median of per-round ratios.
 //
-//   npm run bench:fanout [-- --rounds 3 --seconds 2]
+// --mirrors-in-process runs the mirrors' Replicas in this process as well (one event loop for
+// every site): a cross-check that separates cross-process scheduling from work on the path.
+//
+//   npm run bench:fanout [-- --rounds 3 --seconds 2] [-- --mirrors-in-process]
 import { Command } from 'commander';
 import { loadavg, cpus } from 'node:os';
 import { performance } from 'node:perf_hooks';
@@ -41,8 +44,9 @@ const program = new Command('bench:fanout')
   .option('--rounds <n>', 'repetitions of every (point, mirrors) pair', '3')
   .option('--seconds <s>', 'measured time per run', '2')
   .option('--volume-mib <n>', 'volume size', '256')
+  .option('--mirrors-in-process', 'run the mirrors in this process too (one event loop for all sites) instead of as site processes')
   .parse();
-const opts = program.opts<{ rounds: string; seconds: string; volumeMib: string }>();
+const opts = program.opts<{ rounds: string; seconds: string; volumeMib: string; mirrorsInProcess?: boolean }>();
 const rounds = Number(opts.rounds);
 const runMs = Number(opts.seconds) * 1000;
 const volumeBytes = Number(opts.volumeMib) * MiB;
@@ -85,19 +89,25 @@ async function measure(replica: Replica, p: Point, seed: number): Promise<Result
   return { iops: n / secs, mibPerSec: (n * p.writeBytes) / MiB / secs };
 }
 
-async function openPrimary(configPath: string, mirrors: string[]): Promise<Replica> {
+/** Opens one site's Replica in this process; `mirrors` overrides a primary's mirror list. */
+async function openReplica(configPath: string, name: string, mirrors?: string[]): Promise<Replica> {
   const config = loadConfig(configPath);
-  const site = { ...config.sites.local!, mirrors };
+  const site = { ...config.sites[name]!, ...(mirrors ? { mirrors } : {}) };
   const ctx: SiteContext = {
     config,
     site,
     secret: readSecret(config),
-    log: createLogger({ site: 'local', level: 'warn', format: 'json' }),
-    metrics: createSiteMetrics({ site: 'local', role: 'primary', cluster: config.cluster, processMetrics: false }),
+    log: createLogger({ site: name, level: 'warn', format: 'json' }),
+    metrics: createSiteMetrics({ site: name, role: site.role, cluster: config.cluster, processMetrics: false }),
   };
   const dev = await openSiteDevices(ctx, regionCount(volumeBytes, defaultLimits.regionBytes));
   const r = new Replica(ctx, dev);
   await r.start();
+  return r;
+}
+
+async function openPrimary(configPath: string, mirrors: string[]): Promise<Replica> {
+  const r = await openReplica(configPath, 'local', mirrors);
   // Wait until every mirror joined in sync (the core sends no writes to a joining mirror).
   const deadline = Date.now() + 30_000;
   for (;;) {
@@ -118,9 +128,13 @@ function median(xs: number[]): number {
 async function main(): Promise<void> {
   const cluster = await Cluster.create({ volumeBytes, cacheBytes: 64 * MiB, mirrors: allMirrors, env: {} }); // default link timing, as in production
   const results = new Map<string, Result[]>(); // `${point}|${mirrors}`
+  let stopInProcess = async (): Promise<void> => undefined;
   try {
-    await cluster.start(allMirrors);
-    console.log(`bench:fanout: primary in-process (host API, no NBD), mirrors ${allMirrors.join(', ')} as site processes on loopback files`);
+    const inProcess: Replica[] = [];
+    if (opts.mirrorsInProcess) for (const m of allMirrors) inProcess.push(await openReplica(cluster.configPath, m));
+    else await cluster.start(allMirrors);
+    stopInProcess = () => Promise.all(inProcess.map((r) => r.stop())).then(() => undefined);
+    console.log(`bench:fanout: primary in-process (host API, no NBD), mirrors ${allMirrors.join(', ')} ${opts.mirrorsInProcess ? 'in the same process' : 'as site processes'} on loopback files`);
     console.log(`volume ${volumeBytes / MiB} MiB, ${rounds} round(s) x ${runMs / 1000} s per run, ${cpus().length} CPU(s), load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
     let seed = 1;
     for (let round = 0; round < rounds; round++) {
@@ -140,6 +154,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
+    await stopInProcess();
     await cluster.destroy();
   }
 
