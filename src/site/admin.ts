@@ -83,6 +83,9 @@ async function handle(options: AdminServerOptions, req: IncomingMessage, res: Se
     const status = await options.status();
     send(res, 200, 'application/json; charset=utf-8', `${JSON.stringify(status)}\n`);
   } else if (path === '/metrics') {
+    // The runtime refreshes its gauges (cache, epoch, in-flight and resync per peer) in
+    // status(); calling it here keeps a Prometheus that only scrapes /metrics current.
+    await options.status();
     const text = await options.registry.metrics();
     send(res, 200, options.registry.contentType, text);
   } else if (path === '/checksums' && options.checksums) {
