@@ -24,6 +24,9 @@ interface InflightWrite {
 /** Everything written but not yet landed, across all devices of one simulated site. */
 class Disks {
   readonly inflight = new Set<InflightWrite>();
+  landed = 0;
+  /** Called after each landed write (a crash hook). */
+  onLand: (() => void) | undefined;
   constructor(readonly rng: Prng) {}
 
   async land(target: Buffer, offsetBytes: number, data: Buffer): Promise<void> {
@@ -34,7 +37,33 @@ class Disks {
     else if (n >= 4) await new Promise((r) => setTimeout(r, n - 3));
     this.inflight.delete(w);
     data.copy(target, offsetBytes);
+    this.landed++;
+    this.onLand?.();
   }
+}
+
+/** The site as a kill -9 leaves it now: landed writes stay, in-flight ones land partly or not at all. */
+function snapshot(site: Site, disks: Disks, rng: Prng): Site {
+  const crashed = { cache: Buffer.from(site.cache), a: Buffer.from(site.a), b: Buffer.from(site.b) };
+  for (const f of disks.inflight) {
+    if (rng.chance(0.5)) continue;
+    const dst = f.target === site.cache ? crashed.cache : f.target === site.a ? crashed.a : crashed.b;
+    f.data.copy(dst, f.offsetBytes, 0, rng.int(f.data.length + 1));
+  }
+  return crashed;
+}
+
+/** Crashes the site while it opens (replays), after `landedMax` device writes; or once open. */
+async function crashDuringOpen(site: Site, landedMax: number, rng: Prng): Promise<Site> {
+  const disks = new Disks(rng.fork());
+  let crashed: Site | undefined;
+  disks.onLand = () => {
+    if (crashed === undefined && disks.landed >= landedMax) crashed = snapshot(site, disks, rng);
+  };
+  await openSite(site, disks);
+  crashed ??= snapshot(site, disks, rng);
+  disks.onLand = undefined;
+  return crashed;
 }
 
 class SimMember implements BlockDevice {
@@ -104,13 +133,7 @@ async function runUntilCrash(site: Site, runSeed: number, killAfter: number, rng
       if (crashed !== undefined) return;
       accepted++;
       if (accepted < killAfter) return;
-      // kill -9 now: what landed stays, what is in flight lands partly or not at all.
-      crashed = { cache: Buffer.from(site.cache), a: Buffer.from(site.a), b: Buffer.from(site.b) };
-      for (const f of disks.inflight) {
-        if (rng.chance(0.5)) continue;
-        const dst = f.target === site.cache ? crashed.cache : f.target === site.a ? crashed.a : crashed.b;
-        f.data.copy(dst, f.offsetBytes, 0, rng.int(f.data.length + 1));
-      }
+      crashed = snapshot(site, disks, rng); // kill -9 now
     });
     executing.push(ticket.executed);
     if (executing.length >= crashWritesInflightMax) await executing.shift();
@@ -120,13 +143,15 @@ async function runUntilCrash(site: Site, runSeed: number, killAfter: number, rng
 }
 
 describe('array crash simulation (torn in-flight writes)', () => {
-  it('replays every accepted write and keeps RAID-1 members equal across 18 simulated crashes', async () => {
-    for (let seed = 1; seed <= 6; seed++) {
+  it('replays every accepted write and keeps RAID-1 members equal across 36 simulated crashes (12 of them during replay)', async () => {
+    for (let seed = 1; seed <= Number(process.env.CRASHSIM_SEEDS ?? 6); seed++) {
       const rng = new Prng(seed);
       let site: Site = { cache: Buffer.alloc(crashCacheBytes), a: Buffer.alloc(crashBlockCount * bs), b: Buffer.alloc(crashBlockCount * bs) };
       let baseline = Buffer.alloc(crashBlockCount * bs);
-      for (let run = 0; run < 3; run++) {
+      for (let run = 0; run < 4; run++) {
         const runSeed = 5000 + seed * 10 + run;
+        // Every other run first crashes once more while replaying the previous crash.
+        if (run % 2 === 1) site = await crashDuringOpen(site, rng.int(40), rng);
         const { crashed, acceptedCount } = await runUntilCrash(site, runSeed, 1 + rng.int(150), rng);
         const where = `seed ${seed} run ${run}`;
         const restarted = await openSite(crashed, new Disks(rng.fork()));
