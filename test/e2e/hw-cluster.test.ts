@@ -11,6 +11,8 @@ import { startSerialSim, type SerialSim } from '../../hal/serial/sim/pty.js';
 import { applyWrites, Cluster, NbdWriter, planWrites, sha256 } from './harness.js';
 
 const MiB = 1024 * 1024;
+/** Bound on site start-up and first sync in this test (ms). */
+const startWaitMs = 90_000;
 let cluster: Cluster | undefined;
 let serial: SerialSim | undefined;
 let writer: NbdWriter | undefined;
@@ -38,8 +40,11 @@ describe('cluster on hardware adapters (simulated devices)', () => {
     expect(edited).toContain(`serial:${serial.hostPath}`);
     writeFileSync(c.configPath, edited);
     try {
-      await c.start();
-      await c.waitInSync();
+      // Three site processes plus the simulator compile TypeScript at start; on a loaded CI
+      // machine that can pass the harness's default wait, so allow a bounded longer one.
+      for (const n of c.names) c.spawn(n);
+      await Promise.all(c.names.map((n) => c.waitStatus(n, (s) => s.state !== 'starting', 'runtime up', startWaitMs)));
+      await c.waitInSync(startWaitMs);
       const plan = planWrites(9009, c.volumeBytes, 16 * MiB);
       writer = await NbdWriter.connect(c.nbdPort);
       expect(await writer.run(plan, 8)).toEqual([]);
