@@ -9,7 +9,7 @@
 // have to re-earn; its cost is one Debian package on the flashing machine.
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, copyFileSync, createReadStream, createWriteStream, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, copyFileSync, createReadStream, createWriteStream, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join, posix, relative } from 'node:path';
 import { Transform } from 'node:stream';
@@ -179,7 +179,17 @@ export async function flash(opts: FlashOptions): Promise<FlashResult> {
 
   // 2. The image, with progress.
   const total = imageSizeBytes(opts.image);
-  const fd = openSync(opts.out, isDevice ? 'r+' : 'w');
+  // O_EXCL on a Linux block device fails with EBUSY while anything (a mount, swap, a partition in
+  // use) holds it: a second, kernel-side guard behind checkTarget.
+  let fd: number;
+  try {
+    fd = openSync(opts.out, isDevice ? constants.O_RDWR | constants.O_EXCL : 'w');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EBUSY') throw new FlashError(`${opts.out}: the kernel reports it busy (mounted or in use); unmount its partitions first`);
+    if (code === 'EACCES' || code === 'EPERM') throw new FlashError(`${opts.out}: no permission to write it; run with sudo (block devices) or pick a writable path`);
+    throw err;
+  }
   const bar = opts.progress ? new cliProgress.SingleBar({ format: 'writing {bar} {percentage}% | {value}/{total} MiB', stream: process.stderr }, cliProgress.Presets.shades_classic) : undefined;
   const mib = 2 ** 20;
   let written = 0;

@@ -54,6 +54,18 @@ describe('geomirror@.service', () => {
   });
 });
 
+describe('install.sh', () => {
+  it('is valid sh and installs the unit and the generated udev rules', () => {
+    const file = fileURLToPath(new URL('../../targets/rpi/install.sh', import.meta.url));
+    const r = spawnSync('sh', ['-n', file], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const text = readFileSync(file, 'utf8');
+    expect(text).toContain('install -m 0644 "$here/systemd/geomirror@.service" /etc/systemd/system/geomirror@.service');
+    expect(text).toContain('node "$here/lib/targets/rpi/udev-rules.js" /etc/geomirror/cluster.yaml "$site"');
+    expect(text).toContain('udevadm control --reload-rules');
+  });
+});
+
 describe('udev rules', () => {
   it('give the USB disk (vendor/product/serial) and serial port of the site to the service user, keep the disk unmounted', () => {
     const cfg = join(dir, 'cluster.yaml');
