@@ -66,6 +66,8 @@ export interface StatusRow {
   cache: string;
   link: string;
   rtt: string;
+  /** Relays only: what the relay holds for its next hop (printed under the table). */
+  hop?: string;
 }
 
 const pct = (x: number): string => `${Math.floor(x)}%`;
@@ -93,7 +95,13 @@ export function statusRows(results: StatusResult[]): StatusRow[] {
     const link = view ? view.link : fed.length > 0 ? `${fed.filter((p) => p.link === 'up').length}/${fed.length} up` : '-';
     const rttMs = view?.rttMs;
     const cap = s.cache.capacityBytes;
+    const down = fed.find((p) => p.relay !== undefined);
+    const hop = down?.relay === undefined ? undefined
+      : `${s.site} -> ${down.name} (${down.link}, ack ${down.relay.ackMode}): ${down.relay.cachedEntries} cached, ` +
+        `${down.relay.lagWrites} writes / ${formatBytes(down.relay.lagBytes)} / ${down.relay.lagMs} ms behind` +
+        (down.relay.oldestUnackedSeq !== undefined ? `, oldest unacked seq ${down.relay.oldestUnackedSeq}` : '');
     return {
+      ...(hop !== undefined ? { hop } : {}),
       site: s.site,
       role: s.role,
       epoch: String(s.epoch),
@@ -108,9 +116,12 @@ export function statusRows(results: StatusResult[]): StatusRow[] {
 
 export function formatStatusTable(rows: StatusRow[]): string {
   const header: StatusRow = { site: 'SITE', role: 'ROLE', epoch: 'EPOCH', acked: 'LAST ACKED', state: 'STATE', cache: 'CACHE', link: 'LINK', rtt: 'RTT' };
-  const cols = Object.keys(header) as (keyof StatusRow)[];
+  const cols = Object.keys(header) as Exclude<keyof StatusRow, 'hop'>[];
   const width = Object.fromEntries(cols.map((c) => [c, Math.max(...[header, ...rows].map((r) => r[c].length))])) as Record<keyof StatusRow, number>;
-  return [header, ...rows].map((r) => cols.map((c) => r[c].padEnd(width[c])).join('  ').trimEnd()).join('\n');
+  const table = [header, ...rows].map((r) => cols.map((c) => r[c].padEnd(width[c])).join('  ').trimEnd());
+  // Relay hops (issue 7 item 4): one line each under the table, so the table stays narrow.
+  const hops = rows.filter((r) => r.hop !== undefined).map((r) => `hop ${r.hop}`);
+  return [...table, ...(hops.length > 0 ? ['', ...hops] : [])].join('\n');
 }
 
 export function registerStatus(program: Command): void {

@@ -47,6 +47,10 @@ export interface SiteMetrics {
   lastSeqAcked: Gauge;
   /** Frames refused at the edge (malformed, bad key, stale epoch), by reason. */
   framesRefusedTotal: Counter<'reason'>;
+  /** Relay: age of the oldest cached write its downstream has not acked (0: caught up). */
+  relayLagSeconds?: Gauge<'peer'>;
+  /** Relay: oldest seq in its cache not yet acked downstream (0: none). */
+  relayOldestUnackedSeq?: Gauge<'peer'>;
   setLinkState(peer: string, state: LinkState): void;
   setSyncState(peer: string, state: SyncState): void;
 }
@@ -84,6 +88,8 @@ export function createSiteMetrics(options: SiteMetricsOptions): SiteMetrics {
     epoch: new Gauge({ name: 'geomirror_epoch', help: 'Current epoch (grows at every promotion)', registers }),
     lastSeqAcked: new Gauge({ name: 'geomirror_last_seq_acked', help: 'Highest write sequence number acked', registers }),
     framesRefusedTotal: new Counter({ name: 'geomirror_frames_refused_total', help: 'Frames refused at the edge, by reason', labelNames: ['reason'], registers }),
+    relayLagSeconds: new Gauge({ name: 'geomirror_relay_lag_seconds', help: 'Relay: age of the oldest cached write the downstream has not acked', labelNames: ['peer'], registers }),
+    relayOldestUnackedSeq: new Gauge({ name: 'geomirror_relay_oldest_unacked_seq', help: 'Relay: oldest cached seq not yet acked downstream (0: none)', labelNames: ['peer'], registers }),
   };
   return {
     ...m,

@@ -15,6 +15,7 @@ import { openBlockDevice } from '../../hal/devstring.js';
 import { SenseError, type BlockDevice } from '../../hal/blockdev.js';
 import { Primary, type PrimaryStatus } from '../core/primary.js';
 import { Mirror, type MirrorStatus } from '../core/mirror.js';
+import { Relay, type RelayStatus } from '../core/relay.js';
 import { defaultLimits, type CacheEntry, type CoreAction, type CoreEvent, type HostError, type Limits, type PeerId, type Recovered, type SenseInfo } from '../core/types.js';
 import { Dialer, LinkServer, type Link } from '../net/index.js';
 import { payloadBytesMax } from '../wire/index.js';
@@ -59,7 +60,8 @@ export interface ReplicaOptions {
 export interface SiteDevices {
   journal: CacheJournal;
   recoveredEntries: { handle: EntryHandle; payload: Buffer }[];
-  array: DiskArray;
+  /** Undefined only for a relay without storage (a cache-only relay point, claim 20). */
+  array: DiskArray | undefined;
   members: BlockDevice[];
   meta: MetaStore;
   bitmaps: BitmapStore;
@@ -82,7 +84,7 @@ export async function openSiteDevices(ctx: SiteContext, regionCount: number): Pr
   }
   const log = ctx.log;
   // No cache here: the core drives the journal itself (it decides when an entry may go).
-  const array = await DiskArray.open({ name: `${site.name} storage`, members, logger: log });
+  const array = members.length === 0 && site.role === 'relay' ? undefined : await DiskArray.open({ name: `${site.name} storage`, members, logger: log });
   const statePath = site.cache.device.kind === 'loopback' ? site.cache.device.path : undefined;
   const meta = statePath ? fileMetaStore(`${statePath}.meta`) : memoryMetaStore();
   const bitmaps = statePath ? fileBitmapStore(`${statePath}.dirty-`, regionCount) : memoryBitmapStore();
@@ -103,7 +105,7 @@ function senseInfo(err: unknown): SenseInfo {
  * links and the tick timer; `volume` (primary only) is the host API the NBD export sits on.
  */
 export class Replica {
-  readonly role: Primary | Mirror;
+  readonly role: Primary | Mirror | Relay;
   private readonly limits: Limits;
   private readonly handles = new Map<string, EntryHandle>();
   private readonly hostOps = new Map<number, HostWaiter>();
@@ -137,12 +139,22 @@ export class Replica {
     this.limits = { ...defaultLimits, cacheBytesMax: dev.journal.capacityBytes, ...opts.limits };
     if (this.limits.inflightBytesMax > this.limits.cacheBytesMax) this.limits = { ...this.limits, inflightBytesMax: Math.floor(this.limits.cacheBytesMax / 2) };
     const common = { self: site.name, volumeBytes: config.volume.sizeBytes, blockBytes: config.volume.blockSize, limits: this.limits };
-    this.role = site.role === 'primary' ? new Primary({ ...common, mirrors: site.mirrors, onMirrorLoss: site.onMirrorLoss }) : new Mirror(common);
+    if (site.role === 'relay' && site.forward === undefined) throw new Error(`sites.${site.name}.forward: a relay needs the next site of its chain`);
+    this.role =
+      site.role === 'primary' ? new Primary({ ...common, mirrors: site.mirrors, onMirrorLoss: site.onMirrorLoss })
+      : site.role === 'relay' ? new Relay({ ...common, downstream: site.forward!, ackMode: site.relayAck, storage: dev.array !== undefined })
+      : new Mirror(common);
     this.done.catch(() => undefined);
   }
 
   private get log(): Logger {
     return this.ctx.log;
+  }
+
+  /** The storage array; the core of a storage-less relay never issues storage actions. */
+  private get array(): DiskArray {
+    if (this.dev.array === undefined) throw new Error(`site ${this.ctx.site.name} has no storage (a cache-only relay); list storage to keep a copy`);
+    return this.dev.array;
   }
 
   private nowMs(): number {
@@ -179,8 +191,10 @@ export class Replica {
       this.server.on('refused', (r) => this.ctx.metrics.framesRefusedTotal.inc({ reason: r.code === undefined ? 'transport' : String(r.code) }));
       await this.server.listen();
     }
-    if (this.role instanceof Primary) {
-      for (const peer of site.mirrors) {
+    // The primary dials its mirrors; a relay dials the next site of its chain (`forward:`).
+    const dialTargets = this.role instanceof Primary ? site.mirrors : this.role instanceof Relay && site.forward !== undefined ? [site.forward] : [];
+    {
+      for (const peer of dialTargets) {
         const target = config.sites[peer]!;
         if (!target.listen) throw new Error(`sites.${peer}.listen: mirror ${peer} has no listen address for ${site.name} to dial`);
         const d = new Dialer({ cluster: config.cluster, site: site.name, secret: this.ctx.secret, peer, host: target.listen.host, port: target.listen.port, backoffMsMin: 50, backoffMsMax: 2000, ...timing });
@@ -230,13 +244,13 @@ export class Replica {
       if (rttMs !== undefined) this.ctx.metrics.linkRttSeconds.set({ peer }, rttMs / 1000);
       // The link measured RTT; tell the primary's core (status shows it per mirror). A mirror's
       // core learns liveness from the frames themselves.
-      if (this.role instanceof Primary) this.feed({ type: 'recv', peer, msg: { type: 'heartbeat', epoch: hb.epoch, sentMs: this.nowMs() - (rttMs ?? 0), seqAcked: hb.lastSeq, reply: true } });
+      if (this.role instanceof Primary || (this.role instanceof Relay && peer === this.ctx.site.forward)) this.feed({ type: 'recv', peer, msg: { type: 'heartbeat', epoch: hb.epoch, sentMs: this.nowMs() - (rttMs ?? 0), seqAcked: hb.lastSeq, reply: true } });
     });
     link.once('close', (info) => {
       if (this.links.get(peer) !== link) return;
       this.links.delete(peer);
       this.ackTimer.forget(peer);
-      this.ctx.metrics.setLinkState(peer, this.role instanceof Primary ? 'connecting' : 'down');
+      this.ctx.metrics.setLinkState(peer, this.role instanceof Primary || peer === this.ctx.site.forward ? 'connecting' : 'down');
       this.log.warn({ event: 'link-down', peer, reason: info.reason }, `link to ${peer} down: ${info.reason}`);
       this.feed({ type: 'peerDown', peer });
     });
@@ -293,23 +307,23 @@ export class Replica {
         }
         break;
       case 'storageWrite': {
-        const lba = a.offsetBytes / this.dev.array.blockSizeBytes;
-        this.dev.array.write(lba, a.payload, { fua: a.fua }).then(
+        const lba = a.offsetBytes / this.array.blockSizeBytes;
+        this.array.write(lba, a.payload, { fua: a.fua }).then(
           () => this.feed({ type: 'storageWritten', opId: a.opId }),
           (err) => this.feed({ type: 'storageWritten', opId: a.opId, sense: senseInfo(err) }),
         );
         break;
       }
       case 'storageRead': {
-        const bs = this.dev.array.blockSizeBytes;
-        this.dev.array.read(a.offsetBytes / bs, a.lengthBytes / bs).then(
+        const bs = this.array.blockSizeBytes;
+        this.array.read(a.offsetBytes / bs, a.lengthBytes / bs).then(
           (data) => this.feed({ type: 'storageRead', opId: a.opId, data }),
           (err) => this.feed({ type: 'storageRead', opId: a.opId, sense: senseInfo(err) }),
         );
         break;
       }
       case 'storageFlush':
-        this.dev.array.flush().then(
+        this.array.flush().then(
           () => this.feed({ type: 'storageFlushed', opId: a.opId }),
           (err) => this.feed({ type: 'storageFlushed', opId: a.opId, sense: senseInfo(err) }),
         );
@@ -384,12 +398,12 @@ export class Replica {
 
   /** Reads come from this site's own storage (claim 4). */
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const bs = this.dev.array.blockSizeBytes;
-    return this.dev.array.read(offsetBytes / bs, lengthBytes / bs);
+    const bs = this.array.blockSizeBytes;
+    return this.array.read(offsetBytes / bs, lengthBytes / bs);
   }
 
   get blockSizeBytes(): number {
-    return this.dev.array.blockSizeBytes;
+    return this.array.blockSizeBytes;
   }
 
   /** Host operations wait here (not in the core) while the core's host queue is full: backpressure. */
@@ -463,6 +477,9 @@ export class Replica {
       } else if (ps.mirrors.some((x) => x.sync === 'degraded')) state = 'degraded';
       m.inflightWrites.set({ peer: 'all' }, ps.writesInflight);
       m.inflightBytes.set({ peer: 'all' }, ps.bytesInflight);
+    } else if (s.role === 'relay') {
+      lastSeqAcked = s.seqAcked;
+      peers = this.relayPeers(s);
     } else {
       const ms = s as MirrorStatus;
       lastSeqAcked = ms.seqAcked;
@@ -489,6 +506,32 @@ export class Replica {
     };
   }
 
+  /** Per hop: the upstream, and the downstream with what this relay holds for it (issue 7 item 4). */
+  private relayPeers(rs: RelayStatus): PeerStatus[] {
+    const m = this.ctx.metrics;
+    const down = rs.downstream;
+    m.inflightWrites.set({ peer: down }, rs.lagWrites);
+    m.inflightBytes.set({ peer: down }, rs.lagBytes);
+    m.relayLagSeconds?.set({ peer: down }, rs.lagMs / 1000);
+    m.relayOldestUnackedSeq?.set({ peer: down }, rs.oldestUnackedSeq === undefined ? 0 : Number(rs.oldestUnackedSeq));
+    const linkOf = (peer: string) => {
+      const l = this.links.get(peer);
+      return { link: l ? ('up' as const) : ('down' as const), ...(l?.rttMs !== undefined ? { rttMs: l.rttMs } : {}) };
+    };
+    const peers: PeerStatus[] = [];
+    if (rs.upstream) peers.push({ name: rs.upstream, relation: 'upstream', ...linkOf(rs.upstream), lastSeqAcked: rs.seqAcked.toString() });
+    peers.push({
+      name: down, relation: 'downstream', ...linkOf(down), lastSeqAcked: rs.seqAckedDownstream.toString(),
+      inflightWrites: rs.lagWrites,
+      relay: {
+        ackMode: rs.ackMode, cachedEntries: rs.cacheEntries, cachedBytes: rs.cacheBytes,
+        ...(rs.oldestUnackedSeq !== undefined ? { oldestUnackedSeq: rs.oldestUnackedSeq.toString() } : {}),
+        lagWrites: rs.lagWrites, lagBytes: rs.lagBytes, lagMs: Math.round(rs.lagMs),
+      },
+    });
+    return peers;
+  }
+
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
@@ -499,8 +542,8 @@ export class Replica {
     // Writes still pending stay in the cache journal and are replayed at the next start.
     for (const w of this.hostOps.values()) w.reject(new HostIoError('io', `site ${this.ctx.site.name} is stopping`));
     this.hostOps.clear();
-    await this.dev.array.flush().catch(() => undefined);
-    await this.dev.array.close().catch(() => undefined);
+    await this.dev.array?.flush().catch(() => undefined);
+    await this.dev.array?.close().catch(() => undefined);
     await this.dev.journal.close().catch(() => undefined);
     await this.dev.bitmaps.close().catch(() => undefined);
     this.doneResolve();

@@ -34,12 +34,17 @@ async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
   const replica = new Replica(ctx, devices, replicaOptionsFromEnv());
   await replica.start();
   let nbd: NbdServer | undefined;
+  const array = devices.array;
+  if (site.nbd && site.role !== 'primary' && array === undefined) {
+    await replica.stop();
+    throw new Error(`sites.${site.name}.nbd: relay ${site.name} keeps no copy (no storage), so it has nothing to export; remove nbd or add storage`);
+  }
   if (site.nbd) {
     // Primary: the mirrored volume, read-write. Mirror: its replica, read-only (DR checks, backups).
     const exp =
       site.role === 'primary'
         ? replicaExport(replica, { name: config.volume.name, description: `geomirror ${config.cluster}: primary ${site.name}, mirrored to ${site.mirrors.join(', ') || 'no mirror'}`, sizeBytes: config.volume.sizeBytes })
-        : blockDeviceExport(devices.array, { name: config.volume.name, description: `geomirror ${config.cluster}: read-only replica at ${site.name}`, readOnly: true });
+        : blockDeviceExport(array!, { name: config.volume.name, description: `geomirror ${config.cluster}: read-only replica at ${site.name}`, readOnly: true });
     nbd = new NbdServer({ exports: [exp], logger: componentLogger(ctx.log, 'nbd') });
     try {
       await nbd.listen(site.nbd.host, site.nbd.port);
@@ -58,11 +63,13 @@ async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
     done: replica.done,
     // geomirror verify: digests of this site's own replica, read through its array (claim 4's
     // reads path), so a mirror and the primary are compared on what each would serve.
-    checksums: (req) => regionChecksums(devices.array, config.volume.sizeBytes, req),
+    // A cache-only relay holds no copy to digest.
+    ...(array !== undefined ? { checksums: (req: Parameters<typeof regionChecksums>[2]) => regionChecksums(array, config.volume.sizeBytes, req) } : {}),
   };
 }
 
 export const roleRuntimes: Partial<Record<Role, RoleRuntime>> = {
   primary: replicaRuntime,
   mirror: replicaRuntime,
+  relay: replicaRuntime,
 };

@@ -24,6 +24,18 @@ export interface PeerStatus {
   /** Decimal string: seqs are u64 and may pass 2^53. */
   lastSeqAcked?: string;
   inflightWrites?: number;
+  /** A relay's view of its downstream hop (issue 7 item 4): what it holds that has not gone down. */
+  relay?: {
+    ackMode: 'cached' | 'end-to-end';
+    cachedEntries: number;
+    cachedBytes: number;
+    /** Decimal string (u64): oldest seq in the relay cache not yet acked downstream. */
+    oldestUnackedSeq?: string;
+    /** How far the downstream is behind this relay: writes, payload bytes, age of the oldest. */
+    lagWrites: number;
+    lagBytes: number;
+    lagMs: number;
+  };
 }
 
 export interface SiteStatus {
