@@ -102,7 +102,10 @@ interface FlushReq {
 }
 
 interface ResyncItem {
+  /** The upstream's id (answered upstream). */
   readonly resyncId: bigint;
+  /** Our id on the downstream link: unique across upstream sessions and relay restarts. */
+  readonly downId: bigint;
   readonly offsetBytes: number;
   readonly payload: Uint8Array;
   sentDown: boolean;
@@ -174,6 +177,14 @@ export class Relay implements Role {
   private flushes: FlushReq[] = [];
   private resyncs: ResyncItem[] = [];
   private readonly failedReported = new Set<Seq>();
+  /**
+   * Resync ids towards the downstream are `life << 32 | n`, where `life` is a counter persisted
+   * (in the meta record's seqReserved, which a relay has no other use for) at every start, so
+   * a late resyncAck from a previous life or session can never match a new region.
+   */
+  private life: bigint | undefined;
+  private lifeOp: OpId | undefined;
+  private downResyncNext = 1n;
 
   constructor(private readonly cfg: RelayConfig) {
     this.lim = cfg.limits;
@@ -235,6 +246,9 @@ export class Relay implements Role {
     const stale = this.entries.filter((e) => e.epoch < this.epoch);
     for (const e of stale) e.downAcked = true; // see "Known limits": an older epoch cannot go down
     if (stale.length > 0) this.log('warn', 'relay_stale_epoch_entries', { entries: stale.length, fix: 'the promoted primary must resync this leg' });
+    this.seqReserved += 1n;
+    this.lifeOp = this.opNext++;
+    this.out.push({ type: 'metaPersist', opId: this.lifeOp, meta: { epoch: this.epoch, seqReserved: this.seqReserved } });
     this.log('info', 'relay_start', { epoch: this.epoch, replayed: rec.cacheEntries.length, seqReceived: this.seqReceived, downstream: this.cfg.downstream, ackMode: this.cfg.ackMode, storage: this.cfg.storage });
   }
 
@@ -267,7 +281,7 @@ export class Relay implements Role {
       case 'resyncData':
         assert(this.resyncs.length < this.lim.mirrorResyncQueueMax, `relay resync queue full (${this.lim.mirrorResyncQueueMax}): upstream exceeded resyncInflightRegionsMax`);
         if (this.resyncs.some((r) => r.resyncId === msg.resyncId)) break;
-        this.resyncs.push({ resyncId: msg.resyncId, offsetBytes: msg.offsetBytes, payload: msg.payload, sentDown: false, downDone: false, localIssued: !this.cfg.storage, localDone: !this.cfg.storage, sense: undefined });
+        this.resyncs.push({ resyncId: msg.resyncId, downId: 0n, offsetBytes: msg.offsetBytes, payload: msg.payload, sentDown: false, downDone: false, localIssued: !this.cfg.storage, localDone: !this.cfg.storage, sense: undefined });
         break;
       case 'heartbeat':
         if (!msg.reply) this.send(peer, { type: 'heartbeat', epoch: this.epoch, sentMs: msg.sentMs, seqAcked: this.seqAcked, reply: true });
@@ -294,6 +308,11 @@ export class Relay implements Role {
   }
 
   private onMetaPersisted(opId: OpId): void {
+    if (opId === this.lifeOp) {
+      this.lifeOp = undefined;
+      this.life = this.seqReserved;
+      return;
+    }
     const p = this.pendingEpoch;
     assert(p !== undefined && p.opId === opId, `metaPersisted for unknown op ${opId}`);
     this.pendingEpoch = undefined;
@@ -318,6 +337,9 @@ export class Relay implements Role {
     // upstream re-sends every flush it still waits for, so answering an old one could complete
     // a new flush early.
     this.flushes = [];
+    // Resync ids too are per upstream session; the upstream resends every region still dirty.
+    // Regions already sent down are orphaned: their late answers match nothing.
+    this.resyncs = [];
     this.upstream = peer;
     this.lastHeardUpstreamMs = this.nowMs;
     this.send(peer, { type: 'resyncRequest', epoch: this.epoch, seqReceived: this.seqReceived });
@@ -486,7 +508,7 @@ export class Relay implements Role {
         }
         break;
       case 'resyncAck': {
-        const r = this.resyncs.find((x) => x.resyncId === msg.resyncId);
+        const r = this.resyncs.find((x) => x.sentDown && x.downId === msg.resyncId);
         if (r === undefined) return;
         r.downDone = true;
         if (msg.sense !== undefined) r.sense ??= msg.sense;
@@ -555,7 +577,7 @@ export class Relay implements Role {
     }
     // Resync data only once the cache is empty (every entry went down, and with storage is
     // durable here), so no cached write can be re-sent or replayed over it.
-    if (this.entries.length > 0 || this.receiveQueue.length > 0) return;
+    if (this.entries.length > 0 || this.receiveQueue.length > 0 || this.life === undefined) return;
     for (const r of this.resyncs) {
       if (!r.localIssued) {
         r.localIssued = true;
@@ -564,7 +586,8 @@ export class Relay implements Role {
       }
       if (r.sentDown) continue;
       r.sentDown = true;
-      this.send(this.cfg.downstream, { type: 'resyncData', epoch: this.epoch, resyncId: r.resyncId, offsetBytes: r.offsetBytes, payload: r.payload });
+      if (r.downId === 0n) (r as { downId: bigint }).downId = (this.life << 32n) | this.downResyncNext++;
+      this.send(this.cfg.downstream, { type: 'resyncData', epoch: this.epoch, resyncId: r.downId, offsetBytes: r.offsetBytes, payload: r.payload });
     }
   }
 

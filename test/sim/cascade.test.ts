@@ -23,19 +23,19 @@ function runMany(topology: Topology, seeds: number): { failures: string[]; crash
 }
 
 describe('deterministic simulation of relay chains', () => {
-  it('140 seeds of local -> r1 -> r2 -> remote', () => {
-    const r = runMany('chain', 140);
+  it('250 seeds of local -> r1 -> r2 -> remote', () => {
+    const r = runMany('chain', 250);
     expect(r.failures).toEqual([]);
     // The faults happened (a sim that injects nothing proves nothing).
-    expect(r.crashes).toBeGreaterThan(140);
-    expect(r.partitions).toBeGreaterThan(140);
+    expect(r.crashes).toBeGreaterThan(250);
+    expect(r.partitions).toBeGreaterThan(250);
     expect(r.resyncs).toBeGreaterThan(20);
   });
 
-  it('80 seeds of a mixed fan-out: east direct, r1 -> r2 -> west', () => {
-    const r = runMany('mixed', 80);
+  it('150 seeds of a mixed fan-out: east direct, r1 -> r2 -> west', () => {
+    const r = runMany('mixed', 150);
     expect(r.failures).toEqual([]);
-    expect(r.crashes).toBeGreaterThan(80);
+    expect(r.crashes).toBeGreaterThan(150);
     expect(r.resyncs).toBeGreaterThan(20);
   });
 
