@@ -8,7 +8,8 @@
 //                  three copies, a write completes when all three children have it
 //   nbdkit-1       `nbdkit file` alone: one copy, no replication (the ceiling)
 //   geomirror-1    geomirror primary with no mirror (our own overhead)
-// Points: 4 KiB randwrite QD1, 4 KiB randwrite QD16, 1 MiB sequential write QD4 (fio
+// --profile runs the three geomirror-3 sites under node --cpu-prof and appends each one's top
+// self-time functions. Points: 4 KiB randwrite QD1, 4 KiB randwrite QD16, 1 MiB sequential write QD4 (fio
 // --ioengine=nbd). Each repeat runs every point on every system, rotating the system order so
 // no system always runs first (page cache warm-up and neighbours' noise spread evenly).
 // Output: bench/results/<timestamp>.json and .svg, and a table in bench/README.md between
@@ -68,7 +69,7 @@ export interface CompareOptions {
   outDir: string;
   /** Markdown file to update between markers; undefined: leave alone. */
   readme: string | undefined;
-  /** Run the geomirror-3 primary under node --cpu-prof and print where its time goes. */
+  /** Run every geomirror-3 site under node --cpu-prof and print where each one's time goes. */
   profile: boolean;
   log?: (line: string) => void;
 }
@@ -103,7 +104,8 @@ export interface CompareResult {
   /** Median over repeats (RSS: max over repeats). */
   summary: SummaryRow[];
   ratios: { name: string; value: number; goal: string; met: boolean }[];
-  profile?: string[];
+  /** Top self-time functions per geomirror-3 site (--profile). */
+  profile?: Record<string, string[]>;
   files: { json: string; svg: string };
 }
 
@@ -187,7 +189,7 @@ async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, p
   writeFileSync(config, `${lines.join('\n')}\n`);
   const env = { ...process.env, GEOMIRROR_LOG_FORMAT: 'json', GEOMIRROR_LOG_LEVEL: 'warn' };
   const procs = (mirrors === 0 ? ['local'] : names).map((n) => {
-    const nodeFlags = n === 'local' && profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
+    const nodeFlags = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, n)}`] : [];
     const args = mirrors === 0 ? ['--import', 'tsx', primaryAlone, config, n] : [...nodeFlags, bin, 'site', '--config', config, '--site', n];
     return { name: n, ...startProc(process.execPath, args, join(dir, `${n}.log`), env) };
   });
@@ -344,6 +346,14 @@ export async function runCompare(opts: CompareOptions): Promise<CompareResult> {
   const systems: Partial<Record<SystemId, Running>> = {};
   const runs: RunRow[] = [];
   let ok = false;
+  // Ctrl-C or SIGTERM mid-run: stop every system first (geomirror sites and qemu-nbd would
+  // otherwise outlive the bench; nbdkit has --exit-with-parent).
+  const onSignal = (sig: NodeJS.Signals): void => {
+    log(`${sig}: stopping every system`);
+    void Promise.all(Object.values(systems).map((x) => x.stop().catch(() => undefined))).finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
     log(`starting systems in ${work} (volume ${opts.sizeBytes} bytes each)`);
     // Started together (start-up is mostly Node and tsx loading), each recorded as soon as it is
@@ -374,8 +384,10 @@ export async function runCompare(opts: CompareOptions): Promise<CompareResult> {
   } finally {
     await Promise.all(Object.values(systems).map((s) => s.stop().catch(() => undefined)));
     if (!ok) log(`bench failed; logs of every system kept in ${work}`);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
-  const profile = profileDir ? summarizeProfile(profileDir) : undefined;
+  const profile = profileDir ? Object.fromEntries(['local', 'east', 'west'].map((n) => [n, summarizeProfile(join(profileDir, n))])) : undefined;
   rmSync(work, { recursive: true, force: true });
 
   const summary: SummaryRow[] = [];
@@ -425,7 +437,7 @@ interface ProfNode {
 
 /** Top self-time functions of the primary's CPU profile(s), as lines "12.3%  fn  file:line". */
 export function summarizeProfile(dir: string): string[] {
-  if (!existsSync(dir)) return ['no CPU profile was written (did the primary exit cleanly?)'];
+  if (!existsSync(dir)) return ['no CPU profile was written (did the site exit cleanly?)'];
   const self = new Map<string, number>();
   let total = 0;
   for (const f of readdirSync(dir).filter((x) => x.endsWith('.cpuprofile'))) {
@@ -511,7 +523,7 @@ export function markdownReport(r: CompareResult, readmeDir: string): string {
   lines.push('', '| ratio | measured | goal | met |', '|---|---:|---|---|');
   for (const x of r.ratios) lines.push(`| ${x.name} | ${fmt(x.value)} | ${x.goal} | ${x.met ? 'yes' : 'no'} |`);
   lines.push('', `![IOPS and p99 latency per system](${relative(readmeDir, r.files.svg)})`, '', `Raw runs: \`${relative(readmeDir, r.files.json)}\`.`);
-  if (r.profile) lines.push('', 'Primary CPU profile (self time, top functions):', '', '```', ...r.profile, '```');
+  for (const [site, top] of Object.entries(r.profile ?? {})) lines.push('', `CPU profile of geomirror-3 site ${site} (self time, top functions, whole run):`, '', '```', ...top.slice(0, 12), '```');
   return lines.join('\n');
 }
 
