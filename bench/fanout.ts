@@ -45,8 +45,11 @@ const program = new Command('bench:fanout')
   .option('--seconds <s>', 'measured time per run', '2')
   .option('--volume-mib <n>', 'volume size', '256')
   .option('--mirrors-in-process', 'run the mirrors in this process too (one event loop for all sites) instead of as site processes')
+  .option('--flush-after-writes <n>', 'Limits.flushAfterWritesMax of the sites in this process (default: the core default); shows how much of the cost is per-site fsync on one shared disk')
   .parse();
-const opts = program.opts<{ rounds: string; seconds: string; volumeMib: string; mirrorsInProcess?: boolean }>();
+const opts = program.opts<{ rounds: string; seconds: string; volumeMib: string; mirrorsInProcess?: boolean; flushAfterWrites?: string }>();
+const flushAfterWritesMax = opts.flushAfterWrites === undefined ? undefined : Number(opts.flushAfterWrites);
+if (flushAfterWritesMax !== undefined && !(Number.isSafeInteger(flushAfterWritesMax) && flushAfterWritesMax >= 1)) throw new Error('--flush-after-writes: a whole number >= 1');
 const rounds = Number(opts.rounds);
 const runMs = Number(opts.seconds) * 1000;
 const volumeBytes = Number(opts.volumeMib) * MiB;
@@ -101,7 +104,7 @@ async function openReplica(configPath: string, name: string, mirrors?: string[])
     metrics: createSiteMetrics({ site: name, role: site.role, cluster: config.cluster, processMetrics: false }),
   };
   const dev = await openSiteDevices(ctx, regionCount(volumeBytes, defaultLimits.regionBytes));
-  const r = new Replica(ctx, dev);
+  const r = new Replica(ctx, dev, flushAfterWritesMax === undefined ? {} : { limits: { flushAfterWritesMax } });
   await r.start();
   return r;
 }
@@ -135,6 +138,7 @@ async function main(): Promise<void> {
     else await cluster.start(allMirrors);
     stopInProcess = () => Promise.all(inProcess.map((r) => r.stop())).then(() => undefined);
     console.log(`bench:fanout: primary in-process (host API, no NBD), mirrors ${allMirrors.join(', ')} ${opts.mirrorsInProcess ? 'in the same process' : 'as site processes'} on loopback files`);
+    if (flushAfterWritesMax !== undefined) console.log(`flushAfterWritesMax ${flushAfterWritesMax} on the sites in this process${opts.mirrorsInProcess ? '' : ' (the primary only; mirror processes keep the default)'}`);
     console.log(`volume ${volumeBytes / MiB} MiB, ${rounds} round(s) x ${runMs / 1000} s per run, ${cpus().length} CPU(s), load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
     let seed = 1;
     for (let round = 0; round < rounds; round++) {
