@@ -59,6 +59,8 @@ function pruneNodeModules(nm: string): void {
 export interface BuildOptions {
   /** Keep the pruned arm64 node_modules here, keyed by the lock file, and reuse it (tests). */
   depsCacheDir?: string;
+  /** Scratch folder for compiled JS and staging (default targets/rpi/build; tests use their own). */
+  workDir?: string;
 }
 
 export function buildBundle(outDir = join(here, 'dist'), opts: BuildOptions = {}): BuildResult {
@@ -71,12 +73,12 @@ export function buildBundle(outDir = join(here, 'dist'), opts: BuildOptions = {}
     dependencies: Record<string, string>;
   };
   const name = `geomirror-${pkg.version}-linux-arm64`;
-  const work = join(here, 'build');
+  const work = opts.workDir ?? join(here, 'build');
   rmSync(work, { recursive: true, force: true });
   const log = (line: string): void => void process.stderr.write(`build:rpi: ${line}\n`);
 
   log('compiling TypeScript (targets/rpi/tsconfig.build.json)');
-  run(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(here, 'tsconfig.build.json')], root);
+  run(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(here, 'tsconfig.build.json'), '--outDir', join(work, 'js')], root);
 
   const stage = join(work, 'stage', name);
   const lib = join(stage, 'lib');

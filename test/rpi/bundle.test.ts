@@ -22,7 +22,7 @@ let app: string; // unpacked bundle folder
 
 beforeAll(() => {
   // The pruned arm64 node_modules is cached by lock-file hash: repeated runs skip npm install.
-  built = buildBundle(join(dir, 'dist'), { depsCacheDir: join(tmpdir(), 'geomirror-rpi-cache') });
+  built = buildBundle(join(dir, 'dist'), { depsCacheDir: join(tmpdir(), 'geomirror-rpi-cache'), workDir: join(dir, 'work') });
   node = arm64Node();
   execFileSync('tar', ['-xzf', built.tarball, '-C', dir]);
   app = join(dir, `geomirror-${built.version}-linux-arm64`);
