@@ -4,6 +4,7 @@
 // machine where we are root this installs what is missing with apt-get, so `npm test` is one
 // command on a fresh clone; elsewhere it names the packages and stops.
 import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 
 const toolsByPackage = {
   'qemu-utils': ['qemu-img', 'qemu-io', 'qemu-nbd'],
@@ -11,12 +12,27 @@ const toolsByPackage = {
   fio: ['fio'],
   socat: ['socat'],
   nbdkit: ['nbdkit'],
+  // The Raspberry Pi bundle and flash tests (test/rpi): arm64 emulation, FAT tools, unit checks.
+  'qemu-user-static': ['qemu-aarch64-static'],
+  mtools: ['mcopy', 'mdir'],
+  dosfstools: ['mkfs.vfat'],
+  fdisk: ['sfdisk'],
+  e2fsprogs: ['mkfs.ext4'],
+  'xz-utils': ['xz'],
+  systemd: ['systemd-analyze'],
+};
+
+// Packages that install files, not commands: checked by path.
+const filesByPackage = {
+  'libc6-arm64-cross': ['/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1'],
+  'libstdc++6-arm64-cross': ['/usr/aarch64-linux-gnu/lib/libstdc++.so.6'],
 };
 
 const have = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
 const missing = Object.entries(toolsByPackage)
   .filter(([, cmds]) => cmds.some((c) => !have(c)))
-  .map(([pkg]) => pkg);
+  .map(([pkg]) => pkg)
+  .concat(Object.entries(filesByPackage).filter(([, files]) => files.some((f) => !existsSync(f))).map(([pkg]) => pkg));
 
 if (missing.length === 0) process.exit(0);
 
