@@ -1,0 +1,160 @@
+// Issue 7 acceptance, multi-process: relay chains through the WAN emulator. Every test compares
+// bytes (sha256 of each copy against the image the acked writes produce).
+import { afterEach, describe, expect, it } from 'vitest';
+import { CascadeCluster, type CascadeSite } from './cascade-harness.js';
+import { applyWrites, checkAckedWrites, NbdWriter, planWrites, sha256, sleep } from './harness.js';
+import { readFileSync } from 'node:fs';
+
+const mib = 1024 * 1024;
+let cluster: CascadeCluster | undefined;
+let writer: NbdWriter | undefined;
+
+afterEach(async (ctx) => {
+  writer?.close();
+  writer = undefined;
+  if (cluster !== undefined) {
+    if (ctx.task.result?.state === 'fail') console.error(cluster.dumpLogs());
+    await cluster.destroy();
+    cluster = undefined;
+  }
+});
+
+function chain(relays: number, relayAck: 'cached' | 'end-to-end', opts: { storage?: boolean; lastRelayCacheBytes?: number } = {}): CascadeSite[] {
+  const names = Array.from({ length: relays }, (_v, i) => `r${i + 1}`);
+  const sites: CascadeSite[] = [{ name: 'local', role: 'primary', mirrors: [names[0] ?? 'remote'] }];
+  names.forEach((n, i) => sites.push({
+    name: n, role: 'relay', forward: names[i + 1] ?? 'remote', relayAck, storage: opts.storage ?? false,
+    ...(i === relays - 1 && opts.lastRelayCacheBytes !== undefined ? { cacheBytes: opts.lastRelayCacheBytes } : {}),
+  }));
+  sites.push({ name: 'remote', role: 'mirror' });
+  return sites;
+}
+
+async function start(sites: CascadeSite[], hopLatencyMs: number, volumeBytes = 64 * mib): Promise<CascadeCluster> {
+  cluster = await CascadeCluster.create({ sites, hopLatencyMs, volumeBytes });
+  await cluster.start();
+  await cluster.waitLinked();
+  writer = await NbdWriter.connect(cluster.nbdPort);
+  return cluster;
+}
+
+/** Median host write latency (QD1, 4 KiB writes), ms. */
+async function medianWriteMs(w: NbdWriter, count: number, volumeBytes: number): Promise<number> {
+  const plan = planWrites(7, volumeBytes, count * 4096).map((p) => ({ ...p, data: p.data.subarray(0, 4096) }));
+  const times: number[] = [];
+  for (const p of plan.slice(0, count)) {
+    const t0 = performance.now();
+    await w.write(p);
+    times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)]!;
+}
+
+describe('cascade: local -> relays -> remote, multi-process through the WAN emulator', () => {
+  it('64 MiB of seeded writes over 3 relays at 5 ms one-way per hop: the remote (and a relay copy) equal the image', async () => {
+    const sites = chain(3, 'cached');
+    sites[2]!.storage = true; // r2 keeps a copy (claim 18)
+    const c = await start(sites, 5);
+    const plan = planWrites(71, c.volumeBytes, 64 * mib);
+    const errors = await writer!.run(plan, 32);
+    expect(errors).toEqual([]);
+    await c.waitDrained();
+    const image = sha256(applyWrites(c.volumeBytes, plan));
+    expect(c.hash('remote')).toBe(image);
+    expect(c.hash('r2')).toBe(image);
+    expect(c.hash('local')).toBe(image);
+  }, 150_000);
+
+  it('cached: median host write latency with 3 relays is at most 1.5x that with 1; end-to-end grows with the chain', async () => {
+    const hopMs = 5;
+    const measure = async (relays: number, mode: 'cached' | 'end-to-end') => {
+      const c = await start(chain(relays, mode), hopMs, 16 * mib);
+      const ms = await medianWriteMs(writer!, 30, c.volumeBytes);
+      writer!.close();
+      writer = undefined;
+      await c.destroy();
+      cluster = undefined;
+      return ms;
+    };
+    const cached1 = await measure(1, 'cached');
+    const cached3 = await measure(3, 'cached');
+    const e2e1 = await measure(1, 'end-to-end');
+    const e2e3 = await measure(3, 'end-to-end');
+    console.log(`median host write ms at ${hopMs} ms/hop: cached 1 relay ${cached1.toFixed(1)}, 3 relays ${cached3.toFixed(1)}; end-to-end 1 relay ${e2e1.toFixed(1)}, 3 relays ${e2e3.toFixed(1)}`);
+    expect(cached3 / cached1).toBeLessThanOrEqual(1.5);
+    // Two more hops each way at 5 ms: at least 20 ms more round trip when every hop waits.
+    expect(e2e3).toBeGreaterThan(e2e1 + 2 * 2 * hopMs * 0.8);
+  }, 120_000);
+
+  it('kill -9 r1 mid-stream and restart it: the remote converges byte-identical, no acked write lost', async () => {
+    const c = await start(chain(2, 'cached'), 1, 32 * mib);
+    const plan = planWrites(73, c.volumeBytes, 24 * mib);
+    let killed = false;
+    const run = writer!.run(plan, 16, {
+      afterAck: async (_w, n) => {
+        if (!killed && n === 60) {
+          killed = true;
+          await c.kill9('r1');
+          setTimeout(() => void c.restart('r1'), 400);
+        }
+      },
+    });
+    const errors = await run;
+    expect(killed).toBe(true);
+    expect(errors).toEqual([]); // on-mirror-loss: block: host writes waited for r1 to come back
+    await c.waitDrained();
+    const img = readFileSync(`${c.dir}/remote.img`);
+    expect(checkAckedWrites(img, writer!.issued, writer!.acked)).toEqual([]);
+    expect(c.hash('remote')).toBe(sha256(applyWrites(c.volumeBytes, plan)));
+    expect(c.hash('remote')).toBe(c.hash('local'));
+  }, 120_000);
+
+  it('partition r2 -> remote until r2 is full: host writes slow then wait, nothing dropped; heal: drains, hashes equal', async () => {
+    const r2CacheBytes = 4 * mib;
+    const c = await start(chain(2, 'cached', { lastRelayCacheBytes: r2CacheBytes }), 1, 32 * mib);
+    c.proxy('remote').partition();
+    const plan = planWrites(79, c.volumeBytes, 24 * mib);
+    const run = writer!.run(plan, 8);
+    // r2's cache fills (it can no longer forward), then it stops acking r1, whose cache fills.
+    await c.waitStatus('r2', (s) => s.cache.usedBytes >= r2CacheBytes * 0.5, 'r2 cache filling');
+    const r2 = await c.waitStatus('r2', (s) => s.peers.some((p) => p.relation === 'downstream' && (p.relay?.lagBytes ?? 0) > 0), 'lag reported');
+    expect(r2.peers.find((p) => p.relation === 'downstream')?.relay?.oldestUnackedSeq).toBeDefined();
+    // Host writes wait: the acked count stops moving.
+    let before = -1;
+    for (let i = 0; i < 100; i++) {
+      await sleep(300);
+      const now = writer!.acked.size;
+      if (now === before) break;
+      before = now;
+    }
+    const stalledAt = writer!.acked.size;
+    await sleep(1000);
+    expect(writer!.acked.size).toBe(stalledAt);
+    expect(stalledAt).toBeLessThan(plan.length);
+    c.proxy('remote').heal();
+    expect(await run).toEqual([]);
+    await c.waitDrained();
+    const image = sha256(applyWrites(c.volumeBytes, plan));
+    expect(c.hash('remote')).toBe(image);
+    expect(c.hash('local')).toBe(image);
+  }, 150_000);
+
+  it('mixed topology: east direct and r1 -> r2 -> west; both copies equal the image', async () => {
+    const sites: CascadeSite[] = [
+      { name: 'local', role: 'primary', mirrors: ['east', 'r1'] },
+      { name: 'east', role: 'mirror' },
+      { name: 'r1', role: 'relay', forward: 'r2', relayAck: 'cached' },
+      { name: 'r2', role: 'relay', forward: 'west', relayAck: 'end-to-end' },
+      { name: 'west', role: 'mirror' },
+    ];
+    const c = await start(sites, 2, 32 * mib);
+    const plan = planWrites(83, c.volumeBytes, 16 * mib);
+    expect(await writer!.run(plan, 16)).toEqual([]);
+    await writer!.flush();
+    await c.waitDrained();
+    const image = sha256(applyWrites(c.volumeBytes, plan));
+    expect(c.hash('east')).toBe(image);
+    expect(c.hash('west')).toBe(image);
+  }, 120_000);
+});
