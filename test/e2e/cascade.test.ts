@@ -30,8 +30,8 @@ function chain(relays: number, relayAck: 'cached' | 'end-to-end', opts: { storag
   return sites;
 }
 
-async function start(sites: CascadeSite[], hopLatencyMs: number, volumeBytes = 64 * mib): Promise<CascadeCluster> {
-  cluster = await CascadeCluster.create({ sites, hopLatencyMs, volumeBytes });
+async function start(sites: CascadeSite[], hopLatencyMs: number, volumeBytes = 64 * mib, cacheBytes?: number): Promise<CascadeCluster> {
+  cluster = await CascadeCluster.create({ sites, hopLatencyMs, volumeBytes, ...(cacheBytes !== undefined ? { cacheBytes } : {}) });
   await cluster.start();
   await cluster.waitLinked();
   writer = await NbdWriter.connect(cluster.nbdPort);
@@ -112,7 +112,8 @@ describe('cascade: local -> relays -> remote, multi-process through the WAN emul
 
   it('partition r2 -> remote until r2 is full: host writes slow then wait, nothing dropped; heal: drains, hashes equal', async () => {
     const r2CacheBytes = 4 * mib;
-    const c = await start(chain(2, 'cached', { lastRelayCacheBytes: r2CacheBytes }), 1, 32 * mib);
+    // Every cache small (4 MiB), so 24 MiB of writes overflow the whole chain's caches.
+    const c = await start(chain(2, 'cached', { lastRelayCacheBytes: r2CacheBytes }), 1, 32 * mib, 4 * mib);
     c.proxy('remote').partition();
     const plan = planWrites(79, c.volumeBytes, 24 * mib);
     const run = writer!.run(plan, 8);
