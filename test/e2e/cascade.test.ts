@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { CascadeCluster, type CascadeSite } from './cascade-harness.js';
 import { applyWrites, checkAckedWrites, NbdWriter, planWrites, sha256, sleep } from './harness.js';
 import { readFileSync } from 'node:fs';
+import { formatStatusTable, statusRows } from '../../src/cli/status.js';
 
 const mib = 1024 * 1024;
 let cluster: CascadeCluster | undefined;
@@ -121,6 +122,11 @@ describe('cascade: local -> relays -> remote, multi-process through the WAN emul
     await c.waitStatus('r2', (s) => s.cache.usedBytes >= r2CacheBytes * 0.5, 'r2 cache filling');
     const r2 = await c.waitStatus('r2', (s) => s.peers.some((p) => p.relation === 'downstream' && (p.relay?.lagBytes ?? 0) > 0), 'lag reported');
     expect(r2.peers.find((p) => p.relation === 'downstream')?.relay?.oldestUnackedSeq).toBeDefined();
+    // Per hop in `geomirror status` and /metrics (issue 7 item 4).
+    expect(formatStatusTable(statusRows([{ target: { name: 'r2', admin: c.proc('r2').admin }, status: r2 }]))).toMatch(/hop r2 -> remote \((up|down), ack cached\): \d+ cached, \d+ writes \/ .+ behind, oldest unacked seq \d+/);
+    const metrics = await (await fetch(`http://${c.proc('r2').admin}/metrics`)).text();
+    expect(metrics).toMatch(/geomirror_relay_lag_seconds\{[^}]*peer="remote"[^}]*\} [0-9.]+/);
+    expect(metrics).toMatch(/geomirror_relay_oldest_unacked_seq\{[^}]*peer="remote"[^}]*\} [1-9]/);
     // Host writes wait: the acked count stops moving.
     let before = -1;
     for (let i = 0; i < 100; i++) {
