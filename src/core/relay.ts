@@ -114,6 +114,11 @@ interface ResyncItem {
   localIssued: boolean;
   localDone: boolean;
   sense: SenseInfo | undefined;
+  /**
+   * Sent down in an upstream session that has since ended: never answered upstream, but it
+   * still occupies the downstream's resync queue until answered, so it counts in the window.
+   */
+  orphan: boolean;
 }
 
 type LocalOp = { kind: 'write'; entry: REntry } | { kind: 'resync'; item: ResyncItem };
@@ -280,8 +285,8 @@ export class Relay implements Role {
         break;
       case 'resyncData':
         assert(this.resyncs.length < this.lim.mirrorResyncQueueMax, `relay resync queue full (${this.lim.mirrorResyncQueueMax}): upstream exceeded resyncInflightRegionsMax`);
-        if (this.resyncs.some((r) => r.resyncId === msg.resyncId)) break;
-        this.resyncs.push({ resyncId: msg.resyncId, downId: 0n, offsetBytes: msg.offsetBytes, payload: msg.payload, sentDown: false, downDone: false, localIssued: !this.cfg.storage, localDone: !this.cfg.storage, sense: undefined });
+        if (this.resyncs.some((r) => !r.orphan && r.resyncId === msg.resyncId)) break;
+        this.resyncs.push({ resyncId: msg.resyncId, downId: 0n, orphan: false, offsetBytes: msg.offsetBytes, payload: msg.payload, sentDown: false, downDone: false, localIssued: !this.cfg.storage, localDone: !this.cfg.storage, sense: undefined });
         break;
       case 'heartbeat':
         if (!msg.reply) this.send(peer, { type: 'heartbeat', epoch: this.epoch, sentMs: msg.sentMs, seqAcked: this.seqAcked, reply: true });
@@ -338,8 +343,9 @@ export class Relay implements Role {
     // a new flush early.
     this.flushes = [];
     // Resync ids too are per upstream session; the upstream resends every region still dirty.
-    // Regions already sent down are orphaned: their late answers match nothing.
-    this.resyncs = [];
+    // Regions already sent down become orphans (see ResyncItem.orphan); the rest are forgotten.
+    this.resyncs = this.resyncs.filter((r) => r.sentDown && !r.downDone);
+    for (const r of this.resyncs) r.orphan = true;
     this.upstream = peer;
     this.lastHeardUpstreamMs = this.nowMs;
     this.send(peer, { type: 'resyncRequest', epoch: this.epoch, seqReceived: this.seqReceived });
@@ -471,6 +477,8 @@ export class Relay implements Role {
     this.downLink = 'joining';
     for (const e of this.entries) e.sent = false;
     for (const f of this.flushes) f.sentDown = false;
+    // A downstream forgets queued resync data when it rejoins us: orphans are gone, the rest is re-sent.
+    this.resyncs = this.resyncs.filter((r) => !r.orphan);
     for (const r of this.resyncs) r.sentDown = false;
     this.send(this.cfg.downstream, { type: 'epoch', epoch: this.epoch });
   }
@@ -480,6 +488,7 @@ export class Relay implements Role {
     this.downLink = 'down';
     for (const e of this.entries) e.sent = false;
     for (const f of this.flushes) f.sentDown = false;
+    this.resyncs = this.resyncs.filter((r) => !r.orphan);
     for (const r of this.resyncs) r.sentDown = false;
     this.log('warn', 'relay_downstream_down', { peer: this.cfg.downstream, cached: this.entries.length, oldestUnacked: this.oldestUnacked()?.seq });
   }
@@ -578,13 +587,18 @@ export class Relay implements Role {
     // Resync data only once the cache is empty (every entry went down, and with storage is
     // durable here), so no cached write can be re-sent or replayed over it.
     if (this.entries.length > 0 || this.receiveQueue.length > 0 || this.life === undefined) return;
+    let inflight = this.resyncs.filter((r) => r.sentDown && !r.downDone).length;
     for (const r of this.resyncs) {
+      if (r.orphan) continue;
       if (!r.localIssued) {
         r.localIssued = true;
         const op: LocalOp = { kind: 'resync', item: r };
         if (this.overlap.insert(r.offsetBytes, r.payload.byteLength, op)) this.issueStorage(op);
       }
       if (r.sentDown) continue;
+      // The downstream's resync queue holds at most this many regions from us (orphans included).
+      if (inflight >= this.lim.resyncInflightRegionsMax) break;
+      inflight++;
       r.sentDown = true;
       if (r.downId === 0n) (r as { downId: bigint }).downId = (this.life << 32n) | this.downResyncNext++;
       this.send(this.cfg.downstream, { type: 'resyncData', epoch: this.epoch, resyncId: r.downId, offsetBytes: r.offsetBytes, payload: r.payload });
@@ -600,7 +614,7 @@ export class Relay implements Role {
         continue;
       }
       this.resyncs.splice(i, 1);
-      if (this.upstream !== undefined) {
+      if (!r.orphan && this.upstream !== undefined) {
         this.send(this.upstream, r.sense === undefined
           ? { type: 'resyncAck', epoch: this.epoch, resyncId: r.resyncId }
           : { type: 'resyncAck', epoch: this.epoch, resyncId: r.resyncId, sense: r.sense });

@@ -23,20 +23,20 @@ function runMany(topology: Topology, seeds: number): { failures: string[]; crash
 }
 
 describe('deterministic simulation of relay chains', () => {
-  it('250 seeds of local -> r1 -> r2 -> remote', () => {
-    const r = runMany('chain', 250);
+  it('600 seeds of local -> r1 -> r2 -> remote', () => {
+    const r = runMany('chain', 600);
     expect(r.failures).toEqual([]);
     // The faults happened (a sim that injects nothing proves nothing).
-    expect(r.crashes).toBeGreaterThan(250);
-    expect(r.partitions).toBeGreaterThan(250);
-    expect(r.resyncs).toBeGreaterThan(20);
+    expect(r.crashes).toBeGreaterThan(600);
+    expect(r.partitions).toBeGreaterThan(600);
+    expect(r.resyncs).toBeGreaterThan(100);
   });
 
-  it('150 seeds of a mixed fan-out: east direct, r1 -> r2 -> west', () => {
-    const r = runMany('mixed', 150);
+  it('300 seeds of a mixed fan-out: east direct, r1 -> r2 -> west', () => {
+    const r = runMany('mixed', 300);
     expect(r.failures).toEqual([]);
-    expect(r.crashes).toBeGreaterThan(150);
-    expect(r.resyncs).toBeGreaterThan(20);
+    expect(r.crashes).toBeGreaterThan(300);
+    expect(r.resyncs).toBeGreaterThan(100);
   });
 
   it('is deterministic: the same seed gives the same run', () => {
