@@ -153,7 +153,7 @@ export function registerStart(program: Command): void {
       'after',
       `
 Examples:
-  $ npm start
+  $ geomirror start                       # what npm start runs
   $ geomirror start --config targets/loopback/mixed.yaml
 
 First run creates sparse loopback files and the cluster key next to the cluster file. Site
