@@ -225,6 +225,20 @@ export class Replica {
     this.log.info({ event: 'link-up', peer, remote: link.remote }, `link to ${peer} up`);
     this.feed({ type: 'peerUp', peer });
     link.on('message', (m) => {
+      if (m.type === 'STATUS_REQUEST') {
+        // A peer (or `npm run conformance`) asks how this site is doing: answer from status().
+        const st = this.status();
+        const entries: [string, string][] = [
+          ['site', st.site], ['role', st.role], ['epoch', String(st.epoch)], ['lastSeqAcked', st.lastSeqAcked],
+          ['state', st.state], ['cacheEntries', String(st.cache.entries)],
+        ];
+        try {
+          link.send({ type: 'STATUS_REPLY', requestId: m.requestId, entries });
+        } catch (err) {
+          link.close(undefined, (err as Error).message);
+        }
+        return;
+      }
       let msg;
       try {
         msg = fromWire(m, peer);

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cmd, Errno } from '../../src/nbd/protocol.js';
 import { RawClient } from '../nbd/raw-client.js';
 import { freePort } from './harness.js';
+import { runLive } from '../conformance/live.js';
 
 const run = promisify(execFile);
 const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
@@ -25,12 +26,14 @@ let out = '';
 let primaryUri = '';
 let mirrorUri = '';
 let mirrorNbdPort = 0;
+let eastListenPort = 0;
 
 beforeAll(async () => {
   const [n, en, p1, p2] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
   primaryUri = `nbd://127.0.0.1:${n}/vol0`;
   mirrorUri = `nbd://127.0.0.1:${en}/vol0`;
   mirrorNbdPort = en;
+  eastListenPort = p1;
   writeFileSync(join(dir, 'cluster.key'), randomBytes(32).toString('hex'), { mode: 0o600 });
   const site = (name: string) => `cache: { device: "loopback:./${name}.cache", size: 32MiB }, storage: ["loopback:./${name}.img"]`;
   writeFileSync(
@@ -118,6 +121,20 @@ describe('NBD clients against the replicated volume', () => {
     const { stdout } = await run('fio', ['--name=v', '--ioengine=nbd', `--uri=${primaryUri}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=16M', '--verify=crc32c', '--do_verify=1', '--verify_state_save=0', '--output-format=json'], { maxBuffer: 16 * 2 ** 20 });
     const job = (JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: { error: number }[] }).jobs[0]!;
     expect(job.error).toBe(0);
+    await expectReplicas(sha(replica('local')));
+  });
+
+  it('npm run conformance against the live east mirror: every handshake, refusal and vector case passes; replicas untouched', async () => {
+    const before = sha(replica('east'));
+    const secret = Buffer.from(readFileSync(join(dir, 'cluster.key'), 'utf8').trim(), 'hex');
+    // As `west` (a site the mirror accepts), so the primary's own link to east is never replaced.
+    const results = await runLive({ host: '127.0.0.1', port: eastListenPort, secret, cluster: 'nbdtest', site: 'east', as: 'west' });
+    const failed = results.filter((r) => !r.pass);
+    expect(failed, failed.map((f) => `${f.name}: ${f.detail}`).join('\n')).toEqual([]);
+    expect(results.length).toBeGreaterThan(20);
+    expect(sha(replica('east'))).toBe(before);
+    // The mirror still serves its primary: a write after all that replicates.
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x77 8M 64k', '-c', 'flush', primaryUri]);
     await expectReplicas(sha(replica('local')));
   });
 
