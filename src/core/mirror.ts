@@ -169,6 +169,12 @@ export class Mirror implements Role {
   }
 
   private onRecv(peer: PeerId, msg: PeerMsg): void {
+    if (msg.type === 'lastHeardQuery') {
+      // Failover detection (claim 13 v): read-only, so answered whatever the asker's epoch.
+      const heardAgoMs = this.lastHeardUpstreamMs === undefined ? -1 : this.nowMs - this.lastHeardUpstreamMs;
+      this.send(peer, { type: 'lastHeardAnswer', epoch: this.epoch, queryId: msg.queryId, heardAgoMs, seqReceived: this.seqReceived });
+      return;
+    }
     if (msg.type === 'epoch') {
       this.onEpoch(peer, msg.epoch);
       return;

@@ -61,7 +61,19 @@ export type PeerMsg =
   /** The region is on the receiver's stable storage. */
   | { type: 'resyncAck'; epoch: Epoch; resyncId: bigint; sense?: SenseInfo }
   /** "Your epoch is stale; mine is `epoch`." The receiver must stop acting for its epoch. */
-  | { type: 'fence'; epoch: Epoch; reason: string };
+  | { type: 'fence'; epoch: Epoch; reason: string }
+  /**
+   * Failover detection (claim 13 v, issue 10): a standby that stopped hearing the primary asks
+   * every other site "when did you last hear the primary?". `epoch` is the asker's; the answer
+   * is read-only, so any site answers it whatever its own epoch.
+   */
+  | { type: 'lastHeardQuery'; epoch: Epoch; queryId: bigint }
+  /**
+   * `heardAgoMs`: ms since the answering site last heard its primary (its upstream), or -1 if
+   * never in this process life. Ages, not timestamps: sites' monotonic clocks are unrelated.
+   * `seqReceived`: the highest seq of `epoch` it holds (status and the catch-up rule).
+   */
+  | { type: 'lastHeardAnswer'; epoch: Epoch; queryId: bigint; heardAgoMs: number; seqReceived: Seq };
 
 // ---------------------------------------------------------------------------------------------
 // Persistent state handed to a role at start (what the cache journal, bitmap file and meta

@@ -1,0 +1,376 @@
+// The standby site's controller (claims 8, 9, 13; issue 10 items 1-4): pure state machine.
+//
+// While the primary lives, the standby IS a mirror of it: every event goes to an inner Mirror
+// (composition, so mirror.ts keeps one job), which keeps the standby in sync. Around it the
+// standby tracks when it last heard the primary (any frame of the current epoch on that link).
+//
+// Detection (claim 13 v). The primary is declared lost only when BOTH hold:
+//   1. the standby heard nothing from it for `failoverTimeoutMs`, and
+//   2. a strict majority of the cluster's sites (primary, standby, every mirror, the optional
+//      witness) say they cannot reach it: the standby counts itself, then asks every other
+//      reachable site `lastHeardQuery` and counts each `lastHeardAnswer` whose `heardAgoMs` is
+//      -1 (never) or >= failoverTimeoutMs. The primary itself never votes, so with primary +
+//      standby + 2 mirrors all three non-primaries must agree (3 of 4).
+// A cut link between the standby and the primary alone therefore never promotes: the mirrors
+// still hear the primary's heartbeats and answer with small ages. The query is repeated every
+// `queryIntervalMs` while condition 1 holds (answers of an older query are ignored).
+//
+// Promotion (claim 13 vi, vii), in this order:
+//   a. metaPersist { epoch: old + 1 } before anything else: a standby that restarts after this
+//      point can never act for the old epoch again, and every site it talks to learns the new
+//      epoch before it accepts anything from it. From the decision on, frames from the old
+//      primary are dropped (it is believed lost; the new epoch fences it below).
+//   b. The inner mirror finishes what it already received (quiescent: every received write
+//      performed, durable and out of the cache). The standby's storage now holds every write of
+//      the old epoch it received; this is the agreed last seq (the standby's seqReceived). Every
+//      write the old primary acked to the host is in it, because the host ack needs the ack of
+//      every in-sync mirror and the standby is one (see "Limits of this rule" below).
+//   c. Catch-up rule: every other site (the mirrors AND the old primary) is brought to exactly
+//      the standby's image by a resync of the WHOLE volume (all regions dirty, persisted with
+//      bitmapSet before the new primary starts, so a crash of the new primary keeps owing it).
+//      That one rule covers both cases: a mirror holding less gets the missing writes, a mirror
+//      holding more (old-epoch writes the old primary sent it but never acked to the host) is
+//      overwritten. The cost is a full-volume transfer per mirror; narrowing it to the regions
+//      touched after min(seqAcked) needs mirrors to keep a per-epoch tail log (not built).
+//   d. A Primary for the new epoch starts with that bitmap and gets `peerUp` for every link that
+//      is up: it announces `epoch` (mirrors persist the new epoch and fence the old one), then
+//      resyncs each mirror and serves host writes (claim 13 steps i-iv as the primary).
+//
+// Fencing: mirrors refuse frames of an older epoch with `fence` (mirror.ts); a Primary that sees
+// a newer epoch refuses host writes from then on (primary.ts); the new Primary announces its epoch
+// on every new link, so a returning old primary learns it at its first reconnect.
+//
+// Limits of this rule (documented, not hidden): under `onMirrorLoss: degrade` the old primary may
+// have degraded the standby and acked writes it never saw; promoting it would lose them, and the
+// standby cannot tell (a larger seqReceived at a mirror is also what unacked in-flight writes
+// look like). Run the old epoch with the standby under `block` (the failover simulation does), or
+// make the primary never degrade its standby (not built). A witness role is not built either:
+// `witness` is counted and asked, and any site that answers `lastHeardQuery` can serve as one.
+
+import { Mirror, type MirrorStatus } from './mirror.js';
+import { Primary, type PrimaryStatus } from './primary.js';
+import { regionCount } from './regions.js';
+import {
+  assert,
+  type CoreAction,
+  type CoreEvent,
+  type Epoch,
+  type Limits,
+  type LogLevel,
+  type Meta,
+  type MirrorLossPolicy,
+  type OpId,
+  type PeerId,
+  type PeerMsg,
+  type Recovered,
+  type Role,
+  type Seq,
+} from './types.js';
+
+export interface StandbyConfig {
+  readonly self: PeerId;
+  /** The primary of the current epoch (the standby's upstream). */
+  readonly primary: PeerId;
+  /** The other mirrors of the cluster (not the standby, not the primary). */
+  readonly mirrors: readonly PeerId[];
+  /** Optional tie-breaker site: answers `lastHeardQuery`, holds no data. */
+  readonly witness?: PeerId;
+  readonly volumeBytes: number;
+  readonly blockBytes: number;
+  readonly limits: Limits;
+  /** Silence from the primary after which the standby starts asking the others. */
+  readonly failoverTimeoutMs: number;
+  /** How often the question is repeated while the primary stays silent. */
+  readonly queryIntervalMs: number;
+  /** Policy of the Primary this site becomes after a promotion. */
+  readonly onMirrorLoss: MirrorLossPolicy;
+}
+
+export type StandbyPhase = 'following' | 'promoting' | 'primary';
+
+export interface StandbyStatus {
+  readonly role: 'standby';
+  readonly phase: StandbyPhase;
+  readonly epoch: Epoch;
+  readonly lastHeardPrimaryMs: number | undefined;
+  readonly promotions: readonly { atMs: number; fromEpoch: Epoch; toEpoch: Epoch; seqReceived: Seq; reason: string }[];
+  readonly inner: MirrorStatus | PrimaryStatus;
+}
+
+type Inner = 'mirror' | 'primary' | 'self';
+
+export class Standby implements Role {
+  private out: CoreAction[] = [];
+  private nowMs = 0;
+  private started = false;
+  private phase: StandbyPhase = 'following';
+  private readonly mirror: Mirror;
+  private primaryCore: Primary | undefined;
+  private meta: Meta = { epoch: 0n, seqReserved: 0n };
+  /** Outer op id -> (which core issued it, its own op id): the inner cores' ids overlap. */
+  private readonly ops = new Map<OpId, { inner: Inner; opId: OpId }>();
+  private opNext: OpId = 1;
+  private readonly linksUp = new Set<PeerId>();
+  private lastHeardPrimaryMs: number | undefined;
+  private startMs = 0;
+  private queryIdNext = 1n;
+  private query: { queryId: bigint; sentMs: number; agree: Set<PeerId>; disagree: Set<PeerId> } | undefined;
+  private promotion: { epoch: Epoch; metaOp: OpId | undefined; bitmapOps: Set<OpId>; seqReceived: Seq; reason: string; bitmapsIssued: boolean } | undefined;
+  private readonly promotions: { atMs: number; fromEpoch: Epoch; toEpoch: Epoch; seqReceived: Seq; reason: string }[] = [];
+
+  constructor(private readonly cfg: StandbyConfig) {
+    assert(cfg.primary !== cfg.self && !cfg.mirrors.includes(cfg.self) && !cfg.mirrors.includes(cfg.primary), `standby ${cfg.self}: primary ${cfg.primary} and mirrors [${cfg.mirrors.join(', ')}] must be distinct sites other than itself`);
+    assert(cfg.failoverTimeoutMs > cfg.limits.heartbeatIntervalMs, `failoverTimeoutMs ${cfg.failoverTimeoutMs} must exceed heartbeatIntervalMs ${cfg.limits.heartbeatIntervalMs}, or a live primary looks lost between two heartbeats`);
+    assert(cfg.queryIntervalMs > 0, 'queryIntervalMs must be positive');
+    this.mirror = new Mirror({ self: cfg.self, volumeBytes: cfg.volumeBytes, blockBytes: cfg.blockBytes, limits: cfg.limits });
+  }
+
+  /** Sites of the cluster, primary included: the majority is counted out of these. */
+  private clusterSites(): number {
+    return 2 + this.cfg.mirrors.length + (this.cfg.witness === undefined ? 0 : 1);
+  }
+
+  step(ev: CoreEvent, nowMs: number): CoreAction[] {
+    assert(nowMs >= this.nowMs, `time went backwards: ${nowMs} < ${this.nowMs}`);
+    this.nowMs = nowMs;
+    this.out = [];
+    assert(this.started || ev.type === 'start', `standby ${this.cfg.self}: event ${ev.type} before start`);
+    switch (ev.type) {
+      case 'start': this.onStart(ev.recovered); break;
+      case 'tick': this.onTick(); break;
+      case 'peerUp':
+        this.linksUp.add(ev.peer);
+        this.forward(ev);
+        break;
+      case 'peerDown':
+        this.linksUp.delete(ev.peer);
+        this.forward(ev);
+        break;
+      case 'recv': this.onRecv(ev.peer, ev.msg); break;
+      case 'hostWrite':
+      case 'hostFlush':
+        if (this.phase === 'promoting') {
+          this.out.push({ type: 'ackHost', id: ev.id, error: { kind: 'busy', message: `${this.cfg.self} is being promoted to primary of epoch ${this.promotion!.epoch}; retry shortly` } });
+        } else {
+          this.forward(ev);
+        }
+        break;
+      case 'cacheAppended':
+      case 'storageWritten':
+      case 'storageRead':
+      case 'storageFlushed':
+      case 'bitmapPersisted':
+      case 'metaPersisted':
+        this.onCompletion(ev);
+        break;
+    }
+    this.afterStep();
+    const out = this.out;
+    this.out = [];
+    return out;
+  }
+
+  private onStart(rec: Recovered): void {
+    assert(!this.started, 'standby started twice (a restart is a new instance)');
+    this.started = true;
+    this.meta = rec.meta;
+    this.startMs = this.nowMs;
+    this.emit('mirror', this.mirror.step({ type: 'start', recovered: rec }, this.nowMs));
+    this.log('info', 'standby_start', { epoch: rec.meta.epoch, primary: this.cfg.primary, failoverTimeoutMs: this.cfg.failoverTimeoutMs });
+  }
+
+  /** Events for the core currently in charge: the mirror until promotion, then the primary. */
+  private forward(ev: CoreEvent): void {
+    if (this.primaryCore !== undefined) this.emit('primary', this.primaryCore.step(ev, this.nowMs));
+    else this.emit('mirror', this.mirror.step(ev, this.nowMs));
+  }
+
+  /** Re-numbers the inner core's op ids into this site's single op id space. */
+  private emit(inner: Inner, actions: CoreAction[]): void {
+    for (const a of actions) {
+      if ('opId' in a) {
+        const opId = this.opNext++;
+        this.ops.set(opId, { inner, opId: a.opId });
+        this.out.push({ ...a, opId });
+      } else {
+        this.out.push(a);
+      }
+    }
+  }
+
+  private onCompletion(ev: Extract<CoreEvent, { opId: OpId }>): void {
+    const op = this.ops.get(ev.opId);
+    assert(op !== undefined, `standby ${this.cfg.self}: ${ev.type} for unknown op ${ev.opId}`);
+    this.ops.delete(ev.opId);
+    if (op.inner === 'self') {
+      this.onOwnCompletion(ev.opId, ev.type);
+      return;
+    }
+    const inner: CoreEvent = { ...ev, opId: op.opId };
+    if (op.inner === 'mirror') {
+      // The mirror's last ops may complete after the promotion; it still owns them.
+      this.emit('mirror', this.mirror.step(inner, this.nowMs));
+    } else {
+      this.emit('primary', this.primaryCore!.step(inner, this.nowMs));
+    }
+  }
+
+  private onRecv(peer: PeerId, msg: PeerMsg): void {
+    if (msg.type === 'lastHeardQuery') {
+      // After the promotion this site IS the primary: it answers "heard just now".
+      const heardAgoMs = this.phase !== 'following' ? 0 : this.lastHeardPrimaryMs === undefined ? -1 : this.nowMs - this.lastHeardPrimaryMs;
+      this.send(peer, { type: 'lastHeardAnswer', epoch: this.currentEpoch(), queryId: msg.queryId, heardAgoMs, seqReceived: this.mirror.status().seqReceived });
+      return;
+    }
+    if (msg.type === 'lastHeardAnswer') {
+      this.onAnswer(peer, msg);
+      return;
+    }
+    if (this.phase === 'promoting' && peer === this.cfg.primary) {
+      this.log('warn', 'old_primary_frame_dropped', { peer, type: msg.type, epoch: msg.epoch, promotingTo: this.promotion!.epoch });
+      return;
+    }
+    if (this.phase === 'following' && peer === this.cfg.primary && msg.epoch >= this.mirror.status().epoch) {
+      this.lastHeardPrimaryMs = this.nowMs;
+      if (this.query !== undefined) {
+        this.log('info', 'primary_heard_again', { queryId: this.query.queryId });
+        this.query = undefined;
+      }
+    }
+    this.forward({ type: 'recv', peer, msg });
+  }
+
+  private currentEpoch(): Epoch {
+    if (this.primaryCore !== undefined) return this.primaryCore.status().epoch;
+    return this.mirror.status().epoch;
+  }
+
+  private silentMs(): number {
+    // A standby that never heard its primary in this life counts from its start.
+    return this.nowMs - (this.lastHeardPrimaryMs ?? this.startMs);
+  }
+
+  private onTick(): void {
+    this.forward({ type: 'tick' });
+    if (this.phase !== 'following') return;
+    if (this.silentMs() < this.cfg.failoverTimeoutMs) return;
+    if (this.query !== undefined && this.nowMs - this.query.sentMs < this.cfg.queryIntervalMs) return;
+    const queryId = this.queryIdNext++;
+    this.query = { queryId, sentMs: this.nowMs, agree: new Set(), disagree: new Set() };
+    const voters = [...this.cfg.mirrors, ...(this.cfg.witness === undefined ? [] : [this.cfg.witness])];
+    const asked = voters.filter((p) => this.linksUp.has(p));
+    for (const p of asked) this.send(p, { type: 'lastHeardQuery', epoch: this.mirror.status().epoch, queryId });
+    this.log('warn', 'primary_silent', { primary: this.cfg.primary, silentMs: this.silentMs(), failoverTimeoutMs: this.cfg.failoverTimeoutMs, queryId, asked });
+    this.maybePromote(); // a cluster of primary + standby alone can never reach a majority: logged there
+  }
+
+  private onAnswer(peer: PeerId, msg: Extract<PeerMsg, { type: 'lastHeardAnswer' }>): void {
+    const q = this.query;
+    if (this.phase !== 'following' || q === undefined || msg.queryId !== q.queryId) return; // stale answer
+    const agrees = msg.heardAgoMs < 0 || msg.heardAgoMs >= this.cfg.failoverTimeoutMs;
+    const own = this.mirror.status();
+    if (msg.epoch > own.epoch) {
+      // The answering site already follows a newer epoch: someone else was promoted.
+      this.log('warn', 'newer_epoch_seen', { peer, epoch: msg.epoch, ours: own.epoch, effect: 'no promotion' });
+      q.disagree.add(peer);
+      return;
+    }
+    (agrees ? q.agree : q.disagree).add(peer);
+    this.log('info', 'last_heard_answer', { peer, heardAgoMs: msg.heardAgoMs, seqReceived: msg.seqReceived, agrees, queryId: q.queryId });
+    this.maybePromote();
+  }
+
+  private maybePromote(): void {
+    const q = this.query;
+    if (q === undefined || this.phase !== 'following') return;
+    const votes = 1 + q.agree.size; // the standby itself
+    if (votes * 2 <= this.clusterSites()) return;
+    const own = this.mirror.status();
+    const reason = `no frame from ${this.cfg.primary} for ${this.silentMs()} ms (timeout ${this.cfg.failoverTimeoutMs} ms); ${votes} of ${this.clusterSites()} sites cannot reach it (${[this.cfg.self, ...q.agree].join(', ')})`;
+    const toEpoch = own.epoch + 1n;
+    this.phase = 'promoting';
+    const metaOp = this.opNext++;
+    this.ops.set(metaOp, { inner: 'self', opId: metaOp });
+    this.promotion = { epoch: toEpoch, metaOp, bitmapOps: new Set(), seqReceived: own.seqReceived, reason, bitmapsIssued: false };
+    this.query = undefined;
+    this.log('warn', 'failover_decided', { fromEpoch: own.epoch, toEpoch, seqReceived: own.seqReceived, reason });
+    // (a) The new epoch is durable before anything else happens.
+    this.out.push({ type: 'metaPersist', opId: metaOp, meta: { epoch: toEpoch, seqReserved: 1n } });
+  }
+
+  private onOwnCompletion(opId: OpId, type: CoreEvent['type']): void {
+    const p = this.promotion;
+    assert(p !== undefined, `standby ${this.cfg.self}: ${type} for op ${opId} with no promotion under way`);
+    if (opId === p.metaOp) {
+      assert(type === 'metaPersisted', `op ${opId} is a metaPersist, completed as ${type}`);
+      p.metaOp = undefined;
+      this.meta = { epoch: p.epoch, seqReserved: 1n };
+      this.log('info', 'epoch_persisted', { epoch: p.epoch });
+      return;
+    }
+    assert(type === 'bitmapPersisted' && p.bitmapOps.delete(opId), `standby ${this.cfg.self}: unexpected ${type} for op ${opId}`);
+  }
+
+  private afterStep(): void {
+    const p = this.promotion;
+    if (this.phase !== 'promoting' || p === undefined || p.metaOp !== undefined) return;
+    // (b) Everything the mirror received is performed, durable and out of its cache.
+    if (!this.mirror.quiescent()) return;
+    if (!p.bitmapsIssued) {
+      // (c) Every other site owes a full resync from this image; durable before we serve.
+      p.bitmapsIssued = true;
+      const regions = Array.from({ length: regionCount(this.cfg.volumeBytes, this.cfg.limits.regionBytes) }, (_, i) => i);
+      for (const peer of this.downstreams()) {
+        const opId = this.opNext++;
+        this.ops.set(opId, { inner: 'self', opId });
+        p.bitmapOps.add(opId);
+        this.out.push({ type: 'bitmapSet', opId, peer, regions });
+      }
+    }
+    if (p.bitmapOps.size > 0) return;
+    // (d) Act as the primary of the new epoch.
+    const regions = Array.from({ length: regionCount(this.cfg.volumeBytes, this.cfg.limits.regionBytes) }, (_, i) => i);
+    const dirty = new Map<PeerId, number[]>(this.downstreams().map((peer) => [peer, regions]));
+    this.primaryCore = new Primary({ self: this.cfg.self, volumeBytes: this.cfg.volumeBytes, blockBytes: this.cfg.blockBytes, mirrors: this.downstreams(), onMirrorLoss: this.cfg.onMirrorLoss, limits: this.cfg.limits });
+    this.phase = 'primary';
+    this.promotions.push({ atMs: this.nowMs, fromEpoch: p.epoch - 1n, toEpoch: p.epoch, seqReceived: p.seqReceived, reason: p.reason });
+    this.log('warn', 'promoted', { epoch: p.epoch, seqReceived: p.seqReceived, mirrors: this.downstreams(), reason: p.reason });
+    this.emit('primary', this.primaryCore.step({ type: 'start', recovered: { meta: this.meta, cacheEntries: [], dirtyRegions: dirty } }, this.nowMs));
+    for (const peer of this.downstreams()) {
+      if (this.linksUp.has(peer)) this.emit('primary', this.primaryCore.step({ type: 'peerUp', peer }, this.nowMs));
+    }
+  }
+
+  /** The new primary's mirrors: every data site but this one (the old primary included). */
+  private downstreams(): PeerId[] {
+    return [this.cfg.primary, ...this.cfg.mirrors];
+  }
+
+  private send(peer: PeerId, msg: PeerMsg): void {
+    this.out.push({ type: 'send', peer, msg });
+  }
+
+  private log(level: LogLevel, event: string, fields: Record<string, unknown>): void {
+    this.out.push({ type: 'log', level, event, fields: { site: this.cfg.self, ...fields } });
+  }
+
+  /** Host writes the site may submit now (0 unless this site is the primary). */
+  hostQueueFree(): number {
+    return this.primaryCore?.hostQueueFree() ?? 0;
+  }
+
+  quiescent(): boolean {
+    return this.primaryCore !== undefined ? this.primaryCore.quiescent() : this.phase === 'following' && this.mirror.quiescent();
+  }
+
+  inSyncMirrors(): PeerId[] {
+    return this.primaryCore?.inSyncMirrors() ?? [];
+  }
+
+  status(): StandbyStatus {
+    return {
+      role: 'standby', phase: this.phase, epoch: this.currentEpoch(), lastHeardPrimaryMs: this.lastHeardPrimaryMs,
+      promotions: [...this.promotions], inner: this.primaryCore?.status() ?? this.mirror.status(),
+    };
+  }
+}

@@ -1,0 +1,174 @@
+// Scenario scripts for the standby (claims 8, 9, 13; issue 10): it mirrors the primary, asks the
+// other sites before declaring the primary lost, persists the new epoch first, resyncs every
+// other site from its own image and then acts as the primary. Fencing of the old epoch is
+// checked on the mirror and on the old primary.
+import { describe, expect, it } from 'vitest';
+import { Standby } from '../../src/core/standby.js';
+import { blockBytes, mirrorScript, primaryScript, Script, testLimits, writeMsg } from './harness.js';
+
+const limits = { ...testLimits, heartbeatIntervalMs: 100 };
+const regionsAll = Array.from({ length: 16 }, (_, i) => i).join(','); // 16 KiB volume, 1 KiB regions
+
+/** Standby `backup` of primary `local`, with mirrors east and west; links to all three up. */
+function standby(opts: { witness?: string } = {}): Script<Standby> {
+  const s = new Script(new Standby({
+    self: 'backup', primary: 'local', mirrors: ['east', 'west'], volumeBytes: 16 * 1024, blockBytes, limits,
+    failoverTimeoutMs: 500, queryIntervalMs: 200, onMirrorLoss: 'degrade', ...opts,
+  }));
+  s.step({ type: 'start', recovered: { meta: { epoch: 1n, seqReserved: 0n }, cacheEntries: [], dirtyRegions: new Map() } });
+  for (const p of ['local', 'east', 'west', ...(opts.witness === undefined ? [] : [opts.witness])]) s.step({ type: 'peerUp', peer: p });
+  expect(s.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local resyncRequest e1 received s0']);
+  return s;
+}
+
+/** Silence from the primary past the timeout: the standby asks east and west. */
+function silence(s: Script<Standby>): void {
+  expect(s.tick(499)).toEqual([]);
+  expect(s.tick(1)).toEqual(['send east lastHeardQuery #1 e1', 'send west lastHeardQuery #1 e1']);
+}
+
+describe('standby: follows the primary as a mirror (claims 8, 9)', () => {
+  it('caches, performs and acks the primary\'s writes like any mirror, and refuses host writes', () => {
+    const s = standby();
+    expect(s.recv('local', writeMsg(1n, 0, 512, 1n, true))).toEqual(['cacheAppend s1 @0+512', 'storageWrite @0+512 fua']);
+    s.done('cacheAppend');
+    expect(s.done('storageWrite')).toEqual(['send local ack s1', 'cacheDrop s1']);
+    expect(s.step({ type: 'hostWrite', id: 7, offsetBytes: 0, lengthBytes: 512, fua: false, payload: new Uint8Array(512) })).toEqual(['ackHost #7 fenced']);
+  });
+
+  it('keeps quiet while the primary is heard: heartbeats reset the silence', () => {
+    const s = standby();
+    s.tick(400);
+    expect(s.recv('local', { type: 'heartbeat', epoch: 1n, sentMs: 400, seqAcked: 0n, reply: false })).toEqual(['send local heartbeat reply']);
+    expect(s.tick(400)).toEqual([]);
+    expect(s.role.status().phase).toBe('following');
+  });
+});
+
+describe('standby: detection needs a majority (claim 13 v)', () => {
+  it('a cut link between the standby and the primary alone never promotes: the mirrors still hear it', () => {
+    const s = standby();
+    s.step({ type: 'peerDown', peer: 'local' });
+    silence(s);
+    expect(s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 40, seqReceived: 0n })).toEqual([]);
+    expect(s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 90, seqReceived: 0n })).toEqual([]);
+    // Asked again every queryIntervalMs while the silence lasts; still no promotion.
+    expect(s.tick(200)).toEqual(['send east lastHeardQuery #2 e1', 'send west lastHeardQuery #2 e1']);
+    s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 2n, heardAgoMs: 30, seqReceived: 0n });
+    s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 2n, heardAgoMs: 30, seqReceived: 0n });
+    expect(s.role.status().phase).toBe('following');
+    expect(s.logs).not.toContain('failover_decided');
+  });
+
+  it('two of four sites (standby + one mirror) are not a majority', () => {
+    const s = standby();
+    silence(s);
+    expect(s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual([]);
+    expect(s.role.status().phase).toBe('following');
+  });
+
+  it('answers of an older query do not count, and a newer epoch elsewhere stops the promotion', () => {
+    const s = standby();
+    silence(s);
+    s.tick(200); // query #2
+    s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 900, seqReceived: 0n });
+    expect(s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 2n, heardAgoMs: 900, seqReceived: 0n })).toEqual([]);
+    expect(s.recv('east', { type: 'lastHeardAnswer', epoch: 2n, queryId: 2n, heardAgoMs: 900, seqReceived: 0n })).toEqual([]);
+    expect(s.logs).toContain('newer_epoch_seen');
+    expect(s.role.status().phase).toBe('following');
+  });
+
+  it('a witness counts: with 5 sites, standby + one mirror + the witness are a majority', () => {
+    const s = standby({ witness: 'judge' });
+    expect(s.tick(500)).toEqual(['send east lastHeardQuery #1 e1', 'send west lastHeardQuery #1 e1', 'send judge lastHeardQuery #1 e1']);
+    s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 700, seqReceived: 0n });
+    expect(s.recv('judge', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual(['metaPersist e2 reserved s1']);
+  });
+
+  it('a mirror answers "when did you last hear the primary?" whatever its epoch', () => {
+    const m = mirrorScript();
+    m.recv('local', { type: 'epoch', epoch: 1n });
+    m.tick(120);
+    expect(m.recv('backup', { type: 'lastHeardQuery', epoch: 0n, queryId: 5n })).toEqual(['send backup lastHeardAnswer #5 e1 ago 120 s0']);
+    expect(mirrorScript().recv('backup', { type: 'lastHeardQuery', epoch: 1n, queryId: 6n })).toEqual(['send backup lastHeardAnswer #6 e1 ago -1 s0']);
+  });
+});
+
+describe('standby: promotion (claim 13 vi, vii)', () => {
+  /** Standby holding write 1 (performed) and write 2 (received, storage write still running). */
+  function decided(): Script<Standby> {
+    const s = standby();
+    s.recv('local', writeMsg(1n, 0, 512, 1n, true));
+    s.done('cacheAppend s1');
+    s.done('storageWrite');
+    s.recv('local', writeMsg(2n, 2048, 1024, 1n));
+    s.done('cacheAppend s2');
+    s.step({ type: 'peerDown', peer: 'local' });
+    silence(s);
+    s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 510, seqReceived: 2n });
+    // (a) the new epoch is persisted before anything else
+    expect(s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual(['metaPersist e2 reserved s1']);
+    expect(s.logs).toContain('failover_decided');
+    return s;
+  }
+
+  it('persists the epoch, finishes what it received, owes every other site a full resync, then serves as primary of epoch 2', () => {
+    const s = decided();
+    expect(s.step({ type: 'hostWrite', id: 1, offsetBytes: 0, lengthBytes: 512, fua: false, payload: new Uint8Array(512) })).toEqual(['ackHost #1 busy']);
+    expect(s.done('metaPersist')).toEqual([]);
+    // (b) write 2 is not yet performed and durable: nothing else happens until it is.
+    // (its link to the old primary is down: no ack goes out; the flush interval has long passed)
+    expect(s.done('storageWrite @2048')).toEqual(['storageFlush']);
+    expect(s.tick(50)).toEqual([]);
+    // (c) then the bitmaps, one per other site, whole volume
+    expect(s.done('storageFlush')).toEqual(['cacheDrop s2', `bitmapSet local [${regionsAll}]`, `bitmapSet east [${regionsAll}]`, `bitmapSet west [${regionsAll}]`]);
+    s.done('bitmapSet local');
+    s.done('bitmapSet east');
+    // (d) the primary of epoch 2 announces itself on every link that is up
+    expect(s.done('bitmapSet west')).toEqual(['send east epoch 2', 'send west epoch 2']);
+    expect(s.logs).toContain('promoted');
+    const st = s.role.status();
+    expect(st.phase).toBe('primary');
+    expect(st.epoch).toBe(2n);
+    expect(st.promotions).toMatchObject([{ fromEpoch: 1n, toEpoch: 2n, seqReceived: 2n }]);
+    // east adopts the epoch and asks to join: it is resynced (region by region) from this image.
+    expect(s.recv('east', { type: 'resyncRequest', epoch: 2n, seqReceived: 0n })).toEqual([]);
+    expect(s.tick(1)).toEqual(['storageRead @0+1024', 'send east heartbeat']);
+    // Host writes are accepted for the new epoch.
+    expect(s.step({ type: 'hostWrite', id: 2, offsetBytes: 8192, lengthBytes: 512, fua: false, payload: new Uint8Array(512).fill(2) })).toEqual(['metaPersist e2 reserved s1001']);
+    expect(s.done('metaPersist')).toEqual(['cacheAppend s1 @8192+512']);
+  });
+
+  it('drops frames from the old primary once the failover is decided', () => {
+    const s = decided();
+    s.step({ type: 'peerUp', peer: 'local' });
+    expect(s.recv('local', writeMsg(3n, 0, 512, 1n))).toEqual([]);
+    expect(s.logs).toContain('old_primary_frame_dropped');
+  });
+
+  it('the old primary comes back: the new primary announces epoch 2 and the old one refuses host writes (fenced)', () => {
+    const s = decided();
+    s.done('metaPersist');
+    s.done('storageWrite @2048');
+    s.done('storageFlush');
+    for (const p of ['local', 'east', 'west']) s.done(`bitmapSet ${p}`);
+    expect(s.step({ type: 'peerUp', peer: 'local' })).toEqual(['send local epoch 2']);
+    const old = primaryScript(['backup', 'east', 'west']);
+    old.step({ type: 'peerUp', peer: 'backup' });
+    old.recv('backup', { type: 'epoch', epoch: 2n });
+    expect(old.logs).toContain('fenced');
+    expect(old.step({ type: 'hostWrite', id: 9, offsetBytes: 0, lengthBytes: 512, fua: false, payload: new Uint8Array(512) })).toEqual(['ackHost #9 fenced']);
+  });
+});
+
+describe('fencing on mirrors (issue 10 item 4)', () => {
+  it('a mirror that adopted epoch 2 refuses every frame of epoch 1 with `fence`', () => {
+    const m = mirrorScript();
+    m.recv('local', { type: 'epoch', epoch: 1n });
+    expect(m.recv('backup', { type: 'epoch', epoch: 2n })).toEqual(['metaPersist e2 reserved s0']);
+    expect(m.done('metaPersist')).toEqual(['send backup resyncRequest e2 received s0']);
+    expect(m.recv('local', writeMsg(7n, 0, 512, 1n))).toEqual(['send local fence e2']);
+    expect(m.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local fence e2']);
+    expect(m.recv('local', { type: 'flush', epoch: 1n, flushId: 1n, seq: 7n })).toEqual(['send local fence e2']);
+  });
+});
