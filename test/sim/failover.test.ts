@@ -1,0 +1,33 @@
+// Failover simulation in the test run (issue 10 item 7): primary crashes (never back, or back as a
+// fenced old primary that rejoins as a mirror), a partition isolating the primary, and a cut of
+// only the primary <-> standby link (which must not promote). See test/sim/failover.ts.
+import { describe, expect, it } from 'vitest';
+import { runFailover, type FailoverScenario } from './failover.js';
+
+describe('failover simulation (topology failover: local, backup standby, east, west)', () => {
+  it('each scenario on a fixed seed promotes exactly when the primary is lost, and loses no acked write', () => {
+    const cases: [FailoverScenario, boolean][] = [['crash', true], ['crashRejoin', true], ['isolate', true], ['cutStandby', false], ['none', false]];
+    for (const [scenario] of cases) {
+      const r = runFailover(7, { scenario });
+      expect(r.failures, scenario).toEqual([]);
+      expect(r.stats.acked as number, scenario).toBeGreaterThan(0);
+    }
+    // The rejoined old primary is one of the byte-identical replicas.
+    expect(runFailover(7, { scenario: 'crashRejoin' }).stats.replicas).toBe(4);
+    expect(runFailover(7, { scenario: 'isolate' }).stats.replicas).toBe(4);
+    expect(runFailover(7, { scenario: 'crash' }).stats.replicas).toBe(3);
+  });
+
+  it('600 seeds: no assertion, no two acking sites per epoch, no lost acked write, replicas identical', () => {
+    const failures: string[] = [];
+    const byScenario: Record<string, number> = {};
+    for (let seed = 1; seed <= 600; seed++) {
+      const r = runFailover(seed);
+      byScenario[r.stats.scenario as string] = (byScenario[r.stats.scenario as string] ?? 0) + 1;
+      failures.push(...r.failures);
+      if (failures.length >= 5) break;
+    }
+    expect(failures).toEqual([]);
+    for (const s of ['crash', 'crashRejoin', 'isolate', 'cutStandby', 'none']) expect(byScenario[s] ?? 0, s).toBeGreaterThan(50);
+  });
+});

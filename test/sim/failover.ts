@@ -1,0 +1,582 @@
+// Deterministic failover simulation (issue 10 item 7): topology `failover` = primary `local`,
+// standby `backup`, mirrors `east` and `west`, every pair linked (a full mesh, so a promoted
+// standby reaches every site). Drives the REAL core roles (Primary, Standby, Mirror) under a
+// seeded network (per-link delay, FIFO per direction) and a seeded host writer, with one fault
+// scenario per seed:
+//   crash        the primary dies and never comes back;
+//   crashRejoin  the primary dies, restarts later as the old primary (fenced by the new epoch,
+//                refuses host writes), then rejoins as a mirror and is resynced;
+//   isolate      every link of the primary is cut (it stays alive), healed later; it is then
+//                fenced and rejoins as a mirror;
+//   cutStandby   only primary <-> standby is cut for longer than the failover timeout: the
+//                mirrors still hear the primary, so there must be NO promotion;
+//   none         no fault (baseline).
+// Checks: no CoreAssertionError; never two sites acking host writes in the same epoch; every
+// block holds its last host-acked write (acked by either primary) or a write issued after it;
+// promotion happened iff the scenario isolates or kills the primary; after heal the active
+// primary's in-sync replicas are byte-identical.
+//
+// It is a separate driver from sim.ts (not a new branch in it) so the fanout/chain/mixed seeds
+// keep drawing exactly the same random numbers. Power cuts are not modelled here: the failover
+// rule is about which site holds what, and sim.ts covers power-cut durability of the roles.
+
+import { Prng } from '../../hal/prng.js';
+import { Mirror } from '../../src/core/mirror.js';
+import { Primary } from '../../src/core/primary.js';
+import { Standby } from '../../src/core/standby.js';
+import { CoreAssertionError, defaultLimits, type CoreAction, type CoreEvent, type Epoch, type Limits, type OpId, type PeerId } from '../../src/core/types.js';
+import { SimCache, SimDisk, SimPersist } from './models.js';
+
+export type FailoverScenario = 'crash' | 'crashRejoin' | 'isolate' | 'cutStandby' | 'none';
+
+export interface FailoverResult {
+  readonly seed: number;
+  readonly ok: boolean;
+  readonly failures: string[];
+  readonly stats: Record<string, number | string>;
+}
+
+const blockBytes = 512;
+const volumeBytes = 64 * 1024;
+const tickMs = 10;
+const failoverTimeoutMs = 600;
+const simEndMs = 60_000;
+const names = ['local', 'backup', 'east', 'west'] as const;
+
+const limits: Limits = {
+  ...defaultLimits,
+  inflightWritesMax: 8,
+  inflightBytesMax: 16 * 1024,
+  hostQueueWritesMax: 8,
+  cacheBytesMax: 32 * 1024,
+  regionBytes: 4096,
+  resyncBytesPerSecMax: 4 * 1024 * 1000,
+  resyncInflightRegionsMax: 2,
+  mirrorLossGraceMs: 300,
+  heartbeatIntervalMs: 100,
+  flushIntervalMs: 50,
+  flushAfterWritesMax: 16,
+  seqReserveChunk: 64n,
+};
+
+type Core = Primary | Mirror | Standby;
+
+interface Site {
+  readonly name: PeerId;
+  core: Core | undefined;
+  life: number;
+  readonly disk: SimDisk;
+  readonly cache: SimCache;
+  readonly persist: SimPersist;
+  ioDoneAtMs: number;
+  cacheDoneAtMs: number;
+  persistDoneAtMs: number;
+}
+
+interface Link {
+  up: boolean;
+  cut: boolean;
+  conn: number;
+  delayMs: number;
+  lastDeliverMs: Record<string, number>;
+}
+
+interface HostWrite {
+  readonly id: number;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+  readonly site: PeerId;
+  outcome: 'pending' | 'acked' | 'failed' | 'unknown';
+}
+
+class Scheduler {
+  private readonly q: { t: number; n: number; f: () => void }[] = [];
+  private n = 0;
+  now = 0;
+
+  at(t: number, f: () => void): void {
+    const item = { t: Math.max(t, this.now), n: this.n++, f };
+    const q = this.q;
+    q.push(item);
+    let i = q.length - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (before(q[p]!, q[i]!)) break;
+      [q[p], q[i]] = [q[i]!, q[p]!];
+      i = p;
+    }
+  }
+
+  runOne(): boolean {
+    const q = this.q;
+    if (q.length === 0) return false;
+    const top = q[0]!;
+    const last = q.pop()!;
+    if (q.length > 0) {
+      q[0] = last;
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < q.length && before(q[l]!, q[m]!)) m = l;
+        if (r < q.length && before(q[r]!, q[m]!)) m = r;
+        if (m === i) break;
+        [q[m], q[i]] = [q[i]!, q[m]!];
+        i = m;
+      }
+    }
+    this.now = top.t;
+    top.f();
+    return true;
+  }
+}
+
+function before(a: { t: number; n: number }, b: { t: number; n: number }): boolean {
+  return a.t < b.t || (a.t === b.t && a.n < b.n);
+}
+
+const linkKey = (a: PeerId, b: PeerId): string => (a < b ? `${a}|${b}` : `${b}|${a}`);
+
+export function runFailover(seed: number, opts: { scenario?: FailoverScenario; trace?: (line: string) => void } = {}): FailoverResult {
+  return new FailoverSim(seed, opts.scenario, opts.trace).run();
+}
+
+class FailoverSim {
+  private readonly prng: Prng;
+  private readonly sched = new Scheduler();
+  private readonly sites = new Map<PeerId, Site>();
+  private readonly links = new Map<string, Link>();
+  private readonly failures: string[] = [];
+  private readonly scenario: FailoverScenario;
+  private readonly writes: HostWrite[] = [];
+  /** Last write id per block, in the order the host issued them. */
+  private readonly blockWrites: number[][] = Array.from({ length: volumeBytes / blockBytes }, () => []);
+  private readonly ackers = new Map<Epoch, Set<PeerId>>();
+  private readonly hostOps: number;
+  private readonly qd: number;
+  private issued = 0;
+  private target: PeerId = 'local';
+  private faultsDone = false;
+  private stopped = false;
+  private readonly stats: Record<string, number> = { acked: 0, failed: 0, unknown: 0, busy: 0 };
+
+  constructor(private readonly seed: number, scenario: FailoverScenario | undefined, private readonly trace?: (line: string) => void) {
+    this.prng = new Prng(seed);
+    const kinds: FailoverScenario[] = ['crash', 'crashRejoin', 'isolate', 'cutStandby', 'none'];
+    this.scenario = scenario ?? kinds[this.prng.int(kinds.length)]!;
+    this.hostOps = 40 + this.prng.int(60);
+    this.qd = 1 + this.prng.int(4);
+    for (const name of names) {
+      this.sites.set(name, {
+        name, core: undefined, life: 0, disk: new SimDisk(volumeBytes, blockBytes), cache: new SimCache(),
+        persist: new SimPersist({ epoch: 1n, seqReserved: 1n }), ioDoneAtMs: 0, cacheDoneAtMs: 0, persistDoneAtMs: 0,
+      });
+    }
+    for (let i = 0; i < names.length; i++) {
+      for (let j = i + 1; j < names.length; j++) {
+        this.links.set(linkKey(names[i]!, names[j]!), { up: false, cut: false, conn: 0, delayMs: 1 + this.prng.int(5), lastDeliverMs: {} });
+      }
+    }
+  }
+
+  run(): FailoverResult {
+    for (const name of names) this.startSite(this.sites.get(name)!, name === 'local' ? 'primary' : name === 'backup' ? 'standby' : 'mirror');
+    for (const key of this.links.keys()) this.sched.at(1, () => this.connect(key));
+    this.sched.at(20, () => this.pump());
+    this.planFaults();
+    const tickAll = (): void => {
+      for (const s of this.sites.values()) if (s.core !== undefined) this.feed(s, { type: 'tick' });
+      if (!this.stopped) this.sched.at(this.sched.now + tickMs, tickAll);
+    };
+    this.sched.at(tickMs, tickAll);
+    while (this.failures.length === 0) {
+      if (this.sched.now > simEndMs) {
+        this.fail(`did not settle within ${simEndMs} ms: ${this.describe()}`);
+        break;
+      }
+      if (!this.sched.runOne()) break;
+      if (this.faultsDone && this.issued >= this.hostOps && this.outstanding() === 0 && this.settled()) break;
+    }
+    this.stopped = true;
+    if (this.failures.length === 0) this.finalChecks();
+    return { seed: this.seed, ok: this.failures.length === 0, failures: this.failures, stats: { ...this.stats, scenario: this.scenario, qd: this.qd, simMs: Math.round(this.sched.now) } };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Faults
+
+  private planFaults(): void {
+    const t0 = 100 + this.prng.int(400);
+    const local = this.sites.get('local')!;
+    switch (this.scenario) {
+      case 'none':
+        this.faultsDone = true;
+        break;
+      case 'crash':
+      case 'crashRejoin':
+        this.sched.at(t0, () => {
+          this.crash(local);
+          if (this.scenario === 'crash') this.faultsDone = true;
+          else this.sched.at(this.sched.now + failoverTimeoutMs * 2 + this.prng.int(2000), () => this.restartOldPrimary());
+        });
+        break;
+      case 'isolate':
+        this.sched.at(t0, () => {
+          for (const n of names) if (n !== 'local') this.cut(linkKey('local', n));
+          this.sched.at(this.sched.now + failoverTimeoutMs * 2 + this.prng.int(2000), () => {
+            for (const n of names) if (n !== 'local') this.heal(linkKey('local', n));
+            // The site layer restarts a fenced old primary as a mirror; model that once it has
+            // learnt the new epoch (or after a bound, whichever first).
+            this.sched.at(this.sched.now + 300, () => this.rejoinAsMirror());
+          });
+        });
+        break;
+      case 'cutStandby':
+        this.sched.at(t0, () => {
+          this.cut(linkKey('local', 'backup'));
+          this.sched.at(this.sched.now + failoverTimeoutMs * 3 + this.prng.int(1500), () => {
+            this.heal(linkKey('local', 'backup'));
+            this.faultsDone = true;
+          });
+        });
+        break;
+    }
+  }
+
+  private crash(s: Site): void {
+    this.log(`${s.name}: CRASH`);
+    s.core = undefined;
+    s.life++;
+    s.cache.crash(this.prng);
+    s.persist.crash(this.prng);
+    for (const [key, l] of this.links) if (key.split('|').includes(s.name) && l.up) this.disconnect(key);
+  }
+
+  /** The dead primary comes back as the primary of its old epoch: it must be fenced. */
+  private restartOldPrimary(): void {
+    const s = this.sites.get('local')!;
+    if ((this.sites.get('backup')!.core as Standby).status().phase !== 'primary') {
+      // Back before the failover finished would be a plain restart, not this scenario.
+      this.sched.at(this.sched.now + 100, () => this.restartOldPrimary());
+      return;
+    }
+    this.startSite(s, 'primary');
+    for (const [key, l] of this.links) if (key.split('|').includes('local') && !l.up && !l.cut) this.sched.at(this.sched.now + 5, () => this.connect(key));
+    this.sched.at(this.sched.now + 400, () => this.rejoinAsMirror());
+  }
+
+  /** The old primary, once fenced, restarts as a mirror of the new epoch (issue 10 item 4). */
+  private rejoinAsMirror(): void {
+    const s = this.sites.get('local')!;
+    const c = s.core;
+    if (c instanceof Primary && !c.status().fenced) {
+      // Not fenced yet (link still reconnecting): try again shortly.
+      this.sched.at(this.sched.now + 100, () => this.rejoinAsMirror());
+      return;
+    }
+    if (c !== undefined) this.crash(s);
+    this.startSite(s, 'mirror');
+    for (const key of this.links.keys()) if (key.split('|').includes('local')) this.sched.at(this.sched.now + 5, () => this.connect(key));
+    this.faultsDone = true;
+  }
+
+  private startSite(s: Site, role: 'primary' | 'standby' | 'mirror'): void {
+    s.life++;
+    const cfg = { self: s.name, volumeBytes, blockBytes, limits };
+    s.core = role === 'primary'
+      ? new Primary({ ...cfg, mirrors: names.filter((n) => n !== s.name), onMirrorLoss: 'block' })
+      : role === 'standby'
+        ? new Standby({ ...cfg, primary: 'local', mirrors: ['east', 'west'], failoverTimeoutMs, queryIntervalMs: 200, onMirrorLoss: 'degrade' })
+        : new Mirror(cfg);
+    this.log(`${s.name}: START as ${role}`);
+    this.feed(s, { type: 'start', recovered: { meta: s.persist.meta, cacheEntries: s.cache.list(), dirtyRegions: s.persist.dirtyRegions() } });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Network: full mesh, FIFO per direction, a cut link drops everything and stays down.
+
+  private connect(key: string): void {
+    const l = this.links.get(key)!;
+    if (l.up || l.cut) return;
+    const [a, b] = key.split('|') as [PeerId, PeerId];
+    if (this.sites.get(a)!.core === undefined || this.sites.get(b)!.core === undefined) return;
+    l.up = true;
+    l.conn++;
+    this.feed(this.sites.get(a)!, { type: 'peerUp', peer: b });
+    this.feed(this.sites.get(b)!, { type: 'peerUp', peer: a });
+  }
+
+  private disconnect(key: string): void {
+    const l = this.links.get(key)!;
+    if (!l.up) return;
+    l.up = false;
+    l.conn++;
+    l.lastDeliverMs = {};
+    const [a, b] = key.split('|') as [PeerId, PeerId];
+    for (const [x, y] of [[a, b], [b, a]] as const) {
+      const s = this.sites.get(x)!;
+      if (s.core !== undefined) this.feed(s, { type: 'peerDown', peer: y });
+    }
+  }
+
+  private cut(key: string): void {
+    this.log(`CUT ${key}`);
+    this.links.get(key)!.cut = true;
+    this.disconnect(key);
+  }
+
+  private heal(key: string): void {
+    this.log(`HEAL ${key}`);
+    this.links.get(key)!.cut = false;
+    this.sched.at(this.sched.now + 5 + this.prng.int(50), () => this.connect(key));
+  }
+
+  private send(from: Site, to: PeerId, msg: Extract<CoreAction, { type: 'send' }>['msg']): void {
+    const l = this.links.get(linkKey(from.name, to))!;
+    if (!l.up) return; // executor contract 4: dropped silently
+    const conn = l.conn;
+    const t = Math.max(l.lastDeliverMs[to] ?? 0, this.sched.now + l.delayMs + this.prng.float() * 2);
+    l.lastDeliverMs[to] = t;
+    this.sched.at(t, () => {
+      if (l.conn !== conn || !l.up) return;
+      const dst = this.sites.get(to)!;
+      if (dst.core !== undefined) this.feed(dst, { type: 'recv', peer: from.name, msg });
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Executor
+
+  private feed(s: Site, ev: CoreEvent): void {
+    const core = s.core;
+    if (core === undefined) return;
+    let actions: CoreAction[];
+    try {
+      actions = core.step(ev, this.sched.now);
+    } catch (e) {
+      this.fail(`${s.name}: ${e instanceof CoreAssertionError ? 'assertion' : 'exception'} on ${ev.type}: ${(e as Error).message}`);
+      return;
+    }
+    for (const a of actions) this.execute(s, a);
+  }
+
+  private completeLater(s: Site, atMs: number, ev: () => CoreEvent | undefined): void {
+    const life = s.life;
+    this.sched.at(atMs, () => {
+      if (s.life !== life) return;
+      const e = ev();
+      if (e !== undefined) this.feed(s, e);
+    });
+  }
+
+  private execute(s: Site, a: CoreAction): void {
+    const now = this.sched.now;
+    switch (a.type) {
+      case 'log':
+        this.log(`${s.name}: ${a.level} ${a.event} ${JSON.stringify(a.fields, (_k, v) => (typeof v === 'bigint' ? Number(v) : v))}`);
+        return;
+      case 'send':
+        this.send(s, a.peer, a.msg);
+        return;
+      case 'cacheAppend': {
+        s.cache.append(a.entry);
+        s.cacheDoneAtMs = Math.max(s.cacheDoneAtMs, now + 0.2 + this.prng.float());
+        const opId = a.opId;
+        this.completeLater(s, s.cacheDoneAtMs, () => {
+          s.cache.completeOne();
+          return { type: 'cacheAppended', opId };
+        });
+        return;
+      }
+      case 'cacheDrop':
+        s.cache.drop(a.entries);
+        return;
+      case 'storageWrite': {
+        const { opId, offsetBytes, payload, fua } = a;
+        this.completeLater(s, now + 0.5 + this.prng.float() * 3, () => {
+          s.disk.write(offsetBytes, payload, fua);
+          return { type: 'storageWritten', opId };
+        });
+        return;
+      }
+      case 'storageRead': {
+        const { opId, offsetBytes, lengthBytes } = a;
+        this.completeLater(s, now + 0.5 + this.prng.float() * 2, () => ({ type: 'storageRead', opId, data: s.disk.read(offsetBytes, lengthBytes) }));
+        return;
+      }
+      case 'storageFlush': {
+        const snap = s.disk.flushSnapshot();
+        const opId = a.opId;
+        this.completeLater(s, now + 1 + this.prng.float() * 3, () => {
+          s.disk.flushApply(snap);
+          return { type: 'storageFlushed', opId };
+        });
+        return;
+      }
+      case 'bitmapSet':
+      case 'bitmapClear':
+      case 'metaPersist': {
+        s.persist.inflight.push(a.type === 'metaPersist' ? { kind: 'meta', meta: a.meta } : { kind: a.type === 'bitmapSet' ? 'set' : 'clear', peer: a.peer, regions: a.regions });
+        s.persistDoneAtMs = Math.max(s.persistDoneAtMs, now + 0.3 + this.prng.float());
+        const ev: (opId: OpId) => CoreEvent = a.type === 'metaPersist' ? (opId) => ({ type: 'metaPersisted', opId }) : (opId) => ({ type: 'bitmapPersisted', opId });
+        const opId = a.type === 'bitmapClear' ? undefined : a.opId;
+        this.completeLater(s, s.persistDoneAtMs, () => {
+          s.persist.applyOne();
+          return opId === undefined ? undefined : ev(opId);
+        });
+        return;
+      }
+      case 'ackHost':
+        this.onHostAck(s, a.id, a.error?.kind);
+        return;
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Host writer: QD writes in flight to the current target; switches to the standby once it
+  // reports itself primary (the NBD client reconnecting to the standby's export).
+
+  private outstanding(): number {
+    return this.writes.filter((w) => w.outcome === 'pending').length;
+  }
+
+  private pump(): void {
+    if (this.stopped) return;
+    const backup = this.sites.get('backup')!.core as Standby;
+    if (this.target === 'local' && backup.status().phase === 'primary') {
+      this.target = 'backup';
+      // Writes in flight at the old primary: their outcome is unknown to the host.
+      for (const w of this.writes) {
+        if (w.outcome === 'pending' && w.site === 'local') {
+          w.outcome = 'unknown';
+          this.stats.unknown!++;
+        }
+      }
+    }
+    const t = this.sites.get(this.target)!;
+    while (t.core !== undefined && this.issued < this.hostOps && this.outstanding() < this.qd) {
+      const lenBlocks = 1 + this.prng.int(8);
+      const offBlocks = this.prng.int(volumeBytes / blockBytes - lenBlocks + 1);
+      const id = this.writes.length + 1;
+      const w: HostWrite = { id, offsetBytes: offBlocks * blockBytes, lengthBytes: lenBlocks * blockBytes, site: t.name, outcome: 'pending' };
+      this.writes.push(w);
+      this.issued++;
+      for (let b = 0; b < lenBlocks; b++) this.blockWrites[offBlocks + b]!.push(id);
+      const payload = new Uint8Array(w.lengthBytes);
+      const dv = new DataView(payload.buffer);
+      for (let b = 0; b < lenBlocks; b++) {
+        dv.setUint32(b * blockBytes, id);
+        dv.setUint32(b * blockBytes + 4, offBlocks + b);
+      }
+      this.feed(t, { type: 'hostWrite', id, offsetBytes: w.offsetBytes, lengthBytes: w.lengthBytes, fua: this.prng.chance(0.2), payload });
+    }
+    this.sched.at(this.sched.now + 2 + this.prng.int(10), () => this.pump());
+  }
+
+  private onHostAck(s: Site, id: number, error: string | undefined): void {
+    const w = this.writes[id - 1];
+    if (w === undefined || w.site !== s.name) {
+      this.fail(`${s.name} acked host op ${id} it was never given`);
+      return;
+    }
+    if (w.outcome !== 'pending') return; // the host gave up on it at the switch
+    if (error === undefined) {
+      w.outcome = 'acked';
+      this.stats.acked!++;
+      const epoch = this.epochOf(s);
+      let set = this.ackers.get(epoch);
+      if (set === undefined) this.ackers.set(epoch, (set = new Set()));
+      set.add(s.name);
+      if (set.size > 1) this.fail(`two sites acked host writes in epoch ${epoch}: ${[...set].join(', ')}`);
+      return;
+    }
+    // busy / fenced: the site refused it before assigning a seq; `io` would be a real error.
+    w.outcome = error === 'io' ? 'unknown' : 'failed';
+    this.stats[error === 'busy' ? 'busy' : 'failed']!++;
+    if (error === 'io') this.fail(`host write ${id} failed with an I/O error at ${s.name} (no storage errors are injected)`);
+  }
+
+  private epochOf(s: Site): Epoch {
+    const c = s.core!;
+    return c.status().epoch;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Settling and checks
+
+  private active(): { primary: Site; core: Primary | Standby } {
+    const backup = this.sites.get('backup')!;
+    const b = backup.core as Standby;
+    if (b.status().phase === 'primary') return { primary: backup, core: b };
+    const local = this.sites.get('local')!;
+    return { primary: local, core: local.core as Primary };
+  }
+
+  private settled(): boolean {
+    const { core } = this.active();
+    if (core === undefined) return false;
+    const st = core.status();
+    if (st.role === 'standby' && st.phase !== 'primary') return false;
+    const ps = st.role === 'primary' ? st : (st.inner as ReturnType<Primary['status']>);
+    if (ps.cacheEntries > 0 || ps.hostQueued > 0 || ps.writesInflight > 0) return false;
+    // Every mirror that is alive must be back in sync and linked.
+    for (const m of ps.mirrors) {
+      const alive = this.sites.get(m.peer)!.core !== undefined;
+      if (alive && (m.sync !== 'inSync' || m.link !== 'ready')) return false;
+    }
+    for (const s of this.sites.values()) if (s.core instanceof Mirror && !s.core.quiescent()) return false;
+    return true;
+  }
+
+  private finalChecks(): void {
+    const backup = this.sites.get('backup')!.core as Standby;
+    const promoted = backup.status().phase === 'primary';
+    const mustPromote = this.scenario === 'crash' || this.scenario === 'crashRejoin' || this.scenario === 'isolate';
+    if (promoted !== mustPromote) this.fail(`scenario ${this.scenario}: standby ${promoted ? 'promoted' : 'did not promote'}`);
+    const { primary, core } = this.active();
+    const st = core.status();
+    const ps = st.role === 'primary' ? st : (st.inner as ReturnType<Primary['status']>);
+    const replicas = [primary, ...ps.mirrors.filter((m) => this.sites.get(m.peer)!.core !== undefined && m.sync === 'inSync').map((m) => this.sites.get(m.peer)!)];
+    this.stats.replicas = replicas.length;
+    const ref = primary.disk.cur;
+    for (const r of replicas.slice(1)) {
+      if (Buffer.compare(Buffer.from(ref), Buffer.from(r.disk.cur)) !== 0) {
+        this.fail(`${r.name} differs from the primary ${primary.name} after settling`);
+        return;
+      }
+    }
+    const dv = new DataView(ref.buffer, ref.byteOffset, ref.byteLength);
+    for (let b = 0; b < this.blockWrites.length; b++) {
+      const ids = this.blockWrites[b]!;
+      let lastAcked = -1;
+      for (let i = 0; i < ids.length; i++) if (this.writes[ids[i]! - 1]!.outcome === 'acked') lastAcked = i;
+      const got = dv.getUint32(b * blockBytes);
+      if (got !== 0 && dv.getUint32(b * blockBytes + 4) !== b) {
+        this.fail(`block ${b} on ${primary.name} holds data of block ${dv.getUint32(b * blockBytes + 4)}`);
+        return;
+      }
+      const pos = got === 0 ? -1 : ids.indexOf(got);
+      if (got !== 0 && pos < 0) {
+        this.fail(`block ${b} on ${primary.name} holds write ${got}, which never touched it`);
+        return;
+      }
+      if (pos < lastAcked) {
+        this.fail(`block ${b} on ${primary.name}: acked write ${ids[lastAcked]} lost (holds ${got === 0 ? 'zeros' : `write ${got}`})`);
+        return;
+      }
+    }
+  }
+
+  private describe(): string {
+    return [...this.sites.values()].map((s) => `${s.name}=${s.core === undefined ? 'down' : JSON.stringify(s.core.status(), (_k, v) => (typeof v === 'bigint' ? Number(v) : v))}`).join(' ');
+  }
+
+  private fail(msg: string): void {
+    this.failures.push(`seed ${this.seed} (${this.scenario}): ${msg}`);
+  }
+
+  private log(line: string): void {
+    this.trace?.(`${this.sched.now.toFixed(2)} ${line}`);
+  }
+}
