@@ -1,7 +1,10 @@
 // `npm run sim -- --seed S` replays one seed with a readable trace;
 // `npm run sim -- --seeds N [--from F]` runs N seeds and prints each failure with its seed.
 import { Command } from 'commander';
-import { runSim, type Topology } from './sim.js';
+import { runFailover } from './failover.js';
+import { runSim, type SimResult, type Topology } from './sim.js';
+
+type CliTopology = Topology | 'failover';
 
 const program = new Command()
   .name('sim')
@@ -11,12 +14,12 @@ const program = new Command()
   .option('--from <n>', 'first seed of a --seeds run', (v) => parseSeed(v), 1)
   .option('--ops <n>', 'host operations per run (default: seeded 120-240)', (v) => parseSeed(v))
   .option('--quiet', 'with --seed: only the verdict, no trace')
-  .option('--topology <t>', 'fanout (default), chain (local -> r1 -> r2 -> remote) or mixed (east direct + r1 -> r2 -> west)', (v) => {
-    if (v !== 'fanout' && v !== 'chain' && v !== 'mixed') throw new Error(`--topology ${v}: use fanout, chain or mixed`);
-    return v as Topology;
+  .option('--topology <t>', 'fanout (default), chain (local -> r1 -> r2 -> remote), mixed (east direct + r1 -> r2 -> west) or failover (local + backup standby + east + west; --ops is ignored)', (v) => {
+    if (v !== 'fanout' && v !== 'chain' && v !== 'mixed' && v !== 'failover') throw new Error(`--topology ${v}: use fanout, chain, mixed or failover`);
+    return v as CliTopology;
   });
 program.parse();
-const o = program.opts<{ seed?: number; seeds?: number; from: number; ops?: number; quiet?: boolean; topology?: Topology }>();
+const o = program.opts<{ seed?: number; seeds?: number; from: number; ops?: number; quiet?: boolean; topology?: CliTopology }>();
 
 function parseSeed(v: string): number {
   const n = Number(v);
@@ -24,8 +27,14 @@ function parseSeed(v: string): number {
   return n;
 }
 
+/** The failover topology has its own driver (test/sim/failover.ts); the others share sim.ts. */
+function run(seed: number, trace: ((line: string) => void) | undefined): SimResult {
+  if (o.topology === 'failover') return runFailover(seed, { trace });
+  return runSim({ seed, hostOps: o.ops, topology: o.topology, trace });
+}
+
 if (o.seed !== undefined) {
-  const r = runSim({ seed: o.seed, hostOps: o.ops, topology: o.topology, trace: o.quiet ? undefined : (line) => console.log(line) });
+  const r = run(o.seed, o.quiet ? undefined : (line) => console.log(line));
   console.log(`seed ${r.seed}: ${r.ok ? 'ok' : 'FAILED'} ${JSON.stringify(r.stats)}`);
   for (const f of r.failures) console.log(`  ${f}`);
   process.exitCode = r.ok ? 0 : 1;
@@ -34,7 +43,7 @@ if (o.seed !== undefined) {
   const t0 = performance.now();
   let failed = 0;
   for (let seed = o.from; seed < o.from + n; seed++) {
-    const r = runSim({ seed, hostOps: o.ops, topology: o.topology });
+    const r = run(seed, undefined);
     if (!r.ok) {
       failed++;
       console.log(`seed ${seed} FAILED: ${r.failures.join('; ')}  (replay: npm run sim -- --seed ${seed})`);

@@ -21,13 +21,21 @@ describe('failover simulation (topology failover: local, backup standby, east, w
   it('600 seeds: no assertion, no two acking sites per epoch, no lost acked write, replicas identical', () => {
     const failures: string[] = [];
     const byScenario: Record<string, number> = {};
+    let spanning = 0; // promoted runs where host writes were acked on both sides of the failover
+    let unknown = 0; // runs where the host gave up on writes in flight at the old primary
     for (let seed = 1; seed <= 600; seed++) {
       const r = runFailover(seed);
       byScenario[r.stats.scenario as string] = (byScenario[r.stats.scenario as string] ?? 0) + 1;
+      const byNew = r.stats.ackedByNewPrimary as number;
+      if (byNew > 0 && (r.stats.acked as number) > byNew) spanning++;
+      if ((r.stats.unknown as number) > 0) unknown++;
       failures.push(...r.failures);
       if (failures.length >= 5) break;
     }
     expect(failures).toEqual([]);
+    // The workload really crosses the failover (not all done before the fault).
+    expect(spanning).toBeGreaterThan(250);
+    expect(unknown).toBeGreaterThan(50);
     for (const s of ['crash', 'crashRejoin', 'isolate', 'cutStandby', 'none']) expect(byScenario[s] ?? 0, s).toBeGreaterThan(50);
   });
 });

@@ -155,11 +155,12 @@ class FailoverSim {
   private readonly ackers = new Map<Epoch, Set<PeerId>>();
   private readonly hostOps: number;
   private readonly qd: number;
+  private readonly pumpGapMs: number;
   private issued = 0;
   private target: PeerId = 'local';
   private faultsDone = false;
   private stopped = false;
-  private readonly stats: Record<string, number> = { acked: 0, failed: 0, unknown: 0, busy: 0 };
+  private readonly stats: Record<string, number> = { acked: 0, ackedByNewPrimary: 0, failed: 0, unknown: 0, busy: 0 };
 
   constructor(private readonly seed: number, scenario: FailoverScenario | undefined, private readonly trace?: (line: string) => void) {
     this.prng = new Prng(seed);
@@ -167,6 +168,7 @@ class FailoverSim {
     this.scenario = scenario ?? kinds[this.prng.int(kinds.length)]!;
     this.hostOps = 40 + this.prng.int(60);
     this.qd = 1 + this.prng.int(4);
+    this.pumpGapMs = 10 + this.prng.int(40);
     for (const name of names) {
       this.sites.set(name, {
         name, core: undefined, life: 0, disk: new SimDisk(volumeBytes, blockBytes), cache: new SimCache(),
@@ -455,7 +457,8 @@ class FailoverSim {
       }
     }
     const t = this.sites.get(this.target)!;
-    while (t.core !== undefined && this.issued < this.hostOps && this.outstanding() < this.qd) {
+    // One write per pump, pumps spread out, so the workload spans the fault and the failover.
+    if (t.core !== undefined && this.issued < this.hostOps && this.outstanding() < this.qd) {
       const lenBlocks = 1 + this.prng.int(8);
       const offBlocks = this.prng.int(volumeBytes / blockBytes - lenBlocks + 1);
       const id = this.writes.length + 1;
@@ -471,7 +474,7 @@ class FailoverSim {
       }
       this.feed(t, { type: 'hostWrite', id, offsetBytes: w.offsetBytes, lengthBytes: w.lengthBytes, fua: this.prng.chance(0.2), payload });
     }
-    this.sched.at(this.sched.now + 2 + this.prng.int(10), () => this.pump());
+    this.sched.at(this.sched.now + 2 + this.prng.int(this.pumpGapMs), () => this.pump());
   }
 
   private onHostAck(s: Site, id: number, error: string | undefined): void {
@@ -484,6 +487,7 @@ class FailoverSim {
     if (error === undefined) {
       w.outcome = 'acked';
       this.stats.acked!++;
+      if (s.name === 'backup') this.stats.ackedByNewPrimary!++;
       const epoch = this.epochOf(s);
       let set = this.ackers.get(epoch);
       if (set === undefined) this.ackers.set(epoch, (set = new Set()));
