@@ -11,6 +11,7 @@
 //   cutStandby   only primary <-> standby is cut for longer than the failover timeout: the
 //                mirrors still hear the primary, so there must be NO promotion;
 //   none         no fault (baseline).
+// Besides, 0-4 connection resets on random links at random times (reconnect 5-100 ms later).
 // Checks: no CoreAssertionError; never two sites acking host writes in the same epoch; every
 // block holds its last host-acked write (acked by either primary) or a write issued after it;
 // promotion happened iff the scenario isolates or kills the primary; after heal the active
@@ -160,7 +161,7 @@ class FailoverSim {
   private target: PeerId = 'local';
   private faultsDone = false;
   private stopped = false;
-  private readonly stats: Record<string, number> = { acked: 0, ackedByNewPrimary: 0, failed: 0, unknown: 0, busy: 0 };
+  private readonly stats: Record<string, number> = { acked: 0, ackedByNewPrimary: 0, failed: 0, unknown: 0, busy: 0, resets: 0 };
 
   constructor(private readonly seed: number, scenario: FailoverScenario | undefined, private readonly trace?: (line: string) => void) {
     this.prng = new Prng(seed);
@@ -209,6 +210,21 @@ class FailoverSim {
   // Faults
 
   private planFaults(): void {
+    // Connection resets on any link (TCP reset; reconnect shortly after), before, during and
+    // after the scenario's fault: lost frames, re-joins and re-sent queries on every path.
+    const resets = this.prng.int(5);
+    const keys = [...this.links.keys()];
+    for (let i = 0; i < resets; i++) {
+      const key = keys[this.prng.int(keys.length)]!;
+      this.sched.at(this.prng.int(3000), () => {
+        const l = this.links.get(key)!;
+        if (!l.up) return;
+        this.log(`RESET ${key}`);
+        this.stats.resets!++;
+        this.disconnect(key);
+        this.sched.at(this.sched.now + 5 + this.prng.int(100), () => this.connect(key));
+      });
+    }
     const t0 = 100 + this.prng.int(400);
     const local = this.sites.get('local')!;
     switch (this.scenario) {
