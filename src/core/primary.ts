@@ -575,6 +575,9 @@ export class Primary implements Role {
       return;
     }
     if (msg.epoch < this.epoch) {
+      // Fencing (issue 10 item 4): an old primary that speaks to the new one learns the epoch.
+      // A `fence` is never answered, so two sites cannot ping-pong.
+      if (msg.type !== 'fence') this.send(peer, { type: 'fence', epoch: this.epoch, reason: `${this.cfg.self} is primary of epoch ${this.epoch}; frames of epoch ${msg.epoch} are refused` });
       this.log('warn', 'stale_epoch_message', { peer, type: msg.type, epoch: msg.epoch, ours: this.epoch });
       return;
     }

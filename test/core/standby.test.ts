@@ -153,6 +153,10 @@ describe('standby: promotion (claim 13 vi, vii)', () => {
     s.done('storageFlush');
     for (const p of ['local', 'east', 'west']) s.done(`bitmapSet ${p}`);
     expect(s.step({ type: 'peerUp', peer: 'local' })).toEqual(['send local epoch 2']);
+    // Frames of epoch 1 reaching the new primary are refused and answered with `fence`.
+    expect(s.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local fence e2']);
+    expect(s.recv('local', writeMsg(3n, 0, 512, 1n))).toEqual(['send local fence e2']);
+    expect(s.recv('local', { type: 'fence', epoch: 1n, reason: 'x' })).toEqual([]);
     const old = primaryScript(['backup', 'east', 'west']);
     old.step({ type: 'peerUp', peer: 'backup' });
     old.recv('backup', { type: 'epoch', epoch: 2n });
