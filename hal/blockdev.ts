@@ -138,7 +138,9 @@ export type BlockSizeBytes = (typeof blockSizesBytes)[number];
 /**
  * A block device. All I/O is whole or fails with a SenseError: a short read or write is
  * retried inside the adapter or reported, never returned. Callbacks never fire synchronously
- * (every method returns a promise).
+ * (every method returns a promise). Concurrent calls whose ranges overlap have no defined order
+ * (a loopback file's pwrites run on the OS thread pool, a disk queues commands): a caller that
+ * needs order waits for one before issuing the other, as hal/array.ts does.
  */
 export interface BlockDevice {
   /** The device string or a readable name, used in every error message. */

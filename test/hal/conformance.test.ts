@@ -126,13 +126,19 @@ for (const [label, make] of adapters) {
           // Overwrite part of a range: neighbours stay.
           await dev.write(6, b);
           expect(Buffer.compare(await dev.read(5, 3), Buffer.concat([a.subarray(0, blockSizeBytes), b, a.subarray(2 * blockSizeBytes)]))).toBe(0);
-          // Calls issued together take effect in issue order, even when the first is split
-          // into many commands or frames and the second overlaps its last one.
-          const long = pattern(280 * blockSizeBytes, 7);
-          const short = pattern(blockSizeBytes, 8);
-          await Promise.all([dev.write(10, long), dev.write(285, short)]);
-          expect(Buffer.compare(await dev.read(285, 1), short)).toBe(0);
-          expect(Buffer.compare(await dev.read(284, 1), long.subarray(274 * blockSizeBytes, 275 * blockSizeBytes))).toBe(0);
+          // Adapters that split a call into many commands or frames (USB, serial) and memory
+          // apply calls issued together in issue order, even when the second overlaps the
+          // first one's last piece. A loopback file promises no order between concurrent
+          // overlapping calls (the OS thread pool may run the two pwrites either way round, as
+          // a disk with command queueing may): callers order overlapping writes themselves
+          // (hal/array.ts, the core's overlap queue), so the contract does not require it.
+          if (!label.startsWith('loopback')) {
+            const long = pattern(280 * blockSizeBytes, 7);
+            const short = pattern(blockSizeBytes, 8);
+            await Promise.all([dev.write(10, long), dev.write(285, short)]);
+            expect(Buffer.compare(await dev.read(285, 1), short)).toBe(0);
+            expect(Buffer.compare(await dev.read(284, 1), long.subarray(274 * blockSizeBytes, 275 * blockSizeBytes))).toBe(0);
+          }
         });
       }
     });
