@@ -4,24 +4,16 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { counterTotal } from '../../src/cli/start.js';
+import { freePort } from '../e2e/harness.js';
 
 const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'geomirror-start-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 const sha = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
 
