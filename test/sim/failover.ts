@@ -11,7 +11,8 @@
 //   cutStandby   only primary <-> standby is cut for longer than the failover timeout: the
 //                mirrors still hear the primary, so there must be NO promotion;
 //   none         no fault (baseline).
-// Besides, 0-4 connection resets on random links at random times (reconnect 5-100 ms later).
+// Besides, 0-4 connection resets on random links at random times (reconnect 5-100 ms later),
+// and in half the seeds one plain mirror is killed (or power-cut) and restarted.
 // Checks: no CoreAssertionError; never two sites acking host writes in the same epoch; every
 // block holds its last host-acked write (acked by either primary) or a write issued after it;
 // promotion happened iff the scenario isolates or kills the primary; after heal the active
@@ -160,8 +161,10 @@ class FailoverSim {
   private issued = 0;
   private target: PeerId = 'local';
   private faultsDone = false;
+  /** A mirror crash is planned or its restart has not happened yet. */
+  private mirrorFaultPending = false;
   private stopped = false;
-  private readonly stats: Record<string, number> = { acked: 0, ackedByNewPrimary: 0, failed: 0, unknown: 0, busy: 0, resets: 0 };
+  private readonly stats: Record<string, number> = { acked: 0, ackedByNewPrimary: 0, failed: 0, unknown: 0, busy: 0, resets: 0, mirrorCrashes: 0 };
 
   constructor(private readonly seed: number, scenario: FailoverScenario | undefined, private readonly trace?: (line: string) => void) {
     this.prng = new Prng(seed);
@@ -199,7 +202,7 @@ class FailoverSim {
         break;
       }
       if (!this.sched.runOne()) break;
-      if (this.faultsDone && this.issued >= this.hostOps && this.outstanding() === 0 && this.settled()) break;
+      if (this.faultsDone && !this.mirrorFaultPending && this.issued >= this.hostOps && this.outstanding() === 0 && this.settled()) break;
     }
     this.stopped = true;
     if (this.failures.length === 0) this.finalChecks();
@@ -223,6 +226,23 @@ class FailoverSim {
         this.stats.resets!++;
         this.disconnect(key);
         this.sched.at(this.sched.now + 5 + this.prng.int(100), () => this.connect(key));
+      });
+    }
+    // Half the seeds: one plain mirror dies (process kill or power cut) and restarts, before,
+    // during or after the failover: the majority must wait for it, the new primary resyncs it.
+    if (this.prng.chance(0.5)) {
+      const m = this.sites.get(this.prng.chance(0.5) ? 'east' : 'west')!;
+      const powerCut = this.prng.chance(0.5);
+      this.mirrorFaultPending = true;
+      this.sched.at(this.prng.int(3000), () => {
+        this.stats.mirrorCrashes!++;
+        this.crash(m);
+        if (powerCut) m.disk.powerCut(this.prng);
+        this.sched.at(this.sched.now + 20 + this.prng.int(400), () => {
+          this.startSite(m, 'mirror');
+          for (const key of this.links.keys()) if (key.split('|').includes(m.name)) this.sched.at(this.sched.now + 5, () => this.connect(key));
+          this.mirrorFaultPending = false;
+        });
       });
     }
     const t0 = 100 + this.prng.int(400);
@@ -559,6 +579,8 @@ class FailoverSim {
     const ps = st.role === 'primary' ? st : (st.inner as ReturnType<Primary['status']>);
     const replicas = [primary, ...ps.mirrors.filter((m) => this.sites.get(m.peer)!.core !== undefined && m.sync === 'inSync').map((m) => this.sites.get(m.peer)!)];
     this.stats.replicas = replicas.length;
+    const expected = this.scenario === 'crash' ? 3 : 4; // every site that is alive is back in sync
+    if (replicas.length !== expected) this.fail(`${replicas.length} replicas in sync after settling, expected ${expected}`);
     const ref = primary.disk.cur;
     for (const r of replicas.slice(1)) {
       if (Buffer.compare(Buffer.from(ref), Buffer.from(r.disk.cur)) !== 0) {
