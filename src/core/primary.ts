@@ -49,6 +49,12 @@ export interface PrimaryConfig {
   readonly mirrors: readonly PeerId[];
   readonly onMirrorLoss: MirrorLossPolicy;
   readonly limits: Limits;
+  /**
+   * The standby of this primary (issue 10), if any: never degraded for being unreachable, even
+   * under `degrade`, so every host-acked write is on it and its promotion loses none (claim 13).
+   * A storage failure on it still degrades it (it cannot hold the write).
+   */
+  readonly standby?: PeerId;
 }
 
 interface Entry {
@@ -729,7 +735,7 @@ export class Primary implements Role {
 
   private onTick(): void {
     for (const m of this.mirrors.values()) {
-      if (this.cfg.onMirrorLoss === 'degrade' && m.sync === 'inSync' && m.link !== 'ready' && this.nowMs - m.downSinceMs >= this.lim.mirrorLossGraceMs) {
+      if (this.cfg.onMirrorLoss === 'degrade' && m.peer !== this.cfg.standby && m.sync === 'inSync' && m.link !== 'ready' && this.nowMs - m.downSinceMs >= this.lim.mirrorLossGraceMs) {
         this.degrade(m, `unreachable for ${this.nowMs - m.downSinceMs} ms (grace ${this.lim.mirrorLossGraceMs} ms)`);
       }
       // Degraded while still connected (its storage failed): retry a resync after the grace period.

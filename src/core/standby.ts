@@ -40,12 +40,15 @@
 // a newer epoch refuses host writes from then on (primary.ts); the new Primary announces its epoch
 // on every new link, so a returning old primary learns it at its first reconnect.
 //
-// Limits of this rule (documented, not hidden): under `onMirrorLoss: degrade` the old primary may
-// have degraded the standby and acked writes it never saw; promoting it would lose them, and the
-// standby cannot tell (a larger seqReceived at a mirror is also what unacked in-flight writes
-// look like). Run the old epoch with the standby under `block` (the failover simulation does), or
-// make the primary never degrade its standby (not built). A witness role is not built either:
-// `witness` is counted and asked, and any site that answers `lastHeardQuery` can serve as one.
+// Limits of this rule (documented, not hidden): under `onMirrorLoss: degrade` a primary that
+// degraded its standby could ack writes the standby never saw, and promoting it would lose them
+// (the standby cannot tell: a larger seqReceived at a mirror is also what unacked in-flight writes
+// look like). So the primary is configured with `standby:` (PrimaryConfig) and never degrades it
+// for being unreachable: host acks wait for it, as under `block`. A storage failure on the standby
+// still degrades it; if the primary is lost before the standby's resync finishes, promoting it
+// would lose writes; detecting that (a persisted "resync in progress" mark at the standby) is
+// not built. A witness role is not built either: `witness` is counted and asked, and any site
+// that answers `lastHeardQuery` (a Mirror does) can serve as one.
 
 import { Mirror, type MirrorStatus } from './mirror.js';
 import { Primary, type PrimaryStatus } from './primary.js';

@@ -4,7 +4,7 @@
 // checked on the mirror and on the old primary.
 import { describe, expect, it } from 'vitest';
 import { Standby } from '../../src/core/standby.js';
-import { blockBytes, mirrorScript, primaryScript, Script, testLimits, writeMsg } from './harness.js';
+import { blockBytes, hostWrite, mirrorScript, primaryScript, Script, testLimits, writeMsg } from './harness.js';
 
 const limits = { ...testLimits, heartbeatIntervalMs: 100 };
 const regionsAll = Array.from({ length: 16 }, (_, i) => i).join(','); // 16 KiB volume, 1 KiB regions
@@ -174,5 +174,29 @@ describe('fencing on mirrors (issue 10 item 4)', () => {
     expect(m.recv('local', writeMsg(7n, 0, 512, 1n))).toEqual(['send local fence e2']);
     expect(m.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local fence e2']);
     expect(m.recv('local', { type: 'flush', epoch: 1n, flushId: 1n, seq: 7n })).toEqual(['send local fence e2']);
+  });
+});
+
+describe('primary with a standby (issue 10: every host-acked write is on the standby)', () => {
+  it('under `degrade` an unreachable plain mirror is degraded after the grace, the unreachable standby never: the host ack waits for it', () => {
+    const t = primaryScript(['backup', 'east'], { standby: 'backup' });
+    for (const p of ['backup', 'east']) {
+      t.step({ type: 'peerUp', peer: p });
+      t.recv(p, { type: 'resyncRequest', epoch: 1n, seqReceived: 0n });
+    }
+    t.step(hostWrite(1, 0, 1024));
+    t.done('metaPersist');
+    t.done('cacheAppend s1');
+    t.done('storageWrite');
+    t.step({ type: 'peerDown', peer: 'backup' });
+    t.step({ type: 'peerDown', peer: 'east' });
+    t.tick(500); // 5x the grace
+    expect(t.role.status().mirrors.map((m) => [m.peer, m.sync])).toEqual([['backup', 'inSync'], ['east', 'degraded']]);
+    t.done('bitmapSet east');
+    expect(t.last.some((a) => a.type === 'ackHost')).toBe(false);
+    // The standby returns, gets write 1 again and acks: only now the host is acked.
+    expect(t.step({ type: 'peerUp', peer: 'backup' })).toEqual(['send backup epoch 1']);
+    expect(t.recv('backup', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n })).toEqual(['send backup write s1 @0+1024']);
+    expect(t.recv('backup', { type: 'ack', epoch: 1n, seq: 1n })).toEqual(['ackHost #1']);
   });
 });

@@ -158,6 +158,8 @@ class FailoverSim {
   private readonly hostOps: number;
   private readonly qd: number;
   private readonly pumpGapMs: number;
+  /** Policy of the epoch-1 primary; under `degrade` it names `backup` as its standby (never degraded for unreachability). */
+  private readonly oldPolicy: 'block' | 'degrade';
   private issued = 0;
   private target: PeerId = 'local';
   private faultsDone = false;
@@ -173,6 +175,7 @@ class FailoverSim {
     this.hostOps = 40 + this.prng.int(60);
     this.qd = 1 + this.prng.int(4);
     this.pumpGapMs = 10 + this.prng.int(40);
+    this.oldPolicy = this.prng.chance(0.5) ? 'block' : 'degrade';
     for (const name of names) {
       this.sites.set(name, {
         name, core: undefined, life: 0, disk: new SimDisk(volumeBytes, blockBytes), cache: new SimCache(),
@@ -206,7 +209,7 @@ class FailoverSim {
     }
     this.stopped = true;
     if (this.failures.length === 0) this.finalChecks();
-    return { seed: this.seed, ok: this.failures.length === 0, failures: this.failures, stats: { ...this.stats, scenario: this.scenario, qd: this.qd, simMs: Math.round(this.sched.now) } };
+    return { seed: this.seed, ok: this.failures.length === 0, failures: this.failures, stats: { ...this.stats, scenario: this.scenario, policy: this.oldPolicy, qd: this.qd, simMs: Math.round(this.sched.now) } };
   }
 
   // -------------------------------------------------------------------------------------------
@@ -323,7 +326,7 @@ class FailoverSim {
     s.life++;
     const cfg = { self: s.name, volumeBytes, blockBytes, limits };
     s.core = role === 'primary'
-      ? new Primary({ ...cfg, mirrors: names.filter((n) => n !== s.name), onMirrorLoss: 'block' })
+      ? new Primary({ ...cfg, mirrors: names.filter((n) => n !== s.name), onMirrorLoss: this.oldPolicy, standby: 'backup' })
       : role === 'standby'
         ? new Standby({ ...cfg, primary: 'local', mirrors: ['east', 'west'], failoverTimeoutMs, queryIntervalMs: 200, onMirrorLoss: 'degrade' })
         : new Mirror(cfg);
