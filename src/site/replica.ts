@@ -16,7 +16,7 @@ import { SenseError, type BlockDevice } from '../../hal/blockdev.js';
 import { Primary, type PrimaryStatus } from '../core/primary.js';
 import { Mirror, type MirrorStatus } from '../core/mirror.js';
 import { Relay, type RelayStatus } from '../core/relay.js';
-import { defaultLimits, type CacheEntry, type CoreAction, type CoreEvent, type HostError, type Limits, type PeerId, type Recovered, type SenseInfo } from '../core/types.js';
+import { defaultLimits, type CacheEntry, type CoreAction, type CoreEvent, type HostError, type Limits, type PeerId, type PeerMsg, type Recovered, type SenseInfo } from '../core/types.js';
 import { Dialer, LinkServer, type Link } from '../net/index.js';
 import { payloadBytesMax } from '../wire/index.js';
 import type { SiteContext, SiteRuntime } from './run.js';
@@ -345,6 +345,14 @@ export class Replica {
       case 'send': {
         const link = this.links.get(a.peer);
         if (link === undefined || link.state !== 'established') break; // contract 4: dropped
+        if (a.msg.type === 'ack') {
+          // Cumulative acks coalesce: the newest one sent by the end of this event-loop phase
+          // covers every earlier one (one frame, not one per completed write). Never reordered:
+          // any other message to the peer first flushes the ack it would overtake.
+          this.deferAck(a.peer, link, a.msg);
+          break;
+        }
+        this.flushAck(a.peer);
         const frame = toWire(a.msg, this.ctx.site.name);
         if (frame === undefined) break;
         try {
@@ -387,6 +395,31 @@ export class Replica {
         this.log[a.level]({ event: a.event, ...fields }, a.event.replaceAll('_', ' '));
         break;
       }
+    }
+  }
+
+  private readonly pendingAcks = new Map<PeerId, { link: Link; msg: Extract<PeerMsg, { type: 'ack' }> }>();
+  private acksScheduled = false;
+
+  private deferAck(peer: PeerId, link: Link, msg: Extract<PeerMsg, { type: 'ack' }>): void {
+    this.pendingAcks.set(peer, { link, msg });
+    if (this.acksScheduled) return;
+    this.acksScheduled = true;
+    setImmediate(() => {
+      this.acksScheduled = false;
+      for (const peer of [...this.pendingAcks.keys()]) this.flushAck(peer);
+    });
+  }
+
+  private flushAck(peer: PeerId): void {
+    const p = this.pendingAcks.get(peer);
+    if (p === undefined) return;
+    this.pendingAcks.delete(peer);
+    if (p.link.state !== 'established' || this.links.get(peer) !== p.link) return; // the link went: contract 4
+    try {
+      p.link.send(toWire(p.msg, this.ctx.site.name)!);
+    } catch (err) {
+      p.link.close(undefined, (err as Error).message);
     }
   }
 
