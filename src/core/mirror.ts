@@ -35,6 +35,7 @@ import {
   type SenseInfo,
   type Seq,
 } from './types.js';
+import { periodicFlushDue } from './flush.js';
 
 export interface MirrorConfig {
   readonly self: PeerId;
@@ -374,7 +375,7 @@ export class Mirror implements Role {
     const resyncWaiting = this.resyncQueue.length > 0 && n > 0;
     const due =
       this.flushWaiters.length > 0 || resyncWaiting ||
-      (n > 0 && (n >= this.lim.flushAfterWritesMax || this.nowMs - this.lastFlushMs >= this.lim.flushIntervalMs || this.cacheBytes * 2 >= this.lim.cacheBytesMax));
+      periodicFlushDue(this.lim, n, this.cacheBytes, this.nowMs, this.lastFlushMs);
     if (!due) return;
     const opId = this.opNext++;
     this.localFlush = { opId, covers: this.unflushed, waiters: this.flushWaiters };

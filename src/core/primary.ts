@@ -41,6 +41,7 @@ import {
   type SenseInfo,
   type Seq,
 } from './types.js';
+import { periodicFlushDue } from './flush.js';
 
 export interface PrimaryConfig {
   readonly self: PeerId;
@@ -497,7 +498,7 @@ export class Primary implements Role {
     const n = this.unflushed.length;
     const due =
       this.flushWaiters.length > 0 ||
-      (n > 0 && (n >= this.lim.flushAfterWritesMax || this.nowMs - this.lastFlushMs >= this.lim.flushIntervalMs || this.cacheBytes * 2 >= this.lim.cacheBytesMax));
+      periodicFlushDue(this.lim, n, this.cacheBytes, this.nowMs, this.lastFlushMs);
     if (!due) return;
     const opId = this.opNext++;
     this.localFlush = { opId, covers: this.unflushed, waiters: this.flushWaiters };
