@@ -73,6 +73,12 @@ export interface SiteConfig {
   onMirrorLoss: OnMirrorLoss;
   failoverTimeoutMs: number;
   location?: Location;
+  /** Peer name -> address this site dials instead of that peer's `listen`. */
+  connect: Record<string, Address>;
+  /** Primary: its standby (a site with `standby-for:` this primary), filled in by the loader. */
+  standby?: string;
+  /** Witness sites of the cluster (filled in by the loader): the primary keeps a link to each, a standby asks them. */
+  witnesses: string[];
 }
 
 export interface SecretSpec {
@@ -141,6 +147,7 @@ const siteKeys = [
   'on-mirror-loss',
   'failover-timeout',
   'location',
+  'connect',
 ] as const;
 type SiteKey = (typeof siteKeys)[number];
 
@@ -160,6 +167,9 @@ const keyRoles: Record<SiteKey, { allowed: readonly Role[]; required: readonly R
   'on-mirror-loss': { allowed: ['primary', 'standby', 'relay'], required: [] },
   'failover-timeout': { allowed: ['standby', 'witness'], required: [] },
   location: { allowed: roles, required: [] },
+  // Where this site dials a peer when that differs from the peer's own `listen` (NAT, a tunnel,
+  // a port forward; tests route single links through a WAN emulator with it).
+  connect: { allowed: roles, required: [] },
 };
 
 const sitePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
@@ -369,6 +379,8 @@ class Validator {
       relayAck: 'cached',
       onMirrorLoss: 'degrade',
       failoverTimeoutMs: failoverTimeoutMsDefault,
+      connect: {},
+      witnesses: [],
     };
     for (const key of ['listen', 'nbd', 'admin'] as const) {
       if (key in x) {
@@ -400,6 +412,17 @@ class Validator {
     if ('location' in x) {
       const l = this.location(x.location, [...at, 'location']);
       if (l) site.location = l;
+    }
+    if ('connect' in x) {
+      const c = x.connect;
+      if (!isObj(c)) {
+        this.fail([...at, 'connect'], 'must be a mapping of peer site -> HOST:PORT, e.g. connect: { east: 10.0.0.7:7401 }');
+      } else {
+        for (const [peer, addr] of Object.entries(c)) {
+          const a = this.address(addr, [...at, 'connect', peer]);
+          if (a) site.connect[peer] = a;
+        }
+      }
     }
     return site;
   }
@@ -497,6 +520,10 @@ class Validator {
       }
     };
     for (const s of Object.values(sites)) {
+      for (const peer of Object.keys(s.connect)) {
+        if (sites[peer] === undefined && !this.declared.includes(peer)) this.fail(['sites', s.name, 'connect', peer], `no site named ${show(peer)}${didYouMean(peer, this.declared)}; sites are ${this.declared.join(', ')}`);
+        else if (peer === s.name) this.fail(['sites', s.name, 'connect', peer], `${s.name} does not connect to itself`);
+      }
       s.mirrors.forEach((m, i) => ref(s.name, ['sites', s.name, 'mirrors', i], m, s.role === 'primary' ? ['mirror', 'relay', 'standby'] : ['mirror', 'relay'], 'mirror to'));
       if (s.forward !== undefined) ref(s.name, ['sites', s.name, 'forward'], s.forward, ['mirror', 'relay'], 'forward to');
       if (s.standbyFor !== undefined) ref(s.name, ['sites', s.name, 'standby-for'], s.standbyFor, ['primary'], 'stand by for');
@@ -508,6 +535,20 @@ class Validator {
     this.addressClashes(sites);
     if (this.problems.length > 0 || primaries.length !== 1) return undefined;
     const primary = primaries[0]!;
+    const p = sites[primary]!;
+    const standbys = names.filter((n) => sites[n]!.role === 'standby');
+    if (standbys.length > 1) {
+      this.fail(['sites', standbys[1]!, 'role'], `${standbys.join(' and ')} both stand by for ${primary}; one standby per primary (make the others mirrors: they stay in sync and are resynced by whichever site is promoted)`);
+      return undefined;
+    }
+    if (standbys.length === 1) {
+      // The standby holds a copy because the primary mirrors to it (claim 9): listing it in the
+      // primary's mirrors is optional; it is added here so nobody can forget it.
+      p.standby = standbys[0]!;
+      if (!p.mirrors.includes(p.standby)) p.mirrors.push(p.standby);
+    }
+    const witnesses = names.filter((n) => sites[n]!.role === 'witness');
+    for (const s of Object.values(sites)) s.witnesses = witnesses;
     // A standby continues "the same protocol towards the same mirrors" (claim 13 vii).
     for (const s of Object.values(sites)) {
       if (s.role === 'standby' && s.mirrors.length === 0) {
@@ -572,11 +613,12 @@ function reachabilityWarnings(sites: Record<string, SiteConfig>, primary: string
   };
   walk(primary);
   return Object.values(sites)
-    .filter((s) => (s.role === 'mirror' || s.role === 'relay' || s.role === 'standby') && !reached.has(s.name))
-    .map((s) =>
-      s.role === 'standby'
-        ? `sites.${s.name}: the standby receives no writes; list it in ${primary}'s mirrors so it holds a copy to take over with (claim 9)`
-        : `sites.${s.name}: the ${s.role} receives no writes: neither ${primary}'s mirrors nor any relay's forward lead to it`,
+    .filter((s) => (s.role === 'mirror' || s.role === 'relay') && !reached.has(s.name))
+    .map((s) => `sites.${s.name}: the ${s.role} receives no writes: neither ${primary}'s mirrors nor any relay's forward lead to it`)
+    .concat(
+      Object.values(sites).some((s) => s.role === 'witness') && sites[primary]!.standby === undefined
+        ? [`sites: witness ${Object.values(sites).filter((s) => s.role === 'witness').map((s) => s.name).join(', ')} has no standby to answer (a witness only breaks ties in a standby's failover vote)`]
+        : [],
     );
 }
 
