@@ -3,7 +3,7 @@
 // Payloads cross as views both ways (no copy): a WRITE's data view is handed to the core, which
 // hands it to the cache journal; the parser never reuses memory it handed out.
 import type { PeerMsg, SenseInfo } from '../core/types.js';
-import { AckStatus, WriteFlags, type DataMessage } from '../wire/index.js';
+import { AckStatus, WriteFlags, heardAgoMsMax, heardAgoNever, type DataMessage } from '../wire/index.js';
 
 /** The one volume of a v1 cluster. */
 export const volumeId = 0;
@@ -60,6 +60,10 @@ export function toWire(msg: PeerMsg, self: string): DataMessage | undefined {
       return { type: 'RESYNC_ACK', volumeId, ...senseFields(msg.sense), epoch: msg.epoch, resyncId: msg.resyncId };
     case 'fence':
       return { type: 'FENCE', currentEpoch: msg.epoch, refusedEpoch: 0n, primary: '', reason: msg.reason };
+    case 'lastHeardQuery':
+      return { type: 'LAST_HEARD_QUERY', epoch: msg.epoch, queryId: msg.queryId };
+    case 'lastHeardAnswer':
+      return { type: 'LAST_HEARD_ANSWER', epoch: msg.epoch, queryId: msg.queryId, heardAgoMs: heardAgoToWire(msg.heardAgoMs), seqReceived: msg.seqReceived };
   }
 }
 
@@ -93,9 +97,24 @@ export function fromWire(m: DataMessage, peer: string): PeerMsg | undefined {
     }
     case 'FENCE':
       return { type: 'fence', epoch: m.currentEpoch, reason: m.reason || `${peer} is at epoch ${m.currentEpoch}` };
+    case 'LAST_HEARD_QUERY':
+      return { type: 'lastHeardQuery', epoch: m.epoch, queryId: m.queryId };
+    case 'LAST_HEARD_ANSWER':
+      return { type: 'lastHeardAnswer', epoch: m.epoch, queryId: m.queryId, heardAgoMs: m.heardAgoMs === heardAgoNever ? -1 : m.heardAgoMs, seqReceived: m.seqReceived };
     default:
       return undefined; // HEARTBEAT (handled by the link), STATUS_*, ERROR (closes the link)
   }
+}
+
+/**
+ * The core's heardAgoMs (-1 never, else ms >= 0) as LAST_HEARD_ANSWER's u32: -1 (or any negative)
+ * is 0xFFFFFFFF; an age past 0xFFFFFFFE ms (49.7 days) is clamped to it, still "long ago", never
+ * "never"; fractions are cut to whole ms.
+ */
+export function heardAgoToWire(ms: number): number {
+  if (ms < 0) return heardAgoNever;
+  if (!(ms <= heardAgoMsMax)) return heardAgoMsMax; // also NaN and Infinity: long ago
+  return Math.floor(ms);
 }
 
 /** Offsets beyond 2^53 cannot name a byte of any volume we serve; the core refuses out-of-range. */

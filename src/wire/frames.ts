@@ -36,6 +36,10 @@ export const WriteFlags = { FUA: 0x0001 } as const;
 export const ResyncDataFlags = { LAST: 0x0001 } as const;
 /** WRITE_ACK / FLUSH_ACK status byte. */
 export const AckStatus = { OK: 0, SENSE: 1, STALE_EPOCH: 2 } as const;
+/** LAST_HEARD_ANSWER heardAgoMs: the answering site never heard its primary (in this process life). */
+export const heardAgoNever = 0xffffffff;
+/** LAST_HEARD_ANSWER heardAgoMs: the largest age that can be stated; older ages are clamped to it. */
+export const heardAgoMsMax = 0xfffffffe;
 
 export const FrameType = {
   HELLO: 0x01,
@@ -56,6 +60,8 @@ export const FrameType = {
   RESYNC_ACK: 0x32,
   EPOCH: 0x40,
   FENCE: 0x41,
+  LAST_HEARD_QUERY: 0x42,
+  LAST_HEARD_ANSWER: 0x43,
   ERROR: 0x7f,
 } as const;
 export type FrameTypeName = keyof typeof FrameType;
@@ -228,6 +234,17 @@ export const messageSpecs: readonly MessageSpec[] = [
     { name: 'primary', kind: 'str8', doc: 'current primary, empty if unknown' },
     { name: 'reason', kind: 'str16', doc: 'human-readable reason' },
   ]),
+  spec('LAST_HEARD_QUERY', 'data', 'Failover detection (claim 13 v): a standby that stopped hearing the primary asks every other site when it last heard the primary. Read-only: any site answers with LAST_HEARD_ANSWER whatever its epoch, and never FENCEs it.', [
+    f('epoch', 'u64', 'epoch of the asker'),
+    f('queryId', 'u64', 'asker-chosen id echoed in LAST_HEARD_ANSWER'),
+  ]),
+  spec('LAST_HEARD_ANSWER', 'data', 'Answer to LAST_HEARD_QUERY: how long ago the answering site last heard its primary (its upstream).', [
+    f('epoch', 'u64', 'epoch of the answering site'),
+    f('queryId', 'u64', 'the LAST_HEARD_QUERY answered'),
+    f('heardAgoMs', 'u32', 'ms since the answering site last heard its primary; 0xFFFFFFFF never heard; older ages are sent as 0xFFFFFFFE'),
+    f('reserved', 'u32', 'must be 0'),
+    f('seqReceived', 'u64', 'highest seq of epoch the answering site holds with every seq before it'),
+  ]),
   spec('ERROR', 'any', 'Either side, established link: close reason; the sender closes the connection.', [
     f('code', 'u16', 'error code (table "Error codes")'),
   ], [{ name: 'reason', kind: 'str16', doc: 'human-readable reason' }]),
@@ -264,12 +281,15 @@ export interface ResyncDataMsg { type: 'RESYNC_DATA'; volumeId: number; flags: n
 export interface ResyncAckMsg { type: 'RESYNC_ACK'; volumeId: number; status: number; senseKey: number; asc: number; ascq: number; epoch: bigint; resyncId: bigint }
 export interface EpochMsg { type: 'EPOCH'; epoch: bigint; agreedLastSeq: bigint; primary: string }
 export interface FenceMsg { type: 'FENCE'; currentEpoch: bigint; refusedEpoch: bigint; primary: string; reason: string }
+export interface LastHeardQueryMsg { type: 'LAST_HEARD_QUERY'; epoch: bigint; queryId: bigint }
+/** heardAgoMs: 0..heardAgoMsMax ms, or heardAgoNever (src/site/peerwire.ts maps it to -1). */
+export interface LastHeardAnswerMsg { type: 'LAST_HEARD_ANSWER'; epoch: bigint; queryId: bigint; heardAgoMs: number; seqReceived: bigint }
 export interface ErrorMsg { type: 'ERROR'; code: number; reason: string }
 
 export type HandshakeMessage = HelloMsg | ChallengeMsg | ResponseMsg | WelcomeMsg | RefuseMsg;
 export type DataMessage =
   | WriteMsg | WriteAckMsg | AckMsg | FlushMsg | FlushAckMsg | HeartbeatMsg | StatusRequestMsg | StatusReplyMsg
-  | ResyncRequestMsg | ResyncDataMsg | ResyncAckMsg | EpochMsg | FenceMsg | ErrorMsg;
+  | ResyncRequestMsg | ResyncDataMsg | ResyncAckMsg | EpochMsg | FenceMsg | LastHeardQueryMsg | LastHeardAnswerMsg | ErrorMsg;
 export type Message = HandshakeMessage | DataMessage;
 
 /** A frame as the parser delivers it: header fields and a view of the body. */

@@ -3,6 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LinkServer, type Link } from '../../src/net/index.js';
+import { heardAgoNever } from '../../src/wire/index.js';
 import { runLive } from './live.js';
 
 const secret = randomBytes(32);
@@ -12,10 +13,12 @@ const refusals: string[] = [];
 
 beforeAll(async () => {
   server = new LinkServer({ cluster: 'demo', site: 'east', secret, peers: ['local'], host: '127.0.0.1', port: 0 });
-  // The site layer's part, minimal: answer STATUS_REQUEST.
+  // The site layer's part, minimal: answer STATUS_REQUEST and LAST_HEARD_QUERY (as a site that
+  // never heard its primary).
   server.on('link', (link: Link) => {
     link.on('message', (m) => {
       if (m.type === 'STATUS_REQUEST') link.send({ type: 'STATUS_REPLY', requestId: m.requestId, entries: [['role', 'mirror']] });
+      if (m.type === 'LAST_HEARD_QUERY') link.send({ type: 'LAST_HEARD_ANSWER', epoch: 1n, queryId: m.queryId, heardAgoMs: heardAgoNever, seqReceived: 0n });
     });
   });
   server.on('refused', (r) => refusals.push(String(r.code)));

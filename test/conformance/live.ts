@@ -6,7 +6,7 @@
 //
 // --site is the name of the site listening at HOST:PORT, --as a site name it accepts as a peer
 // (any configured peer of it; the tool authenticates as that site). Only non-mutating frames are
-// sent after authentication (HEARTBEAT, STATUS_REQUEST, malformed frames): no WRITE ever reaches
+// sent after authentication (HEARTBEAT, STATUS_REQUEST, LAST_HEARD_QUERY, malformed frames): no WRITE ever reaches
 // the volume. Exit status 0 when every case passes, 1 otherwise.
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -21,6 +21,7 @@ import {
   authInput,
   authMac,
   errorCodeName,
+  heardAgoNever,
   type Message,
 } from '../../src/wire/index.js';
 import { loadVectors } from './load.js';
@@ -201,6 +202,21 @@ export async function runLive(o: LiveOptions): Promise<CaseResult[]> {
     if (r?.type !== 'STATUS_REPLY') return [false, `no STATUS_REPLY (${describe(r, a.conn)})`];
     if (r.requestId !== 4242) return [false, `STATUS_REPLY requestId ${r.requestId}, expected 4242`];
     return [true, `${r.entries.length} entries`];
+  });
+
+  await run('LAST_HEARD_QUERY of an older epoch answered by LAST_HEARD_ANSWER with the same queryId (not FENCE)', async () => {
+    // Epoch 0 is older than any site's: the query is read-only, so every site answers it whatever
+    // the epoch (docs/PROTOCOL.md, failover detection), and an older epoch can never fence the
+    // site under test. The queryId is above 2^53 so a number round-trip would show.
+    const a = await authenticate(o);
+    if (typeof a === 'string') return [false, a];
+    const queryId = 0x1234_5678_9abc_def1n;
+    a.conn.send({ type: 'LAST_HEARD_QUERY', epoch: 0n, queryId });
+    const r = await a.conn.next((m) => m.type === 'LAST_HEARD_ANSWER' || m.type === 'FENCE' || m.type === 'ERROR');
+    a.conn.end();
+    if (r?.type !== 'LAST_HEARD_ANSWER') return [false, `no LAST_HEARD_ANSWER (${describe(r, a.conn)})`];
+    if (r.queryId !== queryId) return [false, `LAST_HEARD_ANSWER queryId ${r.queryId}, expected ${queryId}`];
+    return [true, `epoch ${r.epoch}, heardAgoMs ${r.heardAgoMs === heardAgoNever ? 'never' : r.heardAgoMs}, seqReceived ${r.seqReceived}`];
   });
 
   const refused = (name: string, code: number, hs: (c: Conn) => Promise<void> | void) =>

@@ -11,6 +11,8 @@ import {
   ProtocolError,
   WriteFlags,
   ResyncDataFlags,
+  heardAgoMsMax,
+  heardAgoNever,
   authInput,
   authMac,
   crc32Small,
@@ -89,6 +91,11 @@ export function messageCases(): { name: string; frameSeq: number; msg: Message }
     c('EPOCH', { type: 'EPOCH', epoch: 4n, agreedLastSeq: 1234n, primary: 'standby' }),
     c('FENCE', { type: 'FENCE', currentEpoch: 4n, refusedEpoch: 3n, primary: 'standby', reason: 'east is at epoch 4; local speaks for 3' }),
     c('FENCE unknown primary', { type: 'FENCE', currentEpoch: 4n, refusedEpoch: 3n, primary: '', reason: '' }),
+    c('LAST_HEARD_QUERY', { type: 'LAST_HEARD_QUERY', epoch: 3n, queryId: 1n }),
+    c('LAST_HEARD_QUERY u64 max', { type: 'LAST_HEARD_QUERY', epoch: u64Max, queryId: u64Max }, 5),
+    c('LAST_HEARD_ANSWER heard 40 ms ago', { type: 'LAST_HEARD_ANSWER', epoch: 3n, queryId: 1n, heardAgoMs: 40, seqReceived: 1234n }),
+    c('LAST_HEARD_ANSWER never heard', { type: 'LAST_HEARD_ANSWER', epoch: 4n, queryId: 1n, heardAgoMs: heardAgoNever, seqReceived: 0n }),
+    c('LAST_HEARD_ANSWER oldest age, u64 max', { type: 'LAST_HEARD_ANSWER', epoch: u64Max, queryId: u64Max, heardAgoMs: heardAgoMsMax, seqReceived: u64Max }),
     c('ERROR', { type: 'ERROR', code: ErrorCode.LINK_TIMEOUT, reason: 'nothing received from east for 5000 ms' }),
   ];
 }
@@ -121,6 +128,9 @@ export function refusalCases(): { name: string; bytes: Buffer; code: ErrorCode; 
   const { crc32 } = { crc32: (b: Buffer) => Number(b.length === 0 ? 0 : crc32Of(b)) };
   const r = (name: string, bytes: Buffer, code: ErrorCode, reasonIncludes: string) => ({ name, bytes, code, reasonIncludes });
   const heartbeatType = 0x20;
+  const lastHeardQueryType = 0x42;
+  const lastHeardAnswerType = 0x43;
+  const lastHeardAnswer = encodeFrame(messageCases().find((m) => m.msg.type === 'LAST_HEARD_ANSWER')!.msg, 0);
   return [
     r('random bytes (HTTP request)', Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), ErrorCode.BAD_MAGIC, 'magic'),
     r('bad magic at byte 3', flip(hello, 3), ErrorCode.BAD_MAGIC, 'byte 3'),
@@ -131,6 +141,15 @@ export function refusalCases(): { name: string; bytes: Buffer; code: ErrorCode; 
     r('length above frameBytesMax by 1', rawHeader({ type: 0x10, bodyBytes: 1024 * 1024 + 4096 - headerBytes + 1 }), ErrorCode.FRAME_TOO_LARGE, 'frameBytesMax'),
     r('HEARTBEAT longer than its layout', rawHeader({ type: heartbeatType, bodyBytes: 4096 }), ErrorCode.FRAME_TOO_LARGE, 'HEARTBEAT'),
     r('HEARTBEAT shorter than its layout', rawHeader({ type: heartbeatType, bodyBytes: 8 }), ErrorCode.MALFORMED, 'HEARTBEAT'),
+    r('LAST_HEARD_QUERY longer than its layout', rawHeader({ type: lastHeardQueryType, bodyBytes: 17 }), ErrorCode.FRAME_TOO_LARGE, 'LAST_HEARD_QUERY'),
+    r('LAST_HEARD_QUERY shorter than its layout', rawHeader({ type: lastHeardQueryType, bodyBytes: 15 }), ErrorCode.MALFORMED, 'LAST_HEARD_QUERY'),
+    r('LAST_HEARD_ANSWER longer than its layout', rawHeader({ type: lastHeardAnswerType, bodyBytes: 33 }), ErrorCode.FRAME_TOO_LARGE, 'LAST_HEARD_ANSWER'),
+    r('LAST_HEARD_ANSWER shorter than its layout (no seqReceived)', rawHeader({ type: lastHeardAnswerType, bodyBytes: 24 }), ErrorCode.MALFORMED, 'LAST_HEARD_ANSWER'),
+    r('LAST_HEARD_ANSWER reserved field not 0', (() => {
+      const body = Buffer.from(lastHeardAnswer.subarray(headerBytes));
+      body.writeUInt32BE(1, 20);
+      return Buffer.concat([rawHeader({ type: lastHeardAnswerType, bodyBytes: body.length, bodyCrc: crc32(body) }), body]);
+    })(), ErrorCode.BAD_FLAGS, 'reserved'),
     r('unknown type 0x99', rawHeader({ type: 0x99, bodyBytes: 0 }), ErrorCode.UNKNOWN_TYPE, '0x99'),
     r('reserved header flag', withHeader(hello, { type: 0x01, flags: 0x8000, bodyBytes: helloBody.length, bodyCrc: crc32(helloBody) }), ErrorCode.BAD_FLAGS, 'flags'),
     r('first frame with frameSeq 1', encodeFrame(messageCases()[0]!.msg, 1), ErrorCode.FRAME_SEQUENCE, 'expected 0'),
