@@ -10,6 +10,7 @@ import { registerStart } from './start.js';
 import { registerVerify } from './verify.js';
 import { registerDevices } from './devices.js';
 import { registerFlash } from './flash.js';
+import { registerSwitchover } from './switchover.js';
 
 const require = createRequire(import.meta.url);
 const pkg = require('../../package.json') as { version: string; description: string };
@@ -29,5 +30,6 @@ export function buildProgram(): Command {
   registerVerify(program);
   registerDevices(program);
   registerFlash(program);
+  registerSwitchover(program);
   return program;
 }

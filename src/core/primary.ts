@@ -129,6 +129,8 @@ export interface PrimaryStatus {
   readonly role: 'primary';
   readonly epoch: Epoch;
   readonly fenced: boolean;
+  /** The newer epoch that fenced this primary, if one did. */
+  readonly fencedBy: Epoch | undefined;
   readonly seqNext: Seq;
   readonly writesInflight: number;
   readonly bytesInflight: number;
@@ -574,6 +576,12 @@ export class Primary implements Role {
   }
 
   private onRecv(peer: PeerId, msg: PeerMsg): void {
+    if (msg.type === 'lastHeardQuery') {
+      // Failover detection (claim 13 v): read-only, answered whatever the asker's epoch (never a
+      // reason to fence). The primary hears itself: age 0, unless it is fenced already.
+      this.send(peer, { type: 'lastHeardAnswer', epoch: this.epoch, queryId: msg.queryId, heardAgoMs: this.fenced === undefined ? 0 : -1, seqReceived: this.seqNext - 1n });
+      return;
+    }
     const m = this.mirror(peer);
     if (m === undefined) return;
     m.lastHeardMs = this.nowMs;
@@ -843,7 +851,7 @@ export class Primary implements Role {
   status(): PrimaryStatus {
     const regionsTotal = regionCount(this.cfg.volumeBytes, this.lim.regionBytes);
     return {
-      role: 'primary', epoch: this.epoch, fenced: this.fenced !== undefined, seqNext: this.seqNext,
+      role: 'primary', epoch: this.epoch, fenced: this.fenced !== undefined, fencedBy: this.fenced, seqNext: this.seqNext,
       writesInflight: this.writesInflight, bytesInflight: this.bytesInflight, hostQueued: this.hostQueue.length,
       cacheEntries: this.entries.length, cacheBytes: this.cacheBytes,
       mirrors: [...this.mirrors.values()].map((m) => ({

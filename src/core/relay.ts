@@ -262,6 +262,12 @@ export class Relay implements Role {
   // Upstream side (the relay is a mirror to it)
 
   private onRecvUp(peer: PeerId, msg: PeerMsg): void {
+    if (msg.type === 'lastHeardQuery') {
+      // Failover detection (claim 13 v): read-only, answered whatever the asker's epoch.
+      const heardAgoMs = this.lastHeardUpstreamMs === undefined ? -1 : this.nowMs - this.lastHeardUpstreamMs;
+      this.send(peer, { type: 'lastHeardAnswer', epoch: this.epoch, queryId: msg.queryId, heardAgoMs, seqReceived: this.seqReceived });
+      return;
+    }
     if (msg.type === 'epoch') {
       this.onEpoch(peer, msg.epoch);
       return;

@@ -16,25 +16,27 @@
 // `queryIntervalMs` while condition 1 holds (answers of an older query are ignored).
 //
 // Promotion (claim 13 vi, vii), in this order:
-//   a. metaPersist { epoch: old + 1 } before anything else: a standby that restarts after this
-//      point can never act for the old epoch again, and every site it talks to learns the new
-//      epoch before it accepts anything from it. From the decision on, frames from the old
-//      primary are dropped (it is believed lost; the new epoch fences it below).
+//   c. Catch-up debt first: every other site (the mirrors AND the old primary) is owed a resync
+//      of the WHOLE volume from the standby's image (all regions dirty, bitmapSet, durable).
+//      That one rule covers both cases: a mirror holding less gets the missing writes, a mirror
+//      holding more (old-epoch writes the old primary sent it but never acked to the host) is
+//      overwritten. The cost is a full-volume transfer per mirror; narrowing it to the regions
+//      touched after min(seqAcked) needs mirrors to keep a per-epoch tail log (not built).
+//      Bitmaps are local bookkeeping: nothing of the new epoch is visible yet.
+//   a. metaPersist { epoch: old + 1, acting: primary } before anything of the new epoch
+//      happens: a standby that restarts after this point comes back as the primary of the new
+//      epoch (with the debt of c already recorded) and can never act for the old epoch again.
+//      From the decision on, frames from the old primary are dropped (it is believed lost; the
+//      new epoch fences it below).
 //   b. The inner mirror finishes what it already received (quiescent: every received write
 //      performed, durable and out of the cache). The standby's storage now holds every write of
 //      the old epoch it received; this is the agreed last seq (the standby's seqReceived). Every
 //      write the old primary acked to the host is in it, because the host ack needs the ack of
 //      every in-sync mirror and the standby is one (see "Limits of this rule" below).
-//   c. Catch-up rule: every other site (the mirrors AND the old primary) is brought to exactly
-//      the standby's image by a resync of the WHOLE volume (all regions dirty, persisted with
-//      bitmapSet before the new primary starts, so a crash of the new primary keeps owing it).
-//      That one rule covers both cases: a mirror holding less gets the missing writes, a mirror
-//      holding more (old-epoch writes the old primary sent it but never acked to the host) is
-//      overwritten. The cost is a full-volume transfer per mirror; narrowing it to the regions
-//      touched after min(seqAcked) needs mirrors to keep a per-epoch tail log (not built).
 //   d. A Primary for the new epoch starts with that bitmap and gets `peerUp` for every link that
 //      is up: it announces `epoch` (mirrors persist the new epoch and fence the old one), then
 //      resyncs each mirror and serves host writes (claim 13 steps i-iv as the primary).
+// A planned switchover (`promote`) runs the same steps without the silence and the vote.
 //
 // Fencing: mirrors refuse frames of an older epoch with `fence` (mirror.ts); a Primary that sees
 // a newer epoch refuses host writes from then on (primary.ts); the new Primary announces its epoch
@@ -118,7 +120,7 @@ export class Standby implements Role {
   private startMs = 0;
   private queryIdNext = 1n;
   private query: { queryId: bigint; sentMs: number; agree: Set<PeerId>; disagree: Set<PeerId> } | undefined;
-  private promotion: { epoch: Epoch; metaOp: OpId | undefined; bitmapOps: Set<OpId>; seqReceived: Seq; reason: string; bitmapsIssued: boolean } | undefined;
+  private promotion: { epoch: Epoch; metaOp: OpId | undefined; bitmapOps: Set<OpId>; seqReceived: Seq; reason: string; metaIssued: boolean } | undefined;
   private readonly promotions: { atMs: number; fromEpoch: Epoch; toEpoch: Epoch; seqReceived: Seq; reason: string }[] = [];
 
   constructor(private readonly cfg: StandbyConfig) {
@@ -288,17 +290,50 @@ export class Standby implements Role {
     if (q === undefined || this.phase !== 'following') return;
     const votes = 1 + q.agree.size; // the standby itself
     if (votes * 2 <= this.clusterSites()) return;
+    this.query = undefined;
+    this.beginPromotion(`no frame from ${this.cfg.primary} for ${this.silentMs()} ms (timeout ${this.cfg.failoverTimeoutMs} ms); ${votes} of ${this.clusterSites()} sites cannot reach it (${[this.cfg.self, ...q.agree].join(', ')})`);
+  }
+
+  /**
+   * Planned switchover (`geomirror promote`, issue 10 item 5): promote now, without waiting for
+   * silence or a vote. The same steps as a failover follow, so the same guarantees hold: the old
+   * primary's acked writes are all here (it never acks without its standby), and the new epoch
+   * fences it.
+   */
+  promote(reason: string, nowMs: number): CoreAction[] {
+    assert(nowMs >= this.nowMs, `time went backwards: ${nowMs} < ${this.nowMs}`);
+    this.nowMs = nowMs;
+    this.out = [];
+    if (this.phase === 'following') {
+      this.query = undefined;
+      this.beginPromotion(reason);
+    }
+    this.afterStep();
+    const out = this.out;
+    this.out = [];
+    return out;
+  }
+
+  private beginPromotion(reason: string): void {
     const own = this.mirror.status();
-    const reason = `no frame from ${this.cfg.primary} for ${this.silentMs()} ms (timeout ${this.cfg.failoverTimeoutMs} ms); ${votes} of ${this.clusterSites()} sites cannot reach it (${[this.cfg.self, ...q.agree].join(', ')})`;
     const toEpoch = own.epoch + 1n;
     this.phase = 'promoting';
-    const metaOp = this.opNext++;
-    this.ops.set(metaOp, { inner: 'self', opId: metaOp });
-    this.promotion = { epoch: toEpoch, metaOp, bitmapOps: new Set(), seqReceived: own.seqReceived, reason, bitmapsIssued: false };
-    this.query = undefined;
+    this.promotion = { epoch: toEpoch, metaOp: undefined, bitmapOps: new Set(), seqReceived: own.seqReceived, reason, metaIssued: false };
     this.log('warn', 'failover_decided', { fromEpoch: own.epoch, toEpoch, seqReceived: own.seqReceived, reason });
-    // (a) The new epoch is durable before anything else happens.
-    this.out.push({ type: 'metaPersist', opId: metaOp, meta: { epoch: toEpoch, seqReserved: 1n } });
+    // (c first) Every other site owes a full resync from this image: durable before the epoch,
+    // so that once the epoch says "acting primary" a restart finds the debt already recorded.
+    // Bitmaps are local bookkeeping; nothing of the new epoch is visible yet.
+    const regions = this.allRegions();
+    for (const peer of this.downstreams()) {
+      const opId = this.opNext++;
+      this.ops.set(opId, { inner: 'self', opId });
+      this.promotion.bitmapOps.add(opId);
+      this.out.push({ type: 'bitmapSet', opId, peer, regions });
+    }
+  }
+
+  private allRegions(): number[] {
+    return Array.from({ length: regionCount(this.cfg.volumeBytes, this.cfg.limits.regionBytes) }, (_, i) => i);
   }
 
   private onOwnCompletion(opId: OpId, type: CoreEvent['type']): void {
@@ -307,7 +342,7 @@ export class Standby implements Role {
     if (opId === p.metaOp) {
       assert(type === 'metaPersisted', `op ${opId} is a metaPersist, completed as ${type}`);
       p.metaOp = undefined;
-      this.meta = { epoch: p.epoch, seqReserved: 1n };
+      this.meta = { epoch: p.epoch, seqReserved: 1n, acting: 'primary' };
       this.log('info', 'epoch_persisted', { epoch: p.epoch });
       return;
     }
@@ -316,23 +351,21 @@ export class Standby implements Role {
 
   private afterStep(): void {
     const p = this.promotion;
-    if (this.phase !== 'promoting' || p === undefined || p.metaOp !== undefined) return;
+    if (this.phase !== 'promoting' || p === undefined || p.bitmapOps.size > 0) return;
+    if (!p.metaIssued) {
+      // (a) The new epoch is durable before anything of it happens. `acting: primary` makes a
+      // restart of this site come back as the primary of that epoch, whatever its config says.
+      p.metaIssued = true;
+      p.metaOp = this.opNext++;
+      this.ops.set(p.metaOp, { inner: 'self', opId: p.metaOp });
+      this.out.push({ type: 'metaPersist', opId: p.metaOp, meta: { epoch: p.epoch, seqReserved: 1n, acting: 'primary' } });
+      return;
+    }
+    if (p.metaOp !== undefined) return;
     // (b) Everything the mirror received is performed, durable and out of its cache.
     if (!this.mirror.quiescent()) return;
-    if (!p.bitmapsIssued) {
-      // (c) Every other site owes a full resync from this image; durable before we serve.
-      p.bitmapsIssued = true;
-      const regions = Array.from({ length: regionCount(this.cfg.volumeBytes, this.cfg.limits.regionBytes) }, (_, i) => i);
-      for (const peer of this.downstreams()) {
-        const opId = this.opNext++;
-        this.ops.set(opId, { inner: 'self', opId });
-        p.bitmapOps.add(opId);
-        this.out.push({ type: 'bitmapSet', opId, peer, regions });
-      }
-    }
-    if (p.bitmapOps.size > 0) return;
     // (d) Act as the primary of the new epoch.
-    const regions = Array.from({ length: regionCount(this.cfg.volumeBytes, this.cfg.limits.regionBytes) }, (_, i) => i);
+    const regions = this.allRegions();
     const dirty = new Map<PeerId, number[]>(this.downstreams().map((peer) => [peer, regions]));
     this.primaryCore = new Primary({ self: this.cfg.self, volumeBytes: this.cfg.volumeBytes, blockBytes: this.cfg.blockBytes, mirrors: this.downstreams(), onMirrorLoss: this.cfg.onMirrorLoss, limits: this.cfg.limits });
     this.phase = 'primary';
@@ -345,7 +378,7 @@ export class Standby implements Role {
   }
 
   /** The new primary's mirrors: every data site but this one (the old primary included). */
-  private downstreams(): PeerId[] {
+  downstreams(): PeerId[] {
     return [this.cfg.primary, ...this.cfg.mirrors];
   }
 
@@ -364,6 +397,11 @@ export class Standby implements Role {
 
   quiescent(): boolean {
     return this.primaryCore !== undefined ? this.primaryCore.quiescent() : this.phase === 'following' && this.mirror.quiescent();
+  }
+
+  /** While following: the primary, once it announced its epoch on the link (the inner mirror's upstream). */
+  followedUpstream(): PeerId | undefined {
+    return this.phase === 'following' ? this.mirror.status().upstream : undefined;
   }
 
   inSyncMirrors(): PeerId[] {

@@ -94,6 +94,12 @@ export interface Meta {
   readonly epoch: Epoch;
   /** Every seq below this may have been used; a restarted primary continues from here. */
   readonly seqReserved: Seq;
+  /**
+   * The role this site took on in a failover, which overrides its configured role at every
+   * restart (issue 10): `primary` = a promoted standby, `mirror` = a demoted or fenced old
+   * primary. Sticky: a save that leaves it out keeps the stored value (src/site/persist.ts).
+   */
+  readonly acting?: 'primary' | 'mirror';
 }
 
 export interface Recovered {

@@ -1,13 +1,36 @@
 // The admin HTTP server of a site (issue 5 item 8, issue 8 items 2-3): GET /status (JSON from
 // the runtime), GET /metrics (Prometheus text) and GET /checksums (per-region digests of the
-// site's storage for geomirror verify, src/site/checksums.ts). Read-only on purpose: nothing on this
-// port changes a replica, so exposing it to a monitoring network cannot corrupt data.
+// site's storage for geomirror verify, src/site/checksums.ts). The GETs are read-only on purpose:
+// exposing them to a monitoring network cannot corrupt data. The two POSTs of a planned
+// switchover (issue 10 item 5: /promote, /demote) change roles, so they need a request signed
+// with the cluster key (roleChangeAuth below), fresh within a minute; anything else is 401.
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import { ChecksumRequestError, type ChecksumAnswer } from './checksums.js';
 import type { Logger } from './log.js';
 import type { SiteStatus } from './status.js';
+import { RoleChangeError, type RoleChangeAnswer } from './role-change.js';
+
+/** How far a signed role-change request's clock may be from ours. */
+export const roleChangeSkewSecondsMax = 60;
+
+/** `Authorization` value for POST /promote or /demote on `site`: HMAC-SHA256 of the request with the cluster key. */
+export function roleChangeAuth(secret: Buffer, action: 'promote' | 'demote', site: string, unixSeconds = Math.floor(Date.now() / 1000)): string {
+  const mac = createHmac('sha256', secret).update(`geomirror ${action} ${site} ${unixSeconds}`).digest('hex');
+  return `Geomirror ${unixSeconds}:${mac}`;
+}
+
+function authOk(secret: Buffer, action: 'promote' | 'demote', site: string, header: string | undefined): string | undefined {
+  const m = /^Geomirror (\d+):([0-9a-f]{64})$/.exec(header ?? '');
+  if (!m) return 'missing or malformed Authorization (geomirror promote/demote sign requests with the cluster key)';
+  const t = Number(m[1]);
+  if (Math.abs(Date.now() / 1000 - t) > roleChangeSkewSecondsMax) return `request time ${t} is more than ${roleChangeSkewSecondsMax} s from this site's clock`;
+  const want = Buffer.from(roleChangeAuth(secret, action, site, t).split(':')[1]!, 'hex');
+  const got = Buffer.from(m[2]!, 'hex');
+  return timingSafeEqual(want, got) ? undefined : 'signature does not match this cluster\'s key';
+}
 
 /** A stuck provider must not hold admin connections forever. */
 export const adminRequestTimeoutMs = 10_000;
@@ -20,6 +43,8 @@ export interface AdminServerOptions {
   registry: Registry;
   /** GET /checksums (geomirror verify): validates the query, digests this site's storage regions. */
   checksums?: (query: URLSearchParams) => Promise<ChecksumAnswer>;
+  /** POST /promote and /demote (planned switchover), signed with `secret`. */
+  roleChange?: { site: string; secret: Buffer; promote?: (reason: string) => Promise<RoleChangeAnswer>; demote?: (reason: string) => Promise<RoleChangeAnswer> };
   log?: Logger;
 }
 
@@ -73,6 +98,10 @@ function listen(server: Server, host: string, port: number): Promise<void> {
 async function handle(options: AdminServerOptions, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://admin');
   const path = url.pathname;
+  if (path === '/promote' || path === '/demote') {
+    await roleChange(options, path === '/promote' ? 'promote' : 'demote', url, req, res);
+    return;
+  }
   const known = path === '/status' || path === '/metrics' || path === '/checksums';
   if (known && req.method !== 'GET' && req.method !== 'HEAD') {
     res.setHeader('Allow', 'GET, HEAD');
@@ -98,6 +127,34 @@ async function handle(options: AdminServerOptions, req: IncomingMessage, res: Se
     }
   } else {
     send(res, 404, 'text/plain; charset=utf-8', `no ${path} here; try /status or /metrics\n`);
+  }
+}
+
+async function roleChange(options: AdminServerOptions, action: 'promote' | 'demote', url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  if (req.method !== 'POST') {
+    res.setHeader('Allow', 'POST');
+    send(res, 405, 'text/plain; charset=utf-8', `${req.method} not allowed on /${action}; use POST (geomirror ${action} --site NAME)\n`);
+    return;
+  }
+  const rc = options.roleChange;
+  const fn = rc?.[action];
+  if (rc === undefined || fn === undefined) {
+    send(res, 409, 'text/plain; charset=utf-8', `this site cannot ${action} (its role has no ${action})\n`);
+    return;
+  }
+  const bad = authOk(rc.secret, action, rc.site, req.headers.authorization);
+  if (bad !== undefined) {
+    options.log?.warn({ event: 'role-change-refused', action, remote: req.socket.remoteAddress, why: bad }, `${action} refused: ${bad}`);
+    send(res, 401, 'text/plain; charset=utf-8', `${action} refused: ${bad}\n`);
+    return;
+  }
+  const reason = (url.searchParams.get('reason') ?? `planned switchover (${action} requested from ${req.socket.remoteAddress})`).slice(0, 200);
+  try {
+    const answer = await fn(reason);
+    send(res, 200, 'application/json; charset=utf-8', `${JSON.stringify(answer)}\n`);
+  } catch (err) {
+    if (!(err instanceof RoleChangeError)) throw err;
+    send(res, 409, 'text/plain; charset=utf-8', `${(err as Error).message}\n`);
   }
 }
 

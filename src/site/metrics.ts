@@ -47,6 +47,10 @@ export interface SiteMetrics {
   lastSeqAcked: Gauge;
   /** Frames refused at the edge (malformed, bad key, stale epoch), by reason. */
   framesRefusedTotal: Counter<'reason'>;
+  /** Failover events at this site (issue 10 item 6): promoted, fenced, demoted. */
+  failoversTotal: Counter<'kind'>;
+  /** 1 for the role this site acts as now (a failover can change it), 0 for the others. */
+  actingRole: Gauge<'acting'>;
   /** Relay: age of the oldest cached write its downstream has not acked (0: caught up). */
   relayLagSeconds?: Gauge<'peer'>;
   /** Relay: oldest seq in its cache not yet acked downstream (0: none). */
@@ -87,6 +91,8 @@ export function createSiteMetrics(options: SiteMetricsOptions): SiteMetrics {
     peerSyncState: new Gauge({ name: 'geomirror_peer_sync_state', help: 'Peer replica: 0 degraded, 1 resyncing, 2 in sync', labelNames: ['peer'], registers }),
     epoch: new Gauge({ name: 'geomirror_epoch', help: 'Current epoch (grows at every promotion)', registers }),
     lastSeqAcked: new Gauge({ name: 'geomirror_last_seq_acked', help: 'Highest write sequence number acked', registers }),
+    failoversTotal: new Counter({ name: 'geomirror_failovers_total', help: 'Failover events at this site: promoted (became primary), fenced (saw a newer epoch), demoted (planned)', labelNames: ['kind'], registers }),
+    actingRole: new Gauge({ name: 'geomirror_acting_role', help: 'Role this site acts as now (1), after any failover; the role label is the cluster file\'s', labelNames: ['acting'], registers }),
     framesRefusedTotal: new Counter({ name: 'geomirror_frames_refused_total', help: 'Frames refused at the edge, by reason', labelNames: ['reason'], registers }),
     relayLagSeconds: new Gauge({ name: 'geomirror_relay_lag_seconds', help: 'Relay: age of the oldest cached write the downstream has not acked', labelNames: ['peer'], registers }),
     relayOldestUnackedSeq: new Gauge({ name: 'geomirror_relay_oldest_unacked_seq', help: 'Relay: oldest cached seq not yet acked downstream (0: none)', labelNames: ['peer'], registers }),

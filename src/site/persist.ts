@@ -26,12 +26,13 @@ export function memoryMetaStore(): MetaStore {
   return {
     load: async () => meta,
     save: async (m) => {
-      meta = m;
+      meta = { ...m, ...(m.acting === undefined && meta.acting !== undefined ? { acting: meta.acting } : {}) };
     },
   };
 }
 
 export function fileMetaStore(path: string): MetaStore {
+  let acting: Meta['acting'];
   return {
     async load(): Promise<Meta> {
       let text: string;
@@ -41,7 +42,7 @@ export function fileMetaStore(path: string): MetaStore {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') return freshMeta;
         throw err;
       }
-      let parsed: { magic?: unknown; epoch?: unknown; seqReserved?: unknown };
+      let parsed: { magic?: unknown; epoch?: unknown; seqReserved?: unknown; acting?: unknown };
       try {
         parsed = JSON.parse(text) as typeof parsed;
       } catch {
@@ -50,11 +51,19 @@ export function fileMetaStore(path: string): MetaStore {
       if (parsed.magic !== metaMagic || typeof parsed.epoch !== 'string' || typeof parsed.seqReserved !== 'string') {
         throw new Error(`${path}: not a geomirror meta record (expected ${metaMagic} with epoch and seqReserved)`);
       }
-      return { epoch: BigInt(parsed.epoch), seqReserved: BigInt(parsed.seqReserved) };
+      if (parsed.acting !== undefined && parsed.acting !== 'primary' && parsed.acting !== 'mirror') {
+        throw new Error(`${path}: acting is ${JSON.stringify(parsed.acting)}; expected primary or mirror (the role this site took on in a failover)`);
+      }
+      acting = parsed.acting;
+      return { epoch: BigInt(parsed.epoch), seqReserved: BigInt(parsed.seqReserved), ...(acting ? { acting } : {}) };
     },
     async save(meta: Meta): Promise<void> {
+      // `acting` is sticky: the cores persist epoch and seq reservations without it, and a
+      // fenced old primary must stay a mirror through every later save and restart.
+      if (meta.acting !== undefined) acting = meta.acting;
+      else if (acting === undefined) acting = await this.load().then((m) => m.acting, () => undefined);
       const tmp = join(dirname(path), `.${basename(path)}.tmp`);
-      const body = JSON.stringify({ magic: metaMagic, epoch: meta.epoch.toString(), seqReserved: meta.seqReserved.toString() }) + '\n';
+      const body = JSON.stringify({ magic: metaMagic, epoch: meta.epoch.toString(), seqReserved: meta.seqReserved.toString(), ...(acting ? { acting } : {}) }) + '\n';
       const fh = await open(tmp, 'w', 0o600);
       try {
         await fh.writeFile(body);

@@ -16,15 +16,17 @@ import { SenseError, type BlockDevice } from '../../hal/blockdev.js';
 import { Primary, type PrimaryStatus } from '../core/primary.js';
 import { Mirror, type MirrorStatus } from '../core/mirror.js';
 import { Relay, type RelayStatus } from '../core/relay.js';
-import { defaultLimits, type CacheEntry, type CoreAction, type CoreEvent, type HostError, type Limits, type PeerId, type PeerMsg, type Recovered, type SenseInfo } from '../core/types.js';
+import { Standby } from '../core/standby.js';
+import { defaultLimits, type CacheEntry, type CoreAction, type CoreEvent, type Epoch, type HostError, type Limits, type Meta, type PeerId, type PeerMsg, type Recovered, type SenseInfo } from '../core/types.js';
 import { Dialer, LinkServer, type Link } from '../net/index.js';
 import { payloadBytesMax } from '../wire/index.js';
 import type { SiteContext, SiteRuntime } from './run.js';
 import { fileBitmapStore, fileMetaStore, memoryBitmapStore, memoryMetaStore, type BitmapStore, type MetaStore } from './persist.js';
 import { fromWire, toWire, volumeId } from './peerwire.js';
-import type { PeerStatus, SiteStatus, SiteState } from './status.js';
+import type { FailoverRecord, PeerStatus, SiteStatus, SiteState } from './status.js';
 import type { Logger } from './log.js';
 import { AckTimer } from './ack-timer.js';
+import { RoleChangeError } from './role-change.js';
 
 /** Largest piece of a host write handed to the core: one WRITE frame's payload. */
 export const hostWriteChunkBytesMax = payloadBytesMax;
@@ -49,6 +51,17 @@ export class HostIoError extends Error {
   }
 }
 
+/** What the runtime around a Replica is told when a failover changes this site's role. */
+export interface ReplicaHooks {
+  /** A following standby finished its promotion: it now serves host writes (open the export). */
+  onPromoted?(): void;
+  /** The primary core saw a newer epoch: this site must stop acting as primary (issue 10 item 4). */
+  onFenced?(epoch: Epoch, peer: string | undefined): void;
+}
+
+/** The core a site runs in this life: its configured role, or the one a failover left it in. */
+export type ActingRole = 'primary' | 'mirror' | 'relay' | 'standby';
+
 export interface ReplicaOptions {
   limits?: Partial<Limits>;
   /** Link timing (tests shorten these). */
@@ -64,6 +77,8 @@ export interface SiteDevices {
   array: DiskArray | undefined;
   members: BlockDevice[];
   meta: MetaStore;
+  /** The meta record as this life found it: its `acting` decides which core runs (issue 10). */
+  initialMeta: Meta;
   bitmaps: BitmapStore;
 }
 
@@ -88,7 +103,15 @@ export async function openSiteDevices(ctx: SiteContext, regionCount: number): Pr
   const statePath = site.cache.device.kind === 'loopback' ? site.cache.device.path : undefined;
   const meta = statePath ? fileMetaStore(`${statePath}.meta`) : memoryMetaStore();
   const bitmaps = statePath ? fileBitmapStore(`${statePath}.dirty-`, regionCount) : memoryBitmapStore();
-  return { journal, recoveredEntries: recovered, array, members, meta, bitmaps };
+  let initialMeta: Meta;
+  try {
+    initialMeta = await meta.load();
+  } catch (err) {
+    await Promise.all(members.map((m) => m.close().catch(() => undefined)));
+    await journal.close().catch(() => undefined);
+    throw err;
+  }
+  return { journal, recoveredEntries: recovered, array, members, meta, initialMeta, bitmaps };
 }
 
 function entryKey(epoch: bigint, seq: bigint): string {
@@ -105,7 +128,13 @@ function senseInfo(err: unknown): SenseInfo {
  * links and the tick timer; `volume` (primary only) is the host API the NBD export sits on.
  */
 export class Replica {
-  readonly role: Primary | Mirror | Relay;
+  readonly role: Primary | Mirror | Relay | Standby;
+  readonly acting: ActingRole;
+  /** The mirrors a Primary core (configured or promoted) fans out to. */
+  private readonly primaryMirrors: readonly string[];
+  private promotedSeen = false;
+  private fencedSeen = false;
+  private metaSavesInflight = 0;
   private readonly limits: Limits;
   private readonly handles = new Map<string, EntryHandle>();
   private readonly hostOps = new Map<number, HostWaiter>();
@@ -134,17 +163,70 @@ export class Replica {
     private readonly ctx: SiteContext,
     private readonly dev: SiteDevices,
     private readonly opts: ReplicaOptions = {},
+    private readonly hooks: ReplicaHooks = {},
   ) {
     const { site, config } = ctx;
-    this.limits = { ...defaultLimits, cacheBytesMax: dev.journal.capacityBytes, ...opts.limits };
+    const heartbeatIntervalMs = opts.heartbeatIntervalMs ?? defaultLimits.heartbeatIntervalMs;
+    this.limits = { ...defaultLimits, cacheBytesMax: dev.journal.capacityBytes, heartbeatIntervalMs, ...opts.limits };
     if (this.limits.inflightBytesMax > this.limits.cacheBytesMax) this.limits = { ...this.limits, inflightBytesMax: Math.floor(this.limits.cacheBytesMax / 2) };
     const common = { self: site.name, volumeBytes: config.volume.sizeBytes, blockBytes: config.volume.blockSize, limits: this.limits };
     if (site.role === 'relay' && site.forward === undefined) throw new Error(`sites.${site.name}.forward: a relay needs the next site of its chain`);
-    this.role =
-      site.role === 'primary' ? new Primary({ ...common, mirrors: site.mirrors, onMirrorLoss: site.onMirrorLoss })
-      : site.role === 'relay' ? new Relay({ ...common, downstream: site.forward!, ackMode: site.relayAck, storage: dev.array !== undefined })
-      : new Mirror(common);
+    const acting = dev.initialMeta.acting;
+    if (site.role === 'relay') {
+      this.acting = 'relay';
+      this.primaryMirrors = [];
+      this.role = new Relay({ ...common, downstream: site.forward!, ackMode: site.relayAck, storage: dev.array !== undefined });
+    } else if (site.role === 'mirror' || acting === 'mirror') {
+      // A fenced or demoted old primary (or standby) comes back as a mirror of whoever is primary now.
+      this.acting = 'mirror';
+      this.primaryMirrors = [];
+      this.role = new Mirror(common);
+    } else if (site.role === 'primary') {
+      this.acting = 'primary';
+      this.primaryMirrors = site.mirrors;
+      this.role = new Primary({ ...common, mirrors: site.mirrors, onMirrorLoss: site.onMirrorLoss, ...(site.standby ? { standby: site.standby } : {}) });
+    } else if (site.role === 'standby') {
+      const old = site.standbyFor!;
+      if (acting === 'primary') {
+        // Promoted in an earlier life (meta.acting): the primary of the persisted epoch, fanning
+        // out to the old primary and the mirrors; the bitmaps hold what each is still owed.
+        this.acting = 'primary';
+        this.primaryMirrors = [old, ...site.mirrors];
+        this.role = new Primary({ ...common, mirrors: this.primaryMirrors, onMirrorLoss: site.onMirrorLoss });
+      } else {
+        if (!(site.failoverTimeoutMs > heartbeatIntervalMs)) throw new Error(`sites.${site.name}.failover-timeout: ${site.failoverTimeoutMs} ms must exceed the heartbeat interval (${heartbeatIntervalMs} ms), or a live primary looks lost between two heartbeats`);
+        this.acting = 'standby';
+        this.primaryMirrors = [old, ...site.mirrors];
+        this.role = new Standby({
+          ...common, primary: old, mirrors: site.mirrors, ...(site.witnesses[0] ? { witness: site.witnesses[0] } : {}),
+          failoverTimeoutMs: site.failoverTimeoutMs, queryIntervalMs: Math.max(20, Math.min(500, Math.floor(site.failoverTimeoutMs / 4))), onMirrorLoss: site.onMirrorLoss,
+        });
+      }
+    } else {
+      throw new Error(`sites.${site.name}.role: a ${site.role} site runs no replication core`);
+    }
     this.done.catch(() => undefined);
+  }
+
+  /** The core that takes host writes now, if any: a Primary, or a Standby (busy until promoted). */
+  private hostCore(): Primary | Standby | undefined {
+    return this.role instanceof Primary || this.role instanceof Standby ? this.role : undefined;
+  }
+
+  /** Whether the core knows `peer` (a primary's link to a witness carries heartbeats only). */
+  private coreKnows(peer: PeerId): boolean {
+    if (this.role instanceof Primary) return this.primaryMirrors.includes(peer);
+    if (this.role instanceof Standby) return this.primaryMirrors.includes(peer) || this.ctx.site.witnesses.includes(peer);
+    return true;
+  }
+
+  /** Heartbeats the core is told about: from the peers it feeds, or from the upstream it follows. */
+  private feedsHeartbeat(peer: PeerId): boolean {
+    const r = this.role;
+    if (r instanceof Primary) return this.primaryMirrors.includes(peer);
+    if (r instanceof Relay) return peer === this.ctx.site.forward;
+    if (r instanceof Standby) return r.status().phase === 'primary' ? this.primaryMirrors.includes(peer) : r.followedUpstream() === peer;
+    return r.status().upstream === peer;
   }
 
   private get log(): Logger {
@@ -163,8 +245,8 @@ export class Replica {
 
   async start(): Promise<void> {
     const { site, config } = this.ctx;
-    const meta = await this.dev.meta.load();
-    const peers = this.role instanceof Primary ? site.mirrors : [];
+    const meta = this.dev.initialMeta;
+    const peers = this.role instanceof Primary ? this.primaryMirrors : [];
     const dirtyRegions = await this.dev.bitmaps.load(peers);
     const cacheEntries: CacheEntry[] = [];
     for (const r of this.dev.recoveredEntries) {
@@ -191,24 +273,39 @@ export class Replica {
       this.server.on('refused', (r) => this.ctx.metrics.framesRefusedTotal.inc({ reason: r.code === undefined ? 'transport' : String(r.code) }));
       await this.server.listen();
     }
-    // The primary dials its mirrors; a relay dials the next site of its chain (`forward:`).
-    const dialTargets = this.role instanceof Primary ? site.mirrors : this.role instanceof Relay && site.forward !== undefined ? [site.forward] : [];
-    {
-      for (const peer of dialTargets) {
-        const target = config.sites[peer]!;
-        if (!target.listen) throw new Error(`sites.${peer}.listen: mirror ${peer} has no listen address for ${site.name} to dial`);
-        const d = new Dialer({ cluster: config.cluster, site: site.name, secret: this.ctx.secret, peer, host: target.listen.host, port: target.listen.port, backoffMsMin: 50, backoffMsMax: 2000, ...timing });
-        d.on('link', (link) => this.attach(link));
-        this.ctx.metrics.setLinkState(peer, 'connecting');
-        d.start();
-        this.dialers.push(d);
-      }
-    }
+    // The primary dials its mirrors (and the witnesses, for heartbeats); a relay dials the next
+    // site of its chain (`forward:`); a standby dials the mirrors and witnesses it asks when the
+    // primary goes silent, and the old primary once it is promoted.
+    const dialTargets =
+      this.role instanceof Primary ? [...this.primaryMirrors, ...site.witnesses]
+      : this.role instanceof Standby ? [...site.mirrors, ...site.witnesses]
+      : this.role instanceof Relay && site.forward !== undefined ? [site.forward]
+      : [];
+    this.timing = timing;
+    for (const peer of dialTargets) this.dial(peer);
     this.ticker = setInterval(() => this.feed({ type: 'tick' }), this.limits.tickMs);
   }
 
+  private timing: ConstructorParameters<typeof Dialer>[0] extends infer T ? Partial<T> : never = {};
+
+  private dial(peer: PeerId): void {
+    const { site, config } = this.ctx;
+    const target = config.sites[peer]!;
+    const addr = site.connect[peer] ?? target.listen;
+    if (!addr) throw new Error(`sites.${peer}.listen: ${target.role} ${peer} has no listen address for ${site.name} to dial (or give sites.${site.name}.connect.${peer})`);
+    const d = new Dialer({ ...this.timing, cluster: config.cluster, site: site.name, secret: this.ctx.secret, peer, host: addr.host, port: addr.port, backoffMsMin: 50, backoffMsMax: 2000 });
+    d.on('link', (link) => this.attach(link));
+    this.ctx.metrics.setLinkState(peer, 'connecting');
+    d.start();
+    this.dialers.push(d);
+    this.dialed.add(peer);
+  }
+
+  private readonly dialed = new Set<PeerId>();
+
   private heartbeatState(): { epoch: bigint; lastSeq: bigint } {
-    const s = this.role.status();
+    const top = this.role.status();
+    const s = top.role === 'standby' ? top.inner : top;
     return s.role === 'primary' ? { epoch: s.epoch, lastSeq: s.seqNext - 1n } : { epoch: s.epoch, lastSeq: s.seqAcked };
   }
 
@@ -223,7 +320,7 @@ export class Replica {
     this.links.set(peer, link);
     this.ctx.metrics.setLinkState(peer, 'up');
     this.log.info({ event: 'link-up', peer, remote: link.remote }, `link to ${peer} up`);
-    this.feed({ type: 'peerUp', peer });
+    if (this.coreKnows(peer)) this.feed({ type: 'peerUp', peer });
     link.on('message', (m) => {
       if (m.type === 'STATUS_REQUEST') {
         // A peer (or `npm run conformance`) asks how this site is doing: answer from status().
@@ -246,7 +343,7 @@ export class Replica {
         link.close(undefined, (err as Error).message);
         return;
       }
-      if (msg === undefined) return;
+      if (msg === undefined || !this.coreKnows(peer)) return;
       if (msg.type === 'ack') this.ackTimer.acked(peer, msg.seq, this.nowMs(), (ms) => this.ctx.metrics.ackLatencySeconds.observe({ peer }, ms / 1000));
       else if (msg.type === 'write' && this.role instanceof Mirror) {
         this.ctx.metrics.writesTotal.inc({ op: 'replicated' });
@@ -256,17 +353,20 @@ export class Replica {
     });
     link.on('heartbeat', (hb, rttMs) => {
       if (rttMs !== undefined) this.ctx.metrics.linkRttSeconds.set({ peer }, rttMs / 1000);
-      // The link measured RTT; tell the primary's core (status shows it per mirror). A mirror's
-      // core learns liveness from the frames themselves.
-      if (this.role instanceof Primary || (this.role instanceof Relay && peer === this.ctx.site.forward)) this.feed({ type: 'recv', peer, msg: { type: 'heartbeat', epoch: hb.epoch, sentMs: this.nowMs() - (rttMs ?? 0), seqAcked: hb.lastSeq, reply: true } });
+      // The link measured RTT; tell the core. A primary shows it per mirror; a mirror or a
+      // following standby learns from it when it last heard its upstream (failover detection,
+      // claim 13 v: "when did you last hear the primary?").
+      // A primary hears a mirror's heartbeat for RTT only: one still at an older epoch (not yet
+      // adopted ours) is no reason to send it a fence.
+      if (this.feedsHeartbeat(peer) && !(this.hostCore() !== undefined && hb.epoch < BigInt(this.role.status().epoch))) this.feed({ type: 'recv', peer, msg: { type: 'heartbeat', epoch: hb.epoch, sentMs: this.nowMs() - (rttMs ?? 0), seqAcked: hb.lastSeq, reply: true } });
     });
     link.once('close', (info) => {
       if (this.links.get(peer) !== link) return;
       this.links.delete(peer);
       this.ackTimer.forget(peer);
-      this.ctx.metrics.setLinkState(peer, this.role instanceof Primary || peer === this.ctx.site.forward ? 'connecting' : 'down');
+      this.ctx.metrics.setLinkState(peer, this.dialed.has(peer) ? 'connecting' : 'down');
       this.log.warn({ event: 'link-down', peer, reason: info.reason }, `link to ${peer} down: ${info.reason}`);
-      this.feed({ type: 'peerDown', peer });
+      if (this.coreKnows(peer)) this.feed({ type: 'peerDown', peer });
     });
   }
 
@@ -286,7 +386,59 @@ export class Replica {
     } finally {
       this.feeding = false;
     }
+    this.watchRole();
     this.unpark();
+  }
+
+  /** Tells the runtime when a failover changed what this site may do (promotion, fencing). */
+  private watchRole(): void {
+    if (this.fatal || this.stopped) return;
+    const top = this.role.status();
+    if (top.role === 'standby' && top.phase === 'primary' && !this.promotedSeen) {
+      this.promotedSeen = true;
+      // The promoted standby fans out to the old primary too: dial it (it listens; if it is
+      // alive, our epoch fences it and it comes back as a mirror).
+      this.dial(this.ctx.site.standbyFor!);
+      this.ctx.metrics.failoversTotal.inc({ kind: 'promoted' });
+      this.hooks.onPromoted?.();
+    }
+    const p = top.role === 'standby' ? (top.inner.role === 'primary' ? top.inner : undefined) : top.role === 'primary' ? top : undefined;
+    if (p?.fencedBy !== undefined && !this.fencedSeen) {
+      this.fencedSeen = true;
+      this.ctx.metrics.failoversTotal.inc({ kind: 'fenced' });
+      this.hooks.onFenced?.(p.fencedBy, undefined);
+    }
+  }
+
+  /** Planned switchover (`geomirror promote`): a following standby promotes itself now. */
+  promote(reason: string): void {
+    const r = this.role;
+    if (!(r instanceof Standby)) throw new RoleChangeError(`${this.ctx.site.name} runs as ${this.acting}; only a following standby can be promoted`);
+    if (r.status().phase !== 'following') throw new RoleChangeError(`${this.ctx.site.name} is already ${r.status().phase === 'primary' ? 'the primary' : 'being promoted'}`);
+    if (this.fatal) throw new RoleChangeError(`${this.ctx.site.name} stopped: ${this.fatal.message}`);
+    try {
+      for (const a of r.promote(reason, this.nowMs())) this.execute(a);
+    } catch (err) {
+      this.die(err as Error);
+    }
+    this.watchRole();
+  }
+
+  /** Nothing in flight: every host write acked by every in-sync site and out of the cache. */
+  quiescent(): boolean {
+    return this.role.quiescent();
+  }
+
+  /**
+   * Records that this site acts as a mirror from now on (fenced or demoted). Durable when it
+   * resolves; waits for meta saves the core already issued, so none of them lands after it.
+   */
+  async persistActingMirror(epoch: Epoch): Promise<void> {
+    while (this.metaSavesInflight > 0) await new Promise((r) => setTimeout(r, 5));
+    const cur = this.role.status();
+    const s = cur.role === 'standby' ? cur.inner : cur;
+    const seqReserved = s.role === 'primary' ? s.seqNext : 1n;
+    await this.dev.meta.save({ epoch: epoch > s.epoch ? epoch : s.epoch, seqReserved, acting: 'mirror' });
   }
 
   private die(err: Error): void {
@@ -385,9 +537,16 @@ export class Replica {
         this.dev.bitmaps.clear(a.peer, a.regions).catch((err) => this.log.warn({ event: 'bitmap-clear-failed', peer: a.peer, err: (err as Error).message }, 'dirty bitmap clear failed (costs only a resync)'));
         break;
       case 'metaPersist':
+        this.metaSavesInflight++;
         this.dev.meta.save(a.meta).then(
-          () => this.feed({ type: 'metaPersisted', opId: a.opId }),
-          (err) => this.die(new Error(`site meta record could not be persisted: ${(err as Error).message}`)),
+          () => {
+            this.metaSavesInflight--;
+            this.feed({ type: 'metaPersisted', opId: a.opId });
+          },
+          (err) => {
+            this.metaSavesInflight--;
+            this.die(new Error(`site meta record could not be persisted: ${(err as Error).message}`));
+          },
         );
         break;
       case 'log': {
@@ -457,7 +616,8 @@ export class Replica {
   private submit(make: (id: number) => CoreEvent): Promise<void> {
     if (this.fatal) return Promise.reject(new HostIoError('io', `site ${this.ctx.site.name} stopped: ${this.fatal.message}`));
     if (this.stopped) return Promise.reject(new HostIoError('io', `site ${this.ctx.site.name} is stopping`));
-    const primary = this.role as Primary;
+    const core = this.hostCore();
+    if (core === undefined) return Promise.reject(new HostIoError('fenced', `site ${this.ctx.site.name} runs as a ${this.acting}; host writes go to the primary`));
     return new Promise<void>((resolve, reject) => {
       const go = () => {
         const id = this.hostIdNext++;
@@ -471,21 +631,23 @@ export class Replica {
         });
         this.feed(make(id));
       };
-      if (this.parked.length > 0 || primary.hostQueueFree() <= 0) this.parked.push(go);
+      if (this.parked.length > 0 || core.hostQueueFree() <= 0) this.parked.push(go);
       else go();
     });
   }
 
   private unpark(): void {
-    if (!(this.role instanceof Primary) || this.feeding) return;
-    while (this.parked.length > 0 && this.role.hostQueueFree() > 0 && !this.fatal) this.parked.shift()!();
+    const core = this.hostCore();
+    if (core === undefined || this.feeding) return;
+    while (this.parked.length > 0 && core.hostQueueFree() > 0 && !this.fatal) this.parked.shift()!();
   }
 
   // ---- status --------------------------------------------------------------------------------
 
   status(): SiteStatus {
     const { config, site } = this.ctx;
-    const s = this.role.status();
+    const top = this.role.status();
+    const s = top.role === 'standby' ? top.inner : top;
     const occ = this.dev.journal.occupancy();
     const m = this.ctx.metrics;
     m.cacheUsedBytes.set(occ.bytes);
@@ -506,7 +668,7 @@ export class Replica {
         // What a resync still has to copy: every dirty region of a mirror not in sync.
         m.resyncRemainingBytes.set({ peer: x.peer }, x.sync === 'inSync' ? 0 : x.dirtyRegions * this.limits.regionBytes);
         m.setSyncState(x.peer, sync);
-        if (x.resyncPercent !== undefined) m.resyncProgressRatio.set({ peer: x.peer }, x.resyncPercent / 100);
+        m.resyncProgressRatio.set({ peer: x.peer }, x.sync === 'inSync' ? 1 : (x.resyncPercent ?? 0) / 100);
         return {
           name: x.peer,
           relation: 'mirror' as const,
@@ -530,17 +692,36 @@ export class Replica {
     } else {
       const ms = s as MirrorStatus;
       lastSeqAcked = ms.seqAcked;
-      if (ms.upstream) {
-        const link = this.links.get(ms.upstream);
-        peers = [{ name: ms.upstream, relation: 'upstream', link: link ? 'up' : 'down', ...(link?.rttMs !== undefined ? { rttMs: link.rttMs } : {}) }];
+      const up = ms.upstream ?? (top.role === 'standby' ? this.ctx.site.standbyFor : undefined);
+      if (up) {
+        const link = this.links.get(up);
+        peers = [{ name: up, relation: top.role === 'standby' ? 'primary' : 'upstream', link: link ? 'up' : 'down', ...(link?.rttMs !== undefined ? { rttMs: link.rttMs } : {}) }];
       }
     }
     m.lastSeqAcked.set(Number(lastSeqAcked));
     if (this.fatal) state = 'stopping';
+    // The role this site acts as now: a failover can make a standby the primary and an old
+    // primary a mirror (issue 10 item 6); `configuredRole` keeps what the cluster file says.
+    const role = top.role === 'standby' ? (top.phase === 'primary' ? 'primary' : 'standby') : this.acting;
+    for (const r of ['primary', 'mirror', 'relay', 'standby'] as const) m.actingRole.set({ acting: r }, r === role ? 1 : 0);
+    const fencedBy = s.role === 'primary' ? s.fencedBy : undefined;
     return {
       cluster: config.cluster,
       site: site.name,
-      role: site.role,
+      role,
+      ...(role !== site.role ? { configuredRole: site.role } : {}),
+      ...(fencedBy !== undefined ? { fencedBy: Number(fencedBy) } : {}),
+      ...(top.role === 'standby'
+        ? {
+            standby: {
+              phase: top.phase,
+              primary: site.standbyFor!,
+              failoverTimeoutMs: site.failoverTimeoutMs,
+              ...(top.lastHeardPrimaryMs !== undefined ? { lastHeardPrimaryMsAgo: Math.round(this.nowMs() - top.lastHeardPrimaryMs) } : {}),
+            },
+          }
+        : {}),
+      failovers: this.failoverHistory(),
       volume: config.volume.name,
       epoch: Number(s.epoch),
       lastSeqAcked: lastSeqAcked.toString(),
@@ -577,6 +758,30 @@ export class Replica {
       },
     });
     return peers;
+  }
+
+  private readonly historyBase: FailoverRecord[] = [];
+  private readonly historyExtra: FailoverRecord[] = [];
+
+  /** Failovers this site took part in, oldest first: earlier lives (the history file) and this one. */
+  failoverHistory(): FailoverRecord[] {
+    const top = this.role.status();
+    const now = this.nowMs();
+    const promotions: FailoverRecord[] =
+      top.role === 'standby'
+        ? top.promotions.map((p) => ({ at: new Date(Date.now() - (now - p.atMs)).toISOString(), kind: 'promoted' as const, site: this.ctx.site.name, fromEpoch: Number(p.fromEpoch), toEpoch: Number(p.toEpoch), lastSeq: p.seqReceived.toString(), reason: p.reason }))
+        : [];
+    return [...this.historyBase, ...promotions, ...this.historyExtra].sort((a, b) => a.at.localeCompare(b.at));
+  }
+
+  /** Loaded by the runtime from the history file at start. */
+  setHistory(records: FailoverRecord[]): void {
+    this.historyBase.splice(0, this.historyBase.length, ...records);
+  }
+
+  /** A failover event of this life that the core does not record itself (fenced, demoted). */
+  addHistory(r: FailoverRecord): void {
+    this.historyExtra.push(r);
   }
 
   async stop(): Promise<void> {

@@ -9,8 +9,11 @@ import type { Role } from './config.js';
 import { replicaExport } from './host-export.js';
 import { regionChecksums } from './checksums.js';
 import { componentLogger } from './log.js';
-import { openSiteDevices, Replica, type ReplicaOptions } from './replica.js';
+import { openSiteDevices, Replica, type ReplicaOptions, type SiteDevices } from './replica.js';
 import type { RoleRuntime, SiteContext, SiteRuntime } from './run.js';
+import { RoleChangeError } from './role-change.js';
+import { FailoverHistory } from './history.js';
+import type { FailoverRecord } from './status.js';
 
 /** Test hook: shorter link timing for kill -9 tests, from the environment of a site process. */
 function replicaOptionsFromEnv(): ReplicaOptions {
@@ -28,43 +31,154 @@ function replicaOptionsFromEnv(): ReplicaOptions {
   };
 }
 
+/** Bound on draining a primary for a planned demotion: past it the demotion is refused. */
+const demoteDrainMsMax = 30_000;
+
+/**
+ * A replicating site (primary, mirror, relay, standby). One "life" is a Replica on freshly opened
+ * devices with its NBD export; a failover ends a life and starts the next in the same process
+ * (issue 10): a standby's export goes live read-write when it is promoted, and a fenced or
+ * demoted primary persists `acting: mirror` and comes back as a mirror of the new epoch (its
+ * export read-only, if it has one), to be resynced by the new primary.
+ */
 async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
   const { config, site } = ctx;
-  const devices = await openSiteDevices(ctx, regionCount(config.volume.sizeBytes, defaultLimits.regionBytes));
-  const replica = new Replica(ctx, devices, replicaOptionsFromEnv());
-  await replica.start();
+  const opts = replicaOptionsFromEnv();
+  const historyPath = site.cache?.device.kind === 'loopback' ? `${site.cache.device.path}.failovers.jsonl` : undefined;
+  const history = new FailoverHistory(historyPath);
+  let replica!: Replica;
+  let devices!: SiteDevices;
   let nbd: NbdServer | undefined;
-  const array = devices.array;
-  if (site.nbd && site.role !== 'primary' && array === undefined) {
-    await replica.stop();
-    throw new Error(`sites.${site.name}.nbd: relay ${site.name} keeps no copy (no storage), so it has nothing to export; remove nbd or add storage`);
-  }
-  if (site.nbd) {
+  let swapping: Promise<void> | undefined;
+  let stopping = false;
+  let doneResolve!: () => void;
+  let doneReject!: (err: Error) => void;
+  const done = new Promise<void>((res, rej) => {
+    doneResolve = res;
+    doneReject = rej;
+  });
+  done.catch(() => undefined);
+
+  const serve = async (readWrite: boolean): Promise<void> => {
+    if (!site.nbd || nbd !== undefined) return;
+    const array = devices.array;
+    if (!readWrite && array === undefined) return;
     // Primary: the mirrored volume, read-write. Mirror: its replica, read-only (DR checks, backups).
-    const exp =
-      site.role === 'primary'
-        ? replicaExport(replica, { name: config.volume.name, description: `geomirror ${config.cluster}: primary ${site.name}, mirrored to ${site.mirrors.join(', ') || 'no mirror'}`, sizeBytes: config.volume.sizeBytes })
-        : blockDeviceExport(array!, { name: config.volume.name, description: `geomirror ${config.cluster}: read-only replica at ${site.name}`, readOnly: true });
-    nbd = new NbdServer({ exports: [exp], logger: componentLogger(ctx.log, 'nbd') });
-    try {
-      await nbd.listen(site.nbd.host, site.nbd.port);
-    } catch (err) {
+    const exp = readWrite
+      ? replicaExport(replica, { name: config.volume.name, description: `geomirror ${config.cluster}: primary ${site.name} (epoch ${replica.status().epoch})`, sizeBytes: config.volume.sizeBytes })
+      : blockDeviceExport(array!, { name: config.volume.name, description: `geomirror ${config.cluster}: read-only replica at ${site.name}`, readOnly: true });
+    const server = new NbdServer({ exports: [exp], logger: componentLogger(ctx.log, 'nbd') });
+    await server.listen(site.nbd.host, site.nbd.port);
+    nbd = server;
+    ctx.log.info({ event: 'nbd-listening', uri: `nbd://${site.nbd.text}/${config.volume.name}`, readOnly: exp.readOnly }, `NBD export ${config.volume.name} on ${site.nbd.text}${exp.readOnly ? ' (read-only)' : ''}`);
+  };
+
+  const closeExport = async (): Promise<void> => {
+    const n = nbd;
+    nbd = undefined;
+    await n?.close();
+  };
+
+  /** Ends this life and starts the next as a mirror (`acting: mirror` is durable first). */
+  const becomeMirror = (record: Omit<FailoverRecord, 'at' | 'site'>): Promise<void> => {
+    if (swapping) return swapping;
+    swapping = (async () => {
+      const rec: FailoverRecord = { at: new Date().toISOString(), site: site.name, ...record };
+      ctx.log.warn({ event: record.kind === 'fenced' ? 'fenced-rejoin-as-mirror' : 'demoted', ...rec }, `${site.name} stops acting as primary (${record.reason}); it comes back as a mirror of epoch ${record.toEpoch} and is resynced by the new primary`);
+      ctx.metrics.failoversTotal.inc({ kind: record.kind });
+      await closeExport();
+      await replica.persistActingMirror(BigInt(record.toEpoch));
+      replica.addHistory(rec);
+      await history.append(rec);
       await replica.stop();
+      if (stopping) return;
+      await startLife();
+    })()
+      .catch((err: Error) => {
+        ctx.log.error({ event: 'role-change-failed', err: err.message }, `could not change role: ${err.message}`);
+        doneReject(err);
+      })
+      .finally(() => {
+        swapping = undefined;
+      });
+    return swapping;
+  };
+
+  const startLife = async (): Promise<void> => {
+    devices = await openSiteDevices(ctx, regionCount(config.volume.sizeBytes, defaultLimits.regionBytes));
+    const r: Replica = new Replica(ctx, devices, opts, {
+      onPromoted: () => {
+        const last = r.failoverHistory().filter((h) => h.kind === 'promoted').at(-1);
+        if (last) void history.append(last).catch((err: Error) => ctx.log.warn({ event: 'failover-history-write-failed', err: err.message }, 'failover history not written'));
+        ctx.log.warn({ event: 'promoted', epoch: r.status().epoch, ...(last ?? {}) }, `${site.name} is now the primary of epoch ${r.status().epoch}`);
+        serve(true).catch((err: Error) => {
+          ctx.log.error({ event: 'nbd-listen-failed', err: err.message }, `promoted, but the NBD export on ${site.nbd?.text} could not open: ${err.message}`);
+        });
+      },
+      onFenced: (epoch) => {
+        const st = r.status();
+        void becomeMirror({ kind: 'fenced', fromEpoch: st.epoch, toEpoch: Number(epoch), lastSeq: st.lastSeqAcked, reason: `a peer is at epoch ${epoch}: another site was promoted` });
+      },
+    });
+    replica = r;
+    r.setHistory(await history.load());
+    await r.start();
+    if (site.nbd && r.acting !== 'primary' && r.acting !== 'standby' && devices.array === undefined) {
+      await r.stop();
+      throw new Error(`sites.${site.name}.nbd: relay ${site.name} keeps no copy (no storage), so it has nothing to export; remove nbd or add storage`);
+    }
+    try {
+      // A following standby opens its export when it is promoted (onPromoted).
+      if (r.acting !== 'standby') await serve(r.acting === 'primary');
+    } catch (err) {
+      await r.stop();
       throw err;
     }
-    ctx.log.info({ event: 'nbd-listening', uri: `nbd://${site.nbd.text}/${config.volume.name}`, readOnly: exp.readOnly }, `NBD export ${config.volume.name} on ${site.nbd.text}${exp.readOnly ? ' (read-only)' : ''}`);
-  }
+    r.done.then(
+      () => {
+        if (replica === r && !swapping) doneResolve();
+      },
+      (err: Error) => doneReject(err),
+    );
+  };
+
+  await startLife();
   return {
     status: () => replica.status(),
     stop: async () => {
-      await nbd?.close();
+      stopping = true;
+      await swapping;
+      await closeExport();
       await replica.stop();
     },
-    done: replica.done,
+    done,
     // geomirror verify: digests of this site's own replica, read through its array (claim 4's
     // reads path), so a mirror and the primary are compared on what each would serve.
     // A cache-only relay holds no copy to digest.
-    ...(array !== undefined ? { checksums: (req: Parameters<typeof regionChecksums>[2]) => regionChecksums(array, config.volume.sizeBytes, req) } : {}),
+    ...(devices.array !== undefined ? { checksums: (req: Parameters<typeof regionChecksums>[2]) => regionChecksums(devices.array!, config.volume.sizeBytes, req) } : {}),
+    promote: async (reason: string) => {
+      if (swapping) throw new RoleChangeError(`${site.name} is changing role already; retry in a moment`);
+      replica.promote(reason);
+      return { site: site.name, epoch: replica.status().epoch, phase: replica.status().standby?.phase ?? replica.status().role };
+    },
+    demote: async (reason: string) => {
+      if (swapping) throw new RoleChangeError(`${site.name} is changing role already; retry in a moment`);
+      const st = replica.status();
+      if (st.role !== 'primary') throw new RoleChangeError(`${site.name} acts as ${st.role}; only the primary can be demoted`);
+      // Planned: stop taking host writes, let everything in flight reach every in-sync site, then
+      // hand over. The epoch stays; the site that is promoted next moves it on and resyncs us.
+      await closeExport();
+      const t0 = Date.now();
+      while (!replica.quiescent()) {
+        if (Date.now() - t0 > demoteDrainMsMax) {
+          await serve(true);
+          throw new RoleChangeError(`${site.name} could not drain its in-flight writes within ${demoteDrainMsMax / 1000} s (a mirror unreachable under on-mirror-loss: block?); it stays primary`);
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await becomeMirror({ kind: 'demoted', fromEpoch: st.epoch, toEpoch: st.epoch, lastSeq: st.lastSeqAcked, reason });
+      return { site: site.name, epoch: st.epoch, phase: 'mirror' };
+    },
   };
 }
 
@@ -72,4 +186,5 @@ export const roleRuntimes: Partial<Record<Role, RoleRuntime>> = {
   primary: replicaRuntime,
   mirror: replicaRuntime,
   relay: replicaRuntime,
+  standby: replicaRuntime,
 };

@@ -13,6 +13,7 @@ import { statSync } from 'node:fs';
 import { checkGeography, type GeoReport } from '../core/geo.js';
 import { readSecret, type ClusterConfig, type SiteDevice, type Role, type SiteConfig } from './config.js';
 import { startAdminServer, type AdminServer } from './admin.js';
+import { RoleChangeError, type RoleChangeAnswer } from './role-change.js';
 import { ChecksumRequestError, parseChecksumQuery, type ChecksumAnswer, type ChecksumRequest } from './checksums.js';
 import { componentLogger, createLogger, type Logger } from './log.js';
 import { createSiteMetrics, type SiteMetrics } from './metrics.js';
@@ -48,7 +49,14 @@ export interface SiteRuntime {
    * `geomirror verify` (GET /checksums on the admin port). The request is already validated.
    */
   checksums?(req: ChecksumRequest): Promise<ChecksumAnswer>;
+  /** Optional: planned switchover (`geomirror promote`, POST /promote): a following standby takes over. */
+  promote?(reason: string): Promise<RoleChangeAnswer>;
+  /** Optional: planned switchover (`geomirror demote`, POST /demote): the primary drains and becomes a mirror. */
+  demote?(reason: string): Promise<RoleChangeAnswer>;
 }
+
+
+
 
 export type RoleRuntime = (ctx: SiteContext) => Promise<SiteRuntime>;
 
@@ -112,7 +120,7 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   let runtime: SiteRuntime | undefined;
   const starting = (): SiteStatus => startingStatus(config, site, startedAtMs);
   const admin = site.admin
-    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => runtime?.status() ?? starting(), checksums: (q) => siteChecksums(config, site, runtime, q), registry: metrics.registry, log: componentLogger(log, 'admin') })
+    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => runtime?.status() ?? starting(), checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why) => roleChangeOf(runtime, 'promote', site.name)(why), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
     : undefined;
   try {
     runtime = await runtimeFactory({ config, site, secret, log, metrics, ...(geo ? { geo } : {}) });
@@ -243,4 +251,11 @@ function logGeography(config: ClusterConfig, site: SiteConfig, log: Logger): Geo
   for (const note of report.notes) log.info({ event: 'geography' }, note);
   for (const warning of report.warnings) log.warn({ event: 'geography' }, warning);
   return report;
+}
+
+/** The runtime's promote/demote, or a refusal naming why this site cannot. */
+function roleChangeOf(runtime: SiteRuntime | undefined, action: 'promote' | 'demote', name: string): (reason: string) => Promise<RoleChangeAnswer> {
+  const fn = runtime?.[action];
+  if (fn === undefined) return async () => Promise.reject(new RoleChangeError(runtime === undefined ? `site ${name} is still starting; retry in a moment` : `site ${name} cannot ${action}: its role has no ${action}`));
+  return (reason) => fn.call(runtime, reason);
 }

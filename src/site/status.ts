@@ -38,10 +38,33 @@ export interface PeerStatus {
   };
 }
 
+/** One failover this site took part in (issue 10 item 6): when, what, why, and the last seq. */
+export interface FailoverRecord {
+  /** ISO 8601 wall-clock time. */
+  at: string;
+  /** promoted: this site became primary; fenced: it saw a newer epoch and stopped acting as primary; demoted: planned. */
+  kind: 'promoted' | 'fenced' | 'demoted';
+  site: string;
+  fromEpoch: number;
+  toEpoch: number;
+  /** Decimal string (u64): the agreed last seq of the old epoch (promoted) or the last seq it assigned. */
+  lastSeq: string;
+  reason: string;
+}
+
 export interface SiteStatus {
   cluster: string;
   site: string;
+  /** The role this site acts as now; a failover can differ from the cluster file's. */
   role: Role;
+  /** The cluster file's role, when a failover changed it. */
+  configuredRole?: Role;
+  /** Set when a newer epoch fenced this site as primary: host writes are refused. */
+  fencedBy?: number;
+  /** A standby's watch on its primary. */
+  standby?: { phase: 'following' | 'promoting' | 'primary'; primary: string; failoverTimeoutMs: number; lastHeardPrimaryMsAgo?: number };
+  /** Every failover this site took part in, oldest first. */
+  failovers?: FailoverRecord[];
   volume: string;
   epoch: number;
   /** Decimal string (u64). */

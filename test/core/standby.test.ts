@@ -82,7 +82,7 @@ describe('standby: detection needs a majority (claim 13 v)', () => {
     const s = standby({ witness: 'judge' });
     expect(s.tick(500)).toEqual(['send east lastHeardQuery #1 e1', 'send west lastHeardQuery #1 e1', 'send judge lastHeardQuery #1 e1']);
     s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 700, seqReceived: 0n });
-    expect(s.recv('judge', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual(['metaPersist e2 reserved s1']);
+    expect(s.recv('judge', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual([`bitmapSet local [${regionsAll}]`, `bitmapSet east [${regionsAll}]`, `bitmapSet west [${regionsAll}]`]);
   });
 
   it('a mirror answers "when did you last hear the primary?" whatever its epoch', () => {
@@ -106,9 +106,14 @@ describe('standby: promotion (claim 13 vi, vii)', () => {
     s.step({ type: 'peerDown', peer: 'local' });
     silence(s);
     s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 510, seqReceived: 2n });
-    // (a) the new epoch is persisted before anything else
-    expect(s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual(['metaPersist e2 reserved s1']);
+    // (c) the catch-up debt first: one bitmap per other site, whole volume (local bookkeeping)
+    expect(s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual([`bitmapSet local [${regionsAll}]`, `bitmapSet east [${regionsAll}]`, `bitmapSet west [${regionsAll}]`]);
     expect(s.logs).toContain('failover_decided');
+    s.done('bitmapSet local');
+    s.done('bitmapSet east');
+    // (a) then the new epoch, durable before anything of it happens
+    expect(s.done('bitmapSet west')).toEqual(['metaPersist e2 reserved s1']);
+    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { acting: 'primary' } });
     return s;
   }
 
@@ -120,12 +125,8 @@ describe('standby: promotion (claim 13 vi, vii)', () => {
     // (its link to the old primary is down: no ack goes out; the flush interval has long passed)
     expect(s.done('storageWrite @2048')).toEqual(['storageFlush']);
     expect(s.tick(50)).toEqual([]);
-    // (c) then the bitmaps, one per other site, whole volume
-    expect(s.done('storageFlush')).toEqual(['cacheDrop s2', `bitmapSet local [${regionsAll}]`, `bitmapSet east [${regionsAll}]`, `bitmapSet west [${regionsAll}]`]);
-    s.done('bitmapSet local');
-    s.done('bitmapSet east');
     // (d) the primary of epoch 2 announces itself on every link that is up
-    expect(s.done('bitmapSet west')).toEqual(['send east epoch 2', 'send west epoch 2']);
+    expect(s.done('storageFlush')).toEqual(['cacheDrop s2', 'send east epoch 2', 'send west epoch 2']);
     expect(s.logs).toContain('promoted');
     const st = s.role.status();
     expect(st.phase).toBe('primary');
@@ -151,7 +152,7 @@ describe('standby: promotion (claim 13 vi, vii)', () => {
     s.done('metaPersist');
     s.done('storageWrite @2048');
     s.done('storageFlush');
-    for (const p of ['local', 'east', 'west']) s.done(`bitmapSet ${p}`);
+    expect(s.role.status().phase).toBe('primary');
     expect(s.step({ type: 'peerUp', peer: 'local' })).toEqual(['send local epoch 2']);
     // Frames of epoch 1 reaching the new primary are refused and answered with `fence`.
     expect(s.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local fence e2']);

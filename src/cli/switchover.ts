@@ -1,0 +1,74 @@
+// `geomirror promote --site X` and `geomirror demote --site Y`: planned switchover (issue 10
+// item 5). Each sends one POST to the site's admin address, signed with the cluster key
+// (src/site/admin.ts roleChangeAuth), and prints what the site answered.
+//   demote: the primary stops taking host writes, drains what is in flight to every in-sync
+//           site, then comes back as a mirror (same epoch).
+//   promote: the standby takes over as it would in a failover (new epoch persisted first, every
+//           other site resynced from its image), without waiting for the primary to go silent.
+// The usual order is demote the primary, then promote the standby; promote alone also works
+// (the new epoch fences the old primary, which rejoins as a mirror).
+import { request } from 'node:http';
+import type { Command } from 'commander';
+import { ConfigError, loadConfig, readSecret, type ClusterConfig } from '../site/config.js';
+import { roleChangeAuth } from '../site/admin.js';
+import { defaultClusterFile } from './start.js';
+
+/** Draining a primary may take a while (the site bounds it at 30 s). */
+const requestTimeoutMs = 45_000;
+
+export interface SwitchoverResult {
+  code: number;
+  body: string;
+}
+
+export async function requestRoleChange(config: ClusterConfig, action: 'promote' | 'demote', siteName: string, reason?: string): Promise<SwitchoverResult> {
+  const site = config.sites[siteName];
+  if (site === undefined) throw new Error(`no site named ${siteName} in ${config.file}; sites are ${config.siteNames.join(', ')}`);
+  if (site.admin === undefined) throw new Error(`sites.${siteName}.admin is not set in ${config.file}; ${action} talks to the site's admin address`);
+  const secret = readSecret(config);
+  const path = `/${action}${reason ? `?reason=${encodeURIComponent(reason)}` : ''}`;
+  const { host, port } = site.admin;
+  return new Promise((resolve, reject) => {
+    const req = request({ host, port, path, method: 'POST', agent: false, timeout: requestTimeoutMs, headers: { Authorization: roleChangeAuth(secret, action, siteName) } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ code: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`${siteName} (${site.admin!.text}) did not answer within ${requestTimeoutMs / 1000} s`)));
+    req.on('error', (err: NodeJS.ErrnoException) => reject(err.code === 'ECONNREFUSED' ? new Error(`${siteName} (${site.admin!.text}): connection refused (is the site running?)`) : err));
+    req.end();
+  });
+}
+
+function register(program: Command, action: 'promote' | 'demote', description: string, example: string): void {
+  program
+    .command(action)
+    .description(description)
+    .requiredOption('-s, --site <name>', action === 'promote' ? 'the standby to promote' : 'the primary to demote')
+    .option('-c, --config <file>', 'the cluster file (the site\'s admin address and the cluster key)', defaultClusterFile)
+    .option('-r, --reason <text>', 'why (kept in the failover history and logs)')
+    .addHelpText('after', `\nExamples:\n${example}\n\nExit code 1 when the site refuses (the reason is printed) or cannot be reached.`)
+    .action(async (opts: { site: string; config: string; reason?: string }) => {
+      try {
+        const config = loadConfig(opts.config);
+        const r = await requestRoleChange(config, action, opts.site, opts.reason);
+        if (r.code === 200) {
+          const a = JSON.parse(r.body) as { site: string; epoch: number; phase: string };
+          process.stdout.write(action === 'promote' ? `${a.site}: promotion started (phase ${a.phase}); watch it with geomirror status --config ${opts.config}\n` : `${a.site}: demoted; it is a mirror of epoch ${a.epoch} now. Promote the standby next: geomirror promote --site NAME\n`);
+        } else {
+          process.stderr.write(`geomirror ${action}: ${opts.site} refused (HTTP ${r.code}): ${r.body.trim()}\n`);
+          process.exitCode = 1;
+        }
+      } catch (e) {
+        process.stderr.write(`geomirror ${action}: ${e instanceof ConfigError ? e.message : (e as Error).message}\n`);
+        process.exitCode = 1;
+      }
+    });
+}
+
+export function registerSwitchover(program: Command): void {
+  register(program, 'demote', 'planned switchover, step 1: the primary drains its in-flight writes and becomes a mirror', '  $ geomirror demote --site local --config targets/loopback/failover.yaml');
+  register(program, 'promote', 'planned switchover, step 2: the standby becomes the primary (new epoch; the others are resynced from it)', '  $ geomirror promote --site backup --config targets/loopback/failover.yaml --reason "maintenance at local"');
+}
