@@ -12,6 +12,7 @@ import { fetchStatus } from '../../src/cli/status.js';
 import type { SiteStatus } from '../../src/site/status.js';
 import { Cmd } from '../../src/nbd/protocol.js';
 import { RawClient } from '../nbd/raw-client.js';
+import { WanProxy } from '../wanem/proxy.js';
 
 const repoRoot = resolve(import.meta.dirname, '../..');
 const bin = join(repoRoot, 'bin/geomirror.mjs');
@@ -47,6 +48,15 @@ export interface ClusterOptions {
   env?: Record<string, string>;
   /** Extra node flags of every site process (say --cpu-prof for a bench). */
   nodeArgs?: string[];
+  /** A standby site of this name (`standby-for: local`, issue 10); '' (default): none. */
+  standby?: string;
+  /** The standby's failover-timeout. */
+  failoverTimeoutMs?: number;
+  /**
+   * Route every site-to-site connection through its own WAN proxy (one per dialer -> listener
+   * pair, via the sites' `connect:` keys), so a test can cut single links (cut, isolate, heal).
+   */
+  proxies?: boolean;
 }
 
 export interface SiteProc {
@@ -73,11 +83,41 @@ export class Cluster {
     this.dir = mkdtempSync(join(tmpdir(), 'geomirror-e2e-'));
     this.configPath = join(this.dir, 'cluster.yaml');
     this.volumeBytes = opts.volumeBytes;
-    this.names = ['local', ...opts.mirrors];
+    this.names = ['local', ...(opts.standby ? [opts.standby] : []), ...opts.mirrors];
+  }
+
+  /** The standby's NBD port (its export goes live read-write when it is promoted). */
+  standbyNbdPort = 0;
+  /** `from->to` -> the proxy that connection goes through (opts.proxies). */
+  readonly proxies = new Map<string, WanProxy>();
+
+  /** Who dials whom: the primary its mirrors and standby; the standby the mirrors and, once promoted, the old primary. */
+  private dialPairs(): [string, string][] {
+    const sb = this.opts.standby;
+    const pairs: [string, string][] = this.names.filter((n) => n !== 'local').map((n) => ['local', n]);
+    if (sb) for (const n of this.names) if (n !== sb) pairs.push([sb, n]);
+    return pairs;
+  }
+
+  /** Black-holes the connections between `a` and `b`, both directions (needs opts.proxies). */
+  cut(a: string, b: string): void {
+    const ps = [this.proxies.get(`${a}->${b}`), this.proxies.get(`${b}->${a}`)].filter((p): p is WanProxy => p !== undefined);
+    if (ps.length === 0) throw new Error(`no proxied link between ${a} and ${b} (Cluster.create({ proxies: true }))`);
+    for (const p of ps) p.partition();
+  }
+
+  /** Cuts `a` off from every other site. */
+  isolate(a: string): void {
+    for (const n of this.names) if (n !== a && (this.proxies.has(`${a}->${n}`) || this.proxies.has(`${n}->${a}`))) this.cut(a, n);
+  }
+
+  /** Ends every partition: black-holed connections are reset, new ones flow. */
+  heal(): void {
+    for (const p of this.proxies.values()) p.heal();
   }
 
   static async create(options: ClusterOptions = {}): Promise<Cluster> {
-    const c = new Cluster({ volumeBytes: 64 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024, onMirrorLoss: 'degrade', mirrors: ['east', 'west'], env: fastLinkEnv, nodeArgs: [], ...options });
+    const c = new Cluster({ volumeBytes: 64 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024, onMirrorLoss: 'degrade', mirrors: ['east', 'west'], env: fastLinkEnv, nodeArgs: [], standby: '', failoverTimeoutMs: 1500, proxies: false, ...options });
     await c.writeFiles();
     return c;
   }
@@ -86,6 +126,18 @@ export class Cluster {
     const o = this.opts;
     writeFileSync(join(this.dir, 'cluster.key'), `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
     this.nbdPort = await freePort();
+    for (const n of this.names) if (n !== 'local') this.listenPorts.set(n, await freePort());
+    // The old primary listens too once there is a standby: the promoted standby dials it.
+    if (o.standby) this.listenPorts.set('local', await freePort());
+    if (o.proxies) {
+      for (const [from, to] of this.dialPairs()) {
+        this.proxies.set(`${from}->${to}`, await WanProxy.start({ targetHost: '127.0.0.1', targetPort: this.listenPorts.get(to)! }));
+      }
+    }
+    const connectOf = (name: string): string => {
+      const entries = [...this.proxies].filter(([k]) => k.startsWith(`${name}->`)).map(([k, p]) => `${k.split('->')[1]}: 127.0.0.1:${p.port}`);
+      return entries.length > 0 ? `, connect: { ${entries.join(', ')} }` : '';
+    };
     const lines = [`cluster: e2e`, `secret: file:./cluster.key`, `volume: { name: vol0, size: ${o.volumeBytes}, blockSize: 4096 }`, `sites:`];
     for (const name of this.names) {
       const admin = `127.0.0.1:${await freePort()}`;
@@ -96,12 +148,14 @@ export class Cluster {
       closeSync(openSync(storage, 'w'));
       truncateSync(storage, o.volumeBytes);
       const common = `admin: ${admin}, cache: { device: "loopback:./${name}.cache", size: ${o.cacheBytes} }, storage: ["loopback:./${name}.img"]`;
+      const listen = this.listenPorts.has(name) ? `listen: 127.0.0.1:${this.listenPorts.get(name)}, ` : '';
       if (name === 'local') {
-        lines.push(`  local: { role: primary, nbd: 127.0.0.1:${this.nbdPort}, ${common}, mirrors: [${o.mirrors.join(', ')}], on-mirror-loss: ${o.onMirrorLoss} }`);
+        lines.push(`  local: { role: primary, ${listen}nbd: 127.0.0.1:${this.nbdPort}, ${common}, mirrors: [${o.mirrors.join(', ')}], on-mirror-loss: ${o.onMirrorLoss}${connectOf(name)} }`);
+      } else if (name === o.standby) {
+        this.standbyNbdPort = await freePort();
+        lines.push(`  ${name}: { role: standby, standby-for: local, failover-timeout: ${o.failoverTimeoutMs}ms, ${listen}nbd: 127.0.0.1:${this.standbyNbdPort}, ${common}${connectOf(name)} }`);
       } else {
-        const port = await freePort();
-        this.listenPorts.set(name, port);
-        lines.push(`  ${name}: { role: mirror, listen: 127.0.0.1:${port}, ${common} }`);
+        lines.push(`  ${name}: { role: mirror, ${listen}${common}${connectOf(name)} }`);
       }
       this.sites.set(name, { name, admin, logPath: join(this.dir, `${name}.log`), storagePath: storage, child: undefined, exited: undefined, lives: 0 });
     }
@@ -172,7 +226,7 @@ export class Cluster {
 
   /** The primary says every mirror is in sync with its link up. */
   waitInSync(timeoutMs = waitMsMax, seen?: (s: SiteStatus) => void): Promise<SiteStatus> {
-    return this.waitStatus('local', (s) => s.state === 'in-sync' && s.peers.length === this.opts.mirrors.length && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'every mirror in sync', timeoutMs, seen);
+    return this.waitStatus('local', (s) => s.state === 'in-sync' && s.peers.length === this.names.length - 1 && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'every mirror in sync', timeoutMs, seen);
   }
 
   async kill9(name: string): Promise<void> {
@@ -259,6 +313,7 @@ export class Cluster {
 
   async destroy(): Promise<void> {
     await this.stopAll();
+    await Promise.all([...this.proxies.values()].map((p) => p.close()));
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
