@@ -104,6 +104,9 @@ export interface StandbyStatus {
 
 type Inner = 'mirror' | 'primary' | 'self';
 
+/** Cold start: the failover timeout is multiplied by this until the primary is heard once (timeoutMs). */
+export const neverHeardFactor = 3;
+
 export class Standby implements Role {
   private out: CoreAction[] = [];
   private nowMs = 0;
@@ -250,6 +253,16 @@ export class Standby implements Role {
     return this.mirror.status().epoch;
   }
 
+  /**
+   * The silence that starts a vote. A standby that has not heard its primary once in this life
+   * (the whole cluster is starting, in any order) waits `neverHeardFactor` times longer, so a
+   * primary that is merely slow to boot is not replaced at cold start; a primary that is really
+   * gone is still replaced, later.
+   */
+  private timeoutMs(): number {
+    return this.lastHeardPrimaryMs === undefined ? this.cfg.failoverTimeoutMs * neverHeardFactor : this.cfg.failoverTimeoutMs;
+  }
+
   private silentMs(): number {
     // A standby that never heard its primary in this life counts from its start.
     return this.nowMs - (this.lastHeardPrimaryMs ?? this.startMs);
@@ -258,14 +271,14 @@ export class Standby implements Role {
   private onTick(): void {
     this.forward({ type: 'tick' });
     if (this.phase !== 'following') return;
-    if (this.silentMs() < this.cfg.failoverTimeoutMs) return;
+    if (this.silentMs() < this.timeoutMs()) return;
     if (this.query !== undefined && this.nowMs - this.query.sentMs < this.cfg.queryIntervalMs) return;
     const queryId = this.queryIdNext++;
     this.query = { queryId, sentMs: this.nowMs, agree: new Set(), disagree: new Set() };
     const voters = [...this.cfg.mirrors, ...(this.cfg.witness === undefined ? [] : [this.cfg.witness])];
     const asked = voters.filter((p) => this.linksUp.has(p));
     for (const p of asked) this.send(p, { type: 'lastHeardQuery', epoch: this.mirror.status().epoch, queryId });
-    this.log('warn', 'primary_silent', { primary: this.cfg.primary, silentMs: this.silentMs(), failoverTimeoutMs: this.cfg.failoverTimeoutMs, queryId, asked });
+    this.log('warn', 'primary_silent', { primary: this.cfg.primary, silentMs: Math.round(this.silentMs()), failoverTimeoutMs: this.timeoutMs(), queryId, asked, ...(this.lastHeardPrimaryMs === undefined ? { neverHeard: true } : {}) });
     this.maybePromote(); // a cluster of primary + standby alone can never reach a majority: logged there
   }
 
@@ -291,7 +304,7 @@ export class Standby implements Role {
     const votes = 1 + q.agree.size; // the standby itself
     if (votes * 2 <= this.clusterSites()) return;
     this.query = undefined;
-    this.beginPromotion(`no frame from ${this.cfg.primary} for ${this.silentMs()} ms (timeout ${this.cfg.failoverTimeoutMs} ms); ${votes} of ${this.clusterSites()} sites cannot reach it (${[this.cfg.self, ...q.agree].join(', ')})`);
+    this.beginPromotion(`no frame from ${this.cfg.primary} for ${Math.round(this.silentMs())} ms (timeout ${this.timeoutMs()} ms${this.lastHeardPrimaryMs === undefined ? ', never heard in this life' : ''}); ${votes} of ${this.clusterSites()} sites cannot reach it (${[this.cfg.self, ...q.agree].join(', ')})`);
   }
 
   /**

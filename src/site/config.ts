@@ -546,6 +546,10 @@ class Validator {
       // primary's mirrors is optional; it is added here so nobody can forget it.
       p.standby = standbys[0]!;
       if (!p.mirrors.includes(p.standby)) p.mirrors.push(p.standby);
+      if (p.listen === undefined) {
+        this.fail(['sites', primary, 'listen'], `is missing; with a standby (${p.standby}) the primary needs a listen address: after a failover the new primary dials it there to resync it as a mirror`);
+        return undefined;
+      }
     }
     const witnesses = names.filter((n) => sites[n]!.role === 'witness');
     for (const s of Object.values(sites)) s.witnesses = witnesses;

@@ -398,7 +398,11 @@ export class Replica {
       this.promotedSeen = true;
       // The promoted standby fans out to the old primary too: dial it (it listens; if it is
       // alive, our epoch fences it and it comes back as a mirror).
-      this.dial(this.ctx.site.standbyFor!);
+      try {
+        this.dial(this.ctx.site.standbyFor!);
+      } catch (err) {
+        this.log.error({ event: 'dial-failed', peer: this.ctx.site.standbyFor, err: (err as Error).message }, `cannot dial the old primary: ${(err as Error).message}`);
+      }
       this.ctx.metrics.failoversTotal.inc({ kind: 'promoted' });
       this.hooks.onPromoted?.();
     }
