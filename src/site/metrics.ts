@@ -55,6 +55,8 @@ export interface SiteMetrics {
   relayLagSeconds?: Gauge<'peer'>;
   /** Relay: oldest seq in its cache not yet acked downstream (0: none). */
   relayOldestUnackedSeq?: Gauge<'peer'>;
+  /** Witness: LAST_HEARD_ANSWERs sent to a standby asking when it last heard the primary. */
+  lastHeardAnswersTotal?: Counter;
   setLinkState(peer: string, state: LinkState): void;
   setSyncState(peer: string, state: SyncState): void;
 }
@@ -96,6 +98,7 @@ export function createSiteMetrics(options: SiteMetricsOptions): SiteMetrics {
     framesRefusedTotal: new Counter({ name: 'geomirror_frames_refused_total', help: 'Frames refused at the edge, by reason', labelNames: ['reason'], registers }),
     relayLagSeconds: new Gauge({ name: 'geomirror_relay_lag_seconds', help: 'Relay: age of the oldest cached write the downstream has not acked', labelNames: ['peer'], registers }),
     relayOldestUnackedSeq: new Gauge({ name: 'geomirror_relay_oldest_unacked_seq', help: 'Relay: oldest cached seq not yet acked downstream (0: none)', labelNames: ['peer'], registers }),
+    ...(options.role === 'witness' ? { lastHeardAnswersTotal: new Counter({ name: 'geomirror_last_heard_answers_total', help: 'Witness: answers to a standby asking when this site last heard the primary', registers }) } : {}),
   };
   return {
     ...m,

@@ -14,6 +14,7 @@ import type { RoleRuntime, SiteContext, SiteRuntime } from './run.js';
 import { RoleChangeError } from './role-change.js';
 import { FailoverHistory } from './history.js';
 import type { FailoverRecord } from './status.js';
+import { witnessRuntime } from './witness.js';
 
 /** Test hook: shorter link timing for kill -9 tests, from the environment of a site process. */
 function replicaOptionsFromEnv(): ReplicaOptions {
@@ -187,4 +188,5 @@ export const roleRuntimes: Partial<Record<Role, RoleRuntime>> = {
   mirror: replicaRuntime,
   relay: replicaRuntime,
   standby: replicaRuntime,
+  witness: witnessRuntime,
 };

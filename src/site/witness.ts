@@ -1,0 +1,184 @@
+// The witness runtime (issue 10): a site that holds no data and only listens, so a small cluster
+// (primary + standby + one mirror, or primary + standby alone) still has a strict majority to
+// decide a failover with. The primary dials it (its link heartbeats are how the witness hears the
+// primary) and the standby dials it to ask LAST_HEARD_QUERY ("when did you last hear the
+// primary?"); the witness answers LAST_HEARD_ANSWER from what its links saw. It never dials,
+// never votes by itself and never fences anyone: the standby's core (src/core/standby.ts) counts
+// its answer like a mirror's.
+//
+// "Heard the primary": any frame on a link whose authenticated peer is the cluster's primary,
+// and a link heartbeat from it counts only when its epoch is not older than the highest epoch
+// the primary has shown us (a restarted old primary replaying an older epoch is not "heard").
+// Ages are monotonic (performance.now), never wall clock; "never" means in this process life.
+import { performance } from 'node:perf_hooks';
+import { LinkServer, type Link } from '../net/index.js';
+import type { DataMessage } from '../wire/index.js';
+import { fromWire, toWire } from './peerwire.js';
+import type { RoleRuntime, SiteContext, SiteRuntime } from './run.js';
+import type { PeerStatus, SiteStatus } from './status.js';
+
+/**
+ * Link timing from the same test hooks as the replicating sites (replicaOptionsFromEnv in
+ * roles.ts): GEOMIRROR_HEARTBEAT_MS, GEOMIRROR_LINK_TIMEOUT_MS. Read here rather than imported,
+ * because roles.ts imports this module (a cycle would leave witnessRuntime undefined there).
+ */
+function linkTimingFromEnv(): { heartbeatIntervalMs?: number; linkTimeoutMs?: number } {
+  const num = (name: string) => {
+    const v = process.env[name];
+    return v !== undefined && /^\d+$/.test(v) && Number(v) > 0 ? Number(v) : undefined;
+  };
+  const heartbeatIntervalMs = num('GEOMIRROR_HEARTBEAT_MS');
+  const linkTimeoutMs = num('GEOMIRROR_LINK_TIMEOUT_MS');
+  return { ...(heartbeatIntervalMs ? { heartbeatIntervalMs } : {}), ...(linkTimeoutMs ? { linkTimeoutMs } : {}) };
+}
+
+/** Peers listed in status once they connected: the link's state and its last RTT. */
+interface PeerSeen {
+  link: Link | undefined;
+}
+
+export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<SiteRuntime> => {
+  const { config, site, metrics } = ctx;
+  const log = ctx.log;
+  if (!site.listen) throw new Error(`sites.${site.name}.listen: a witness needs a listen address (the primary and the standby dial it)`);
+  const primary = config.primary;
+  const startedAt = Date.now();
+  const opts = linkTimingFromEnv();
+
+  /** Highest epoch seen in any heartbeat (what the witness answers with), and from the primary. */
+  let epoch = 0n;
+  let primaryEpoch = 0n;
+  let lastHeardPrimaryMs: number | undefined;
+  const peers = new Map<string, PeerSeen>([[primary, { link: undefined }]]);
+  let stopped = false;
+
+  const heardPrimary = (): void => {
+    lastHeardPrimaryMs = performance.now();
+  };
+
+  const server = new LinkServer({
+    cluster: config.cluster,
+    site: site.name,
+    secret: ctx.secret,
+    peers: config.siteNames.filter((n) => n !== site.name),
+    host: site.listen.host,
+    port: site.listen.port,
+    ...(opts.heartbeatIntervalMs ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}),
+    ...(opts.linkTimeoutMs ? { linkTimeoutMs: opts.linkTimeoutMs } : {}),
+    // Our heartbeats carry the newest epoch we know; a witness has no writes, so no seq.
+    heartbeatState: () => ({ epoch, lastSeq: 0n }),
+    logger: { info: (o: object, m: string) => log.info(o, m), warn: (o: object, m: string) => log.warn(o, m) },
+  });
+
+  const answer = (link: Link, peer: string, m: DataMessage): void => {
+    let msg;
+    try {
+      msg = fromWire(m, peer);
+    } catch (err) {
+      link.close(undefined, (err as Error).message);
+      return;
+    }
+    if (msg?.type !== 'lastHeardQuery') {
+      log.debug({ event: 'frame-ignored', peer, type: m.type }, `witness ignores ${m.type} from ${peer}`);
+      return;
+    }
+    const heardAgoMs = lastHeardPrimaryMs === undefined ? -1 : Math.max(0, performance.now() - lastHeardPrimaryMs);
+    const reply = toWire({ type: 'lastHeardAnswer', epoch, queryId: msg.queryId, heardAgoMs, seqReceived: 0n }, site.name)!;
+    try {
+      link.send(reply);
+    } catch (err) {
+      link.close(undefined, (err as Error).message);
+      return;
+    }
+    metrics.lastHeardAnswersTotal?.inc();
+    log.info({ event: 'last-heard-answer', peer, queryId: String(msg.queryId), primary, heardAgoMs: Math.round(heardAgoMs), epoch: Number(epoch) }, `${peer} asked when ${site.name} last heard ${primary}: ${heardAgoMs < 0 ? 'never' : `${Math.round(heardAgoMs)} ms ago`}`);
+  };
+
+  const attach = (link: Link): void => {
+    const peer = link.peer;
+    if (peer === undefined || stopped) {
+      link.close();
+      return;
+    }
+    // LinkServer already closed an older link of the same peer (REPLACED).
+    peers.set(peer, { link });
+    metrics.setLinkState(peer, 'up');
+    log.info({ event: 'link-up', peer, remote: link.remote }, `link to ${peer} up`);
+    // Not "heard" yet: the link's first heartbeat (sent at once) says which epoch it speaks.
+    link.on('message', (m) => {
+      if (peer === primary && (!('epoch' in m) || (m as { epoch: bigint }).epoch >= primaryEpoch)) heardPrimary();
+      if (m.type === 'STATUS_REQUEST') {
+        // Same answer as every site (npm run conformance asks any site).
+        const st = status();
+        const entries: [string, string][] = [
+          ['site', st.site], ['role', st.role], ['epoch', String(st.epoch)], ['lastSeqAcked', st.lastSeqAcked],
+          ['state', st.state], ['cacheEntries', '0'],
+        ];
+        try {
+          link.send({ type: 'STATUS_REPLY', requestId: m.requestId, entries });
+        } catch (err) {
+          link.close(undefined, (err as Error).message);
+        }
+        return;
+      }
+      answer(link, peer, m);
+    });
+    link.on('heartbeat', (hb, rttMs) => {
+      if (rttMs !== undefined) metrics.linkRttSeconds.set({ peer }, rttMs / 1000);
+      if (hb.epoch > epoch) {
+        epoch = hb.epoch;
+        metrics.epoch.set(Number(epoch));
+      }
+      if (peer === primary && hb.epoch >= primaryEpoch) {
+        primaryEpoch = hb.epoch;
+        heardPrimary();
+      }
+    });
+    link.once('close', (info) => {
+      const seen = peers.get(peer);
+      if (seen?.link !== link) return;
+      seen.link = undefined;
+      metrics.setLinkState(peer, 'down');
+      log.warn({ event: 'link-down', peer, reason: info.reason }, `link to ${peer} down: ${info.reason}`);
+    });
+  };
+
+  const relationOf = (peer: string): PeerStatus['relation'] => {
+    if (peer === primary) return 'primary';
+    const role = config.sites[peer]?.role;
+    return role === 'standby' ? 'standby' : role === 'witness' ? 'witness' : 'mirror';
+  };
+
+  const status = (): SiteStatus => ({
+    cluster: config.cluster,
+    site: site.name,
+    role: 'witness',
+    volume: config.volume.name,
+    epoch: Number(epoch),
+    lastSeqAcked: '0',
+    state: stopped ? 'stopping' : 'in-sync',
+    cache: { usedBytes: 0, capacityBytes: 0, entries: 0 },
+    peers: [...peers].map(([name, p]) => {
+      const up = p.link !== undefined && p.link.state === 'established';
+      return { name, relation: relationOf(name), link: up ? ('up' as const) : ('down' as const), ...(up && p.link!.rttMs !== undefined ? { rttMs: p.link!.rttMs } : {}) };
+    }),
+    pid: process.pid,
+    uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
+  });
+
+  server.on('link', attach);
+  server.on('refused', (r) => metrics.framesRefusedTotal.inc({ reason: r.code === undefined ? 'transport' : String(r.code) }));
+  metrics.setLinkState(primary, 'down');
+  metrics.actingRole.set({ acting: 'witness' }, 1);
+  const bound = await server.listen();
+  log.info({ event: 'witness-listening', host: bound.host, port: bound.port, primary }, `witness ${site.name} listening on ${site.listen.text}; watching primary ${primary}`);
+
+  return {
+    status,
+    stop: async () => {
+      if (stopped) return;
+      stopped = true;
+      await server.close();
+    },
+  };
+};
