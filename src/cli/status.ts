@@ -6,7 +6,7 @@
 import { request } from 'node:http';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, parseAddress } from '../site/config.js';
-import { parseSiteStatus, type PeerStatus, type SiteStatus } from '../site/status.js';
+import { parseSiteStatus, type FailoverRecord, type PeerStatus, type SiteStatus } from '../site/status.js';
 import { formatBytes } from '../site/units.js';
 
 /** A site that does not answer within this is shown as unreachable. */
@@ -91,6 +91,10 @@ export function statusRows(results: StatusResult[]): StatusRow[] {
     const upstream = s.peers.find((p) => p.relation === 'upstream');
     const fed = s.peers.filter((p) => p.relation === 'mirror' || p.relation === 'downstream');
     const own = s.state === 'resyncing' && s.resyncPercent !== undefined ? `resyncing ${pct(s.resyncPercent)}` : s.state;
+    // A failover can leave a site acting in another role than the cluster file's (issue 10
+    // item 6): show both, and say when a newer epoch fenced an old primary.
+    const role = s.configuredRole !== undefined && s.configuredRole !== s.role ? `${s.role} (was ${s.configuredRole})` : s.role;
+    const fenced = typeof s.fencedBy === 'number' ? `, fenced by epoch ${s.fencedBy}` : '';
     const view = feeder ?? upstream;
     const link = view ? view.link : fed.length > 0 ? `${fed.filter((p) => p.link === 'up').length}/${fed.length} up` : '-';
     const rttMs = view?.rttMs;
@@ -103,10 +107,10 @@ export function statusRows(results: StatusResult[]): StatusRow[] {
     return {
       ...(hop !== undefined ? { hop } : {}),
       site: s.site,
-      role: s.role,
+      role,
       epoch: String(s.epoch),
       acked: s.lastSeqAcked,
-      state: (feeder && syncText(feeder)) ?? own,
+      state: `${(feeder && syncText(feeder)) ?? own}${fenced}`,
       cache: cap > 0 ? `${formatBytes(s.cache.usedBytes)}/${formatBytes(cap)} (${pct((100 * s.cache.usedBytes) / cap)})` : '-',
       link,
       rtt: rttMs === undefined ? '-' : rttMs < 1 ? `${(rttMs * 1000).toFixed(0)} us` : `${rttMs.toFixed(1)} ms`,
@@ -114,14 +118,56 @@ export function statusRows(results: StatusResult[]): StatusRow[] {
   });
 }
 
-export function formatStatusTable(rows: StatusRow[]): string {
+/** ISO time to the second (`2026-11-25T05:49:35Z`); text that is not a time is kept as is. */
+function secondsText(at: string): string {
+  const t = Date.parse(at);
+  return Number.isNaN(t) ? at : new Date(t).toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+function isFailoverRecord(r: unknown): r is FailoverRecord {
+  const x = r as Partial<FailoverRecord> | null;
+  return typeof x === 'object' && x !== null && typeof x.at === 'string' && typeof x.kind === 'string' && typeof x.site === 'string' &&
+    typeof x.fromEpoch === 'number' && typeof x.toEpoch === 'number';
+}
+
+/**
+ * One line per failover any queried site reported (issue 10 item 6), oldest first. Several
+ * sites may report the same event (and a site reports this life's promotion with a
+ * millisecond time that can wobble between answers), so events are deduplicated by time to
+ * the second, site and kind.
+ */
+export function failoverLines(results: StatusResult[]): string[] {
+  const seen = new Map<string, FailoverRecord & { when: string }>();
+  for (const r of results) {
+    if (!('status' in r) || !Array.isArray(r.status.failovers)) continue;
+    for (const f of r.status.failovers) {
+      if (!isFailoverRecord(f)) continue;
+      const when = secondsText(f.at);
+      const key = `${when}\0${f.site}\0${f.kind}`;
+      if (!seen.has(key)) seen.set(key, { ...f, when });
+    }
+  }
+  return [...seen.values()]
+    .sort((a, b) => a.when.localeCompare(b.when) || a.at.localeCompare(b.at))
+    .map((f) => {
+      const epochs = f.fromEpoch === f.toEpoch ? `epoch ${f.toEpoch}` : `epoch ${f.fromEpoch} -> ${f.toEpoch}`;
+      const seq = typeof f.lastSeq === 'string' ? ` at seq ${f.lastSeq}` : '';
+      const why = typeof f.reason === 'string' && f.reason !== '' ? `: ${f.reason}` : '';
+      // The reason may come from a request's query string: keep it on one line, no escapes.
+      return `failover ${f.when} ${f.site} ${f.kind} ${epochs}${seq}${why}`.replace(/\p{Cc}+/gu, ' ');
+    });
+}
+
+/** The table, then relay hop lines and failover lines (from failoverLines) under it. */
+export function formatStatusTable(rows: StatusRow[], failovers: readonly string[] = []): string {
   const header: StatusRow = { site: 'SITE', role: 'ROLE', epoch: 'EPOCH', acked: 'LAST ACKED', state: 'STATE', cache: 'CACHE', link: 'LINK', rtt: 'RTT' };
   const cols = Object.keys(header) as Exclude<keyof StatusRow, 'hop'>[];
   const width = Object.fromEntries(cols.map((c) => [c, Math.max(...[header, ...rows].map((r) => r[c].length))])) as Record<keyof StatusRow, number>;
   const table = [header, ...rows].map((r) => cols.map((c) => r[c].padEnd(width[c])).join('  ').trimEnd());
   // Relay hops (issue 7 item 4): one line each under the table, so the table stays narrow.
   const hops = rows.filter((r) => r.hop !== undefined).map((r) => `hop ${r.hop}`);
-  return [...table, ...(hops.length > 0 ? ['', ...hops] : [])].join('\n');
+  const under = [...hops, ...failovers];
+  return [...table, ...(under.length > 0 ? ['', ...under] : [])].join('\n');
 }
 
 export function registerStatus(program: Command): void {
@@ -154,7 +200,7 @@ Exit code 1 when a site does not answer.`,
       if (opts.json) {
         process.stdout.write(`${JSON.stringify(results.map((r) => ({ site: r.target.name, admin: r.target.admin, ...('status' in r ? { status: r.status } : { error: r.error }) })), null, 2)}\n`);
       } else {
-        process.stdout.write(`${formatStatusTable(statusRows(results))}\n`);
+        process.stdout.write(`${formatStatusTable(statusRows(results), failoverLines(results))}\n`);
         for (const r of results) if ('error' in r) process.stderr.write(`${r.target.name} (${r.target.admin}): ${r.error}\n`);
       }
       if (results.some((r) => 'error' in r)) process.exitCode = 1;

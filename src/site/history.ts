@@ -1,7 +1,7 @@
 // Failover history of one site (issue 10 item 6): every promotion, fencing and demotion it took
 // part in, one JSON line each, beside its cache (`<cache>.failovers.jsonl`), so `geomirror
 // status` can say when and why roles changed even after restarts. A `memory:` cache keeps none.
-import { appendFile, readFile } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import type { FailoverRecord } from './status.js';
 
 export class FailoverHistory {
@@ -31,6 +31,20 @@ export class FailoverHistory {
 
   async append(r: FailoverRecord): Promise<void> {
     if (this.path === undefined) return;
-    await appendFile(this.path, JSON.stringify(r) + '\n', { mode: 0o600 });
+    const fh = await open(this.path, 'a+', 0o600);
+    try {
+      // After a torn append (crash mid-line) the file does not end in a newline; start a new
+      // line, or this record would be glued to the torn one and skipped with it on load.
+      const { size } = await fh.stat();
+      let lead = '';
+      if (size > 0) {
+        const last = Buffer.alloc(1);
+        await fh.read(last, 0, 1, size - 1);
+        if (last[0] !== 0x0a) lead = '\n';
+      }
+      await fh.appendFile(lead + JSON.stringify(r) + '\n');
+    } finally {
+      await fh.close();
+    }
   }
 }

@@ -32,46 +32,71 @@ export function memoryMetaStore(): MetaStore {
 }
 
 export function fileMetaStore(path: string): MetaStore {
+  /** The sticky acting role as last read or written; `known` once the file was read or written. */
   let acting: Meta['acting'];
+  let known = false;
+  /** Saves run one at a time, in issue order: they share the temp file, and the last issued must win. */
+  let chain: Promise<void> = Promise.resolve();
+
+  async function load(): Promise<Meta> {
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        acting = undefined;
+        known = true;
+        return freshMeta;
+      }
+      throw err;
+    }
+    let parsed: { magic?: unknown; epoch?: unknown; seqReserved?: unknown; acting?: unknown };
+    try {
+      parsed = JSON.parse(text) as typeof parsed;
+    } catch {
+      throw new Error(`${path}: the site meta record is not valid JSON; restore it from a backup or delete it only if this site's replica is to be resynced from scratch`);
+    }
+    if (parsed.magic !== metaMagic || typeof parsed.epoch !== 'string' || typeof parsed.seqReserved !== 'string') {
+      throw new Error(`${path}: not a geomirror meta record (expected ${metaMagic} with epoch and seqReserved)`);
+    }
+    if (parsed.acting !== undefined && parsed.acting !== 'primary' && parsed.acting !== 'mirror') {
+      throw new Error(`${path}: acting is ${JSON.stringify(parsed.acting)}; expected primary or mirror (the role this site took on in a failover)`);
+    }
+    acting = parsed.acting;
+    known = true;
+    return { epoch: BigInt(parsed.epoch), seqReserved: BigInt(parsed.seqReserved), ...(acting ? { acting } : {}) };
+  }
+
+  async function save(meta: Meta): Promise<void> {
+    // `acting` is sticky: the cores persist epoch and seq reservations without it, and a
+    // fenced old primary must stay a mirror through every later save and restart.
+    if (meta.acting !== undefined) {
+      acting = meta.acting;
+      known = true;
+    } else if (!known) {
+      // Read once (not on every save): an unreadable old record keeps no acting, as before.
+      await load().catch(() => {
+        known = true;
+      });
+    }
+    const tmp = join(dirname(path), `.${basename(path)}.tmp`);
+    const body = JSON.stringify({ magic: metaMagic, epoch: meta.epoch.toString(), seqReserved: meta.seqReserved.toString(), ...(acting ? { acting } : {}) }) + '\n';
+    const fh = await open(tmp, 'w', 0o600);
+    try {
+      await fh.writeFile(body);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, path);
+  }
+
   return {
-    async load(): Promise<Meta> {
-      let text: string;
-      try {
-        text = await readFile(path, 'utf8');
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return freshMeta;
-        throw err;
-      }
-      let parsed: { magic?: unknown; epoch?: unknown; seqReserved?: unknown; acting?: unknown };
-      try {
-        parsed = JSON.parse(text) as typeof parsed;
-      } catch {
-        throw new Error(`${path}: the site meta record is not valid JSON; restore it from a backup or delete it only if this site's replica is to be resynced from scratch`);
-      }
-      if (parsed.magic !== metaMagic || typeof parsed.epoch !== 'string' || typeof parsed.seqReserved !== 'string') {
-        throw new Error(`${path}: not a geomirror meta record (expected ${metaMagic} with epoch and seqReserved)`);
-      }
-      if (parsed.acting !== undefined && parsed.acting !== 'primary' && parsed.acting !== 'mirror') {
-        throw new Error(`${path}: acting is ${JSON.stringify(parsed.acting)}; expected primary or mirror (the role this site took on in a failover)`);
-      }
-      acting = parsed.acting;
-      return { epoch: BigInt(parsed.epoch), seqReserved: BigInt(parsed.seqReserved), ...(acting ? { acting } : {}) };
-    },
-    async save(meta: Meta): Promise<void> {
-      // `acting` is sticky: the cores persist epoch and seq reservations without it, and a
-      // fenced old primary must stay a mirror through every later save and restart.
-      if (meta.acting !== undefined) acting = meta.acting;
-      else if (acting === undefined) acting = await this.load().then((m) => m.acting, () => undefined);
-      const tmp = join(dirname(path), `.${basename(path)}.tmp`);
-      const body = JSON.stringify({ magic: metaMagic, epoch: meta.epoch.toString(), seqReserved: meta.seqReserved.toString(), ...(acting ? { acting } : {}) }) + '\n';
-      const fh = await open(tmp, 'w', 0o600);
-      try {
-        await fh.writeFile(body);
-        await fh.datasync();
-      } finally {
-        await fh.close();
-      }
-      await rename(tmp, path);
+    load,
+    save(meta: Meta): Promise<void> {
+      const run = chain.then(() => save(meta));
+      chain = run.catch(() => undefined);
+      return run;
     },
   };
 }

@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fetchStatus, formatStatusTable, statusRows } from '../../src/cli/status.js';
+import { failoverLines, fetchStatus, formatStatusTable, statusRows, type StatusResult } from '../../src/cli/status.js';
 import { startAdminServer, type AdminServer } from '../../src/site/admin.js';
 import { createSiteMetrics } from '../../src/site/metrics.js';
-import type { SiteStatus } from '../../src/site/status.js';
+import type { FailoverRecord, SiteStatus } from '../../src/site/status.js';
 
 const run = promisify(execFile);
 const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
@@ -98,6 +98,41 @@ describe('geomirror status', () => {
     expect(lines[1]).toMatch(/^local\s+primary\s+2\s+1200\s+resyncing 40%/);
     expect(lines[4]).toMatch(/^north\s+\?\s+-\s+-\s+unreachable/);
     expect(err!.stderr).toContain(`north (127.0.0.1:${deadPort}): connection refused`);
+  });
+
+  it('shows acting and configured roles after a failover, a fenced primary, and one line per failover', () => {
+    const promoted: FailoverRecord = { at: '2026-11-25T05:49:35.412Z', kind: 'promoted', site: 'backup', fromEpoch: 1, toEpoch: 2, lastSeq: '2', reason: 'primary silent for 5000 ms; 2 of 3 votes' };
+    const fenced: FailoverRecord = { at: '2026-11-25T05:49:36.001Z', kind: 'fenced', site: 'local', fromEpoch: 1, toEpoch: 2, lastSeq: '2', reason: 'a peer is at epoch 2: another site was promoted' };
+    const demoted: FailoverRecord = { at: '2026-11-25T05:40:00.000Z', kind: 'demoted', site: 'local', fromEpoch: 1, toEpoch: 1, lastSeq: '0', reason: 'planned switchover' };
+    const at = (name: string, status: SiteStatus): StatusResult => ({ target: { name, admin: '127.0.0.1:1' }, status });
+    const results: StatusResult[] = [
+      // The old primary: fenced, now a mirror; it knows of its own demotion and fencing.
+      at('local', { ...east, site: 'local', role: 'mirror', configuredRole: 'primary', fencedBy: 2, epoch: 2, peers: [{ name: 'backup', relation: 'upstream', link: 'up', rttMs: 0.4 }], failovers: [demoted, fenced] }),
+      // The promoted standby reports the same promotion with a millisecond time that moved: one line.
+      at('backup', { ...primary, site: 'backup', role: 'primary', configuredRole: 'standby', epoch: 2, state: 'in-sync', peers: [{ name: 'local', relation: 'mirror', link: 'up', sync: 'in-sync' }], failovers: [promoted, { ...promoted, at: '2026-11-25T05:49:35.413Z' }] }),
+      at('east', { ...east, failovers: [fenced, promoted] }),
+      { target: { name: 'west', admin: '127.0.0.1:2' }, error: 'connection refused (is the site running?)' },
+    ];
+    const rows = statusRows(results);
+    expect(rows.map((r) => [r.site, r.role, r.state])).toEqual([
+      ['local', 'mirror (was primary)', 'in-sync, fenced by epoch 2'],
+      ['backup', 'primary (was standby)', 'in-sync'],
+      ['east', 'mirror', 'in-sync'],
+      ['west', '?', 'unreachable'],
+    ]);
+    const lines = failoverLines(results);
+    expect(lines).toEqual([
+      'failover 2026-11-25T05:40:00Z local demoted epoch 1 at seq 0: planned switchover',
+      'failover 2026-11-25T05:49:35Z backup promoted epoch 1 -> 2 at seq 2: primary silent for 5000 ms; 2 of 3 votes',
+      'failover 2026-11-25T05:49:36Z local fenced epoch 1 -> 2 at seq 2: a peer is at epoch 2: another site was promoted',
+    ]);
+    const table = formatStatusTable(rows, lines).split('\n');
+    expect(table[1]).toMatch(/^local\s+mirror \(was primary\)\s+2\s+1200\s+in-sync, fenced by epoch 2\s/);
+    expect(table.slice(5)).toEqual(['', ...lines]);
+    // Sites that never failed over (or an older site without the field) add no lines; junk is skipped.
+    expect(failoverLines([at('east', east), at('x', { ...east, failovers: [{ at: 7 } as unknown as FailoverRecord] })])).toEqual([]);
+    expect(formatStatusTable(statusRows([at('east', east)]), [])).not.toContain('\n\n');
+    expect(failoverLines([at('local', { ...east, failovers: [{ ...demoted, reason: 'line one\n\u001b[31mred' }] })])).toEqual(['failover 2026-11-25T05:40:00Z local demoted epoch 1 at seq 0: line one [31mred']);
   });
 
   it('prints JSON for one admin address', async () => {

@@ -1,7 +1,8 @@
 // Admin HTTP over real sockets on 127.0.0.1: /status JSON from the provider, /metrics in
 // Prometheus text with the metrics the runtime updates, 404 and 405 otherwise.
 import { afterEach, describe, expect, it } from 'vitest';
-import { startAdminServer, type AdminServer } from '../../src/site/admin.js';
+import { roleChangeAuth, roleChangeSkewSecondsMax, startAdminServer, type AdminServer, type AdminServerOptions } from '../../src/site/admin.js';
+import { RoleChangeError, type RoleChangeAnswer } from '../../src/site/role-change.js';
 import { createSiteMetrics } from '../../src/site/metrics.js';
 import type { SiteStatus } from '../../src/site/status.js';
 
@@ -122,5 +123,115 @@ describe('admin server', () => {
     await expect(startAdminServer({ host: '127.0.0.1', port: first.port, status: () => status(), registry: metrics.registry })).rejects.toThrow(
       `admin: cannot listen on 127.0.0.1:${first.port}: the port is already in use`,
     );
+  });
+});
+
+describe('admin role change (POST /promote, /demote)', () => {
+  const secret = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
+  const now = (): number => Math.floor(Date.now() / 1000);
+
+  async function start(roleChange: AdminServerOptions['roleChange']): Promise<AdminServer> {
+    const metrics = createSiteMetrics({ site: 'backup', role: 'standby', cluster: 'demo', processMetrics: false });
+    const admin = await startAdminServer({ host: '127.0.0.1', port: 0, status: () => status({ site: 'backup', role: 'standby' }), registry: metrics.registry, ...(roleChange ? { roleChange } : {}) });
+    servers.push(admin);
+    return admin;
+  }
+
+  /** A fake runtime: records every call, answers like a standby starting its promotion. */
+  function fake(fail?: Error) {
+    const calls: { action: string; reason: string }[] = [];
+    const answer = (action: string) => async (reason: string): Promise<RoleChangeAnswer> => {
+      calls.push({ action, reason });
+      if (fail) throw fail;
+      return { site: 'backup', epoch: 2, phase: action === 'promote' ? 'promoting' : 'mirror' };
+    };
+    return { calls, roleChange: { site: 'backup', secret, promote: answer('promote'), demote: answer('demote') } };
+  }
+
+  const post = (admin: AdminServer, path: string, authorization?: string) =>
+    fetch(`${admin.url}${path}`, { method: 'POST', ...(authorization !== undefined ? { headers: { authorization } } : {}) });
+
+  it('runs a request signed with the cluster key and answers its JSON', async () => {
+    const f = fake();
+    const admin = await start(f.roleChange);
+    const res = await post(admin, '/promote?reason=maintenance%20at%20local', roleChangeAuth(secret, 'promote', 'backup'));
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+    expect(await res.json()).toEqual({ site: 'backup', epoch: 2, phase: 'promoting' });
+    const demoted = await post(admin, '/demote', roleChangeAuth(secret, 'demote', 'backup', now() - 30)); // within the allowed skew
+    expect(demoted.status).toBe(200);
+    expect(f.calls).toEqual([
+      { action: 'promote', reason: 'maintenance at local' },
+      { action: 'demote', reason: expect.stringMatching(/^planned switchover \(demote requested from .*127\.0\.0\.1\)$/) },
+    ]);
+  });
+
+  it('refuses with 401 and does not call the runtime: wrong key, stale or future time, missing or malformed header, another action or site', async () => {
+    const f = fake();
+    const admin = await start(f.roleChange);
+    const other = Buffer.from('ffeeddccbbaa99887766554433221100', 'hex');
+    const refusals: [string | undefined, RegExp][] = [
+      [roleChangeAuth(other, 'promote', 'backup'), /signature does not match this cluster's key/],
+      [roleChangeAuth(secret, 'promote', 'backup', now() - roleChangeSkewSecondsMax - 5), /request time \d+ is more than 60 s from this site's clock/],
+      [roleChangeAuth(secret, 'promote', 'backup', now() + roleChangeSkewSecondsMax + 5), /request time \d+ is more than 60 s from this site's clock/],
+      [roleChangeAuth(secret, 'demote', 'backup'), /signature does not match/], // signed for the other action
+      [roleChangeAuth(secret, 'promote', 'local'), /signature does not match/], // signed for another site
+      [undefined, /missing or malformed Authorization/],
+      ['Bearer abc', /missing or malformed Authorization/],
+      [roleChangeAuth(secret, 'promote', 'backup').toUpperCase(), /missing or malformed Authorization/],
+      [`Geomirror ${now()}:${'0'.repeat(63)}`, /missing or malformed Authorization/],
+    ];
+    for (const [auth, why] of refusals) {
+      const res = await post(admin, '/promote', auth);
+      expect(res.status, String(auth)).toBe(401);
+      expect(await res.text()).toMatch(new RegExp(`^promote refused: ${why.source}`));
+    }
+    expect(f.calls).toEqual([]);
+  });
+
+  it('answers 405 on GET /promote and /demote without calling the runtime', async () => {
+    const f = fake();
+    const admin = await start(f.roleChange);
+    for (const action of ['promote', 'demote'] as const) {
+      const res = await fetch(`${admin.url}/${action}`, { headers: { authorization: roleChangeAuth(secret, action, 'backup') } });
+      expect(res.status).toBe(405);
+      expect(res.headers.get('allow')).toBe('POST');
+      expect(await res.text()).toContain(`use POST (geomirror ${action} --site NAME)`);
+    }
+    expect(f.calls).toEqual([]);
+  });
+
+  it('answers 409 with the refusal when the runtime refuses, and when the role has no such action', async () => {
+    const f = fake(new RoleChangeError('backup cannot promote: it is not following a primary (phase primary)'));
+    const admin = await start(f.roleChange);
+    const res = await post(admin, '/promote', roleChangeAuth(secret, 'promote', 'backup'));
+    expect(res.status).toBe(409);
+    expect(await res.text()).toBe('backup cannot promote: it is not following a primary (phase primary)\n');
+    expect(f.calls).toHaveLength(1);
+
+    const promoteOnly = await start({ site: 'backup', secret, promote: fake().roleChange.promote });
+    const demote = await post(promoteOnly, '/demote', roleChangeAuth(secret, 'demote', 'backup'));
+    expect(demote.status).toBe(409);
+    expect(await demote.text()).toContain('this site cannot demote');
+    const none = await start(undefined);
+    expect((await post(none, '/promote', roleChangeAuth(secret, 'promote', 'backup'))).status).toBe(409);
+  });
+
+  it('answers 500 (not 409) when the runtime fails with another error, and keeps serving', async () => {
+    const admin = await start(fake(new Error('disk on fire')).roleChange);
+    const res = await post(admin, '/promote', roleChangeAuth(secret, 'promote', 'backup'));
+    expect(res.status).toBe(500);
+    expect(await res.text()).toContain('disk on fire');
+    expect((await fetch(`${admin.url}/status`)).status).toBe(200);
+  });
+
+  it('leaves the read-only GETs as they were', async () => {
+    const admin = await start(fake().roleChange);
+    const st = await fetch(`${admin.url}/status`);
+    expect(st.status).toBe(200);
+    expect(((await st.json()) as SiteStatus).site).toBe('backup');
+    expect((await fetch(`${admin.url}/metrics`)).status).toBe(200);
+    expect((await fetch(`${admin.url}/status`, { method: 'POST' })).status).toBe(405);
+    expect((await fetch(`${admin.url}/nope`)).status).toBe(404);
   });
 });

@@ -105,6 +105,70 @@ sites:
     expect(standby.sites.local!.mirrors).toEqual(['east', 'west']); // the standby needs the writes (claim 9)
     expect(standby.sites.local!.standby).toBe('west');
     expect(standby.sites.west!.mirrors).toEqual(['east']);
+    // Listed already: not added twice; no standby: no standby set on the primary.
+    const listed = parseConfig(designExample.replace('role: mirror, listen: 127.0.0.1:7402', 'role: standby, standby-for: local, listen: 127.0.0.1:7402'), file);
+    expect(listed.sites.local!.mirrors).toEqual(['east', 'west']);
+    expect(listed.sites.local!.standby).toBe('west');
+    expect(parseConfig(designExample, file).sites.local!.standby).toBeUndefined();
+  });
+
+  it('lists the witnesses on every site', () => {
+    const c = parseConfig(
+      designExample
+        .replace('role: mirror, listen: 127.0.0.1:7402', 'role: standby, standby-for: local, listen: 127.0.0.1:7402')
+        .concat('  judge: { role: witness, listen: 127.0.0.1:7409 }\n'),
+      file,
+    );
+    expect(c.warnings).toEqual([]);
+    for (const n of c.siteNames) expect(c.sites[n]!.witnesses, n).toEqual(['judge']);
+    expect(parseConfig(designExample, file).sites.local!.witnesses).toEqual([]);
+  });
+
+  it('parses connect: into addresses per peer (dial there instead of the peer\'s listen)', () => {
+    const c = parseConfig(edit('    mirrors: [east, west]\n', '    mirrors: [east, west]\n    connect: { east: "10.9.0.7:17401", west: "[fd00::9]:7402" }\n'), file);
+    expect(c.sites.local!.connect).toEqual({
+      east: { host: '10.9.0.7', port: 17401, text: '10.9.0.7:17401' },
+      west: { host: 'fd00::9', port: 7402, text: '[fd00::9]:7402' },
+    });
+    expect(c.sites.east!.connect).toEqual({});
+    // A connect address is where this site dials, not where anything listens: it cannot clash.
+    expect(parseConfig(edit('    mirrors: [east, west]\n', '    mirrors: [east, west]\n    connect: { east: "127.0.0.1:7402" }\n'), file).sites.local!.connect.east!.port).toBe(7402);
+  });
+});
+
+describe('connect: and standby refusals name the key', () => {
+  const withConnect = (map: string): string => edit('    mirrors: [east, west]\n', `    mirrors: [east, west]\n    connect: ${map}\n`);
+
+  it('refuses an unknown peer, suggesting the closest name', () => {
+    try {
+      parseConfig(withConnect('{ esat: "10.9.0.7:7401" }'), file);
+      expect.unreachable();
+    } catch (err) {
+      const e = err as ConfigError;
+      expect(e.problems.map((p) => p.path)).toEqual(['sites.local.connect.esat']);
+      expect(e.problems[0]!.message).toMatch(/^sites\.local\.connect\.esat: no site named "esat".*east.*; sites are local, east, west/);
+      expect(e.problems[0]!.line).toBe(14);
+    }
+  });
+
+  it('refuses connecting to itself, a bad address and a non-mapping', () => {
+    expect(problems(withConnect('{ local: "10.9.0.7:7400" }'))).toContainEqual(expect.stringMatching(/^sites\.local\.connect\.local: local does not connect to itself/));
+    expect(problems(withConnect('{ east: "10.9.0.7" }'))).toContainEqual(expect.stringMatching(/^sites\.local\.connect\.east: "10\.9\.0\.7" is not HOST:PORT/));
+    expect(problems(withConnect('[east]'))).toContainEqual(expect.stringMatching(/^sites\.local\.connect: must be a mapping of peer site -> HOST:PORT/));
+  });
+
+  it('refuses a second standby, naming both', () => {
+    const two = designExample
+      .replace('role: mirror, listen: 127.0.0.1:7401', 'role: standby, standby-for: local, listen: 127.0.0.1:7401')
+      .replace('role: mirror, listen: 127.0.0.1:7402', 'role: standby, standby-for: local, listen: 127.0.0.1:7402');
+    try {
+      parseConfig(two, file);
+      expect.unreachable();
+    } catch (err) {
+      const e = err as ConfigError;
+      expect(e.problems.map((p) => p.path)).toEqual(['sites.west.role']);
+      expect(e.problems[0]!.message).toMatch(/^sites\.west\.role: east and west both stand by for local; one standby per primary/);
+    }
   });
 });
 
