@@ -29,7 +29,7 @@ export async function requestRoleChange(config: ClusterConfig, action: 'promote'
   const path = `/${action}${reason ? `?reason=${encodeURIComponent(reason)}` : ''}`;
   const { host, port } = site.admin;
   return new Promise((resolve, reject) => {
-    const req = request({ host, port, path, method: 'POST', agent: false, timeout: requestTimeoutMs, headers: { Authorization: roleChangeAuth(secret, action, siteName) } }, (res) => {
+    const req = request({ host, port, path, method: 'POST', agent: false, timeout: requestTimeoutMs, headers: { Authorization: roleChangeAuth(secret, action, siteName, undefined, reason ?? '') } }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (body += c));

@@ -16,18 +16,22 @@ import { RoleChangeError, type RoleChangeAnswer } from './role-change.js';
 /** How far a signed role-change request's clock may be from ours. */
 export const roleChangeSkewSecondsMax = 60;
 
-/** `Authorization` value for POST /promote or /demote on `site`: HMAC-SHA256 of the request with the cluster key. */
-export function roleChangeAuth(secret: Buffer, action: 'promote' | 'demote', site: string, unixSeconds = Math.floor(Date.now() / 1000)): string {
-  const mac = createHmac('sha256', secret).update(`geomirror ${action} ${site} ${unixSeconds}`).digest('hex');
+/**
+ * `Authorization` value for POST /promote or /demote on `site`: HMAC-SHA256 with the cluster key
+ * over the action, the site, the time and the `reason` query parameter ('' when none), so a
+ * captured request cannot be replayed elsewhere, later, or with another reason.
+ */
+export function roleChangeAuth(secret: Buffer, action: 'promote' | 'demote', site: string, unixSeconds = Math.floor(Date.now() / 1000), reason = ''): string {
+  const mac = createHmac('sha256', secret).update(`geomirror ${action} ${site} ${unixSeconds} ${reason}`).digest('hex');
   return `Geomirror ${unixSeconds}:${mac}`;
 }
 
-function authOk(secret: Buffer, action: 'promote' | 'demote', site: string, header: string | undefined): string | undefined {
+function authOk(secret: Buffer, action: 'promote' | 'demote', site: string, reason: string, header: string | undefined): string | undefined {
   const m = /^Geomirror (\d+):([0-9a-f]{64})$/.exec(header ?? '');
   if (!m) return 'missing or malformed Authorization (geomirror promote/demote sign requests with the cluster key)';
   const t = Number(m[1]);
   if (Math.abs(Date.now() / 1000 - t) > roleChangeSkewSecondsMax) return `request time ${t} is more than ${roleChangeSkewSecondsMax} s from this site's clock`;
-  const want = Buffer.from(roleChangeAuth(secret, action, site, t).split(':')[1]!, 'hex');
+  const want = Buffer.from(roleChangeAuth(secret, action, site, t, reason).split(':')[1]!, 'hex');
   const got = Buffer.from(m[2]!, 'hex');
   return timingSafeEqual(want, got) ? undefined : 'signature does not match this cluster\'s key';
 }
@@ -137,18 +141,24 @@ async function roleChange(options: AdminServerOptions, action: 'promote' | 'demo
     return;
   }
   const rc = options.roleChange;
-  const fn = rc?.[action];
-  if (rc === undefined || fn === undefined) {
-    send(res, 409, 'text/plain; charset=utf-8', `this site cannot ${action} (its role has no ${action})\n`);
+  if (rc === undefined) {
+    send(res, 409, 'text/plain; charset=utf-8', `this site takes no role changes\n`);
     return;
   }
-  const bad = authOk(rc.secret, action, rc.site, req.headers.authorization);
+  // Authenticated before anything else is said about this site (its role included).
+  const signedReason = url.searchParams.get('reason') ?? '';
+  const bad = authOk(rc.secret, action, rc.site, signedReason, req.headers.authorization);
   if (bad !== undefined) {
     options.log?.warn({ event: 'role-change-refused', action, remote: req.socket.remoteAddress, why: bad }, `${action} refused: ${bad}`);
     send(res, 401, 'text/plain; charset=utf-8', `${action} refused: ${bad}\n`);
     return;
   }
-  const reason = (url.searchParams.get('reason') ?? `planned switchover (${action} requested from ${req.socket.remoteAddress})`).slice(0, 200);
+  const fn = rc[action];
+  if (fn === undefined) {
+    send(res, 409, 'text/plain; charset=utf-8', `this site cannot ${action} (its role has no ${action})\n`);
+    return;
+  }
+  const reason = (signedReason || `planned switchover (${action} requested from ${req.socket.remoteAddress})`).slice(0, 200);
   try {
     const answer = await fn(reason);
     send(res, 200, 'application/json; charset=utf-8', `${JSON.stringify(answer)}\n`);

@@ -154,7 +154,7 @@ describe('admin role change (POST /promote, /demote)', () => {
   it('runs a request signed with the cluster key and answers its JSON', async () => {
     const f = fake();
     const admin = await start(f.roleChange);
-    const res = await post(admin, '/promote?reason=maintenance%20at%20local', roleChangeAuth(secret, 'promote', 'backup'));
+    const res = await post(admin, '/promote?reason=maintenance%20at%20local', roleChangeAuth(secret, 'promote', 'backup', undefined, 'maintenance at local'));
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/^application\/json/);
     expect(await res.json()).toEqual({ site: 'backup', epoch: 2, phase: 'promoting' });
@@ -166,7 +166,7 @@ describe('admin role change (POST /promote, /demote)', () => {
     ]);
   });
 
-  it('refuses with 401 and does not call the runtime: wrong key, stale or future time, missing or malformed header, another action or site', async () => {
+  it('refuses with 401 and does not call the runtime: wrong key, stale or future time, missing or malformed header, another action, site or reason', async () => {
     const f = fake();
     const admin = await start(f.roleChange);
     const other = Buffer.from('ffeeddccbbaa99887766554433221100', 'hex');
@@ -176,6 +176,7 @@ describe('admin role change (POST /promote, /demote)', () => {
       [roleChangeAuth(secret, 'promote', 'backup', now() + roleChangeSkewSecondsMax + 5), /request time \d+ is more than 60 s from this site's clock/],
       [roleChangeAuth(secret, 'demote', 'backup'), /signature does not match/], // signed for the other action
       [roleChangeAuth(secret, 'promote', 'local'), /signature does not match/], // signed for another site
+      [roleChangeAuth(secret, 'promote', 'backup', undefined, 'another reason'), /signature does not match/], // the reason is signed too
       [undefined, /missing or malformed Authorization/],
       ['Bearer abc', /missing or malformed Authorization/],
       [roleChangeAuth(secret, 'promote', 'backup').toUpperCase(), /missing or malformed Authorization/],
