@@ -49,8 +49,8 @@
 // for being unreachable: host acks wait for it, as under `block`. A storage failure on the standby
 // still degrades it; if the primary is lost before the standby's resync finishes, promoting it
 // would lose writes; detecting that (a persisted "resync in progress" mark at the standby) is
-// not built. A witness role is not built either: `witness` is counted and asked, and any site
-// that answers `lastHeardQuery` (a Mirror does) can serve as one.
+// not built. The witness (src/site/witness.ts) is counted and asked like a mirror; it holds no
+// data and only says when it last heard the primary.
 
 import { Mirror, type MirrorStatus } from './mirror.js';
 import { Primary, type PrimaryStatus } from './primary.js';

@@ -165,7 +165,7 @@ const keyRoles: Record<SiteKey, { allowed: readonly Role[]; required: readonly R
   'standby-for': { allowed: ['standby'], required: ['standby'] },
   'relay-ack': { allowed: ['relay'], required: [] },
   'on-mirror-loss': { allowed: ['primary', 'standby', 'relay'], required: [] },
-  'failover-timeout': { allowed: ['standby', 'witness'], required: [] },
+  'failover-timeout': { allowed: ['standby'], required: [] },
   location: { allowed: roles, required: [] },
   // Where this site dials a peer when that differs from the peer's own `listen` (NAT, a tunnel,
   // a port forward; tests route single links through a WAN emulator with it).
@@ -552,6 +552,10 @@ class Validator {
       }
     }
     const witnesses = names.filter((n) => sites[n]!.role === 'witness');
+    if (witnesses.length > 1) {
+      this.fail(['sites', witnesses[1]!, 'role'], `${witnesses.join(' and ')} are both witnesses; one witness per cluster (it breaks a tie, a second one would make a new one)`);
+      return undefined;
+    }
     for (const s of Object.values(sites)) s.witnesses = witnesses;
     // A standby continues "the same protocol towards the same mirrors" (claim 13 vii).
     for (const s of Object.values(sites)) {

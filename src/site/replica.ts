@@ -396,6 +396,7 @@ export class Replica {
     const top = this.role.status();
     if (top.role === 'standby' && top.phase === 'primary' && !this.promotedSeen) {
       this.promotedSeen = true;
+      this.failoverHistory(); // fixes the promotion's wall-clock time now
       // The promoted standby fans out to the old primary too: dial it (it listens; if it is
       // alive, our epoch fences it and it comes back as a mirror).
       try {
@@ -765,15 +766,22 @@ export class Replica {
   }
 
   private readonly historyBase: FailoverRecord[] = [];
+  private readonly promotionWallTimes = new Map<number, string>();
   private readonly historyExtra: FailoverRecord[] = [];
 
   /** Failovers this site took part in, oldest first: earlier lives (the history file) and this one. */
   failoverHistory(): FailoverRecord[] {
     const top = this.role.status();
     const now = this.nowMs();
+    // The core keeps monotonic times; each is turned into wall-clock time once, so repeated
+    // status answers agree on when a promotion happened.
     const promotions: FailoverRecord[] =
       top.role === 'standby'
-        ? top.promotions.map((p) => ({ at: new Date(Date.now() - (now - p.atMs)).toISOString(), kind: 'promoted' as const, site: this.ctx.site.name, fromEpoch: Number(p.fromEpoch), toEpoch: Number(p.toEpoch), lastSeq: p.seqReceived.toString(), reason: p.reason }))
+        ? top.promotions.map((p) => {
+            let at = this.promotionWallTimes.get(p.atMs);
+            if (at === undefined) this.promotionWallTimes.set(p.atMs, (at = new Date(Date.now() - (now - p.atMs)).toISOString()));
+            return { at, kind: 'promoted' as const, site: this.ctx.site.name, fromEpoch: Number(p.fromEpoch), toEpoch: Number(p.toEpoch), lastSeq: p.seqReceived.toString(), reason: p.reason };
+          })
         : [];
     return [...this.historyBase, ...promotions, ...this.historyExtra].sort((a, b) => a.at.localeCompare(b.at));
   }

@@ -78,7 +78,7 @@ sites:
   edge: { role: mirror, listen: 10.0.0.4:7401, cache: { device: "memory:", size: 1MiB }, storage: ["memory:"] }
   far: { role: mirror, listen: 10.0.0.5:7401, cache: { device: "memory:", size: 1MiB }, storage: ["memory:"] }
   backup: { role: standby, standby-for: hq, listen: 10.0.0.6:7401, nbd: 10.0.0.6:10809, failover-timeout: 2.5s, cache: { device: "memory:", size: 1MiB }, storage: ["memory:"] }
-  judge: { role: witness, listen: 10.0.0.7:7401, failover-timeout: 500ms }
+  judge: { role: witness, listen: 10.0.0.7:7401 }
 `,
       file,
     );
@@ -93,7 +93,7 @@ sites:
     expect(c.sites.r2!.cache!.device).toMatchObject({ kind: 'loopback', path: '/abs/r2.cache' });
     expect(c.sites.backup!.failoverTimeoutMs).toBe(2500);
     expect(c.sites.backup!.mirrors).toEqual(['r1', 'far']); // inherits the primary's mirrors
-    expect(c.sites.judge!.failoverTimeoutMs).toBe(500);
+    expect(c.sites.judge!.role).toBe('witness');
     expect(c.sites.hq!.location).toEqual({ lat: 51.5, lon: -0.13 });
   });
 
@@ -169,6 +169,15 @@ describe('connect: and standby refusals name the key', () => {
       expect(e.problems.map((p) => p.path)).toEqual(['sites.west.role']);
       expect(e.problems[0]!.message).toMatch(/^sites\.west\.role: east and west both stand by for local; one standby per primary/);
     }
+  });
+
+  it('refuses a second witness and a failover-timeout on a witness', () => {
+    const withWitnesses = designExample.concat(
+      '  w1: { role: witness, listen: 127.0.0.1:7408 }\n  w2: { role: witness, listen: 127.0.0.1:7409 }\n',
+    );
+    expect(problems(withWitnesses)).toContainEqual(expect.stringMatching(/^sites\.w2\.role: w1 and w2 are both witnesses; one witness per cluster/));
+    const timed = designExample.concat('  w1: { role: witness, listen: 127.0.0.1:7408, failover-timeout: 1s }\n');
+    expect(problems(timed)).toContainEqual(expect.stringMatching(/^sites\.w1\.failover-timeout: a witness site has no failover-timeout \(only standby sites do\)/));
   });
 });
 
