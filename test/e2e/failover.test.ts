@@ -235,3 +235,47 @@ describe('partitions (issue 10): a cut standby link never promotes; an isolated 
     });
   }, testTimeoutMs);
 });
+
+describe('planned switchover (issue 10 item 5): geomirror demote, then geomirror promote', () => {
+  it('demote drains the primary and makes it a mirror; promote makes the standby the primary of epoch 2; acked writes survive, replicas identical', async () => {
+    // A long timeout: the standby must not take over by itself between the two commands.
+    const c = await cluster({ standby: 'backup', failoverTimeoutMs: 20_000 });
+    await withLogs(c, async () => {
+      const writes = planWrites(3030, c.volumeBytes, 8 * MiB);
+      const w = await connectWhenUp(c.nbdPort);
+      expect(await w.run(writes.slice(0, writes.length / 2), 8)).toEqual([]);
+      const cli = (args: string[]) => run(process.execPath, [join(import.meta.dirname, '../../bin/geomirror.mjs'), ...args, '--config', c.configPath], { timeout: waitMsMax }).then(
+        (r) => ({ code: 0, out: r.stdout + r.stderr }),
+        (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` }),
+      );
+
+      // Refusals name why: a mirror cannot be demoted, the primary cannot be promoted.
+      expect(await cli(['demote', '--site', 'east'])).toMatchObject({ code: 1, out: expect.stringMatching(/east acts as mirror; only the primary can be demoted/) });
+      expect(await cli(['promote', '--site', 'local'])).toMatchObject({ code: 1, out: expect.stringMatching(/only a following standby can be promoted/) });
+
+      const demoted = await cli(['demote', '--site', 'local', '--reason', 'maintenance at local']);
+      expect(demoted).toMatchObject({ code: 0, out: expect.stringMatching(/local: demoted/) });
+      const local = await c.waitStatus('local', (s) => s.role === 'mirror', 'local is a mirror');
+      expect(local.failovers?.at(-1)).toMatchObject({ kind: 'demoted', reason: 'maintenance at local' });
+      // The writer's connection ended with the export; nothing it had acked is lost below.
+
+      expect(await cli(['promote', '--site', 'backup', '--reason', 'maintenance at local'])).toMatchObject({ code: 0 });
+      const promoted = await c.waitStatus('backup', (s) => s.role === 'primary', 'backup is the primary');
+      expect(promoted.epoch).toBe(2);
+      expect(promoted.failovers?.at(-1)).toMatchObject({ kind: 'promoted', fromEpoch: 1, toEpoch: 2, reason: 'maintenance at local' });
+
+      const w2 = await connectWhenUp(c.standbyNbdPort);
+      expect(await w2.run(writes.slice(writes.length / 2), 8)).toEqual([]);
+      await w2.flush();
+      await c.waitStatus('backup', (s) => s.peers.length === 3 && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'local, east and west in sync');
+      const acked = new Set([...w.acked, ...w2.acked]);
+      expect(acked.size).toBe(writes.length);
+      const image = await readVolume(c, c.standbyNbdPort);
+      expect(checkAckedWrites(image, writes, acked)).toEqual([]);
+      const want = sha256(image);
+      expect(Object.fromEntries(c.names.map((n) => [n, c.hash(n)]))).toEqual(Object.fromEntries(c.names.map((n) => [n, want])));
+      // Every mirror follows epoch 2; the old primary does too, and says it was demoted.
+      for (const n of ['local', 'east', 'west']) expect((await c.status(n))?.epoch).toBe(2);
+    });
+  }, testTimeoutMs);
+});
