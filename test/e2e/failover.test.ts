@@ -159,6 +159,35 @@ describe('failover to the standby (issue 10)', () => {
       await expect(w.write({ index: 1e6, offsetBytes: 0, data: Buffer.alloc(4096, 0xab) })).rejects.toThrow(/NBD error/);
     });
   }, testTimeoutMs);
+
+  it('kill -9 of the promoted standby: it restarts as the primary of epoch 2 (acting: primary persisted), serves writes, all replicas converge', async () => {
+    expect(c, 'needs the cluster of the tests before').toBeDefined();
+    const cl = c!;
+    await withLogs(cl, async () => {
+      const writes = planWrites(1011, cl.volumeBytes, 4 * MiB).map((w) => ({ ...w, index: w.index + 100_000 }));
+      const w = await connectWhenUp(cl.standbyNbdPort);
+      const errors = await w.run(writes, 8, {
+        afterAck: async (_w, n) => {
+          if (n === Math.floor(writes.length / 2)) await cl.kill9('backup');
+        },
+      });
+      expect(errors.length).toBeGreaterThan(0);
+      const back = await cl.restart('backup');
+      expect(back).toMatchObject({ role: 'primary', configuredRole: 'standby', epoch: 2 });
+      const w2 = await connectWhenUp(cl.standbyNbdPort);
+      const rest = writes.slice(w.issued.length);
+      expect(await w2.run(rest, 8)).toEqual([]);
+      await w2.flush();
+      issued.push(...w.issued, ...w2.issued);
+      for (const i of [...w.acked, ...w2.acked]) acked.add(i);
+      await cl.waitStatus('backup', (s) => s.peers.length === 3 && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'local, east and west in sync');
+      const image = await readVolume(cl, cl.standbyNbdPort);
+      expect(checkAckedWrites(image, issued, acked)).toEqual([]);
+      const want = sha256(image);
+      expect(Object.fromEntries(cl.names.map((n) => [n, cl.hash(n)]))).toEqual(Object.fromEntries(cl.names.map((n) => [n, want])));
+      for (const n of ['local', 'east', 'west']) expect((await cl.status(n))?.epoch).toBe(2);
+    });
+  }, testTimeoutMs);
 });
 
 describe('partitions (issue 10): a cut standby link never promotes; an isolated primary is replaced and fenced', () => {
