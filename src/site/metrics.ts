@@ -51,6 +51,9 @@ export interface SiteMetrics {
   failoversTotal: Counter<'kind'>;
   /** 1 for the role this site acts as now (a failover can change it), 0 for the others. */
   actingRole: Gauge<'acting'>;
+  /** When the newest failover event of each kind happened, and the last seq it recorded. */
+  failoverLastTimestampSeconds: Gauge<'kind'>;
+  failoverLastSeq: Gauge<'kind'>;
   /** Relay: age of the oldest cached write its downstream has not acked (0: caught up). */
   relayLagSeconds?: Gauge<'peer'>;
   /** Relay: oldest seq in its cache not yet acked downstream (0: none). */
@@ -94,6 +97,8 @@ export function createSiteMetrics(options: SiteMetricsOptions): SiteMetrics {
     epoch: new Gauge({ name: 'geomirror_epoch', help: 'Current epoch (grows at every promotion)', registers }),
     lastSeqAcked: new Gauge({ name: 'geomirror_last_seq_acked', help: 'Highest write sequence number acked', registers }),
     failoversTotal: new Counter({ name: 'geomirror_failovers_total', help: 'Failover events at this site: promoted (became primary), fenced (saw a newer epoch), demoted (planned)', labelNames: ['kind'], registers }),
+    failoverLastTimestampSeconds: new Gauge({ name: 'geomirror_failover_last_timestamp_seconds', help: 'Unix time of the newest failover event of each kind at this site (history: geomirror status)', labelNames: ['kind'], registers }),
+    failoverLastSeq: new Gauge({ name: 'geomirror_failover_last_seq', help: 'Last seq of the old epoch recorded by the newest failover event of each kind', labelNames: ['kind'], registers }),
     actingRole: new Gauge({ name: 'geomirror_acting_role', help: 'Role this site acts as now (1), after any failover; the role label is the cluster file\'s', labelNames: ['acting'], registers }),
     framesRefusedTotal: new Counter({ name: 'geomirror_frames_refused_total', help: 'Frames refused at the edge, by reason', labelNames: ['reason'], registers }),
     relayLagSeconds: new Gauge({ name: 'geomirror_relay_lag_seconds', help: 'Relay: age of the oldest cached write the downstream has not acked', labelNames: ['peer'], registers }),

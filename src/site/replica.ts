@@ -710,6 +710,11 @@ export class Replica {
     const role = top.role === 'standby' ? (top.phase === 'primary' ? 'primary' : 'standby') : this.acting;
     for (const r of ['primary', 'mirror', 'relay', 'standby'] as const) m.actingRole.set({ acting: r }, r === role ? 1 : 0);
     const fencedBy = s.role === 'primary' ? s.fencedBy : undefined;
+    const failovers = this.failoverHistory();
+    for (const f of failovers) {
+      m.failoverLastTimestampSeconds.set({ kind: f.kind }, Date.parse(f.at) / 1000);
+      m.failoverLastSeq.set({ kind: f.kind }, Number(f.lastSeq));
+    }
     return {
       cluster: config.cluster,
       site: site.name,
@@ -726,7 +731,7 @@ export class Replica {
             },
           }
         : {}),
-      failovers: this.failoverHistory(),
+      failovers,
       volume: config.volume.name,
       epoch: Number(s.epoch),
       lastSeqAcked: lastSeqAcked.toString(),
