@@ -121,6 +121,10 @@ describe('failover to the standby (issue 10)', () => {
       expect(tookMs).toBeGreaterThanOrEqual(failoverTimeoutMs - heartbeatMs - 50);
       expect(tookMs).toBeLessThanOrEqual(2 * failoverTimeoutMs);
       expect(promoted.epoch).toBe(2);
+      const metrics = await (await fetch(`http://${cl.site('backup').admin}/metrics`)).text();
+      expect(metrics).toMatch(/^geomirror_failovers_total\{kind="promoted",[^}]*\} 1$/m);
+      expect(metrics).toMatch(/^geomirror_acting_role\{acting="primary",[^}]*\} 1$/m);
+      expect(metrics).toMatch(/^geomirror_epoch\{[^}]*\} 2$/m);
 
       // The writer reconnects to the standby's export and continues with the writes it never sent.
       const w2 = await connectWhenUp(cl.standbyNbdPort);
