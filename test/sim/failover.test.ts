@@ -1,12 +1,16 @@
 // Failover simulation in the test run (issue 10 item 7): primary crashes (never back, or back as a
-// fenced old primary that rejoins as a mirror), a partition isolating the primary, and a cut of
-// only the primary <-> standby link (which must not promote). See test/sim/failover.ts.
+// fenced old primary that rejoins as a mirror), a partition isolating the primary, a cut of
+// only the primary <-> standby link (which must not promote), the standby crashing during or
+// after its promotion (it restarts as its persisted `acting` says), and a planned switchover
+// (with or without a demote of the primary first). See test/sim/failover.ts.
 import { describe, expect, it } from 'vitest';
 import { runFailover, type FailoverScenario } from './failover.js';
 
 describe('failover simulation (topology failover: local, backup standby, east, west)', () => {
   it('each scenario on a fixed seed promotes exactly when the primary is lost, and loses no acked write', () => {
-    const cases: [FailoverScenario, boolean][] = [['crash', true], ['crashRejoin', true], ['isolate', true], ['cutStandby', false], ['none', false]];
+    const cases: [FailoverScenario, boolean][] = [
+      ['crash', true], ['crashRejoin', true], ['isolate', true], ['cutStandby', false], ['none', false], ['standbyCrash', true], ['switchover', true],
+    ];
     for (const [scenario] of cases) {
       const r = runFailover(7, { scenario });
       expect(r.failures, scenario).toEqual([]);
@@ -16,19 +20,32 @@ describe('failover simulation (topology failover: local, backup standby, east, w
     expect(runFailover(7, { scenario: 'crashRejoin' }).stats.replicas).toBe(4);
     expect(runFailover(7, { scenario: 'isolate' }).stats.replicas).toBe(4);
     expect(runFailover(7, { scenario: 'crash' }).stats.replicas).toBe(3);
+    expect(runFailover(7, { scenario: 'standbyCrash' }).stats.replicas).toBe(3);
+    expect(runFailover(7, { scenario: 'switchover' }).stats.replicas).toBe(4);
   });
 
-  it('600 seeds: no assertion, no two acking sites per epoch, no lost acked write, replicas identical', () => {
+  it('600 seeds (7 scenarios): no assertion, no two acking sites per epoch, no lost acked write, replicas identical', () => {
     const failures: string[] = [];
     const byScenario: Record<string, number> = {};
     let spanning = 0; // promoted runs where host writes were acked on both sides of the failover
     let unknown = 0; // runs where the host gave up on writes in flight at the old primary
+    const standbyCrash = { restartedAsPrimary: 0, restartedAsStandby: 0, ackedBeforeCrash: 0, metaInFlight: 0 };
+    const switchover = { demoted: 0, notDemoted: 0 };
     for (let seed = 1; seed <= 600; seed++) {
       const r = runFailover(seed);
       byScenario[r.stats.scenario as string] = (byScenario[r.stats.scenario as string] ?? 0) + 1;
       const byNew = r.stats.ackedByNewPrimary as number;
       if (byNew > 0 && (r.stats.acked as number) > byNew) spanning++;
       if ((r.stats.unknown as number) > 0) unknown++;
+      if (r.stats.scenario === 'standbyCrash') {
+        // Restarted as the acting primary at least once, or every time as a standby again.
+        if ((r.stats.restartedAsPrimary as number) > 0) standbyCrash.restartedAsPrimary++;
+        else standbyCrash.restartedAsStandby++;
+        if ((r.stats.ackedBeforeStandbyCrash as number) > 0) standbyCrash.ackedBeforeCrash++;
+        // Crashed with the metaPersist { acting: primary } issued and not completed.
+        if (/promoting\[[^\]]*M/.test(r.stats.standbyCrashModes as string)) standbyCrash.metaInFlight++;
+      }
+      if (r.stats.scenario === 'switchover') switchover[r.stats.demoted === 1 ? 'demoted' : 'notDemoted']++;
       failures.push(...r.failures);
       if (failures.length >= 5) break;
     }
@@ -36,6 +53,13 @@ describe('failover simulation (topology failover: local, backup standby, east, w
     // The workload really crosses the failover (not all done before the fault).
     expect(spanning).toBeGreaterThan(250);
     expect(unknown).toBeGreaterThan(50);
-    for (const s of ['crash', 'crashRejoin', 'isolate', 'cutStandby', 'none']) expect(byScenario[s] ?? 0, s).toBeGreaterThan(50);
+    for (const s of ['crash', 'crashRejoin', 'isolate', 'cutStandby', 'none', 'standbyCrash', 'switchover']) expect(byScenario[s] ?? 0, s).toBeGreaterThan(50);
+    // The standby crash lands in every phase of the promotion, the switchover runs both ways.
+    expect(standbyCrash.restartedAsPrimary, 'standby restarted as the acting primary').toBeGreaterThan(20);
+    expect(standbyCrash.restartedAsStandby, 'standby restarted as a standby and promoted again').toBeGreaterThan(10);
+    expect(standbyCrash.ackedBeforeCrash, 'standby crashed after acking host writes as primary').toBeGreaterThan(20);
+    expect(standbyCrash.metaInFlight, 'standby crashed with its acting: primary save in flight').toBeGreaterThan(10);
+    expect(switchover.demoted, 'switchover after a demote').toBeGreaterThan(20);
+    expect(switchover.notDemoted, 'switchover fencing a live primary').toBeGreaterThan(20);
   });
 });

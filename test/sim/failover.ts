@@ -10,16 +10,31 @@
 //                fenced and rejoins as a mirror;
 //   cutStandby   only primary <-> standby is cut for longer than the failover timeout: the
 //                mirrors still hear the primary, so there must be NO promotion;
-//   none         no fault (baseline).
+//   none         no fault (baseline);
+//   standbyCrash the primary dies and never comes back, then the standby crashes (sometimes with a
+//                power cut) during or after its promotion: while its bitmapSets are in flight,
+//                between them and the metaPersist { acting: primary } completion, right after it
+//                became primary, or after it acked host writes as primary (sometimes twice);
+//   switchover   planned: the standby's promote() is called while the primary is alive, either
+//                after the primary was demoted (no new host writes, drained to quiescent, restarted
+//                as a mirror with acting: mirror persisted) or without a demote (the new epoch
+//                fences the old primary, which rejoins as a mirror).
+// Every (re)start picks the core as the site layer does (src/site/replica.ts): a configured
+// standby whose meta says acting: primary starts as the Primary of the persisted epoch with the
+// persisted dirty bitmaps; a configured primary whose meta says acting: mirror starts as a Mirror.
+// The host writer always writes to whichever site is primary now.
 // Besides, 0-4 connection resets on random links at random times (reconnect 5-100 ms later),
 // and in half the seeds one plain mirror is killed (or power-cut) and restarted.
 // Checks: no CoreAssertionError; never two sites acking host writes in the same epoch; every
 // block holds its last host-acked write (acked by either primary) or a write issued after it;
-// promotion happened iff the scenario isolates or kills the primary; after heal the active
-// primary's in-sync replicas are byte-identical.
+// promotion happened iff the scenario isolates, kills or switches over the primary; after heal
+// the active primary's in-sync replicas are byte-identical; a standby that crashed after its
+// promotion completed restarts as the acting primary. A host ack that arrives after the writer
+// gave up on the write (switched to the new primary) still counts as acked: it must survive too.
 //
 // It is a separate driver from sim.ts (not a new branch in it) so the fanout/chain/mixed seeds
-// keep drawing exactly the same random numbers. Power cuts are not modelled here: the failover
+// keep drawing exactly the same random numbers. The two scenarios added later are picked by a
+// separate PRNG, so a seed that runs one of the first five draws what it drew before. Power cuts are not modelled here: the failover
 // rule is about which site holds what, and sim.ts covers power-cut durability of the roles.
 
 import { Prng } from '../../hal/prng.js';
@@ -29,7 +44,7 @@ import { Standby } from '../../src/core/standby.js';
 import { CoreAssertionError, defaultLimits, type CoreAction, type CoreEvent, type Epoch, type Limits, type OpId, type PeerId } from '../../src/core/types.js';
 import { SimCache, SimDisk, SimPersist } from './models.js';
 
-export type FailoverScenario = 'crash' | 'crashRejoin' | 'isolate' | 'cutStandby' | 'none';
+export type FailoverScenario = 'crash' | 'crashRejoin' | 'isolate' | 'cutStandby' | 'none' | 'standbyCrash' | 'switchover';
 
 export interface FailoverResult {
   readonly seed: number;
@@ -88,6 +103,7 @@ interface HostWrite {
   readonly offsetBytes: number;
   readonly lengthBytes: number;
   readonly site: PeerId;
+  readonly life: number;
   outcome: 'pending' | 'acked' | 'failed' | 'unknown';
 }
 
@@ -161,17 +177,29 @@ class FailoverSim {
   /** Policy of the epoch-1 primary; under `degrade` it names `backup` as its standby (never degraded for unreachability). */
   private readonly oldPolicy: 'block' | 'degrade';
   private issued = 0;
-  private target: PeerId = 'local';
+  /** Where the host writer sends writes now (the NBD client connected to the primary's export). */
+  private target: PeerId | undefined = 'local';
+  /** switchover: the primary is being demoted (its export is closed: no new host writes). */
+  private demoting = false;
+  /** standbyCrash: crashes of the standby still to come, and how the next one is triggered. */
+  private standbyCrashesLeft = 0;
+  private standbyCrashPlan: { mode: 'decided' | 'meta' | 'promoted' | 'afterWrites'; writes: number; life: number; armed: boolean } | undefined;
+  private ackedThisLife = 0;
   private faultsDone = false;
   /** A mirror crash is planned or its restart has not happened yet. */
   private mirrorFaultPending = false;
   private stopped = false;
   private readonly stats: Record<string, number> = { acked: 0, ackedByNewPrimary: 0, failed: 0, unknown: 0, busy: 0, resets: 0, mirrorCrashes: 0 };
+  /** Only in the scenarios that use them (the stats of the first five stay as they were). */
+  private readonly extra: Record<string, number | string> = {};
 
   constructor(private readonly seed: number, scenario: FailoverScenario | undefined, private readonly trace?: (line: string) => void) {
     this.prng = new Prng(seed);
     const kinds: FailoverScenario[] = ['crash', 'crashRejoin', 'isolate', 'cutStandby', 'none'];
-    this.scenario = scenario ?? kinds[this.prng.int(kinds.length)]!;
+    const drawn = kinds[this.prng.int(kinds.length)]!;
+    const later: FailoverScenario[] = ['standbyCrash', 'switchover'];
+    const pick = new Prng(seed * 7919 + 104729).int(kinds.length + later.length);
+    this.scenario = scenario ?? (pick < kinds.length ? drawn : later[pick - kinds.length]!);
     this.hostOps = 40 + this.prng.int(60);
     this.qd = 1 + this.prng.int(4);
     this.pumpGapMs = 10 + this.prng.int(40);
@@ -190,7 +218,7 @@ class FailoverSim {
   }
 
   run(): FailoverResult {
-    for (const name of names) this.startSite(this.sites.get(name)!, name === 'local' ? 'primary' : name === 'backup' ? 'standby' : 'mirror');
+    for (const name of names) this.startSite(this.sites.get(name)!);
     for (const key of this.links.keys()) this.sched.at(1, () => this.connect(key));
     this.sched.at(20, () => this.pump());
     this.planFaults();
@@ -209,7 +237,7 @@ class FailoverSim {
     }
     this.stopped = true;
     if (this.failures.length === 0) this.finalChecks();
-    return { seed: this.seed, ok: this.failures.length === 0, failures: this.failures, stats: { ...this.stats, scenario: this.scenario, policy: this.oldPolicy, qd: this.qd, simMs: Math.round(this.sched.now) } };
+    return { seed: this.seed, ok: this.failures.length === 0, failures: this.failures, stats: { ...this.stats, ...this.extra, scenario: this.scenario, policy: this.oldPolicy, qd: this.qd, simMs: Math.round(this.sched.now) } };
   }
 
   // -------------------------------------------------------------------------------------------
@@ -242,7 +270,7 @@ class FailoverSim {
         this.crash(m);
         if (powerCut) m.disk.powerCut(this.prng);
         this.sched.at(this.sched.now + 20 + this.prng.int(400), () => {
-          this.startSite(m, 'mirror');
+          this.startSite(m);
           for (const key of this.links.keys()) if (key.split('|').includes(m.name)) this.sched.at(this.sched.now + 5, () => this.connect(key));
           this.mirrorFaultPending = false;
         });
@@ -282,6 +310,162 @@ class FailoverSim {
           });
         });
         break;
+      case 'standbyCrash':
+        this.standbyCrashesLeft = this.prng.chance(0.25) ? 2 : 1;
+        this.extra.standbyCrashes = 0;
+        this.extra.standbyCrashModes = '';
+        this.extra.ackedBeforeStandbyCrash = 0;
+        this.extra.restartedAsPrimary = 0;
+        this.armStandbyCrash();
+        this.sched.at(t0, () => this.crash(local));
+        break;
+      case 'switchover': {
+        const demote = this.prng.chance(0.5);
+        const promoteDelayMs = this.prng.int(400);
+        this.extra.demoted = demote ? 1 : 0;
+        this.extra.plannedPromotion = 0;
+        this.sched.at(t0, () => {
+          if (!demote) {
+            this.promoteStandby();
+            this.sched.at(this.sched.now + 300, () => this.rejoinAsMirror());
+            return;
+          }
+          this.log('DEMOTE local: export closed, draining');
+          this.demoting = true;
+          this.demoteWhenQuiescent(promoteDelayMs);
+        });
+        break;
+      }
+    }
+  }
+
+  /** The planned `geomirror promote` on the standby (site layer: Replica.promote). */
+  private promoteStandby(): void {
+    const b = this.sites.get('backup')!;
+    const core = b.core;
+    if (!(core instanceof Standby) || core.status().phase !== 'following') {
+      this.log(`PROMOTE backup: refused (${core === undefined ? 'down' : core instanceof Standby ? core.status().phase : 'not a standby'})`);
+      return;
+    }
+    this.log('PROMOTE backup (planned)');
+    this.extra.plannedPromotion = 1;
+    let actions: CoreAction[];
+    try {
+      actions = core.promote('planned switchover', this.sched.now);
+    } catch (e) {
+      this.fail(`backup: ${e instanceof CoreAssertionError ? 'assertion' : 'exception'} on promote: ${(e as Error).message}`);
+      return;
+    }
+    for (const a of actions) this.execute(b, a);
+  }
+
+  /** The fault is over once the standby acts as primary (the settle check alone could end the run first). */
+  private doneWhenPromoted(): void {
+    if (this.actsPrimary(this.sites.get('backup')!)) this.faultsDone = true;
+    else this.sched.at(this.sched.now + tickMs, () => this.doneWhenPromoted());
+  }
+
+  /** Planned demote (site layer: roles.ts demote): drain to quiescent, persist acting: mirror, restart as a mirror. */
+  private demoteWhenQuiescent(promoteDelayMs: number): void {
+    const s = this.sites.get('local')!;
+    const c = s.core;
+    if (!(c instanceof Primary) || !c.quiescent()) {
+      this.sched.at(this.sched.now + tickMs, () => this.demoteWhenQuiescent(promoteDelayMs));
+      return;
+    }
+    const st = c.status();
+    this.log(`DEMOTE local: quiescent at epoch ${st.epoch}, seqNext ${st.seqNext}; restarting as a mirror`);
+    // A clean stop, not a crash: the saves the core issued complete first (persistActingMirror
+    // waits for them), then `acting: mirror` is durable, then the process ends.
+    s.core = undefined;
+    s.life++;
+    while (s.cache.inflight.length > 0) s.cache.completeOne();
+    while (s.persist.inflight.length > 0) s.persist.applyOne();
+    s.persist.inflight.push({ kind: 'meta', meta: { epoch: st.epoch, seqReserved: st.seqNext, acting: 'mirror' } });
+    s.persist.applyOne();
+    for (const [key, l] of this.links) if (key.split('|').includes(s.name) && l.up) this.disconnect(key);
+    this.startSite(s);
+    for (const key of this.links.keys()) if (key.split('|').includes(s.name)) this.sched.at(this.sched.now + 5, () => this.connect(key));
+    this.demoting = false;
+    this.sched.at(this.sched.now + promoteDelayMs, () => {
+      this.promoteStandby();
+      this.doneWhenPromoted();
+    });
+  }
+
+  /** standbyCrash: decide how the next crash of the standby is triggered (see execute/onHostAck). */
+  private armStandbyCrash(): void {
+    const modes = ['decided', 'meta', 'promoted', 'afterWrites'] as const;
+    const b = this.sites.get('backup')!;
+    const mode = modes[this.prng.int(modes.length)]!;
+    const writes = 1 + this.prng.int(8);
+    this.standbyCrashPlan = { mode, writes, life: b.life, armed: true };
+    if (b.core instanceof Primary) {
+      // Restarted as the primary already: crash it again while it serves (or resyncs).
+      this.standbyCrashPlan.mode = 'afterWrites';
+      this.ackedThisLife = 0;
+      this.standbyCrashFallback(b, 300 + this.prng.int(1200));
+    }
+  }
+
+  /** A crash of the standby at `atMs` unless one of this plan already happened. */
+  private standbyCrashAt(atMs: number, why: string): void {
+    const plan = this.standbyCrashPlan;
+    const b = this.sites.get('backup')!;
+    if (plan === undefined || !plan.armed || plan.life !== b.life) return;
+    plan.armed = false;
+    const powerCut = this.prng.chance(0.3);
+    const restartMs = 20 + this.prng.int(300);
+    this.sched.at(atMs, () => {
+      if (b.life !== plan.life || b.core === undefined) return;
+      this.extra.standbyCrashes = (this.extra.standbyCrashes as number) + 1;
+      this.extra.ackedBeforeStandbyCrash = (this.extra.ackedBeforeStandbyCrash as number) + this.ackedThisLife;
+      // Where the promotion stood: bitmapSets / the acting: primary save still in flight, or done.
+      const c = b.core;
+      const phase = c instanceof Standby ? c.status().phase : 'acting-primary';
+      const inflight = b.persist.inflight.map((u) => (u.kind === 'meta' ? (u.meta.acting === 'primary' ? 'M' : 'm') : u.kind === 'set' ? 'S' : 'c')).join('');
+      this.crash(b);
+      if (powerCut) b.disk.powerCut(this.prng);
+      const where = `${phase}${inflight === '' ? '' : `[${inflight}]`}->${b.persist.meta.acting ?? 'none'}`;
+      this.extra.standbyCrashModes = `${this.extra.standbyCrashModes as string}${this.extra.standbyCrashModes === '' ? '' : ' '}${why}${powerCut ? '+powerCut' : ''}@${where}`;
+      const promotedBefore = phase === 'primary' || phase === 'acting-primary';
+      this.sched.at(this.sched.now + restartMs, () => {
+        this.startSite(b);
+        // Its promotion was complete, so `acting: primary` was durable (and sticky through the
+        // reservations its Primary persisted since): it must come back as that primary, not
+        // as a standby that would fail over a second time.
+        if (promotedBefore && !(b.core instanceof Primary)) this.fail(`backup crashed as the primary of epoch ${this.epochOf(b)} but restarted as a ${b.core?.constructor.name} (persisted meta ${JSON.stringify(b.persist.meta, (_k, v) => (typeof v === 'bigint' ? Number(v) : v))})`);
+        if (b.core instanceof Primary) this.extra.restartedAsPrimary = (this.extra.restartedAsPrimary as number) + 1;
+        for (const key of this.links.keys()) if (key.split('|').includes(b.name)) this.sched.at(this.sched.now + 5, () => this.connect(key));
+        this.ackedThisLife = 0;
+        if (--this.standbyCrashesLeft > 0) this.armStandbyCrash();
+        else this.faultsDone = true;
+      });
+    });
+  }
+
+  private standbyCrashFallback(b: Site, afterMs: number): void {
+    const plan = this.standbyCrashPlan!;
+    this.sched.at(this.sched.now + afterMs, () => {
+      if (plan.armed && plan.life === b.life) this.standbyCrashAt(this.sched.now, `${plan.mode}:fallback`);
+    });
+  }
+
+  /** standbyCrash hooks: what the standby just asked for decides when its crash comes. */
+  private watchStandby(s: Site, a: CoreAction): void {
+    const plan = this.standbyCrashPlan;
+    if (plan === undefined || !plan.armed || s.name !== 'backup' || plan.life !== s.life) return;
+    const now = this.sched.now;
+    if (a.type === 'log' && a.event === 'failover_decided' && plan.mode === 'decided') {
+      // bitmapSets just issued: crash before, between or after their completions.
+      this.standbyCrashAt(now + this.prng.float() * 2, 'decided');
+    } else if (a.type === 'metaPersist' && a.meta.acting === 'primary' && plan.mode === 'meta') {
+      // Strictly before the completion: the crash keeps or loses this save at random.
+      this.standbyCrashAt(now + this.prng.float() * (s.persistDoneAtMs - now) * 0.999, 'meta');
+    } else if (a.type === 'log' && a.event === 'promoted') {
+      this.ackedThisLife = 0;
+      if (plan.mode === 'promoted') this.standbyCrashAt(now + this.prng.float() * 20, 'promoted');
+      else if (plan.mode === 'afterWrites') this.standbyCrashFallback(s, 1500);
     }
   }
 
@@ -292,17 +476,31 @@ class FailoverSim {
     s.cache.crash(this.prng);
     s.persist.crash(this.prng);
     for (const [key, l] of this.links) if (key.split('|').includes(s.name) && l.up) this.disconnect(key);
+    // The host's connection to it is gone: what it had in flight has an unknown outcome.
+    for (const w of this.writes) {
+      if (w.outcome === 'pending' && w.site === s.name) {
+        w.outcome = 'unknown';
+        this.stats.unknown!++;
+      }
+    }
+  }
+
+  /** The site acts as the primary now: a promoted standby, or a Primary core that is not fenced. */
+  private actsPrimary(s: Site): boolean {
+    const c = s.core;
+    if (c instanceof Standby) return c.status().phase === 'primary';
+    return c instanceof Primary && !c.status().fenced;
   }
 
   /** The dead primary comes back as the primary of its old epoch: it must be fenced. */
   private restartOldPrimary(): void {
     const s = this.sites.get('local')!;
-    if ((this.sites.get('backup')!.core as Standby).status().phase !== 'primary') {
+    if (!this.actsPrimary(this.sites.get('backup')!)) {
       // Back before the failover finished would be a plain restart, not this scenario.
       this.sched.at(this.sched.now + 100, () => this.restartOldPrimary());
       return;
     }
-    this.startSite(s, 'primary');
+    this.startSite(s);
     for (const [key, l] of this.links) if (key.split('|').includes('local') && !l.up && !l.cut) this.sched.at(this.sched.now + 5, () => this.connect(key));
     this.sched.at(this.sched.now + 400, () => this.rejoinAsMirror());
   }
@@ -317,19 +515,42 @@ class FailoverSim {
       return;
     }
     if (c !== undefined) this.crash(s);
-    this.startSite(s, 'mirror');
+    // Site layer (roles.ts becomeMirror): `acting: mirror` at the epoch that fenced it is durable
+    // before the next life, which the acting record makes a Mirror.
+    const fencedBy = c instanceof Primary ? c.status().fencedBy : undefined;
+    s.persist.inflight.push({ kind: 'meta', meta: { epoch: fencedBy !== undefined && fencedBy > s.persist.meta.epoch ? fencedBy : s.persist.meta.epoch, seqReserved: s.persist.meta.seqReserved, acting: 'mirror' } });
+    s.persist.applyOne();
+    this.startSite(s);
     for (const key of this.links.keys()) if (key.split('|').includes('local')) this.sched.at(this.sched.now + 5, () => this.connect(key));
     this.faultsDone = true;
   }
 
-  private startSite(s: Site, role: 'primary' | 'standby' | 'mirror'): void {
+  /**
+   * A new process life. The core follows the site layer's rule (src/site/replica.ts constructor):
+   * the configured role (local primary, backup standby, east/west mirrors) unless the persisted
+   * meta says otherwise: acting `mirror` makes any site a Mirror; a standby acting `primary` is
+   * the Primary of the persisted epoch for its old primary and the mirrors, with the persisted
+   * dirty bitmaps (passed in `recovered` below).
+   */
+  private startSite(s: Site): void {
     s.life++;
     const cfg = { self: s.name, volumeBytes, blockBytes, limits };
-    s.core = role === 'primary'
-      ? new Primary({ ...cfg, mirrors: names.filter((n) => n !== s.name), onMirrorLoss: this.oldPolicy, standby: 'backup' })
-      : role === 'standby'
-        ? new Standby({ ...cfg, primary: 'local', mirrors: ['east', 'west'], failoverTimeoutMs, queryIntervalMs: 200, onMirrorLoss: 'degrade' })
-        : new Mirror(cfg);
+    const configured = s.name === 'local' ? 'primary' : s.name === 'backup' ? 'standby' : 'mirror';
+    const acting = s.persist.meta.acting;
+    let role: string;
+    if (configured === 'mirror' || acting === 'mirror') {
+      role = acting === 'mirror' ? 'mirror (acting)' : 'mirror';
+      s.core = new Mirror(cfg);
+    } else if (configured === 'primary') {
+      role = 'primary';
+      s.core = new Primary({ ...cfg, mirrors: names.filter((n) => n !== s.name), onMirrorLoss: this.oldPolicy, standby: 'backup' });
+    } else if (acting === 'primary') {
+      role = `primary (acting, epoch ${s.persist.meta.epoch})`;
+      s.core = new Primary({ ...cfg, mirrors: ['local', 'east', 'west'], onMirrorLoss: 'degrade' });
+    } else {
+      role = 'standby';
+      s.core = new Standby({ ...cfg, primary: 'local', mirrors: ['east', 'west'], failoverTimeoutMs, queryIntervalMs: 200, onMirrorLoss: 'degrade' });
+    }
     this.log(`${s.name}: START as ${role}`);
     this.feed(s, { type: 'start', recovered: { meta: s.persist.meta, cacheEntries: s.cache.list(), dirtyRegions: s.persist.dirtyRegions() } });
   }
@@ -412,6 +633,11 @@ class FailoverSim {
   }
 
   private execute(s: Site, a: CoreAction): void {
+    this.executeOne(s, a);
+    if (this.standbyCrashPlan !== undefined) this.watchStandby(s, a);
+  }
+
+  private executeOne(s: Site, a: CoreAction): void {
     const now = this.sched.now;
     switch (a.type) {
       case 'log':
@@ -482,26 +708,34 @@ class FailoverSim {
     return this.writes.filter((w) => w.outcome === 'pending').length;
   }
 
+  /** The site whose export the host writes to: the promoted standby once it is primary, else the old primary unless it is dead, fenced or being demoted. */
+  private primaryNow(): PeerId | undefined {
+    if (this.actsPrimary(this.sites.get('backup')!)) return 'backup';
+    if (!this.demoting && this.actsPrimary(this.sites.get('local')!)) return 'local';
+    return undefined;
+  }
+
   private pump(): void {
     if (this.stopped) return;
-    const backup = this.sites.get('backup')!.core as Standby;
-    if (this.target === 'local' && backup.status().phase === 'primary') {
-      this.target = 'backup';
-      // Writes in flight at the old primary: their outcome is unknown to the host.
+    const next = this.primaryNow();
+    if (next !== this.target) {
+      // Writes in flight at the previous primary: their outcome is unknown to the host (unless
+      // it is being demoted: it drains them and acks them before it stops).
       for (const w of this.writes) {
-        if (w.outcome === 'pending' && w.site === 'local') {
+        if (w.outcome === 'pending' && w.site === this.target && !(this.demoting && w.site === 'local')) {
           w.outcome = 'unknown';
           this.stats.unknown!++;
         }
       }
+      this.target = next;
     }
-    const t = this.sites.get(this.target)!;
+    const t = this.target === undefined ? undefined : this.sites.get(this.target)!;
     // One write per pump, pumps spread out, so the workload spans the fault and the failover.
-    if (t.core !== undefined && this.issued < this.hostOps && this.outstanding() < this.qd) {
+    if (t !== undefined && t.core !== undefined && this.issued < this.hostOps && this.outstanding() < this.qd) {
       const lenBlocks = 1 + this.prng.int(8);
       const offBlocks = this.prng.int(volumeBytes / blockBytes - lenBlocks + 1);
       const id = this.writes.length + 1;
-      const w: HostWrite = { id, offsetBytes: offBlocks * blockBytes, lengthBytes: lenBlocks * blockBytes, site: t.name, outcome: 'pending' };
+      const w: HostWrite = { id, offsetBytes: offBlocks * blockBytes, lengthBytes: lenBlocks * blockBytes, site: t.name, life: t.life, outcome: 'pending' };
       this.writes.push(w);
       this.issued++;
       for (let b = 0; b < lenBlocks; b++) this.blockWrites[offBlocks + b]!.push(id);
@@ -518,15 +752,31 @@ class FailoverSim {
 
   private onHostAck(s: Site, id: number, error: string | undefined): void {
     const w = this.writes[id - 1];
-    if (w === undefined || w.site !== s.name) {
+    if (w === undefined || w.site !== s.name || w.life !== s.life) {
       this.fail(`${s.name} acked host op ${id} it was never given`);
       return;
     }
-    if (w.outcome !== 'pending') return; // the host gave up on it at the switch
+    if (w.outcome !== 'pending') {
+      // The host gave up on it at the switch; a success that comes later is still a write the old
+      // primary acked, so it must survive too (checked as acked; none is expected in practice,
+      // since every host ack needs the standby's ack and the standby drops old-epoch frames from
+      // its decision on).
+      if (w.outcome === 'unknown' && error === undefined) {
+        w.outcome = 'acked';
+        this.extra.lateAcked = ((this.extra.lateAcked as number | undefined) ?? 0) + 1;
+        this.log(`${s.name}: late ack of host write ${id} (after the host switched away)`);
+      }
+      return;
+    }
     if (error === undefined) {
       w.outcome = 'acked';
       this.stats.acked!++;
-      if (s.name === 'backup') this.stats.ackedByNewPrimary!++;
+      if (s.name === 'backup') {
+        this.stats.ackedByNewPrimary!++;
+        this.ackedThisLife++;
+        const plan = this.standbyCrashPlan;
+        if (plan !== undefined && plan.mode === 'afterWrites' && this.ackedThisLife >= plan.writes) this.standbyCrashAt(this.sched.now + this.prng.float() * 10, 'afterWrites');
+      }
       const epoch = this.epochOf(s);
       let set = this.ackers.get(epoch);
       if (set === undefined) this.ackers.set(epoch, (set = new Set()));
@@ -548,17 +798,24 @@ class FailoverSim {
   // -------------------------------------------------------------------------------------------
   // Settling and checks
 
-  private active(): { primary: Site; core: Primary | Standby } {
+  private active(): { primary: Site; core: Primary | Standby } | undefined {
     const backup = this.sites.get('backup')!;
-    const b = backup.core as Standby;
-    if (b.status().phase === 'primary') return { primary: backup, core: b };
+    if (this.actsPrimary(backup)) return { primary: backup, core: backup.core as Primary | Standby };
     const local = this.sites.get('local')!;
-    return { primary: local, core: local.core as Primary };
+    if (local.core instanceof Primary) return { primary: local, core: local.core };
+    return undefined;
+  }
+
+  /** The standby promoted: it is a Standby in phase primary, or it restarted as the acting Primary. */
+  private promoted(): boolean {
+    const c = this.sites.get('backup')!.core;
+    return c instanceof Primary || (c instanceof Standby && c.status().phase === 'primary');
   }
 
   private settled(): boolean {
-    const { core } = this.active();
-    if (core === undefined) return false;
+    const act = this.active();
+    if (act === undefined) return false;
+    const { core } = act;
     const st = core.status();
     if (st.role === 'standby' && st.phase !== 'primary') return false;
     const ps = st.role === 'primary' ? st : (st.inner as ReturnType<Primary['status']>);
@@ -573,16 +830,20 @@ class FailoverSim {
   }
 
   private finalChecks(): void {
-    const backup = this.sites.get('backup')!.core as Standby;
-    const promoted = backup.status().phase === 'primary';
-    const mustPromote = this.scenario === 'crash' || this.scenario === 'crashRejoin' || this.scenario === 'isolate';
+    const promoted = this.promoted();
+    const mustPromote = this.scenario !== 'cutStandby' && this.scenario !== 'none';
     if (promoted !== mustPromote) this.fail(`scenario ${this.scenario}: standby ${promoted ? 'promoted' : 'did not promote'}`);
-    const { primary, core } = this.active();
+    const act = this.active();
+    if (act === undefined) {
+      this.fail(`no site acts as primary after settling: ${this.describe()}`);
+      return;
+    }
+    const { primary, core } = act;
     const st = core.status();
     const ps = st.role === 'primary' ? st : (st.inner as ReturnType<Primary['status']>);
     const replicas = [primary, ...ps.mirrors.filter((m) => this.sites.get(m.peer)!.core !== undefined && m.sync === 'inSync').map((m) => this.sites.get(m.peer)!)];
     this.stats.replicas = replicas.length;
-    const expected = this.scenario === 'crash' ? 3 : 4; // every site that is alive is back in sync
+    const expected = this.scenario === 'crash' || this.scenario === 'standbyCrash' ? 3 : 4; // every site that is alive is back in sync
     if (replicas.length !== expected) this.fail(`${replicas.length} replicas in sync after settling, expected ${expected}`);
     const ref = primary.disk.cur;
     for (const r of replicas.slice(1)) {

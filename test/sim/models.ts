@@ -128,7 +128,12 @@ export class SimCache {
   }
 }
 
-/** Dirty bitmaps and meta record: ordered updates, durable on completion. */
+/**
+ * Dirty bitmaps and meta record: ordered updates, durable on completion. `acting` is sticky as
+ * in the real store (src/site/persist.ts): a meta save that leaves it out keeps the stored value.
+ * A crash keeps a random prefix of the updates in flight, so `acting` survives exactly when the
+ * save that carried it does.
+ */
 export class SimPersist {
   readonly bitmaps = new Map<PeerId, Set<number>>();
   meta: Meta;
@@ -142,7 +147,8 @@ export class SimPersist {
     const u = this.inflight.shift();
     if (u === undefined) throw new Error('sim persist: completion with nothing in flight');
     if (u.kind === 'meta') {
-      this.meta = u.meta;
+      const acting = u.meta.acting ?? this.meta.acting;
+      this.meta = acting === undefined ? u.meta : { ...u.meta, acting };
       return;
     }
     let set = this.bitmaps.get(u.peer);
