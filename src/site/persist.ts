@@ -7,12 +7,15 @@
 // Where: next to a loopback cache file (`<cache>.meta`, `<cache>.dirty-<peer>`), so one site's
 // state lives in one place. A `memory:` cache keeps them in RAM (nothing survives a restart, and
 // nothing needs to: the cache itself did not survive either).
-import { open, rename, readFile, writeFile, type FileHandle } from 'node:fs/promises';
+import { open, rename, readFile, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
 import type { Meta, PeerId } from '../core/types.js';
 
 const metaMagic = 'geomirror-meta-v1';
-/** A fresh site: epoch 1 (the first primary's epoch), no seq used yet. */
+/**
+ * A fresh site: epoch 1 (the first primary's epoch), no seq used yet. `load()` returns this very
+ * object when no record exists, so `meta === freshMeta` says "first life of this site".
+ */
 export const freshMeta: Meta = { epoch: 1n, seqReserved: 1n };
 
 export interface MetaStore {
@@ -105,6 +108,8 @@ export function fileMetaStore(path: string): MetaStore {
 export interface BitmapStore {
   /** Every mirror's dirty regions as persisted. */
   load(peers: readonly PeerId[]): Promise<Map<PeerId, number[]>>;
+  /** Whether a bitmap was ever kept for `peer` (a file exists): false for a mirror new to this primary. */
+  has(peer: PeerId): Promise<boolean>;
   /** Durable when the promise resolves. */
   set(peer: PeerId, regions: readonly number[]): Promise<void>;
   /** Takes effect in issue order; need not be durable (a stale set bit only costs a resync). */
@@ -117,6 +122,7 @@ export function memoryBitmapStore(): BitmapStore {
   const of = (p: PeerId) => maps.get(p) ?? maps.set(p, new Set()).get(p)!;
   return {
     load: async (peers) => new Map(peers.map((p) => [p, [...of(p)]])),
+    has: async (p) => maps.has(p),
     set: async (p, regions) => void regions.forEach((r) => of(p).add(r)),
     clear: async (p, regions) => void regions.forEach((r) => of(p).delete(r)),
     close: async () => undefined,
@@ -174,6 +180,16 @@ export function fileBitmapStore(pathPrefix: string, regionCount: number): Bitmap
   }
 
   return {
+    async has(peer) {
+      if (files.has(peer)) return true;
+      try {
+        await stat(pathOf(peer));
+        return true;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+        throw err;
+      }
+    },
     async load(peers) {
       const out = new Map<PeerId, number[]>();
       for (const p of peers) {

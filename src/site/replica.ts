@@ -21,7 +21,8 @@ import { defaultLimits, type CacheEntry, type CoreAction, type CoreEvent, type E
 import { Dialer, LinkServer, type Link } from '../net/index.js';
 import { payloadBytesMax } from '../wire/index.js';
 import type { SiteContext, SiteRuntime } from './run.js';
-import { fileBitmapStore, fileMetaStore, memoryBitmapStore, memoryMetaStore, type BitmapStore, type MetaStore } from './persist.js';
+import { fileBitmapStore, fileMetaStore, freshMeta, memoryBitmapStore, memoryMetaStore, type BitmapStore, type MetaStore } from './persist.js';
+import { regionCount } from '../core/regions.js';
 import { fromWire, toWire, volumeId } from './peerwire.js';
 import type { FailoverRecord, PeerStatus, SiteStatus, SiteState } from './status.js';
 import type { Logger } from './log.js';
@@ -247,6 +248,18 @@ export class Replica {
     const { site, config } = this.ctx;
     const meta = this.dev.initialMeta;
     const peers = this.role instanceof Primary ? this.primaryMirrors : [];
+    if (this.role instanceof Primary && meta !== freshMeta) {
+      // A mirror this primary never kept a bitmap for is new to it (added to the cluster file,
+      // or its disk replaced and its state files removed): it holds none of the volume yet, so
+      // it owes a full initial sync before it counts as in sync. A primary's first life starts
+      // from blank volumes everywhere, so there nothing is owed.
+      const all = Array.from({ length: regionCount(config.volume.sizeBytes, this.limits.regionBytes) }, (_, i) => i);
+      for (const p of peers) {
+        if (await this.dev.bitmaps.has(p)) continue;
+        this.log.warn({ event: 'new-mirror-full-sync', peer: p, bytes: config.volume.sizeBytes }, `${p} is new to ${site.name} (no dirty bitmap kept for it): it gets a full initial sync of the volume`);
+        await this.dev.bitmaps.set(p, all);
+      }
+    }
     const dirtyRegions = await this.dev.bitmaps.load(peers);
     const cacheEntries: CacheEntry[] = [];
     for (const r of this.dev.recoveredEntries) {
