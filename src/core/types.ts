@@ -60,6 +60,14 @@ export type PeerMsg =
   | { type: 'resyncData'; epoch: Epoch; resyncId: bigint; offsetBytes: number; payload: Uint8Array }
   /** The region is on the receiver's stable storage. */
   | { type: 'resyncAck'; epoch: Epoch; resyncId: bigint; sense?: SenseInfo }
+  /**
+   * Upstream -> downstream: "you are in sync: you hold every write of `epoch` I acked to the
+   * host up to `seq`, and from now on I ack the host only with you". Sent when a mirror joins
+   * in sync or finishes its resync. A standby may be promoted only after it heard this (and
+   * nothing since put it out of sync: a resync region, a failed storage write), or a promotion
+   * could lose acked writes it never received.
+   */
+  | { type: 'inSync'; epoch: Epoch; seq: Seq }
   /** "Your epoch is stale; mine is `epoch`." The receiver must stop acting for its epoch. */
   | { type: 'fence'; epoch: Epoch; reason: string }
   /**

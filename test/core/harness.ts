@@ -21,6 +21,7 @@ export function fmtMsg(m: PeerMsg): string {
     case 'resyncData': return `resyncData #${m.resyncId} @${m.offsetBytes}+${m.payload.byteLength}`;
     case 'resyncAck': return `resyncAck #${m.resyncId}`;
     case 'fence': return `fence e${m.epoch}`;
+    case 'inSync': return `inSync e${m.epoch} s${m.seq}`;
     case 'lastHeardQuery': return `lastHeardQuery #${m.queryId} e${m.epoch}`;
     case 'lastHeardAnswer': return `lastHeardAnswer #${m.queryId} e${m.epoch} ago ${m.heardAgoMs} s${m.seqReceived}`;
   }
