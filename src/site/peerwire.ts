@@ -58,6 +58,8 @@ export function toWire(msg: PeerMsg, self: string): DataMessage | undefined {
       };
     case 'resyncAck':
       return { type: 'RESYNC_ACK', volumeId, ...senseFields(msg.sense), epoch: msg.epoch, resyncId: msg.resyncId };
+    case 'inSync':
+      return { type: 'IN_SYNC', volumeId, epoch: msg.epoch, seq: msg.seq };
     case 'fence':
       return { type: 'FENCE', currentEpoch: msg.epoch, refusedEpoch: 0n, primary: '', reason: msg.reason };
     case 'lastHeardQuery':
@@ -95,6 +97,8 @@ export function fromWire(m: DataMessage, peer: string): PeerMsg | undefined {
       const sense = senseOf(m, peer, `resync ${m.resyncId}`);
       return { type: 'resyncAck', epoch: m.epoch, resyncId: m.resyncId, ...(sense ? { sense } : {}) };
     }
+    case 'IN_SYNC':
+      return { type: 'inSync', epoch: m.epoch, seq: m.seq };
     case 'FENCE':
       return { type: 'fence', epoch: m.currentEpoch, reason: m.reason || `${peer} is at epoch ${m.currentEpoch}` };
     case 'LAST_HEARD_QUERY':

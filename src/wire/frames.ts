@@ -58,6 +58,7 @@ export const FrameType = {
   RESYNC_REQUEST: 0x30,
   RESYNC_DATA: 0x31,
   RESYNC_ACK: 0x32,
+  IN_SYNC: 0x33,
   EPOCH: 0x40,
   FENCE: 0x41,
   LAST_HEARD_QUERY: 0x42,
@@ -223,6 +224,10 @@ export const messageSpecs: readonly MessageSpec[] = [
   spec('RESYNC_ACK', 'data', 'Answer to RESYNC_DATA: the region is on the receiver\'s stable storage, or failed with sense.', [
     volumeId, statusF, ...senseF, epochF, f('resyncId', 'u64', 'the RESYNC_DATA answered'),
   ]),
+  spec('IN_SYNC', 'data', 'Upstream -> downstream (primary or relay -> mirror or standby): "you are in sync: you hold every WRITE of epoch I acked to the host up to seq, and from now on I ack the host only with you". Sent when the downstream joins in sync or finishes its resync; a standby is promotable only after it.', [
+    volumeId, f('reserved', 'u32', 'must be 0'), epochF,
+    f('seq', 'u64', 'every WRITE of epoch up to seq that the sender acked to the host is held by the receiver'),
+  ]),
   spec('EPOCH', 'data', 'A new epoch begins (claim 13: failover): primary and the last seq every in-sync site has.', [
     f('epoch', 'u64', 'the new epoch'),
     f('agreedLastSeq', 'u64', 'last seq of the previous epoch that the new primary holds'),
@@ -279,6 +284,8 @@ export interface ResyncRange { offsetBytes: bigint; lengthBytes: bigint }
 export interface ResyncRequestMsg { type: 'RESYNC_REQUEST'; volumeId: number; epoch: bigint; seqReceived: bigint; ranges: ResyncRange[] }
 export interface ResyncDataMsg { type: 'RESYNC_DATA'; volumeId: number; flags: number; epoch: bigint; resyncId: bigint; offsetBytes: bigint; data: Buffer }
 export interface ResyncAckMsg { type: 'RESYNC_ACK'; volumeId: number; status: number; senseKey: number; asc: number; ascq: number; epoch: bigint; resyncId: bigint }
+/** Upstream -> downstream: the receiver holds every WRITE of epoch acked to the host up to seq. */
+export interface InSyncMsg { type: 'IN_SYNC'; volumeId: number; epoch: bigint; seq: bigint }
 export interface EpochMsg { type: 'EPOCH'; epoch: bigint; agreedLastSeq: bigint; primary: string }
 export interface FenceMsg { type: 'FENCE'; currentEpoch: bigint; refusedEpoch: bigint; primary: string; reason: string }
 export interface LastHeardQueryMsg { type: 'LAST_HEARD_QUERY'; epoch: bigint; queryId: bigint }
@@ -289,7 +296,7 @@ export interface ErrorMsg { type: 'ERROR'; code: number; reason: string }
 export type HandshakeMessage = HelloMsg | ChallengeMsg | ResponseMsg | WelcomeMsg | RefuseMsg;
 export type DataMessage =
   | WriteMsg | WriteAckMsg | AckMsg | FlushMsg | FlushAckMsg | HeartbeatMsg | StatusRequestMsg | StatusReplyMsg
-  | ResyncRequestMsg | ResyncDataMsg | ResyncAckMsg | EpochMsg | FenceMsg | LastHeardQueryMsg | LastHeardAnswerMsg | ErrorMsg;
+  | ResyncRequestMsg | ResyncDataMsg | ResyncAckMsg | InSyncMsg | EpochMsg | FenceMsg | LastHeardQueryMsg | LastHeardAnswerMsg | ErrorMsg;
 export type Message = HandshakeMessage | DataMessage;
 
 /** A frame as the parser delivers it: header fields and a view of the body. */

@@ -88,6 +88,9 @@ export function messageCases(): { name: string; frameSeq: number; msg: Message }
     c('STATUS_REPLY empty', { type: 'STATUS_REPLY', requestId: 2, entries: [] }),
     c('RESYNC_REQUEST', { type: 'RESYNC_REQUEST', volumeId: 0, epoch: 2n, seqReceived: 41n, ranges: [{ offsetBytes: 0n, lengthBytes: 65536n }, { offsetBytes: 2n ** 40n, lengthBytes: 4096n }] }),
     c('RESYNC_DATA last', { type: 'RESYNC_DATA', volumeId: 0, flags: ResyncDataFlags.LAST, epoch: 2n, resyncId: 7n, offsetBytes: 4096n, data: detBytes('resync', 1024) }),
+    c('IN_SYNC', { type: 'IN_SYNC', volumeId: 0, epoch: 2n, seq: 1234n }),
+    c('IN_SYNC nothing acked yet', { type: 'IN_SYNC', volumeId: 0, epoch: 1n, seq: 0n }),
+    c('IN_SYNC u64 max', { type: 'IN_SYNC', volumeId: 0xffffffff, epoch: u64Max, seq: u64Max }, 3),
     c('EPOCH', { type: 'EPOCH', epoch: 4n, agreedLastSeq: 1234n, primary: 'standby' }),
     c('FENCE', { type: 'FENCE', currentEpoch: 4n, refusedEpoch: 3n, primary: 'standby', reason: 'east is at epoch 4; local speaks for 3' }),
     c('FENCE unknown primary', { type: 'FENCE', currentEpoch: 4n, refusedEpoch: 3n, primary: '', reason: '' }),
@@ -128,6 +131,8 @@ export function refusalCases(): { name: string; bytes: Buffer; code: ErrorCode; 
   const { crc32 } = { crc32: (b: Buffer) => Number(b.length === 0 ? 0 : crc32Of(b)) };
   const r = (name: string, bytes: Buffer, code: ErrorCode, reasonIncludes: string) => ({ name, bytes, code, reasonIncludes });
   const heartbeatType = 0x20;
+  const inSyncType = 0x33;
+  const inSync = encodeFrame(messageCases().find((m) => m.msg.type === 'IN_SYNC')!.msg, 0);
   const lastHeardQueryType = 0x42;
   const lastHeardAnswerType = 0x43;
   const lastHeardAnswer = encodeFrame(messageCases().find((m) => m.msg.type === 'LAST_HEARD_ANSWER')!.msg, 0);
@@ -141,6 +146,14 @@ export function refusalCases(): { name: string; bytes: Buffer; code: ErrorCode; 
     r('length above frameBytesMax by 1', rawHeader({ type: 0x10, bodyBytes: 1024 * 1024 + 4096 - headerBytes + 1 }), ErrorCode.FRAME_TOO_LARGE, 'frameBytesMax'),
     r('HEARTBEAT longer than its layout', rawHeader({ type: heartbeatType, bodyBytes: 4096 }), ErrorCode.FRAME_TOO_LARGE, 'HEARTBEAT'),
     r('HEARTBEAT shorter than its layout', rawHeader({ type: heartbeatType, bodyBytes: 8 }), ErrorCode.MALFORMED, 'HEARTBEAT'),
+    r('IN_SYNC longer than its layout', rawHeader({ type: inSyncType, bodyBytes: 25 }), ErrorCode.FRAME_TOO_LARGE, 'IN_SYNC'),
+    r('IN_SYNC shorter than its layout (no seq)', rawHeader({ type: inSyncType, bodyBytes: 16 }), ErrorCode.MALFORMED, 'IN_SYNC'),
+    r('IN_SYNC shorter than its layout by 1', rawHeader({ type: inSyncType, bodyBytes: 23 }), ErrorCode.MALFORMED, 'IN_SYNC'),
+    r('IN_SYNC reserved field not 0', (() => {
+      const body = Buffer.from(inSync.subarray(headerBytes));
+      body.writeUInt32BE(1, 4);
+      return Buffer.concat([rawHeader({ type: inSyncType, bodyBytes: body.length, bodyCrc: crc32(body) }), body]);
+    })(), ErrorCode.BAD_FLAGS, 'reserved'),
     r('LAST_HEARD_QUERY longer than its layout', rawHeader({ type: lastHeardQueryType, bodyBytes: 17 }), ErrorCode.FRAME_TOO_LARGE, 'LAST_HEARD_QUERY'),
     r('LAST_HEARD_QUERY shorter than its layout', rawHeader({ type: lastHeardQueryType, bodyBytes: 15 }), ErrorCode.MALFORMED, 'LAST_HEARD_QUERY'),
     r('LAST_HEARD_ANSWER longer than its layout', rawHeader({ type: lastHeardAnswerType, bodyBytes: 33 }), ErrorCode.FRAME_TOO_LARGE, 'LAST_HEARD_ANSWER'),

@@ -1,6 +1,7 @@
 // src/site/peerwire.ts for the failover-detection frames (claim 13 v, issue 10): the core's
 // lastHeardQuery / lastHeardAnswer map onto LAST_HEARD_QUERY / LAST_HEARD_ANSWER and back, through
-// real frame bytes, with heardAgoMs -1 <-> 0xFFFFFFFF and ages past 0xFFFFFFFE clamped.
+// real frame bytes, with heardAgoMs -1 <-> 0xFFFFFFFF and ages past 0xFFFFFFFE clamped; and
+// inSync <-> IN_SYNC, the basis of the standby's promotion guard.
 import { describe, expect, it } from 'vitest';
 import type { PeerMsg } from '../../src/core/types.js';
 import { fromWire, heardAgoToWire, toWire } from '../../src/site/peerwire.js';
@@ -79,5 +80,31 @@ describe('peerwire: lastHeardAnswer <-> LAST_HEARD_ANSWER', () => {
   it('a wire age just below "never" reads as an age', () => {
     expect(fromWire({ type: 'LAST_HEARD_ANSWER', epoch: 1n, queryId: 1n, heardAgoMs: 0xfffffffe, seqReceived: 5n }, 'east'))
       .toEqual({ type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 0xfffffffe, seqReceived: 5n });
+  });
+});
+
+describe('peerwire: inSync <-> IN_SYNC', () => {
+  it('maps every field both ways, u64 values intact, on volume 0', () => {
+    for (const msg of [
+      { type: 'inSync', epoch: 2n, seq: 1234n },
+      { type: 'inSync', epoch: 1n, seq: 0n },
+      { type: 'inSync', epoch: u64Max, seq: 2n ** 53n + 1n },
+      { type: 'inSync', epoch: 2n ** 32n, seq: u64Max },
+    ] as const) {
+      const { wire, back } = roundTrip(msg);
+      expect(wire).toEqual({ type: 'IN_SYNC', volumeId: 0, epoch: msg.epoch, seq: msg.seq });
+      expect(back).toEqual(msg);
+    }
+  });
+
+  it('IN_SYNC is a replication message for the core (not dropped like STATUS_*)', () => {
+    expect(fromWire({ type: 'IN_SYNC', volumeId: 0, epoch: 3n, seq: 9n }, 'local')).toEqual({ type: 'inSync', epoch: 3n, seq: 9n });
+  });
+
+  it('the frame is 24 body bytes: volumeId, reserved 0, epoch, seq (8-byte fields 8-aligned)', () => {
+    const bytes = encodeFrame(toWire({ type: 'inSync', epoch: 0x0102030405060708n, seq: 0x1112131415161718n }, 'local')!, 0);
+    const body = bytes.subarray(24);
+    expect(bytes[5]).toBe(0x33);
+    expect(body.toString('hex')).toBe('00000000' + '00000000' + '0102030405060708' + '1112131415161718');
   });
 });
