@@ -202,6 +202,8 @@ export class Mirror implements Role {
       case 'heartbeat':
         if (!msg.reply) this.send(peer, { type: 'heartbeat', epoch: this.epoch, sentMs: msg.sentMs, seqAcked: this.seqAcked, reply: true });
         break;
+      case 'inSync':
+        break; // only a standby acts on it (src/core/standby.ts: its promotion guard)
       default:
         this.log('warn', 'unexpected_message', { peer, type: msg.type, fix: 'only an upstream site sends this to a mirror' });
     }

@@ -642,6 +642,8 @@ export class Primary implements Role {
       if (f.stage === 'flushing' && f.waitingMirrors.has(m.peer)) this.send(m.peer, { type: 'flush', epoch: this.epoch, flushId: f.flushId, seq: f.upTo });
     }
     this.log('info', 'mirror_joined', { peer: m.peer, seqReceived, resent });
+    // After the resent writes on the same ordered link: it holds (or is about to) every write.
+    this.send(m.peer, { type: 'inSync', epoch: this.epoch, seq: this.seqNext - 1n });
   }
 
   private startResync(m: MirrorState): void {
@@ -824,6 +826,7 @@ export class Primary implements Role {
     if (m.sync !== 'resyncing' || m.dirty.size > 0 || m.inflight.size > 0) return;
     m.sync = 'inSync';
     this.log('info', 'mirror_in_sync', { peer: m.peer, regionsResynced: m.regionsDone });
+    if (m.link === 'ready') this.send(m.peer, { type: 'inSync', epoch: this.epoch, seq: this.seqNext - 1n });
     m.regionsDone = 0;
   }
 

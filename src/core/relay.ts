@@ -298,6 +298,8 @@ export class Relay implements Role {
       case 'heartbeat':
         if (!msg.reply) this.send(peer, { type: 'heartbeat', epoch: this.epoch, sentMs: msg.sentMs, seqAcked: this.seqAcked, reply: true });
         break;
+      case 'inSync':
+        break; // meaningful to a standby only; a relay's downstream is told by the relay's own state
       default:
         this.log('warn', 'unexpected_message', { peer, type: msg.type, fix: 'only an upstream site sends this to a relay' });
     }

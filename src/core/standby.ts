@@ -100,12 +100,16 @@ export interface StandbyStatus {
   readonly lastHeardPrimaryMs: number | undefined;
   readonly promotions: readonly { atMs: number; fromEpoch: Epoch; toEpoch: Epoch; seqReceived: Seq; reason: string }[];
   readonly inner: MirrorStatus | PrimaryStatus;
+  /** Promotion guard: the primary said this site holds every acked write, and nothing since undid it. */
+  readonly inSyncConfirmed: boolean;
 }
 
 type Inner = 'mirror' | 'primary' | 'self';
 
 /** Cold start: the failover timeout is multiplied by this until the primary is heard once (timeoutMs). */
 export const neverHeardFactor = 3;
+/** A refused failover (guard) is logged at most this often. */
+const refusalLogIntervalMs = 10_000;
 
 export class Standby implements Role {
   private out: CoreAction[] = [];
@@ -125,6 +129,10 @@ export class Standby implements Role {
   private query: { queryId: bigint; sentMs: number; agree: Set<PeerId>; disagree: Set<PeerId> } | undefined;
   private promotion: { epoch: Epoch; metaOp: OpId | undefined; bitmapOps: Set<OpId>; seqReceived: Seq; reason: string; metaIssued: boolean } | undefined;
   private readonly promotions: { atMs: number; fromEpoch: Epoch; toEpoch: Epoch; seqReceived: Seq; reason: string }[] = [];
+  /** Promotion guard (setInSync); from the meta record at start. */
+  private inSyncConfirmed = false;
+  private readonly guardOps = new Set<OpId>();
+  private refusalLoggedMs = -Infinity;
 
   constructor(private readonly cfg: StandbyConfig) {
     assert(cfg.primary !== cfg.self && !cfg.mirrors.includes(cfg.self) && !cfg.mirrors.includes(cfg.primary), `standby ${cfg.self}: primary ${cfg.primary} and mirrors [${cfg.mirrors.join(', ')}] must be distinct sites other than itself`);
@@ -182,6 +190,7 @@ export class Standby implements Role {
     assert(!this.started, 'standby started twice (a restart is a new instance)');
     this.started = true;
     this.meta = rec.meta;
+    this.inSyncConfirmed = rec.meta.standbyInSync === true;
     this.startMs = this.nowMs;
     this.emit('mirror', this.mirror.step({ type: 'start', recovered: rec }, this.nowMs));
     this.log('info', 'standby_start', { epoch: rec.meta.epoch, primary: this.cfg.primary, failoverTimeoutMs: this.cfg.failoverTimeoutMs });
@@ -196,6 +205,13 @@ export class Standby implements Role {
   /** Re-numbers the inner core's op ids into this site's single op id space. */
   private emit(inner: Inner, actions: CoreAction[]): void {
     for (const a of actions) {
+      // The guard watches what the following mirror tells its primary: a failed write, flush or
+      // resync region means the primary will degrade this site and may ack writes without it.
+      if (inner === 'mirror' && this.phase === 'following' && a.type === 'send' && a.msg.type !== 'ack') {
+        const m = a.msg;
+        const failed = m.type === 'writeStatus' ? m.sense : m.type === 'flushAck' || m.type === 'resyncAck' ? m.sense : undefined;
+        if (failed !== undefined) this.setInSync(false, `a ${m.type === 'writeStatus' ? 'write' : m.type === 'flushAck' ? 'flush' : 'resync region'} failed on this site's storage: ${failed.message}`);
+      }
       if ('opId' in a) {
         const opId = this.opNext++;
         this.ops.set(opId, { inner, opId: a.opId });
@@ -246,6 +262,37 @@ export class Standby implements Role {
       }
     }
     this.forward({ type: 'recv', peer, msg });
+    // The promotion guard, after the mirror took the message (an inSync follows the writes it
+    // covers on the same link). Only frames the mirror accepted from its upstream count.
+    if (this.phase === 'following' && peer === this.cfg.primary && this.mirror.status().upstream === peer && msg.epoch === this.mirror.status().epoch) {
+      if (msg.type === 'inSync') this.setInSync(true, `${peer} says this site holds every write it acked (seq ${msg.seq})`);
+      else if (msg.type === 'resyncData') this.setInSync(false, `${peer} is resyncing this site`);
+    }
+  }
+
+  /**
+   * Promotion guard: whether this standby is known to hold every write its primary acked. Set by
+   * the primary's `inSync`, cleared by a resync region or a failed local write; persisted
+   * (sticky `standbyInSync` in the meta record) so a restart keeps it. Not cleared by a mere
+   * link reset: the primary never degrades its standby for being unreachable.
+   */
+  private setInSync(v: boolean, why: string): void {
+    if (this.inSyncConfirmed === v) return;
+    this.inSyncConfirmed = v;
+    const opId = this.opNext++;
+    this.ops.set(opId, { inner: 'self', opId });
+    this.guardOps.add(opId);
+    // The inner mirror's epoch is settled here: inSync, resync data and write failures all come
+    // after its join, which comes after it persisted the epoch it adopted.
+    this.out.push({ type: 'metaPersist', opId, meta: { epoch: this.mirror.status().epoch, seqReserved: this.meta.seqReserved, standbyInSync: v } });
+    this.log(v ? 'info' : 'warn', v ? 'standby_in_sync' : 'standby_out_of_sync', { why, promotable: v });
+  }
+
+  /** Why this standby may not be promoted now (undefined: it may). */
+  notPromotable(): string | undefined {
+    if (this.phase !== 'following') return `${this.cfg.self} is ${this.phase === 'primary' ? 'the primary already' : 'being promoted'}`;
+    if (!this.inSyncConfirmed) return `${this.cfg.self} is not known to hold every write ${this.cfg.primary} acked (its primary has not said in sync since it was resynced, a write failed here, or it never joined); promoting it could lose acknowledged writes`;
+    return undefined;
   }
 
   private currentEpoch(): Epoch {
@@ -304,6 +351,16 @@ export class Standby implements Role {
     const votes = 1 + q.agree.size; // the standby itself
     if (votes * 2 <= this.clusterSites()) return;
     this.query = undefined;
+    const refusal = this.notPromotable();
+    if (refusal !== undefined) {
+      // The vote says the primary is gone, but this site may miss acked writes: stay a follower
+      // and say so loudly (a person decides: bring the primary back, or promote --force).
+      if (this.nowMs - this.refusalLoggedMs >= refusalLogIntervalMs) {
+        this.refusalLoggedMs = this.nowMs;
+        this.log('error', 'failover_refused', { primary: this.cfg.primary, votes, sites: this.clusterSites(), why: refusal, fix: `restart ${this.cfg.primary}, or accept the loss with geomirror promote --site ${this.cfg.self} --force` });
+      }
+      return;
+    }
     this.beginPromotion(`no frame from ${this.cfg.primary} for ${Math.round(this.silentMs())} ms (timeout ${this.timeoutMs()} ms${this.lastHeardPrimaryMs === undefined ? ', never heard in this life' : ''}); ${votes} of ${this.clusterSites()} sites cannot reach it (${[this.cfg.self, ...q.agree].join(', ')})`);
   }
 
@@ -313,11 +370,15 @@ export class Standby implements Role {
    * primary's acked writes are all here (it never acks without its standby), and the new epoch
    * fences it.
    */
-  promote(reason: string, nowMs: number): CoreAction[] {
+  promote(reason: string, nowMs: number, force = false): CoreAction[] {
     assert(nowMs >= this.nowMs, `time went backwards: ${nowMs} < ${this.nowMs}`);
     this.nowMs = nowMs;
     this.out = [];
     if (this.phase === 'following') {
+      if (!this.inSyncConfirmed) {
+        assert(force, `standby ${this.cfg.self}: promote() without force while ${this.notPromotable()}`);
+        this.log('error', 'forced_promotion', { reason, risk: this.notPromotable() });
+      }
       this.query = undefined;
       this.beginPromotion(reason);
     }
@@ -350,6 +411,10 @@ export class Standby implements Role {
   }
 
   private onOwnCompletion(opId: OpId, type: CoreEvent['type']): void {
+    if (this.guardOps.delete(opId)) {
+      assert(type === 'metaPersisted', `op ${opId} is a metaPersist, completed as ${type}`);
+      return;
+    }
     const p = this.promotion;
     assert(p !== undefined, `standby ${this.cfg.self}: ${type} for op ${opId} with no promotion under way`);
     if (opId === p.metaOp) {
@@ -424,7 +489,7 @@ export class Standby implements Role {
   status(): StandbyStatus {
     return {
       role: 'standby', phase: this.phase, epoch: this.currentEpoch(), lastHeardPrimaryMs: this.lastHeardPrimaryMs,
-      promotions: [...this.promotions], inner: this.primaryCore?.status() ?? this.mirror.status(),
+      promotions: [...this.promotions], inner: this.primaryCore?.status() ?? this.mirror.status(), inSyncConfirmed: this.inSyncConfirmed,
     };
   }
 }

@@ -108,6 +108,11 @@ export interface Meta {
    * primary. Sticky: a save that leaves it out keeps the stored value (src/site/persist.ts).
    */
   readonly acting?: 'primary' | 'mirror';
+  /**
+   * A standby's promotion guard (issue 10): true once its primary said `inSync`, false again
+   * after a resync region or a failed write. Sticky like `acting`. Absent: false.
+   */
+  readonly standbyInSync?: boolean;
 }
 
 export interface Recovered {

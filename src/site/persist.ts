@@ -24,19 +24,29 @@ export interface MetaStore {
   save(meta: Meta): Promise<void>;
 }
 
+/** Fields a save that leaves them out keeps (the cores persist epoch and seqs without them). */
+type Sticky = Pick<Meta, 'acting' | 'standbyInSync'>;
+
+function withSticky(meta: Meta, old: Sticky): { meta: Meta; sticky: Sticky } {
+  const acting = meta.acting ?? old.acting;
+  const standbyInSync = meta.standbyInSync ?? old.standbyInSync;
+  const sticky: Sticky = { ...(acting !== undefined ? { acting } : {}), ...(standbyInSync !== undefined ? { standbyInSync } : {}) };
+  return { meta: { epoch: meta.epoch, seqReserved: meta.seqReserved, ...sticky }, sticky };
+}
+
 export function memoryMetaStore(): MetaStore {
   let meta = freshMeta;
   return {
     load: async () => meta,
     save: async (m) => {
-      meta = { ...m, ...(m.acting === undefined && meta.acting !== undefined ? { acting: meta.acting } : {}) };
+      meta = withSticky(m, meta).meta;
     },
   };
 }
 
 export function fileMetaStore(path: string): MetaStore {
-  /** The sticky acting role as last read or written; `known` once the file was read or written. */
-  let acting: Meta['acting'];
+  /** The sticky fields as last read or written; `known` once the file was read or written. */
+  let sticky: Sticky = {};
   let known = false;
   /** Saves run one at a time, in issue order: they share the temp file, and the last issued must win. */
   let chain: Promise<void> = Promise.resolve();
@@ -47,13 +57,13 @@ export function fileMetaStore(path: string): MetaStore {
       text = await readFile(path, 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        acting = undefined;
+        sticky = {};
         known = true;
         return freshMeta;
       }
       throw err;
     }
-    let parsed: { magic?: unknown; epoch?: unknown; seqReserved?: unknown; acting?: unknown };
+    let parsed: { magic?: unknown; epoch?: unknown; seqReserved?: unknown; acting?: unknown; standbyInSync?: unknown };
     try {
       parsed = JSON.parse(text) as typeof parsed;
     } catch {
@@ -65,25 +75,29 @@ export function fileMetaStore(path: string): MetaStore {
     if (parsed.acting !== undefined && parsed.acting !== 'primary' && parsed.acting !== 'mirror') {
       throw new Error(`${path}: acting is ${JSON.stringify(parsed.acting)}; expected primary or mirror (the role this site took on in a failover)`);
     }
-    acting = parsed.acting;
+    if (parsed.standbyInSync !== undefined && typeof parsed.standbyInSync !== 'boolean') {
+      throw new Error(`${path}: standbyInSync is ${JSON.stringify(parsed.standbyInSync)}; expected true or false (whether this standby's primary last said it holds every acked write)`);
+    }
+    const loaded = withSticky({ epoch: BigInt(parsed.epoch), seqReserved: BigInt(parsed.seqReserved) }, { acting: parsed.acting, standbyInSync: parsed.standbyInSync });
+    sticky = loaded.sticky;
     known = true;
-    return { epoch: BigInt(parsed.epoch), seqReserved: BigInt(parsed.seqReserved), ...(acting ? { acting } : {}) };
+    return loaded.meta;
   }
 
   async function save(meta: Meta): Promise<void> {
-    // `acting` is sticky: the cores persist epoch and seq reservations without it, and a
-    // fenced old primary must stay a mirror through every later save and restart.
-    if (meta.acting !== undefined) {
-      acting = meta.acting;
-      known = true;
-    } else if (!known) {
-      // Read once (not on every save): an unreadable old record keeps no acting, as before.
+    // `acting` and `standbyInSync` are sticky: the cores persist epoch and seq reservations
+    // without them, and a fenced old primary must stay a mirror through every later save and
+    // restart (and a standby keep whether it may be promoted).
+    if (!known) {
+      // Read once (not on every save): an unreadable old record keeps nothing, as before.
       await load().catch(() => {
         known = true;
       });
     }
+    const merged = withSticky(meta, sticky);
+    sticky = merged.sticky;
     const tmp = join(dirname(path), `.${basename(path)}.tmp`);
-    const body = JSON.stringify({ magic: metaMagic, epoch: meta.epoch.toString(), seqReserved: meta.seqReserved.toString(), ...(acting ? { acting } : {}) }) + '\n';
+    const body = JSON.stringify({ magic: metaMagic, epoch: meta.epoch.toString(), seqReserved: meta.seqReserved.toString(), ...sticky }) + '\n';
     const fh = await open(tmp, 'w', 0o600);
     try {
       await fh.writeFile(body);

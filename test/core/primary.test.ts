@@ -131,7 +131,8 @@ describe('primary: mirror loss (issue 5 item 5)', () => {
     expect(t.role.status().mirrors.find((m) => m.peer === 'west')).toMatchObject({ sync: 'resyncing', resyncPercent: 50 });
     expect(t.tick(1)).toEqual(['storageRead @2048+1024']);
     t.done('storageRead');
-    expect(t.recv('west', { type: 'resyncAck', epoch: 1n, resyncId: 2n })).toEqual(['bitmapClear west [2]']);
+    // The last region lands: west is in sync, and is told so (a standby's promotion guard).
+    expect(t.recv('west', { type: 'resyncAck', epoch: 1n, resyncId: 2n })).toEqual(['bitmapClear west [2]', 'send west inSync e1 s2']);
     expect(t.logs).toContain('mirror_in_sync');
     t.step(hostWrite(3, 0, 512));
     expect(t.done('cacheAppend s3')).toEqual(['send east write s3 @0+512', 'send west write s3 @0+512', 'storageWrite @0+512']);
@@ -177,7 +178,7 @@ describe('primary: mirror loss (issue 5 item 5)', () => {
     expect(t.tick(10_000)).toEqual(['storageFlush']); // no bitmap, no host ack
     expect(t.role.status().mirrors[0]).toMatchObject({ sync: 'inSync', link: 'down' });
     t.step({ type: 'peerUp', peer: 'east' });
-    expect(t.recv('east', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n })).toEqual(['send east write s1 @0+512']);
+    expect(t.recv('east', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n })).toEqual(['send east write s1 @0+512', 'send east inSync e1 s1']);
     expect(t.recv('east', { type: 'ack', epoch: 1n, seq: 1n })).toEqual(['ackHost #1']);
   });
 
@@ -191,7 +192,7 @@ describe('primary: mirror loss (issue 5 item 5)', () => {
     t.done('cacheAppend s2');
     t.step({ type: 'peerDown', peer: 'east' });
     t.step({ type: 'peerUp', peer: 'east' });
-    expect(t.recv('east', { type: 'resyncRequest', epoch: 1n, seqReceived: 1n })).toEqual(['send east write s2 @1024+512']);
+    expect(t.recv('east', { type: 'resyncRequest', epoch: 1n, seqReceived: 1n })).toEqual(['send east write s2 @1024+512', 'send east inSync e1 s2']);
   });
 });
 
@@ -201,7 +202,7 @@ describe('primary: restart and fencing', () => {
     const t = primaryScript(['east'], {}, [entry], new Map(), 8n);
     expect(t.last.map((a) => a.type)).toContain('storageWrite');
     expect(t.step({ type: 'peerUp', peer: 'east' })).toEqual(['send east epoch 1']);
-    expect(t.recv('east', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n })).toEqual(['send east write s7 @0+512']);
+    expect(t.recv('east', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n })).toEqual(['send east write s7 @0+512', 'send east inSync e1 s7']);
     // A replayed entry has no host to ack; it completes and leaves the cache like any other.
     t.done('storageWrite');
     expect(t.recv('east', { type: 'ack', epoch: 1n, seq: 7n })).toEqual([]);

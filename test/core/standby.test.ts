@@ -4,20 +4,27 @@
 // checked on the mirror and on the old primary.
 import { describe, expect, it } from 'vitest';
 import { Standby } from '../../src/core/standby.js';
+import { senseOf, type CoreAction } from '../../src/core/types.js';
 import { blockBytes, hostWrite, mirrorScript, primaryScript, Script, testLimits, writeMsg } from './harness.js';
 
 const limits = { ...testLimits, heartbeatIntervalMs: 100 };
 const regionsAll = Array.from({ length: 16 }, (_, i) => i).join(','); // 16 KiB volume, 1 KiB regions
 
 /** Standby `backup` of primary `local`, with mirrors east and west; links to all three up. */
-function standby(opts: { witness?: string } = {}): Script<Standby> {
+function standby(opts: { witness?: string; inSync?: boolean } = {}): Script<Standby> {
   const s = new Script(new Standby({
     self: 'backup', primary: 'local', mirrors: ['east', 'west'], volumeBytes: 16 * 1024, blockBytes, limits,
-    failoverTimeoutMs: 500, queryIntervalMs: 200, onMirrorLoss: 'degrade', ...opts,
+    failoverTimeoutMs: 500, queryIntervalMs: 200, onMirrorLoss: 'degrade', ...(opts.witness ? { witness: opts.witness } : {}),
   }));
   s.step({ type: 'start', recovered: { meta: { epoch: 1n, seqReserved: 0n }, cacheEntries: [], dirtyRegions: new Map() } });
   for (const p of ['local', 'east', 'west', ...(opts.witness === undefined ? [] : [opts.witness])]) s.step({ type: 'peerUp', peer: p });
   expect(s.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local resyncRequest e1 received s0']);
+  if (opts.inSync !== false) {
+    // The primary answers the join: in sync (the promotion guard opens, durably).
+    expect(s.recv('local', { type: 'inSync', epoch: 1n, seq: 0n })).toEqual(['metaPersist e1 reserved s0']);
+    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { standbyInSync: true } });
+    s.done('metaPersist');
+  }
   return s;
 }
 
@@ -197,7 +204,60 @@ describe('primary with a standby (issue 10: every host-acked write is on the sta
     expect(t.last.some((a) => a.type === 'ackHost')).toBe(false);
     // The standby returns, gets write 1 again and acks: only now the host is acked.
     expect(t.step({ type: 'peerUp', peer: 'backup' })).toEqual(['send backup epoch 1']);
-    expect(t.recv('backup', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n })).toEqual(['send backup write s1 @0+1024']);
+    expect(t.recv('backup', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n })).toEqual(['send backup write s1 @0+1024', 'send backup inSync e1 s1']);
     expect(t.recv('backup', { type: 'ack', epoch: 1n, seq: 1n })).toEqual(['ackHost #1']);
+  });
+});
+
+describe('standby: promotion guard (issue 10: a standby that may miss acked writes is never promoted by itself)', () => {
+  function voteLost(s: Script<Standby>): CoreAction[] {
+    s.step({ type: 'peerDown', peer: 'local' });
+    silence(s);
+    s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n });
+    s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n });
+    return s.last;
+  }
+
+  it('never told "in sync" by its primary: the majority agrees, but it refuses to promote and says why', () => {
+    const s = standby({ inSync: false });
+    expect(voteLost(s).some((a) => a.type === 'bitmapSet' || a.type === 'metaPersist')).toBe(false);
+    expect(s.logs).toContain('failover_refused');
+    expect(s.role.status()).toMatchObject({ phase: 'following', inSyncConfirmed: false });
+    expect(s.role.notPromotable()).toMatch(/promoting it could lose acknowledged writes/);
+  });
+
+  it('a resync region from the primary closes the guard again (durably); the next inSync opens it', () => {
+    const s = standby();
+    s.recv('local', { type: 'resyncData', epoch: 1n, resyncId: 1n, offsetBytes: 0, payload: new Uint8Array(1024) });
+    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { standbyInSync: false } });
+    expect(s.logs).toContain('standby_out_of_sync');
+    expect(s.role.status().inSyncConfirmed).toBe(false);
+    s.done('metaPersist');
+    s.recv('local', { type: 'inSync', epoch: 1n, seq: 0n });
+    expect(s.role.status().inSyncConfirmed).toBe(true);
+  });
+
+  it('a write that fails on its storage closes the guard: the primary will degrade it and may ack without it', () => {
+    const s = standby();
+    s.recv('local', writeMsg(1n, 0, 512, 1n));
+    s.done('cacheAppend s1');
+    s.done('storageWrite', { sense: senseOf('medium error at LBA 0', 0x3, 0x11) });
+    expect(s.last.some((a) => a.type === 'send' && a.msg.type === 'writeStatus')).toBe(true);
+    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { standbyInSync: false } });
+    expect(s.role.status().inSyncConfirmed).toBe(false);
+  });
+
+  it('the guard comes back from the meta record after a restart', () => {
+    const s = new Script(new Standby({ self: 'backup', primary: 'local', mirrors: ['east', 'west'], volumeBytes: 16 * 1024, blockBytes, limits, failoverTimeoutMs: 500, queryIntervalMs: 200, onMirrorLoss: 'degrade' }));
+    s.step({ type: 'start', recovered: { meta: { epoch: 1n, seqReserved: 0n, standbyInSync: true }, cacheEntries: [], dirtyRegions: new Map() } });
+    expect(s.role.status().inSyncConfirmed).toBe(true);
+  });
+
+  it('promote with force overrides the guard (a person accepts the loss) and logs it', () => {
+    const s = standby({ inSync: false });
+    expect(() => s.role.promote('planned', 10)).toThrow(/without force/);
+    const out = s.role.promote('operator accepts loss', 20, true);
+    expect(out.filter((a) => a.type === 'bitmapSet')).toHaveLength(3);
+    expect(s.role.status().phase).toBe('promoting');
   });
 });
