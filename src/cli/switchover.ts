@@ -21,15 +21,16 @@ export interface SwitchoverResult {
   body: string;
 }
 
-export async function requestRoleChange(config: ClusterConfig, action: 'promote' | 'demote', siteName: string, reason?: string): Promise<SwitchoverResult> {
+export async function requestRoleChange(config: ClusterConfig, action: 'promote' | 'demote', siteName: string, reason?: string, force = false): Promise<SwitchoverResult> {
   const site = config.sites[siteName];
   if (site === undefined) throw new Error(`no site named ${siteName} in ${config.file}; sites are ${config.siteNames.join(', ')}`);
   if (site.admin === undefined) throw new Error(`sites.${siteName}.admin is not set in ${config.file}; ${action} talks to the site's admin address`);
   const secret = readSecret(config);
-  const path = `/${action}${reason ? `?reason=${encodeURIComponent(reason)}` : ''}`;
+  const query = [...(reason ? [`reason=${encodeURIComponent(reason)}`] : []), ...(force ? ['force=1'] : [])];
+  const path = `/${action}${query.length > 0 ? `?${query.join('&')}` : ''}`;
   const { host, port } = site.admin;
   return new Promise((resolve, reject) => {
-    const req = request({ host, port, path, method: 'POST', agent: false, timeout: requestTimeoutMs, headers: { Authorization: roleChangeAuth(secret, action, siteName, undefined, reason ?? '') } }, (res) => {
+    const req = request({ host, port, path, method: 'POST', agent: false, timeout: requestTimeoutMs, headers: { Authorization: roleChangeAuth(secret, action, siteName, undefined, reason ?? '', force) } }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (body += c));
@@ -43,17 +44,19 @@ export async function requestRoleChange(config: ClusterConfig, action: 'promote'
 }
 
 function register(program: Command, action: 'promote' | 'demote', description: string, example: string): void {
-  program
+  const cmd = program
     .command(action)
     .description(description)
     .requiredOption('-s, --site <name>', action === 'promote' ? 'the standby to promote' : 'the primary to demote')
     .option('-c, --config <file>', 'the cluster file (the site\'s admin address and the cluster key)', defaultClusterFile)
-    .option('-r, --reason <text>', 'why (kept in the failover history and logs)')
+    .option('-r, --reason <text>', 'why (kept in the failover history and logs)');
+  if (action === 'promote') cmd.option('--force', 'promote even if the standby is not known to hold every acknowledged write (its primary never said in sync, or it was being resynced): acked writes it misses are LOST');
+  cmd
     .addHelpText('after', `\nExamples:\n${example}\n\nExit code 1 when the site refuses (the reason is printed) or cannot be reached.`)
-    .action(async (opts: { site: string; config: string; reason?: string }) => {
+    .action(async (opts: { site: string; config: string; reason?: string; force?: boolean }) => {
       try {
         const config = loadConfig(opts.config);
-        const r = await requestRoleChange(config, action, opts.site, opts.reason);
+        const r = await requestRoleChange(config, action, opts.site, opts.reason, opts.force === true);
         if (r.code === 200) {
           const a = JSON.parse(r.body) as { site: string; epoch: number; phase: string };
           process.stdout.write(action === 'promote' ? `${a.site}: promotion started (phase ${a.phase}); watch it with geomirror status --config ${opts.config}\n` : `${a.site}: demoted; it is a mirror of epoch ${a.epoch} now. Promote the standby next: geomirror promote --site NAME\n`);

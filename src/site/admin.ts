@@ -21,17 +21,17 @@ export const roleChangeSkewSecondsMax = 60;
  * over the action, the site, the time and the `reason` query parameter ('' when none), so a
  * captured request cannot be replayed elsewhere, later, or with another reason.
  */
-export function roleChangeAuth(secret: Buffer, action: 'promote' | 'demote', site: string, unixSeconds = Math.floor(Date.now() / 1000), reason = ''): string {
-  const mac = createHmac('sha256', secret).update(`geomirror ${action} ${site} ${unixSeconds} ${reason}`).digest('hex');
+export function roleChangeAuth(secret: Buffer, action: 'promote' | 'demote', site: string, unixSeconds = Math.floor(Date.now() / 1000), reason = '', force = false): string {
+  const mac = createHmac('sha256', secret).update(`geomirror ${action} ${site} ${unixSeconds}${force ? ' force' : ''}\n${reason}`).digest('hex');
   return `Geomirror ${unixSeconds}:${mac}`;
 }
 
-function authOk(secret: Buffer, action: 'promote' | 'demote', site: string, reason: string, header: string | undefined): string | undefined {
+function authOk(secret: Buffer, action: 'promote' | 'demote', site: string, reason: string, force: boolean, header: string | undefined): string | undefined {
   const m = /^Geomirror (\d+):([0-9a-f]{64})$/.exec(header ?? '');
   if (!m) return 'missing or malformed Authorization (geomirror promote/demote sign requests with the cluster key)';
   const t = Number(m[1]);
   if (Math.abs(Date.now() / 1000 - t) > roleChangeSkewSecondsMax) return `request time ${t} is more than ${roleChangeSkewSecondsMax} s from this site's clock`;
-  const want = Buffer.from(roleChangeAuth(secret, action, site, t, reason).split(':')[1]!, 'hex');
+  const want = Buffer.from(roleChangeAuth(secret, action, site, t, reason, force).split(':')[1]!, 'hex');
   const got = Buffer.from(m[2]!, 'hex');
   return timingSafeEqual(want, got) ? undefined : 'signature does not match this cluster\'s key';
 }
@@ -48,7 +48,7 @@ export interface AdminServerOptions {
   /** GET /checksums (geomirror verify): validates the query, digests this site's storage regions. */
   checksums?: (query: URLSearchParams) => Promise<ChecksumAnswer>;
   /** POST /promote and /demote (planned switchover), signed with `secret`. */
-  roleChange?: { site: string; secret: Buffer; promote?: (reason: string) => Promise<RoleChangeAnswer>; demote?: (reason: string) => Promise<RoleChangeAnswer> };
+  roleChange?: { site: string; secret: Buffer; promote?: (reason: string, force: boolean) => Promise<RoleChangeAnswer>; demote?: (reason: string) => Promise<RoleChangeAnswer> };
   log?: Logger;
 }
 
@@ -147,7 +147,8 @@ async function roleChange(options: AdminServerOptions, action: 'promote' | 'demo
   }
   // Authenticated before anything else is said about this site (its role included).
   const signedReason = url.searchParams.get('reason') ?? '';
-  const bad = authOk(rc.secret, action, rc.site, signedReason, req.headers.authorization);
+  const force = url.searchParams.get('force') === '1';
+  const bad = authOk(rc.secret, action, rc.site, signedReason, force, req.headers.authorization);
   if (bad !== undefined) {
     options.log?.warn({ event: 'role-change-refused', action, remote: req.socket.remoteAddress, why: bad }, `${action} refused: ${bad}`);
     send(res, 401, 'text/plain; charset=utf-8', `${action} refused: ${bad}\n`);
@@ -160,7 +161,7 @@ async function roleChange(options: AdminServerOptions, action: 'promote' | 'demo
   }
   const reason = (signedReason || `planned switchover (${action} requested from ${req.socket.remoteAddress})`).slice(0, 200);
   try {
-    const answer = await fn(reason);
+    const answer = await fn(reason, force);
     send(res, 200, 'application/json; charset=utf-8', `${JSON.stringify(answer)}\n`);
   } catch (err) {
     if (!(err instanceof RoleChangeError)) throw err;

@@ -429,13 +429,15 @@ export class Replica {
   }
 
   /** Planned switchover (`geomirror promote`): a following standby promotes itself now. */
-  promote(reason: string): void {
+  promote(reason: string, force = false): void {
     const r = this.role;
     if (!(r instanceof Standby)) throw new RoleChangeError(`${this.ctx.site.name} runs as ${this.acting}; only a following standby can be promoted`);
     if (r.status().phase !== 'following') throw new RoleChangeError(`${this.ctx.site.name} is already ${r.status().phase === 'primary' ? 'the primary' : 'being promoted'}`);
     if (this.fatal) throw new RoleChangeError(`${this.ctx.site.name} stopped: ${this.fatal.message}`);
+    const risk = r.notPromotable();
+    if (risk !== undefined && !force) throw new RoleChangeError(`${risk}; to accept that, geomirror promote --site ${this.ctx.site.name} --force`);
     try {
-      for (const a of r.promote(reason, this.nowMs())) this.execute(a);
+      for (const a of r.promote(reason, this.nowMs(), force)) this.execute(a);
     } catch (err) {
       this.die(err as Error);
     }
@@ -740,6 +742,7 @@ export class Replica {
               phase: top.phase,
               primary: site.standbyFor!,
               failoverTimeoutMs: site.failoverTimeoutMs,
+              inSync: top.inSyncConfirmed,
               ...(top.lastHeardPrimaryMs !== undefined ? { lastHeardPrimaryMsAgo: Math.round(this.nowMs() - top.lastHeardPrimaryMs) } : {}),
             },
           }

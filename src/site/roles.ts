@@ -157,9 +157,9 @@ async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
     // reads path), so a mirror and the primary are compared on what each would serve.
     // A cache-only relay holds no copy to digest.
     ...(devices.array !== undefined ? { checksums: (req: Parameters<typeof regionChecksums>[2]) => regionChecksums(devices.array!, config.volume.sizeBytes, req) } : {}),
-    promote: async (reason: string) => {
+    promote: async (reason: string, force = false) => {
       if (swapping) throw new RoleChangeError(`${site.name} is changing role already; retry in a moment`);
-      replica.promote(reason);
+      replica.promote(reason, force);
       return { site: site.name, epoch: replica.status().epoch, phase: replica.status().standby?.phase ?? replica.status().role };
     },
     demote: async (reason: string) => {

@@ -50,7 +50,7 @@ export interface SiteRuntime {
    */
   checksums?(req: ChecksumRequest): Promise<ChecksumAnswer>;
   /** Optional: planned switchover (`geomirror promote`, POST /promote): a following standby takes over. */
-  promote?(reason: string): Promise<RoleChangeAnswer>;
+  promote?(reason: string, force?: boolean): Promise<RoleChangeAnswer>;
   /** Optional: planned switchover (`geomirror demote`, POST /demote): the primary drains and becomes a mirror. */
   demote?(reason: string): Promise<RoleChangeAnswer>;
 }
@@ -120,7 +120,7 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   let runtime: SiteRuntime | undefined;
   const starting = (): SiteStatus => startingStatus(config, site, startedAtMs);
   const admin = site.admin
-    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => runtime?.status() ?? starting(), checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why) => roleChangeOf(runtime, 'promote', site.name)(why), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
+    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => runtime?.status() ?? starting(), checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
     : undefined;
   try {
     runtime = await runtimeFactory({ config, site, secret, log, metrics, ...(geo ? { geo } : {}) });
@@ -254,8 +254,8 @@ function logGeography(config: ClusterConfig, site: SiteConfig, log: Logger): Geo
 }
 
 /** The runtime's promote/demote, or a refusal naming why this site cannot. */
-function roleChangeOf(runtime: SiteRuntime | undefined, action: 'promote' | 'demote', name: string): (reason: string) => Promise<RoleChangeAnswer> {
+function roleChangeOf(runtime: SiteRuntime | undefined, action: 'promote' | 'demote', name: string): (reason: string, force?: boolean) => Promise<RoleChangeAnswer> {
   const fn = runtime?.[action];
   if (fn === undefined) return async () => Promise.reject(new RoleChangeError(runtime === undefined ? `site ${name} is still starting; retry in a moment` : `site ${name} cannot ${action}: its role has no ${action}`));
-  return (reason) => fn.call(runtime, reason);
+  return (reason, force) => fn.call(runtime, reason, force);
 }

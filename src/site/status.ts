@@ -62,7 +62,14 @@ export interface SiteStatus {
   /** Set when a newer epoch fenced this site as primary: host writes are refused. */
   fencedBy?: number;
   /** A standby's watch on its primary. */
-  standby?: { phase: 'following' | 'promoting' | 'primary'; primary: string; failoverTimeoutMs: number; lastHeardPrimaryMsAgo?: number };
+  standby?: {
+    phase: 'following' | 'promoting' | 'primary';
+    primary: string;
+    failoverTimeoutMs: number;
+    lastHeardPrimaryMsAgo?: number;
+    /** Promotion guard: the primary said this site holds every acked write (false: it would not take over by itself). */
+    inSync: boolean;
+  };
   /** Every failover this site took part in, oldest first. */
   failovers?: FailoverRecord[];
   volume: string;
