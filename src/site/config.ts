@@ -73,6 +73,8 @@ export interface SiteConfig {
   onMirrorLoss: OnMirrorLoss;
   failoverTimeoutMs: number;
   location?: Location;
+  /** Resync copy rate per mirror, bytes per second (undefined: the core's default). */
+  resyncBytesPerSec?: number;
   /** Peer name -> address this site dials instead of that peer's `listen`. */
   connect: Record<string, Address>;
   /** Primary: its standby (a site with `standby-for:` this primary), filled in by the loader. */
@@ -148,6 +150,7 @@ const siteKeys = [
   'failover-timeout',
   'location',
   'connect',
+  'resync-rate',
 ] as const;
 type SiteKey = (typeof siteKeys)[number];
 
@@ -170,6 +173,9 @@ const keyRoles: Record<SiteKey, { allowed: readonly Role[]; required: readonly R
   // Where this site dials a peer when that differs from the peer's own `listen` (NAT, a tunnel,
   // a port forward; tests route single links through a WAN emulator with it).
   connect: { allowed: roles, required: [] },
+  // Bytes per second a resync may copy to each mirror (the primary's, and a standby's once it
+  // is promoted): bounds what a resync takes from host writes on a shared link.
+  'resync-rate': { allowed: ['primary', 'standby'], required: [] },
 };
 
 const sitePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
@@ -412,6 +418,11 @@ class Validator {
     if ('location' in x) {
       const l = this.location(x.location, [...at, 'location']);
       if (l) site.location = l;
+    }
+    if ('resync-rate' in x) {
+      const r = this.size(x['resync-rate'], [...at, 'resync-rate']);
+      if (r === 0) this.fail([...at, 'resync-rate'], 'must be more than 0 bytes per second, e.g. 64MiB');
+      else if (r !== undefined) site.resyncBytesPerSec = r;
     }
     if ('connect' in x) {
       const c = x.connect;

@@ -168,7 +168,7 @@ export class Replica {
   ) {
     const { site, config } = ctx;
     const heartbeatIntervalMs = opts.heartbeatIntervalMs ?? defaultLimits.heartbeatIntervalMs;
-    this.limits = { ...defaultLimits, cacheBytesMax: dev.journal.capacityBytes, heartbeatIntervalMs, ...opts.limits };
+    this.limits = { ...defaultLimits, cacheBytesMax: dev.journal.capacityBytes, heartbeatIntervalMs, ...(site.resyncBytesPerSec ? { resyncBytesPerSecMax: site.resyncBytesPerSec } : {}), ...opts.limits };
     if (this.limits.inflightBytesMax > this.limits.cacheBytesMax) this.limits = { ...this.limits, inflightBytesMax: Math.floor(this.limits.cacheBytesMax / 2) };
     const common = { self: site.name, volumeBytes: config.volume.sizeBytes, blockBytes: config.volume.blockSize, limits: this.limits };
     if (site.role === 'relay' && site.forward === undefined) throw new Error(`sites.${site.name}.forward: a relay needs the next site of its chain`);

@@ -5,7 +5,7 @@
 // except the one relation the issue asks for: the promotion comes within the configured
 // failover-timeout plus a margin proportional to it.
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -97,6 +97,8 @@ describe('failover to the standby (issue 10)', () => {
     c = await cluster({ standby: 'backup', failoverTimeoutMs });
     await withLogs(c, async () => {
       const cl = c!;
+      // The primary told its standby "in sync" at the join: the promotion guard is open.
+      await cl.waitStatus('backup', (s) => s.standby?.inSync === true, 'backup confirmed in sync');
       const writes = planWrites(1010, cl.volumeBytes, 24 * MiB);
       const killAfter = Math.floor(writes.length / 3);
       const w1 = await connectWhenUp(cl.nbdPort);
@@ -309,6 +311,53 @@ describe('planned switchover (issue 10 item 5): geomirror demote, then geomirror
       expect(Object.fromEntries(c.names.map((n) => [n, c.hash(n)]))).toEqual(Object.fromEntries(c.names.map((n) => [n, want])));
       // Every mirror follows epoch 2; the old primary does too, and says it was demoted.
       for (const n of ['local', 'east', 'west']) expect((await c.status(n))?.epoch).toBe(2);
+    });
+  }, testTimeoutMs);
+});
+
+describe('promotion guard (issue 10): a standby that may miss acked writes does not take over by itself', () => {
+  it('a new standby still in its initial sync: the primary dies, the vote passes, the standby refuses; promote needs --force', async () => {
+    const c = await cluster({ standby: 'backup', failoverTimeoutMs: 1000 });
+    await withLogs(c, async () => {
+      const w = await connectWhenUp(c.nbdPort);
+      expect(await w.run(planWrites(5050, c.volumeBytes, 8 * MiB), 8)).toEqual([]);
+      await w.flush();
+      w.close();
+      await c.stopAll();
+      // backup comes back as a blank site (new disk, no state): it owes a full initial sync,
+      // slowed down here so the primary can die in the middle of it.
+      const sb = c.site('backup');
+      truncateSync(sb.storagePath, 0);
+      truncateSync(sb.storagePath, c.volumeBytes);
+      truncateSync(join(c.dir, 'backup.cache'), 0);
+      truncateSync(join(c.dir, 'backup.cache'), 32 * MiB);
+      rmSync(join(c.dir, 'backup.cache.meta'), { force: true });
+      rmSync(join(c.dir, 'local.cache.dirty-backup'));
+      writeFileSync(c.configPath, readFileSync(c.configPath, 'utf8').replace('on-mirror-loss: degrade', 'on-mirror-loss: degrade, resync-rate: 1MiB'));
+      await c.start();
+      await c.waitStatus('local', (s) => peer(s, 'backup')?.sync === 'resyncing' && (peer(s, 'backup')?.resyncPercent ?? 0) > 0, 'backup resyncing');
+      expect((await c.status('backup'))?.standby).toMatchObject({ phase: 'following', inSync: false });
+      await c.kill9('local');
+
+      const deadline = Date.now() + waitMsMax;
+      while (!c.logRecords('backup').some((r) => r.event === 'failover_refused')) {
+        if (Date.now() > deadline) throw new Error('backup never logged failover_refused');
+        await sleep(50);
+      }
+      const refused = c.logRecords('backup').find((r) => r.event === 'failover_refused')!;
+      expect(String(refused.fix)).toMatch(/geomirror promote --site backup --force/);
+      expect(await c.status('backup')).toMatchObject({ role: 'standby', epoch: 1 });
+
+      const cli = (args: string[]) => run(process.execPath, [join(import.meta.dirname, '../../bin/geomirror.mjs'), ...args, '--config', c.configPath], { timeout: waitMsMax }).then(
+        (r) => ({ code: 0, out: r.stdout + r.stderr }),
+        (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` }),
+      );
+      expect(await cli(['promote', '--site', 'backup'])).toMatchObject({ code: 1, out: expect.stringMatching(/could lose acknowledged writes.*--force/s) });
+      expect(await cli(['promote', '--site', 'backup', '--force', '--reason', 'local lost for good'])).toMatchObject({ code: 0 });
+      const promoted = await c.waitStatus('backup', (s) => s.role === 'primary', 'promoted by force');
+      expect(promoted.epoch).toBe(2);
+      expect(c.logRecords('backup').some((r) => r.event === 'forced_promotion')).toBe(true);
+      for (const m of ['east', 'west']) await c.waitStatus(m, (s) => s.epoch === 2, 'follows epoch 2');
     });
   }, testTimeoutMs);
 });

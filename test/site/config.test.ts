@@ -171,6 +171,13 @@ describe('connect: and standby refusals name the key', () => {
     }
   });
 
+  it('resync-rate: a size per second on a primary or standby; refused on a mirror, and 0 refused', () => {
+    const c = parseConfig(designExample.replace('role: primary', 'role: primary\n    resync-rate: 8MiB'), file);
+    expect(c.sites.local!.resyncBytesPerSec).toBe(8 * 1024 * 1024);
+    expect(problems(designExample.replace('role: primary', 'role: primary\n    resync-rate: 0'))).toContainEqual(expect.stringMatching(/^sites\.local\.resync-rate: must be more than 0/));
+    expect(problems(designExample.replace('role: mirror, listen: 127.0.0.1:7401', 'role: mirror, resync-rate: 1MiB, listen: 127.0.0.1:7401'))).toContainEqual(expect.stringMatching(/^sites\.east\.resync-rate: a mirror site has no resync-rate/));
+  });
+
   it('refuses a second witness and a failover-timeout on a witness', () => {
     const withWitnesses = designExample.concat(
       '  w1: { role: witness, listen: 127.0.0.1:7408 }\n  w2: { role: witness, listen: 127.0.0.1:7409 }\n',
