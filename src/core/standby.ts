@@ -47,9 +47,12 @@
 // (the standby cannot tell: a larger seqReceived at a mirror is also what unacked in-flight writes
 // look like). So the primary is configured with `standby:` (PrimaryConfig) and never degrades it
 // for being unreachable: host acks wait for it, as under `block`. A storage failure on the standby
-// still degrades it; if the primary is lost before the standby's resync finishes, promoting it
-// would lose writes; detecting that (a persisted "resync in progress" mark at the standby) is
-// not built. The witness (src/site/witness.ts) is counted and asked like a mirror; it holds no
+// still degrades it (and a standby new to the volume starts with a full initial sync): until the
+// primary says `inSync` again the standby may miss acked writes. The promotion guard covers that:
+// `inSyncConfirmed` is set by the primary's `inSync`, cleared by a resync region or a failed local
+// write, persisted (sticky `standbyInSync`), and a vote that passes while it is clear is refused
+// and logged (`failover_refused`); only `promote --force` (a person accepting the loss) overrides
+// it. The witness (src/site/witness.ts) is counted and asked like a mirror; it holds no
 // data and only says when it last heard the primary.
 
 import { Mirror, type MirrorStatus } from './mirror.js';
