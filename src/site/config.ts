@@ -538,7 +538,7 @@ class Validator {
       s.mirrors.forEach((m, i) => ref(s.name, ['sites', s.name, 'mirrors', i], m, s.role === 'primary' ? ['mirror', 'relay', 'standby'] : ['mirror', 'relay'], 'mirror to'));
       if (s.forward !== undefined) ref(s.name, ['sites', s.name, 'forward'], s.forward, ['mirror', 'relay'], 'forward to');
       if (s.standbyFor !== undefined) ref(s.name, ['sites', s.name, 'standby-for'], s.standbyFor, ['primary'], 'stand by for');
-      if (s.role === 'primary' && s.mirrors.length === 0) {
+      if (s.role === 'primary' && s.mirrors.length === 0 && !Object.values(sites).some((x) => x.role === 'standby')) {
         this.fail(['sites', s.name, 'mirrors'], 'a primary needs at least one mirror (claim 1); list them, e.g. mirrors: [east, west]');
       }
     }

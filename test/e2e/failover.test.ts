@@ -361,3 +361,21 @@ describe('promotion guard (issue 10): a standby that may miss acked writes does 
     });
   }, testTimeoutMs);
 });
+
+describe('witness (issue 10): breaks the tie of a two-site cluster', () => {
+  it('primary + standby + witness: kill -9 the primary, the witness agrees, the standby promotes (2 of 3)', async () => {
+    const c = await cluster({ standby: 'backup', mirrors: [], witness: 'judge', failoverTimeoutMs: 1000 });
+    await withLogs(c, async () => {
+      await c.waitStatus('judge', (s) => s.role === 'witness' && s.peers.some((p) => p.name === 'local' && p.link === 'up'), 'the witness hears local');
+      const w = await connectWhenUp(c.nbdPort);
+      const writes = planWrites(6060, c.volumeBytes, 4 * MiB);
+      expect(await w.run(writes, 8)).toEqual([]);
+      await w.flush();
+      await c.kill9('local');
+      const promoted = await c.waitStatus('backup', (s) => s.role === 'primary', 'promoted with the witness vote');
+      expect(promoted.failovers?.at(-1)?.reason).toMatch(/2 of 3 sites cannot reach it \(backup, judge\)/);
+      const image = await readVolume(c, c.standbyNbdPort);
+      expect(checkAckedWrites(image, writes, w.acked)).toEqual([]);
+    });
+  }, testTimeoutMs);
+});

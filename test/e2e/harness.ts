@@ -50,6 +50,8 @@ export interface ClusterOptions {
   nodeArgs?: string[];
   /** A standby site of this name (`standby-for: local`, issue 10); '' (default): none. */
   standby?: string;
+  /** A witness site of this name (issue 10: breaks ties in small clusters); '' (default): none. It holds no data. */
+  witness?: string;
   /** The standby's failover-timeout. */
   failoverTimeoutMs?: number;
   /**
@@ -83,7 +85,7 @@ export class Cluster {
     this.dir = mkdtempSync(join(tmpdir(), 'geomirror-e2e-'));
     this.configPath = join(this.dir, 'cluster.yaml');
     this.volumeBytes = opts.volumeBytes;
-    this.names = ['local', ...(opts.standby ? [opts.standby] : []), ...opts.mirrors];
+    this.names = ['local', ...(opts.standby ? [opts.standby] : []), ...opts.mirrors, ...(opts.witness ? [opts.witness] : [])];
   }
 
   /** The standby's NBD port (its export goes live read-write when it is promoted). */
@@ -117,7 +119,7 @@ export class Cluster {
   }
 
   static async create(options: ClusterOptions = {}): Promise<Cluster> {
-    const c = new Cluster({ volumeBytes: 64 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024, onMirrorLoss: 'degrade', mirrors: ['east', 'west'], env: fastLinkEnv, nodeArgs: [], standby: '', failoverTimeoutMs: 1500, proxies: false, ...options });
+    const c = new Cluster({ volumeBytes: 64 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024, onMirrorLoss: 'degrade', mirrors: ['east', 'west'], env: fastLinkEnv, nodeArgs: [], standby: '', witness: '', failoverTimeoutMs: 1500, proxies: false, ...options });
     await c.writeFiles();
     return c;
   }
@@ -141,6 +143,11 @@ export class Cluster {
     const lines = [`cluster: e2e`, `secret: file:./cluster.key`, `volume: { name: vol0, size: ${o.volumeBytes}, blockSize: 4096 }`, `sites:`];
     for (const name of this.names) {
       const admin = `127.0.0.1:${await freePort()}`;
+      if (name === o.witness) {
+        lines.push(`  ${name}: { role: witness, listen: 127.0.0.1:${this.listenPorts.get(name)}, admin: ${admin}${connectOf(name)} }`);
+        this.sites.set(name, { name, admin, logPath: join(this.dir, `${name}.log`), storagePath: '', child: undefined, exited: undefined, lives: 0 });
+        continue;
+      }
       const cache = join(this.dir, `${name}.cache`);
       const storage = join(this.dir, `${name}.img`);
       closeSync(openSync(cache, 'w'));
@@ -226,7 +233,8 @@ export class Cluster {
 
   /** The primary says every mirror is in sync with its link up. */
   waitInSync(timeoutMs = waitMsMax, seen?: (s: SiteStatus) => void): Promise<SiteStatus> {
-    return this.waitStatus('local', (s) => s.state === 'in-sync' && s.peers.length === this.names.length - 1 && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'every mirror in sync', timeoutMs, seen);
+    const mirrors = this.names.filter((n) => n !== 'local' && n !== this.opts.witness).length;
+    return this.waitStatus('local', (s) => s.state === 'in-sync' && s.peers.length === mirrors && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'every mirror in sync', timeoutMs, seen);
   }
 
   async kill9(name: string): Promise<void> {
