@@ -23,11 +23,12 @@ import { payloadBytesMax } from '../wire/index.js';
 import type { SiteContext, SiteRuntime } from './run.js';
 import { fileBitmapStore, fileMetaStore, freshMeta, memoryBitmapStore, memoryMetaStore, type BitmapStore, type MetaStore } from './persist.js';
 import { regionCount } from '../core/regions.js';
-import { fromWire, toWire, volumeId } from './peerwire.js';
+import { toWire, volumeId } from './peerwire.js';
 import type { FailoverRecord, PeerStatus, SiteStatus, SiteState } from './status.js';
 import type { Logger } from './log.js';
 import { AckTimer } from './ack-timer.js';
 import { RoleChangeError } from './role-change.js';
+import { decodeOrClose, sendOrClose, statusReplyEntries } from './linkio.js';
 
 /** Largest piece of a host write handed to the core: one WRITE frame's payload. */
 export const hostWriteChunkBytesMax = payloadBytesMax;
@@ -337,25 +338,10 @@ export class Replica {
     link.on('message', (m) => {
       if (m.type === 'STATUS_REQUEST') {
         // A peer (or `npm run conformance`) asks how this site is doing: answer from status().
-        const st = this.status();
-        const entries: [string, string][] = [
-          ['site', st.site], ['role', st.role], ['epoch', String(st.epoch)], ['lastSeqAcked', st.lastSeqAcked],
-          ['state', st.state], ['cacheEntries', String(st.cache.entries)],
-        ];
-        try {
-          link.send({ type: 'STATUS_REPLY', requestId: m.requestId, entries });
-        } catch (err) {
-          link.close(undefined, (err as Error).message);
-        }
+        sendOrClose(link, { type: 'STATUS_REPLY', requestId: m.requestId, entries: statusReplyEntries(this.status()) });
         return;
       }
-      let msg;
-      try {
-        msg = fromWire(m, peer);
-      } catch (err) {
-        link.close(undefined, (err as Error).message);
-        return;
-      }
+      const msg = decodeOrClose(link, m, peer);
       if (msg === undefined || !this.coreKnows(peer)) return;
       if (msg.type === 'ack') this.ackTimer.acked(peer, msg.seq, this.nowMs(), (ms) => this.ctx.metrics.ackLatencySeconds.observe({ peer }, ms / 1000));
       else if (msg.type === 'write' && this.role instanceof Mirror) {

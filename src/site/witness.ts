@@ -13,7 +13,8 @@
 import { performance } from 'node:perf_hooks';
 import { LinkServer, type Link } from '../net/index.js';
 import type { DataMessage } from '../wire/index.js';
-import { fromWire, toWire } from './peerwire.js';
+import { toWire } from './peerwire.js';
+import { decodeOrClose, sendOrClose, statusReplyEntries } from './linkio.js';
 import type { RoleRuntime, SiteContext, SiteRuntime } from './run.js';
 import type { PeerStatus, SiteStatus } from './status.js';
 
@@ -71,25 +72,14 @@ export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<Sit
   });
 
   const answer = (link: Link, peer: string, m: DataMessage): void => {
-    let msg;
-    try {
-      msg = fromWire(m, peer);
-    } catch (err) {
-      link.close(undefined, (err as Error).message);
-      return;
-    }
+    const msg = decodeOrClose(link, m, peer);
     if (msg?.type !== 'lastHeardQuery') {
       log.debug({ event: 'frame-ignored', peer, type: m.type }, `witness ignores ${m.type} from ${peer}`);
       return;
     }
     const heardAgoMs = lastHeardPrimaryMs === undefined ? -1 : Math.max(0, performance.now() - lastHeardPrimaryMs);
     const reply = toWire({ type: 'lastHeardAnswer', epoch, queryId: msg.queryId, heardAgoMs, seqReceived: 0n }, site.name)!;
-    try {
-      link.send(reply);
-    } catch (err) {
-      link.close(undefined, (err as Error).message);
-      return;
-    }
+    if (!sendOrClose(link, reply)) return;
     metrics.lastHeardAnswersTotal?.inc();
     log.info({ event: 'last-heard-answer', peer, queryId: String(msg.queryId), primary, heardAgoMs: Math.round(heardAgoMs), epoch: Number(epoch) }, `${peer} asked when ${site.name} last heard ${primary}: ${heardAgoMs < 0 ? 'never' : `${Math.round(heardAgoMs)} ms ago`}`);
   };
@@ -109,16 +99,7 @@ export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<Sit
       if (peer === primary && (!('epoch' in m) || (m as { epoch: bigint }).epoch >= primaryEpoch)) heardPrimary();
       if (m.type === 'STATUS_REQUEST') {
         // Same answer as every site (npm run conformance asks any site).
-        const st = status();
-        const entries: [string, string][] = [
-          ['site', st.site], ['role', st.role], ['epoch', String(st.epoch)], ['lastSeqAcked', st.lastSeqAcked],
-          ['state', st.state], ['cacheEntries', '0'],
-        ];
-        try {
-          link.send({ type: 'STATUS_REPLY', requestId: m.requestId, entries });
-        } catch (err) {
-          link.close(undefined, (err as Error).message);
-        }
+        sendOrClose(link, { type: 'STATUS_REPLY', requestId: m.requestId, entries: statusReplyEntries(status()) });
         return;
       }
       answer(link, peer, m);

@@ -3,7 +3,7 @@
 // LAST_HEARD_QUERY with how long ago the primary's link last spoke to it: never before the
 // primary connected, a few ms while heartbeats flow, growing once the primary is gone. A wrong
 // key is refused and it keeps serving; frames it has no use for are ignored.
-import { createServer } from 'node:net';
+import { freePort } from '../net/helpers.js';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -21,13 +21,6 @@ const secretHex = randomBytes(32).toString('hex');
 const secret = Buffer.from(secretHex, 'hex');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 let cfg: ClusterConfig;
 let port = 0;

@@ -1,0 +1,37 @@
+// Small pieces every site runtime (replica, witness) does with a link: decode a frame into a
+// core message or close the link naming why, send a frame or close the link naming why, and
+// answer STATUS_REQUEST from a SiteStatus. One place, so every role refuses the same way.
+import type { PeerMsg } from '../core/types.js';
+import type { Link } from '../net/index.js';
+import type { DataMessage } from '../wire/index.js';
+import { fromWire } from './peerwire.js';
+import type { SiteStatus } from './status.js';
+
+/** The core message in `m`; undefined when it is not one, or when it was refused (the link is closed). */
+export function decodeOrClose(link: Link, m: DataMessage, peer: string): PeerMsg | undefined {
+  try {
+    return fromWire(m, peer);
+  } catch (err) {
+    link.close(undefined, (err as Error).message);
+    return undefined;
+  }
+}
+
+/** Sends `frame`; a link that cannot take it (queue or window full, closed) is closed with the reason. */
+export function sendOrClose(link: Link, frame: DataMessage): boolean {
+  try {
+    link.send(frame);
+    return true;
+  } catch (err) {
+    link.close(undefined, (err as Error).message);
+    return false;
+  }
+}
+
+/** STATUS_REPLY entries (what `npm run conformance` and peers ask any site). */
+export function statusReplyEntries(st: SiteStatus): [string, string][] {
+  return [
+    ['site', st.site], ['role', st.role], ['epoch', String(st.epoch)], ['lastSeqAcked', st.lastSeqAcked],
+    ['state', st.state], ['cacheEntries', String(st.cache.entries)],
+  ];
+}
