@@ -84,6 +84,8 @@ export interface MirrorStatus {
   readonly cacheBytes: number;
   readonly resyncQueued: number;
   readonly lastHeardUpstreamMs: number | undefined;
+  /** Writes that failed on this site's storage and await a resync (their writeStatus is re-sent on every join). */
+  readonly failedWrites: number;
 }
 
 export class Mirror implements Role {
@@ -466,11 +468,34 @@ export class Mirror implements Role {
     return this.entries.length === 0 && this.receiveQueue.length === 0 && this.resyncQueue.length === 0 && this.localOps.size === 0;
   }
 
+  /**
+   * Everything received is settled on storage: performed and durable, or failed for good (a
+   * failed write waits for a resync that a promotion will never get; its data is lost, which
+   * only a forced promotion accepts). A standby takes over from this state (standby.ts step b).
+   */
+  settled(): boolean {
+    return this.receiveQueue.length === 0 && this.resyncQueue.length === 0 && this.localOps.size === 0 &&
+      this.entries.every((e) => this.failed.includes(e) || (e.cached && e.stored && e.durable));
+  }
+
+  /**
+   * Once settled(), hands every remaining entry out of the cache (a cacheDrop). A promoted
+   * standby must not leave old-epoch entries in its journal: a replay after a restart would
+   * re-perform them over newer writes of its own epoch.
+   */
+  releaseSettled(): CoreAction[] {
+    assert(this.settled(), `mirror ${this.cfg.self}: releaseSettled() before settled()`);
+    const gone = this.entries.splice(0);
+    this.failed = [];
+    this.cacheBytes = 0;
+    return gone.length === 0 ? [] : [{ type: 'cacheDrop', entries: gone.map((e) => ({ epoch: e.epoch, seq: e.seq })) }];
+  }
+
   status(): MirrorStatus {
     return {
       role: 'mirror', epoch: this.epoch, upstream: this.upstream, seqReceived: this.seqReceived, seqAcked: this.seqAcked,
       cacheEntries: this.entries.length, cacheBytes: this.cacheBytes, resyncQueued: this.resyncQueue.length,
-      lastHeardUpstreamMs: this.lastHeardUpstreamMs,
+      lastHeardUpstreamMs: this.lastHeardUpstreamMs, failedWrites: this.failed.length,
     };
   }
 }

@@ -268,7 +268,14 @@ export class Standby implements Role {
     // The promotion guard, after the mirror took the message (an inSync follows the writes it
     // covers on the same link). Only frames the mirror accepted from its upstream count.
     if (this.phase === 'following' && peer === this.cfg.primary && this.mirror.status().upstream === peer && msg.epoch === this.mirror.status().epoch) {
-      if (msg.type === 'inSync') this.setInSync(true, `${peer} says this site holds every write it acked (seq ${msg.seq})`);
+      if (msg.type === 'inSync') {
+        // A write that failed here and is not yet repaired by a resync outranks the primary's
+        // word: the primary may have sent this before it read the failure (a link reset
+        // delays the writeStatus until after the join), and will degrade this site on reading it.
+        const failed = this.mirror.status().failedWrites;
+        if (failed > 0) this.log('warn', 'in_sync_ignored', { peer, failedWrites: failed, why: 'writes failed on this site and await a resync' });
+        else this.setInSync(true, `${peer} says this site holds every write it acked (seq ${msg.seq})`);
+      }
       else if (msg.type === 'resyncData') this.setInSync(false, `${peer} is resyncing this site`);
     }
   }
@@ -443,8 +450,10 @@ export class Standby implements Role {
       return;
     }
     if (p.metaOp !== undefined) return;
-    // (b) Everything the mirror received is performed, durable and out of its cache.
-    if (!this.mirror.quiescent()) return;
+    // (b) Everything the mirror received is performed and durable (or failed for good, which
+    // only a forced promotion gets here with).
+    if (!this.mirror.settled()) return;
+    this.out.push(...this.mirror.releaseSettled());
     // (d) Act as the primary of the new epoch.
     const regions = this.allRegions();
     const dirty = new Map<PeerId, number[]>(this.downstreams().map((peer) => [peer, regions]));

@@ -58,7 +58,12 @@ export class Script<R extends Role> {
 
   step(ev: CoreEvent, advanceMs = 0): string[] {
     this.nowMs += advanceMs;
-    this.last = this.role.step(ev, this.nowMs);
+    return this.took(this.role.step(ev, this.nowMs));
+  }
+
+  /** Records actions a role returned from a call other than step() (say Standby.promote). */
+  took(actions: CoreAction[]): string[] {
+    this.last = actions;
     for (const a of this.last) {
       if (a.type === 'log') this.logs.push(a.event);
       if ('opId' in a) this.open.push(a);

@@ -247,6 +247,34 @@ describe('standby: promotion guard (issue 10: a standby that may miss acked writ
     expect(s.role.status().inSyncConfirmed).toBe(false);
   });
 
+  it('an inSync that crossed its own failed write (link reset: the writeStatus arrives after the join) is ignored', () => {
+    const s = standby();
+    s.recv('local', writeMsg(1n, 0, 512, 1n));
+    s.done('cacheAppend s1');
+    s.done('storageWrite', { sense: senseOf('medium error at LBA 0', 0x3, 0x11) });
+    s.done('metaPersist');
+    // The link resets; at the rejoin the primary still thinks this site is in sync.
+    s.step({ type: 'peerDown', peer: 'local' });
+    s.step({ type: 'peerUp', peer: 'local' });
+    s.recv('local', { type: 'epoch', epoch: 1n });
+    expect(s.recv('local', { type: 'inSync', epoch: 1n, seq: 1n })).toEqual([]);
+    expect(s.logs).toContain('in_sync_ignored');
+    expect(s.role.status().inSyncConfirmed).toBe(false);
+  });
+
+  it('a forced promotion with a failed write settles: the write is lost, the cache is emptied, the primary starts', () => {
+    const s = standby({ inSync: false });
+    s.recv('local', writeMsg(1n, 0, 512, 1n));
+    s.done('cacheAppend s1');
+    s.done('storageWrite', { sense: senseOf('medium error at LBA 0', 0x3, 0x11) });
+    s.step({ type: 'peerDown', peer: 'local' });
+    s.took(s.role.promote('operator accepts loss', s.nowMs, true));
+    for (const p of ['local', 'east', 'west']) s.done(`bitmapSet ${p}`);
+    const out = s.done('metaPersist');
+    expect(out).toContain('cacheDrop s1');
+    expect(s.role.status().phase).toBe('primary');
+  });
+
   it('the guard comes back from the meta record after a restart', () => {
     const s = new Script(new Standby({ self: 'backup', primary: 'local', mirrors: ['east', 'west'], volumeBytes: 16 * 1024, blockBytes, limits, failoverTimeoutMs: 500, queryIntervalMs: 200, onMirrorLoss: 'degrade' }));
     s.step({ type: 'start', recovered: { meta: { epoch: 1n, seqReserved: 0n, standbyInSync: true }, cacheEntries: [], dirtyRegions: new Map() } });

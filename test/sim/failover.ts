@@ -18,7 +18,15 @@
 //   switchover   planned: the standby's promote() is called while the primary is alive, either
 //                after the primary was demoted (no new host writes, drained to quiescent, restarted
 //                as a mirror with acting: mirror persisted) or without a demote (the new epoch
-//                fences the old primary, which rejoins as a mirror).
+//                fences the old primary, which rejoins as a mirror);
+//   standbyBehind one write fails on the standby's storage (an injected storageWritten with a
+//                sense): the primary degrades it and acks host writes without it (under `block`
+//                the host write of the failed seq gets the error), sometimes the primary <-> standby
+//                link resets (right away, racing the writeStatus, or later), the standby is resynced;
+//                then, at a random time after the failure, the primary dies for good. If the
+//                standby was not confirmed in sync (promotion guard, src/core/standby.ts) when the
+//                primary died, it must refuse (failover_refused), never promote, and no site acks a
+//                host write after the crash; if it was, it must promote and the usual checks apply.
 // Every (re)start picks the core as the site layer does (src/site/replica.ts): a configured
 // standby whose meta says acting: primary starts as the Primary of the persisted epoch with the
 // persisted dirty bitmaps; a configured primary whose meta says acting: mirror starts as a Mirror.
@@ -34,17 +42,19 @@
 //
 // It is a separate driver from sim.ts (not a new branch in it) so the fanout/chain/mixed seeds
 // keep drawing exactly the same random numbers. The two scenarios added later are picked by a
-// separate PRNG, so a seed that runs one of the first five draws what it drew before. Power cuts are not modelled here: the failover
+// separate PRNG, so a seed that runs one of the first five draws what it drew before; standbyBehind
+// takes over about one seed in eight through a third PRNG, so every other seed keeps its scenario
+// and its draws. Power cuts are not modelled here: the failover
 // rule is about which site holds what, and sim.ts covers power-cut durability of the roles.
 
 import { Prng } from '../../hal/prng.js';
 import { Mirror } from '../../src/core/mirror.js';
 import { Primary } from '../../src/core/primary.js';
 import { Standby } from '../../src/core/standby.js';
-import { CoreAssertionError, defaultLimits, type CoreAction, type CoreEvent, type Epoch, type Limits, type OpId, type PeerId } from '../../src/core/types.js';
+import { CoreAssertionError, defaultLimits, senseOf, type CoreAction, type CoreEvent, type Epoch, type Limits, type OpId, type PeerId } from '../../src/core/types.js';
 import { SimCache, SimDisk, SimPersist } from './models.js';
 
-export type FailoverScenario = 'crash' | 'crashRejoin' | 'isolate' | 'cutStandby' | 'none' | 'standbyCrash' | 'switchover';
+export type FailoverScenario = 'crash' | 'crashRejoin' | 'isolate' | 'cutStandby' | 'none' | 'standbyCrash' | 'switchover' | 'standbyBehind';
 
 export interface FailoverResult {
   readonly seed: number;
@@ -185,6 +195,14 @@ class FailoverSim {
   private standbyCrashesLeft = 0;
   private standbyCrashPlan: { mode: 'decided' | 'meta' | 'promoted' | 'afterWrites'; writes: number; life: number; armed: boolean } | undefined;
   private ackedThisLife = 0;
+  /**
+   * standbyBehind: `armed` makes the standby's next storage write fail; the primary crashes
+   * `crashAfterMs` after that failure completed; what the standby's guard said at that moment.
+   */
+  private behind: {
+    armed: boolean; injectedAtMs: number | undefined; crashAfterMs: number; resetAfterMs: number | undefined;
+    crashAtMs: number | undefined; confirmedAtCrash: boolean | undefined; refusals: number; ackedAfterCrash: number;
+  } | undefined;
   private faultsDone = false;
   /** A mirror crash is planned or its restart has not happened yet. */
   private mirrorFaultPending = false;
@@ -199,7 +217,8 @@ class FailoverSim {
     const drawn = kinds[this.prng.int(kinds.length)]!;
     const later: FailoverScenario[] = ['standbyCrash', 'switchover'];
     const pick = new Prng(seed * 7919 + 104729).int(kinds.length + later.length);
-    this.scenario = scenario ?? (pick < kinds.length ? drawn : later[pick - kinds.length]!);
+    const behind = new Prng(seed * 104723 + 7907).int(8) === 0;
+    this.scenario = scenario ?? (behind ? 'standbyBehind' : pick < kinds.length ? drawn : later[pick - kinds.length]!);
     this.hostOps = 40 + this.prng.int(60);
     this.qd = 1 + this.prng.int(4);
     this.pumpGapMs = 10 + this.prng.int(40);
@@ -233,7 +252,7 @@ class FailoverSim {
         break;
       }
       if (!this.sched.runOne()) break;
-      if (this.faultsDone && !this.mirrorFaultPending && this.issued >= this.hostOps && this.outstanding() === 0 && this.settled()) break;
+      if (this.faultsDone && !this.mirrorFaultPending && this.outstanding() === 0 && ((this.issued >= this.hostOps && this.settled()) || this.refusedSettled())) break;
     }
     this.stopped = true;
     if (this.failures.length === 0) this.finalChecks();
@@ -319,6 +338,23 @@ class FailoverSim {
         this.armStandbyCrash();
         this.sched.at(t0, () => this.crash(local));
         break;
+      case 'standbyBehind': {
+        // A third of the seeds reset primary <-> standby right after the failure (before or
+        // after the writeStatus crossed), a third later (the rejoin starts the resync at once).
+        const resetMode = this.prng.int(3);
+        const resetAfterMs = resetMode === 0 ? undefined : resetMode === 1 ? this.prng.float() * 6 : 20 + this.prng.int(300);
+        this.behind = { armed: false, injectedAtMs: undefined, crashAfterMs: this.prng.int(900), resetAfterMs, crashAtMs: undefined, confirmedAtCrash: undefined, refusals: 0, ackedAfterCrash: 0 };
+        this.extra.resetAfterFailure = resetAfterMs === undefined ? 'none' : resetMode === 1 ? 'soon' : 'later';
+        this.sched.at(t0, () => {
+          this.log('ARM a storage write failure on backup');
+          this.behind!.armed = true;
+          // No write reached the standby any more (the workload ended): the primary dies anyway.
+          this.sched.at(this.sched.now + 2000, () => {
+            if (this.behind!.injectedAtMs === undefined) this.crashBehind();
+          });
+        });
+        break;
+      }
       case 'switchover': {
         const demote = this.prng.chance(0.5);
         const promoteDelayMs = this.prng.int(400);
@@ -337,6 +373,54 @@ class FailoverSim {
         break;
       }
     }
+  }
+
+  /** standbyBehind: the injected write failure completed on the standby; plan the reset and the crash. */
+  private behindFailed(): void {
+    const b = this.behind!;
+    b.injectedAtMs = this.sched.now;
+    this.extra.injected = 1;
+    const key = linkKey('local', 'backup');
+    if (b.resetAfterMs !== undefined) {
+      this.sched.at(this.sched.now + b.resetAfterMs, () => {
+        const l = this.links.get(key)!;
+        if (!l.up) return;
+        this.log(`RESET ${key} (after the standby's write failure)`);
+        this.disconnect(key);
+        this.sched.at(this.sched.now + 5 + this.prng.int(100), () => this.connect(key));
+      });
+    }
+    this.sched.at(this.sched.now + b.crashAfterMs, () => this.crashBehind());
+  }
+
+  /** standbyBehind: the primary dies for good; the standby's guard decides what must follow. */
+  private crashBehind(): void {
+    const b = this.behind!;
+    if (b.crashAtMs !== undefined) return;
+    b.armed = false;
+    const sb = this.sites.get('backup')!.core;
+    b.confirmedAtCrash = sb instanceof Standby && sb.status().inSyncConfirmed;
+    b.crashAtMs = this.sched.now;
+    this.extra.behindCase = b.confirmedAtCrash ? 'promoted' : 'refused';
+    this.extra.crashAfterFailureMs = b.injectedAtMs === undefined ? -1 : Math.round(this.sched.now - b.injectedAtMs);
+    this.log(`standbyBehind: the primary dies; backup ${b.confirmedAtCrash ? 'is' : 'is NOT'} confirmed in sync`);
+    this.crash(this.sites.get('local')!);
+    this.faultsDone = true;
+  }
+
+  /**
+   * standbyBehind, refused: nothing can promote, so the writer never finishes its workload; the
+   * run ends once the standby refused at least once, every site left is quiescent, and several
+   * failover timeouts passed (time for a wrong promotion to show).
+   */
+  private refusedSettled(): boolean {
+    const b = this.behind;
+    if (b === undefined || b.confirmedAtCrash !== false || b.crashAtMs === undefined) return false;
+    if (this.sched.now < b.crashAtMs + failoverTimeoutMs * 6 || b.refusals === 0) return false;
+    // Not the standby's quiescence: the write that failed on it stays in its cache journal until
+    // a resync supersedes it, and no resync comes without a primary.
+    for (const s of this.sites.values()) if (s.core instanceof Mirror && !s.core.quiescent()) return false;
+    return true;
   }
 
   /** The planned `geomirror promote` on the standby (site layer: Replica.promote). */
@@ -635,6 +719,7 @@ class FailoverSim {
   private execute(s: Site, a: CoreAction): void {
     this.executeOne(s, a);
     if (this.standbyCrashPlan !== undefined) this.watchStandby(s, a);
+    if (this.behind !== undefined && s.name === 'backup' && a.type === 'log' && a.event === 'failover_refused') this.behind.refusals++;
   }
 
   private executeOne(s: Site, a: CoreAction): void {
@@ -661,6 +746,16 @@ class FailoverSim {
         return;
       case 'storageWrite': {
         const { opId, offsetBytes, payload, fua } = a;
+        if (this.behind?.armed === true && s.name === 'backup' && s.core instanceof Standby && s.core.status().phase === 'following') {
+          // standbyBehind: this write fails on the standby's storage (nothing lands on its disk).
+          this.behind.armed = false;
+          this.log(`backup: INJECT storage write failure at ${offsetBytes}+${payload.byteLength}`);
+          this.completeLater(s, now + 0.5 + this.prng.float() * 3, () => {
+            this.behindFailed();
+            return { type: 'storageWritten', opId, sense: senseOf('injected medium error (standbyBehind)', 0x3, 0x0c, 0x00) };
+          });
+          return;
+        }
         this.completeLater(s, now + 0.5 + this.prng.float() * 3, () => {
           s.disk.write(offsetBytes, payload, fua);
           return { type: 'storageWritten', opId };
@@ -771,6 +866,7 @@ class FailoverSim {
     if (error === undefined) {
       w.outcome = 'acked';
       this.stats.acked!++;
+      if (this.behind?.crashAtMs !== undefined) this.behind.ackedAfterCrash++;
       if (s.name === 'backup') {
         this.stats.ackedByNewPrimary!++;
         this.ackedThisLife++;
@@ -784,10 +880,13 @@ class FailoverSim {
       if (set.size > 1) this.fail(`two sites acked host writes in epoch ${epoch}: ${[...set].join(', ')}`);
       return;
     }
-    // busy / fenced: the site refused it before assigning a seq; `io` would be a real error.
-    w.outcome = error === 'io' ? 'unknown' : 'failed';
+    // busy / fenced: the site refused it before assigning a seq; `io` would be a real error,
+    // except in standbyBehind under `block`: the write that failed on the standby fails the host.
+    const injected = error === 'io' && this.behind?.injectedAtMs !== undefined && this.oldPolicy === 'block';
+    w.outcome = error === 'io' && !injected ? 'unknown' : 'failed';
     this.stats[error === 'busy' ? 'busy' : 'failed']!++;
-    if (error === 'io') this.fail(`host write ${id} failed with an I/O error at ${s.name} (no storage errors are injected)`);
+    if (injected) this.extra.hostIoErrors = ((this.extra.hostIoErrors as number | undefined) ?? 0) + 1;
+    else if (error === 'io') this.fail(`host write ${id} failed with an I/O error at ${s.name} (no storage errors are injected)`);
   }
 
   private epochOf(s: Site): Epoch {
@@ -831,8 +930,13 @@ class FailoverSim {
 
   private finalChecks(): void {
     const promoted = this.promoted();
-    const mustPromote = this.scenario !== 'cutStandby' && this.scenario !== 'none';
-    if (promoted !== mustPromote) this.fail(`scenario ${this.scenario}: standby ${promoted ? 'promoted' : 'did not promote'}`);
+    const b = this.behind;
+    const mustPromote = this.scenario !== 'cutStandby' && this.scenario !== 'none' && b?.confirmedAtCrash !== false;
+    if (promoted !== mustPromote) this.fail(`scenario ${this.scenario}: standby ${promoted ? 'promoted' : 'did not promote'}${b === undefined ? '' : ` (confirmed in sync when the primary died: ${b.confirmedAtCrash})`}`);
+    if (b !== undefined && b.confirmedAtCrash === false) {
+      this.refusedChecks(b);
+      return;
+    }
     const act = this.active();
     if (act === undefined) {
       this.fail(`no site acts as primary after settling: ${this.describe()}`);
@@ -843,7 +947,7 @@ class FailoverSim {
     const ps = st.role === 'primary' ? st : (st.inner as ReturnType<Primary['status']>);
     const replicas = [primary, ...ps.mirrors.filter((m) => this.sites.get(m.peer)!.core !== undefined && m.sync === 'inSync').map((m) => this.sites.get(m.peer)!)];
     this.stats.replicas = replicas.length;
-    const expected = this.scenario === 'crash' || this.scenario === 'standbyCrash' ? 3 : 4; // every site that is alive is back in sync
+    const expected = this.scenario === 'crash' || this.scenario === 'standbyCrash' || this.scenario === 'standbyBehind' ? 3 : 4; // every site that is alive is back in sync
     if (replicas.length !== expected) this.fail(`${replicas.length} replicas in sync after settling, expected ${expected}`);
     const ref = primary.disk.cur;
     for (const r of replicas.slice(1)) {
@@ -852,6 +956,24 @@ class FailoverSim {
         return;
       }
     }
+    this.checkAckedOn(primary);
+  }
+
+  /** standbyBehind, refused: no promotion, no host ack after the crash, the guard still closed and said so. */
+  private refusedChecks(b: NonNullable<FailoverSim['behind']>): void {
+    if (b.ackedAfterCrash > 0) this.fail(`${b.ackedAfterCrash} host writes acked after the primary died, with no promotion`);
+    const sb = this.sites.get('backup')!.core;
+    if (!(sb instanceof Standby) || sb.status().phase !== 'following') this.fail(`backup is not a following standby after a refused failover: ${this.describe()}`);
+    else if (sb.status().inSyncConfirmed) this.fail('backup says inSyncConfirmed after a refused failover');
+    if (b.refusals === 0) this.fail('backup never logged failover_refused');
+    this.stats.replicas = 0;
+    // No replica to compare: the acked writes are at least on the dead primary's disk.
+    this.checkAckedOn(this.sites.get('local')!);
+  }
+
+  /** Every block of `site` holds its last host-acked write or a write issued after it. */
+  private checkAckedOn(primary: Site): void {
+    const ref = primary.disk.cur;
     const dv = new DataView(ref.buffer, ref.byteOffset, ref.byteLength);
     for (let b = 0; b < this.blockWrites.length; b++) {
       const ids = this.blockWrites[b]!;
