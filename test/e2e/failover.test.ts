@@ -87,6 +87,24 @@ async function impersonate(c: Cluster, as: string, to: string): Promise<{ link: 
   return { link, got, stop: () => d.stop() };
 }
 
+/** Runs the real CLI against the cluster's file; resolves with its exit code and output. */
+function cli(c: Cluster, args: string[]): Promise<{ code: number; out: string }> {
+  return run(process.execPath, [join(import.meta.dirname, '../../bin/geomirror.mjs'), ...args, '--config', c.configPath], { timeout: waitMsMax }).then(
+    (r) => ({ code: 0, out: r.stdout + r.stderr }),
+    (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` }),
+  );
+}
+
+/** The promoted backup says local, east and west are in sync with their links up. */
+function waitAllInSyncAtBackup(c: Cluster): Promise<SiteStatus> {
+  return c.waitStatus('backup', (s) => s.peers.length === 3 && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'local, east and west in sync');
+}
+
+/** Every replica of the cluster holds exactly `want` (hash of the image). */
+function expectReplicasEqual(c: Cluster, want: string): void {
+  expect(Object.fromEntries(c.names.map((n) => [n, c.hash(n)]))).toEqual(Object.fromEntries(c.names.map((n) => [n, want])));
+}
+
 describe('failover to the standby (issue 10)', () => {
   const failoverTimeoutMs = 1500;
   let c: Cluster | undefined;
@@ -156,9 +174,9 @@ describe('failover to the standby (issue 10)', () => {
       const local = await cl.waitStatus('local', (s) => s.role === 'mirror' && s.epoch === 2, 'local is a mirror of epoch 2');
       expect(local.configuredRole).toBe('primary');
       expect(local.failovers?.some((f) => f.kind === 'fenced' && f.toEpoch === 2)).toBe(true);
-      await cl.waitStatus('backup', (s) => s.peers.length === 3 && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'local, east and west in sync');
+      await waitAllInSyncAtBackup(cl);
       const want = cl.hash('backup');
-      expect(Object.fromEntries(cl.names.map((n) => [n, cl.hash(n)]))).toEqual(Object.fromEntries(cl.names.map((n) => [n, want])));
+      expectReplicasEqual(cl, want);
       expect(checkAckedWrites(cl.storage('local'), issued, acked)).toEqual([]);
       // Its NBD export is the read-only replica now: a host write there is refused.
       const w = await connectWhenUp(cl.nbdPort);
@@ -186,11 +204,11 @@ describe('failover to the standby (issue 10)', () => {
       await w2.flush();
       issued.push(...w.issued, ...w2.issued);
       for (const i of [...w.acked, ...w2.acked]) acked.add(i);
-      await cl.waitStatus('backup', (s) => s.peers.length === 3 && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'local, east and west in sync');
+      await waitAllInSyncAtBackup(cl);
       const image = await readVolume(cl, cl.standbyNbdPort);
       expect(checkAckedWrites(image, issued, acked)).toEqual([]);
       const want = sha256(image);
-      expect(Object.fromEntries(cl.names.map((n) => [n, cl.hash(n)]))).toEqual(Object.fromEntries(cl.names.map((n) => [n, want])));
+      expectReplicasEqual(cl, want);
       for (const n of ['local', 'east', 'west']) expect((await cl.status(n))?.epoch).toBe(2);
     });
   }, testTimeoutMs);
@@ -263,9 +281,9 @@ describe('partitions (issue 10): a cut standby link never promotes; an isolated 
       await expect(stuck).rejects.toThrow();
       expect(w.acked.has(1e6)).toBe(false);
       await c.waitStatus('local', (s) => s.role === 'mirror' && s.epoch === 2, 'local is a mirror of epoch 2');
-      await c.waitStatus('backup', (s) => s.peers.length === 3 && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'local, east and west in sync');
+      await waitAllInSyncAtBackup(c);
       const want = c.hash('backup');
-      expect(Object.fromEntries(c.names.map((n) => [n, c.hash(n)]))).toEqual(Object.fromEntries(c.names.map((n) => [n, want])));
+      expectReplicasEqual(c, want);
       expect(before.backup).toBe(want); // nothing was written in epoch 2: the image is the one of epoch 1
     });
   }, testTimeoutMs);
@@ -279,22 +297,18 @@ describe('planned switchover (issue 10 item 5): geomirror demote, then geomirror
       const writes = planWrites(3030, c.volumeBytes, 8 * MiB);
       const w = await connectWhenUp(c.nbdPort);
       expect(await w.run(writes.slice(0, writes.length / 2), 8)).toEqual([]);
-      const cli = (args: string[]) => run(process.execPath, [join(import.meta.dirname, '../../bin/geomirror.mjs'), ...args, '--config', c.configPath], { timeout: waitMsMax }).then(
-        (r) => ({ code: 0, out: r.stdout + r.stderr }),
-        (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` }),
-      );
 
       // Refusals name why: a mirror cannot be demoted, the primary cannot be promoted.
-      expect(await cli(['demote', '--site', 'east'])).toMatchObject({ code: 1, out: expect.stringMatching(/east acts as mirror; only the primary can be demoted/) });
-      expect(await cli(['promote', '--site', 'local'])).toMatchObject({ code: 1, out: expect.stringMatching(/only a following standby can be promoted/) });
+      expect(await cli(c, ['demote', '--site', 'east'])).toMatchObject({ code: 1, out: expect.stringMatching(/east acts as mirror; only the primary can be demoted/) });
+      expect(await cli(c, ['promote', '--site', 'local'])).toMatchObject({ code: 1, out: expect.stringMatching(/only a following standby can be promoted/) });
 
-      const demoted = await cli(['demote', '--site', 'local', '--reason', 'maintenance at local']);
+      const demoted = await cli(c, ['demote', '--site', 'local', '--reason', 'maintenance at local']);
       expect(demoted).toMatchObject({ code: 0, out: expect.stringMatching(/local: demoted/) });
       const local = await c.waitStatus('local', (s) => s.role === 'mirror', 'local is a mirror');
       expect(local.failovers?.at(-1)).toMatchObject({ kind: 'demoted', reason: 'maintenance at local' });
       // The writer's connection ended with the export; nothing it had acked is lost below.
 
-      expect(await cli(['promote', '--site', 'backup', '--reason', 'maintenance at local'])).toMatchObject({ code: 0 });
+      expect(await cli(c, ['promote', '--site', 'backup', '--reason', 'maintenance at local'])).toMatchObject({ code: 0 });
       const promoted = await c.waitStatus('backup', (s) => s.role === 'primary', 'backup is the primary');
       expect(promoted.epoch).toBe(2);
       expect(promoted.failovers?.at(-1)).toMatchObject({ kind: 'promoted', fromEpoch: 1, toEpoch: 2, reason: 'maintenance at local' });
@@ -302,13 +316,13 @@ describe('planned switchover (issue 10 item 5): geomirror demote, then geomirror
       const w2 = await connectWhenUp(c.standbyNbdPort);
       expect(await w2.run(writes.slice(writes.length / 2), 8)).toEqual([]);
       await w2.flush();
-      await c.waitStatus('backup', (s) => s.peers.length === 3 && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'local, east and west in sync');
+      await waitAllInSyncAtBackup(c);
       const acked = new Set([...w.acked, ...w2.acked]);
       expect(acked.size).toBe(writes.length);
       const image = await readVolume(c, c.standbyNbdPort);
       expect(checkAckedWrites(image, writes, acked)).toEqual([]);
       const want = sha256(image);
-      expect(Object.fromEntries(c.names.map((n) => [n, c.hash(n)]))).toEqual(Object.fromEntries(c.names.map((n) => [n, want])));
+      expectReplicasEqual(c, want);
       // Every mirror follows epoch 2; the old primary does too, and says it was demoted.
       for (const n of ['local', 'east', 'west']) expect((await c.status(n))?.epoch).toBe(2);
     });
@@ -348,12 +362,8 @@ describe('promotion guard (issue 10): a standby that may miss acked writes does 
       expect(String(refused.fix)).toMatch(/geomirror promote --site backup --force/);
       expect(await c.status('backup')).toMatchObject({ role: 'standby', epoch: 1 });
 
-      const cli = (args: string[]) => run(process.execPath, [join(import.meta.dirname, '../../bin/geomirror.mjs'), ...args, '--config', c.configPath], { timeout: waitMsMax }).then(
-        (r) => ({ code: 0, out: r.stdout + r.stderr }),
-        (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` }),
-      );
-      expect(await cli(['promote', '--site', 'backup'])).toMatchObject({ code: 1, out: expect.stringMatching(/could lose acknowledged writes.*--force/s) });
-      expect(await cli(['promote', '--site', 'backup', '--force', '--reason', 'local lost for good'])).toMatchObject({ code: 0 });
+      expect(await cli(c, ['promote', '--site', 'backup'])).toMatchObject({ code: 1, out: expect.stringMatching(/could lose acknowledged writes.*--force/s) });
+      expect(await cli(c, ['promote', '--site', 'backup', '--force', '--reason', 'local lost for good'])).toMatchObject({ code: 0 });
       const promoted = await c.waitStatus('backup', (s) => s.role === 'primary', 'promoted by force');
       expect(promoted.epoch).toBe(2);
       expect(c.logRecords('backup').some((r) => r.event === 'forced_promotion')).toBe(true);
