@@ -178,8 +178,10 @@ export class Replica {
       this.acting = 'relay';
       this.primaryMirrors = [];
       this.role = new Relay({ ...common, downstream: site.forward!, ackMode: site.relayAck, storage: dev.array !== undefined });
-    } else if (site.role === 'mirror' || acting === 'mirror') {
-      // A fenced or demoted old primary (or standby) comes back as a mirror of whoever is primary now.
+    } else if (site.role === 'mirror' || (acting === 'mirror' && site.role === 'primary')) {
+      // A fenced or demoted old primary comes back as a mirror of whoever is primary now. (A site
+      // the file now calls a standby follows as a standby even if a failover left it a mirror:
+      // that is how roles are swapped back after a failover, see docs/ARCHITECTURE.md.)
       this.acting = 'mirror';
       this.primaryMirrors = [];
       this.role = new Mirror(common);

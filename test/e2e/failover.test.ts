@@ -212,6 +212,49 @@ describe('failover to the standby (issue 10)', () => {
       for (const n of ['local', 'east', 'west']) expect((await cl.status(n))?.epoch).toBe(2);
     });
   }, testTimeoutMs);
+
+  it('roles swapped in the cluster file: the old primary becomes the standby of the new one; a second failover (kill -9 backup) promotes it back at epoch 3', async () => {
+    expect(c, 'needs the cluster of the tests before').toBeDefined();
+    const cl = c!;
+    await withLogs(cl, async () => {
+      await cl.stop('local');
+      await cl.stop('backup');
+      const text = readFileSync(cl.configPath, 'utf8');
+      const swapped = text
+        .replace(/(  local: \{ )role: primary, /, `$1role: standby, standby-for: backup, failover-timeout: ${failoverTimeoutMs}ms, `)
+        .replace(/(  backup: \{ )role: standby, standby-for: local, failover-timeout: \d+ms, /, '$1role: primary, mirrors: [east, west], ');
+      expect(swapped).not.toBe(text);
+      writeFileSync(cl.configPath, swapped);
+      await cl.restart('backup');
+      await cl.restart('local');
+      // local follows backup as its standby (its acting: mirror gives way to the file's standby)
+      // and is promotable once backup says it is in sync.
+      const sb = await cl.waitStatus('local', (s) => s.role === 'standby' && s.standby?.inSync === true, 'local is the in-sync standby of backup');
+      expect(sb.epoch).toBe(2);
+      await waitAllInSyncAtBackup(cl);
+
+      const writes = planWrites(1012, cl.volumeBytes, 6 * MiB).map((w) => ({ ...w, index: w.index + 200_000 }));
+      const w = await connectWhenUp(cl.standbyNbdPort);
+      const errors = await w.run(writes, 8, {
+        afterAck: async (_w, n) => {
+          if (n === Math.floor(writes.length / 2)) await cl.kill9('backup');
+        },
+      });
+      expect(errors.length).toBeGreaterThan(0);
+      const promoted = await cl.waitStatus('local', (s) => s.role === 'primary', 'local promoted back');
+      expect(promoted.epoch).toBe(3);
+      const w2 = await connectWhenUp(cl.nbdPort);
+      expect(await w2.run(writes.slice(w.issued.length), 8)).toEqual([]);
+      await w2.flush();
+      issued.push(...w.issued, ...w2.issued);
+      for (const i of [...w.acked, ...w2.acked]) acked.add(i);
+      await cl.waitStatus('local', (s) => ['east', 'west'].every((n) => peer(s, n)?.sync === 'in-sync' && peer(s, n)?.link === 'up'), 'east and west in sync with local');
+      const image = await readVolume(cl, cl.nbdPort);
+      expect(checkAckedWrites(image, issued, acked)).toEqual([]);
+      const want = sha256(image);
+      expect({ local: cl.hash('local'), east: cl.hash('east'), west: cl.hash('west') }).toEqual({ local: want, east: want, west: want });
+    });
+  }, testTimeoutMs);
 });
 
 describe('partitions (issue 10): a cut standby link never promotes; an isolated primary is replaced and fenced', () => {
