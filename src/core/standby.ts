@@ -129,7 +129,8 @@ export class Standby implements Role {
   private lastHeardPrimaryMs: number | undefined;
   private startMs = 0;
   private queryIdNext = 1n;
-  private query: { queryId: bigint; sentMs: number; agree: Set<PeerId>; disagree: Set<PeerId> } | undefined;
+  /** `nextMs`: when to ask again (queryIntervalMs after sending, sooner if an answer says when it would agree). */
+  private query: { queryId: bigint; sentMs: number; nextMs: number; agree: Set<PeerId>; disagree: Set<PeerId> } | undefined;
   private promotion: { epoch: Epoch; metaOp: OpId | undefined; bitmapOps: Set<OpId>; seqReceived: Seq; reason: string; metaIssued: boolean } | undefined;
   private readonly promotions: { atMs: number; fromEpoch: Epoch; toEpoch: Epoch; seqReceived: Seq; reason: string }[] = [];
   /** Promotion guard (setInSync); from the meta record at start. */
@@ -329,9 +330,9 @@ export class Standby implements Role {
     this.forward({ type: 'tick' });
     if (this.phase !== 'following') return;
     if (this.silentMs() < this.timeoutMs()) return;
-    if (this.query !== undefined && this.nowMs - this.query.sentMs < this.cfg.queryIntervalMs) return;
+    if (this.query !== undefined && this.nowMs < this.query.nextMs) return;
     const queryId = this.queryIdNext++;
-    this.query = { queryId, sentMs: this.nowMs, agree: new Set(), disagree: new Set() };
+    this.query = { queryId, sentMs: this.nowMs, nextMs: this.nowMs + this.cfg.queryIntervalMs, agree: new Set(), disagree: new Set() };
     const voters = [...this.cfg.mirrors, ...(this.cfg.witness === undefined ? [] : [this.cfg.witness])];
     const asked = voters.filter((p) => this.linksUp.has(p));
     for (const p of asked) this.send(p, { type: 'lastHeardQuery', epoch: this.mirror.status().epoch, queryId });
@@ -351,6 +352,12 @@ export class Standby implements Role {
       return;
     }
     (agrees ? q.agree : q.disagree).add(peer);
+    if (!agrees) {
+      // It heard the primary `heardAgoMs` ago: if the primary is gone, that site agrees once its
+      // silence reaches the timeout too. Ask again then (plus one tick), not a full interval later.
+      const agreeAtMs = this.nowMs + (this.cfg.failoverTimeoutMs - msg.heardAgoMs) + this.cfg.limits.tickMs;
+      q.nextMs = Math.max(this.nowMs + this.cfg.limits.tickMs, Math.min(q.nextMs, agreeAtMs));
+    }
     this.log('info', 'last_heard_answer', { peer, heardAgoMs: msg.heardAgoMs, seqReceived: msg.seqReceived, agrees, queryId: q.queryId });
     this.maybePromote();
   }

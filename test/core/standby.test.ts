@@ -67,6 +67,20 @@ describe('standby: detection needs a majority (claim 13 v)', () => {
     expect(s.logs).not.toContain('failover_decided');
   });
 
+  it('a mirror that heard the primary just before the timeout is asked again when it would agree, not a full interval later', () => {
+    const s = standby();
+    silence(s); // timeout 500 ms, query interval 200 ms
+    s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n });
+    s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 470, seqReceived: 0n });
+    expect(s.logs).not.toContain('failover_decided');
+    // east agrees in 30 ms: ask again then (+1 tick of 10 ms), not 200 ms later.
+    expect(s.tick(39)).toEqual([]);
+    expect(s.tick(1)).toEqual(['send east lastHeardQuery #2 e1', 'send west lastHeardQuery #2 e1']);
+    s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 2n, heardAgoMs: 501, seqReceived: 0n });
+    s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 2n, heardAgoMs: 511, seqReceived: 0n });
+    expect(s.logs).toContain('failover_decided');
+  });
+
   it('two of four sites (standby + one mirror) are not a majority', () => {
     const s = standby();
     silence(s);
