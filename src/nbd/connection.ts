@@ -492,9 +492,28 @@ export class Connection {
     this.sendFlushed(flushed, r.structuredOffsetDataHeader(cookie, offsetBytes, data.length), data);
   }
 
+  /**
+   * Replies that complete in one event-loop phase leave in one vectored write: the socket stays
+   * corked from the first reply of the phase until setImmediate (the end of this loop turn), so
+   * a burst of completions (QD16, coalesced acks) costs one syscall, not one per reply. The
+   * per-reply cork/uncork below nests inside and keeps each reply's pieces together.
+   */
+  private batchPhase(): void {
+    if (this.phaseCorked) return;
+    this.phaseCorked = true;
+    this.socket.cork();
+    setImmediate(() => {
+      this.phaseCorked = false;
+      if (!this.socket.destroyed) this.socket.uncork();
+    });
+  }
+
+  private phaseCorked = false;
+
   /** send(), then calls `flushed` once the kernel has the bytes (or the socket is gone). */
   private sendFlushed(flushed: () => void, ...bufs: Buffer[]): void {
     if (this.ended || this.socket.destroyed || !this.socket.writable) return flushed();
+    this.batchPhase();
     this.socket.cork();
     for (let i = 0; i < bufs.length - 1; i++) this.socket.write(bufs[i]!);
     this.socket.write(bufs[bufs.length - 1]!, () => flushed()); // also called (with an error) on destroy
@@ -519,6 +538,7 @@ export class Connection {
   /** Writes the buffers back to back; nothing else can be written between them. */
   private send(...bufs: Buffer[]): void {
     if (this.ended || this.socket.destroyed || !this.socket.writable) return; // client already gone
+    this.batchPhase();
     if (bufs.length === 1) {
       this.socket.write(bufs[0]!);
       return;
