@@ -391,6 +391,7 @@ export class CacheJournal {
     if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
     this.idleTimer = undefined;
     for (const w of this.waiters.splice(0)) w.settle.reject(sense.notPresent(this.device.name, 'cache journal closed while this append waited for space'));
+    this.flushBatch();
     await this.lastCached.catch(() => undefined);
     if (this.broken === undefined) await this.persistHead().catch(() => undefined);
     await this.device.close();
@@ -462,10 +463,44 @@ export class CacheJournal {
     this.tailPos = pos + sizeBytes;
     const header = Buffer.allocUnsafe(entryHeaderBytes);
     encodeEntryHeader(header, this.journalId, handle, crc32(payload));
-    // One positional writev, header then payload. (Starting the payload write first and
-    // checksumming while it runs measured slower: the second write to the same pages waits on
-    // the file's lock, and on a busy 2-core node there is no idle core to hide the CRC on.)
-    let own: Promise<unknown> = this.device.writev([header, payload], pos);
+    // Group commit: entries appended in one synchronous run (a burst of frames from one socket
+    // read, the actions of one core step) that sit back to back in the ring leave in ONE
+    // positional writev, header, payload and alignment padding of each in turn. (Starting the
+    // payload write first and checksumming while it runs measured slower: the second write to
+    // the same pages waits on the file's lock, and on a busy 2-core node there is no idle core
+    // to hide the CRC on.)
+    const padBytes = sizeBytes - entryHeaderBytes - payload.byteLength;
+    let b = this.batch;
+    if (b !== undefined && (b.endPos !== pos || b.buffers.length + 3 > batchBuffersMax)) {
+      this.flushBatch();
+      b = undefined;
+    }
+    if (b === undefined) {
+      b = this.batch = { pos, endPos: pos, buffers: [], entries: [] };
+      queueMicrotask(() => this.flushBatch());
+    }
+    b.buffers.push(header, payload);
+    b.endPos = pos + sizeBytes;
+    b.entries.push({ handle, settle, padBytes });
+    // Big writes go at once: their device write then overlaps the next entry's CRC, which
+    // waiting for the batch would serialize (1 MiB entries measured ~10% slower batched).
+    if (b.endPos - b.pos >= batchBytesMax) this.flushBatch();
+  }
+
+  /** Entries issued in this synchronous run, not yet handed to the device (issue()). */
+  private batch: { pos: number; endPos: number; buffers: Uint8Array[]; entries: { handle: EntryHandle; settle: Settle; padBytes: number }[] } | undefined;
+
+  private flushBatch(): void {
+    const b = this.batch;
+    if (b === undefined) return;
+    this.batch = undefined;
+    // Padding goes between entries only: the last entry's tail needs no bytes on the device.
+    const buffers: Uint8Array[] = [];
+    b.entries.forEach((e, i) => {
+      buffers.push(b.buffers[2 * i]!, b.buffers[2 * i + 1]!);
+      if (i < b.entries.length - 1 && e.padBytes > 0) buffers.push(zeroPad.subarray(0, e.padBytes));
+    });
+    let own: Promise<unknown> = this.device.writev(buffers, b.pos);
     own = own.catch((err: unknown) => {
       this.broken ??= err instanceof Error ? err : new Error(String(err));
       throw err;
@@ -476,15 +511,17 @@ export class CacheJournal {
     // append order: a site acks upstream in seq order.
     const cached = Promise.all([this.lastCached, own]).then(
       () => {
-        handle.state = 'cached';
-        settle.resolve(handle);
+        for (const e of b.entries) {
+          e.handle.state = 'cached';
+          e.settle.resolve(e.handle);
+        }
       },
       (err: unknown) => {
-        settle.reject(err);
+        for (const e of b.entries) e.settle.reject(err);
         throw err;
       },
     );
-    cached.catch(() => undefined); // the caller sees the rejection through `settle`
+    cached.catch(() => undefined); // the callers see the rejection through `settle`
     this.lastCached = cached;
   }
 
@@ -552,6 +589,13 @@ export class CacheJournal {
 }
 
 // --- encoding -------------------------------------------------------------------------------
+
+/** Buffers one group-commit writev may carry (IOV_MAX is 1024 on Linux). */
+const batchBuffersMax = 512;
+/** A group commit is written as soon as it holds this many bytes. */
+const batchBytesMax = 128 * 1024;
+/** Alignment padding between entries of one group commit (never more than an alignment unit). */
+const zeroPad = new Uint8Array(entryAlignBytes);
 
 function alignUp(n: number): number {
   return Math.ceil(n / entryAlignBytes) * entryAlignBytes;

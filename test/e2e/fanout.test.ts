@@ -84,6 +84,10 @@ function watchStates(c: Cluster): { states: string[]; stop(): Promise<void> } {
     stop: async () => {
       running = false;
       await loop;
+      // One last look: the caller stops the watch right after its own wait saw the final state,
+      // which the loop may not have polled yet (a fast resync ends between two polls).
+      const s = await c.status('local').catch(() => undefined);
+      if (s && states[states.length - 1] !== s.state) states.push(s.state);
     },
   };
 }
