@@ -476,31 +476,28 @@ export class CacheJournal {
       b = undefined;
     }
     if (b === undefined) {
-      b = this.batch = { pos, endPos: pos, buffers: [], entries: [] };
+      b = this.batch = { pos, endPos: pos, buffers: [], entries: [], padBytes: 0 };
       queueMicrotask(() => this.flushBatch());
     }
+    // Padding goes between entries only: the last entry's tail needs no bytes on the device.
+    if (b.padBytes > 0) b.buffers.push(zeroPad.subarray(0, b.padBytes));
     b.buffers.push(header, payload);
     b.endPos = pos + sizeBytes;
-    b.entries.push({ handle, settle, padBytes });
+    b.padBytes = padBytes;
+    b.entries.push({ handle, settle });
     // Big writes go at once: their device write then overlaps the next entry's CRC, which
     // waiting for the batch would serialize (1 MiB entries measured ~10% slower batched).
     if (b.endPos - b.pos >= batchBytesMax) this.flushBatch();
   }
 
   /** Entries issued in this synchronous run, not yet handed to the device (issue()). */
-  private batch: { pos: number; endPos: number; buffers: Uint8Array[]; entries: { handle: EntryHandle; settle: Settle; padBytes: number }[] } | undefined;
+  private batch: { pos: number; endPos: number; buffers: Uint8Array[]; entries: { handle: EntryHandle; settle: Settle }[]; padBytes: number } | undefined;
 
   private flushBatch(): void {
     const b = this.batch;
     if (b === undefined) return;
     this.batch = undefined;
-    // Padding goes between entries only: the last entry's tail needs no bytes on the device.
-    const buffers: Uint8Array[] = [];
-    b.entries.forEach((e, i) => {
-      buffers.push(b.buffers[2 * i]!, b.buffers[2 * i + 1]!);
-      if (i < b.entries.length - 1 && e.padBytes > 0) buffers.push(zeroPad.subarray(0, e.padBytes));
-    });
-    let own: Promise<unknown> = this.device.writev(buffers, b.pos);
+    let own: Promise<unknown> = this.device.writev(b.buffers, b.pos);
     own = own.catch((err: unknown) => {
       this.broken ??= err instanceof Error ? err : new Error(String(err));
       throw err;
