@@ -20,7 +20,7 @@ export const freshMeta: Meta = { epoch: 1n, seqReserved: 1n };
 
 export interface MetaStore {
   load(): Promise<Meta>;
-  /** Durable when the promise resolves (write temp, fdatasync, rename). */
+  /** Durable when the promise resolves (write temp, fdatasync, rename). Saves apply in issue order. */
   save(meta: Meta): Promise<void>;
 }
 

@@ -136,7 +136,6 @@ export class Replica {
   private readonly primaryMirrors: readonly string[];
   private promotedSeen = false;
   private fencedSeen = false;
-  private metaSavesInflight = 0;
   private readonly limits: Limits;
   private readonly handles = new Map<string, EntryHandle>();
   private readonly hostOps = new Map<number, HostWaiter>();
@@ -439,10 +438,10 @@ export class Replica {
 
   /**
    * Records that this site acts as a mirror from now on (fenced or demoted). Durable when it
-   * resolves; waits for meta saves the core already issued, so none of them lands after it.
+   * resolves; the meta store applies saves in issue order, so none the core issued earlier
+   * lands after it.
    */
   async persistActingMirror(epoch: Epoch): Promise<void> {
-    while (this.metaSavesInflight > 0) await new Promise((r) => setTimeout(r, 5));
     const cur = this.role.status();
     const s = cur.role === 'standby' ? cur.inner : cur;
     const seqReserved = s.role === 'primary' ? s.seqNext : 1n;
@@ -545,16 +544,9 @@ export class Replica {
         this.dev.bitmaps.clear(a.peer, a.regions).catch((err) => this.log.warn({ event: 'bitmap-clear-failed', peer: a.peer, err: (err as Error).message }, 'dirty bitmap clear failed (costs only a resync)'));
         break;
       case 'metaPersist':
-        this.metaSavesInflight++;
         this.dev.meta.save(a.meta).then(
-          () => {
-            this.metaSavesInflight--;
-            this.feed({ type: 'metaPersisted', opId: a.opId });
-          },
-          (err) => {
-            this.metaSavesInflight--;
-            this.die(new Error(`site meta record could not be persisted: ${(err as Error).message}`));
-          },
+          () => this.feed({ type: 'metaPersisted', opId: a.opId }),
+          (err) => this.die(new Error(`site meta record could not be persisted: ${(err as Error).message}`)),
         );
         break;
       case 'log': {
