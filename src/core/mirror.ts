@@ -44,13 +44,7 @@ export interface MirrorConfig {
   readonly limits: Limits;
 }
 
-interface MEntry {
-  readonly epoch: Epoch;
-  readonly seq: Seq;
-  readonly offsetBytes: number;
-  readonly lengthBytes: number;
-  readonly fua: boolean;
-  readonly payload: Uint8Array;
+interface MEntry extends CacheEntry {
   cached: boolean;
   stored: boolean;
   durable: boolean;

@@ -74,13 +74,7 @@ export interface RelayConfig {
   readonly limits: Limits;
 }
 
-interface REntry {
-  readonly epoch: Epoch;
-  readonly seq: Seq;
-  readonly offsetBytes: number;
-  readonly lengthBytes: number;
-  readonly fua: boolean;
-  readonly payload: Uint8Array;
+interface REntry extends CacheEntry {
   readonly receivedMs: number;
   cached: boolean;
   /** Performed on the relay's own storage (always true without storage). */

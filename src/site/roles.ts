@@ -15,21 +15,12 @@ import { RoleChangeError } from './role-change.js';
 import { FailoverHistory } from './history.js';
 import type { FailoverRecord } from './status.js';
 import { witnessRuntime } from './witness.js';
+import { linkTimingFromEnv, mirrorLossGraceMsFromEnv } from './env-hooks.js';
 
-/** Test hook: shorter link timing for kill -9 tests, from the environment of a site process. */
+/** Test hooks (src/site/env-hooks.ts): shorter link timing and grace for kill -9 tests. */
 function replicaOptionsFromEnv(): ReplicaOptions {
-  const num = (name: string) => {
-    const v = process.env[name];
-    return v !== undefined && /^\d+$/.test(v) ? Number(v) : undefined;
-  };
-  const heartbeatIntervalMs = num('GEOMIRROR_HEARTBEAT_MS');
-  const linkTimeoutMs = num('GEOMIRROR_LINK_TIMEOUT_MS');
-  const mirrorLossGraceMs = num('GEOMIRROR_MIRROR_LOSS_GRACE_MS');
-  return {
-    ...(heartbeatIntervalMs ? { heartbeatIntervalMs } : {}),
-    ...(linkTimeoutMs ? { linkTimeoutMs } : {}),
-    ...(mirrorLossGraceMs ? { limits: { mirrorLossGraceMs } } : {}),
-  };
+  const mirrorLossGraceMs = mirrorLossGraceMsFromEnv();
+  return { ...linkTimingFromEnv(), ...(mirrorLossGraceMs ? { limits: { mirrorLossGraceMs } } : {}) };
 }
 
 /** Bound on draining a primary for a planned demotion: past it the demotion is refused. */

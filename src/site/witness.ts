@@ -16,22 +16,9 @@ import type { DataMessage } from '../wire/index.js';
 import { toWire } from './peerwire.js';
 import { decodeOrClose, sendOrClose, statusReplyEntries } from './linkio.js';
 import type { RoleRuntime, SiteContext, SiteRuntime } from './run.js';
+import { linkTimingFromEnv } from './env-hooks.js';
 import type { PeerStatus, SiteStatus } from './status.js';
 
-/**
- * Link timing from the same test hooks as the replicating sites (replicaOptionsFromEnv in
- * roles.ts): GEOMIRROR_HEARTBEAT_MS, GEOMIRROR_LINK_TIMEOUT_MS. Read here rather than imported,
- * because roles.ts imports this module (a cycle would leave witnessRuntime undefined there).
- */
-function linkTimingFromEnv(): { heartbeatIntervalMs?: number; linkTimeoutMs?: number } {
-  const num = (name: string) => {
-    const v = process.env[name];
-    return v !== undefined && /^\d+$/.test(v) && Number(v) > 0 ? Number(v) : undefined;
-  };
-  const heartbeatIntervalMs = num('GEOMIRROR_HEARTBEAT_MS');
-  const linkTimeoutMs = num('GEOMIRROR_LINK_TIMEOUT_MS');
-  return { ...(heartbeatIntervalMs ? { heartbeatIntervalMs } : {}), ...(linkTimeoutMs ? { linkTimeoutMs } : {}) };
-}
 
 /** Peers listed in status once they connected: the link's state and its last RTT. */
 interface PeerSeen {
