@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createServer } from 'node:net';
+import { freePort } from '../net/helpers.js';
 import { startCluster } from '../../src/cli/cluster.js';
 import { fetchStatus, statusRows } from '../../src/cli/status.js';
 
@@ -30,13 +30,6 @@ function fakeCluster(sites: string[], stopTimeoutMs?: number) {
   return { handle, out, err };
 }
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 const alive = (pid: number | undefined): boolean => {
   try {

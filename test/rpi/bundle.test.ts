@@ -5,11 +5,11 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, ftruncateSync, closeSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../net/helpers.js';
 import { buildBundle, type BuildResult } from '../../targets/rpi/build.js';
 import { fetchStatus } from '../../src/cli/status.js';
 import { arm64Node, underQemu } from './arm64.js';
@@ -39,13 +39,6 @@ function runArm64(args: string[], cwd: string): string {
   return execFileSync(cmd, argv, { cwd, encoding: 'utf8', timeout: 120_000 });
 }
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 const sha = (p: string): string => createHash('sha256').update(readFileSync(p)).digest('hex');
 

@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { freePort } from '../net/helpers.js';
 import { parseConfig, type ClusterConfig } from '../../src/site/config.js';
 import { createLogger } from '../../src/site/log.js';
 import { roleRuntimes } from '../../src/site/roles.js';
@@ -16,13 +17,6 @@ import type { SiteStatus } from '../../src/site/status.js';
 const dir = mkdtempSync(join(tmpdir(), 'geomirror-run-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 async function config(name: string, extra = ''): Promise<ClusterConfig> {
   const [listen, nbd, admin, east] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
