@@ -589,6 +589,7 @@ export class Primary implements Role {
       this.fence(msg.epoch, peer);
       return;
     }
+    if (msg.epoch < this.epoch && msg.type === 'heartbeat') return; // RTT only: a mirror's heartbeats carry its epoch until it adopts ours
     if (msg.epoch < this.epoch) {
       // Fencing (issue 10 item 4): an old primary that speaks to the new one learns the epoch.
       // A `fence` is never answered, so two sites cannot ping-pong.
@@ -838,6 +839,11 @@ export class Primary implements Role {
 
   private log(level: LogLevel, event: string, fields: Record<string, unknown>): void {
     this.out.push({ type: 'log', level, event, fields: { site: this.cfg.self, ...fields } });
+  }
+
+  /** The newer epoch that fenced this primary, if one did (cheap: the site checks it after every step). */
+  fencedBy(): Epoch | undefined {
+    return this.fenced;
   }
 
   /** Mirrors that hold every host-acked write (the checker's and status's notion of "in sync"). */

@@ -496,6 +496,16 @@ export class Standby implements Role {
     return this.primaryCore !== undefined ? this.primaryCore.quiescent() : this.phase === 'following' && this.mirror.quiescent();
   }
 
+  /** Where the standby is (cheap: the site checks it after every step). */
+  phaseNow(): StandbyPhase {
+    return this.phase;
+  }
+
+  /** The newer epoch that fenced the primary this site became, if one did. */
+  fencedBy(): Epoch | undefined {
+    return this.primaryCore?.fencedBy();
+  }
+
   /** While following: the primary, once it announced its epoch on the link (the inner mirror's upstream). */
   followedUpstream(): PeerId | undefined {
     return this.phase === 'following' ? this.mirror.status().upstream : undefined;

@@ -58,7 +58,7 @@ export interface ReplicaHooks {
   /** A following standby finished its promotion: it now serves host writes (open the export). */
   onPromoted?(): void;
   /** The primary core saw a newer epoch: this site must stop acting as primary (issue 10 item 4). */
-  onFenced?(epoch: Epoch, peer: string | undefined): void;
+  onFenced?(epoch: Epoch): void;
 }
 
 /** The core a site runs in this life: its configured role, or the one a failover left it in. */
@@ -356,9 +356,7 @@ export class Replica {
       // The link measured RTT; tell the core. A primary shows it per mirror; a mirror or a
       // following standby learns from it when it last heard its upstream (failover detection,
       // claim 13 v: "when did you last hear the primary?").
-      // A primary hears a mirror's heartbeat for RTT only: one still at an older epoch (not yet
-      // adopted ours) is no reason to send it a fence.
-      if (this.feedsHeartbeat(peer) && !(this.hostCore() !== undefined && hb.epoch < BigInt(this.role.status().epoch))) this.feed({ type: 'recv', peer, msg: { type: 'heartbeat', epoch: hb.epoch, sentMs: this.nowMs() - (rttMs ?? 0), seqAcked: hb.lastSeq, reply: true } });
+      if (this.feedsHeartbeat(peer)) this.feed({ type: 'recv', peer, msg: { type: 'heartbeat', epoch: hb.epoch, sentMs: this.nowMs() - (rttMs ?? 0), seqAcked: hb.lastSeq, reply: true } });
     });
     link.once('close', (info) => {
       if (this.links.get(peer) !== link) return;
@@ -393,8 +391,8 @@ export class Replica {
   /** Tells the runtime when a failover changed what this site may do (promotion, fencing). */
   private watchRole(): void {
     if (this.fatal || this.stopped) return;
-    const top = this.role.status();
-    if (top.role === 'standby' && top.phase === 'primary' && !this.promotedSeen) {
+    const r = this.role;
+    if (r instanceof Standby && !this.promotedSeen && r.phaseNow() === 'primary') {
       this.promotedSeen = true;
       this.failoverHistory(); // fixes the promotion's wall-clock time now
       // The promoted standby fans out to the old primary too: dial it (it listens; if it is
@@ -407,11 +405,11 @@ export class Replica {
       this.ctx.metrics.failoversTotal.inc({ kind: 'promoted' });
       this.hooks.onPromoted?.();
     }
-    const p = top.role === 'standby' ? (top.inner.role === 'primary' ? top.inner : undefined) : top.role === 'primary' ? top : undefined;
-    if (p?.fencedBy !== undefined && !this.fencedSeen) {
+    const fencedBy = r instanceof Primary || r instanceof Standby ? r.fencedBy() : undefined;
+    if (fencedBy !== undefined && !this.fencedSeen) {
       this.fencedSeen = true;
       this.ctx.metrics.failoversTotal.inc({ kind: 'fenced' });
-      this.hooks.onFenced?.(p.fencedBy, undefined);
+      this.hooks.onFenced?.(fencedBy);
     }
   }
 

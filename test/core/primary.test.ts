@@ -197,6 +197,13 @@ describe('primary: mirror loss (issue 5 item 5)', () => {
 });
 
 describe('primary: restart and fencing', () => {
+  it('a heartbeat of an older epoch is RTT only (a mirror not yet at our epoch): no fence; any other older frame is fenced', () => {
+    const t = primaryScript(['east'], {}, [], new Map(), 1n);
+    t.step({ type: 'peerUp', peer: 'east' });
+    expect(t.recv('east', { type: 'heartbeat', epoch: 0n, sentMs: 0, seqAcked: 0n, reply: true })).toEqual([]);
+    expect(t.recv('east', { type: 'ack', epoch: 0n, seq: 1n })).toEqual(['send east fence e1']);
+  });
+
   it('replays its cache: re-performs locally and re-sends to mirrors; continues above the persisted seq reservation', () => {
     const entry = { epoch: 1n, seq: 7n, offsetBytes: 0, lengthBytes: 512, fua: false, payload: new Uint8Array(512) };
     const t = primaryScript(['east'], {}, [entry], new Map(), 8n);
