@@ -228,7 +228,7 @@ export class Replica {
     const r = this.role;
     if (r instanceof Primary) return this.primaryMirrors.includes(peer);
     if (r instanceof Relay) return peer === this.ctx.site.forward;
-    if (r instanceof Standby) return r.status().phase === 'primary' ? this.primaryMirrors.includes(peer) : r.followedUpstream() === peer;
+    if (r instanceof Standby) return r.phaseNow() === 'primary' ? this.primaryMirrors.includes(peer) : r.followedUpstream() === peer;
     return r.status().upstream === peer;
   }
 
@@ -417,7 +417,7 @@ export class Replica {
   promote(reason: string, force = false): void {
     const r = this.role;
     if (!(r instanceof Standby)) throw new RoleChangeError(`${this.ctx.site.name} runs as ${this.acting}; only a following standby can be promoted`);
-    if (r.status().phase !== 'following') throw new RoleChangeError(`${this.ctx.site.name} is already ${r.status().phase === 'primary' ? 'the primary' : 'being promoted'}`);
+    if (r.phaseNow() !== 'following') throw new RoleChangeError(`${this.ctx.site.name} is already ${r.phaseNow() === 'primary' ? 'the primary' : 'being promoted'}`);
     if (this.fatal) throw new RoleChangeError(`${this.ctx.site.name} stopped: ${this.fatal.message}`);
     const risk = r.notPromotable();
     if (risk !== undefined && !force) throw new RoleChangeError(`${risk}; to accept that, geomirror promote --site ${this.ctx.site.name} --force`);
