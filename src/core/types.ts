@@ -15,8 +15,11 @@
 //     order. metaPersist is durable when its completion arrives.
 //  4. `send` on a peer whose link is down is dropped silently: links are ordered streams
 //     (TCP), a reset loses what was in flight, and the core re-sends after the next peerUp.
+//     `closePeer` ends that link (the core refused the peer's input); a peerDown follows.
 //  5. Timers are ticks: feed `tick` every few ms (Limits.tickMs); every event carries `nowMs`
 //     from a monotonic clock. The core never reads a clock or a random source itself.
+//  6. Liveness is the link's: it exchanges heartbeats by itself and reports each one it hears
+//     as `peerHeard` (with the round trip when it measured one). The core sends none.
 
 /** Epoch: grows by one at every promotion; persisted by every site (fencing). u64 on the wire. */
 export type Epoch = bigint;
@@ -50,8 +53,6 @@ export type PeerMsg =
   /** Barrier: flush storage once every write with seq <= `seq` is performed. */
   | { type: 'flush'; epoch: Epoch; flushId: bigint; seq: Seq }
   | { type: 'flushAck'; epoch: Epoch; flushId: bigint; sense?: SenseInfo }
-  /** Liveness and round-trip time; `seqAcked` lets status show how far behind a peer is. */
-  | { type: 'heartbeat'; epoch: Epoch; sentMs: number; seqAcked: Seq; reply: boolean }
   /** Upstream -> downstream, first message on every new link: "I speak for `epoch`". */
   | { type: 'epoch'; epoch: Epoch }
   /** Downstream -> upstream, the answer to `epoch`: "I hold every write of `epoch` up to `seqReceived`; send the rest, and resync me if you owe me regions". */
@@ -137,6 +138,11 @@ export type CoreEvent =
   /** The link to `peer` was lost (reset, timeout, peer died). Whatever was in flight is gone. */
   | { type: 'peerDown'; peer: PeerId }
   | { type: 'recv'; peer: PeerId; msg: PeerMsg }
+  /**
+   * The link heard the peer's heartbeat (contract 6): the peer's epoch and last seq (a primary:
+   * the last it assigned; any other role: the last it acked), and the round trip when measured.
+   */
+  | { type: 'peerHeard'; peer: PeerId; epoch: Epoch; lastSeq: Seq; rttMs?: number }
   | { type: 'cacheAppended'; opId: OpId; sense?: SenseInfo }
   | { type: 'storageWritten'; opId: OpId; sense?: SenseInfo }
   | { type: 'storageRead'; opId: OpId; data?: Uint8Array; sense?: SenseInfo }
@@ -167,6 +173,8 @@ export type CoreAction =
   /** Make every completed storage write durable; completion `storageFlushed`. */
   | { type: 'storageFlush'; opId: OpId }
   | { type: 'send'; peer: PeerId; msg: PeerMsg }
+  /** End the link to `peer`: it sent something the core refuses (named in `reason`). */
+  | { type: 'closePeer'; peer: PeerId; reason: string }
   /** Complete a host write or flush; no `error` means success. */
   | { type: 'ackHost'; id: HostOpId; error?: HostError }
   /** Persist dirty bits for `peer`; completion `bitmapPersisted`. */
@@ -247,10 +255,23 @@ export function assert(cond: unknown, message: string): asserts cond {
   if (!cond) throw new CoreAssertionError(message);
 }
 
+/** What a site's links put in the heartbeats they send (contract 6). */
+export interface HeartbeatState {
+  readonly epoch: Epoch;
+  /** A primary: the last seq it assigned; any other role: the last seq it acked upstream. */
+  readonly lastSeq: Seq;
+}
+
 /** A role: fed one event at a time, returns the actions to execute. */
 export interface Role {
   step(event: CoreEvent, nowMs: number): CoreAction[];
+  heartbeat(): HeartbeatState;
+  /** Nothing in flight: no host op, no cache entry, every peer it feeds in sync. */
+  quiescent(): boolean;
 }
+
+/** The events that complete an I/O action (they carry its `opId`). */
+export type Completion = Extract<CoreEvent, { opId: OpId }>;
 
 export function senseOf(message: string, key = 0x4, asc = 0x44, ascq = 0): SenseInfo {
   return { key, asc, ascq, message };

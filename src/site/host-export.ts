@@ -5,7 +5,8 @@
 import { Asc, SenseKey } from '../../hal/blockdev.js';
 import { Errno } from '../nbd/protocol.js';
 import { NbdExportError, type NbdExport } from '../nbd/export.js';
-import { HostIoError, type Replica } from './replica.js';
+import { HostIoError } from './host-api.js';
+import type { Replica } from './replica.js';
 
 function mapError(err: unknown, what: string): never {
   if (err instanceof HostIoError) {
@@ -31,9 +32,9 @@ export function replicaExport(replica: Replica, opts: { name: string; descriptio
     canTrim: true,
     canFastZero: false,
     multiConn: true,
-    read: (offsetBytes, lengthBytes) => replica.read(offsetBytes, lengthBytes),
-    write: (offsetBytes, data, { fua }) => replica.write(offsetBytes, data, fua).catch((err) => mapError(err, `write at byte ${offsetBytes}`)),
-    flush: () => replica.flush().catch((err) => mapError(err, 'flush')),
+    read: (offsetBytes, lengthBytes) => replica.host.read(offsetBytes, lengthBytes),
+    write: (offsetBytes, data, { fua }) => replica.host.write(offsetBytes, data, fua).catch((err) => mapError(err, `write at byte ${offsetBytes}`)),
+    flush: () => replica.host.flush().catch((err) => mapError(err, 'flush')),
     trim: async () => undefined,
   };
 }

@@ -15,7 +15,6 @@ export function fmtMsg(m: PeerMsg): string {
     case 'writeStatus': return `writeStatus s${m.seq} ${m.sense.message}`;
     case 'flush': return `flush #${m.flushId} upto s${m.seq}`;
     case 'flushAck': return `flushAck #${m.flushId}`;
-    case 'heartbeat': return `heartbeat${m.reply ? ' reply' : ''}`;
     case 'epoch': return `epoch ${m.epoch}`;
     case 'resyncRequest': return `resyncRequest e${m.epoch} received s${m.seqReceived}`;
     case 'resyncData': return `resyncData #${m.resyncId} @${m.offsetBytes}+${m.payload.byteLength}`;
@@ -34,6 +33,7 @@ export function fmt(a: CoreAction): string | undefined {
     case 'storageWrite': return `storageWrite @${a.offsetBytes}+${a.payload.byteLength}${a.fua ? ' fua' : ''}`;
     case 'storageRead': return `storageRead @${a.offsetBytes}+${a.lengthBytes}`;
     case 'storageFlush': return 'storageFlush';
+    case 'closePeer': return `closePeer ${a.peer}`;
     case 'send': return `send ${a.peer} ${fmtMsg(a.msg)}`;
     case 'ackHost': return a.error === undefined ? `ackHost #${a.id}` : `ackHost #${a.id} ${a.error.kind}`;
     case 'bitmapSet': return `bitmapSet ${a.peer} [${a.regions.join(',')}]`;

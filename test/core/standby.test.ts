@@ -46,7 +46,8 @@ describe('standby: follows the primary as a mirror (claims 8, 9)', () => {
   it('keeps quiet while the primary is heard: heartbeats reset the silence', () => {
     const s = standby();
     s.tick(400);
-    expect(s.recv('local', { type: 'heartbeat', epoch: 1n, sentMs: 400, seqAcked: 0n, reply: false })).toEqual(['send local heartbeat reply']);
+    // The link answers heartbeats itself (contract 6); the core only learns it heard the primary.
+    expect(s.step({ type: 'peerHeard', peer: 'local', epoch: 1n, lastSeq: 0n })).toEqual([]);
     expect(s.tick(400)).toEqual([]);
     expect(s.role.status().phase).toBe('following');
   });
@@ -155,7 +156,7 @@ describe('standby: promotion (claim 13 vi, vii)', () => {
     expect(st.promotions).toMatchObject([{ fromEpoch: 1n, toEpoch: 2n, seqReceived: 2n }]);
     // east adopts the epoch and asks to join: it is resynced (region by region) from this image.
     expect(s.recv('east', { type: 'resyncRequest', epoch: 2n, seqReceived: 0n })).toEqual([]);
-    expect(s.tick(1)).toEqual(['storageRead @0+1024', 'send east heartbeat']);
+    expect(s.tick(1)).toEqual(['storageRead @0+1024']); // heartbeats are the link's (contract 6)
     // Host writes are accepted for the new epoch.
     expect(s.step({ type: 'hostWrite', id: 2, offsetBytes: 8192, lengthBytes: 512, fua: false, payload: new Uint8Array(512).fill(2) })).toEqual(['metaPersist e2 reserved s1001']);
     expect(s.done('metaPersist')).toEqual(['cacheAppend s1 @8192+512']);

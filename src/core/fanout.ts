@@ -1,0 +1,447 @@
+// The primary's side towards its mirrors (claims 10, 12): one state per mirror, and everything
+// that is decided per mirror. Pure; part of the Primary (src/core/primary.ts), which owns the
+// host side and the journal entries and hands each cached entry to `fanOut`.
+//
+//   link      peerUp -> announce `epoch`; the mirror's resyncRequest{seqReceived} is the join:
+//             an in-sync mirror gets, in seq order, what it has not received (a reset lost it),
+//             and `inSync`; a mirror that is not in sync is resynced first
+//   ack       a mirror's cumulative ack removes it from the waiting set of every write up to it
+//             (claim 10 iii); the host ack follows when no one is left (the primary decides)
+//   loss      `block` keeps host acks waiting for the mirror; `degrade` (default) marks it
+//             degraded after Limits.mirrorLossGraceMs, and every write it misses goes into its
+//             persistent dirty bitmap (bitmapSet is durable before the host ack that depends on
+//             it). A storage failure on the mirror degrades it under either policy. The standby
+//             (PrimaryConfig.standby) is never degraded for being unreachable: every host-acked
+//             write is on it, which is what makes its promotion lose nothing (claim 13).
+//   resync    when a degraded mirror is back, its dirty regions are read from local storage and
+//             sent (RESYNC_DATA / RESYNC_ACK), rate-limited by a token budget refilled per tick;
+//             then it is in sync again and told so (`inSync`, a standby's promotion guard).
+//
+// Resync correctness: a resync read of region R is ordered in the local store's overlap queue
+// with local writes, so it sees exactly the writes queued before it. A write that lands in R
+// while R is being resynced re-dirties R ("touched"), and R is sent again. While a mirror is not
+// in sync it gets no writes at all, only resync data, so the two streams never interleave.
+
+import type { CoreIO, OpOwner } from './io.js';
+import type { LocalStore, StoreEntry } from './local-store.js';
+import { regionCount, regionRange, regionsOf } from './regions.js';
+import { assert, type Completion, type Epoch, type HostOpId, type Limits, type MirrorLossPolicy, type OpId, type PeerId, type PeerMsg, type SenseInfo, type Seq } from './types.js';
+
+/** A write as the primary tracks it: the local store's entry plus who it still waits for. */
+export interface PrimaryEntry extends StoreEntry {
+  readonly hostId: HostOpId | undefined;
+  /** In-sync mirrors this write was (or will be, after a reconnect) sent to and not yet acked by. */
+  readonly waitingMirrors: Set<PeerId>;
+  /** bitmapSet ops that must be durable before the host ack (degraded mirrors miss this write). */
+  readonly bitmapWaits: Set<OpId>;
+  /** Completed: acked to the host (or failed to it). */
+  done: boolean;
+}
+
+/** A host FLUSH as the fan-out sees it: which mirrors still owe their flushAck. */
+export interface FanoutFlush {
+  readonly flushId: bigint;
+  readonly upTo: Seq;
+  stage: 'waitWrites' | 'flushing';
+  readonly waitingMirrors: Set<PeerId>;
+  sense: SenseInfo | undefined;
+}
+
+/** What the fan-out needs from the primary around it. */
+export interface FanoutHost {
+  readonly epoch: Epoch;
+  /** The last seq assigned (what an in-sync mirror is told it holds). */
+  lastSeq(): Seq;
+  readonly flushes: readonly FanoutFlush[];
+  /** `e` lost a reason to wait (a mirror acked or was degraded, a bitmap became durable). */
+  tryComplete(e: PrimaryEntry): void;
+  /** A mirror's newer epoch: this primary is stale. */
+  fence(epoch: Epoch, peer: PeerId): void;
+}
+
+export interface FanoutConfig {
+  readonly volumeBytes: number;
+  readonly mirrors: readonly PeerId[];
+  readonly onMirrorLoss: MirrorLossPolicy;
+  readonly standby?: PeerId;
+  readonly limits: Limits;
+}
+
+export type MirrorSync = 'inSync' | 'degraded' | 'resyncing';
+export type LinkState = 'down' | 'joining' | 'ready';
+
+export interface MirrorState {
+  readonly peer: PeerId;
+  link: LinkState;
+  sync: MirrorSync;
+  downSinceMs: number;
+  degradedAtMs: number;
+  /** region -> pending bitmapSet op, or 'set' once durable. */
+  readonly dirty: Map<number, OpId | 'set'>;
+  /** resyncId -> region being read / sent / awaiting its ack. */
+  readonly inflight: Map<bigint, { region: number; touched: boolean }>;
+  tokensBytes: number;
+  lastRefillMs: number;
+  regionsDone: number;
+  /** Last 10% step of resync progress that was logged. */
+  progressDecile: number;
+  /** Highest seq the mirror acked (its acks and heartbeats), for status. */
+  seqAcked: Seq;
+  /** Highest seq whose ack was applied to the waiting entries (the O(acked) cursor of onAck). */
+  ackCursor: Seq;
+  rttMs: number | undefined;
+}
+
+export class Fanout implements OpOwner {
+  readonly mirrors = new Map<PeerId, MirrorState>();
+  private readonly lim: Limits;
+  private readonly bitmapWaiters = new Map<OpId, PrimaryEntry[]>();
+  private resyncIdNext = 1n;
+
+  constructor(
+    private readonly io: CoreIO,
+    private readonly cfg: FanoutConfig,
+    private readonly store: LocalStore<PrimaryEntry>,
+    private readonly host: FanoutHost,
+  ) {
+    this.lim = cfg.limits;
+    for (const peer of cfg.mirrors) {
+      this.mirrors.set(peer, {
+        peer, link: 'down', sync: 'inSync', downSinceMs: 0, degradedAtMs: 0, dirty: new Map(), inflight: new Map(),
+        tokensBytes: 0, lastRefillMs: 0, regionsDone: 0, progressDecile: 0, seqAcked: 0n, ackCursor: 0n, rttMs: undefined,
+      });
+    }
+  }
+
+  /** The persisted bitmaps: a mirror with dirty regions starts degraded. */
+  start(dirtyRegions: ReadonlyMap<PeerId, readonly number[]>): void {
+    for (const [peer, regions] of dirtyRegions) {
+      const m = this.mirrors.get(peer);
+      if (m === undefined) {
+        this.io.log('warn', 'bitmap_unknown_mirror', { peer, regions: regions.length, fix: 'the mirror was removed from the cluster file; its bitmap is ignored' });
+        continue;
+      }
+      for (const r of regions) m.dirty.set(r, 'set');
+      if (m.dirty.size > 0) m.sync = 'degraded';
+    }
+    for (const m of this.mirrors.values()) m.downSinceMs = this.io.nowMs;
+  }
+
+  /** Claim 10 (ii): to every in-sync mirror at once; a mirror not in sync gets the regions dirtied. */
+  fanOut(e: PrimaryEntry): void {
+    for (const m of this.mirrors.values()) {
+      if (m.sync === 'inSync') {
+        e.waitingMirrors.add(m.peer);
+        if (m.link === 'ready') this.io.send(m.peer, writeMsg(e));
+      } else {
+        this.dirtyFor(m, e);
+      }
+    }
+  }
+
+  /** A write of an older epoch replayed at start: its seq means nothing to mirrors now; dirty it for every mirror. */
+  dirtyForAll(e: PrimaryEntry): void {
+    for (const m of this.mirrors.values()) {
+      if (m.sync === 'inSync') m.sync = 'degraded';
+      this.dirtyFor(m, e);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Links and messages
+
+  peerUp(peer: PeerId): void {
+    const m = this.mirrors.get(peer);
+    if (m === undefined) return; // a witness: the link carries heartbeats only
+    m.link = 'joining';
+    this.io.send(peer, { type: 'epoch', epoch: this.host.epoch });
+  }
+
+  peerDown(peer: PeerId): void {
+    const m = this.mirrors.get(peer);
+    if (m === undefined || m.link === 'down') return;
+    m.link = 'down';
+    m.downSinceMs = this.io.nowMs;
+    // Resync regions in flight stay dirty; reads still queued locally finish and are discarded.
+    m.inflight.clear();
+    if (m.sync === 'resyncing') m.sync = 'degraded';
+    this.io.log('warn', 'mirror_link_down', { peer, sync: m.sync, policy: this.cfg.onMirrorLoss });
+  }
+
+  peerHeard(peer: PeerId, epoch: Epoch, lastSeq: Seq, rttMs: number | undefined): void {
+    const m = this.mirrors.get(peer);
+    if (m === undefined) return;
+    if (epoch > this.host.epoch) {
+      this.host.fence(epoch, peer);
+      return;
+    }
+    if (epoch < this.host.epoch) return; // a mirror not yet at our epoch: nothing it says applies
+    if (rttMs !== undefined) m.rttMs = rttMs;
+    if (lastSeq > m.seqAcked) m.seqAcked = lastSeq;
+  }
+
+  /** A frame of our epoch from a mirror (the primary checked the epoch). */
+  recv(peer: PeerId, msg: PeerMsg): void {
+    const m = this.mirrors.get(peer);
+    if (m === undefined) {
+      this.io.log('warn', 'unknown_peer', { peer, type: msg.type, fix: 'only mirrors listed in the primary\'s `mirrors:` may connect' });
+      return;
+    }
+    switch (msg.type) {
+      case 'resyncRequest': this.onJoin(m, msg.seqReceived); break;
+      case 'ack': this.onAck(m, msg.seq); break;
+      case 'writeStatus': this.onWriteStatus(m, msg.seq, msg.sense); break;
+      case 'flushAck': this.onFlushAck(m, msg.flushId, msg.sense); break;
+      case 'resyncAck': this.onResyncAck(m, msg.resyncId, msg.sense); break;
+      default:
+        this.io.log('warn', 'unexpected_message', { peer, type: msg.type, fix: 'a mirror sent a message only an upstream site may send; check roles in the cluster file' });
+    }
+  }
+
+  /** The mirror answered our `epoch` with what it holds: bring it up to date. */
+  private onJoin(m: MirrorState, seqReceived: Seq): void {
+    if (m.link !== 'joining') {
+      this.io.log('warn', 'unexpected_resync_request', { peer: m.peer, link: m.link });
+      return;
+    }
+    m.link = 'ready';
+    if (m.sync !== 'inSync') {
+      this.startResync(m);
+      return;
+    }
+    // Re-send, in seq order, what it has not received (the link reset lost it).
+    let resent = 0;
+    for (const e of this.store.entries) {
+      if (e.cached && e.epoch === this.host.epoch && e.seq > seqReceived && e.waitingMirrors.has(m.peer)) {
+        this.io.send(m.peer, writeMsg(e));
+        resent++;
+      }
+    }
+    for (const f of this.host.flushes) {
+      if (f.stage === 'flushing' && f.waitingMirrors.has(m.peer)) this.io.send(m.peer, { type: 'flush', epoch: this.host.epoch, flushId: f.flushId, seq: f.upTo });
+    }
+    this.io.log('info', 'mirror_joined', { peer: m.peer, seqReceived, resent });
+    // After the resent writes on the same ordered link: it holds (or is about to) every write.
+    this.io.send(m.peer, { type: 'inSync', epoch: this.host.epoch, seq: this.host.lastSeq() });
+  }
+
+  /** Cumulative: every write of our epoch up to `seq` is executed there. O(writes newly acked). */
+  private onAck(m: MirrorState, seq: Seq): void {
+    if (seq > m.seqAcked) m.seqAcked = seq;
+    if (seq <= m.ackCursor) return;
+    const entries = this.store.entries;
+    for (let i = firstAbove(entries, this.host.epoch, m.ackCursor); i < entries.length; i++) {
+      const e = entries[i]!;
+      if (e.seq > seq) break;
+      if (e.waitingMirrors.delete(m.peer)) this.host.tryComplete(e);
+    }
+    m.ackCursor = seq;
+  }
+
+  /**
+   * A mirror could not perform a write: it no longer holds the volume, whatever the policy, so
+   * it is degraded (its missed regions go to the bitmap and a resync repairs them). Under
+   * `block` the host also gets the error, since the strict guarantee was not met for that write.
+   */
+  private onWriteStatus(m: MirrorState, seq: Seq, sense: SenseInfo): void {
+    this.io.log('error', 'mirror_write_failed', { peer: m.peer, seq, message: sense.message });
+    if (this.cfg.onMirrorLoss === 'block') {
+      const e = this.store.entries.find((x) => x.epoch === this.host.epoch && x.seq === seq);
+      if (e !== undefined && !e.done) e.sense ??= sense;
+    }
+    this.degrade(m, `write ${seq} failed on its storage: ${sense.message}`);
+  }
+
+  private onFlushAck(m: MirrorState, flushId: bigint, sense: SenseInfo | undefined): void {
+    const f = this.host.flushes.find((x) => x.flushId === flushId);
+    if (f === undefined) return; // a re-sent flush acked twice
+    if (sense !== undefined) {
+      this.io.log('error', 'mirror_flush_failed', { peer: m.peer, message: sense.message });
+      if (this.cfg.onMirrorLoss === 'block') f.sense ??= sense;
+      this.degrade(m, `flush failed: ${sense.message}`);
+    }
+    f.waitingMirrors.delete(m.peer);
+  }
+
+  /** A host flush's barrier reached every write it covers: to every in-sync mirror. */
+  sendFlush(f: FanoutFlush): void {
+    for (const m of this.mirrors.values()) {
+      if (m.sync !== 'inSync') continue;
+      f.waitingMirrors.add(m.peer);
+      if (m.link === 'ready') this.io.send(m.peer, { type: 'flush', epoch: this.host.epoch, flushId: f.flushId, seq: f.upTo });
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Degrade and the dirty bitmap
+
+  private degrade(m: MirrorState, reason: string): void {
+    if (m.sync !== 'inSync') return;
+    m.sync = 'degraded';
+    m.degradedAtMs = this.io.nowMs;
+    m.regionsDone = 0;
+    let missed = 0;
+    for (const e of this.store.entries) {
+      if (e.waitingMirrors.delete(m.peer)) {
+        this.dirtyFor(m, e);
+        missed++;
+        this.host.tryComplete(e);
+      }
+    }
+    for (const f of this.host.flushes) f.waitingMirrors.delete(m.peer);
+    this.io.log('warn', 'mirror_degraded', { peer: m.peer, reason, writesMissed: missed, dirtyRegions: m.dirty.size });
+  }
+
+  /** Records that mirror `m` misses write `e`; the host ack waits until the bits are durable. */
+  private dirtyFor(m: MirrorState, e: PrimaryEntry): void {
+    const fresh: number[] = [];
+    for (const r of regionsOf(e.offsetBytes, e.lengthBytes, this.lim.regionBytes)) {
+      for (const v of m.inflight.values()) if (v.region === r) v.touched = true;
+      const st = m.dirty.get(r);
+      if (st === undefined) fresh.push(r);
+      else if (st !== 'set') this.waitBitmap(e, st);
+    }
+    if (fresh.length === 0) return;
+    const opId = this.io.op(this);
+    for (const r of fresh) m.dirty.set(r, opId);
+    this.waitBitmap(e, opId);
+    this.io.push({ type: 'bitmapSet', opId, peer: m.peer, regions: fresh });
+  }
+
+  private waitBitmap(e: PrimaryEntry, opId: OpId): void {
+    e.bitmapWaits.add(opId);
+    const list = this.bitmapWaiters.get(opId);
+    if (list === undefined) this.bitmapWaiters.set(opId, [e]);
+    else list.push(e);
+  }
+
+  /** A bitmapSet is durable: its regions count as set, and the writes waiting on it may complete. */
+  onDone(ev: Completion): void {
+    assert(ev.type === 'bitmapPersisted', `${this.io.self}: ${ev.type} for a bitmap op ${ev.opId}`);
+    for (const m of this.mirrors.values()) {
+      for (const [r, st] of m.dirty) if (st === ev.opId) m.dirty.set(r, 'set');
+    }
+    const waiters = this.bitmapWaiters.get(ev.opId) ?? [];
+    this.bitmapWaiters.delete(ev.opId);
+    for (const e of waiters) {
+      e.bitmapWaits.delete(ev.opId);
+      this.host.tryComplete(e);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Resync
+
+  tick(): void {
+    for (const m of this.mirrors.values()) {
+      if (this.cfg.onMirrorLoss === 'degrade' && m.peer !== this.cfg.standby && m.sync === 'inSync' && m.link !== 'ready' && this.io.nowMs - m.downSinceMs >= this.lim.mirrorLossGraceMs) {
+        this.degrade(m, `unreachable for ${this.io.nowMs - m.downSinceMs} ms (grace ${this.lim.mirrorLossGraceMs} ms)`);
+      }
+      // Degraded while still connected (its storage failed): retry a resync after the grace period.
+      if (m.sync === 'degraded' && m.link === 'ready' && this.io.nowMs - m.degradedAtMs >= this.lim.mirrorLossGraceMs) this.startResync(m);
+      if (m.sync === 'resyncing' && m.link === 'ready') this.resyncSome(m);
+    }
+  }
+
+  private startResync(m: MirrorState): void {
+    m.sync = 'resyncing';
+    m.progressDecile = 0;
+    m.lastRefillMs = this.io.nowMs;
+    this.io.log('info', 'mirror_resync_start', { peer: m.peer, dirtyRegions: m.dirty.size, regionBytes: this.lim.regionBytes });
+    this.maybeInSync(m);
+  }
+
+  /** Background resync, rate-limited by a token budget refilled per tick. */
+  private resyncSome(m: MirrorState): void {
+    const burstBytes = Math.max(this.lim.regionBytes, this.lim.resyncInflightRegionsMax * this.lim.regionBytes);
+    m.tokensBytes = Math.min(burstBytes, m.tokensBytes + ((this.io.nowMs - m.lastRefillMs) * this.lim.resyncBytesPerSecMax) / 1000);
+    m.lastRefillMs = this.io.nowMs;
+    while (m.inflight.size < this.lim.resyncInflightRegionsMax && m.tokensBytes >= this.lim.regionBytes) {
+      const region = this.pickRegion(m);
+      if (region === undefined) break;
+      m.tokensBytes -= this.lim.regionBytes;
+      const resyncId = this.resyncIdNext++;
+      m.inflight.set(resyncId, { region, touched: false });
+      const range = regionRange(region, this.cfg.volumeBytes, this.lim.regionBytes);
+      this.store.readRegion(range.offsetBytes, range.lengthBytes, (data, sense) => this.onResyncRead(m, resyncId, range.offsetBytes, data, sense));
+    }
+  }
+
+  private pickRegion(m: MirrorState): number | undefined {
+    const busy = new Set<number>();
+    for (const v of m.inflight.values()) busy.add(v.region);
+    for (const r of m.dirty.keys()) if (!busy.has(r)) return r;
+    return undefined;
+  }
+
+  private onResyncRead(m: MirrorState, resyncId: bigint, offsetBytes: number, data: Uint8Array | undefined, sense: SenseInfo | undefined): void {
+    if (!m.inflight.has(resyncId)) return; // abandoned (link reset); the region is still dirty
+    if (sense !== undefined || data === undefined) {
+      this.io.log('error', 'resync_read_failed', { peer: m.peer, offsetBytes, message: sense?.message });
+      m.inflight.delete(resyncId);
+      return;
+    }
+    this.io.send(m.peer, { type: 'resyncData', epoch: this.host.epoch, resyncId, offsetBytes, payload: data });
+  }
+
+  private onResyncAck(m: MirrorState, resyncId: bigint, sense: SenseInfo | undefined): void {
+    const slot = m.inflight.get(resyncId);
+    if (slot === undefined) return;
+    m.inflight.delete(resyncId);
+    if (sense !== undefined) {
+      this.io.log('error', 'mirror_resync_write_failed', { peer: m.peer, region: slot.region, message: sense.message });
+      return;
+    }
+    if (!slot.touched) {
+      const st = m.dirty.get(slot.region);
+      if (st !== undefined) {
+        m.dirty.delete(slot.region);
+        m.regionsDone++;
+        this.io.push({ type: 'bitmapClear', peer: m.peer, regions: [slot.region] });
+      }
+    }
+    const percent = Math.floor((100 * m.regionsDone) / Math.max(1, m.regionsDone + m.dirty.size));
+    if (m.dirty.size > 0 && Math.floor(percent / 10) > m.progressDecile) {
+      m.progressDecile = Math.floor(percent / 10);
+      this.io.log('info', 'mirror_resync_progress', { peer: m.peer, percent, regionsDone: m.regionsDone, regionsLeft: m.dirty.size });
+    }
+    this.maybeInSync(m);
+  }
+
+  private maybeInSync(m: MirrorState): void {
+    if (m.sync !== 'resyncing' || m.dirty.size > 0 || m.inflight.size > 0) return;
+    m.sync = 'inSync';
+    this.io.log('info', 'mirror_in_sync', { peer: m.peer, regionsResynced: m.regionsDone });
+    if (m.link === 'ready') this.io.send(m.peer, { type: 'inSync', epoch: this.host.epoch, seq: this.host.lastSeq() });
+    m.regionsDone = 0;
+  }
+
+  /** Resync progress of `m` in percent (undefined unless resyncing). */
+  resyncPercent(m: MirrorState): number | undefined {
+    if (m.sync !== 'resyncing') return undefined;
+    const regionsTotal = regionCount(this.cfg.volumeBytes, this.lim.regionBytes);
+    return Math.floor((100 * m.regionsDone) / Math.max(1, Math.min(regionsTotal, m.regionsDone + m.dirty.size)));
+  }
+
+  allInSync(): boolean {
+    for (const m of this.mirrors.values()) if (m.sync !== 'inSync' || m.link !== 'ready') return false;
+    return true;
+  }
+}
+
+export function writeMsg(e: StoreEntry): PeerMsg {
+  return { type: 'write', epoch: e.epoch, seq: e.seq, offsetBytes: e.offsetBytes, lengthBytes: e.lengthBytes, fua: e.fua, payload: e.payload };
+}
+
+/** Index of the first entry of `epoch` with a seq above `seq` (entries are in (epoch, seq) order). */
+function firstAbove(entries: readonly StoreEntry[], epoch: Epoch, seq: Seq): number {
+  let lo = 0;
+  let hi = entries.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    const e = entries[mid]!;
+    if (e.epoch < epoch || (e.epoch === epoch && e.seq <= seq)) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
