@@ -17,8 +17,12 @@
 //    21). Dropping before the local flush would let a power cut lose an acked write from this
 //    site's storage while peers hold it; keeping it until then lets the cache replay repair it.
 //
-// What the roles decide: when to journal and when to perform (a primary performs only after
-// the append completed, claim 12 v; a mirror does both at once), and when an entry may go.
+// Journal first, then storage, for every role (claims 11, 12 v, 17: "writes the request to the
+// cache, then performs it"): a role performs an entry only once its append completed. So every
+// write that may have touched storage is in the journal, and a crash never leaves RAID-1 members
+// disagreeing about a write nobody can replay (the write hole an array journal exists for); a
+// replay re-performs each cached entry on every member. What the roles decide: what else happens
+// once an entry is cached (a primary fans it out first), and when an entry may go.
 
 import type { CoreIO, OpOwner } from './io.js';
 import { OverlapQueue } from './overlap.js';
@@ -123,7 +127,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
     return this.entries.length === 0 || this.cacheBytes + bytes <= this.cfg.limits.cacheBytesMax;
   }
 
-  /** Appends `e` to the journal (completion: hooks.onCached). */
+  /** Appends `e` to the journal (completion: hooks.onCached, where the role performs it). */
   journal(e: E): void {
     this.track(e);
     e.inCache = true;
@@ -169,6 +173,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
 
   /** Performs `e` on storage once no earlier overlapping op is pending (completion: hooks.onStored). */
   perform(e: E): void {
+    assert(e.cached && e.sense === undefined, `${this.io.self}: s${e.seq} performed before its journal append completed`);
     if (!this.cfg.storage) {
       e.stored = true;
       e.durable = true;
@@ -234,9 +239,12 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
   private onAppended(e: E, sense: SenseInfo | undefined): void {
     e.cached = true;
     if (sense !== undefined) {
+      // Not in the cache, so never performed: nothing of it to wait for.
       this.io.log('error', 'cache_append_failed', { seq: e.seq, message: sense.message });
       e.inCache = false;
       e.sense ??= sense;
+      e.stored = true;
+      e.durable = true;
     }
     this.hooks.onCached?.(e);
   }

@@ -2,7 +2,7 @@
 // composition of the upstream side (src/core/upstream.ts: epoch, join, validation, cumulative
 // ack) and the local store (src/core/local-store.ts: journal, ordered storage, durability).
 //
-//   recv write -> cacheAppend + storageWrite (overlap-ordered, in seq order)
+//   recv write -> cacheAppend; once cached -> storageWrite (overlap-ordered, in seq order)
 //   both done  -> cumulative `ack` upstream (received AND executed: claim 10 iii)
 //   the entry leaves the cache once acked AND durable on storage (FUA or a later storageFlush):
 //   a power cut can lose unflushed storage blocks, and the battery-backed cache replay restores
@@ -69,7 +69,12 @@ export class Mirror implements Role {
   /** `io`: a standby passes its own, so both of its inner cores share one op id space. */
   constructor(private readonly cfg: MirrorConfig, io?: CoreIO) {
     this.io = io ?? new CoreIO(cfg.self);
-    this.store = new LocalStore(this.io, { limits: cfg.limits, storage: true });
+    this.store = new LocalStore(this.io, { limits: cfg.limits, storage: true }, {
+      // Claims 11, 17: into the cache, then onto storage (in overlap order).
+      onCached: (e) => {
+        if (e.sense === undefined) this.store.perform(e);
+      },
+    });
     this.up = new Upstream(this.io, cfg, {
       onWrite: (peer, w) => {
         if (this.store.queuedCount >= cfg.limits.mirrorReceiveQueueMax) {
@@ -133,11 +138,8 @@ export class Mirror implements Role {
     this.io.log('info', 'mirror_start', { epoch: this.up.epoch, replayed: cached.length, seqReceived: this.up.seqReceived });
   }
 
-  /** Claim 11: to the cache and to storage (storage in overlap order). */
-  private readonly accept = (e: StoreEntry): void => {
-    this.store.journal(e);
-    this.store.perform(e);
-  };
+  /** Claim 11: to the cache first (it is performed once cached). */
+  private readonly accept = (e: StoreEntry): void => this.store.journal(e);
 
   /**
    * Resync data is applied only once every cached write is performed and durable, and those

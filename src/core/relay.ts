@@ -8,7 +8,7 @@
 // the primary: it announces the epoch, re-sends what the downstream's join answer says it lacks,
 // and keeps the origin's (epoch, seq) on every forwarded write, so a chain is transparent.
 //
-//   recv write   -> cacheAppend (20 a)  [+ storageWrite when the relay holds a copy, claim 18]
+//   recv write   -> cacheAppend (20 a)  [then storageWrite when the relay holds a copy, claim 18]
 //   cached       -> forward downstream (20 c), in seq order, inside a bounded window
 //                -> `relay-ack: cached` (the claim, default): ack upstream (20 b) once cached
 //                   and, with storage, performed (decision: an ack from a relay with a copy
@@ -167,7 +167,12 @@ export class Relay implements Role, OpOwner {
     assert(cfg.volumeBytes > 0 && cfg.volumeBytes % cfg.blockBytes === 0, `volume size ${cfg.volumeBytes} is not a whole number of ${cfg.blockBytes}-byte blocks`);
     assert(cfg.downstream !== cfg.self, `relay ${cfg.self} forwards to itself`);
     this.io = new CoreIO(cfg.self);
-    this.store = new LocalStore<REntry>(this.io, { limits: cfg.limits, storage: cfg.storage });
+    this.store = new LocalStore<REntry>(this.io, { limits: cfg.limits, storage: cfg.storage }, {
+      // Claim 18: a relay with storage performs each write once it is cached.
+      onCached: (e) => {
+        if (e.sense === undefined) this.store.perform(e);
+      },
+    });
     this.up = new Upstream(this.io, cfg, {
       onWrite: (peer, w) => {
         if (this.store.queuedCount >= this.lim.mirrorReceiveQueueMax) {
@@ -302,11 +307,8 @@ export class Relay implements Role, OpOwner {
     if (this.downLink !== 'down') this.downUp();
   }
 
-  /** Claim 20 (a): into the cache; claim 18: and onto the relay's own storage when it has one. */
-  private readonly accept = (e: REntry): void => {
-    this.store.journal(e);
-    this.store.perform(e);
-  };
+  /** Claim 20 (a): into the cache (claim 18: onto the relay's own storage once cached). */
+  private readonly accept = (e: REntry): void => this.store.journal(e);
 
   // -------------------------------------------------------------------------------------------
   // Downstream side (the relay is a sender to it)

@@ -44,8 +44,14 @@ export async function openSiteDevices(ctx: SiteContext, regionCount: number): Pr
     await closeAll();
     throw err;
   }
-  const array = members.length === 0 && site.role === 'relay' ? undefined : await DiskArray.open({ name: `${site.name} storage`, members, logger: ctx.log });
   const statePath = site.cache.device.kind === 'loopback' ? site.cache.device.path : undefined;
+  let array: DiskArray | undefined;
+  try {
+    array = members.length === 0 && site.role === 'relay' ? undefined : await DiskArray.open({ name: `${site.name} storage`, members, logger: ctx.log, ...(statePath ? { stateFile: `${statePath}.array` } : {}) });
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
   const meta = statePath ? fileMetaStore(`${statePath}.meta`) : memoryMetaStore();
   const bitmaps = statePath ? fileBitmapStore(`${statePath}.dirty-`, regionCount) : memoryBitmapStore();
   let initialMeta: Meta;

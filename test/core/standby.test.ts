@@ -37,8 +37,9 @@ function silence(s: Script<Standby>): void {
 describe('standby: follows the primary as a mirror (claims 8, 9)', () => {
   it('caches, performs and acks the primary\'s writes like any mirror, and refuses host writes', () => {
     const s = standby();
-    expect(s.recv('local', writeMsg(1n, 0, 512, 1n, true))).toEqual(['cacheAppend s1 @0+512', 'storageWrite @0+512 fua']);
-    s.done('cacheAppend');
+    // Journal first, then storage (claims 11, 17: no write reaches storage before it is cached).
+    expect(s.recv('local', writeMsg(1n, 0, 512, 1n, true))).toEqual(['cacheAppend s1 @0+512']);
+    expect(s.done('cacheAppend')).toEqual(['storageWrite @0+512 fua']);
     expect(s.done('storageWrite')).toEqual(['send local ack s1', 'cacheDrop s1']);
     expect(s.step({ type: 'hostWrite', id: 7, offsetBytes: 0, lengthBytes: 512, fua: false, payload: new Uint8Array(512) })).toEqual(['ackHost #7 fenced']);
   });
