@@ -5,7 +5,7 @@
 // event finds its owner in one place instead of each role keeping its own op maps.
 //
 // Pure: no clock of its own (`nowMs` is what the current step was fed), no I/O.
-import { assert, type Completion, type CoreAction, type CoreEvent, type LogLevel, type OpId, type PeerId, type PeerMsg } from './types.js';
+import { assert, type Completion, type CoreAction, type CoreEvent, type HeartbeatState, type LogLevel, type OpId, type PeerId, type PeerMsg, type Role } from './types.js';
 
 /** A component that issues I/O actions and takes their completions. */
 export interface OpOwner {
@@ -81,4 +81,47 @@ export class CoreIO {
 /** Whether `ev` completes an I/O op (it carries the op's id). */
 export function isCompletion(ev: CoreEvent): ev is Completion {
   return 'opId' in ev;
+}
+
+/**
+ * The one step of every role (etcd raft's `Step`): check time and the first event, handle the
+ * event, run the role's per-step epilogue (admission, acks, flushes, drops), hand the actions
+ * over. A role says only what `handle` and `afterStep` do; a standby drives its inner cores'
+ * `handle` and `afterStep` itself, through the CoreIO it shares with them.
+ */
+export abstract class CoreRole implements Role {
+  protected started = false;
+
+  constructor(protected readonly io: CoreIO) {}
+
+  step(ev: CoreEvent, nowMs: number): CoreAction[] {
+    this.io.begin(nowMs);
+    this.handle(ev);
+    this.afterStep();
+    return this.io.take();
+  }
+
+  /** One event, without the prologue and epilogue. */
+  handle(ev: CoreEvent): void {
+    assert(this.started || ev.type === 'start', `${this.io.self}: event ${ev.type} before start`);
+    if (ev.type === 'start') {
+      assert(!this.started, `${this.io.self} started twice (a restart is a new instance)`);
+      this.started = true;
+    }
+    // A completion goes to whichever component issued the op (CoreIO knows).
+    if (isCompletion(ev)) this.io.complete(ev);
+    else this.onEvent(ev);
+  }
+
+  /** A host write or flush reached a role that takes none: refused, naming where they go. */
+  protected refuseHost(id: number, what: string): void {
+    this.io.push({ type: 'ackHost', id, error: { kind: 'fenced', message: `${this.io.self} is ${what}; host writes go to the primary` } });
+  }
+
+  /** The role's own handling of one event that is not a completion (after the checks every role makes). */
+  protected abstract onEvent(ev: Exclude<CoreEvent, Completion>): void;
+  /** The per-step epilogue. */
+  abstract afterStep(): void;
+  abstract heartbeat(): HeartbeatState;
+  abstract quiescent(): boolean;
 }

@@ -26,16 +26,10 @@
 
 import type { CoreIO, OpOwner } from './io.js';
 import { OverlapQueue } from './overlap.js';
-import { assert, type Completion, type Epoch, type Limits, type OpId, type SenseInfo, type Seq } from './types.js';
+import { assert, type CacheEntry, type Completion, type Epoch, type Limits, type OpId, type SenseInfo, type Seq } from './types.js';
 
 /** One write in the journal, as the local store tracks it. Roles extend it with their own state. */
-export interface StoreEntry {
-  readonly epoch: Epoch;
-  readonly seq: Seq;
-  readonly offsetBytes: number;
-  readonly lengthBytes: number;
-  readonly fua: boolean;
-  readonly payload: Uint8Array;
+export interface StoreEntry extends CacheEntry {
   /** The journal append completed (successfully, or failed: `sense`). */
   cached: boolean;
   /** The journal holds it, so a cacheDrop must name it (false when its append failed). */
@@ -48,20 +42,23 @@ export interface StoreEntry {
   sense: SenseInfo | undefined;
 }
 
-/** Fields a role fills in when it creates a fresh (not replayed) entry. */
-export function freshEntryState(): Pick<StoreEntry, 'cached' | 'inCache' | 'stored' | 'durable' | 'sense'> {
-  return { cached: false, inCache: false, stored: false, durable: false, sense: undefined };
-}
-
-/** Fields of an entry replayed from the journal at start: cached, not yet performed again. */
-export function replayedEntryState(): Pick<StoreEntry, 'cached' | 'inCache' | 'stored' | 'durable' | 'sense'> {
-  return { cached: true, inCache: true, stored: false, durable: false, sense: undefined };
+/** A store entry for `ce`: fresh (to be journaled), or replayed from the journal (cached already). */
+export function storeEntry(ce: CacheEntry, replayed: boolean): StoreEntry {
+  return {
+    epoch: ce.epoch, seq: ce.seq, offsetBytes: ce.offsetBytes, lengthBytes: ce.lengthBytes, fua: ce.fua, payload: ce.payload,
+    cached: replayed, inCache: replayed, stored: false, durable: false, sense: undefined,
+  };
 }
 
 export interface LocalStoreConfig {
   readonly limits: Limits;
   /** False for a cache-only relay (claim 20 without 18): entries count as stored and durable at once. */
   readonly storage: boolean;
+  /**
+   * Perform each entry as soon as its append completed (mirrors and relays). A primary sets it
+   * false: it fans an entry out first and performs it itself (its onCached hook).
+   */
+  readonly performWhenCached: boolean;
 }
 
 export interface LocalStoreHooks<E> {
@@ -245,6 +242,8 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
       e.sense ??= sense;
       e.stored = true;
       e.durable = true;
+    } else if (this.cfg.performWhenCached) {
+      this.perform(e);
     }
     this.hooks.onCached?.(e);
   }

@@ -14,29 +14,12 @@
 // Duplicates (seq <= the highest seq received in this epoch) are ignored; older epochs are
 // refused with `fence`. On restart the cache is replayed onto storage first.
 
-import { CoreIO } from './io.js';
-import { LocalStore, freshEntryState, replayedEntryState, type StoreEntry } from './local-store.js';
+import { CoreIO, CoreRole } from './io.js';
+import { LocalStore, storeEntry, type StoreEntry } from './local-store.js';
 import { Upstream } from './upstream.js';
-import {
-  assert,
-  type CacheEntry,
-  type CoreAction,
-  type CoreEvent,
-  type Epoch,
-  type HeartbeatState,
-  type Limits,
-  type Meta,
-  type PeerId,
-  type Role,
-  type Seq,
-} from './types.js';
+import { assert, type CacheEntry, type Completion, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type Meta, type PeerId, type Seq } from './types.js';
 
-export interface MirrorConfig {
-  readonly self: PeerId;
-  readonly volumeBytes: number;
-  readonly blockBytes: number;
-  readonly limits: Limits;
-}
+export type MirrorConfig = CoreConfig;
 
 interface ResyncItem {
   readonly peer: PeerId;
@@ -59,54 +42,28 @@ export interface MirrorStatus {
   readonly failedWrites: number;
 }
 
-export class Mirror implements Role {
-  private readonly io: CoreIO;
+export class Mirror extends CoreRole {
   private readonly store: LocalStore<StoreEntry>;
-  private readonly up: Upstream;
-  private started = false;
+  private readonly up: Upstream<StoreEntry>;
   private readonly resyncQueue: ResyncItem[] = [];
 
   /** `io`: a standby passes its own, so both of its inner cores share one op id space. */
   constructor(private readonly cfg: MirrorConfig, io?: CoreIO) {
-    this.io = io ?? new CoreIO(cfg.self);
-    this.store = new LocalStore(this.io, { limits: cfg.limits, storage: true }, {
-      // Claims 11, 17: into the cache, then onto storage (in overlap order).
-      onCached: (e) => {
-        if (e.sense === undefined) this.store.perform(e);
-      },
-    });
-    this.up = new Upstream(this.io, cfg, {
-      onWrite: (peer, w) => {
-        if (this.store.queuedCount >= cfg.limits.mirrorReceiveQueueMax) {
-          this.io.refuse(peer, 'window_exceeded', `${this.store.queuedCount} writes already wait for cache space (mirrorReceiveQueueMax ${cfg.limits.mirrorReceiveQueueMax}): upstream exceeded its window`);
-          return;
-        }
-        this.store.enqueue({ epoch: w.epoch, seq: w.seq, offsetBytes: w.offsetBytes, lengthBytes: w.lengthBytes, fua: w.fua, payload: w.payload, ...freshEntryState() });
-      },
+    super(io ?? new CoreIO(cfg.self));
+    // Claims 11, 17: into the cache, then onto storage (in overlap order).
+    this.store = new LocalStore(this.io, { limits: cfg.limits, storage: true, performWhenCached: true });
+    this.up = new Upstream(this.io, cfg, this.store, {
+      entry: (w) => storeEntry(w, false),
       onFlush: (peer, f) => this.store.flushWhenStored(f.epoch, f.seq, (sense) => {
         this.io.send(peer, sense === undefined ? { type: 'flushAck', epoch: this.up.epoch, flushId: f.flushId } : { type: 'flushAck', epoch: this.up.epoch, flushId: f.flushId, sense });
       }),
       onResyncData: (peer, r) => {
-        if (this.resyncQueue.length >= cfg.limits.mirrorResyncQueueMax) {
-          this.io.refuse(peer, 'window_exceeded', `${this.resyncQueue.length} resync regions already queued (mirrorResyncQueueMax ${cfg.limits.mirrorResyncQueueMax}): upstream exceeded resyncInflightRegionsMax`);
-          return;
-        }
-        this.resyncQueue.push({ peer, resyncId: r.resyncId, offsetBytes: r.offsetBytes, payload: r.payload });
+        if (this.up.resyncRoom(peer, this.resyncQueue.length)) this.resyncQueue.push({ peer, resyncId: r.resyncId, offsetBytes: r.offsetBytes, payload: r.payload });
       },
     });
   }
 
-  /** Runs the step prologue and epilogue around `handle` (a standby drives `handle` itself). */
-  step(ev: CoreEvent, nowMs: number): CoreAction[] {
-    this.io.begin(nowMs);
-    this.handle(ev);
-    this.afterStep();
-    return this.io.take();
-  }
-
-  /** One event, without the step prologue (a standby calls this with its shared CoreIO). */
-  handle(ev: CoreEvent): void {
-    assert(this.started || ev.type === 'start', `mirror ${this.cfg.self}: event ${ev.type} before start`);
+  protected onEvent(ev: Exclude<CoreEvent, Completion>): void {
     switch (ev.type) {
       case 'start': this.onStart(ev.recovered.meta, ev.recovered.cacheEntries); break;
       case 'tick': break;
@@ -115,30 +72,17 @@ export class Mirror implements Role {
       case 'peerHeard': this.up.peerHeard(ev.peer, ev.epoch); break;
       case 'recv': this.up.recv(ev.peer, ev.msg); break;
       case 'hostWrite':
-      case 'hostFlush':
-        this.io.push({ type: 'ackHost', id: ev.id, error: { kind: 'fenced', message: `${this.cfg.self} is a mirror; host writes go to the primary` } });
-        break;
-      default:
-        this.io.complete(ev);
+      case 'hostFlush': this.refuseHost(ev.id, 'a mirror'); break;
     }
   }
 
   private onStart(meta: Meta, cached: readonly CacheEntry[]): void {
-    assert(!this.started, 'mirror started twice (a restart is a new instance)');
-    this.started = true;
     this.up.start(meta);
     this.store.start();
-    // Claim 17 / issue 5 item 5: replay the cache onto storage before serving anyone.
-    for (const ce of cached) {
-      const e: StoreEntry = { epoch: ce.epoch, seq: ce.seq, offsetBytes: ce.offsetBytes, lengthBytes: ce.lengthBytes, fua: ce.fua, payload: ce.payload, ...replayedEntryState() };
-      this.store.adopt(e);
-      this.store.perform(e);
-      this.up.replayed(e);
-    }
+    this.up.replay(cached, (ce) => storeEntry(ce, true));
     this.io.log('info', 'mirror_start', { epoch: this.up.epoch, replayed: cached.length, seqReceived: this.up.seqReceived });
   }
 
-  /** Claim 11: to the cache first (it is performed once cached). */
   private readonly accept = (e: StoreEntry): void => this.store.journal(e);
 
   /**

@@ -17,37 +17,16 @@
 // the local storage is flushed; its host ack means every earlier acked write is durable everywhere.
 
 import { Fanout, type FanoutFlush, type FanoutHost, type LinkState, type MirrorSync, type PrimaryEntry } from './fanout.js';
-import { CoreIO, type OpOwner } from './io.js';
-import { LocalStore, freshEntryState, replayedEntryState } from './local-store.js';
-import {
-  assert,
-  type CacheEntry,
-  type Completion,
-  type CoreAction,
-  type CoreEvent,
-  type Epoch,
-  type HeartbeatState,
-  type HostError,
-  type HostOpId,
-  type Limits,
-  type MirrorLossPolicy,
-  type OpId,
-  type PeerId,
-  type PeerMsg,
-  type Recovered,
-  type Role,
-  type Seq,
-} from './types.js';
+import { CoreIO, CoreRole, type OpOwner } from './io.js';
+import { LocalStore, storeEntry } from './local-store.js';
+import { assert, type CacheEntry, type Completion, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type HostError, type HostOpId, type Limits } from './types.js';
+import type { MirrorLossPolicy, OpId, PeerId, PeerMsg, Recovered, Seq } from './types.js';
 
 export type { LinkState, MirrorSync } from './fanout.js';
 
-export interface PrimaryConfig {
-  readonly self: PeerId;
-  readonly volumeBytes: number;
-  readonly blockBytes: number;
+export interface PrimaryConfig extends CoreConfig {
   readonly mirrors: readonly PeerId[];
   readonly onMirrorLoss: MirrorLossPolicy;
-  readonly limits: Limits;
   /**
    * The standby of this primary (issue 10), if any: never degraded for being unreachable, even
    * under `degrade`, so every host-acked write is on it and its promotion loses none (claim 13).
@@ -91,12 +70,10 @@ export interface PrimaryStatus {
   }[];
 }
 
-export class Primary implements Role, OpOwner, FanoutHost {
-  private readonly io: CoreIO;
+export class Primary extends CoreRole implements OpOwner, FanoutHost {
   private readonly lim: Limits;
   private readonly store: LocalStore<PrimaryEntry>;
   private readonly fan: Fanout;
-  private started = false;
   epoch: Epoch = 0n;
   private fenced: Epoch | undefined;
   private seqNext: Seq = 0n;
@@ -110,12 +87,13 @@ export class Primary implements Role, OpOwner, FanoutHost {
 
   /** `io`: a standby passes its own, so both of its inner cores share one op id space. */
   constructor(private readonly cfg: PrimaryConfig, io?: CoreIO) {
+    super(io ?? new CoreIO(cfg.self));
     this.lim = cfg.limits;
     assert(cfg.volumeBytes > 0 && cfg.volumeBytes % cfg.blockBytes === 0, `volume size ${cfg.volumeBytes} is not a whole number of ${cfg.blockBytes}-byte blocks`);
     assert(this.lim.inflightBytesMax <= this.lim.cacheBytesMax, 'inflightBytesMax must not exceed cacheBytesMax');
     assert(!cfg.mirrors.includes(cfg.self), `primary ${cfg.self} lists itself as a mirror`);
-    this.io = io ?? new CoreIO(cfg.self);
-    this.store = new LocalStore<PrimaryEntry>(this.io, { limits: cfg.limits, storage: true }, {
+    // Claim 12 (v): performed only once cached, and after the fan-out (onCached).
+    this.store = new LocalStore<PrimaryEntry>(this.io, { limits: cfg.limits, storage: true, performWhenCached: false }, {
       onCached: (e) => this.onCached(e),
       onStored: (e) => this.tryComplete(e),
     });
@@ -127,16 +105,7 @@ export class Primary implements Role, OpOwner, FanoutHost {
     return this.lim.hostQueueWritesMax - this.hostQueue.length;
   }
 
-  step(ev: CoreEvent, nowMs: number): CoreAction[] {
-    this.io.begin(nowMs);
-    this.handle(ev);
-    this.afterStep();
-    return this.io.take();
-  }
-
-  /** One event, without the step prologue (a standby calls this with its shared CoreIO). */
-  handle(ev: CoreEvent): void {
-    assert(this.started || ev.type === 'start', `primary ${this.cfg.self}: event ${ev.type} before start`);
+  protected onEvent(ev: Exclude<CoreEvent, Completion>): void {
     switch (ev.type) {
       case 'start': this.onStart(ev.recovered); break;
       case 'tick': this.fan.tick(); break;
@@ -146,7 +115,6 @@ export class Primary implements Role, OpOwner, FanoutHost {
       case 'peerDown': this.fan.peerDown(ev.peer); break;
       case 'peerHeard': this.fan.peerHeard(ev.peer, ev.epoch, ev.lastSeq, ev.rttMs); break;
       case 'recv': this.onRecv(ev.peer, ev.msg); break;
-      default: this.io.complete(ev);
     }
   }
 
@@ -154,8 +122,6 @@ export class Primary implements Role, OpOwner, FanoutHost {
   // Start and replay
 
   private onStart(rec: Recovered): void {
-    assert(!this.started, 'primary started twice (a restart is a new instance)');
-    this.started = true;
     this.epoch = rec.meta.epoch;
     this.seqReserved = rec.meta.seqReserved;
     this.seqNext = rec.meta.seqReserved;
@@ -266,10 +232,7 @@ export class Primary implements Role, OpOwner, FanoutHost {
   private newEntry(ce: CacheEntry, hostId: HostOpId | undefined, replayed: boolean): PrimaryEntry {
     this.writesInflight++;
     this.bytesInflight += ce.lengthBytes;
-    return {
-      epoch: ce.epoch, seq: ce.seq, offsetBytes: ce.offsetBytes, lengthBytes: ce.lengthBytes, fua: ce.fua, payload: ce.payload,
-      ...(replayed ? replayedEntryState() : freshEntryState()), hostId, waitingMirrors: new Set(), bitmapWaits: new Set(), done: false,
-    };
+    return { ...storeEntry(ce, replayed), hostId, waitingMirrors: new Set(), bitmapWaits: new Set(), done: false };
   }
 
   /** Claim 12 (v): only once it is in the cache, to every in-sync mirror and (claim 4) locally. */

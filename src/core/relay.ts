@@ -1,4 +1,7 @@
-// A relay point of a wide-area cascade (claims 14, 18, 20, 21): pure state machine.
+// A relay point of a wide-area cascade (claims 14, 18, 20, 21): pure state machine. (This file
+// runs past 450 lines: a relay is a mirror to its upstream and a sender to its downstream, and
+// its flush and resync passthrough ties both sides to the same items; the halves it shares with
+// other roles, the local store and the upstream side, are files of their own.)
 //
 // Towards its upstream (the primary or the previous relay) it is a mirror: the shared upstream
 // side (src/core/upstream.ts) answers the `epoch` with `resyncRequest{seqReceived}`, validates
@@ -43,39 +46,20 @@
 //    downstream has not acked: they can no longer be forwarded (the downstream would fence
 //    them) and are dropped with a warning; the promoted primary's resync must cover them.
 
-import { CoreIO, type OpOwner } from './io.js';
-import { LocalStore, freshEntryState, replayedEntryState, type StoreEntry } from './local-store.js';
+import { CoreIO, CoreRole, type OpOwner } from './io.js';
+import { LocalStore, storeEntry, type StoreEntry } from './local-store.js';
 import { Upstream } from './upstream.js';
-import {
-  assert,
-  type CacheEntry,
-  type Completion,
-  type CoreAction,
-  type CoreEvent,
-  type Epoch,
-  type HeartbeatState,
-  type Limits,
-  type Meta,
-  type OpId,
-  type PeerId,
-  type PeerMsg,
-  type Role,
-  type SenseInfo,
-  type Seq,
-} from './types.js';
+import { assert, type CacheEntry, type Completion, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type Limits, type Meta } from './types.js';
+import type { OpId, PeerId, PeerMsg, SenseInfo, Seq } from './types.js';
 
 export type RelayAckMode = 'cached' | 'end-to-end';
 
-export interface RelayConfig {
-  readonly self: PeerId;
+export interface RelayConfig extends CoreConfig {
   /** The next site of the chain (`forward:`): a relay or the remote mirror. */
   readonly downstream: PeerId;
-  readonly volumeBytes: number;
-  readonly blockBytes: number;
   readonly ackMode: RelayAckMode;
   /** Claim 18: the relay also performs each write on its own storage and holds a full copy. */
   readonly storage: boolean;
-  readonly limits: Limits;
 }
 
 interface REntry extends StoreEntry {
@@ -142,12 +126,10 @@ export interface RelayStatus {
   readonly lastHeardUpstreamMs: number | undefined;
 }
 
-export class Relay implements Role, OpOwner {
-  private readonly io: CoreIO;
+export class Relay extends CoreRole implements OpOwner {
   private readonly store: LocalStore<REntry>;
-  private readonly up: Upstream;
+  private readonly up: Upstream<REntry>;
   private readonly lim: Limits;
-  private started = false;
   private downAcked: Seq = 0n;
   private downLink: DownLink = 'down';
   private rttMs: number | undefined;
@@ -163,31 +145,17 @@ export class Relay implements Role, OpOwner {
   private downResyncNext = 1n;
 
   constructor(private readonly cfg: RelayConfig) {
+    super(new CoreIO(cfg.self));
     this.lim = cfg.limits;
     assert(cfg.volumeBytes > 0 && cfg.volumeBytes % cfg.blockBytes === 0, `volume size ${cfg.volumeBytes} is not a whole number of ${cfg.blockBytes}-byte blocks`);
     assert(cfg.downstream !== cfg.self, `relay ${cfg.self} forwards to itself`);
-    this.io = new CoreIO(cfg.self);
-    this.store = new LocalStore<REntry>(this.io, { limits: cfg.limits, storage: cfg.storage }, {
-      // Claim 18: a relay with storage performs each write once it is cached.
-      onCached: (e) => {
-        if (e.sense === undefined) this.store.perform(e);
-      },
-    });
-    this.up = new Upstream(this.io, cfg, {
-      onWrite: (peer, w) => {
-        if (this.store.queuedCount >= this.lim.mirrorReceiveQueueMax) {
-          this.io.refuse(peer, 'window_exceeded', `${this.store.queuedCount} writes already wait for cache space (mirrorReceiveQueueMax ${this.lim.mirrorReceiveQueueMax}): upstream exceeded its window`);
-          return;
-        }
-        this.store.enqueue(this.entry(w, false));
-      },
+    // Claim 20 (a): into the cache; claim 18: with storage, performed once cached.
+    this.store = new LocalStore<REntry>(this.io, { limits: cfg.limits, storage: cfg.storage, performWhenCached: true });
+    this.up = new Upstream(this.io, cfg, this.store, {
+      entry: (w) => this.entry(w, false),
       onFlush: (peer, m) => this.onFlush(peer, m.flushId, m.seq),
       onResyncData: (peer, m) => {
-        if (this.resyncs.some((r) => !r.orphan && r.resyncId === m.resyncId)) return;
-        if (this.resyncs.length >= this.lim.mirrorResyncQueueMax) {
-          this.io.refuse(peer, 'window_exceeded', `${this.resyncs.length} resync regions already queued (mirrorResyncQueueMax ${this.lim.mirrorResyncQueueMax}): upstream exceeded resyncInflightRegionsMax`);
-          return;
-        }
+        if (this.resyncs.some((r) => !r.orphan && r.resyncId === m.resyncId) || !this.up.resyncRoom(peer, this.resyncs.length)) return;
         this.resyncs.push({ resyncId: m.resyncId, downId: 0n, orphan: false, offsetBytes: m.offsetBytes, payload: m.payload, sentDown: false, downDone: false, localIssued: !cfg.storage, localDone: !cfg.storage, sense: undefined });
       },
       // inSync is meaningful to a standby only; a relay's downstream is told by the relay's own state
@@ -207,17 +175,14 @@ export class Relay implements Role, OpOwner {
 
   private entry(ce: CacheEntry, replayed: boolean): REntry {
     return {
-      epoch: ce.epoch, seq: ce.seq, offsetBytes: ce.offsetBytes, lengthBytes: ce.lengthBytes, fua: ce.fua, payload: ce.payload,
-      ...(replayed ? replayedEntryState() : freshEntryState()), receivedMs: this.io.nowMs, sent: false,
+      ...storeEntry(ce, replayed), receivedMs: this.io.nowMs, sent: false,
       // Re-sent by the upstream after our restart, but the downstream already acked it (acks
       // only grow, so it would never be acked again).
       downAcked: ce.epoch === this.up.epoch && ce.seq <= this.downAcked,
     };
   }
 
-  step(ev: CoreEvent, nowMs: number): CoreAction[] {
-    this.io.begin(nowMs);
-    assert(this.started || ev.type === 'start', `relay ${this.cfg.self}: event ${ev.type} before start`);
+  protected onEvent(ev: Exclude<CoreEvent, Completion>): void {
     switch (ev.type) {
       case 'start': this.onStart(ev.recovered.meta, ev.recovered.cacheEntries); break;
       case 'tick': break;
@@ -238,29 +203,16 @@ export class Relay implements Role, OpOwner {
         else this.up.recv(ev.peer, ev.msg);
         break;
       case 'hostWrite':
-      case 'hostFlush':
-        this.io.push({ type: 'ackHost', id: ev.id, error: { kind: 'fenced', message: `${this.cfg.self} is a relay; host writes go to the primary` } });
-        break;
-      default:
-        this.io.complete(ev);
+      case 'hostFlush': this.refuseHost(ev.id, 'a relay'); break;
     }
-    this.afterStep();
-    return this.io.take();
   }
 
   private onStart(meta: Meta, cached: readonly CacheEntry[]): void {
-    assert(!this.started, 'relay started twice (a restart is a new instance)');
-    this.started = true;
     this.up.start(meta);
     this.store.start();
     // Replay: every entry goes downstream again (duplicates are ignored there) and, with
     // storage, is performed again on the relay's own copy.
-    for (const ce of cached) {
-      const e = this.entry(ce, true);
-      this.store.adopt(e);
-      this.store.perform(e);
-      this.up.replayed(e);
-    }
+    this.up.replay(cached, (ce) => this.entry(ce, true));
     const stale = this.store.entries.filter((e) => e.epoch < this.up.epoch);
     for (const e of stale) e.downAcked = true; // see "Known limits": an older epoch cannot go down
     if (stale.length > 0) this.io.log('warn', 'relay_stale_epoch_entries', { entries: stale.length, fix: 'the promoted primary must resync this leg' });
@@ -307,7 +259,6 @@ export class Relay implements Role, OpOwner {
     if (this.downLink !== 'down') this.downUp();
   }
 
-  /** Claim 20 (a): into the cache (claim 18: onto the relay's own storage once cached). */
   private readonly accept = (e: REntry): void => this.store.journal(e);
 
   // -------------------------------------------------------------------------------------------
@@ -451,56 +402,47 @@ export class Relay implements Role, OpOwner {
     }
   }
 
-  /** A region is repaired once the downstream and (with storage) this relay wrote it. */
-  private finishResyncs(): void {
-    for (let i = 0; i < this.resyncs.length; ) {
-      const r = this.resyncs[i]!;
-      if (!r.downDone || !r.localDone) {
+  /**
+   * Removes the flushes or resync regions that the downstream and (with storage) this relay both
+   * completed, answering each upstream (an orphan region of an ended session is not answered).
+   */
+  private finish<T extends FlushReq | ResyncItem>(items: T[], answer: (t: T) => PeerMsg | undefined): void {
+    for (let i = 0; i < items.length; ) {
+      const t = items[i]!;
+      if (!t.downDone || !t.localDone) {
         i++;
         continue;
       }
-      this.resyncs.splice(i, 1);
-      if (!r.orphan && this.up.upstream !== undefined) {
-        this.io.send(this.up.upstream, r.sense === undefined
-          ? { type: 'resyncAck', epoch: this.up.epoch, resyncId: r.resyncId }
-          : { type: 'resyncAck', epoch: this.up.epoch, resyncId: r.resyncId, sense: r.sense });
-      }
+      items.splice(i, 1);
+      const msg = answer(t);
+      if (msg !== undefined && this.up.upstream !== undefined) this.io.send(this.up.upstream, msg);
     }
   }
 
-  /** Answers upstream every flush that the downstream and (with storage) this relay completed. */
-  private finishFlushes(): void {
-    for (let i = 0; i < this.flushes.length; ) {
-      const f = this.flushes[i]!;
-      if (!f.downDone || !f.localDone) {
-        i++;
-        continue;
-      }
-      this.flushes.splice(i, 1);
-      if (this.up.upstream !== undefined) {
-        this.io.send(this.up.upstream, f.sense === undefined
-          ? { type: 'flushAck', epoch: this.up.epoch, flushId: f.flushId }
-          : { type: 'flushAck', epoch: this.up.epoch, flushId: f.flushId, sense: f.sense });
-      }
-    }
-  }
+  private readonly flushAnswer = (f: FlushReq): PeerMsg => (f.sense === undefined
+    ? { type: 'flushAck', epoch: this.up.epoch, flushId: f.flushId }
+    : { type: 'flushAck', epoch: this.up.epoch, flushId: f.flushId, sense: f.sense });
+
+  private readonly resyncAnswer = (r: ResyncItem): PeerMsg | undefined => (r.orphan ? undefined : r.sense === undefined
+    ? { type: 'resyncAck', epoch: this.up.epoch, resyncId: r.resyncId }
+    : { type: 'resyncAck', epoch: this.up.epoch, resyncId: r.resyncId, sense: r.sense });
 
   private readonly ackReady = (e: StoreEntry): boolean => this.cfg.ackMode !== 'end-to-end' || (e as REntry).downAcked;
   /** Claim 21: an entry goes once the downstream acked it and it was acked upstream (and is durable here). */
   private readonly mayGo = (e: REntry): boolean => e.downAcked && this.up.acked(e);
 
-  private afterStep(): void {
+  afterStep(): void {
     if (!this.started) return;
     this.store.admit(this.accept);
     this.up.advanceAck(this.store.entries, this.ackReady);
     this.pumpDown();
-    this.finishFlushes();
+    this.finish(this.flushes, this.flushAnswer);
     this.store.maybeFlush(this.resyncs.length > 0);
     this.store.dropPrefix(this.mayGo);
     this.store.admit(this.accept);
     this.up.advanceAck(this.store.entries, this.ackReady);
     this.pumpDown();
-    this.finishResyncs();
+    this.finish(this.resyncs, this.resyncAnswer);
   }
 
   private oldestUnacked(): REntry | undefined {

@@ -1,4 +1,6 @@
 // The standby site's controller (claims 8, 9, 13; issue 10 items 1-4): pure state machine.
+// (It runs past 450 lines because this header states the whole failover rule, detection,
+// the order of the promotion's steps, fencing and the guard, beside the code that keeps it.)
 //
 // While the primary lives, the standby IS a mirror of it: every event goes to an inner Mirror
 // (composition, so mirror.ts keeps one job), which keeps the standby in sync. Around it the
@@ -55,39 +57,20 @@
 // it. The witness (src/site/witness.ts) is counted and asked like a mirror; it holds no
 // data and only says when it last heard the primary.
 
-import { CoreIO, type OpOwner } from './io.js';
+import { CoreIO, CoreRole, type OpOwner } from './io.js';
 import { Mirror, type MirrorStatus } from './mirror.js';
 import { Primary, type PrimaryStatus } from './primary.js';
 import { regionCount } from './regions.js';
-import {
-  assert,
-  type Completion,
-  type CoreAction,
-  type CoreEvent,
-  type Epoch,
-  type HeartbeatState,
-  type Limits,
-  type Meta,
-  type MirrorLossPolicy,
-  type OpId,
-  type PeerId,
-  type PeerMsg,
-  type Recovered,
-  type Role,
-  type Seq,
-} from './types.js';
+import { assert, type Completion, type CoreAction, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type Meta } from './types.js';
+import type { MirrorLossPolicy, OpId, PeerId, PeerMsg, Recovered, Seq } from './types.js';
 
-export interface StandbyConfig {
-  readonly self: PeerId;
+export interface StandbyConfig extends CoreConfig {
   /** The primary of the current epoch (the standby's upstream). */
   readonly primary: PeerId;
   /** The other mirrors of the cluster (not the standby, not the primary). */
   readonly mirrors: readonly PeerId[];
   /** Optional tie-breaker site: answers `lastHeardQuery`, holds no data. */
   readonly witness?: PeerId;
-  readonly volumeBytes: number;
-  readonly blockBytes: number;
-  readonly limits: Limits;
   /** Silence from the primary after which the standby starts asking the others. */
   readonly failoverTimeoutMs: number;
   /** How often the question is repeated while the primary stays silent. */
@@ -114,10 +97,7 @@ export const neverHeardFactor = 3;
 /** A refused failover (guard) is logged at most this often. */
 const refusalLogIntervalMs = 10_000;
 
-export class Standby implements Role, OpOwner {
-  /** One op id space and one action list for the standby and both of its inner cores. */
-  private readonly io: CoreIO;
-  private started = false;
+export class Standby extends CoreRole implements OpOwner {
   private phase: StandbyPhase = 'following';
   private readonly mirror: Mirror;
   private primaryCore: Primary | undefined;
@@ -139,7 +119,8 @@ export class Standby implements Role, OpOwner {
     assert(cfg.primary !== cfg.self && !cfg.mirrors.includes(cfg.self) && !cfg.mirrors.includes(cfg.primary), `standby ${cfg.self}: primary ${cfg.primary} and mirrors [${cfg.mirrors.join(', ')}] must be distinct sites other than itself`);
     assert(cfg.failoverTimeoutMs > cfg.limits.heartbeatIntervalMs, `failoverTimeoutMs ${cfg.failoverTimeoutMs} must exceed heartbeatIntervalMs ${cfg.limits.heartbeatIntervalMs}, or a live primary looks lost between two heartbeats`);
     assert(cfg.queryIntervalMs > 0, 'queryIntervalMs must be positive');
-    this.io = new CoreIO(cfg.self);
+    // One op id space and one action list for the standby and both of its inner cores.
+    super(new CoreIO(cfg.self));
     this.mirror = new Mirror({ self: cfg.self, volumeBytes: cfg.volumeBytes, blockBytes: cfg.blockBytes, limits: cfg.limits }, this.io);
   }
 
@@ -148,9 +129,7 @@ export class Standby implements Role, OpOwner {
     return 2 + this.cfg.mirrors.length + (this.cfg.witness === undefined ? 0 : 1);
   }
 
-  step(ev: CoreEvent, nowMs: number): CoreAction[] {
-    this.io.begin(nowMs);
-    assert(this.started || ev.type === 'start', `standby ${this.cfg.self}: event ${ev.type} before start`);
+  protected onEvent(ev: Exclude<CoreEvent, Completion>): void {
     switch (ev.type) {
       case 'start': this.onStart(ev.recovered); break;
       case 'tick': this.onTick(); break;
@@ -175,18 +154,10 @@ export class Standby implements Role, OpOwner {
           this.forward(ev);
         }
         break;
-      default:
-        // A completion goes to whichever core (or this standby) issued the op; the mirror's
-        // last ops may complete after the promotion: it still owns them.
-        this.io.complete(ev);
-        this.afterInner();
     }
-    return this.finish();
   }
 
   private onStart(rec: Recovered): void {
-    assert(!this.started, 'standby started twice (a restart is a new instance)');
-    this.started = true;
     this.meta = rec.meta;
     this.inSyncConfirmed = rec.meta.standbyInSync === true;
     this.startMs = this.io.nowMs;
@@ -208,10 +179,12 @@ export class Standby implements Role, OpOwner {
   }
 
   /** The step's epilogue: the guard watches what the mirror told its primary; the promotion moves on. */
-  private finish(): CoreAction[] {
+  afterStep(): void {
+    // After a completion too: it went to whichever core (or this standby) issued the op (the
+    // mirror's last ops may complete after the promotion: it still owns them).
+    this.afterInner();
     if (this.phase === 'following') this.watchGuard();
     this.progressPromotion();
-    return this.io.take();
   }
 
   /**
@@ -386,7 +359,8 @@ export class Standby implements Role, OpOwner {
       this.query = undefined;
       this.beginPromotion(reason);
     }
-    return this.finish();
+    this.afterStep();
+    return this.io.take();
   }
 
   private beginPromotion(reason: string): void {

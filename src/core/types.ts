@@ -255,6 +255,14 @@ export function assert(cond: unknown, message: string): asserts cond {
   if (!cond) throw new CoreAssertionError(message);
 }
 
+/** What every role is configured with: its name, the volume's geometry, the bounds. */
+export interface CoreConfig {
+  readonly self: PeerId;
+  readonly volumeBytes: number;
+  readonly blockBytes: number;
+  readonly limits: Limits;
+}
+
 /** What a site's links put in the heartbeats they send (contract 6). */
 export interface HeartbeatState {
   readonly epoch: Epoch;

@@ -17,20 +17,15 @@
 // The role around it decides what a valid write, flush, resync region or inSync does.
 
 import type { CoreIO, OpOwner } from './io.js';
-import type { StoreEntry } from './local-store.js';
-import { assert, type Completion, type Epoch, type Limits, type Meta, type OpId, type PeerId, type PeerMsg, type Seq } from './types.js';
+import type { LocalStore, StoreEntry } from './local-store.js';
+import { assert, type CacheEntry, type Completion, type CoreConfig, type Epoch, type Meta, type OpId, type PeerId, type PeerMsg, type Seq } from './types.js';
 
 type Msg<T extends PeerMsg['type']> = Extract<PeerMsg, { type: T }>;
 
-export interface UpstreamConfig {
-  readonly volumeBytes: number;
-  readonly blockBytes: number;
-  readonly limits: Limits;
-}
-
-/** What the role does with the upstream's frames once they passed validation. */
-export interface UpstreamHooks {
-  onWrite(peer: PeerId, w: Msg<'write'>): void;
+/** What the role does with the upstream's frames once they passed validation (a write goes to the local store). */
+export interface UpstreamHooks<E extends StoreEntry> {
+  /** The role's entry for a write received from the upstream (queued in the local store). */
+  entry(w: CacheEntry): E;
   onFlush(peer: PeerId, f: Msg<'flush'>): void;
   onResyncData(peer: PeerId, r: Msg<'resyncData'>): void;
   onInSync?(peer: PeerId, m: Msg<'inSync'>): void;
@@ -42,7 +37,7 @@ export interface UpstreamHooks {
 
 const u64Max = (1n << 64n) - 1n;
 
-export class Upstream implements OpOwner {
+export class Upstream<E extends StoreEntry> implements OpOwner {
   epoch: Epoch = 0n;
   seqReserved: Seq = 0n;
   /** Highest seq of `epoch` received (writes arrive in seq order on the ordered link). */
@@ -57,8 +52,9 @@ export class Upstream implements OpOwner {
 
   constructor(
     private readonly io: CoreIO,
-    private readonly cfg: UpstreamConfig,
-    private readonly hooks: UpstreamHooks,
+    private readonly cfg: CoreConfig,
+    private readonly store: LocalStore<E>,
+    private readonly hooks: UpstreamHooks<E>,
   ) {}
 
   start(meta: Meta): void {
@@ -66,9 +62,17 @@ export class Upstream implements OpOwner {
     this.seqReserved = meta.seqReserved;
   }
 
-  /** A replayed journal entry: what this site holds of the current epoch. */
-  replayed(e: StoreEntry): void {
-    if (e.epoch === this.epoch && e.seq > this.seqReceived) this.seqReceived = e.seq;
+  /**
+   * Claim 17: the journal's entries from before the restart are performed again, before anyone
+   * is served; what they hold of the current epoch is what this site says it received.
+   */
+  replay(cached: readonly CacheEntry[], entry: (ce: CacheEntry) => E): void {
+    for (const ce of cached) {
+      const e = entry(ce);
+      this.store.adopt(e);
+      this.store.perform(e);
+      if (e.epoch === this.epoch && e.seq > this.seqReceived) this.seqReceived = e.seq;
+    }
   }
 
   peerDown(peer: PeerId): void {
@@ -131,8 +135,21 @@ export class Upstream implements OpOwner {
       this.io.refuse(peer, 'bad_frame', `write ${w.seq}: ${bad}`);
       return;
     }
+    const lim = this.cfg.limits;
+    if (this.store.queuedCount >= lim.mirrorReceiveQueueMax) {
+      this.io.refuse(peer, 'window_exceeded', `${this.store.queuedCount} writes already wait for cache space (mirrorReceiveQueueMax ${lim.mirrorReceiveQueueMax}): upstream exceeded its window`);
+      return;
+    }
     this.seqReceived = w.seq;
-    this.hooks.onWrite(peer, w);
+    this.store.enqueue(this.hooks.entry(w));
+  }
+
+  /** Whether one more resync region fits (`queued` of them wait); refuses the upstream otherwise. */
+  resyncRoom(peer: PeerId, queued: number): boolean {
+    const max = this.cfg.limits.mirrorResyncQueueMax;
+    if (queued < max) return true;
+    this.io.refuse(peer, 'window_exceeded', `${queued} resync regions already queued (mirrorResyncQueueMax ${max}): upstream exceeded resyncInflightRegionsMax`);
+    return false;
   }
 
   /** Why a peer's range is not a whole-block range of this volume (undefined: it is). */

@@ -9,7 +9,7 @@ import { openBlockDevice } from '../../hal/devstring.js';
 import type { BlockDevice } from '../../hal/blockdev.js';
 import type { CacheEntry, Epoch, Meta, Seq } from '../core/types.js';
 import type { JournalPort, StatePort, StoragePort } from './executor.js';
-import type { SiteContext } from './run.js';
+import type { SiteContext } from './context.js';
 import { fileBitmapStore, fileMetaStore, memoryBitmapStore, memoryMetaStore, type BitmapStore, type MetaStore } from './persist.js';
 import { volumeId } from './peerwire.js';
 

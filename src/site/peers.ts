@@ -10,7 +10,7 @@ import { AckTimer } from './ack-timer.js';
 import type { PeersPort } from './executor.js';
 import { decodeOrClose, sendOrClose, statusReplyEntries } from './linkio.js';
 import { toWire } from './peerwire.js';
-import type { SiteContext } from './run.js';
+import type { SiteContext } from './context.js';
 import type { SiteStatus } from './status.js';
 
 /** Link send queue: above the core's in-flight bound, so a link never refuses a send the window allowed. */

@@ -19,7 +19,7 @@ import type { Logger } from './log.js';
 import { freshMeta } from './persist.js';
 import { Peers } from './peers.js';
 import { RoleChangeError } from './role-change.js';
-import type { SiteContext, SiteRuntime } from './run.js';
+import type { SiteContext, SiteRuntime } from './context.js';
 import type { FailoverRecord, SiteStatus } from './status.js';
 import { exportStatusMetrics, siteStatus } from './status-view.js';
 import type { SiteConfig } from './config.js';

@@ -10,7 +10,7 @@ import { replicaExport } from './host-export.js';
 import { regionChecksums } from './checksums.js';
 import { componentLogger } from './log.js';
 import { openSiteDevices, Replica, type ReplicaOptions, type SiteDevices } from './replica.js';
-import type { RoleRuntime, SiteContext, SiteRuntime } from './run.js';
+import type { RoleRuntime, SiteContext, SiteRuntime } from './context.js';
 import { RoleChangeError } from './role-change.js';
 import { FailoverHistory } from './history.js';
 import type { FailoverRecord } from './status.js';

@@ -14,51 +14,16 @@ import { checkGeography, type GeoReport } from '../core/geo.js';
 import { readSecret, type ClusterConfig, type SiteDevice, type Role, type SiteConfig } from './config.js';
 import { startAdminServer, type AdminServer } from './admin.js';
 import { RoleChangeError, type RoleChangeAnswer } from './role-change.js';
-import { ChecksumRequestError, parseChecksumQuery, type ChecksumAnswer, type ChecksumRequest } from './checksums.js';
+import { ChecksumRequestError, parseChecksumQuery, type ChecksumAnswer } from './checksums.js';
 import { componentLogger, createLogger, type Logger } from './log.js';
 import { createSiteMetrics, type SiteMetrics } from './metrics.js';
 import { roleRuntimes } from './roles.js';
 import type { SiteStatus } from './status.js';
 import { didYouMean } from './suggest.js';
 import { formatBytes } from './units.js';
+import type { RoleRuntime, SiteRuntime } from './context.js';
 
-/** Everything a role runtime needs, checked and opened by runSite. */
-export interface SiteContext {
-  config: ClusterConfig;
-  site: SiteConfig;
-  /** The cluster key (claim: sites authenticate each other with it). */
-  secret: Buffer;
-  log: Logger;
-  metrics: SiteMetrics;
-  /** Primary/standby with located mirrors: the claims 5-7 report, already logged. */
-  geo?: GeoReport;
-}
-
-/** A running role: what the admin server and the stop path talk to. */
-export interface SiteRuntime {
-  status(): SiteStatus;
-  /** Stop accepting work, finish or persist what is in flight, close devices and sockets. */
-  stop(): Promise<void>;
-  /**
-   * Optional: settles when the runtime ends by itself. A rejection (say, the storage device
-   * died) makes the site process exit non-zero after stop().
-   */
-  done?: Promise<void>;
-  /**
-   * Optional, on sites with storage: per-region digests of this site's own storage, for
-   * `geomirror verify` (GET /checksums on the admin port). The request is already validated.
-   */
-  checksums?(req: ChecksumRequest): Promise<ChecksumAnswer>;
-  /** Optional: planned switchover (`geomirror promote`, POST /promote): a following standby takes over. */
-  promote?(reason: string, force?: boolean): Promise<RoleChangeAnswer>;
-  /** Optional: planned switchover (`geomirror demote`, POST /demote): the primary drains and becomes a mirror. */
-  demote?(reason: string): Promise<RoleChangeAnswer>;
-}
-
-
-
-
-export type RoleRuntime = (ctx: SiteContext) => Promise<SiteRuntime>;
+export type { RoleRuntime, SiteContext, SiteRuntime } from './context.js';
 
 export interface RunSiteOptions {
   /** Default: a logger for this site on stdout. */
