@@ -17,7 +17,7 @@ const noUsbBus = !existsSync('/sys/bus/usb/devices');
 const run = async (...args: string[]): Promise<string> => (await promisify(execFile)(process.execPath, [bin, 'devices', '--dev-dir', devDir, ...args], { encoding: 'utf8' })).stdout;
 
 describe('geomirror devices', () => {
-  // Both processes start together: each pays tsx's start-up, the test pays it once.
+  // Both processes start together: each pays Node's start-up, the test pays it once.
   const text = run();
   const json = run('--json');
 
