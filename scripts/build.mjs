@@ -1,19 +1,41 @@
 #!/usr/bin/env node
 // Builds dist/ (tsc -b tsconfig.build.json) when it is older than its sources: what `npm ci`
 // (prepare), `npm start`, `npm test`, vitest's global setup and the benches run first, so every
-// site and CLI child process runs current code. `--clean` empties dist/ and builds from scratch
-// (npm pack: no JavaScript of deleted sources ships). `npm run build` always runs tsc.
+// site and CLI child process runs current code. `--prune` first deletes compiled files whose
+// source is gone (npm pack: no JavaScript of deleted sources ships; cheaper than a build from
+// scratch). `npm run build` always runs tsc.
 import { execFileSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildConfig, staleReason } from './build-state.mjs';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const clean = process.argv.includes('--clean');
 
-if (clean) rmSync(join(root, 'dist'), { recursive: true, force: true });
+/** Deletes dist/X.js and dist/X.js.map whose X.ts no longer exists. */
+function pruneOrphans(dir) {
+  let entries;
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) {
+      pruneOrphans(p);
+      continue;
+    }
+    const m = /^(.*)\.js(\.map)?$/.exec(relative(join(root, 'dist'), p));
+    if (m && !existsSync(join(root, `${m[1]}.ts`))) {
+      process.stderr.write(`geomirror build: removing ${relative(root, p)} (its source is gone)\n`);
+      rmSync(p);
+    }
+  }
+}
+
+if (process.argv.includes('--prune')) pruneOrphans(join(root, 'dist'));
 const reason = staleReason(root);
 if (reason !== undefined) {
   let tsc;

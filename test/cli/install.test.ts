@@ -12,7 +12,7 @@
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -37,6 +37,8 @@ const prefix = join(work, 'prefix');
 let tarball = '';
 let version = '';
 const children: ChildProcess[] = [];
+/** The commands run below, as docs/OPERATIONS.md writes them (without the temp prefix and cache flags). */
+const ran = new Set<string>();
 
 afterAll(() => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) process.kill(-c.pid!, 'SIGKILL');
@@ -54,7 +56,7 @@ async function sh(cmd: string, args: string[], cwd: string, env = shellEnv()): P
   }
 }
 
-describe.skipIf(noGitCheckout)(`installing geomirror${noGitCheckout ? ' (skipped: not a git checkout, so there is no clean copy to make)' : ''}`, () => {
+describe.skipIf(noGitCheckout)(`installing geomirror${noGitCheckout ? ' (skipped: not a git checkout, so there is no clean copy to make)' : ''}`, async () => {
   beforeAll(async () => {
     mkdirSync(copy);
     const files = spawnSync('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: repoRoot, encoding: 'utf8' }).stdout.split('\0');
@@ -63,6 +65,7 @@ describe.skipIf(noGitCheckout)(`installing geomirror${noGitCheckout ? ' (skipped
     expect(tar.status, String(tar.stderr)).toBe(0);
     const t = performance.now();
     await sh('npm', ['ci', '--prefer-offline', '--no-audit', '--no-fund'], copy);
+    ran.add('npm ci');
     process.stdout.write(`npm ci in a clean copy (installs, then builds dist/ in prepare): ${((performance.now() - t) / 1000).toFixed(1)} s\n`);
     version = (JSON.parse(readFileSync(join(copy, 'package.json'), 'utf8')) as { version: string }).version;
   }, 300_000);
@@ -128,6 +131,7 @@ describe.skipIf(noGitCheckout)(`installing geomirror${noGitCheckout ? ' (skipped
   it('npm pack ships only what runs', async () => {
     const packed = JSON.parse(await sh('npm', ['pack', '--json', '--no-fund'], copy)) as { filename: string; files: { path: string }[] }[];
     tarball = join(copy, packed[0]!.filename);
+    ran.add('npm pack');
     const files = packed[0]!.files.map((f) => f.path);
     for (const f of ['bin/geomirror.mjs', 'dist/src/cli/main.js', 'dist/hal/blockdev.js', 'targets/loopback/cluster.yaml', 'targets/systemd/geomirror@.service', 'package.json', 'README.md']) {
       expect(files, f).toContain(f);
@@ -137,11 +141,14 @@ describe.skipIf(noGitCheckout)(`installing geomirror${noGitCheckout ? ' (skipped
   }, 120_000);
 
   it('npm install -g puts a geomirror on PATH that runs compiled JavaScript, loads no tsx, and is small', async () => {
-    await sh('npm', ['install', '-g', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', tarball], copy);
+    await sh('npm', ['install', '-g', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', `./${basename(tarball)}`], copy);
+    ran.add(`npm install -g ./${basename(tarball)}`);
     const env = shellEnv({ PATH: `${join(prefix, 'bin')}:${process.env.PATH}` });
     const help = await sh('geomirror', ['--help'], work, env);
     expect(help).toMatch(/^Usage: geomirror \[options\] \[command\]/);
+    ran.add('geomirror --help');
     expect((await sh('geomirror', ['--version'], work, env)).trim()).toBe(version);
+    ran.add('geomirror --version');
 
     // Every module the process resolves, recorded by a module hook loaded with --import.
     const trace = join(work, 'resolved.txt');
@@ -171,6 +178,56 @@ describe.skipIf(noGitCheckout)(`installing geomirror${noGitCheckout ? ' (skipped
     expect(kib, 'installed size in KiB (goal: at most 60 MiB)').toBeLessThanOrEqual(60 * 1024);
   }, 180_000);
 
+  it('the installed geomirror runs a cluster from its own files, and its banner names `geomirror status`, which works', async () => {
+    const env = shellEnv({ PATH: `${join(prefix, 'bin')}:${process.env.PATH}` });
+    const site = join(work, 'site');
+    mkdirSync(site);
+    const [p1, p2, n, a1, a2, a3] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
+    const cfg = join(site, 'cluster.yaml');
+    writeFileSync(
+      cfg,
+      `cluster: installed
+secret: file:./data/cluster.key
+volume: { name: vol0, size: 16MiB, blockSize: 4096 }
+sites:
+  local: { role: primary, nbd: 127.0.0.1:${n}, admin: 127.0.0.1:${a1}, cache: { device: "loopback:./data/local.cache", size: 8MiB }, storage: ["loopback:./data/local.img"], mirrors: [east, west] }
+  east: { role: mirror, listen: 127.0.0.1:${p1}, admin: 127.0.0.1:${a2}, cache: { device: "loopback:./data/east.cache", size: 8MiB }, storage: ["loopback:./data/east.img"] }
+  west: { role: mirror, listen: 127.0.0.1:${p2}, admin: 127.0.0.1:${a3}, cache: { device: "loopback:./data/west.cache", size: 8MiB }, storage: ["loopback:./data/west.img"] }
+`,
+    );
+    const child = spawn('geomirror', ['start', '--config', cfg], { cwd: site, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(child);
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      const deadline = Date.now() + 60_000;
+      while (!out.includes('Ctrl-C stops every site') && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
+      const statusLine = out.split('\n').find((l) => l.includes(' status --config '))?.trim();
+      expect(statusLine, out).toBe('geomirror status --config cluster.yaml');
+      const status = await sh('sh', ['-c', statusLine!], site, env);
+      for (const name of ['local', 'east', 'west']) expect(status, status).toMatch(new RegExp(`^${name}\\b`, 'm'));
+      ran.add('geomirror status --config FILE');
+      const installedMain = join(prefix, 'lib', 'node_modules', 'geomirror', 'dist', 'src', 'cli', 'main.js');
+      const sites = readdirSync('/proc')
+        .filter((p) => /^\d+$/.test(p))
+        .map((p) => {
+          try {
+            return readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' ');
+          } catch {
+            return '';
+          }
+        })
+        .filter((c) => c.includes(` site --config ${cfg} `));
+      expect(sites, 'site processes').toHaveLength(3);
+      for (const c of sites) expect(c).toContain(installedMain);
+    } finally {
+      process.kill(-child.pid!, 'SIGINT');
+    }
+    expect(await exited, out).toBe(0);
+  }, 120_000);
+
   it('upgrades in place: npm install -g of a newer tarball replaces the installed one', async () => {
     // A "newer release": the same package with the patch version raised, packed as-is.
     const up = join(work, 'upgrade');
@@ -184,12 +241,15 @@ describe.skipIf(noGitCheckout)(`installing geomirror${noGitCheckout ? ' (skipped
     const newer = join(up, (JSON.parse(await sh('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', up], join(up, 'package'))) as { filename: string }[])[0]!.filename);
 
     const env = shellEnv({ PATH: `${join(prefix, 'bin')}:${process.env.PATH}` });
-    await sh('npm', ['install', '-g', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', newer], up);
+    await sh('npm', ['install', '-g', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', `./${basename(newer)}`], up);
+    ran.add(`npm install -g ./${basename(newer)}`);
     expect((await sh('geomirror', ['--version'], work, env)).trim()).toBe(manifest.version);
   }, 180_000);
 
-  it.skipIf(noSystemdAnalyze)(`the installed systemd unit passes systemd-analyze verify against the installed geomirror${noSystemdAnalyze ? ' (skipped: no systemd-analyze; apt-get install systemd)' : ''}`, () => {
-    const unit = readFileSync(join(prefix, 'lib', 'node_modules', 'geomirror', 'targets', 'systemd', 'geomirror@.service'), 'utf8');
+  it.skipIf(noSystemdAnalyze)(`the installed systemd unit passes systemd-analyze verify against the installed geomirror${noSystemdAnalyze ? ' (skipped: no systemd-analyze; apt-get install systemd)' : ''}`, async () => {
+    // Where the docs copy it from: "$(npm root -g)/geomirror/targets/systemd/geomirror@.service".
+    const globalRoot = (await sh('npm', ['root', '-g', '--prefix', prefix], work)).trim();
+    const unit = readFileSync(join(globalRoot, 'geomirror', 'targets', 'systemd', 'geomirror@.service'), 'utf8');
     expect(unit).toMatch(/^ExecStart=geomirror site --config \$\{GEOMIRROR_CONFIG\} --site %i$/m);
     // Hardened as far as block devices allow: own user, no privileges, read-only system, only
     // storage-class devices, and never PrivateDevices (it would hide /dev/sdX).
@@ -211,5 +271,19 @@ describe.skipIf(noGitCheckout)(`installing geomirror${noGitCheckout ? ' (skipped
     writeFileSync(bad, readFileSync(inst, 'utf8').replace('Restart=on-failure', 'Restart=on-failur'));
     const b = spawnSync('systemd-analyze', ['verify', '--man=no', bad], { encoding: 'utf8' });
     expect(`${b.stdout}${b.stderr}`).toContain('geomirror@bad.service');
+  });
+
+  it('docs/OPERATIONS.md shows for install and upgrade only npm and geomirror commands this test ran', () => {
+    const doc = readFileSync(join(repoRoot, 'docs', 'OPERATIONS.md'), 'utf8');
+    const section = (title: string): string => doc.slice(doc.indexOf(`\n## ${title}\n`), doc.indexOf('\n## ', doc.indexOf(`\n## ${title}\n`) + 1));
+    const installText = section('Install');
+    const shown = [installText.slice(0, installText.indexOf('### Run a site')), section('Upgrade')]
+      .flatMap((t) => [...t.matchAll(/```sh\n([\s\S]*?)```/g)].flatMap((m) => m[1]!.split('\n')))
+      .map((l) => l.replace(/#.*$/, '').replace(/^sudo /, '').trim())
+      .filter((l) => /^(npm|geomirror) /.test(l));
+    const versionless = (c: string): string => c.replace(/geomirror-\d+\.\d+\.\d+(-[\w.]+)?\.tgz/, 'geomirror-VERSION.tgz').replace(/--config \S+/, '--config FILE');
+    expect(shown.length).toBeGreaterThanOrEqual(5);
+    const ranVersionless = new Set([...ran].map(versionless));
+    for (const c of shown) expect(ranVersionless, c).toContain(versionless(c));
   });
 });
