@@ -25,6 +25,7 @@ export type SenseKey = (typeof SenseKey)[keyof typeof SenseKey];
 /** Additional sense code / qualifier pairs we produce or map (SPC-4 annex). */
 export const Asc = {
   NONE: [0x00, 0x00],
+  LOGICAL_UNIT_NOT_READY: [0x04, 0x00],
   LOGICAL_UNIT_BECOMING_READY: [0x04, 0x01],
   WRITE_ERROR: [0x0c, 0x00],
   UNRECOVERED_READ_ERROR: [0x11, 0x00],

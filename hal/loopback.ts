@@ -70,7 +70,8 @@ export async function openLoopback(path: string, options: LoopbackOptions): Prom
     if (created) await fh.truncate(neededBytes);
     const st = await fh.stat();
     if (!st.isFile()) {
-      throw sense.invalidField(name, `${path} is not a regular file; loopback devices are files (use another adapter for block devices)`);
+      const fix = st.isBlockDevice() ? `; for a kernel block device use block:${path}` : '';
+      throw sense.invalidField(name, `${path} is not a regular file; loopback devices are files${fix}`);
     }
     if (st.size < neededBytes) {
       throw sense.invalidField(

@@ -20,6 +20,10 @@ const toolsByPackage = {
   e2fsprogs: ['mkfs.ext4'],
   'xz-utils': ['xz'],
   systemd: ['systemd-analyze'],
+  // block: devices on loop devices (losetup, partx, blockdev) and the install test's clean copy (git).
+  mount: ['losetup'],
+  'util-linux': ['partx', 'blockdev'],
+  git: ['git'],
 };
 
 // Packages that install files, not commands: checked by path.

@@ -4,15 +4,22 @@
 // stopped and the command exits non-zero naming it; a site that dies later is reported and
 // makes the final exit code non-zero, while the rest keep serving.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig } from '../site/config.js';
+import { packageRoot, shellCommand } from './package-root.js';
 import type { SiteReadyMessage } from './site.js';
 
 /** After this, a site that ignored SIGTERM is killed. Longer than a site's own stop timeout. */
 export const clusterStopTimeoutMs = 15_000;
 
-const geomirrorBin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
+/**
+ * What runs a site: sites run compiled JavaScript. Compiled (dist/, an npm install, the Pi
+ * bundle) that is main.js next to this module; loaded as TypeScript (tests in-process) it is the
+ * package's bin, which runs dist/ and refuses a dist/ older than the sources.
+ */
+export const siteEntry = import.meta.url.endsWith('.js') ? fileURLToPath(new URL('./main.js', import.meta.url)) : join(packageRoot, 'bin', 'geomirror.mjs');
 
 export interface SiteCommand {
   file: string;
@@ -24,7 +31,7 @@ export interface ClusterOptions {
   configFile: string;
   /** Sites to run, in start order. */
   sites: string[];
-  /** How to run one site; default `node bin/geomirror.mjs site --config F --site NAME`. */
+  /** How to run one site; default `node <siteEntry> site --config F --site NAME`. */
   command?: (site: string) => SiteCommand;
   /** Where prefixed site output goes (default the process's stdout/stderr). */
   out?: { write(s: string): unknown };
@@ -54,7 +61,7 @@ interface SiteProc {
 }
 
 export function defaultSiteCommand(configFile: string): (site: string) => SiteCommand {
-  return (site) => ({ file: process.execPath, args: [geomirrorBin, 'site', '--config', configFile, '--site', site] });
+  return (site) => ({ file: process.execPath, args: [siteEntry, 'site', '--config', configFile, '--site', site] });
 }
 
 export function startCluster(options: ClusterOptions): ClusterHandle {
@@ -203,7 +210,7 @@ exit code is 0 when all stopped cleanly, 1 when a site failed.`,
       process.on('SIGINT', onSignal);
       process.on('SIGTERM', onSignal);
       cluster.ready.then(
-        () => process.stderr.write(`geomirror cluster: ${sites.length} sites running (${sites.join(', ')}); Ctrl-C stops them; see geomirror status --config ${opts.config}\n`),
+        () => process.stderr.write(`geomirror cluster: ${sites.length} sites running (${sites.join(', ')}); Ctrl-C stops them; see ${shellCommand()} status --config ${opts.config}\n`),
         () => undefined,
       );
       process.exitCode = await cluster.done;

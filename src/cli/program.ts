@@ -1,7 +1,6 @@
 // The geomirror command tree, without parsing: main.ts parses process.argv with it, tests
 // build it in-process to read each command's help.
 import { Command } from 'commander';
-import { createRequire } from 'node:module';
 import { registerCluster } from './cluster.js';
 import { registerKeygen } from './keygen.js';
 import { registerSite } from './site.js';
@@ -11,9 +10,7 @@ import { registerVerify } from './verify.js';
 import { registerDevices } from './devices.js';
 import { registerFlash } from './flash.js';
 import { registerSwitchover } from './switchover.js';
-
-const require = createRequire(import.meta.url);
-const pkg = require('../../package.json') as { version: string; description: string };
+import { packageManifest as pkg } from './package-root.js';
 
 export function buildProgram(): Command {
   const program = new Command();

@@ -5,14 +5,14 @@
 // readable.
 import { createWriteStream, mkdirSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
 import { prepareLoopbackCluster } from '../site/prepare.js';
 import { startCluster } from './cluster.js';
+import { packageRoot, shellCommand } from './package-root.js';
 import { fetchStatus, type StatusResult } from './status.js';
 
-export const defaultClusterFile = fileURLToPath(new URL('../../targets/loopback/cluster.yaml', import.meta.url));
+export const defaultClusterFile = join(packageRoot, 'targets', 'loopback', 'cluster.yaml');
 /** How often the live status line refreshes. */
 export const statusRefreshMs = 1000;
 
@@ -113,7 +113,7 @@ export async function runStart(configFile: string): Promise<number> {
           `    sha256sum ${config.siteNames.map((n) => rel(config.sites[n]!.storage[0]?.text.replace(/^loopback:/, '') ?? '')).join(' ')}`,
         ]
       : []),
-    `    geomirror status --config ${rel(config.file)}`,
+    `    ${shellCommand()} status --config ${rel(config.file)}`,
     'Ctrl-C stops every site.',
     '',
   ];

@@ -668,8 +668,8 @@ export function parseAddress(text: string): Address | undefined {
   return { host, port, text: `${host}:${port}` };
 }
 
-const deviceSchemes = ['memory', 'loopback', 'usb', 'serial'] as const;
-const deviceForms = 'memory:, loopback:PATH, usb:VID:PID[:SERIAL] or serial:PATH[?baud=N]';
+const deviceSchemes = ['memory', 'loopback', 'block', 'usb', 'serial'] as const;
+const deviceForms = 'memory:, loopback:PATH, block:/dev/NAME, usb:VID:PID[:SERIAL] or serial:PATH[?baud=N]';
 
 /** Parses with the HAL's parser, makes paths absolute; a string is the problem. */
 function parseSiteDevice(text: string, absolute: (p: string) => string): SiteDevice | string {

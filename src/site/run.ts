@@ -10,6 +10,7 @@
 //      listen/nbd and connects links; it reports through SiteRuntime.status() and metrics.
 import { createServer } from 'node:net';
 import { statSync } from 'node:fs';
+import { kernelBlockProblem } from '../../hal/kernel-block.js';
 import { checkGeography, type GeoReport } from '../core/geo.js';
 import { readSecret, type ClusterConfig, type SiteDevice, type Role, type SiteConfig } from './config.js';
 import { startAdminServer, type AdminServer } from './admin.js';
@@ -157,6 +158,11 @@ function startingStatus(config: ClusterConfig, site: SiteConfig, startedAtMs: nu
 export function checkDevices(config: ClusterConfig, site: SiteConfig): string[] {
   const problems: string[] = [];
   const check = (key: string, dev: SiteDevice, bytesMin: number, what: string): void => {
+    if (dev.kind === 'block') {
+      const problem = kernelBlockProblem(dev.path, config.volume.blockSize, Math.ceil(bytesMin / config.volume.blockSize));
+      if (problem !== undefined) problems.push(`${key}: ${problem}`);
+      return;
+    }
     if (dev.kind !== 'loopback' && dev.kind !== 'serial') return; // memory: nothing to find; usb: the HAL enumerates the bus
     let st;
     try {
@@ -172,7 +178,10 @@ export function checkDevices(config: ClusterConfig, site: SiteConfig): string[] 
       else if (st.size < bytesMin) problems.push(`${key}: ${dev.path} holds ${formatBytes(st.size)} but ${what} is ${formatBytes(bytesMin)}; grow it with: truncate -s ${bytesMin} ${dev.path}`);
     }
   };
-  if (site.cache) check(`sites.${site.name}.cache.device`, site.cache.device, site.cache.sizeBytes, 'cache.size');
+  if (site.cache?.device.kind === 'block') {
+    // The cache journal and the site's state files live beside a cache file; a raw device has no beside.
+    problems.push(`sites.${site.name}.cache.device: ${site.cache.device.text} cannot hold the cache; block devices are storage. Put the cache on loopback:PATH (a file, e.g. on an SSD's file system) or memory:`);
+  } else if (site.cache) check(`sites.${site.name}.cache.device`, site.cache.device, site.cache.sizeBytes, 'cache.size');
   site.storage.forEach((d, i) => check(`sites.${site.name}.storage[${i}]`, d, config.volume.sizeBytes, 'volume.size'));
   return problems;
 }

@@ -13,7 +13,7 @@ import { startCluster } from '../../src/cli/cluster.js';
 import { fetchStatus, statusRows } from '../../src/cli/status.js';
 
 const fakeSite = fileURLToPath(new URL('./fixtures/fake-site.mjs', import.meta.url));
-const siteWithTestRuntime = fileURLToPath(new URL('./fixtures/site-with-test-runtime.ts', import.meta.url));
+const siteWithTestRuntime = fileURLToPath(new URL('./fixtures/site-with-test-runtime.mjs', import.meta.url));
 const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'geomirror-cluster-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -101,7 +101,7 @@ sites:
     const handle = startCluster({
       configFile: cfg,
       sites: ['local', 'east'],
-      command: (site) => ({ file: process.execPath, args: ['--import', 'tsx', siteWithTestRuntime, 'site', '--config', cfg, '--site', site] }),
+      command: (site) => ({ file: process.execPath, args: [siteWithTestRuntime, 'site', '--config', cfg, '--site', site] }),
       out,
       err,
       env: { GEOMIRROR_LOG_FORMAT: 'json' },

@@ -117,6 +117,29 @@ describe('runSite', () => {
     ]);
   });
 
+  it('names a missing block device, a file given as one, and a block device as cache', async () => {
+    const [nbd, east] = await Promise.all([freePort(), freePort()]);
+    writeFileSync(join(dir, 'block.key'), `${'cd'.repeat(32)}\n`);
+    const img = join(dir, 'block-file.img');
+    writeFileSync(img, '');
+    truncateSync(img, 1024 * 1024);
+    const cfg = parseConfig(
+      `cluster: t
+secret: file:./block.key
+volume: { name: v, size: 1MiB }
+sites:
+  local: { role: primary, nbd: 127.0.0.1:${nbd}, cache: { device: "block:/dev/geomirror-cache-disk", size: 64KiB }, storage: ["block:/dev/geomirror-no-such-disk", "block:${img}"], mirrors: [east] }
+  east: { role: mirror, listen: 127.0.0.1:${east}, cache: { device: "memory:", size: 64KiB }, storage: ["memory:"] }
+`,
+      join(dir, 'block.yaml'),
+    );
+    expect(await startupProblems(runSite(cfg, 'local', { runtime: noRuntime }))).toEqual([
+      'sites.local.cache.device: block:/dev/geomirror-cache-disk cannot hold the cache; block devices are storage. Put the cache on loopback:PATH (a file, e.g. on an SSD\'s file system) or memory:',
+      'sites.local.storage[0]: block:/dev/geomirror-no-such-disk: no device /dev/geomirror-no-such-disk; is it plugged in? (geomirror devices lists the block devices this machine has) (NOT READY 3a/00)',
+      `sites.local.storage[1]: block:${img}: ${img} is not a block device; for a disk-image file use loopback:${img} (ILLEGAL REQUEST 24/00)`,
+    ]);
+  });
+
   it('names a taken port by its key', async () => {
     const cfg = await config('ports');
     files('ports');
