@@ -10,7 +10,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, isPair, isScalar, type Document } from 'yaml';
-import { parseSizeBytes, parseDurationMs } from './units.js';
+import { parseSizeBytes, parseDurationMs, sizeSyntaxText } from './units.js';
 import { closest, didYouMean } from './suggest.js';
 import { DeviceStringError, formatDeviceString, parseDeviceString, type DeviceSpec } from '../../hal/devstring.js';
 
@@ -333,12 +333,7 @@ class Validator {
 
   private size(x: unknown, keys: (string | number)[]): number | undefined {
     const bytes = parseSizeBytes(x);
-    if (bytes === undefined) {
-      // "64MB" most likely meant 64MiB: offer that as the example (units are binary only).
-      const m = typeof x === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*([KMGT])i?B?\s*$/i.exec(x) : null;
-      const example = m ? `${m[1]}${m[2]!.toUpperCase()}iB` : '64MiB';
-      return this.fail(keys, `${show(x)} is not a size; use e.g. ${example} (units: B, KiB, MiB, GiB, TiB)`);
-    }
+    if (bytes === undefined) return this.fail(keys, `${show(x)} is not a size; use e.g. 64MiB: ${sizeSyntaxText}`);
     return bytes;
   }
 
