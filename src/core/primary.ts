@@ -748,7 +748,7 @@ export class Primary implements Role {
   private onTick(): void {
     for (const m of this.mirrors.values()) {
       if (this.cfg.onMirrorLoss === 'degrade' && m.peer !== this.cfg.standby && m.sync === 'inSync' && m.link !== 'ready' && this.nowMs - m.downSinceMs >= this.lim.mirrorLossGraceMs) {
-        this.degrade(m, `unreachable for ${this.nowMs - m.downSinceMs} ms (grace ${this.lim.mirrorLossGraceMs} ms)`);
+        this.degrade(m, `unreachable for ${Math.round(this.nowMs - m.downSinceMs)} ms (grace ${this.lim.mirrorLossGraceMs} ms)`);
       }
       // Degraded while still connected (its storage failed): retry a resync after the grace period.
       if (m.sync === 'degraded' && m.link === 'ready' && this.nowMs - m.degradedAtMs >= this.lim.mirrorLossGraceMs) this.startResync(m);
