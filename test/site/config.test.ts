@@ -250,7 +250,8 @@ describe('refusals name the key', () => {
       const e = err as ConfigError;
       expect(e.problems.map((p) => p.path)).toEqual(['volume.size', 'sites.local.mirrors[1]']);
       expect(e.problems.map((p) => p.line)).toEqual([4, 13]);
-      expect(e.message).toContain(`${file}:4: volume.size: "1 gig" is not a size; use e.g. 64MiB`);
+      expect(e.problems.map((p) => p.column)).toEqual([23, 21]);
+      expect(e.message).toContain(`${file}:4:23: volume.size: "1 gig" is not a size; use e.g. 64MiB`);
     }
   });
 
