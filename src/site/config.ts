@@ -606,8 +606,11 @@ const hostnamePattern = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9
 const ipv4Pattern = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 
 /** `127.0.0.1:7400`, `node-east.lan:7400`, `[::1]:7400`; undefined if malformed. */
+/** HOST:PORT in shape only (parseAddress checks the host and port range too); the schema carries it. */
+export const addressTextPattern = /^\s*(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]\s]+)):(\d{1,5})\s*$/;
+
 export function parseAddress(text: string): Address | undefined {
-  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text.trim());
+  const m = addressTextPattern.exec(text);
   if (!m) return undefined;
   const port = Number(m[3]);
   if (port < 1 || port > 65535) return undefined;
@@ -621,7 +624,9 @@ export function parseAddress(text: string): Address | undefined {
   return { host, port, text: `${host}:${port}` };
 }
 
-const deviceSchemes = ['memory', 'loopback', 'usb', 'serial'] as const;
+/** Device schemes a cluster file may name (usb-sim: too, the USB simulator for tests and demos). */
+export const deviceSchemes = ['memory', 'loopback', 'usb', 'serial'] as const;
+export const deviceSchemesAccepted: readonly string[] = [...deviceSchemes, 'usb-sim'];
 const deviceForms = 'memory:, loopback:PATH, usb:VID:PID[:SERIAL] or serial:PATH[?baud=N]';
 
 /** Parses with the HAL's parser, makes paths absolute; a string is the problem. */

@@ -15,8 +15,11 @@ const sizeUnitBytes: Record<string, number> = {
   T: 1024 ** 4,
 };
 
-/** A size as text: a number, then optionally K/M/G/T with an optional `i` and `B`, or `B` alone. */
-export const sizeTextPattern = /^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|B)?\s*$/i;
+/**
+ * A size as text: a number, then optionally K/M/G/T with an optional `i` and `B`, or `B` alone,
+ * in either case. Written without regex flags so the JSON Schema can carry the same pattern.
+ */
+export const sizeTextPattern = /^\s*(\d+(?:\.\d+)?)\s*(?:([KkMmGgTt])(?:[iI]?[Bb])?|[Bb])?\s*$/;
 
 /** What the size syntax is, for error messages and the schema. */
 export const sizeSyntaxText = 'a number of bytes or a number with K, M, G or T (binary: 1G = 1GB = 1GiB = 1073741824 bytes)';
@@ -58,13 +61,16 @@ export function formatBytes(bytes: number): string {
   return `${bytes < 0 ? '-' : ''}${text} ${byteUnits[i]}`;
 }
 
+/** A duration as text: a number, then optionally ms, s or m (no unit: milliseconds). */
+export const durationTextPattern = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$/;
+
 const durationUnitMs: Record<string, number> = { ms: 1, s: 1000, m: 60_000, '': 1 };
 
 /** Parses `500ms`, `5s`, `1m`, `1.5s` or a number of milliseconds; undefined if not a duration. */
 export function parseDurationMs(value: unknown): number | undefined {
   if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? Math.round(value) : undefined;
   if (typeof value !== 'string') return undefined;
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$/.exec(value);
+  const m = durationTextPattern.exec(value);
   if (!m) return undefined;
   return Math.round(Number(m[1]) * durationUnitMs[m[2] ?? '']!);
 }
