@@ -160,11 +160,11 @@ export function parseConfig(text: string, file: string): ClusterConfig {
   if (doc.errors.length > 0) {
     throw new ConfigError(
       abs,
-      doc.errors.map((e) => ({
-        path: '(yaml)',
-        message: `not valid YAML: ${e.message.split('\n')[0]}`,
-        ...(e.linePos ? { line: e.linePos[0].line, column: e.linePos[0].col } : {}),
-      })),
+      doc.errors.map((e) => {
+        // With prettyErrors off the error has its offset only: turn it into line and column.
+        const at = e.linePos?.[0] ?? lineCounter.linePos(e.pos[0]);
+        return { path: '(yaml)', message: `not valid YAML: ${e.message.split('\n')[0]}`, line: at.line, column: at.col };
+      }),
     );
   }
   const v = new Validator(doc, lineCounter, dirname(abs));

@@ -235,7 +235,7 @@ export async function checkAddresses(site: SiteConfig): Promise<string[]> {
   return problems;
 }
 
-function probeListen(host: string, port: number): Promise<NodeJS.ErrnoException | undefined> {
+export function probeListen(host: string, port: number): Promise<NodeJS.ErrnoException | undefined> {
   return new Promise((resolve) => {
     const server = createServer();
     server.once('error', (err: NodeJS.ErrnoException) => resolve(err));
