@@ -120,7 +120,7 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   let runtime: SiteRuntime | undefined;
   const starting = (): SiteStatus => startingStatus(config, site, startedAtMs);
   const admin = site.admin
-    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => runtime?.status() ?? starting(), checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
+    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => withVerify(site, runtime?.status() ?? starting()), checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
     : undefined;
   try {
     runtime = await runtimeFactory({ config, site, secret, log, metrics, ...(geo ? { geo } : {}) });
@@ -139,7 +139,7 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
     metrics,
     ...(admin ? { admin } : {}),
     ...(running.done ? { done: running.done } : {}),
-    status: () => running.status(),
+    status: () => withVerify(site, running.status()),
     stop: () =>
       (stopping ??= (async () => {
         log.info({ event: 'stopping' }, `stopping site ${site.name}`);
@@ -156,6 +156,18 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
 /** At most one checksum request runs per site: a verify reads the whole disk, twice would halve both. */
 const checksumsBusy = new WeakSet<SiteConfig>();
 
+/** A verify's progress shows in /status while its last checksum request is at most this old. */
+export const verifyProgressFreshMs = 10_000;
+/** How far the newest verify got on each site: end of the last range digested, and when. */
+const verifyProgress = new WeakMap<SiteConfig, { doneBytes: number; totalBytes: number; atMs: number }>();
+
+/** The runtime's status plus a verify in progress (SiteStatus.verify), if any. */
+function withVerify(site: SiteConfig, status: SiteStatus): SiteStatus {
+  const v = verifyProgress.get(site);
+  if (v === undefined || Date.now() - v.atMs > verifyProgressFreshMs || status.verify !== undefined) return status;
+  return { ...status, verify: { doneBytes: v.doneBytes, totalBytes: v.totalBytes } };
+}
+
 /** GET /checksums: validated here against the volume, computed by the runtime over its storage. */
 async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: SiteRuntime | undefined, query: URLSearchParams): Promise<ChecksumAnswer> {
   if (runtime?.checksums === undefined) {
@@ -165,7 +177,10 @@ async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: S
   if (checksumsBusy.has(site)) throw new ChecksumRequestError(`site ${site.name} is already computing checksums for another verify; retry when it is done`, 503);
   checksumsBusy.add(site);
   try {
-    return await runtime.checksums(req);
+    const answer = await runtime.checksums(req);
+    const doneBytes = Math.min(config.volume.sizeBytes, req.offsetBytes + req.regionBytes * req.count);
+    verifyProgress.set(site, { doneBytes, totalBytes: config.volume.sizeBytes, atMs: Date.now() });
+    return answer;
   } finally {
     checksumsBusy.delete(site);
   }
