@@ -16,7 +16,7 @@ import { startAdminServer, type AdminServer } from './admin.js';
 import { RoleChangeError, type RoleChangeAnswer } from './role-change.js';
 import { ChecksumRequestError, parseChecksumQuery, type ChecksumAnswer, type ChecksumRequest } from './checksums.js';
 import { componentLogger, createLogger, type Logger } from './log.js';
-import { createSiteMetrics, type SiteMetrics } from './metrics.js';
+import { bindStatusGauges, createSiteMetrics, type SiteMetrics } from './metrics.js';
 import { roleRuntimes } from './roles.js';
 import type { SiteStatus } from './status.js';
 import { didYouMean } from './suggest.js';
@@ -115,10 +115,11 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   for (const w of config.warnings) log.warn({ event: 'config-warning' }, w);
   const geo = logGeography(config, site, componentLogger(log, 'geo'));
   const metrics = createSiteMetrics({ site: site.name, role: site.role, cluster: config.cluster, processMetrics: options.processMetrics ?? true });
-  if (site.cache) metrics.cacheCapacityBytes.set(site.cache.sizeBytes);
 
   let runtime: SiteRuntime | undefined;
   const starting = (): SiteStatus => startingStatus(config, site, startedAtMs);
+  // State gauges read one status snapshot per scrape (metrics.ts), never set on the write path.
+  bindStatusGauges(metrics, () => withVerify(site, runtime?.status() ?? starting()));
   const admin = site.admin
     ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => withVerify(site, runtime?.status() ?? starting()), checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
     : undefined;

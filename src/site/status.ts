@@ -9,7 +9,8 @@ import type { LinkState, SyncState } from './metrics.js';
  * (a primary: every mirror in sync, some not, or one being resynced); a mirror reports
  * in-sync once it serves its upstream. `starting`/`stopping` bracket the run.
  */
-export type SiteState = 'starting' | 'in-sync' | 'degraded' | 'resyncing' | 'standby' | 'stopping';
+export const siteStates = ['starting', 'in-sync', 'degraded', 'resyncing', 'standby', 'stopping'] as const;
+export type SiteState = (typeof siteStates)[number];
 
 export interface PeerStatus {
   name: string;
@@ -24,6 +25,8 @@ export interface PeerStatus {
   /** Decimal string: seqs are u64 and may pass 2^53. */
   lastSeqAcked?: string;
   inflightWrites?: number;
+  /** Payload bytes sent to this peer and not yet acked. */
+  inflightBytes?: number;
   /**
    * For peers this site feeds: bytes of the peer's replica known to differ from this site's
    * (its dirty regions times the region size): 0 in sync, falling to 0 as a resync copies.
@@ -90,6 +93,8 @@ export interface SiteStatus {
   /** With state resyncing: overall progress 0-100. */
   resyncPercent?: number;
   cache: { usedBytes: number; capacityBytes: number; entries: number };
+  /** A primary's host writes in flight (received, not yet acked to the host), over all peers at once. */
+  hostInflight?: { writes: number; bytes: number };
   /**
    * While a `geomirror verify` reads this site's storage (GET /checksums within the last
    * verifyProgressFreshMs): how far it got. Set by the admin layer (run.ts), not the role.
