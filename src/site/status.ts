@@ -93,6 +93,11 @@ export interface SiteStatus {
   /** With state resyncing: overall progress 0-100. */
   resyncPercent?: number;
   cache: { usedBytes: number; capacityBytes: number; entries: number };
+  /**
+   * Health of this site's storage and cache devices, where the runtime knows it (an array
+   * member that failed, a cache device that vanished): `geomirror events` reports changes.
+   */
+  devices?: { device: string; health: 'ok' | 'failed' | 'missing'; error?: string }[];
   /** A primary's host writes in flight (received, not yet acked to the host), over all peers at once. */
   hostInflight?: { writes: number; bytes: number };
   /**
