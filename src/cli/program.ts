@@ -12,6 +12,7 @@ import { registerDevices } from './devices.js';
 import { registerFlash } from './flash.js';
 import { registerSwitchover } from './switchover.js';
 import { registerCheck } from './check.js';
+import { registerEvents } from './events.js';
 
 const require = createRequire(import.meta.url);
 const pkg = require('../../package.json') as { version: string; description: string };
@@ -33,5 +34,6 @@ export function buildProgram(): Command {
   registerFlash(program);
   registerSwitchover(program);
   registerCheck(program);
+  registerEvents(program);
   return program;
 }

@@ -3,7 +3,7 @@
 // row per site. A mirror's sync state, link and RTT are taken from the site that feeds it
 // (the primary or the relay before it), because that side decides whether it is in sync;
 // a site's own view fills in where no feeder answered.
-import { request } from 'node:http';
+import { request, type IncomingMessage } from 'node:http';
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, parseAddress } from '../site/config.js';
@@ -37,6 +37,24 @@ export async function fetchStatus(target: StatusTarget, timeoutMs = statusTimeou
     const why = e.code === 'ETIMEDOUT' ? `no answer within ${timeoutMs} ms` : e.code === 'ECONNREFUSED' ? 'connection refused (is the site running?)' : e.message;
     return { target, error: why };
   }
+}
+
+/**
+ * Opens GET `path` on an admin address and hands back the response as it streams (geomirror
+ * events); the caller reads and closes it. Same transport as the one-shot GETs below.
+ */
+export function adminStream(admin: string, path: string, connectTimeoutMs = statusTimeoutMs): Promise<IncomingMessage> {
+  const a = parseAddress(admin);
+  if (a === undefined) return Promise.reject(new Error(`${admin} is not HOST:PORT`));
+  return new Promise((resolve, reject) => {
+    const req = request({ host: a.host, port: a.port, path, method: 'GET', agent: false, timeout: connectTimeoutMs }, (res) => {
+      req.setTimeout(0); // a stream may be quiet for a long time
+      resolve(res);
+    });
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 /** One GET without keep-alive (fetch's pooled sockets would hold the CLI open for seconds). */
@@ -321,7 +339,7 @@ async function watch(targets: StatusTarget[], intervalMs: number, count: number)
   }
 }
 
-function statusTargets(opts: { admin?: string; config?: string }): StatusTarget[] {
+export function statusTargets(opts: { admin?: string; config?: string }): StatusTarget[] {
   if (opts.admin !== undefined && opts.config !== undefined) throw new Error('give --admin or --config, not both');
   if (opts.config === undefined) {
     const admin = opts.admin ?? defaultAdmin;

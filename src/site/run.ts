@@ -17,6 +17,7 @@ import { RoleChangeError, type RoleChangeAnswer } from './role-change.js';
 import { ChecksumRequestError, parseChecksumQuery, type ChecksumAnswer, type ChecksumRequest } from './checksums.js';
 import { componentLogger, createLogger, type Logger } from './log.js';
 import { bindStatusGauges, createSiteMetrics, type SiteMetrics } from './metrics.js';
+import { EventFeed } from './events.js';
 import { roleRuntimes } from './roles.js';
 import type { SiteStatus } from './status.js';
 import { didYouMean } from './suggest.js';
@@ -119,13 +120,26 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   let runtime: SiteRuntime | undefined;
   const starting = (): SiteStatus => startingStatus(config, site, startedAtMs);
   // State gauges read one status snapshot per scrape (metrics.ts), never set on the write path.
-  bindStatusGauges(metrics, () => withVerify(site, runtime?.status() ?? starting()));
+  const currentStatus = (): SiteStatus => withVerify(site, runtime?.status() ?? starting());
+  bindStatusGauges(metrics, currentStatus);
+  // geomirror events: status sampled into a feed of changes (src/site/events.ts), streamed on
+  // the admin port's GET /events. Sampled always, so the ring serves clients that join late.
+  const feed = new EventFeed();
+  const sampler = setInterval(() => {
+    try {
+      feed.sample(currentStatus());
+    } catch {
+      // a status that cannot be taken now is taken at the next tick
+    }
+  }, eventSampleMs);
+  sampler.unref();
   const admin = site.admin
-    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => withVerify(site, runtime?.status() ?? starting()), checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
+    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: currentStatus, events: { feed, status: currentStatus }, checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
     : undefined;
   try {
     runtime = await runtimeFactory({ config, site, secret, log, metrics, ...(geo ? { geo } : {}) });
   } catch (err) {
+    clearInterval(sampler);
     await admin?.close();
     throw err;
   }
@@ -147,12 +161,16 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
         try {
           await running.stop();
         } finally {
+          clearInterval(sampler);
           await admin?.close();
           log.info({ event: 'stopped' }, `site ${site.name} stopped`);
         }
       })()),
   };
 }
+
+/** How often a site samples its status for events (a transition shorter than this may be missed). */
+export const eventSampleMs = 100;
 
 /** At most one checksum request runs per site: a verify reads the whole disk, twice would halve both. */
 const checksumsBusy = new WeakSet<SiteConfig>();
