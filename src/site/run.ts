@@ -123,9 +123,14 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   const currentStatus = (): SiteStatus => withVerify(site, runtime?.status() ?? starting());
   bindStatusGauges(metrics, currentStatus);
   // geomirror events: status sampled into a feed of changes (src/site/events.ts), streamed on
-  // the admin port's GET /events. Sampled always, so the ring serves clients that join late.
+  // the admin port's GET /events: every eventSampleMs while a client follows, every
+  // eventIdleSampleMs otherwise (so the ring still serves clients that join late).
   const feed = new EventFeed();
+  let sampledAtMs = 0;
   const sampler = setInterval(() => {
+    const now = Date.now();
+    if (feed.listenerCount === 0 && now - sampledAtMs < eventIdleSampleMs) return;
+    sampledAtMs = now;
     try {
       feed.sample(currentStatus());
     } catch {
@@ -169,8 +174,10 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   };
 }
 
-/** How often a site samples its status for events (a transition shorter than this may be missed). */
+/** How often a site samples its status for events while a client follows them (a transition shorter than this may be missed). */
 export const eventSampleMs = 100;
+/** How often it samples with nobody following: status() costs little, but not nothing. */
+export const eventIdleSampleMs = 1_000;
 
 /** At most one checksum request runs per site: a verify reads the whole disk, twice would halve both. */
 const checksumsBusy = new WeakSet<SiteConfig>();
