@@ -59,7 +59,7 @@ function fromConfigProblem(p: ConfigError['problems'][number]): CheckFinding {
     ...(p.line !== undefined ? { line: p.line } : {}),
     ...(p.column !== undefined ? { column: p.column } : {}),
     what: cut < 0 ? text : text.slice(0, cut),
-    fix: p.path === '(yaml)' ? 'fix the YAML at that line and column (indentation, brackets, quotes)' : cut < 0 ? 'see README "Configuration" or docs/cluster.schema.json' : text.slice(cut + 2),
+    fix: p.path === '(yaml)' ? 'fix the YAML at that line and column (indentation, brackets, quotes)' : p.path === '(file)' ? 'check the path given to --config' : cut < 0 ? 'see README "Configuration" or docs/cluster.schema.json' : text.slice(cut + 2),
   };
 }
 

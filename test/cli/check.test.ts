@@ -125,7 +125,7 @@ const cases: Case[] = [
     },
     want: [/^problem +sites\.east \(key\) +private key \S+east\.key is readable by group or others/m, /^problem +sites\.east +\S+east\.key is there but east\.crt is not/m],
   },
-  { name: 'no such cluster file', machine: (dir) => rmSync(join(dir, 'cluster.yaml')), want: [/^problem +\(file\) +cannot read the cluster file: no such file/m] },
+  { name: 'no such cluster file', machine: (dir) => rmSync(join(dir, 'cluster.yaml')), want: [/^problem +\(file\) +cannot read the cluster file: no such file +check the path given to --config$/m] },
 ];
 
 describe('geomirror check names each bad thing', () => {
