@@ -11,6 +11,8 @@ import { registerDevices } from './devices.js';
 import { registerFlash } from './flash.js';
 import { registerSwitchover } from './switchover.js';
 import { packageManifest as pkg } from './package-root.js';
+import { registerCheck } from './check.js';
+import { registerEvents } from './events.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -28,5 +30,7 @@ export function buildProgram(): Command {
   registerDevices(program);
   registerFlash(program);
   registerSwitchover(program);
+  registerCheck(program);
+  registerEvents(program);
   return program;
 }

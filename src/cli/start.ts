@@ -8,7 +8,7 @@ import { dirname, join, relative } from 'node:path';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
 import { prepareLoopbackCluster } from '../site/prepare.js';
-import { startCluster } from './cluster.js';
+import { restartPolicyDefault, startCluster } from './cluster.js';
 import { packageRoot, shellCommand } from './package-root.js';
 import { fetchStatus, type StatusResult } from './status.js';
 
@@ -76,10 +76,17 @@ export async function runStart(configFile: string): Promise<number> {
   mkdirSync(dirname(logFile), { recursive: true });
   const log = createWriteStream(logFile, { flags: 'a' });
   process.stdout.write(`starting ${config.siteNames.length} sites of cluster ${config.cluster} (logs: ${rel(logFile)})\n`);
-  const cluster = startCluster({ configFile: config.file, sites: config.siteNames, out: log, err: log, env: { GEOMIRROR_LOG_FORMAT: 'json' } });
-
   let signals = 0;
   let ticker: NodeJS.Timeout | undefined;
+  // A site's death and restart go to the terminal (over the live status line) and to the log.
+  const notice = {
+    write: (line: string): void => {
+      log.write(line);
+      process.stderr.write(process.stdout.isTTY && ticker !== undefined ? `\r\x1b[2K${line}` : line);
+    },
+  };
+  const cluster = startCluster({ configFile: config.file, sites: config.siteNames, out: log, err: log, notice, restart: restartPolicyDefault, env: { GEOMIRROR_LOG_FORMAT: 'json' } });
+
   const onSignal = (sig: NodeJS.Signals): void => {
     if (ticker) clearInterval(ticker);
     if (++signals === 1) {
@@ -157,7 +164,9 @@ Examples:
   $ geomirror start --config targets/loopback/mixed.yaml
 
 First run creates sparse loopback files and the cluster key next to the cluster file. Site
-logs go to data/cluster.log beside it. Ctrl-C stops every site; a second Ctrl-C kills them.`,
+logs go to data/cluster.log beside it; a site that dies is named on the terminal (with its
+exit code or signal) and restarted, with backoff, at most ${restartPolicyDefault.attemptsMax} times in a row. Ctrl-C stops
+every site; a second Ctrl-C kills them.`,
     )
     .action(async (opts: { config: string }) => {
       process.exitCode = await runStart(opts.config);

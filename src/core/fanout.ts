@@ -85,6 +85,10 @@ export interface MirrorState {
   regionsDone: number;
   /** Last 10% step of resync progress that was logged. */
   progressDecile: number;
+  /** Resync bytes this mirror acked in this life (status, metrics), and in the current resync since `resyncStartMs`. */
+  resyncedBytes: number;
+  resyncRunBytes: number;
+  resyncStartMs: number;
   /** Highest seq the mirror acked (its acks and heartbeats), for status. */
   seqAcked: Seq;
   /** Highest seq whose ack was applied to the waiting entries (the O(acked) cursor of onAck). */
@@ -108,7 +112,7 @@ export class Fanout implements OpOwner {
     for (const peer of cfg.mirrors) {
       this.mirrors.set(peer, {
         peer, link: 'down', sync: 'inSync', downSinceMs: 0, degradedAtMs: 0, dirty: new Map(), inflight: new Map(),
-        tokensBytes: 0, lastRefillMs: 0, regionsDone: 0, progressDecile: 0, seqAcked: 0n, ackCursor: 0n, rttMs: undefined,
+        tokensBytes: 0, lastRefillMs: 0, regionsDone: 0, progressDecile: 0, resyncedBytes: 0, resyncRunBytes: 0, resyncStartMs: 0, seqAcked: 0n, ackCursor: 0n, rttMs: undefined,
       });
     }
   }
@@ -335,7 +339,7 @@ export class Fanout implements OpOwner {
   tick(): void {
     for (const m of this.mirrors.values()) {
       if (this.cfg.onMirrorLoss === 'degrade' && m.peer !== this.cfg.standby && m.sync === 'inSync' && m.link !== 'ready' && this.io.nowMs - m.downSinceMs >= this.lim.mirrorLossGraceMs) {
-        this.degrade(m, `unreachable for ${this.io.nowMs - m.downSinceMs} ms (grace ${this.lim.mirrorLossGraceMs} ms)`);
+        this.degrade(m, `unreachable for ${Math.round(this.io.nowMs - m.downSinceMs)} ms (grace ${this.lim.mirrorLossGraceMs} ms)`);
       }
       // Degraded while still connected (its storage failed): retry a resync after the grace period.
       if (m.sync === 'degraded' && m.link === 'ready' && this.io.nowMs - m.degradedAtMs >= this.lim.mirrorLossGraceMs) this.startResync(m);
@@ -347,6 +351,8 @@ export class Fanout implements OpOwner {
     m.sync = 'resyncing';
     m.progressDecile = 0;
     m.lastRefillMs = this.io.nowMs;
+    m.resyncStartMs = this.io.nowMs;
+    m.resyncRunBytes = 0;
     this.io.log('info', 'mirror_resync_start', { peer: m.peer, dirtyRegions: m.dirty.size, regionBytes: this.lim.regionBytes });
     this.maybeInSync(m);
   }
@@ -397,6 +403,9 @@ export class Fanout implements OpOwner {
       if (st !== undefined) {
         m.dirty.delete(slot.region);
         m.regionsDone++;
+        const bytes = regionRange(slot.region, this.cfg.volumeBytes, this.lim.regionBytes).lengthBytes;
+        m.resyncedBytes += bytes;
+        m.resyncRunBytes += bytes;
         this.io.push({ type: 'bitmapClear', peer: m.peer, regions: [slot.region] });
       }
     }
@@ -421,6 +430,13 @@ export class Fanout implements OpOwner {
     if (m.sync !== 'resyncing') return undefined;
     const regionsTotal = regionCount(this.cfg.volumeBytes, this.lim.regionBytes);
     return Math.floor((100 * m.regionsDone) / Math.max(1, Math.min(regionsTotal, m.regionsDone + m.dirty.size)));
+  }
+
+  /** Bytes per second of the resync running to `m` (its average so far); undefined unless resyncing. */
+  resyncRate(m: MirrorState): number | undefined {
+    if (m.sync !== 'resyncing') return undefined;
+    const ms = this.io.nowMs - m.resyncStartMs;
+    return ms <= 0 ? 0 : (m.resyncRunBytes * 1000) / ms;
   }
 
   allInSync(): boolean {

@@ -67,6 +67,9 @@ export interface PrimaryStatus {
     /** Writes sent to (or owed to) this mirror and not yet acked by it, and their bytes. */
     inflightWrites: number;
     inflightBytes: number;
+    /** Resync bytes this mirror acked in this life; the rate of the resync running now. */
+    resyncedBytes: number;
+    resyncBytesPerSec: number | undefined;
   }[];
 }
 
@@ -384,7 +387,10 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
           inflightWrites++;
           inflightBytes += e.lengthBytes;
         }
-        return { peer: m.peer, link: m.link, sync: m.sync, seqAcked: m.seqAcked, dirtyRegions: m.dirty.size, resyncPercent: this.fan.resyncPercent(m), rttMs: m.rttMs, inflightWrites, inflightBytes };
+        return {
+          peer: m.peer, link: m.link, sync: m.sync, seqAcked: m.seqAcked, dirtyRegions: m.dirty.size, resyncPercent: this.fan.resyncPercent(m), rttMs: m.rttMs,
+          inflightWrites, inflightBytes, resyncedBytes: m.resyncedBytes, resyncBytesPerSec: this.fan.resyncRate(m),
+        };
       }),
     };
   }

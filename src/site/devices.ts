@@ -76,7 +76,11 @@ function entryKey(epoch: Epoch, seq: Seq): string {
 export class JournalPortImpl implements JournalPort {
   private readonly handles = new Map<string, EntryHandle>();
 
-  constructor(private readonly journal: CacheJournal) {}
+  /** `failed` counts each failed append (metrics). */
+  constructor(
+    private readonly journal: CacheJournal,
+    private readonly failed: () => void = () => undefined,
+  ) {}
 
   /** The recovered entries in (epoch, seq) order, their handles kept for drops. */
   recovered(list: readonly { handle: EntryHandle; payload: Buffer }[]): CacheEntry[] {
@@ -95,7 +99,10 @@ export class JournalPortImpl implements JournalPort {
         this.handles.set(entryKey(e.epoch, e.seq), h);
         done(undefined);
       },
-      (err: unknown) => done(err ?? new Error('cache append failed')),
+      (err: unknown) => {
+        this.failed();
+        done(err ?? new Error('cache append failed'));
+      },
     );
   }
 
@@ -110,14 +117,17 @@ export class JournalPortImpl implements JournalPort {
   }
 }
 
-/** The storage port over the site's array: byte offsets in, block addresses to the array. */
-export function storagePort(array: DiskArray): StoragePort {
+/** The storage port over the site's array: byte offsets in, block addresses to the array. `failed` counts each failed call (metrics). */
+export function storagePort(array: DiskArray, failed: (op: 'read' | 'write' | 'flush') => void = () => undefined): StoragePort {
   const bs = array.blockSizeBytes;
-  const fail = (err: unknown): unknown => err ?? new Error('storage operation failed');
+  const fail = (op: 'read' | 'write' | 'flush', err: unknown): unknown => {
+    failed(op);
+    return err ?? new Error('storage operation failed');
+  };
   return {
-    write: (offsetBytes, payload, fua, done) => array.write(offsetBytes / bs, payload, { fua }).then(() => done(undefined), (err: unknown) => done(fail(err))),
-    read: (offsetBytes, lengthBytes, done) => array.read(offsetBytes / bs, lengthBytes / bs).then((data) => done(undefined, data), (err: unknown) => done(fail(err))),
-    flush: (done) => array.flush().then(() => done(undefined), (err: unknown) => done(fail(err))),
+    write: (offsetBytes, payload, fua, done) => array.write(offsetBytes / bs, payload, { fua }).then(() => done(undefined), (err: unknown) => done(fail('write', err))),
+    read: (offsetBytes, lengthBytes, done) => array.read(offsetBytes / bs, lengthBytes / bs).then((data) => done(undefined, data), (err: unknown) => done(fail('read', err))),
+    flush: (done) => array.flush().then(() => done(undefined), (err: unknown) => done(fail('flush', err))),
   };
 }
 

@@ -21,7 +21,7 @@ import { Peers } from './peers.js';
 import { RoleChangeError } from './role-change.js';
 import type { SiteContext, SiteRuntime } from './context.js';
 import type { FailoverRecord, SiteStatus } from './status.js';
-import { exportStatusMetrics, siteStatus } from './status-view.js';
+import { siteStatus } from './status-view.js';
 import type { SiteConfig } from './config.js';
 
 export { openSiteDevices, type SiteDevices } from './devices.js';
@@ -89,7 +89,7 @@ export class Replica {
     if (this.limits.inflightBytesMax > this.limits.cacheBytesMax) this.limits = { ...this.limits, inflightBytesMax: Math.floor(this.limits.cacheBytesMax / 2) };
     this.sc = chooseCore(coreSite(site, dev.array !== undefined), dev.initialMeta, { volumeBytes: config.volume.sizeBytes, blockBytes: config.volume.blockSize, limits: this.limits });
     this.acting = this.sc.acting;
-    this.journalPort = new JournalPortImpl(dev.journal);
+    this.journalPort = new JournalPortImpl(dev.journal, () => metrics.ioError(dev.journal.device.name, 'write'));
     this.peers = new Peers(ctx, {
       timing: { ...(opts.heartbeatIntervalMs ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}), ...(opts.linkTimeoutMs ? { linkTimeoutMs: opts.linkTimeoutMs } : {}) },
       heartbeatState: () => this.sc.core.heartbeat(),
@@ -117,7 +117,7 @@ export class Replica {
     });
     this.exec = new Executor(this.sc.core, {
       journal: this.journalPort,
-      storage: dev.array === undefined ? undefined : storagePort(dev.array),
+      storage: dev.array === undefined ? undefined : storagePort(dev.array, (op) => metrics.ioError(dev.array!.name, op)),
       state: statePort(dev.meta, dev.bitmaps, (msg, fields) => this.log.warn(fields, msg)),
       peers: this.peers,
       host: this.host,
@@ -252,16 +252,17 @@ export class Replica {
   // ---- status --------------------------------------------------------------------------------
 
   status(): SiteStatus {
-    const core = this.sc.status();
     const occ = this.dev.journal.occupancy();
-    const st = siteStatus({
-      config: this.ctx.config, site: this.ctx.site, acting: this.acting, core,
+    return siteStatus({
+      config: this.ctx.config, site: this.ctx.site, acting: this.acting, core: this.sc.status(),
       cache: { usedBytes: occ.bytes, capacityBytes: occ.capacityBytes, entries: occ.entries },
       linkOf: (peer) => this.peers.linkOf(peer), fatal: this.fatal !== undefined, nowMs: this.nowMs(),
       failovers: this.failoverHistory(), pid: process.pid, uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000), regionBytes: this.limits.regionBytes,
+      devices: [
+        ...(this.dev.array?.memberStatus() ?? []).map((m) => ({ device: m.name, health: m.state === 'failed' ? ('failed' as const) : ('ok' as const), ...(m.error !== undefined ? { error: m.error } : {}) })),
+        { device: this.dev.journal.device.name, health: 'ok' as const },
+      ],
     });
-    exportStatusMetrics(this.ctx.metrics, st, core, this.limits.regionBytes);
-    return st;
   }
 
   private readonly historyBase: FailoverRecord[] = [];

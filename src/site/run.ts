@@ -17,7 +17,8 @@ import { startAdminServer, type AdminServer } from './admin.js';
 import { RoleChangeError, type RoleChangeAnswer } from './role-change.js';
 import { ChecksumRequestError, parseChecksumQuery, type ChecksumAnswer } from './checksums.js';
 import { componentLogger, createLogger, type Logger } from './log.js';
-import { createSiteMetrics, type SiteMetrics } from './metrics.js';
+import { bindStatusGauges, createSiteMetrics, type SiteMetrics } from './metrics.js';
+import { EventFeed } from './events.js';
 import { roleRuntimes } from './roles.js';
 import type { SiteStatus } from './status.js';
 import { didYouMean } from './suggest.js';
@@ -81,16 +82,35 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   for (const w of config.warnings) log.warn({ event: 'config-warning' }, w);
   const geo = logGeography(config, site, componentLogger(log, 'geo'));
   const metrics = createSiteMetrics({ site: site.name, role: site.role, cluster: config.cluster, processMetrics: options.processMetrics ?? true });
-  if (site.cache) metrics.cacheCapacityBytes.set(site.cache.sizeBytes);
 
   let runtime: SiteRuntime | undefined;
   const starting = (): SiteStatus => startingStatus(config, site, startedAtMs);
+  // State gauges read one status snapshot per scrape (metrics.ts), never set on the write path.
+  const currentStatus = (): SiteStatus => withVerify(site, runtime?.status() ?? starting());
+  bindStatusGauges(metrics, currentStatus);
+  // geomirror events: status sampled into a feed of changes (src/site/events.ts), streamed on
+  // the admin port's GET /events: every eventSampleMs while a client follows, every
+  // eventIdleSampleMs otherwise (so the ring still serves clients that join late).
+  const feed = new EventFeed();
+  let sampledAtMs = 0;
+  const sampler = setInterval(() => {
+    const now = Date.now();
+    if (feed.listenerCount === 0 && now - sampledAtMs < eventIdleSampleMs) return;
+    sampledAtMs = now;
+    try {
+      feed.sample(currentStatus());
+    } catch {
+      // a status that cannot be taken now is taken at the next tick
+    }
+  }, eventSampleMs);
+  sampler.unref();
   const admin = site.admin
-    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => runtime?.status() ?? starting(), checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
+    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: currentStatus, events: { feed, status: currentStatus }, checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
     : undefined;
   try {
     runtime = await runtimeFactory({ config, site, secret, log, metrics, ...(geo ? { geo } : {}) });
   } catch (err) {
+    clearInterval(sampler);
     await admin?.close();
     throw err;
   }
@@ -105,13 +125,14 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
     metrics,
     ...(admin ? { admin } : {}),
     ...(running.done ? { done: running.done } : {}),
-    status: () => running.status(),
+    status: () => withVerify(site, running.status()),
     stop: () =>
       (stopping ??= (async () => {
         log.info({ event: 'stopping' }, `stopping site ${site.name}`);
         try {
           await running.stop();
         } finally {
+          clearInterval(sampler);
           await admin?.close();
           log.info({ event: 'stopped' }, `site ${site.name} stopped`);
         }
@@ -119,8 +140,25 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   };
 }
 
+/** How often a site samples its status for events while a client follows them (a transition shorter than this may be missed). */
+export const eventSampleMs = 100;
+/** How often it samples with nobody following: status() costs little, but not nothing. */
+export const eventIdleSampleMs = 1_000;
+
 /** At most one checksum request runs per site: a verify reads the whole disk, twice would halve both. */
 const checksumsBusy = new WeakSet<SiteConfig>();
+
+/** A verify's progress shows in /status while its last checksum request is at most this old. */
+export const verifyProgressFreshMs = 10_000;
+/** How far the newest verify got on each site: end of the last range digested, and when. */
+const verifyProgress = new WeakMap<SiteConfig, { doneBytes: number; totalBytes: number; atMs: number }>();
+
+/** The runtime's status plus a verify in progress (SiteStatus.verify), if any. */
+function withVerify(site: SiteConfig, status: SiteStatus): SiteStatus {
+  const v = verifyProgress.get(site);
+  if (v === undefined || Date.now() - v.atMs > verifyProgressFreshMs || status.verify !== undefined) return status;
+  return { ...status, verify: { doneBytes: v.doneBytes, totalBytes: v.totalBytes } };
+}
 
 /** GET /checksums: validated here against the volume, computed by the runtime over its storage. */
 async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: SiteRuntime | undefined, query: URLSearchParams): Promise<ChecksumAnswer> {
@@ -131,7 +169,10 @@ async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: S
   if (checksumsBusy.has(site)) throw new ChecksumRequestError(`site ${site.name} is already computing checksums for another verify; retry when it is done`, 503);
   checksumsBusy.add(site);
   try {
-    return await runtime.checksums(req);
+    const answer = await runtime.checksums(req);
+    const doneBytes = Math.min(config.volume.sizeBytes, req.offsetBytes + req.regionBytes * req.count);
+    verifyProgress.set(site, { doneBytes, totalBytes: config.volume.sizeBytes, atMs: Date.now() });
+    return answer;
   } finally {
     checksumsBusy.delete(site);
   }
@@ -209,7 +250,7 @@ export async function checkAddresses(site: SiteConfig): Promise<string[]> {
   return problems;
 }
 
-function probeListen(host: string, port: number): Promise<NodeJS.ErrnoException | undefined> {
+export function probeListen(host: string, port: number): Promise<NodeJS.ErrnoException | undefined> {
   return new Promise((resolve) => {
     const server = createServer();
     server.once('error', (err: NodeJS.ErrnoException) => resolve(err));

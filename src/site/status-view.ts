@@ -1,13 +1,12 @@
 // What a site says about itself (GET /status, STATUS_REPLY, `geomirror status`), computed from
 // its core's status, its links and its cache: a pure function, so the same state always reads
-// the same way. Metrics are read from the result (exportStatusMetrics), never set while it is
-// being computed.
+// the same way. The status gauges read it when Prometheus scrapes (bindStatusGauges in
+// src/site/metrics.ts); nothing here sets a metric.
 import type { MirrorStatus } from '../core/mirror.js';
 import type { PrimaryStatus } from '../core/primary.js';
 import type { RelayStatus } from '../core/relay.js';
 import type { ClusterConfig, SiteConfig } from './config.js';
 import type { ActingRole, CoreStatus } from './cores.js';
-import type { SiteMetrics } from './metrics.js';
 import type { FailoverRecord, PeerStatus, SiteState, SiteStatus } from './status.js';
 
 export interface StatusInput {
@@ -25,6 +24,8 @@ export interface StatusInput {
   readonly pid: number;
   readonly uptimeSeconds: number;
   readonly regionBytes: number;
+  /** Health of the site's storage members and cache device. */
+  readonly devices?: SiteStatus['devices'];
 }
 
 export function siteStatus(i: StatusInput): SiteStatus {
@@ -36,7 +37,7 @@ export function siteStatus(i: StatusInput): SiteStatus {
   let resyncPercent: number | undefined;
   if (s.role === 'primary') {
     lastSeqAcked = s.mirrors.reduce((min, x) => (x.sync === 'inSync' && x.seqAcked < min ? x.seqAcked : min), s.seqNext - 1n);
-    peers = primaryPeers(s);
+    peers = primaryPeers(s, i.regionBytes);
     if (s.mirrors.some((x) => x.sync === 'resyncing')) {
       state = 'resyncing';
       resyncPercent = Math.min(...s.mirrors.filter((x) => x.sync === 'resyncing').map((x) => x.resyncPercent ?? 0));
@@ -77,22 +78,32 @@ export function siteStatus(i: StatusInput): SiteStatus {
     state,
     ...(resyncPercent !== undefined ? { resyncPercent } : {}),
     cache: i.cache,
+    ...(s.role === 'primary' ? { hostInflight: { writes: s.writesInflight, bytes: s.bytesInflight } } : {}),
+    ...(i.devices !== undefined ? { devices: i.devices } : {}),
     peers,
     pid: i.pid,
     uptimeSeconds: i.uptimeSeconds,
   };
 }
 
-function primaryPeers(s: PrimaryStatus): PeerStatus[] {
-  return s.mirrors.map((x) => ({
-    name: x.peer,
-    relation: 'mirror' as const,
-    link: x.link === 'down' ? ('connecting' as const) : ('up' as const),
-    ...(x.rttMs !== undefined ? { rttMs: x.rttMs } : {}),
-    sync: x.sync === 'inSync' ? ('in-sync' as const) : x.sync,
-    ...(x.resyncPercent !== undefined ? { resyncPercent: x.resyncPercent } : {}),
-    lastSeqAcked: x.seqAcked.toString(),
-  }));
+function primaryPeers(s: PrimaryStatus, regionBytes: number): PeerStatus[] {
+  return s.mirrors.map((x) => {
+    const outOfSyncBytes = x.sync === 'inSync' ? 0 : x.dirtyRegions * regionBytes;
+    const rate = x.resyncBytesPerSec;
+    return {
+      name: x.peer,
+      relation: 'mirror' as const,
+      link: x.link === 'down' ? ('connecting' as const) : ('up' as const),
+      ...(x.rttMs !== undefined ? { rttMs: x.rttMs } : {}),
+      sync: x.sync === 'inSync' ? ('in-sync' as const) : x.sync,
+      ...(x.resyncPercent !== undefined ? { resyncPercent: x.resyncPercent } : {}),
+      lastSeqAcked: x.seqAcked.toString(),
+      inflightWrites: x.inflightWrites,
+      inflightBytes: x.inflightBytes,
+      outOfSyncBytes,
+      ...(rate !== undefined ? { resyncBytesPerSec: Math.round(rate), ...(rate > 0 ? { resyncEtaSeconds: Math.ceil(outOfSyncBytes / rate) } : {}) } : {}),
+    };
+  });
 }
 
 function mirrorPeers(s: MirrorStatus, standby: boolean, standbyFor: string | undefined, linkOf: StatusInput['linkOf']): PeerStatus[] {
@@ -120,36 +131,4 @@ function relayPeers(rs: RelayStatus, linkOf: StatusInput['linkOf']): PeerStatus[
     },
   });
   return peers;
-}
-
-/** Sets the status gauges from a computed status (called where status is served and scraped). */
-export function exportStatusMetrics(m: SiteMetrics, st: SiteStatus, core: CoreStatus, regionBytes: number): void {
-  m.cacheUsedBytes.set(st.cache.usedBytes);
-  m.cacheEntries.set(st.cache.entries);
-  m.epoch.set(st.epoch);
-  m.lastSeqAcked.set(Number(st.lastSeqAcked));
-  const s = core.role === 'standby' ? core.inner : core;
-  if (s.role === 'primary') {
-    for (const x of s.mirrors) {
-      const sync = x.sync === 'inSync' ? 'in-sync' : x.sync;
-      m.inflightWrites.set({ peer: x.peer }, x.inflightWrites);
-      m.inflightBytes.set({ peer: x.peer }, x.inflightBytes);
-      // What a resync still has to copy: every dirty region of a mirror not in sync.
-      m.resyncRemainingBytes.set({ peer: x.peer }, x.sync === 'inSync' ? 0 : x.dirtyRegions * regionBytes);
-      m.setSyncState(x.peer, sync);
-      m.resyncProgressRatio.set({ peer: x.peer }, x.sync === 'inSync' ? 1 : (x.resyncPercent ?? 0) / 100);
-    }
-    m.inflightWrites.set({ peer: 'all' }, s.writesInflight);
-    m.inflightBytes.set({ peer: 'all' }, s.bytesInflight);
-  } else if (s.role === 'relay') {
-    m.inflightWrites.set({ peer: s.downstream }, s.lagWrites);
-    m.inflightBytes.set({ peer: s.downstream }, s.lagBytes);
-    m.relayLagSeconds?.set({ peer: s.downstream }, s.lagMs / 1000);
-    m.relayOldestUnackedSeq?.set({ peer: s.downstream }, s.oldestUnackedSeq === undefined ? 0 : Number(s.oldestUnackedSeq));
-  }
-  for (const r of ['primary', 'mirror', 'relay', 'standby'] as const) m.actingRole.set({ acting: r }, r === st.role ? 1 : 0);
-  for (const f of st.failovers ?? []) {
-    m.failoverLastTimestampSeconds.set({ kind: f.kind }, Date.parse(f.at) / 1000);
-    m.failoverLastSeq.set({ kind: f.kind }, Number(f.lastSeq));
-  }
 }

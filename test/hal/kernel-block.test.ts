@@ -31,7 +31,7 @@ if (loopUnavailable === undefined) {
   adapterContract('block (loop device)', async ({ blockSizeBytes, blockCount, readOnly }) => {
     const loop = attachLoop(file(), { sizeBytes: blockSizeBytes * blockCount });
     return openKernelBlock(loop, { blockSizeBytes, blockCount, readOnly });
-  });
+  }, { issueOrder: true });
 } else {
   describe.skip(`block (loop device): BlockDevice contract${skipped}`, () => {
     it('needs loop devices', () => undefined);

@@ -98,6 +98,27 @@ describe('runSite', () => {
     expect(lines.map((l) => l.event)).toEqual(expect.arrayContaining(['starting', 'ready', 'stopping', 'stopped']));
   });
 
+  it('shows a verify in progress in /status (SiteStatus.verify) after a checksum request', async () => {
+    const cfg = await config('verify');
+    files('verify');
+    const status = (): SiteStatus => ({ cluster: 't', site: 'local', role: 'primary', volume: 'v', epoch: 1, lastSeqAcked: '5', state: 'in-sync', cache: { usedBytes: 0, capacityBytes: 65536, entries: 0 }, peers: [], pid: process.pid, uptimeSeconds: 0 });
+    const runtime: RoleRuntime = async () => ({
+      status,
+      stop: async () => undefined,
+      checksums: async (req) => ({ algorithm: 'sha256', volumeBytes: 1024 * 1024, offsetBytes: req.offsetBytes, regionBytes: req.regionBytes, checksums: Array.from({ length: req.count }, () => '00'.repeat(32)) }),
+    });
+    const site = await runSite(cfg, 'local', { runtime, log: createLogger({ site: 'local', destination: collector(), format: 'json' }), processMetrics: false });
+    try {
+      const admin = `http://${cfg.sites.local!.admin!.text}`;
+      expect(((await (await fetch(`${admin}/status`)).json()) as SiteStatus).verify).toBeUndefined();
+      expect((await fetch(`${admin}/checksums?offset=262144&regionBytes=65536&count=4`)).status).toBe(200);
+      expect(((await (await fetch(`${admin}/status`)).json()) as SiteStatus).verify).toEqual({ doneBytes: 524288, totalBytes: 1024 * 1024 });
+      expect(site.status().verify).toEqual({ doneBytes: 524288, totalBytes: 1024 * 1024 });
+    } finally {
+      await site.stop();
+    }
+  });
+
   it('names an unknown site with a suggestion', async () => {
     const cfg = await config('unknown');
     expect(await startupProblems(runSite(cfg, 'eats', { runtime: noRuntime }))).toEqual([
