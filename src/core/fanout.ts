@@ -22,7 +22,7 @@
 // while R is being resynced re-dirties R ("touched"), and R is sent again. While a mirror is not
 // in sync it gets no writes at all, only resync data, so the two streams never interleave.
 
-import type { CoreIO, OpOwner } from './io.js';
+import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
 import type { LocalStore, StoreEntry } from './local-store.js';
 import { regionCount, regionRange, regionsOf } from './regions.js';
 import { assert, type Completion, type Epoch, type HostOpId, type Limits, type MirrorLossPolicy, type OpId, type PeerId, type PeerMsg, type SenseInfo, type Seq } from './types.js';
@@ -57,6 +57,8 @@ export interface FanoutHost {
   tryComplete(e: PrimaryEntry): void;
   /** A mirror's newer epoch: this primary is stale. */
   fence(epoch: Epoch, peer: PeerId): void;
+  /** A mirror joined at our epoch: it confirms our authority (issue 16 item 1). */
+  joined(peer: PeerId): void;
 }
 
 export interface FanoutConfig {
@@ -89,12 +91,19 @@ export interface MirrorState {
   resyncedBytes: number;
   resyncRunBytes: number;
   resyncStartMs: number;
+  /** Consecutive failed resync regions (its storage or ours failed), and when resync may go on (backoff, capped). */
+  resyncFailures: number;
+  resyncRetryAtMs: number;
   /** Highest seq the mirror acked (its acks and heartbeats), for status. */
   seqAcked: Seq;
   /** Highest seq whose ack was applied to the waiting entries (the O(acked) cursor of onAck). */
   ackCursor: Seq;
   rttMs: number | undefined;
 }
+
+/** Backoff of a mirror's resync after a failed region: doubling from the min to the max. */
+export const resyncRetryMsMin = 100;
+export const resyncRetryMsMax = 10_000;
 
 export class Fanout implements OpOwner {
   readonly mirrors = new Map<PeerId, MirrorState>();
@@ -112,7 +121,7 @@ export class Fanout implements OpOwner {
     for (const peer of cfg.mirrors) {
       this.mirrors.set(peer, {
         peer, link: 'down', sync: 'inSync', downSinceMs: 0, degradedAtMs: 0, dirty: new Map(), inflight: new Map(),
-        tokensBytes: 0, lastRefillMs: 0, regionsDone: 0, progressDecile: 0, resyncedBytes: 0, resyncRunBytes: 0, resyncStartMs: 0, seqAcked: 0n, ackCursor: 0n, rttMs: undefined,
+        tokensBytes: 0, lastRefillMs: 0, regionsDone: 0, progressDecile: 0, resyncedBytes: 0, resyncRunBytes: 0, resyncStartMs: 0, resyncFailures: 0, resyncRetryAtMs: 0, seqAcked: 0n, ackCursor: 0n, rttMs: undefined,
       });
     }
   }
@@ -209,6 +218,7 @@ export class Fanout implements OpOwner {
       return;
     }
     m.link = 'ready';
+    this.host.joined(m.peer);
     if (m.sync !== 'inSync') {
       this.startResync(m);
       return;
@@ -248,7 +258,7 @@ export class Fanout implements OpOwner {
    * `block` the host also gets the error, since the strict guarantee was not met for that write.
    */
   private onWriteStatus(m: MirrorState, seq: Seq, sense: SenseInfo): void {
-    this.io.log('error', 'mirror_write_failed', { peer: m.peer, seq, message: sense.message });
+    this.io.logLimited(`mirror_write_failed:${m.peer}`, repeatLogIntervalMs, 'error', 'mirror_write_failed', { peer: m.peer, seq, message: sense.message });
     if (this.cfg.onMirrorLoss === 'block') {
       const e = this.store.entries.find((x) => x.epoch === this.host.epoch && x.seq === seq);
       if (e !== undefined && !e.done) e.sense ??= sense;
@@ -260,7 +270,7 @@ export class Fanout implements OpOwner {
     const f = this.host.flushes.find((x) => x.flushId === flushId);
     if (f === undefined) return; // a re-sent flush acked twice
     if (sense !== undefined) {
-      this.io.log('error', 'mirror_flush_failed', { peer: m.peer, message: sense.message });
+      this.io.logLimited(`mirror_flush_failed:${m.peer}`, repeatLogIntervalMs, 'error', 'mirror_flush_failed', { peer: m.peer, message: sense.message });
       if (this.cfg.onMirrorLoss === 'block') f.sense ??= sense;
       this.degrade(m, `flush failed: ${sense.message}`);
     }
@@ -343,7 +353,7 @@ export class Fanout implements OpOwner {
       }
       // Degraded while still connected (its storage failed): retry a resync after the grace period.
       if (m.sync === 'degraded' && m.link === 'ready' && this.io.nowMs - m.degradedAtMs >= this.lim.mirrorLossGraceMs) this.startResync(m);
-      if (m.sync === 'resyncing' && m.link === 'ready') this.resyncSome(m);
+      if (m.sync === 'resyncing' && m.link === 'ready' && this.io.nowMs >= m.resyncRetryAtMs) this.resyncSome(m);
     }
   }
 
@@ -383,8 +393,8 @@ export class Fanout implements OpOwner {
   private onResyncRead(m: MirrorState, resyncId: bigint, offsetBytes: number, data: Uint8Array | undefined, sense: SenseInfo | undefined): void {
     if (!m.inflight.has(resyncId)) return; // abandoned (link reset); the region is still dirty
     if (sense !== undefined || data === undefined) {
-      this.io.log('error', 'resync_read_failed', { peer: m.peer, offsetBytes, message: sense?.message });
       m.inflight.delete(resyncId);
+      this.resyncFailed(m, 'resync_read_failed', { offsetBytes, message: sense?.message });
       return;
     }
     this.io.send(m.peer, { type: 'resyncData', epoch: this.host.epoch, resyncId, offsetBytes, payload: data });
@@ -395,9 +405,10 @@ export class Fanout implements OpOwner {
     if (slot === undefined) return;
     m.inflight.delete(resyncId);
     if (sense !== undefined) {
-      this.io.log('error', 'mirror_resync_write_failed', { peer: m.peer, region: slot.region, message: sense.message });
+      this.resyncFailed(m, 'mirror_resync_write_failed', { region: slot.region, message: sense.message });
       return;
     }
+    m.resyncFailures = 0;
     if (!slot.touched) {
       const st = m.dirty.get(slot.region);
       if (st !== undefined) {
@@ -415,6 +426,13 @@ export class Fanout implements OpOwner {
       this.io.log('info', 'mirror_resync_progress', { peer: m.peer, percent, regionsDone: m.regionsDone, regionsLeft: m.dirty.size });
     }
     this.maybeInSync(m);
+  }
+
+  /** A resync region failed (a device here or there): the region stays dirty; the resync of `m` pauses (backoff, capped). */
+  private resyncFailed(m: MirrorState, event: string, fields: Record<string, unknown>): void {
+    m.resyncFailures++;
+    m.resyncRetryAtMs = this.io.nowMs + backoffMs(m.resyncFailures, resyncRetryMsMin, resyncRetryMsMax);
+    this.io.logLimited(`${event}:${m.peer}`, repeatLogIntervalMs, 'error', event, { peer: m.peer, ...fields, failures: m.resyncFailures, retryInMs: Math.round(m.resyncRetryAtMs - this.io.nowMs) });
   }
 
   private maybeInSync(m: MirrorState): void {

@@ -18,6 +18,7 @@ export class CoreIO {
   private out: CoreAction[] = [];
   private opNext: OpId = 1;
   private readonly owners = new Map<OpId, OpOwner>();
+  private readonly limited = new Map<string, { lastMs: number; suppressed: number }>();
 
   constructor(readonly self: PeerId) {}
 
@@ -76,6 +77,28 @@ export class CoreIO {
   log(level: LogLevel, event: string, fields: Record<string, unknown>): void {
     this.out.push({ type: 'log', level, event, fields });
   }
+
+  /**
+   * A log line that may repeat (a failing device, a peer that keeps refusing): the first one of
+   * `key` goes out, then at most one per `intervalMs`, carrying how many were suppressed since.
+   */
+  logLimited(key: string, intervalMs: number, level: LogLevel, event: string, fields: Record<string, unknown>): void {
+    const l = this.limited.get(key);
+    if (l !== undefined && this.nowMs - l.lastMs < intervalMs) {
+      l.suppressed++;
+      return;
+    }
+    this.log(level, event, l !== undefined && l.suppressed > 0 ? { ...fields, suppressed: l.suppressed, sinceMs: Math.round(this.nowMs - l.lastMs) } : fields);
+    this.limited.set(key, { lastMs: this.nowMs, suppressed: 0 });
+  }
+}
+
+/** How often a repeated failure is logged at most (CoreIO.logLimited). */
+export const repeatLogIntervalMs = 10_000;
+
+/** Exponential backoff with a cap: the delay after `failures` consecutive failures. */
+export function backoffMs(failures: number, minMs: number, maxMs: number): number {
+  return Math.min(maxMs, minMs * 2 ** Math.max(0, Math.min(30, failures - 1)));
 }
 
 /** Whether `ev` completes an I/O op (it carries the op's id). */

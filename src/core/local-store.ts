@@ -24,7 +24,7 @@
 // replay re-performs each cached entry on every member. What the roles decide: what else happens
 // once an entry is cached (a primary fans it out first), and when an entry may go.
 
-import type { CoreIO, OpOwner } from './io.js';
+import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
 import { OverlapQueue } from './overlap.js';
 import { assert, type CacheEntry, type Completion, type Epoch, type Limits, type OpId, type SenseInfo, type Seq } from './types.js';
 
@@ -84,6 +84,10 @@ interface Barrier {
   readonly done: RegionDone;
 }
 
+/** Backoff of a failed storage flush before the next try: doubling from the min to the max. */
+export const storageRetryMsMin = 50;
+export const storageRetryMsMax = 5_000;
+
 /** Local storage ops a store may have queued or in flight (every window bound upstream of it is far below). */
 const localOpsMax = 1 << 20;
 
@@ -104,6 +108,9 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
   /** Barriers whose writes are stored: the next storage flush answers them. */
   private ready: Barrier[] = [];
   private lastFlushMs = 0;
+  /** Consecutive failed storage flushes, and when the next may be tried (backoff, capped). */
+  private flushFailures = 0;
+  private flushRetryAtMs = 0;
 
   constructor(
     private readonly io: CoreIO,
@@ -250,7 +257,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
 
   private onLocalDone(op: LocalOp<E>, data: Uint8Array | undefined, sense: SenseInfo | undefined): void {
     if (op.kind === 'regionWrite') {
-      if (sense !== undefined) this.io.log('error', 'resync_write_failed', { offsetBytes: op.offsetBytes, message: sense.message });
+      if (sense !== undefined) this.io.logLimited('resync_write_failed', repeatLogIntervalMs, 'error', 'resync_write_failed', { offsetBytes: op.offsetBytes, message: sense.message });
       op.done(sense);
       return;
     }
@@ -262,7 +269,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
     const e = op.entry;
     e.stored = true;
     if (sense !== undefined) {
-      this.io.log('error', 'storage_write_failed', { seq: e.seq, offsetBytes: e.offsetBytes, message: sense.message });
+      this.io.logLimited('storage_write_failed', repeatLogIntervalMs, 'error', 'storage_write_failed', { seq: e.seq, offsetBytes: e.offsetBytes, message: sense.message });
       e.sense ??= sense;
       e.durable = true; // nothing of it to keep durable; the role reports the failure
     } else if (e.fua) {
@@ -279,9 +286,15 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
     this.flushing = undefined;
     this.lastFlushMs = this.io.nowMs;
     if (sense !== undefined) {
-      this.io.log('error', 'storage_flush_failed', { message: sense.message });
-      this.unflushed.unshift(...f.covers); // still not durable: keep them cached
+      // Still not durable: keep them cached, and try again after a backoff (never at once: a
+      // device that keeps failing must not turn the site into a loop of flushes and log lines).
+      this.flushFailures++;
+      this.flushRetryAtMs = this.io.nowMs + backoffMs(this.flushFailures, storageRetryMsMin, storageRetryMsMax);
+      this.io.logLimited('storage_flush_failed', repeatLogIntervalMs, 'error', 'storage_flush_failed', { message: sense.message, failures: this.flushFailures, retryInMs: Math.round(this.flushRetryAtMs - this.io.nowMs) });
+      this.unflushed.unshift(...f.covers);
     } else {
+      if (this.flushFailures > 0) this.io.log('info', 'storage_flush_recovered', { failures: this.flushFailures });
+      this.flushFailures = 0;
       for (const e of f.covers) e.durable = true;
     }
     for (const b of f.waiters) b.done(sense);
@@ -300,7 +313,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
   maybeFlush(urgent = false): void {
     if (!this.cfg.storage) return;
     if (this.barriers.length > 0) this.promoteBarriers();
-    if (this.flushing !== undefined) return;
+    if (this.flushing !== undefined || this.io.nowMs < this.flushRetryAtMs) return;
     const n = this.unflushed.length;
     const lim = this.cfg.limits;
     const periodic = n > 0 && (n >= lim.flushAfterWritesMax || this.io.nowMs - this.lastFlushMs >= lim.flushIntervalMs || this.cacheBytes * 2 >= lim.cacheBytesMax);

@@ -33,6 +33,13 @@ export interface PrimaryConfig extends CoreConfig {
    * A storage failure on it still degrades it (it cannot hold the write).
    */
   readonly standby?: PeerId;
+  /**
+   * Authority is proven, never remembered (issue 16 item 1): in a cluster that can fail over, a
+   * (re)started primary serves host writes only once a strict majority of the cluster's `sites`
+   * (itself included) confirmed its epoch: a mirror by joining at it, a witness by a heartbeat
+   * of no newer epoch. A site that finds a newer epoch is fenced instead.
+   */
+  readonly proveAuthority?: { readonly sites: number; readonly witnesses: readonly PeerId[] };
 }
 
 interface HostFlush extends FanoutFlush {
@@ -87,6 +94,8 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
   private bytesInflight = 0;
   private readonly hostQueue: HostOp[] = [];
   readonly flushes: HostFlush[] = [];
+  /** While authority is not proven: who confirmed our epoch, since when we wait. */
+  private proving: { readonly confirmed: Set<PeerId>; readonly sinceMs: number; refusing: boolean; loggedMs: number } | undefined;
 
   /** `io`: a standby passes its own, so both of its inner cores share one op id space. */
   constructor(private readonly cfg: PrimaryConfig, io?: CoreIO) {
@@ -111,12 +120,18 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
   protected onEvent(ev: Exclude<CoreEvent, Completion>): void {
     switch (ev.type) {
       case 'start': this.onStart(ev.recovered); break;
-      case 'tick': this.fan.tick(); break;
+      case 'tick':
+        this.fan.tick();
+        this.checkAuthority();
+        break;
       case 'hostWrite': this.onHostWrite(ev); break;
       case 'hostFlush': this.onHostFlush(ev.id); break;
       case 'peerUp': this.fan.peerUp(ev.peer); break;
       case 'peerDown': this.fan.peerDown(ev.peer); break;
-      case 'peerHeard': this.fan.peerHeard(ev.peer, ev.epoch, ev.lastSeq, ev.rttMs); break;
+      case 'peerHeard':
+        if (this.cfg.proveAuthority?.witnesses.includes(ev.peer)) this.onWitnessHeard(ev.peer, ev.epoch);
+        else this.fan.peerHeard(ev.peer, ev.epoch, ev.lastSeq, ev.rttMs);
+        break;
       case 'recv': this.onRecv(ev.peer, ev.msg); break;
     }
   }
@@ -130,6 +145,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     this.seqNext = rec.meta.seqReserved;
     this.store.start();
     this.fan.start(rec.dirtyRegions);
+    if (this.cfg.proveAuthority !== undefined) this.proving = { confirmed: new Set(), sinceMs: this.io.nowMs, refusing: false, loggedMs: -Infinity };
     for (const ce of rec.cacheEntries) this.replay(ce);
     this.io.log('info', 'primary_start', {
       epoch: this.epoch, seqNext: this.seqNext, replayed: rec.cacheEntries.length,
@@ -163,6 +179,10 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       this.ackHost(w.id, this.fencedError());
       return;
     }
+    if (this.proving?.refusing === true) {
+      this.ackHost(w.id, this.unprovenError());
+      return;
+    }
     if (this.hostQueue.length >= this.lim.hostQueueWritesMax) {
       this.ackHost(w.id, { kind: 'busy', message: `host queue full (${this.lim.hostQueueWritesMax} operations waiting for mirror acks); retry after an ack` });
       return;
@@ -185,6 +205,10 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       this.ackHost(id, this.fencedError());
       return;
     }
+    if (this.proving?.refusing === true) {
+      this.ackHost(id, this.unprovenError());
+      return;
+    }
     if (this.hostQueue.length >= this.lim.hostQueueWritesMax) {
       this.ackHost(id, { kind: 'busy', message: `host queue full (${this.lim.hostQueueWritesMax} operations); retry after an ack` });
       return;
@@ -192,12 +216,43 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     this.hostQueue.push({ kind: 'flush', id });
   }
 
+  private unprovenError(): HostError {
+    const p = this.cfg.proveAuthority!;
+    return { kind: 'fenced', message: `${this.cfg.self} cannot prove it is the primary of epoch ${this.epoch}: ${1 + (this.proving?.confirmed.size ?? 0)} of ${p.sites} sites confirmed it, a majority is needed; it serves reads only until then (are the other sites reachable? was another site promoted?)` };
+  }
+
+  /** A peer confirmed our epoch (a mirror joined at it, a witness heard no newer one). */
+  private confirmed(peer: PeerId): void {
+    const p = this.proving;
+    if (p === undefined || p.confirmed.has(peer)) return;
+    p.confirmed.add(peer);
+    const sites = this.cfg.proveAuthority!.sites;
+    if ((1 + p.confirmed.size) * 2 <= sites) return;
+    this.proving = undefined;
+    this.io.log('info', 'authority_proven', { epoch: this.epoch, confirmedBy: [...p.confirmed], sites, waitedMs: Math.round(this.io.nowMs - p.sinceMs) });
+  }
+
+  /** While unproven: past authorityWaitMs, held host operations are refused, and so are new ones. */
+  private checkAuthority(): void {
+    const p = this.proving;
+    if (p === undefined || this.io.nowMs - p.sinceMs < this.lim.authorityWaitMs) return;
+    if (!p.refusing) {
+      p.refusing = true;
+      for (const op of this.hostQueue.splice(0)) this.ackHost(op.id, this.unprovenError());
+    }
+    if (this.io.nowMs - p.loggedMs >= this.lim.authorityWaitMs) {
+      p.loggedMs = this.io.nowMs;
+      this.io.log('warn', 'authority_unproven', { epoch: this.epoch, confirmedBy: [...p.confirmed], sites: this.cfg.proveAuthority!.sites, waitedMs: Math.round(this.io.nowMs - p.sinceMs), effect: 'host writes refused, reads served' });
+    }
+  }
+
   private fencedError(): HostError {
     return { kind: 'fenced', message: `this site was primary for epoch ${this.epoch} but a peer is at epoch ${this.fenced}; it no longer accepts writes (another site was promoted)` };
   }
 
-  /** Moves host operations from the queue into the window, in arrival order. */
+  /** Moves host operations from the queue into the window, in arrival order (not before authority is proven). */
   private admit(): void {
+    if (this.proving !== undefined) return;
     while (this.hostQueue.length > 0) {
       const op = this.hostQueue[0]!;
       if (op.kind === 'flush') {
@@ -344,6 +399,17 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     }
     if (msg.type === 'fence') this.fence(msg.epoch, peer);
     else this.fan.recv(peer, msg);
+  }
+
+  /** A witness's heartbeat carries the newest epoch it has seen. */
+  private onWitnessHeard(peer: PeerId, epoch: Epoch): void {
+    if (epoch > this.epoch) this.fence(epoch, peer);
+    else this.confirmed(peer);
+  }
+
+  /** A mirror joined at our epoch (the fan-out tells us): it follows us. */
+  joined(peer: PeerId): void {
+    this.confirmed(peer);
   }
 
   fence(epoch: Epoch, peer: PeerId): void {

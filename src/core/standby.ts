@@ -52,7 +52,8 @@
 // still degrades it (and a standby new to the volume starts with a full initial sync): until the
 // primary says `inSync` again the standby may miss acked writes. The promotion guard covers that:
 // `inSyncConfirmed` is set by the primary's `inSync`, cleared by a resync region or a failed local
-// write, persisted (sticky `standbyInSync`), and a vote that passes while it is clear is refused
+// write, persisted (sticky `inSyncEpoch`: it holds only in the epoch it was granted in, so a
+// guard of an earlier epoch never permits a promotion), and a vote that passes while it is clear is refused
 // and logged (`failover_refused`); only `promote --force` (a person accepting the loss) overrides
 // it. The witness (src/site/witness.ts) is counted and asked like a mirror; it holds no
 // data and only says when it last heard the primary.
@@ -110,8 +111,8 @@ export class Standby extends CoreRole implements OpOwner {
   private query: { queryId: bigint; sentMs: number; nextMs: number; agree: Set<PeerId>; disagree: Set<PeerId> } | undefined;
   private promotion: { epoch: Epoch; metaOp: OpId | undefined; bitmapOps: Set<OpId>; seqReceived: Seq; reason: string; metaIssued: boolean } | undefined;
   private readonly promotions: { atMs: number; fromEpoch: Epoch; toEpoch: Epoch; seqReceived: Seq; reason: string }[] = [];
-  /** Promotion guard (setInSync); from the meta record at start. */
-  private inSyncConfirmed = false;
+  /** Promotion guard (setInSync): the epoch it was granted in (0: not granted); from the meta record at start. */
+  private inSyncEpoch: Epoch = 0n;
   private readonly guardOps = new Set<OpId>();
   private refusalLoggedMs = -Infinity;
 
@@ -159,7 +160,7 @@ export class Standby extends CoreRole implements OpOwner {
 
   private onStart(rec: Recovered): void {
     this.meta = rec.meta;
-    this.inSyncConfirmed = rec.meta.standbyInSync === true;
+    this.inSyncEpoch = rec.meta.inSyncEpoch ?? 0n;
     this.startMs = this.io.nowMs;
     this.mirror.handle({ type: 'start', recovered: rec });
     this.mirror.afterStep();
@@ -252,19 +253,27 @@ export class Standby extends CoreRole implements OpOwner {
    */
   private setInSync(v: boolean, why: string): void {
     if (this.inSyncConfirmed === v) return;
-    this.inSyncConfirmed = v;
+    this.inSyncEpoch = v ? this.mirrorEpoch() : 0n;
     const opId = this.io.op(this);
     this.guardOps.add(opId);
     // The inner mirror's epoch is settled here: inSync, resync data and write failures all come
     // after its join, which comes after it persisted the epoch it adopted.
-    this.io.push({ type: 'metaPersist', opId, meta: { epoch: this.mirrorEpoch(), seqReserved: this.meta.seqReserved, standbyInSync: v } });
+    this.io.push({ type: 'metaPersist', opId, meta: { epoch: this.mirrorEpoch(), seqReserved: this.meta.seqReserved, inSyncEpoch: this.inSyncEpoch } });
     this.log(v ? 'info' : 'warn', v ? 'standby_in_sync' : 'standby_out_of_sync', { why, promotable: v });
+  }
+
+  /** The guard holds: granted in the epoch this site is at now (an epoch change voids it). */
+  private get inSyncConfirmed(): boolean {
+    return this.inSyncEpoch !== 0n && this.inSyncEpoch === this.mirrorEpoch();
   }
 
   /** Why this standby may not be promoted now (undefined: it may). */
   notPromotable(): string | undefined {
     if (this.phase !== 'following') return `${this.cfg.self} is ${this.phase === 'primary' ? 'the primary already' : 'being promoted'}`;
-    if (!this.inSyncConfirmed) return `${this.cfg.self} is not known to hold every write ${this.cfg.primary} acked (its primary has not said in sync since it was resynced, a write failed here, or it never joined); promoting it could lose acknowledged writes`;
+    if (!this.inSyncConfirmed) {
+      const stale = this.inSyncEpoch !== 0n ? ` (it was in sync in epoch ${this.inSyncEpoch}, the cluster is at ${this.mirrorEpoch()} now)` : '';
+      return `${this.cfg.self} is not known to hold every write ${this.cfg.primary} acked in epoch ${this.mirrorEpoch()}${stale} (its primary has not said in sync since it was resynced, a write failed here, or it never joined); promoting it could lose acknowledged writes`;
+    }
     return undefined;
   }
 

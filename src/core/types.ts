@@ -110,10 +110,12 @@ export interface Meta {
    */
   readonly acting?: 'primary' | 'mirror';
   /**
-   * A standby's promotion guard (issue 10): true once its primary said `inSync`, false again
-   * after a resync region or a failed write. Sticky like `acting`. Absent: false.
+   * A standby's promotion guard (issue 10; issue 16 item 1: bound to its epoch): the epoch in
+   * which its primary last said `inSync`, 0 once a resync region or a failed write undid that.
+   * It permits a promotion only while it equals the site's epoch, so a guard granted in an
+   * earlier epoch dies with it. Sticky like `acting`. Absent: 0.
    */
-  readonly standbyInSync?: boolean;
+  readonly inSyncEpoch?: Epoch;
 }
 
 export interface Recovered {
@@ -220,6 +222,12 @@ export interface Limits {
   readonly mirrorResyncQueueMax: number;
   /** Suggested tick period for the site layer. */
   readonly tickMs: number;
+  /**
+   * How long a (re)started primary that must prove its authority (issue 16 item 1) holds host
+   * writes back waiting for a majority to confirm its epoch; after it they are refused with
+   * the reason until the majority is there.
+   */
+  readonly authorityWaitMs: number;
 }
 
 export const defaultLimits: Limits = {
@@ -239,6 +247,7 @@ export const defaultLimits: Limits = {
   mirrorReceiveQueueMax: 1024,
   mirrorResyncQueueMax: 64,
   tickMs: 10,
+  authorityWaitMs: 10_000,
 };
 
 export type MirrorLossPolicy = 'block' | 'degrade';

@@ -82,8 +82,11 @@ export function chooseCore(site: CoreSite, meta: Meta, vol: CoreVolume): SiteCor
     // A fenced or demoted old primary comes back as a mirror of whoever is primary now.
     return plain(new Mirror(common), 'mirror', []);
   }
+  // Authority is proven, never remembered (issue 16 item 1): where a failover can happen, a
+  // primary serves only once a majority of the cluster's sites confirmed its epoch.
+  const prove = (mirrors: readonly PeerId[]) => ({ proveAuthority: { sites: 1 + mirrors.length + site.witnesses.length, witnesses: site.witnesses } });
   if (site.role === 'primary') {
-    const core = new Primary({ ...common, mirrors: site.mirrors, onMirrorLoss: site.onMirrorLoss, ...(site.standby ? { standby: site.standby } : {}) });
+    const core = new Primary({ ...common, mirrors: site.mirrors, onMirrorLoss: site.onMirrorLoss, ...(site.standby ? { standby: site.standby, ...prove(site.mirrors) } : {}) });
     return primaryCore(core, site.mirrors, [...site.mirrors, ...site.witnesses]);
   }
   const old = site.standbyFor;
@@ -91,7 +94,7 @@ export function chooseCore(site: CoreSite, meta: Meta, vol: CoreVolume): SiteCor
   if (acting === 'primary') {
     // Promoted in an earlier life (meta.acting): the primary of the persisted epoch, fanning
     // out to the old primary and the mirrors; the bitmaps hold what each is still owed.
-    const core = new Primary({ ...common, mirrors: [old, ...site.mirrors], onMirrorLoss: site.onMirrorLoss });
+    const core = new Primary({ ...common, mirrors: [old, ...site.mirrors], onMirrorLoss: site.onMirrorLoss, ...prove([old, ...site.mirrors]) });
     return primaryCore(core, [old, ...site.mirrors], [old, ...site.mirrors, ...site.witnesses]);
   }
   if (!(site.failoverTimeoutMs > vol.limits.heartbeatIntervalMs)) {

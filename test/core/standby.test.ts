@@ -22,7 +22,7 @@ function standby(opts: { witness?: string; inSync?: boolean } = {}): Script<Stan
   if (opts.inSync !== false) {
     // The primary answers the join: in sync (the promotion guard opens, durably).
     expect(s.recv('local', { type: 'inSync', epoch: 1n, seq: 0n })).toEqual(['metaPersist e1 reserved s0']);
-    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { standbyInSync: true } });
+    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { inSyncEpoch: 1n } });
     s.done('metaPersist');
   }
   return s;
@@ -245,7 +245,7 @@ describe('standby: promotion guard (issue 10: a standby that may miss acked writ
   it('a resync region from the primary closes the guard again (durably); the next inSync opens it', () => {
     const s = standby();
     s.recv('local', { type: 'resyncData', epoch: 1n, resyncId: 1n, offsetBytes: 0, payload: new Uint8Array(1024) });
-    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { standbyInSync: false } });
+    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { inSyncEpoch: 0n } });
     expect(s.logs).toContain('standby_out_of_sync');
     expect(s.role.status().inSyncConfirmed).toBe(false);
     s.done('metaPersist');
@@ -259,7 +259,7 @@ describe('standby: promotion guard (issue 10: a standby that may miss acked writ
     s.done('cacheAppend s1');
     s.done('storageWrite', { sense: senseOf('medium error at LBA 0', 0x3, 0x11) });
     expect(s.last.some((a) => a.type === 'send' && a.msg.type === 'writeStatus')).toBe(true);
-    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { standbyInSync: false } });
+    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { inSyncEpoch: 0n } });
     expect(s.role.status().inSyncConfirmed).toBe(false);
   });
 
@@ -293,7 +293,7 @@ describe('standby: promotion guard (issue 10: a standby that may miss acked writ
 
   it('the guard comes back from the meta record after a restart', () => {
     const s = new Script(new Standby({ self: 'backup', primary: 'local', mirrors: ['east', 'west'], volumeBytes: 16 * 1024, blockBytes, limits, failoverTimeoutMs: 500, queryIntervalMs: 200, onMirrorLoss: 'degrade' }));
-    s.step({ type: 'start', recovered: { meta: { epoch: 1n, seqReserved: 0n, standbyInSync: true }, cacheEntries: [], dirtyRegions: new Map() } });
+    s.step({ type: 'start', recovered: { meta: { epoch: 1n, seqReserved: 0n, inSyncEpoch: 1n }, cacheEntries: [], dirtyRegions: new Map() } });
     expect(s.role.status().inSyncConfirmed).toBe(true);
   });
 

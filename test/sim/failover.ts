@@ -585,10 +585,10 @@ class FailoverSim {
       s.core = new Mirror(cfg);
     } else if (configured === 'primary') {
       role = 'primary';
-      s.core = new Primary({ ...cfg, mirrors: names.filter((n) => n !== s.name), onMirrorLoss: this.oldPolicy, standby: 'backup' });
+      s.core = new Primary({ ...cfg, mirrors: names.filter((n) => n !== s.name), onMirrorLoss: this.oldPolicy, standby: 'backup', proveAuthority: { sites: 4, witnesses: [] } });
     } else if (acting === 'primary') {
       role = `primary (acting, epoch ${s.persist.meta.epoch})`;
-      s.core = new Primary({ ...cfg, mirrors: ['local', 'east', 'west'], onMirrorLoss: 'degrade' });
+      s.core = new Primary({ ...cfg, mirrors: ['local', 'east', 'west'], onMirrorLoss: 'degrade', proveAuthority: { sites: 4, witnesses: [] } });
     } else {
       role = 'standby';
       s.core = new Standby({ ...cfg, primary: 'local', mirrors: ['east', 'west'], failoverTimeoutMs, queryIntervalMs: 200, onMirrorLoss: 'degrade' });
