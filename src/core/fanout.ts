@@ -24,8 +24,8 @@
 
 import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
 import type { LocalStore, StoreEntry } from './local-store.js';
-import { regionCount, regionRange, regionsOf } from './regions.js';
-import { assert, type Completion, type Epoch, type HostOpId, type Limits, type MirrorLossPolicy, type OpId, type PeerId, type PeerMsg, type SenseInfo, type Seq } from './types.js';
+import { rangesOfRegions, regionCount, regionRange, regionsOf, regionsOfRanges } from './regions.js';
+import { assert, type ByteRange, type Completion, type Epoch, type HostOpId, type Limits, type MirrorLossPolicy, type OpId, type PeerId, type PeerMsg, type SenseInfo, type Seq } from './types.js';
 
 /** A write as the primary tracks it: the local store's entry plus who it still waits for. */
 export interface PrimaryEntry extends StoreEntry {
@@ -34,6 +34,8 @@ export interface PrimaryEntry extends StoreEntry {
   readonly waitingMirrors: Set<PeerId>;
   /** bitmapSet ops that must be durable before the host ack (degraded mirrors miss this write). */
   readonly bitmapWaits: Set<OpId>;
+  /** The standby's copies of those bits that must be durable there too (issue 16 item 4). */
+  readonly copyWaits: Set<bigint>;
   /** Completed: acked to the host (or failed to it). */
   done: boolean;
 }
@@ -66,6 +68,11 @@ export interface FanoutConfig {
   readonly mirrors: readonly PeerId[];
   readonly onMirrorLoss: MirrorLossPolicy;
   readonly standby?: PeerId;
+  /**
+   * The cluster can fail over (it has a standby): mirrors are told the committed watermark
+   * (at their join and when it moves, per tick) and keep the tail above it (issue 16 item 4).
+   */
+  readonly failover?: boolean;
   readonly limits: Limits;
 }
 
@@ -110,6 +117,11 @@ export class Fanout implements OpOwner {
   private readonly lim: Limits;
   private readonly bitmapWaiters = new Map<OpId, PrimaryEntry[]>();
   private resyncIdNext = 1n;
+  /** Dirty bits sent to the standby and not yet confirmed durable there: resent when it rejoins. */
+  private readonly copies = new Map<bigint, { readonly peer: PeerId; readonly ranges: ByteRange[]; readonly waiters: PrimaryEntry[] }>();
+  private copyIdNext = 1n;
+  /** The committed watermark last sent to the mirrors. */
+  private committedSent: Seq = 0n;
 
   constructor(
     private readonly io: CoreIO,
@@ -201,7 +213,8 @@ export class Fanout implements OpOwner {
       return;
     }
     switch (msg.type) {
-      case 'resyncRequest': this.onJoin(m, msg.seqReceived); break;
+      case 'resyncRequest': this.onJoin(m, msg.seqReceived, msg.ranges ?? []); break;
+      case 'peerDirtyAck': this.onCopyAck(m, msg.id); break;
       case 'ack': this.onAck(m, msg.seq); break;
       case 'writeStatus': this.onWriteStatus(m, msg.seq, msg.sense); break;
       case 'flushAck': this.onFlushAck(m, msg.flushId, msg.sense); break;
@@ -211,14 +224,25 @@ export class Fanout implements OpOwner {
     }
   }
 
-  /** The mirror answered our `epoch` with what it holds: bring it up to date. */
-  private onJoin(m: MirrorState, seqReceived: Seq): void {
+  /**
+   * The mirror answered our `epoch` with what it holds: bring it up to date. Ranges it names
+   * (a failover's divergent tail, its own lost ranges) are dirty for it first; mid-session, a
+   * resyncRequest only names new such ranges.
+   */
+  private onJoin(m: MirrorState, seqReceived: Seq, ranges: readonly ByteRange[]): void {
     if (m.link !== 'joining') {
-      this.io.log('warn', 'unexpected_resync_request', { peer: m.peer, link: m.link });
+      if (m.link === 'ready' && ranges.length > 0) {
+        this.reported(m, ranges);
+        if (m.sync === 'degraded') this.startResync(m);
+      } else {
+        this.io.log('warn', 'unexpected_resync_request', { peer: m.peer, link: m.link });
+      }
       return;
     }
     m.link = 'ready';
     this.host.joined(m.peer);
+    if (ranges.length > 0) this.reported(m, ranges);
+    if (m.peer === this.cfg.standby) this.resendCopies();
     if (m.sync !== 'inSync') {
       this.startResync(m);
       return;
@@ -235,8 +259,35 @@ export class Fanout implements OpOwner {
       if (f.stage === 'flushing' && f.waitingMirrors.has(m.peer)) this.io.send(m.peer, { type: 'flush', epoch: this.host.epoch, flushId: f.flushId, seq: f.upTo });
     }
     this.io.log('info', 'mirror_joined', { peer: m.peer, seqReceived, resent });
-    // After the resent writes on the same ordered link: it holds (or is about to) every write.
+    this.sayInSync(m);
+  }
+
+  /**
+   * After the writes it was missing, on the same ordered link: it holds (or is about to) every
+   * write. Where the cluster can fail over, the committed watermark goes first (the mirror
+   * learns from it that it keeps a tail above it).
+   */
+  private sayInSync(m: MirrorState): void {
+    if (this.cfg.failover === true) this.io.send(m.peer, { type: 'ack', epoch: this.host.epoch, seq: this.committedSent });
     this.io.send(m.peer, { type: 'inSync', epoch: this.host.epoch, seq: this.host.lastSeq() });
+  }
+
+  /** A mirror says its copy may differ in `ranges`: they are dirty for it (it is degraded if it was in sync). */
+  private reported(m: MirrorState, ranges: readonly ByteRange[]): void {
+    const regions = regionsOfRanges(ranges, this.lim.regionBytes);
+    if (regions.length === 0) return;
+    this.io.log('warn', 'mirror_reports_ranges', { peer: m.peer, regions: regions.length, sync: m.sync });
+    if (m.sync === 'inSync') this.degrade(m, `it reports ${regions.length} region(s) its copy may not hold`);
+    this.markDirty(m, regions, undefined);
+  }
+
+  /** The committed watermark (every write up to it acked by every in-sync site) goes to the in-sync mirrors when it moved (per tick). */
+  committed(seq: Seq): void {
+    if (this.cfg.failover !== true || seq <= this.committedSent) return;
+    this.committedSent = seq;
+    for (const m of this.mirrors.values()) {
+      if (m.sync === 'inSync' && m.link === 'ready') this.io.send(m.peer, { type: 'ack', epoch: this.host.epoch, seq });
+    }
   }
 
   /** Cumulative: every write of our epoch up to `seq` is executed there. O(writes newly acked). */
@@ -303,23 +354,74 @@ export class Fanout implements OpOwner {
       }
     }
     for (const f of this.host.flushes) f.waitingMirrors.delete(m.peer);
+    if (m.peer === this.cfg.standby) this.dropCopies();
     this.io.log('warn', 'mirror_degraded', { peer: m.peer, reason, writesMissed: missed, dirtyRegions: m.dirty.size });
   }
 
   /** Records that mirror `m` misses write `e`; the host ack waits until the bits are durable. */
   private dirtyFor(m: MirrorState, e: PrimaryEntry): void {
+    const regions = regionsOf(e.offsetBytes, e.lengthBytes, this.lim.regionBytes);
+    // A region being resynced that this write lands in is sent again ("touched").
+    for (const v of m.inflight.values()) if (regions.includes(v.region)) v.touched = true;
+    this.markDirty(m, regions, e);
+  }
+
+  /**
+   * Persists `regions` dirty for `m` (bitmapSet) and has the standby keep a copy (peerDirty);
+   * write `e`, if given, waits for both to be durable before its host ack.
+   */
+  private markDirty(m: MirrorState, regions: readonly number[], e: PrimaryEntry | undefined): void {
     const fresh: number[] = [];
-    for (const r of regionsOf(e.offsetBytes, e.lengthBytes, this.lim.regionBytes)) {
-      for (const v of m.inflight.values()) if (v.region === r) v.touched = true;
+    for (const r of regions) {
       const st = m.dirty.get(r);
       if (st === undefined) fresh.push(r);
-      else if (st !== 'set') this.waitBitmap(e, st);
+      else if (st !== 'set' && e !== undefined) this.waitBitmap(e, st);
     }
     if (fresh.length === 0) return;
     const opId = this.io.op(this);
     for (const r of fresh) m.dirty.set(r, opId);
-    this.waitBitmap(e, opId);
+    if (e !== undefined) this.waitBitmap(e, opId);
     this.io.push({ type: 'bitmapSet', opId, peer: m.peer, regions: fresh });
+    this.copyToStandby(m.peer, fresh, e);
+  }
+
+  /** The standby keeps a copy of every mirror's dirty bits (while it is in sync: only then could it be promoted). */
+  private copyToStandby(peer: PeerId, regions: readonly number[], e: PrimaryEntry | undefined): void {
+    const sb = this.cfg.standby === undefined ? undefined : this.mirrors.get(this.cfg.standby);
+    if (sb === undefined || sb.peer === peer || sb.sync !== 'inSync') return;
+    const id = this.copyIdNext++;
+    const ranges = rangesOfRegions(regions, this.cfg.volumeBytes, this.lim.regionBytes);
+    const copy = { peer, ranges, waiters: [] as PrimaryEntry[] };
+    this.copies.set(id, copy);
+    if (e !== undefined) {
+      e.copyWaits.add(id);
+      copy.waiters.push(e);
+    }
+    if (sb.link === 'ready') this.io.send(sb.peer, { type: 'peerDirty', epoch: this.host.epoch, id, peer, ranges });
+  }
+
+  private resendCopies(): void {
+    for (const [id, c] of this.copies) this.io.send(this.cfg.standby!, { type: 'peerDirty', epoch: this.host.epoch, id, peer: c.peer, ranges: c.ranges });
+  }
+
+  private onCopyAck(m: MirrorState, id: bigint): void {
+    const c = this.copies.get(id);
+    if (c === undefined || m.peer !== this.cfg.standby) return;
+    this.copies.delete(id);
+    for (const e of c.waiters) {
+      e.copyWaits.delete(id);
+      this.host.tryComplete(e);
+    }
+  }
+
+  /** The standby is no longer in sync (it could not be promoted): nothing waits for its copies any more. */
+  private dropCopies(): void {
+    const waiters = [...this.copies.values()].flatMap((c) => c.waiters);
+    this.copies.clear();
+    for (const e of waiters) {
+      e.copyWaits.clear();
+      this.host.tryComplete(e);
+    }
   }
 
   private waitBitmap(e: PrimaryEntry, opId: OpId): void {
@@ -418,6 +520,8 @@ export class Fanout implements OpOwner {
         m.resyncedBytes += bytes;
         m.resyncRunBytes += bytes;
         this.io.push({ type: 'bitmapClear', peer: m.peer, regions: [slot.region] });
+        const sb = this.cfg.standby === undefined ? undefined : this.mirrors.get(this.cfg.standby);
+        if (sb !== undefined && sb.peer !== m.peer && sb.link === 'ready') this.io.send(sb.peer, { type: 'peerClean', epoch: this.host.epoch, peer: m.peer, ranges: [regionRange(slot.region, this.cfg.volumeBytes, this.lim.regionBytes)] });
       }
     }
     const percent = Math.floor((100 * m.regionsDone) / Math.max(1, m.regionsDone + m.dirty.size));
@@ -439,7 +543,7 @@ export class Fanout implements OpOwner {
     if (m.sync !== 'resyncing' || m.dirty.size > 0 || m.inflight.size > 0) return;
     m.sync = 'inSync';
     this.io.log('info', 'mirror_in_sync', { peer: m.peer, regionsResynced: m.regionsDone });
-    if (m.link === 'ready') this.io.send(m.peer, { type: 'inSync', epoch: this.host.epoch, seq: this.host.lastSeq() });
+    if (m.link === 'ready') this.sayInSync(m);
     m.regionsDone = 0;
   }
 

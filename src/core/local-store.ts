@@ -379,8 +379,11 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
     if (keys.length > 0) this.io.push({ type: 'cacheDrop', entries: keys });
   }
 
-  /** Nothing journaled, queued or in flight on storage. */
-  quiescent(): boolean {
-    return this.entries.length === 0 && this.queued.length === 0 && this.localInflight === 0;
+  /**
+   * Nothing queued or in flight on storage, and every entry still journaled is one the role only
+   * keeps (`kept`: a failover's tail waiting for its watermark), not one with work left.
+   */
+  quiescent(kept: (e: E) => boolean = () => false): boolean {
+    return this.queued.length === 0 && this.localInflight === 0 && this.entries.every((e) => e.cached && e.durable && kept(e));
   }
 }

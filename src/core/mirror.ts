@@ -16,10 +16,11 @@
 
 import { CoreIO, CoreRole } from './io.js';
 import { LocalStore, storeEntry, type StoreEntry } from './local-store.js';
-import { Upstream } from './upstream.js';
-import { assert, type CacheEntry, type Completion, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type Meta, type PeerId, type Seq } from './types.js';
+import { regionsOf } from './regions.js';
+import { Upstream, type UpstreamConfig } from './upstream.js';
+import { assert, type CacheEntry, type Completion, type CoreEvent, type Epoch, type HeartbeatState, type Meta, type PeerId, type Seq } from './types.js';
 
-export type MirrorConfig = CoreConfig;
+export type MirrorConfig = UpstreamConfig;
 
 interface ResyncItem {
   readonly peer: PeerId;
@@ -111,7 +112,7 @@ export class Mirror extends CoreRole {
     this.store.admit(this.accept);
     this.up.advanceAck(this.store.entries);
     this.store.maybeFlush(this.resyncQueue.length > 0);
-    this.store.dropPrefix((e) => this.up.acked(e));
+    this.store.dropPrefix((e) => this.up.mayGo(e));
     this.store.admit(this.accept);
     this.applyResync();
   }
@@ -125,8 +126,16 @@ export class Mirror extends CoreRole {
     return this.up.heardAgoMs();
   }
 
+  /** Regions of every write this site holds in its journal or received (a promotion's divergent tail). */
+  heldRegions(): number[] {
+    const rb = this.cfg.limits.regionBytes;
+    const out = new Set<number>();
+    for (const e of [...this.store.entries, ...this.store.queuedEntries()]) for (const r of regionsOf(e.offsetBytes, e.lengthBytes, rb)) out.add(r);
+    return [...out];
+  }
+
   quiescent(): boolean {
-    return this.store.quiescent() && this.resyncQueue.length === 0;
+    return this.store.quiescent(this.up.kept) && this.resyncQueue.length === 0;
   }
 
   /**

@@ -40,6 +40,8 @@ export interface PrimaryConfig extends CoreConfig {
    * of no newer epoch. A site that finds a newer epoch is fenced instead.
    */
   readonly proveAuthority?: { readonly sites: number; readonly witnesses: readonly PeerId[] };
+  /** The cluster can fail over (default: it has a standby or must prove authority): mirrors keep a tail above the committed watermark it sends. */
+  readonly failover?: boolean;
 }
 
 interface HostFlush extends FanoutFlush {
@@ -109,7 +111,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       onCached: (e) => this.onCached(e),
       onStored: (e) => this.tryComplete(e),
     });
-    this.fan = new Fanout(this.io, cfg, this.store, this);
+    this.fan = new Fanout(this.io, { ...cfg, failover: cfg.failover ?? (cfg.standby !== undefined || cfg.proveAuthority !== undefined) }, this.store, this);
   }
 
   /** Host writes the site may submit now without getting `busy` (for pacing the NBD reader). */
@@ -122,6 +124,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       case 'start': this.onStart(ev.recovered); break;
       case 'tick':
         this.fan.tick();
+        this.fan.committed(this.committedSeq());
         this.checkAuthority();
         break;
       case 'hostWrite': this.onHostWrite(ev); break;
@@ -290,7 +293,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
   private newEntry(ce: CacheEntry, hostId: HostOpId | undefined, replayed: boolean): PrimaryEntry {
     this.writesInflight++;
     this.bytesInflight += ce.lengthBytes;
-    return { ...storeEntry(ce, replayed), hostId, waitingMirrors: new Set(), bitmapWaits: new Set(), done: false };
+    return { ...storeEntry(ce, replayed), hostId, waitingMirrors: new Set(), bitmapWaits: new Set(), copyWaits: new Set(), done: false };
   }
 
   /** Claim 12 (v): only once it is in the cache, to every in-sync mirror and (claim 4) locally. */
@@ -307,7 +310,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
 
   /** Host ack once every in-sync mirror acked, the local write is done, and missed regions are persisted as dirty. */
   tryComplete(e: PrimaryEntry): void {
-    if (e.done || !e.cached || !e.stored || e.waitingMirrors.size > 0 || e.bitmapWaits.size > 0) return;
+    if (e.done || !e.cached || !e.stored || e.waitingMirrors.size > 0 || e.bitmapWaits.size > 0 || e.copyWaits.size > 0) return;
     e.done = true;
     this.writesInflight--;
     this.bytesInflight -= e.lengthBytes;
@@ -359,6 +362,12 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
   }
 
   private readonly completed = (e: PrimaryEntry): boolean => e.done;
+
+  /** The highest seq of this epoch with every write up to it completed (acked by every in-sync site). */
+  private committedSeq(): Seq {
+    for (const e of this.store.entries) if (e.epoch === this.epoch && !e.done) return e.seq - 1n;
+    return this.seqNext - 1n;
+  }
 
   /** The per-step epilogue (a standby calls it after `handle`). */
   afterStep(): void {

@@ -48,13 +48,13 @@
 
 import { CoreIO, CoreRole, type OpOwner } from './io.js';
 import { LocalStore, storeEntry, type StoreEntry } from './local-store.js';
-import { Upstream } from './upstream.js';
-import { assert, type CacheEntry, type Completion, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type Limits, type Meta } from './types.js';
+import { Upstream, type UpstreamConfig } from './upstream.js';
+import { assert, type CacheEntry, type Completion, type CoreEvent, type Epoch, type HeartbeatState, type Limits, type Meta } from './types.js';
 import type { OpId, PeerId, PeerMsg, SenseInfo, Seq } from './types.js';
 
 export type RelayAckMode = 'cached' | 'end-to-end';
 
-export interface RelayConfig extends CoreConfig {
+export interface RelayConfig extends UpstreamConfig {
   /** The next site of the chain (`forward:`): a relay or the remote mirror. */
   readonly downstream: PeerId;
   readonly ackMode: RelayAckMode;
@@ -160,6 +160,11 @@ export class Relay extends CoreRole implements OpOwner {
       },
       // inSync is meaningful to a standby only; a relay's downstream is told by the relay's own state
       onEpochAdopted: (epoch) => this.onEpochAdopted(epoch),
+      // The committed watermark goes down the chain: the far end keeps the same tail.
+      onCommitted: (seq) => {
+        if (this.downLink === 'ready') this.io.send(this.cfg.downstream, { type: 'ack', epoch: this.up.epoch, seq });
+      },
+
       onJoin: () => {
         // Flush ids belong to one upstream session (a restarted primary counts from 1 again): the
         // upstream re-sends every flush it still waits for, so answering an old one could complete
@@ -332,6 +337,8 @@ export class Relay extends CoreRole implements OpOwner {
       return;
     }
     this.downLink = 'ready';
+    // The origin's committed watermark goes down the chain (issue 16 item 4: the far end keeps the same tail).
+    if (this.cfg.keepTail === true) this.io.send(this.cfg.downstream, { type: 'ack', epoch: this.up.epoch, seq: this.up.committed });
     // What the downstream already holds counts as sent (its ack follows); the rest is re-sent.
     let resend = 0;
     for (const e of this.store.entries) {
@@ -379,9 +386,14 @@ export class Relay extends CoreRole implements OpOwner {
       f.sentDown = true;
       this.io.send(this.cfg.downstream, { type: 'flush', epoch: this.up.epoch, flushId: f.upTo, seq: f.upTo });
     }
-    // Resync data only once the cache is empty (every entry went down, and with storage is
-    // durable here), so no cached write can be re-sent or replayed over it.
-    if (entries.length > 0 || this.store.queuedCount > 0 || this.life === undefined) return;
+    // Resync data only once every cached write went down (and with storage is durable here); the
+    // ones kept as a failover's tail leave the cache first, so none can be re-sent or replayed
+    // over it (the upstream resyncing this leg tracks what it owes).
+    if (this.store.queuedCount > 0 || this.life === undefined || this.resyncs.length === 0) return;
+    if (entries.length > 0) {
+      if (!entries.every((e) => e.downAcked && e.cached && e.stored && e.durable)) return;
+      this.store.dropAll();
+    }
     let inflight = this.resyncs.filter((r) => r.sentDown && !r.downDone).length;
     for (const r of this.resyncs) {
       if (r.orphan) continue;
@@ -428,8 +440,8 @@ export class Relay extends CoreRole implements OpOwner {
     : { type: 'resyncAck', epoch: this.up.epoch, resyncId: r.resyncId, sense: r.sense });
 
   private readonly ackReady = (e: StoreEntry): boolean => this.cfg.ackMode !== 'end-to-end' || (e as REntry).downAcked;
-  /** Claim 21: an entry goes once the downstream acked it and it was acked upstream (and is durable here). */
-  private readonly mayGo = (e: REntry): boolean => e.downAcked && this.up.acked(e);
+  /** Claim 21: an entry goes once the downstream acked it and it was acked upstream (and is durable here), and no failover may need it. */
+  private readonly mayGo = (e: REntry): boolean => e.downAcked && this.up.mayGo(e);
 
   afterStep(): void {
     if (!this.started) return;
@@ -455,7 +467,7 @@ export class Relay extends CoreRole implements OpOwner {
 
   /** Nothing held: every write went all the way down, no flush or resync pending. */
   quiescent(): boolean {
-    return this.store.quiescent() && this.resyncs.length === 0 && this.flushes.length === 0;
+    return this.store.quiescent((e) => e.downAcked && this.up.kept(e)) && this.resyncs.length === 0 && this.flushes.length === 0;
   }
 
   status(): RelayStatus {

@@ -61,7 +61,7 @@
 import { CoreIO, CoreRole, type OpOwner } from './io.js';
 import { Mirror, type MirrorStatus } from './mirror.js';
 import { Primary, type PrimaryStatus } from './primary.js';
-import { regionCount } from './regions.js';
+import { regionsOfRanges } from './regions.js';
 import { assert, type Completion, type CoreAction, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type Meta } from './types.js';
 import type { MirrorLossPolicy, OpId, PeerId, PeerMsg, Recovered, Seq } from './types.js';
 
@@ -109,11 +109,17 @@ export class Standby extends CoreRole implements OpOwner {
   private queryIdNext = 1n;
   /** `nextMs`: when to ask again (queryIntervalMs after sending, sooner if an answer says when it would agree). */
   private query: { queryId: bigint; sentMs: number; nextMs: number; agree: Set<PeerId>; disagree: Set<PeerId> } | undefined;
-  private promotion: { epoch: Epoch; metaOp: OpId | undefined; bitmapOps: Set<OpId>; seqReceived: Seq; reason: string; metaIssued: boolean } | undefined;
+  private promotion: { epoch: Epoch; metaOp: OpId | undefined; bitmapOps: Set<OpId>; seqReceived: Seq; reason: string; metaIssued: boolean; dirty: Map<PeerId, number[]> } | undefined;
   private readonly promotions: { atMs: number; fromEpoch: Epoch; toEpoch: Epoch; seqReceived: Seq; reason: string }[] = [];
   /** Promotion guard (setInSync): the epoch it was granted in (0: not granted); from the meta record at start. */
   private inSyncEpoch: Epoch = 0n;
   private readonly guardOps = new Set<OpId>();
+  /**
+   * The primary's dirty bits for every other site (peerDirty): what each of them misses, kept
+   * durable here so a promotion resyncs them by bitmap, not the whole volume (issue 16 item 4).
+   */
+  private readonly copies = new Map<PeerId, Set<number>>();
+  private readonly copyOps = new Map<OpId, bigint>();
   private refusalLoggedMs = -Infinity;
 
   constructor(private readonly cfg: StandbyConfig) {
@@ -122,7 +128,8 @@ export class Standby extends CoreRole implements OpOwner {
     assert(cfg.queryIntervalMs > 0, 'queryIntervalMs must be positive');
     // One op id space and one action list for the standby and both of its inner cores.
     super(new CoreIO(cfg.self));
-    this.mirror = new Mirror({ self: cfg.self, volumeBytes: cfg.volumeBytes, blockBytes: cfg.blockBytes, limits: cfg.limits }, this.io);
+    // A standby's copy is the failover's reference: it keeps the tail above the watermark.
+    this.mirror = new Mirror({ self: cfg.self, volumeBytes: cfg.volumeBytes, blockBytes: cfg.blockBytes, limits: cfg.limits, keepTail: true }, this.io);
   }
 
   /** Sites of the cluster, primary included: the majority is counted out of these. */
@@ -161,6 +168,7 @@ export class Standby extends CoreRole implements OpOwner {
   private onStart(rec: Recovered): void {
     this.meta = rec.meta;
     this.inSyncEpoch = rec.meta.inSyncEpoch ?? 0n;
+    for (const [peer, regions] of rec.dirtyRegions) this.copies.set(peer, new Set(regions));
     this.startMs = this.io.nowMs;
     this.mirror.handle({ type: 'start', recovered: rec });
     this.mirror.afterStep();
@@ -229,6 +237,11 @@ export class Standby extends CoreRole implements OpOwner {
       return;
     }
     if (this.phase === 'following' && peer === this.cfg.primary && msg.epoch >= this.mirrorEpoch()) this.heardPrimary();
+    if ((msg.type === 'peerDirty' || msg.type === 'peerClean') && this.phase === 'following') {
+      if (peer === this.cfg.primary && msg.epoch === this.mirrorEpoch()) this.onCopy(msg);
+      else this.log('warn', 'unexpected_sender', { peer, type: msg.type, epoch: msg.epoch, fix: 'only the primary of this epoch sends its dirty bits to its standby' });
+      return;
+    }
     this.forward({ type: 'recv', peer, msg });
     // The promotion guard, after the mirror took the message (an inSync follows the writes it
     // covers on the same link). Only frames the mirror accepted from its upstream count.
@@ -243,6 +256,22 @@ export class Standby extends CoreRole implements OpOwner {
       }
       else if (msg.type === 'resyncData') this.setInSync(false, `${peer} is resyncing this site`);
     }
+  }
+
+  /** The primary's dirty bits for another site: kept durable here (bitmapSet), then confirmed (peerDirtyAck). */
+  private onCopy(msg: Extract<PeerMsg, { type: 'peerDirty' | 'peerClean' }>): void {
+    const regions = regionsOfRanges(msg.ranges, this.cfg.limits.regionBytes);
+    let set = this.copies.get(msg.peer);
+    if (set === undefined) this.copies.set(msg.peer, (set = new Set()));
+    if (msg.type === 'peerClean') {
+      for (const r of regions) set.delete(r);
+      this.io.push({ type: 'bitmapClear', peer: msg.peer, regions });
+      return;
+    }
+    for (const r of regions) set.add(r);
+    const opId = this.io.op(this);
+    this.copyOps.set(opId, msg.id);
+    this.io.push({ type: 'bitmapSet', opId, peer: msg.peer, regions });
   }
 
   /**
@@ -376,26 +405,35 @@ export class Standby extends CoreRole implements OpOwner {
     const own = this.mirror.status();
     const toEpoch = own.epoch + 1n;
     this.phase = 'promoting';
-    this.promotion = { epoch: toEpoch, metaOp: undefined, bitmapOps: new Set(), seqReceived: own.seqReceived, reason, metaIssued: false };
-    this.log('warn', 'failover_decided', { fromEpoch: own.epoch, toEpoch, seqReceived: own.seqReceived, reason });
-    // (c first) Every other site owes a full resync from this image: durable before the epoch,
-    // so that once the epoch says "acting primary" a restart finds the debt already recorded.
-    // Bitmaps are local bookkeeping; nothing of the new epoch is visible yet.
-    const regions = this.allRegions();
-    for (const peer of this.downstreams()) {
+    // (c first) What every other site owes, durable before the epoch, so that once the epoch says
+    // "acting primary" a restart finds the debt already recorded (issue 16 item 4: failover keeps
+    // redundancy). A site in sync with the old primary held every write up to what everyone
+    // acked (the committed watermark); only the writes above it, which this site still holds in
+    // its journal (the divergent tail), may differ there: their regions are owed. A site the old
+    // primary had degraded owes its dirty bits too (this standby's copy of them). What the other
+    // sites hold beyond this tail they name themselves when they join. Bitmaps are local
+    // bookkeeping; nothing of the new epoch is visible yet.
+    const tail = this.mirror.heldRegions();
+    const dirty = new Map<PeerId, number[]>();
+    for (const peer of this.downstreams()) dirty.set(peer, [...new Set([...tail, ...(this.copies.get(peer) ?? [])])].sort((a, b) => a - b));
+    this.promotion = { epoch: toEpoch, metaOp: undefined, bitmapOps: new Set(), seqReceived: own.seqReceived, reason, metaIssued: false, dirty };
+    this.log('warn', 'failover_decided', { fromEpoch: own.epoch, toEpoch, seqReceived: own.seqReceived, reason, tailRegions: tail.length, owed: Object.fromEntries([...dirty].map(([p, r]) => [p, r.length])) });
+    for (const [peer, regions] of dirty) {
       const opId = this.io.op(this);
       this.promotion.bitmapOps.add(opId);
       this.io.push({ type: 'bitmapSet', opId, peer, regions });
     }
   }
 
-  private allRegions(): number[] {
-    return Array.from({ length: regionCount(this.cfg.volumeBytes, this.cfg.limits.regionBytes) }, (_, i) => i);
-  }
-
   /** The standby's own ops: guard saves, and the promotion's bitmaps and epoch. */
   onDone(ev: Completion): void {
     const { opId, type } = ev;
+    const copyId = this.copyOps.get(opId);
+    if (copyId !== undefined) {
+      this.copyOps.delete(opId);
+      if (this.phase === 'following') this.send(this.cfg.primary, { type: 'peerDirtyAck', epoch: this.mirrorEpoch(), id: copyId });
+      return;
+    }
     if (this.guardOps.delete(opId)) {
       assert(type === 'metaPersisted', `op ${opId} is a metaPersist, completed as ${type}`);
       return;
@@ -429,9 +467,8 @@ export class Standby extends CoreRole implements OpOwner {
     if (!this.mirror.settled()) return;
     this.mirror.releaseSettled();
     // (d) Act as the primary of the new epoch.
-    const regions = this.allRegions();
-    const dirty = new Map<PeerId, number[]>(this.downstreams().map((peer) => [peer, regions]));
-    const primary = new Primary({ self: this.cfg.self, volumeBytes: this.cfg.volumeBytes, blockBytes: this.cfg.blockBytes, mirrors: this.downstreams(), onMirrorLoss: this.cfg.onMirrorLoss, limits: this.cfg.limits }, this.io);
+    const dirty = p.dirty;
+    const primary = new Primary({ self: this.cfg.self, volumeBytes: this.cfg.volumeBytes, blockBytes: this.cfg.blockBytes, mirrors: this.downstreams(), onMirrorLoss: this.cfg.onMirrorLoss, limits: this.cfg.limits, failover: true }, this.io);
     this.primaryCore = primary;
     this.phase = 'primary';
     this.promotions.push({ atMs: this.io.nowMs, fromEpoch: p.epoch - 1n, toEpoch: p.epoch, seqReceived: p.seqReceived, reason: p.reason });

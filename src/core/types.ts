@@ -32,6 +32,12 @@ export type HostOpId = number;
 /** Id of one I/O action, echoed by its completion event. Unique per core instance. */
 export type OpId = number;
 
+/** A byte range of the volume. */
+export interface ByteRange {
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+}
+
 /** SCSI-style failure carried across the wire (hal/blockdev.ts SenseError flattened). */
 export interface SenseInfo {
   readonly key: number;
@@ -46,7 +52,12 @@ export interface SenseInfo {
 export type PeerMsg =
   /** A replicated host write. `fua`: durable at the receiver before it is acked. */
   | { type: 'write'; epoch: Epoch; seq: Seq; offsetBytes: number; lengthBytes: number; fua: boolean; payload: Uint8Array }
-  /** Cumulative ack: every write with seq <= `seq` of `epoch` is in the receiver's cache AND performed on its storage (claim 10 iii, 11). */
+  /**
+   * Cumulative ack. Downstream -> upstream: every write with seq <= `seq` of `epoch` is in the
+   * sender's cache AND performed on its storage (claim 10 iii, 11). Upstream -> downstream
+   * (issue 16 item 4): every write up to `seq` is acked by every in-sync site (committed), so the
+   * receiver may let those go; it keeps the writes above it (the tail a failover reconciles).
+   */
   | { type: 'ack'; epoch: Epoch; seq: Seq }
   /** Per-write failure, sent before the cumulative ack that covers `seq`. */
   | { type: 'writeStatus'; epoch: Epoch; seq: Seq; sense: SenseInfo }
@@ -55,8 +66,14 @@ export type PeerMsg =
   | { type: 'flushAck'; epoch: Epoch; flushId: bigint; sense?: SenseInfo }
   /** Upstream -> downstream, first message on every new link: "I speak for `epoch`". */
   | { type: 'epoch'; epoch: Epoch }
-  /** Downstream -> upstream, the answer to `epoch`: "I hold every write of `epoch` up to `seqReceived`; send the rest, and resync me if you owe me regions". */
-  | { type: 'resyncRequest'; epoch: Epoch; seqReceived: Seq }
+  /**
+   * Downstream -> upstream, the answer to `epoch`: "I hold every write of `epoch` up to
+   * `seqReceived`; send the rest, and resync me if you owe me regions". `ranges` names what the
+   * sender knows may differ from the upstream (issue 16): writes it holds of an older epoch
+   * above what every site acked (a failover's divergent tail), and ranges its own copy lost
+   * (journal damage, failed storage writes). Sent again mid-session when such ranges appear.
+   */
+  | { type: 'resyncRequest'; epoch: Epoch; seqReceived: Seq; ranges?: readonly ByteRange[] }
   /** One region of the upstream's storage, sent to a mirror being resynced. */
   | { type: 'resyncData'; epoch: Epoch; resyncId: bigint; offsetBytes: number; payload: Uint8Array }
   /** The region is on the receiver's stable storage. */
@@ -69,8 +86,18 @@ export type PeerMsg =
    * could lose acked writes it never received.
    */
   | { type: 'inSync'; epoch: Epoch; seq: Seq }
-  /** "Your epoch is stale; mine is `epoch`." The receiver must stop acting for its epoch. */
-  | { type: 'fence'; epoch: Epoch; reason: string }
+  /** "Your epoch is stale; mine is `epoch`." The receiver must stop acting for its epoch. `primary`: who is primary of `epoch`, if the sender knows. */
+  | { type: 'fence'; epoch: Epoch; reason: string; primary?: PeerId }
+  /**
+   * Primary -> its standby (issue 16 item 4): `peer` misses these ranges (the primary's dirty
+   * bitmap for it), so the standby keeps a copy and a promotion resyncs `peer` by bitmap, not
+   * the whole volume. Answered with peerDirtyAck once the copy is durable; the host ack of the
+   * write that caused it waits for that.
+   */
+  | { type: 'peerDirty'; epoch: Epoch; id: bigint; peer: PeerId; ranges: readonly ByteRange[] }
+  | { type: 'peerDirtyAck'; epoch: Epoch; id: bigint }
+  /** Primary -> its standby: `peer` holds these ranges again (resynced). Best effort. */
+  | { type: 'peerClean'; epoch: Epoch; peer: PeerId; ranges: readonly ByteRange[] }
   /**
    * Failover detection (claim 13 v, issue 10): a standby that stopped hearing the primary asks
    * every other site "when did you last hear the primary?". `epoch` is the asker's; the answer

@@ -13,12 +13,18 @@
 //             ack below it (a status lost with a link reset is repeated at the next join)
 //   liveness  when the upstream was last heard (frames of its epoch and its heartbeats), which a
 //             standby's failover vote asks every site (claim 13 v)
+//   tail      (issue 16 item 4) the upstream's own `ack` says which writes every in-sync site
+//             acked (committed); the writes above it stay in the journal even once acked and
+//             durable here, because a failover may have to reconcile them. When a newer epoch is
+//             adopted, the writes of older epochs still held are named (as ranges) in the join's
+//             resyncRequest, and let go once the new upstream says `inSync`: it accounted for them.
 //
 // The role around it decides what a valid write, flush, resync region or inSync does.
 
 import type { CoreIO, OpOwner } from './io.js';
 import type { LocalStore, StoreEntry } from './local-store.js';
-import { assert, type CacheEntry, type Completion, type CoreConfig, type Epoch, type Meta, type OpId, type PeerId, type PeerMsg, type Seq } from './types.js';
+import { rangesOfRegions, regionsOf } from './regions.js';
+import { assert, type ByteRange, type CacheEntry, type Completion, type CoreConfig, type Epoch, type Meta, type OpId, type PeerId, type PeerMsg, type Seq } from './types.js';
 
 type Msg<T extends PeerMsg['type']> = Extract<PeerMsg, { type: T }>;
 
@@ -33,6 +39,16 @@ export interface UpstreamHooks<E extends StoreEntry> {
   onEpochAdopted?(epoch: Epoch): void;
   /** A (re)join with `peer` begins: per-session state (flush and resync ids) starts over. */
   onJoin?(peer: PeerId): void;
+  /** The upstream's committed watermark moved (a relay passes it on). */
+  onCommitted?(seq: Seq): void;
+}
+
+export interface UpstreamConfig extends CoreConfig {
+  /**
+   * The cluster can fail over (it has a standby): keep the writes above the upstream's committed
+   * watermark (zero after a start, until the upstream says more) even once acked and durable.
+   */
+  readonly keepTail?: boolean;
 }
 
 const u64Max = (1n << 64n) - 1n;
@@ -48,11 +64,16 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
   lastHeardMs: number | undefined;
   /** Writes that failed here and await a resync; their writeStatus is repeated at every join. */
   failed: StoreEntry[] = [];
+  /** The upstream's committed watermark in this epoch: every write up to it is acked by every in-sync site. */
+  committed: Seq = 0n;
+
+  /** Writes of older epochs held here have been accounted for by this epoch's upstream (it said inSync). */
+  private tailAccounted = true;
   private pendingEpoch: { epoch: Epoch; opId: OpId; peer: PeerId } | undefined;
 
   constructor(
     private readonly io: CoreIO,
-    private readonly cfg: CoreConfig,
+    private readonly cfg: UpstreamConfig,
     private readonly store: LocalStore<E>,
     private readonly hooks: UpstreamHooks<E>,
   ) {}
@@ -73,6 +94,9 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
       this.store.perform(e);
       if (e.epoch === this.epoch && e.seq > this.seqReceived) this.seqReceived = e.seq;
     }
+    // Writes of an older epoch (this site adopted a newer one, or was fenced as its primary):
+    // the upstream of this epoch must reconcile them, so they are named at the next join.
+    if (this.store.entries.some((e) => e.epoch < this.epoch)) this.tailAccounted = false;
   }
 
   peerDown(peer: PeerId): void {
@@ -119,7 +143,18 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
         else this.hooks.onResyncData(peer, msg);
         break;
       }
-      case 'inSync': this.hooks.onInSync?.(peer, msg); break;
+      case 'inSync':
+        if (!this.tailAccounted) {
+          this.tailAccounted = true;
+          this.io.log('info', 'tail_accounted', { peer, epoch: this.epoch });
+        }
+        this.hooks.onInSync?.(peer, msg);
+        break;
+      case 'ack':
+        // The upstream's committed watermark (issue 16 item 4): writes up to it may go.
+        if (msg.seq > this.committed) this.committed = msg.seq;
+        this.hooks.onCommitted?.(msg.seq);
+        break;
       default:
         this.io.log('warn', 'unexpected_message', { peer, type: msg.type, fix: 'only an upstream site sends this to a mirror' });
     }
@@ -186,7 +221,9 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
     this.epoch = p.epoch;
     this.seqReceived = 0n;
     this.seqAcked = 0n;
+    this.committed = 0n;
     this.failed = []; // writes of the old epoch: the new primary resyncs what they touched
+    this.tailAccounted = !this.store.entries.some((e) => e.epoch < p.epoch);
     this.hooks.onEpochAdopted?.(p.epoch);
     this.join(p.peer);
   }
@@ -195,7 +232,8 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
     this.hooks.onJoin?.(peer);
     this.upstream = peer;
     this.lastHeardMs = this.io.nowMs;
-    this.io.send(peer, { type: 'resyncRequest', epoch: this.epoch, seqReceived: this.seqReceived });
+    const ranges = this.tailRanges();
+    this.io.send(peer, ranges.length > 0 ? { type: 'resyncRequest', epoch: this.epoch, seqReceived: this.seqReceived, ranges } : { type: 'resyncRequest', epoch: this.epoch, seqReceived: this.seqReceived });
     for (const e of this.failed) this.io.send(peer, { type: 'writeStatus', epoch: e.epoch, seq: e.seq, sense: e.sense! });
     if (this.seqAcked > 0n) this.io.send(peer, { type: 'ack', epoch: this.epoch, seq: this.seqAcked });
   }
@@ -227,5 +265,27 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
   /** Whether `e` has been acked upstream (or belongs to an older epoch, which no one will ack). */
   acked(e: StoreEntry): boolean {
     return e.epoch < this.epoch || e.seq <= this.seqAcked;
+  }
+
+  /** Whether `e` must stay in the journal: above the committed watermark, or of an older epoch not yet accounted for. */
+  retained(e: StoreEntry): boolean {
+    return e.epoch < this.epoch ? !this.tailAccounted : this.cfg.keepTail === true && e.seq > this.committed;
+  }
+
+  /** Acked upstream, and kept only as part of a tail a failover may have to reconcile. */
+  readonly kept = (e: StoreEntry): boolean => this.acked(e) && this.retained(e);
+
+  /** Acked upstream and no longer part of a tail a failover may have to reconcile. */
+  mayGo(e: StoreEntry): boolean {
+    return this.acked(e) && !this.retained(e);
+  }
+
+  /** The writes of older epochs held here (as coalesced region ranges): what a new upstream must reconcile. */
+  tailRanges(): ByteRange[] {
+    if (this.tailAccounted) return [];
+    const regions: number[] = [];
+    const rb = this.cfg.limits.regionBytes;
+    for (const e of this.store.entries) if (e.epoch < this.epoch) regions.push(...regionsOf(e.offsetBytes, e.lengthBytes, rb));
+    return rangesOfRegions(regions, this.cfg.volumeBytes, rb);
   }
 }

@@ -33,6 +33,8 @@ export interface CoreSite {
   readonly failoverTimeoutMs: number;
   /** A relay keeps a copy (claim 18); other roles always do. */
   readonly storage: boolean;
+  /** The cluster can fail over (it has a standby): mirrors and relays keep a failover's tail. */
+  readonly failover: boolean;
 }
 
 export interface CoreVolume {
@@ -76,11 +78,11 @@ export function chooseCore(site: CoreSite, meta: Meta, vol: CoreVolume): SiteCor
   const acting = meta.acting;
   if (site.role === 'relay') {
     if (site.forward === undefined) throw new Error(`sites.${site.name}.forward: a relay needs the next site of its chain`);
-    return plain(new Relay({ ...common, downstream: site.forward, ackMode: site.relayAck, storage: site.storage }), 'relay', [site.forward]);
+    return plain(new Relay({ ...common, keepTail: site.failover, downstream: site.forward, ackMode: site.relayAck, storage: site.storage }), 'relay', [site.forward]);
   }
   if (site.role === 'mirror' || (acting === 'mirror' && site.role === 'primary')) {
     // A fenced or demoted old primary comes back as a mirror of whoever is primary now.
-    return plain(new Mirror(common), 'mirror', []);
+    return plain(new Mirror({ ...common, keepTail: site.failover }), 'mirror', []);
   }
   // Authority is proven, never remembered (issue 16 item 1): where a failover can happen, a
   // primary serves only once a majority of the cluster's sites confirmed its epoch.

@@ -64,6 +64,10 @@ export function toWire(msg: PeerMsg, self: string): DataMessage {
       return { type: 'LAST_HEARD_QUERY', epoch: msg.epoch, queryId: msg.queryId };
     case 'lastHeardAnswer':
       return { type: 'LAST_HEARD_ANSWER', epoch: msg.epoch, queryId: msg.queryId, heardAgoMs: heardAgoToWire(msg.heardAgoMs), seqReceived: msg.seqReceived };
+    case 'peerDirty':
+    case 'peerDirtyAck':
+    case 'peerClean':
+      throw new Error(`no wire frame for ${msg.type} yet`);
   }
 }
 

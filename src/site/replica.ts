@@ -22,7 +22,7 @@ import { RoleChangeError } from './role-change.js';
 import type { SiteContext, SiteRuntime } from './context.js';
 import type { FailoverRecord, SiteStatus } from './status.js';
 import { siteStatus } from './status-view.js';
-import type { SiteConfig } from './config.js';
+import type { ClusterConfig, SiteConfig } from './config.js';
 
 export { openSiteDevices, type SiteDevices } from './devices.js';
 export { HostIoError, hostWriteChunkBytesMax } from './host-api.js';
@@ -44,11 +44,11 @@ export interface ReplicaOptions {
 }
 
 /** What of a site's configuration decides its core. */
-function coreSite(site: SiteConfig, storage: boolean): CoreSite {
+function coreSite(config: ClusterConfig, site: SiteConfig, storage: boolean): CoreSite {
   if (site.role === 'witness') throw new Error(`sites.${site.name}.role: a witness runs no replication core`);
   return {
     name: site.name, role: site.role, mirrors: site.mirrors, witnesses: site.witnesses, relayAck: site.relayAck, onMirrorLoss: site.onMirrorLoss,
-    failoverTimeoutMs: site.failoverTimeoutMs, storage,
+    failoverTimeoutMs: site.failoverTimeoutMs, storage, failover: Object.values(config.sites).some((x) => x.role === 'standby'),
     ...(site.forward !== undefined ? { forward: site.forward } : {}),
     ...(site.standbyFor !== undefined ? { standbyFor: site.standbyFor } : {}),
     ...(site.standby !== undefined ? { standby: site.standby } : {}),
@@ -87,7 +87,7 @@ export class Replica {
     const heartbeatIntervalMs = opts.heartbeatIntervalMs ?? defaultLimits.heartbeatIntervalMs;
     this.limits = { ...defaultLimits, cacheBytesMax: dev.journal.capacityBytes, heartbeatIntervalMs, ...(site.resyncBytesPerSec ? { resyncBytesPerSecMax: site.resyncBytesPerSec } : {}), ...opts.limits };
     if (this.limits.inflightBytesMax > this.limits.cacheBytesMax) this.limits = { ...this.limits, inflightBytesMax: Math.floor(this.limits.cacheBytesMax / 2) };
-    this.sc = chooseCore(coreSite(site, dev.array !== undefined), dev.initialMeta, { volumeBytes: config.volume.sizeBytes, blockBytes: config.volume.blockSize, limits: this.limits });
+    this.sc = chooseCore(coreSite(config, site, dev.array !== undefined), dev.initialMeta, { volumeBytes: config.volume.sizeBytes, blockBytes: config.volume.blockSize, limits: this.limits });
     this.acting = this.sc.acting;
     this.journalPort = new JournalPortImpl(dev.journal, () => metrics.ioError(dev.journal.device.name, 'write'));
     this.peers = new Peers(ctx, {

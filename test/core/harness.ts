@@ -16,14 +16,21 @@ export function fmtMsg(m: PeerMsg): string {
     case 'flush': return `flush #${m.flushId} upto s${m.seq}`;
     case 'flushAck': return `flushAck #${m.flushId}`;
     case 'epoch': return `epoch ${m.epoch}`;
-    case 'resyncRequest': return `resyncRequest e${m.epoch} received s${m.seqReceived}`;
+    case 'resyncRequest': return `resyncRequest e${m.epoch} received s${m.seqReceived}${m.ranges !== undefined && m.ranges.length > 0 ? ` ranges ${fmtRanges(m.ranges)}` : ''}`;
     case 'resyncData': return `resyncData #${m.resyncId} @${m.offsetBytes}+${m.payload.byteLength}`;
     case 'resyncAck': return `resyncAck #${m.resyncId}`;
     case 'fence': return `fence e${m.epoch}`;
     case 'inSync': return `inSync e${m.epoch} s${m.seq}`;
     case 'lastHeardQuery': return `lastHeardQuery #${m.queryId} e${m.epoch}`;
     case 'lastHeardAnswer': return `lastHeardAnswer #${m.queryId} e${m.epoch} ago ${m.heardAgoMs} s${m.seqReceived}`;
+    case 'peerDirty': return `peerDirty #${m.id} ${m.peer} ${fmtRanges(m.ranges)}`;
+    case 'peerDirtyAck': return `peerDirtyAck #${m.id}`;
+    case 'peerClean': return `peerClean ${m.peer} ${fmtRanges(m.ranges)}`;
   }
+}
+
+function fmtRanges(r: readonly { offsetBytes: number; lengthBytes: number }[]): string {
+  return r.map((x) => `@${x.offsetBytes}+${x.lengthBytes}`).join(',');
 }
 
 export function fmt(a: CoreAction): string | undefined {

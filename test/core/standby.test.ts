@@ -8,7 +8,6 @@ import { senseOf, type CoreAction } from '../../src/core/types.js';
 import { blockBytes, hostWrite, mirrorScript, primaryScript, Script, testLimits, writeMsg } from './harness.js';
 
 const limits = { ...testLimits, heartbeatIntervalMs: 100 };
-const regionsAll = Array.from({ length: 16 }, (_, i) => i).join(','); // 16 KiB volume, 1 KiB regions
 
 /** Standby `backup` of primary `local`, with mirrors east and west; links to all three up. */
 function standby(opts: { witness?: string; inSync?: boolean } = {}): Script<Standby> {
@@ -40,7 +39,10 @@ describe('standby: follows the primary as a mirror (claims 8, 9)', () => {
     // Journal first, then storage (claims 11, 17: no write reaches storage before it is cached).
     expect(s.recv('local', writeMsg(1n, 0, 512, 1n, true))).toEqual(['cacheAppend s1 @0+512']);
     expect(s.done('cacheAppend')).toEqual(['storageWrite @0+512 fua']);
-    expect(s.done('storageWrite')).toEqual(['send local ack s1', 'cacheDrop s1']);
+    // A standby keeps what is above its primary's committed watermark (issue 16: a failover's
+    // tail); the watermark lets it go.
+    expect(s.done('storageWrite')).toEqual(['send local ack s1']);
+    expect(s.recv('local', { type: 'ack', epoch: 1n, seq: 1n })).toEqual(['cacheDrop s1']);
     expect(s.step({ type: 'hostWrite', id: 7, offsetBytes: 0, lengthBytes: 512, fua: false, payload: new Uint8Array(512) })).toEqual(['ackHost #7 fenced']);
   });
 
@@ -105,7 +107,8 @@ describe('standby: detection needs a majority (claim 13 v)', () => {
     const s = standby({ witness: 'judge' });
     expect(s.tick(500)).toEqual(['send east lastHeardQuery #1 e1', 'send west lastHeardQuery #1 e1', 'send judge lastHeardQuery #1 e1']);
     s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 700, seqReceived: 0n });
-    expect(s.recv('judge', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual([`bitmapSet local [${regionsAll}]`, `bitmapSet east [${regionsAll}]`, `bitmapSet west [${regionsAll}]`]);
+    // Nothing held above the watermark and no site degraded: no site owes anything (issue 16 item 4).
+    expect(s.recv('judge', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual(['bitmapSet local []', 'bitmapSet east []', 'bitmapSet west []']);
   });
 
   it('a mirror answers "when did you last hear the primary?" whatever its epoch', () => {
@@ -129,8 +132,9 @@ describe('standby: promotion (claim 13 vi, vii)', () => {
     s.step({ type: 'peerDown', peer: 'local' });
     silence(s);
     s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 510, seqReceived: 2n });
-    // (c) the catch-up debt first: one bitmap per other site, whole volume (local bookkeeping)
-    expect(s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual([`bitmapSet local [${regionsAll}]`, `bitmapSet east [${regionsAll}]`, `bitmapSet west [${regionsAll}]`]);
+    // (c) the catch-up debt first: one bitmap per other site (local bookkeeping), the regions of
+    // the writes this site holds above the committed watermark (its divergent tail: @0 and @2048)
+    expect(s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual(['bitmapSet local [0,2]', 'bitmapSet east [0,2]', 'bitmapSet west [0,2]']);
     expect(s.logs).toContain('failover_decided');
     s.done('bitmapSet local');
     s.done('bitmapSet east');
@@ -140,7 +144,7 @@ describe('standby: promotion (claim 13 vi, vii)', () => {
     return s;
   }
 
-  it('persists the epoch, finishes what it received, owes every other site a full resync, then serves as primary of epoch 2', () => {
+  it('persists the epoch, finishes what it received, owes every other site the regions of its divergent tail, then serves as primary of epoch 2', () => {
     const s = decided();
     expect(s.step({ type: 'hostWrite', id: 1, offsetBytes: 0, lengthBytes: 512, fua: false, payload: new Uint8Array(512) })).toEqual(['ackHost #1 busy']);
     expect(s.done('metaPersist')).toEqual([]);
@@ -149,7 +153,8 @@ describe('standby: promotion (claim 13 vi, vii)', () => {
     expect(s.done('storageWrite @2048')).toEqual(['storageFlush']);
     expect(s.tick(50)).toEqual([]);
     // (d) the primary of epoch 2 announces itself on every link that is up
-    expect(s.done('storageFlush')).toEqual(['cacheDrop s2', 'send east epoch 2', 'send west epoch 2']);
+    // (s1 was kept too: the old primary never said it was committed, issue 16)
+    expect(s.done('storageFlush')).toEqual(['cacheDrop s1,s2', 'send east epoch 2', 'send west epoch 2']);
     expect(s.logs).toContain('promoted');
     const st = s.role.status();
     expect(st.phase).toBe('primary');
@@ -220,8 +225,11 @@ describe('primary with a standby (issue 10: every host-acked write is on the sta
     expect(t.last.some((a) => a.type === 'ackHost')).toBe(false);
     // The standby returns, gets write 1 again and acks: only now the host is acked.
     expect(t.step({ type: 'peerUp', peer: 'backup' })).toEqual(['send backup epoch 1']);
-    expect(t.recv('backup', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n })).toEqual(['send backup write s1 @0+1024', 'send backup inSync e1 s1']);
-    expect(t.recv('backup', { type: 'ack', epoch: 1n, seq: 1n })).toEqual(['ackHost #1']);
+    // It also gets the copy of east's dirty bits (issue 16: a promotion resyncs east by bitmap),
+    // and the committed watermark; the host ack waits for the copy to be durable there too.
+    expect(t.recv('backup', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n })).toEqual(['send backup peerDirty #1 east @0+1024', 'send backup write s1 @0+1024', 'send backup ack s0', 'send backup inSync e1 s1']);
+    expect(t.recv('backup', { type: 'ack', epoch: 1n, seq: 1n })).toEqual([]);
+    expect(t.recv('backup', { type: 'peerDirtyAck', epoch: 1n, id: 1n })).toEqual(['ackHost #1']);
   });
 });
 

@@ -582,7 +582,7 @@ class FailoverSim {
     let role: string;
     if (configured === 'mirror' || acting === 'mirror') {
       role = acting === 'mirror' ? 'mirror (acting)' : 'mirror';
-      s.core = new Mirror(cfg);
+      s.core = new Mirror({ ...cfg, keepTail: true });
     } else if (configured === 'primary') {
       role = 'primary';
       s.core = new Primary({ ...cfg, mirrors: names.filter((n) => n !== s.name), onMirrorLoss: this.oldPolicy, standby: 'backup', proveAuthority: { sites: 4, witnesses: [] } });
