@@ -107,7 +107,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     assert(this.lim.inflightBytesMax <= this.lim.cacheBytesMax, 'inflightBytesMax must not exceed cacheBytesMax');
     assert(!cfg.mirrors.includes(cfg.self), `primary ${cfg.self} lists itself as a mirror`);
     // Claim 12 (v): performed only once cached, and after the fan-out (onCached).
-    this.store = new LocalStore<PrimaryEntry>(this.io, { limits: cfg.limits, storage: true, performWhenCached: false }, {
+    this.store = new LocalStore<PrimaryEntry>(this.io, { limits: cfg.limits, volumeBytes: cfg.volumeBytes, storage: true, performWhenCached: false }, {
       onCached: (e) => this.onCached(e),
       onStored: (e) => this.tryComplete(e),
     });
