@@ -361,14 +361,21 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
       return;
     }
     const e = op.entry;
-    e.stored = true;
     if (sense !== undefined) {
       this.io.logLimited('storage_write_failed', repeatLogIntervalMs, 'error', 'storage_write_failed', { seq: e.seq, offsetBytes: e.offsetBytes, message: sense.message });
       e.sense ??= sense;
-      e.durable = true; // nothing of it to keep durable; the role reports the failure
-      // This copy misses the write: its regions are suspect (durably) until a peer repairs them.
-      this.markSuspect(regionsOf(e.offsetBytes, e.lengthBytes, this.cfg.limits.regionBytes));
-    } else if (e.fua) {
+      // This copy misses the write: its regions are suspect until a peer repairs them, and the
+      // role hears of the failure (to report it, or to ack the host through its mirrors) only
+      // once that is durable, so no restart can forget it.
+      this.markSuspect(regionsOf(e.offsetBytes, e.lengthBytes, this.cfg.limits.regionBytes), () => {
+        e.stored = true;
+        e.durable = true; // nothing of it to keep durable
+        this.hooks.onStored?.(e);
+      });
+      return;
+    }
+    e.stored = true;
+    if (e.fua) {
       e.durable = true;
     } else {
       this.unflushed.push(e);

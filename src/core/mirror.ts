@@ -134,7 +134,7 @@ export class Mirror extends CoreRole {
     return { epoch: this.up.epoch, lastSeq: this.up.seqAcked };
   }
 
-  /** Ms since the upstream was last heard (-1: never in this life): the failover vote's question. */
+  /** Ms since the upstream was last heard (or since this life began): the failover vote's question. */
   heardAgoMs(): number {
     return this.up.heardAgoMs();
   }

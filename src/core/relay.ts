@@ -412,6 +412,7 @@ export class Relay extends CoreRole implements OpOwner {
         this.store.writeRegion(r.offsetBytes, r.payload, (sense) => {
           r.localDone = true;
           if (sense !== undefined) r.sense ??= sense;
+          else this.store.clearSuspect(this.store.regionsWithin(r.offsetBytes, r.payload.byteLength));
         });
       }
       if (r.sentDown) continue;

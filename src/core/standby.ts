@@ -154,8 +154,10 @@ export class Standby extends CoreRole implements OpOwner {
         this.forward(ev);
         break;
       case 'recv': this.onRecv(ev.peer, ev.msg); break;
+      case 'storageRecovered': this.forward(ev); break;
       case 'hostWrite':
       case 'hostFlush':
+      case 'hostRead':
         if (this.phase === 'promoting') {
           this.io.push({ type: 'ackHost', id: ev.id, error: { kind: 'busy', message: `${this.cfg.self} is being promoted to primary of epoch ${this.promotion!.epoch}; retry shortly` } });
         } else {
@@ -495,6 +497,11 @@ export class Standby extends CoreRole implements OpOwner {
 
   heartbeat(): HeartbeatState {
     return this.primaryCore?.heartbeat() ?? this.mirror.heartbeat();
+  }
+
+  /** Whether the host may read this range from local storage (a promoted standby's own copy may not be whole). */
+  readable(offsetBytes: number, lengthBytes: number): boolean {
+    return this.primaryCore?.readable(offsetBytes, lengthBytes) ?? true;
   }
 
   /** Host writes the site may submit now (0 unless this site is the primary). */

@@ -173,6 +173,9 @@ export const localSuspectKey = '@local';
 /** Most byte ranges one message names (resyncRequest, peerDirty): the wire's resyncRangesMax. */
 export const peerRangesMax = 4096;
 
+/** Largest readRequest a site serves: the wire's payloadBytesMax (one READ_DATA frame). */
+export const peerReadBytesMax = 1024 * 1024;
+
 // ---------------------------------------------------------------------------------------------
 // Events (fed to `step(event, nowMs)`)
 

@@ -24,7 +24,7 @@
 import type { CoreIO, OpOwner } from './io.js';
 import type { LocalStore, StoreEntry } from './local-store.js';
 import { coarsenRanges, rangesOfRegions, regionsOf } from './regions.js';
-import { assert, peerRangesMax, type ByteRange, type SenseInfo, type CacheEntry, type Completion, type CoreConfig, type Epoch, type Meta, type OpId, type PeerId, type PeerMsg, type Seq } from './types.js';
+import { assert, peerRangesMax, peerReadBytesMax, type ByteRange, type SenseInfo, type CacheEntry, type Completion, type CoreConfig, type Epoch, type Meta, type OpId, type PeerId, type PeerMsg, type Seq } from './types.js';
 
 type Msg<T extends PeerMsg['type']> = Extract<PeerMsg, { type: T }>;
 
@@ -77,6 +77,7 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
 
   /** Writes of older epochs held here have been accounted for by this epoch's upstream (it said inSync). */
   private tailAccounted = true;
+  private startMs = 0;
   private pendingEpoch: { epoch: Epoch; opId: OpId; peer: PeerId } | undefined;
 
   constructor(
@@ -87,6 +88,7 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
   ) {}
 
   start(meta: Meta): void {
+    this.startMs = this.io.nowMs;
     this.epoch = meta.epoch;
     this.seqReserved = meta.seqReserved;
   }
@@ -116,9 +118,13 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
     if (peer === this.upstream && epoch === this.epoch) this.lastHeardMs = this.io.nowMs;
   }
 
-  /** Ms since the upstream was last heard, or -1 if never in this life. */
+  /**
+   * Ms since the upstream was last heard; never in this life: ms since this life began (all this
+   * site can vouch for). A site that just restarted must not count as "silent for ages" in a
+   * failover vote (issue 16 item 8): a primary it has not yet reached may be alive.
+   */
   heardAgoMs(): number {
-    return this.lastHeardMs === undefined ? -1 : this.io.nowMs - this.lastHeardMs;
+    return this.io.nowMs - (this.lastHeardMs ?? this.startMs);
   }
 
   /** A frame from `peer`. Returns false when it was not for this side (the caller may route it elsewhere). */
@@ -164,7 +170,7 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
         this.hooks.onCommitted?.(msg.seq);
         break;
       case 'readRequest': {
-        const bad = msg.lengthBytes > this.cfg.limits.regionBytes ? `read of ${msg.lengthBytes} bytes exceeds one region (${this.cfg.limits.regionBytes})` : this.badRange(msg.offsetBytes, msg.lengthBytes, msg.lengthBytes);
+        const bad = msg.lengthBytes > peerReadBytesMax ? `read of ${msg.lengthBytes} bytes exceeds ${peerReadBytesMax}` : this.badRange(msg.offsetBytes, msg.lengthBytes, msg.lengthBytes);
         if (bad !== undefined) this.io.refuse(peer, 'bad_frame', `read request #${msg.readId}: ${bad}`);
         else if (this.hooks.onReadRequest === undefined) this.io.send(peer, { type: 'readData', epoch: this.epoch, readId: msg.readId, payload: new Uint8Array(0), sense: noCopy(this.io.self) });
         else this.hooks.onReadRequest(peer, msg);

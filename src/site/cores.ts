@@ -56,6 +56,11 @@ export interface SiteCore {
   hostQueueFree(): number;
   /** Whether host writes go to this core at all (they wait while it is busy). */
   readonly takesHostWrites: boolean;
+  /**
+   * Whether a host read of this range may come from local storage; false: it goes to the core
+   * (`hostRead`), which reads it from a mirror (the local copy is not whole there).
+   */
+  readable(offsetBytes: number, lengthBytes: number): boolean;
   /** A following standby's phase; undefined for other roles. */
   phase(): StandbyPhase | undefined;
   /** The newer epoch that fenced the primary this site is (or became). */
@@ -117,6 +122,7 @@ function plain(core: Mirror | Relay, acting: 'mirror' | 'relay', dials: PeerId[]
     core, acting, dials, bitmapPeers: [], takesHostWrites: false, dialOnPromotion: [],
     status: () => core.status(),
     hostQueueFree: () => 0,
+    readable: () => true,
     phase: () => undefined,
     fencedBy: () => undefined,
     notPromotable: notAStandby(acting),
@@ -130,6 +136,7 @@ function primaryCore(core: Primary, mirrors: readonly PeerId[], dials: PeerId[])
     core, acting: 'primary', dials, bitmapPeers: mirrors, takesHostWrites: true, dialOnPromotion: [],
     status: () => core.status(),
     hostQueueFree: () => core.hostQueueFree(),
+    readable: (offsetBytes, lengthBytes) => core.readable(offsetBytes, lengthBytes),
     phase: () => undefined,
     fencedBy: () => core.fencedBy(),
     notPromotable: notAStandby('primary'),
@@ -143,6 +150,7 @@ function standbyCore(core: Standby, dials: PeerId[], old: PeerId): SiteCore {
     core, acting: 'standby', dials, bitmapPeers: [], takesHostWrites: true, dialOnPromotion: [old],
     status: () => core.status(),
     hostQueueFree: () => core.hostQueueFree(),
+    readable: (offsetBytes, lengthBytes) => core.readable(offsetBytes, lengthBytes),
     phase: () => core.phaseNow(),
     fencedBy: () => core.fencedBy(),
     notPromotable: () => core.notPromotable(),

@@ -45,7 +45,8 @@ export interface PeersPort {
 
 /** Where host operations complete (the NBD export's promises, or a simulated host). */
 export interface HostPort {
-  ack(id: number, error: HostError | undefined): void;
+  /** `data`: a host read the core served (from a mirror: the local copy is not whole there). */
+  ack(id: number, error: HostError | undefined, data?: Uint8Array): void;
 }
 
 export interface ExecutorPorts {
@@ -180,7 +181,7 @@ export class Executor {
         p.peers.close(a.peer, a.reason);
         break;
       case 'ackHost':
-        p.host.ack(a.id, a.error);
+        p.host.ack(a.id, a.error, a.data);
         break;
       case 'bitmapSet':
         p.state.setBits(a.peer, a.regions, (err) => {

@@ -67,6 +67,8 @@ export function toWire(msg: PeerMsg, self: string): DataMessage {
     case 'peerDirty':
     case 'peerDirtyAck':
     case 'peerClean':
+    case 'readRequest':
+    case 'readData':
       throw new Error(`no wire frame for ${msg.type} yet`);
   }
 }

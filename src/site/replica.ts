@@ -100,6 +100,7 @@ export class Replica {
     this.host = new HostApi({
       name: site.name,
       feed: (ev) => this.feed(ev),
+      readable: (offsetBytes, lengthBytes) => this.sc.readable(offsetBytes, lengthBytes),
       hostRoom: () => (this.sc.takesHostWrites ? (this.exec.busy ? 0 : this.sc.hostQueueFree()) : undefined),
       acting: () => this.acting,
       down: () => (this.fatal ? `site ${site.name} stopped: ${this.fatal.message}` : this.stopped ? `site ${site.name} is stopping` : undefined),

@@ -79,12 +79,13 @@ describe('mirror: receive, cache, perform, ack (claims 11, 17)', () => {
     t.done('cacheAppend s2');
     t.done('storageWrite @1024');
     expect(t.openActions()).toEqual(['storageWrite @0+512']);
-    // The write of s1 fails on storage: its region is recorded suspect before anything passes it.
+    // The write of s1 fails on storage: its region is recorded suspect before anything else.
     expect(t.done('storageWrite @0', { sense: { key: 3, asc: 0x0c, ascq: 0, message: 'east.img at LBA 0: write error' } }))
-      .toEqual(['bitmapSet @local [0]', 'send local writeStatus s1 east.img at LBA 0: write error']); // no ack for s1 nor s2 yet
-    // Durably suspect: the ack passes s1 (reported failed, owed by a resync), so nothing behind it is pinned.
-    // The failed entry has nothing left to keep in the journal (the suspect record stands for it).
-    expect(t.done('bitmapSet')).toEqual(['send local ack s2', 'cacheDrop s1']);
+      .toEqual(['bitmapSet @local [0]']); // no ack for s1 nor s2 yet
+    // Durably suspect: the failure is reported, and the ack passes s1 (reported failed, owed by a
+    // resync), so nothing behind it is pinned. The failed entry has nothing left to keep in the
+    // journal (the suspect record stands for it).
+    expect(t.done('bitmapSet')).toEqual(['send local writeStatus s1 east.img at LBA 0: write error', 'send local ack s2', 'cacheDrop s1']);
     // The link drops (the status may be lost with it): the next join names the region and repeats the status.
     t.step({ type: 'peerDown', peer: 'local' });
     t.step({ type: 'peerUp', peer: 'local' });
