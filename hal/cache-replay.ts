@@ -345,22 +345,26 @@ async function badRun(view: RingView, start: Cursor, jseq: number, minGen: numbe
       break;
     }
   }
-  if (resume === undefined) return { run: { from: jseq, to: undefined, known, headers }, resume };
-  headers.pop(); // the resume point is an intact entry, not part of the run
-  await nameBackwards(view, resume, jseq, known);
-  return { run: { from: jseq, to: resume.h.jseq, known, headers }, resume };
+  if (resume !== undefined) headers.pop(); // the resume point is an intact entry, not part of the run
+  // Name what the readable headers say: each names itself, and the one before it, and so on back
+  // (latest first; a walk stops at an entry already named, so this stays linear).
+  for (const f of headers) if (!known.has(f.h.jseq)) known.set(f.h.jseq, identity(f));
+  const anchors = [...(resume === undefined ? [] : [resume]), ...headers].sort((x, y) => y.h.jseq - x.h.jseq);
+  for (const f of anchors) await nameBackwards(view, f, jseq, known);
+  return { run: { from: jseq, to: resume?.h.jseq, known, headers }, resume };
 }
 
 function identity(f: Found): PrevEntry {
   return { epoch: f.h.epoch, seq: f.h.seq, offsetBytes: f.h.offsetBytes, payloadBytes: f.h.payloadBytes, posBytes: f.at };
 }
 
-/** Walks back from `from` through prev* fields, naming the entries down to `lowJseq`. */
+/** Walks back from `from` through prev* fields, naming the entries down to `lowJseq` (or one already named). */
 async function nameBackwards(view: RingView, from: Found, lowJseq: number, known: Map<number, PrevEntry>): Promise<void> {
   let cur = from.h;
   for (let k = from.h.jseq - 1; k >= lowJseq && cur.prev !== undefined; k--) {
     const prev = cur.prev;
-    if (!known.has(k)) known.set(k, prev);
+    if (known.has(k)) return; // named already, and walked on from there
+    known.set(k, prev);
     if (prev.posBytes === 0) return;
     const h = await view.header(prev.posBytes);
     const same = h !== undefined && h.jseq === k && h.epoch === prev.epoch && h.seq === prev.seq && h.offsetBytes === prev.offsetBytes && h.payloadBytes === prev.payloadBytes;

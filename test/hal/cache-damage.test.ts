@@ -242,6 +242,19 @@ describe('cache journal damage', () => {
     expect(damage.lost).toEqual([lostOf(hs[3]!)]);
   });
 
+  it('damage at the very end, proven by the superblock: a readable header names itself and the unreadable entry before it', async () => {
+    const dev = new MemoryCacheDevice('memory:c', 64 * 1024);
+    const { journal } = await CacheJournal.open(dev);
+    const hs: EntryHandle[] = [];
+    for (let i = 1; i <= 5; i++) hs.push(await journal.append(meta(i), payloadFor(i, 700)));
+    await journal.close();
+    dev.raw().fill(0, hs[3]!.posBytes, hs[3]!.posBytes + entryHeaderBytes); // 4: header gone
+    dev.raw()[hs[4]!.posBytes + entryHeaderBytes + 9]! ^= 2; // 5: payload damaged, header readable
+    const { recovered, damage } = await CacheJournal.open(crashCopy(dev));
+    expect(seqs(recovered)).toEqual([1, 2, 3]);
+    expect(damage).toEqual({ lost: [lostOf(hs[3]!), lostOf(hs[4]!)], unknownLost: 0, tornTailEntries: 0, tornTailBytes: 0 });
+  });
+
   it('reports the damage again at every open until the head moves past it, then never again', async () => {
     const dev = new MemoryCacheDevice('memory:c', 64 * 1024);
     const { journal } = await CacheJournal.open(dev);
