@@ -99,7 +99,7 @@ export class LocalRepair implements OpOwner {
     const regions = suspectRegions(ranges, unknown, this.cfg.volumeBytes, this.cfg.limits.regionBytes);
     if (regions.length === 0) return;
     this.io.log('warn', 'storage_recovered', { regions: regions.length, unknown, effect: 'the regions it missed are read back from the mirrors' });
-    this.store.markSuspect(regions);
+    this.store.markSuspect(regions, () => this.io.push({ type: 'storageStaleRecorded', ranges }));
   }
 
   /** A write was cached (it goes to the mirrors now): a region read out for repair there is void. */

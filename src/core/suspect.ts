@@ -47,7 +47,10 @@ export function storageRecovered<E extends StoreEntry>(io: CoreIO, store: LocalS
   const regions = suspectRegions(ev.ranges, ev.unknown, volumeBytes, regionBytes);
   if (regions.length === 0) return;
   io.log('warn', 'storage_recovered', { regions: regions.length, unknown: ev.unknown, effect: 'the regions it missed are resynced from the upstream' });
-  store.markSuspect(regions, () => up.report(rangesOfRegions(regions, volumeBytes, regionBytes)));
+  store.markSuspect(regions, () => {
+    io.push({ type: 'storageStaleRecorded', ranges: ev.ranges });
+    up.report(rangesOfRegions(regions, volumeBytes, regionBytes));
+  });
 }
 
 /** Answers the upstream's readRequest from this copy (ordered after every write queued before it). */

@@ -234,6 +234,11 @@ export type CoreAction =
   | { type: 'send'; peer: PeerId; msg: PeerMsg }
   /** End the link to `peer`: it sent something the core refuses (named in `reason`). */
   | { type: 'closePeer'; peer: PeerId; reason: string }
+  /**
+   * The `storageRecovered` ranges are durably recorded here as suspect (they will be repaired
+   * from peers): the storage may forget them (hal/array.ts clearStale). No completion.
+   */
+  | { type: 'storageStaleRecorded'; ranges: readonly ByteRange[] }
   /** Complete a host write or flush; no `error` means success. */
   | { type: 'ackHost'; id: HostOpId; error?: HostError; data?: Uint8Array }
   /** Persist dirty bits for `peer`; completion `bitmapPersisted`. */

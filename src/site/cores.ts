@@ -51,6 +51,8 @@ export interface SiteCore {
   readonly dials: readonly PeerId[];
   /** Peers whose dirty bitmaps this core keeps (a primary's mirrors). */
   readonly bitmapPeers: readonly PeerId[];
+  /** Peers whose dirty bits this core keeps a copy of (a following standby: its primary's other mirrors). */
+  readonly copyPeers: readonly PeerId[];
   status(): CoreStatus;
   /** Host operations the core takes now; 0 when it takes none (a mirror, a standby not yet promoted). */
   hostQueueFree(): number;
@@ -111,7 +113,7 @@ export function chooseCore(site: CoreSite, meta: Meta, vol: CoreVolume): SiteCor
     ...common, primary: old, mirrors: site.mirrors, ...(site.witnesses[0] ? { witness: site.witnesses[0] } : {}),
     failoverTimeoutMs: site.failoverTimeoutMs, queryIntervalMs: queryIntervalMsFor(site.failoverTimeoutMs), onMirrorLoss: site.onMirrorLoss,
   });
-  return standbyCore(core, [...site.mirrors, ...site.witnesses], old);
+  return standbyCore(core, [...site.mirrors, ...site.witnesses], old, site.mirrors);
 }
 
 const notAStandby = (acting: ActingRole) => (): string => `this site runs as ${acting}; only a following standby can be promoted`;
@@ -119,7 +121,7 @@ const notAStandby = (acting: ActingRole) => (): string => `this site runs as ${a
 /** A mirror or relay: takes no host writes, never promotes, is never fenced as a primary. */
 function plain(core: Mirror | Relay, acting: 'mirror' | 'relay', dials: PeerId[]): SiteCore {
   return {
-    core, acting, dials, bitmapPeers: [], takesHostWrites: false, dialOnPromotion: [],
+    core, acting, dials, bitmapPeers: [], copyPeers: [], takesHostWrites: false, dialOnPromotion: [],
     status: () => core.status(),
     hostQueueFree: () => 0,
     readable: () => true,
@@ -133,7 +135,7 @@ function plain(core: Mirror | Relay, acting: 'mirror' | 'relay', dials: PeerId[]
 /** The primary dials its mirrors, and the witnesses for heartbeats. */
 function primaryCore(core: Primary, mirrors: readonly PeerId[], dials: PeerId[]): SiteCore {
   return {
-    core, acting: 'primary', dials, bitmapPeers: mirrors, takesHostWrites: true, dialOnPromotion: [],
+    core, acting: 'primary', dials, bitmapPeers: mirrors, copyPeers: [], takesHostWrites: true, dialOnPromotion: [],
     status: () => core.status(),
     hostQueueFree: () => core.hostQueueFree(),
     readable: (offsetBytes, lengthBytes) => core.readable(offsetBytes, lengthBytes),
@@ -145,9 +147,9 @@ function primaryCore(core: Primary, mirrors: readonly PeerId[], dials: PeerId[])
 }
 
 /** A standby dials the mirrors and witnesses it asks when the primary goes silent, and the old primary once promoted. */
-function standbyCore(core: Standby, dials: PeerId[], old: PeerId): SiteCore {
+function standbyCore(core: Standby, dials: PeerId[], old: PeerId, mirrors: readonly PeerId[]): SiteCore {
   return {
-    core, acting: 'standby', dials, bitmapPeers: [], takesHostWrites: true, dialOnPromotion: [old],
+    core, acting: 'standby', dials, bitmapPeers: [], copyPeers: mirrors, takesHostWrites: true, dialOnPromotion: [old],
     status: () => core.status(),
     hostQueueFree: () => core.hostQueueFree(),
     readable: (offsetBytes, lengthBytes) => core.readable(offsetBytes, lengthBytes),
