@@ -24,8 +24,8 @@
 
 import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
 import type { LocalStore, StoreEntry } from './local-store.js';
-import { rangesOfRegions, regionCount, regionRange, regionsOf, regionsOfRanges } from './regions.js';
-import { assert, type ByteRange, type Completion, type Epoch, type HostOpId, type Limits, type MirrorLossPolicy, type OpId, type PeerId, type PeerMsg, type SenseInfo, type Seq } from './types.js';
+import { badRanges, rangesOfRegions, regionCount, regionRange, regionsOf, regionsOfRanges } from './regions.js';
+import { assert, peerRangesMax, type ByteRange, type Completion, type Epoch, type HostOpId, type Limits, type MirrorLossPolicy, type OpId, type PeerId, type PeerMsg, type SenseInfo, type Seq } from './types.js';
 
 /** A write as the primary tracks it: the local store's entry plus who it still waits for. */
 export interface PrimaryEntry extends StoreEntry {
@@ -217,7 +217,12 @@ export class Fanout implements OpOwner {
       return;
     }
     switch (msg.type) {
-      case 'resyncRequest': this.onJoin(m, msg.seqReceived, msg.ranges ?? []); break;
+      case 'resyncRequest': {
+        const bad = badRanges(msg.ranges ?? [], this.cfg.volumeBytes, peerRangesMax);
+        if (bad !== undefined) this.io.refuse(peer, 'bad_frame', `resync request: ${bad}`);
+        else this.onJoin(m, msg.seqReceived, msg.ranges ?? []);
+        break;
+      }
       case 'peerDirtyAck': this.onCopyAck(m, msg.id); break;
       case 'ack': this.onAck(m, msg.seq); break;
       case 'writeStatus': this.onWriteStatus(m, msg.seq, msg.sense); break;

@@ -66,3 +66,14 @@ export function coarsenRanges(ranges: readonly ByteRange[], max: number): ByteRa
   }
   return out;
 }
+
+/** Why a peer's list of ranges does not lie within the volume (undefined: it does). */
+export function badRanges(ranges: readonly ByteRange[], volumeBytes: number, max: number): string | undefined {
+  if (ranges.length > max) return `${ranges.length} ranges, at most ${max}`;
+  for (const r of ranges) {
+    if (!Number.isSafeInteger(r.offsetBytes) || !Number.isSafeInteger(r.lengthBytes) || r.offsetBytes < 0 || r.lengthBytes < 0 || r.offsetBytes + r.lengthBytes > volumeBytes) {
+      return `range ${r.offsetBytes}+${r.lengthBytes} is not within the ${volumeBytes}-byte volume`;
+    }
+  }
+  return undefined;
+}

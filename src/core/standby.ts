@@ -61,8 +61,8 @@
 import { CoreIO, CoreRole, type OpOwner } from './io.js';
 import { Mirror, type MirrorStatus } from './mirror.js';
 import { Primary, type PrimaryStatus } from './primary.js';
-import { regionsOfRanges } from './regions.js';
-import { assert, type Completion, type CoreAction, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type Meta } from './types.js';
+import { badRanges, regionsOfRanges } from './regions.js';
+import { assert, peerRangesMax, type Completion, type CoreAction, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type Meta } from './types.js';
 import type { MirrorLossPolicy, OpId, PeerId, PeerMsg, Recovered, Seq } from './types.js';
 
 export interface StandbyConfig extends CoreConfig {
@@ -262,6 +262,12 @@ export class Standby extends CoreRole implements OpOwner {
 
   /** The primary's dirty bits for another site: kept durable here (bitmapSet), then confirmed (peerDirtyAck). */
   private onCopy(msg: Extract<PeerMsg, { type: 'peerDirty' | 'peerClean' }>): void {
+    // The peer names a bitmap (a file beside the cache): only the cluster's own mirrors.
+    const bad = !this.cfg.mirrors.includes(msg.peer) ? `${msg.peer} is not one of this cluster's mirrors (${this.cfg.mirrors.join(', ')})` : badRanges(msg.ranges, this.cfg.volumeBytes, peerRangesMax);
+    if (bad !== undefined) {
+      this.io.refuse(this.cfg.primary, 'bad_frame', `${msg.type} for ${msg.peer}: ${bad}`);
+      return;
+    }
     const regions = regionsOfRanges(msg.ranges, this.cfg.limits.regionBytes);
     let set = this.copies.get(msg.peer);
     if (set === undefined) this.copies.set(msg.peer, (set = new Set()));
