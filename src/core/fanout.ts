@@ -24,7 +24,7 @@
 
 import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
 import type { LocalStore, StoreEntry } from './local-store.js';
-import { badRanges, rangesOfRegions, regionCount, regionRange, regionsOf, regionsOfRanges } from './regions.js';
+import { badRanges, blocksIn, MissedBlocks, rangesOfRegions, regionCount, regionRange, regionsOf, regionsOfRanges } from './regions.js';
 import { assert, peerRangesMax, type ByteRange, type Completion, type Epoch, type HostOpId, type Limits, type MirrorLossPolicy, type OpId, type PeerId, type PeerMsg, type SenseInfo, type Seq } from './types.js';
 
 /** A write as the primary tracks it: the local store's entry plus who it still waits for. */
@@ -42,6 +42,8 @@ export interface PrimaryEntry extends StoreEntry {
   ackedBy: number;
   /** A mirror failed it under `block`: the host gets this error. */
   mirrorSense?: SenseInfo;
+  /** Mirrors that missed it (their dirty bitmaps name its regions). */
+  missedBy?: PeerId[];
 }
 
 /** A host FLUSH as the fan-out sees it: which mirrors still owe their flushAck. */
@@ -69,6 +71,7 @@ export interface FanoutHost {
 
 export interface FanoutConfig {
   readonly volumeBytes: number;
+  readonly blockBytes: number;
   readonly mirrors: readonly PeerId[];
   readonly onMirrorLoss: MirrorLossPolicy;
   readonly standby?: PeerId;
@@ -91,6 +94,12 @@ export interface MirrorState {
   degradedAtMs: number;
   /** region -> pending bitmapSet op, or 'set' once durable. */
   readonly dirty: Map<number, OpId | 'set'>;
+  /**
+   * For dirty regions made dirty by writes it missed in this life: which blocks (the primary's
+   * repair of its own copy may read the other blocks from it, src/core/repair.ts). A dirty
+   * region without an entry: unknown, every block.
+   */
+  readonly missed: Map<number, MissedBlocks>;
   /** resyncId -> region being read / sent / awaiting its ack. */
   readonly inflight: Map<bigint, { region: number; touched: boolean }>;
   tokensBytes: number;
@@ -136,7 +145,7 @@ export class Fanout implements OpOwner {
     this.lim = cfg.limits;
     for (const peer of cfg.mirrors) {
       this.mirrors.set(peer, {
-        peer, link: 'down', sync: 'inSync', downSinceMs: 0, degradedAtMs: 0, dirty: new Map(), inflight: new Map(),
+        peer, link: 'down', sync: 'inSync', downSinceMs: 0, degradedAtMs: 0, dirty: new Map(), missed: new Map(), inflight: new Map(),
         tokensBytes: 0, lastRefillMs: 0, regionsDone: 0, progressDecile: 0, resyncedBytes: 0, resyncRunBytes: 0, resyncStartMs: 0, resyncFailures: 0, resyncRetryAtMs: 0, seqAcked: 0n, ackCursor: 0n, rttMs: undefined,
       });
     }
@@ -241,7 +250,7 @@ export class Fanout implements OpOwner {
   private onJoin(m: MirrorState, seqReceived: Seq, ranges: readonly ByteRange[]): void {
     if (m.link !== 'joining') {
       if (m.link === 'ready' && ranges.length > 0) {
-        this.reported(m, ranges);
+        this.reported(m, ranges, true);
         if (m.sync === 'degraded') this.startResync(m);
       } else {
         this.io.log('warn', 'unexpected_resync_request', { peer: m.peer, link: m.link });
@@ -250,7 +259,7 @@ export class Fanout implements OpOwner {
     }
     m.link = 'ready';
     this.host.joined(m.peer);
-    if (ranges.length > 0) this.reported(m, ranges);
+    if (ranges.length > 0) this.reported(m, ranges, false);
     if (m.peer === this.cfg.standby) this.resendCopies();
     if (m.sync !== 'inSync') {
       this.startResync(m);
@@ -281,13 +290,32 @@ export class Fanout implements OpOwner {
     this.io.send(m.peer, { type: 'inSync', epoch: this.host.epoch, seq: this.host.lastSeq() });
   }
 
-  /** A mirror says its copy may differ in `ranges`: they are dirty for it (it is degraded if it was in sync). */
-  private reported(m: MirrorState, ranges: readonly ByteRange[]): void {
+  /**
+   * A mirror says its copy may differ in `ranges`: they are dirty for it (it is degraded if it
+   * was in sync). `exact`: the ranges are what it misses, block for block (mid-session reports:
+   * its storage came back, a write failed behind a relay), not rounded to its suspect regions.
+   */
+  private reported(m: MirrorState, ranges: readonly ByteRange[], exact: boolean): void {
     const regions = regionsOfRanges(ranges, this.lim.regionBytes);
     if (regions.length === 0) return;
     this.io.log('warn', 'mirror_reports_ranges', { peer: m.peer, regions: regions.length, sync: m.sync });
     if (m.sync === 'inSync') this.degrade(m, `it reports ${regions.length} region(s) its copy may not hold`);
+    if (exact) for (const r of ranges) if (r.lengthBytes > 0) this.noteMissed(m, r.offsetBytes, r.lengthBytes);
     this.markDirty(m, regions, undefined);
+  }
+
+  /** Records, per region, the blocks of a range `m` misses (see MirrorState.missed). */
+  private noteMissed(m: MirrorState, offsetBytes: number, lengthBytes: number): void {
+    const rb = this.lim.regionBytes;
+    for (const r of regionsOf(offsetBytes, lengthBytes, rb)) {
+      let set = m.missed.get(r);
+      if (set === undefined) {
+        if (m.dirty.has(r)) continue; // dirty for reasons unknown at block level: every block
+        m.missed.set(r, (set = new MissedBlocks(Math.ceil(regionRange(r, this.cfg.volumeBytes, rb).lengthBytes / this.cfg.blockBytes))));
+      }
+      const [from, to] = blocksIn(r, rb, this.cfg.blockBytes, offsetBytes, lengthBytes);
+      for (let b = from; b < to; b++) set.add(b);
+    }
   }
 
   /** The committed watermark (every write up to it acked by every in-sync site) goes to the in-sync mirrors when it moved (per tick). */
@@ -375,6 +403,8 @@ export class Fanout implements OpOwner {
     const regions = regionsOf(e.offsetBytes, e.lengthBytes, this.lim.regionBytes);
     // A region being resynced that this write lands in is sent again ("touched").
     for (const v of m.inflight.values()) if (regions.includes(v.region)) v.touched = true;
+    this.noteMissed(m, e.offsetBytes, e.lengthBytes);
+    (e.missedBy ??= []).push(m.peer);
     this.markDirty(m, regions, e);
   }
 
@@ -509,26 +539,62 @@ export class Fanout implements OpOwner {
   // Reads from the mirrors (the primary's own copy is not whole: src/core/repair.ts)
 
   /**
-   * A mirror to read `offsetBytes+lengthBytes` from: its link is up, no region of the range is
-   * dirty for it (it holds every acked write there) and it acked every write there that was
-   * cached (its storage holds them). In-sync mirrors first.
+   * A mirror to read `offsetBytes+lengthBytes` from: its link is up, it acked every write there
+   * that was cached (its storage holds them), and for every region of the range `holds` accepts
+   * what it misses there (undefined: nothing). In-sync mirrors first.
    */
-  readSource(offsetBytes: number, lengthBytes: number, exclude: ReadonlySet<PeerId>): PeerId | undefined {
+  readSource(offsetBytes: number, lengthBytes: number, exclude: ReadonlySet<PeerId>, holds: (r: number, missed: MissedBlocks | 'all' | undefined) => boolean): PeerId | undefined {
     const regions = regionsOf(offsetBytes, lengthBytes, this.lim.regionBytes);
     let fallback: PeerId | undefined;
     for (const m of this.mirrors.values()) {
-      if (m.link !== 'ready' || exclude.has(m.peer) || regions.some((r) => m.dirty.has(r))) continue;
-      if (this.store.entries.some((e) => e.waitingMirrors.has(m.peer) && e.offsetBytes < offsetBytes + lengthBytes && offsetBytes < e.offsetBytes + e.lengthBytes)) continue;
+      if (m.link !== 'ready' || exclude.has(m.peer) || !regions.every((r) => holds(r, this.missedIn(m, r)))) continue;
+      if (!this.caughtUp(m, offsetBytes, lengthBytes)) continue;
       if (m.sync === 'inSync') return m.peer;
       fallback ??= m.peer;
     }
     return fallback;
   }
 
-  /** Whether some mirror holds every acked write of region `r` (it is dirty for none of them). */
-  heldAnywhere(r: number): boolean {
-    for (const m of this.mirrors.values()) if (!m.dirty.has(r)) return true;
+  /**
+   * Write `e` failed everywhere (the host got the error: no copy holds it): the mirrors that
+   * missed it miss nothing there because of it, so they may serve those blocks again.
+   */
+  unmiss(e: PrimaryEntry): void {
+    for (const peer of e.missedBy ?? []) {
+      const m = this.mirrors.get(peer);
+      if (m === undefined) continue;
+      for (const r of regionsOf(e.offsetBytes, e.lengthBytes, this.lim.regionBytes)) {
+        const set = m.missed.get(r);
+        if (set === undefined) continue;
+        const [from, to] = blocksIn(r, this.lim.regionBytes, this.cfg.blockBytes, e.offsetBytes, e.lengthBytes);
+        for (let b = from; b < to; b++) set.forget(b);
+      }
+    }
+  }
+
+  /** Whether any mirror's link is down (a source may come back). */
+  anyDown(): boolean {
+    for (const m of this.mirrors.values()) if (m.link !== 'ready') return true;
     return false;
+  }
+
+  /**
+   * What `m` misses of region `r`: nothing (undefined), the blocks of the writes it missed in
+   * this life, or every block ('all': dirty for a reason known only by region).
+   */
+  missedOf(peer: PeerId, r: number): MissedBlocks | 'all' | undefined {
+    const m = this.mirrors.get(peer);
+    return m === undefined ? 'all' : this.missedIn(m, r);
+  }
+
+  private missedIn(m: MirrorState, r: number): MissedBlocks | 'all' | undefined {
+    if (!m.dirty.has(r)) return undefined;
+    return m.missed.get(r) ?? 'all';
+  }
+
+  /** Whether `m` acked every cached write overlapping the range (its storage holds them). */
+  private caughtUp(m: MirrorState, offsetBytes: number, lengthBytes: number): boolean {
+    return !this.store.entries.some((e) => e.waitingMirrors.has(m.peer) && e.offsetBytes < offsetBytes + lengthBytes && offsetBytes < e.offsetBytes + e.lengthBytes);
   }
 
   /** Regions the primary's journal lost, repaired from `source`: every other mirror may differ there. */
@@ -559,10 +625,13 @@ export class Fanout implements OpOwner {
       return;
     }
     m.resyncFailures = 0;
-    if (!slot.touched) {
+    // The region became suspect here after it was picked (a local write to it failed before the
+    // read ran): what was sent may lack that write, so the region stays dirty for the mirror.
+    if (!slot.touched && !this.store.suspect.has(slot.region)) {
       const st = m.dirty.get(slot.region);
       if (st !== undefined) {
         m.dirty.delete(slot.region);
+        m.missed.delete(slot.region);
         m.regionsDone++;
         const bytes = regionRange(slot.region, this.cfg.volumeBytes, this.lim.regionBytes).lengthBytes;
         m.resyncedBytes += bytes;

@@ -180,6 +180,14 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
     return true;
   }
 
+  /**
+   * Whether a read of the range may go straight to storage now: no byte of it is suspect and no
+   * storage op on it is pending (a journal replay after a restart re-performs acked writes).
+   */
+  readableNow(offsetBytes: number, lengthBytes: number): boolean {
+    return !this.isSuspect(offsetBytes, lengthBytes) && (this.overlap.size === 0 || !this.overlap.overlaps(offsetBytes, lengthBytes));
+  }
+
   /** Whether any byte of the range lies in a suspect region. */
   isSuspect(offsetBytes: number, lengthBytes: number): boolean {
     if (this.suspect.size === 0) return false;
@@ -456,6 +464,9 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
 
   /** Drops, in seq order, the prefix of entries the role lets go that are cached, stored and durable. */
   dropPrefix(mayGo: (e: E) => boolean): void {
+    // Not while suspect regions are being recorded: a drop may move the journal's head past
+    // entries it reports lost, and then the report would be gone before its record.
+    if (this.suspectOps > 0) return;
     let n = 0;
     for (; n < this.entries.length; n++) {
       const e = this.entries[n]!;
@@ -483,10 +494,10 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
   }
 
   /**
-   * Nothing queued or in flight on storage, and every entry still journaled is one the role only
+   * Nothing queued or in flight on storage, no region of this copy suspect, and every entry still journaled is one the role only
    * keeps (`kept`: a failover's tail waiting for its watermark), not one with work left.
    */
   quiescent(kept: (e: E) => boolean = () => false): boolean {
-    return this.queued.length === 0 && this.localInflight === 0 && this.entries.every((e) => e.cached && e.durable && kept(e));
+    return this.suspect.size === 0 && this.queued.length === 0 && this.localInflight === 0 && this.entries.every((e) => e.cached && e.durable && kept(e));
   }
 }

@@ -53,6 +53,12 @@ export class OverlapQueue<T> {
     return ready;
   }
 
+  /** Whether any pending op overlaps the range. */
+  overlaps(offsetBytes: number, lengthBytes: number): boolean {
+    const r = { startBytes: offsetBytes, endBytes: offsetBytes + lengthBytes };
+    return this.pending.some((q) => overlaps(q, r));
+  }
+
   /** Forgets everything (process restart is a new instance; this is for tests). */
   clear(): void {
     this.pending = [];

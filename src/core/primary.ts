@@ -26,7 +26,7 @@ import { Fanout, type FanoutFlush, type FanoutHost, type LinkState, type MirrorS
 import { CoreIO, CoreRole, type OpOwner } from './io.js';
 import { LocalStore, storeEntry } from './local-store.js';
 import { LocalRepair } from './repair.js';
-import { assert, type CacheEntry, type Completion, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type HostError, type HostOpId, type Limits } from './types.js';
+import { assert, type ByteRange, type CacheEntry, type Completion, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type HostError, type HostOpId, type Limits } from './types.js';
 import type { MirrorLossPolicy, OpId, PeerId, PeerMsg, Recovered, Seq } from './types.js';
 
 export type { LinkState, MirrorSync } from './fanout.js';
@@ -117,7 +117,10 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     // Claim 12 (v): performed only once cached, and after the fan-out (onCached).
     this.store = new LocalStore<PrimaryEntry>(this.io, { limits: cfg.limits, volumeBytes: cfg.volumeBytes, storage: true, performWhenCached: false }, {
       onCached: (e) => this.onCached(e),
-      onStored: (e) => this.tryComplete(e),
+      onStored: (e) => {
+        this.repair.stored(e, e.sense === undefined);
+        this.tryComplete(e);
+      },
     });
     this.fan = new Fanout(this.io, { ...cfg, failover: cfg.failover ?? (cfg.standby !== undefined || cfg.proveAuthority !== undefined) }, this.store, this);
     this.repair = new LocalRepair(this.io, cfg, this.store, this.fan, this);
@@ -337,12 +340,18 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     assert(this.writesInflight >= 0 && this.bytesInflight >= 0, 'in-flight accounting went negative');
     if (e.hostId === undefined) return;
     const sense = e.mirrorSense ?? (e.sense !== undefined && (!e.inCache || e.ackedBy === 0) ? e.sense : undefined);
+    if (e.sense !== undefined && e.ackedBy === 0) this.fan.unmiss(e); // no copy holds it: the host gets the error
     this.ackHost(e.hostId, sense === undefined ? undefined : { kind: 'io', message: sense.message, sense });
   }
 
   /** `data`: a host read served by a mirror. */
   ackHost(id: HostOpId, error: HostError | undefined, data?: Uint8Array): void {
     this.io.push(error !== undefined ? { type: 'ackHost', id, error } : data !== undefined ? { type: 'ackHost', id, data } : { type: 'ackHost', id });
+  }
+
+  /** The ranges of the local copy that may be wrong (being repaired from the mirrors). */
+  suspectRanges(): ByteRange[] {
+    return this.store.suspectRanges();
   }
 
   /** Whether the host may read this range from the local storage (else: a `hostRead` event, served by a mirror). */

@@ -77,3 +77,71 @@ export function badRanges(ranges: readonly ByteRange[], volumeBytes: number, max
   }
   return undefined;
 }
+
+/** A set of block indexes within one region (a bitmap: a region holds regionBytes / blockBytes blocks). */
+export class BlockSet {
+  private readonly bits: Uint8Array;
+  private n = 0;
+
+  constructor(readonly blocks: number) {
+    this.bits = new Uint8Array(Math.ceil(blocks / 8));
+  }
+
+  get size(): number {
+    return this.n;
+  }
+
+  full(): boolean {
+    return this.n === this.blocks;
+  }
+
+  has(i: number): boolean {
+    return ((this.bits[i >> 3]! >> (i & 7)) & 1) === 1;
+  }
+
+  add(i: number): void {
+    if (this.has(i)) return;
+    this.bits[i >> 3]! |= 1 << (i & 7);
+    this.n++;
+  }
+
+  delete(i: number): void {
+    if (!this.has(i)) return;
+    this.bits[i >> 3]! &= ~(1 << (i & 7));
+    this.n--;
+  }
+
+  /** Whether every block of this set is in `other`. */
+  within(other: BlockSet | undefined): boolean {
+    for (let i = 0; i < this.blocks; i++) if (this.has(i) && !(other?.has(i) ?? false)) return false;
+    return true;
+  }
+}
+
+/** The blocks of region `r` (of `regionBytes`) that `offsetBytes+lengthBytes` covers, as indexes within the region. */
+export function blocksIn(r: number, regionBytes: number, blockBytes: number, offsetBytes: number, lengthBytes: number): [number, number] {
+  const start = Math.max(offsetBytes, r * regionBytes);
+  const end = Math.min(offsetBytes + lengthBytes, (r + 1) * regionBytes);
+  return [Math.floor((start - r * regionBytes) / blockBytes), Math.ceil((end - r * regionBytes) / blockBytes)];
+}
+
+/** Per block of one region, how many writes a mirror missed there (one it missed can be forgotten again: it failed everywhere). */
+export class MissedBlocks {
+  private readonly counts: Uint16Array;
+
+  constructor(readonly blocks: number) {
+    this.counts = new Uint16Array(blocks);
+  }
+
+  has(i: number): boolean {
+    return this.counts[i]! > 0;
+  }
+
+  add(i: number): void {
+    if (this.counts[i]! < 0xffff) this.counts[i]!++;
+  }
+
+  forget(i: number): void {
+    if (this.counts[i]! > 0 && this.counts[i]! < 0xffff) this.counts[i]!--;
+  }
+}

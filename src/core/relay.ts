@@ -101,6 +101,15 @@ interface ResyncItem {
 
 type DownLink = 'down' | 'joining' | 'ready';
 
+/** A readRequest a relay without a copy passes down (issue 16 item 3): answered with the downstream's data. */
+interface ReadItem {
+  readonly upId: bigint;
+  readonly downId: bigint;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+  sentDown: boolean;
+}
+
 export interface RelayStatus {
   readonly role: 'relay';
   readonly epoch: Epoch;
@@ -136,6 +145,7 @@ export class Relay extends CoreRole implements OpOwner {
   private rttMs: number | undefined;
   private flushes: FlushReq[] = [];
   private resyncs: ResyncItem[] = [];
+  private reads: ReadItem[] = [];
   /**
    * Resync ids towards the downstream are `life << 32 | n`, where `life` is a counter persisted
    * (in the meta record's seqReserved, which a relay has no other use for) at every start, so
@@ -166,7 +176,12 @@ export class Relay extends CoreRole implements OpOwner {
         if (this.downLink === 'ready') this.io.send(this.cfg.downstream, { type: 'ack', epoch: this.up.epoch, seq });
       },
 
-      onReadRequest: cfg.storage ? (peer, m) => serveRead(this.io, this.store, this.up, peer, m) : undefined,
+      // With a copy the relay serves reads itself; without one it passes them down.
+      onReadRequest: (peer, m) => {
+        if (cfg.storage) serveRead(this.io, this.store, this.up, peer, m);
+        else if (this.reads.length >= this.lim.resyncInflightRegionsMax * 4) this.io.refuse(peer, 'window_exceeded', `${this.reads.length} read requests already pending`);
+        else this.reads.push({ upId: m.readId, downId: 0n, offsetBytes: m.offsetBytes, lengthBytes: m.lengthBytes, sentDown: false });
+      },
       onJoin: () => {
         // Flush ids belong to one upstream session (a restarted primary counts from 1 again): the
         // upstream re-sends every flush it still waits for, so answering an old one could complete
@@ -176,6 +191,7 @@ export class Relay extends CoreRole implements OpOwner {
         // Regions already sent down become orphans (see ResyncItem.orphan); the rest are forgotten.
         this.resyncs = this.resyncs.filter((r) => r.sentDown && !r.downDone);
         for (const r of this.resyncs) r.orphan = true;
+        this.reads = []; // the upstream asks again in its new session
       },
     });
   }
@@ -294,6 +310,7 @@ export class Relay extends CoreRole implements OpOwner {
     for (const f of this.flushes) f.sentDown = false;
     this.resyncs = this.resyncs.filter((r) => !r.orphan);
     for (const r of this.resyncs) r.sentDown = false;
+    for (const r of this.reads) r.sentDown = false;
   }
 
   private onDownHeard(epoch: Epoch, lastSeq: Seq, rttMs: number | undefined): void {
@@ -329,6 +346,13 @@ export class Relay extends CoreRole implements OpOwner {
           if (msg.sense !== undefined) f.sense ??= msg.sense;
         }
         break;
+      case 'readData': {
+        const i = this.reads.findIndex((x) => x.sentDown && x.downId === msg.readId);
+        if (i < 0) return;
+        const r = this.reads.splice(i, 1)[0]!;
+        if (this.up.upstream !== undefined) this.io.send(this.up.upstream, msg.sense === undefined ? { type: 'readData', epoch: this.up.epoch, readId: r.upId, payload: msg.payload } : { type: 'readData', epoch: this.up.epoch, readId: r.upId, payload: msg.payload, sense: msg.sense });
+        break;
+      }
       case 'resyncAck': {
         const r = this.resyncs.find((x) => x.sentDown && x.downId === msg.resyncId);
         if (r === undefined) return;
@@ -395,6 +419,17 @@ export class Relay extends CoreRole implements OpOwner {
       if (entries.some((e) => e.epoch === this.up.epoch && e.seq <= f.upTo && !e.sent && !e.downAcked)) continue;
       f.sentDown = true;
       this.io.send(this.cfg.downstream, { type: 'flush', epoch: this.up.epoch, flushId: f.upTo, seq: f.upTo });
+    }
+    // Reads passed down go once every write to their range the relay holds has been acked by the
+    // downstream (then its storage holds them, and the read is ordered after them there).
+    for (const r of this.reads) {
+      if (r.sentDown || this.life === undefined) continue;
+      const end = r.offsetBytes + r.lengthBytes;
+      const pending = (e: REntry): boolean => !e.downAcked && e.offsetBytes < end && r.offsetBytes < e.offsetBytes + e.lengthBytes;
+      if (entries.some(pending) || this.store.queuedEntries().some(pending)) continue;
+      r.sentDown = true;
+      if (r.downId === 0n) (r as { downId: bigint }).downId = (this.life << 32n) | this.downResyncNext++;
+      this.io.send(this.cfg.downstream, { type: 'readRequest', epoch: this.up.epoch, readId: r.downId, offsetBytes: r.offsetBytes, lengthBytes: r.lengthBytes });
     }
     // Resync data only once every cached write went down (and with storage is durable here); the
     // ones kept as a failover's tail leave the cache first, so none can be re-sent or replayed

@@ -7,11 +7,15 @@
 //   serve     a host read of a suspect range (or one the local storage failed) is read from a
 //             mirror that holds every acked write there (hostRead -> readRequest -> readData),
 //             trying the next such mirror if one fails; no such mirror: the read fails (EIO)
-//   repair    each suspect region is read from such a mirror and written locally, then is clean;
-//             at most resyncInflightRegionsMax at once, paced by a backoff after failures. A host
-//             write cached into the region while its read was out ("touched") voids the data:
-//             the region is read again later. A region no mirror holds (every one is dirty
-//             there) cannot be repaired: that is logged as an error and the local copy stands.
+//   good      per suspect region, the blocks known right locally: written here successfully
+//             since the region became suspect, or repaired. A region all good is clean.
+//   repair    the other blocks are read from a mirror that holds them (it missed no write to
+//             them, at block level for the writes it missed in this life) and written locally,
+//             except blocks a host write reached meanwhile (they are newer: "touched") or will
+//             reach (their local write is on its way); at most resyncInflightRegionsMax at once,
+//             paced by a backoff after failures. With no mirror at all, or none that can serve a
+//             region once every mirror is connected and caught up for a grace period, the local
+//             copy stands: logged as an error (`local_regions_unrecoverable`).
 //   lost      a journal entry lost to damage may also be on some mirrors and not others (it
 //             may not have been acked): once its region is repaired from one mirror, it is
 //             dirty for every other mirror (bitmap `lostKey` until then), so all copies agree
@@ -20,14 +24,15 @@
 // of a write whose local storage write failed waits until its region is recorded suspect and
 // then needs one mirror to hold it (Primary.tryComplete).
 //
-// A mirror is a source for a range when its link is up, no region of the range is dirty for it,
+// A mirror is a source for a range when its link is up, it misses no write to the blocks wanted,
 // and it acked every write there that was cached before the request (its storage holds them:
 // a mirror acks only once performed, and it serves the read ordered after them).
 
 import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
 import type { Fanout, PrimaryEntry } from './fanout.js';
+import type { MissedBlocks } from './regions.js';
 import type { LocalStore } from './local-store.js';
-import { rangesOfRegions, regionRange, regionsOf } from './regions.js';
+import { blocksIn, BlockSet, rangesOfRegions, regionRange, regionsOf } from './regions.js';
 import { suspectRegions } from './suspect.js';
 import { assert, localSuspectKey, type ByteRange, type Completion, type Epoch, type HostError, type HostOpId, type Limits, type PeerId, type PeerMsg, type Recovered } from './types.js';
 
@@ -45,11 +50,12 @@ export interface RepairHost {
 
 export interface RepairConfig {
   readonly volumeBytes: number;
+  readonly blockBytes: number;
   readonly limits: Limits;
 }
 
 type Read =
-  | { readonly kind: 'repair'; readonly region: number; readonly source: PeerId; touched: boolean }
+  | { readonly kind: 'repair'; readonly region: number; readonly source: PeerId; readonly take: BlockSet; readonly touched: BlockSet }
   | { readonly kind: 'host'; readonly id: HostOpId; readonly offsetBytes: number; readonly lengthBytes: number; readonly tried: Set<PeerId>; source: PeerId };
 
 export class LocalRepair implements OpOwner {
@@ -57,6 +63,10 @@ export class LocalRepair implements OpOwner {
   private readIdNext = 1n;
   /** Regions being written locally with repair data. */
   private readonly writing = new Set<number>();
+  /** Per suspect region: the blocks known right locally (see the header). */
+  private readonly good = new Map<number, BlockSet>();
+  /** Consecutive ticks in which some suspect region had no source while every mirror was up. */
+  private stuckTicks = 0;
   /** Lost-journal regions: once repaired from one mirror, dirty for the others. */
   private readonly lost = new Set<number>();
   private failures = 0;
@@ -102,28 +112,74 @@ export class LocalRepair implements OpOwner {
     this.store.markSuspect(regions, () => this.io.push({ type: 'storageStaleRecorded', ranges }));
   }
 
-  /** A write was cached (it goes to the mirrors now): a region read out for repair there is void. */
+  /** A write was cached (it goes to the mirrors now): a region read out for repair there must not get its blocks. */
   cached(e: PrimaryEntry): void {
     if (this.reads.size === 0) return;
-    const regions = regionsOf(e.offsetBytes, e.lengthBytes, this.cfg.limits.regionBytes);
-    for (const rd of this.reads.values()) if (rd.kind === 'repair' && regions.includes(rd.region)) rd.touched = true;
+    const rb = this.cfg.limits.regionBytes;
+    for (const rd of this.reads.values()) {
+      if (rd.kind !== 'repair' || !regionsOf(e.offsetBytes, e.lengthBytes, rb).includes(rd.region)) continue;
+      const [from, to] = blocksIn(rd.region, rb, this.cfg.blockBytes, e.offsetBytes, e.lengthBytes);
+      for (let b = from; b < to; b++) rd.touched.add(b);
+    }
+  }
+
+  /** A write's local storage write completed (`ok`) or failed: its blocks in suspect regions are right here, or not. */
+  stored(e: PrimaryEntry, ok: boolean): void {
+    if (this.store.suspect.size === 0) return;
+    const rb = this.cfg.limits.regionBytes;
+    const done: number[] = [];
+    for (const r of regionsOf(e.offsetBytes, e.lengthBytes, rb)) {
+      if (!this.store.suspect.has(r)) continue;
+      const good = this.goodOf(r);
+      const [from, to] = blocksIn(r, rb, this.cfg.blockBytes, e.offsetBytes, e.lengthBytes);
+      for (let b = from; b < to; b++) {
+        if (ok) good.add(b);
+        else good.delete(b);
+      }
+      if (good.full() && this.store.suspect.get(r) === 'set') done.push(r);
+    }
+    if (done.length > 0) this.finish(done, undefined);
+  }
+
+  private goodOf(r: number): BlockSet {
+    let g = this.good.get(r);
+    if (g === undefined) this.good.set(r, (g = new BlockSet(Math.ceil(regionRange(r, this.cfg.volumeBytes, this.cfg.limits.regionBytes).lengthBytes / this.cfg.blockBytes))));
+    return g;
   }
 
   // -------------------------------------------------------------------------------------------
   // Host reads served by the mirrors
 
-  /** Whether the host may read this range from local storage. */
+  /** Whether the host may read this range from local storage now (else it comes here: `hostRead`). */
   readable(offsetBytes: number, lengthBytes: number): boolean {
-    return !this.store.isSuspect(offsetBytes, lengthBytes);
+    return this.store.readableNow(offsetBytes, lengthBytes);
   }
 
+  /**
+   * A host read the site did not serve from storage: from the local copy, ordered after the
+   * writes pending there, where it is whole (and the storage answers); else from a mirror.
+   */
   hostRead(id: HostOpId, offsetBytes: number, lengthBytes: number): void {
     const rd: Read = { kind: 'host', id, offsetBytes, lengthBytes, tried: new Set(), source: '' };
-    this.sendHostRead(rd);
+    if (this.store.isSuspect(offsetBytes, lengthBytes)) {
+      this.sendHostRead(rd);
+      return;
+    }
+    this.store.readRegion(offsetBytes, lengthBytes, (data, sense) => {
+      if (sense === undefined && data !== undefined && !this.store.isSuspect(offsetBytes, lengthBytes)) this.host.ackHost(id, undefined, data);
+      else this.sendHostRead(rd);
+    });
   }
 
   private sendHostRead(rd: Extract<Read, { kind: 'host' }>): void {
-    const source = this.fan.readSource(rd.offsetBytes, rd.lengthBytes, rd.tried);
+    const rb = this.cfg.limits.regionBytes;
+    const source = this.fan.readSource(rd.offsetBytes, rd.lengthBytes, rd.tried, (r, missed) => {
+      if (missed === undefined) return true;
+      if (missed === 'all') return false;
+      const [from, to] = blocksIn(r, rb, this.cfg.blockBytes, rd.offsetBytes, rd.lengthBytes);
+      for (let b = from; b < to; b++) if (missed.has(b)) return false;
+      return true;
+    });
     if (source === undefined) {
       const why = rd.tried.size === 0 ? 'no mirror that holds it is reachable' : `the mirrors that hold it failed the read (${[...rd.tried].join(', ')})`;
       const message = `${this.io.self}: its own copy of ${rd.offsetBytes}+${rd.lengthBytes} is not whole (its storage failed or is being repaired) and ${why}`;
@@ -144,31 +200,57 @@ export class LocalRepair implements OpOwner {
   /** Per tick: read suspect regions back from the mirrors (paced, capped, backed off after failures). */
   tick(): void {
     if (this.store.suspect.size === 0 || this.io.nowMs < this.retryAtMs) return;
-    let inflight = 0;
-    for (const rd of this.reads.values()) if (rd.kind === 'repair') inflight++;
-    inflight += this.writing.size;
     const busy = new Set<number>(this.writing);
     for (const rd of this.reads.values()) if (rd.kind === 'repair') busy.add(rd.region);
+    let inflight = busy.size;
     const rb = this.cfg.limits.regionBytes;
-    const unrecoverable: number[] = [];
+    const sourceless: number[] = [];
     for (const [r, st] of this.store.suspect) {
       if (inflight >= this.cfg.limits.resyncInflightRegionsMax) break;
       if (st !== 'set' || busy.has(r)) continue;
-      if (!this.fan.heldAnywhere(r)) {
-        unrecoverable.push(r);
-        continue;
-      }
       const range = regionRange(r, this.cfg.volumeBytes, rb);
       // Writes to it not yet cached would reach the mirror after the request: wait for them.
       if (this.store.entries.some((e) => !e.cached && overlaps(e, range)) || this.store.queuedEntries().some((e) => overlaps(e, range))) continue;
-      const source = this.fan.readSource(range.offsetBytes, range.lengthBytes, new Set());
-      if (source === undefined) continue; // a mirror that holds it is not reachable now
+      const good = this.goodOf(r);
+      if (good.full()) {
+        this.finish([r], undefined);
+        continue;
+      }
+      // A mirror that holds some block this copy lacks (the best: all of them); the blocks it
+      // missed too stay for another mirror, or are given up once none can serve them.
+      const takeFrom = (missed: MissedBlocks | 'all' | undefined): BlockSet | undefined => {
+        if (missed === 'all') return undefined;
+        const t = new BlockSet(good.blocks);
+        for (let b = 0; b < good.blocks; b++) if (!good.has(b) && !(missed?.has(b) ?? false)) t.add(b);
+        return t.size === 0 ? undefined : t;
+      };
+      const source = this.fan.readSource(range.offsetBytes, range.lengthBytes, new Set(), (_r, missed) => takeFrom(missed) !== undefined);
+      const take = source === undefined ? undefined : takeFrom(this.fan.missedOf(source, r));
+      if (source === undefined || take === undefined) {
+        sourceless.push(r);
+        continue;
+      }
       const readId = this.readIdNext++;
-      this.reads.set(readId, { kind: 'repair', region: r, source, touched: false });
+      this.reads.set(readId, { kind: 'repair', region: r, source, take, touched: new BlockSet(good.blocks) });
       this.io.send(source, { type: 'readRequest', epoch: this.host.epoch, readId, offsetBytes: range.offsetBytes, lengthBytes: range.lengthBytes });
       inflight++;
     }
-    if (unrecoverable.length > 0) this.giveUp(unrecoverable);
+    this.checkStuck(sourceless);
+  }
+
+  /**
+   * Regions no mirror can serve: with no mirror at all, given up at once; otherwise only once
+   * every mirror has been connected and caught up for mirrorLossGraceMs (a mirror that comes
+   * back may hold them).
+   */
+  private checkStuck(sourceless: number[]): void {
+    if (sourceless.length === 0 || (this.fan.mirrors.size > 0 && (this.fan.anyDown() || this.reads.size > 0 || this.writing.size > 0))) {
+      this.stuckTicks = 0;
+      return;
+    }
+    if (this.fan.mirrors.size > 0 && ++this.stuckTicks * this.cfg.limits.tickMs < this.cfg.limits.mirrorLossGraceMs) return;
+    this.stuckTicks = 0;
+    this.giveUp(sourceless);
   }
 
   /** No mirror holds these regions: the local copy stands (logged as an error: data may be lost). */
@@ -176,7 +258,7 @@ export class LocalRepair implements OpOwner {
     const ranges = rangesOfRegions(regions, this.cfg.volumeBytes, this.cfg.limits.regionBytes);
     this.io.log('error', 'local_regions_unrecoverable', {
       regions: regions.length, ranges: ranges.slice(0, 16).map((x) => `${x.offsetBytes}+${x.lengthBytes}`),
-      effect: 'no mirror holds these regions (each is dirty there): the primary\'s own copy is kept as it is and resynced to the mirrors; writes it lost there are gone',
+      effect: 'no mirror holds these regions whole (each missed writes there that this copy lacks too): the primary\'s own copy is kept as it is and resynced to the mirrors; writes it lost there are gone',
     });
     this.finish(regions, undefined);
   }
@@ -190,6 +272,7 @@ export class LocalRepair implements OpOwner {
       this.io.push({ type: 'bitmapClear', peer: lostKey, regions: lostNow });
     }
     this.store.clearSuspect(regions);
+    for (const r of regions) if (!this.store.suspect.has(r)) this.good.delete(r);
   }
 
   onReadData(peer: PeerId, m: Extract<PeerMsg, { type: 'readData' }>): void {
@@ -201,23 +284,52 @@ export class LocalRepair implements OpOwner {
       else this.sendHostRead(rd); // the next mirror that holds it
       return;
     }
-    const range = regionRange(rd.region, this.cfg.volumeBytes, this.cfg.limits.regionBytes);
-    if (m.sense !== undefined || m.payload.byteLength !== range.lengthBytes || rd.touched || !this.store.suspect.has(rd.region)) {
-      if (m.sense !== undefined || m.payload.byteLength !== range.lengthBytes) this.failed(rd.region, peer, m.sense?.message ?? `${m.payload.byteLength} bytes, expected ${range.lengthBytes}`);
-      return; // touched (or no longer suspect): read again at a later tick
+    const rb = this.cfg.limits.regionBytes;
+    const range = regionRange(rd.region, this.cfg.volumeBytes, rb);
+    if (m.sense !== undefined || m.payload.byteLength !== range.lengthBytes) {
+      this.failed(rd.region, peer, m.sense?.message ?? `${m.payload.byteLength} bytes, expected ${range.lengthBytes}`);
+      return;
     }
+    if (!this.store.suspect.has(rd.region)) return;
+    // The blocks to take from the mirror: not right here already, not reached by a host write
+    // since the request (newer), not about to be written here by one (its write is on its way).
+    const good = this.goodOf(rd.region);
+    const skip = new BlockSet(good.blocks);
+    for (let b = 0; b < good.blocks; b++) if (!rd.take.has(b) || good.has(b) || rd.touched.has(b)) skip.add(b);
+    for (const e of this.store.entries) {
+      if (!e.cached || e.stored || !overlaps(e, range)) continue;
+      const [from, to] = blocksIn(rd.region, rb, this.cfg.blockBytes, e.offsetBytes, e.lengthBytes);
+      for (let b = from; b < to; b++) skip.add(b);
+    }
+    const runs: [number, number][] = [];
+    for (let b = 0; b < skip.blocks; b++) {
+      if (skip.has(b)) continue;
+      const last = runs[runs.length - 1];
+      if (last !== undefined && last[1] === b) last[1] = b + 1;
+      else runs.push([b, b + 1]);
+    }
+    if (runs.length === 0) return; // every block is newer here: a later tick sees whether all are good
     this.writing.add(rd.region);
-    this.store.writeRegion(range.offsetBytes, m.payload, (sense) => {
-      this.writing.delete(rd.region);
-      if (sense !== undefined) {
-        this.failed(rd.region, this.io.self, sense.message);
-        return;
-      }
-      this.failures = 0;
-      this.repaired++;
-      this.finish([rd.region], peer);
-      if (this.store.suspect.size === 0) this.io.log('info', 'local_copy_repaired', { regions: this.repaired });
-    });
+    let left = runs.length;
+    let failure: string | undefined;
+    const bb = this.cfg.blockBytes;
+    for (const [from, to] of runs) {
+      this.store.writeRegion(range.offsetBytes + from * bb, m.payload.subarray(from * bb, Math.min(to * bb, range.lengthBytes)), (sense) => {
+        if (sense !== undefined) failure ??= sense.message;
+        else for (let b = from; b < to; b++) good.add(b);
+        if (--left > 0) return;
+        this.writing.delete(rd.region);
+        if (failure !== undefined) {
+          this.failed(rd.region, this.io.self, failure);
+          return;
+        }
+        this.failures = 0;
+        if (!good.full()) return; // blocks this mirror missed too, or a host write failed here meanwhile: another round
+        this.repaired++;
+        this.finish([rd.region], peer);
+        if (this.store.suspect.size === 0) this.io.log('info', 'local_copy_repaired', { regions: this.repaired });
+      });
+    }
   }
 
   private failed(region: number, peer: PeerId, message: string): void {

@@ -129,7 +129,7 @@ export class Standby extends CoreRole implements OpOwner {
     // One op id space and one action list for the standby and both of its inner cores.
     super(new CoreIO(cfg.self));
     // A standby's copy is the failover's reference: it keeps the tail above the watermark.
-    this.mirror = new Mirror({ self: cfg.self, volumeBytes: cfg.volumeBytes, blockBytes: cfg.blockBytes, limits: cfg.limits, keepTail: true }, this.io);
+    this.mirror = new Mirror({ self: cfg.self, volumeBytes: cfg.volumeBytes, blockBytes: cfg.blockBytes, limits: cfg.limits, keepTail: true, upstreams: [cfg.primary] }, this.io);
   }
 
   /** Sites of the cluster, primary included: the majority is counted out of these. */

@@ -9,8 +9,8 @@
 //                    makes the whole copy suspect)
 //   storageRecovered the storage is back after failing and names what it missed
 //   readRequest      the upstream reads from this copy (a primary repairing its own, or serving a
-//                    host read it cannot): refused for a suspect range, never answered with data
-//                    this site knows may be wrong
+//                    host read it cannot), also where it is suspect: the upstream knows block for
+//                    block what this site missed, and takes only the other blocks
 
 import type { CoreIO } from './io.js';
 import type { LocalStore, StoreEntry } from './local-store.js';
@@ -49,7 +49,9 @@ export function storageRecovered<E extends StoreEntry>(io: CoreIO, store: LocalS
   io.log('warn', 'storage_recovered', { regions: regions.length, unknown: ev.unknown, effect: 'the regions it missed are resynced from the upstream' });
   store.markSuspect(regions, () => {
     io.push({ type: 'storageStaleRecorded', ranges: ev.ranges });
-    up.report(rangesOfRegions(regions, volumeBytes, regionBytes));
+    // Exactly what it missed (the upstream knows then which blocks this copy still holds); the
+    // whole volume when it cannot say.
+    up.report(ev.unknown ? rangesOfRegions(regions, volumeBytes, regionBytes) : ev.ranges);
   });
 }
 
@@ -60,9 +62,7 @@ export function serveRead<E extends StoreEntry>(io: CoreIO, store: LocalStore<E>
     if (session !== up.session) return; // the asker's session ended; it asks again if it still needs to
     io.send(peer, sense === undefined ? { type: 'readData', epoch: up.epoch, readId: m.readId, payload } : { type: 'readData', epoch: up.epoch, readId: m.readId, payload: new Uint8Array(0), sense });
   };
-  if (store.isSuspect(m.offsetBytes, m.lengthBytes)) {
-    answer(new Uint8Array(0), { key: 0x3, asc: 0x11, ascq: 0, message: `${io.self}: its copy of ${m.offsetBytes}+${m.lengthBytes} is being repaired itself` });
-    return;
-  }
+  // Served even where this copy is suspect: the upstream knows, block for block, what this site
+  // missed (it was told: writeStatus, exact resyncRequest ranges) and takes only the rest.
   store.readRegion(m.offsetBytes, m.lengthBytes, (data, sense) => answer(data ?? new Uint8Array(0), sense ?? (data === undefined ? { key: 0x3, asc: 0x11, ascq: 0, message: `${io.self}: read failed` } : undefined)));
 }

@@ -47,6 +47,11 @@ export interface UpstreamHooks<E extends StoreEntry> {
 
 export interface UpstreamConfig extends CoreConfig {
   /**
+   * The sites the cluster file allows to be this site's upstream (issue 17 item 3): the primary
+   * and standby that list it, the relay that forwards to it. Undefined: any (tests).
+   */
+  readonly upstreams?: readonly PeerId[];
+  /**
    * The cluster can fail over (it has a standby): keep the writes above the upstream's committed
    * watermark (zero after a start, until the upstream says more) even once acked and durable.
    */
@@ -54,6 +59,9 @@ export interface UpstreamConfig extends CoreConfig {
 }
 
 const u64Max = (1n << 64n) - 1n;
+
+/** The most epochs a site accepts to move forward at once (promotions it missed while down). */
+export const epochStepMax = 1024n;
 
 export class Upstream<E extends StoreEntry> implements OpOwner {
   epoch: Epoch = 0n;
@@ -218,6 +226,17 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
   }
 
   private onEpoch(peer: PeerId, epoch: Epoch): void {
+    // Role authorisation (issue 17 item 3): only a configured upstream announces epochs here, and
+    // an epoch moves forward by promotions, a few at a time, never to the end of the range.
+    const ups = this.cfg.upstreams;
+    if (ups !== undefined && !ups.includes(peer)) {
+      this.io.refuse(peer, 'not_upstream', `${peer} announced epoch ${epoch}, but the cluster file makes only ${ups.join(', ') || 'no site'} an upstream of ${this.io.self}`);
+      return;
+    }
+    if (epoch > this.epoch + epochStepMax) {
+      this.io.refuse(peer, 'bad_frame', `${peer} announced epoch ${epoch}, ${epoch - this.epoch} past this site's ${this.epoch}: more than ${epochStepMax} promotions at once is not a failover`);
+      return;
+    }
     if (epoch < this.epoch) {
       this.io.send(peer, { type: 'fence', epoch: this.epoch, reason: `${this.io.self} is at epoch ${this.epoch}; ${peer} speaks for ${epoch}` });
       this.io.log('warn', 'fenced_stale_upstream', { peer, epoch, ours: this.epoch });

@@ -35,6 +35,8 @@ export interface CoreSite {
   readonly storage: boolean;
   /** The cluster can fail over (it has a standby): mirrors and relays keep a failover's tail. */
   readonly failover: boolean;
+  /** Sites the cluster file allows to be this site's upstream (undefined: any). */
+  readonly upstreams?: readonly PeerId[];
 }
 
 export interface CoreVolume {
@@ -82,14 +84,15 @@ export function queryIntervalMsFor(failoverTimeoutMs: number): number {
 
 export function chooseCore(site: CoreSite, meta: Meta, vol: CoreVolume): SiteCore {
   const common = { self: site.name, volumeBytes: vol.volumeBytes, blockBytes: vol.blockBytes, limits: vol.limits };
+  const ups = site.upstreams !== undefined ? { upstreams: site.upstreams } : {};
   const acting = meta.acting;
   if (site.role === 'relay') {
     if (site.forward === undefined) throw new Error(`sites.${site.name}.forward: a relay needs the next site of its chain`);
-    return plain(new Relay({ ...common, keepTail: site.failover, downstream: site.forward, ackMode: site.relayAck, storage: site.storage }), 'relay', [site.forward]);
+    return plain(new Relay({ ...common, ...ups, keepTail: site.failover, downstream: site.forward, ackMode: site.relayAck, storage: site.storage }), 'relay', [site.forward]);
   }
   if (site.role === 'mirror' || (acting === 'mirror' && site.role === 'primary')) {
     // A fenced or demoted old primary comes back as a mirror of whoever is primary now.
-    return plain(new Mirror({ ...common, keepTail: site.failover }), 'mirror', []);
+    return plain(new Mirror({ ...common, ...ups, keepTail: site.failover }), 'mirror', []);
   }
   // Authority is proven, never remembered (issue 16 item 1): where a failover can happen, a
   // primary serves only once a majority of the cluster's sites confirmed its epoch.

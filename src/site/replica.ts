@@ -50,10 +50,22 @@ function coreSite(config: ClusterConfig, site: SiteConfig, storage: boolean): Co
   return {
     name: site.name, role: site.role, mirrors: site.mirrors, witnesses: site.witnesses, relayAck: site.relayAck, onMirrorLoss: site.onMirrorLoss,
     failoverTimeoutMs: site.failoverTimeoutMs, storage, failover: Object.values(config.sites).some((x) => x.role === 'standby'),
+    upstreams: upstreamsOf(config, site.name),
     ...(site.forward !== undefined ? { forward: site.forward } : {}),
     ...(site.standbyFor !== undefined ? { standbyFor: site.standbyFor } : {}),
     ...(site.standby !== undefined ? { standby: site.standby } : {}),
   };
+}
+
+/**
+ * The sites the cluster file allows to be `name`'s upstream (issue 17 item 3): a primary or
+ * standby that lists it (a promoted standby fans out to its old primary too), a relay that
+ * forwards to it.
+ */
+export function upstreamsOf(config: ClusterConfig, name: string): string[] {
+  return Object.values(config.sites).filter((s) =>
+    ((s.role === 'primary' || s.role === 'standby') && (s.mirrors.includes(name) || s.standby === name || s.standbyFor === name))
+    || (s.role === 'relay' && s.forward === name)).map((s) => s.name);
 }
 
 export class Replica {

@@ -11,7 +11,15 @@
 //    power cut (storage durable image + battery-backed cache replay) at the primary and at every
 //    mirror in sync throughout the flush;
 //  - after the faults stop (heal, restart, resync): every replica is byte-identical, and every
-//    block holds the last host-acked write to it or a write issued after that one.
+//    block holds the last host-acked write to it or a write issued after that one;
+//  - every host read returns, per block, the last write acked before it was issued or a later one
+//    (also while the primary's own copy is not whole and reads are served by the mirrors).
+//
+// Storage faults (issue 16 items 2, 3): single write errors and outages (every write, read and
+// flush fails for a while) at any site that keeps a copy, the primary included; what the
+// storage missed is reported back as stale once it recovers (hal/array.ts does that), also after
+// a crash; and journal damage at a restart: an entry lost from the middle of the journal,
+// reported by range (or as unknown: the whole copy) until the journal moves on.
 
 import { Prng } from '../../hal/prng.js';
 import type { Executor, ExecutorEnv, ExecutorPorts } from '../../src/site/executor.js';
@@ -29,6 +37,8 @@ import {
   type PeerId,
   type PeerMsg,
   type Role,
+  type ByteRange,
+  type SenseInfo,
 } from '../../src/core/types.js';
 import { SimCache, SimDisk, SimPersist } from './models.js';
 import { Scheduler, SimLife, startHeartbeats, tearPendingWrites, type SimDelays } from './world.js';
@@ -46,6 +56,8 @@ export interface SimOptions {
    * mixed: local -> east directly, and local -> r1 -> r2 -> west.
    */
   readonly topology?: Topology;
+  /** Storage outages at every site with a copy, journal damage at restarts, host reads (issue 16). */
+  readonly storageFaults?: boolean;
   /** Tests swap the executor for a deliberately broken one (executor-mutation.test.ts). */
   readonly makeExecutor?: (core: Role, ports: ExecutorPorts, env: ExecutorEnv) => Executor;
 }
@@ -60,6 +72,10 @@ export interface SimResult {
 }
 
 const blockBytes = 512;
+
+function outageSense(site: PeerId, op: string): SenseInfo {
+  return { key: 0x2, asc: 0x04, ascq: 0, message: `${site} storage ${op}: not ready, no member of the array answers (simulated outage)` };
+}
 
 // ---------------------------------------------------------------------------------------------
 // Sites
@@ -78,6 +94,12 @@ interface Site {
   readonly cache: SimCache;
   readonly persist: SimPersist;
   crashes: number;
+  /** The storage fails every operation until then (an outage). */
+  outageUntilMs: number;
+  /** Ranges whose writes failed: reported as stale once the storage works again (survives a crash, as the array's state file). */
+  stale: ByteRange[];
+  /** What the journal lost to damage: reported at every start until the journal moves. */
+  lost: { ranges: ByteRange[]; unknown: boolean } | undefined;
 }
 
 interface Link {
@@ -131,9 +153,11 @@ class Sim {
   private readonly qd: number;
   /** Chance that a mirror's storage write fails with a MEDIUM ERROR (0 in most seeds). */
   private readonly mirrorWriteErrorRate: number;
+  /** Storage outages, journal damage and host reads are part of this run. */
+  private readonly storageFaults: boolean;
   // host
   private readonly writes: HostWrite[] = [];
-  private readonly byHostId = new Map<number, { kind: 'write'; w: HostWrite } | { kind: 'flush'; issuedAtMs: number; syncAtIssue: PeerId[]; ackedBefore: HostWrite[] }>();
+  private readonly byHostId = new Map<number, { kind: 'write'; w: HostWrite } | { kind: 'flush'; issuedAtMs: number; syncAtIssue: PeerId[]; ackedBefore: HostWrite[] } | { kind: 'read'; offsetBytes: number; lengthBytes: number; ackedBefore: HostWrite[] }>();
   private hostIdNext = 1;
   private issued = 0;
   private outstanding = 0;
@@ -142,7 +166,7 @@ class Sim {
   private busyUntilMs = 0;
   private stopped = false;
   private readonly makeExecutor: SimOptions['makeExecutor'];
-  private readonly stats = { writeErrors: 0, acked: 0, failedBusy: 0, flushes: 0, crashes: 0, powerCuts: 0, resets: 0, partitions: 0, degraded: 0, resyncs: 0, events: 0 };
+  private readonly stats = { writeErrors: 0, acked: 0, failedBusy: 0, flushes: 0, crashes: 0, powerCuts: 0, resets: 0, partitions: 0, degraded: 0, resyncs: 0, events: 0, outages: 0, damaged: 0, reads: 0, readsByMirror: 0, repaired: 0, unrecoverable: 0 };
 
   constructor(opts: SimOptions) {
     this.prng = new Prng(opts.seed);
@@ -178,9 +202,11 @@ class Sim {
     }
     this.hostOps = opts.hostOps ?? 80 + p.int(120);
     this.qd = 1 + p.int(16);
-    // Behind a `cached` relay a storage error is a documented gap (src/core/relay.ts "Known
-    // limits"), so chains run without injected storage errors.
-    this.mirrorWriteErrorRate = this.topology === 'fanout' && p.chance(0.2) ? 0.01 : 0;
+    // Storage outages, journal damage, host reads, and write errors behind relays (issue 16):
+    // opt-in (--storage-faults, SimOptions.storageFaults) until every topology runs clean with them.
+    const storageFaults = opts.storageFaults ?? process.env.SIM_STORAGE_FAULTS === '1';
+    this.mirrorWriteErrorRate = p.chance(0.2) && (this.topology === 'fanout' || storageFaults) ? 0.01 : 0;
+    this.storageFaults = opts.faults !== false && storageFaults && p.chance(0.5);
     this.limits = {
       ...defaultLimits,
       inflightWritesMax: 2 + p.int(8),
@@ -212,7 +238,7 @@ class Sim {
         name, role: name === 'local' ? 'primary' : relay !== undefined ? 'relay' : 'mirror', core: undefined, life: 0,
         ...(relay !== undefined ? { relay } : {}),
         disk: new SimDisk(this.volumeBytes, blockBytes), cache: new SimCache(), persist: new SimPersist(meta),
-        run: undefined, crashes: 0,
+        run: undefined, crashes: 0, outageUntilMs: 0, stale: [], lost: undefined,
       });
     }
     for (const [a, m] of edges) {
@@ -283,24 +309,41 @@ class Sim {
         const l = this.linkBetween(s.name, peer);
         if (l !== undefined) this.reset(l);
       },
-      ack: (id, error) => this.onHostAck(id, error),
+      ack: (id, error, data) => this.onHostAck(id, error, data),
       log: (level, event, fields) => {
         if (event === 'mirror_degraded') this.stats.degraded++;
         if (event === 'mirror_resync_start') this.stats.resyncs++;
+        if (event === 'local_copy_repaired') this.stats.repaired++;
+        if (event === 'local_regions_unrecoverable') this.stats.unrecoverable++;
         if (this.trace !== undefined) this.log(`${s.name} LOG ${level} ${event} ${JSON.stringify(fields, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))}`);
       },
       fatal: (err) => this.fail(err instanceof CoreAssertionError ? `assertion fired at ${s.name}: ${err.message}` : `exception at ${s.name}: ${err.stack ?? err.message}`),
       ...(this.trace !== undefined ? { observe: (a: CoreAction) => { if (a.type !== 'log') this.log(`${s.name} -> ${fmtAction(a)}`); } } : {}),
-      writeFault: (offsetBytes) => {
-        if (s.role === 'mirror' && this.faults && !this.workloadDone && p.chance(this.mirrorWriteErrorRate)) {
+      writeFault: (offsetBytes, payload) => {
+        if (this.inOutage(s)) {
+          s.stale.push({ offsetBytes, lengthBytes: payload.byteLength });
+          return { sense: outageSense(s.name, 'write') };
+        }
+        if (this.holdsCopy(s) && this.faults && !this.workloadDone && p.chance(this.mirrorWriteErrorRate)) {
           this.stats.writeErrors++;
+          // The array fails its member and probes it; once it answers, the write is reported stale.
+          s.stale.push({ offsetBytes, lengthBytes: payload.byteLength });
+          this.outage(s, 1 + p.int(40));
           return { sense: { key: 0x3, asc: 0x0c, ascq: 0, message: `${s.name}.img at byte ${offsetBytes}: write error (simulated)` } };
         }
         return undefined;
       },
+      storageFault: (op) => (this.inOutage(s) ? outageSense(s.name, op) : undefined),
+      staleRecorded: (ranges) => {
+        s.stale = s.stale.filter((x) => !ranges.some((r) => r.offsetBytes <= x.offsetBytes && x.offsetBytes + x.lengthBytes <= r.offsetBytes + r.lengthBytes));
+      },
+      journalMoved: () => {
+        s.lost = undefined;
+      },
     }, this.makeExecutor);
     s.run = run;
-    this.deliver(s, { type: 'start', recovered: { meta: s.persist.meta, cacheEntries: s.cache.list(), dirtyRegions: s.persist.dirtyRegions() } });
+    this.deliver(s, { type: 'start', recovered: { meta: s.persist.meta, cacheEntries: s.cache.list(), dirtyRegions: s.persist.dirtyRegions(), ...(s.lost ? { lost: s.lost } : {}) } });
+    if (s.stale.length > 0 && !this.inOutage(s)) this.deliver(s, { type: 'storageRecovered', ranges: [...s.stale], unknown: false });
     const tick = (): void => {
       if (!run.live || this.stopped) return;
       this.deliver(s, { type: 'tick' });
@@ -323,6 +366,7 @@ class Sim {
     s.run = undefined;
     s.cache.crash(this.prng);
     s.persist.crash(this.prng);
+    if (this.storageFaults && this.holdsCopy(s) && this.prng.chance(0.2)) this.damageJournal(s);
     if (powerCut) s.disk.powerCut(this.prng);
     for (const l of this.links.values()) if (l.a === s.name || l.b === s.name) this.reset(l, false);
     if (s.role === 'primary') {
@@ -444,8 +488,41 @@ class Sim {
       this.crash(mirrors[p.int(mirrors.length)]!, p.chance(0.3));
     } else if (r < 90) {
       this.crash(this.sites.get('local')!, p.chance(0.3));
+    } else if (r < 95 && this.storageFaults) {
+      const copies = [...this.sites.values()].filter((x) => this.holdsCopy(x));
+      this.outage(copies[p.int(copies.length)]!, 5 + p.int(300));
     }
     // else: a quiet spell
+  }
+
+  private inOutage(s: Site): boolean {
+    return this.sched.now < s.outageUntilMs;
+  }
+
+  /** The storage of `s` fails every operation for `ms`; then what it missed is reported stale (hal/array.ts). */
+  private outage(s: Site, ms: number): void {
+    if (this.inOutage(s)) return;
+    this.stats.outages++;
+    s.outageUntilMs = this.sched.now + ms;
+    this.log(`OUTAGE ${s.name} storage for ${ms} ms`);
+    const life = s.life;
+    this.sched.at(s.outageUntilMs, () => {
+      this.log(`STORAGE BACK ${s.name} (stale ${JSON.stringify(s.stale)})`);
+      if (s.life === life && s.stale.length > 0) this.deliver(s, { type: 'storageRecovered', ranges: [...s.stale], unknown: false });
+    });
+  }
+
+  /** At a crash: one entry of the journal is damaged (lost, by range; sometimes not even that). */
+  private damageJournal(s: Site): void {
+    const entries = [...s.cache.entries.entries()];
+    if (entries.length === 0) return;
+    const [k, e] = entries[this.prng.int(entries.length)]!;
+    s.cache.entries.delete(k);
+    this.stats.damaged++;
+    const unknown = this.prng.chance(0.1);
+    const ranges = [...(s.lost?.ranges ?? []), { offsetBytes: e.offsetBytes, lengthBytes: e.lengthBytes }];
+    s.lost = { ranges: unknown ? [] : ranges, unknown: unknown || s.lost?.unknown === true };
+    this.log(`DAMAGE ${s.name} journal entry e${e.epoch}s${e.seq} @${e.offsetBytes}+${e.lengthBytes}${unknown ? ' (unnamed)' : ''}`);
   }
 
   private heal(l: Link): void {
@@ -486,6 +563,7 @@ class Sim {
       }
       this.issued++;
       if (this.prng.chance(0.12)) this.submitFlush();
+      else if (this.storageFaults && this.prng.chance(0.15)) this.submitRead();
       else this.submitWrite(this.newWrite());
     }
   }
@@ -523,7 +601,32 @@ class Sim {
     this.deliver(this.sites.get('local')!, { type: 'hostFlush', id: hostId });
   }
 
-  private onHostAck(hostId: number, error: HostError | undefined): void {
+  /** A host read: from local storage where the primary says its copy is whole and it works, else through the core (a mirror serves it). */
+  private submitRead(): void {
+    const p = this.prng;
+    const volumeBlocks = this.volumeBytes / blockBytes;
+    const blocks = 1 + p.int(8);
+    const offsetBytes = p.int(volumeBlocks - blocks + 1) * blockBytes;
+    const lengthBytes = blocks * blockBytes;
+    const hostId = this.hostIdNext++;
+    this.outstanding++;
+    this.stats.reads++;
+    this.byHostId.set(hostId, { kind: 'read', offsetBytes, lengthBytes, ackedBefore: this.writes.filter((w) => w.status === 'acked') });
+    const s = this.sites.get('local')!;
+    const primary = this.primary()!;
+    if (primary.readable(offsetBytes, lengthBytes) && !this.inOutage(s)) {
+      const data = s.disk.read(offsetBytes, lengthBytes);
+      const life = s.life;
+      this.sched.at(this.sched.now + 0.1 + p.float(), () => {
+        if (s.life === life) this.onHostAck(hostId, undefined, data);
+      });
+      return;
+    }
+    this.stats.readsByMirror++;
+    this.deliver(s, { type: 'hostRead', id: hostId, offsetBytes, lengthBytes });
+  }
+
+  private onHostAck(hostId: number, error: HostError | undefined, data?: Uint8Array): void {
     const op = this.byHostId.get(hostId);
     if (op === undefined) {
       this.fail(`host ack for unknown or already completed host op ${hostId}`);
@@ -531,7 +634,16 @@ class Sim {
     }
     this.byHostId.delete(hostId);
     this.outstanding--;
-    if (op.kind === 'write') {
+    if (op.kind === 'read') {
+      if (error === undefined) {
+        const img = new Uint8Array(this.volumeBytes);
+        img.set(data ?? new Uint8Array(0), op.offsetBytes);
+        const err = data?.byteLength !== op.lengthBytes ? `read of ${op.offsetBytes}+${op.lengthBytes} returned ${data?.byteLength} bytes` : this.checkImage(img, op.ackedBefore, `host read of ${op.offsetBytes}+${op.lengthBytes}`, op.offsetBytes, op.lengthBytes);
+        if (err !== undefined) this.fail(err);
+      } else if (error.kind !== 'busy' && error.kind !== 'io') {
+        this.fail(`read of ${op.offsetBytes}+${op.lengthBytes} failed: ${error.message}`);
+      }
+    } else if (op.kind === 'write') {
       if (error?.kind === 'busy') {
         this.stats.failedBusy++;
         op.w.status = 'new';
@@ -539,9 +651,10 @@ class Sim {
         // Backpressure: the host backs off before trying again.
         this.busyUntilMs = this.sched.now + 1 + this.prng.float() * 4;
         this.sched.at(this.busyUntilMs, () => this.pump());
-      } else if (error?.kind === 'io' && this.mirrorWriteErrorRate > 0 && this.policy === 'block') {
-        // Under `block` a mirror's storage error reaches the host; the data may still be on
-        // other sites, so the write's outcome is unknown to the checker.
+      } else if (error?.kind === 'io' && ((this.mirrorWriteErrorRate > 0 && this.policy === 'block') || this.storageFaults || this.mirrorWriteErrorRate > 0)) {
+        // A storage error reached the host (under `block` a mirror's; or the primary's own with
+        // no mirror holding the write): the data may still be on some sites, so the write's
+        // outcome is unknown to the checker.
         op.w.status = 'unknown';
       } else if (error !== undefined) {
         this.fail(`write ${op.w.id} failed: ${error.message}`);
@@ -552,7 +665,7 @@ class Sim {
       }
     } else if (error === undefined) {
       this.checkFlush(op.syncAtIssue, op.ackedBefore);
-    } else if (error.kind !== 'busy' && !(error.kind === 'io' && this.mirrorWriteErrorRate > 0 && this.policy === 'block')) {
+    } else if (error.kind !== 'busy' && !(error.kind === 'io' && (this.mirrorWriteErrorRate > 0 || this.storageFaults))) {
       this.fail(`flush failed: ${error.message}`);
     }
     // Pace the host a little so the network and faults interleave with the workload.
@@ -574,7 +687,9 @@ class Sim {
       const s = this.sites.get(name)!;
       if (!this.holdsCopy(s)) continue;
       const image = this.powerLossImage(s);
-      const err = this.checkImage(image, ackedBefore, `after flush at ${name}`);
+      // The primary's suspect regions are not its to keep: the mirrors hold them (detach).
+      const skip = name === 'local' ? primary.suspectRanges() : [];
+      const err = this.checkImage(image, ackedBefore, `after flush at ${name}`, 0, this.volumeBytes, skip);
       if (err !== undefined) return this.fail(err);
     }
   }
@@ -587,7 +702,7 @@ class Sim {
   }
 
   /** Every block holds the newest of `acked` that touches it, or a write issued after it. */
-  private checkImage(img: Uint8Array, acked: HostWrite[], where: string): string | undefined {
+  private checkImage(img: Uint8Array, acked: HostWrite[], where: string, fromBytes = 0, lengthBytes = this.volumeBytes, skip: readonly ByteRange[] = []): string | undefined {
     const volumeBlocks = this.volumeBytes / blockBytes;
     const lastAcked = new Int32Array(volumeBlocks); // submission order, 0 = none
     const lastAckedId = new Int32Array(volumeBlocks);
@@ -600,7 +715,8 @@ class Sim {
         }
       }
     }
-    for (let b = 0; b < volumeBlocks; b++) {
+    for (let b = fromBytes / blockBytes; b < (fromBytes + lengthBytes) / blockBytes; b++) {
+      if (skip.some((r) => r.offsetBytes <= b * blockBytes && b * blockBytes < r.offsetBytes + r.lengthBytes)) continue;
       const blk = img.subarray(b * blockBytes, (b + 1) * blockBytes);
       const id = blockWriteId(blk, b);
       if (id === undefined) return `${where}: block ${b} holds bytes no host write produced (torn or misplaced data)`;
@@ -688,6 +804,7 @@ function fmtMsg(m: PeerMsg): string {
   switch (m.type) {
     case 'write': return `write e${m.epoch} s${m.seq} @${m.offsetBytes}+${m.lengthBytes}${m.fua ? ' fua' : ''}`;
     case 'resyncData': return `resyncData #${m.resyncId} @${m.offsetBytes}+${m.payload.byteLength}`;
+    case 'readData': return `readData #${m.readId} ${m.sense === undefined ? `${m.payload.byteLength} bytes` : m.sense.message}`;
     default: return JSON.stringify(m, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
   }
 }

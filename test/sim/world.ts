@@ -6,7 +6,7 @@
 
 import type { Prng } from '../../hal/prng.js';
 import { Executor, type ExecutorEnv, type ExecutorPorts } from '../../src/site/executor.js';
-import type { CoreAction, CoreEvent, HostError, LogLevel, PeerId, PeerMsg, Role, SenseInfo } from '../../src/core/types.js';
+import type { ByteRange, CoreAction, CoreEvent, HostError, LogLevel, PeerId, PeerMsg, Role, SenseInfo } from '../../src/core/types.js';
 import type { SimCache, SimDisk, SimPersist } from './models.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -91,6 +91,10 @@ export interface SimLifeHooks {
   writeFault?(offsetBytes: number, payload: Uint8Array): { sense: SenseInfo; completed?: () => void } | undefined;
   /** An injected failure of a storage read or flush (undefined: it works). */
   storageFault?(op: 'read' | 'flush'): SenseInfo | undefined;
+  /** The core recorded these stale ranges (storageStaleRecorded): the storage forgets them. */
+  staleRecorded?(ranges: readonly ByteRange[]): void;
+  /** The journal's head may move (an append or a drop): a damage report is gone after this. */
+  journalMoved?(): void;
 }
 
 export class SimLife {
@@ -155,6 +159,7 @@ export class SimLife {
     return {
       journal: {
         append: (entry, done) => {
+          this.hooks.journalMoved?.();
           cache.append(entry);
           // Appends complete in issue order (contract 2).
           this.cacheDoneAtMs = Math.max(this.cacheDoneAtMs, this.sched.now + d.cacheMs());
@@ -164,7 +169,10 @@ export class SimLife {
             done(undefined);
           });
         },
-        drop: (entries) => cache.drop(entries),
+        drop: (entries) => {
+          this.hooks.journalMoved?.();
+          cache.drop(entries);
+        },
       },
       storage: {
         write: (offsetBytes, payload, fua, done) => {
@@ -188,6 +196,7 @@ export class SimLife {
           const fault = this.hooks.storageFault?.('read');
           this.later(d.readMs(), () => (fault !== undefined ? done(fault) : done(undefined, disk.read(offsetBytes, lengthBytes))));
         },
+        staleRecorded: (ranges) => this.hooks.staleRecorded?.(ranges),
         flush: (done) => {
           const fault = this.hooks.storageFault?.('flush');
           if (fault !== undefined) {
