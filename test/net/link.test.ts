@@ -5,12 +5,13 @@
 import { randomBytes } from 'node:crypto';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Dialer, Link, LinkServer, ManualClock, type LinkClose } from '../../src/net/index.js';
+import { Dialer, Link, LinkServer, ManualClock, insecureLinks, type LinkClose } from '../../src/net/index.js';
 import { ErrorCode, MessageReader, ProtocolError, encodeFrame, type DataMessage, type Message, type WriteMsg } from '../../src/wire/index.js';
 import { rawHeader } from '../conformance/vectors.js';
 import { captureLogger, freePort, rawExchange, until } from './helpers.js';
 
 const secret = randomBytes(32);
+const security = insecureLinks({ volumeBytes: 1n << 30n, blockBytes: 4096 });
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();
@@ -18,7 +19,7 @@ afterEach(async () => {
 
 async function startServer(opts: Partial<ConstructorParameters<typeof LinkServer>[0]> = {}) {
   const logger = captureLogger();
-  const server = new LinkServer({ cluster: 'demo', site: 'east', secret, peers: ['local', 'standby'], host: '127.0.0.1', port: 0, logger, ...opts });
+  const server = new LinkServer({ cluster: 'demo', site: 'east', secret, security, peers: ['local', 'standby'], host: '127.0.0.1', port: 0, logger, ...opts });
   const { port } = await server.listen();
   cleanups.push(() => server.close());
   return { server, port, logger };
@@ -26,7 +27,7 @@ async function startServer(opts: Partial<ConstructorParameters<typeof LinkServer
 
 function startDialer(port: number, opts: Partial<ConstructorParameters<typeof Dialer>[0]> = {}) {
   const logger = captureLogger();
-  const dialer = new Dialer({ cluster: 'demo', site: 'local', peer: 'east', secret, host: '127.0.0.1', port, logger, backoffMsMin: 20, backoffMsMax: 200, ...opts });
+  const dialer = new Dialer({ cluster: 'demo', site: 'local', peer: 'east', secret, security, host: '127.0.0.1', port, logger, backoffMsMin: 20, backoffMsMax: 200, ...opts });
   dialer.start();
   cleanups.push(() => dialer.stop());
   return { dialer, logger };
@@ -163,7 +164,7 @@ async function linkedPair(clock: ManualClock, extra: { heartbeatIntervalMs?: num
   const b = await accepted;
   srv.close();
   const { clockB, windowB, ...timing } = extra;
-  const common = { cluster: 'demo', secret, clock, heartbeatIntervalMs: 100, linkTimeoutMs: 500, ...timing };
+  const common = { cluster: 'demo', secret, security, clock, heartbeatIntervalMs: 100, linkTimeoutMs: 500, ...timing };
   const logA = captureLogger();
   const logB = captureLogger();
   const la = new Link(a, { ...common, role: 'dialer', site: 'local', peer: 'east', logger: logA });
@@ -216,7 +217,7 @@ describe('Link timers (ManualClock)', () => {
     srv.close();
     cleanups.push(() => a.destroy());
     const log = captureLogger();
-    const lb = new Link(b, { role: 'listener', cluster: 'demo', site: 'east', secret, acceptPeer: () => true, clock, logger: log, handshakeTimeoutMs: 3000 });
+    const lb = new Link(b, { role: 'listener', cluster: 'demo', site: 'east', secret, security, acceptPeer: () => true, clock, logger: log, handshakeTimeoutMs: 3000 });
     const closed = new Promise<LinkClose>((r) => lb.once('close', r));
     const peerClosed = new Promise((r) => a.once('close', r));
     a.on('error', () => {});
@@ -291,7 +292,7 @@ describe('Link timers (ManualClock)', () => {
     const clock = new ManualClock();
     const port = await freePort();
     const fails: { attempt: number; retryInMs: number }[] = [];
-    const dialer = new Dialer({ cluster: 'demo', site: 'local', peer: 'east', secret, host: '127.0.0.1', port, clock, random: () => 0.5, backoffMsMin: 100, backoffMsMax: 1000 });
+    const dialer = new Dialer({ cluster: 'demo', site: 'local', peer: 'east', secret, security, host: '127.0.0.1', port, clock, random: () => 0.5, backoffMsMin: 100, backoffMsMax: 1000 });
     cleanups.push(() => dialer.stop());
     dialer.on('attempt-failed', (f) => fails.push(f));
     dialer.start();
@@ -302,7 +303,7 @@ describe('Link timers (ManualClock)', () => {
     // 0.75 x min(1000, 100 * 2^(n-1))
     await until(() => fails.length === 7, 'failed attempt 7');
     expect(fails.map((f) => f.retryInMs)).toEqual([75, 150, 300, 600, 750, 750, 750]);
-    const server = new LinkServer({ cluster: 'demo', site: 'east', secret, peers: ['local'], host: '127.0.0.1', port, clock });
+    const server = new LinkServer({ cluster: 'demo', site: 'east', secret, security, peers: ['local'], host: '127.0.0.1', port, clock });
     await server.listen();
     cleanups.push(() => server.close());
     const linked = new Promise<Link>((r) => dialer.once('link', r));
