@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
 import { prepareLoopbackCluster } from '../site/prepare.js';
+import { preparePki } from '../site/pki.js';
 import { startCluster } from './cluster.js';
 import { fetchStatus, type StatusResult } from './status.js';
 
@@ -70,6 +71,14 @@ export async function runStart(configFile: string): Promise<number> {
   const prepared = prepareLoopbackCluster(config);
   const rel = (p: string) => relative(process.cwd(), p) || p;
   if (prepared.createdKey) process.stdout.write(`created the cluster key ${rel(prepared.createdKey)}\n`);
+  try {
+    // TLS from the first minute: the cluster CA and every site's certificate (src/site/pki.ts).
+    const pki = await preparePki(config);
+    if (pki.created.length > 0) process.stdout.write(`created the cluster CA and site certificates under ${rel(config.tls.dir)} (${pki.created.filter((f) => f.path.endsWith('.crt')).length} certificates)\n`);
+  } catch (e) {
+    process.stderr.write(`geomirror start: ${(e as Error).message}\n`);
+    return 1;
+  }
   if (prepared.createdFiles.length > 0) process.stdout.write(`created ${prepared.createdFiles.length} loopback file(s) (sparse) under ${rel(dirname(prepared.createdFiles[0]!))}\n`);
 
   const logFile = join(config.dir, 'data', 'cluster.log');

@@ -21,6 +21,9 @@ import { roleRuntimes } from './roles.js';
 import type { SiteStatus } from './status.js';
 import { didYouMean } from './suggest.js';
 import { formatBytes } from './units.js';
+import type { LinkSecurity } from '../net/security.js';
+import { buildLinkSecurity, SiteTlsIdentity } from './link-security.js';
+import { privateFileProblem } from './private-files.js';
 
 /** Everything a role runtime needs, checked and opened by runSite. */
 export interface SiteContext {
@@ -28,6 +31,14 @@ export interface SiteContext {
   site: SiteConfig;
   /** The cluster key (claim: sites authenticate each other with it). */
   secret: Buffer;
+  /**
+   * How every replication link of this site is secured (mutual TLS 1.3 with the site's
+   * certificate, or `transport: insecure`) plus the volume geometry the handshake checks:
+   * pass it as `security` to every LinkServer and Dialer the site constructs.
+   */
+  linkSecurity: LinkSecurity;
+  /** The site's certificate and key (reloaded when they change); undefined with transport: insecure. */
+  tlsIdentity?: SiteTlsIdentity;
   log: Logger;
   metrics: SiteMetrics;
   /** Primary/standby with located mirrors: the claims 5-7 report, already logged. */
@@ -104,14 +115,33 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   } catch (err) {
     problems.push((err as Error).message);
   }
+  if (config.secret.source === 'file') {
+    const p = privateFileProblem(config.secret.path!, 'secret');
+    if (p !== undefined) problems.push(p);
+  }
+  const log = options.log ?? createLogger({ site: site.name });
+  let tlsIdentity: SiteTlsIdentity | undefined;
+  if (config.transport === 'tls') {
+    try {
+      tlsIdentity = new SiteTlsIdentity(config, site.name, componentLogger(log, 'tls'));
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  }
   if (runtimeFactory === undefined) {
     problems.push(`sites.${site.name}.role: this build of geomirror has no ${site.role} runtime yet (built: ${Object.keys(roleRuntimes).join(', ') || 'none'})`);
   }
   if (problems.length > 0 || secret === undefined || runtimeFactory === undefined) throw new StartupError(site.name, problems);
 
-  const log = options.log ?? createLogger({ site: site.name });
   const startedAtMs = Date.now();
-  log.info({ event: 'starting', role: site.role, cluster: config.cluster, config: config.file }, `starting ${site.role} site ${site.name} of cluster ${config.cluster}`);
+  log.info({ event: 'starting', role: site.role, cluster: config.cluster, config: config.file, transport: config.transport }, `starting ${site.role} site ${site.name} of cluster ${config.cluster}`);
+  if (config.transport === 'insecure') {
+    log.warn(
+      { event: 'insecure-transport' },
+      `INSECURE: transport: insecure in ${config.file}: replication links of site ${site.name} are plain TCP. Anyone on the path reads every write and can cut or stall the links; peers are authenticated by the cluster key alone. Lab use only: remove the transport: key to get mutual TLS.`,
+    );
+  }
+  const linkSecurity = buildLinkSecurity(config, tlsIdentity);
   for (const w of config.warnings) log.warn({ event: 'config-warning' }, w);
   const geo = logGeography(config, site, componentLogger(log, 'geo'));
   const metrics = createSiteMetrics({ site: site.name, role: site.role, cluster: config.cluster, processMetrics: options.processMetrics ?? true });
@@ -123,7 +153,7 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
     ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => runtime?.status() ?? starting(), checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
     : undefined;
   try {
-    runtime = await runtimeFactory({ config, site, secret, log, metrics, ...(geo ? { geo } : {}) });
+    runtime = await runtimeFactory({ config, site, secret, linkSecurity, ...(tlsIdentity ? { tlsIdentity } : {}), log, metrics, ...(geo ? { geo } : {}) });
   } catch (err) {
     await admin?.close();
     throw err;

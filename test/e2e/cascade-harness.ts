@@ -12,6 +12,8 @@ import { join, resolve } from 'node:path';
 import { fetchStatus } from '../../src/cli/status.js';
 import type { SiteStatus } from '../../src/site/status.js';
 import { WanProxy } from '../wanem/proxy.js';
+import { loadConfig } from '../../src/site/config.js';
+import { preparePki } from '../../src/site/pki.js';
 import { fastLinkEnv, freePort, sha256, sleep, stopGraceMs, statusPollMs, waitMsMax } from './harness.js';
 
 const bin = join(resolve(import.meta.dirname, '../..'), 'bin/geomirror.mjs');
@@ -89,6 +91,10 @@ export class CascadeCluster {
       }
     }
     for (const p of this.procs.values()) writeFileSync(p.configPath, this.configFor(p.spec.name));
+    // As geomirror start does on first run: one cluster CA and every site's certificate (the
+    // per-site files share the key's folder, so they share the CA).
+    const first = [...this.procs.values()][0];
+    if (first) await preparePki(loadConfig(first.configPath));
   }
 
   /** The cluster file as `self` sees it: other sites are reached through their proxies. */

@@ -8,6 +8,8 @@ import type { SiteStatus } from '../../src/site/status.js';
 import { rawHeader } from '../conformance/vectors.js';
 import { rawExchange } from '../net/helpers.js';
 import { applyWrites, checkAckedWrites, Cluster, NbdWriter, planWrites, sha256, sleep, waitMsMax } from './harness.js';
+import { loadConfig } from '../../src/site/config.js';
+import { siteSecurity } from '../net/tls-fixture.js';
 
 const MiB = 1024 * 1024;
 
@@ -124,7 +126,7 @@ describe('fan-out: primary + 2 mirrors as processes', () => {
       const g = await rawExchange(port, garbage);
       const huge = await rawExchange(port, rawHeader({ type: 0x10, bodyBytes: 0xffffffff }));
       // An impostor claiming to be the primary, with the wrong key.
-      const bad = new Dialer({ cluster: 'e2e', site: 'local', secret: randomBytes(32), peer: 'east', host: '127.0.0.1', port, backoffMsMin: 1000, backoffMsMax: 1000 });
+      const bad = new Dialer({ cluster: 'e2e', site: 'local', secret: randomBytes(32), security: await siteSecurity(loadConfig(c.configPath), 'local'), peer: 'east', host: '127.0.0.1', port, backoffMsMin: 1000, backoffMsMax: 1000 });
       const failed = new Promise<{ reason: string }>((r) => bad.once('attempt-failed', r));
       bad.start();
       const why = await failed;

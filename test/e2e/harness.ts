@@ -12,6 +12,8 @@ import type { SiteStatus } from '../../src/site/status.js';
 import { Cmd } from '../../src/nbd/protocol.js';
 import { RawClient } from '../nbd/raw-client.js';
 import { WanProxy } from '../wanem/proxy.js';
+import { loadConfig } from '../../src/site/config.js';
+import { preparePki } from '../../src/site/pki.js';
 
 const repoRoot = resolve(import.meta.dirname, '../..');
 const bin = join(repoRoot, 'bin/geomirror.mjs');
@@ -162,6 +164,8 @@ export class Cluster {
       this.sites.set(name, { name, admin, logPath: join(this.dir, `${name}.log`), storagePath: storage, child: undefined, exited: undefined, lives: 0 });
     }
     writeFileSync(this.configPath, `${lines.join('\n')}\n`);
+    // As geomirror start does on first run: the cluster CA and every site's certificate.
+    await preparePki(loadConfig(this.configPath));
   }
 
   site(name: string): SiteProc {
