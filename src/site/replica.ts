@@ -283,7 +283,7 @@ export class Replica {
     };
     // Every site with a listen address accepts authenticated peers (a mirror's upstream dials in).
     if (site.listen) {
-      this.server = new LinkServer({ cluster: config.cluster, site: site.name, secret: this.ctx.secret, peers: config.siteNames.filter((n) => n !== site.name), host: site.listen.host, port: site.listen.port, ...timing });
+      this.server = new LinkServer({ cluster: config.cluster, site: site.name, secret: this.ctx.secret, security: this.ctx.linkSecurity, peers: config.siteNames.filter((n) => n !== site.name), host: site.listen.host, port: site.listen.port, ...timing });
       this.server.on('link', (link) => this.attach(link));
       this.server.on('refused', (r) => this.ctx.metrics.framesRefusedTotal.inc({ reason: r.code === undefined ? 'transport' : String(r.code) }));
       await this.server.listen();
@@ -308,7 +308,7 @@ export class Replica {
     const target = config.sites[peer]!;
     const addr = site.connect[peer] ?? target.listen;
     if (!addr) throw new Error(`sites.${peer}.listen: ${target.role} ${peer} has no listen address for ${site.name} to dial (or give sites.${site.name}.connect.${peer})`);
-    const d = new Dialer({ ...this.timing, cluster: config.cluster, site: site.name, secret: this.ctx.secret, peer, host: addr.host, port: addr.port, backoffMsMin: 50, backoffMsMax: 2000 });
+    const d = new Dialer({ ...this.timing, cluster: config.cluster, site: site.name, secret: this.ctx.secret, security: this.ctx.linkSecurity, peer, host: addr.host, port: addr.port, backoffMsMin: 50, backoffMsMax: 2000 });
     d.on('link', (link) => this.attach(link));
     this.ctx.metrics.setLinkState(peer, 'connecting');
     d.start();
