@@ -23,6 +23,9 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { fetchStatus } from '../src/cli/status.js';
+import { adminCredentials } from '../src/cli/admin-client.js';
+import { loadConfig } from '../src/site/config.js';
+import { preparePki } from '../src/site/pki.js';
 import { parseSizeBytes } from '../src/site/units.js';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -168,14 +171,14 @@ async function stopProc(p: { child: ChildProcess; exited: Promise<void> }): Prom
 
 // ---- systems -----------------------------------------------------------------------------------
 
-async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, profileDir: string | undefined): Promise<Running> {
+async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, profileDir: string | undefined, transport: 'tls' | 'insecure' = 'tls'): Promise<Running> {
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'cluster.key'), `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
   // 0 mirrors: the file still lists one (the cluster file requires it); bench/primary-alone.ts
   // runs the primary with the list emptied and that mirror never starts.
   const names = ['local', ...['east', 'west'].slice(0, Math.max(1, mirrors))];
   const nbdPort = await freePort();
-  const lines = ['cluster: bench', 'secret: file:./cluster.key', `volume: { name: vol0, size: ${sizeBytes}, blockSize: 4096 }`, 'sites:'];
+  const lines = ['cluster: bench', 'secret: file:./cluster.key', ...(transport === 'insecure' ? ['transport: insecure'] : []), `volume: { name: vol0, size: ${sizeBytes}, blockSize: 4096 }`, 'sites:'];
   const admins: Record<string, string> = {};
   for (const n of names) {
     admins[n] = `127.0.0.1:${await freePort()}`;
@@ -187,6 +190,10 @@ async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, p
   }
   const config = join(dir, 'cluster.yaml');
   writeFileSync(config, `${lines.join('\n')}\n`);
+  // As geomirror start does on first run: the cluster CA and the site certificates.
+  const loaded = loadConfig(config);
+  await preparePki(loaded);
+  const creds = adminCredentials(loaded);
   const env = { ...process.env, GEOMIRROR_LOG_FORMAT: 'json', GEOMIRROR_LOG_LEVEL: 'warn' };
   const procs = (mirrors === 0 ? ['local'] : names).map((n) => {
     const nodeFlags = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, n)}`] : [];
@@ -201,7 +208,7 @@ async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, p
     const deadline = Date.now() + startTimeoutMs;
     for (;;) {
       for (const p of procs) if (p.child.exitCode !== null) throw new Error(`geomirror site ${p.name} exited with code ${p.child.exitCode}; see ${join(dir, `${p.name}.log`)}`);
-      const r = await fetchStatus({ name: 'local', admin: admins.local! }, 2_000);
+      const r = await fetchStatus({ name: 'local', admin: admins.local!, site: 'local' }, 2_000, creds);
       if ('status' in r && r.status.state === 'in-sync' && r.status.peers.length === mirrors && r.status.peers.every((p) => p.sync === 'in-sync' && p.link === 'up')) break;
       if (Date.now() > deadline) throw new Error(`geomirror (${mirrors} mirrors) not in sync after ${startTimeoutMs} ms; see logs in ${dir}`);
       await sleep(100);

@@ -11,7 +11,8 @@ import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
 import { prepareLoopbackCluster } from '../site/prepare.js';
 import { preparePki } from '../site/pki.js';
 import { startCluster } from './cluster.js';
-import { fetchStatus, type StatusResult } from './status.js';
+import { fetchStatus, statusTimeoutMs, type StatusResult } from './status.js';
+import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
 
 export const defaultClusterFile = fileURLToPath(new URL('../../targets/loopback/cluster.yaml', import.meta.url));
 /** How often the live status line refreshes. */
@@ -30,10 +31,10 @@ export function counterTotal(metricsText: string, name: string): number {
   return total;
 }
 
-async function fetchText(url: string): Promise<string | undefined> {
+async function fetchMetrics(host: string, port: number, site: string, creds: AdminCredentials): Promise<string | undefined> {
   try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
-    return res.ok ? await res.text() : undefined;
+    const r = await adminRequest({ host, port, method: 'GET', path: '/metrics', site, creds, timeoutMs: 2000, bodyCharsMax: 16 * 1024 * 1024 });
+    return r.code === 200 ? r.body : undefined;
   } catch {
     return undefined;
   }
@@ -129,12 +130,13 @@ export async function runStart(configFile: string): Promise<number> {
   process.stdout.write(lines.join('\n') + '\n');
 
   if (primary.admin) {
-    const adminUrl = `http://${primary.admin.text}`;
+    const creds = adminCredentials(config);
+    const primaryAdmin = primary.admin;
     let last = { t: Date.now(), writes: 0, bytes: 0 };
     const refresh = async () => {
       const [metrics, results] = await Promise.all([
-        fetchText(`${adminUrl}/metrics`),
-        Promise.all(config.siteNames.filter((n) => config.sites[n]!.admin).map((n) => fetchStatus({ name: n, admin: config.sites[n]!.admin!.text }))),
+        fetchMetrics(primaryAdmin.host, primaryAdmin.port, config.primary, creds),
+        Promise.all(config.siteNames.filter((n) => config.sites[n]!.admin).map((n) => fetchStatus({ name: n, admin: config.sites[n]!.admin!.text, site: n }, statusTimeoutMs, creds))),
       ]);
       const now = Date.now();
       const writes = metrics ? counterTotal(metrics, 'geomirror_writes_total') : last.writes;

@@ -3,9 +3,10 @@
 // row per site. A mirror's sync state, link and RTT are taken from the site that feeds it
 // (the primary or the relay before it), because that side decides whether it is in sync;
 // a site's own view fills in where no feeder answered.
-import { request } from 'node:http';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, parseAddress } from '../site/config.js';
+import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
+import { defaultClusterFile } from './start.js';
 import { parseSiteStatus, type FailoverRecord, type PeerStatus, type SiteStatus } from '../site/status.js';
 import { formatBytes } from '../site/units.js';
 
@@ -20,15 +21,18 @@ export interface StatusTarget {
   /** Site name from the cluster file, or the address when queried by --admin. */
   name: string;
   admin: string;
+  /** The site expected there (its certificate must name it); unknown for --admin HOST:PORT. */
+  site?: string;
 }
 
 export type StatusResult = { target: StatusTarget; status: SiteStatus } | { target: StatusTarget; error: string };
 
-export async function fetchStatus(target: StatusTarget, timeoutMs = statusTimeoutMs): Promise<StatusResult> {
+/** GET /status of one site, authenticated with `creds` (adminCredentials of the cluster file). */
+export async function fetchStatus(target: StatusTarget, timeoutMs = statusTimeoutMs, creds?: AdminCredentials): Promise<StatusResult> {
   const a = parseAddress(target.admin);
   if (a === undefined) return { target, error: `${target.admin} is not HOST:PORT` };
   try {
-    const { code, body } = await httpGet(a.host, a.port, '/status', timeoutMs);
+    const { code, body } = await adminRequest({ host: a.host, port: a.port, method: 'GET', path: '/status', ...(target.site !== undefined ? { site: target.site } : {}), creds: creds ?? { cluster: '' }, timeoutMs, bodyCharsMax: statusBodyCharsMax });
     if (code !== 200) return { target, error: `HTTP ${code}: ${body.trim().slice(0, 200)}` };
     return { target, status: parseSiteStatus(JSON.parse(body), target.admin) };
   } catch (err) {
@@ -36,25 +40,6 @@ export async function fetchStatus(target: StatusTarget, timeoutMs = statusTimeou
     const why = e.code === 'ETIMEDOUT' ? `no answer within ${timeoutMs} ms` : e.code === 'ECONNREFUSED' ? 'connection refused (is the site running?)' : e.message;
     return { target, error: why };
   }
-}
-
-/** One GET without keep-alive (fetch's pooled sockets would hold the CLI open for seconds). */
-function httpGet(host: string, port: number, path: string, timeoutMs: number): Promise<{ code: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host, port, path, method: 'GET', agent: false, timeout: timeoutMs }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => {
-        body += c;
-        if (body.length > statusBodyCharsMax) req.destroy(new Error(`/status answer longer than ${statusBodyCharsMax} characters`));
-      });
-      res.on('end', () => resolve({ code: res.statusCode ?? 0, body }));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
-    req.on('error', reject);
-    req.end();
-  });
 }
 
 export interface StatusRow {
@@ -175,7 +160,7 @@ export function registerStatus(program: Command): void {
     .command('status')
     .description('show each site: role, epoch, last seq acked, in sync / degraded / resyncing, cache, link, RTT')
     .option('-a, --admin <host:port>', `query one site's admin address (default ${defaultAdmin} when no --config)`)
-    .option('-c, --config <file>', 'query every site of a cluster file that has an admin address')
+    .option('-c, --config <file>', 'query every site of a cluster file that has an admin address (and authenticate with its CA and key; with --admin: only that address)')
     .option('--json', 'print the raw /status answers as JSON')
     .addHelpText(
       'after',
@@ -183,20 +168,24 @@ export function registerStatus(program: Command): void {
 Examples:
   $ geomirror status                                          # the npm start cluster
   $ geomirror status --config targets/loopback/cluster.yaml   # every site of a file
-  $ geomirror status --admin 10.0.0.5:9400 --json
+  $ geomirror status --admin 10.0.0.5:9400 --config cluster.yaml --json
+
+The admin port is HTTPS and authenticated: status makes a one-time token from the cluster key
+(the file's secret:), or uses the client certificate in GEOMIRROR_CLIENT_CERT_DIR.
 
 Exit code 1 when a site does not answer.`,
     )
     .action(async (opts: { admin?: string; config?: string; json?: boolean }) => {
       let targets: StatusTarget[];
+      let creds: AdminCredentials;
       try {
-        targets = statusTargets(opts);
+        ({ targets, creds } = statusTargets(opts));
       } catch (e) {
         process.stderr.write(`geomirror status: ${(e as Error).message}\n`);
         process.exitCode = 1;
         return;
       }
-      const results = await Promise.all(targets.map((t) => fetchStatus(t)));
+      const results = await Promise.all(targets.map((t) => fetchStatus(t, statusTimeoutMs, creds)));
       if (opts.json) {
         process.stdout.write(`${JSON.stringify(results.map((r) => ({ site: r.target.name, admin: r.target.admin, ...('status' in r ? { status: r.status } : { error: r.error }) })), null, 2)}\n`);
       } else {
@@ -207,23 +196,26 @@ Exit code 1 when a site does not answer.`,
     });
 }
 
-function statusTargets(opts: { admin?: string; config?: string }): StatusTarget[] {
-  if (opts.admin !== undefined && opts.config !== undefined) throw new Error('give --admin or --config, not both');
-  if (opts.config === undefined) {
-    const admin = opts.admin ?? defaultAdmin;
-    if (parseAddress(admin) === undefined) throw new Error(`--admin ${admin} is not HOST:PORT, e.g. 127.0.0.1:9400`);
-    return [{ name: admin, admin }];
-  }
+function statusTargets(opts: { admin?: string; config?: string }): { targets: StatusTarget[]; creds: AdminCredentials } {
   let config;
   try {
-    config = loadConfig(opts.config);
+    // The cluster file says where the sites are and holds the credentials (its CA and key):
+    // with --admin alone it is the default cluster's file.
+    config = loadConfig(opts.config ?? defaultClusterFile);
   } catch (e) {
     throw new Error(e instanceof ConfigError ? e.message : String(e));
   }
+  const creds = adminCredentials(config);
+  if (opts.admin !== undefined || opts.config === undefined) {
+    const admin = opts.admin ?? defaultAdmin;
+    if (parseAddress(admin) === undefined) throw new Error(`--admin ${admin} is not HOST:PORT, e.g. 127.0.0.1:9400`);
+    const site = config.siteNames.find((n) => config.sites[n]!.admin?.text === admin);
+    return { targets: [{ name: site ?? admin, admin, ...(site !== undefined ? { site } : {}) }], creds };
+  }
   const targets = config.siteNames.flatMap((n) => {
     const a = config.sites[n]!.admin;
-    return a ? [{ name: n, admin: a.text }] : [];
+    return a ? [{ name: n, admin: a.text, site: n }] : [];
   });
   if (targets.length === 0) throw new Error(`no site in ${config.file} has an admin: address to query; add e.g. admin: 127.0.0.1:9400`);
-  return targets;
+  return { targets, creds };
 }

@@ -143,7 +143,7 @@ describe('failover to the standby (issue 10)', () => {
       expect(tookMs).toBeGreaterThanOrEqual(failoverTimeoutMs - heartbeatMs - 50);
       expect(tookMs).toBeLessThanOrEqual(2 * failoverTimeoutMs);
       expect(promoted.epoch).toBe(2);
-      const metrics = await (await fetch(`http://${cl.site('backup').admin}/metrics`)).text();
+      const metrics = await cl.metricsText('backup');
       expect(metrics).toMatch(/^geomirror_failovers_total\{kind="promoted",[^}]*\} 1$/m);
       expect(metrics).toMatch(/^geomirror_acting_role\{acting="primary",[^}]*\} 1$/m);
       expect(metrics).toMatch(/^geomirror_epoch\{[^}]*\} 2$/m);

@@ -8,6 +8,7 @@ import { createWriteStream, mkdtempSync, readFileSync, rmSync, truncateSync, wri
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fetchStatus } from '../../src/cli/status.js';
+import { adminCredentials, adminRequest, type AdminCredentials } from '../../src/cli/admin-client.js';
 import type { SiteStatus } from '../../src/site/status.js';
 import { Cmd } from '../../src/nbd/protocol.js';
 import { RawClient } from '../nbd/raw-client.js';
@@ -165,8 +166,13 @@ export class Cluster {
     }
     writeFileSync(this.configPath, `${lines.join('\n')}\n`);
     // As geomirror start does on first run: the cluster CA and every site's certificate.
-    await preparePki(loadConfig(this.configPath));
+    const config = loadConfig(this.configPath);
+    await preparePki(config);
+    this.creds = adminCredentials(config);
   }
+
+  /** How the harness authenticates to the sites' admin ports (the cluster's CA and key). */
+  creds: AdminCredentials = { cluster: '' };
 
   site(name: string): SiteProc {
     const s = this.sites.get(name);
@@ -208,8 +214,15 @@ export class Cluster {
   }
 
   async status(name: string): Promise<SiteStatus | undefined> {
-    const r = await fetchStatus({ name, admin: this.site(name).admin }, 2_000);
+    const r = await fetchStatus({ name, admin: this.site(name).admin, site: name }, 2_000, this.creds);
     return 'status' in r ? r.status : undefined;
+  }
+
+  /** GET /metrics of a site over its authenticated admin HTTPS ('' when it does not answer). */
+  async metricsText(name: string): Promise<string> {
+    const [host, port] = this.site(name).admin.split(':');
+    const r = await adminRequest({ host: host!, port: Number(port), method: 'GET', path: '/metrics', site: name, creds: this.creds, timeoutMs: 5000, bodyCharsMax: 16 << 20 }).catch(() => undefined);
+    return r?.code === 200 ? r.body : '';
   }
 
   /** Polls /status until `pred` holds; fails naming `what` and the last status seen. */
