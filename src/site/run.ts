@@ -24,6 +24,10 @@ import { formatBytes } from './units.js';
 import type { LinkSecurity } from '../net/security.js';
 import { buildLinkSecurity, SiteTlsIdentity } from './link-security.js';
 import { privateFileProblem } from './private-files.js';
+import { adminTokenKey, checksumDigestKey } from './admin-auth.js';
+import { tlsContextOptions } from './link-security.js';
+import type { NbdTlsOptions } from '../nbd/tls.js';
+import { buildNbdTls, nbdExposureWarning } from './nbd-tls.js';
 
 /** Everything a role runtime needs, checked and opened by runSite. */
 export interface SiteContext {
@@ -39,6 +43,8 @@ export interface SiteContext {
   linkSecurity: LinkSecurity;
   /** The site's certificate and key (reloaded when they change); undefined with transport: insecure. */
   tlsIdentity?: SiteTlsIdentity;
+  /** TLS of the site's NBD export (`nbd-tls:`); pass it as `tls` to the NbdServer. Undefined: off. */
+  nbdTls?: NbdTlsOptions;
   log: Logger;
   metrics: SiteMetrics;
   /** Primary/standby with located mirrors: the claims 5-7 report, already logged. */
@@ -128,6 +134,12 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
       problems.push((err as Error).message);
     }
   }
+  let nbdTls: NbdTlsOptions | undefined;
+  try {
+    nbdTls = buildNbdTls(config, site, tlsIdentity);
+  } catch (err) {
+    problems.push((err as Error).message);
+  }
   if (runtimeFactory === undefined) {
     problems.push(`sites.${site.name}.role: this build of geomirror has no ${site.role} runtime yet (built: ${Object.keys(roleRuntimes).join(', ') || 'none'})`);
   }
@@ -142,6 +154,8 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
     );
   }
   const linkSecurity = buildLinkSecurity(config, tlsIdentity);
+  const exposure = nbdExposureWarning(config, site);
+  if (exposure !== undefined) log.warn({ event: 'nbd-exposed' }, exposure);
   for (const w of config.warnings) log.warn({ event: 'config-warning' }, w);
   const geo = logGeography(config, site, componentLogger(log, 'geo'));
   const metrics = createSiteMetrics({ site: site.name, role: site.role, cluster: config.cluster, processMetrics: options.processMetrics ?? true });
@@ -150,10 +164,20 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   let runtime: SiteRuntime | undefined;
   const starting = (): SiteStatus => startingStatus(config, site, startedAtMs);
   const admin = site.admin
-    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: () => runtime?.status() ?? starting(), checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
+    ? await startAdminServer({
+        host: site.admin.host,
+        port: site.admin.port,
+        status: () => runtime?.status() ?? starting(),
+        checksums: (q) => siteChecksums(config, site, runtime, q, checksumDigestKey(secret!)),
+        roleChange: { promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) },
+        auth: { site: site.name, cluster: config.cluster, tokenKey: adminTokenKey(secret) },
+        ...(tlsIdentity ? { tls: { contextOptions: () => tlsContextOptions(tlsIdentity!.material), trusted: () => tlsIdentity!.trusted(), onReload: (fn: () => void) => tlsIdentity!.onReload(fn) } } : {}),
+        registry: metrics.registry,
+        log: componentLogger(log, 'admin'),
+      })
     : undefined;
   try {
-    runtime = await runtimeFactory({ config, site, secret, linkSecurity, ...(tlsIdentity ? { tlsIdentity } : {}), log, metrics, ...(geo ? { geo } : {}) });
+    runtime = await runtimeFactory({ config, site, secret, linkSecurity, ...(tlsIdentity ? { tlsIdentity } : {}), ...(nbdTls ? { nbdTls } : {}), log, metrics, ...(geo ? { geo } : {}) });
   } catch (err) {
     await admin?.close();
     throw err;
@@ -187,11 +211,11 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
 const checksumsBusy = new WeakSet<SiteConfig>();
 
 /** GET /checksums: validated here against the volume, computed by the runtime over its storage. */
-async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: SiteRuntime | undefined, query: URLSearchParams): Promise<ChecksumAnswer> {
+async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: SiteRuntime | undefined, query: URLSearchParams, digestKey: Buffer): Promise<ChecksumAnswer> {
   if (runtime?.checksums === undefined) {
     throw new ChecksumRequestError(runtime === undefined ? `site ${site.name} is still starting; retry in a moment` : `site ${site.name} (${site.role}) keeps no storage to checksum`, 503);
   }
-  const req = parseChecksumQuery(query, config.volume.sizeBytes, config.volume.blockSize);
+  const req = parseChecksumQuery(query, config.volume.sizeBytes, config.volume.blockSize, digestKey);
   if (checksumsBusy.has(site)) throw new ChecksumRequestError(`site ${site.name} is already computing checksums for another verify; retry when it is done`, 503);
   checksumsBusy.add(site);
   try {
