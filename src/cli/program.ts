@@ -11,6 +11,7 @@ import { registerVerify } from './verify.js';
 import { registerDevices } from './devices.js';
 import { registerFlash } from './flash.js';
 import { registerSwitchover } from './switchover.js';
+import { registerPki } from './pki.js';
 
 const require = createRequire(import.meta.url);
 const pkg = require('../../package.json') as { version: string; description: string };
@@ -31,5 +32,6 @@ export function buildProgram(): Command {
   registerDevices(program);
   registerFlash(program);
   registerSwitchover(program);
+  registerPki(program);
   return program;
 }

@@ -6,7 +6,7 @@
 // linkTimeoutMs and the link is dead. Any protocol error, refusal or timeout ends the link with
 // a REFUSE/ERROR frame carrying the code and reason, a log line naming the peer and the remote
 // address, and a closed socket; nothing else on the site is affected (DESIGN.md, wire protocol).
-import { randomBytes as cryptoRandomBytes } from 'node:crypto';
+import { randomBytes as cryptoRandomBytes, type X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { TLSSocket, connect as tlsConnect } from 'node:tls';
@@ -129,6 +129,8 @@ export class Link extends EventEmitter {
   readonly socket: Socket;
   /** The peer's site name as its certificate states it (TLS only, once verified). */
   private certified: string | undefined;
+  /** The peer's verified certificate (TLS only). */
+  peerCertificate: X509Certificate | undefined;
   /** When a partial frame was last begun or a frame completed (frameDeadlineMs). */
   private frameProgressMs = 0;
   /**
@@ -242,6 +244,7 @@ export class Link extends EventEmitter {
       return;
     }
     this.certified = who.site;
+    this.peerCertificate = leaf;
     this.progress = 2;
     this.emit('identified', who.site);
     this.startHandshake(who.site, t.exportKeyingMaterial(channelBindingBytes, channelBindingLabel, Buffer.alloc(0)));

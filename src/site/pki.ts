@@ -232,7 +232,7 @@ export async function issueClientCert(config: ClusterConfig, name: string, outDi
  *           certificate (pki issue --force, now signed by the new CA) and copy those.
  *   finish: ca.crt = the new CA only; ca.old.key removed. Copy ca.crt to every site.
  */
-export async function rollCa(config: ClusterConfig, phase: 'start' | 'finish'): Promise<CreatedFile[]> {
+export async function rollCa(config: ClusterConfig, phase: 'start' | 'finish', force = false): Promise<CreatedFile[]> {
   const { caCert, caKey } = config.tls;
   const old = oldCaKeyPath(config);
   if (phase === 'start') {
@@ -247,6 +247,17 @@ export async function rollCa(config: ClusterConfig, phase: 'start' | 'finish'): 
   }
   if (!existsSync(old)) throw new Error(`no CA roll under way (${old} does not exist); start one with: geomirror pki roll-ca --start`);
   const signing = await loadSigningCa(config);
+  // Finishing drops the old CA: a site still holding an old certificate would be locked out.
+  const newCa = new NodeX509(signing.cert.toString('pem'));
+  const stale = config.siteNames.filter((s) => {
+    const f = siteCertFiles(config, s);
+    if (!existsSync(f.cert)) return false;
+    const c = new NodeX509(readFileSync(f.cert, 'utf8'));
+    return !(c.checkIssued(newCa) && c.verify(newCa.publicKey));
+  });
+  if (stale.length > 0 && !force) {
+    throw new Error(`site certificate(s) of ${stale.join(', ')} are still from the old CA; re-issue them first (geomirror pki issue --config ${config.file} --site NAME --force) and copy them, or finish anyway with --force`);
+  }
   writePrivateFile(caCert, `${signing.cert.toString('pem')}\n`, { force: true, mode: 0o644, what: 'CA certificate' });
   rmSync(old);
   return [{ path: caCert, what: 'CA certificate (new CA only)' }];
