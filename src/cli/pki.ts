@@ -31,6 +31,12 @@ export function registerPki(program: Command): void {
     .addHelpText(
       'after',
       `
+Examples:
+  $ geomirror pki init --config cluster.yaml                 # CA + every missing site certificate
+  $ geomirror pki issue --config cluster.yaml --site east --force   # renew east's certificate
+  $ geomirror pki client --config cluster.yaml --name backup-host   # for nbdinfo/qemu over TLS
+  $ geomirror pki roll-ca --config cluster.yaml --start
+
 Files (beside the secret: file unless tls: in the cluster file moves them): ca.crt (trusted
 CAs), ca.key (the CA key: keep it where you run pki, not on sites), site-NAME.crt and
 site-NAME.key (each site needs ca.crt and its own pair). Rotation: docs/OPERATIONS.md.`,
