@@ -213,8 +213,15 @@ export class Link extends EventEmitter {
     }
     this.socket = socket;
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', (err) => this.onTransportEnd(`${sec.transport === 'tls' && this.hs === undefined ? 'TLS handshake failed' : 'socket error'}: ${err.message}`));
-    socket.on('close', () => this.onTransportEnd('connection closed by the peer without a reason'));
+    socket.on('error', (err: NodeJS.ErrnoException & { reason?: string }) => {
+      // TLS errors say more in code/reason (ERR_SSL_DECRYPTION_FAILED_OR_BAD_RECORD_MAC: a
+      // record altered on the path) than in message ("write EPROTO").
+      const detail = [err.code, err.reason].filter((x) => x !== undefined && !err.message.includes(String(x))).join(', ');
+      this.onTransportEnd(`${sec.transport === 'tls' && this.hs === undefined ? 'TLS handshake failed' : sec.transport === 'tls' ? 'TLS error' : 'socket error'}: ${err.message}${detail ? ` (${detail})` : ''}`);
+    });
+    socket.on('close', () =>
+      this.onTransportEnd(sec.transport === 'tls' && this.hs === undefined ? 'connection closed during the TLS handshake (a client without TLS or a certificate, or a handshake altered on the path)' : 'connection closed by the peer without a reason'),
+    );
     socket.on('drain', () => this.emit('drain'));
     this.timer = this.clock.setTimeout(() => {
       this.fail(ErrorCode.HANDSHAKE_TIMEOUT, `handshake not finished within handshakeTimeoutMs (${this.o.handshakeTimeoutMs} ms)${this.hs === undefined && sec.transport === 'tls' ? ' (still in the TLS handshake)' : ''}`);
