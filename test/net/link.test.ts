@@ -288,6 +288,29 @@ describe('Link timers (ManualClock)', () => {
     expect(lb.state).toBe('closed');
   });
 
+  it('the dialer logs the first failure, then at most one summary per interval with a count (not a line per retry)', async () => {
+    const clock = new ManualClock();
+    const port = await freePort();
+    const logger = captureLogger();
+    let fails = 0;
+    const dialer = new Dialer({ cluster: 'demo', site: 'local', peer: 'east', secret, security, host: '127.0.0.1', port, clock, logger, random: () => 0.5, backoffMsMin: 100, backoffMsMax: 1000, downLogIntervalMs: 5000 });
+    cleanups.push(() => dialer.stop());
+    dialer.on('attempt-failed', (f) => {
+      fails++;
+      setImmediate(() => clock.advance(f.retryInMs)); // retry at once (the clock is ours)
+    });
+    dialer.start();
+    await until(() => fails >= 20, '20 failed attempts');
+    dialer.stop();
+    const down = logger.lines.filter((l) => /link to peer (down|still down)/.test(l.msg));
+    // 20 attempts, ~750 ms apart once backed off: ~13 s of downtime, so 1 first line + 2 summaries.
+    expect(down[0]!.msg).toBe('link to peer down; reconnecting');
+    expect(down.length).toBeGreaterThanOrEqual(2);
+    expect(down.length).toBeLessThanOrEqual(4);
+    const summaries = down.slice(1);
+    expect(summaries.every((l) => /still down: \d+ failed attempt\(s\)/.test(l.msg) && typeof l.obj.failedAttempts === 'number')).toBe(true);
+  });
+
   it('the dialer reconnects with exponential backoff and jitter until a listener appears', async () => {
     const clock = new ManualClock();
     const port = await freePort();
