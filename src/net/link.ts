@@ -82,6 +82,11 @@ export interface LinkOptions extends LinkTimingOptions {
   readonly acceptPeer?: (site: string) => boolean;
   /** Listener: replay memory shared by all connections of a server. */
   readonly seenNonce?: (nonce: Buffer) => boolean;
+  /**
+   * Listener: where lines go until the peer is identified (certificate verified or handshake
+   * done); a stranger can make those at will, so the server passes a rate-limited logger.
+   */
+  readonly strangerLogger?: LinkLogger;
 }
 
 export interface LinkClose {
@@ -144,7 +149,12 @@ export class Link extends EventEmitter {
   private readonly reader = new MessageReader();
   private readonly encoder = new FrameEncoder();
   private readonly clock: Clock;
-  private readonly log: LinkLogger;
+  private readonly known: LinkLogger;
+  private readonly stranger: LinkLogger;
+  /** The logger for this moment: rate-limited until the peer is identified. */
+  private get log(): LinkLogger {
+    return this.certified !== undefined || this.everEstablished ? this.known : this.stranger;
+  }
   private readonly o: Required<Omit<LinkTimingOptions, 'clock' | 'logger' | 'randomBytes' | 'heartbeatState' | 'inflightWritesMax' | 'inflightBytesMax'>>;
   private readonly options: LinkOptions;
   /** WRITEs this side sent and the peer has not acknowledged. */
@@ -173,7 +183,8 @@ export class Link extends EventEmitter {
     this.options = options;
     this.role = options.role;
     this.clock = options.clock ?? systemClock;
-    this.log = options.logger ?? silentLogger;
+    this.known = options.logger ?? silentLogger;
+    this.stranger = options.strangerLogger ?? this.known;
     this.o = {
       heartbeatIntervalMs: options.heartbeatIntervalMs ?? linkDefaults.heartbeatIntervalMs,
       linkTimeoutMs: options.linkTimeoutMs ?? linkDefaults.linkTimeoutMs,

@@ -17,6 +17,7 @@ import { ErrorCode, NonceMemory } from '../wire/index.js';
 import { Link, silentLogger, type LinkClose, type LinkLogger, type LinkTimingOptions } from './link.js';
 import type { LinkSecurity } from './security.js';
 import { systemClock } from './clock.js';
+import { rateLimitedLogger } from './log-limit.js';
 
 export const linkServerDefaults = {
   /** Unidentified connections held at once (TLS or HMAC handshake in progress). */
@@ -74,6 +75,7 @@ export class LinkServer extends EventEmitter {
   private readonly byPeer = new Map<string, Link>();
   private readonly log: LinkLogger;
   private readonly acceptPeer: (site: string) => boolean;
+  private readonly strangerLog: LinkLogger;
   /** Unidentified connections, in arrival order (Map keeps insertion order). */
   private readonly pending = new Map<Link, Admitted>();
   private readonly pendingByAddress = new Map<string, number>();
@@ -91,6 +93,7 @@ export class LinkServer extends EventEmitter {
   constructor(private readonly o: LinkServerOptions) {
     super();
     this.log = o.logger ?? silentLogger;
+    this.strangerLog = rateLimitedLogger(this.log, 'refused or failed unidentified connections', o.dropLogIntervalMs ?? linkServerDefaults.dropLogIntervalMs, 20, o.clock ?? systemClock);
     const peers = o.peers;
     this.acceptPeer = typeof peers === 'function' ? peers : (s: string) => s !== o.site && peers.includes(s);
     this.pendingMax = o.pendingMax ?? linkServerDefaults.pendingMax;
@@ -151,6 +154,7 @@ export class LinkServer extends EventEmitter {
       role: 'listener',
       acceptPeer: this.acceptPeer,
       seenNonce: (n) => this.nonces.check(n),
+      strangerLogger: this.strangerLog,
     });
     const entry: Admitted = { link, address, seq: this.admittedSeq++ };
     this.pending.set(link, entry);
