@@ -155,7 +155,7 @@ describe('Link over TCP', () => {
 });
 
 /** Two Links over one real loopback connection, timers on a ManualClock. */
-async function linkedPair(clock: ManualClock, extra: { heartbeatIntervalMs?: number; linkTimeoutMs?: number; sendQueueBytesMax?: number; inflightWritesMax?: number; clockB?: ManualClock; windowB?: number } = {}) {
+async function linkedPair(clock: ManualClock, extra: { heartbeatIntervalMs?: number; linkTimeoutMs?: number; frameDeadlineMs?: number; sendQueueBytesMax?: number; inflightWritesMax?: number; clockB?: ManualClock; windowB?: number } = {}) {
   const srv = createServer();
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
   const accepted = new Promise<Socket>((r) => srv.once('connection', r));
@@ -164,7 +164,7 @@ async function linkedPair(clock: ManualClock, extra: { heartbeatIntervalMs?: num
   const b = await accepted;
   srv.close();
   const { clockB, windowB, ...timing } = extra;
-  const common = { cluster: 'demo', secret, security, clock, heartbeatIntervalMs: 100, linkTimeoutMs: 500, ...timing };
+  const common = { cluster: 'demo', secret, security, clock, heartbeatIntervalMs: 100, linkTimeoutMs: 500, frameDeadlineMs: 2000, ...timing };
   const logA = captureLogger();
   const logB = captureLogger();
   const la = new Link(a, { ...common, role: 'dialer', site: 'local', peer: 'east', logger: logA });
@@ -192,6 +192,27 @@ describe('Link timers (ManualClock)', () => {
     // No clock time passes while frames are in flight, so the RTT is exactly 0 here.
     expect(la.rttMs).toBe(0);
     expect(la.state).toBe('established');
+  });
+
+  it('an authenticated peer that trickles a frame byte by byte is cut after frameDeadlineMs, though bytes keep coming', async () => {
+    const clock = new ManualClock();
+    // The dialer's clock never moves (it sends no heartbeats into our hand-made bytes).
+    const { la, lb, a, logB } = await linkedPair(new ManualClock(), { clockB: clock, heartbeatIntervalMs: 100, linkTimeoutMs: 500 });
+    const closed = new Promise<LinkClose>((r) => lb.once('close', r));
+    // The start of a 4 KiB WRITE (encoded by hand, frameSeq continuing the dialer's frames),
+    // then one byte per 100 ms: always something received, never a whole frame.
+    const frame = encodeFrame(write(1n, 1), la.framesTx);
+    let sent = 0;
+    for (let t = 0; t < 40 && lb.state === 'established'; t++) {
+      a.write(frame.subarray(sent, sent + (t === 0 ? 30 : 1)));
+      sent += t === 0 ? 30 : 1;
+      await new Promise((r) => setTimeout(r, 2));
+      clock.advance(100);
+    }
+    const info = await closed;
+    expect(info.code).toBe(ErrorCode.LINK_TIMEOUT);
+    expect(info.reason).toMatch(/bytes of a frame and no complete frame for \d+ ms \(frameDeadlineMs 2000\)/);
+    expect(logB.lines.some((l) => /no complete frame/.test(String(l.obj.reason)))).toBe(true);
   });
 
   it('a silent peer is declared dead after linkTimeoutMs (LINK_TIMEOUT on both logs)', async () => {
