@@ -33,7 +33,7 @@ import { parseSizeBytes } from '../src/site/units.js';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const bin = join(repoRoot, 'bin/geomirror.mjs');
-const primaryAlone = join(repoRoot, 'bench/primary-alone.ts');
+const primaryAlone = join(repoRoot, 'bench/primary-alone.mjs');
 const run = promisify(execFile);
 
 /** A system that is not serving within this after start is broken, not slow. */
@@ -157,7 +157,6 @@ function sparseFile(path: string, bytes: number): void {
 
 function startProc(cmd: string, args: string[], logPath: string, env: NodeJS.ProcessEnv = process.env): { child: ChildProcess; exited: Promise<void> } {
   const log = createWriteStream(logPath, { flags: 'a' });
-  // cwd: the repo, so `--import tsx` resolves whatever folder the bench was started from.
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env, cwd: repoRoot });
   child.stdout!.pipe(log, { end: false });
   child.stderr!.pipe(log, { end: false });
@@ -178,7 +177,7 @@ async function stopProc(p: { child: ChildProcess; exited: Promise<void> }): Prom
 async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, profileDir: string | undefined, transport: 'tls' | 'insecure' = 'tls'): Promise<Running> {
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'cluster.key'), `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
-  // 0 mirrors: the file still lists one (the cluster file requires it); bench/primary-alone.ts
+  // 0 mirrors: the file still lists one (the cluster file requires it); bench/primary-alone.mjs
   // runs the primary with the list emptied and that mirror never starts.
   const names = ['local', ...['east', 'west'].slice(0, Math.max(1, mirrors))];
   const nbdPort = await freePort();
@@ -201,7 +200,7 @@ async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, p
   const env = { ...process.env, GEOMIRROR_LOG_FORMAT: 'json', GEOMIRROR_LOG_LEVEL: 'warn' };
   const procs = (mirrors === 0 ? ['local'] : names).map((n) => {
     const nodeFlags = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, n)}`] : [];
-    const args = mirrors === 0 ? ['--import', 'tsx', primaryAlone, config, n] : [...nodeFlags, bin, 'site', '--config', config, '--site', n];
+    const args = mirrors === 0 ? [...nodeFlags, primaryAlone, config, n] : [...nodeFlags, bin, 'site', '--config', config, '--site', n];
     return { name: n, ...startProc(process.execPath, args, join(dir, `${n}.log`), env) };
   });
   const stop = async () => {
@@ -367,7 +366,7 @@ export async function runCompare(opts: CompareOptions): Promise<CompareResult> {
   process.once('SIGTERM', onSignal);
   try {
     log(`starting systems in ${work} (volume ${opts.sizeBytes} bytes each)`);
-    // Started together (start-up is mostly Node and tsx loading), each recorded as soon as it is
+    // Started together (start-up is mostly Node loading modules), each recorded as soon as it is
     // up so the finally below stops whatever did start when another fails.
     const started = await Promise.allSettled([
       startGeomirror(join(work, 'geomirror-3'), 2, opts.sizeBytes, profileDir).then((s) => (systems['geomirror-3'] = s)),

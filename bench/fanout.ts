@@ -83,7 +83,7 @@ async function measure(replica: Replica, p: Point, seed: number): Promise<Result
         tEnd ||= now;
         return;
       }
-      await replica.write(Math.floor(rnd() * slots) * p.writeBytes, payload, false);
+      await replica.host.write(Math.floor(rnd() * slots) * p.writeBytes, payload, false);
       ops++;
     }
   };
@@ -153,7 +153,7 @@ async function main(): Promise<void> {
             results.set(key, [...(results.get(key) ?? []), r]);
             process.stderr.write(`  round ${round + 1} ${k} mirror(s) ${p.name}: ${r.iops.toFixed(0)} IOPS ${r.mibPerSec.toFixed(1)} MiB/s\n`);
           }
-          await replica.flush();
+          await replica.host.flush();
         } finally {
           await replica.stop();
         }

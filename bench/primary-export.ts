@@ -3,7 +3,7 @@
 // goes through on the primary is here: the NBD export, the host API, the pure core, the battery-
 // backed cache journal (a loopback file beside the image) and the storage array. Only the
 // replication links are absent. A cluster file refuses a primary without mirrors (claim 1), so
-// the bench builds one with a placeholder mirror and empties the list, as bench/primary-alone.ts
+// the bench builds one with a placeholder mirror and empties the list, as bench/primary-alone.mjs
 // does for bench/compare.ts.
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';

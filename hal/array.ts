@@ -1,34 +1,29 @@
-// The site-local disk array controller: one volume over one or more storage devices (RAID-1
-// when several), with the battery-backed cache journal in front. Every site runs one: the
-// mirror's "disk array controller" of claim 1, the controller that "writes the data write
-// request to the cache and performs it on the means for storing data" of claims 11, 16, 17
-// (and the relay's of claim 18).
+// The site-local disk array: one volume over one or more storage devices, RAID-1 when several
+// (the mirror's "disk array controller" of claim 1, "the means for storing data" of claims 11,
+// 16, 17, 18). Plain RAID-1 and nothing else: write all members, read one, survive member
+// failures, rebuild a replaced member. It does not order overlapping writes and keeps no cache:
+// the site's local store (src/core/local-store.ts) never issues two overlapping writes at once,
+// and the battery-backed cache journal in front of it is the site's, not the array's.
 //
-// A write goes through two stages, exposed separately because roles ack at different ones:
-//   cached    the request is in the cache journal (a relay acks upstream here, claim 20);
-//   executed  it is in the cache AND performed on every healthy member (a mirror acks here,
-//             claim 10 (iii)); the cache entry is then marked done (unless `retain` asks the
-//             caller to drop it on a downstream ack, claims 12, 21).
-// Overlapping writes reach storage in submission order (each waits for the overlapping ones
-// before it); disjoint writes run in parallel. Reads wait for overlapping writes still in
-// flight, so a read after an acknowledged write sees it even when the ack was "cached".
+//   write   to every member that is ok or rebuilding; completes when all of them completed. A
+//           member that fails is marked failed, the error logged, and the rest keep serving; the
+//           call fails only when no ok member took it.
+//   read    from one ok member (round-robin), another on a failure; never from a rebuilding one.
+//   flush   every member that is ok or rebuilding.
+//   rebuild replaceMember() puts a new device in a failed or replaced member's slot and copies
+//           the volume onto it from an ok member, chunk by chunk, while writes continue: a chunk
+//           being copied holds back writes that overlap it, and a write already in flight to it
+//           finishes first, so the copy never overwrites newer data. The member serves reads once
+//           the whole volume is on it.
 //
-// With a cache, a write reaches storage only once it is cached: replay then covers every write
-// that may have touched a member, so members never disagree after a crash (no RAID write hole).
-// Without a cache there is no journal and a crash mid-write may leave members different.
-//
-// RAID-1: write all healthy members, read one (round-robin). A member that fails an I/O is
-// marked failed, the error logged, and the rest keep serving; when none is left every call
-// fails with the last member's sense. Member health lives in memory only (there is no on-disk
-// array metadata yet): a member that failed must be replaced or resynced before a restart.
-//
-// On open the controller replays the cache: every surviving entry is performed again on storage
-// in journal (= seq) order before the first request is served, so every accepted write reaches
-// storage. Re-performing one that had already landed is harmless: it writes the same bytes, and
-// later overlapping entries are replayed after it.
+// Member states can be persisted (`stateFile`): a member recorded failed or rebuilding is not
+// read from after a restart, and an interrupted rebuild starts over, so a half-copied member is
+// never taken for a healthy one.
 //
 // hal/ imports nothing from src/.
 
+import { open as openFile, readFile, rename } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import {
   MediaStatus,
   SenseError,
@@ -41,11 +36,9 @@ import {
   type MediaStatusFlags,
   type WriteOptions,
 } from './blockdev.js';
-import { CacheEntryFlags, CacheJournal, type CacheJournalOptions, type EntryHandle, type RecoveredEntry } from './cache.js';
-import type { CacheDevice } from './cachedev.js';
 
-/** Replayed entries performed on storage at once during open (bounds memory and fds in flight). */
-export const replayWritesInflightMax = 64;
+/** Blocks copied per rebuild step (bounds the range that holds back writes). */
+export const rebuildChunkBytes = 1024 * 1024;
 
 /** What the controller logs: a subset of pino's Logger, so a pino child logger fits as is. */
 export interface ArrayLogger {
@@ -65,50 +58,34 @@ export interface DiskArrayOptions {
   readonly name?: string;
   /** The storage devices; several form a RAID-1 mirror. Same block size; the smallest sets the size. */
   readonly members: readonly BlockDevice[];
-  /** The battery-backed cache device; without one, "cached" means "executed". */
-  readonly cache?: CacheDevice;
-  readonly cacheOptions?: CacheJournalOptions;
-  /** Volume id written into every cache entry (u32); replay refuses entries of another volume. */
-  readonly volume?: number;
   readonly logger?: ArrayLogger;
+  /** Where member states survive a restart (a JSON file beside the site's other state). */
+  readonly stateFile?: string;
 }
 
-export interface ArrayWriteOptions extends WriteOptions {
-  /** Identity of the request (DESIGN.md: volume, epoch, seq). Default epoch 0, seq counted here. */
-  readonly epoch?: bigint;
-  readonly seq?: bigint;
-  /** Volume id; must match the array's (it is checked, not routed). */
-  readonly volume?: number;
-  /** Keep the cache entry after execution until release(handle) (relay/primary: on downstream ack). */
-  readonly retain?: boolean;
-}
-
-export interface WriteTicket {
-  /** Resolves when the request is in the cache (with its entry; undefined without a cache). */
-  readonly cached: Promise<EntryHandle | undefined>;
-  /** Resolves when the request is cached and performed on every healthy member. */
-  readonly executed: Promise<void>;
-}
-
-export type MemberState = 'ok' | 'failed';
+export type MemberState = 'ok' | 'rebuilding' | 'failed';
 
 export interface MemberStatus {
   readonly name: string;
   readonly state: MemberState;
   /** Why it failed (the sense message), when it did. */
   readonly error?: string;
+  /** While rebuilding: bytes copied so far, of the volume's. */
+  readonly rebuiltBytes?: number;
 }
 
 interface Member {
-  readonly dev: BlockDevice;
+  dev: BlockDevice;
   state: MemberState;
-  error?: SenseError | Error;
+  error?: Error;
+  /** Rebuilding: blocks [0, rebuiltBlocks) hold the volume. */
+  rebuiltBlocks: number;
 }
 
-interface Inflight {
+interface Span {
   readonly lba: number;
   readonly endLba: number;
-  readonly performed: Promise<void>;
+  readonly done: Promise<void>;
 }
 
 export class DiskArray implements BlockDevice {
@@ -116,36 +93,28 @@ export class DiskArray implements BlockDevice {
   readonly blockSizeBytes: BlockSizeBytes;
   readonly blockCount: number;
   readonly capabilities: Capabilities = { flush: true, fua: true, trim: false, readOnly: false };
-  readonly volume: number;
-  /** Replayed entries flagged `retain`: on storage again, still owned by the caller (re-send them). */
-  readonly recoveredRetained: RecoveredEntry[] = [];
   private readonly members: Member[];
-  private readonly inflight = new Set<Inflight>();
-  /** Every write's `executed` until it settles, so close() lets each mark its entry done. */
-  private readonly executing = new Set<Promise<void>>();
-  private readonly executedOf = new WeakMap<EntryHandle, Promise<void>>();
   private readonly log: ArrayLogger;
+  private readonly stateFile: string | undefined;
   private nextReadMember = 0;
-  private nextSeq = 1n;
   private closed = false;
+  /** Writes in flight (a rebuild chunk waits for those overlapping it). */
+  private readonly writing = new Set<Span>();
+  /** The chunk a rebuild is copying (writes overlapping it wait). */
+  private copying: Span | undefined;
+  private rebuild: Promise<void> | undefined;
+  private saveChain: Promise<void> = Promise.resolve();
 
-  private constructor(
-    options: DiskArrayOptions,
-    readonly journal: CacheJournal | undefined,
-  ) {
+  private constructor(options: DiskArrayOptions, states: Record<string, MemberState>) {
     const devs = options.members;
     this.name = options.name ?? `array(${devs.map((d) => d.name).join(', ')})`;
-    this.members = devs.map((dev) => ({ dev, state: 'ok' as MemberState }));
+    this.members = devs.map((dev) => ({ dev, state: states[dev.name] === 'ok' || states[dev.name] === undefined ? 'ok' : states[dev.name]!, rebuiltBlocks: 0 }));
     this.blockSizeBytes = devs[0]!.blockSizeBytes;
     this.blockCount = Math.min(...devs.map((d) => d.blockCount));
-    this.volume = options.volume ?? 0;
     this.log = options.logger ?? stderrLogger;
+    this.stateFile = options.stateFile;
   }
 
-  /**
-   * Builds the array and, with a cache, replays every surviving entry onto storage (journal
-   * order) before returning: claim 17's controller never serves before accepted writes are safe.
-   */
   static async open(options: DiskArrayOptions): Promise<DiskArray> {
     const devs = options.members;
     const name = options.name ?? 'array';
@@ -156,160 +125,117 @@ export class DiskArray implements BlockDevice {
         throw sense.invalidField(name, `member ${d.name} has ${d.blockSizeBytes}-byte blocks but ${devs[0]!.name} has ${bs}; RAID-1 members need one block size`);
       }
     }
-    const volume = options.volume ?? 0;
-    if (!Number.isInteger(volume) || volume < 0 || volume > 0xffff_ffff) throw sense.invalidField(name, `volume id ${volume} is not a u32`);
-    let journal: CacheJournal | undefined;
-    let recovered: RecoveredEntry[] = [];
-    if (options.cache !== undefined) ({ journal, recovered } = await CacheJournal.open(options.cache, options.cacheOptions));
-    const array = new DiskArray(options, journal);
-    if (journal !== undefined) {
-      try {
-        await array.replay(recovered);
-      } catch (err) {
-        await journal.close().catch(() => undefined); // entries stay in the cache for the next try
-        throw err;
+    const states = options.stateFile === undefined ? {} : await loadStates(options.stateFile);
+    const array = new DiskArray(options, states);
+    const ok = array.members.filter((m) => m.state === 'ok');
+    if (ok.length === 0 && array.members.some((m) => m.state !== 'ok')) {
+      // Every member is recorded failed or half-rebuilt: none holds the volume for sure. Serve
+      // from them anyway rather than not at all, and say so: the site's peers repair it.
+      array.log.error({ array: array.name, states }, `no member of ${array.name} is recorded healthy; serving from all of them as they are (resync this site from its peers)`);
+      for (const m of array.members) m.state = 'ok';
+    }
+    for (const [i, m] of array.members.entries()) {
+      if (m.state === 'rebuilding') {
+        m.rebuiltBlocks = 0; // interrupted: start over
+        array.startRebuild(i);
       }
     }
     return array;
   }
 
-  private async replay(recovered: RecoveredEntry[]): Promise<void> {
-    const window: Promise<void>[] = [];
-    for (const r of recovered) {
-      const h = r.handle;
-      if (h.volume !== this.volume) {
-        throw sense.invalidField(this.name, `the cache holds a write for volume ${h.volume} but this array serves volume ${this.volume}; point cache.device at this volume's cache`);
-      }
-      const lba = h.offsetBytes / this.blockSizeBytes;
-      if (!Number.isSafeInteger(lba) || r.payload.byteLength % this.blockSizeBytes !== 0) {
-        throw sense.mediumRead(this.name, undefined, `cache entry seq ${h.seq} (${r.payload.byteLength} bytes at byte ${h.offsetBytes}) is not block-aligned for ${this.blockSizeBytes}-byte blocks; was the block size changed?`);
-      }
-      checkRange(this, lba, r.payload.byteLength / this.blockSizeBytes);
-      if (h.seq >= this.nextSeq) this.nextSeq = h.seq + 1n;
-      const performed = this.schedule(lba, r.payload, (h.flags & CacheEntryFlags.FUA) !== 0);
-      const done = performed.then(() => {
-        if ((h.flags & CacheEntryFlags.RETAIN) !== 0) this.recoveredRetained.push(r);
-        else this.journal!.markDone(h);
-      });
-      done.catch(() => undefined); // the first failure is rethrown below; later ones are moot
-      window.push(done);
-      if (window.length >= replayWritesInflightMax) await window.shift();
-    }
-    await Promise.all(window);
-    if (recovered.length > 0) this.log.info({ array: this.name, entries: recovered.length }, 'replayed the cache onto storage');
-  }
-
   status(): MediaStatusFlags {
-    if (this.closed || this.healthy().length === 0) return MediaStatus.NO_MEDIA;
+    if (this.closed || this.readable().length === 0) return MediaStatus.NO_MEDIA;
     return MediaStatus.OK;
   }
 
   /** Health of every member, in configuration order. */
   memberStatus(): MemberStatus[] {
-    return this.members.map((m) => (m.error === undefined ? { name: m.dev.name, state: m.state } : { name: m.dev.name, state: m.state, error: m.error.message }));
+    return this.members.map((m) => ({
+      name: m.dev.name,
+      state: m.state,
+      ...(m.error !== undefined ? { error: m.error.message } : {}),
+      ...(m.state === 'rebuilding' ? { rebuiltBytes: m.rebuiltBlocks * this.blockSizeBytes } : {}),
+    }));
   }
 
-  /** Submits a write and returns both stages (see the file comment). Never throws. */
-  submit(lba: number, data: Uint8Array, options: ArrayWriteOptions = {}): WriteTicket {
-    let blocks: number;
+  async write(lba: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+    if (this.closed) throw sense.notPresent(this.name);
+    const blocks = blocksIn(this, data, lba);
+    checkRange(this, lba, blocks);
+    if (this.readable().length === 0) throw this.allFailedError(lba);
+    const span = { lba, endLba: lba + blocks };
+    // A rebuild chunk being copied holds back writes that overlap it (see the file comment).
+    while (this.copying !== undefined && overlaps(this.copying, span)) await this.copying.done;
+    const done = this.onMembers('write', lba, (dev) => dev.write(lba, data, options));
+    const entry: Span = { ...span, done: done.then(() => undefined, () => undefined) };
+    this.writing.add(entry);
     try {
-      if (this.closed) throw sense.notPresent(this.name);
-      blocks = blocksIn(this, data, lba);
-      checkRange(this, lba, blocks);
-      if (options.volume !== undefined && options.volume !== this.volume) {
-        throw sense.invalidField(this.name, `write for volume ${options.volume} sent to the array of volume ${this.volume}`, lba);
-      }
-      if (this.healthy().length === 0) throw this.allFailedError(lba);
-    } catch (err) {
-      const rejected = Promise.reject(err);
-      rejected.catch(() => undefined);
-      return { cached: rejected as Promise<never>, executed: rejected as Promise<never> };
+      await done;
+    } finally {
+      this.writing.delete(entry);
     }
-    const seq = options.seq ?? this.nextSeq;
-    if (seq >= this.nextSeq) this.nextSeq = seq + 1n;
-    const fua = options.fua === true;
-    const retain = options.retain === true;
-    const cached: Promise<EntryHandle | undefined> =
-      this.journal === undefined
-        ? Promise.resolve(undefined)
-        : this.journal.append(
-            {
-              volume: this.volume,
-              epoch: options.epoch ?? 0n,
-              seq,
-              offsetBytes: lba * this.blockSizeBytes,
-              flags: (fua ? CacheEntryFlags.FUA : 0) | (retain ? CacheEntryFlags.RETAIN : 0),
-            },
-            data,
-          );
-    // Storage only after the cache: every write that may have touched a member is then in the
-    // journal (with every earlier one), so replay re-performs it on all members and a crash
-    // cannot leave RAID-1 members disagreeing (the write hole an array journal exists for).
-    const performed = this.schedule(lba, data, fua, cached);
-    const executed = Promise.all([cached, performed]).then(([handle]) => {
-      if (handle !== undefined && !retain) this.journal!.markDone(handle);
-    });
-    executed.catch(() => undefined); // callers may await only one stage
-    this.executing.add(executed);
-    const forget = () => this.executing.delete(executed);
-    executed.then(forget, forget);
-    cached.catch(() => undefined);
-    if (this.journal !== undefined) {
-      void cached.then((h) => {
-        if (h !== undefined) this.executedOf.set(h, executed);
-      }, () => undefined);
-      return { cached, executed };
-    }
-    // Without a cache there is no battery: a write is accepted only once it is on storage.
-    const accepted = executed.then(() => undefined);
-    accepted.catch(() => undefined);
-    return { cached: accepted, executed };
-  }
-
-  /** BlockDevice write: resolves when executed. */
-  write(lba: number, data: Uint8Array, options?: ArrayWriteOptions): Promise<void> {
-    return this.submit(lba, data, options).executed;
-  }
-
-  /** Drops a retained entry from the cache (downstream acknowledged it); waits for local execution first. */
-  release(handle: EntryHandle): Promise<void> {
-    const journal = this.journal;
-    if (journal === undefined) return Promise.resolve();
-    const executed = this.executedOf.get(handle) ?? Promise.resolve();
-    return executed.then(() => journal.markDone(handle));
   }
 
   async read(lba: number, blocks: number): Promise<Buffer> {
     if (this.closed) throw sense.notPresent(this.name);
     checkRange(this, lba, blocks);
-    await this.settleOverlapping(lba, lba + blocks);
     let lastErr: unknown;
     for (;;) {
-      const ok = this.healthy();
+      const ok = this.readable();
       if (ok.length === 0) throw lastErr ?? this.allFailedError(lba);
       const m = ok[this.nextReadMember++ % ok.length]!;
       try {
         return await m.dev.read(lba, blocks);
       } catch (err) {
         lastErr = err;
-        this.fail(m, err, 'read', lba);
+        await this.fail(m, err, 'read', lba);
       }
     }
   }
 
-  /** Flushes every healthy member after every write submitted before this call reached storage. */
+  /** Flushes every member that takes writes (what completed before the call is then durable). */
   async flush(): Promise<void> {
     if (this.closed) throw sense.notPresent(this.name);
-    await Promise.allSettled([...this.inflight].map((w) => w.performed));
     await this.onMembers('flush', undefined, (dev) => dev.flush());
+  }
+
+  /**
+   * Puts `dev` in the slot of member `memberName` (failed, or one being replaced) and rebuilds it
+   * from an ok member while writes continue. Resolves once the rebuild started; `rebuilt()`
+   * resolves when it is done. The old device of that slot is closed.
+   */
+  async replaceMember(memberName: string, dev: BlockDevice): Promise<void> {
+    if (this.closed) throw sense.notPresent(this.name);
+    const i = this.members.findIndex((m) => m.dev.name === memberName);
+    if (i < 0) throw sense.invalidField(this.name, `no member ${memberName} in ${this.name}; members are ${this.members.map((m) => m.dev.name).join(', ')}`);
+    if (dev.blockSizeBytes !== this.blockSizeBytes) throw sense.invalidField(this.name, `${dev.name} has ${dev.blockSizeBytes}-byte blocks; this array has ${this.blockSizeBytes}`);
+    if (dev.blockCount < this.blockCount) throw sense.invalidField(this.name, `${dev.name} holds ${dev.blockCount} blocks; the volume needs ${this.blockCount}`);
+    if (this.rebuild !== undefined) throw sense.invalidField(this.name, `a rebuild is already running in ${this.name}; wait for it to finish`);
+    const m = this.members[i]!;
+    if (this.members.filter((x, j) => j !== i && x.state === 'ok').length === 0) {
+      throw sense.invalidField(this.name, `no other healthy member to rebuild ${memberName} from; the site must be resynced from its peers instead`);
+    }
+    const old = m.dev;
+    m.dev = dev;
+    m.state = 'rebuilding';
+    m.rebuiltBlocks = 0;
+    delete m.error;
+    await this.saveStates();
+    if (old !== dev) await old.close().catch(() => undefined);
+    this.startRebuild(i);
+  }
+
+  /** Resolves when the running rebuild (if any) ends. */
+  rebuilt(): Promise<void> {
+    return this.rebuild ?? Promise.resolve();
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.allSettled([...this.inflight].map((w) => w.performed));
-    await Promise.allSettled([...this.executing]);
-    await this.journal?.close();
+    await Promise.allSettled([...this.writing].map((w) => w.done));
+    await this.rebuild?.catch(() => undefined);
+    await this.saveChain;
     const results = await Promise.allSettled(this.members.map((m) => m.dev.close()));
     const failed = results.find((r) => r.status === 'rejected');
     if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
@@ -317,69 +243,149 @@ export class DiskArray implements BlockDevice {
 
   // --- internals ----------------------------------------------------------------------------
 
-  private healthy(): Member[] {
+  /** Members that hold the volume (served from). */
+  private readable(): Member[] {
     return this.members.filter((m) => m.state === 'ok');
   }
 
-  /** Performs a write on storage once every overlapping earlier write has settled. */
-  private schedule(lba: number, data: Uint8Array, fua: boolean, cached?: Promise<unknown>): Promise<void> {
-    const endLba = lba + data.byteLength / this.blockSizeBytes;
-    const before = this.overlapping(lba, endLba);
-    const performed = (async () => {
-      if (cached !== undefined) await cached;
-      if (before.length > 0) await Promise.allSettled(before);
-      await this.onMembers('write', lba, (dev) => dev.write(lba, data, { fua }));
-    })();
-    const entry: Inflight = { lba, endLba, performed };
-    this.inflight.add(entry);
-    const forget = () => this.inflight.delete(entry);
-    performed.then(forget, forget);
-    return performed;
+  private startRebuild(i: number): void {
+    const run = this.copyOnto(i).catch((err: unknown) => {
+      this.log.error({ array: this.name, member: this.members[i]!.dev.name, err: (err as Error).message }, `rebuild of ${this.members[i]!.dev.name} stopped: ${(err as Error).message}`);
+    });
+    this.rebuild = run.finally(() => {
+      this.rebuild = undefined;
+    });
   }
 
-  private overlapping(lba: number, endLba: number): Promise<void>[] {
-    const out: Promise<void>[] = [];
-    for (const w of this.inflight) if (w.lba < endLba && lba < w.endLba) out.push(w.performed);
-    return out;
+  /** Copies the volume onto member `i`, chunk by chunk, from the ok members. */
+  private async copyOnto(i: number): Promise<void> {
+    const m = this.members[i]!;
+    const chunkBlocks = Math.max(1, Math.floor(rebuildChunkBytes / this.blockSizeBytes));
+    const total = this.blockCount;
+    let decile = 0;
+    this.log.warn({ array: this.name, member: m.dev.name, bytes: total * this.blockSizeBytes }, `rebuilding ${m.dev.name} from the other member(s) of ${this.name}`);
+    while (m.rebuiltBlocks < total) {
+      if (this.closed) return;
+      if (m.state !== 'rebuilding') throw new Error(`${m.dev.name} failed during its rebuild`);
+      const lba = m.rebuiltBlocks;
+      const blocks = Math.min(chunkBlocks, total - lba);
+      const span = { lba, endLba: lba + blocks };
+      let release!: () => void;
+      this.copying = { ...span, done: new Promise<void>((r) => (release = r)) };
+      try {
+        // Writes already in flight to this chunk land first (on every member, this one too).
+        for (const w of [...this.writing]) if (overlaps(w, span)) await w.done;
+        const data = await this.read(lba, blocks);
+        try {
+          await m.dev.write(lba, data);
+        } catch (err) {
+          await this.fail(m, err, 'rebuild write', lba);
+          throw err;
+        }
+      } finally {
+        this.copying = undefined;
+        release();
+      }
+      m.rebuiltBlocks = lba + blocks;
+      const d = Math.floor((10 * m.rebuiltBlocks) / total);
+      if (d > decile && m.rebuiltBlocks < total) {
+        decile = d;
+        this.log.info({ array: this.name, member: m.dev.name, percent: d * 10 }, `rebuild of ${m.dev.name}: ${d * 10}%`);
+      }
+    }
+    await m.dev.flush();
+    m.state = 'ok';
+    await this.saveStates();
+    this.log.warn({ array: this.name, member: m.dev.name }, `${m.dev.name} is rebuilt and serves reads again`);
   }
 
-  private async settleOverlapping(lba: number, endLba: number): Promise<void> {
-    const before = this.overlapping(lba, endLba);
-    if (before.length > 0) await Promise.allSettled(before);
-  }
-
-  /** Runs `op` on every healthy member; members that fail are marked failed; fails only if all do. */
+  /** Runs `op` on every member that takes writes; members that fail are marked failed; fails unless an ok member succeeded. */
   private async onMembers(what: 'write' | 'flush', lba: number | undefined, op: (dev: BlockDevice) => Promise<void>): Promise<void> {
-    const ok = this.healthy();
-    if (ok.length === 0) throw this.allFailedError(lba);
-    const results = await Promise.allSettled(ok.map((m) => op(m.dev)));
+    const targets = this.members.filter((m) => m.state !== 'failed');
+    if (!targets.some((m) => m.state === 'ok')) throw this.allFailedError(lba);
+    const results = await Promise.allSettled(targets.map((m) => op(m.dev)));
     let succeeded = 0;
     let lastErr: unknown;
+    const saves: Promise<void>[] = [];
     results.forEach((r, i) => {
-      if (r.status === 'fulfilled') succeeded++;
-      else {
+      const m = targets[i]!;
+      if (r.status === 'fulfilled') {
+        if (m.state === 'ok') succeeded++;
+      } else {
         lastErr = r.reason;
-        this.fail(ok[i]!, r.reason, what, lba);
+        saves.push(this.fail(m, r.reason, what, lba));
       }
     });
-    if (succeeded === 0) throw lastErr;
+    // A member that missed this write is recorded failed before the write completes: a restart
+    // must never read from it as if it held the volume.
+    await Promise.all(saves);
+    if (succeeded === 0) throw lastErr ?? this.allFailedError(lba);
   }
 
-  private fail(m: Member, err: unknown, op: string, lba: number | undefined): void {
-    if (m.state === 'failed') return;
+  /** Marks `m` failed (logged) and persists that; resolves once the record is durable. */
+  private fail(m: Member, err: unknown, op: string, lba: number | undefined): Promise<void> {
+    if (m.state === 'failed') return Promise.resolve();
     m.state = 'failed';
     m.error = err instanceof Error ? err : new Error(String(err));
-    const left = this.healthy().map((x) => x.dev.name);
+    const saved = this.saveStates();
+    const left = this.readable().map((x) => x.dev.name);
     this.log.error(
       { array: this.name, member: m.dev.name, op, lba, err: m.error.message, membersLeft: left },
       left.length > 0
-        ? `array member ${m.dev.name} failed a ${op}; marked failed, ${left.length} member(s) keep serving (replace it and resync)`
+        ? `array member ${m.dev.name} failed a ${op}; marked failed, ${left.length} member(s) keep serving (replace it and rebuild)`
         : `array member ${m.dev.name} failed a ${op}; no member is left, the volume is offline`,
     );
+    return saved;
   }
 
   private allFailedError(lba: number | undefined): SenseError {
     const why = this.members.map((m) => `${m.dev.name}: ${m.error?.message ?? m.state}`).join('; ');
     return sense.notPresent(this.name, `every member of the array has failed (${why})${lba === undefined ? '' : ` at LBA ${lba}`}; replace the storage devices`);
   }
+
+  /** Persists member states (write temp, fdatasync, rename), one save at a time, in order. */
+  private saveStates(): Promise<void> {
+    const file = this.stateFile;
+    if (file === undefined) return Promise.resolve();
+    const states = Object.fromEntries(this.members.map((m) => [m.dev.name, m.state]));
+    const run = this.saveChain.then(async () => {
+      const tmp = join(dirname(file), `.${basename(file)}.tmp`);
+      const fh = await openFile(tmp, 'w', 0o600);
+      try {
+        await fh.writeFile(JSON.stringify({ members: states }) + '\n');
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      await rename(tmp, file);
+    });
+    this.saveChain = run.catch((err: Error) => this.log.error({ array: this.name, file, err: err.message }, `member states could not be saved to ${file}: ${err.message}`));
+    return this.saveChain;
+  }
+}
+
+async function loadStates(file: string): Promise<Record<string, MemberState>> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
+    throw err;
+  }
+  let parsed: { members?: unknown };
+  try {
+    parsed = JSON.parse(text) as { members?: unknown };
+  } catch {
+    throw sense.mediumRead(file, undefined, `${file}: the array member states are not valid JSON; delete the file only if every member is known to hold the volume`);
+  }
+  const out: Record<string, MemberState> = {};
+  if (typeof parsed.members !== 'object' || parsed.members === null) return out;
+  for (const [k, v] of Object.entries(parsed.members as Record<string, unknown>)) {
+    if (v === 'ok' || v === 'failed' || v === 'rebuilding') out[k] = v;
+  }
+  return out;
+}
+
+function overlaps(a: { lba: number; endLba: number }, b: { lba: number; endLba: number }): boolean {
+  return a.lba < b.endLba && b.lba < a.endLba;
 }

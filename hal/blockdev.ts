@@ -25,6 +25,7 @@ export type SenseKey = (typeof SenseKey)[keyof typeof SenseKey];
 /** Additional sense code / qualifier pairs we produce or map (SPC-4 annex). */
 export const Asc = {
   NONE: [0x00, 0x00],
+  LOGICAL_UNIT_NOT_READY: [0x04, 0x00],
   LOGICAL_UNIT_BECOMING_READY: [0x04, 0x01],
   WRITE_ERROR: [0x0c, 0x00],
   UNRECOVERED_READ_ERROR: [0x11, 0x00],
@@ -139,8 +140,11 @@ export type BlockSizeBytes = (typeof blockSizesBytes)[number];
  * A block device. All I/O is whole or fails with a SenseError: a short read or write is
  * retried inside the adapter or reported, never returned. Callbacks never fire synchronously
  * (every method returns a promise). Concurrent calls whose ranges overlap have no defined order
- * (a loopback file's pwrites run on the OS thread pool, a disk queues commands): a caller that
- * needs order waits for one before issuing the other, as hal/array.ts does.
+ * (a loopback file's pread/pwrite run on the OS thread pool in either order, a disk queues
+ * commands): a read issued while an overlapping write is in flight may return the old data or
+ * the new. A caller that needs order waits for one call before issuing the other, as hal/array.ts
+ * does for overlapping writes and for reads behind them. Some adapters happen to keep issue order
+ * (memory, and USB/serial, which run one call at a time); nothing may rely on it.
  */
 export interface BlockDevice {
   /** The device string or a readable name, used in every error message. */

@@ -61,7 +61,7 @@ export async function openCacheDevice(deviceString: string, options: CacheDevice
     case 'loopback':
       return openFileCacheDevice(spec.path, options);
     default:
-      throw new DeviceStringError(deviceString, `a cache device must be memory: or loopback:PATH (got ${spec.kind}:); put USB or serial disks under storage`);
+      throw new DeviceStringError(deviceString, `a cache device must be memory: or loopback:PATH (got ${spec.kind}:); put block, USB or serial disks under storage`);
   }
 }
 

@@ -3,16 +3,76 @@
 
 import { sense, type BlockDevice } from './blockdev.js';
 import { discoverSerialPorts, type SerialDiscovery } from './serial/discovery.js';
+import { inUseReason, listKernelBlockDevices, readSystemView, stableDevicePath, type SystemView } from './sysblock.js';
 import { discoverUsbDisks, type UsbDiscovery } from './usb/discovery.js';
 
+export interface KernelBlockListing {
+  /** `block:` and the path to put in a cluster file (a /dev/disk/by-id link when there is one). */
+  deviceString: string;
+  /** Kernel name: sdb, sdb1, mmcblk0p2, loop3, dm-0. */
+  name: string;
+  sizeBytes: number;
+  logicalBlockSizeBytes: number;
+  model: string | undefined;
+  removable: boolean;
+  readOnly: boolean;
+  /** The whole disk of a partition. */
+  partitionOf: string | undefined;
+  mounts: { device: string; mountPoint: string }[];
+  holders: string[];
+  swaps: string[];
+  /** Why geomirror would refuse it now (mounted, swap, LVM/RAID on it), or null when free. */
+  inUse: string | null;
+}
+
+export interface BlockDiscovery {
+  devices: KernelBlockListing[];
+  /** Why the list may be incomplete or empty (no sysfs). */
+  problem?: string;
+}
+
 export interface DeviceList {
+  block: BlockDiscovery;
   usb: UsbDiscovery;
   serial: SerialDiscovery;
 }
 
-export async function listDevices(opts: { devDir?: string } = {}): Promise<DeviceList> {
+/** `devDir`: where serial ports are looked for (tests); block devices are always named under /dev. */
+export async function listDevices(opts: { devDir?: string; system?: SystemView } = {}): Promise<DeviceList> {
   const [usb, serial] = await Promise.all([discoverUsbDisks(), discoverSerialPorts(opts.devDir)]);
-  return { usb, serial };
+  return { block: discoverKernelBlock('/dev', opts.system), usb, serial };
+}
+
+/** Kernel block devices from sysfs; never opens one, so it is safe next to a mounted disk. */
+export function discoverKernelBlock(devDir = '/dev', system: SystemView = readSystemView()): BlockDiscovery {
+  const found = listKernelBlockDevices(system);
+  const devices = found.map((d) => ({
+    deviceString: `block:${stableDevicePath(d, devDir)}`,
+    name: d.name,
+    sizeBytes: d.sizeBytes,
+    logicalBlockSizeBytes: d.logicalBlockSizeBytes,
+    model: d.model,
+    removable: d.removable,
+    readOnly: d.readOnly,
+    partitionOf: d.partitionOf,
+    mounts: [...d.mounts],
+    holders: [...d.holders],
+    swaps: [...d.swaps],
+    inUse: inUseReason(d) ?? null,
+  }));
+  if (devices.length === 0 && found.length === 0) {
+    return { devices, problem: `no block devices under ${system.sysDir}/block (no sysfs in this container?)` };
+  }
+  return { devices };
+}
+
+/** One listing line's facts about a kernel block device, after its device string. */
+function blockFacts(d: KernelBlockListing): string {
+  const what = [d.model ?? 'unknown model', size(d.sizeBytes), `${d.logicalBlockSizeBytes}-byte blocks`];
+  if (d.removable) what.push('removable');
+  if (d.readOnly) what.push('read-only');
+  const where = d.mounts.length > 0 ? `mounted: ${d.mounts.map((m) => `${m.device} at ${m.mountPoint}`).join(', ')}` : d.swaps.length > 0 ? `swap: ${d.swaps.join(', ')}` : d.holders.length > 0 ? `used by ${d.holders.map((h) => `/dev/${h}`).join(', ')}` : 'free';
+  return `${what.join(', ')}; ${where}`;
 }
 
 function size(bytes: number | undefined): string {
@@ -29,13 +89,17 @@ function size(bytes: number | undefined): string {
 
 /** Human-readable listing: one line per device, its device string first (copy into a config). */
 export function formatDevices(list: DeviceList): string {
-  const out: string[] = ['USB mass-storage devices:'];
+  const out: string[] = ['Kernel block devices:'];
+  if (list.block.devices.length === 0) out.push(`  none found${list.block.problem ? ` (${list.block.problem})` : ''}`);
+  for (const d of list.block.devices) out.push(`  ${d.partitionOf === undefined ? '' : '  '}${d.deviceString}  ${d.name}: ${blockFacts(d)}`);
+  out.push('USB mass-storage devices:');
   if (list.usb.disks.length === 0) out.push(`  none found${list.usb.problem ? ` (${list.usb.problem})` : ''}`);
   for (const d of list.usb.disks) {
     const who = [d.manufacturer, d.product].filter(Boolean).join(' ') || 'unknown product';
     const held = d.kernelDriver ? `held by kernel driver ${d.kernelDriver} (detached automatically on open)` : d.kernelDriver === null ? 'no kernel driver' : 'kernel driver unknown';
     const access = d.accessible === false ? '; NO PERMISSION: add a udev rule for this VID/PID (see docs), then replug' : '';
-    out.push(`  ${d.deviceString}  ${who}, serial ${d.serialNumber ?? '?'}, ${size(d.capacityBytes)}, ${held}${access}`);
+    const kernel = d.blockDevice ? `; or through the kernel as block:${d.blockDevice}` : '';
+    out.push(`  ${d.deviceString}  ${who}, serial ${d.serialNumber ?? '?'}, ${size(d.capacityBytes)}, ${held}${access}${kernel}`);
   }
   if (list.usb.disks.length > 0 && list.usb.problem) out.push(`  note: ${list.usb.problem}`);
   out.push(`Serial ports (${list.serial.source}):`);

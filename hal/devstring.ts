@@ -4,6 +4,8 @@
 //
 //   memory:[LABEL]            RAM volume (LABEL only names it in messages)
 //   loopback:PATH             a regular file; relative PATH resolves against baseDir
+//   block:/dev/NAME           a Linux kernel block device (USB or SATA disk, SD card or
+//                             partition, LVM volume, loop device); an absolute device path
 //   usb:VID:PID[:SERIAL]      USB mass-storage disk, ids in hex (lsusb style, 1-4 digits, optional 0x)
 //   serial:PATH[?baud=N]      serial-attached storage
 //   usb-sim:PATH              the USB mass-storage SIMULATOR over a disk-image file (tests, demos)
@@ -13,6 +15,7 @@
 import { isAbsolute, resolve } from 'node:path';
 import type { BlockDevice } from './blockdev.js';
 import { openHardwareDevice } from './devices.js';
+import { openKernelBlock } from './kernel-block.js';
 import { openLoopback } from './loopback.js';
 import { MemoryDevice } from './memory.js';
 
@@ -24,11 +27,12 @@ export const deviceStringCharsMax = 4096;
 export type DeviceSpec =
   | { readonly kind: 'memory'; readonly label: string }
   | { readonly kind: 'loopback'; readonly path: string }
+  | { readonly kind: 'block'; readonly path: string }
   | { readonly kind: 'usb'; readonly vendorId: number; readonly productId: number; readonly serial?: string }
   | { readonly kind: 'serial'; readonly path: string; readonly baudRate?: number }
   | { readonly kind: 'usb-sim'; readonly path: string };
 
-const expectedForms = 'memory:, loopback:PATH, usb:VID:PID[:SERIAL] (hex ids), serial:PATH[?baud=N] or usb-sim:PATH';
+const expectedForms = 'memory:, loopback:PATH, block:/dev/NAME, usb:VID:PID[:SERIAL] (hex ids), serial:PATH[?baud=N] or usb-sim:PATH';
 
 /** A device string that cannot be parsed or opened in this build; names the string and the fix. */
 export class DeviceStringError extends Error {
@@ -60,6 +64,12 @@ export function parseDeviceString(text: string): DeviceSpec {
       if (rest === '') throw new DeviceStringError(text, 'expected loopback:PATH with a file path after the colon');
       if (rest.includes('\0')) throw new DeviceStringError(text, 'the path contains a NUL byte');
       return { kind: 'loopback', path: rest };
+    case 'block':
+      if (rest.includes('\0')) throw new DeviceStringError(text, 'the path contains a NUL byte');
+      if (!rest.startsWith('/')) {
+        throw new DeviceStringError(text, `expected block:/dev/NAME with the absolute path of a kernel block device (e.g. block:/dev/sdb, block:/dev/disk/by-id/usb-...); for a disk-image file use loopback:${rest || 'PATH'}`);
+      }
+      return { kind: 'block', path: rest };
     case 'usb':
       return parseUsb(text, rest);
     case 'serial':
@@ -111,6 +121,8 @@ export function formatDeviceString(spec: DeviceSpec): string {
       return `memory:${spec.label}`;
     case 'loopback':
       return `loopback:${spec.path}`;
+    case 'block':
+      return `block:${spec.path}`;
     case 'usb': {
       const id = `${hex4(spec.vendorId)}:${hex4(spec.productId)}`;
       return spec.serial === undefined ? `usb:${id}` : `usb:${id}:${spec.serial}`;
@@ -150,6 +162,8 @@ function openAdapter(spec: DeviceSpec, o: OpenOptions): Promise<BlockDevice> | B
       const path = isAbsolute(spec.path) ? spec.path : resolve(o.baseDir ?? process.cwd(), spec.path);
       return openLoopback(path, { blockSizeBytes: o.blockSizeBytes, blockCount: o.blockCount, create: o.create === true, readOnly: o.readOnly === true });
     }
+    case 'block':
+      return openKernelBlock(spec.path, { blockSizeBytes: o.blockSizeBytes, blockCount: o.blockCount, readOnly: o.readOnly === true });
     case 'usb':
     case 'serial':
       return openHardwareDevice(formatDeviceString(spec), o);

@@ -6,6 +6,9 @@
 // Hot path (bench/hal.ts measures it against plain fs.write): one FileHandle call per request
 // unless the kernel returns short, no copies, no per-call allocation beyond the read buffer.
 //
+// Order: calls go to the libuv thread pool as they come and may run in either order; this
+// adapter does not serialize them (hal/blockdev.ts: callers order overlapping calls themselves).
+//
 // Trim: Node exposes no fallocate(PUNCH_HOLE), and writing zeroes would cost a full write for
 // an advisory hint, so this adapter declares `capabilities.trim = false` and has no trim().
 //
@@ -72,7 +75,8 @@ export async function openLoopback(path: string, options: LoopbackOptions): Prom
     if (created) await fh.truncate(neededBytes);
     const st = await fh.stat();
     if (!st.isFile()) {
-      throw sense.invalidField(name, `${path} is not a regular file; loopback devices are files (use another adapter for block devices)`);
+      const fix = st.isBlockDevice() ? `; for a kernel block device use block:${path}` : '';
+      throw sense.invalidField(name, `${path} is not a regular file; loopback devices are files${fix}`);
     }
     if (st.size < neededBytes) {
       throw sense.invalidField(

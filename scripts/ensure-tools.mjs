@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Makes sure the real tools the interop tests drive are present (the tests use the real
-// nbdinfo, nbdcopy, qemu-img, qemu-io, fio, socat and nbdkit, never stand-ins). On a Debian
+// nbdinfo, nbdcopy, nbdsh, qemu-img, qemu-io, fio, socat and nbdkit, never stand-ins). On a Debian
 // machine where we are root this installs what is missing with apt-get, so `npm test` is one
 // command on a fresh clone; elsewhere it names the packages and stops.
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -9,6 +9,8 @@ import { existsSync } from 'node:fs';
 const toolsByPackage = {
   'qemu-utils': ['qemu-img', 'qemu-io', 'qemu-nbd'],
   'libnbd-bin': ['nbdinfo', 'nbdcopy'],
+  // nbdsh: libnbd from Python, the client that sends requests of up to 64 MiB (test/nbd/interop).
+  'python3-libnbd': ['nbdsh'],
   fio: ['fio'],
   socat: ['socat'],
   nbdkit: ['nbdkit'],
@@ -20,6 +22,10 @@ const toolsByPackage = {
   e2fsprogs: ['mkfs.ext4'],
   'xz-utils': ['xz'],
   systemd: ['systemd-analyze'],
+  // block: devices on loop devices (losetup, partx, blockdev) and the install test's clean copy (git).
+  mount: ['losetup'],
+  'util-linux': ['partx', 'blockdev'],
+  git: ['git'],
 };
 
 // Packages that install files, not commands: checked by path.

@@ -15,6 +15,8 @@ export interface UsbDiskInfo {
   serialNumber: string | undefined;
   /** From sysfs when the kernel driver exposes a block device; undefined when unreadable. */
   capacityBytes: number | undefined;
+  /** The kernel block device (/dev/sdb) usb-storage made of it, when the kernel holds it. */
+  blockDevice?: string;
   /** 'usb-storage' (or another driver name) when the kernel holds the interface, else null. */
   kernelDriver: string | null | undefined;
   /** False when this user cannot open the device node (udev rules needed). */
@@ -111,6 +113,7 @@ export async function discoverUsbDisks(): Promise<UsbDiscovery> {
     const ifDir = sysName ? join(sysUsb, `${sysName}:1.${interfaceNumber}`) : undefined;
     const serial = safe(() => d.serialNumber) ?? undefined;
     const accessible = openError && /EACCES|permission|access/i.test(openError) ? false : sysName ? await nodeAccessible(sysName, d.address) : undefined;
+    const block = ifDir ? await sysBlockDisk(ifDir) : undefined;
     disks.push({
       deviceString: `usb:${hex4(d.vendorId)}:${hex4(d.productId)}${serial ? `:${serial}` : ''}`,
       vendorId: d.vendorId,
@@ -118,7 +121,8 @@ export async function discoverUsbDisks(): Promise<UsbDiscovery> {
       manufacturer: safe(() => d.manufacturerName) ?? undefined,
       product: safe(() => d.productName) ?? undefined,
       serialNumber: serial,
-      capacityBytes: ifDir ? await sysCapacity(ifDir) : undefined,
+      capacityBytes: block?.capacityBytes,
+      ...(block ? { blockDevice: `/dev/${block.name}` } : {}),
       kernelDriver: ifDir ? await sysDriver(ifDir) : undefined,
       accessible,
     });
@@ -142,8 +146,8 @@ async function sysDriver(ifDir: string): Promise<string | null | undefined> {
   }
 }
 
-/** <iface>/hostN/targetN:0:0/N:0:0:0/block/sdX/size, in 512-byte sectors. */
-async function sysCapacity(ifDir: string): Promise<number | undefined> {
+/** The disk usb-storage made (<iface>/hostN/targetN:0:0/N:0:0:0/block/sdX) and its size (512-byte sectors). */
+async function sysBlockDisk(ifDir: string): Promise<{ name: string; capacityBytes: number | undefined } | undefined> {
   try {
     for (const host of (await readdir(ifDir)).filter((n) => n.startsWith('host'))) {
       for (const target of (await readdir(join(ifDir, host))).filter((n) => n.startsWith('target'))) {
@@ -151,7 +155,7 @@ async function sysCapacity(ifDir: string): Promise<number | undefined> {
           const blockDir = join(ifDir, host, target, lun, 'block');
           for (const disk of await readdir(blockDir)) {
             const sectors = Number((await readFile(join(blockDir, disk, 'size'), 'utf8')).trim());
-            if (Number.isFinite(sectors)) return sectors * 512;
+            return { name: disk, capacityBytes: Number.isFinite(sectors) ? sectors * 512 : undefined };
           }
         }
       }

@@ -4,7 +4,7 @@
 // (src/site/admin-auth.ts) or, where the key is not at hand, a client certificate from
 // `geomirror pki client` (GEOMIRROR_CLIENT_CERT_DIR: ca-cert.pem, client-cert.pem, client-key.pem).
 import { readFileSync } from 'node:fs';
-import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
@@ -63,23 +63,47 @@ export interface AdminRequest {
 
 /** One request without keep-alive (pooled sockets would hold the CLI open for seconds). */
 export function adminRequest(r: AdminRequest): Promise<{ code: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = openAdmin(r, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        body += c;
+        if (body.length > r.bodyCharsMax) req.destroy(new Error(`${r.path} answer longer than ${r.bodyCharsMax} characters`));
+      });
+      res.on('end', () => resolve({ code: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/**
+ * GET `path` handed back as it streams (geomirror events: GET /events), authenticated like
+ * adminRequest; the caller reads and closes it. `timeoutMs` bounds the wait for the response
+ * head only: a stream may then be quiet for a long time.
+ */
+export function adminStream(r: Omit<AdminRequest, 'method' | 'bodyCharsMax'>): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const req = openAdmin({ ...r, method: 'GET' }, (res) => {
+      req.setTimeout(0);
+      resolve(res);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** The request itself: HTTPS checked against the cluster CA (HTTP under transport: insecure), with a one-time token when this machine has the key. */
+function openAdmin(r: Omit<AdminRequest, 'bodyCharsMax'>, onResponse: (res: IncomingMessage) => void): ClientRequest {
   const headers: Record<string, string> = {};
   if (r.creds.tokenKey !== undefined) headers.Authorization = adminToken(r.creds.tokenKey, r.method, r.path, r.site ?? '*');
-  const onResponse = (resolve: (v: { code: number; body: string }) => void, reject: (e: Error) => void, req: { destroy(e: Error): void }) => (res: IncomingMessage) => {
-    let body = '';
-    res.setEncoding('utf8');
-    res.on('data', (c: string) => {
-      body += c;
-      if (body.length > r.bodyCharsMax) req.destroy(new Error(`${r.path} answer longer than ${r.bodyCharsMax} characters`));
-    });
-    res.on('end', () => resolve({ code: res.statusCode ?? 0, body }));
-    res.on('error', reject);
-  };
-  return new Promise((resolve, reject) => {
-    const common = { host: r.host, port: r.port, path: r.path, method: r.method, agent: false as const, timeout: r.timeoutMs, headers };
-    const req =
-      r.creds.ca !== undefined
-        ? httpsRequest({
+  const common = { host: r.host, port: r.port, path: r.path, method: r.method, agent: false as const, timeout: r.timeoutMs, headers };
+  const req =
+    r.creds.ca !== undefined
+      ? httpsRequest(
+          {
             ...common,
             ca: r.creds.ca,
             ...(r.creds.cert !== undefined ? { cert: r.creds.cert, key: r.creds.key } : {}),
@@ -87,12 +111,12 @@ export function adminRequest(r: AdminRequest): Promise<{ code: number; body: str
             // The address may be any name or IP; what matters is that the certificate (chained to
             // the cluster CA by node:tls) is a site certificate of this cluster, of this site.
             checkServerIdentity: (_host: string, cert: PeerCertificate) => serverIdentityProblem(cert, r.creds.cluster, r.site),
-          }, (res) => onResponse(resolve, reject, req)(res))
-        : httpRequest(common, (res) => onResponse(resolve, reject, req)(res));
-    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
-    req.on('error', reject);
-    req.end();
-  });
+          },
+          onResponse,
+        )
+      : httpRequest(common, onResponse);
+  req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+  return req;
 }
 
 function serverIdentityProblem(cert: PeerCertificate, cluster: string, site: string | undefined): Error | undefined {

@@ -1,7 +1,6 @@
 // The geomirror command tree, without parsing: main.ts parses process.argv with it, tests
 // build it in-process to read each command's help.
 import { Command } from 'commander';
-import { createRequire } from 'node:module';
 import { registerCluster } from './cluster.js';
 import { registerKeygen } from './keygen.js';
 import { registerSite } from './site.js';
@@ -12,9 +11,9 @@ import { registerDevices } from './devices.js';
 import { registerFlash } from './flash.js';
 import { registerSwitchover } from './switchover.js';
 import { registerPki } from './pki.js';
-
-const require = createRequire(import.meta.url);
-const pkg = require('../../package.json') as { version: string; description: string };
+import { packageManifest as pkg } from './package-root.js';
+import { registerCheck } from './check.js';
+import { registerEvents } from './events.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -33,5 +32,7 @@ export function buildProgram(): Command {
   registerFlash(program);
   registerSwitchover(program);
   registerPki(program);
+  registerCheck(program);
+  registerEvents(program);
   return program;
 }

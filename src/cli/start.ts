@@ -5,16 +5,16 @@
 // readable.
 import { createWriteStream, mkdirSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
 import { prepareLoopbackCluster } from '../site/prepare.js';
 import { preparePki } from '../site/pki.js';
-import { startCluster } from './cluster.js';
+import { restartPolicyDefault, startCluster } from './cluster.js';
+import { packageRoot, shellCommand } from './package-root.js';
 import { fetchStatus, statusTimeoutMs, type StatusResult } from './status.js';
 import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
 
-export const defaultClusterFile = fileURLToPath(new URL('../../targets/loopback/cluster.yaml', import.meta.url));
+export const defaultClusterFile = join(packageRoot, 'targets', 'loopback', 'cluster.yaml');
 /** How often the live status line refreshes. */
 export const statusRefreshMs = 1000;
 
@@ -86,10 +86,17 @@ export async function runStart(configFile: string): Promise<number> {
   mkdirSync(dirname(logFile), { recursive: true });
   const log = createWriteStream(logFile, { flags: 'a' });
   process.stdout.write(`starting ${config.siteNames.length} sites of cluster ${config.cluster} (logs: ${rel(logFile)})\n`);
-  const cluster = startCluster({ configFile: config.file, sites: config.siteNames, out: log, err: log, env: { GEOMIRROR_LOG_FORMAT: 'json' } });
-
   let signals = 0;
   let ticker: NodeJS.Timeout | undefined;
+  // A site's death and restart go to the terminal (over the live status line) and to the log.
+  const notice = {
+    write: (line: string): void => {
+      log.write(line);
+      process.stderr.write(process.stdout.isTTY && ticker !== undefined ? `\r\x1b[2K${line}` : line);
+    },
+  };
+  const cluster = startCluster({ configFile: config.file, sites: config.siteNames, out: log, err: log, notice, restart: restartPolicyDefault, env: { GEOMIRROR_LOG_FORMAT: 'json' } });
+
   const onSignal = (sig: NodeJS.Signals): void => {
     if (ticker) clearInterval(ticker);
     if (++signals === 1) {
@@ -123,7 +130,7 @@ export async function runStart(configFile: string): Promise<number> {
           `    sha256sum ${config.siteNames.map((n) => rel(config.sites[n]!.storage[0]?.text.replace(/^loopback:/, '') ?? '')).join(' ')}`,
         ]
       : []),
-    `    geomirror status --config ${rel(config.file)}`,
+    `    ${shellCommand()} status --config ${rel(config.file)}`,
     'Ctrl-C stops every site.',
     '',
   ];
@@ -168,7 +175,9 @@ Examples:
   $ geomirror start --config targets/loopback/mixed.yaml
 
 First run creates sparse loopback files and the cluster key next to the cluster file. Site
-logs go to data/cluster.log beside it. Ctrl-C stops every site; a second Ctrl-C kills them.`,
+logs go to data/cluster.log beside it; a site that dies is named on the terminal (with its
+exit code or signal) and restarted, with backoff, at most ${restartPolicyDefault.attemptsMax} times in a row. Ctrl-C stops
+every site; a second Ctrl-C kills them.`,
     )
     .action(async (opts: { config: string }) => {
       process.exitCode = await runStart(opts.config);

@@ -3,6 +3,7 @@
 // row per site. A mirror's sync state, link and RTT are taken from the site that feeds it
 // (the primary or the relay before it), because that side decides whether it is in sync;
 // a site's own view fills in where no feeder answered.
+import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, parseAddress } from '../site/config.js';
 import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
@@ -103,6 +104,80 @@ export function statusRows(results: StatusResult[]): StatusRow[] {
   });
 }
 
+const finite = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x) && x >= 0;
+
+/** 75 -> "1m15s", 3700 -> "1h01m", 8 -> "8s". */
+export function formatEtaSeconds(seconds: number): string {
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+/** What a feeder says about one peer it feeds: out-of-sync bytes, resync rate and ETA, acked seq. */
+export function peerDetail(p: PeerStatus): string {
+  const parts: string[] = [syncText(p) ?? p.link];
+  if (finite(p.outOfSyncBytes)) parts.push(p.outOfSyncBytes === 0 ? 'nothing out of sync' : `${formatBytes(p.outOfSyncBytes)} out of sync`);
+  if (finite(p.resyncBytesPerSec)) parts.push(`resync ${formatBytes(p.resyncBytesPerSec)}/s`);
+  if (finite(p.resyncEtaSeconds)) parts.push(`ETA ${formatEtaSeconds(p.resyncEtaSeconds)}`);
+  if (typeof p.lastSeqAcked === 'string') parts.push(`acked seq ${p.lastSeqAcked}`);
+  return parts.join(', ');
+}
+
+/**
+ * One line per peer a site feeds, when the site reports the numbers of a resync (out-of-sync
+ * bytes, rate, ETA); `all` prints them for every fed peer (status --watch).
+ */
+export function peerLines(results: StatusResult[], all = false): string[] {
+  const lines: string[] = [];
+  for (const r of results) {
+    if (!('status' in r)) continue;
+    for (const p of r.status.peers) {
+      if (p.relation !== 'mirror' && p.relation !== 'downstream') continue;
+      if (!all && !finite(p.outOfSyncBytes) && !finite(p.resyncBytesPerSec) && !finite(p.resyncEtaSeconds)) continue;
+      lines.push(`peer ${r.status.site} -> ${p.name}: ${peerDetail(p)}`);
+    }
+  }
+  return lines;
+}
+
+/** cli-progress's bar renderer (its typings omit the Format helpers it exports). */
+const barFormat = (cliProgress as unknown as { Format: { BarFormat(progress: number, o: { barsize: number; barCompleteString: string; barIncompleteString: string; barGlue: string }): string } }).Format.BarFormat;
+
+/** A text progress bar (cli-progress's bar format): `[#######---] 70%`. */
+export function progressBar(fraction: number, widthChars = 30): string {
+  const f = Math.min(1, Math.max(0, Number.isFinite(fraction) ? fraction : 0));
+  const bar = barFormat(f, { barsize: widthChars, barCompleteString: '#'.repeat(widthChars), barIncompleteString: '-'.repeat(widthChars), barGlue: '' });
+  return `[${bar}] ${pct(100 * f).padStart(4)}`;
+}
+
+/** Bars for every resync (per fed peer) and every verify (per site) in progress. */
+export function progressLines(results: StatusResult[]): string[] {
+  const lines: string[] = [];
+  for (const r of results) {
+    if (!('status' in r)) continue;
+    const s = r.status;
+    for (const p of s.peers) {
+      if (p.sync !== 'resyncing') continue;
+      const extra = [finite(p.outOfSyncBytes) ? `${formatBytes(p.outOfSyncBytes)} left` : '', finite(p.resyncBytesPerSec) ? `${formatBytes(p.resyncBytesPerSec)}/s` : '', finite(p.resyncEtaSeconds) ? `ETA ${formatEtaSeconds(p.resyncEtaSeconds)}` : ''].filter((x) => x !== '');
+      lines.push(`resync ${s.site} -> ${p.name}  ${progressBar((p.resyncPercent ?? 0) / 100)}${extra.length > 0 ? `  ${extra.join('  ')}` : ''}`);
+    }
+    const v = s.verify;
+    if (v !== undefined && finite(v.doneBytes) && finite(v.totalBytes) && v.totalBytes > 0) {
+      lines.push(`verify ${s.site}  ${progressBar(v.doneBytes / v.totalBytes)}  ${formatBytes(v.doneBytes)} of ${formatBytes(v.totalBytes)}`);
+    }
+  }
+  return lines;
+}
+
+/** One screen of `status --watch`: the table, peers, bars, failovers, and when. */
+export function watchFrame(results: StatusResult[], at: Date = new Date()): string {
+  const table = formatStatusTable(statusRows(results), [...peerLines(results, true), ...failoverLines(results)]);
+  const bars = progressLines(results);
+  const errors = results.flatMap((r) => ('error' in r ? [`${r.target.name} (${r.target.admin}): ${r.error}`] : []));
+  return [`geomirror status at ${at.toISOString().replace(/\.\d{3}Z$/, 'Z')} (Ctrl-C ends)`, '', table, ...(bars.length > 0 ? ['', ...bars] : []), ...(errors.length > 0 ? ['', ...errors] : [])].join('\n');
+}
+
 /** ISO time to the second (`2026-11-25T05:49:35Z`); text that is not a time is kept as is. */
 function secondsText(at: string): string {
   const t = Date.parse(at);
@@ -162,6 +237,9 @@ export function registerStatus(program: Command): void {
     .option('-a, --admin <host:port>', `query one site's admin address (default ${defaultAdmin} when no --config)`)
     .option('-c, --config <file>', 'query every site of a cluster file that has an admin address (and authenticate with its CA and key; with --admin: only that address)')
     .option('--json', 'print the raw /status answers as JSON')
+    .option('-w, --watch', 'redraw every second, with progress bars for resyncs and verifies')
+    .option('--interval <ms>', 'with --watch: milliseconds between redraws', '1000')
+    .option('--count <n>', 'with --watch: stop after n redraws (default: until Ctrl-C)')
     .addHelpText(
       'after',
       `
@@ -169,13 +247,14 @@ Examples:
   $ geomirror status                                          # the npm start cluster
   $ geomirror status --config targets/loopback/cluster.yaml   # every site of a file
   $ geomirror status --admin 10.0.0.5:9400 --config cluster.yaml --json
+  $ geomirror status --config targets/loopback/cluster.yaml --watch
 
 The admin port is HTTPS and authenticated: status makes a one-time token from the cluster key
 (the file's secret:), or uses the client certificate in GEOMIRROR_CLIENT_CERT_DIR.
 
-Exit code 1 when a site does not answer.`,
+Exit code 1 when a site does not answer (not with --watch, which shows it and goes on).`,
     )
-    .action(async (opts: { admin?: string; config?: string; json?: boolean }) => {
+    .action(async (opts: { admin?: string; config?: string; json?: boolean; watch?: boolean; interval: string; count?: string }) => {
       let targets: StatusTarget[];
       let creds: AdminCredentials;
       try {
@@ -185,18 +264,54 @@ Exit code 1 when a site does not answer.`,
         process.exitCode = 1;
         return;
       }
+      if (opts.watch) {
+        const intervalMs = Number(opts.interval);
+        const count = opts.count === undefined ? Infinity : Number(opts.count);
+        if (!Number.isInteger(intervalMs) || intervalMs < watchIntervalMsMin || !(count >= 1)) {
+          process.stderr.write(`geomirror status: --interval must be a whole number of ms >= ${watchIntervalMsMin} and --count at least 1\n`);
+          process.exitCode = 1;
+          return;
+        }
+        await watch(targets, intervalMs, count, creds);
+        return;
+      }
       const results = await Promise.all(targets.map((t) => fetchStatus(t, statusTimeoutMs, creds)));
       if (opts.json) {
         process.stdout.write(`${JSON.stringify(results.map((r) => ({ site: r.target.name, admin: r.target.admin, ...('status' in r ? { status: r.status } : { error: r.error }) })), null, 2)}\n`);
       } else {
-        process.stdout.write(`${formatStatusTable(statusRows(results), failoverLines(results))}\n`);
+        process.stdout.write(`${formatStatusTable(statusRows(results), [...peerLines(results), ...failoverLines(results)])}\n`);
         for (const r of results) if ('error' in r) process.stderr.write(`${r.target.name} (${r.target.admin}): ${r.error}\n`);
       }
       if (results.some((r) => 'error' in r)) process.exitCode = 1;
     });
 }
 
-function statusTargets(opts: { admin?: string; config?: string }): { targets: StatusTarget[]; creds: AdminCredentials } {
+/** Redraws faster than this would only load the sites. */
+export const watchIntervalMsMin = 100;
+
+/** status --watch: a frame per interval; on a terminal each replaces the last. */
+async function watch(targets: StatusTarget[], intervalMs: number, count: number, creds: AdminCredentials): Promise<void> {
+  const tty = process.stdout.isTTY === true;
+  let stop = false;
+  const onSignal = (): void => {
+    stop = true;
+  };
+  process.once('SIGINT', onSignal);
+  try {
+    for (let frame = 0; frame < count && !stop; frame++) {
+      const t0 = Date.now();
+      const results = await Promise.all(targets.map((t) => fetchStatus(t, Math.min(statusTimeoutMs, Math.max(intervalMs, 500)), creds)));
+      const text = watchFrame(results);
+      process.stdout.write(tty ? `\x1b[H\x1b[J${text}\n` : `${text}\n\n`);
+      if (frame + 1 < count) await new Promise((r) => setTimeout(r, Math.max(0, intervalMs - (Date.now() - t0))));
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
+  }
+}
+
+/** Where to ask (--admin, or every site of --config) and the credentials of the cluster file. */
+export function statusTargets(opts: { admin?: string; config?: string }): { targets: StatusTarget[]; creds: AdminCredentials } {
   let config;
   try {
     // The cluster file says where the sites are and holds the credentials (its CA and key):

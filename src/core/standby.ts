@@ -1,4 +1,6 @@
 // The standby site's controller (claims 8, 9, 13; issue 10 items 1-4): pure state machine.
+// (It runs past 450 lines because this header states the whole failover rule, detection,
+// the order of the promotion's steps, fencing and the guard, beside the code that keeps it.)
 //
 // While the primary lives, the standby IS a mirror of it: every event goes to an inner Mirror
 // (composition, so mirror.ts keeps one job), which keeps the standby in sync. Around it the
@@ -50,42 +52,26 @@
 // still degrades it (and a standby new to the volume starts with a full initial sync): until the
 // primary says `inSync` again the standby may miss acked writes. The promotion guard covers that:
 // `inSyncConfirmed` is set by the primary's `inSync`, cleared by a resync region or a failed local
-// write, persisted (sticky `standbyInSync`), and a vote that passes while it is clear is refused
+// write, persisted (sticky `inSyncEpoch`: it holds only in the epoch it was granted in, so a
+// guard of an earlier epoch never permits a promotion), and a vote that passes while it is clear is refused
 // and logged (`failover_refused`); only `promote --force` (a person accepting the loss) overrides
 // it. The witness (src/site/witness.ts) is counted and asked like a mirror; it holds no
 // data and only says when it last heard the primary.
 
+import { CoreIO, CoreRole, type OpOwner } from './io.js';
 import { Mirror, type MirrorStatus } from './mirror.js';
 import { Primary, type PrimaryStatus } from './primary.js';
-import { regionCount } from './regions.js';
-import {
-  assert,
-  type CoreAction,
-  type CoreEvent,
-  type Epoch,
-  type Limits,
-  type LogLevel,
-  type Meta,
-  type MirrorLossPolicy,
-  type OpId,
-  type PeerId,
-  type PeerMsg,
-  type Recovered,
-  type Role,
-  type Seq,
-} from './types.js';
+import { regionsOfRanges } from './regions.js';
+import { assert, type Completion, type CoreAction, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type Meta } from './types.js';
+import type { MirrorLossPolicy, OpId, PeerId, PeerMsg, Recovered, Seq } from './types.js';
 
-export interface StandbyConfig {
-  readonly self: PeerId;
+export interface StandbyConfig extends CoreConfig {
   /** The primary of the current epoch (the standby's upstream). */
   readonly primary: PeerId;
   /** The other mirrors of the cluster (not the standby, not the primary). */
   readonly mirrors: readonly PeerId[];
   /** Optional tie-breaker site: answers `lastHeardQuery`, holds no data. */
   readonly witness?: PeerId;
-  readonly volumeBytes: number;
-  readonly blockBytes: number;
-  readonly limits: Limits;
   /** Silence from the primary after which the standby starts asking the others. */
   readonly failoverTimeoutMs: number;
   /** How often the question is repeated while the primary stays silent. */
@@ -107,42 +93,43 @@ export interface StandbyStatus {
   readonly inSyncConfirmed: boolean;
 }
 
-type Inner = 'mirror' | 'primary' | 'self';
-
 /** Cold start: the failover timeout is multiplied by this until the primary is heard once (timeoutMs). */
 export const neverHeardFactor = 3;
 /** A refused failover (guard) is logged at most this often. */
 const refusalLogIntervalMs = 10_000;
 
-export class Standby implements Role {
-  private out: CoreAction[] = [];
-  private nowMs = 0;
-  private started = false;
+export class Standby extends CoreRole implements OpOwner {
   private phase: StandbyPhase = 'following';
   private readonly mirror: Mirror;
   private primaryCore: Primary | undefined;
   private meta: Meta = { epoch: 0n, seqReserved: 0n };
-  /** Outer op id -> (which core issued it, its own op id): the inner cores' ids overlap. */
-  private readonly ops = new Map<OpId, { inner: Inner; opId: OpId }>();
-  private opNext: OpId = 1;
   private readonly linksUp = new Set<PeerId>();
   private lastHeardPrimaryMs: number | undefined;
   private startMs = 0;
   private queryIdNext = 1n;
   /** `nextMs`: when to ask again (queryIntervalMs after sending, sooner if an answer says when it would agree). */
   private query: { queryId: bigint; sentMs: number; nextMs: number; agree: Set<PeerId>; disagree: Set<PeerId> } | undefined;
-  private promotion: { epoch: Epoch; metaOp: OpId | undefined; bitmapOps: Set<OpId>; seqReceived: Seq; reason: string; metaIssued: boolean } | undefined;
+  private promotion: { epoch: Epoch; metaOp: OpId | undefined; bitmapOps: Set<OpId>; seqReceived: Seq; reason: string; metaIssued: boolean; dirty: Map<PeerId, number[]> } | undefined;
   private readonly promotions: { atMs: number; fromEpoch: Epoch; toEpoch: Epoch; seqReceived: Seq; reason: string }[] = [];
-  /** Promotion guard (setInSync); from the meta record at start. */
-  private inSyncConfirmed = false;
+  /** Promotion guard (setInSync): the epoch it was granted in (0: not granted); from the meta record at start. */
+  private inSyncEpoch: Epoch = 0n;
   private readonly guardOps = new Set<OpId>();
+  /**
+   * The primary's dirty bits for every other site (peerDirty): what each of them misses, kept
+   * durable here so a promotion resyncs them by bitmap, not the whole volume (issue 16 item 4).
+   */
+  private readonly copies = new Map<PeerId, Set<number>>();
+  private readonly copyOps = new Map<OpId, bigint>();
   private refusalLoggedMs = -Infinity;
 
   constructor(private readonly cfg: StandbyConfig) {
     assert(cfg.primary !== cfg.self && !cfg.mirrors.includes(cfg.self) && !cfg.mirrors.includes(cfg.primary), `standby ${cfg.self}: primary ${cfg.primary} and mirrors [${cfg.mirrors.join(', ')}] must be distinct sites other than itself`);
     assert(cfg.failoverTimeoutMs > cfg.limits.heartbeatIntervalMs, `failoverTimeoutMs ${cfg.failoverTimeoutMs} must exceed heartbeatIntervalMs ${cfg.limits.heartbeatIntervalMs}, or a live primary looks lost between two heartbeats`);
     assert(cfg.queryIntervalMs > 0, 'queryIntervalMs must be positive');
-    this.mirror = new Mirror({ self: cfg.self, volumeBytes: cfg.volumeBytes, blockBytes: cfg.blockBytes, limits: cfg.limits });
+    // One op id space and one action list for the standby and both of its inner cores.
+    super(new CoreIO(cfg.self));
+    // A standby's copy is the failover's reference: it keeps the tail above the watermark.
+    this.mirror = new Mirror({ self: cfg.self, volumeBytes: cfg.volumeBytes, blockBytes: cfg.blockBytes, limits: cfg.limits, keepTail: true }, this.io);
   }
 
   /** Sites of the cluster, primary included: the majority is counted out of these. */
@@ -150,11 +137,7 @@ export class Standby implements Role {
     return 2 + this.cfg.mirrors.length + (this.cfg.witness === undefined ? 0 : 1);
   }
 
-  step(ev: CoreEvent, nowMs: number): CoreAction[] {
-    assert(nowMs >= this.nowMs, `time went backwards: ${nowMs} < ${this.nowMs}`);
-    this.nowMs = nowMs;
-    this.out = [];
-    assert(this.started || ev.type === 'start', `standby ${this.cfg.self}: event ${ev.type} before start`);
+  protected onEvent(ev: Exclude<CoreEvent, Completion>): void {
     switch (ev.type) {
       case 'start': this.onStart(ev.recovered); break;
       case 'tick': this.onTick(); break;
@@ -166,87 +149,82 @@ export class Standby implements Role {
         this.linksUp.delete(ev.peer);
         this.forward(ev);
         break;
+      case 'peerHeard':
+        if (this.phase === 'following' && ev.peer === this.cfg.primary && ev.epoch >= this.mirrorEpoch()) this.heardPrimary();
+        this.forward(ev);
+        break;
       case 'recv': this.onRecv(ev.peer, ev.msg); break;
       case 'hostWrite':
       case 'hostFlush':
         if (this.phase === 'promoting') {
-          this.out.push({ type: 'ackHost', id: ev.id, error: { kind: 'busy', message: `${this.cfg.self} is being promoted to primary of epoch ${this.promotion!.epoch}; retry shortly` } });
+          this.io.push({ type: 'ackHost', id: ev.id, error: { kind: 'busy', message: `${this.cfg.self} is being promoted to primary of epoch ${this.promotion!.epoch}; retry shortly` } });
         } else {
           this.forward(ev);
         }
         break;
-      case 'cacheAppended':
-      case 'storageWritten':
-      case 'storageRead':
-      case 'storageFlushed':
-      case 'bitmapPersisted':
-      case 'metaPersisted':
-        this.onCompletion(ev);
-        break;
     }
-    this.afterStep();
-    const out = this.out;
-    this.out = [];
-    return out;
   }
 
   private onStart(rec: Recovered): void {
-    assert(!this.started, 'standby started twice (a restart is a new instance)');
-    this.started = true;
     this.meta = rec.meta;
-    this.inSyncConfirmed = rec.meta.standbyInSync === true;
-    this.startMs = this.nowMs;
-    this.emit('mirror', this.mirror.step({ type: 'start', recovered: rec }, this.nowMs));
+    this.inSyncEpoch = rec.meta.inSyncEpoch ?? 0n;
+    for (const [peer, regions] of rec.dirtyRegions) this.copies.set(peer, new Set(regions));
+    this.startMs = this.io.nowMs;
+    this.mirror.handle({ type: 'start', recovered: rec });
+    this.mirror.afterStep();
     this.log('info', 'standby_start', { epoch: rec.meta.epoch, primary: this.cfg.primary, failoverTimeoutMs: this.cfg.failoverTimeoutMs });
   }
 
-  /** Events for the core currently in charge: the mirror until promotion, then the primary. */
+  /** An event for the core currently in charge (the mirror until promotion, then the primary), as one whole step of it. */
   private forward(ev: CoreEvent): void {
-    if (this.primaryCore !== undefined) this.emit('primary', this.primaryCore.step(ev, this.nowMs));
-    else this.emit('mirror', this.mirror.step(ev, this.nowMs));
+    if (this.primaryCore !== undefined) this.primaryCore.handle(ev);
+    else this.mirror.handle(ev);
+    this.afterInner();
   }
 
-  /** Re-numbers the inner core's op ids into this site's single op id space. */
-  private emit(inner: Inner, actions: CoreAction[]): void {
-    for (const a of actions) {
-      // The guard watches what the following mirror tells its primary: a failed write, flush or
-      // resync region means the primary will degrade this site and may ack writes without it.
-      if (inner === 'mirror' && this.phase === 'following' && a.type === 'send' && a.msg.type !== 'ack') {
-        const m = a.msg;
-        const failed = m.type === 'writeStatus' ? m.sense : m.type === 'flushAck' || m.type === 'resyncAck' ? m.sense : undefined;
-        if (failed !== undefined) this.setInSync(false, `a ${m.type === 'writeStatus' ? 'write' : m.type === 'flushAck' ? 'flush' : 'resync region'} failed on this site's storage: ${failed.message}`);
-      }
-      if ('opId' in a) {
-        const opId = this.opNext++;
-        this.ops.set(opId, { inner, opId: a.opId });
-        this.out.push({ ...a, opId });
-      } else {
-        this.out.push(a);
-      }
+  private afterInner(): void {
+    if (this.primaryCore !== undefined) this.primaryCore.afterStep();
+    else this.mirror.afterStep();
+  }
+
+  /** The step's epilogue: the guard watches what the mirror told its primary; the promotion moves on. */
+  afterStep(): void {
+    // After a completion too: it went to whichever core (or this standby) issued the op (the
+    // mirror's last ops may complete after the promotion: it still owns them).
+    this.afterInner();
+    if (this.phase === 'following') this.watchGuard();
+    this.progressPromotion();
+  }
+
+  /**
+   * The guard watches what the following mirror tells its primary: a failed write, flush or
+   * resync region means the primary will degrade this site and may ack writes without it.
+   */
+  private watchGuard(): void {
+    for (const a of this.io.pending()) {
+      if (a.type !== 'send') continue;
+      const m = a.msg;
+      const failed = m.type === 'writeStatus' ? m.sense : m.type === 'flushAck' || m.type === 'resyncAck' ? m.sense : undefined;
+      if (failed !== undefined) this.setInSync(false, `a ${m.type === 'writeStatus' ? 'write' : m.type === 'flushAck' ? 'flush' : 'resync region'} failed on this site's storage: ${failed.message}`);
     }
   }
 
-  private onCompletion(ev: Extract<CoreEvent, { opId: OpId }>): void {
-    const op = this.ops.get(ev.opId);
-    assert(op !== undefined, `standby ${this.cfg.self}: ${ev.type} for unknown op ${ev.opId}`);
-    this.ops.delete(ev.opId);
-    if (op.inner === 'self') {
-      this.onOwnCompletion(ev.opId, ev.type);
-      return;
-    }
-    const inner: CoreEvent = { ...ev, opId: op.opId };
-    if (op.inner === 'mirror') {
-      // The mirror's last ops may complete after the promotion; it still owns them.
-      this.emit('mirror', this.mirror.step(inner, this.nowMs));
-    } else {
-      this.emit('primary', this.primaryCore!.step(inner, this.nowMs));
+  private mirrorEpoch(): Epoch {
+    return this.mirror.status().epoch;
+  }
+
+  private heardPrimary(): void {
+    this.lastHeardPrimaryMs = this.io.nowMs;
+    if (this.query !== undefined) {
+      this.log('info', 'primary_heard_again', { queryId: this.query.queryId });
+      this.query = undefined;
     }
   }
 
   private onRecv(peer: PeerId, msg: PeerMsg): void {
     if (msg.type === 'lastHeardQuery') {
       // After the promotion this site IS the primary: it answers "heard just now".
-      const heardAgoMs = this.phase !== 'following' ? 0 : this.lastHeardPrimaryMs === undefined ? -1 : this.nowMs - this.lastHeardPrimaryMs;
+      const heardAgoMs = this.phase !== 'following' ? 0 : this.lastHeardPrimaryMs === undefined ? -1 : this.io.nowMs - this.lastHeardPrimaryMs;
       this.send(peer, { type: 'lastHeardAnswer', epoch: this.currentEpoch(), queryId: msg.queryId, heardAgoMs, seqReceived: this.mirror.status().seqReceived });
       return;
     }
@@ -258,17 +236,16 @@ export class Standby implements Role {
       this.log('warn', 'old_primary_frame_dropped', { peer, type: msg.type, epoch: msg.epoch, promotingTo: this.promotion!.epoch });
       return;
     }
-    if (this.phase === 'following' && peer === this.cfg.primary && msg.epoch >= this.mirror.status().epoch) {
-      this.lastHeardPrimaryMs = this.nowMs;
-      if (this.query !== undefined) {
-        this.log('info', 'primary_heard_again', { queryId: this.query.queryId });
-        this.query = undefined;
-      }
+    if (this.phase === 'following' && peer === this.cfg.primary && msg.epoch >= this.mirrorEpoch()) this.heardPrimary();
+    if ((msg.type === 'peerDirty' || msg.type === 'peerClean') && this.phase === 'following') {
+      if (peer === this.cfg.primary && msg.epoch === this.mirrorEpoch()) this.onCopy(msg);
+      else this.log('warn', 'unexpected_sender', { peer, type: msg.type, epoch: msg.epoch, fix: 'only the primary of this epoch sends its dirty bits to its standby' });
+      return;
     }
     this.forward({ type: 'recv', peer, msg });
     // The promotion guard, after the mirror took the message (an inSync follows the writes it
     // covers on the same link). Only frames the mirror accepted from its upstream count.
-    if (this.phase === 'following' && peer === this.cfg.primary && this.mirror.status().upstream === peer && msg.epoch === this.mirror.status().epoch) {
+    if (this.phase === 'following' && peer === this.cfg.primary && this.mirror.status().upstream === peer && msg.epoch === this.mirrorEpoch()) {
       if (msg.type === 'inSync') {
         // A write that failed here and is not yet repaired by a resync outranks the primary's
         // word: the primary may have sent this before it read the failure (a link reset
@@ -281,6 +258,22 @@ export class Standby implements Role {
     }
   }
 
+  /** The primary's dirty bits for another site: kept durable here (bitmapSet), then confirmed (peerDirtyAck). */
+  private onCopy(msg: Extract<PeerMsg, { type: 'peerDirty' | 'peerClean' }>): void {
+    const regions = regionsOfRanges(msg.ranges, this.cfg.limits.regionBytes);
+    let set = this.copies.get(msg.peer);
+    if (set === undefined) this.copies.set(msg.peer, (set = new Set()));
+    if (msg.type === 'peerClean') {
+      for (const r of regions) set.delete(r);
+      this.io.push({ type: 'bitmapClear', peer: msg.peer, regions });
+      return;
+    }
+    for (const r of regions) set.add(r);
+    const opId = this.io.op(this);
+    this.copyOps.set(opId, msg.id);
+    this.io.push({ type: 'bitmapSet', opId, peer: msg.peer, regions });
+  }
+
   /**
    * Promotion guard: whether this standby is known to hold every write its primary acked. Set by
    * the primary's `inSync`, cleared by a resync region or a failed local write; persisted
@@ -289,20 +282,27 @@ export class Standby implements Role {
    */
   private setInSync(v: boolean, why: string): void {
     if (this.inSyncConfirmed === v) return;
-    this.inSyncConfirmed = v;
-    const opId = this.opNext++;
-    this.ops.set(opId, { inner: 'self', opId });
+    this.inSyncEpoch = v ? this.mirrorEpoch() : 0n;
+    const opId = this.io.op(this);
     this.guardOps.add(opId);
     // The inner mirror's epoch is settled here: inSync, resync data and write failures all come
     // after its join, which comes after it persisted the epoch it adopted.
-    this.out.push({ type: 'metaPersist', opId, meta: { epoch: this.mirror.status().epoch, seqReserved: this.meta.seqReserved, standbyInSync: v } });
+    this.io.push({ type: 'metaPersist', opId, meta: { epoch: this.mirrorEpoch(), seqReserved: this.meta.seqReserved, inSyncEpoch: this.inSyncEpoch } });
     this.log(v ? 'info' : 'warn', v ? 'standby_in_sync' : 'standby_out_of_sync', { why, promotable: v });
+  }
+
+  /** The guard holds: granted in the epoch this site is at now (an epoch change voids it). */
+  private get inSyncConfirmed(): boolean {
+    return this.inSyncEpoch !== 0n && this.inSyncEpoch === this.mirrorEpoch();
   }
 
   /** Why this standby may not be promoted now (undefined: it may). */
   notPromotable(): string | undefined {
     if (this.phase !== 'following') return `${this.cfg.self} is ${this.phase === 'primary' ? 'the primary already' : 'being promoted'}`;
-    if (!this.inSyncConfirmed) return `${this.cfg.self} is not known to hold every write ${this.cfg.primary} acked (its primary has not said in sync since it was resynced, a write failed here, or it never joined); promoting it could lose acknowledged writes`;
+    if (!this.inSyncConfirmed) {
+      const stale = this.inSyncEpoch !== 0n ? ` (it was in sync in epoch ${this.inSyncEpoch}, the cluster is at ${this.mirrorEpoch()} now)` : '';
+      return `${this.cfg.self} is not known to hold every write ${this.cfg.primary} acked in epoch ${this.mirrorEpoch()}${stale} (its primary has not said in sync since it was resynced, a write failed here, or it never joined); promoting it could lose acknowledged writes`;
+    }
     return undefined;
   }
 
@@ -323,16 +323,16 @@ export class Standby implements Role {
 
   private silentMs(): number {
     // A standby that never heard its primary in this life counts from its start.
-    return this.nowMs - (this.lastHeardPrimaryMs ?? this.startMs);
+    return this.io.nowMs - (this.lastHeardPrimaryMs ?? this.startMs);
   }
 
   private onTick(): void {
     this.forward({ type: 'tick' });
     if (this.phase !== 'following') return;
     if (this.silentMs() < this.timeoutMs()) return;
-    if (this.query !== undefined && this.nowMs < this.query.nextMs) return;
+    if (this.query !== undefined && this.io.nowMs < this.query.nextMs) return;
     const queryId = this.queryIdNext++;
-    this.query = { queryId, sentMs: this.nowMs, nextMs: this.nowMs + this.cfg.queryIntervalMs, agree: new Set(), disagree: new Set() };
+    this.query = { queryId, sentMs: this.io.nowMs, nextMs: this.io.nowMs + this.cfg.queryIntervalMs, agree: new Set(), disagree: new Set() };
     const voters = [...this.cfg.mirrors, ...(this.cfg.witness === undefined ? [] : [this.cfg.witness])];
     const asked = voters.filter((p) => this.linksUp.has(p));
     for (const p of asked) this.send(p, { type: 'lastHeardQuery', epoch: this.mirror.status().epoch, queryId });
@@ -355,8 +355,8 @@ export class Standby implements Role {
     if (!agrees) {
       // It heard the primary `heardAgoMs` ago: if the primary is gone, that site agrees once its
       // silence reaches the timeout too. Ask again then (plus one tick), not a full interval later.
-      const agreeAtMs = this.nowMs + (this.cfg.failoverTimeoutMs - msg.heardAgoMs) + this.cfg.limits.tickMs;
-      q.nextMs = Math.max(this.nowMs + this.cfg.limits.tickMs, Math.min(q.nextMs, agreeAtMs));
+      const agreeAtMs = this.io.nowMs + (this.cfg.failoverTimeoutMs - msg.heardAgoMs) + this.cfg.limits.tickMs;
+      q.nextMs = Math.max(this.io.nowMs + this.cfg.limits.tickMs, Math.min(q.nextMs, agreeAtMs));
     }
     this.log('info', 'last_heard_answer', { peer, heardAgoMs: msg.heardAgoMs, seqReceived: msg.seqReceived, agrees, queryId: q.queryId });
     this.maybePromote();
@@ -372,8 +372,8 @@ export class Standby implements Role {
     if (refusal !== undefined) {
       // The vote says the primary is gone, but this site may miss acked writes: stay a follower
       // and say so loudly (a person decides: bring the primary back, or promote --force).
-      if (this.nowMs - this.refusalLoggedMs >= refusalLogIntervalMs) {
-        this.refusalLoggedMs = this.nowMs;
+      if (this.io.nowMs - this.refusalLoggedMs >= refusalLogIntervalMs) {
+        this.refusalLoggedMs = this.io.nowMs;
         this.log('error', 'failover_refused', { primary: this.cfg.primary, votes, sites: this.clusterSites(), why: refusal, fix: `restart ${this.cfg.primary}, or accept the loss with geomirror promote --site ${this.cfg.self} --force` });
       }
       return;
@@ -388,9 +388,7 @@ export class Standby implements Role {
    * fences it.
    */
   promote(reason: string, nowMs: number, force = false): CoreAction[] {
-    assert(nowMs >= this.nowMs, `time went backwards: ${nowMs} < ${this.nowMs}`);
-    this.nowMs = nowMs;
-    this.out = [];
+    this.io.begin(nowMs);
     if (this.phase === 'following') {
       if (!this.inSyncConfirmed) {
         assert(force, `standby ${this.cfg.self}: promote() without force while ${this.notPromotable()}`);
@@ -400,34 +398,42 @@ export class Standby implements Role {
       this.beginPromotion(reason);
     }
     this.afterStep();
-    const out = this.out;
-    this.out = [];
-    return out;
+    return this.io.take();
   }
 
   private beginPromotion(reason: string): void {
     const own = this.mirror.status();
     const toEpoch = own.epoch + 1n;
     this.phase = 'promoting';
-    this.promotion = { epoch: toEpoch, metaOp: undefined, bitmapOps: new Set(), seqReceived: own.seqReceived, reason, metaIssued: false };
-    this.log('warn', 'failover_decided', { fromEpoch: own.epoch, toEpoch, seqReceived: own.seqReceived, reason });
-    // (c first) Every other site owes a full resync from this image: durable before the epoch,
-    // so that once the epoch says "acting primary" a restart finds the debt already recorded.
-    // Bitmaps are local bookkeeping; nothing of the new epoch is visible yet.
-    const regions = this.allRegions();
-    for (const peer of this.downstreams()) {
-      const opId = this.opNext++;
-      this.ops.set(opId, { inner: 'self', opId });
+    // (c first) What every other site owes, durable before the epoch, so that once the epoch says
+    // "acting primary" a restart finds the debt already recorded (issue 16 item 4: failover keeps
+    // redundancy). A site in sync with the old primary held every write up to what everyone
+    // acked (the committed watermark); only the writes above it, which this site still holds in
+    // its journal (the divergent tail), may differ there: their regions are owed. A site the old
+    // primary had degraded owes its dirty bits too (this standby's copy of them). What the other
+    // sites hold beyond this tail they name themselves when they join. Bitmaps are local
+    // bookkeeping; nothing of the new epoch is visible yet.
+    const tail = this.mirror.heldRegions();
+    const dirty = new Map<PeerId, number[]>();
+    for (const peer of this.downstreams()) dirty.set(peer, [...new Set([...tail, ...(this.copies.get(peer) ?? [])])].sort((a, b) => a - b));
+    this.promotion = { epoch: toEpoch, metaOp: undefined, bitmapOps: new Set(), seqReceived: own.seqReceived, reason, metaIssued: false, dirty };
+    this.log('warn', 'failover_decided', { fromEpoch: own.epoch, toEpoch, seqReceived: own.seqReceived, reason, tailRegions: tail.length, owed: Object.fromEntries([...dirty].map(([p, r]) => [p, r.length])) });
+    for (const [peer, regions] of dirty) {
+      const opId = this.io.op(this);
       this.promotion.bitmapOps.add(opId);
-      this.out.push({ type: 'bitmapSet', opId, peer, regions });
+      this.io.push({ type: 'bitmapSet', opId, peer, regions });
     }
   }
 
-  private allRegions(): number[] {
-    return Array.from({ length: regionCount(this.cfg.volumeBytes, this.cfg.limits.regionBytes) }, (_, i) => i);
-  }
-
-  private onOwnCompletion(opId: OpId, type: CoreEvent['type']): void {
+  /** The standby's own ops: guard saves, and the promotion's bitmaps and epoch. */
+  onDone(ev: Completion): void {
+    const { opId, type } = ev;
+    const copyId = this.copyOps.get(opId);
+    if (copyId !== undefined) {
+      this.copyOps.delete(opId);
+      if (this.phase === 'following') this.send(this.cfg.primary, { type: 'peerDirtyAck', epoch: this.mirrorEpoch(), id: copyId });
+      return;
+    }
     if (this.guardOps.delete(opId)) {
       assert(type === 'metaPersisted', `op ${opId} is a metaPersist, completed as ${type}`);
       return;
@@ -444,34 +450,34 @@ export class Standby implements Role {
     assert(type === 'bitmapPersisted' && p.bitmapOps.delete(opId), `standby ${this.cfg.self}: unexpected ${type} for op ${opId}`);
   }
 
-  private afterStep(): void {
+  private progressPromotion(): void {
     const p = this.promotion;
     if (this.phase !== 'promoting' || p === undefined || p.bitmapOps.size > 0) return;
     if (!p.metaIssued) {
       // (a) The new epoch is durable before anything of it happens. `acting: primary` makes a
       // restart of this site come back as the primary of that epoch, whatever its config says.
       p.metaIssued = true;
-      p.metaOp = this.opNext++;
-      this.ops.set(p.metaOp, { inner: 'self', opId: p.metaOp });
-      this.out.push({ type: 'metaPersist', opId: p.metaOp, meta: { epoch: p.epoch, seqReserved: 1n, acting: 'primary' } });
+      p.metaOp = this.io.op(this);
+      this.io.push({ type: 'metaPersist', opId: p.metaOp, meta: { epoch: p.epoch, seqReserved: 1n, acting: 'primary' } });
       return;
     }
     if (p.metaOp !== undefined) return;
     // (b) Everything the mirror received is performed and durable (or failed for good, which
     // only a forced promotion gets here with).
     if (!this.mirror.settled()) return;
-    this.out.push(...this.mirror.releaseSettled());
+    this.mirror.releaseSettled();
     // (d) Act as the primary of the new epoch.
-    const regions = this.allRegions();
-    const dirty = new Map<PeerId, number[]>(this.downstreams().map((peer) => [peer, regions]));
-    this.primaryCore = new Primary({ self: this.cfg.self, volumeBytes: this.cfg.volumeBytes, blockBytes: this.cfg.blockBytes, mirrors: this.downstreams(), onMirrorLoss: this.cfg.onMirrorLoss, limits: this.cfg.limits });
+    const dirty = p.dirty;
+    const primary = new Primary({ self: this.cfg.self, volumeBytes: this.cfg.volumeBytes, blockBytes: this.cfg.blockBytes, mirrors: this.downstreams(), onMirrorLoss: this.cfg.onMirrorLoss, limits: this.cfg.limits, failover: true }, this.io);
+    this.primaryCore = primary;
     this.phase = 'primary';
-    this.promotions.push({ atMs: this.nowMs, fromEpoch: p.epoch - 1n, toEpoch: p.epoch, seqReceived: p.seqReceived, reason: p.reason });
+    this.promotions.push({ atMs: this.io.nowMs, fromEpoch: p.epoch - 1n, toEpoch: p.epoch, seqReceived: p.seqReceived, reason: p.reason });
     this.log('warn', 'promoted', { epoch: p.epoch, seqReceived: p.seqReceived, mirrors: this.downstreams(), reason: p.reason });
-    this.emit('primary', this.primaryCore.step({ type: 'start', recovered: { meta: this.meta, cacheEntries: [], dirtyRegions: dirty } }, this.nowMs));
+    primary.handle({ type: 'start', recovered: { meta: this.meta, cacheEntries: [], dirtyRegions: dirty } });
     for (const peer of this.downstreams()) {
-      if (this.linksUp.has(peer)) this.emit('primary', this.primaryCore.step({ type: 'peerUp', peer }, this.nowMs));
+      if (this.linksUp.has(peer)) primary.handle({ type: 'peerUp', peer });
     }
+    primary.afterStep();
   }
 
   /** The new primary's mirrors: every data site but this one (the old primary included). */
@@ -480,11 +486,15 @@ export class Standby implements Role {
   }
 
   private send(peer: PeerId, msg: PeerMsg): void {
-    this.out.push({ type: 'send', peer, msg });
+    this.io.send(peer, msg);
   }
 
-  private log(level: LogLevel, event: string, fields: Record<string, unknown>): void {
-    this.out.push({ type: 'log', level, event, fields: { site: this.cfg.self, ...fields } });
+  private log(level: 'debug' | 'info' | 'warn' | 'error', event: string, fields: Record<string, unknown>): void {
+    this.io.log(level, event, fields);
+  }
+
+  heartbeat(): HeartbeatState {
+    return this.primaryCore?.heartbeat() ?? this.mirror.heartbeat();
   }
 
   /** Host writes the site may submit now (0 unless this site is the primary). */

@@ -15,8 +15,11 @@
 //     order. metaPersist is durable when its completion arrives.
 //  4. `send` on a peer whose link is down is dropped silently: links are ordered streams
 //     (TCP), a reset loses what was in flight, and the core re-sends after the next peerUp.
+//     `closePeer` ends that link (the core refused the peer's input); a peerDown follows.
 //  5. Timers are ticks: feed `tick` every few ms (Limits.tickMs); every event carries `nowMs`
 //     from a monotonic clock. The core never reads a clock or a random source itself.
+//  6. Liveness is the link's: it exchanges heartbeats by itself and reports each one it hears
+//     as `peerHeard` (with the round trip when it measured one). The core sends none.
 
 /** Epoch: grows by one at every promotion; persisted by every site (fencing). u64 on the wire. */
 export type Epoch = bigint;
@@ -28,6 +31,12 @@ export type PeerId = string;
 export type HostOpId = number;
 /** Id of one I/O action, echoed by its completion event. Unique per core instance. */
 export type OpId = number;
+
+/** A byte range of the volume. */
+export interface ByteRange {
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+}
 
 /** SCSI-style failure carried across the wire (hal/blockdev.ts SenseError flattened). */
 export interface SenseInfo {
@@ -43,19 +52,28 @@ export interface SenseInfo {
 export type PeerMsg =
   /** A replicated host write. `fua`: durable at the receiver before it is acked. */
   | { type: 'write'; epoch: Epoch; seq: Seq; offsetBytes: number; lengthBytes: number; fua: boolean; payload: Uint8Array }
-  /** Cumulative ack: every write with seq <= `seq` of `epoch` is in the receiver's cache AND performed on its storage (claim 10 iii, 11). */
+  /**
+   * Cumulative ack. Downstream -> upstream: every write with seq <= `seq` of `epoch` is in the
+   * sender's cache AND performed on its storage (claim 10 iii, 11). Upstream -> downstream
+   * (issue 16 item 4): every write up to `seq` is acked by every in-sync site (committed), so the
+   * receiver may let those go; it keeps the writes above it (the tail a failover reconciles).
+   */
   | { type: 'ack'; epoch: Epoch; seq: Seq }
   /** Per-write failure, sent before the cumulative ack that covers `seq`. */
   | { type: 'writeStatus'; epoch: Epoch; seq: Seq; sense: SenseInfo }
   /** Barrier: flush storage once every write with seq <= `seq` is performed. */
   | { type: 'flush'; epoch: Epoch; flushId: bigint; seq: Seq }
   | { type: 'flushAck'; epoch: Epoch; flushId: bigint; sense?: SenseInfo }
-  /** Liveness and round-trip time; `seqAcked` lets status show how far behind a peer is. */
-  | { type: 'heartbeat'; epoch: Epoch; sentMs: number; seqAcked: Seq; reply: boolean }
   /** Upstream -> downstream, first message on every new link: "I speak for `epoch`". */
   | { type: 'epoch'; epoch: Epoch }
-  /** Downstream -> upstream, the answer to `epoch`: "I hold every write of `epoch` up to `seqReceived`; send the rest, and resync me if you owe me regions". */
-  | { type: 'resyncRequest'; epoch: Epoch; seqReceived: Seq }
+  /**
+   * Downstream -> upstream, the answer to `epoch`: "I hold every write of `epoch` up to
+   * `seqReceived`; send the rest, and resync me if you owe me regions". `ranges` names what the
+   * sender knows may differ from the upstream (issue 16): writes it holds of an older epoch
+   * above what every site acked (a failover's divergent tail), and ranges its own copy lost
+   * (journal damage, failed storage writes). Sent again mid-session when such ranges appear.
+   */
+  | { type: 'resyncRequest'; epoch: Epoch; seqReceived: Seq; ranges?: readonly ByteRange[] }
   /** One region of the upstream's storage, sent to a mirror being resynced. */
   | { type: 'resyncData'; epoch: Epoch; resyncId: bigint; offsetBytes: number; payload: Uint8Array }
   /** The region is on the receiver's stable storage. */
@@ -68,8 +86,18 @@ export type PeerMsg =
    * could lose acked writes it never received.
    */
   | { type: 'inSync'; epoch: Epoch; seq: Seq }
-  /** "Your epoch is stale; mine is `epoch`." The receiver must stop acting for its epoch. */
-  | { type: 'fence'; epoch: Epoch; reason: string }
+  /** "Your epoch is stale; mine is `epoch`." The receiver must stop acting for its epoch. `primary`: who is primary of `epoch`, if the sender knows. */
+  | { type: 'fence'; epoch: Epoch; reason: string; primary?: PeerId }
+  /**
+   * Primary -> its standby (issue 16 item 4): `peer` misses these ranges (the primary's dirty
+   * bitmap for it), so the standby keeps a copy and a promotion resyncs `peer` by bitmap, not
+   * the whole volume. Answered with peerDirtyAck once the copy is durable; the host ack of the
+   * write that caused it waits for that.
+   */
+  | { type: 'peerDirty'; epoch: Epoch; id: bigint; peer: PeerId; ranges: readonly ByteRange[] }
+  | { type: 'peerDirtyAck'; epoch: Epoch; id: bigint }
+  /** Primary -> its standby: `peer` holds these ranges again (resynced). Best effort. */
+  | { type: 'peerClean'; epoch: Epoch; peer: PeerId; ranges: readonly ByteRange[] }
   /**
    * Failover detection (claim 13 v, issue 10): a standby that stopped hearing the primary asks
    * every other site "when did you last hear the primary?". `epoch` is the asker's; the answer
@@ -109,10 +137,12 @@ export interface Meta {
    */
   readonly acting?: 'primary' | 'mirror';
   /**
-   * A standby's promotion guard (issue 10): true once its primary said `inSync`, false again
-   * after a resync region or a failed write. Sticky like `acting`. Absent: false.
+   * A standby's promotion guard (issue 10; issue 16 item 1: bound to its epoch): the epoch in
+   * which its primary last said `inSync`, 0 once a resync region or a failed write undid that.
+   * It permits a promotion only while it equals the site's epoch, so a guard granted in an
+   * earlier epoch dies with it. Sticky like `acting`. Absent: 0.
    */
-  readonly standbyInSync?: boolean;
+  readonly inSyncEpoch?: Epoch;
 }
 
 export interface Recovered {
@@ -137,6 +167,11 @@ export type CoreEvent =
   /** The link to `peer` was lost (reset, timeout, peer died). Whatever was in flight is gone. */
   | { type: 'peerDown'; peer: PeerId }
   | { type: 'recv'; peer: PeerId; msg: PeerMsg }
+  /**
+   * The link heard the peer's heartbeat (contract 6): the peer's epoch and last seq (a primary:
+   * the last it assigned; any other role: the last it acked), and the round trip when measured.
+   */
+  | { type: 'peerHeard'; peer: PeerId; epoch: Epoch; lastSeq: Seq; rttMs?: number }
   | { type: 'cacheAppended'; opId: OpId; sense?: SenseInfo }
   | { type: 'storageWritten'; opId: OpId; sense?: SenseInfo }
   | { type: 'storageRead'; opId: OpId; data?: Uint8Array; sense?: SenseInfo }
@@ -167,6 +202,8 @@ export type CoreAction =
   /** Make every completed storage write durable; completion `storageFlushed`. */
   | { type: 'storageFlush'; opId: OpId }
   | { type: 'send'; peer: PeerId; msg: PeerMsg }
+  /** End the link to `peer`: it sent something the core refuses (named in `reason`). */
+  | { type: 'closePeer'; peer: PeerId; reason: string }
   /** Complete a host write or flush; no `error` means success. */
   | { type: 'ackHost'; id: HostOpId; error?: HostError }
   /** Persist dirty bits for `peer`; completion `bitmapPersisted`. */
@@ -212,6 +249,12 @@ export interface Limits {
   readonly mirrorResyncQueueMax: number;
   /** Suggested tick period for the site layer. */
   readonly tickMs: number;
+  /**
+   * How long a (re)started primary that must prove its authority (issue 16 item 1) holds host
+   * writes back waiting for a majority to confirm its epoch; after it they are refused with
+   * the reason until the majority is there.
+   */
+  readonly authorityWaitMs: number;
 }
 
 export const defaultLimits: Limits = {
@@ -231,6 +274,7 @@ export const defaultLimits: Limits = {
   mirrorReceiveQueueMax: 1024,
   mirrorResyncQueueMax: 64,
   tickMs: 10,
+  authorityWaitMs: 10_000,
 };
 
 export type MirrorLossPolicy = 'block' | 'degrade';
@@ -247,10 +291,31 @@ export function assert(cond: unknown, message: string): asserts cond {
   if (!cond) throw new CoreAssertionError(message);
 }
 
+/** What every role is configured with: its name, the volume's geometry, the bounds. */
+export interface CoreConfig {
+  readonly self: PeerId;
+  readonly volumeBytes: number;
+  readonly blockBytes: number;
+  readonly limits: Limits;
+}
+
+/** What a site's links put in the heartbeats they send (contract 6). */
+export interface HeartbeatState {
+  readonly epoch: Epoch;
+  /** A primary: the last seq it assigned; any other role: the last seq it acked upstream. */
+  readonly lastSeq: Seq;
+}
+
 /** A role: fed one event at a time, returns the actions to execute. */
 export interface Role {
   step(event: CoreEvent, nowMs: number): CoreAction[];
+  heartbeat(): HeartbeatState;
+  /** Nothing in flight: no host op, no cache entry, every peer it feeds in sync. */
+  quiescent(): boolean;
 }
+
+/** The events that complete an I/O action (they carry its `opId`). */
+export type Completion = Extract<CoreEvent, { opId: OpId }>;
 
 export function senseOf(message: string, key = 0x4, asc = 0x44, ascq = 0): SenseInfo {
   return { key, asc, ascq, message };

@@ -8,9 +8,8 @@ export interface NbdLimits {
   /** Options one connection may send before it must pick an export (stops endless haggling). */
   readonly optionsPerConnectionMax: number;
   /**
-   * Largest READ/WRITE length, advertised as the maximum block size. 2^25 is the spec's interop
-   * size (qemu-img sends 7+ MB zero writes when WRITE_ZEROES is not offered); longer writes are
-   * skipped unread and answered EINVAL.
+   * Largest READ/WRITE length, advertised as the maximum block size (NBD_INFO_BLOCK_SIZE).
+   * Default requestBytesMaxDefault; longer writes are skipped unread and answered EINVAL.
    */
   readonly requestBytesMax: number;
   /** Requests of one connection being served at once; beyond it we stop reading the socket. */
@@ -49,15 +48,31 @@ export interface NbdLimits {
   readonly blockStatusExtentsMax: number;
 }
 
+/**
+ * 64 MiB, what nbdkit and nbd-server accept. The spec's floor is 2^25 (32 MiB: "any length less
+ * than 2^25 SHOULD NOT be considered a denial of service"), but a client that negotiates with
+ * NBD_OPT_EXPORT_NAME never sees NBD_INFO_BLOCK_SIZE and sends what its peers take: a replay of
+ * the nbd project's integrity log sends writes of ~48 MiB. Memory stays bounded by the budgets
+ * below, which are multiples of it: inflightBytesMaxDefault holds two such requests per
+ * connection, serverPayloadBytesMaxDefault eight server-wide.
+ */
+export const requestBytesMaxDefault = 64 * 1024 * 1024;
+/** Payload and reply bytes one connection has in flight before it stops reading: two maximal requests. */
+export const inflightBytesMaxDefault = 2 * requestBytesMaxDefault;
+/** Server-wide payload bytes in memory (byte-budget.ts): eight maximal requests. */
+export const serverPayloadBytesMaxDefault = 8 * requestBytesMaxDefault;
+/** Reply bytes queued for a slow reader before we stop reading: one maximal read reply. */
+export const replyQueueBytesMaxDefault = requestBytesMaxDefault;
+
 export const defaultNbdLimits: NbdLimits = {
   optionBytesMax: 64 * 1024,
   optionDiscardBytesMax: 16 * 1024 * 1024,
   optionsPerConnectionMax: 256,
-  requestBytesMax: 32 * 1024 * 1024,
+  requestBytesMax: requestBytesMaxDefault,
   requestsInflightMax: 64,
-  inflightBytesMax: 128 * 1024 * 1024,
-  serverPayloadBytesMax: 512 * 1024 * 1024,
-  replyQueueBytesMax: 64 * 1024 * 1024,
+  inflightBytesMax: inflightBytesMaxDefault,
+  serverPayloadBytesMax: serverPayloadBytesMaxDefault,
+  replyQueueBytesMax: replyQueueBytesMaxDefault,
   replyStallTimeoutMs: 60_000,
   connectionsMax: 1024,
   refusedConnectionsMax: 64,

@@ -15,6 +15,7 @@ import type { AddressInfo } from 'node:net';
 import type { SecureContextOptions, TLSSocket } from 'node:tls';
 import type { Registry } from 'prom-client';
 import { ChecksumRequestError, type ChecksumAnswer } from './checksums.js';
+import { serveEvents, type EventSource } from './events.js';
 import type { Logger } from './log.js';
 import type { SiteStatus } from './status.js';
 import { RoleChangeError, type RoleChangeAnswer } from './role-change.js';
@@ -40,6 +41,8 @@ export interface AdminServerOptions {
   registry: Registry;
   /** GET /checksums (geomirror verify): validates the query, digests this site's storage regions. */
   checksums?: (query: URLSearchParams) => Promise<ChecksumAnswer>;
+  /** GET /events (geomirror events): the site's state changes as NDJSON (src/site/events.ts). */
+  events?: EventSource;
   /** POST /promote and /demote (planned switchover). */
   roleChange?: { promote?: (reason: string, force: boolean) => Promise<RoleChangeAnswer>; demote?: (reason: string) => Promise<RoleChangeAnswer> };
   /** Who may ask: this site and cluster, the admin-token key (adminTokenKey of the cluster key). */
@@ -137,7 +140,7 @@ async function handle(options: AdminServerOptions, req: IncomingMessage, res: Se
     await roleChange(options, path === '/promote' ? 'promote' : 'demote', url, req, res);
     return;
   }
-  const known = path === '/status' || path === '/metrics' || path === '/checksums';
+  const known = path === '/status' || path === '/metrics' || path === '/checksums' || path === '/events';
   if (known && req.method !== 'GET' && req.method !== 'HEAD') {
     res.setHeader('Allow', 'GET, HEAD');
     send(res, 405, 'text/plain; charset=utf-8', `${req.method} not allowed on ${path}; use GET\n`);
@@ -152,6 +155,8 @@ async function handle(options: AdminServerOptions, req: IncomingMessage, res: Se
     await options.status();
     const text = await options.registry.metrics();
     send(res, 200, options.registry.contentType, text);
+  } else if (path === '/events' && options.events) {
+    await serveEvents(options.events, url, req, res);
   } else if (path === '/checksums' && options.checksums) {
     try {
       const answer = await options.checksums(url.searchParams);

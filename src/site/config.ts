@@ -10,23 +10,19 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, isPair, isScalar, type Document } from 'yaml';
-import { parseSizeBytes, parseDurationMs } from './units.js';
+import { parseSizeBytes, parseDurationMs, sizeSyntaxText } from './units.js';
 import { closest, didYouMean } from './suggest.js';
 import { DeviceStringError, formatDeviceString, parseDeviceString, type DeviceSpec } from '../../hal/devstring.js';
+import { cacheKeys, clusterKeys, locationKeys, nameLengthMax, namePattern, nbdTlsKeys, nbdTlsModes, roles, secretBytesMin, siteKeys, tlsKeys, transports, volumeKeys, type KeyTable, type Role, type SiteKey } from './config-keys.js';
 
-export const roles = ['primary', 'mirror', 'relay', 'standby', 'witness'] as const;
-export type Role = (typeof roles)[number];
-export type RelayAck = 'cached' | 'end-to-end';
-export type OnMirrorLoss = 'block' | 'degrade';
+export { nameLengthMax, roles, secretBytesMin, type Role };
+export type RelayAck = (typeof siteKeys)['relay-ack']['values'][number];
+export type OnMirrorLoss = (typeof siteKeys)['on-mirror-loss']['values'][number];
 
 /** Default time without heartbeats before a standby promotes itself (claim 13 v). */
-export const failoverTimeoutMsDefault = 5_000;
-export const blockSizes = [512, 4096] as const;
-export const blockSizeDefault = 4096;
-/** Names end up in log lines, metric labels and NBD export names: keep them plain. */
-export const nameLengthMax = 64;
-/** The cluster key must carry at least this much entropy (keygen writes 32 bytes). */
-export const secretBytesMin = 16;
+export const failoverTimeoutMsDefault = parseDurationMs(siteKeys['failover-timeout'].default)!;
+export const blockSizes = volumeKeys.blockSize.values;
+export const blockSizeDefault = volumeKeys.blockSize.default;
 
 export interface Address {
   host: string;
@@ -93,7 +89,7 @@ export interface SecretSpec {
 }
 
 /** How sites talk to each other: mutual TLS 1.3 (default) or lab-mode plain TCP (issue 17). */
-export type Transport = 'tls' | 'insecure';
+export type Transport = (typeof transports)[number];
 
 /**
  * Where the cluster's certificates live (src/site/pki.ts). Default: files beside the `secret:`
@@ -108,7 +104,7 @@ export interface TlsFiles {
   dir: string;
 }
 
-export type NbdTlsMode = 'off' | 'allow' | 'require';
+export type NbdTlsMode = (typeof nbdTlsModes)[number];
 
 /** `nbd-tls:` of a site's export (NBD_OPT_STARTTLS, x509 and PSK). */
 export interface NbdTlsConfig {
@@ -127,7 +123,7 @@ export interface NbdTlsConfig {
 export interface VolumeConfig {
   name: string;
   sizeBytes: number;
-  blockSize: 512 | 4096;
+  blockSize: (typeof blockSizes)[number];
   blockCount: number;
 }
 
@@ -153,14 +149,16 @@ export interface ClusterConfig {
 export interface ConfigProblem {
   path: string;
   message: string;
+  /** 1-based line and column in the file, where known. */
   line?: number;
+  column?: number;
 }
 
 export class ConfigError extends Error {
   readonly file: string;
   readonly problems: ConfigProblem[];
   constructor(file: string, problems: ConfigProblem[]) {
-    const lines = problems.map((p) => `  ${file}${p.line === undefined ? '' : `:${p.line}`}: ${p.message}`);
+    const lines = problems.map((p) => `  ${file}${p.line === undefined ? '' : `:${p.line}${p.column === undefined ? '' : `:${p.column}`}`}: ${p.message}`);
     super(`${file}: ${problems.length} problem(s) in the cluster file:\n${lines.join('\n')}`);
     this.name = 'ConfigError';
     this.file = file;
@@ -168,60 +166,17 @@ export class ConfigError extends Error {
   }
 }
 
-const topKeys = ['cluster', 'secret', 'volume', 'sites', 'transport', 'tls'] as const;
-const requiredTopKeys = ['cluster', 'secret', 'volume', 'sites'] as const;
-const tlsKeys = ['ca', 'ca-key', 'dir'] as const;
-const nbdTlsKeys = ['mode', 'psk', 'cert', 'key', 'ca', 'allow'] as const;
-const volumeKeys = ['name', 'size', 'blockSize'] as const;
-const cacheKeys = ['device', 'size'] as const;
-const locationKeys = ['lat', 'lon'] as const;
-const siteKeys = [
-  'role',
-  'listen',
-  'nbd',
-  'admin',
-  'cache',
-  'storage',
-  'mirrors',
-  'forward',
-  'standby-for',
-  'relay-ack',
-  'on-mirror-loss',
-  'failover-timeout',
-  'location',
-  'connect',
-  'resync-rate',
-  'nbd-tls',
-] as const;
-type SiteKey = (typeof siteKeys)[number];
-
-/** Which roles may carry which keys, and which must. A key on the wrong role is refused, not ignored. */
-const keyRoles: Record<SiteKey, { allowed: readonly Role[]; required: readonly Role[] }> = {
-  role: { allowed: roles, required: roles },
-  listen: { allowed: roles, required: ['mirror', 'relay', 'standby', 'witness'] },
-  // A mirror may export its replica read-only (DR checks, backups); only a primary serves writes.
-  nbd: { allowed: ['primary', 'standby', 'mirror'], required: ['primary'] },
-  admin: { allowed: roles, required: [] },
-  cache: { allowed: ['primary', 'mirror', 'relay', 'standby'], required: ['primary', 'mirror', 'relay', 'standby'] },
-  storage: { allowed: ['primary', 'mirror', 'relay', 'standby'], required: ['primary', 'mirror', 'standby'] },
-  mirrors: { allowed: ['primary', 'standby'], required: [] },
-  forward: { allowed: ['relay'], required: ['relay'] },
-  'standby-for': { allowed: ['standby'], required: ['standby'] },
-  'relay-ack': { allowed: ['relay'], required: [] },
-  'on-mirror-loss': { allowed: ['primary', 'standby', 'relay'], required: [] },
-  'failover-timeout': { allowed: ['standby'], required: [] },
-  location: { allowed: roles, required: [] },
-  // Where this site dials a peer when that differs from the peer's own `listen` (NAT, a tunnel,
-  // a port forward; tests route single links through a WAN emulator with it).
-  connect: { allowed: roles, required: [] },
-  // Bytes per second a resync may copy to each mirror (the primary's, and a standby's once it
-  // is promoted): bounds what a resync takes from host writes on a shared link.
-  'resync-rate': { allowed: ['primary', 'standby'], required: [] },
-  // TLS on the host-facing NBD export: off | allow | require, or a mapping with psk/cert/allow.
-  'nbd-tls': { allowed: ['primary', 'standby', 'mirror'], required: [] },
-};
-
-const sitePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+const keysOf = (table: KeyTable): readonly string[] => Object.keys(table);
+const topKeyNames = keysOf(clusterKeys);
+const requiredTopKeyNames = topKeyNames.filter((k) => (clusterKeys as KeyTable)[k]!.required === true);
+const tlsKeyNames = keysOf(tlsKeys);
+const nbdTlsKeyNames = keysOf(nbdTlsKeys);
+const volumeKeyNames = keysOf(volumeKeys);
+const cacheKeyNames = keysOf(cacheKeys);
+const locationKeyNames = keysOf(locationKeys);
+const siteKeyNames = Object.keys(siteKeys) as SiteKey[];
+const relayAcks: readonly string[] = siteKeys['relay-ack'].values;
+const mirrorLossPolicies: readonly string[] = siteKeys['on-mirror-loss'].values;
 
 /** Reads, parses and validates a cluster file. Throws ConfigError naming every problem. */
 export function loadConfig(file: string): ClusterConfig {
@@ -245,11 +200,11 @@ export function parseConfig(text: string, file: string): ClusterConfig {
   if (doc.errors.length > 0) {
     throw new ConfigError(
       abs,
-      doc.errors.map((e) => ({
-        path: '(yaml)',
-        message: `not valid YAML: ${e.message.split('\n')[0]}`,
-        ...(e.linePos ? { line: e.linePos[0].line } : {}),
-      })),
+      doc.errors.map((e) => {
+        // With prettyErrors off the error has its offset only: turn it into line and column.
+        const at = e.linePos?.[0] ?? lineCounter.linePos(e.pos[0]);
+        return { path: '(yaml)', message: `not valid YAML: ${e.message.split('\n')[0]}`, line: at.line, column: at.col };
+      }),
     );
   }
   const v = new Validator(doc, lineCounter, dirname(abs));
@@ -279,7 +234,7 @@ class Validator {
     private readonly dir: string,
   ) {}
 
-  private lineOf(keys: (string | number)[]): number | undefined {
+  private lineOf(keys: (string | number)[]): { line: number; col: number } | undefined {
     // Point at the key of the deepest pair that exists, so a missing key points at its parent.
     for (let n = keys.length; n > 0; n--) {
       const parent = n === 1 ? this.doc.contents : this.doc.getIn(keys.slice(0, n - 1), true);
@@ -287,18 +242,18 @@ class Validator {
       if (isMap(parent)) {
         const pair = parent.items.find((p) => isPair(p) && isScalar(p.key) && p.key.value === last);
         const range = pair && isScalar(pair.key) ? pair.key.range : undefined;
-        if (range) return this.lines.linePos(range[0]).line;
+        if (range) return this.lines.linePos(range[0]);
       }
       const node = this.doc.getIn(keys.slice(0, n), true) as { range?: [number, number, number] } | undefined;
-      if (node?.range) return this.lines.linePos(node.range[0]).line;
+      if (node?.range) return this.lines.linePos(node.range[0]);
     }
     return undefined;
   }
 
   fail(keys: (string | number)[], message: string): undefined {
     const path = pathText(keys);
-    const line = this.lineOf(keys);
-    this.problems.push({ path, message: `${path}: ${message}`, ...(line === undefined ? {} : { line }) });
+    const at = this.lineOf(keys);
+    this.problems.push({ path, message: `${path}: ${message}`, ...(at === undefined ? {} : { line: at.line, column: at.col }) });
     return undefined;
   }
 
@@ -311,7 +266,7 @@ class Validator {
   }
 
   private name(x: unknown, keys: (string | number)[], what: string): string | undefined {
-    if (typeof x !== 'string' || !sitePattern.test(x) || x.length > nameLengthMax) {
+    if (typeof x !== 'string' || !namePattern.test(x) || x.length > nameLengthMax) {
       return this.fail(
         keys,
         `${show(x)} is not a valid ${what}; use letters, digits, '.', '_' or '-' (at most ${nameLengthMax}, starting with a letter or digit)`,
@@ -325,15 +280,16 @@ class Validator {
       this.fail([], 'the cluster file must be a YAML mapping with keys cluster, secret, volume, sites');
       return undefined;
     }
-    this.unknownKeys(root, [], topKeys);
-    for (const k of requiredTopKeys) if (!(k in root)) this.fail([k], 'is missing');
+    this.unknownKeys(root, [], topKeyNames);
+    for (const k of requiredTopKeyNames) if (!(k in root)) this.fail([k], 'is missing');
     const cluster = 'cluster' in root ? this.name(root.cluster, ['cluster'], 'cluster name') : undefined;
     const secret = 'secret' in root ? this.secret(root.secret) : undefined;
     const volume = 'volume' in root ? this.volume(root.volume) : undefined;
     const sites = 'sites' in root ? this.sites(root.sites) : undefined;
-    let transport: Transport = 'tls';
+    let transport: Transport = clusterKeys.transport.default;
     if ('transport' in root) {
-      if (root.transport === 'tls' || root.transport === 'insecure') transport = root.transport;
+      const t = transports.find((v) => v === root.transport);
+      if (t !== undefined) transport = t;
       else this.fail(['transport'], `${show(root.transport)} is not a transport; use tls (the default: mutual TLS 1.3 between sites) or insecure (lab mode: plain TCP, logged as a warning)`);
     }
     const tls = this.tlsFiles(root.tls, secret);
@@ -353,7 +309,7 @@ class Validator {
       this.fail(['tls'], 'must be a mapping, e.g. { ca: ./data/ca.crt, ca-key: ./data/ca.key, dir: ./data }');
       return out;
     }
-    this.unknownKeys(x, ['tls'], tlsKeys);
+    this.unknownKeys(x, ['tls'], tlsKeyNames);
     for (const [key, field] of [['ca', 'caCert'], ['ca-key', 'caKey'], ['dir', 'dir']] as const) {
       if (!(key in x)) continue;
       const v = x[key];
@@ -366,8 +322,7 @@ class Validator {
   }
 
   private nbdTls(x: unknown, keys: (string | number)[]): NbdTlsConfig {
-    const modes = ['off', 'allow', 'require'] as const;
-    const mode = (v: unknown): NbdTlsMode | undefined => modes.find((m) => m === v);
+    const mode = (v: unknown): NbdTlsMode | undefined => nbdTlsModes.find((m) => m === v);
     if (typeof x === 'string' || typeof x === 'boolean') {
       const m = mode(x === false ? 'off' : x);
       if (m === undefined) this.fail(keys, `${show(x)} is not an NBD TLS mode; use off, allow or require (or a mapping with mode, psk, cert, key, ca, allow)`);
@@ -377,8 +332,8 @@ class Validator {
       this.fail(keys, 'must be off, allow, require or a mapping, e.g. { mode: require, psk: ./data/nbd.psk, allow: [backup-host] }');
       return { mode: 'off' };
     }
-    this.unknownKeys(x, keys, nbdTlsKeys);
-    const out: NbdTlsConfig = { mode: 'require' };
+    this.unknownKeys(x, keys, nbdTlsKeyNames);
+    const out: NbdTlsConfig = { mode: nbdTlsKeys.mode.default };
     if ('mode' in x) {
       const m = mode(x.mode);
       if (m === undefined) this.fail([...keys, 'mode'], `${show(x.mode)} is not an NBD TLS mode; use off, allow or require`);
@@ -420,12 +375,12 @@ class Validator {
 
   private volume(x: unknown): VolumeConfig | undefined {
     if (!isObj(x)) return this.fail(['volume'], 'must be a mapping, e.g. { name: vol0, size: 1GiB, blockSize: 4096 }');
-    this.unknownKeys(x, ['volume'], volumeKeys);
+    this.unknownKeys(x, ['volume'], volumeKeyNames);
     const name = 'name' in x ? this.name(x.name, ['volume', 'name'], 'volume name') : this.fail(['volume', 'name'], 'is missing');
-    let blockSize: 512 | 4096 | undefined = blockSizeDefault;
+    let blockSize: (typeof blockSizes)[number] | undefined = blockSizeDefault;
     if ('blockSize' in x) {
       blockSize = blockSizes.find((b) => b === x.blockSize);
-      if (blockSize === undefined) this.fail(['volume', 'blockSize'], `${show(x.blockSize)} is not supported; use 512 or 4096`);
+      if (blockSize === undefined) this.fail(['volume', 'blockSize'], `${show(x.blockSize)} is not supported; use ${blockSizes.join(' or ')}`);
     }
     const sizeBytes = 'size' in x ? this.size(x.size, ['volume', 'size']) : this.fail(['volume', 'size'], 'is missing; e.g. size: 1GiB');
     if (sizeBytes === undefined || blockSize === undefined || name === undefined) return undefined;
@@ -437,12 +392,7 @@ class Validator {
 
   private size(x: unknown, keys: (string | number)[]): number | undefined {
     const bytes = parseSizeBytes(x);
-    if (bytes === undefined) {
-      // "64MB" most likely meant 64MiB: offer that as the example (units are binary only).
-      const m = typeof x === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*([KMGT])i?B?\s*$/i.exec(x) : null;
-      const example = m ? `${m[1]}${m[2]!.toUpperCase()}iB` : '64MiB';
-      return this.fail(keys, `${show(x)} is not a size; use e.g. ${example} (units: B, KiB, MiB, GiB, TiB)`);
-    }
+    if (bytes === undefined) return this.fail(keys, `${show(x)} is not a size; use e.g. 64MiB: ${sizeSyntaxText}`);
     return bytes;
   }
 
@@ -467,14 +417,14 @@ class Validator {
   private site(name: string, x: unknown): SiteConfig | undefined {
     const at = ['sites', name];
     if (!isObj(x)) return this.fail(at, `must be a mapping with at least role: (${roles.join(' | ')})`);
-    this.unknownKeys(x, at, siteKeys);
+    this.unknownKeys(x, at, siteKeyNames);
     const role = roles.find((r) => r === x.role);
     if (role === undefined) {
       const hint = typeof x.role === 'string' ? didYouMean(x.role, roles) : '';
       return this.fail([...at, 'role'], `${'role' in x ? `${show(x.role)} is not a role` : 'is missing'}${hint}; use one of ${roles.join(', ')}`);
     }
-    for (const key of siteKeys) {
-      const rule = keyRoles[key];
+    for (const key of siteKeyNames) {
+      const rule: { allowed: readonly Role[]; required: readonly Role[] } = siteKeys[key].roles;
       if (key in x && !rule.allowed.includes(role)) {
         this.fail([...at, key], `a ${role} site has no ${key} (only ${rule.allowed.join(', ')} sites do)`);
       } else if (!(key in x) && rule.required.includes(role)) {
@@ -486,12 +436,12 @@ class Validator {
       role,
       storage: [],
       mirrors: [],
-      relayAck: 'cached',
-      onMirrorLoss: 'degrade',
+      relayAck: siteKeys['relay-ack'].default,
+      onMirrorLoss: siteKeys['on-mirror-loss'].default,
       failoverTimeoutMs: failoverTimeoutMsDefault,
       connect: {},
       witnesses: [],
-      nbdTls: { mode: 'off' },
+      nbdTls: { mode: siteKeys['nbd-tls'].default },
     };
     for (const key of ['listen', 'nbd', 'admin'] as const) {
       if (key in x) {
@@ -508,11 +458,11 @@ class Validator {
     if ('forward' in x) site.forward = this.siteRef(x.forward, [...at, 'forward']);
     if ('standby-for' in x) site.standbyFor = this.siteRef(x['standby-for'], [...at, 'standby-for']);
     if ('relay-ack' in x) {
-      if (x['relay-ack'] === 'cached' || x['relay-ack'] === 'end-to-end') site.relayAck = x['relay-ack'];
+      if (relayAcks.includes(x['relay-ack'] as string)) site.relayAck = x['relay-ack'] as RelayAck;
       else this.fail([...at, 'relay-ack'], `${show(x['relay-ack'])} is not a relay-ack mode; use cached (ack once in the relay's cache, claim 14) or end-to-end`);
     }
     if ('on-mirror-loss' in x) {
-      if (x['on-mirror-loss'] === 'block' || x['on-mirror-loss'] === 'degrade') site.onMirrorLoss = x['on-mirror-loss'];
+      if (mirrorLossPolicies.includes(x['on-mirror-loss'] as string)) site.onMirrorLoss = x['on-mirror-loss'] as OnMirrorLoss;
       else this.fail([...at, 'on-mirror-loss'], `${show(x['on-mirror-loss'])} is not a policy; use block or degrade`);
     }
     if ('failover-timeout' in x) {
@@ -554,7 +504,7 @@ class Validator {
 
   private cache(x: unknown, keys: (string | number)[]): CacheSpec | undefined {
     if (!isObj(x)) return this.fail(keys, 'must be a mapping, e.g. { device: "loopback:./data/east.cache", size: 64MiB }');
-    this.unknownKeys(x, keys, cacheKeys);
+    this.unknownKeys(x, keys, cacheKeyNames);
     const device = 'device' in x ? this.device(x.device, [...keys, 'device']) : this.fail([...keys, 'device'], 'is missing');
     const sizeBytes = 'size' in x ? this.size(x.size, [...keys, 'size']) : this.fail([...keys, 'size'], 'is missing; e.g. size: 64MiB');
     if (sizeBytes === 0) return this.fail([...keys, 'size'], 'must be more than 0 bytes');
@@ -603,9 +553,9 @@ class Validator {
 
   private location(x: unknown, keys: (string | number)[]): Location | undefined {
     if (!isObj(x)) return this.fail(keys, 'must be { lat: DEGREES, lon: DEGREES }, e.g. { lat: 51.5, lon: -0.13 }');
-    this.unknownKeys(x, keys, locationKeys);
-    const lat = this.degrees(x.lat, [...keys, 'lat'], 90);
-    const lon = this.degrees(x.lon, [...keys, 'lon'], 180);
+    this.unknownKeys(x, keys, locationKeyNames);
+    const lat = this.degrees(x.lat, [...keys, 'lat'], locationKeys.lat.limit);
+    const lon = this.degrees(x.lon, [...keys, 'lon'], locationKeys.lon.limit);
     return lat !== undefined && lon !== undefined ? { lat, lon } : undefined;
   }
 
@@ -759,8 +709,11 @@ const hostnamePattern = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9
 const ipv4Pattern = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 
 /** `127.0.0.1:7400`, `node-east.lan:7400`, `[::1]:7400`; undefined if malformed. */
+/** HOST:PORT in shape only (parseAddress checks the host and port range too); the schema carries it. */
+export const addressTextPattern = /^\s*(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]\s]+)):(\d{1,5})\s*$/;
+
 export function parseAddress(text: string): Address | undefined {
-  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text.trim());
+  const m = addressTextPattern.exec(text);
   if (!m) return undefined;
   const port = Number(m[3]);
   if (port < 1 || port > 65535) return undefined;
@@ -774,8 +727,10 @@ export function parseAddress(text: string): Address | undefined {
   return { host, port, text: `${host}:${port}` };
 }
 
-const deviceSchemes = ['memory', 'loopback', 'usb', 'serial'] as const;
-const deviceForms = 'memory:, loopback:PATH, usb:VID:PID[:SERIAL] or serial:PATH[?baud=N]';
+/** Device schemes a cluster file may name (usb-sim: too, the USB simulator for tests and demos). */
+export const deviceSchemes = ['memory', 'loopback', 'block', 'usb', 'serial'] as const;
+export const deviceSchemesAccepted: readonly string[] = [...deviceSchemes, 'usb-sim'];
+const deviceForms = 'memory:, loopback:PATH, block:/dev/NAME, usb:VID:PID[:SERIAL] or serial:PATH[?baud=N]';
 
 /** Parses with the HAL's parser, makes paths absolute; a string is the problem. */
 function parseSiteDevice(text: string, absolute: (p: string) => string): SiteDevice | string {

@@ -4,8 +4,10 @@
 // visible to every connection: CAN_MULTI_CONN is honest here.
 import { Asc, SenseKey } from '../../hal/blockdev.js';
 import { Errno } from '../nbd/protocol.js';
-import { NbdExportError, type NbdExport } from '../nbd/export.js';
-import { HostIoError, type Replica } from './replica.js';
+import { NbdExportError, type NbdExport, type NbdWriteOptions, type NbdZeroOptions } from '../nbd/export.js';
+import { HostIoError } from './host-api.js';
+import type { Replica } from './replica.js';
+import type { SiteMetrics } from './metrics.js';
 
 function mapError(err: unknown, what: string): never {
   if (err instanceof HostIoError) {
@@ -31,9 +33,34 @@ export function replicaExport(replica: Replica, opts: { name: string; descriptio
     canTrim: true,
     canFastZero: false,
     multiConn: true,
-    read: (offsetBytes, lengthBytes) => replica.read(offsetBytes, lengthBytes),
-    write: (offsetBytes, data, { fua }) => replica.write(offsetBytes, data, fua).catch((err) => mapError(err, `write at byte ${offsetBytes}`)),
-    flush: () => replica.flush().catch((err) => mapError(err, 'flush')),
+    read: (offsetBytes, lengthBytes) => replica.host.read(offsetBytes, lengthBytes),
+    write: (offsetBytes, data, { fua }) => replica.host.write(offsetBytes, data, fua).catch((err) => mapError(err, `write at byte ${offsetBytes}`)),
+    flush: () => replica.host.flush().catch((err) => mapError(err, 'flush')),
     trim: async () => undefined,
+  };
+}
+
+/**
+ * The export with host I/O counted (issue 19 item 6): reads and read bytes served, and every
+ * request answered with an error, by op. Wraps any NbdExport (the primary's replicaExport, a
+ * mirror's read-only blockDeviceExport), so the NBD server stays unaware of metrics.
+ */
+export function meteredExport(exp: NbdExport, metrics: Pick<SiteMetrics, 'readsTotal' | 'readBytesTotal' | 'hostIoErrorsTotal'>): NbdExport {
+  const failed = (op: string) => (err: unknown): never => {
+    metrics.hostIoErrorsTotal.inc({ op });
+    throw err;
+  };
+  return {
+    ...exp,
+    read: async (offsetBytes, lengthBytes) => {
+      const data = await exp.read(offsetBytes, lengthBytes).catch(failed('read'));
+      metrics.readsTotal.inc();
+      metrics.readBytesTotal.inc(lengthBytes);
+      return data;
+    },
+    write: (offsetBytes, data, o) => exp.write(offsetBytes, data, o).catch(failed('write')),
+    flush: () => exp.flush().catch(failed('flush')),
+    ...(exp.trim ? { trim: (o: number, l: number, w: NbdWriteOptions) => exp.trim!(o, l, w).catch(failed('trim')) } : {}),
+    ...(exp.zero ? { zero: (o: number, l: number, z: NbdZeroOptions) => exp.zero!(o, l, z).catch(failed('zero')) } : {}),
   };
 }

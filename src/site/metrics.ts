@@ -1,8 +1,22 @@
-// The Prometheus metrics of one site (issue 8 item 3), served as text on the admin port's
-// /metrics. The runtime owns the updates; this file only defines the metric objects, their
-// names, units and labels, so dashboards have one place to look. Each site gets its own
+// The Prometheus metrics of one site (issue 8 item 3, issue 19 item 6), served as text on the
+// admin port's /metrics. This file defines every metric object, its name, unit and labels, so
+// dashboards (docs/grafana-dashboard.json) have one place to look. Each site gets its own
 // Registry (not prom-client's global one) so several sites can live in one process in tests.
+//
+// Two kinds of series:
+// - counters and histograms, incremented where the thing happens (writes, reads, acks, I/O
+//   errors, refused frames, failovers);
+// - gauges that describe state, read from one SiteStatus snapshot when Prometheus scrapes
+//   (bindStatusGauges): cache, epoch, acked seq, roles and states, and per peer link, sync,
+//   resync progress, out-of-sync bytes, in-flight writes. They are never set on the write path.
+//
+// States are labels, drbd-reactor style: geomirror_peer_sync_state{peer,state} is 1 for the
+// peer's state and 0 for the others, so `sum by (state)` counts peers per state. No series is a
+// total of others (no peer="all"): sum() over a metric never double counts; the host-side totals
+// have their own names (geomirror_host_inflight_*).
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { roles } from './config-keys.js';
+import { siteStates, type SiteStatus } from './status.js';
 
 /**
  * Ack latency buckets in seconds: from loopback (tens of microseconds) to intercontinental
@@ -10,38 +24,63 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
  */
 export const ackLatencyBucketsSeconds = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 
-/** Values of geomirror_link_state (a gauge so one series per peer carries the state). */
-export const linkStateValue = { down: 0, connecting: 1, up: 2 } as const;
-export type LinkState = keyof typeof linkStateValue;
+/** The `state` label values of geomirror_link_state. */
+export const linkStates = ['down', 'connecting', 'up'] as const;
+export type LinkState = (typeof linkStates)[number];
 
-/** Values of geomirror_peer_sync_state. */
-export const syncStateValue = { degraded: 0, resyncing: 1, 'in-sync': 2 } as const;
-export type SyncState = keyof typeof syncStateValue;
+/** The `state` label values of geomirror_peer_sync_state. */
+export const syncStates = ['degraded', 'resyncing', 'in-sync'] as const;
+export type SyncState = (typeof syncStates)[number];
+
+/** A status snapshot is reused by the gauges of one scrape for this long (one status() per scrape). */
+export const statusSnapshotReuseMs = 100;
+
+/** What device I/O failed, for geomirror_device_io_errors_total. */
+export type IoOp = 'read' | 'write' | 'flush';
 
 export interface SiteMetrics {
   registry: Registry;
   /** Host writes (primary) or applied writes (mirror, relay): count and payload bytes. */
   writesTotal: Counter<'op'>;
   writeBytesTotal: Counter<'op'>;
+  /** Host reads served through the NBD export (primary, or a mirror's read-only export): count and bytes. */
+  readsTotal: Counter;
+  readBytesTotal: Counter;
+  /** Host requests answered with an error through the NBD export, by op (read, write, flush). */
+  hostIoErrorsTotal: Counter<'op'>;
+  /** Storage and cache device errors, by device string and op (see ioError). */
+  deviceIoErrorsTotal: Counter<'device' | 'op'>;
   /** Time from sending a write to a peer to that peer's ack, per peer (claim 10 iii). */
   ackLatencySeconds: Histogram<'peer'>;
   /** Host-visible write latency (receipt to host ack, claim 10 iv). */
   hostAckLatencySeconds: Histogram;
-  /** Battery-backed cache occupancy (claims 12 v/vi): bytes and entries held, capacity. */
+  /** Battery-backed cache occupancy (claims 12 v/vi): bytes and entries held, capacity. From status. */
   cacheUsedBytes: Gauge;
   cacheCapacityBytes: Gauge;
   cacheEntries: Gauge;
-  /** Writes sent to a peer and not yet acked, per peer. */
+  /** Writes sent to a peer and not yet acked, per peer. From status (PeerStatus.inflightWrites/Bytes). */
   inflightWrites: Gauge<'peer'>;
   inflightBytes: Gauge<'peer'>;
-  /** Resync of a returning mirror: fraction done in [0, 1] and bytes still to copy. */
+  /** A primary's host writes in flight, over all peers (SiteStatus.hostInflight). */
+  hostInflightWrites: Gauge;
+  hostInflightBytes: Gauge;
+  /** Resync of a returning mirror: fraction done in [0, 1] and bytes still to copy. From status. */
   resyncProgressRatio: Gauge<'peer'>;
   resyncRemainingBytes: Gauge<'peer'>;
-  /** 0 down, 1 connecting, 2 up (linkStateValue). */
-  linkState: Gauge<'peer'>;
+  /** Bytes of a peer's replica that differ from this site's (PeerStatus.outOfSyncBytes). */
+  peerOutOfSyncBytes: Gauge<'peer'>;
+  /** Resync copy rate and time left per peer (PeerStatus.resyncBytesPerSec / resyncEtaSeconds). */
+  resyncBytesPerSecond: Gauge<'peer'>;
+  resyncEtaSeconds: Gauge<'peer'>;
+  /** Highest seq a peer acked (PeerStatus.lastSeqAcked). */
+  peerLastSeqAcked: Gauge<'peer'>;
+  /** 1 for the link's state, 0 for the others (linkStates). */
+  linkState: Gauge<'peer' | 'state'>;
   linkRttSeconds: Gauge<'peer'>;
-  /** 0 degraded, 1 resyncing, 2 in sync (syncStateValue). */
-  peerSyncState: Gauge<'peer'>;
+  /** 1 for the peer replica's state, 0 for the others (syncStates). */
+  peerSyncState: Gauge<'peer' | 'state'>;
+  /** 1 for the site's own state, 0 for the others (SiteStatus.state). */
+  siteState: Gauge<'state'>;
   epoch: Gauge;
   /** Highest seq acked: by every in-sync mirror (primary) or by this site (mirror). */
   lastSeqAcked: Gauge;
@@ -62,6 +101,13 @@ export interface SiteMetrics {
   lastHeardAnswersTotal?: Counter;
   setLinkState(peer: string, state: LinkState): void;
   setSyncState(peer: string, state: SyncState): void;
+  /**
+   * Counts one failed device call (the executor calls it when storage or the cache device
+   * reports an error): `device` is its device string, `op` what failed.
+   */
+  ioError(device: string, op: IoOp): void;
+  /** Where status gauges read their snapshot (bindStatusGauges); undefined until bound. */
+  statusProvider?: () => SiteStatus | Promise<SiteStatus>;
 }
 
 export interface SiteMetricsOptions {
@@ -78,36 +124,116 @@ export function createSiteMetrics(options: SiteMetricsOptions): SiteMetrics {
   const registers = [registry];
   if (options.processMetrics !== false) collectDefaultMetrics({ register: registry });
 
-  const m = {
+  // Status gauges call this from their collect(): the snapshot of this scrape, or undefined
+  // while no provider is bound (then they keep what was set on them directly).
+  let snapshot: { atMs: number; status: Promise<SiteStatus | undefined> } | undefined;
+  const statusNow = (): Promise<SiteStatus | undefined> => {
+    const provider = m.statusProvider;
+    if (provider === undefined) return Promise.resolve(undefined);
+    const now = Date.now();
+    if (snapshot === undefined || now - snapshot.atMs > statusSnapshotReuseMs) {
+      snapshot = { atMs: now, status: Promise.resolve().then(provider).catch(() => undefined) };
+    }
+    return snapshot.status;
+  };
+  /**
+   * A gauge whose value(s) come from the status snapshot at scrape time. `reported` says whether
+   * the snapshot carries this gauge's numbers at all; when it does not (a status computation
+   * that does not fill the optional field yet), the values set directly are kept, minus any
+   * peer="all" total (never a series: it made sum() count twice).
+   */
+  const fromStatus = <L extends string>(name: string, help: string, labelNames: readonly L[], fill: (g: Gauge<L>, s: SiteStatus) => void, reported?: (s: SiteStatus) => boolean): Gauge<L> =>
+    new Gauge<L>({
+      name,
+      help,
+      labelNames,
+      registers,
+      async collect() {
+        const s = await statusNow();
+        if (s === undefined) return;
+        if (reported !== undefined && !reported(s)) {
+          if ((labelNames as readonly string[]).includes('peer')) this.remove({ peer: 'all' } as Partial<Record<L, string>>);
+          return;
+        }
+        this.reset();
+        fill(this, s);
+      },
+    });
+  const num = (x: unknown): number | undefined => (typeof x === 'number' && Number.isFinite(x) ? x : undefined);
+  const eachPeer = (g: Gauge<'peer'>, s: SiteStatus, value: (p: SiteStatus['peers'][number]) => number | undefined): void => {
+    for (const p of s.peers) {
+      const v = value(p);
+      if (v !== undefined) g.set({ peer: p.name }, v);
+    }
+  };
+  const oneHot = <L extends string>(g: Gauge<L>, labels: Partial<Record<L, string>>, key: L, values: readonly string[], current: string): void => {
+    for (const v of values) g.set({ ...labels, [key]: v } as Partial<Record<L, string>>, v === current ? 1 : 0);
+  };
+
+  const m: SiteMetrics = {
     registry,
     writesTotal: new Counter({ name: 'geomirror_writes_total', help: 'Writes handled, by op (write, flush, trim, zero)', labelNames: ['op'], registers }),
     writeBytesTotal: new Counter({ name: 'geomirror_write_bytes_total', help: 'Payload bytes written, by op', labelNames: ['op'], registers }),
+    readsTotal: new Counter({ name: 'geomirror_reads_total', help: 'Host reads served through the NBD export', registers }),
+    readBytesTotal: new Counter({ name: 'geomirror_read_bytes_total', help: 'Bytes of host reads served through the NBD export', registers }),
+    hostIoErrorsTotal: new Counter({ name: 'geomirror_host_io_errors_total', help: 'Host requests through the NBD export answered with an error, by op', labelNames: ['op'], registers }),
+    deviceIoErrorsTotal: new Counter({ name: 'geomirror_device_io_errors_total', help: 'Failed storage and cache device calls, by device and op', labelNames: ['device', 'op'], registers }),
     ackLatencySeconds: new Histogram({ name: 'geomirror_ack_latency_seconds', help: 'Send-to-ack latency of replicated writes, per peer', labelNames: ['peer'], buckets: ackLatencyBucketsSeconds, registers }),
     hostAckLatencySeconds: new Histogram({ name: 'geomirror_host_ack_latency_seconds', help: 'Receipt-to-host-ack latency of host writes', buckets: ackLatencyBucketsSeconds, registers }),
-    cacheUsedBytes: new Gauge({ name: 'geomirror_cache_used_bytes', help: 'Bytes held in the battery-backed cache', registers }),
-    cacheCapacityBytes: new Gauge({ name: 'geomirror_cache_capacity_bytes', help: 'Capacity of the battery-backed cache', registers }),
-    cacheEntries: new Gauge({ name: 'geomirror_cache_entries', help: 'Write requests held in the battery-backed cache', registers }),
-    inflightWrites: new Gauge({ name: 'geomirror_inflight_writes', help: 'Writes sent to a peer and not yet acked', labelNames: ['peer'], registers }),
-    inflightBytes: new Gauge({ name: 'geomirror_inflight_bytes', help: 'Payload bytes sent to a peer and not yet acked', labelNames: ['peer'], registers }),
-    resyncProgressRatio: new Gauge({ name: 'geomirror_resync_progress_ratio', help: 'Fraction of a resync done, 0..1', labelNames: ['peer'], registers }),
-    resyncRemainingBytes: new Gauge({ name: 'geomirror_resync_remaining_bytes', help: 'Bytes a resync still has to copy', labelNames: ['peer'], registers }),
-    linkState: new Gauge({ name: 'geomirror_link_state', help: 'Link to a peer: 0 down, 1 connecting, 2 up', labelNames: ['peer'], registers }),
-    linkRttSeconds: new Gauge({ name: 'geomirror_link_rtt_seconds', help: 'Last heartbeat round-trip time to a peer', labelNames: ['peer'], registers }),
-    peerSyncState: new Gauge({ name: 'geomirror_peer_sync_state', help: 'Peer replica: 0 degraded, 1 resyncing, 2 in sync', labelNames: ['peer'], registers }),
-    epoch: new Gauge({ name: 'geomirror_epoch', help: 'Current epoch (grows at every promotion)', registers }),
-    lastSeqAcked: new Gauge({ name: 'geomirror_last_seq_acked', help: 'Highest write sequence number acked', registers }),
+    cacheUsedBytes: fromStatus('geomirror_cache_used_bytes', 'Bytes held in the battery-backed cache', [], (g, s) => g.set(s.cache.usedBytes)),
+    cacheCapacityBytes: fromStatus('geomirror_cache_capacity_bytes', 'Capacity of the battery-backed cache', [], (g, s) => g.set(s.cache.capacityBytes)),
+    cacheEntries: fromStatus('geomirror_cache_entries', 'Write requests held in the battery-backed cache', [], (g, s) => g.set(s.cache.entries)),
+    inflightWrites: fromStatus('geomirror_inflight_writes', 'Writes sent to a peer and not yet acked, per peer', ['peer'], (g, s) => eachPeer(g, s, (p) => num(p.inflightWrites)), (s) => s.peers.some((p) => p.inflightWrites !== undefined)),
+    inflightBytes: fromStatus('geomirror_inflight_bytes', 'Payload bytes sent to a peer and not yet acked, per peer', ['peer'], (g, s) => eachPeer(g, s, (p) => num(p.inflightBytes) ?? num(p.relay?.lagBytes)), (s) => s.peers.some((p) => p.inflightBytes !== undefined)),
+    hostInflightWrites: fromStatus('geomirror_host_inflight_writes', 'Host writes received and not yet acked to the host (primary)', [], (g, s) => {
+      if (s.hostInflight) g.set(s.hostInflight.writes);
+    }),
+    hostInflightBytes: fromStatus('geomirror_host_inflight_bytes', 'Payload bytes of host writes not yet acked to the host (primary)', [], (g, s) => {
+      if (s.hostInflight) g.set(s.hostInflight.bytes);
+    }),
+    resyncProgressRatio: fromStatus('geomirror_resync_progress_ratio', 'Fraction of a resync done, 0..1 (1: in sync)', ['peer'], (g, s) =>
+      eachPeer(g, s, (p) => (p.sync === undefined ? undefined : p.sync === 'in-sync' ? 1 : (num(p.resyncPercent) ?? 0) / 100)),
+    ),
+    resyncRemainingBytes: fromStatus('geomirror_resync_remaining_bytes', 'Bytes a resync still has to copy', ['peer'], (g, s) => eachPeer(g, s, (p) => (p.sync === 'in-sync' ? 0 : num(p.outOfSyncBytes)))),
+    peerOutOfSyncBytes: fromStatus('geomirror_peer_out_of_sync_bytes', 'Bytes of a peer replica known to differ from this site (0: in sync)', ['peer'], (g, s) => eachPeer(g, s, (p) => num(p.outOfSyncBytes))),
+    resyncBytesPerSecond: fromStatus('geomirror_resync_bytes_per_second', 'Resync copy rate to a peer', ['peer'], (g, s) => eachPeer(g, s, (p) => num(p.resyncBytesPerSec))),
+    resyncEtaSeconds: fromStatus('geomirror_resync_eta_seconds', 'Seconds until a resync to a peer is done at the current rate', ['peer'], (g, s) => eachPeer(g, s, (p) => num(p.resyncEtaSeconds))),
+    peerLastSeqAcked: fromStatus('geomirror_peer_last_seq_acked', 'Highest write sequence number a peer acked', ['peer'], (g, s) => eachPeer(g, s, (p) => (p.lastSeqAcked === undefined ? undefined : num(Number(p.lastSeqAcked))))),
+    linkState: fromStatus('geomirror_link_state', 'Link to a peer: 1 for its state (down, connecting, up), 0 for the others', ['peer', 'state'], (g, s) => {
+      for (const p of s.peers) oneHot(g, { peer: p.name }, 'state', linkStates, p.link);
+    }),
+    linkRttSeconds: fromStatus('geomirror_link_rtt_seconds', 'Last heartbeat round-trip time to a peer', ['peer'], (g, s) => eachPeer(g, s, (p) => (num(p.rttMs) === undefined ? undefined : p.rttMs! / 1000))),
+    peerSyncState: fromStatus('geomirror_peer_sync_state', 'Peer replica: 1 for its state (degraded, resyncing, in-sync), 0 for the others', ['peer', 'state'], (g, s) => {
+      for (const p of s.peers) if (p.sync !== undefined) oneHot(g, { peer: p.name }, 'state', syncStates, p.sync);
+    }),
+    siteState: fromStatus('geomirror_site_state', 'This site: 1 for its state, 0 for the others', ['state'], (g, s) => oneHot(g, {}, 'state', siteStates, s.state)),
+    epoch: fromStatus('geomirror_epoch', 'Current epoch (grows at every promotion)', [], (g, s) => g.set(s.epoch)),
+    lastSeqAcked: fromStatus('geomirror_last_seq_acked', 'Highest write sequence number acked', [], (g, s) => g.set(Number(s.lastSeqAcked))),
     failoversTotal: new Counter({ name: 'geomirror_failovers_total', help: 'Failover events at this site: promoted (became primary), fenced (saw a newer epoch), demoted (planned)', labelNames: ['kind'], registers }),
-    failoverLastTimestampSeconds: new Gauge({ name: 'geomirror_failover_last_timestamp_seconds', help: 'Unix time of the newest failover event of each kind at this site (history: geomirror status)', labelNames: ['kind'], registers }),
-    failoverLastSeq: new Gauge({ name: 'geomirror_failover_last_seq', help: 'Last seq of the old epoch recorded by the newest failover event of each kind', labelNames: ['kind'], registers }),
-    actingRole: new Gauge({ name: 'geomirror_acting_role', help: 'Role this site acts as now (1), after any failover; the role label is the cluster file\'s', labelNames: ['acting'], registers }),
+    failoverLastTimestampSeconds: fromStatus('geomirror_failover_last_timestamp_seconds', 'Unix time of the newest failover event of each kind at this site (history: geomirror status)', ['kind'], (g, s) => {
+      for (const f of s.failovers ?? []) g.set({ kind: f.kind }, Date.parse(f.at) / 1000);
+    }),
+    failoverLastSeq: fromStatus('geomirror_failover_last_seq', 'Last seq of the old epoch recorded by the newest failover event of each kind', ['kind'], (g, s) => {
+      for (const f of s.failovers ?? []) g.set({ kind: f.kind }, Number(f.lastSeq));
+    }),
+    actingRole: fromStatus('geomirror_acting_role', "Role this site acts as now (1), after any failover; the role label is the cluster file's", ['acting'], (g, s) => oneHot(g, {}, 'acting', roles, s.role)),
     framesRefusedTotal: new Counter({ name: 'geomirror_frames_refused_total', help: 'Frames refused at the edge, by reason', labelNames: ['reason'], registers }),
-    relayLagSeconds: new Gauge({ name: 'geomirror_relay_lag_seconds', help: 'Relay: age of the oldest cached write the downstream has not acked', labelNames: ['peer'], registers }),
-    relayOldestUnackedSeq: new Gauge({ name: 'geomirror_relay_oldest_unacked_seq', help: 'Relay: oldest cached seq not yet acked downstream (0: none)', labelNames: ['peer'], registers }),
+    relayLagSeconds: fromStatus('geomirror_relay_lag_seconds', 'Relay: age of the oldest cached write the downstream has not acked', ['peer'], (g, s) => eachPeer(g, s, (p) => (p.relay ? p.relay.lagMs / 1000 : undefined))),
+    relayOldestUnackedSeq: fromStatus('geomirror_relay_oldest_unacked_seq', 'Relay: oldest cached seq not yet acked downstream (0: none)', ['peer'], (g, s) =>
+      eachPeer(g, s, (p) => (p.relay ? Number(p.relay.oldestUnackedSeq ?? 0) : undefined)),
+    ),
     ...(options.role === 'witness' ? { lastHeardAnswersTotal: new Counter({ name: 'geomirror_last_heard_answers_total', help: 'Witness: answers to a standby asking when this site last heard the primary', registers }) } : {}),
+    setLinkState: (peer, state) => oneHot(m.linkState, { peer }, 'state', linkStates, state),
+    setSyncState: (peer, state) => oneHot(m.peerSyncState, { peer }, 'state', syncStates, state),
+    ioError: (device, op) => m.deviceIoErrorsTotal.inc({ device, op }),
   };
-  return {
-    ...m,
-    setLinkState: (peer, state) => m.linkState.set({ peer }, linkStateValue[state]),
-    setSyncState: (peer, state) => m.peerSyncState.set({ peer }, syncStateValue[state]),
-  };
+  return m;
+}
+
+/**
+ * Makes the state gauges read `status` when Prometheus scrapes (one snapshot per scrape), so
+ * nothing sets them on the write path. Until bound, they hold what was set on them directly.
+ */
+export function bindStatusGauges(metrics: SiteMetrics, status: () => SiteStatus | Promise<SiteStatus>): void {
+  metrics.statusProvider = status;
 }

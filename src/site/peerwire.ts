@@ -19,8 +19,8 @@ function senseOf(m: { status: number; senseKey: number; asc: number; ascq: numbe
   return { key: m.senseKey, asc: m.asc, ascq: m.ascq, message: `${peer}: ${what} failed (sense ${m.senseKey}/${m.asc}/${m.ascq})` };
 }
 
-/** Core -> wire. Returns undefined for messages the link layer carries itself (heartbeats). */
-export function toWire(msg: PeerMsg, self: string): DataMessage | undefined {
+/** Core -> wire. (Heartbeats are the link's own frames: src/net's Link sends and answers them.) */
+export function toWire(msg: PeerMsg, self: string): DataMessage {
   switch (msg.type) {
     case 'write':
       return {
@@ -40,8 +40,6 @@ export function toWire(msg: PeerMsg, self: string): DataMessage | undefined {
       return { type: 'FLUSH', volumeId, epoch: msg.epoch, flushId: msg.flushId, barrierSeq: msg.seq };
     case 'flushAck':
       return { type: 'FLUSH_ACK', volumeId, ...senseFields(msg.sense), epoch: msg.epoch, flushId: msg.flushId };
-    case 'heartbeat':
-      return undefined; // src/net's Link sends HEARTBEAT itself (liveness + RTT); see fromHeartbeat
     case 'epoch':
       return { type: 'EPOCH', epoch: msg.epoch, agreedLastSeq: 0n, primary: self };
     case 'resyncRequest':
@@ -66,6 +64,10 @@ export function toWire(msg: PeerMsg, self: string): DataMessage | undefined {
       return { type: 'LAST_HEARD_QUERY', epoch: msg.epoch, queryId: msg.queryId };
     case 'lastHeardAnswer':
       return { type: 'LAST_HEARD_ANSWER', epoch: msg.epoch, queryId: msg.queryId, heardAgoMs: heardAgoToWire(msg.heardAgoMs), seqReceived: msg.seqReceived };
+    case 'peerDirty':
+    case 'peerDirtyAck':
+    case 'peerClean':
+      throw new Error(`no wire frame for ${msg.type} yet`);
   }
 }
 

@@ -25,12 +25,12 @@ export interface MetaStore {
 }
 
 /** Fields a save that leaves them out keeps (the cores persist epoch and seqs without them). */
-type Sticky = Pick<Meta, 'acting' | 'standbyInSync'>;
+type Sticky = Pick<Meta, 'acting' | 'inSyncEpoch'>;
 
 function withSticky(meta: Meta, old: Sticky): { meta: Meta; sticky: Sticky } {
   const acting = meta.acting ?? old.acting;
-  const standbyInSync = meta.standbyInSync ?? old.standbyInSync;
-  const sticky: Sticky = { ...(acting !== undefined ? { acting } : {}), ...(standbyInSync !== undefined ? { standbyInSync } : {}) };
+  const inSyncEpoch = meta.inSyncEpoch ?? old.inSyncEpoch;
+  const sticky: Sticky = { ...(acting !== undefined ? { acting } : {}), ...(inSyncEpoch !== undefined ? { inSyncEpoch } : {}) };
   return { meta: { epoch: meta.epoch, seqReserved: meta.seqReserved, ...sticky }, sticky };
 }
 
@@ -63,7 +63,7 @@ export function fileMetaStore(path: string): MetaStore {
       }
       throw err;
     }
-    let parsed: { magic?: unknown; epoch?: unknown; seqReserved?: unknown; acting?: unknown; standbyInSync?: unknown };
+    let parsed: { magic?: unknown; epoch?: unknown; seqReserved?: unknown; acting?: unknown; inSyncEpoch?: unknown };
     try {
       parsed = JSON.parse(text) as typeof parsed;
     } catch {
@@ -75,17 +75,20 @@ export function fileMetaStore(path: string): MetaStore {
     if (parsed.acting !== undefined && parsed.acting !== 'primary' && parsed.acting !== 'mirror') {
       throw new Error(`${path}: acting is ${JSON.stringify(parsed.acting)}; expected primary or mirror (the role this site took on in a failover)`);
     }
-    if (parsed.standbyInSync !== undefined && typeof parsed.standbyInSync !== 'boolean') {
-      throw new Error(`${path}: standbyInSync is ${JSON.stringify(parsed.standbyInSync)}; expected true or false (whether this standby's primary last said it holds every acked write)`);
+    if (parsed.inSyncEpoch !== undefined && (typeof parsed.inSyncEpoch !== 'string' || !/^\d+$/.test(parsed.inSyncEpoch))) {
+      throw new Error(`${path}: inSyncEpoch is ${JSON.stringify(parsed.inSyncEpoch)}; expected a decimal epoch (the epoch in which this standby's primary last said it holds every acked write)`);
     }
-    const loaded = withSticky({ epoch: BigInt(parsed.epoch), seqReserved: BigInt(parsed.seqReserved) }, { acting: parsed.acting, standbyInSync: parsed.standbyInSync });
+    // An older record's `standbyInSync` (a boolean, bound to no epoch) is not trusted: the
+    // standby waits for its primary to say in sync again (issue 16 item 1).
+    const inSyncEpoch = typeof parsed.inSyncEpoch === 'string' ? BigInt(parsed.inSyncEpoch) : undefined;
+    const loaded = withSticky({ epoch: BigInt(parsed.epoch), seqReserved: BigInt(parsed.seqReserved) }, { acting: parsed.acting, ...(inSyncEpoch !== undefined ? { inSyncEpoch } : {}) });
     sticky = loaded.sticky;
     known = true;
     return loaded.meta;
   }
 
   async function save(meta: Meta): Promise<void> {
-    // `acting` and `standbyInSync` are sticky: the cores persist epoch and seq reservations
+    // `acting` and `inSyncEpoch` are sticky: the cores persist epoch and seq reservations
     // without them, and a fenced old primary must stay a mirror through every later save and
     // restart (and a standby keep whether it may be promoted).
     if (!known) {
@@ -97,7 +100,7 @@ export function fileMetaStore(path: string): MetaStore {
     const merged = withSticky(meta, sticky);
     sticky = merged.sticky;
     const tmp = join(dirname(path), `.${basename(path)}.tmp`);
-    const body = JSON.stringify({ magic: metaMagic, epoch: meta.epoch.toString(), seqReserved: meta.seqReserved.toString(), ...sticky }) + '\n';
+    const body = JSON.stringify({ magic: metaMagic, epoch: meta.epoch.toString(), seqReserved: meta.seqReserved.toString(), ...sticky }, (_k, v) => (typeof v === 'bigint' ? v.toString() : v)) + '\n';
     const fh = await open(tmp, 'w', 0o600);
     try {
       await fh.writeFile(body);

@@ -6,11 +6,11 @@ import { NbdServer } from '../nbd/server.js';
 import { regionCount } from '../core/regions.js';
 import { defaultLimits } from '../core/types.js';
 import type { Role } from './config.js';
-import { replicaExport } from './host-export.js';
+import { meteredExport, replicaExport } from './host-export.js';
 import { regionChecksums } from './checksums.js';
 import { componentLogger } from './log.js';
 import { openSiteDevices, Replica, type ReplicaOptions, type SiteDevices } from './replica.js';
-import type { RoleRuntime, SiteContext, SiteRuntime } from './run.js';
+import type { RoleRuntime, SiteContext, SiteRuntime } from './context.js';
 import { RoleChangeError } from './role-change.js';
 import { FailoverHistory } from './history.js';
 import type { FailoverRecord } from './status.js';
@@ -56,9 +56,9 @@ async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
     const array = devices.array;
     if (!readWrite && array === undefined) return;
     // Primary: the mirrored volume, read-write. Mirror: its replica, read-only (DR checks, backups).
-    const exp = readWrite
+    const exp = meteredExport(readWrite
       ? replicaExport(replica, { name: config.volume.name, description: `geomirror ${config.cluster}: primary ${site.name} (epoch ${replica.status().epoch})`, sizeBytes: config.volume.sizeBytes })
-      : blockDeviceExport(array!, { name: config.volume.name, description: `geomirror ${config.cluster}: read-only replica at ${site.name}`, readOnly: true });
+      : blockDeviceExport(array!, { name: config.volume.name, description: `geomirror ${config.cluster}: read-only replica at ${site.name}`, readOnly: true }), ctx.metrics);
     const server = new NbdServer({ exports: [exp], logger: componentLogger(ctx.log, 'nbd'), ...(ctx.nbdTls ? { tls: ctx.nbdTls } : {}) });
     await server.listen(site.nbd.host, site.nbd.port);
     nbd = server;

@@ -10,72 +10,27 @@
 //      listen/nbd and connects links; it reports through SiteRuntime.status() and metrics.
 import { createServer } from 'node:net';
 import { statSync } from 'node:fs';
+import { kernelBlockProblem } from '../../hal/kernel-block.js';
 import { checkGeography, type GeoReport } from '../core/geo.js';
 import { readSecret, type ClusterConfig, type SiteDevice, type Role, type SiteConfig } from './config.js';
 import { startAdminServer, type AdminServer } from './admin.js';
 import { RoleChangeError, type RoleChangeAnswer } from './role-change.js';
-import { ChecksumRequestError, parseChecksumQuery, type ChecksumAnswer, type ChecksumRequest } from './checksums.js';
+import { ChecksumRequestError, parseChecksumQuery, type ChecksumAnswer } from './checksums.js';
 import { componentLogger, createLogger, type Logger } from './log.js';
-import { createSiteMetrics, type SiteMetrics } from './metrics.js';
+import { bindStatusGauges, createSiteMetrics, type SiteMetrics } from './metrics.js';
+import { EventFeed } from './events.js';
 import { roleRuntimes } from './roles.js';
 import type { SiteStatus } from './status.js';
 import { didYouMean } from './suggest.js';
 import { formatBytes } from './units.js';
-import type { LinkSecurity } from '../net/security.js';
-import { buildLinkSecurity, SiteTlsIdentity } from './link-security.js';
+import { buildLinkSecurity, SiteTlsIdentity, tlsContextOptions } from './link-security.js';
 import { privateFileProblem } from './private-files.js';
 import { adminTokenKey, checksumDigestKey } from './admin-auth.js';
-import { tlsContextOptions } from './link-security.js';
 import type { NbdTlsOptions } from '../nbd/tls.js';
 import { buildNbdTls, nbdExposureWarning } from './nbd-tls.js';
+import type { RoleRuntime, SiteRuntime } from './context.js';
 
-/** Everything a role runtime needs, checked and opened by runSite. */
-export interface SiteContext {
-  config: ClusterConfig;
-  site: SiteConfig;
-  /** The cluster key (claim: sites authenticate each other with it). */
-  secret: Buffer;
-  /**
-   * How every replication link of this site is secured (mutual TLS 1.3 with the site's
-   * certificate, or `transport: insecure`) plus the volume geometry the handshake checks:
-   * pass it as `security` to every LinkServer and Dialer the site constructs.
-   */
-  linkSecurity: LinkSecurity;
-  /** The site's certificate and key (reloaded when they change); undefined with transport: insecure. */
-  tlsIdentity?: SiteTlsIdentity;
-  /** TLS of the site's NBD export (`nbd-tls:`); pass it as `tls` to the NbdServer. Undefined: off. */
-  nbdTls?: NbdTlsOptions;
-  log: Logger;
-  metrics: SiteMetrics;
-  /** Primary/standby with located mirrors: the claims 5-7 report, already logged. */
-  geo?: GeoReport;
-}
-
-/** A running role: what the admin server and the stop path talk to. */
-export interface SiteRuntime {
-  status(): SiteStatus;
-  /** Stop accepting work, finish or persist what is in flight, close devices and sockets. */
-  stop(): Promise<void>;
-  /**
-   * Optional: settles when the runtime ends by itself. A rejection (say, the storage device
-   * died) makes the site process exit non-zero after stop().
-   */
-  done?: Promise<void>;
-  /**
-   * Optional, on sites with storage: per-region digests of this site's own storage, for
-   * `geomirror verify` (GET /checksums on the admin port). The request is already validated.
-   */
-  checksums?(req: ChecksumRequest): Promise<ChecksumAnswer>;
-  /** Optional: planned switchover (`geomirror promote`, POST /promote): a following standby takes over. */
-  promote?(reason: string, force?: boolean): Promise<RoleChangeAnswer>;
-  /** Optional: planned switchover (`geomirror demote`, POST /demote): the primary drains and becomes a mirror. */
-  demote?(reason: string): Promise<RoleChangeAnswer>;
-}
-
-
-
-
-export type RoleRuntime = (ctx: SiteContext) => Promise<SiteRuntime>;
+export type { RoleRuntime, SiteContext, SiteRuntime } from './context.js';
 
 export interface RunSiteOptions {
   /** Default: a logger for this site on stdout. */
@@ -159,15 +114,34 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   for (const w of config.warnings) log.warn({ event: 'config-warning' }, w);
   const geo = logGeography(config, site, componentLogger(log, 'geo'));
   const metrics = createSiteMetrics({ site: site.name, role: site.role, cluster: config.cluster, processMetrics: options.processMetrics ?? true });
-  if (site.cache) metrics.cacheCapacityBytes.set(site.cache.sizeBytes);
 
   let runtime: SiteRuntime | undefined;
   const starting = (): SiteStatus => startingStatus(config, site, startedAtMs);
+  // State gauges read one status snapshot per scrape (metrics.ts), never set on the write path.
+  const currentStatus = (): SiteStatus => withVerify(site, runtime?.status() ?? starting());
+  bindStatusGauges(metrics, currentStatus);
+  // geomirror events: status sampled into a feed of changes (src/site/events.ts), streamed on
+  // the admin port's GET /events: every eventSampleMs while a client follows, every
+  // eventIdleSampleMs otherwise (so the ring still serves clients that join late).
+  const feed = new EventFeed();
+  let sampledAtMs = 0;
+  const sampler = setInterval(() => {
+    const now = Date.now();
+    if (feed.listenerCount === 0 && now - sampledAtMs < eventIdleSampleMs) return;
+    sampledAtMs = now;
+    try {
+      feed.sample(currentStatus());
+    } catch {
+      // a status that cannot be taken now is taken at the next tick
+    }
+  }, eventSampleMs);
+  sampler.unref();
   const admin = site.admin
     ? await startAdminServer({
         host: site.admin.host,
         port: site.admin.port,
-        status: () => runtime?.status() ?? starting(),
+        status: currentStatus,
+        events: { feed, status: currentStatus },
         checksums: (q) => siteChecksums(config, site, runtime, q, checksumDigestKey(secret!)),
         roleChange: { promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) },
         auth: { site: site.name, cluster: config.cluster, tokenKey: adminTokenKey(secret) },
@@ -179,6 +153,7 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   try {
     runtime = await runtimeFactory({ config, site, secret, linkSecurity, ...(tlsIdentity ? { tlsIdentity } : {}), ...(nbdTls ? { nbdTls } : {}), log, metrics, ...(geo ? { geo } : {}) });
   } catch (err) {
+    clearInterval(sampler);
     await admin?.close();
     throw err;
   }
@@ -193,13 +168,14 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
     metrics,
     ...(admin ? { admin } : {}),
     ...(running.done ? { done: running.done } : {}),
-    status: () => running.status(),
+    status: () => withVerify(site, running.status()),
     stop: () =>
       (stopping ??= (async () => {
         log.info({ event: 'stopping' }, `stopping site ${site.name}`);
         try {
           await running.stop();
         } finally {
+          clearInterval(sampler);
           await admin?.close();
           log.info({ event: 'stopped' }, `site ${site.name} stopped`);
         }
@@ -207,8 +183,25 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   };
 }
 
+/** How often a site samples its status for events while a client follows them (a transition shorter than this may be missed). */
+export const eventSampleMs = 100;
+/** How often it samples with nobody following: status() costs little, but not nothing. */
+export const eventIdleSampleMs = 1_000;
+
 /** At most one checksum request runs per site: a verify reads the whole disk, twice would halve both. */
 const checksumsBusy = new WeakSet<SiteConfig>();
+
+/** A verify's progress shows in /status while its last checksum request is at most this old. */
+export const verifyProgressFreshMs = 10_000;
+/** How far the newest verify got on each site: end of the last range digested, and when. */
+const verifyProgress = new WeakMap<SiteConfig, { doneBytes: number; totalBytes: number; atMs: number }>();
+
+/** The runtime's status plus a verify in progress (SiteStatus.verify), if any. */
+function withVerify(site: SiteConfig, status: SiteStatus): SiteStatus {
+  const v = verifyProgress.get(site);
+  if (v === undefined || Date.now() - v.atMs > verifyProgressFreshMs || status.verify !== undefined) return status;
+  return { ...status, verify: { doneBytes: v.doneBytes, totalBytes: v.totalBytes } };
+}
 
 /** GET /checksums: validated here against the volume, computed by the runtime over its storage. */
 async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: SiteRuntime | undefined, query: URLSearchParams, digestKey: Buffer): Promise<ChecksumAnswer> {
@@ -219,7 +212,10 @@ async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: S
   if (checksumsBusy.has(site)) throw new ChecksumRequestError(`site ${site.name} is already computing checksums for another verify; retry when it is done`, 503);
   checksumsBusy.add(site);
   try {
-    return await runtime.checksums(req);
+    const answer = await runtime.checksums(req);
+    const doneBytes = Math.min(config.volume.sizeBytes, req.offsetBytes + req.regionBytes * req.count);
+    verifyProgress.set(site, { doneBytes, totalBytes: config.volume.sizeBytes, atMs: Date.now() });
+    return answer;
   } finally {
     checksumsBusy.delete(site);
   }
@@ -246,6 +242,11 @@ function startingStatus(config: ClusterConfig, site: SiteConfig, startedAtMs: nu
 export function checkDevices(config: ClusterConfig, site: SiteConfig): string[] {
   const problems: string[] = [];
   const check = (key: string, dev: SiteDevice, bytesMin: number, what: string): void => {
+    if (dev.kind === 'block') {
+      const problem = kernelBlockProblem(dev.path, config.volume.blockSize, Math.ceil(bytesMin / config.volume.blockSize));
+      if (problem !== undefined) problems.push(`${key}: ${problem}`);
+      return;
+    }
     if (dev.kind !== 'loopback' && dev.kind !== 'serial') return; // memory: nothing to find; usb: the HAL enumerates the bus
     let st;
     try {
@@ -261,7 +262,10 @@ export function checkDevices(config: ClusterConfig, site: SiteConfig): string[] 
       else if (st.size < bytesMin) problems.push(`${key}: ${dev.path} holds ${formatBytes(st.size)} but ${what} is ${formatBytes(bytesMin)}; grow it with: truncate -s ${bytesMin} ${dev.path}`);
     }
   };
-  if (site.cache) check(`sites.${site.name}.cache.device`, site.cache.device, site.cache.sizeBytes, 'cache.size');
+  if (site.cache?.device.kind === 'block') {
+    // The cache journal and the site's state files live beside a cache file; a raw device has no beside.
+    problems.push(`sites.${site.name}.cache.device: ${site.cache.device.text} cannot hold the cache; block devices are storage. Put the cache on loopback:PATH (a file, e.g. on an SSD's file system) or memory:`);
+  } else if (site.cache) check(`sites.${site.name}.cache.device`, site.cache.device, site.cache.sizeBytes, 'cache.size');
   site.storage.forEach((d, i) => check(`sites.${site.name}.storage[${i}]`, d, config.volume.sizeBytes, 'volume.size'));
   return problems;
 }
@@ -289,7 +293,7 @@ export async function checkAddresses(site: SiteConfig): Promise<string[]> {
   return problems;
 }
 
-function probeListen(host: string, port: number): Promise<NodeJS.ErrnoException | undefined> {
+export function probeListen(host: string, port: number): Promise<NodeJS.ErrnoException | undefined> {
   return new Promise((resolve) => {
     const server = createServer();
     server.once('error', (err: NodeJS.ErrnoException) => resolve(err));

@@ -9,7 +9,8 @@ import type { LinkState, SyncState } from './metrics.js';
  * (a primary: every mirror in sync, some not, or one being resynced); a mirror reports
  * in-sync once it serves its upstream. `starting`/`stopping` bracket the run.
  */
-export type SiteState = 'starting' | 'in-sync' | 'degraded' | 'resyncing' | 'standby' | 'stopping';
+export const siteStates = ['starting', 'in-sync', 'degraded', 'resyncing', 'standby', 'stopping'] as const;
+export type SiteState = (typeof siteStates)[number];
 
 export interface PeerStatus {
   name: string;
@@ -24,6 +25,18 @@ export interface PeerStatus {
   /** Decimal string: seqs are u64 and may pass 2^53. */
   lastSeqAcked?: string;
   inflightWrites?: number;
+  /** Payload bytes sent to this peer and not yet acked. */
+  inflightBytes?: number;
+  /**
+   * For peers this site feeds: bytes of the peer's replica known to differ from this site's
+   * (its dirty regions times the region size): 0 in sync, falling to 0 as a resync copies.
+   * Optional: filled in by the replication status where the core knows it.
+   */
+  outOfSyncBytes?: number;
+  /** While resyncing this peer: bytes per second copied to it, averaged over the last seconds. */
+  resyncBytesPerSec?: number;
+  /** While resyncing this peer: seconds until done at resyncBytesPerSec (outOfSyncBytes / rate). */
+  resyncEtaSeconds?: number;
   /** A relay's view of its downstream hop (issue 7 item 4): what it holds that has not gone down. */
   relay?: {
     ackMode: 'cached' | 'end-to-end';
@@ -80,6 +93,18 @@ export interface SiteStatus {
   /** With state resyncing: overall progress 0-100. */
   resyncPercent?: number;
   cache: { usedBytes: number; capacityBytes: number; entries: number };
+  /**
+   * Health of this site's storage and cache devices, where the runtime knows it (an array
+   * member that failed, a cache device that vanished): `geomirror events` reports changes.
+   */
+  devices?: { device: string; health: 'ok' | 'failed' | 'missing'; error?: string }[];
+  /** A primary's host writes in flight (received, not yet acked to the host), over all peers at once. */
+  hostInflight?: { writes: number; bytes: number };
+  /**
+   * While a `geomirror verify` reads this site's storage (GET /checksums within the last
+   * verifyProgressFreshMs): how far it got. Set by the admin layer (run.ts), not the role.
+   */
+  verify?: { doneBytes: number; totalBytes: number };
   peers: PeerStatus[];
   pid: number;
   uptimeSeconds: number;

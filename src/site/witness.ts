@@ -15,7 +15,7 @@ import { LinkServer, type Link } from '../net/index.js';
 import type { DataMessage } from '../wire/index.js';
 import { toWire } from './peerwire.js';
 import { decodeOrClose, sendOrClose, statusReplyEntries } from './linkio.js';
-import type { RoleRuntime, SiteContext, SiteRuntime } from './run.js';
+import type { RoleRuntime, SiteContext, SiteRuntime } from './context.js';
 import { linkTimingFromEnv } from './env-hooks.js';
 import type { PeerStatus, SiteStatus } from './status.js';
 

@@ -3,7 +3,7 @@
 //
 //   geomirror-<version>-linux-arm64/
 //     bin/geomirror                 runs lib/src/cli/main.js with the system's node (>= 20)
-//     lib/                          compiled JavaScript (tsc, tsconfig.build.json) + package.json
+//     lib/                          the compiled JavaScript of `npm run build` (dist/) + package.json
 //     lib/node_modules/             production dependencies with their linux-arm64 native parts
 //     systemd/geomirror@.service    one unit instance per site
 //     install.sh                    user, config, key, unit, udev rules
@@ -44,7 +44,7 @@ function run(cmd: string, args: string[], cwd: string): void {
   execFileSync(cmd, args, { cwd, stdio: ['ignore', 'inherit', 'inherit'] });
 }
 
-/** Package folders that never run: pino 9.3.0 alone ships 400 MB of test binaries in test/pkg. */
+/** Package folders that never run (tests, benchmarks, docs of dependencies): dead weight on an SD card. */
 const prunedPackageDirs = new Set(['test', 'tests', '__tests__', 'benchmarks', 'benchmark', 'bench', 'docs', 'example', 'examples', '.github']);
 
 function pruneNodeModules(nm: string): void {
@@ -59,7 +59,7 @@ function pruneNodeModules(nm: string): void {
 export interface BuildOptions {
   /** Keep the pruned arm64 node_modules here, keyed by the lock file, and reuse it (tests). */
   depsCacheDir?: string;
-  /** Scratch folder for compiled JS and staging (default targets/rpi/build; tests use their own). */
+  /** Scratch folder for staging (default targets/rpi/build; tests use their own). */
   workDir?: string;
 }
 
@@ -77,13 +77,15 @@ export function buildBundle(outDir = join(here, 'dist'), opts: BuildOptions = {}
   rmSync(work, { recursive: true, force: true });
   const log = (line: string): void => void process.stderr.write(`build:rpi: ${line}\n`);
 
-  log('compiling TypeScript (targets/rpi/tsconfig.build.json)');
-  run(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(here, 'tsconfig.build.json'), '--outDir', join(work, 'js')], root);
+  // The same compiled JavaScript as the npm package (scripts/build.mjs: tsc -b
+  // tsconfig.build.json into dist/, skipped when current), without source maps.
+  log('building dist/ (npm run build) when it is older than the sources');
+  run(process.execPath, [join(root, 'scripts', 'build.mjs')], root);
 
   const stage = join(work, 'stage', name);
   const lib = join(stage, 'lib');
   mkdirSync(lib, { recursive: true });
-  for (const dir of ['src', 'hal', 'targets']) cpSync(join(work, 'js', dir), join(lib, dir), { recursive: true });
+  for (const dir of ['src', 'hal', 'targets']) cpSync(join(root, 'dist', dir), join(lib, dir), { recursive: true, filter: (src) => !src.endsWith('.map') });
 
   const dependencies = Object.fromEntries(Object.entries(pkg.dependencies).filter(([n]) => !devOnlyDeps.includes(n)));
   writeFileSync(

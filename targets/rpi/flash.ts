@@ -14,16 +14,14 @@ import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, posix, relative } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { fileURLToPath } from 'node:url';
 import cliProgress from 'cli-progress';
+import { packageRoot } from '../../src/cli/package-root.js';
 import { loadConfig, type ClusterConfig } from '../../src/site/config.js';
 import { siteCertFiles } from '../../src/site/pki.js';
 import { bootSubdir, etcDir, metaData, networkConfig, userData, type ProvisionPlan } from './cloud-init.js';
 import { checkFatBootSector, findBootPartition, mbrSectorBytes, parseMbr, type MbrPartition } from './mbr.js';
 import { checkTarget, readSystemView, type SystemView } from './target-check.js';
 
-/** Package root: two folders up from targets/rpi, in the source tree and in the bundle's lib/ alike. */
-export const packageRoot = fileURLToPath(new URL('../../', import.meta.url));
 
 export function packageVersion(): string {
   return (JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;

@@ -2,48 +2,19 @@
 // it, or a loop device backed by it), anything used as swap, and the disk the running system
 // lives on. Written against /proc/self/mountinfo (major:minor per mount, so it sees mounts
 // whatever the device node is called) and /proc/swaps; the texts are parameters so tests can
-// present a mount table without mounting anything.
+// present a mount table without mounting anything (the same view and parser as the block:
+// adapter's, hal/sysblock.ts).
 import { existsSync, readFileSync, readdirSync, realpathSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { parseMountinfo, readSystemView, type SystemView } from '../../hal/sysblock.js';
 
-export interface SystemView {
-  /** Text of /proc/self/mountinfo. */
-  mountinfo: string;
-  /** Text of /proc/swaps. */
-  swaps: string;
-  /** /sys root, for partition and loop-device look-ups. */
-  sysDir: string;
-}
-
-export function readSystemView(): SystemView {
-  const read = (p: string): string => (existsSync(p) ? readFileSync(p, 'utf8') : '');
-  return { mountinfo: read('/proc/self/mountinfo'), swaps: read('/proc/swaps'), sysDir: '/sys' };
-}
+export { readSystemView, type SystemView };
 
 export class TargetRefused extends Error {
   constructor(message: string) {
     super(message);
     this.name = 'TargetRefused';
   }
-}
-
-interface MountEntry {
-  devId: string; // "major:minor"
-  mountPoint: string;
-  source: string;
-}
-
-/** mountinfo fields: id parent major:minor root mountpoint opts ... - fstype source superopts. */
-export function parseMountinfo(text: string): MountEntry[] {
-  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-  const out: MountEntry[] = [];
-  for (const line of text.split('\n')) {
-    const f = line.split(' ');
-    const dash = f.indexOf('-');
-    if (f.length < 7 || dash < 0) continue;
-    out.push({ devId: f[2]!, mountPoint: unescape(f[4]!), source: unescape(f[dash + 2] ?? '') });
-  }
-  return out;
 }
 
 const devIdOf = (rdev: number): string => `${Math.floor(rdev / 256) & 0xfff}:${(rdev & 0xff) | ((rdev >> 12) & 0xfff00)}`;

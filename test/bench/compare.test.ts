@@ -14,7 +14,9 @@ describe('bench/compare', () => {
   it('parses its options and refuses bad ones', () => {
     expect(parseArgs(['--seconds', '2', '--repeat', '1', '--size', '64MiB', '--no-readme'])).toMatchObject({ seconds: 2, repeat: 1, sizeBytes: 64 * 2 ** 20, readme: undefined });
     expect(() => parseArgs(['--seconds', '0'])).toThrow('--seconds 0: expected a whole number above 0');
-    expect(() => parseArgs(['--size', '64MB'])).toThrow('--size 64MB');
+    expect(() => parseArgs(['--size', 'big'])).toThrow('--size big');
+    expect(() => parseArgs(['--size', '8M'])).toThrow('--size 8M: expected a size of at least 16MiB');
+    expect(parseArgs(['--size', '64MB']).sizeBytes).toBe(64 * 2 ** 20); // sizes are binary: 64MB = 64MiB
   });
 
   it('runs every point on every system for 1 s and writes JSON, SVG and the README block', async () => {

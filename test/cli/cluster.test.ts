@@ -12,11 +12,11 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort } from '../net/helpers.js';
-import { startCluster } from '../../src/cli/cluster.js';
+import { startCluster, type ClusterOptions } from '../../src/cli/cluster.js';
 import { fetchStatus, statusRows } from '../../src/cli/status.js';
 
 const fakeSite = fileURLToPath(new URL('./fixtures/fake-site.mjs', import.meta.url));
-const siteWithTestRuntime = fileURLToPath(new URL('./fixtures/site-with-test-runtime.ts', import.meta.url));
+const siteWithTestRuntime = fileURLToPath(new URL('./fixtures/site-with-test-runtime.mjs', import.meta.url));
 const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'geomirror-cluster-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -26,10 +26,10 @@ function sink(): { text: () => string; write(s: string): void } {
   return { text: () => buf, write: (s: string) => void (buf += s) };
 }
 
-function fakeCluster(sites: string[], stopTimeoutMs?: number) {
+function fakeCluster(sites: string[], stopTimeoutMs?: number, extra: Partial<ClusterOptions> = {}) {
   const out = sink();
   const err = sink();
-  const handle = startCluster({ configFile: '/unused.yaml', sites, command: (site) => ({ file: process.execPath, args: [fakeSite, site] }), out, err, ...(stopTimeoutMs ? { stopTimeoutMs } : {}) });
+  const handle = startCluster({ configFile: '/unused.yaml', sites, command: (site) => ({ file: process.execPath, args: [fakeSite, site] }), out, err, ...(stopTimeoutMs ? { stopTimeoutMs } : {}), ...extra });
   return { handle, out, err };
 }
 
@@ -65,7 +65,7 @@ describe('cluster process manager', () => {
     expect(await handle.done).toBe(1);
     expect(Object.values(handle.pids()).some(alive)).toBe(false);
     expect(err.text()).toContain('east-dies-at-start | east-dies-at-start: cannot open storage');
-    expect(err.text()).toContain('geomirror cluster: site east-dies-at-start exited with code 3 during start');
+    expect(err.text()).toContain('geomirror: site east-dies-at-start exited with code 3 during start');
   });
 
   it('keeps the others running when a site is killed after start, and exits 1 at the end', async () => {
@@ -73,8 +73,30 @@ describe('cluster process manager', () => {
     await handle.ready;
     const pids = handle.pids();
     process.kill(pids.east!, 'SIGKILL');
-    await expect.poll(() => err.text()).toContain('geomirror cluster: site east was killed by SIGKILL; the other sites keep running');
+    await expect.poll(() => err.text()).toContain(`geomirror: site east (pid ${pids.east}) was killed by SIGKILL; the other sites keep running`);
     expect(alive(pids.local)).toBe(true);
+    expect(await handle.stop()).toBe(1);
+  });
+
+  it('prints a site\'s death and its restart on the notice stream, with backoff and a cap', async () => {
+    const notice = sink();
+    const { handle, err } = fakeCluster(['local', 'east'], undefined, { notice, restart: { delayMsMin: 50, delayMsMax: 100, attemptsMax: 2, stableMs: 60_000 } });
+    await handle.ready;
+    const first = handle.pids().east!;
+    process.kill(first, 'SIGKILL');
+    await expect.poll(() => notice.text()).toContain(`geomirror: site east (pid ${first}) was killed by SIGKILL; restarting it in 0.05 s (restart 1 of at most 2)`);
+    await expect.poll(() => notice.text()).toMatch(/geomirror: site east is running again \(pid \d+, restart 1\)/);
+    const second = handle.pids().east!;
+    expect(second).not.toBe(first);
+    expect(alive(second)).toBe(true);
+    process.kill(second, 'SIGKILL');
+    await expect.poll(() => notice.text()).toContain(`site east (pid ${second}) was killed by SIGKILL; restarting it in 0.1 s (restart 2 of at most 2)`);
+    await expect.poll(() => notice.text()).toMatch(/site east is running again \(pid \d+, restart 2\)/);
+    const third = handle.pids().east!;
+    process.kill(third, 'SIGTERM'); // a clean-looking exit the manager did not ask for is a death too
+    await expect.poll(() => notice.text()).toContain(`geomirror: site east (pid ${third}) exited with code 0 and was restarted 2 times in a row; giving up on it; the other sites keep running`);
+    expect(alive(handle.pids().local)).toBe(true);
+    expect(err.text()).not.toContain('geomirror:'); // site output and manager notices are apart
     expect(await handle.stop()).toBe(1);
   });
 
@@ -105,7 +127,7 @@ sites:
     const handle = startCluster({
       configFile: cfg,
       sites: ['local', 'east'],
-      command: (site) => ({ file: process.execPath, args: ['--import', 'tsx', siteWithTestRuntime, 'site', '--config', cfg, '--site', site] }),
+      command: (site) => ({ file: process.execPath, args: [siteWithTestRuntime, 'site', '--config', cfg, '--site', site] }),
       out,
       err,
       env: { GEOMIRROR_LOG_FORMAT: 'json' },
@@ -153,7 +175,7 @@ sites:
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
     expect(code).toBe(1);
-    expect(stderr).toMatch(/geomirror cluster: site (local|east) exited with code 1 during start/);
+    expect(stderr).toMatch(/geomirror: site (local|east) exited with code 1 during start/);
     const dead = /site (local|east) exited with code 1 during start/.exec(stderr)![1]!;
     expect(stderr).toContain(`${dead.padEnd(5)} | site ${dead} cannot start:`);
     if (dead === 'east') expect(stderr).toContain(`east  |   sites.east.storage[0]: loopback device ${join(dir, 'missing.img')} does not exist`);

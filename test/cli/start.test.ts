@@ -3,12 +3,15 @@
 // real nbdinfo, a write through it lands on all three replicas, and SIGINT stops every site.
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { counterTotal } from '../../src/cli/start.js';
+import { fetchStatus, statusTimeoutMs } from '../../src/cli/status.js';
+import { adminCredentials } from '../../src/cli/admin-client.js';
+import { loadConfig } from '../../src/site/config.js';
 import { freePort } from '../e2e/harness.js';
 
 const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
@@ -65,5 +68,45 @@ sites:
     }
     expect(await exited).toBe(0);
     expect(out).toContain('every site stopped cleanly');
+  });
+  it('names a killed site on the terminal, with its signal, and restarts it', async () => {
+    const [p1, n, a1, a2] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+    const sub = join(dir, 'restart');
+    mkdirSync(sub, { recursive: true });
+    const cfg = join(sub, 'cluster.yaml');
+    writeFileSync(
+      cfg,
+      `cluster: restarttest
+secret: file:./data/cluster.key
+volume: { name: vol0, size: 8MiB, blockSize: 4096 }
+sites:
+  local: { role: primary, nbd: 127.0.0.1:${n}, admin: 127.0.0.1:${a1}, cache: { device: "loopback:./data/local.cache", size: 4MiB }, storage: ["loopback:./data/local.img"], mirrors: [east] }
+  east: { role: mirror, listen: 127.0.0.1:${p1}, admin: 127.0.0.1:${a2}, cache: { device: "loopback:./data/east.cache", size: 4MiB }, storage: ["loopback:./data/east.img"] }
+`,
+    );
+    const child = spawn(process.execPath, [bin, 'start', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      await expect.poll(() => out, { timeout: 60_000, interval: 100 }).toContain('is up');
+      // The admin port is HTTPS with a token from the cluster key that start made (issue 17).
+      const creds = adminCredentials(loadConfig(cfg));
+      const east = await fetchStatus({ name: 'east', admin: `127.0.0.1:${a2}`, site: 'east' }, statusTimeoutMs, creds);
+      const pid = 'status' in east ? east.status.pid : undefined;
+      expect(pid).toBeGreaterThan(0);
+      process.kill(pid!, 'SIGKILL');
+      // On the terminal (this process's stdout/stderr), not only in data/cluster.log.
+      await expect.poll(() => out, { timeout: 10_000, interval: 100 }).toContain(`geomirror: site east (pid ${pid}) was killed by SIGKILL; restarting it in 1 s (restart 1 of at most 5)`);
+      await expect.poll(() => out, { timeout: 30_000, interval: 100 }).toMatch(/geomirror: site east is running again \(pid \d+, restart 1\)/);
+      const again = await fetchStatus({ name: 'east', admin: `127.0.0.1:${a2}`, site: 'east' }, statusTimeoutMs, creds);
+      expect('status' in again && again.status.pid !== pid).toBe(true);
+      expect(readFileSync(join(sub, 'data', 'cluster.log'), 'utf8')).toContain(`site east (pid ${pid}) was killed by SIGKILL`);
+    } finally {
+      child.kill('SIGINT');
+    }
+    expect(await exited).toBe(1); // a site died: the run was not clean, even though it recovered
+    expect(out).toContain('some with errors');
   });
 });

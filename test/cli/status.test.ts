@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { failoverLines, fetchStatus, formatStatusTable, statusRows, type StatusResult } from '../../src/cli/status.js';
-import { startAdminServer, type AdminServer } from '../../src/site/admin.js';
+import { failoverLines, fetchStatus, formatEtaSeconds, formatStatusTable, peerLines, progressBar, progressLines, statusRows, watchFrame, type StatusResult } from '../../src/cli/status.js';
+import { startAdminServer, type AdminServer, type AdminServerOptions } from '../../src/site/admin.js';
 import { randomBytes } from 'node:crypto';
 import { adminTokenKey } from '../../src/site/admin-auth.js';
 import { adminCredentials, type AdminCredentials } from '../../src/cli/admin-client.js';
@@ -44,6 +44,7 @@ const servers: AdminServer[] = [];
 let cfg = '';
 let deadPort = 0;
 let creds: AdminCredentials;
+let localTls: AdminServerOptions['tls'];
 const key = randomBytes(32);
 beforeAll(async () => {
   writeFileSync(join(dir, 'cluster.key'), `${key.toString('hex')}\n`, { mode: 0o600 });
@@ -64,6 +65,7 @@ sites:
   for (const s of [primary, east, west]) {
     const m = createSiteMetrics({ site: s.site, role: s.role, cluster: 'demo', processMetrics: false });
     const id = new SiteTlsIdentity(first, s.site, quiet);
+    if (s.site === 'local') localTls = { contextOptions: () => tlsContextOptions(id.material), trusted: () => id.trusted(), onReload: () => undefined };
     servers.push(await startAdminServer({
       host: '127.0.0.1', port: 0, status: () => s, registry: m.registry,
       auth: { site: s.site, cluster: 'demo', tokenKey: adminTokenKey(key) },
@@ -157,5 +159,68 @@ describe('geomirror status', () => {
     const { stdout } = await run(process.execPath, [bin, 'status', '--json', '--admin', `127.0.0.1:${servers[2]!.port}`, '--config', cfg]);
     const out = JSON.parse(stdout) as { site: string; status: SiteStatus }[];
     expect(out).toEqual([{ site: 'west', admin: `127.0.0.1:${servers[2]!.port}`, status: west }]);
+  });
+});
+
+describe('status numbers and progress bars (issue 19)', () => {
+  const at = (name: string, status: SiteStatus): StatusResult => ({ target: { name, admin: '127.0.0.1:1' }, status });
+  const resyncing: SiteStatus = {
+    ...primary,
+    peers: [
+      { name: 'east', relation: 'mirror', link: 'up', sync: 'in-sync', outOfSyncBytes: 0, lastSeqAcked: '1200' },
+      { name: 'west', relation: 'mirror', link: 'up', sync: 'resyncing', resyncPercent: 40.7, outOfSyncBytes: 120 * 2 ** 20, resyncBytesPerSec: 16 * 2 ** 20, resyncEtaSeconds: 7.5, lastSeqAcked: '900' },
+    ],
+    verify: { doneBytes: 256 * 2 ** 20, totalBytes: 2 ** 30 },
+  };
+
+  it('formats ETAs and bars', () => {
+    expect([8, 75, 3700].map(formatEtaSeconds)).toEqual(['8s', '1m15s', '1h01m']);
+    expect(progressBar(0.5, 10)).toBe('[#####-----]  50%');
+    expect(progressBar(0, 4)).toBe('[----]   0%');
+    expect(progressBar(1.7, 4)).toBe('[####] 100%');
+    expect(progressBar(Number.NaN, 4)).toBe('[----]   0%');
+  });
+
+  it('prints out-of-sync bytes, resync rate and ETA and acked seq per fed peer, when the site reports them', () => {
+    expect(peerLines([at('local', resyncing), at('east', east)])).toEqual([
+      'peer local -> east: in-sync, nothing out of sync, acked seq 1200',
+      'peer local -> west: resyncing 40%, 120 MiB out of sync, resync 16 MiB/s, ETA 8s, acked seq 900',
+    ]);
+    // An older site without the numbers adds no lines unless asked (watch asks).
+    expect(peerLines([at('local', primary)])).toEqual([]);
+    expect(peerLines([at('local', primary)], true)).toEqual(['peer local -> east: in-sync', 'peer local -> west: resyncing 40%']);
+    // Junk from the network is not printed as a number.
+    expect(peerLines([at('local', { ...primary, peers: [{ name: 'x', relation: 'mirror', link: 'up', outOfSyncBytes: -1, resyncEtaSeconds: 'soon' as unknown as number }] })])).toEqual([]);
+  });
+
+  it('draws a bar per resync and per verify', () => {
+    expect(progressLines([at('local', resyncing)])).toEqual([
+      `resync local -> west  ${progressBar(0.407)}  120 MiB left  16 MiB/s  ETA 8s`,
+      `verify local  ${progressBar(0.25)}  256 MiB of 1 GiB`,
+    ]);
+    const frame = watchFrame([at('local', resyncing), at('east', east)], new Date('2026-12-07T02:00:00.123Z'));
+    expect(frame.split('\n')[0]).toBe('geomirror status at 2026-12-07T02:00:00Z (Ctrl-C ends)');
+    expect(frame).toContain('peer local -> west: resyncing 40%, 120 MiB out of sync');
+    expect(frame).toContain('resync local -> west  [############------------------]  40%');
+  });
+
+  it('status --watch --count 2 redraws twice from the live sites', async () => {
+    const m = createSiteMetrics({ site: 'local', role: 'primary', cluster: 'demo', processMetrics: false });
+    let calls = 0;
+    const server = await startAdminServer({
+      host: '127.0.0.1', port: 0, status: () => ({ ...resyncing, peers: resyncing.peers.map((p) => (p.name === 'west' ? { ...p, resyncPercent: 40 + 30 * calls++ } : p)) }), registry: m.registry,
+      auth: { site: 'local', cluster: 'demo', tokenKey: adminTokenKey(key) }, tls: localTls,
+    });
+    try {
+      // --config for the credentials (the CA, the cluster key), --admin for the one address.
+      const { stdout } = await run(process.execPath, [bin, 'status', '--config', cfg, '--admin', `127.0.0.1:${server.port}`, '--watch', '--count', '2', '--interval', '200']);
+      const frames = stdout.split(/^geomirror status at /m).filter((f) => f !== '');
+      expect(frames).toHaveLength(2);
+      expect(frames[0]).toContain(`resync local -> west  ${progressBar(0.4)}`);
+      expect(frames[1]).toContain(`resync local -> west  ${progressBar(0.7)}`);
+      expect(frames[1]).toContain('verify local');
+    } finally {
+      await server.close();
+    }
   });
 });

@@ -15,16 +15,22 @@ export function fmtMsg(m: PeerMsg): string {
     case 'writeStatus': return `writeStatus s${m.seq} ${m.sense.message}`;
     case 'flush': return `flush #${m.flushId} upto s${m.seq}`;
     case 'flushAck': return `flushAck #${m.flushId}`;
-    case 'heartbeat': return `heartbeat${m.reply ? ' reply' : ''}`;
     case 'epoch': return `epoch ${m.epoch}`;
-    case 'resyncRequest': return `resyncRequest e${m.epoch} received s${m.seqReceived}`;
+    case 'resyncRequest': return `resyncRequest e${m.epoch} received s${m.seqReceived}${m.ranges !== undefined && m.ranges.length > 0 ? ` ranges ${fmtRanges(m.ranges)}` : ''}`;
     case 'resyncData': return `resyncData #${m.resyncId} @${m.offsetBytes}+${m.payload.byteLength}`;
     case 'resyncAck': return `resyncAck #${m.resyncId}`;
     case 'fence': return `fence e${m.epoch}`;
     case 'inSync': return `inSync e${m.epoch} s${m.seq}`;
     case 'lastHeardQuery': return `lastHeardQuery #${m.queryId} e${m.epoch}`;
     case 'lastHeardAnswer': return `lastHeardAnswer #${m.queryId} e${m.epoch} ago ${m.heardAgoMs} s${m.seqReceived}`;
+    case 'peerDirty': return `peerDirty #${m.id} ${m.peer} ${fmtRanges(m.ranges)}`;
+    case 'peerDirtyAck': return `peerDirtyAck #${m.id}`;
+    case 'peerClean': return `peerClean ${m.peer} ${fmtRanges(m.ranges)}`;
   }
+}
+
+function fmtRanges(r: readonly { offsetBytes: number; lengthBytes: number }[]): string {
+  return r.map((x) => `@${x.offsetBytes}+${x.lengthBytes}`).join(',');
 }
 
 export function fmt(a: CoreAction): string | undefined {
@@ -34,6 +40,7 @@ export function fmt(a: CoreAction): string | undefined {
     case 'storageWrite': return `storageWrite @${a.offsetBytes}+${a.payload.byteLength}${a.fua ? ' fua' : ''}`;
     case 'storageRead': return `storageRead @${a.offsetBytes}+${a.lengthBytes}`;
     case 'storageFlush': return 'storageFlush';
+    case 'closePeer': return `closePeer ${a.peer}`;
     case 'send': return `send ${a.peer} ${fmtMsg(a.msg)}`;
     case 'ackHost': return a.error === undefined ? `ackHost #${a.id}` : `ackHost #${a.id} ${a.error.kind}`;
     case 'bitmapSet': return `bitmapSet ${a.peer} [${a.regions.join(',')}]`;

@@ -19,9 +19,11 @@ describe('mirror: receive, cache, perform, ack (claims 11, 17)', () => {
 
   it('writes to cache and storage, acks only when both are done, drops once durable', () => {
     const t = joined();
-    expect(t.recv('local', writeMsg(1n, 0, 512))).toEqual(['cacheAppend s1 @0+512', 'storageWrite @0+512']);
-    expect(t.done('storageWrite')).toEqual([]); // not yet in the cache: no ack
-    expect(t.done('cacheAppend')).toEqual(['send local ack s1']);
+    // Journal first, then storage (claims 11, 17): a write that may have touched storage is
+    // always in the journal, so a crash can never leave RAID-1 members disagreeing about it.
+    expect(t.recv('local', writeMsg(1n, 0, 512))).toEqual(['cacheAppend s1 @0+512']);
+    expect(t.done('cacheAppend')).toEqual(['storageWrite @0+512']); // cached, not yet performed: no ack
+    expect(t.done('storageWrite')).toEqual(['send local ack s1']);
     expect(t.tick(60)).toEqual(['storageFlush']);
     expect(t.done('storageFlush')).toEqual(['cacheDrop s1']);
   });
@@ -38,9 +40,11 @@ describe('mirror: receive, cache, perform, ack (claims 11, 17)', () => {
 
   it('applies overlapping writes in seq order', () => {
     const t = joined();
-    expect(t.recv('local', writeMsg(1n, 0, 1024))).toEqual(['cacheAppend s1 @0+1024', 'storageWrite @0+1024']);
+    expect(t.recv('local', writeMsg(1n, 0, 1024))).toEqual(['cacheAppend s1 @0+1024']);
     expect(t.recv('local', writeMsg(2n, 512, 512))).toEqual(['cacheAppend s2 @512+512']);
-    expect(t.done('storageWrite @0')).toEqual(['storageWrite @512+512']);
+    expect(t.done('cacheAppend s1')).toEqual(['storageWrite @0+1024']);
+    expect(t.done('cacheAppend s2')).toEqual([]); // overlaps s1, still on its way to storage
+    expect(t.done('storageWrite @0')).toEqual(['storageWrite @512+512', 'send local ack s1']);
   });
 
   it('ignores a duplicate seq of the same epoch', () => {

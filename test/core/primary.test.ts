@@ -200,7 +200,7 @@ describe('primary: restart and fencing', () => {
   it('a heartbeat of an older epoch is RTT only (a mirror not yet at our epoch): no fence; any other older frame is fenced', () => {
     const t = primaryScript(['east'], {}, [], new Map(), 1n);
     t.step({ type: 'peerUp', peer: 'east' });
-    expect(t.recv('east', { type: 'heartbeat', epoch: 0n, sentMs: 0, seqAcked: 0n, reply: true })).toEqual([]);
+    expect(t.step({ type: 'peerHeard', peer: 'east', epoch: 0n, lastSeq: 0n, rttMs: 1 })).toEqual([]);
     expect(t.recv('east', { type: 'ack', epoch: 0n, seq: 1n })).toEqual(['send east fence e1']);
   });
 

@@ -48,8 +48,9 @@ describe('relay: cache, ack upstream, forward, drop on downstream ack (claims 20
 
   it('with storage (claim 18): performs each write and acks once cached AND performed', () => {
     const t = linked({ storage: true });
-    expect(t.recv('local', writeMsg(1n, 0, 512))).toEqual(['cacheAppend s1 @0+512', 'storageWrite @0+512']);
-    expect(t.done('cacheAppend')).toEqual(['send r2 write s1 @0+512']);
+    // Journal first, then storage (claim 18 with 20 a): performed and forwarded once cached.
+    expect(t.recv('local', writeMsg(1n, 0, 512))).toEqual(['cacheAppend s1 @0+512']);
+    expect(t.done('cacheAppend')).toEqual(['storageWrite @0+512', 'send r2 write s1 @0+512']);
     expect(t.done('storageWrite')).toEqual(['send local ack s1']);
     expect(t.recv('r2', { type: 'ack', epoch: 1n, seq: 1n })).toEqual([]); // not durable yet
     expect(t.tick(60)).toEqual(['storageFlush']);

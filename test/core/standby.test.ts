@@ -8,7 +8,6 @@ import { senseOf, type CoreAction } from '../../src/core/types.js';
 import { blockBytes, hostWrite, mirrorScript, primaryScript, Script, testLimits, writeMsg } from './harness.js';
 
 const limits = { ...testLimits, heartbeatIntervalMs: 100 };
-const regionsAll = Array.from({ length: 16 }, (_, i) => i).join(','); // 16 KiB volume, 1 KiB regions
 
 /** Standby `backup` of primary `local`, with mirrors east and west; links to all three up. */
 function standby(opts: { witness?: string; inSync?: boolean } = {}): Script<Standby> {
@@ -22,7 +21,7 @@ function standby(opts: { witness?: string; inSync?: boolean } = {}): Script<Stan
   if (opts.inSync !== false) {
     // The primary answers the join: in sync (the promotion guard opens, durably).
     expect(s.recv('local', { type: 'inSync', epoch: 1n, seq: 0n })).toEqual(['metaPersist e1 reserved s0']);
-    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { standbyInSync: true } });
+    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { inSyncEpoch: 1n } });
     s.done('metaPersist');
   }
   return s;
@@ -37,16 +36,21 @@ function silence(s: Script<Standby>): void {
 describe('standby: follows the primary as a mirror (claims 8, 9)', () => {
   it('caches, performs and acks the primary\'s writes like any mirror, and refuses host writes', () => {
     const s = standby();
-    expect(s.recv('local', writeMsg(1n, 0, 512, 1n, true))).toEqual(['cacheAppend s1 @0+512', 'storageWrite @0+512 fua']);
-    s.done('cacheAppend');
-    expect(s.done('storageWrite')).toEqual(['send local ack s1', 'cacheDrop s1']);
+    // Journal first, then storage (claims 11, 17: no write reaches storage before it is cached).
+    expect(s.recv('local', writeMsg(1n, 0, 512, 1n, true))).toEqual(['cacheAppend s1 @0+512']);
+    expect(s.done('cacheAppend')).toEqual(['storageWrite @0+512 fua']);
+    // A standby keeps what is above its primary's committed watermark (issue 16: a failover's
+    // tail); the watermark lets it go.
+    expect(s.done('storageWrite')).toEqual(['send local ack s1']);
+    expect(s.recv('local', { type: 'ack', epoch: 1n, seq: 1n })).toEqual(['cacheDrop s1']);
     expect(s.step({ type: 'hostWrite', id: 7, offsetBytes: 0, lengthBytes: 512, fua: false, payload: new Uint8Array(512) })).toEqual(['ackHost #7 fenced']);
   });
 
   it('keeps quiet while the primary is heard: heartbeats reset the silence', () => {
     const s = standby();
     s.tick(400);
-    expect(s.recv('local', { type: 'heartbeat', epoch: 1n, sentMs: 400, seqAcked: 0n, reply: false })).toEqual(['send local heartbeat reply']);
+    // The link answers heartbeats itself (contract 6); the core only learns it heard the primary.
+    expect(s.step({ type: 'peerHeard', peer: 'local', epoch: 1n, lastSeq: 0n })).toEqual([]);
     expect(s.tick(400)).toEqual([]);
     expect(s.role.status().phase).toBe('following');
   });
@@ -103,7 +107,8 @@ describe('standby: detection needs a majority (claim 13 v)', () => {
     const s = standby({ witness: 'judge' });
     expect(s.tick(500)).toEqual(['send east lastHeardQuery #1 e1', 'send west lastHeardQuery #1 e1', 'send judge lastHeardQuery #1 e1']);
     s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 700, seqReceived: 0n });
-    expect(s.recv('judge', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual([`bitmapSet local [${regionsAll}]`, `bitmapSet east [${regionsAll}]`, `bitmapSet west [${regionsAll}]`]);
+    // Nothing held above the watermark and no site degraded: no site owes anything (issue 16 item 4).
+    expect(s.recv('judge', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual(['bitmapSet local []', 'bitmapSet east []', 'bitmapSet west []']);
   });
 
   it('a mirror answers "when did you last hear the primary?" whatever its epoch', () => {
@@ -127,8 +132,9 @@ describe('standby: promotion (claim 13 vi, vii)', () => {
     s.step({ type: 'peerDown', peer: 'local' });
     silence(s);
     s.recv('east', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: 510, seqReceived: 2n });
-    // (c) the catch-up debt first: one bitmap per other site, whole volume (local bookkeeping)
-    expect(s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual([`bitmapSet local [${regionsAll}]`, `bitmapSet east [${regionsAll}]`, `bitmapSet west [${regionsAll}]`]);
+    // (c) the catch-up debt first: one bitmap per other site (local bookkeeping), the regions of
+    // the writes this site holds above the committed watermark (its divergent tail: @0 and @2048)
+    expect(s.recv('west', { type: 'lastHeardAnswer', epoch: 1n, queryId: 1n, heardAgoMs: -1, seqReceived: 0n })).toEqual(['bitmapSet local [0,2]', 'bitmapSet east [0,2]', 'bitmapSet west [0,2]']);
     expect(s.logs).toContain('failover_decided');
     s.done('bitmapSet local');
     s.done('bitmapSet east');
@@ -138,7 +144,7 @@ describe('standby: promotion (claim 13 vi, vii)', () => {
     return s;
   }
 
-  it('persists the epoch, finishes what it received, owes every other site a full resync, then serves as primary of epoch 2', () => {
+  it('persists the epoch, finishes what it received, owes every other site the regions of its divergent tail, then serves as primary of epoch 2', () => {
     const s = decided();
     expect(s.step({ type: 'hostWrite', id: 1, offsetBytes: 0, lengthBytes: 512, fua: false, payload: new Uint8Array(512) })).toEqual(['ackHost #1 busy']);
     expect(s.done('metaPersist')).toEqual([]);
@@ -147,7 +153,8 @@ describe('standby: promotion (claim 13 vi, vii)', () => {
     expect(s.done('storageWrite @2048')).toEqual(['storageFlush']);
     expect(s.tick(50)).toEqual([]);
     // (d) the primary of epoch 2 announces itself on every link that is up
-    expect(s.done('storageFlush')).toEqual(['cacheDrop s2', 'send east epoch 2', 'send west epoch 2']);
+    // (s1 was kept too: the old primary never said it was committed, issue 16)
+    expect(s.done('storageFlush')).toEqual(['cacheDrop s1,s2', 'send east epoch 2', 'send west epoch 2']);
     expect(s.logs).toContain('promoted');
     const st = s.role.status();
     expect(st.phase).toBe('primary');
@@ -155,7 +162,7 @@ describe('standby: promotion (claim 13 vi, vii)', () => {
     expect(st.promotions).toMatchObject([{ fromEpoch: 1n, toEpoch: 2n, seqReceived: 2n }]);
     // east adopts the epoch and asks to join: it is resynced (region by region) from this image.
     expect(s.recv('east', { type: 'resyncRequest', epoch: 2n, seqReceived: 0n })).toEqual([]);
-    expect(s.tick(1)).toEqual(['storageRead @0+1024', 'send east heartbeat']);
+    expect(s.tick(1)).toEqual(['storageRead @0+1024']); // heartbeats are the link's (contract 6)
     // Host writes are accepted for the new epoch.
     expect(s.step({ type: 'hostWrite', id: 2, offsetBytes: 8192, lengthBytes: 512, fua: false, payload: new Uint8Array(512).fill(2) })).toEqual(['metaPersist e2 reserved s1001']);
     expect(s.done('metaPersist')).toEqual(['cacheAppend s1 @8192+512']);
@@ -218,8 +225,11 @@ describe('primary with a standby (issue 10: every host-acked write is on the sta
     expect(t.last.some((a) => a.type === 'ackHost')).toBe(false);
     // The standby returns, gets write 1 again and acks: only now the host is acked.
     expect(t.step({ type: 'peerUp', peer: 'backup' })).toEqual(['send backup epoch 1']);
-    expect(t.recv('backup', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n })).toEqual(['send backup write s1 @0+1024', 'send backup inSync e1 s1']);
-    expect(t.recv('backup', { type: 'ack', epoch: 1n, seq: 1n })).toEqual(['ackHost #1']);
+    // It also gets the copy of east's dirty bits (issue 16: a promotion resyncs east by bitmap),
+    // and the committed watermark; the host ack waits for the copy to be durable there too.
+    expect(t.recv('backup', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n })).toEqual(['send backup peerDirty #1 east @0+1024', 'send backup write s1 @0+1024', 'send backup ack s0', 'send backup inSync e1 s1']);
+    expect(t.recv('backup', { type: 'ack', epoch: 1n, seq: 1n })).toEqual([]);
+    expect(t.recv('backup', { type: 'peerDirtyAck', epoch: 1n, id: 1n })).toEqual(['ackHost #1']);
   });
 });
 
@@ -243,7 +253,7 @@ describe('standby: promotion guard (issue 10: a standby that may miss acked writ
   it('a resync region from the primary closes the guard again (durably); the next inSync opens it', () => {
     const s = standby();
     s.recv('local', { type: 'resyncData', epoch: 1n, resyncId: 1n, offsetBytes: 0, payload: new Uint8Array(1024) });
-    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { standbyInSync: false } });
+    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { inSyncEpoch: 0n } });
     expect(s.logs).toContain('standby_out_of_sync');
     expect(s.role.status().inSyncConfirmed).toBe(false);
     s.done('metaPersist');
@@ -257,7 +267,7 @@ describe('standby: promotion guard (issue 10: a standby that may miss acked writ
     s.done('cacheAppend s1');
     s.done('storageWrite', { sense: senseOf('medium error at LBA 0', 0x3, 0x11) });
     expect(s.last.some((a) => a.type === 'send' && a.msg.type === 'writeStatus')).toBe(true);
-    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { standbyInSync: false } });
+    expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { inSyncEpoch: 0n } });
     expect(s.role.status().inSyncConfirmed).toBe(false);
   });
 
@@ -291,7 +301,7 @@ describe('standby: promotion guard (issue 10: a standby that may miss acked writ
 
   it('the guard comes back from the meta record after a restart', () => {
     const s = new Script(new Standby({ self: 'backup', primary: 'local', mirrors: ['east', 'west'], volumeBytes: 16 * 1024, blockBytes, limits, failoverTimeoutMs: 500, queryIntervalMs: 200, onMirrorLoss: 'degrade' }));
-    s.step({ type: 'start', recovered: { meta: { epoch: 1n, seqReserved: 0n, standbyInSync: true }, cacheEntries: [], dirtyRegions: new Map() } });
+    s.step({ type: 'start', recovered: { meta: { epoch: 1n, seqReserved: 0n, inSyncEpoch: 1n }, cacheEntries: [], dirtyRegions: new Map() } });
     expect(s.role.status().inSyncConfirmed).toBe(true);
   });
 

@@ -57,6 +57,11 @@ export interface ClusterOptions {
    * pair, via the sites' `connect:` keys), so a test can cut single links (cut, isolate, heal).
    */
   proxies?: boolean;
+  /**
+   * The storage device string of each site, given the sparse volume-sized file made for it (say
+   * `block:` and a loop device over that file); default `loopback:` of the file.
+   */
+  storage?: (site: string, imagePath: string) => string;
 }
 
 export interface SiteProc {
@@ -117,7 +122,7 @@ export class Cluster {
   }
 
   static async create(options: ClusterOptions = {}): Promise<Cluster> {
-    const c = new Cluster({ volumeBytes: 64 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024, onMirrorLoss: 'degrade', mirrors: ['east', 'west'], env: fastLinkEnv, nodeArgs: [], standby: '', witness: '', failoverTimeoutMs: 1500, proxies: false, ...options });
+    const c = new Cluster({ volumeBytes: 64 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024, onMirrorLoss: 'degrade', mirrors: ['east', 'west'], env: fastLinkEnv, nodeArgs: [], standby: '', witness: '', failoverTimeoutMs: 1500, proxies: false, storage: (name) => `loopback:./${name}.img`, ...options });
     await c.writeFiles();
     return c;
   }
@@ -152,7 +157,7 @@ export class Cluster {
       truncateSync(cache, o.cacheBytes);
       closeSync(openSync(storage, 'w'));
       truncateSync(storage, o.volumeBytes);
-      const common = `admin: ${admin}, cache: { device: "loopback:./${name}.cache", size: ${o.cacheBytes} }, storage: ["loopback:./${name}.img"]`;
+      const common = `admin: ${admin}, cache: { device: "loopback:./${name}.cache", size: ${o.cacheBytes} }, storage: ["${o.storage(name, storage)}"]`;
       const listen = this.listenPorts.has(name) ? `listen: 127.0.0.1:${this.listenPorts.get(name)}, ` : '';
       if (name === 'local') {
         lines.push(`  local: { role: primary, ${listen}nbd: 127.0.0.1:${this.nbdPort}, ${common}, mirrors: [${o.mirrors.join(', ')}], on-mirror-loss: ${o.onMirrorLoss}${connectOf(name)} }`);

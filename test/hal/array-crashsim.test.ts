@@ -1,17 +1,21 @@
-// In-process crash simulation of the disk array controller: the same seeded plan and check as the
-// kill -9 crash test (crash.test.ts), but the "kill" is a synchronous snapshot of the cache and
-// both RAID-1 members taken the moment the Nth write is accepted, with every write still in
-// flight at that instant torn at a random byte (as a killed pwrite may be). Devices complete in
-// random order (immediate, after a few turns of the event loop, or after a timer), so cache
-// writes, superblock writes and member writes interleave in many ways. Cheap enough to run many
-// crashes; the child-process test proves the same on real files and real kill -9.
+// In-process crash simulation of the write path a site really runs (test/hal/crash-site.ts: a
+// core and the production executor over the cache journal and a RAID-1 array): the same seeded
+// plan and check as the kill -9 crash test (crash.test.ts), but the "kill" is a synchronous
+// snapshot of the cache and both RAID-1 members taken the moment the Nth write is accepted, with
+// every write still in flight at that instant torn at a random byte (as a killed pwrite may be).
+// Devices complete in random order (immediate, after a few turns of the event loop, or after a
+// timer), so cache writes, superblock writes and member writes interleave in many ways. Cheap
+// enough to run many crashes; the child-process test proves the same on real files and kill -9.
 
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { DiskArray } from '../../hal/array.js';
 import { MediaStatus, type BlockDevice } from '../../hal/blockdev.js';
 import type { CacheDevice } from '../../hal/cachedev.js';
 import { Prng } from '../../hal/prng.js';
 import { crashBlockCount, crashBlockSizeBytes, crashCacheBytes, crashWritesInflightMax, plannedWrite } from './crash-plan.js';
+import { openCrashSite, type CrashRole, type CrashSite } from './crash-site.js';
 
 const bs = crashBlockSizeBytes;
 
@@ -54,15 +58,17 @@ function snapshot(site: Site, disks: Disks, rng: Prng): Site {
 }
 
 /** Crashes the site while it opens (replays), after `landedMax` device writes; or once open. */
-async function crashDuringOpen(site: Site, landedMax: number, rng: Prng): Promise<Site> {
+async function crashDuringOpen(site: Site, landedMax: number, rng: Prng, role: CrashRole, dir: string): Promise<Site> {
   const disks = new Disks(rng.fork());
   let crashed: Site | undefined;
   disks.onLand = () => {
     if (crashed === undefined && disks.landed >= landedMax) crashed = snapshot(site, disks, rng);
   };
-  await openSite(site, disks);
+  const opened = await openSite(site, disks, role, dir, 0n);
+  await opened.settle();
   crashed ??= snapshot(site, disks, rng);
   disks.onLand = undefined;
+  await opened.close();
   return crashed;
 }
 
@@ -114,47 +120,49 @@ interface Site {
   b: Buffer;
 }
 
-async function openSite(site: Site, disks: Disks): Promise<DiskArray> {
+async function openSite(site: Site, disks: Disks, role: CrashRole, dir: string, seqBase: bigint, onAccepted?: () => void): Promise<CrashSite> {
   const quiet = { error: () => undefined, warn: () => undefined, info: () => undefined };
-  return DiskArray.open({ members: [new SimMember('a', site.a, disks), new SimMember('b', site.b, disks)], cache: new SimCache(site.cache, disks), volume: 1, logger: quiet });
+  const fatal = (err: Error): void => {
+    throw err;
+  };
+  return openCrashSite({ role, dir, cache: new SimCache(site.cache, disks), members: [new SimMember('a', site.a, disks), new SimMember('b', site.b, disks)], seqBase, logger: quiet, fatal, ...(onAccepted ? { onAccepted } : {}) });
 }
 
 /** Runs until the Nth accepted write, then returns the crashed site (torn in-flight writes included). */
-async function runUntilCrash(site: Site, runSeed: number, killAfter: number, rng: Prng): Promise<{ crashed: Site; acceptedCount: number }> {
+async function runUntilCrash(site: Site, runSeed: number, killAfter: number, rng: Prng, role: CrashRole, dir: string, seqBase: bigint): Promise<{ crashed: Site; acceptedCount: number }> {
   const disks = new Disks(rng.fork());
-  const array = await openSite(site, disks);
-  let accepted = 0;
   let crashed: Site | undefined;
-  const executing: Promise<void>[] = [];
+  let acceptedCount = 0;
+  const opened: CrashSite = await openSite(site, disks, role, dir, seqBase, () => {
+    if (crashed !== undefined || opened.acceptedCount < killAfter) return;
+    acceptedCount = opened.acceptedCount;
+    crashed = snapshot(site, disks, rng); // kill -9 now
+  });
   for (let i = 0; crashed === undefined; i++) {
-    const w = plannedWrite(runSeed, i);
-    const ticket = array.submit(w.lba, w.data, { epoch: 1n });
-    void ticket.cached.then(() => {
-      if (crashed !== undefined) return;
-      accepted++;
-      if (accepted < killAfter) return;
-      crashed = snapshot(site, disks, rng); // kill -9 now
-    });
-    executing.push(ticket.executed);
-    if (executing.length >= crashWritesInflightMax) await executing.shift();
+    if (i - opened.acceptedCount >= crashWritesInflightMax) await opened.whenAccepted(i - crashWritesInflightMax + 1);
+    if (crashed !== undefined) break;
+    opened.submit(i, plannedWrite(runSeed, i));
   }
-  await Promise.allSettled(executing); // the dead process's leftovers run against the old buffers
-  return { crashed: crashed!, acceptedCount: accepted };
+  await opened.close(); // the dead process's leftovers run against the old buffers
+  return { crashed: crashed!, acceptedCount };
 }
 
-describe('array crash simulation (torn in-flight writes)', () => {
+describe('site crash simulation (torn in-flight writes)', () => {
   it('replays every accepted write and keeps RAID-1 members equal across 36 simulated crashes (12 of them during replay)', async () => {
     for (let seed = 1; seed <= Number(process.env.CRASHSIM_SEEDS ?? 6); seed++) {
       const rng = new Prng(seed);
+      const role: CrashRole = seed % 2 === 0 ? 'primary' : 'mirror';
+      const dir = await mkdtemp(join(tmpdir(), 'gm-crashsim-'));
       let site: Site = { cache: Buffer.alloc(crashCacheBytes), a: Buffer.alloc(crashBlockCount * bs), b: Buffer.alloc(crashBlockCount * bs) };
       let baseline = Buffer.alloc(crashBlockCount * bs);
       for (let run = 0; run < 4; run++) {
         const runSeed = 5000 + seed * 10 + run;
         // Every other run first crashes once more while replaying the previous crash.
-        if (run % 2 === 1) site = await crashDuringOpen(site, rng.int(40), rng);
-        const { crashed, acceptedCount } = await runUntilCrash(site, runSeed, 1 + rng.int(150), rng);
-        const where = `seed ${seed} run ${run}`;
-        const restarted = await openSite(crashed, new Disks(rng.fork()));
+        if (run % 2 === 1) site = await crashDuringOpen(site, rng.int(40), rng, role, dir);
+        const { crashed, acceptedCount } = await runUntilCrash(site, runSeed, 1 + rng.int(150), rng, role, dir, BigInt(run + 1) * 1_000_000n);
+        const where = `seed ${seed} (${role}) run ${run}`;
+        const restarted = await openSite(crashed, new Disks(rng.fork()), role, dir, 0n);
+        await restarted.settle();
         await restarted.close();
         expect(crashed.a.equals(crashed.b), `${where}: members differ`).toBe(true);
         const lastAccepted = acceptedCount - 1;
@@ -176,6 +184,7 @@ describe('array crash simulation (torn in-flight writes)', () => {
         baseline = Buffer.from(crashed.a);
         site = crashed;
       }
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

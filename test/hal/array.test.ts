@@ -1,16 +1,18 @@
-// The disk array controller: RAID-1 over members with one failing, the cached/executed stages,
-// ordering of overlapping writes, flush, retained entries, and in-process cache replay.
+// The disk array: plain RAID-1 over members with one failing, flush, validation, and the
+// rebuild of a replaced member while writes continue. (Ordering of overlapping writes and the
+// cache journal's replay are the site's: src/core/local-store.ts, test/hal/crash*.test.ts.)
 
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { DiskArray, type ArrayLogger } from '../../hal/array.js';
+import { DiskArray, rebuildChunkBytes, type ArrayLogger } from '../../hal/array.js';
 import { SenseError, SenseKey, type BlockDevice } from '../../hal/blockdev.js';
-import { MemoryCacheDevice } from '../../hal/cachedev.js';
 import { FaultDevice } from '../../hal/fault.js';
 import { MemoryDevice } from '../../hal/memory.js';
 
 const bs = 512;
 const blockCount = 256;
-const cacheBytes = 256 * 1024;
 
 function mem(name: string): MemoryDevice {
   return new MemoryDevice({ name, blockSizeBytes: bs, blockCount });
@@ -27,31 +29,20 @@ function captureLog(): ArrayLogger & { errors: string[] } {
   return { errors, error: (_o, m) => errors.push(m), warn: (_o, m) => errors.push(m), info: () => undefined };
 }
 
-function crashCopy(dev: MemoryCacheDevice): MemoryCacheDevice {
-  const copy = new MemoryCacheDevice(dev.name, dev.sizeBytes);
-  copy.raw().set(dev.raw());
-  return copy;
-}
-
 /** Wraps a device so writes hang forever: what storage looks like when the process dies mid-write. */
 function stuckWrites(inner: BlockDevice): FaultDevice {
   return new FaultDevice(inner, { seed: 1, latencyMs: 1, sleep: () => new Promise<void>(() => undefined) });
 }
 
 describe('DiskArray', () => {
-  it('writes through the cache to every member and reads back; executed marks the entry done', async () => {
+  it('writes to every member and reads back from either', async () => {
     const a = mem('memory:a');
     const b = mem('memory:b');
-    const array = await DiskArray.open({ members: [a, b], cache: new MemoryCacheDevice('memory:cache', cacheBytes), volume: 3 });
+    const array = await DiskArray.open({ members: [a, b] });
     expect(array.blockCount).toBe(blockCount);
     expect(array.blockSizeBytes).toBe(bs);
     const data = fill(8, 1);
-    const t = array.submit(10, data, { seq: 5n, epoch: 2n });
-    const handle = await t.cached;
-    expect(handle?.seq).toBe(5n);
-    expect(handle?.offsetBytes).toBe(10 * bs);
-    await t.executed;
-    expect(array.journal!.occupancy().entries).toBe(0);
+    await array.write(10, data);
     expect((await a.read(10, 8)).equals(data)).toBe(true);
     expect((await b.read(10, 8)).equals(data)).toBe(true);
     expect((await array.read(10, 8)).equals(data)).toBe(true);
@@ -63,7 +54,7 @@ describe('DiskArray', () => {
     const log = captureLog();
     const a = mem('memory:a');
     const bad = new FaultDevice(mem('memory:b'), { seed: 7, name: 'memory:b', rules: [{ ops: ['write'], lba: 5 }] });
-    const array = await DiskArray.open({ members: [a, bad], cache: new MemoryCacheDevice('memory:cache', cacheBytes), logger: log });
+    const array = await DiskArray.open({ members: [a, bad], logger: log });
     await array.write(0, fill(4, 1)); // does not touch LBA 5: both members fine
     expect(array.memberStatus().map((m) => m.state)).toEqual(['ok', 'ok']);
     await array.write(4, fill(4, 2)); // member b fails at LBA 5; a carries on
@@ -102,71 +93,7 @@ describe('DiskArray', () => {
     await array.close();
   });
 
-  it('never reorders overlapping writes on storage, even on a member with random latency', async () => {
-    for (let seed = 1; seed <= 8; seed++) {
-      const inner = mem('memory:j');
-      const jittery = new FaultDevice(inner, { seed, latencyMs: 0, jitterMs: 8 });
-      const array = await DiskArray.open({ members: [jittery], cache: new MemoryCacheDevice('memory:cache', cacheBytes) });
-      const writes: Promise<void>[] = [];
-      for (let i = 0; i < 12; i++) writes.push(array.write((i * 3) % 10, fill(6, i + seed * 100)));
-      await Promise.all(writes);
-      // Replay the same writes in order on a plain buffer: that is the only correct outcome.
-      const want = Buffer.alloc(blockCount * bs);
-      for (let i = 0; i < 12; i++) fill(6, i + seed * 100).copy(want, ((i * 3) % 10) * bs);
-      expect((await inner.read(0, 16)).equals(want.subarray(0, 16 * bs))).toBe(true);
-      await array.close();
-    }
-  });
-
-  it('lets a relay ack at "cached" and keeps retained entries until release()', async () => {
-    const cache = new MemoryCacheDevice('memory:cache', cacheBytes);
-    const array = await DiskArray.open({ members: [mem('memory:a')], cache });
-    const t = array.submit(0, fill(2, 1), { retain: true, seq: 11n });
-    const h = await t.cached;
-    await t.executed;
-    expect(array.journal!.pending().map((p) => p.seq)).toEqual([11n]);
-    await array.release(h!);
-    expect(array.journal!.pending()).toEqual([]);
-    // A retained entry that survives a crash comes back in recoveredRetained after replay.
-    const t2 = array.submit(2, fill(2, 2), { retain: true, seq: 12n });
-    await t2.executed;
-    const again = await DiskArray.open({ members: [mem('memory:fresh')], cache: crashCopy(cache) });
-    // 12 is certainly back; 11 may be too (released, but the head is persisted lazily), which
-    // is a harmless re-send downstream.
-    const back = again.recoveredRetained.map((r) => r.handle.seq);
-    expect(back.at(-1)).toBe(12n);
-    expect(back.every((s) => s === 11n || s === 12n)).toBe(true);
-    expect((await again.read(2, 2)).equals(fill(2, 2))).toBe(true);
-  });
-
-  it('replays accepted writes that never reached storage before serving', async () => {
-    const inner = mem('memory:disk');
-    const cache = new MemoryCacheDevice('memory:cache', cacheBytes);
-    const array = await DiskArray.open({ members: [stuckWrites(inner)], cache });
-    const cachedAll: Promise<unknown>[] = [];
-    for (let i = 0; i < 10; i++) cachedAll.push(array.submit(i * 2, fill(3, i), { seq: BigInt(i + 1) }).cached);
-    await Promise.all(cachedAll); // the site would have acked these upstream
-    expect((await inner.read(0, 1)).equals(Buffer.alloc(bs))).toBe(true); // nothing on storage
-    // The process dies here. Restart on the same disk with what the cache holds.
-    const restarted = await DiskArray.open({ members: [inner], cache: crashCopy(cache) });
-    const want = Buffer.alloc(21 * bs);
-    for (let i = 0; i < 10; i++) fill(3, i).copy(want, i * 2 * bs);
-    expect((await inner.read(0, 21)).equals(want)).toBe(true);
-    expect(restarted.journal!.occupancy().entries).toBe(0);
-    // Writes continue with seqs above the replayed ones.
-    const h = await restarted.submit(50, fill(1, 1)).cached;
-    expect(h!.seq).toBe(11n);
-    await restarted.close();
-  });
-
-  it('refuses to replay a cache written for another volume', async () => {
-    const cache = new MemoryCacheDevice('memory:cache', cacheBytes);
-    const array = await DiskArray.open({ members: [stuckWrites(mem('memory:d'))], cache, volume: 1 });
-    await array.submit(0, fill(1, 1)).cached;
-    await expect(DiskArray.open({ members: [mem('memory:e')], cache: crashCopy(cache), volume: 2 })).rejects.toThrow(/volume 1.*volume 2/);
-  });
-
-  it('flushes every member after writes in flight, and drops a member whose flush fails', async () => {
+  it('flushes every member, and drops a member whose flush fails', async () => {
     const log = captureLog();
     const flushes: string[] = [];
     const spy = (d: BlockDevice): BlockDevice => {
@@ -176,11 +103,11 @@ describe('DiskArray', () => {
     const a = spy(mem('memory:a'));
     const b = new FaultDevice(mem('memory:b'), { seed: 5, name: 'memory:b', rules: [{ ops: ['flush'] }] });
     const array = await DiskArray.open({ members: [a, b], logger: log });
-    void array.write(0, fill(4, 1));
+    await array.write(0, fill(4, 1));
     await array.flush();
     expect(flushes).toEqual(['memory:a']);
     expect(array.memberStatus()[1]!.state).toBe('failed');
-    expect((await a.read(0, 4)).equals(fill(4, 1))).toBe(true); // the write was performed before the flush
+    expect((await a.read(0, 4)).equals(fill(4, 1))).toBe(true);
   });
 
   it('validates requests and geometry at the edge', async () => {
@@ -192,5 +119,81 @@ describe('DiskArray', () => {
     const big = new MemoryDevice({ name: 'memory:4k', blockSizeBytes: 4096, blockCount: 8 });
     await expect(DiskArray.open({ members: [mem('memory:a'), big] })).rejects.toThrow(/memory:4k has 4096-byte blocks/);
     await expect(DiskArray.open({ members: [] })).rejects.toThrow(/at least one storage device/);
+  });
+  it('rebuilds a member replaced with a blank device from the healthy one while writes continue; both hash equal after', async () => {
+    const log = captureLog();
+    const big = 16384; // blocks (8 MiB): several rebuild chunks
+    const a = new MemoryDevice({ name: 'memory:a', blockSizeBytes: bs, blockCount: big });
+    const b = new MemoryDevice({ name: 'memory:b', blockSizeBytes: bs, blockCount: big });
+    // Latency on the healthy member, so writes and the copy interleave.
+    const slowA = new FaultDevice(a, { seed: 11, name: 'memory:a', latencyMs: 0, jitterMs: 2 });
+    const array = await DiskArray.open({ members: [slowA, b], logger: log });
+    for (let lba = 0; lba < big; lba += 64) await array.write(lba, fill(64, lba));
+    // The disk behind member b is swapped for a blank one.
+    const blank = new MemoryDevice({ name: 'memory:b', blockSizeBytes: bs, blockCount: big });
+    await array.replaceMember('memory:b', new FaultDevice(blank, { seed: 12, name: 'memory:b', latencyMs: 3, jitterMs: 3 }));
+    expect(array.memberStatus()[1]).toMatchObject({ name: 'memory:b', state: 'rebuilding' });
+    // Writes keep coming while it rebuilds (all over the volume, ahead of and behind the copy).
+    const writes: Promise<void>[] = [];
+    let tag = 1000;
+    for (let i = 0; i < 200; i++) {
+      writes.push(array.write((i * 97) % (big - 8), fill(8, tag++)));
+      if (i % 10 === 0) await new Promise((r) => setImmediate(r));
+      if (i === 0) {
+        // Reads during the rebuild come from the healthy member only (the new one is still
+        // blank at the far end of the volume).
+        await Promise.all(writes);
+        expect(array.memberStatus()[1]!.state).toBe('rebuilding');
+        expect((await array.read(big - 64, 64)).equals(await a.read(big - 64, 64))).toBe(true);
+      }
+    }
+    await Promise.all(writes);
+    await array.rebuilt();
+    expect(array.memberStatus().map((m) => m.state)).toEqual(['ok', 'ok']);
+    expect((await blank.read(0, big)).equals(await a.read(0, big))).toBe(true);
+    expect(log.errors.join('\n')).toMatch(/is rebuilt and serves reads again/);
+    expect(big * bs).toBeGreaterThan(2 * rebuildChunkBytes);
+    await array.close();
+  });
+
+  it('an interrupted rebuild starts over after a restart (member states persist); a failed member is not read from', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'gm-array-'));
+    try {
+      const stateFile = join(dir, 'site.array');
+      const a = mem('memory:a');
+      const b = mem('memory:b');
+      const array = await DiskArray.open({ members: [a, b], stateFile, logger: captureLog() });
+      await array.write(0, fill(16, 1));
+      const blank = mem('memory:b');
+      // Writes to the new member hang: the rebuild never finishes in this life.
+      await array.replaceMember('memory:b', stuckWrites(blank));
+      expect(JSON.parse(await readFile(stateFile, 'utf8'))).toEqual({ members: { 'memory:a': 'ok', 'memory:b': 'rebuilding' } });
+      // Restart (the old process is gone): b is still half-copied, so it is rebuilt again before it serves reads.
+      const again = await DiskArray.open({ members: [a, blank], stateFile, logger: captureLog() });
+      await again.rebuilt();
+      expect(again.memberStatus().map((m) => m.state)).toEqual(['ok', 'ok']);
+      expect((await blank.read(0, 16)).equals(fill(16, 1))).toBe(true);
+      await again.close();
+      // A member recorded failed stays out of reads after a restart.
+      const x = mem('memory:x');
+      const y = new FaultDevice(mem('memory:y'), { seed: 4, name: 'memory:y', rules: [{ ops: ['write'] }] });
+      const third = await DiskArray.open({ members: [x, y], stateFile: join(dir, 'xy.array'), logger: captureLog() });
+      await third.write(0, fill(1, 7));
+      const y2 = mem('memory:y');
+      const fourth = await DiskArray.open({ members: [x, y2], stateFile: join(dir, 'xy.array'), logger: captureLog() });
+      expect(fourth.memberStatus().map((m) => m.state)).toEqual(['ok', 'failed']);
+      for (let i = 0; i < 4; i++) expect((await fourth.read(0, 1)).equals(fill(1, 7))).toBe(true);
+      await fourth.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a rebuild with no healthy member to copy from, naming why', async () => {
+    const a = mem('memory:a');
+    const array = await DiskArray.open({ members: [a] });
+    await expect(array.replaceMember('memory:a', mem('memory:a'))).rejects.toThrow(/no other healthy member.*resynced from its peers/);
+    await expect(array.replaceMember('memory:zz', mem('memory:zz'))).rejects.toThrow(/no member memory:zz.*members are memory:a/);
+    await array.close();
   });
 });

@@ -15,7 +15,9 @@ import { openSerialDevice } from '../../hal/serial/device.js';
 import { startSerialSim } from '../../hal/serial/sim/pty.js';
 import { UsbBlockDevice, openUsbDevice } from '../../hal/usb/device.js';
 import { SimUsbDevice } from '../../hal/usb/sim/target.js';
+import { openKernelBlock } from '../../hal/kernel-block.js';
 import { pattern, senseOf } from './adapter-contract.js';
+import { attachLoop, detachAllLoops, detachLoop, loopUnavailable } from './loopdev.js';
 
 interface Spec {
   blockSizeBytes: 512 | 4096;
@@ -33,7 +35,10 @@ type Make = (s: Spec) => Promise<Made>;
 const root = mkdtempSync(join(tmpdir(), 'gm-conformance-'));
 let n = 0;
 const fresh = () => join(root, `d${n++}`);
-afterAll(() => rmSync(root, { recursive: true, force: true }));
+afterAll(() => {
+  detachAllLoops();
+  rmSync(root, { recursive: true, force: true });
+});
 
 const badRead = (lba: number | undefined) => (lba === undefined ? [] : [{ ops: ['read' as const], lba }]);
 
@@ -89,6 +94,23 @@ const adapters: Array<[string, Make]> = [
     },
   ],
 ];
+
+// Kernel block devices (block:) on loop devices, where this machine can make them (root).
+if (loopUnavailable === undefined) {
+  adapters.push([
+    'block (loop device)',
+    async (s) => {
+      const loop = attachLoop(fresh(), { sizeBytes: s.blockSizeBytes * s.blockCount });
+      const disk = await openKernelBlock(loop, { blockSizeBytes: s.blockSizeBytes, blockCount: s.blockCount, readOnly: s.readOnly });
+      const dev = s.mediumErrorLba === undefined ? disk : new FaultDevice(disk, { seed: 1, rules: badRead(s.mediumErrorLba) });
+      return { dev, cleanup: async () => { await dev.close(); detachLoop(loop); } };
+    },
+  ]);
+} else {
+  describe.skip(`HAL conformance: block (loop device) (skipped: ${loopUnavailable})`, () => {
+    it('needs loop devices', () => undefined);
+  });
+}
 
 async function withDevice(make: Make, s: Spec, body: (dev: BlockDevice) => Promise<void>): Promise<void> {
   const { dev, cleanup } = await make(s);

@@ -1,8 +1,9 @@
-// Child process of the crash test: writes the seeded plan through the disk array controller
-// (RAID-1 over two loopback files, file-backed cache in front) and prints one line per write
-// the moment it is *accepted*, i.e. cached (when a site would ack upstream), until killed.
+// Child process of the crash test: runs the write path a site really runs (test/hal/crash-site.ts:
+// a core and the production executor over the cache journal, a RAID-1 array of two loopback files
+// and the meta record) and writes the seeded plan through it, printing one line per write the
+// moment it is *accepted* (a mirror's ack upstream, or a primary's host ack), until killed.
 //
-//   node --import tsx test/hal/crash-child.ts DIR RUN_SEED
+//   node --import tsx test/hal/crash-child.ts DIR RUN_SEED ROLE SEQ_BASE
 //
 // Lines: "O" before open (replay), "S" once serving, "A <index> <lba> <blocks> <hash>" per
 // accepted write, in index order. Stdout to a pipe is asynchronous on POSIX (a line still queued
@@ -12,7 +13,6 @@
 
 import { openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { DiskArray } from '../../hal/array.js';
 import { openFileCacheDevice } from '../../hal/cachedev.js';
 import { openLoopback } from '../../hal/loopback.js';
 import {
@@ -25,10 +25,11 @@ import {
   hashOf,
   plannedWrite,
 } from './crash-plan.js';
+import { openCrashSite, type CrashRole } from './crash-site.js';
 
 async function main(): Promise<void> {
-  const [dir, seedText] = process.argv.slice(2);
-  if (dir === undefined || seedText === undefined) throw new Error('usage: crash-child.ts DIR RUN_SEED');
+  const [dir, seedText, roleText, seqBaseText] = process.argv.slice(2);
+  if (dir === undefined || seedText === undefined || (roleText !== 'mirror' && roleText !== 'primary') || seqBaseText === undefined) throw new Error('usage: crash-child.ts DIR RUN_SEED mirror|primary SEQ_BASE');
   const runSeed = Number(seedText);
   const paths = crashPaths(dir);
   const logFd = openSync(join(dir, 'accepted.log'), 'w');
@@ -41,27 +42,32 @@ async function main(): Promise<void> {
     process.stderr.write(`crash-child: ${msg} ${JSON.stringify(obj)}\n`);
     process.exit(4);
   };
-  const logger = { error: fatal, warn: fatal, info: () => undefined };
-  const array = await DiskArray.open({ members, cache, volume: 1, logger });
+  let reported = 0;
+  const site = await openCrashSite({
+    role: roleText as CrashRole, dir, cache, members, seqBase: BigInt(seqBaseText),
+    logger: { error: fatal, warn: fatal, info: () => undefined },
+    fatal: (err) => fatal({}, `the site stopped: ${err.message}`),
+    onAccepted: () => report(),
+  });
   process.stdout.write('S\n');
-  const executing: Promise<void>[] = [];
-  for (let i = 0; i < crashPlanWritesMax; i++) {
-    const w = plannedWrite(runSeed, i);
-    const ticket = array.submit(w.lba, w.data, { fua: w.fua, epoch: 1n });
-    void ticket.cached.then(() => {
-      const line = `A ${i} ${w.lba} ${w.blocks} ${hashOf(w.data)}\n`;
+  function report(): void {
+    for (; reported < site.acceptedCount; reported++) {
+      const w = plannedWrite(runSeed, reported);
+      const line = `A ${reported} ${w.lba} ${w.blocks} ${hashOf(w.data)}\n`;
       writeSync(logFd, line); // reported: from here the parent holds us to it
       process.stdout.write(line);
-    });
-    executing.push(ticket.executed);
-    if (executing.length >= crashWritesInflightMax) await executing.shift();
+    }
   }
-  await Promise.all(executing);
+  for (let i = 0; i < crashPlanWritesMax; i++) {
+    // At most crashWritesInflightMax writes issued and not yet accepted.
+    if (i - site.acceptedCount >= crashWritesInflightMax) await site.whenAccepted(i - crashWritesInflightMax + 1);
+    site.submit(i, plannedWrite(runSeed, i));
+  }
+  await site.whenAccepted(crashPlanWritesMax);
   process.stderr.write(`crash-child: plan of ${crashPlanWritesMax} writes finished without being killed\n`);
-  process.exit(3);
 }
 
 main().catch((err: unknown) => {
-  process.stderr.write(`crash-child: ${err instanceof Error ? err.stack : String(err)}\n`);
-  process.exit(2);
+  process.stderr.write(`crash-child: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(3);
 });

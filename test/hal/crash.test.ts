@@ -1,7 +1,9 @@
-// Acceptance crash test (issue 3): a child process writes seeded writes through the disk array
-// controller (RAID-1 over two loopback files, file-backed cache in front) and reports each write
-// as it is accepted (cached). We kill -9 it at 24 seeded points (6 of them while it is still
-// replaying the previous crash's cache), reopen array + cache (which replays), and check byte for
+// Acceptance crash test (issue 3; issue 15: on the path a site really runs): a child process runs
+// a core and the production executor over the cache journal and a RAID-1 array of two loopback
+// files (test/hal/crash-site.ts), writes seeded writes through it and reports each write as it is
+// accepted (a mirror's ack upstream in two lanes, a primary's host ack in the third). We kill -9
+// it at 24 seeded points (6 of them while it is still replaying the previous crash's cache),
+// reopen the site on copies (which replays the journal through the core), and check byte for
 // byte that every accepted write is on storage: each block holds the last accepted write covering
 // it, or a later write the child issued but never reported; blocks no accepted write of the run
 // covers hold what they held before or a write of the run. Both RAID-1 members must agree.
@@ -15,7 +17,6 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { DiskArray } from '../../hal/array.js';
 import { openFileCacheDevice } from '../../hal/cachedev.js';
 import { openLoopback } from '../../hal/loopback.js';
 import { Prng } from '../../hal/prng.js';
@@ -28,6 +29,7 @@ import {
   hashOf,
   plannedWrite,
 } from './crash-plan.js';
+import { openCrashSite, type CrashRole } from './crash-site.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repoRoot = resolve(here, '..', '..');
@@ -51,9 +53,9 @@ interface ChildRun {
 }
 
 /** Runs the child; kills it with SIGKILL after `killAfter` accepted writes, or `killAtOpenMs` after it starts opening. */
-function runChild(dir: string, runSeed: number, killAfter: number, killAtOpenMs: number | undefined): Promise<ChildRun> {
+function runChild(dir: string, runSeed: number, role: CrashRole, seqBase: bigint, killAfter: number, killAtOpenMs: number | undefined): Promise<ChildRun> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', childPath, dir, String(runSeed)], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', childPath, dir, String(runSeed), role, String(seqBase)], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     let killed = false;
@@ -96,21 +98,23 @@ function runChild(dir: string, runSeed: number, killAfter: number, killAtOpenMs:
   });
 }
 
-/** Opens copies of the crashed files (the controller replays the cache) and returns both members' bytes. */
-async function replayCopy(dir: string, verifyDir: string): Promise<{ a: Buffer; b: Buffer; errors: string[] }> {
+/** Opens the site on copies of the crashed files (its core replays the cache) and returns both members' bytes. */
+async function replayCopy(dir: string, verifyDir: string, role: CrashRole): Promise<{ a: Buffer; b: Buffer; errors: string[] }> {
   await rm(verifyDir, { recursive: true, force: true });
   await mkdir(verifyDir);
   const from = crashPaths(dir);
   const to = crashPaths(verifyDir);
   for (let i = 0; i < from.members.length; i++) await copyFile(from.members[i]!, to.members[i]!).catch(() => undefined);
   await copyFile(from.cache, to.cache).catch(() => undefined);
+  for (const f of ['site.meta', 'site.array']) await copyFile(join(dir, f), join(verifyDir, f)).catch(() => undefined);
   await rm(join(dir, 'accepted.log'), { force: true }); // each run starts its own record
   const members = await Promise.all(to.members.map((p) => openLoopback(p, { blockSizeBytes: crashBlockSizeBytes, blockCount: crashBlockCount, create: true })));
   const cache = await openFileCacheDevice(to.cache, { sizeBytes: crashCacheBytes });
   const errors: string[] = [];
   const log = { error: (_o: object, m: string) => errors.push(m), warn: (_o: object, m: string) => errors.push(m), info: () => undefined };
-  const array = await DiskArray.open({ members, cache, volume: 1, logger: log });
-  await array.close();
+  const site = await openCrashSite({ role, dir: verifyDir, cache, members, seqBase: 0n, logger: log, fatal: (err) => errors.push(err.message) });
+  await site.settle();
+  await site.close();
   return { a: await readFile(to.members[0]!), b: await readFile(to.members[1]!), errors };
 }
 
@@ -135,6 +139,7 @@ async function crashLane(root: string, lane: number, runs: number): Promise<numb
   const verifyDir = join(root, `verify-${lane}`);
   await mkdir(work);
   const rng = new Prng(20261125 + lane);
+  const role: CrashRole = lane % 3 === 1 ? 'primary' : 'mirror';
   let baseline: Buffer = Buffer.alloc(crashBlockCount * crashBlockSizeBytes); // storage before this run (verified)
   let totalAccepted = 0;
   for (let run = 0; run < runs; run++) {
@@ -142,8 +147,8 @@ async function crashLane(root: string, lane: number, runs: number): Promise<numb
     const atOpen = run % 4 === 3; // every fourth kill lands while the child replays the last crash
     const killAfter = 1 + rng.int(80);
     const killAtOpenMs = atOpen ? rng.int(40) : undefined;
-    const result = await runChild(work, runSeed, killAfter, killAtOpenMs);
-    const where = `lane ${lane} run ${run} (seed ${runSeed}, kill ${atOpen ? `${killAtOpenMs} ms into open` : `after ${killAfter} accepted`})`;
+    const result = await runChild(work, runSeed, role, BigInt(run + 1) * 1_000_000n, killAfter, killAtOpenMs);
+    const where = `lane ${lane} (${role}) run ${run} (seed ${runSeed}, kill ${atOpen ? `${killAtOpenMs} ms into open` : `after ${killAfter} accepted`})`;
     expect(result.signal, `${where}: child ended by itself: code ${result.code}\n${result.stderr}`).toBe('SIGKILL');
     const accepted = result.accepted;
     totalAccepted += accepted.length;
@@ -153,7 +158,7 @@ async function crashLane(root: string, lane: number, runs: number): Promise<numb
       expect(a.index, where).toBe(i);
       expect([a.lba, a.blocks, a.hash], where).toEqual([w.lba, w.blocks, hashOf(w.data)]);
     });
-    const { a, b, errors } = await replayCopy(work, verifyDir);
+    const { a, b, errors } = await replayCopy(work, verifyDir, role);
     expect(errors, `${where}; child stderr: ${result.stderr}`).toEqual([]);
     if (!a.equals(b)) {
       const differ: string[] = [];
@@ -164,8 +169,8 @@ async function crashLane(root: string, lane: number, runs: number): Promise<numb
       }
       expect.fail(`${where}: RAID-1 members differ after replay (${accepted.length} accepted): ${differ.join('; ')}\nchild stderr: ${result.stderr}`);
     }
-    // Everything the child may have issued: it waits for write i - inflightMax to execute (so
-    // to be reported) before issuing write i.
+    // Everything the child may have issued: it waits for write i - inflightMax to be accepted
+    // (so reported) before issuing write i.
     const lastAccepted = accepted.length - 1;
     const issuedMax = lastAccepted + crashWritesInflightMax;
     const writes = Array.from({ length: issuedMax + 1 }, (_, i) => plannedWrite(runSeed, i));
@@ -192,7 +197,7 @@ async function crashLane(root: string, lane: number, runs: number): Promise<numb
   return totalAccepted;
 }
 
-describe('crash test: kill -9 of a writer through the array controller', () => {
+describe('crash test: kill -9 of a site writing through its core, executor, cache journal and RAID-1 array', () => {
   it(`loses no accepted write at ${lanes * runsPerLane} seeded kill points`, async () => {
     const root = await mkdtemp(join(tmpdir(), 'gm-crash-'));
     try {

@@ -45,11 +45,27 @@ describe('serial discovery by scanning /dev', () => {
 describe('formatDevices', () => {
   it('prints each device string first, capacity, kernel driver, and permission hints', () => {
     const list: DeviceList = {
+      block: {
+        devices: [
+          {
+            deviceString: 'block:/dev/disk/by-id/usb-SanDisk_Ultra_Fit_4C530001-0:0', name: 'sdb', sizeBytes: 16_008_609_792, logicalBlockSizeBytes: 512, model: 'SanDisk Ultra Fit',
+            removable: true, readOnly: false, partitionOf: undefined, mounts: [{ device: '/dev/sdb1', mountPoint: '/media/usb' }], holders: [], swaps: [], inUse: 'is mounted (/dev/sdb1 at /media/usb); ...',
+          },
+          {
+            deviceString: 'block:/dev/sdb1', name: 'sdb1', sizeBytes: 16_000_000_000, logicalBlockSizeBytes: 512, model: 'SanDisk Ultra Fit',
+            removable: true, readOnly: false, partitionOf: 'sdb', mounts: [{ device: '/dev/sdb1', mountPoint: '/media/usb' }], holders: [], swaps: [], inUse: 'is mounted',
+          },
+          {
+            deviceString: 'block:/dev/loop3', name: 'loop3', sizeBytes: 64 * 2 ** 20, logicalBlockSizeBytes: 4096, model: 'loop device over /srv/x.img',
+            removable: false, readOnly: false, partitionOf: undefined, mounts: [], holders: [], swaps: [], inUse: null,
+          },
+        ],
+      },
       usb: {
         disks: [
           {
             deviceString: 'usb:0781:5583:4C530001', vendorId: 0x0781, productId: 0x5583, manufacturer: 'SanDisk', product: 'Ultra Fit',
-            serialNumber: '4C530001', capacityBytes: 16_008_609_792, kernelDriver: 'usb-storage', accessible: false,
+            serialNumber: '4C530001', capacityBytes: 16_008_609_792, kernelDriver: 'usb-storage', accessible: false, blockDevice: '/dev/sdb',
           },
         ],
       },
@@ -62,12 +78,17 @@ describe('formatDevices', () => {
     const text = formatDevices(list);
     expect(text).toContain('  usb:0781:5583:4C530001  SanDisk Ultra Fit, serial 4C530001, 14.9 GiB, held by kernel driver usb-storage');
     expect(text).toMatch(/NO PERMISSION: add a udev rule/);
+    expect(text).toContain('; or through the kernel as block:/dev/sdb\n');
+    expect(text).toContain('Kernel block devices:\n  block:/dev/disk/by-id/usb-SanDisk_Ultra_Fit_4C530001-0:0  sdb: SanDisk Ultra Fit, 14.9 GiB, 512-byte blocks, removable; mounted: /dev/sdb1 at /media/usb\n');
+    expect(text).toContain('\n    block:/dev/sdb1  sdb1: SanDisk Ultra Fit, 14.9 GiB, 512-byte blocks, removable; mounted: /dev/sdb1 at /media/usb\n');
+    expect(text).toContain('\n  block:/dev/loop3  loop3: loop device over /srv/x.img, 64.0 MiB, 4096-byte blocks; free\n');
     expect(text).toMatch(/serial:\/dev\/ttyUSB0 +NO PERMISSION/);
     expect(text).toContain('hint: no permission to open /dev/ttyUSB0: add your user to the dialout group');
   });
 
   it('reports why the USB list is empty', () => {
-    const text = formatDevices({ usb: { disks: [], problem: 'no USB bus on this machine' }, serial: { ports: [], source: 'scan of /dev' } });
+    const text = formatDevices({ block: { devices: [], problem: 'no block devices under /sys/block' }, usb: { disks: [], problem: 'no USB bus on this machine' }, serial: { ports: [], source: 'scan of /dev' } });
+    expect(text).toContain('Kernel block devices:\n  none found (no block devices under /sys/block)\n');
     expect(text).toContain('USB mass-storage devices:\n  none found (no USB bus on this machine)\n');
   });
 });

@@ -5,7 +5,7 @@ import { MemoryDevice } from '../../hal/memory.js';
 import { Prng } from '../../hal/prng.js';
 import { adapterContract, pattern, senseOf } from './adapter-contract.js';
 
-adapterContract('fault wrapper (no faults) over memory', async (o) => new FaultDevice(new MemoryDevice({ ...o, name: 'memory:inner' }), { seed: 1, name: 'fault:mem' }));
+adapterContract('fault wrapper (no faults) over memory', async (o) => new FaultDevice(new MemoryDevice({ ...o, name: 'memory:inner' }), { seed: 1, name: 'fault:mem' }), { issueOrder: true });
 
 function make(opts: Partial<FaultDeviceOptions> = {}, blockCount = 16): { dev: FaultDevice; mem: MemoryDevice } {
   const mem = new MemoryDevice({ name: 'memory:t', blockSizeBytes: 512, blockCount });

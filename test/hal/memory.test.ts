@@ -3,7 +3,7 @@ import { SenseKey } from '../../hal/blockdev.js';
 import { MemoryDevice } from '../../hal/memory.js';
 import { adapterContract, pattern, senseOf } from './adapter-contract.js';
 
-adapterContract('memory', async (o) => new MemoryDevice(o));
+adapterContract('memory', async (o) => new MemoryDevice(o), { issueOrder: true });
 
 describe('MemoryDevice', () => {
   it('trims to zeroes', async () => {

@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { NbdServerParser, type ParserEvent } from '../../src/nbd/parser.js';
 import { Cmd, IHAVEOPT, Opt, REQUEST_MAGIC } from '../../src/nbd/protocol.js';
+import { defaultNbdLimits, requestBytesMaxDefault } from '../../src/nbd/limits.js';
 
 const limits = { optionBytesMax: 64, optionDiscardBytesMax: 1024, writeBytesMax: 32 };
 
@@ -133,6 +134,33 @@ describe('NbdServerParser', () => {
     }
     p.feed(Buffer.alloc(10_000));
     expect(p.next()).toMatchObject({ type: 'request', payloadSkipped: true, lengthBytes: 1_000_000 });
+  });
+
+  it('hands a 48 MiB write through whole under the default limits (64 MiB, like nbdkit and nbd-server)', () => {
+    expect(requestBytesMaxDefault).toBe(64 * 1024 * 1024);
+    const p = new NbdServerParser({ optionBytesMax: defaultNbdLimits.optionBytesMax, optionDiscardBytesMax: defaultNbdLimits.optionDiscardBytesMax, writeBytesMax: defaultNbdLimits.requestBytesMax });
+    p.feed(Buffer.concat([flags, option(Opt.GO, Buffer.alloc(0))]));
+    p.next();
+    p.next();
+    p.startTransmission();
+    const lengthBytes = 48 * 1024 * 1024;
+    const payload = Buffer.alloc(lengthBytes);
+    for (let i = 0; i < lengthBytes; i += 4096) payload.writeUInt32BE(i, i);
+    p.feed(request(Cmd.WRITE, 7n, 4096n, lengthBytes));
+    // Socket-sized chunks: nothing is returned before the last byte, then one request.
+    for (let at = 0; at < lengthBytes; at += 65536) {
+      expect(p.next()).toBeUndefined();
+      p.feed(payload.subarray(at, at + 65536));
+    }
+    const ev = p.next() as Extract<ParserEvent, { type: 'request' }>;
+    expect(ev).toMatchObject({ type: 'request', command: Cmd.WRITE, lengthBytes, payloadSkipped: false, offset: 4096n });
+    expect(ev.payload!.equals(payload)).toBe(true);
+    // Exactly the limit is taken; one byte more is skipped unread.
+    p.feed(request(Cmd.WRITE, 8n, 0n, requestBytesMaxDefault, Buffer.alloc(requestBytesMaxDefault, 1)));
+    expect(p.next()).toMatchObject({ type: 'request', lengthBytes: requestBytesMaxDefault, payloadSkipped: false });
+    p.feed(request(Cmd.WRITE, 9n, 0n, requestBytesMaxDefault + 1, Buffer.alloc(requestBytesMaxDefault + 1, 2)));
+    expect(p.next()).toMatchObject({ type: 'request', lengthBytes: requestBytesMaxDefault + 1, payloadSkipped: true, payload: undefined });
+    expect(p.heldBytes).toBe(0);
   });
 
   it('reports a bad request magic as fatal', () => {

@@ -115,7 +115,7 @@ describe('handshake', () => {
     expect(byType.get(Info.NAME)!.toString('utf8', 2)).toBe('vol0'); // "" is the default: vol0
     expect(byType.get(Info.DESCRIPTION)!.toString('utf8', 2)).toBe('the volume');
     const bs = byType.get(Info.BLOCK_SIZE)!;
-    expect([bs.readUInt32BE(2), bs.readUInt32BE(6), bs.readUInt32BE(10)]).toEqual([1, 4096, 32 * 1024 * 1024]);
+    expect([bs.readUInt32BE(2), bs.readUInt32BE(6), bs.readUInt32BE(10)]).toEqual([1, 4096, 64 * 1024 * 1024]);
     c.sendOption(Opt.INFO, goData('nope'));
     const bad = await c.readOptionReply();
     expect(bad.type).toBe(Rep.ERR_UNKNOWN);
@@ -330,10 +330,10 @@ describe('transmission', () => {
     await expectErr(Errno.EINVAL);
     c.sendRequest(Cmd.READ, { cookie: 9n, length: 512, flags: CmdFlag.DF }); // DF not advertised without structured replies
     await expectErr(Errno.EINVAL);
-    c.sendRequest(Cmd.READ, { cookie: 10n, length: 32 * 1024 * 1024 + 1 });
+    c.sendRequest(Cmd.READ, { cookie: 10n, length: 64 * 1024 * 1024 + 1 });
     await expectErr(Errno.EINVAL);
     // A write longer than the maximum block size is skipped unread and answered EINVAL; in sync after.
-    c.sendRequest(Cmd.WRITE, { cookie: 11n, offset: 0, payload: Buffer.alloc(32 * 1024 * 1024 + 4096, 9) });
+    c.sendRequest(Cmd.WRITE, { cookie: 11n, offset: 0, payload: Buffer.alloc(64 * 1024 * 1024 + 4096, 9) });
     await expectErr(Errno.EINVAL);
     c.sendRequest(Cmd.READ, { cookie: 12n, offset: 0, length: 4096 });
     const ok = await c.readSimpleReply(4096);

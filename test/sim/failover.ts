@@ -1,6 +1,7 @@
 // Deterministic failover simulation (issue 10 item 7): topology `failover` = primary `local`,
 // standby `backup`, mirrors `east` and `west`, every pair linked (a full mesh, so a promoted
-// standby reaches every site). Drives the REAL core roles (Primary, Standby, Mirror) under a
+// standby reaches every site). Drives the REAL core roles (Primary, Standby, Mirror) through the
+// PRODUCTION executor (src/site/executor.ts, via test/sim/world.ts) under a
 // seeded network (per-link delay, FIFO per direction) and a seeded host writer, with one fault
 // scenario per seed:
 //   crash        the primary dies and never comes back;
@@ -49,9 +50,10 @@
 
 import { Prng } from '../../hal/prng.js';
 import { Mirror } from '../../src/core/mirror.js';
+import { Scheduler, SimLife, startHeartbeats, type SimDelays } from './world.js';
 import { Primary } from '../../src/core/primary.js';
 import { Standby } from '../../src/core/standby.js';
-import { CoreAssertionError, defaultLimits, senseOf, type CoreAction, type CoreEvent, type Epoch, type Limits, type OpId, type PeerId } from '../../src/core/types.js';
+import { CoreAssertionError, defaultLimits, senseOf, type CoreAction, type CoreEvent, type Epoch, type Limits, type PeerId, type PeerMsg } from '../../src/core/types.js';
 import { SimCache, SimDisk, SimPersist } from './models.js';
 
 export type FailoverScenario = 'crash' | 'crashRejoin' | 'isolate' | 'cutStandby' | 'none' | 'standbyCrash' | 'switchover' | 'standbyBehind';
@@ -95,9 +97,8 @@ interface Site {
   readonly disk: SimDisk;
   readonly cache: SimCache;
   readonly persist: SimPersist;
-  ioDoneAtMs: number;
-  cacheDoneAtMs: number;
-  persistDoneAtMs: number;
+  /** The running process life (core + production executor), undefined while down. */
+  run: SimLife | undefined;
 }
 
 interface Link {
@@ -115,53 +116,6 @@ interface HostWrite {
   readonly site: PeerId;
   readonly life: number;
   outcome: 'pending' | 'acked' | 'failed' | 'unknown';
-}
-
-class Scheduler {
-  private readonly q: { t: number; n: number; f: () => void }[] = [];
-  private n = 0;
-  now = 0;
-
-  at(t: number, f: () => void): void {
-    const item = { t: Math.max(t, this.now), n: this.n++, f };
-    const q = this.q;
-    q.push(item);
-    let i = q.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (before(q[p]!, q[i]!)) break;
-      [q[p], q[i]] = [q[i]!, q[p]!];
-      i = p;
-    }
-  }
-
-  runOne(): boolean {
-    const q = this.q;
-    if (q.length === 0) return false;
-    const top = q[0]!;
-    const last = q.pop()!;
-    if (q.length > 0) {
-      q[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let m = i;
-        if (l < q.length && before(q[l]!, q[m]!)) m = l;
-        if (r < q.length && before(q[r]!, q[m]!)) m = r;
-        if (m === i) break;
-        [q[m], q[i]] = [q[i]!, q[m]!];
-        i = m;
-      }
-    }
-    this.now = top.t;
-    top.f();
-    return true;
-  }
-}
-
-function before(a: { t: number; n: number }, b: { t: number; n: number }): boolean {
-  return a.t < b.t || (a.t === b.t && a.n < b.n);
 }
 
 const linkKey = (a: PeerId, b: PeerId): string => (a < b ? `${a}|${b}` : `${b}|${a}`);
@@ -226,7 +180,7 @@ class FailoverSim {
     for (const name of names) {
       this.sites.set(name, {
         name, core: undefined, life: 0, disk: new SimDisk(volumeBytes, blockBytes), cache: new SimCache(),
-        persist: new SimPersist({ epoch: 1n, seqReserved: 1n }), ioDoneAtMs: 0, cacheDoneAtMs: 0, persistDoneAtMs: 0,
+        persist: new SimPersist({ epoch: 1n, seqReserved: 1n }), run: undefined,
       });
     }
     for (let i = 0; i < names.length; i++) {
@@ -440,7 +394,7 @@ class FailoverSim {
       this.fail(`backup: ${e instanceof CoreAssertionError ? 'assertion' : 'exception'} on promote: ${(e as Error).message}`);
       return;
     }
-    for (const a of actions) this.execute(b, a);
+    b.run!.exec.run(actions);
   }
 
   /** The fault is over once the standby acts as primary (the settle check alone could end the run first). */
@@ -462,6 +416,8 @@ class FailoverSim {
     // A clean stop, not a crash: the saves the core issued complete first (persistActingMirror
     // waits for them), then `acting: mirror` is durable, then the process ends.
     s.core = undefined;
+    s.run?.end();
+    s.run = undefined;
     s.life++;
     while (s.cache.inflight.length > 0) s.cache.completeOne();
     while (s.persist.inflight.length > 0) s.persist.applyOne();
@@ -545,7 +501,7 @@ class FailoverSim {
       this.standbyCrashAt(now + this.prng.float() * 2, 'decided');
     } else if (a.type === 'metaPersist' && a.meta.acting === 'primary' && plan.mode === 'meta') {
       // Strictly before the completion: the crash keeps or loses this save at random.
-      this.standbyCrashAt(now + this.prng.float() * (s.persistDoneAtMs - now) * 0.999, 'meta');
+      this.standbyCrashAt(now + this.prng.float() * (s.run!.persistDoneAtMs - now) * 0.999, 'meta');
     } else if (a.type === 'log' && a.event === 'promoted') {
       this.ackedThisLife = 0;
       if (plan.mode === 'promoted') this.standbyCrashAt(now + this.prng.float() * 20, 'promoted');
@@ -556,6 +512,8 @@ class FailoverSim {
   private crash(s: Site): void {
     this.log(`${s.name}: CRASH`);
     s.core = undefined;
+    s.run?.end();
+    s.run = undefined;
     s.life++;
     s.cache.crash(this.prng);
     s.persist.crash(this.prng);
@@ -624,18 +582,45 @@ class FailoverSim {
     let role: string;
     if (configured === 'mirror' || acting === 'mirror') {
       role = acting === 'mirror' ? 'mirror (acting)' : 'mirror';
-      s.core = new Mirror(cfg);
+      s.core = new Mirror({ ...cfg, keepTail: true });
     } else if (configured === 'primary') {
       role = 'primary';
-      s.core = new Primary({ ...cfg, mirrors: names.filter((n) => n !== s.name), onMirrorLoss: this.oldPolicy, standby: 'backup' });
+      s.core = new Primary({ ...cfg, mirrors: names.filter((n) => n !== s.name), onMirrorLoss: this.oldPolicy, standby: 'backup', proveAuthority: { sites: 4, witnesses: [] } });
     } else if (acting === 'primary') {
       role = `primary (acting, epoch ${s.persist.meta.epoch})`;
-      s.core = new Primary({ ...cfg, mirrors: ['local', 'east', 'west'], onMirrorLoss: 'degrade' });
+      s.core = new Primary({ ...cfg, mirrors: ['local', 'east', 'west'], onMirrorLoss: 'degrade', proveAuthority: { sites: 4, witnesses: [] } });
     } else {
       role = 'standby';
       s.core = new Standby({ ...cfg, primary: 'local', mirrors: ['east', 'west'], failoverTimeoutMs, queryIntervalMs: 200, onMirrorLoss: 'degrade' });
     }
     this.log(`${s.name}: START as ${role}`);
+    const p = this.prng;
+    const delays: SimDelays = {
+      cacheMs: () => 0.2 + p.float(),
+      writeMs: () => 0.5 + p.float() * 3,
+      readMs: () => 0.5 + p.float() * 2,
+      flushMs: () => 1 + p.float() * 3,
+      persistMs: () => 0.3 + p.float(),
+    };
+    s.run = new SimLife(this.sched, s, delays, s.core, {
+      send: (peer, msg) => this.send(s, peer, msg),
+      close: (peer) => {
+        const key = linkKey(s.name, peer);
+        this.disconnect(key);
+        this.sched.at(this.sched.now + 5 + this.prng.int(100), () => this.connect(key));
+      },
+      ack: (id, error) => this.onHostAck(s, id, error?.kind),
+      log: (level, event, fields) => this.log(`${s.name}: ${level} ${event} ${JSON.stringify(fields, (_k, v) => (typeof v === 'bigint' ? Number(v) : v))}`),
+      fatal: (err) => this.fail(`${s.name}: ${err instanceof CoreAssertionError ? 'assertion' : 'exception'}: ${err.message}`),
+      observe: (a) => this.observed(s, a),
+      writeFault: (offsetBytes, payload) => {
+        if (this.behind?.armed !== true || s.name !== 'backup' || !(s.core instanceof Standby) || s.core.status().phase !== 'following') return undefined;
+        // standbyBehind: this write fails on the standby's storage (nothing lands on its disk).
+        this.behind.armed = false;
+        this.log(`backup: INJECT storage write failure at ${offsetBytes}+${payload.byteLength}`);
+        return { sense: senseOf('injected medium error (standbyBehind)', 0x3, 0x0c, 0x00), completed: () => this.behindFailed() };
+      },
+    });
     this.feed(s, { type: 'start', recovered: { meta: s.persist.meta, cacheEntries: s.cache.list(), dirtyRegions: s.persist.dirtyRegions() } });
   }
 
@@ -651,6 +636,19 @@ class FailoverSim {
     l.conn++;
     this.feed(this.sites.get(a)!, { type: 'peerUp', peer: b });
     this.feed(this.sites.get(b)!, { type: 'peerUp', peer: a });
+    // The link's own heartbeats, both ways (src/net/link.ts): each end hears the other as peerHeard.
+    for (const [x, y] of [[a, b], [b, a]] as const) {
+      const sx = this.sites.get(x)!;
+      const sy = this.sites.get(y)!;
+      startHeartbeats(this.sched, l, () => ({ life: sx.run, name: x }), () => ({ life: sy.run }), limits.heartbeatIntervalMs, () => this.deliverTime(l, y));
+    }
+  }
+
+  /** FIFO per direction. */
+  private deliverTime(l: Link, to: PeerId): number {
+    const t = Math.max(l.lastDeliverMs[to] ?? 0, this.sched.now + l.delayMs + this.prng.float() * 2);
+    l.lastDeliverMs[to] = t;
+    return t;
   }
 
   private disconnect(key: string): void {
@@ -678,12 +676,11 @@ class FailoverSim {
     this.sched.at(this.sched.now + 5 + this.prng.int(50), () => this.connect(key));
   }
 
-  private send(from: Site, to: PeerId, msg: Extract<CoreAction, { type: 'send' }>['msg']): void {
+  private send(from: Site, to: PeerId, msg: PeerMsg): void {
     const l = this.links.get(linkKey(from.name, to))!;
     if (!l.up) return; // executor contract 4: dropped silently
     const conn = l.conn;
-    const t = Math.max(l.lastDeliverMs[to] ?? 0, this.sched.now + l.delayMs + this.prng.float() * 2);
-    l.lastDeliverMs[to] = t;
+    const t = this.deliverTime(l, to);
     this.sched.at(t, () => {
       if (l.conn !== conn || !l.up) return;
       const dst = this.sites.get(to)!;
@@ -695,104 +692,13 @@ class FailoverSim {
   // Executor
 
   private feed(s: Site, ev: CoreEvent): void {
-    const core = s.core;
-    if (core === undefined) return;
-    let actions: CoreAction[];
-    try {
-      actions = core.step(ev, this.sched.now);
-    } catch (e) {
-      this.fail(`${s.name}: ${e instanceof CoreAssertionError ? 'assertion' : 'exception'} on ${ev.type}: ${(e as Error).message}`);
-      return;
-    }
-    for (const a of actions) this.execute(s, a);
+    s.run?.feed(ev);
   }
 
-  private completeLater(s: Site, atMs: number, ev: () => CoreEvent | undefined): void {
-    const life = s.life;
-    this.sched.at(atMs, () => {
-      if (s.life !== life) return;
-      const e = ev();
-      if (e !== undefined) this.feed(s, e);
-    });
-  }
-
-  private execute(s: Site, a: CoreAction): void {
-    this.executeOne(s, a);
+  /** Every action a site's executor ran: the fault plans that hang on them. */
+  private observed(s: Site, a: CoreAction): void {
     if (this.standbyCrashPlan !== undefined) this.watchStandby(s, a);
     if (this.behind !== undefined && s.name === 'backup' && a.type === 'log' && a.event === 'failover_refused') this.behind.refusals++;
-  }
-
-  private executeOne(s: Site, a: CoreAction): void {
-    const now = this.sched.now;
-    switch (a.type) {
-      case 'log':
-        this.log(`${s.name}: ${a.level} ${a.event} ${JSON.stringify(a.fields, (_k, v) => (typeof v === 'bigint' ? Number(v) : v))}`);
-        return;
-      case 'send':
-        this.send(s, a.peer, a.msg);
-        return;
-      case 'cacheAppend': {
-        s.cache.append(a.entry);
-        s.cacheDoneAtMs = Math.max(s.cacheDoneAtMs, now + 0.2 + this.prng.float());
-        const opId = a.opId;
-        this.completeLater(s, s.cacheDoneAtMs, () => {
-          s.cache.completeOne();
-          return { type: 'cacheAppended', opId };
-        });
-        return;
-      }
-      case 'cacheDrop':
-        s.cache.drop(a.entries);
-        return;
-      case 'storageWrite': {
-        const { opId, offsetBytes, payload, fua } = a;
-        if (this.behind?.armed === true && s.name === 'backup' && s.core instanceof Standby && s.core.status().phase === 'following') {
-          // standbyBehind: this write fails on the standby's storage (nothing lands on its disk).
-          this.behind.armed = false;
-          this.log(`backup: INJECT storage write failure at ${offsetBytes}+${payload.byteLength}`);
-          this.completeLater(s, now + 0.5 + this.prng.float() * 3, () => {
-            this.behindFailed();
-            return { type: 'storageWritten', opId, sense: senseOf('injected medium error (standbyBehind)', 0x3, 0x0c, 0x00) };
-          });
-          return;
-        }
-        this.completeLater(s, now + 0.5 + this.prng.float() * 3, () => {
-          s.disk.write(offsetBytes, payload, fua);
-          return { type: 'storageWritten', opId };
-        });
-        return;
-      }
-      case 'storageRead': {
-        const { opId, offsetBytes, lengthBytes } = a;
-        this.completeLater(s, now + 0.5 + this.prng.float() * 2, () => ({ type: 'storageRead', opId, data: s.disk.read(offsetBytes, lengthBytes) }));
-        return;
-      }
-      case 'storageFlush': {
-        const snap = s.disk.flushSnapshot();
-        const opId = a.opId;
-        this.completeLater(s, now + 1 + this.prng.float() * 3, () => {
-          s.disk.flushApply(snap);
-          return { type: 'storageFlushed', opId };
-        });
-        return;
-      }
-      case 'bitmapSet':
-      case 'bitmapClear':
-      case 'metaPersist': {
-        s.persist.inflight.push(a.type === 'metaPersist' ? { kind: 'meta', meta: a.meta } : { kind: a.type === 'bitmapSet' ? 'set' : 'clear', peer: a.peer, regions: a.regions });
-        s.persistDoneAtMs = Math.max(s.persistDoneAtMs, now + 0.3 + this.prng.float());
-        const ev: (opId: OpId) => CoreEvent = a.type === 'metaPersist' ? (opId) => ({ type: 'metaPersisted', opId }) : (opId) => ({ type: 'bitmapPersisted', opId });
-        const opId = a.type === 'bitmapClear' ? undefined : a.opId;
-        this.completeLater(s, s.persistDoneAtMs, () => {
-          s.persist.applyOne();
-          return opId === undefined ? undefined : ev(opId);
-        });
-        return;
-      }
-      case 'ackHost':
-        this.onHostAck(s, a.id, a.error?.kind);
-        return;
-    }
   }
 
   // -------------------------------------------------------------------------------------------

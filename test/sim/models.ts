@@ -130,7 +130,7 @@ export class SimCache {
 
 /**
  * Dirty bitmaps and meta record: ordered updates, durable on completion. `acting` and
- * `standbyInSync` are sticky as in the real store (src/site/persist.ts): a meta save that leaves it out keeps the stored value.
+ * `inSyncEpoch` are sticky as in the real store (src/site/persist.ts): a meta save that leaves it out keeps the stored value.
  * A crash keeps a random prefix of the updates in flight, so `acting` survives exactly when the
  * save that carried it does.
  */
@@ -148,8 +148,8 @@ export class SimPersist {
     if (u === undefined) throw new Error('sim persist: completion with nothing in flight');
     if (u.kind === 'meta') {
       const acting = u.meta.acting ?? this.meta.acting;
-      const standbyInSync = u.meta.standbyInSync ?? this.meta.standbyInSync;
-      this.meta = { ...u.meta, ...(acting !== undefined ? { acting } : {}), ...(standbyInSync !== undefined ? { standbyInSync } : {}) };
+      const inSyncEpoch = u.meta.inSyncEpoch ?? this.meta.inSyncEpoch;
+      this.meta = { ...u.meta, ...(acting !== undefined ? { acting } : {}), ...(inSyncEpoch !== undefined ? { inSyncEpoch } : {}) };
       return;
     }
     let set = this.bitmaps.get(u.peer);

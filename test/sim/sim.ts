@@ -1,5 +1,6 @@
 // Deterministic simulator (TigerBeetle's VOPR, FoundationDB-style): drives the REAL core state
-// machines (src/core/primary.ts, src/core/mirror.ts) under a seeded network (per-link delay,
+// machines (src/core/primary.ts, mirror.ts, relay.ts) through the PRODUCTION executor
+// (src/site/executor.ts, via test/sim/world.ts) under a seeded network (per-link delay,
 // FIFO within a link, reordering across links, connection resets with reconnect, partitions
 // and heals), seeded crashes and restarts (process kill and power cut) and a seeded host
 // workload (mixed sizes, overlaps, FUA, flushes). Every run replays exactly from its seed.
@@ -13,6 +14,7 @@
 //    block holds the last host-acked write to it or a write issued after that one.
 
 import { Prng } from '../../hal/prng.js';
+import type { Executor, ExecutorEnv, ExecutorPorts } from '../../src/site/executor.js';
 import { Mirror } from '../../src/core/mirror.js';
 import { Primary } from '../../src/core/primary.js';
 import { Relay, type RelayAckMode } from '../../src/core/relay.js';
@@ -24,11 +26,12 @@ import {
   type HostError,
   type Limits,
   type MirrorLossPolicy,
-  type OpId,
   type PeerId,
   type PeerMsg,
+  type Role,
 } from '../../src/core/types.js';
 import { SimCache, SimDisk, SimPersist } from './models.js';
+import { Scheduler, SimLife, startHeartbeats, tearPendingWrites, type SimDelays } from './world.js';
 
 export interface SimOptions {
   readonly seed: number;
@@ -43,6 +46,8 @@ export interface SimOptions {
    * mixed: local -> east directly, and local -> r1 -> r2 -> west.
    */
   readonly topology?: Topology;
+  /** Tests swap the executor for a deliberately broken one (executor-mutation.test.ts). */
+  readonly makeExecutor?: (core: Role, ports: ExecutorPorts, env: ExecutorEnv) => Executor;
 }
 
 export type Topology = 'fanout' | 'chain' | 'mixed';
@@ -57,58 +62,6 @@ export interface SimResult {
 const blockBytes = 512;
 
 // ---------------------------------------------------------------------------------------------
-// Scheduler: a binary heap of (timeMs, insertion order) -> closure. Equal times run in
-// insertion order, so the run is a pure function of the seed.
-
-class Scheduler {
-  private heap: { t: number; n: number; f: () => void }[] = [];
-  private n = 0;
-  now = 0;
-
-  at(t: number, f: () => void): void {
-    const item = { t: Math.max(t, this.now), n: this.n++, f };
-    const h = this.heap;
-    h.push(item);
-    let i = h.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (less(h[p]!, h[i]!)) break;
-      [h[p], h[i]] = [h[i]!, h[p]!];
-      i = p;
-    }
-  }
-
-  /** Runs the next item; false when empty. */
-  runOne(): boolean {
-    const h = this.heap;
-    if (h.length === 0) return false;
-    const top = h[0]!;
-    const last = h.pop()!;
-    if (h.length > 0) {
-      h[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let m = i;
-        if (l < h.length && less(h[l]!, h[m]!)) m = l;
-        if (r < h.length && less(h[r]!, h[m]!)) m = r;
-        if (m === i) break;
-        [h[m], h[i]] = [h[i]!, h[m]!];
-        i = m;
-      }
-    }
-    this.now = top.t;
-    top.f();
-    return true;
-  }
-}
-
-function less(a: { t: number; n: number }, b: { t: number; n: number }): boolean {
-  return a.t < b.t || (a.t === b.t && a.n < b.n);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Sites
 
 interface Site {
@@ -119,12 +72,11 @@ interface Site {
   readonly relay?: { downstream: PeerId; ackMode: RelayAckMode; storage: boolean };
   /** Bumped at every crash: completions of a previous life are discarded. */
   life: number;
+  /** The running process life (core + production executor), undefined while crashed. */
+  run: SimLife | undefined;
   readonly disk: SimDisk;
   readonly cache: SimCache;
   readonly persist: SimPersist;
-  readonly pendingWrites: Map<OpId, { offsetBytes: number; payload: Uint8Array; fua: boolean }>;
-  cacheDoneAtMs: number;
-  persistDoneAtMs: number;
   crashes: number;
 }
 
@@ -189,6 +141,7 @@ class Sim {
   private workloadDone = false;
   private busyUntilMs = 0;
   private stopped = false;
+  private readonly makeExecutor: SimOptions['makeExecutor'];
   private readonly stats = { writeErrors: 0, acked: 0, failedBusy: 0, flushes: 0, crashes: 0, powerCuts: 0, resets: 0, partitions: 0, degraded: 0, resyncs: 0, events: 0 };
 
   constructor(opts: SimOptions) {
@@ -196,6 +149,7 @@ class Sim {
     this.seed = opts.seed;
     this.trace = opts.trace;
     this.faults = opts.faults ?? true;
+    this.makeExecutor = opts.makeExecutor;
     const p = this.prng;
     this.volumeBytes = (32 + p.int(4) * 32) * blockBytes; // 16..64 KiB: small, so writes overlap a lot
     this.policy = p.chance(0.25) ? 'block' : 'degrade';
@@ -258,7 +212,7 @@ class Sim {
         name, role: name === 'local' ? 'primary' : relay !== undefined ? 'relay' : 'mirror', core: undefined, life: 0,
         ...(relay !== undefined ? { relay } : {}),
         disk: new SimDisk(this.volumeBytes, blockBytes), cache: new SimCache(), persist: new SimPersist(meta),
-        pendingWrites: new Map(), cacheDoneAtMs: 0, persistDoneAtMs: 0, crashes: 0,
+        run: undefined, crashes: 0,
       });
     }
     for (const [a, m] of edges) {
@@ -308,15 +262,47 @@ class Sim {
 
   private startSite(s: Site): void {
     const cfgBase = { self: s.name, volumeBytes: this.volumeBytes, blockBytes, limits: this.limits };
-    s.core = s.role === 'primary'
+    const core = s.role === 'primary'
       ? new Primary({ ...cfgBase, mirrors: this.mirrorNames, onMirrorLoss: this.policy })
       : s.relay !== undefined
         ? new Relay({ ...cfgBase, ...s.relay })
         : new Mirror(cfgBase);
-    const life = s.life;
+    s.core = core;
+    const p = this.prng;
+    const delays: SimDelays = {
+      cacheMs: () => 0.05 + p.float(),
+      writeMs: () => 0.1 + p.float() * 4,
+      readMs: () => 0.1 + p.float() * 3,
+      flushMs: () => 0.5 + p.float() * 8,
+      // A bitmap/meta update is an fsync: usually quick, sometimes very slow (heavy tail).
+      persistMs: () => 0.05 + p.float() * (p.chance(0.1) ? 40 : 2),
+    };
+    const run = new SimLife(this.sched, s, delays, core, {
+      send: (peer, msg) => this.send(s.name, peer, msg),
+      close: (peer) => {
+        const l = this.linkBetween(s.name, peer);
+        if (l !== undefined) this.reset(l);
+      },
+      ack: (id, error) => this.onHostAck(id, error),
+      log: (level, event, fields) => {
+        if (event === 'mirror_degraded') this.stats.degraded++;
+        if (event === 'mirror_resync_start') this.stats.resyncs++;
+        if (this.trace !== undefined) this.log(`${s.name} LOG ${level} ${event} ${JSON.stringify(fields, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))}`);
+      },
+      fatal: (err) => this.fail(err instanceof CoreAssertionError ? `assertion fired at ${s.name}: ${err.message}` : `exception at ${s.name}: ${err.stack ?? err.message}`),
+      ...(this.trace !== undefined ? { observe: (a: CoreAction) => { if (a.type !== 'log') this.log(`${s.name} -> ${fmtAction(a)}`); } } : {}),
+      writeFault: (offsetBytes) => {
+        if (s.role === 'mirror' && this.faults && !this.workloadDone && p.chance(this.mirrorWriteErrorRate)) {
+          this.stats.writeErrors++;
+          return { sense: { key: 0x3, asc: 0x0c, ascq: 0, message: `${s.name}.img at byte ${offsetBytes}: write error (simulated)` } };
+        }
+        return undefined;
+      },
+    }, this.makeExecutor);
+    s.run = run;
     this.deliver(s, { type: 'start', recovered: { meta: s.persist.meta, cacheEntries: s.cache.list(), dirtyRegions: s.persist.dirtyRegions() } });
     const tick = (): void => {
-      if (s.life !== life || this.stopped) return;
+      if (!run.live || this.stopped) return;
       this.deliver(s, { type: 'tick' });
       this.sched.at(this.sched.now + this.limits.tickMs, tick);
     };
@@ -332,13 +318,11 @@ class Sim {
     s.life++;
     s.crashes++;
     // In-flight storage writes: each block landed or not.
-    for (const w of s.pendingWrites.values()) {
-      for (let i = 0; i < w.payload.byteLength / blockBytes; i++) if (this.prng.chance(0.5)) s.disk.writeBlock(w.offsetBytes, w.payload, i);
-    }
-    s.pendingWrites.clear();
+    tearPendingWrites(s.run!, s.disk, this.prng);
+    s.run!.end();
+    s.run = undefined;
     s.cache.crash(this.prng);
     s.persist.crash(this.prng);
-    s.cacheDoneAtMs = s.persistDoneAtMs = 0;
     if (powerCut) s.disk.powerCut(this.prng);
     for (const l of this.links.values()) if (l.a === s.name || l.b === s.name) this.reset(l, false);
     if (s.role === 'primary') {
@@ -375,6 +359,26 @@ class Sim {
     this.log(`LINK UP ${l.a}<->${l.b} conn ${l.conn}`);
     this.deliver(a, { type: 'peerUp', peer: l.b });
     if (l.connected) this.deliver(b, { type: 'peerUp', peer: l.a });
+    // The link's own heartbeats, both ways (src/net/link.ts): each end hears the other as peerHeard.
+    const hbLink = { get conn() { return l.conn; }, get up() { return l.connected; } };
+    for (const [x, y] of [[a, b], [b, a]] as const) {
+      startHeartbeats(this.sched, hbLink, () => ({ life: x.run, name: x.name }), () => ({ life: y.run }), this.limits.heartbeatIntervalMs, () => this.deliverTime(l, x.name, y.name));
+    }
+  }
+
+  private linkBetween(x: PeerId, y: PeerId): Link | undefined {
+    const l = this.links.get(y);
+    if (l !== undefined && l.a === x) return l;
+    const m = this.links.get(x);
+    return m !== undefined && m.a === y ? m : undefined;
+  }
+
+  /** FIFO within a link direction; links differ, so messages reorder across links. */
+  private deliverTime(l: Link, from: PeerId, to: PeerId): number {
+    const dir = `${from}>${to}`;
+    const t = Math.max(l.lastDeliverMs[dir] ?? 0, this.sched.now + l.baseDelayMs + this.prng.float() * 3);
+    l.lastDeliverMs[dir] = t;
+    return t;
   }
 
   /** A TCP reset: in-flight messages are lost, both ends notice, a reconnect follows unless partitioned. */
@@ -402,9 +406,7 @@ class Sim {
     const l = down !== undefined && down.a === from ? down : this.links.get(from);
     if (l === undefined || !l.connected) return;
     const conn = l.conn;
-    const dir = `${from}>${to}`;
-    const t = Math.max(l.lastDeliverMs[dir] ?? 0, this.sched.now + l.baseDelayMs + this.prng.float() * 3);
-    l.lastDeliverMs[dir] = t; // FIFO within a link; links differ, so messages reorder across links
+    const t = this.deliverTime(l, from, to);
     this.sched.at(t, () => {
       if (l.conn !== conn || !l.connected) return;
       const s = this.sites.get(to)!;
@@ -457,94 +459,9 @@ class Sim {
   // Event delivery and action execution
 
   private deliver(s: Site, ev: CoreEvent): void {
-    if (s.core === undefined || this.stopped) return;
+    if (s.run === undefined || this.stopped) return;
     if (this.trace !== undefined && ev.type !== 'tick') this.log(`${s.name} <- ${fmtEvent(ev)}`);
-    let actions: CoreAction[];
-    try {
-      actions = s.core.step(ev, this.sched.now);
-    } catch (err) {
-      if (err instanceof CoreAssertionError) {
-        this.fail(`assertion fired at ${s.name} on ${ev.type}: ${err.message}`);
-        return;
-      }
-      throw err;
-    }
-    for (const a of actions) this.execute(s, a);
-  }
-
-  private execute(s: Site, a: CoreAction): void {
-    if (this.trace !== undefined && a.type !== 'log') this.log(`${s.name} -> ${fmtAction(a)}`);
-    const life = s.life;
-    const later = (delayMs: number, f: () => void): void => {
-      this.sched.at(this.sched.now + delayMs, () => {
-        if (s.life === life && s.core !== undefined && !this.stopped) f();
-      });
-    };
-    const p = this.prng;
-    switch (a.type) {
-      case 'cacheAppend': {
-        s.cache.append(a.entry);
-        s.cacheDoneAtMs = Math.max(s.cacheDoneAtMs, this.sched.now + 0.05 + p.float());
-        this.sched.at(s.cacheDoneAtMs, () => {
-          if (s.life !== life || s.core === undefined) return;
-          s.cache.completeOne();
-          this.deliver(s, { type: 'cacheAppended', opId: a.opId });
-        });
-        break;
-      }
-      case 'cacheDrop':
-        s.cache.drop(a.entries);
-        break;
-      case 'storageWrite':
-        if (s.role === 'mirror' && this.faults && !this.workloadDone && p.chance(this.mirrorWriteErrorRate)) {
-          this.stats.writeErrors++;
-          later(0.1 + p.float() * 4, () => this.deliver(s, { type: 'storageWritten', opId: a.opId, sense: { key: 0x3, asc: 0x0c, ascq: 0, message: `${s.name}.img at byte ${a.offsetBytes}: write error (simulated)` } }));
-          break;
-        }
-        s.pendingWrites.set(a.opId, { offsetBytes: a.offsetBytes, payload: a.payload, fua: a.fua });
-        later(0.1 + p.float() * 4, () => {
-          s.pendingWrites.delete(a.opId);
-          s.disk.write(a.offsetBytes, a.payload, a.fua);
-          this.deliver(s, { type: 'storageWritten', opId: a.opId });
-        });
-        break;
-      case 'storageRead':
-        later(0.1 + p.float() * 3, () => this.deliver(s, { type: 'storageRead', opId: a.opId, data: s.disk.read(a.offsetBytes, a.lengthBytes) }));
-        break;
-      case 'storageFlush': {
-        const snap = s.disk.flushSnapshot();
-        later(0.5 + p.float() * 8, () => {
-          s.disk.flushApply(snap);
-          this.deliver(s, { type: 'storageFlushed', opId: a.opId });
-        });
-        break;
-      }
-      case 'send':
-        this.send(s.name, a.peer, a.msg);
-        break;
-      case 'ackHost':
-        this.onHostAck(a.id, a.error);
-        break;
-      case 'bitmapSet':
-      case 'bitmapClear':
-      case 'metaPersist': {
-        s.persist.inflight.push(a.type === 'metaPersist' ? { kind: 'meta', meta: a.meta } : { kind: a.type === 'bitmapSet' ? 'set' : 'clear', peer: a.peer, regions: a.regions });
-        // A bitmap/meta update is an fsync: usually quick, sometimes very slow (heavy tail).
-        s.persistDoneAtMs = Math.max(s.persistDoneAtMs, this.sched.now + 0.05 + p.float() * (p.chance(0.1) ? 40 : 2));
-        this.sched.at(s.persistDoneAtMs, () => {
-          if (s.life !== life || s.core === undefined) return;
-          s.persist.applyOne();
-          if (a.type === 'bitmapSet') this.deliver(s, { type: 'bitmapPersisted', opId: a.opId });
-          if (a.type === 'metaPersist') this.deliver(s, { type: 'metaPersisted', opId: a.opId });
-        });
-        break;
-      }
-      case 'log':
-        if (a.event === 'mirror_degraded') this.stats.degraded++;
-        if (a.event === 'mirror_resync_start') this.stats.resyncs++;
-        if (this.trace !== undefined) this.log(`${s.name} LOG ${a.level} ${a.event} ${JSON.stringify(a.fields, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))}`);
-        break;
-    }
+    s.run.feed(ev);
   }
 
   // ---------------------------------------------------------------------------------------------

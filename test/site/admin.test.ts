@@ -109,8 +109,11 @@ describe('admin server', () => {
     expect(sample(text, 'geomirror_cache_used_bytes', site)).toBe(8192);
     expect(sample(text, 'geomirror_inflight_writes', { ...site, peer: 'east' })).toBe(2);
     expect(sample(text, 'geomirror_resync_progress_ratio', { ...site, peer: 'west' })).toBe(0.25);
-    expect(sample(text, 'geomirror_link_state', { ...site, peer: 'west' })).toBe(1);
-    expect(sample(text, 'geomirror_peer_sync_state', { ...site, peer: 'west' })).toBe(1);
+    // States are labels: 1 for the current state, 0 for the others.
+    expect(sample(text, 'geomirror_link_state', { ...site, peer: 'west', state: 'connecting' })).toBe(1);
+    expect(sample(text, 'geomirror_link_state', { ...site, peer: 'west', state: 'up' })).toBe(0);
+    expect(sample(text, 'geomirror_peer_sync_state', { ...site, peer: 'west', state: 'resyncing' })).toBe(1);
+    expect(sample(text, 'geomirror_peer_sync_state', { ...site, peer: 'west', state: 'in-sync' })).toBe(0);
     expect(sample(text, 'geomirror_epoch', site)).toBe(7);
     expect(sample(text, 'process_resident_memory_bytes', site)).toBeGreaterThan(0);
   });

@@ -190,7 +190,7 @@ describe('connect: and standby refusals name the key', () => {
 
 describe('refusals name the key', () => {
   const cases: [string, string, RegExp][] = [
-    ['binary units only', '', /^sites\.local\.cache\.size: "64MB" is not a size; use e\.g\. 64MiB/],
+    ['not a size', '', /^sites\.local\.cache\.size: "64 mega" is not a size; use e\.g\. 64MiB: .*binary: 1G = 1GB = 1GiB/],
     ['unknown top key', 'cluster: demo', /^clustr: unknown key \(did you mean "cluster"\?\)/],
     ['snake_case key', '    mirrors: [east, west]', /^sites\.local\.on_mirror_loss: unknown key \(did you mean "on-mirror-loss"\?\)/],
     ['unknown mirror site', 'mirrors: [east, west]', /^sites\.local\.mirrors\[1\]: no site named "wset" \(did you mean "west"\?\)/],
@@ -209,7 +209,7 @@ describe('refusals name the key', () => {
     ['short inline key', 'secret: file:./data/cluster.key', /^secret: an inline key must be at least 16 bytes of hex/],
   ];
   const edits: Record<string, [string, string]> = {
-    'binary units only': ['size: 64MiB }\n    storage', 'size: 64MB }\n    storage'],
+    'not a size': ['size: 64MiB }\n    storage', 'size: 64 mega }\n    storage'],
     'unknown top key': ['cluster: demo', 'cluster: demo\nclustr: x'],
     'snake_case key': ['    mirrors: [east, west]', '    mirrors: [east, west]\n    on_mirror_loss: block'],
     'unknown mirror site': ['mirrors: [east, west]', 'mirrors: [east, wset]'],
@@ -244,13 +244,14 @@ describe('refusals name the key', () => {
 
   it('reports every problem in one pass, each with its line', () => {
     try {
-      parseConfig(edit('mirrors: [east, west]', 'mirrors: [east, wset]').replace('size: 1GiB', 'size: 1GB'), file);
+      parseConfig(edit('mirrors: [east, west]', 'mirrors: [east, wset]').replace('size: 1GiB', 'size: 1 gig'), file);
       expect.unreachable();
     } catch (err) {
       const e = err as ConfigError;
       expect(e.problems.map((p) => p.path)).toEqual(['volume.size', 'sites.local.mirrors[1]']);
       expect(e.problems.map((p) => p.line)).toEqual([4, 13]);
-      expect(e.message).toContain(`${file}:4: volume.size: "1GB" is not a size; use e.g. 1GiB`);
+      expect(e.problems.map((p) => p.column)).toEqual([23, 21]);
+      expect(e.message).toContain(`${file}:4:23: volume.size: "1 gig" is not a size; use e.g. 64MiB`);
     }
   });
 
@@ -288,14 +289,23 @@ sites:
 });
 
 describe('units and addresses', () => {
-  it('parses sizes with binary units only', () => {
+  it('parses sizes: every unit is binary (1G = 1GB = 1GiB), as qemu-img, DRBD and LVM read 1G', () => {
     expect(parseSizeBytes('64MiB')).toBe(64 * 1024 * 1024);
     expect(parseSizeBytes('1.5KiB')).toBe(1536);
     expect(parseSizeBytes('2TiB')).toBe(2 * 1024 ** 4);
     expect(parseSizeBytes(4096)).toBe(4096);
-    expect(parseSizeBytes('64MB')).toBeUndefined();
+    expect(parseSizeBytes('4096B')).toBe(4096);
+    for (const text of ['1G', '1GB', '1GiB', '1g', '1gb', '1 GiB', ' 1G ']) expect(parseSizeBytes(text), text).toBe(1024 ** 3);
+    for (const text of ['64M', '64MB', '64MiB', '64m']) expect(parseSizeBytes(text), text).toBe(64 * 1024 ** 2);
+    expect(parseSizeBytes('4K')).toBe(4096);
+    expect(parseSizeBytes('1T')).toBe(1024 ** 4);
     expect(parseSizeBytes('0.3B')).toBeUndefined();
+    expect(parseSizeBytes('1.5')).toBeUndefined(); // not whole bytes
+    expect(parseSizeBytes('1X')).toBeUndefined();
+    expect(parseSizeBytes('1iB')).toBeUndefined();
+    expect(parseSizeBytes('1GiBB')).toBeUndefined();
     expect(parseSizeBytes(-1)).toBeUndefined();
+    expect(parseSizeBytes(1.5)).toBeUndefined();
   });
   it('parses durations', () => {
     expect(parseDurationMs('5s')).toBe(5000);

@@ -110,6 +110,27 @@ describe('runSite', () => {
     expect(lines.map((l) => l.event)).toEqual(expect.arrayContaining(['starting', 'ready', 'stopping', 'stopped']));
   });
 
+  it('shows a verify in progress in /status (SiteStatus.verify) after a checksum request', async () => {
+    const cfg = await config('verify');
+    files('verify');
+    const status = (): SiteStatus => ({ cluster: 't', site: 'local', role: 'primary', volume: 'v', epoch: 1, lastSeqAcked: '5', state: 'in-sync', cache: { usedBytes: 0, capacityBytes: 65536, entries: 0 }, peers: [], pid: process.pid, uptimeSeconds: 0 });
+    const runtime: RoleRuntime = async () => ({
+      status,
+      stop: async () => undefined,
+      checksums: async (req) => ({ algorithm: 'hmac-sha256', volumeBytes: 1024 * 1024, offsetBytes: req.offsetBytes, regionBytes: req.regionBytes, checksums: Array.from({ length: req.count }, () => '00'.repeat(32)) }),
+    });
+    const site = await runSite(cfg, 'local', { runtime, log: createLogger({ site: 'local', destination: collector(), format: 'json' }), processMetrics: false });
+    try {
+      const statusNow = async (): Promise<SiteStatus> => JSON.parse((await adminGet(cfg, '/status'))!.body) as SiteStatus;
+      expect((await statusNow()).verify).toBeUndefined();
+      expect((await adminGet(cfg, '/checksums?offset=262144&regionBytes=65536&count=4'))?.code).toBe(200);
+      expect((await statusNow()).verify).toEqual({ doneBytes: 524288, totalBytes: 1024 * 1024 });
+      expect(site.status().verify).toEqual({ doneBytes: 524288, totalBytes: 1024 * 1024 });
+    } finally {
+      await site.stop();
+    }
+  });
+
   it('names an unknown site with a suggestion', async () => {
     const cfg = await config('unknown');
     expect(await startupProblems(runSite(cfg, 'eats', { runtime: noRuntime }))).toEqual([
@@ -157,6 +178,29 @@ describe('runSite', () => {
     } finally {
       await preparePki(cfg); // put it back (key and certificate are made as a pair)
     }
+  });
+
+  it('names a missing block device, a file given as one, and a block device as cache', async () => {
+    const [nbd, east] = await Promise.all([freePort(), freePort()]);
+    writeFileSync(join(dir, 'block.key'), `${'cd'.repeat(32)}\n`, { mode: 0o600 });
+    const img = join(dir, 'block-file.img');
+    writeFileSync(img, '');
+    truncateSync(img, 1024 * 1024);
+    const cfg = parseConfig(
+      `cluster: t
+secret: file:./block.key
+volume: { name: v, size: 1MiB }
+sites:
+  local: { role: primary, nbd: 127.0.0.1:${nbd}, cache: { device: "block:/dev/geomirror-cache-disk", size: 64KiB }, storage: ["block:/dev/geomirror-no-such-disk", "block:${img}"], mirrors: [east] }
+  east: { role: mirror, listen: 127.0.0.1:${east}, cache: { device: "memory:", size: 64KiB }, storage: ["memory:"] }
+`,
+      join(dir, 'block.yaml'),
+    );
+    expect(await startupProblems(runSite(cfg, 'local', { runtime: noRuntime }))).toEqual([
+      'sites.local.cache.device: block:/dev/geomirror-cache-disk cannot hold the cache; block devices are storage. Put the cache on loopback:PATH (a file, e.g. on an SSD\'s file system) or memory:',
+      'sites.local.storage[0]: block:/dev/geomirror-no-such-disk: no device /dev/geomirror-no-such-disk; is it plugged in? (geomirror devices lists the block devices this machine has) (NOT READY 3a/00)',
+      `sites.local.storage[1]: block:${img}: ${img} is not a block device; for a disk-image file use loopback:${img} (ILLEGAL REQUEST 24/00)`,
+    ]);
   });
 
   it('names a taken port by its key', async () => {

@@ -135,7 +135,7 @@ describe('witness runtime', () => {
     expect(local!.rttMs).toBeGreaterThanOrEqual(0);
     const metrics = await witness.metrics.registry.metrics();
     expect(metrics).toMatch(/geomirror_last_heard_answers_total\{[^}]*\} 2/);
-    expect(metrics).toMatch(/geomirror_link_state\{[^}]*peer="local"[^}]*\} 2/);
+    expect(metrics).toMatch(/geomirror_link_state\{[^}]*peer="local"[^}]*state="up"[^}]*\} 1/);
   });
 
   it('answers a growing age once the primary is gone', async () => {

@@ -9,8 +9,12 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const repoRoot = fileURLToPath(new URL('../../../', import.meta.url));
-const simScript = fileURLToPath(new URL('./device-sim.ts', import.meta.url));
+// The simulator next to this module: compiled JavaScript when this runs from dist/, else the
+// TypeScript source through tsx (a dev dependency), from the repository root so it resolves.
+const compiled = import.meta.url.endsWith('.js');
+const simScript = fileURLToPath(new URL(compiled ? './device-sim.js' : './device-sim.ts', import.meta.url));
+const simNodeArgs = compiled ? [] : ['--import', 'tsx'];
+const simCwd = fileURLToPath(new URL(compiled ? '.' : '../../../', import.meta.url));
 /** How long socat and the simulator may take to come up before we give up (ms). */
 export const ptyStartTimeoutMs = 15_000;
 
@@ -52,11 +56,11 @@ export async function startSerialSim(o: SerialSimOptions): Promise<SerialSim> {
       if (spawnError) throw new Error(`cannot run socat (${spawnError.message}); install it (apt-get install socat)`);
       return existsSync(hostPath) && existsSync(devPath);
     }, socat, 'socat pty pair');
-    const args = ['--import', 'tsx', simScript, '--port', devPath, '--disk', diskPath, '--block-size', String(o.blockSizeBytes), '--blocks', String(o.blockCount), '--create'];
+    const args = [...simNodeArgs, simScript, '--port', devPath, '--disk', diskPath, '--block-size', String(o.blockSizeBytes), '--blocks', String(o.blockCount), '--create'];
     if (o.readOnly) args.push('--read-only');
     if (o.mediumErrorLba !== undefined) args.push('--medium-error-lba', String(o.mediumErrorLba));
     if (o.payloadBytesMax) args.push('--payload-bytes-max', String(o.payloadBytesMax));
-    const sim = spawn(process.execPath, args, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+    const sim = spawn(process.execPath, args, { cwd: simCwd, stdio: ['ignore', 'pipe', 'pipe'] });
     children.push(sim);
     let out = '';
     let err = '';

@@ -2,15 +2,16 @@
 // bench/compare.ts can measure geomirror's own overhead (NBD + core + cache journal + storage,
 // no replication). The cluster file refuses a primary without mirrors (claim 1 needs at least
 // one), which is right for users; this process is the bench's deliberate exception, kept out
-// of the geomirror command.
+// of the geomirror command. Like every site it runs the compiled JavaScript in dist/
+// (`npm run bench` builds it first).
 //
-//   node --import tsx bench/primary-alone.ts CONFIG SITE
-import { loadConfig } from '../src/site/config.js';
-import { runSite } from '../src/site/run.js';
+//   node bench/primary-alone.mjs CONFIG SITE
+import { loadConfig } from '../dist/src/site/config.js';
+import { runSite } from '../dist/src/site/run.js';
 
 const [configFile, siteName] = process.argv.slice(2);
 if (configFile === undefined || siteName === undefined) {
-  process.stderr.write('usage: node --import tsx bench/primary-alone.ts CONFIG SITE\n');
+  process.stderr.write('usage: node bench/primary-alone.mjs CONFIG SITE\n');
   process.exit(2);
 }
 const config = loadConfig(configFile);
@@ -18,7 +19,7 @@ const site = config.sites[siteName];
 if (site === undefined || site.role !== 'primary') throw new Error(`${configFile}: ${siteName} is not a primary site`);
 site.mirrors = [];
 const running = await runSite(config, siteName);
-const stop = (): void => {
+const stop = () => {
   running.stop().then(
     () => process.exit(0),
     () => process.exit(1),

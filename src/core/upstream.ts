@@ -1,0 +1,291 @@
+// The side of a site that faces its upstream (the primary, or the relay before it): shared by
+// the mirror and the relay, and by a following standby through its inner mirror. Pure.
+//
+//   epoch     the upstream announces `epoch` on every new link; an older one is fenced, a newer
+//             one is persisted (metaPersist) before anything of it is acted on (fencing, claim 13)
+//   join      the answer: resyncRequest{seqReceived}, every write that failed here (again, until a
+//             resync supersedes it), and the cumulative ack so far
+//   validate  every frame from the upstream is checked here, once: sender, epoch, ranges against
+//             the volume, payload length. A frame that fails is refused: logged with the peer's
+//             name and its link closed (closePeer); nothing of it reaches the local store
+//   ack       cumulative, in seq order, of the prefix that is cached and performed (claims 10 iii,
+//             11, 17); a write that failed here is reported per write (writeStatus) and stops the
+//             ack below it (a status lost with a link reset is repeated at the next join)
+//   liveness  when the upstream was last heard (frames of its epoch and its heartbeats), which a
+//             standby's failover vote asks every site (claim 13 v)
+//   tail      (issue 16 item 4) the upstream's own `ack` says which writes every in-sync site
+//             acked (committed); the writes above it stay in the journal even once acked and
+//             durable here, because a failover may have to reconcile them. When a newer epoch is
+//             adopted, the writes of older epochs still held are named (as ranges) in the join's
+//             resyncRequest, and let go once the new upstream says `inSync`: it accounted for them.
+//
+// The role around it decides what a valid write, flush, resync region or inSync does.
+
+import type { CoreIO, OpOwner } from './io.js';
+import type { LocalStore, StoreEntry } from './local-store.js';
+import { rangesOfRegions, regionsOf } from './regions.js';
+import { assert, type ByteRange, type CacheEntry, type Completion, type CoreConfig, type Epoch, type Meta, type OpId, type PeerId, type PeerMsg, type Seq } from './types.js';
+
+type Msg<T extends PeerMsg['type']> = Extract<PeerMsg, { type: T }>;
+
+/** What the role does with the upstream's frames once they passed validation (a write goes to the local store). */
+export interface UpstreamHooks<E extends StoreEntry> {
+  /** The role's entry for a write received from the upstream (queued in the local store). */
+  entry(w: CacheEntry): E;
+  onFlush(peer: PeerId, f: Msg<'flush'>): void;
+  onResyncData(peer: PeerId, r: Msg<'resyncData'>): void;
+  onInSync?(peer: PeerId, m: Msg<'inSync'>): void;
+  /** A newer epoch is durable here and about to be joined: forget the old epoch's sessions. */
+  onEpochAdopted?(epoch: Epoch): void;
+  /** A (re)join with `peer` begins: per-session state (flush and resync ids) starts over. */
+  onJoin?(peer: PeerId): void;
+  /** The upstream's committed watermark moved (a relay passes it on). */
+  onCommitted?(seq: Seq): void;
+}
+
+export interface UpstreamConfig extends CoreConfig {
+  /**
+   * The cluster can fail over (it has a standby): keep the writes above the upstream's committed
+   * watermark (zero after a start, until the upstream says more) even once acked and durable.
+   */
+  readonly keepTail?: boolean;
+}
+
+const u64Max = (1n << 64n) - 1n;
+
+export class Upstream<E extends StoreEntry> implements OpOwner {
+  epoch: Epoch = 0n;
+  seqReserved: Seq = 0n;
+  /** Highest seq of `epoch` received (writes arrive in seq order on the ordered link). */
+  seqReceived: Seq = 0n;
+  /** Highest seq of `epoch` acked upstream. */
+  seqAcked: Seq = 0n;
+  upstream: PeerId | undefined;
+  lastHeardMs: number | undefined;
+  /** Writes that failed here and await a resync; their writeStatus is repeated at every join. */
+  failed: StoreEntry[] = [];
+  /** The upstream's committed watermark in this epoch: every write up to it is acked by every in-sync site. */
+  committed: Seq = 0n;
+
+  /** Writes of older epochs held here have been accounted for by this epoch's upstream (it said inSync). */
+  private tailAccounted = true;
+  private pendingEpoch: { epoch: Epoch; opId: OpId; peer: PeerId } | undefined;
+
+  constructor(
+    private readonly io: CoreIO,
+    private readonly cfg: UpstreamConfig,
+    private readonly store: LocalStore<E>,
+    private readonly hooks: UpstreamHooks<E>,
+  ) {}
+
+  start(meta: Meta): void {
+    this.epoch = meta.epoch;
+    this.seqReserved = meta.seqReserved;
+  }
+
+  /**
+   * Claim 17: the journal's entries from before the restart are performed again, before anyone
+   * is served; what they hold of the current epoch is what this site says it received.
+   */
+  replay(cached: readonly CacheEntry[], entry: (ce: CacheEntry) => E): void {
+    for (const ce of cached) {
+      const e = entry(ce);
+      this.store.adopt(e);
+      this.store.perform(e);
+      if (e.epoch === this.epoch && e.seq > this.seqReceived) this.seqReceived = e.seq;
+    }
+    // Writes of an older epoch (this site adopted a newer one, or was fenced as its primary):
+    // the upstream of this epoch must reconcile them, so they are named at the next join.
+    if (this.store.entries.some((e) => e.epoch < this.epoch)) this.tailAccounted = false;
+  }
+
+  peerDown(peer: PeerId): void {
+    if (peer === this.upstream) this.upstream = undefined;
+  }
+
+  /** The link heard `peer`'s heartbeat: the upstream of our epoch is alive. */
+  peerHeard(peer: PeerId, epoch: Epoch): void {
+    if (peer === this.upstream && epoch === this.epoch) this.lastHeardMs = this.io.nowMs;
+  }
+
+  /** Ms since the upstream was last heard, or -1 if never in this life. */
+  heardAgoMs(): number {
+    return this.lastHeardMs === undefined ? -1 : this.io.nowMs - this.lastHeardMs;
+  }
+
+  /** A frame from `peer`. Returns false when it was not for this side (the caller may route it elsewhere). */
+  recv(peer: PeerId, msg: PeerMsg): void {
+    if (msg.type === 'lastHeardQuery') {
+      // Failover detection (claim 13 v): read-only, so answered whatever the asker's epoch.
+      this.io.send(peer, { type: 'lastHeardAnswer', epoch: this.epoch, queryId: msg.queryId, heardAgoMs: this.heardAgoMs(), seqReceived: this.seqReceived });
+      return;
+    }
+    if (msg.type === 'epoch') {
+      this.onEpoch(peer, msg.epoch);
+      return;
+    }
+    if (msg.epoch < this.epoch) {
+      this.io.send(peer, { type: 'fence', epoch: this.epoch, reason: `${this.io.self} is at epoch ${this.epoch}; frames of epoch ${msg.epoch} are refused` });
+      this.io.log('warn', 'fenced_stale_sender', { peer, type: msg.type, epoch: msg.epoch, ours: this.epoch });
+      return;
+    }
+    if (peer !== this.upstream || msg.epoch > this.epoch) {
+      this.io.log('warn', 'unexpected_sender', { peer, type: msg.type, epoch: msg.epoch, upstream: this.upstream, fix: 'a peer must announce its epoch before sending' });
+      return;
+    }
+    this.lastHeardMs = this.io.nowMs;
+    switch (msg.type) {
+      case 'write': this.onWrite(peer, msg); break;
+      case 'flush': this.hooks.onFlush(peer, msg); break;
+      case 'resyncData': {
+        const bad = this.badRange(msg.offsetBytes, msg.payload.byteLength, msg.payload.byteLength);
+        if (bad !== undefined) this.io.refuse(peer, 'bad_frame', `resync data #${msg.resyncId}: ${bad}`);
+        else this.hooks.onResyncData(peer, msg);
+        break;
+      }
+      case 'inSync':
+        if (!this.tailAccounted) {
+          this.tailAccounted = true;
+          this.io.log('info', 'tail_accounted', { peer, epoch: this.epoch });
+        }
+        this.hooks.onInSync?.(peer, msg);
+        break;
+      case 'ack':
+        // The upstream's committed watermark (issue 16 item 4): writes up to it may go.
+        if (msg.seq > this.committed) this.committed = msg.seq;
+        this.hooks.onCommitted?.(msg.seq);
+        break;
+      default:
+        this.io.log('warn', 'unexpected_message', { peer, type: msg.type, fix: 'only an upstream site sends this to a mirror' });
+    }
+  }
+
+  private onWrite(peer: PeerId, w: Msg<'write'>): void {
+    if (w.seq <= this.seqReceived) {
+      this.io.log('debug', 'duplicate_write_ignored', { seq: w.seq, seqReceived: this.seqReceived });
+      return;
+    }
+    const bad = w.seq === u64Max ? 'seq 2^64-1 leaves no room for a next write' : this.badRange(w.offsetBytes, w.lengthBytes, w.payload.byteLength);
+    if (bad !== undefined) {
+      this.io.refuse(peer, 'bad_frame', `write ${w.seq}: ${bad}`);
+      return;
+    }
+    const lim = this.cfg.limits;
+    if (this.store.queuedCount >= lim.mirrorReceiveQueueMax) {
+      this.io.refuse(peer, 'window_exceeded', `${this.store.queuedCount} writes already wait for cache space (mirrorReceiveQueueMax ${lim.mirrorReceiveQueueMax}): upstream exceeded its window`);
+      return;
+    }
+    this.seqReceived = w.seq;
+    this.store.enqueue(this.hooks.entry(w));
+  }
+
+  /** Whether one more resync region fits (`queued` of them wait); refuses the upstream otherwise. */
+  resyncRoom(peer: PeerId, queued: number): boolean {
+    const max = this.cfg.limits.mirrorResyncQueueMax;
+    if (queued < max) return true;
+    this.io.refuse(peer, 'window_exceeded', `${queued} resync regions already queued (mirrorResyncQueueMax ${max}): upstream exceeded resyncInflightRegionsMax`);
+    return false;
+  }
+
+  /** Why a peer's range is not a whole-block range of this volume (undefined: it is). */
+  badRange(offsetBytes: number, lengthBytes: number, payloadBytes: number): string | undefined {
+    const b = this.cfg.blockBytes;
+    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0 || offsetBytes % b !== 0 || lengthBytes % b !== 0 || lengthBytes <= 0) return `range ${offsetBytes}+${lengthBytes} is not whole ${b}-byte blocks`;
+    if (offsetBytes + lengthBytes > this.cfg.volumeBytes) return `range ${offsetBytes}+${lengthBytes} runs past the ${this.cfg.volumeBytes}-byte volume`;
+    if (payloadBytes !== lengthBytes) return `payload is ${payloadBytes} bytes, header says ${lengthBytes}`;
+    return undefined;
+  }
+
+  private onEpoch(peer: PeerId, epoch: Epoch): void {
+    if (epoch < this.epoch) {
+      this.io.send(peer, { type: 'fence', epoch: this.epoch, reason: `${this.io.self} is at epoch ${this.epoch}; ${peer} speaks for ${epoch}` });
+      this.io.log('warn', 'fenced_stale_upstream', { peer, epoch, ours: this.epoch });
+      return;
+    }
+    if (epoch > this.epoch) {
+      // Fencing: the new epoch is durable before we act on it.
+      if (this.pendingEpoch !== undefined && this.pendingEpoch.epoch >= epoch) return;
+      const opId = this.io.op(this);
+      this.pendingEpoch = { epoch, opId, peer };
+      this.io.push({ type: 'metaPersist', opId, meta: { epoch, seqReserved: this.seqReserved } });
+      return;
+    }
+    this.join(peer);
+  }
+
+  onDone(ev: Completion): void {
+    const p = this.pendingEpoch;
+    assert(ev.type === 'metaPersisted' && p !== undefined && p.opId === ev.opId, `${this.io.self}: ${ev.type} for unknown op ${ev.opId}`);
+    this.pendingEpoch = undefined;
+    this.io.log('info', 'epoch_adopted', { epoch: p.epoch, previous: this.epoch, upstream: p.peer });
+    this.epoch = p.epoch;
+    this.seqReceived = 0n;
+    this.seqAcked = 0n;
+    this.committed = 0n;
+    this.failed = []; // writes of the old epoch: the new primary resyncs what they touched
+    this.tailAccounted = !this.store.entries.some((e) => e.epoch < p.epoch);
+    this.hooks.onEpochAdopted?.(p.epoch);
+    this.join(p.peer);
+  }
+
+  private join(peer: PeerId): void {
+    this.hooks.onJoin?.(peer);
+    this.upstream = peer;
+    this.lastHeardMs = this.io.nowMs;
+    const ranges = this.tailRanges();
+    this.io.send(peer, ranges.length > 0 ? { type: 'resyncRequest', epoch: this.epoch, seqReceived: this.seqReceived, ranges } : { type: 'resyncRequest', epoch: this.epoch, seqReceived: this.seqReceived });
+    for (const e of this.failed) this.io.send(peer, { type: 'writeStatus', epoch: e.epoch, seq: e.seq, sense: e.sense! });
+    if (this.seqAcked > 0n) this.io.send(peer, { type: 'ack', epoch: this.epoch, seq: this.seqAcked });
+  }
+
+  /**
+   * Cumulative ack of the prefix of `entries` that is cached and performed (and, for a relay in
+   * end-to-end mode, whatever else `ready` asks); a failed write is reported once and stops it.
+   */
+  advanceAck(entries: readonly StoreEntry[], ready?: (e: StoreEntry) => boolean): void {
+    let ack = this.seqAcked;
+    for (const e of entries) {
+      if (e.epoch !== this.epoch || e.seq <= this.seqAcked) continue;
+      if (!e.cached || !e.stored) break;
+      if (e.sense !== undefined) {
+        if (!this.failed.includes(e)) {
+          this.failed.push(e);
+          if (this.upstream !== undefined) this.io.send(this.upstream, { type: 'writeStatus', epoch: e.epoch, seq: e.seq, sense: e.sense });
+        }
+        break;
+      }
+      if (ready !== undefined && !ready(e)) break;
+      ack = e.seq;
+    }
+    if (ack === this.seqAcked) return;
+    this.seqAcked = ack;
+    if (this.upstream !== undefined) this.io.send(this.upstream, { type: 'ack', epoch: this.epoch, seq: ack });
+  }
+
+  /** Whether `e` has been acked upstream (or belongs to an older epoch, which no one will ack). */
+  acked(e: StoreEntry): boolean {
+    return e.epoch < this.epoch || e.seq <= this.seqAcked;
+  }
+
+  /** Whether `e` must stay in the journal: above the committed watermark, or of an older epoch not yet accounted for. */
+  retained(e: StoreEntry): boolean {
+    return e.epoch < this.epoch ? !this.tailAccounted : this.cfg.keepTail === true && e.seq > this.committed;
+  }
+
+  /** Acked upstream, and kept only as part of a tail a failover may have to reconcile. */
+  readonly kept = (e: StoreEntry): boolean => this.acked(e) && this.retained(e);
+
+  /** Acked upstream and no longer part of a tail a failover may have to reconcile. */
+  mayGo(e: StoreEntry): boolean {
+    return this.acked(e) && !this.retained(e);
+  }
+
+  /** The writes of older epochs held here (as coalesced region ranges): what a new upstream must reconcile. */
+  tailRanges(): ByteRange[] {
+    if (this.tailAccounted) return [];
+    const regions: number[] = [];
+    const rb = this.cfg.limits.regionBytes;
+    for (const e of this.store.entries) if (e.epoch < this.epoch) regions.push(...regionsOf(e.offsetBytes, e.lengthBytes, rb));
+    return rangesOfRegions(regions, this.cfg.volumeBytes, rb);
+  }
+}

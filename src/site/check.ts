@@ -1,0 +1,284 @@
+// `geomirror check`: everything that would stop a cluster file's sites from starting on this
+// machine, found without starting anything (issue 19 item 4). The file first (the loader's
+// problems, with line and column), then a list of checkers over the sites that run here:
+// devices (present, big enough, readable and writable), ports (free), keys (readable, valid,
+// private) and certificates beside the key (present ones parse). Each finding names the key
+// path, site or device and says the fix. More checkers are one entry in `checkers`.
+import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { constants, accessSync, readFileSync, statSync, type Stats } from 'node:fs';
+import { lookup } from 'node:dns/promises';
+import { networkInterfaces, hostname } from 'node:os';
+import { dirname, join } from 'node:path';
+import { ConfigError, loadConfig, readSecret, type Address, type ClusterConfig, type SiteConfig, type SiteDevice } from './config.js';
+import { probeListen } from './run.js';
+import { formatBytes } from './units.js';
+
+/** problem: the site would not start (exit 1); warning: worth knowing, not fatal. */
+export type Severity = 'problem' | 'warning';
+
+export interface CheckFinding {
+  severity: Severity;
+  /** Key path (`sites.east.cache.device`), or the file for the file itself. */
+  where: string;
+  line?: number;
+  column?: number;
+  what: string;
+  fix: string;
+}
+
+/** What the checkers look at: the loaded file, and which of its sites run on this machine. */
+export interface CheckTarget {
+  config: ClusterConfig;
+  /** Sites whose addresses are this machine's (or the one named by --site). */
+  here: SiteConfig[];
+}
+
+export interface Checker {
+  name: string;
+  check(target: CheckTarget): Promise<CheckFinding[]>;
+}
+
+export interface CheckReport {
+  file: string;
+  findings: CheckFinding[];
+  /** Sites checked on this machine, and sites only checked for shape (they run elsewhere). */
+  here: string[];
+  elsewhere: string[];
+}
+
+const problem = (where: string, what: string, fix: string): CheckFinding => ({ severity: 'problem', where, what, fix });
+const warning = (where: string, what: string, fix: string): CheckFinding => ({ severity: 'warning', where, what, fix });
+
+/** A loader message `path: what; fix` split into its parts (the loader writes the fix after "; "). */
+function fromConfigProblem(p: ConfigError['problems'][number]): CheckFinding {
+  const text = p.message.startsWith(`${p.path}: `) ? p.message.slice(p.path.length + 2) : p.message;
+  const cut = text.indexOf('; ');
+  return {
+    severity: 'problem',
+    where: p.path,
+    ...(p.line !== undefined ? { line: p.line } : {}),
+    ...(p.column !== undefined ? { column: p.column } : {}),
+    what: cut < 0 ? text : text.slice(0, cut),
+    fix: p.path === '(yaml)' ? 'fix the YAML at that line and column (indentation, brackets, quotes)' : p.path === '(file)' ? 'check the path given to --config' : cut < 0 ? 'see README "Configuration" or docs/cluster.schema.json' : text.slice(cut + 2),
+  };
+}
+
+function errCode(err: unknown): string {
+  return (err as NodeJS.ErrnoException).code ?? String(err);
+}
+
+function statOf(path: string): Stats | string {
+  try {
+    return statSync(path);
+  } catch (err) {
+    return errCode(err);
+  }
+}
+
+function canReadWrite(path: string): string | undefined {
+  try {
+    accessSync(path, constants.R_OK | constants.W_OK);
+    return undefined;
+  } catch (err) {
+    return errCode(err);
+  }
+}
+
+/** Devices of the sites here: present, the right kind, big enough, readable and writable. */
+export const devicesChecker: Checker = {
+  name: 'devices',
+  async check({ config, here }) {
+    const out: CheckFinding[] = [];
+    const one = (where: string, dev: SiteDevice, bytesMin: number, sizeKey: string): void => {
+      if (dev.kind !== 'loopback' && dev.kind !== 'serial' && dev.kind !== 'usb-sim') return; // memory: nothing to find; usb: the HAL enumerates the bus
+      const st = statOf(dev.path);
+      if (typeof st === 'string') {
+        if (st === 'ENOENT' && dev.kind !== 'serial') {
+          out.push(warning(where, `${dev.path} does not exist yet (geomirror site refuses to start without it)`, `geomirror start creates it, or: truncate -s ${bytesMin} ${dev.path}`));
+        } else {
+          out.push(problem(where, `${dev.path} ${st === 'ENOENT' ? 'does not exist' : `cannot be examined (${st})`}`, dev.kind === 'serial' ? 'plug the device in, or fix the path' : `fix the path or its permissions`));
+        }
+        return;
+      }
+      if (dev.kind === 'serial') {
+        if (!st.isCharacterDevice()) out.push(problem(where, `${dev.path} is not a character device (a serial port)`, 'name the serial port, e.g. serial:/dev/ttyUSB0'));
+      } else if (!st.isFile()) {
+        out.push(problem(where, `${dev.path} is not a regular file (${st.isDirectory() ? 'a directory' : 'not a file'}); ${dev.kind} devices are plain files`, `name a file, e.g. ${join(dev.path, 'volume.img')}`));
+        return;
+      } else if (st.size < bytesMin) {
+        out.push(problem(where, `${dev.path} holds ${formatBytes(st.size)} but ${sizeKey} is ${formatBytes(bytesMin)}`, `grow it: truncate -s ${bytesMin} ${dev.path}`));
+      }
+      const access = canReadWrite(dev.path);
+      if (access !== undefined) out.push(problem(where, `${dev.path} is not readable and writable by this user (${access})`, `run as its owner, or: chmod u+rw ${dev.path}`));
+    };
+    for (const site of here) {
+      if (site.cache) one(`sites.${site.name}.cache.device`, site.cache.device, site.cache.sizeBytes, 'cache.size');
+      site.storage.forEach((d, i) => one(`sites.${site.name}.storage[${i}]`, d, config.volume.sizeBytes, 'volume.size'));
+    }
+    return out;
+  },
+};
+
+/** listen/nbd/admin of the sites here: bound for a moment, as the site will bind them. */
+export const portsChecker: Checker = {
+  name: 'ports',
+  async check({ here }) {
+    const out: CheckFinding[] = [];
+    for (const site of here) {
+      for (const key of ['listen', 'nbd', 'admin'] as const) {
+        const a = site[key];
+        if (a === undefined) continue;
+        const err = await probeListen(a.host, a.port);
+        if (err === undefined) continue;
+        const where = `sites.${site.name}.${key}`;
+        if (err.code === 'EADDRINUSE') out.push(problem(where, `${a.text} is taken by another process`, `stop it (is site ${site.name} already running? ss -ltnp 'sport = :${a.port}') or pick another port`));
+        else if (err.code === 'EADDRNOTAVAIL') out.push(problem(where, `${a.text} is not an address of this machine`, 'run this site on the machine that owns the address, or fix the host'));
+        else if (err.code === 'EACCES') out.push(problem(where, `${a.text} needs privileges (port below 1024)`, 'pick a port above 1023'));
+        else out.push(problem(where, `${a.text} cannot be bound (${err.code ?? err.message})`, 'fix the host or port'));
+      }
+    }
+    return out;
+  },
+};
+
+/** Group or other may read the file: a key that leaks lets anyone join the cluster. */
+function privateFinding(where: string, path: string, st: Stats, what: string): CheckFinding | undefined {
+  if ((st.mode & 0o077) === 0) return undefined;
+  return problem(where, `${what} ${path} is readable by group or others (mode ${(st.mode & 0o777).toString(8).padStart(4, '0')})`, `chmod 600 ${path}`);
+}
+
+/** The cluster key: readable, valid, private. */
+export const keysChecker: Checker = {
+  name: 'keys',
+  async check({ config }) {
+    const { secret } = config;
+    if (secret.source !== 'file') return [warning('secret', 'the cluster key is written inline in the cluster file', 'keep the file private (chmod 600), or move the key to a file: secret: file:PATH')];
+    const path = secret.path!;
+    const st = statOf(path);
+    if (typeof st === 'string') {
+      return st === 'ENOENT'
+        ? [warning('secret', `key file ${path} does not exist yet (sites refuse to start without it)`, `geomirror start creates it, or: geomirror keygen --out ${path} (then copy it to every site)`)]
+        : [problem('secret', `key file ${path} cannot be examined (${st})`, 'fix its path or permissions')];
+    }
+    const out: CheckFinding[] = [];
+    try {
+      readSecret(config);
+    } catch (err) {
+      const msg = (err as Error).message.replace(/^secret: /, '');
+      const cut = msg.indexOf('; ');
+      out.push(problem('secret', cut < 0 ? msg : msg.slice(0, cut), cut < 0 ? `geomirror keygen --out ${path} --force (on every site)` : msg.slice(cut + 2)));
+    }
+    const leak = privateFinding('secret', path, st, 'key file');
+    if (leak) out.push(leak);
+    return out;
+  },
+};
+
+/** PEM blocks of `kind` in `text`; a file that has none is not PEM. */
+function pemBlocks(text: string, kind: RegExp): number {
+  return [...text.matchAll(/-----BEGIN ([A-Z0-9 ]+)-----[\s\S]+?-----END \1-----/g)].filter((m) => kind.test(m[1]!)).length;
+}
+
+/**
+ * Certificates beside the key (`ca.crt`, `<site>.crt`, `<site>.key`), when present: each parses
+ * (X.509 certificate, private key), a key is private, and a site's certificate has its key.
+ */
+export const certificatesChecker: Checker = {
+  name: 'certificates',
+  async check({ config, here }) {
+    const dir = config.secret.source === 'file' ? dirname(config.secret.path!) : config.dir;
+    const out: CheckFinding[] = [];
+    const cert = (where: string, path: string): boolean => {
+      const st = statOf(path);
+      if (typeof st === 'string') return false;
+      try {
+        const text = readFileSync(path, 'utf8');
+        if (pemBlocks(text, /CERTIFICATE$/) === 0) throw new Error('no PEM CERTIFICATE block');
+        new X509Certificate(text);
+      } catch (err) {
+        out.push(problem(where, `${path} is not a PEM X.509 certificate (${(err as Error).message})`, 'replace it with the certificate the cluster CA issued'));
+      }
+      return true;
+    };
+    const key = (where: string, path: string): boolean => {
+      const st = statOf(path);
+      if (typeof st === 'string') return false;
+      try {
+        const text = readFileSync(path, 'utf8');
+        if (pemBlocks(text, /PRIVATE KEY$/) === 0) throw new Error('no PEM PRIVATE KEY block');
+        createPrivateKey(text);
+      } catch (err) {
+        out.push(problem(where, `${path} is not a PEM private key (${(err as Error).message})`, 'replace it with the site\'s private key'));
+      }
+      const leak = privateFinding(where, path, st, 'private key');
+      if (leak) out.push(leak);
+      return true;
+    };
+    cert('certificates', join(dir, 'ca.crt'));
+    for (const site of here) {
+      const hasCert = cert(`sites.${site.name} (certificate)`, join(dir, `${site.name}.crt`));
+      const hasKey = key(`sites.${site.name} (key)`, join(dir, `${site.name}.key`));
+      if (hasCert !== hasKey) out.push(problem(`sites.${site.name}`, `${join(dir, `${site.name}.${hasCert ? 'crt' : 'key'}`)} is there but ${site.name}.${hasCert ? 'key' : 'crt'} is not`, `put the site's certificate and key side by side in ${dir}`));
+    }
+    return out;
+  },
+};
+
+/** The checkers `geomirror check` runs, in order. Add one here to check more. */
+export const checkers: Checker[] = [devicesChecker, portsChecker, keysChecker, certificatesChecker];
+
+const wildcardHosts = new Set(['0.0.0.0', '::', 'localhost']);
+
+/** Is `host` an address of this machine (so a site listening there runs here)? */
+export async function isLocalHost(host: string): Promise<boolean> {
+  if (wildcardHosts.has(host) || host === hostname()) return true;
+  const mine = new Set(Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((i) => i.address)));
+  if (mine.has(host) || /^127\./.test(host)) return true;
+  try {
+    const addrs = await lookup(host, { all: true });
+    return addrs.some((a) => mine.has(a.address) || /^127\./.test(a.address));
+  } catch {
+    return false;
+  }
+}
+
+async function runsHere(site: SiteConfig): Promise<boolean> {
+  const addrs = [site.listen, site.nbd, site.admin].filter((a): a is Address => a !== undefined);
+  for (const a of addrs) if (await isLocalHost(a.host)) return true;
+  return false;
+}
+
+export interface CheckOptions {
+  /** Check this site as running here, whatever its addresses say. */
+  site?: string;
+  /** Default `checkers`. */
+  checkers?: readonly Checker[];
+}
+
+/** Loads and checks a cluster file; never starts anything. */
+export async function checkClusterFile(file: string, options: CheckOptions = {}): Promise<CheckReport> {
+  let config: ClusterConfig;
+  try {
+    config = loadConfig(file);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    return { file: err.file, findings: err.problems.map(fromConfigProblem), here: [], elsewhere: [] };
+  }
+  const findings: CheckFinding[] = config.warnings.map((w) => {
+    const cut = w.indexOf(': ');
+    return warning(cut < 0 ? '(cluster)' : w.slice(0, cut), cut < 0 ? w : w.slice(cut + 2), 'see README "Configuration"');
+  });
+  if (options.site !== undefined && config.sites[options.site] === undefined) {
+    findings.push(problem('--site', `no site named ${options.site} in ${config.file}`, `use one of ${config.siteNames.join(', ')}`));
+    return { file: config.file, findings, here: [], elsewhere: config.siteNames };
+  }
+  const here: SiteConfig[] = [];
+  const elsewhere: string[] = [];
+  for (const name of config.siteNames) {
+    const site = config.sites[name]!;
+    if (options.site !== undefined ? name === options.site : await runsHere(site)) here.push(site);
+    else elsewhere.push(name);
+  }
+  for (const c of options.checkers ?? checkers) findings.push(...(await c.check({ config, here })));
+  return { file: config.file, findings, here: here.map((s) => s.name), elsewhere };
+}

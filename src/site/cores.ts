@@ -1,0 +1,151 @@
+// Which core a site runs in this life, and one small adapter per role with everything the site
+// layer asks of a core: whether it takes host writes, whom it dials, whether a failover changed
+// what it may do. The rest of src/site talks to this interface only (no `instanceof` on cores,
+// no role-string branches). Pure: the simulator (test/sim/failover.ts) picks its cores here too.
+//
+// The rule (issue 10): the cluster file's role, unless the meta record says a failover left this
+// site acting otherwise. `acting: mirror` makes a configured primary a mirror (fenced or demoted);
+// `acting: primary` makes a configured standby the primary of the persisted epoch, fanning out to
+// its old primary and the mirrors. A site the file calls standby follows as a standby even after
+// a failover left it a mirror: that is how roles are swapped back (docs/ARCHITECTURE.md).
+import { Mirror, type MirrorStatus } from '../core/mirror.js';
+import { Primary, type PrimaryStatus } from '../core/primary.js';
+import { Relay, type RelayAckMode, type RelayStatus } from '../core/relay.js';
+import { Standby, type StandbyPhase, type StandbyStatus } from '../core/standby.js';
+import type { CoreAction, Epoch, Limits, Meta, MirrorLossPolicy, PeerId, Role } from '../core/types.js';
+
+/** The role a site runs in this life: its configured role, or the one a failover left it in. */
+export type ActingRole = 'primary' | 'mirror' | 'relay' | 'standby';
+
+export type CoreStatus = PrimaryStatus | MirrorStatus | RelayStatus | StandbyStatus;
+
+/** What of a site's configuration decides its core (a subset of SiteConfig, so tests can build one). */
+export interface CoreSite {
+  readonly name: PeerId;
+  readonly role: 'primary' | 'mirror' | 'relay' | 'standby';
+  readonly mirrors: readonly PeerId[];
+  readonly forward?: PeerId;
+  readonly standbyFor?: PeerId;
+  readonly standby?: PeerId;
+  readonly witnesses: readonly PeerId[];
+  readonly relayAck: RelayAckMode;
+  readonly onMirrorLoss: MirrorLossPolicy;
+  readonly failoverTimeoutMs: number;
+  /** A relay keeps a copy (claim 18); other roles always do. */
+  readonly storage: boolean;
+  /** The cluster can fail over (it has a standby): mirrors and relays keep a failover's tail. */
+  readonly failover: boolean;
+}
+
+export interface CoreVolume {
+  readonly volumeBytes: number;
+  readonly blockBytes: number;
+  readonly limits: Limits;
+}
+
+/** The site layer's view of a core, whatever its role. */
+export interface SiteCore {
+  readonly core: Role;
+  readonly acting: ActingRole;
+  /** Peers this site dials when it starts (others dial it). */
+  readonly dials: readonly PeerId[];
+  /** Peers whose dirty bitmaps this core keeps (a primary's mirrors). */
+  readonly bitmapPeers: readonly PeerId[];
+  status(): CoreStatus;
+  /** Host operations the core takes now; 0 when it takes none (a mirror, a standby not yet promoted). */
+  hostQueueFree(): number;
+  /** Whether host writes go to this core at all (they wait while it is busy). */
+  readonly takesHostWrites: boolean;
+  /** A following standby's phase; undefined for other roles. */
+  phase(): StandbyPhase | undefined;
+  /** The newer epoch that fenced the primary this site is (or became). */
+  fencedBy(): Epoch | undefined;
+  /** Why a planned promotion is refused (undefined: it may promote). Only a following standby may. */
+  notPromotable(): string | undefined;
+  /** A planned promotion (`geomirror promote`): the actions to execute. */
+  promote(reason: string, nowMs: number, force: boolean): CoreAction[];
+  /** Peers to dial once promoted (the old primary), empty otherwise. */
+  readonly dialOnPromotion: readonly PeerId[];
+}
+
+/** How often a following standby repeats its question while the primary stays silent. */
+export function queryIntervalMsFor(failoverTimeoutMs: number): number {
+  return Math.max(20, Math.min(500, Math.floor(failoverTimeoutMs / 4)));
+}
+
+export function chooseCore(site: CoreSite, meta: Meta, vol: CoreVolume): SiteCore {
+  const common = { self: site.name, volumeBytes: vol.volumeBytes, blockBytes: vol.blockBytes, limits: vol.limits };
+  const acting = meta.acting;
+  if (site.role === 'relay') {
+    if (site.forward === undefined) throw new Error(`sites.${site.name}.forward: a relay needs the next site of its chain`);
+    return plain(new Relay({ ...common, keepTail: site.failover, downstream: site.forward, ackMode: site.relayAck, storage: site.storage }), 'relay', [site.forward]);
+  }
+  if (site.role === 'mirror' || (acting === 'mirror' && site.role === 'primary')) {
+    // A fenced or demoted old primary comes back as a mirror of whoever is primary now.
+    return plain(new Mirror({ ...common, keepTail: site.failover }), 'mirror', []);
+  }
+  // Authority is proven, never remembered (issue 16 item 1): where a failover can happen, a
+  // primary serves only once a majority of the cluster's sites confirmed its epoch.
+  const prove = (mirrors: readonly PeerId[]) => ({ proveAuthority: { sites: 1 + mirrors.length + site.witnesses.length, witnesses: site.witnesses } });
+  if (site.role === 'primary') {
+    const core = new Primary({ ...common, mirrors: site.mirrors, onMirrorLoss: site.onMirrorLoss, ...(site.standby ? { standby: site.standby, ...prove(site.mirrors) } : {}) });
+    return primaryCore(core, site.mirrors, [...site.mirrors, ...site.witnesses]);
+  }
+  const old = site.standbyFor;
+  if (old === undefined) throw new Error(`sites.${site.name}.standby-for: a standby needs the primary it backs up`);
+  if (acting === 'primary') {
+    // Promoted in an earlier life (meta.acting): the primary of the persisted epoch, fanning
+    // out to the old primary and the mirrors; the bitmaps hold what each is still owed.
+    const core = new Primary({ ...common, mirrors: [old, ...site.mirrors], onMirrorLoss: site.onMirrorLoss, ...prove([old, ...site.mirrors]) });
+    return primaryCore(core, [old, ...site.mirrors], [old, ...site.mirrors, ...site.witnesses]);
+  }
+  if (!(site.failoverTimeoutMs > vol.limits.heartbeatIntervalMs)) {
+    throw new Error(`sites.${site.name}.failover-timeout: ${site.failoverTimeoutMs} ms must exceed the heartbeat interval (${vol.limits.heartbeatIntervalMs} ms), or a live primary looks lost between two heartbeats`);
+  }
+  const core = new Standby({
+    ...common, primary: old, mirrors: site.mirrors, ...(site.witnesses[0] ? { witness: site.witnesses[0] } : {}),
+    failoverTimeoutMs: site.failoverTimeoutMs, queryIntervalMs: queryIntervalMsFor(site.failoverTimeoutMs), onMirrorLoss: site.onMirrorLoss,
+  });
+  return standbyCore(core, [...site.mirrors, ...site.witnesses], old);
+}
+
+const notAStandby = (acting: ActingRole) => (): string => `this site runs as ${acting}; only a following standby can be promoted`;
+
+/** A mirror or relay: takes no host writes, never promotes, is never fenced as a primary. */
+function plain(core: Mirror | Relay, acting: 'mirror' | 'relay', dials: PeerId[]): SiteCore {
+  return {
+    core, acting, dials, bitmapPeers: [], takesHostWrites: false, dialOnPromotion: [],
+    status: () => core.status(),
+    hostQueueFree: () => 0,
+    phase: () => undefined,
+    fencedBy: () => undefined,
+    notPromotable: notAStandby(acting),
+    promote: () => [],
+  };
+}
+
+/** The primary dials its mirrors, and the witnesses for heartbeats. */
+function primaryCore(core: Primary, mirrors: readonly PeerId[], dials: PeerId[]): SiteCore {
+  return {
+    core, acting: 'primary', dials, bitmapPeers: mirrors, takesHostWrites: true, dialOnPromotion: [],
+    status: () => core.status(),
+    hostQueueFree: () => core.hostQueueFree(),
+    phase: () => undefined,
+    fencedBy: () => core.fencedBy(),
+    notPromotable: notAStandby('primary'),
+    promote: () => [],
+  };
+}
+
+/** A standby dials the mirrors and witnesses it asks when the primary goes silent, and the old primary once promoted. */
+function standbyCore(core: Standby, dials: PeerId[], old: PeerId): SiteCore {
+  return {
+    core, acting: 'standby', dials, bitmapPeers: [], takesHostWrites: true, dialOnPromotion: [old],
+    status: () => core.status(),
+    hostQueueFree: () => core.hostQueueFree(),
+    phase: () => core.phaseNow(),
+    fencedBy: () => core.fencedBy(),
+    notPromotable: () => core.notPromotable(),
+    promote: (reason, nowMs, force) => core.promote(reason, nowMs, force),
+  };
+}

@@ -1,0 +1,144 @@
+// A site's devices, opened for one life, and the executor's ports over them (src/site/executor.ts):
+// the battery-backed cache journal (hal/cache.ts), the storage array (hal/array.ts, plain RAID-1),
+// the meta record and the per-peer dirty bitmaps (src/site/persist.ts). The simulator has its own
+// ports over simulated devices (test/sim/world.ts); everything above the ports is shared.
+import { CacheJournal, CacheEntryFlags, type EntryHandle } from '../../hal/cache.js';
+import { openCacheDevice } from '../../hal/cachedev.js';
+import { DiskArray } from '../../hal/array.js';
+import { openBlockDevice } from '../../hal/devstring.js';
+import type { BlockDevice } from '../../hal/blockdev.js';
+import type { CacheEntry, Epoch, Meta, Seq } from '../core/types.js';
+import type { JournalPort, StatePort, StoragePort } from './executor.js';
+import type { SiteContext } from './context.js';
+import { fileBitmapStore, fileMetaStore, memoryBitmapStore, memoryMetaStore, type BitmapStore, type MetaStore } from './persist.js';
+import { volumeId } from './peerwire.js';
+
+/** The opened devices of one site: the cache journal, the storage array, the persistent records. */
+export interface SiteDevices {
+  journal: CacheJournal;
+  recoveredEntries: { handle: EntryHandle; payload: Buffer }[];
+  /** Undefined only for a relay without storage (a cache-only relay point, claim 20). */
+  array: DiskArray | undefined;
+  members: BlockDevice[];
+  meta: MetaStore;
+  /** The meta record as this life found it: its `acting` decides which core runs (issue 10). */
+  initialMeta: Meta;
+  bitmaps: BitmapStore;
+}
+
+export async function openSiteDevices(ctx: SiteContext, regionCount: number): Promise<SiteDevices> {
+  const { site, config } = ctx;
+  if (!site.cache) throw new Error(`sites.${site.name}.cache: a ${site.role} needs a cache`);
+  const cacheDev = await openCacheDevice(site.cache.device.text, { sizeBytes: site.cache.sizeBytes, create: true });
+  const { journal, recovered } = await CacheJournal.open(cacheDev);
+  const members: BlockDevice[] = [];
+  const closeAll = async (): Promise<void> => {
+    await Promise.all(members.map((m) => m.close().catch(() => undefined)));
+    await journal.close().catch(() => undefined);
+  };
+  try {
+    for (const d of site.storage) {
+      members.push(await openBlockDevice(d.text, { blockSizeBytes: config.volume.blockSize, blockCount: config.volume.blockCount, create: true, baseDir: config.dir }));
+    }
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+  const statePath = site.cache.device.kind === 'loopback' ? site.cache.device.path : undefined;
+  let array: DiskArray | undefined;
+  try {
+    array = members.length === 0 && site.role === 'relay' ? undefined : await DiskArray.open({ name: `${site.name} storage`, members, logger: ctx.log, ...(statePath ? { stateFile: `${statePath}.array` } : {}) });
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+  const meta = statePath ? fileMetaStore(`${statePath}.meta`) : memoryMetaStore();
+  const bitmaps = statePath ? fileBitmapStore(`${statePath}.dirty-`, regionCount) : memoryBitmapStore();
+  let initialMeta: Meta;
+  try {
+    initialMeta = await meta.load();
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+  return { journal, recoveredEntries: recovered, array, members, meta, initialMeta, bitmaps };
+}
+
+function entryKey(epoch: Epoch, seq: Seq): string {
+  return `${epoch}:${seq}`;
+}
+
+/**
+ * The journal port: appends resolve in append order (the journal's contract), and a drop finds
+ * the entry's handle by (epoch, seq). Entries recovered at open are handed to the core as
+ * CacheEntry values (replay), and their handles are known here so the core can drop them.
+ */
+export class JournalPortImpl implements JournalPort {
+  private readonly handles = new Map<string, EntryHandle>();
+
+  /** `failed` counts each failed append (metrics). */
+  constructor(
+    private readonly journal: CacheJournal,
+    private readonly failed: () => void = () => undefined,
+  ) {}
+
+  /** The recovered entries in (epoch, seq) order, their handles kept for drops. */
+  recovered(list: readonly { handle: EntryHandle; payload: Buffer }[]): CacheEntry[] {
+    const out: CacheEntry[] = [];
+    for (const r of list) {
+      const h = r.handle;
+      this.handles.set(entryKey(h.epoch, h.seq), h);
+      out.push({ epoch: h.epoch, seq: h.seq, offsetBytes: h.offsetBytes, lengthBytes: r.payload.byteLength, fua: (h.flags & CacheEntryFlags.FUA) !== 0, payload: r.payload });
+    }
+    return out.sort((a, b) => (a.epoch === b.epoch ? (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0) : a.epoch < b.epoch ? -1 : 1));
+  }
+
+  append(e: CacheEntry, done: (err: unknown) => void): void {
+    this.journal.append({ volume: volumeId, epoch: e.epoch, seq: e.seq, offsetBytes: e.offsetBytes, flags: e.fua ? CacheEntryFlags.FUA : 0 }, e.payload).then(
+      (h) => {
+        this.handles.set(entryKey(e.epoch, e.seq), h);
+        done(undefined);
+      },
+      (err: unknown) => {
+        this.failed();
+        done(err ?? new Error('cache append failed'));
+      },
+    );
+  }
+
+  drop(entries: readonly { epoch: Epoch; seq: Seq }[]): void {
+    for (const e of entries) {
+      const k = entryKey(e.epoch, e.seq);
+      const h = this.handles.get(k);
+      if (h === undefined) continue; // its append failed: nothing to drop
+      this.handles.delete(k);
+      this.journal.markDone(h);
+    }
+  }
+}
+
+/** The storage port over the site's array: byte offsets in, block addresses to the array. `failed` counts each failed call (metrics). */
+export function storagePort(array: DiskArray, failed: (op: 'read' | 'write' | 'flush') => void = () => undefined): StoragePort {
+  const bs = array.blockSizeBytes;
+  const fail = (op: 'read' | 'write' | 'flush', err: unknown): unknown => {
+    failed(op);
+    return err ?? new Error('storage operation failed');
+  };
+  return {
+    write: (offsetBytes, payload, fua, done) => array.write(offsetBytes / bs, payload, { fua }).then(() => done(undefined), (err: unknown) => done(fail('write', err))),
+    read: (offsetBytes, lengthBytes, done) => array.read(offsetBytes / bs, lengthBytes / bs).then((data) => done(undefined, data), (err: unknown) => done(fail('read', err))),
+    flush: (done) => array.flush().then(() => done(undefined), (err: unknown) => done(fail('flush', err))),
+  };
+}
+
+/** The meta record and dirty bitmaps; a clear that fails only costs a resync, so it is logged, not fatal. */
+export function statePort(meta: MetaStore, bitmaps: BitmapStore, warn: (msg: string, fields: Record<string, unknown>) => void): StatePort {
+  const fail = (err: unknown): unknown => err ?? new Error('state write failed');
+  return {
+    saveMeta: (m, done) => meta.save(m).then(() => done(undefined), (err: unknown) => done(fail(err))),
+    setBits: (peer, regions, done) => bitmaps.set(peer, regions).then(() => done(undefined), (err: unknown) => done(fail(err))),
+    clearBits: (peer, regions) => {
+      bitmaps.clear(peer, regions).catch((err: Error) => warn('dirty bitmap clear failed (costs only a resync)', { event: 'bitmap-clear-failed', peer, err: err.message }));
+    },
+  };
+}

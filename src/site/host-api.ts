@@ -1,0 +1,135 @@
+// The host side of a site (claim 3: the local site's SAN): what the NBD export calls. Writes and
+// flushes become core events; the core answers with ackHost (the executor's HostPort, here).
+// Reads come from this site's own storage (claim 4).
+//
+// Backpressure: the core owns the host-queue bound (Limits.hostQueueWritesMax). An operation is
+// handed to it only while it says it has room (hostQueueFree); otherwise it waits here, in
+// arrival order, and goes in as acks free room. Waiting is not a second decision: nothing here
+// counts or bounds; the NBD server's own byte budgets bound what can wait.
+import type { CoreEvent, HostError, SenseInfo } from '../core/types.js';
+import { payloadBytesMax } from '../wire/index.js';
+import type { HostPort } from './executor.js';
+
+/** Largest piece of a host write handed to the core: one WRITE frame's payload. */
+export const hostWriteChunkBytesMax = payloadBytesMax;
+
+/** A host-side failure the NBD layer maps to an errno. */
+export class HostIoError extends Error {
+  constructor(
+    readonly kind: HostError['kind'],
+    message: string,
+    readonly sense?: SenseInfo,
+  ) {
+    super(message);
+    this.name = 'HostIoError';
+  }
+}
+
+interface Waiter {
+  resolve(): void;
+  reject(err: Error): void;
+  startedMs: number;
+}
+
+/** What the host API needs from the site around it. */
+export interface HostApiSite {
+  readonly name: string;
+  /** Feeds an event to the core (through the executor). */
+  feed(ev: CoreEvent): void;
+  /** Room in the core's host queue now (0: wait); undefined when this core takes no host writes. */
+  hostRoom(): number | undefined;
+  /** The role, for the refusal when this site takes no host writes. */
+  acting(): string;
+  /** Why the site cannot take work any more (stopping, or stopped on an error), if so. */
+  down(): string | undefined;
+  readBlocks(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  nowMs(): number;
+  /** A host op completed successfully after `ms` (metrics). */
+  acked(ms: number): void;
+  wrote(bytes: number): void;
+  flushed(): void;
+}
+
+export class HostApi implements HostPort {
+  private readonly ops = new Map<number, Waiter>();
+  private idNext = 1;
+  private readonly parked: { go: () => void; reject: (err: Error) => void }[] = [];
+
+  constructor(private readonly site: HostApiSite) {}
+
+  /** Writes `data` at `offsetBytes` through replication; resolves when every in-sync site executed it. */
+  async write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void> {
+    const parts: Promise<void>[] = [];
+    for (let at = 0; at < data.byteLength; at += hostWriteChunkBytesMax) {
+      const piece = data.subarray(at, Math.min(data.byteLength, at + hostWriteChunkBytesMax));
+      parts.push(this.submit((id) => ({ type: 'hostWrite', id, offsetBytes: offsetBytes + at, lengthBytes: piece.byteLength, fua, payload: piece })));
+    }
+    await Promise.all(parts);
+    this.site.wrote(data.byteLength);
+  }
+
+  /** Barrier: every write acked before this call is durable on every in-sync site's storage. */
+  async flush(): Promise<void> {
+    await this.submit((id) => ({ type: 'hostFlush', id }));
+    this.site.flushed();
+  }
+
+  /** Reads come from this site's own storage (claim 4). */
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    return this.site.readBlocks(offsetBytes, lengthBytes);
+  }
+
+  /** The executor's HostPort: the core completed host op `id`. */
+  ack(id: number, error: HostError | undefined): void {
+    const w = this.ops.get(id);
+    if (w === undefined) return;
+    this.ops.delete(id);
+    if (error === undefined) {
+      this.site.acked(this.site.nowMs() - w.startedMs);
+      w.resolve();
+    } else {
+      w.reject(new HostIoError(error.kind, error.message, error.kind === 'io' ? error.sense : undefined));
+    }
+  }
+
+  /** Hands waiting operations to the core while it has room (after every executor turn). */
+  unpark(): void {
+    while (this.parked.length > 0 && (this.site.hostRoom() ?? 0) > 0 && this.site.down() === undefined) this.parked.shift()!.go();
+  }
+
+  /** Every operation not yet completed fails with `err` (the site stops, or its life ends). */
+  failAll(err: HostIoError): void {
+    for (const w of this.ops.values()) w.reject(err);
+    this.ops.clear();
+    for (const p of this.parked.splice(0)) p.reject(err);
+  }
+
+  private submit(make: (id: number) => CoreEvent): Promise<void> {
+    const down = this.site.down();
+    if (down !== undefined) return Promise.reject(new HostIoError('io', down));
+    const room = this.site.hostRoom();
+    if (room === undefined) return Promise.reject(new HostIoError('fenced', `site ${this.site.name} runs as a ${this.site.acting()}; host writes go to the primary`));
+    return new Promise<void>((resolve, reject) => {
+      const go = (): void => {
+        const why = this.site.down();
+        if (why !== undefined) {
+          reject(new HostIoError('io', why));
+          return;
+        }
+        const id = this.idNext++;
+        this.ops.set(id, {
+          resolve,
+          reject: (err) => {
+            // The core said "no room" (a standby mid-promotion): wait for room like any other.
+            if (err instanceof HostIoError && err.kind === 'busy') this.parked.push({ go, reject });
+            else reject(err);
+          },
+          startedMs: this.site.nowMs(),
+        });
+        this.site.feed(make(id));
+      };
+      if (this.parked.length > 0 || room <= 0) this.parked.push({ go, reject });
+      else go();
+    });
+  }
+}

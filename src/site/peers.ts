@@ -1,0 +1,153 @@
+// A site's replication links (src/net): the listening server, the dialers, one authenticated
+// Link per peer. It is the executor's PeersPort (core messages out, as wire frames) and the
+// source of the core's link events: peerUp, peerDown, recv (decoded frames) and peerHeard (the
+// link's own heartbeats, with the round trip it measured: contract 6 of src/core/types.ts).
+// Which peers matter is the core's business: every event is fed, and the core ignores peers it
+// does not know. STATUS_REQUEST (a peer or `npm run conformance` asking) is answered here.
+import { Dialer, LinkServer, type Link } from '../net/index.js';
+import type { CoreEvent, HeartbeatState, PeerId, PeerMsg } from '../core/types.js';
+import { AckTimer } from './ack-timer.js';
+import type { PeersPort } from './executor.js';
+import { decodeOrClose, sendOrClose, statusReplyEntries } from './linkio.js';
+import { toWire } from './peerwire.js';
+import type { SiteContext } from './context.js';
+import type { SiteStatus } from './status.js';
+
+/** Link send queue: above the core's in-flight bound, so a link never refuses a send the window allowed. */
+const linkSendQueueBytesMax = 96 * 1024 * 1024;
+
+export interface PeersTiming {
+  heartbeatIntervalMs?: number;
+  linkTimeoutMs?: number;
+}
+
+export interface PeersOptions {
+  readonly timing: PeersTiming;
+  heartbeatState(): HeartbeatState;
+  status(): SiteStatus;
+  feed(ev: CoreEvent): void;
+  nowMs(): number;
+}
+
+export class Peers implements PeersPort {
+  private readonly links = new Map<PeerId, Link>();
+  private readonly dialers = new Map<PeerId, Dialer>();
+  private server: LinkServer | undefined;
+  /** Send-to-ack timing per peer, for the ack-latency histogram only (the core keeps the window). */
+  private readonly ackTimer = new AckTimer();
+  private stopped = false;
+
+  constructor(
+    private readonly ctx: SiteContext,
+    private readonly opts: PeersOptions,
+  ) {}
+
+  private linkOptions() {
+    const log = this.ctx.log;
+    return {
+      cluster: this.ctx.config.cluster,
+      site: this.ctx.site.name,
+      secret: this.ctx.secret,
+      security: this.ctx.linkSecurity,
+      ...(this.opts.timing.heartbeatIntervalMs ? { heartbeatIntervalMs: this.opts.timing.heartbeatIntervalMs } : {}),
+      ...(this.opts.timing.linkTimeoutMs ? { linkTimeoutMs: this.opts.timing.linkTimeoutMs } : {}),
+      sendQueueBytesMax: linkSendQueueBytesMax,
+      heartbeatState: () => this.opts.heartbeatState(),
+      logger: { info: (o: object, m: string) => log.info(o, m), warn: (o: object, m: string) => log.warn(o, m) },
+    };
+  }
+
+  /** Every site with a listen address accepts authenticated peers (a mirror's upstream dials in). */
+  async listen(): Promise<void> {
+    const { site, config } = this.ctx;
+    if (!site.listen) return;
+    const server = new LinkServer({ ...this.linkOptions(), peers: config.siteNames.filter((n) => n !== site.name), host: site.listen.host, port: site.listen.port });
+    server.on('link', (link) => this.attach(link));
+    server.on('refused', (r) => this.ctx.metrics.framesRefusedTotal.inc({ reason: r.code === undefined ? 'transport' : String(r.code) }));
+    await server.listen();
+    this.server = server;
+  }
+
+  /** Dials `peer` (its `listen`, or this site's `connect:` override) and keeps redialing with backoff. */
+  dial(peer: PeerId): void {
+    if (this.dialers.has(peer) || this.stopped) return;
+    const { site, config } = this.ctx;
+    const target = config.sites[peer];
+    const addr = site.connect[peer] ?? target?.listen;
+    if (!addr) throw new Error(`sites.${peer}.listen: ${target?.role ?? 'site'} ${peer} has no listen address for ${site.name} to dial (or give sites.${site.name}.connect.${peer})`);
+    const d = new Dialer({ ...this.linkOptions(), peer, host: addr.host, port: addr.port, backoffMsMin: 50, backoffMsMax: 2000 });
+    d.on('link', (link) => this.attach(link));
+    this.ctx.metrics.setLinkState(peer, 'connecting');
+    d.start();
+    this.dialers.set(peer, d);
+  }
+
+  /** The link to `peer` as status shows it. */
+  linkOf(peer: PeerId): { up: boolean; rttMs?: number } {
+    const l = this.links.get(peer);
+    return l === undefined ? { up: false } : { up: true, ...(l.rttMs !== undefined ? { rttMs: l.rttMs } : {}) };
+  }
+
+  // ---- PeersPort ----------------------------------------------------------------------------
+
+  send(peer: PeerId, msg: PeerMsg): void {
+    const link = this.links.get(peer);
+    if (link === undefined || link.state !== 'established') return; // contract 4: dropped
+    if (sendOrClose(link, toWire(msg, this.ctx.site.name)) && msg.type === 'write') this.ackTimer.sent(peer, msg.seq, msg.lengthBytes, this.opts.nowMs());
+  }
+
+  close(peer: PeerId, reason: string): void {
+    this.links.get(peer)?.close(undefined, reason);
+  }
+
+  // ---- links --------------------------------------------------------------------------------
+
+  private attach(link: Link): void {
+    const peer = link.peer;
+    if (peer === undefined || this.stopped) {
+      link.close();
+      return;
+    }
+    const old = this.links.get(peer);
+    if (old && old !== link) old.close(undefined, `replaced by a new connection from ${peer}`);
+    this.links.set(peer, link);
+    const { log, metrics } = this.ctx;
+    metrics.setLinkState(peer, 'up');
+    log.info({ event: 'link-up', peer, remote: link.remote }, `link to ${peer} up`);
+    this.opts.feed({ type: 'peerUp', peer });
+    link.on('message', (m) => {
+      if (m.type === 'STATUS_REQUEST') {
+        sendOrClose(link, { type: 'STATUS_REPLY', requestId: m.requestId, entries: statusReplyEntries(this.opts.status()) });
+        return;
+      }
+      const msg = decodeOrClose(link, m, peer);
+      if (msg === undefined) return;
+      if (msg.type === 'ack') this.ackTimer.acked(peer, msg.seq, this.opts.nowMs(), (ms) => metrics.ackLatencySeconds.observe({ peer }, ms / 1000));
+      else if (msg.type === 'write') {
+        metrics.writesTotal.inc({ op: 'replicated' });
+        metrics.writeBytesTotal.inc({ op: 'replicated' }, msg.lengthBytes);
+      }
+      this.opts.feed({ type: 'recv', peer, msg });
+    });
+    link.on('heartbeat', (hb, rttMs) => {
+      if (rttMs !== undefined) metrics.linkRttSeconds.set({ peer }, rttMs / 1000);
+      this.opts.feed({ type: 'peerHeard', peer, epoch: hb.epoch, lastSeq: hb.lastSeq, ...(rttMs !== undefined ? { rttMs } : {}) });
+    });
+    link.once('close', (info) => {
+      if (this.links.get(peer) !== link) return;
+      this.links.delete(peer);
+      this.ackTimer.forget(peer);
+      metrics.setLinkState(peer, this.dialers.has(peer) ? 'connecting' : 'down');
+      log.warn({ event: 'link-down', peer, reason: info.reason }, `link to ${peer} down: ${info.reason}`);
+      this.opts.feed({ type: 'peerDown', peer });
+    });
+  }
+
+  async stop(reason: string): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const d of this.dialers.values()) d.stop();
+    for (const l of this.links.values()) l.close(undefined, reason);
+    await this.server?.close();
+  }
+}

@@ -1,0 +1,88 @@
+// geomirror events, multi-process (issue 19 acceptance): a primary and a mirror, each its own
+// `geomirror site` process; `geomirror events --json` follows both while the mirror is killed
+// with SIGKILL, misses writes, is restarted and resynced. The stream must show, in order, the
+// mirror's link down, degraded, link up, resyncing with progress and in sync; `--now --json`
+// must parse as JSON lines.
+import { execFile, spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { SiteEvent } from '../../src/site/events.js';
+import { Cluster, NbdWriter, planWrites } from './harness.js';
+
+const run = promisify(execFile);
+const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
+const MiB = 1024 * 1024;
+const testTimeoutMs = 240_000;
+
+let cluster: Cluster | undefined;
+afterAll(async () => {
+  await cluster?.destroy();
+});
+
+describe('geomirror events', () => {
+  it('shows a killed mirror go link down, degraded, link up, resyncing with progress, in sync; --now --json parses', { timeout: testTimeoutMs }, async () => {
+    const c = (cluster = await Cluster.create({ mirrors: ['east'] }));
+    // A bounded resync rate, so the resync of what east missed lasts seconds, not one sample.
+    writeFileSync(c.configPath, readFileSync(c.configPath, 'utf8').replace('on-mirror-loss: degrade', 'on-mirror-loss: degrade, resync-rate: 2MiB'));
+    await c.start();
+    await c.waitInSync();
+
+    const follower = spawn(process.execPath, [bin, 'events', '--config', c.configPath, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    follower.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const lines = (): SiteEvent[] => out.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as SiteEvent);
+    try {
+      // Both sites said what exists before anything changed.
+      await expect.poll(() => new Set(lines().filter((e) => e.type === 'exists').map((e) => e.site)), { timeout: 30_000, interval: 100 }).toEqual(new Set(['local', 'east']));
+
+      await c.kill9('east');
+      await c.waitStatus('local', (s) => s.peers.some((p) => p.name === 'east' && p.sync === 'degraded'), 'east degraded');
+      // Writes east misses, spread over the volume: many dirty regions to resync.
+      const w = await NbdWriter.connect(c.nbdPort);
+      try {
+        expect(await w.run(planWrites(19, c.volumeBytes, 8 * MiB), 8)).toEqual([]);
+      } finally {
+        w.close();
+      }
+      await c.restart('east');
+      await c.waitInSync();
+      const eastChanges = (): SiteEvent[] => lines().filter((e) => e.type === 'change' && e.site === 'local' && e.peer === 'east');
+      await expect.poll(() => eastChanges().some((e) => e.what === 'sync' && e.to === 'in-sync'), { timeout: 30_000, interval: 100 }).toBe(true);
+    } finally {
+      follower.kill('SIGINT');
+    }
+    const changes = lines().filter((e) => e.type === 'change' && e.site === 'local' && e.peer === 'east' && (e.what === 'link' || e.what === 'sync' || e.what === 'progress'));
+    const seen = changes.map((e) => `${e.what}:${e.to}${e.percent !== undefined ? `@${Math.floor(e.percent)}` : ''}`);
+    // In order: each step found after the previous one.
+    let at = -1;
+    const step = (label: string, pred: (e: SiteEvent) => boolean): SiteEvent => {
+      const i = changes.findIndex((e, j) => j > at && pred(e));
+      expect(i, `${label} after position ${at} in: ${seen.join(', ')}`).toBeGreaterThan(at);
+      at = i;
+      return changes[i]!;
+    };
+    step('link down', (e) => e.what === 'link' && e.to !== 'up');
+    step('degraded', (e) => e.what === 'sync' && e.to === 'degraded');
+    step('link up', (e) => e.what === 'link' && e.to === 'up');
+    const resync = step('resyncing', (e) => e.what === 'sync' && e.to === 'resyncing');
+    expect(typeof resync.percent, 'resyncing carries its progress').toBe('number');
+    step('in sync', (e) => e.what === 'sync' && e.to === 'in-sync');
+    // Human lines name time, site and the change.
+    expect(changes.find((e) => e.what === 'link')!.text).toMatch(/^link to east down/);
+    console.log(`events for local -> east: ${seen.join(', ')}`);
+    // The command itself says when it lost east's own stream and when east answered again.
+    const eastAdmin = lines().filter((e) => e.site === 'east' && (e.what as string) === 'admin').map((e) => e.to);
+    expect(eastAdmin.slice(0, 2)).toEqual(['unreachable', 'reachable']);
+
+    // --now --json: the state now, one JSON object per line, from every site.
+    const now = await run(process.execPath, [bin, 'events', '--config', c.configPath, '--now', '--json']);
+    const nowEvents = now.stdout.trim().split('\n').map((l) => JSON.parse(l) as SiteEvent);
+    expect(nowEvents.every((e) => e.type === 'exists')).toBe(true);
+    expect(nowEvents.find((e) => e.site === 'local' && e.what === 'peer' && e.peer === 'east')).toMatchObject({ to: 'in-sync' });
+    expect(new Set(nowEvents.map((e) => e.site))).toEqual(new Set(['local', 'east']));
+    const human = await run(process.execPath, [bin, 'events', '--config', c.configPath, '--now']);
+    expect(human.stdout).toMatch(/^\d\d:\d\d:\d\d\.\d{3} local\s+exists: primary, epoch \d+, in-sync/m);
+  });
+});
