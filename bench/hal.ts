@@ -17,7 +17,7 @@ import { crc32 } from '@node-rs/crc32';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CacheJournal, EntryHandle, encodeEntryHeader, entryHeaderLayout } from '../hal/cache.js';
+import { CacheJournal, EntryHandle, encodeEntryHeader, entryHeaderBytes, entryHeaderLayout } from '../hal/cache.js';
 import { openFileCacheDevice } from '../hal/cachedev.js';
 import { openLoopback } from '../hal/loopback.js';
 
@@ -90,7 +90,8 @@ function median(xs: number[]): number {
 
 function headerEncodingNs(): { handNs: number; layoutNs: number } {
   const h = new EntryHandle(123_456, 1, 7n, 99_999n, 4096 * 1000, 0, 4096, 4096, 4160, 3);
-  const buf = Buffer.alloc(64);
+  const buf = Buffer.alloc(entryHeaderBytes);
+  const link = { committedJseq: 123_450, prev: { epoch: 7n, seq: 99_998n, offsetBytes: 4096 * 999, payloadBytes: 4096, posBytes: 4096 } };
   const n = 200_000;
   const time = (f: () => void): number => {
     for (let i = 0; i < 10_000; i++) f();
@@ -98,19 +99,23 @@ function headerEncodingNs(): { handNs: number; layoutNs: number } {
     for (let i = 0; i < n; i++) f();
     return Number(process.hrtime.bigint() - t0) / n;
   };
-  const handNs = time(() => encodeEntryHeader(buf, 0x1234, h, 0xabcd));
+  const handNs = time(() => encodeEntryHeader(buf, 0x1234, h, 0xabcd, link));
   const layoutNs = time(() => {
     // What the hot path would do with buffer-layout: build the field object, encode, then crc.
     entryHeaderLayout.encode(
       {
-        magic: 0x474d4345, flags: h.flags, version: 1, reserved: 0, journalId: 0x1234, generation: h.generation,
+        magic: 0x474d4345, flags: h.flags, version: 2, link: 1, journalId: 0x1234, generation: h.generation,
         jseqHi: Math.floor(h.jseq / 2 ** 32), jseqLo: h.jseq >>> 0, volume: h.volume, payloadBytes: h.payloadBytes,
         epochHi: Number(h.epoch >> 32n), epochLo: Number(h.epoch & 0xffff_ffffn), seqHi: Number(h.seq >> 32n), seqLo: Number(h.seq & 0xffff_ffffn),
-        offsetBytesHi: Math.floor(h.offsetBytes / 2 ** 32), offsetBytesLo: h.offsetBytes >>> 0, payloadCrc: 0xabcd, headerCrc: 0,
+        offsetBytesHi: Math.floor(h.offsetBytes / 2 ** 32), offsetBytesLo: h.offsetBytes >>> 0, payloadCrc: 0xabcd,
+        prevPayloadBytes: link.prev.payloadBytes, committedJseqHi: 0, committedJseqLo: link.committedJseq,
+        prevEpochHi: 0, prevEpochLo: Number(link.prev.epoch), prevSeqHi: 0, prevSeqLo: Number(link.prev.seq),
+        prevOffsetBytesHi: 0, prevOffsetBytesLo: link.prev.offsetBytes, prevPosBytesHi: 0, prevPosBytesLo: link.prev.posBytes,
+        reserved0: 0, reserved1: 0, reserved2: 0, reserved3: 0, reserved4: 0, headerCrc: 0,
       },
       buf,
     );
-    buf.writeUInt32BE(crc32(buf.subarray(0, 60)), 60); // the header crc, as the hand encoder does
+    buf.writeUInt32BE(crc32(buf.subarray(0, 124)), 124); // the header crc, as the hand encoder does
   });
   return { handNs, layoutNs };
 }

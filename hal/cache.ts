@@ -7,118 +7,88 @@
 // then perform it on storage), 12 and 21 (remove the request from the cache on acknowledgement),
 // 18, 20 (relay cache).
 //
-// Model: hypercore's old oplog. Each entry is a checksummed header plus a checksummed payload;
-// replay walks the ring from the persisted head, stops at the first entry that is torn, has a
-// bad checksum or is not the next one expected, and everything after it (the torn tail) is cut.
-//
-// Region layout (all integers big-endian):
-//   [0, 512)        superblock copy 0     two copies written alternately, each with a sequence
-//   [512, 1024)     superblock copy 1     number and crc: a torn superblock write leaves the
-//                                          other copy, which names an older (still safe) head
-//   [4096, size)    the ring of entries, each 64-byte aligned, never split across the end: an
-//                   entry that does not fit before the end goes to the ring start instead
+// Model: hypercore's old oplog: each entry is a checksummed header plus a checksummed payload,
+// replayed in order from the persisted head. Unlike the oplog, an unreadable entry is not simply
+// the end: every entry carries a watermark (the jseq below which every entry had completed when
+// it was written) and names the entry before it, so replay tells damage in the middle (reported
+// by range, replay goes on) from a torn tail (cut: never acknowledged). The byte format is in
+// hal/cache-format.ts, replay in hal/cache-replay.ts.
 //
 // Why the ring can be trusted at replay:
 //   - Every entry carries a journal sequence number `jseq` (one per append, never reused within
 //     a generation) and the `generation` it was written in (one per open). Replay accepts the
 //     entry at the expected position only if its jseq is the next one and its generation is not
 //     older than the previous entry's: stale entries of an older lap or of a torn tail cut by an
-//     earlier open can never be taken for the next entry.
+//     earlier open can never be taken for the next entry (and open erases the headers of the
+//     torn tail it cuts, so the look-ahead past a damaged entry cannot take them either).
 //   - Appends complete in jseq order (an append resolves only after every earlier one did), so
-//     replay stopping at the first torn entry loses only appends nobody was told about.
+//     an entry below a later entry's watermark was acknowledgeable, and one at or above every
+//     watermark was acknowledged to nobody.
 //   - Space behind the head is reused only after the head that frees it is persisted, so the
 //     persisted head always points at a real entry (or the empty tail).
 //   - Done-marking persists the head lazily (every `headPersistBytes` reclaimed, when an append
 //     waits for space, after `headPersistIdleMs` idle, and on close); a crash in between
 //     re-delivers a few done entries, which is harmless (a site ignores a seq it applied) and rare.
+//   - open() never moves the persisted head: damage it reports is reported again by the next
+//     open until the head moves past it (the first persist after the caller appends or marks
+//     entries done). So a caller records the damage before it appends or marks anything done.
 //
-// Checksum: CRC-32 (IEEE) from @node-rs/crc32. Measured on this project's machine (64 B / 4 KiB /
-// 1 MiB): @node-rs crc32 110 ns / 0.42 us / 84 us, crc32c 125 ns / 0.83 us / 167 us, zlib.crc32
-// 179 ns / 1.0 us / 202 us. Same 32-bit strength, half the cost of crc32c on the 1 MiB hot path.
-//
-// Header encoding: by hand (writeUInt32BE and friends). The buffer-layout structs below are the
-// documented layout and a test checks both encode the same bytes. Measured per header with its
-// crc (npm run bench:hal, loaded machine): by hand ~1.0 us, via buffer-layout ~1.9 us; a cost on
-// every append, and buffer-layout cannot carry a u64 bigint (epoch, seq) without splitting it.
+// Size changes: the superblock records the region size. A journal opened with another size is
+// re-formatted at the new size if it holds nothing (drained): lossless. If it still holds
+// entries, open refuses and says which size replays them. A cache file shorter than its journal
+// was cut short: open refuses, since growing it would hide what the missing part held.
 //
 // hal/ imports nothing from src/.
 
 import { crc32 } from '@node-rs/crc32';
 import { randomInt } from 'node:crypto';
-import * as BufferLayout from 'buffer-layout';
 import { sense } from './blockdev.js';
+import {
+  CacheEntryFlags,
+  alignUp,
+  encodeEntryHeader,
+  encodeSuperblock,
+  entryAlignBytes,
+  entryHeaderBytes,
+  entryPayloadBytesMax,
+  ringStartBytes,
+  superblockBytes,
+  superblockSlotBytes,
+  type Head,
+  type PrevEntry,
+  type Superblock,
+} from './cache-format.js';
+import { noDamage, readSuperblock, replayJournal, type JournalDamage, type ReplayResult } from './cache-replay.js';
 import type { CacheDevice } from './cachedev.js';
 
-export const entryHeaderBytes = 64;
-export const entryAlignBytes = 64;
-export const superblockBytes = 64;
-export const superblockSlotBytes = 512;
-export const ringStartBytes = 4096;
-/** Largest payload of one entry, in bytes (the header's length field is a u32). */
-export const entryPayloadBytesMax = 0xffff_ffff;
+export {
+  CacheEntryFlags,
+  decodeEntryHeader,
+  encodeEntryHeader,
+  entryAlignBytes,
+  entryHeaderBytes,
+  entryHeaderBytesV1,
+  entryHeaderLayout,
+  entryHeaderLayoutV1,
+  entryPayloadBytesMax,
+  ringStartBytes,
+  superblockBytes,
+  superblockLayout,
+  superblockSlotBytes,
+  type EntryHeader,
+  type EntryLink,
+  type PrevEntry,
+} from './cache-format.js';
+export type { JournalDamage, LostEntry } from './cache-replay.js';
+
 /** Persist the head after an idle spell of this long, so few done entries replay after a crash. */
 export const headPersistIdleMs = 20;
+/** Bytes erased at the start of each header of a cut torn tail (its magic and version). */
+const tailEraseBytes = 8;
 
-const entryMagic = 0x474d4345; // "GMCE"
-const superblockMagic = 0x474d4353; // "GMCS"
-const formatVersion = 1;
-
-/** Entry flags (u16). */
-export const CacheEntryFlags = {
-  /** The host asked for Force Unit Access on this write. */
-  FUA: 1 << 0,
-  /** The entry stays after local execution until its owner drops it (relay/primary: on ack). */
-  RETAIN: 1 << 1,
-} as const;
 const flagsKnown = CacheEntryFlags.FUA | CacheEntryFlags.RETAIN;
 
 const u64Max = (1n << 64n) - 1n;
-
-/**
- * Documented entry-header layout (the encoder below writes the same bytes by hand; a test
- * checks it). u64 fields are split hi/lo because buffer-layout decodes u64 to a lossy number.
- */
-export const entryHeaderLayout = BufferLayout.struct([
-  BufferLayout.u32be('magic'),
-  BufferLayout.u16be('flags'),
-  BufferLayout.u8('version'),
-  BufferLayout.u8('reserved'),
-  BufferLayout.u32be('journalId'),
-  BufferLayout.u32be('generation'),
-  BufferLayout.u32be('jseqHi'),
-  BufferLayout.u32be('jseqLo'),
-  BufferLayout.u32be('volume'),
-  BufferLayout.u32be('payloadBytes'),
-  BufferLayout.u32be('epochHi'),
-  BufferLayout.u32be('epochLo'),
-  BufferLayout.u32be('seqHi'),
-  BufferLayout.u32be('seqLo'),
-  BufferLayout.u32be('offsetBytesHi'),
-  BufferLayout.u32be('offsetBytesLo'),
-  BufferLayout.u32be('payloadCrc'),
-  BufferLayout.u32be('headerCrc'), // CRC-32 of bytes [0, 60)
-]);
-
-/** Documented superblock layout (hand-encoded below; a test checks they agree). */
-export const superblockLayout = BufferLayout.struct([
-  BufferLayout.u32be('magic'),
-  BufferLayout.u16be('version'),
-  BufferLayout.u16be('reserved'),
-  BufferLayout.u32be('sbSeqHi'),
-  BufferLayout.u32be('sbSeqLo'),
-  BufferLayout.u32be('regionBytesHi'),
-  BufferLayout.u32be('regionBytesLo'),
-  BufferLayout.u32be('journalId'),
-  BufferLayout.u32be('generation'),
-  BufferLayout.u32be('headPosHi'),
-  BufferLayout.u32be('headPosLo'),
-  BufferLayout.u32be('headJseqHi'),
-  BufferLayout.u32be('headJseqLo'),
-  BufferLayout.u32be('headGeneration'),
-  BufferLayout.u32be('reserved2'),
-  BufferLayout.u32be('reserved3'),
-  BufferLayout.u32be('crc'), // CRC-32 of bytes [0, 60)
-]);
 
 export interface EntryMeta {
   /** Volume id (u32). */
@@ -161,6 +131,21 @@ export interface RecoveredEntry {
   readonly payload: Buffer;
 }
 
+/** What open() found and returns. */
+export interface CacheOpenResult {
+  readonly journal: CacheJournal;
+  /** The intact entries in append order, each still pending: mark them done once re-performed. */
+  readonly recovered: RecoveredEntry[];
+  /**
+   * Acknowledged entries that are gone (lost: repair those ranges; unknownLost: resync the whole
+   * volume) and the torn tail that was cut. Reported again by every open until the journal's
+   * head moves past them: record them before appending or marking anything done.
+   */
+  readonly damage: JournalDamage;
+  /** Set when an empty journal of this size was re-formatted at the configured size. */
+  readonly resizedFromBytes?: number;
+}
+
 export interface Occupancy {
   /** Ring bytes not available to appends (live entries, done ones not yet reclaimed, padding). */
   readonly bytes: number;
@@ -168,19 +153,6 @@ export interface Occupancy {
   readonly entries: number;
   /** Ring capacity in bytes: the configured cache size minus the superblock area. */
   readonly capacityBytes: number;
-}
-
-interface Head {
-  readonly pos: number;
-  readonly jseq: number;
-  readonly generation: number;
-}
-
-interface Superblock extends Head {
-  readonly sbSeq: number;
-  readonly regionBytes: number;
-  readonly journalId: number;
-  readonly currentGeneration: number;
 }
 
 interface Waiter {
@@ -210,6 +182,10 @@ export class CacheJournal {
   private first = 0;
   private tailPos: number;
   private nextJseq: number;
+  /** Every entry up to this jseq has completed (its append resolved): the watermark - 1. */
+  private completedJseq: number;
+  /** The entry nextJseq - 1, named in the next entry's header (when known). */
+  private lastIssued: PrevEntry | undefined;
   private durable: Head;
   private sbSeq: number;
   private pendingCount = 0;
@@ -228,14 +204,17 @@ export class CacheJournal {
     /** This session's generation (one per open). */
     readonly generation: number,
     sb: Superblock,
-    tailPos: number,
-    nextJseq: number,
+    replay: ReplayResult,
     options: CacheJournalOptions,
   ) {
     this.ringEndBytes = device.sizeBytes;
-    this.tailPos = tailPos;
-    this.nextJseq = nextJseq;
-    this.durable = { pos: sb.pos, jseq: sb.jseq, generation: sb.generation };
+    this.tailPos = replay.tailPos;
+    this.nextJseq = replay.nextJseq;
+    this.completedJseq = replay.nextJseq - 1;
+    this.lastIssued = replay.lastIssued;
+    // The persisted head stays where it is (see the file comment). With nothing replayed, the
+    // ring counts as empty from there, so the next append goes to the tail at once.
+    this.durable = { pos: sb.pos, jseq: replay.entries.length === 0 ? replay.nextJseq : sb.jseq, generation: sb.generation };
     this.sbSeq = sb.sbSeq;
     this.headPersistBytes = options.headPersistBytes ?? Math.max(entryAlignBytes, Math.floor(this.capacityBytes / 8));
   }
@@ -251,47 +230,76 @@ export class CacheJournal {
   }
 
   /**
-   * Opens the journal on `device` (formatting a blank one), replays it and cuts the torn tail.
-   * Returns the surviving entries in append order (= seq order for a caller that appends in seq
-   * order), each still pending: mark them done once re-performed or re-acknowledged. The journal
-   * owns the device from here on; close() closes it.
+   * Opens the journal on `device` (formatting a blank one), replays it, reports damage and cuts
+   * the torn tail. Returns the intact entries in append order (= seq order for a caller that
+   * appends in seq order), each still pending: mark them done once re-performed or
+   * re-acknowledged. The journal owns the device from the call on: close() closes it, and so
+   * does a refused open.
    */
-  static async open(device: CacheDevice, options: CacheJournalOptions = {}): Promise<{ journal: CacheJournal; recovered: RecoveredEntry[] }> {
+  static async open(device: CacheDevice, options: CacheJournalOptions = {}): Promise<CacheOpenResult> {
+    try {
+      return await CacheJournal.openOwned(device, options);
+    } catch (err) {
+      await device.close().catch(() => undefined); // refused: nothing else will close it
+      throw err;
+    }
+  }
+
+  private static async openOwned(device: CacheDevice, options: CacheJournalOptions): Promise<CacheOpenResult> {
     if (device.sizeBytes < ringStartBytes + entryHeaderBytes * 16) {
       throw sense.invalidField(device.name, `cache of ${device.sizeBytes} bytes is too small; give it at least ${ringStartBytes + entryHeaderBytes * 16} bytes`);
     }
-    let sb = await readSuperblock(device);
-    if (sb === undefined) {
-      sb = {
-        sbSeq: 0,
-        regionBytes: device.sizeBytes,
-        journalId: randomInt(1, 0xffff_ffff),
-        currentGeneration: 0,
-        pos: ringStartBytes,
-        jseq: 1,
-        generation: 0,
-      };
-    } else if (sb.regionBytes !== device.sizeBytes) {
-      throw sense.invalidField(
-        device.name,
-        `the cache journal on this device was formatted for ${sb.regionBytes} bytes but is configured as ${device.sizeBytes}; ` +
-          `set cache.size back to ${sb.regionBytes} and let the site drain it, or delete the cache file (pending writes in it are then lost)`,
-      );
+    const { sb, replay, resizedFromBytes } = await CacheJournal.recover(device);
+    // Erase the cut tail's headers, so no later look-ahead takes a stale entry for a current one.
+    const erase = Buffer.alloc(tailEraseBytes);
+    for (const at of replay.tailHeaderPositions) await device.writev([erase], at);
+    if (device.storedBytes !== undefined && device.storedBytes < device.sizeBytes) {
+      // A blank short file, or an empty journal of a smaller size: nothing to hide, so grow it.
+      if (device.grow === undefined) throw sense.invalidField(device.name, `holds ${device.storedBytes} bytes but cache.size is ${device.sizeBytes}, and this device cannot grow`);
+      await device.grow();
     }
-    const recovered = await scan(device, sb);
-    const generation = sb.currentGeneration + 1;
-    const last = recovered.at(-1)?.handle;
-    const tailPos = last === undefined ? sb.pos : last.posBytes + last.sizeBytes;
-    const nextJseq = last === undefined ? sb.jseq : last.jseq + 1;
-    const journal = new CacheJournal(device, sb.journalId, generation, sb, tailPos, nextJseq, options);
-    for (const r of recovered) {
-      journal.ring.push(r.handle);
+    const journal = new CacheJournal(device, sb.journalId, sb.currentGeneration + 1, sb, replay, options);
+    const recovered = replay.entries.map((e): RecoveredEntry => {
+      const h = e.header;
+      const handle = new EntryHandle(h.jseq, h.volume, h.epoch, h.seq, h.offsetBytes, h.flags, h.payloadBytes, e.posBytes, h.sizeBytes, h.generation);
+      handle.state = 'cached';
+      journal.ring.push(handle);
       journal.pendingCount++;
+      return { handle, payload: e.payload };
+    });
+    // Persist the new generation (and the same head) before the first append, so entries of
+    // this session are never confused with the torn tail just cut.
+    await journal.writeSuperblock({ pos: sb.pos, jseq: sb.jseq, generation: sb.generation });
+    return { journal, recovered, damage: replay.damage, ...(resizedFromBytes !== undefined ? { resizedFromBytes } : {}) };
+  }
+
+  /** Reads the superblock and replays the ring, or decides a size change (no writes here). */
+  private static async recover(device: CacheDevice): Promise<{ sb: Superblock; replay: ReplayResult; resizedFromBytes?: number }> {
+    const storedBytes = device.storedBytes ?? device.sizeBytes; // the file's own size
+    const readableBytes = Math.min(storedBytes, device.sizeBytes);
+    const found = await readSuperblock(device, readableBytes);
+    if (found === undefined) {
+      const sb: Superblock = { sbSeq: 0, regionBytes: device.sizeBytes, journalId: randomInt(1, 0xffff_ffff), currentGeneration: 0, pos: ringStartBytes, jseq: 1, generation: 0, committedJseq: 0, drained: false };
+      return { sb, replay: await replayJournal(device, sb, device.sizeBytes) };
     }
-    // Persist the new generation before the first append, so entries of this session are never
-    // confused with the torn tail just cut.
-    await journal.persistHeadNow();
-    return { journal, recovered };
+    const regionBytes = found.regionBytes;
+    if (regionBytes > storedBytes) throw cutShortError(device, storedBytes, regionBytes);
+    if (regionBytes === device.sizeBytes) return { sb: found, replay: await replayJournal(device, found, regionBytes) };
+    let nextJseq = found.jseq;
+    let tailHeaderPositions: number[] = [];
+    if (!found.drained) {
+      // Closed with entries, or not closed: only a replay at the old size can tell it is empty.
+      if (regionBytes > readableBytes) throw resizeError(device, regionBytes, undefined);
+      const replay = await replayJournal(device, found, regionBytes);
+      const pending = replay.entries.length + replay.damage.lost.length + replay.damage.unknownLost;
+      if (pending > 0) throw resizeError(device, regionBytes, replay);
+      nextJseq = replay.nextJseq;
+      tailHeaderPositions = replay.tailHeaderPositions; // erased: the new ring must not meet them
+    }
+    // Nothing pending: the ring starts afresh at the configured size (same journal, jseqs go on).
+    const sb: Superblock = { ...found, regionBytes: device.sizeBytes, pos: ringStartBytes, jseq: nextJseq, generation: found.currentGeneration, committedJseq: nextJseq };
+    const replay: ReplayResult = { entries: [], damage: noDamage, nextJseq, tailPos: ringStartBytes, lastIssued: undefined, tailHeaderPositions };
+    return { sb, replay, resizedFromBytes: regionBytes };
   }
 
   /**
@@ -393,7 +401,11 @@ export class CacheJournal {
     for (const w of this.waiters.splice(0)) w.settle.reject(sense.notPresent(this.device.name, 'cache journal closed while this append waited for space'));
     this.flushBatch();
     await this.lastCached.catch(() => undefined);
-    if (this.broken === undefined) await this.persistHead().catch(() => undefined);
+    if (this.broken === undefined) {
+      await this.persistHead().catch(() => undefined);
+      // Nothing pending: say so, so the next open may change the cache size at once.
+      if (this.pendingCount === 0) await this.writeSuperblock(this.memHead(), true).catch(() => undefined);
+    }
     await this.device.close();
   }
 
@@ -462,7 +474,10 @@ export class CacheJournal {
     this.pendingCount++;
     this.tailPos = pos + sizeBytes;
     const header = Buffer.allocUnsafe(entryHeaderBytes);
-    encodeEntryHeader(header, this.journalId, handle, crc32(payload));
+    // The watermark and the previous entry's identity let replay tell damage from a torn tail
+    // and name a damaged entry's range (hal/cache-replay.ts).
+    encodeEntryHeader(header, this.journalId, handle, crc32(payload), { committedJseq: this.completedJseq + 1, prev: this.lastIssued });
+    this.lastIssued = { epoch: meta.epoch, seq: meta.seq, offsetBytes: meta.offsetBytes, payloadBytes: payload.byteLength, posBytes: pos };
     // Group commit: entries appended in one synchronous run (a burst of frames from one socket
     // read, the actions of one core step) that sit back to back in the ring leave in ONE
     // positional writev, header, payload and alignment padding of each in turn. (Starting the
@@ -510,6 +525,7 @@ export class CacheJournal {
       () => {
         for (const e of b.entries) {
           e.handle.state = 'cached';
+          this.completedJseq = e.handle.jseq;
           e.settle.resolve(e.handle);
         }
       },
@@ -568,6 +584,14 @@ export class CacheJournal {
     }
     const head = this.memHead();
     const reclaimed = this.reclaimedSinceDurableBytes;
+    await this.writeSuperblock(head);
+    this.durable = head;
+    this.reclaimedSinceDurableBytes -= reclaimed;
+    this.serveWaiters();
+  }
+
+  /** Writes the next superblock copy: `head`, this generation, the watermark as of now. */
+  private async writeSuperblock(head: Head, drained = false): Promise<void> {
     const sbSeq = this.sbSeq + 1;
     const buf = Buffer.alloc(superblockBytes);
     encodeSuperblock(buf, {
@@ -575,17 +599,16 @@ export class CacheJournal {
       regionBytes: this.device.sizeBytes,
       journalId: this.journalId,
       currentGeneration: this.generation,
+      committedJseq: this.completedJseq + 1,
+      drained,
       ...head,
     });
     await this.device.writev([buf], (sbSeq % 2) * superblockSlotBytes);
     this.sbSeq = sbSeq;
-    this.durable = head;
-    this.reclaimedSinceDurableBytes -= reclaimed;
-    this.serveWaiters();
   }
 }
 
-// --- encoding -------------------------------------------------------------------------------
+// --- encoding and errors ----------------------------------------------------------------------
 
 /** Buffers one group-commit writev may carry (IOV_MAX is 1024 on Linux). */
 const batchBuffersMax = 512;
@@ -593,10 +616,6 @@ const batchBuffersMax = 512;
 const batchBytesMax = 128 * 1024;
 /** Alignment padding between entries of one group commit (never more than an alignment unit). */
 const zeroPad = new Uint8Array(entryAlignBytes);
-
-function alignUp(n: number): number {
-  return Math.ceil(n / entryAlignBytes) * entryAlignBytes;
-}
 
 function checkMeta(device: string, meta: EntryMeta, payload: Uint8Array): number {
   const flags = meta.flags ?? 0;
@@ -609,133 +628,27 @@ function checkMeta(device: string, meta: EntryMeta, payload: Uint8Array): number
   return flags;
 }
 
-function writeU64(buf: Buffer, value: number, at: number): void {
-  buf.writeUInt32BE(Math.floor(value / 2 ** 32), at);
-  buf.writeUInt32BE(value >>> 0, at + 4);
+/** The cache file is shorter than the journal in it: its missing part cannot be replayed. */
+function cutShortError(device: CacheDevice, storedBytes: number, regionBytes: number): Error {
+  return sense.invalidField(
+    device.name,
+    `the file holds ${storedBytes} bytes but the cache journal in it was formatted for ${regionBytes} bytes (cache.size is ${device.sizeBytes}): ` +
+      `it was cut short, and writes pending in its missing part can no longer be replayed. Restore the whole file if you have a copy; ` +
+      `do not grow it back, that would hide the loss. Without a copy, move the file aside and have this site resynced in full from its peers before it serves (its storage may lack acknowledged writes)`,
+  );
 }
 
-function readU64(buf: Buffer, at: number): number {
-  return buf.readUInt32BE(at) * 2 ** 32 + buf.readUInt32BE(at + 4);
-}
-
-export function encodeEntryHeader(buf: Buffer, journalId: number, h: EntryHandle, payloadCrc: number): void {
-  buf.writeUInt32BE(entryMagic, 0);
-  buf.writeUInt16BE(h.flags, 4);
-  buf.writeUInt8(formatVersion, 6);
-  buf.writeUInt8(0, 7);
-  buf.writeUInt32BE(journalId, 8);
-  buf.writeUInt32BE(h.generation, 12);
-  writeU64(buf, h.jseq, 16);
-  buf.writeUInt32BE(h.volume, 24);
-  buf.writeUInt32BE(h.payloadBytes, 28);
-  buf.writeBigUInt64BE(h.epoch, 32);
-  buf.writeBigUInt64BE(h.seq, 40);
-  writeU64(buf, h.offsetBytes, 48);
-  buf.writeUInt32BE(payloadCrc, 56);
-  buf.writeUInt32BE(crc32(buf.subarray(0, 60)), 60);
-}
-
-function encodeSuperblock(buf: Buffer, sb: Superblock): void {
-  buf.writeUInt32BE(superblockMagic, 0);
-  buf.writeUInt16BE(formatVersion, 4);
-  buf.writeUInt16BE(0, 6);
-  writeU64(buf, sb.sbSeq, 8);
-  writeU64(buf, sb.regionBytes, 16);
-  buf.writeUInt32BE(sb.journalId, 24);
-  buf.writeUInt32BE(sb.currentGeneration, 28);
-  writeU64(buf, sb.pos, 32);
-  writeU64(buf, sb.jseq, 40);
-  buf.writeUInt32BE(sb.generation, 48);
-  buf.writeUInt32BE(0, 52);
-  buf.writeUInt32BE(0, 56);
-  buf.writeUInt32BE(crc32(buf.subarray(0, 60)), 60);
-}
-
-function decodeSuperblock(buf: Buffer): Superblock | undefined {
-  if (buf.readUInt32BE(0) !== superblockMagic || buf.readUInt16BE(4) !== formatVersion) return undefined;
-  if (crc32(buf.subarray(0, 60)) !== buf.readUInt32BE(60)) return undefined;
-  return {
-    sbSeq: readU64(buf, 8),
-    regionBytes: readU64(buf, 16),
-    journalId: buf.readUInt32BE(24),
-    currentGeneration: buf.readUInt32BE(28),
-    pos: readU64(buf, 32),
-    jseq: readU64(buf, 40),
-    generation: buf.readUInt32BE(48),
-  };
-}
-
-async function readSuperblock(device: CacheDevice): Promise<Superblock | undefined> {
-  const buf = await device.read(0, 2 * superblockSlotBytes);
-  const copies = [decodeSuperblock(buf.subarray(0, superblockBytes)), decodeSuperblock(buf.subarray(superblockSlotBytes, superblockSlotBytes + superblockBytes))];
-  let best: Superblock | undefined;
-  for (const c of copies) if (c !== undefined && (best === undefined || c.sbSeq > best.sbSeq)) best = c;
-  if (best !== undefined) {
-    const sane = best.pos >= ringStartBytes && best.pos <= best.regionBytes && best.pos % entryAlignBytes === 0 && best.jseq >= 1;
-    if (!sane) throw sense.mediumRead(device.name, undefined, `cache superblock names head ${best.pos}, outside the ring; the cache device is corrupt`);
-  }
-  return best;
-}
-
-// --- replay ---------------------------------------------------------------------------------
-
-/** Reads the ring through a window so replay does a few big reads, not two per entry. */
-class WindowReader {
-  private static readonly windowBytes = 4 * 1024 * 1024;
-  private buf: Buffer = Buffer.alloc(0);
-  private start = 0;
-  constructor(private readonly device: CacheDevice) {}
-
-  async get(pos: number, lengthBytes: number): Promise<Buffer> {
-    if (pos < this.start || pos + lengthBytes > this.start + this.buf.byteLength) {
-      const len = Math.min(Math.max(lengthBytes, WindowReader.windowBytes), this.device.sizeBytes - pos);
-      this.buf = await this.device.read(pos, len); // a new buffer each time: old views stay valid
-      this.start = pos;
-    }
-    return this.buf.subarray(pos - this.start, pos - this.start + lengthBytes);
-  }
-}
-
-async function scan(device: CacheDevice, sb: Superblock): Promise<RecoveredEntry[]> {
-  const out: RecoveredEntry[] = [];
-  if (sb.currentGeneration === 0) return out; // freshly formatted: nothing was ever appended
-  const reader = new WindowReader(device);
-  const ringEnd = device.sizeBytes;
-  let pos = sb.pos;
-  let jseq = sb.jseq;
-  let minGeneration = sb.generation;
-  let scannedBytes = 0;
-  const capacityBytes = ringEnd - ringStartBytes;
-  const tryAt = async (at: number): Promise<RecoveredEntry | undefined> => {
-    if (at + entryHeaderBytes > ringEnd) return undefined;
-    const h = await reader.get(at, entryHeaderBytes);
-    if (h.readUInt32BE(0) !== entryMagic || h.readUInt8(6) !== formatVersion) return undefined;
-    if (crc32(h.subarray(0, 60)) !== h.readUInt32BE(60)) return undefined;
-    if (h.readUInt32BE(8) !== sb.journalId || readU64(h, 16) !== jseq) return undefined;
-    const generation = h.readUInt32BE(12);
-    if (generation < minGeneration || generation > sb.currentGeneration) return undefined;
-    const payloadBytes = h.readUInt32BE(28);
-    const sizeBytes = alignUp(entryHeaderBytes + payloadBytes);
-    if (at + sizeBytes > ringEnd) return undefined;
-    const payload = await reader.get(at + entryHeaderBytes, payloadBytes);
-    if (crc32(payload) !== h.readUInt32BE(56)) return undefined;
-    const flags = h.readUInt16BE(4);
-    const handle = new EntryHandle(jseq, h.readUInt32BE(24), h.readBigUInt64BE(32), h.readBigUInt64BE(40), readU64(h, 48), flags, payloadBytes, at, sizeBytes, generation);
-    handle.state = 'cached';
-    return { handle, payload };
-  };
-  for (;;) {
-    // The entry after `pos` is there, or at the ring start if it did not fit before the end.
-    const found = (await tryAt(pos)) ?? (pos !== ringStartBytes ? await tryAt(ringStartBytes) : undefined);
-    if (found === undefined) break;
-    scannedBytes += found.handle.sizeBytes;
-    if (scannedBytes > capacityBytes) {
-      throw sense.mediumRead(device.name, undefined, `cache replay walked more than the whole ring (${capacityBytes} bytes); the journal is corrupt`);
-    }
-    out.push(found);
-    pos = found.handle.posBytes + found.handle.sizeBytes;
-    jseq++;
-    minGeneration = found.handle.generation;
-  }
-  return out;
+/** The journal was formatted for another size and may hold pending writes. */
+function resizeError(device: CacheDevice, regionBytes: number, replay: ReplayResult | undefined): Error {
+  const shortFile = device.storedBytes !== undefined && device.storedBytes < device.sizeBytes ? ` (the file holds ${device.storedBytes} bytes)` : '';
+  const holds =
+    replay === undefined
+      ? 'and it was not closed empty, so it may hold pending writes'
+      : `and it still holds ${replay.entries.length} pending write(s)${replay.damage.lost.length + replay.damage.unknownLost > 0 ? ` and ${replay.damage.lost.length + replay.damage.unknownLost} damaged one(s)` : ''}`;
+  return sense.invalidField(
+    device.name,
+    `the cache journal on this device was formatted for ${regionBytes} bytes but cache.size is ${device.sizeBytes}${shortFile}, ${holds}. ` +
+      `Set cache.size to ${regionBytes} so the site replays them; once it has drained its cache (geomirror status shows no cache entries), stop it and set cache.size to ${device.sizeBytes}: ` +
+      `a journal closed empty is re-formatted at the new size`,
+  );
 }

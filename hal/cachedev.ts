@@ -31,6 +31,15 @@ export interface CacheDevice {
   /** True when every write reaches stable storage before it resolves (power-loss safe). */
   readonly durableWrites: boolean;
   /**
+   * The size of the file behind the device when it differs from `sizeBytes` (absent: equal). A
+   * shorter file is not grown on open (growing it would hide whatever its missing part held), and
+   * reads stay below min(storedBytes, sizeBytes) until grow(); a longer one is used up to
+   * sizeBytes. The journal (hal/cache.ts) decides what a difference means.
+   */
+  readonly storedBytes?: number;
+  /** Extends a shorter file to sizeBytes with zeros. The journal decides when. */
+  grow?(): Promise<void>;
+  /**
    * Writes `buffers` back to back at `offsetBytes`, whole or fails (short writes are looped).
    * The buffers are not copied by the file device; the caller must not change them until the
    * promise settles.
@@ -127,13 +136,19 @@ export class MemoryCacheDevice implements CacheDevice {
   }
 }
 
-/** Opens (or creates) a file as a cache region of `sizeBytes`; a smaller file is grown to it. */
+/**
+ * Opens (or creates) a file as a cache region of `sizeBytes`. A new or empty file is sized to
+ * the region. A non-empty file that is shorter is opened as it is (`storedBytes`): it may hold a
+ * journal of another size, or one cut short, and only the journal (hal/cache.ts) can tell which
+ * and whether growing it is safe.
+ */
 export async function openFileCacheDevice(path: string, options: CacheDeviceOptions): Promise<FileCacheDevice> {
   const name = `loopback:${path}`;
   checkSize(name, options.sizeBytes, Number.MAX_SAFE_INTEGER);
   // O_RDWR | O_CREAT without O_TRUNC: create if missing, never truncate what is there.
   const flags = options.create === false ? constants.O_RDWR : constants.O_RDWR | constants.O_CREAT;
   let fh: FileHandle;
+  let storedBytes: number;
   try {
     fh = await open(path, flags, 0o600);
   } catch (err) {
@@ -142,14 +157,15 @@ export async function openFileCacheDevice(path: string, options: CacheDeviceOpti
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw sense.invalidField(name, `${path} is not a regular file; a cache device is a file or memory:`);
-    // Growing is safe (the journal's superblock records its region size and refuses a
-    // mismatch); shrinking could cut pending entries, so we never truncate.
-    if (st.size < options.sizeBytes) await fh.truncate(options.sizeBytes);
+    // Shrinking could cut pending entries, so we never truncate. An empty file holds nothing
+    // and is sized at once; a shorter non-empty one is left for the journal to judge.
+    if (st.size === 0) await fh.truncate(options.sizeBytes);
+    storedBytes = st.size === 0 ? options.sizeBytes : st.size;
   } catch (err) {
     await fh.close().catch(() => undefined);
     throw mapFsError(name, 'write', undefined, err);
   }
-  return new FileCacheDevice(name, fh, options.sizeBytes, options.sync === true);
+  return new FileCacheDevice(name, fh, options.sizeBytes, options.sync === true, storedBytes !== options.sizeBytes ? storedBytes : undefined);
 }
 
 export class FileCacheDevice implements CacheDevice {
@@ -160,7 +176,23 @@ export class FileCacheDevice implements CacheDevice {
     private readonly fh: FileHandle,
     readonly sizeBytes: number,
     readonly durableWrites: boolean,
+    private stored: number | undefined = undefined,
   ) {}
+
+  get storedBytes(): number | undefined {
+    return this.stored;
+  }
+
+  async grow(): Promise<void> {
+    if (this.closed) throw sense.notPresent(this.name);
+    if (this.stored === undefined || this.stored >= this.sizeBytes) return;
+    try {
+      await this.fh.truncate(this.sizeBytes);
+    } catch (err) {
+      throw mapFsError(this.name, 'write', undefined, err);
+    }
+    this.stored = undefined;
+  }
 
   async writev(buffers: readonly Uint8Array[], offsetBytes: number): Promise<void> {
     if (this.closed) throw sense.notPresent(this.name);

@@ -24,8 +24,8 @@
 
 import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
 import type { LocalStore, StoreEntry } from './local-store.js';
-import { rangesOfRegions, regionCount, regionRange, regionsOf, regionsOfRanges } from './regions.js';
-import { assert, type ByteRange, type Completion, type Epoch, type HostOpId, type Limits, type MirrorLossPolicy, type OpId, type PeerId, type PeerMsg, type SenseInfo, type Seq } from './types.js';
+import { badRanges, rangesOfRegions, regionCount, regionRange, regionsOf, regionsOfRanges } from './regions.js';
+import { assert, peerRangesMax, type ByteRange, type Completion, type Epoch, type HostOpId, type Limits, type MirrorLossPolicy, type OpId, type PeerId, type PeerMsg, type SenseInfo, type Seq } from './types.js';
 
 /** A write as the primary tracks it: the local store's entry plus who it still waits for. */
 export interface PrimaryEntry extends StoreEntry {
@@ -38,6 +38,10 @@ export interface PrimaryEntry extends StoreEntry {
   readonly copyWaits: Set<bigint>;
   /** Completed: acked to the host (or failed to it). */
   done: boolean;
+  /** Mirrors that acked it (a write whose local storage write failed is acked to the host only if one did). */
+  ackedBy: number;
+  /** A mirror failed it under `block`: the host gets this error. */
+  mirrorSense?: SenseInfo;
 }
 
 /** A host FLUSH as the fan-out sees it: which mirrors still owe their flushAck. */
@@ -213,7 +217,12 @@ export class Fanout implements OpOwner {
       return;
     }
     switch (msg.type) {
-      case 'resyncRequest': this.onJoin(m, msg.seqReceived, msg.ranges ?? []); break;
+      case 'resyncRequest': {
+        const bad = badRanges(msg.ranges ?? [], this.cfg.volumeBytes, peerRangesMax);
+        if (bad !== undefined) this.io.refuse(peer, 'bad_frame', `resync request: ${bad}`);
+        else this.onJoin(m, msg.seqReceived, msg.ranges ?? []);
+        break;
+      }
       case 'peerDirtyAck': this.onCopyAck(m, msg.id); break;
       case 'ack': this.onAck(m, msg.seq); break;
       case 'writeStatus': this.onWriteStatus(m, msg.seq, msg.sense); break;
@@ -298,7 +307,10 @@ export class Fanout implements OpOwner {
     for (let i = firstAbove(entries, this.host.epoch, m.ackCursor); i < entries.length; i++) {
       const e = entries[i]!;
       if (e.seq > seq) break;
-      if (e.waitingMirrors.delete(m.peer)) this.host.tryComplete(e);
+      if (e.waitingMirrors.delete(m.peer)) {
+        e.ackedBy++;
+        this.host.tryComplete(e);
+      }
     }
     m.ackCursor = seq;
   }
@@ -312,7 +324,7 @@ export class Fanout implements OpOwner {
     this.io.logLimited(`mirror_write_failed:${m.peer}`, repeatLogIntervalMs, 'error', 'mirror_write_failed', { peer: m.peer, seq, message: sense.message });
     if (this.cfg.onMirrorLoss === 'block') {
       const e = this.store.entries.find((x) => x.epoch === this.host.epoch && x.seq === seq);
-      if (e !== undefined && !e.done) e.sense ??= sense;
+      if (e !== undefined && !e.done) e.mirrorSense ??= sense;
     }
     this.degrade(m, `write ${seq} failed on its storage: ${sense.message}`);
   }
@@ -485,11 +497,47 @@ export class Fanout implements OpOwner {
     }
   }
 
+  /** A dirty region to resync next: never one of the primary's own suspect regions (src/core/repair.ts repairs those first). */
   private pickRegion(m: MirrorState): number | undefined {
     const busy = new Set<number>();
     for (const v of m.inflight.values()) busy.add(v.region);
-    for (const r of m.dirty.keys()) if (!busy.has(r)) return r;
+    for (const r of m.dirty.keys()) if (!busy.has(r) && !this.store.suspect.has(r)) return r;
     return undefined;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Reads from the mirrors (the primary's own copy is not whole: src/core/repair.ts)
+
+  /**
+   * A mirror to read `offsetBytes+lengthBytes` from: its link is up, no region of the range is
+   * dirty for it (it holds every acked write there) and it acked every write there that was
+   * cached (its storage holds them). In-sync mirrors first.
+   */
+  readSource(offsetBytes: number, lengthBytes: number, exclude: ReadonlySet<PeerId>): PeerId | undefined {
+    const regions = regionsOf(offsetBytes, lengthBytes, this.lim.regionBytes);
+    let fallback: PeerId | undefined;
+    for (const m of this.mirrors.values()) {
+      if (m.link !== 'ready' || exclude.has(m.peer) || regions.some((r) => m.dirty.has(r))) continue;
+      if (this.store.entries.some((e) => e.waitingMirrors.has(m.peer) && e.offsetBytes < offsetBytes + lengthBytes && offsetBytes < e.offsetBytes + e.lengthBytes)) continue;
+      if (m.sync === 'inSync') return m.peer;
+      fallback ??= m.peer;
+    }
+    return fallback;
+  }
+
+  /** Whether some mirror holds every acked write of region `r` (it is dirty for none of them). */
+  heldAnywhere(r: number): boolean {
+    for (const m of this.mirrors.values()) if (!m.dirty.has(r)) return true;
+    return false;
+  }
+
+  /** Regions the primary's journal lost, repaired from `source`: every other mirror may differ there. */
+  dirtyForOthers(regions: readonly number[], source: PeerId | undefined): void {
+    for (const m of this.mirrors.values()) {
+      if (m.peer === source) continue;
+      if (m.sync === 'inSync') this.degrade(m, `the primary's journal lost writes to ${regions.length} region(s) it may hold differently`);
+      this.markDirty(m, regions, undefined);
+    }
   }
 
   private onResyncRead(m: MirrorState, resyncId: bigint, offsetBytes: number, data: Uint8Array | undefined, sense: SenseInfo | undefined): void {

@@ -26,7 +26,8 @@
 
 import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
 import { OverlapQueue } from './overlap.js';
-import { assert, type CacheEntry, type Completion, type Epoch, type Limits, type OpId, type SenseInfo, type Seq } from './types.js';
+import { rangesOfRegions, regionRange, regionsOf } from './regions.js';
+import { assert, localSuspectKey, type ByteRange, type CacheEntry, type Completion, type Epoch, type Limits, type OpId, type SenseInfo, type Seq } from './types.js';
 
 /** One write in the journal, as the local store tracks it. Roles extend it with their own state. */
 export interface StoreEntry extends CacheEntry {
@@ -52,6 +53,7 @@ export function storeEntry(ce: CacheEntry, replayed: boolean): StoreEntry {
 
 export interface LocalStoreConfig {
   readonly limits: Limits;
+  readonly volumeBytes: number;
   /** False for a cache-only relay (claim 20 without 18): entries count as stored and durable at once. */
   readonly storage: boolean;
   /**
@@ -76,7 +78,11 @@ type LocalOp<E> =
   | { readonly kind: 'regionWrite'; readonly offsetBytes: number; readonly payload: Uint8Array; readonly done: RegionDone }
   | { readonly kind: 'regionRead'; readonly offsetBytes: number; readonly lengthBytes: number; readonly done: ReadDone };
 
-type Op<E> = { readonly kind: 'append'; readonly entry: E } | { readonly kind: 'local'; readonly op: LocalOp<E> } | { readonly kind: 'flush' };
+type Op<E> =
+  | { readonly kind: 'append'; readonly entry: E }
+  | { readonly kind: 'local'; readonly op: LocalOp<E> }
+  | { readonly kind: 'flush' }
+  | { readonly kind: 'suspect'; readonly done: (() => void)[] };
 
 interface Barrier {
   readonly epoch: Epoch;
@@ -108,6 +114,14 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
   /** Barriers whose writes are stored: the next storage flush answers them. */
   private ready: Barrier[] = [];
   private lastFlushMs = 0;
+  /**
+   * Regions of this site's own copy that may be wrong (issue 16 items 2, 3): lost journal
+   * entries, storage writes that failed, writes missed while the storage was down. Persisted
+   * (bitmap `localSuspectKey`); the role gets them repaired from its peers, then clears them.
+   * A region maps to the op that persists it until that is durable.
+   */
+  readonly suspect = new Map<number, OpId | 'set'>();
+  private suspectOps = 0;
   /** Consecutive failed storage flushes, and when the next may be tried (backoff, capped). */
   private flushFailures = 0;
   private flushRetryAtMs = 0;
@@ -118,9 +132,73 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
     private readonly hooks: LocalStoreHooks<E> = {},
   ) {}
 
-  /** First event of a life: the periodic flush counts from now. */
-  start(): void {
+  /** First event of a life: the periodic flush counts from now; the suspect regions persisted before. */
+  start(suspect: readonly number[] = []): void {
     this.lastFlushMs = this.io.nowMs;
+    for (const r of suspect) this.suspect.set(r, 'set');
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Suspect regions of this site's own copy
+
+  /** Marks `regions` suspect (persisted); `done` runs once every one of them is durably recorded. */
+  markSuspect(regions: readonly number[], done?: () => void): void {
+    const fresh: number[] = [];
+    const waitOn = new Set<OpId>();
+    for (const r of regions) {
+      const st = this.suspect.get(r);
+      if (st === undefined) fresh.push(r);
+      else if (st !== 'set') waitOn.add(st);
+    }
+    if (fresh.length > 0) {
+      const opId = this.io.op(this);
+      for (const r of fresh) this.suspect.set(r, opId);
+      this.ops.set(opId, { kind: 'suspect', done: [] });
+      this.suspectOps++;
+      this.io.push({ type: 'bitmapSet', opId, peer: localSuspectKey, regions: fresh });
+      waitOn.add(opId);
+    }
+    if (done === undefined) return;
+    if (waitOn.size === 0) {
+      done();
+      return;
+    }
+    let left = waitOn.size;
+    for (const opId of waitOn) (this.ops.get(opId) as { done: (() => void)[] }).done.push(() => --left === 0 && done());
+  }
+
+  /** The regions hold the right data again (repaired from a peer): no longer suspect. */
+  clearSuspect(regions: readonly number[]): void {
+    const gone = regions.filter((r) => this.suspect.get(r) === 'set');
+    for (const r of gone) this.suspect.delete(r);
+    if (gone.length > 0) this.io.push({ type: 'bitmapClear', peer: localSuspectKey, regions: gone });
+  }
+
+  /** Whether every region of `e` is durably recorded suspect (a failed write may be passed then). */
+  suspectRecorded(e: StoreEntry): boolean {
+    for (const r of regionsOf(e.offsetBytes, e.lengthBytes, this.cfg.limits.regionBytes)) if (this.suspect.get(r) !== 'set') return false;
+    return true;
+  }
+
+  /** Whether any byte of the range lies in a suspect region. */
+  isSuspect(offsetBytes: number, lengthBytes: number): boolean {
+    if (this.suspect.size === 0) return false;
+    for (const r of regionsOf(offsetBytes, lengthBytes, this.cfg.limits.regionBytes)) if (this.suspect.has(r)) return true;
+    return false;
+  }
+
+  /** The suspect regions as coalesced byte ranges (what a site names to its upstream). */
+  suspectRanges(): ByteRange[] {
+    return rangesOfRegions(this.suspect.keys(), this.cfg.volumeBytes, this.cfg.limits.regionBytes);
+  }
+
+  /** Regions wholly inside a range (a resync region or a repair that covered them). */
+  regionsWithin(offsetBytes: number, lengthBytes: number): number[] {
+    const rb = this.cfg.limits.regionBytes;
+    return regionsOf(offsetBytes, lengthBytes, rb).filter((r) => {
+      const range = regionRange(r, this.cfg.volumeBytes, rb);
+      return range.offsetBytes >= offsetBytes && range.offsetBytes + range.lengthBytes <= offsetBytes + lengthBytes;
+    });
   }
 
   // -------------------------------------------------------------------------------------------
@@ -162,8 +240,17 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
     return this.queued.length;
   }
 
+  /**
+   * Suspect regions are being recorded: nothing new enters the journal until they are durable
+   * (a journal that reports lost entries reports them until appends move past them).
+   */
+  get recording(): boolean {
+    return this.suspectOps > 0;
+  }
+
   /** Moves queued writes into the cache while it has room; `accept` journals (and performs) each. */
   admit(accept: (e: E) => void): void {
+    if (this.suspectOps > 0) return;
     while (this.queued.length > 0 && this.fits(this.queued[0]!.lengthBytes)) accept(this.queued.shift()!);
   }
 
@@ -229,6 +316,11 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
     if (op.kind === 'append') {
       assert(ev.type === 'cacheAppended', `op ${ev.opId} is a cacheAppend, completed as ${ev.type}`);
       this.onAppended(op.entry, sense);
+    } else if (op.kind === 'suspect') {
+      assert(ev.type === 'bitmapPersisted', `op ${ev.opId} is a bitmapSet, completed as ${ev.type}`);
+      this.suspectOps--;
+      for (const [r, st] of this.suspect) if (st === ev.opId) this.suspect.set(r, 'set');
+      for (const d of op.done) d();
     } else if (op.kind === 'flush') {
       assert(ev.type === 'storageFlushed', `op ${ev.opId} is a storageFlush, completed as ${ev.type}`);
       this.onFlushed(ev.opId, sense);
@@ -249,6 +341,8 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
       e.sense ??= sense;
       e.stored = true;
       e.durable = true;
+      // A received write this copy misses (a primary fails it to the host instead: no one has it).
+      if (this.cfg.storage && this.cfg.performWhenCached) this.markSuspect(regionsOf(e.offsetBytes, e.lengthBytes, this.cfg.limits.regionBytes));
     } else if (this.cfg.performWhenCached) {
       this.perform(e);
     }
@@ -267,12 +361,21 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
       return;
     }
     const e = op.entry;
-    e.stored = true;
     if (sense !== undefined) {
       this.io.logLimited('storage_write_failed', repeatLogIntervalMs, 'error', 'storage_write_failed', { seq: e.seq, offsetBytes: e.offsetBytes, message: sense.message });
       e.sense ??= sense;
-      e.durable = true; // nothing of it to keep durable; the role reports the failure
-    } else if (e.fua) {
+      // This copy misses the write: its regions are suspect until a peer repairs them, and the
+      // role hears of the failure (to report it, or to ack the host through its mirrors) only
+      // once that is durable, so no restart can forget it.
+      this.markSuspect(regionsOf(e.offsetBytes, e.lengthBytes, this.cfg.limits.regionBytes), () => {
+        e.stored = true;
+        e.durable = true; // nothing of it to keep durable
+        this.hooks.onStored?.(e);
+      });
+      return;
+    }
+    e.stored = true;
+    if (e.fua) {
       e.durable = true;
     } else {
       this.unflushed.push(e);

@@ -17,13 +17,16 @@
 import { CoreIO, CoreRole } from './io.js';
 import { LocalStore, storeEntry, type StoreEntry } from './local-store.js';
 import { regionsOf } from './regions.js';
+import { serveRead, startSuspect, storageRecovered } from './suspect.js';
 import { Upstream, type UpstreamConfig } from './upstream.js';
-import { assert, type CacheEntry, type Completion, type CoreEvent, type Epoch, type HeartbeatState, type Meta, type PeerId, type Seq } from './types.js';
+import { assert, type Completion, type CoreEvent, type Epoch, type HeartbeatState, type PeerId, type Recovered, type Seq } from './types.js';
 
 export type MirrorConfig = UpstreamConfig;
 
 interface ResyncItem {
   readonly peer: PeerId;
+  /** The upstream session it arrived in (Upstream.session): never applied or answered in a later one. */
+  readonly session: number;
   readonly resyncId: bigint;
   readonly offsetBytes: number;
   readonly payload: Uint8Array;
@@ -52,36 +55,43 @@ export class Mirror extends CoreRole {
   constructor(private readonly cfg: MirrorConfig, io?: CoreIO) {
     super(io ?? new CoreIO(cfg.self));
     // Claims 11, 17: into the cache, then onto storage (in overlap order).
-    this.store = new LocalStore(this.io, { limits: cfg.limits, storage: true, performWhenCached: true });
+    this.store = new LocalStore(this.io, { limits: cfg.limits, volumeBytes: cfg.volumeBytes, storage: true, performWhenCached: true });
     this.up = new Upstream(this.io, cfg, this.store, {
       entry: (w) => storeEntry(w, false),
       onFlush: (peer, f) => this.store.flushWhenStored(f.epoch, f.seq, (sense) => {
         this.io.send(peer, sense === undefined ? { type: 'flushAck', epoch: this.up.epoch, flushId: f.flushId } : { type: 'flushAck', epoch: this.up.epoch, flushId: f.flushId, sense });
       }),
       onResyncData: (peer, r) => {
-        if (this.up.resyncRoom(peer, this.resyncQueue.length)) this.resyncQueue.push({ peer, resyncId: r.resyncId, offsetBytes: r.offsetBytes, payload: r.payload });
+        if (this.up.resyncRoom(peer, this.resyncQueue.length)) this.resyncQueue.push({ peer, session: this.up.session, resyncId: r.resyncId, offsetBytes: r.offsetBytes, payload: r.payload });
       },
+      // Resync data of an ended session is dropped unapplied: the upstream resends what is still dirty.
+      onJoin: () => {
+        this.resyncQueue.length = 0;
+      },
+      onReadRequest: (peer, m) => serveRead(this.io, this.store, this.up, peer, m),
     });
   }
 
   protected onEvent(ev: Exclude<CoreEvent, Completion>): void {
     switch (ev.type) {
-      case 'start': this.onStart(ev.recovered.meta, ev.recovered.cacheEntries); break;
+      case 'start': this.onStart(ev.recovered); break;
       case 'tick': break;
+      case 'storageRecovered': storageRecovered(this.io, this.store, this.up, ev, this.cfg.volumeBytes, this.cfg.limits.regionBytes); break;
       case 'peerUp': break; // wait for the upstream's `epoch`
       case 'peerDown': this.up.peerDown(ev.peer); break;
       case 'peerHeard': this.up.peerHeard(ev.peer, ev.epoch); break;
       case 'recv': this.up.recv(ev.peer, ev.msg); break;
       case 'hostWrite':
-      case 'hostFlush': this.refuseHost(ev.id, 'a mirror'); break;
+      case 'hostFlush':
+      case 'hostRead': this.refuseHost(ev.id, 'a mirror'); break;
     }
   }
 
-  private onStart(meta: Meta, cached: readonly CacheEntry[]): void {
-    this.up.start(meta);
-    this.store.start();
-    this.up.replay(cached, (ce) => storeEntry(ce, true));
-    this.io.log('info', 'mirror_start', { epoch: this.up.epoch, replayed: cached.length, seqReceived: this.up.seqReceived });
+  private onStart(rec: Recovered): void {
+    this.up.start(rec.meta);
+    startSuspect(this.io, this.store, rec, this.cfg.volumeBytes, this.cfg.limits.regionBytes);
+    this.up.replay(rec.cacheEntries, (ce) => storeEntry(ce, true));
+    this.io.log('info', 'mirror_start', { epoch: this.up.epoch, replayed: rec.cacheEntries.length, seqReceived: this.up.seqReceived, suspectRegions: this.store.suspect.size });
   }
 
   private readonly accept = (e: StoreEntry): void => this.store.journal(e);
@@ -99,6 +109,9 @@ export class Mirror extends CoreRole {
     this.up.failed = [];
     for (const item of this.resyncQueue.splice(0)) {
       this.store.writeRegion(item.offsetBytes, item.payload, (sense) => {
+        // The region holds the upstream's content now: regions it covers are no longer suspect.
+        if (sense === undefined) this.store.clearSuspect(this.store.regionsWithin(item.offsetBytes, item.payload.byteLength));
+        if (item.session !== this.up.session) return;
         this.io.send(item.peer, sense === undefined
           ? { type: 'resyncAck', epoch: this.up.epoch, resyncId: item.resyncId }
           : { type: 'resyncAck', epoch: this.up.epoch, resyncId: item.resyncId, sense });
@@ -121,7 +134,7 @@ export class Mirror extends CoreRole {
     return { epoch: this.up.epoch, lastSeq: this.up.seqAcked };
   }
 
-  /** Ms since the upstream was last heard (-1: never in this life): the failover vote's question. */
+  /** Ms since the upstream was last heard (or since this life began): the failover vote's question. */
   heardAgoMs(): number {
     return this.up.heardAgoMs();
   }

@@ -15,10 +15,17 @@
 //
 // FLUSH is a barrier: once every write before it completed, it goes to every in-sync mirror and
 // the local storage is flushed; its host ack means every earlier acked write is durable everywhere.
+//
+// Its own copy not whole (issue 16 item 3: a local storage write failed, the storage missed
+// writes while down, the journal lost entries): those regions are suspect; a write whose local
+// storage write failed is acked to the host once its region is recorded suspect if a mirror
+// holds it (DRBD's detach), host reads there are served by the mirrors, and the regions are
+// repaired from them (src/core/repair.ts).
 
 import { Fanout, type FanoutFlush, type FanoutHost, type LinkState, type MirrorSync, type PrimaryEntry } from './fanout.js';
 import { CoreIO, CoreRole, type OpOwner } from './io.js';
 import { LocalStore, storeEntry } from './local-store.js';
+import { LocalRepair } from './repair.js';
 import { assert, type CacheEntry, type Completion, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type HostError, type HostOpId, type Limits } from './types.js';
 import type { MirrorLossPolicy, OpId, PeerId, PeerMsg, Recovered, Seq } from './types.js';
 
@@ -86,6 +93,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
   private readonly lim: Limits;
   private readonly store: LocalStore<PrimaryEntry>;
   private readonly fan: Fanout;
+  private readonly repair: LocalRepair;
   epoch: Epoch = 0n;
   private fenced: Epoch | undefined;
   private seqNext: Seq = 0n;
@@ -107,11 +115,12 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     assert(this.lim.inflightBytesMax <= this.lim.cacheBytesMax, 'inflightBytesMax must not exceed cacheBytesMax');
     assert(!cfg.mirrors.includes(cfg.self), `primary ${cfg.self} lists itself as a mirror`);
     // Claim 12 (v): performed only once cached, and after the fan-out (onCached).
-    this.store = new LocalStore<PrimaryEntry>(this.io, { limits: cfg.limits, storage: true, performWhenCached: false }, {
+    this.store = new LocalStore<PrimaryEntry>(this.io, { limits: cfg.limits, volumeBytes: cfg.volumeBytes, storage: true, performWhenCached: false }, {
       onCached: (e) => this.onCached(e),
       onStored: (e) => this.tryComplete(e),
     });
     this.fan = new Fanout(this.io, { ...cfg, failover: cfg.failover ?? (cfg.standby !== undefined || cfg.proveAuthority !== undefined) }, this.store, this);
+    this.repair = new LocalRepair(this.io, cfg, this.store, this.fan, this);
   }
 
   /** Host writes the site may submit now without getting `busy` (for pacing the NBD reader). */
@@ -125,12 +134,18 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       case 'tick':
         this.fan.tick();
         this.fan.committed(this.committedSeq());
+        this.repair.tick();
         this.checkAuthority();
         break;
       case 'hostWrite': this.onHostWrite(ev); break;
       case 'hostFlush': this.onHostFlush(ev.id); break;
+      case 'hostRead': this.repair.hostRead(ev.id, ev.offsetBytes, ev.lengthBytes); break;
+      case 'storageRecovered': this.repair.storageRecovered(ev.ranges, ev.unknown); break;
       case 'peerUp': this.fan.peerUp(ev.peer); break;
-      case 'peerDown': this.fan.peerDown(ev.peer); break;
+      case 'peerDown':
+        this.fan.peerDown(ev.peer);
+        this.repair.peerDown(ev.peer);
+        break;
       case 'peerHeard':
         if (this.cfg.proveAuthority?.witnesses.includes(ev.peer)) this.onWitnessHeard(ev.peer, ev.epoch);
         else this.fan.peerHeard(ev.peer, ev.epoch, ev.lastSeq, ev.rttMs);
@@ -146,7 +161,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     this.epoch = rec.meta.epoch;
     this.seqReserved = rec.meta.seqReserved;
     this.seqNext = rec.meta.seqReserved;
-    this.store.start();
+    this.repair.start(rec);
     this.fan.start(rec.dirtyRegions);
     if (this.cfg.proveAuthority !== undefined) this.proving = { confirmed: new Set(), sinceMs: this.io.nowMs, refusing: false, loggedMs: -Infinity };
     for (const ce of rec.cacheEntries) this.replay(ce);
@@ -253,9 +268,9 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     return { kind: 'fenced', message: `this site was primary for epoch ${this.epoch} but a peer is at epoch ${this.fenced}; it no longer accepts writes (another site was promoted)` };
   }
 
-  /** Moves host operations from the queue into the window, in arrival order (not before authority is proven). */
+  /** Moves host operations from the queue into the window, in arrival order (not before authority is proven, nor while suspect regions are being recorded). */
   private admit(): void {
-    if (this.proving !== undefined) return;
+    if (this.proving !== undefined || this.store.recording) return;
     while (this.hostQueue.length > 0) {
       const op = this.hostQueue[0]!;
       if (op.kind === 'flush') {
@@ -293,7 +308,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
   private newEntry(ce: CacheEntry, hostId: HostOpId | undefined, replayed: boolean): PrimaryEntry {
     this.writesInflight++;
     this.bytesInflight += ce.lengthBytes;
-    return { ...storeEntry(ce, replayed), hostId, waitingMirrors: new Set(), bitmapWaits: new Set(), copyWaits: new Set(), done: false };
+    return { ...storeEntry(ce, replayed), hostId, waitingMirrors: new Set(), bitmapWaits: new Set(), copyWaits: new Set(), done: false, ackedBy: 0 };
   }
 
   /** Claim 12 (v): only once it is in the cache, to every in-sync mirror and (claim 4) locally. */
@@ -304,24 +319,35 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       this.tryComplete(e);
       return;
     }
+    this.repair.cached(e);
     this.fan.fanOut(e);
     this.store.perform(e);
   }
 
-  /** Host ack once every in-sync mirror acked, the local write is done, and missed regions are persisted as dirty. */
+  /**
+   * Host ack once every in-sync mirror acked, the local write is done, and missed regions are
+   * persisted as dirty. A local storage failure (its region durably suspect by then) fails the
+   * host write only if no mirror holds it either.
+   */
   tryComplete(e: PrimaryEntry): void {
     if (e.done || !e.cached || !e.stored || e.waitingMirrors.size > 0 || e.bitmapWaits.size > 0 || e.copyWaits.size > 0) return;
     e.done = true;
     this.writesInflight--;
     this.bytesInflight -= e.lengthBytes;
     assert(this.writesInflight >= 0 && this.bytesInflight >= 0, 'in-flight accounting went negative');
-    if (e.hostId !== undefined) {
-      this.ackHost(e.hostId, e.sense === undefined ? undefined : { kind: 'io', message: e.sense.message, sense: e.sense });
-    }
+    if (e.hostId === undefined) return;
+    const sense = e.mirrorSense ?? (e.sense !== undefined && (!e.inCache || e.ackedBy === 0) ? e.sense : undefined);
+    this.ackHost(e.hostId, sense === undefined ? undefined : { kind: 'io', message: sense.message, sense });
   }
 
-  private ackHost(id: HostOpId, error: HostError | undefined): void {
-    this.io.push(error === undefined ? { type: 'ackHost', id } : { type: 'ackHost', id, error });
+  /** `data`: a host read served by a mirror. */
+  ackHost(id: HostOpId, error: HostError | undefined, data?: Uint8Array): void {
+    this.io.push(error !== undefined ? { type: 'ackHost', id, error } : data !== undefined ? { type: 'ackHost', id, data } : { type: 'ackHost', id });
+  }
+
+  /** Whether the host may read this range from the local storage (else: a `hostRead` event, served by a mirror). */
+  readable(offsetBytes: number, lengthBytes: number): boolean {
+    return this.repair.readable(offsetBytes, lengthBytes);
   }
 
   lastSeq(): Seq {
@@ -407,6 +433,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       return;
     }
     if (msg.type === 'fence') this.fence(msg.epoch, peer);
+    else if (msg.type === 'readData') this.repair.onReadData(peer, msg);
     else this.fan.recv(peer, msg);
   }
 

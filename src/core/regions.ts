@@ -45,3 +45,35 @@ export function rangesOfRegions(regions: Iterable<number>, volumeBytes: number, 
   }
   return out;
 }
+
+/**
+ * At most `max` ranges covering `ranges` (sorted, disjoint): the closest neighbours are merged
+ * first. Naming more than was asked only costs resync; a list that does not fit a frame would
+ * cost the whole message.
+ */
+export function coarsenRanges(ranges: readonly ByteRange[], max: number): ByteRange[] {
+  if (ranges.length <= max) return [...ranges];
+  const gaps = ranges.slice(1).map((r, i) => r.offsetBytes - (ranges[i]!.offsetBytes + ranges[i]!.lengthBytes)).sort((a, b) => a - b);
+  const limit = gaps[ranges.length - max - 1]!; // merging every gap up to this one leaves <= max
+  const out: ByteRange[] = [];
+  for (const r of ranges) {
+    const last = out[out.length - 1];
+    if (last !== undefined && r.offsetBytes - (last.offsetBytes + last.lengthBytes) <= limit) {
+      out[out.length - 1] = { offsetBytes: last.offsetBytes, lengthBytes: r.offsetBytes + r.lengthBytes - last.offsetBytes };
+    } else {
+      out.push(r);
+    }
+  }
+  return out;
+}
+
+/** Why a peer's list of ranges does not lie within the volume (undefined: it does). */
+export function badRanges(ranges: readonly ByteRange[], volumeBytes: number, max: number): string | undefined {
+  if (ranges.length > max) return `${ranges.length} ranges, at most ${max}`;
+  for (const r of ranges) {
+    if (!Number.isSafeInteger(r.offsetBytes) || !Number.isSafeInteger(r.lengthBytes) || r.offsetBytes < 0 || r.lengthBytes < 0 || r.offsetBytes + r.lengthBytes > volumeBytes) {
+      return `range ${r.offsetBytes}+${r.lengthBytes} is not within the ${volumeBytes}-byte volume`;
+    }
+  }
+  return undefined;
+}

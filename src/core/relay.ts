@@ -36,20 +36,21 @@
 // relay's cache is drained downstream (so a re-sent cached write can never land on top of
 // resync data), and the downstream's resyncAck is passed back up.
 //
+// A storage failure at a site behind the relay: its writeStatus is passed up (the upstream
+// degrades the leg) and, because under `cached` the relay acked that write already, so it is in
+// no dirty bitmap upstream, the relay also names its range (resyncRequest): the upstream resyncs
+// it through the relay. The relay's own suspect regions (src/core/suspect.ts) are named the same.
+//
 // Known limits (documented, not handled):
-//  - Under `cached`, a storage failure at a site behind the relay is reported upstream
-//    (writeStatus) and the upstream degrades the leg, but the failed write was already acked by
-//    the relay, so its region is not in the upstream's dirty bitmap and a resync does not
-//    repair it; the relay's cache then stays pinned behind the failed write. (`end-to-end` does
-//    not have this gap.)
 //  - An epoch change (failover) while the relay still holds older-epoch entries that the
 //    downstream has not acked: they can no longer be forwarded (the downstream would fence
 //    them) and are dropped with a warning; the promoted primary's resync must cover them.
 
-import { CoreIO, CoreRole, type OpOwner } from './io.js';
+import { CoreIO, CoreRole, repeatLogIntervalMs, type OpOwner } from './io.js';
 import { LocalStore, storeEntry, type StoreEntry } from './local-store.js';
+import { serveRead, startSuspect, storageRecovered } from './suspect.js';
 import { Upstream, type UpstreamConfig } from './upstream.js';
-import { assert, type CacheEntry, type Completion, type CoreEvent, type Epoch, type HeartbeatState, type Limits, type Meta } from './types.js';
+import { assert, type CacheEntry, type Completion, type CoreEvent, type Epoch, type HeartbeatState, type Limits, type Recovered } from './types.js';
 import type { OpId, PeerId, PeerMsg, SenseInfo, Seq } from './types.js';
 
 export type RelayAckMode = 'cached' | 'end-to-end';
@@ -150,7 +151,7 @@ export class Relay extends CoreRole implements OpOwner {
     assert(cfg.volumeBytes > 0 && cfg.volumeBytes % cfg.blockBytes === 0, `volume size ${cfg.volumeBytes} is not a whole number of ${cfg.blockBytes}-byte blocks`);
     assert(cfg.downstream !== cfg.self, `relay ${cfg.self} forwards to itself`);
     // Claim 20 (a): into the cache; claim 18: with storage, performed once cached.
-    this.store = new LocalStore<REntry>(this.io, { limits: cfg.limits, storage: cfg.storage, performWhenCached: true });
+    this.store = new LocalStore<REntry>(this.io, { limits: cfg.limits, volumeBytes: cfg.volumeBytes, storage: cfg.storage, performWhenCached: true });
     this.up = new Upstream(this.io, cfg, this.store, {
       entry: (w) => this.entry(w, false),
       onFlush: (peer, m) => this.onFlush(peer, m.flushId, m.seq),
@@ -165,6 +166,7 @@ export class Relay extends CoreRole implements OpOwner {
         if (this.downLink === 'ready') this.io.send(this.cfg.downstream, { type: 'ack', epoch: this.up.epoch, seq });
       },
 
+      onReadRequest: cfg.storage ? (peer, m) => serveRead(this.io, this.store, this.up, peer, m) : undefined,
       onJoin: () => {
         // Flush ids belong to one upstream session (a restarted primary counts from 1 again): the
         // upstream re-sends every flush it still waits for, so answering an old one could complete
@@ -189,8 +191,9 @@ export class Relay extends CoreRole implements OpOwner {
 
   protected onEvent(ev: Exclude<CoreEvent, Completion>): void {
     switch (ev.type) {
-      case 'start': this.onStart(ev.recovered.meta, ev.recovered.cacheEntries); break;
+      case 'start': this.onStart(ev.recovered); break;
       case 'tick': break;
+      case 'storageRecovered': if (this.cfg.storage) storageRecovered(this.io, this.store, this.up, ev, this.cfg.volumeBytes, this.lim.regionBytes); break;
       case 'peerUp':
         // Upstream: wait for its `epoch`. Downstream: we speak first.
         if (ev.peer === this.cfg.downstream) this.downUp();
@@ -208,13 +211,16 @@ export class Relay extends CoreRole implements OpOwner {
         else this.up.recv(ev.peer, ev.msg);
         break;
       case 'hostWrite':
-      case 'hostFlush': this.refuseHost(ev.id, 'a relay'); break;
+      case 'hostFlush':
+      case 'hostRead': this.refuseHost(ev.id, 'a relay'); break;
     }
   }
 
-  private onStart(meta: Meta, cached: readonly CacheEntry[]): void {
-    this.up.start(meta);
-    this.store.start();
+  private onStart(rec: Recovered): void {
+    const cached = rec.cacheEntries;
+    this.up.start(rec.meta);
+    if (this.cfg.storage) startSuspect(this.io, this.store, rec, this.cfg.volumeBytes, this.lim.regionBytes);
+    else this.store.start();
     // Replay: every entry goes downstream again (duplicates are ignored there) and, with
     // storage, is performed again on the relay's own copy.
     this.up.replay(cached, (ce) => this.entry(ce, true));
@@ -305,11 +311,15 @@ export class Relay extends CoreRole implements OpOwner {
     switch (msg.type) {
       case 'resyncRequest': this.onDownJoin(msg.seqReceived); break;
       case 'ack': this.onDownAck(msg.seq); break;
-      case 'writeStatus':
-        // The write is lost at the downstream: tell the upstream so it degrades this leg.
-        this.io.log('error', 'downstream_write_failed', { peer: this.cfg.downstream, seq: msg.seq, message: msg.sense.message });
+      case 'writeStatus': {
+        // The write is lost at the downstream: tell the upstream so it degrades this leg, and
+        // name its range (issue 16 item 8: acked already under `cached`, it is in no bitmap).
+        this.io.logLimited(`downstream_write_failed:${this.cfg.downstream}`, repeatLogIntervalMs, 'error', 'downstream_write_failed', { peer: this.cfg.downstream, seq: msg.seq, message: msg.sense.message });
         if (this.up.upstream !== undefined) this.io.send(this.up.upstream, msg);
+        const e = this.store.entries.find((x) => x.epoch === msg.epoch && x.seq === msg.seq);
+        if (e !== undefined) this.up.report([{ offsetBytes: e.offsetBytes, lengthBytes: e.lengthBytes }]);
         break;
+      }
       case 'flushAck':
         // Downstream flush ids are the flush's seq: "everything up to seq is durable there" means
         // the same in every session of this epoch, so a late answer can never mislead.
@@ -402,6 +412,7 @@ export class Relay extends CoreRole implements OpOwner {
         this.store.writeRegion(r.offsetBytes, r.payload, (sense) => {
           r.localDone = true;
           if (sense !== undefined) r.sense ??= sense;
+          else this.store.clearSuspect(this.store.regionsWithin(r.offsetBytes, r.payload.byteLength));
         });
       }
       if (r.sentDown) continue;

@@ -61,8 +61,8 @@
 import { CoreIO, CoreRole, type OpOwner } from './io.js';
 import { Mirror, type MirrorStatus } from './mirror.js';
 import { Primary, type PrimaryStatus } from './primary.js';
-import { regionsOfRanges } from './regions.js';
-import { assert, type Completion, type CoreAction, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type Meta } from './types.js';
+import { badRanges, regionsOfRanges } from './regions.js';
+import { assert, peerRangesMax, type Completion, type CoreAction, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type Meta } from './types.js';
 import type { MirrorLossPolicy, OpId, PeerId, PeerMsg, Recovered, Seq } from './types.js';
 
 export interface StandbyConfig extends CoreConfig {
@@ -154,8 +154,10 @@ export class Standby extends CoreRole implements OpOwner {
         this.forward(ev);
         break;
       case 'recv': this.onRecv(ev.peer, ev.msg); break;
+      case 'storageRecovered': this.forward(ev); break;
       case 'hostWrite':
       case 'hostFlush':
+      case 'hostRead':
         if (this.phase === 'promoting') {
           this.io.push({ type: 'ackHost', id: ev.id, error: { kind: 'busy', message: `${this.cfg.self} is being promoted to primary of epoch ${this.promotion!.epoch}; retry shortly` } });
         } else {
@@ -260,6 +262,12 @@ export class Standby extends CoreRole implements OpOwner {
 
   /** The primary's dirty bits for another site: kept durable here (bitmapSet), then confirmed (peerDirtyAck). */
   private onCopy(msg: Extract<PeerMsg, { type: 'peerDirty' | 'peerClean' }>): void {
+    // The peer names a bitmap (a file beside the cache): only the cluster's own mirrors.
+    const bad = !this.cfg.mirrors.includes(msg.peer) ? `${msg.peer} is not one of this cluster's mirrors (${this.cfg.mirrors.join(', ')})` : badRanges(msg.ranges, this.cfg.volumeBytes, peerRangesMax);
+    if (bad !== undefined) {
+      this.io.refuse(this.cfg.primary, 'bad_frame', `${msg.type} for ${msg.peer}: ${bad}`);
+      return;
+    }
     const regions = regionsOfRanges(msg.ranges, this.cfg.limits.regionBytes);
     let set = this.copies.get(msg.peer);
     if (set === undefined) this.copies.set(msg.peer, (set = new Set()));
@@ -495,6 +503,11 @@ export class Standby extends CoreRole implements OpOwner {
 
   heartbeat(): HeartbeatState {
     return this.primaryCore?.heartbeat() ?? this.mirror.heartbeat();
+  }
+
+  /** Whether the host may read this range from local storage (a promoted standby's own copy may not be whole). */
+  readable(offsetBytes: number, lengthBytes: number): boolean {
+    return this.primaryCore?.readable(offsetBytes, lengthBytes) ?? true;
   }
 
   /** Host writes the site may submit now (0 unless this site is the primary). */

@@ -99,6 +99,12 @@ export type PeerMsg =
   /** Primary -> its standby: `peer` holds these ranges again (resynced). Best effort. */
   | { type: 'peerClean'; epoch: Epoch; peer: PeerId; ranges: readonly ByteRange[] }
   /**
+   * Upstream -> downstream (issue 16 item 3): "send me these bytes of your copy" (the primary
+   * repairs its own copy, or serves a host read it cannot serve itself). Answered with readData.
+   */
+  | { type: 'readRequest'; epoch: Epoch; readId: bigint; offsetBytes: number; lengthBytes: number }
+  | { type: 'readData'; epoch: Epoch; readId: bigint; payload: Uint8Array; sense?: SenseInfo }
+  /**
    * Failover detection (claim 13 v, issue 10): a standby that stopped hearing the primary asks
    * every other site "when did you last hear the primary?". `epoch` is the asker's; the answer
    * is read-only, so any site answers it whatever its own epoch.
@@ -149,9 +155,26 @@ export interface Recovered {
   readonly meta: Meta;
   /** Cache journal contents in append order. */
   readonly cacheEntries: readonly CacheEntry[];
-  /** Persistent dirty bitmaps: mirror -> dirty region indexes (primary only). */
+  /**
+   * Persistent dirty bitmaps: peer -> dirty region indexes (a primary's mirrors, a standby's
+   * copies). Under `localSuspectKey`: regions of this site's own copy that may be wrong.
+   */
   readonly dirtyRegions: ReadonlyMap<PeerId, readonly number[]>;
+  /**
+   * What the cache journal lost to damage (issue 16 item 2): ranges it could name, and whether
+   * some entry's range could not be named (then this site's whole copy is suspect).
+   */
+  readonly lost?: { readonly ranges: readonly ByteRange[]; readonly unknown: boolean };
 }
+
+/** The dirty-bitmap key of a site's own suspect regions (never a site name: names are plain). */
+export const localSuspectKey = '@local';
+
+/** Most byte ranges one message names (resyncRequest, peerDirty): the wire's resyncRangesMax. */
+export const peerRangesMax = 4096;
+
+/** Largest readRequest a site serves: the wire's payloadBytesMax (one READ_DATA frame). */
+export const peerReadBytesMax = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Events (fed to `step(event, nowMs)`)
@@ -162,6 +185,13 @@ export type CoreEvent =
   | { type: 'tick' }
   | { type: 'hostWrite'; id: HostOpId; offsetBytes: number; lengthBytes: number; fua: boolean; payload: Uint8Array }
   | { type: 'hostFlush'; id: HostOpId }
+  /** A host read this site cannot serve from its own storage (it is suspect there): read from a peer. */
+  | { type: 'hostRead'; id: HostOpId; offsetBytes: number; lengthBytes: number }
+  /**
+   * The storage came back after failing (hal/array.ts recovery): these ranges missed writes
+   * while it was down (`unknown`: it cannot say which, the whole copy is suspect).
+   */
+  | { type: 'storageRecovered'; ranges: readonly ByteRange[]; unknown: boolean }
   /** A link to `peer` is connected and authenticated. */
   | { type: 'peerUp'; peer: PeerId }
   /** The link to `peer` was lost (reset, timeout, peer died). Whatever was in flight is gone. */
@@ -204,8 +234,13 @@ export type CoreAction =
   | { type: 'send'; peer: PeerId; msg: PeerMsg }
   /** End the link to `peer`: it sent something the core refuses (named in `reason`). */
   | { type: 'closePeer'; peer: PeerId; reason: string }
+  /**
+   * The `storageRecovered` ranges are durably recorded here as suspect (they will be repaired
+   * from peers): the storage may forget them (hal/array.ts clearStale). No completion.
+   */
+  | { type: 'storageStaleRecorded'; ranges: readonly ByteRange[] }
   /** Complete a host write or flush; no `error` means success. */
-  | { type: 'ackHost'; id: HostOpId; error?: HostError }
+  | { type: 'ackHost'; id: HostOpId; error?: HostError; data?: Uint8Array }
   /** Persist dirty bits for `peer`; completion `bitmapPersisted`. */
   | { type: 'bitmapSet'; opId: OpId; peer: PeerId; regions: readonly number[] }
   /** Clear dirty bits for `peer` (no completion needed: a stale set bit only costs a resync). */

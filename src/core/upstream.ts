@@ -23,8 +23,8 @@
 
 import type { CoreIO, OpOwner } from './io.js';
 import type { LocalStore, StoreEntry } from './local-store.js';
-import { rangesOfRegions, regionsOf } from './regions.js';
-import { assert, type ByteRange, type CacheEntry, type Completion, type CoreConfig, type Epoch, type Meta, type OpId, type PeerId, type PeerMsg, type Seq } from './types.js';
+import { coarsenRanges, rangesOfRegions, regionsOf } from './regions.js';
+import { assert, peerRangesMax, peerReadBytesMax, type ByteRange, type SenseInfo, type CacheEntry, type Completion, type CoreConfig, type Epoch, type Meta, type OpId, type PeerId, type PeerMsg, type Seq } from './types.js';
 
 type Msg<T extends PeerMsg['type']> = Extract<PeerMsg, { type: T }>;
 
@@ -41,6 +41,8 @@ export interface UpstreamHooks<E extends StoreEntry> {
   onJoin?(peer: PeerId): void;
   /** The upstream's committed watermark moved (a relay passes it on). */
   onCommitted?(seq: Seq): void;
+  /** The upstream asks for bytes of this site's copy (issue 16 item 3: it repairs its own, or serves a host read). */
+  onReadRequest?(peer: PeerId, m: Msg<'readRequest'>): void;
 }
 
 export interface UpstreamConfig extends CoreConfig {
@@ -66,9 +68,16 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
   failed: StoreEntry[] = [];
   /** The upstream's committed watermark in this epoch: every write up to it is acked by every in-sync site. */
   committed: Seq = 0n;
+  /**
+   * Counts joins: resync data and read requests belong to the session they arrived in, and an
+   * answer is never sent into a later one (a restarted upstream numbers its ids from 1 again, so
+   * a late answer could match a new request: issue 16 item 8).
+   */
+  session = 0;
 
   /** Writes of older epochs held here have been accounted for by this epoch's upstream (it said inSync). */
   private tailAccounted = true;
+  private startMs = 0;
   private pendingEpoch: { epoch: Epoch; opId: OpId; peer: PeerId } | undefined;
 
   constructor(
@@ -79,6 +88,7 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
   ) {}
 
   start(meta: Meta): void {
+    this.startMs = this.io.nowMs;
     this.epoch = meta.epoch;
     this.seqReserved = meta.seqReserved;
   }
@@ -108,9 +118,13 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
     if (peer === this.upstream && epoch === this.epoch) this.lastHeardMs = this.io.nowMs;
   }
 
-  /** Ms since the upstream was last heard, or -1 if never in this life. */
+  /**
+   * Ms since the upstream was last heard; never in this life: ms since this life began (all this
+   * site can vouch for). A site that just restarted must not count as "silent for ages" in a
+   * failover vote (issue 16 item 8): a primary it has not yet reached may be alive.
+   */
   heardAgoMs(): number {
-    return this.lastHeardMs === undefined ? -1 : this.io.nowMs - this.lastHeardMs;
+    return this.io.nowMs - (this.lastHeardMs ?? this.startMs);
   }
 
   /** A frame from `peer`. Returns false when it was not for this side (the caller may route it elsewhere). */
@@ -155,6 +169,13 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
         if (msg.seq > this.committed) this.committed = msg.seq;
         this.hooks.onCommitted?.(msg.seq);
         break;
+      case 'readRequest': {
+        const bad = msg.lengthBytes > peerReadBytesMax ? `read of ${msg.lengthBytes} bytes exceeds ${peerReadBytesMax}` : this.badRange(msg.offsetBytes, msg.lengthBytes, msg.lengthBytes);
+        if (bad !== undefined) this.io.refuse(peer, 'bad_frame', `read request #${msg.readId}: ${bad}`);
+        else if (this.hooks.onReadRequest === undefined) this.io.send(peer, { type: 'readData', epoch: this.epoch, readId: msg.readId, payload: new Uint8Array(0), sense: noCopy(this.io.self) });
+        else this.hooks.onReadRequest(peer, msg);
+        break;
+      }
       default:
         this.io.log('warn', 'unexpected_message', { peer, type: msg.type, fix: 'only an upstream site sends this to a mirror' });
     }
@@ -229,18 +250,35 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
   }
 
   private join(peer: PeerId): void {
+    this.session++;
     this.hooks.onJoin?.(peer);
     this.upstream = peer;
     this.lastHeardMs = this.io.nowMs;
-    const ranges = this.tailRanges();
+    // What this site knows it may not hold: an older epoch's tail, and its suspect regions
+    // (lost journal entries, storage that missed writes): the upstream resyncs them.
+    const ranges = coarsenRanges(rangesOfRegions([...this.tailRegions(), ...this.store.suspect.keys()], this.cfg.volumeBytes, this.cfg.limits.regionBytes), peerRangesMax);
     this.io.send(peer, ranges.length > 0 ? { type: 'resyncRequest', epoch: this.epoch, seqReceived: this.seqReceived, ranges } : { type: 'resyncRequest', epoch: this.epoch, seqReceived: this.seqReceived });
     for (const e of this.failed) this.io.send(peer, { type: 'writeStatus', epoch: e.epoch, seq: e.seq, sense: e.sense! });
     if (this.seqAcked > 0n) this.io.send(peer, { type: 'ack', epoch: this.epoch, seq: this.seqAcked });
   }
 
   /**
+   * Mid-session: this site found `ranges` of its copy may be wrong (its storage came back after
+   * missing writes, or a write it acked could not be stored): the upstream resyncs them. With no
+   * upstream now, the next join names them (they are suspect in the store).
+   */
+  report(ranges: readonly ByteRange[]): void {
+    if (this.upstream === undefined || ranges.length === 0) return;
+    this.io.send(this.upstream, { type: 'resyncRequest', epoch: this.epoch, seqReceived: this.seqReceived, ranges: coarsenRanges(ranges, peerRangesMax) });
+  }
+
+  /**
    * Cumulative ack of the prefix of `entries` that is cached and performed (and, for a relay in
-   * end-to-end mode, whatever else `ready` asks); a failed write is reported once and stops it.
+   * end-to-end mode, whatever else `ready` asks). A write that failed here is reported once
+   * (writeStatus, so the upstream degrades this site) and passed only once its regions are
+   * durably suspect here (they are named at every join until a resync repairs them): the ack
+   * means "executed, or reported failed and owed by a resync", and a site behind a relay is not
+   * pinned behind its failure (issue 16 item 8).
    */
   advanceAck(entries: readonly StoreEntry[], ready?: (e: StoreEntry) => boolean): void {
     let ack = this.seqAcked;
@@ -252,7 +290,7 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
           this.failed.push(e);
           if (this.upstream !== undefined) this.io.send(this.upstream, { type: 'writeStatus', epoch: e.epoch, seq: e.seq, sense: e.sense });
         }
-        break;
+        if (!this.store.suspectRecorded(e)) break;
       }
       if (ready !== undefined && !ready(e)) break;
       ack = e.seq;
@@ -280,12 +318,17 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
     return this.acked(e) && !this.retained(e);
   }
 
-  /** The writes of older epochs held here (as coalesced region ranges): what a new upstream must reconcile. */
-  tailRanges(): ByteRange[] {
+  /** The regions of the writes of older epochs held here: what a new upstream must reconcile. */
+  tailRegions(): number[] {
     if (this.tailAccounted) return [];
     const regions: number[] = [];
     const rb = this.cfg.limits.regionBytes;
     for (const e of this.store.entries) if (e.epoch < this.epoch) regions.push(...regionsOf(e.offsetBytes, e.lengthBytes, rb));
-    return rangesOfRegions(regions, this.cfg.volumeBytes, rb);
+    return regions;
   }
+}
+
+/** The answer of a site that keeps no copy of its own (a cache-only relay) to a read request. */
+function noCopy(self: PeerId): SenseInfo {
+  return { key: 0x5, asc: 0x20, ascq: 0, message: `${self} keeps no copy of the volume (a cache-only relay)` };
 }

@@ -51,11 +51,18 @@ export interface SiteCore {
   readonly dials: readonly PeerId[];
   /** Peers whose dirty bitmaps this core keeps (a primary's mirrors). */
   readonly bitmapPeers: readonly PeerId[];
+  /** Peers whose dirty bits this core keeps a copy of (a following standby: its primary's other mirrors). */
+  readonly copyPeers: readonly PeerId[];
   status(): CoreStatus;
   /** Host operations the core takes now; 0 when it takes none (a mirror, a standby not yet promoted). */
   hostQueueFree(): number;
   /** Whether host writes go to this core at all (they wait while it is busy). */
   readonly takesHostWrites: boolean;
+  /**
+   * Whether a host read of this range may come from local storage; false: it goes to the core
+   * (`hostRead`), which reads it from a mirror (the local copy is not whole there).
+   */
+  readable(offsetBytes: number, lengthBytes: number): boolean;
   /** A following standby's phase; undefined for other roles. */
   phase(): StandbyPhase | undefined;
   /** The newer epoch that fenced the primary this site is (or became). */
@@ -106,7 +113,7 @@ export function chooseCore(site: CoreSite, meta: Meta, vol: CoreVolume): SiteCor
     ...common, primary: old, mirrors: site.mirrors, ...(site.witnesses[0] ? { witness: site.witnesses[0] } : {}),
     failoverTimeoutMs: site.failoverTimeoutMs, queryIntervalMs: queryIntervalMsFor(site.failoverTimeoutMs), onMirrorLoss: site.onMirrorLoss,
   });
-  return standbyCore(core, [...site.mirrors, ...site.witnesses], old);
+  return standbyCore(core, [...site.mirrors, ...site.witnesses], old, site.mirrors);
 }
 
 const notAStandby = (acting: ActingRole) => (): string => `this site runs as ${acting}; only a following standby can be promoted`;
@@ -114,9 +121,10 @@ const notAStandby = (acting: ActingRole) => (): string => `this site runs as ${a
 /** A mirror or relay: takes no host writes, never promotes, is never fenced as a primary. */
 function plain(core: Mirror | Relay, acting: 'mirror' | 'relay', dials: PeerId[]): SiteCore {
   return {
-    core, acting, dials, bitmapPeers: [], takesHostWrites: false, dialOnPromotion: [],
+    core, acting, dials, bitmapPeers: [], copyPeers: [], takesHostWrites: false, dialOnPromotion: [],
     status: () => core.status(),
     hostQueueFree: () => 0,
+    readable: () => true,
     phase: () => undefined,
     fencedBy: () => undefined,
     notPromotable: notAStandby(acting),
@@ -127,9 +135,10 @@ function plain(core: Mirror | Relay, acting: 'mirror' | 'relay', dials: PeerId[]
 /** The primary dials its mirrors, and the witnesses for heartbeats. */
 function primaryCore(core: Primary, mirrors: readonly PeerId[], dials: PeerId[]): SiteCore {
   return {
-    core, acting: 'primary', dials, bitmapPeers: mirrors, takesHostWrites: true, dialOnPromotion: [],
+    core, acting: 'primary', dials, bitmapPeers: mirrors, copyPeers: [], takesHostWrites: true, dialOnPromotion: [],
     status: () => core.status(),
     hostQueueFree: () => core.hostQueueFree(),
+    readable: (offsetBytes, lengthBytes) => core.readable(offsetBytes, lengthBytes),
     phase: () => undefined,
     fencedBy: () => core.fencedBy(),
     notPromotable: notAStandby('primary'),
@@ -138,11 +147,12 @@ function primaryCore(core: Primary, mirrors: readonly PeerId[], dials: PeerId[])
 }
 
 /** A standby dials the mirrors and witnesses it asks when the primary goes silent, and the old primary once promoted. */
-function standbyCore(core: Standby, dials: PeerId[], old: PeerId): SiteCore {
+function standbyCore(core: Standby, dials: PeerId[], old: PeerId, mirrors: readonly PeerId[]): SiteCore {
   return {
-    core, acting: 'standby', dials, bitmapPeers: [], takesHostWrites: true, dialOnPromotion: [old],
+    core, acting: 'standby', dials, bitmapPeers: [], copyPeers: mirrors, takesHostWrites: true, dialOnPromotion: [old],
     status: () => core.status(),
     hostQueueFree: () => core.hostQueueFree(),
+    readable: (offsetBytes, lengthBytes) => core.readable(offsetBytes, lengthBytes),
     phase: () => core.phaseNow(),
     fencedBy: () => core.fencedBy(),
     notPromotable: () => core.notPromotable(),

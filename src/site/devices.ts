@@ -2,7 +2,7 @@
 // the battery-backed cache journal (hal/cache.ts), the storage array (hal/array.ts, plain RAID-1),
 // the meta record and the per-peer dirty bitmaps (src/site/persist.ts). The simulator has its own
 // ports over simulated devices (test/sim/world.ts); everything above the ports is shared.
-import { CacheJournal, CacheEntryFlags, type EntryHandle } from '../../hal/cache.js';
+import { CacheJournal, CacheEntryFlags, type EntryHandle, type JournalDamage } from '../../hal/cache.js';
 import { openCacheDevice } from '../../hal/cachedev.js';
 import { DiskArray } from '../../hal/array.js';
 import { openBlockDevice } from '../../hal/devstring.js';
@@ -17,6 +17,8 @@ import { volumeId } from './peerwire.js';
 export interface SiteDevices {
   journal: CacheJournal;
   recoveredEntries: { handle: EntryHandle; payload: Buffer }[];
+  /** What the journal lost to damage (issue 16 item 2): recorded by the core before anything is appended or dropped. */
+  damage: JournalDamage;
   /** Undefined only for a relay without storage (a cache-only relay point, claim 20). */
   array: DiskArray | undefined;
   members: BlockDevice[];
@@ -24,21 +26,30 @@ export interface SiteDevices {
   /** The meta record as this life found it: its `acting` decides which core runs (issue 10). */
   initialMeta: Meta;
   bitmaps: BitmapStore;
+  /** `fn` is called when the array has new stale ranges (read them with array.staleRanges()). */
+  watchStale(fn: () => void): void;
 }
 
 export async function openSiteDevices(ctx: SiteContext, regionCount: number): Promise<SiteDevices> {
   const { site, config } = ctx;
+  // The array reports stale ranges (its storage came back after missing writes) to whoever
+  // runs the core; until one is attached they wait in the array (staleRanges()).
+  let onStale = (): void => undefined;
   if (!site.cache) throw new Error(`sites.${site.name}.cache: a ${site.role} needs a cache`);
   const cacheDev = await openCacheDevice(site.cache.device.text, { sizeBytes: site.cache.sizeBytes, create: true });
-  const { journal, recovered } = await CacheJournal.open(cacheDev);
+  const { journal, recovered, damage } = await CacheJournal.open(cacheDev);
   const members: BlockDevice[] = [];
   const closeAll = async (): Promise<void> => {
     await Promise.all(members.map((m) => m.close().catch(() => undefined)));
     await journal.close().catch(() => undefined);
   };
+  const geometry = { blockSizeBytes: config.volume.blockSize, blockCount: config.volume.blockCount, baseDir: config.dir };
+  const specs = new Map<string, (typeof site.storage)[number]>();
   try {
     for (const d of site.storage) {
-      members.push(await openBlockDevice(d.text, { blockSizeBytes: config.volume.blockSize, blockCount: config.volume.blockCount, create: true, baseDir: config.dir }));
+      const dev = await openBlockDevice(d.text, { ...geometry, create: true });
+      specs.set(dev.name, d);
+      members.push(dev);
     }
   } catch (err) {
     await closeAll();
@@ -47,7 +58,17 @@ export async function openSiteDevices(ctx: SiteContext, regionCount: number): Pr
   const statePath = site.cache.device.kind === 'loopback' ? site.cache.device.path : undefined;
   let array: DiskArray | undefined;
   try {
-    array = members.length === 0 && site.role === 'relay' ? undefined : await DiskArray.open({ name: `${site.name} storage`, members, logger: ctx.log, ...(statePath ? { stateFile: `${statePath}.array` } : {}) });
+    array = members.length === 0 && site.role === 'relay' ? undefined : await DiskArray.open({
+      name: `${site.name} storage`, members, logger: ctx.log, ...(statePath ? { stateFile: `${statePath}.array` } : {}),
+      // A failed member that answers probes again is reopened by its device string; never
+      // created: a blank file in its place would pass for the volume (issue 16 item 3).
+      reopen: async (name) => {
+        const d = specs.get(name);
+        if (d === undefined || d.kind === 'memory') throw new Error(`${name} cannot be reopened (${d === undefined ? 'unknown member' : 'a memory device is gone with its process'})`);
+        return openBlockDevice(d.text, { ...geometry, create: false });
+      },
+      onStale: () => onStale(),
+    });
   } catch (err) {
     await closeAll();
     throw err;
@@ -61,7 +82,12 @@ export async function openSiteDevices(ctx: SiteContext, regionCount: number): Pr
     await closeAll();
     throw err;
   }
-  return { journal, recoveredEntries: recovered, array, members, meta, initialMeta, bitmaps };
+  return {
+    journal, recoveredEntries: recovered, damage, array, members, meta, initialMeta, bitmaps,
+    watchStale: (fn) => {
+      onStale = fn;
+    },
+  };
 }
 
 function entryKey(epoch: Epoch, seq: Seq): string {
@@ -128,6 +154,8 @@ export function storagePort(array: DiskArray, failed: (op: 'read' | 'write' | 'f
     write: (offsetBytes, payload, fua, done) => array.write(offsetBytes / bs, payload, { fua }).then(() => done(undefined), (err: unknown) => done(fail('write', err))),
     read: (offsetBytes, lengthBytes, done) => array.read(offsetBytes / bs, lengthBytes / bs).then((data) => done(undefined, data), (err: unknown) => done(fail('read', err))),
     flush: (done) => array.flush().then(() => done(undefined), (err: unknown) => done(fail('flush', err))),
+    // Not saved: the ranges are reported again at the next start, which only costs a repair.
+    staleRecorded: (ranges) => void array.clearStale(ranges).catch(() => undefined),
   };
 }
 

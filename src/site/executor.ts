@@ -11,7 +11,7 @@
 // Cumulative acks coalesce: the newest ack for a peer, sent by the end of this turn (env.defer),
 // covers every earlier one (one frame per burst, not one per completed write). Never reordered:
 // any other message to that peer first sends the ack it would overtake.
-import type { CacheEntry, CoreAction, CoreEvent, Epoch, HostError, LogLevel, Meta, PeerId, PeerMsg, Role, Seq, SenseInfo } from '../core/types.js';
+import type { ByteRange, CacheEntry, CoreAction, CoreEvent, Epoch, HostError, LogLevel, Meta, PeerId, PeerMsg, Role, Seq, SenseInfo } from '../core/types.js';
 
 /** The battery-backed cache journal. */
 export interface JournalPort {
@@ -26,6 +26,8 @@ export interface StoragePort {
   write(offsetBytes: number, payload: Uint8Array, fua: boolean, done: (err: unknown) => void): void;
   read(offsetBytes: number, lengthBytes: number, done: (err: unknown, data?: Uint8Array) => void): void;
   flush(done: (err: unknown) => void): void;
+  /** The core durably recorded these stale ranges (its storage missed writes there) for repair: the storage may forget them. */
+  staleRecorded?(ranges: readonly ByteRange[]): void;
 }
 
 /** The small persistent records: the meta record and the per-peer dirty bitmaps. */
@@ -45,7 +47,8 @@ export interface PeersPort {
 
 /** Where host operations complete (the NBD export's promises, or a simulated host). */
 export interface HostPort {
-  ack(id: number, error: HostError | undefined): void;
+  /** `data`: a host read the core served (from a mirror: the local copy is not whole there). */
+  ack(id: number, error: HostError | undefined, data?: Uint8Array): void;
 }
 
 export interface ExecutorPorts {
@@ -179,8 +182,11 @@ export class Executor {
         this.pendingAcks.delete(a.peer);
         p.peers.close(a.peer, a.reason);
         break;
+      case 'storageStaleRecorded':
+        p.storage?.staleRecorded?.(a.ranges);
+        break;
       case 'ackHost':
-        p.host.ack(a.id, a.error);
+        p.host.ack(a.id, a.error, a.data);
         break;
       case 'bitmapSet':
         p.state.setBits(a.peer, a.regions, (err) => {

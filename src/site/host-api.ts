@@ -1,6 +1,8 @@
 // The host side of a site (claim 3: the local site's SAN): what the NBD export calls. Writes and
 // flushes become core events; the core answers with ackHost (the executor's HostPort, here).
-// Reads come from this site's own storage (claim 4).
+// Reads come from this site's own storage (claim 4), except where the core says its copy is not
+// whole (a primary whose storage failed or is being repaired, issue 16 item 3) or the local read
+// fails at a site that takes host writes: then the core serves them from a mirror (hostRead).
 //
 // Backpressure: the core owns the host-queue bound (Limits.hostQueueWritesMax). An operation is
 // handed to it only while it says it has room (hostQueueFree); otherwise it waits here, in
@@ -26,7 +28,7 @@ export class HostIoError extends Error {
 }
 
 interface Waiter {
-  resolve(): void;
+  resolve(data: Uint8Array | undefined): void;
   reject(err: Error): void;
   startedMs: number;
 }
@@ -36,6 +38,8 @@ export interface HostApiSite {
   readonly name: string;
   /** Feeds an event to the core (through the executor). */
   feed(ev: CoreEvent): void;
+  /** Whether a host read of the range may come from local storage (false: the core serves it). */
+  readable(offsetBytes: number, lengthBytes: number): boolean;
   /** Room in the core's host queue now (0: wait); undefined when this core takes no host writes. */
   hostRoom(): number | undefined;
   /** The role, for the refusal when this site takes no host writes. */
@@ -59,7 +63,7 @@ export class HostApi implements HostPort {
 
   /** Writes `data` at `offsetBytes` through replication; resolves when every in-sync site executed it. */
   async write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void> {
-    const parts: Promise<void>[] = [];
+    const parts: Promise<unknown>[] = [];
     for (let at = 0; at < data.byteLength; at += hostWriteChunkBytesMax) {
       const piece = data.subarray(at, Math.min(data.byteLength, at + hostWriteChunkBytesMax));
       parts.push(this.submit((id) => ({ type: 'hostWrite', id, offsetBytes: offsetBytes + at, lengthBytes: piece.byteLength, fua, payload: piece })));
@@ -74,19 +78,37 @@ export class HostApi implements HostPort {
     this.site.flushed();
   }
 
-  /** Reads come from this site's own storage (claim 4). */
-  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    return this.site.readBlocks(offsetBytes, lengthBytes);
+  /** Reads come from this site's own storage (claim 4), or through the core where that is not whole or fails. */
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    if (this.site.readable(offsetBytes, lengthBytes)) {
+      try {
+        return await this.site.readBlocks(offsetBytes, lengthBytes);
+      } catch (err) {
+        // At a primary, a failed local read is served by a mirror that holds the range.
+        if (this.site.hostRoom() === undefined || !(err instanceof Error)) throw err;
+      }
+    }
+    const out = Buffer.allocUnsafe(lengthBytes);
+    const parts: Promise<void>[] = [];
+    for (let at = 0; at < lengthBytes; at += hostWriteChunkBytesMax) {
+      const n = Math.min(hostWriteChunkBytesMax, lengthBytes - at);
+      parts.push(this.submit((id) => ({ type: 'hostRead', id, offsetBytes: offsetBytes + at, lengthBytes: n })).then((data) => {
+        if (data === undefined || data.byteLength !== n) throw new HostIoError('io', `read of ${offsetBytes + at}+${n} came back with ${data?.byteLength ?? 0} bytes`);
+        out.set(data, at);
+      }));
+    }
+    await Promise.all(parts);
+    return out;
   }
 
   /** The executor's HostPort: the core completed host op `id`. */
-  ack(id: number, error: HostError | undefined): void {
+  ack(id: number, error: HostError | undefined, data?: Uint8Array): void {
     const w = this.ops.get(id);
     if (w === undefined) return;
     this.ops.delete(id);
     if (error === undefined) {
       this.site.acked(this.site.nowMs() - w.startedMs);
-      w.resolve();
+      w.resolve(data);
     } else {
       w.reject(new HostIoError(error.kind, error.message, error.kind === 'io' ? error.sense : undefined));
     }
@@ -104,12 +126,12 @@ export class HostApi implements HostPort {
     for (const p of this.parked.splice(0)) p.reject(err);
   }
 
-  private submit(make: (id: number) => CoreEvent): Promise<void> {
+  private submit(make: (id: number) => CoreEvent): Promise<Uint8Array | undefined> {
     const down = this.site.down();
     if (down !== undefined) return Promise.reject(new HostIoError('io', down));
     const room = this.site.hostRoom();
     if (room === undefined) return Promise.reject(new HostIoError('fenced', `site ${this.site.name} runs as a ${this.site.acting()}; host writes go to the primary`));
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<Uint8Array | undefined>((resolve, reject) => {
       const go = (): void => {
         const why = this.site.down();
         if (why !== undefined) {

@@ -2,8 +2,8 @@
 // (src/wire, docs/PROTOCOL.md) and back. The core never sees bytes; the wire never sees roles.
 // Payloads cross as views both ways (no copy): a WRITE's data view is handed to the core, which
 // hands it to the cache journal; the parser never reuses memory it handed out.
-import type { PeerMsg, SenseInfo } from '../core/types.js';
-import { AckStatus, WriteFlags, heardAgoMsMax, heardAgoNever, type DataMessage } from '../wire/index.js';
+import type { ByteRange, PeerMsg, SenseInfo } from '../core/types.js';
+import { AckStatus, WriteFlags, heardAgoMsMax, heardAgoNever, type DataMessage, type ResyncRange } from '../wire/index.js';
 
 /** The one volume of a v1 cluster. */
 export const volumeId = 0;
@@ -43,7 +43,7 @@ export function toWire(msg: PeerMsg, self: string): DataMessage {
     case 'epoch':
       return { type: 'EPOCH', epoch: msg.epoch, agreedLastSeq: 0n, primary: self };
     case 'resyncRequest':
-      return { type: 'RESYNC_REQUEST', volumeId, epoch: msg.epoch, seqReceived: msg.seqReceived, ranges: [] };
+      return { type: 'RESYNC_REQUEST', volumeId, epoch: msg.epoch, seqReceived: msg.seqReceived, ranges: rangesToWire(msg.ranges ?? []) };
     case 'resyncData':
       return {
         type: 'RESYNC_DATA',
@@ -64,10 +64,18 @@ export function toWire(msg: PeerMsg, self: string): DataMessage {
       return { type: 'LAST_HEARD_QUERY', epoch: msg.epoch, queryId: msg.queryId };
     case 'lastHeardAnswer':
       return { type: 'LAST_HEARD_ANSWER', epoch: msg.epoch, queryId: msg.queryId, heardAgoMs: heardAgoToWire(msg.heardAgoMs), seqReceived: msg.seqReceived };
+    case 'readRequest':
+      return { type: 'READ_REQUEST', volumeId, epoch: msg.epoch, readId: msg.readId, offsetBytes: BigInt(msg.offsetBytes), lengthBytes: msg.lengthBytes };
+    case 'readData':
+      return msg.sense === undefined
+        ? { type: 'READ_DATA', volumeId, flags: 0, epoch: msg.epoch, readId: msg.readId, offsetBytes: 0n, data: Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength) }
+        : { type: 'READ_FAILED', volumeId, ...senseFields(msg.sense), epoch: msg.epoch, readId: msg.readId, reason: msg.sense.message };
     case 'peerDirty':
+      return { type: 'PEER_DIRTY', epoch: msg.epoch, id: msg.id, peer: msg.peer, ranges: rangesToWire(msg.ranges) };
     case 'peerDirtyAck':
+      return { type: 'PEER_DIRTY_ACK', epoch: msg.epoch, id: msg.id };
     case 'peerClean':
-      throw new Error(`no wire frame for ${msg.type} yet`);
+      return { type: 'PEER_CLEAN', epoch: msg.epoch, peer: msg.peer, ranges: rangesToWire(msg.ranges) };
   }
 }
 
@@ -92,7 +100,7 @@ export function fromWire(m: DataMessage, peer: string): PeerMsg | undefined {
     case 'EPOCH':
       return { type: 'epoch', epoch: m.epoch };
     case 'RESYNC_REQUEST':
-      return { type: 'resyncRequest', epoch: m.epoch, seqReceived: m.seqReceived };
+      return m.ranges.length === 0 ? { type: 'resyncRequest', epoch: m.epoch, seqReceived: m.seqReceived } : { type: 'resyncRequest', epoch: m.epoch, seqReceived: m.seqReceived, ranges: rangesFromWire(m.ranges, peer) };
     case 'RESYNC_DATA':
       return { type: 'resyncData', epoch: m.epoch, resyncId: m.resyncId, offsetBytes: safeOffset(m.offsetBytes, peer), payload: m.data };
     case 'RESYNC_ACK': {
@@ -107,6 +115,18 @@ export function fromWire(m: DataMessage, peer: string): PeerMsg | undefined {
       return { type: 'lastHeardQuery', epoch: m.epoch, queryId: m.queryId };
     case 'LAST_HEARD_ANSWER':
       return { type: 'lastHeardAnswer', epoch: m.epoch, queryId: m.queryId, heardAgoMs: m.heardAgoMs === heardAgoNever ? -1 : m.heardAgoMs, seqReceived: m.seqReceived };
+    case 'READ_REQUEST':
+      return { type: 'readRequest', epoch: m.epoch, readId: m.readId, offsetBytes: safeOffset(m.offsetBytes, peer), lengthBytes: m.lengthBytes };
+    case 'READ_DATA':
+      return { type: 'readData', epoch: m.epoch, readId: m.readId, payload: m.data };
+    case 'READ_FAILED':
+      return { type: 'readData', epoch: m.epoch, readId: m.readId, payload: new Uint8Array(0), sense: senseOf(m, peer, `read ${m.readId}`) ?? { key: 0x4, asc: 0, ascq: 0, message: `${peer}: ${m.reason || `read ${m.readId} failed`}` } };
+    case 'PEER_DIRTY':
+      return { type: 'peerDirty', epoch: m.epoch, id: m.id, peer: m.peer, ranges: rangesFromWire(m.ranges, peer) };
+    case 'PEER_DIRTY_ACK':
+      return { type: 'peerDirtyAck', epoch: m.epoch, id: m.id };
+    case 'PEER_CLEAN':
+      return { type: 'peerClean', epoch: m.epoch, peer: m.peer, ranges: rangesFromWire(m.ranges, peer) };
     default:
       return undefined; // HEARTBEAT (handled by the link), STATUS_*, ERROR (closes the link)
   }
@@ -121,6 +141,15 @@ export function heardAgoToWire(ms: number): number {
   if (ms < 0) return heardAgoNever;
   if (!(ms <= heardAgoMsMax)) return heardAgoMsMax; // also NaN and Infinity: long ago
   return Math.floor(ms);
+}
+
+function rangesToWire(ranges: readonly ByteRange[]): ResyncRange[] {
+  return ranges.map((r) => ({ offsetBytes: BigInt(r.offsetBytes), lengthBytes: BigInt(r.lengthBytes) }));
+}
+
+/** Ranges as the core takes them: beyond 2^53 they cannot name a byte of any volume we serve (the core checks them against the volume). */
+function rangesFromWire(ranges: readonly ResyncRange[], peer: string): ByteRange[] {
+  return ranges.map((r) => ({ offsetBytes: safeOffset(r.offsetBytes, peer), lengthBytes: safeOffset(r.lengthBytes, peer) }));
 }
 
 /** Offsets beyond 2^53 cannot name a byte of any volume we serve; the core refuses out-of-range. */

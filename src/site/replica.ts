@@ -9,7 +9,8 @@
 // 11 and 17 (mirror: cache, perform, ack), 4 (reads from the primary's own storage).
 import { performance } from 'node:perf_hooks';
 import { regionCount } from '../core/regions.js';
-import { defaultLimits, type CoreEvent, type Epoch, type Limits } from '../core/types.js';
+import { defaultLimits, localSuspectKey, type CoreEvent, type Epoch, type Limits, type Recovered } from '../core/types.js';
+import { lostKey } from '../core/repair.js';
 import type { LogLevel } from '../core/types.js';
 import { chooseCore, type ActingRole, type CoreSite, type SiteCore } from './cores.js';
 import { JournalPortImpl, statePort, storagePort, type SiteDevices } from './devices.js';
@@ -100,6 +101,7 @@ export class Replica {
     this.host = new HostApi({
       name: site.name,
       feed: (ev) => this.feed(ev),
+      readable: (offsetBytes, lengthBytes) => this.sc.readable(offsetBytes, lengthBytes),
       hostRoom: () => (this.sc.takesHostWrites ? (this.exec.busy ? 0 : this.sc.hostQueueFree()) : undefined),
       acting: () => this.acting,
       down: () => (this.fatal ? `site ${site.name} stopped: ${this.fatal.message}` : this.stopped ? `site ${site.name} is stopping` : undefined),
@@ -177,13 +179,39 @@ export class Replica {
         await this.dev.bitmaps.set(p, all);
       }
     }
-    const dirtyRegions = await this.dev.bitmaps.load(peers);
+    // Besides the peers' bitmaps: this site's own suspect regions, the primary's lost-journal
+    // regions, and a standby's copies of its primary's bits (issue 16 items 2-4).
+    const dirtyRegions = await this.dev.bitmaps.load([...peers, ...this.sc.copyPeers, localSuspectKey, lostKey]);
     const cacheEntries = this.journalPort.recovered(this.dev.recoveredEntries);
     if (cacheEntries.length > 0) this.log.info({ event: 'cache-replay', entries: cacheEntries.length }, `replaying ${cacheEntries.length} write(s) left in the cache`);
-    this.feed({ type: 'start', recovered: { meta, cacheEntries, dirtyRegions } });
+    const lost = this.journalDamage();
+    this.feed({ type: 'start', recovered: { meta, cacheEntries, dirtyRegions, ...(lost ? { lost } : {}) } });
+    const array = this.dev.array;
+    if (array !== undefined) {
+      // Ranges the storage missed while it was down (hal/array.ts), now and whenever it recovers.
+      const stale = (): void => {
+        const ranges = array.staleRanges();
+        if (ranges.length > 0) this.feed({ type: 'storageRecovered', ranges, unknown: false });
+      };
+      this.dev.watchStale(stale);
+      stale();
+    }
     await this.peers.listen();
     for (const peer of this.sc.dials) this.peers.dial(peer);
     this.ticker = setInterval(() => this.feed({ type: 'tick' }), this.limits.tickMs);
+  }
+
+  /** What the cache journal lost to damage, logged with the fix, as the core's Recovered.lost (undefined: nothing). */
+  private journalDamage(): Recovered['lost'] {
+    const d = this.dev.damage;
+    if (d.tornTailEntries > 0) this.log.info({ event: 'cache-torn-tail', entries: d.tornTailEntries, bytes: d.tornTailBytes }, `the cache journal ends in ${d.tornTailEntries} entr${d.tornTailEntries === 1 ? 'y' : 'ies'} cut by a crash mid-append (never acknowledged): dropped`);
+    if (d.lost.length === 0 && d.unknownLost === 0) return undefined;
+    const ranges = d.lost.map((l) => ({ offsetBytes: l.offsetBytes, lengthBytes: l.lengthBytes }));
+    this.log.error(
+      { event: 'cache-damage', lost: d.lost.length, unknownLost: d.unknownLost, ranges: ranges.slice(0, 16).map((r) => `${r.offsetBytes}+${r.lengthBytes}`) },
+      `the cache journal ${this.ctx.site.cache?.device.text ?? ''} is damaged: ${d.lost.length} acknowledged write(s) lost${d.unknownLost > 0 ? `, ${d.unknownLost} more that cannot be named (this site's whole copy is resynced)` : ''}; every other entry is replayed, and the lost ranges are repaired from this site's peers before its copy counts as whole`,
+    );
+    return { ranges, unknown: d.unknownLost > 0 };
   }
 
   /** Tells the runtime when a failover changed what this site may do (promotion, fencing). */

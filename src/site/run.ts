@@ -241,7 +241,8 @@ function startingStatus(config: ClusterConfig, site: SiteConfig, startedAtMs: nu
 /** Device files must exist and hold what the file says; the runtime opens them later. */
 export function checkDevices(config: ClusterConfig, site: SiteConfig): string[] {
   const problems: string[] = [];
-  const check = (key: string, dev: SiteDevice, bytesMin: number, what: string): void => {
+  /** `sized`: a file smaller than `bytesMin` is a problem (not for the cache journal: it judges its own file, issue 16 item 2). */
+  const check = (key: string, dev: SiteDevice, bytesMin: number, what: string, sized = true): void => {
     if (dev.kind === 'block') {
       const problem = kernelBlockProblem(dev.path, config.volume.blockSize, Math.ceil(bytesMin / config.volume.blockSize));
       if (problem !== undefined) problems.push(`${key}: ${problem}`);
@@ -259,13 +260,17 @@ export function checkDevices(config: ClusterConfig, site: SiteConfig): string[] 
     }
     if (dev.kind === 'loopback') {
       if (!st.isFile()) problems.push(`${key}: ${dev.path} is not a regular file; loopback devices are plain files`);
-      else if (st.size < bytesMin) problems.push(`${key}: ${dev.path} holds ${formatBytes(st.size)} but ${what} is ${formatBytes(bytesMin)}; grow it with: truncate -s ${bytesMin} ${dev.path}`);
+      else if (sized && st.size < bytesMin) problems.push(`${key}: ${dev.path} holds ${formatBytes(st.size)} but ${what} is ${formatBytes(bytesMin)}; grow it with: truncate -s ${bytesMin} ${dev.path}`);
     }
   };
   if (site.cache?.device.kind === 'block') {
     // The cache journal and the site's state files live beside a cache file; a raw device has no beside.
     problems.push(`sites.${site.name}.cache.device: ${site.cache.device.text} cannot hold the cache; block devices are storage. Put the cache on loopback:PATH (a file, e.g. on an SSD's file system) or memory:`);
-  } else if (site.cache) check(`sites.${site.name}.cache.device`, site.cache.device, site.cache.sizeBytes, 'cache.size');
+  } else if (site.cache) {
+    // A cache file cut short must never be grown back (the zeroes would hide the entries it
+    // lost): the journal refuses it at open with the fix, or re-formats one that holds nothing.
+    check(`sites.${site.name}.cache.device`, site.cache.device, site.cache.sizeBytes, 'cache.size', false);
+  }
   site.storage.forEach((d, i) => check(`sites.${site.name}.storage[${i}]`, d, config.volume.sizeBytes, 'volume.size'));
   return problems;
 }

@@ -61,10 +61,16 @@ export const FrameType = {
   RESYNC_DATA: 0x31,
   RESYNC_ACK: 0x32,
   IN_SYNC: 0x33,
+  READ_REQUEST: 0x34,
+  READ_DATA: 0x35,
+  READ_FAILED: 0x36,
   EPOCH: 0x40,
   FENCE: 0x41,
   LAST_HEARD_QUERY: 0x42,
   LAST_HEARD_ANSWER: 0x43,
+  PEER_DIRTY: 0x44,
+  PEER_DIRTY_ACK: 0x45,
+  PEER_CLEAN: 0x46,
   ERROR: 0x7f,
 } as const;
 export type FrameTypeName = keyof typeof FrameType;
@@ -236,6 +242,26 @@ export const messageSpecs: readonly MessageSpec[] = [
     volumeId, f('reserved', 'u32', 'must be 0'), epochF,
     f('seq', 'u64', 'every WRITE of epoch up to seq that the sender acked to the host is held by the receiver'),
   ]),
+  spec('READ_REQUEST', 'data', 'Upstream -> downstream (issue 16 item 3): send these bytes of your copy. A primary whose own copy is not whole repairs it, or serves a host read, from a mirror that holds every acked write there; the read is ordered after every WRITE sent before it. Answered by READ_DATA or READ_FAILED.', [
+    volumeId, f('reserved', 'u32', 'must be 0'), epochF,
+    f('readId', 'u64', 'sender-chosen id echoed in the answer'),
+    f('offsetBytes', 'u64', 'byte offset in the volume (whole blocks)'),
+    f('lengthBytes', 'u32', 'bytes to read: whole blocks, at most payloadBytesMax'),
+    f('reserved2', 'u32', 'must be 0'),
+  ]),
+  spec('READ_DATA', 'data', 'Answer to READ_REQUEST: the bytes, as the sender\'s storage holds them.', [
+    volumeId,
+    f('flags', 'u16', 'must be 0'),
+    f('reserved', 'u16', 'must be 0'),
+    epochF,
+    f('readId', 'u64', 'the READ_REQUEST answered'),
+    f('offsetBytes', 'u64', 'byte offset in the volume (as requested)'),
+    f('lengthBytes', 'u32', 'data length; must equal bodyBytes - 40'),
+    f('reserved2', 'u32', 'must be 0'),
+  ], [{ name: 'data', kind: 'data', doc: 'the data' }]),
+  spec('READ_FAILED', 'data', 'Answer to READ_REQUEST: the sender cannot serve it (its storage failed, or its own copy of the range is being repaired).', [
+    volumeId, statusF, ...senseF, epochF, f('readId', 'u64', 'the READ_REQUEST answered'),
+  ], [{ name: 'reason', kind: 'str16', doc: 'human-readable reason' }]),
   spec('EPOCH', 'data', 'A new epoch begins (claim 13: failover): primary and the last seq every in-sync site has.', [
     f('epoch', 'u64', 'the new epoch'),
     f('agreedLastSeq', 'u64', 'last seq of the previous epoch that the new primary holds'),
@@ -257,6 +283,17 @@ export const messageSpecs: readonly MessageSpec[] = [
     f('heardAgoMs', 'u32', 'ms since the answering site last heard its primary; 0xFFFFFFFF never heard; older ages are sent as 0xFFFFFFFE'),
     f('reserved', 'u32', 'must be 0'),
     f('seqReceived', 'u64', 'highest seq of epoch the answering site holds with every seq before it'),
+  ]),
+  spec('PEER_DIRTY', 'data', 'Primary -> its standby (issue 16 item 4): `peer` may miss these ranges (they are in the primary\'s dirty bitmap for it). The standby keeps a durable copy, so that after a promotion it resyncs only what each site is owed; it answers PEER_DIRTY_ACK once the copy is durable.', [
+    epochF, f('id', 'u64', 'sender-chosen id echoed in PEER_DIRTY_ACK'),
+  ], [
+    { name: 'peer', kind: 'str8', doc: 'the site the ranges are dirty for' },
+    { name: 'ranges', kind: 'ranges', doc: 'byte ranges' },
+  ]),
+  spec('PEER_DIRTY_ACK', 'data', 'Standby -> primary: the PEER_DIRTY with this id is durable here.', [epochF, f('id', 'u64', 'the PEER_DIRTY answered')]),
+  spec('PEER_CLEAN', 'data', 'Primary -> its standby: `peer` holds these ranges again (resynced). Best effort: a lost PEER_CLEAN costs a resync after a promotion.', [epochF], [
+    { name: 'peer', kind: 'str8', doc: 'the site the ranges are clean for' },
+    { name: 'ranges', kind: 'ranges', doc: 'byte ranges' },
   ]),
   spec('ERROR', 'any', 'Either side, established link: close reason; the sender closes the connection.', [
     f('code', 'u16', 'error code (table "Error codes")'),
@@ -294,6 +331,12 @@ export interface ResyncDataMsg { type: 'RESYNC_DATA'; volumeId: number; flags: n
 export interface ResyncAckMsg { type: 'RESYNC_ACK'; volumeId: number; status: number; senseKey: number; asc: number; ascq: number; epoch: bigint; resyncId: bigint }
 /** Upstream -> downstream: the receiver holds every WRITE of epoch acked to the host up to seq. */
 export interface InSyncMsg { type: 'IN_SYNC'; volumeId: number; epoch: bigint; seq: bigint }
+export interface ReadRequestMsg { type: 'READ_REQUEST'; volumeId: number; epoch: bigint; readId: bigint; offsetBytes: bigint; lengthBytes: number }
+export interface ReadDataMsg { type: 'READ_DATA'; volumeId: number; flags: number; epoch: bigint; readId: bigint; offsetBytes: bigint; data: Buffer }
+export interface ReadFailedMsg { type: 'READ_FAILED'; volumeId: number; status: number; senseKey: number; asc: number; ascq: number; epoch: bigint; readId: bigint; reason: string }
+export interface PeerDirtyMsg { type: 'PEER_DIRTY'; epoch: bigint; id: bigint; peer: string; ranges: ResyncRange[] }
+export interface PeerDirtyAckMsg { type: 'PEER_DIRTY_ACK'; epoch: bigint; id: bigint }
+export interface PeerCleanMsg { type: 'PEER_CLEAN'; epoch: bigint; peer: string; ranges: ResyncRange[] }
 export interface EpochMsg { type: 'EPOCH'; epoch: bigint; agreedLastSeq: bigint; primary: string }
 export interface FenceMsg { type: 'FENCE'; currentEpoch: bigint; refusedEpoch: bigint; primary: string; reason: string }
 export interface LastHeardQueryMsg { type: 'LAST_HEARD_QUERY'; epoch: bigint; queryId: bigint }
@@ -301,10 +344,14 @@ export interface LastHeardQueryMsg { type: 'LAST_HEARD_QUERY'; epoch: bigint; qu
 export interface LastHeardAnswerMsg { type: 'LAST_HEARD_ANSWER'; epoch: bigint; queryId: bigint; heardAgoMs: number; seqReceived: bigint }
 export interface ErrorMsg { type: 'ERROR'; code: number; reason: string }
 
+/** The messages that carry volume data (hand-coded: one fixed layout, data not copied). */
+export type DataPayloadMsg = WriteMsg | ResyncDataMsg | ReadDataMsg;
+
 export type HandshakeMessage = HelloMsg | ChallengeMsg | ResponseMsg | WelcomeMsg | RefuseMsg;
 export type DataMessage =
   | WriteMsg | WriteAckMsg | AckMsg | FlushMsg | FlushAckMsg | HeartbeatMsg | StatusRequestMsg | StatusReplyMsg
-  | ResyncRequestMsg | ResyncDataMsg | ResyncAckMsg | InSyncMsg | EpochMsg | FenceMsg | LastHeardQueryMsg | LastHeardAnswerMsg | ErrorMsg;
+  | ResyncRequestMsg | ResyncDataMsg | ResyncAckMsg | InSyncMsg | ReadRequestMsg | ReadDataMsg | ReadFailedMsg | EpochMsg | FenceMsg
+  | LastHeardQueryMsg | LastHeardAnswerMsg | PeerDirtyMsg | PeerDirtyAckMsg | PeerCleanMsg | ErrorMsg;
 export type Message = HandshakeMessage | DataMessage;
 
 /** A frame as the parser delivers it: header fields and a view of the body. */
@@ -431,10 +478,9 @@ function getU64(b: Buffer, at: number): bigint {
   return b.readUInt32BE(at) === 0 ? BigInt(b.readUInt32BE(at + 4)) : b.readBigUInt64BE(at);
 }
 
-/** Header + fixed fields of a WRITE or RESYNC_DATA, hand-coded (the hot path). */
-function encodeDataHead(msg: WriteMsg | ResyncDataMsg, frameSeq: number): Buffer {
-  const isWrite = msg.type === 'WRITE';
-  const fixedBytes = isWrite ? writeFixedBytes : resyncDataFixedBytes;
+/** Header + fixed fields of a WRITE, RESYNC_DATA or READ_DATA, hand-coded (the hot path; one fixed layout). */
+function encodeDataHead(msg: DataPayloadMsg, frameSeq: number): Buffer {
+  const fixedBytes = writeFixedBytes;
   const data = msg.data;
   if (data.length > payloadBytesMax) encodeError(`${msg.type} data is ${data.length} bytes, payloadBytesMax is ${payloadBytesMax}`);
   const h = Buffer.allocUnsafe(headerBytes + fixedBytes);
@@ -443,9 +489,9 @@ function encodeDataHead(msg: WriteMsg | ResyncDataMsg, frameSeq: number): Buffer
   h.writeUInt16BE(msg.flags, b + 4);
   h.writeUInt16BE(0, b + 6);
   putU64(h, msg.epoch, b + 8);
-  // WRITE and RESYNC_DATA share one fixed layout: the u64 at 16 is seq or resyncId.
+  // One fixed layout: the u64 at 16 is the seq, resyncId or readId.
   const at = b + 24;
-  putU64(h, isWrite ? msg.seq : msg.resyncId, b + 16);
+  putU64(h, msg.type === 'WRITE' ? msg.seq : msg.type === 'RESYNC_DATA' ? msg.resyncId : msg.readId, b + 16);
   putU64(h, msg.offsetBytes, at);
   h.writeUInt32BE(data.length, at + 8);
   h.writeUInt32BE(0, at + 12);
@@ -517,7 +563,7 @@ function decodeAck(s: MessageSpec, body: Buffer): AckMsg | WriteAckMsg {
 }
 
 export function encodeFrameParts(msg: Message, frameSeq: number): Buffer[] {
-  if (msg.type === 'WRITE' || msg.type === 'RESYNC_DATA') {
+  if (msg.type === 'WRITE' || msg.type === 'RESYNC_DATA' || msg.type === 'READ_DATA') {
     const head = encodeDataHead(msg, frameSeq);
     return msg.data.length === 0 ? [head] : [head, msg.data];
   }
@@ -640,21 +686,25 @@ if (ackSpec.fixed.spanBytes !== 24 || writeAckSpec.fixed.spanBytes !== 24 || ack
   throw new Error('wire: ACK/WRITE_ACK layouts changed; update encodeAck/decodeAck (the hand-coded path)');
 }
 const resyncDataSpec = specByName.get('RESYNC_DATA')!;
+const readDataSpec = specByName.get('READ_DATA')!;
+for (const s of [writeSpec, resyncDataSpec, readDataSpec]) {
+  if (s.fixed.spanBytes !== writeFixedBytes) throw new Error(`wire: ${s.name}'s layout changed; update encodeDataHead/decodeDataBody (the hand-coded path)`);
+}
 
-/** WRITE / RESYNC_DATA body, hand-coded (the hot path); `data` is a view of the body. */
-function decodeDataBody(s: MessageSpec, body: Buffer): WriteMsg | ResyncDataMsg {
+/** WRITE / RESYNC_DATA / READ_DATA body, hand-coded (the hot path); `data` is a view of the body. */
+function decodeDataBody(s: MessageSpec, body: Buffer): DataPayloadMsg {
   const isWrite = s === writeSpec;
-  const fixedBytes = isWrite ? writeFixedBytes : resyncDataFixedBytes;
+  const fixedBytes = writeFixedBytes;
   if (body.length < fixedBytes) malformed(s, `body is ${body.length} bytes, the fixed fields need ${fixedBytes}`);
   const volumeId = body.readUInt32BE(0);
   const flags = body.readUInt16BE(4);
   if (body.readUInt16BE(6) !== 0) reservedNonZero(s, 'reserved');
-  const allowed = isWrite ? WriteFlags.FUA : ResyncDataFlags.LAST;
+  const allowed = isWrite ? WriteFlags.FUA : s === resyncDataSpec ? ResyncDataFlags.LAST : 0;
   if ((flags & ~allowed) !== 0) {
     throw new ProtocolError(ErrorCode.BAD_FLAGS, `${s.name} frame: unknown flag bits 0x${(flags & ~allowed).toString(16)}`);
   }
   const epoch = getU64(body, 8);
-  const seq = getU64(body, 16); // seq of a WRITE, resyncId of a RESYNC_DATA
+  const seq = getU64(body, 16); // seq of a WRITE, resyncId of a RESYNC_DATA, readId of a READ_DATA
   const at = 24;
   const offsetBytes = getU64(body, at);
   const lengthBytes = body.readUInt32BE(at + 8);
@@ -665,7 +715,9 @@ function decodeDataBody(s: MessageSpec, body: Buffer): WriteMsg | ResyncDataMsg 
   const data = body.subarray(fixedBytes);
   return isWrite
     ? { type: 'WRITE', volumeId, flags, epoch, seq, offsetBytes, data }
-    : { type: 'RESYNC_DATA', volumeId, flags, epoch, resyncId: seq, offsetBytes, data };
+    : s === resyncDataSpec
+      ? { type: 'RESYNC_DATA', volumeId, flags, epoch, resyncId: seq, offsetBytes, data }
+      : { type: 'READ_DATA', volumeId, flags, epoch, readId: seq, offsetBytes, data };
 }
 
 /**
@@ -676,7 +728,7 @@ export function decodeMessage(frame: Frame): Message {
   const s = specByCode.get(frame.type);
   if (s === undefined) throw new ProtocolError(ErrorCode.UNKNOWN_TYPE, `type 0x${frame.type.toString(16)} is not a v1 message`);
   const body = frame.body;
-  if (s === writeSpec || s === resyncDataSpec) return decodeDataBody(s, body);
+  if (s === writeSpec || s === resyncDataSpec || s === readDataSpec) return decodeDataBody(s, body);
   if (s === ackSpec || s === writeAckSpec) return decodeAck(s, body);
   if (body.length < s.fixed.spanBytes) malformed(s, `body is ${body.length} bytes, the fixed fields need ${s.fixed.spanBytes}`);
   const fixed = s.fixed.layout.decode(body, 0);
@@ -710,9 +762,14 @@ function checkFields(s: MessageSpec, msg: Message): void {
     case 'EPOCH':
       bad = checkName(msg.primary, 'primary');
       break;
+    case 'PEER_DIRTY':
+    case 'PEER_CLEAN':
+      bad = checkName(msg.peer, 'peer');
+      break;
     case 'WRITE_ACK':
     case 'FLUSH_ACK':
     case 'RESYNC_ACK':
+    case 'READ_FAILED':
       if (msg.status > AckStatus.STALE_EPOCH) bad = `status ${msg.status} is not a v1 AckStatus`;
       break;
     default:

@@ -26,6 +26,8 @@ export function fmtMsg(m: PeerMsg): string {
     case 'peerDirty': return `peerDirty #${m.id} ${m.peer} ${fmtRanges(m.ranges)}`;
     case 'peerDirtyAck': return `peerDirtyAck #${m.id}`;
     case 'peerClean': return `peerClean ${m.peer} ${fmtRanges(m.ranges)}`;
+    case 'readRequest': return `readRequest #${m.readId} @${m.offsetBytes}+${m.lengthBytes}`;
+    case 'readData': return `readData #${m.readId} ${m.sense === undefined ? `${m.payload.byteLength} bytes` : m.sense.message}`;
   }
 }
 

@@ -71,7 +71,7 @@ describe('mirror: receive, cache, perform, ack (claims 11, 17)', () => {
     expect(t.done('storageFlush')).toEqual(['send local flushAck #4', 'cacheDrop s1']);
   });
 
-  it('reports a failed storage write, never acks past it, and repeats the report on every join until resynced', () => {
+  it('reports a failed storage write, records its region suspect, acks past it only then, and names it on every join until resynced', () => {
     const t = joined();
     t.recv('local', writeMsg(1n, 0, 512));
     t.recv('local', writeMsg(2n, 1024, 512));
@@ -79,16 +79,25 @@ describe('mirror: receive, cache, perform, ack (claims 11, 17)', () => {
     t.done('cacheAppend s2');
     t.done('storageWrite @1024');
     expect(t.openActions()).toEqual(['storageWrite @0+512']);
-    // The write of s1 fails on storage.
+    // The write of s1 fails on storage: its region is recorded suspect before anything else.
     expect(t.done('storageWrite @0', { sense: { key: 3, asc: 0x0c, ascq: 0, message: 'east.img at LBA 0: write error' } }))
-      .toEqual(['send local writeStatus s1 east.img at LBA 0: write error']); // no ack for s1 nor s2
-    // The link drops (the status may be lost with it): the next join repeats it.
+      .toEqual(['bitmapSet @local [0]']); // no ack for s1 nor s2 yet
+    // Durably suspect: the failure is reported, and the ack passes s1 (reported failed, owed by a
+    // resync), so nothing behind it is pinned. The failed entry has nothing left to keep in the
+    // journal (the suspect record stands for it).
+    expect(t.done('bitmapSet')).toEqual(['send local writeStatus s1 east.img at LBA 0: write error', 'send local ack s2', 'cacheDrop s1']);
+    // The link drops (the status may be lost with it): the next join names the region and repeats the status.
     t.step({ type: 'peerDown', peer: 'local' });
     t.step({ type: 'peerUp', peer: 'local' });
-    expect(t.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local resyncRequest e1 received s2', 'send local writeStatus s1 east.img at LBA 0: write error']);
+    expect(t.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local resyncRequest e1 received s2 ranges @0+1024', 'send local writeStatus s1 east.img at LBA 0: write error', 'send local ack s2']);
     // Resync data means the primary degraded us: the stuck entries are flushed, dropped, superseded.
     expect(t.recv('local', { type: 'resyncData', epoch: 1n, resyncId: 1n, offsetBytes: 0, payload: new Uint8Array(1024) })).toEqual(['storageFlush']);
-    expect(t.done('storageFlush')).toEqual(['cacheDrop s1,s2', 'storageWrite @0+1024 fua']);
+    expect(t.done('storageFlush')).toEqual(['cacheDrop s2', 'storageWrite @0+1024 fua']);
+    // On storage: the region holds the upstream's content, no longer suspect.
+    expect(t.done('storageWrite')).toEqual(['bitmapClear @local [0]', 'send local resyncAck #1']);
+    t.step({ type: 'peerDown', peer: 'local' });
+    t.step({ type: 'peerUp', peer: 'local' });
+    expect(t.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local resyncRequest e1 received s2', 'send local ack s2']);
   });
 });
 

@@ -116,7 +116,11 @@ describe('standby: detection needs a majority (claim 13 v)', () => {
     m.recv('local', { type: 'epoch', epoch: 1n });
     m.tick(120);
     expect(m.recv('backup', { type: 'lastHeardQuery', epoch: 0n, queryId: 5n })).toEqual(['send backup lastHeardAnswer #5 e1 ago 120 s0']);
-    expect(mirrorScript().recv('backup', { type: 'lastHeardQuery', epoch: 1n, queryId: 6n })).toEqual(['send backup lastHeardAnswer #6 e1 ago -1 s0']);
+    // One that never heard it in this life vouches only for the time since it started (issue 16
+    // item 8: a site that just restarted is no witness to a long silence).
+    const fresh = mirrorScript();
+    fresh.tick(30);
+    expect(fresh.recv('backup', { type: 'lastHeardQuery', epoch: 1n, queryId: 6n })).toEqual(['send backup lastHeardAnswer #6 e1 ago 30 s0']);
   });
 });
 
@@ -266,6 +270,7 @@ describe('standby: promotion guard (issue 10: a standby that may miss acked writ
     s.recv('local', writeMsg(1n, 0, 512, 1n));
     s.done('cacheAppend s1');
     s.done('storageWrite', { sense: senseOf('medium error at LBA 0', 0x3, 0x11) });
+    s.done('bitmapSet @local'); // its region is recorded suspect first (issue 16 item 3)
     expect(s.last.some((a) => a.type === 'send' && a.msg.type === 'writeStatus')).toBe(true);
     expect(s.last.find((a) => a.type === 'metaPersist')).toMatchObject({ meta: { inSyncEpoch: 0n } });
     expect(s.role.status().inSyncConfirmed).toBe(false);
@@ -276,6 +281,7 @@ describe('standby: promotion guard (issue 10: a standby that may miss acked writ
     s.recv('local', writeMsg(1n, 0, 512, 1n));
     s.done('cacheAppend s1');
     s.done('storageWrite', { sense: senseOf('medium error at LBA 0', 0x3, 0x11) });
+    s.done('bitmapSet @local'); // its region is recorded suspect first (issue 16 item 3)
     s.done('metaPersist');
     // The link resets; at the rejoin the primary still thinks this site is in sync.
     s.step({ type: 'peerDown', peer: 'local' });
@@ -291,6 +297,7 @@ describe('standby: promotion guard (issue 10: a standby that may miss acked writ
     s.recv('local', writeMsg(1n, 0, 512, 1n));
     s.done('cacheAppend s1');
     s.done('storageWrite', { sense: senseOf('medium error at LBA 0', 0x3, 0x11) });
+    s.done('bitmapSet @local'); // its region is recorded suspect first (issue 16 item 3)
     s.step({ type: 'peerDown', peer: 'local' });
     s.took(s.role.promote('operator accepts loss', s.nowMs, true));
     for (const p of ['local', 'east', 'west']) s.done(`bitmapSet ${p}`);

@@ -78,8 +78,9 @@ describe('DiskArray', () => {
     expect(log.errors.at(-1)).toMatch(/no member is left/);
     const err2 = (await array.read(0, 1).catch((e: unknown) => e)) as SenseError;
     expect(err2.key).toBe(SenseKey.NOT_READY);
-    expect(err2.message).toMatch(/memory:x.*memory:y.*replace/);
+    expect(err2.message).toMatch(/memory:x.*memory:y.*recovery is being probed.*replace/);
     expect(array.status()).not.toBe(0);
+    await array.close(); // stops probing them
   });
 
   it('reads from the other member when one fails a read', async () => {
@@ -108,6 +109,7 @@ describe('DiskArray', () => {
     expect(flushes).toEqual(['memory:a']);
     expect(array.memberStatus()[1]!.state).toBe('failed');
     expect((await a.read(0, 4)).equals(fill(4, 1))).toBe(true);
+    await array.close();
   });
 
   it('validates requests and geometry at the edge', async () => {

@@ -1,7 +1,7 @@
 // The battery-backed cache journal: append, replay, torn tail, bad checksums, ring wrap,
 // backpressure when full, out-of-order done, and the documented byte layout.
 
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -9,8 +9,10 @@ import {
   CacheEntryFlags,
   CacheJournal,
   EntryHandle,
+  decodeEntryHeader,
   encodeEntryHeader,
   entryHeaderBytes,
+  entryHeaderBytesV1,
   entryHeaderLayout,
   ringStartBytes,
   superblockLayout,
@@ -103,33 +105,42 @@ describe('CacheJournal', () => {
     expect(seqs(recovered)).toEqual([4]);
   });
 
-  it('cuts the tail at a torn payload and never resurrects what followed it', async () => {
+  it('cuts the tail at a torn payload of the last group commit and never resurrects what followed it', async () => {
     const dev = new MemoryCacheDevice('memory:c', sizeBytes);
     const { journal } = await CacheJournal.open(dev);
     const hs: EntryHandle[] = [];
-    for (let i = 1; i <= 5; i++) hs.push(await journal.append(meta(i), payloadFor(i, 1024)));
+    for (let i = 1; i <= 2; i++) hs.push(await journal.append(meta(i), payloadFor(i, 1024)));
+    // 3, 4 and 5 leave in one writev: none of them completed before the others were written.
+    hs.push(...(await Promise.all([3, 4, 5].map((i) => journal.append(meta(i), payloadFor(i, 1024))))));
     const crashed = crashCopy(dev);
     crashed.raw()[hs[2]!.posBytes + entryHeaderBytes + 100]! ^= 0xff; // entry 3: only part of its payload landed
-    const { journal: j2, recovered } = await CacheJournal.open(crashed);
+    const { journal: j2, recovered, damage } = await CacheJournal.open(crashed);
     expect(seqs(recovered)).toEqual([1, 2]);
+    expect(damage).toEqual({ lost: [], unknownLost: 0, tornTailEntries: 3, tornTailBytes: 3 * hs[2]!.sizeBytes });
     // The next session writes an entry of the same size where 3 was, so the stale 4 sits
-    // exactly where the new 4 is expected: its older generation must keep it dead.
+    // exactly where the new 4 is expected: its older generation (and its erased header) keep it dead.
     await j2.append(meta(30), payloadFor(30, 1024));
-    const { recovered: r3 } = await CacheJournal.open(crashCopy(crashed));
+    const { recovered: r3, damage: d3 } = await CacheJournal.open(crashCopy(crashed));
     expect(seqs(r3)).toEqual([1, 2, 30]);
+    expect(d3.lost).toEqual([]);
   });
 
-  it('stops at a bad header checksum and at a header that is not the next entry', async () => {
+  it('replays past a bad header checksum in the middle (the next entry names it) and stops at a header that is not the next entry', async () => {
     const dev = new MemoryCacheDevice('memory:c', sizeBytes);
     const { journal } = await CacheJournal.open(dev);
     const hs: EntryHandle[] = [];
     for (let i = 1; i <= 4; i++) hs.push(await journal.append(meta(i), payloadFor(i)));
     const badHeader = crashCopy(dev);
     badHeader.raw()[hs[1]!.posBytes + 30]! ^= 0x01; // inside the header: header crc fails
-    expect(seqs((await CacheJournal.open(badHeader)).recovered)).toEqual([1]);
+    const opened = await CacheJournal.open(badHeader);
+    expect(seqs(opened.recovered)).toEqual([1, 3, 4]);
+    expect(opened.damage).toEqual({ lost: [{ jseq: hs[1]!.jseq, epoch: 3n, seq: 2n, offsetBytes: 2 * 4096, lengthBytes: 512 }], unknownLost: 0, tornTailEntries: 0, tornTailBytes: 0 });
     const zeroed = crashCopy(dev);
-    zeroed.raw().fill(0, hs[3]!.posBytes, hs[3]!.posBytes + entryHeaderBytes); // never written
-    expect(seqs((await CacheJournal.open(zeroed)).recovered)).toEqual([1, 2, 3]);
+    // The last entry never landed: nothing written after it says it completed, so it is a torn tail.
+    zeroed.raw().fill(0, hs[3]!.posBytes, hs[3]!.posBytes + entryHeaderBytes);
+    const z = await CacheJournal.open(zeroed);
+    expect(seqs(z.recovered)).toEqual([1, 2, 3]);
+    expect(z.damage.lost).toEqual([]);
   });
 
   it('falls back to the other superblock copy when the newer one is torn', async () => {
@@ -278,6 +289,108 @@ describe('CacheJournal', () => {
     }
   });
 
+  it('refuses a cache file shorter than cache.size without growing it, names both sizes and the size that replays it; after the drain the new size takes', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'gm-cache-'));
+    try {
+      const path = join(dir, 'c.cache');
+      const first = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes }));
+      for (let i = 1; i <= 3; i++) await first.journal.append(meta(i), payloadFor(i));
+      await first.journal.close();
+      const before = await readFile(path);
+      const err = (await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes: 2 * sizeBytes })).catch((e: unknown) => e)) as Error;
+      expect(err).toBeInstanceOf(SenseError);
+      expect(err.message).toMatch(/formatted for 65536 bytes but cache\.size is 131072 \(the file holds 65536 bytes\), and it still holds 3 pending write\(s\)\. Set cache\.size to 65536 so the site replays them; once it has drained its cache .*set cache\.size to 131072/);
+      expect(err.message).not.toMatch(/truncate|delete/);
+      expect((await readFile(path)).equals(before)).toBe(true); // not grown, not touched
+      // Following the message: the old size replays everything, the site drains and stops...
+      const replay = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes }));
+      expect(seqs(replay.recovered)).toEqual([1, 2, 3]);
+      for (const r of replay.recovered) replay.journal.markDone(r.handle);
+      await replay.journal.close();
+      // ...and the new size then takes: the file grows, the empty journal is re-formatted.
+      const grown = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes: 2 * sizeBytes }));
+      expect(grown.resizedFromBytes).toBe(sizeBytes);
+      expect(grown.recovered).toEqual([]);
+      expect((await stat(path)).size).toBe(2 * sizeBytes);
+      const big = await grown.journal.append(meta(9), payloadFor(9, 100 * 1024)); // only fits the new size
+      expect(big.jseq).toBeGreaterThan(3);
+      await grown.journal.close();
+      const again = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes: 2 * sizeBytes }));
+      expect(seqs(again.recovered)).toEqual([9]);
+      await again.journal.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('grows a journal that replays empty at its old size even after a crash; lowers cache.size only after a clean empty close (the old ring cannot be read at the smaller size)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'gm-cache-'));
+    try {
+      const path = join(dir, 'c.cache');
+      const big = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes: 2 * sizeBytes }));
+      const h = await big.journal.append(meta(1), payloadFor(1));
+      big.journal.markDone(h);
+      await new Promise((r) => setTimeout(r, 50)); // the head is persisted past it; then a crash (no close)
+      await expect(CacheJournal.open(await openFileCacheDevice(path, { sizeBytes }))).rejects.toThrow(/formatted for 131072 bytes but cache\.size is 65536, and it was not closed empty.*Set cache\.size to 131072/);
+      const again = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes: 2 * sizeBytes }));
+      expect(again.recovered).toEqual([]);
+      await again.journal.close(); // closed empty
+      const small = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes }));
+      expect(small.resizedFromBytes).toBe(2 * sizeBytes);
+      const h2 = await small.journal.append(meta(2), payloadFor(2));
+      small.journal.markDone(h2);
+      await new Promise((r) => setTimeout(r, 50)); // crash again, empty, not closed
+      const path2 = join(dir, 'c2.cache');
+      await writeFile(path2, await readFile(path));
+      const grown = await CacheJournal.open(await openFileCacheDevice(path2, { sizeBytes: 2 * sizeBytes })); // it replays empty at 64 KiB
+      expect(grown.resizedFromBytes).toBe(sizeBytes);
+      const h3 = await grown.journal.append(meta(3), payloadFor(3));
+      expect(h3.jseq).toBeGreaterThan(h2.jseq); // same journal, jseqs go on
+      await grown.journal.close();
+      // The crashed sessions' handles: released without the journal's close (a crash writes nothing).
+      await small.journal.device.close();
+      await big.journal.device.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a cache file cut short below its journal (never grows it back over the loss) and says what to do', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'gm-cache-'));
+    try {
+      const path = join(dir, 'c.cache');
+      const { journal } = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes: 2 * sizeBytes }));
+      for (let i = 1; i <= 12; i++) await journal.append(meta(i), payloadFor(i, 8000)); // well past 64 KiB
+      await journal.close();
+      await truncate(path, sizeBytes);
+      for (const configured of [2 * sizeBytes, sizeBytes]) {
+        const err = (await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes: configured })).catch((e: unknown) => e)) as Error;
+        expect(err.message).toMatch(/holds 65536 bytes but the cache journal in it was formatted for 131072 bytes.*cut short.*do not grow it back.*resynced in full from its peers/);
+        expect((await stat(path)).size).toBe(sizeBytes);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a device whose superblock copies are both damaged but which holds entries; a torn very first superblock write is a new journal', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal } = await CacheJournal.open(dev);
+    await journal.append(meta(1), payloadFor(1));
+    await journal.close();
+    const both = crashCopy(dev);
+    both.raw()[20]! ^= 1;
+    both.raw()[superblockSlotBytes + 20]! ^= 1;
+    await expect(CacheJournal.open(both)).rejects.toThrow(/neither copy of the cache journal superblock.*pending writes cannot be located/);
+    // The first open's superblock write (copy 1) torn, nothing appended yet: a blank device.
+    const fresh = new MemoryCacheDevice('memory:f', sizeBytes);
+    fresh.raw().fill(0x77, superblockSlotBytes, superblockSlotBytes + 30);
+    const opened = await CacheJournal.open(fresh);
+    expect(opened.recovered).toEqual([]);
+    await opened.journal.append(meta(1), payloadFor(1));
+    expect(seqs((await CacheJournal.open(crashCopy(fresh))).recovered)).toEqual([1]);
+  });
+
   it('survives reopening a file-backed cache without close (what kill -9 leaves)', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'gm-cache-'));
     try {
@@ -308,18 +421,20 @@ describe('CacheJournal', () => {
 });
 
 describe('cache journal byte layout', () => {
-  it('hand-encoded entry header equals the documented buffer-layout struct', () => {
-    const h = new EntryHandle(0x1_0000_0002, 9, (1n << 63n) + 5n, 0x0102030405060708n, 2 ** 45 + 4096, CacheEntryFlags.FUA | CacheEntryFlags.RETAIN, 4096, ringStartBytes, 4160, 77);
+  it('hand-encoded entry header (version 2) equals the documented buffer-layout struct and decodes back', () => {
+    const h = new EntryHandle(0x1_0000_0002, 9, (1n << 63n) + 5n, 0x0102030405060708n, 2 ** 45 + 4096, CacheEntryFlags.FUA | CacheEntryFlags.RETAIN, 4096, ringStartBytes, 4224, 77);
+    const link = { committedJseq: 0x1_0000_0001, prev: { epoch: 3n, seq: 0x0102030405060707n, offsetBytes: 2 ** 33 + 512, payloadBytes: 8192, posBytes: 2 ** 32 + 64 } };
     const hand = Buffer.alloc(entryHeaderBytes);
-    encodeEntryHeader(hand, 0xdeadbeef, h, 0xcafef00d);
+    encodeEntryHeader(hand, 0xdeadbeef, h, 0xcafef00d, link);
     const viaLayout = Buffer.alloc(entryHeaderBytes);
+    expect(entryHeaderBytes).toBe(128);
     expect(entryHeaderLayout.span).toBe(entryHeaderBytes);
     entryHeaderLayout.encode(
       {
         magic: 0x474d4345,
         flags: 3,
-        version: 1,
-        reserved: 0,
+        version: 2,
+        link: 1,
         journalId: 0xdeadbeef,
         generation: 77,
         jseqHi: 1,
@@ -333,11 +448,40 @@ describe('cache journal byte layout', () => {
         offsetBytesHi: 2 ** 13,
         offsetBytesLo: 4096,
         payloadCrc: 0xcafef00d,
-        headerCrc: hand.readUInt32BE(60),
+        prevPayloadBytes: 8192,
+        committedJseqHi: 1,
+        committedJseqLo: 1,
+        prevEpochHi: 0,
+        prevEpochLo: 3,
+        prevSeqHi: 0x01020304,
+        prevSeqLo: 0x05060707,
+        prevOffsetBytesHi: 2,
+        prevOffsetBytesLo: 512,
+        prevPosBytesHi: 1,
+        prevPosBytesLo: 64,
+        reserved0: 0,
+        reserved1: 0,
+        reserved2: 0,
+        reserved3: 0,
+        reserved4: 0,
+        headerCrc: hand.readUInt32BE(124),
       },
       viaLayout,
     );
     expect(viaLayout.toString('hex')).toBe(hand.toString('hex'));
+    const back = decodeEntryHeader(hand)!;
+    expect(back).toMatchObject({ version: 2, jseq: h.jseq, epoch: h.epoch, seq: h.seq, offsetBytes: h.offsetBytes, payloadBytes: 4096, sizeBytes: 4224, generation: 77, journalId: 0xdeadbeef, ...link });
+    hand[100]! ^= 1; // any byte of the 124 the crc covers
+    expect(decodeEntryHeader(hand)).toBeUndefined();
+  });
+
+  it('a 128-byte header costs 64 bytes more per entry than version 1 and no alignment padding for 4 KiB-multiple payloads', () => {
+    for (const payloadBytes of [4096, 8192, 65536, 1024 * 1024]) {
+      const v1 = Math.ceil((entryHeaderBytesV1 + payloadBytes) / 64) * 64;
+      const v2 = Math.ceil((entryHeaderBytes + payloadBytes) / 64) * 64;
+      expect(v2 - payloadBytes).toBe(entryHeaderBytes); // no padding at all
+      expect(v2 - v1).toBe(64);
+    }
   });
 
   it('superblock on the device decodes with the documented buffer-layout struct', async () => {

@@ -83,12 +83,14 @@ export interface SimDelays {
 export interface SimLifeHooks {
   send(peer: PeerId, msg: PeerMsg): void;
   close(peer: PeerId, reason: string): void;
-  ack(id: number, error: HostError | undefined): void;
+  ack(id: number, error: HostError | undefined, data?: Uint8Array): void;
   log(level: LogLevel, event: string, fields: Record<string, unknown>): void;
   fatal(err: Error): void;
   observe?(a: CoreAction): void;
   /** An injected storage failure for this write (undefined: it lands); `completed` runs when it is reported. */
   writeFault?(offsetBytes: number, payload: Uint8Array): { sense: SenseInfo; completed?: () => void } | undefined;
+  /** An injected failure of a storage read or flush (undefined: it works). */
+  storageFault?(op: 'read' | 'flush'): SenseInfo | undefined;
 }
 
 export class SimLife {
@@ -182,8 +184,16 @@ export class SimLife {
             done(undefined);
           });
         },
-        read: (offsetBytes, lengthBytes, done) => this.later(d.readMs(), () => done(undefined, disk.read(offsetBytes, lengthBytes))),
+        read: (offsetBytes, lengthBytes, done) => {
+          const fault = this.hooks.storageFault?.('read');
+          this.later(d.readMs(), () => (fault !== undefined ? done(fault) : done(undefined, disk.read(offsetBytes, lengthBytes))));
+        },
         flush: (done) => {
+          const fault = this.hooks.storageFault?.('flush');
+          if (fault !== undefined) {
+            this.later(d.flushMs(), () => done(fault));
+            return;
+          }
           const snap = disk.flushSnapshot();
           this.later(d.flushMs(), () => {
             disk.flushApply(snap);
@@ -209,7 +219,7 @@ export class SimLife {
         send: (peer, msg) => this.hooks.send(peer, msg),
         close: (peer, reason) => this.hooks.close(peer, reason),
       },
-      host: { ack: (id, error) => this.hooks.ack(id, error) },
+      host: { ack: (id, error, data) => this.hooks.ack(id, error, data) },
     };
   }
 }

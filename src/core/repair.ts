@@ -1,0 +1,248 @@
+// The primary's own copy when it is not whole (issue 16 items 2, 3, 8; DRBD's on-io-error
+// detach): pure, part of the Primary (src/core/primary.ts), next to its fan-out.
+//
+//   suspect   regions of the local copy that may be wrong are recorded by the local store
+//             (bitmap `localSuspectKey`): a local storage write that failed, ranges the storage
+//             missed while it was down (storageRecovered), entries the journal lost to damage
+//   serve     a host read of a suspect range (or one the local storage failed) is read from a
+//             mirror that holds every acked write there (hostRead -> readRequest -> readData),
+//             trying the next such mirror if one fails; no such mirror: the read fails (EIO)
+//   repair    each suspect region is read from such a mirror and written locally, then is clean;
+//             at most resyncInflightRegionsMax at once, paced by a backoff after failures. A host
+//             write cached into the region while its read was out ("touched") voids the data:
+//             the region is read again later. A region no mirror holds (every one is dirty
+//             there) cannot be repaired: that is logged as an error and the local copy stands.
+//   lost      a journal entry lost to damage may also be on some mirrors and not others (it
+//             may not have been acked): once its region is repaired from one mirror, it is
+//             dirty for every other mirror (bitmap `lostKey` until then), so all copies agree
+//
+// The fan-out never resyncs a mirror from a suspect region (Fanout.pickRegion), and the host ack
+// of a write whose local storage write failed waits until its region is recorded suspect and
+// then needs one mirror to hold it (Primary.tryComplete).
+//
+// A mirror is a source for a range when its link is up, no region of the range is dirty for it,
+// and it acked every write there that was cached before the request (its storage holds them:
+// a mirror acks only once performed, and it serves the read ordered after them).
+
+import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
+import type { Fanout, PrimaryEntry } from './fanout.js';
+import type { LocalStore } from './local-store.js';
+import { rangesOfRegions, regionRange, regionsOf } from './regions.js';
+import { suspectRegions } from './suspect.js';
+import { assert, localSuspectKey, type ByteRange, type Completion, type Epoch, type HostError, type HostOpId, type Limits, type PeerId, type PeerMsg, type Recovered } from './types.js';
+
+/** The bitmap key of lost-journal regions that, once repaired, are dirtied for the other mirrors. */
+export const lostKey = '@lost';
+
+/** Backoff of the repair after a failed or voided region read. */
+export const repairRetryMsMin = 100;
+export const repairRetryMsMax = 10_000;
+
+export interface RepairHost {
+  readonly epoch: Epoch;
+  ackHost(id: HostOpId, error: HostError | undefined, data?: Uint8Array): void;
+}
+
+export interface RepairConfig {
+  readonly volumeBytes: number;
+  readonly limits: Limits;
+}
+
+type Read =
+  | { readonly kind: 'repair'; readonly region: number; readonly source: PeerId; touched: boolean }
+  | { readonly kind: 'host'; readonly id: HostOpId; readonly offsetBytes: number; readonly lengthBytes: number; readonly tried: Set<PeerId>; source: PeerId };
+
+export class LocalRepair implements OpOwner {
+  private readonly reads = new Map<bigint, Read>();
+  private readIdNext = 1n;
+  /** Regions being written locally with repair data. */
+  private readonly writing = new Set<number>();
+  /** Lost-journal regions: once repaired from one mirror, dirty for the others. */
+  private readonly lost = new Set<number>();
+  private failures = 0;
+  private retryAtMs = 0;
+  private repaired = 0;
+
+  constructor(
+    private readonly io: CoreIO,
+    private readonly cfg: RepairConfig,
+    private readonly store: LocalStore<PrimaryEntry>,
+    private readonly fan: Fanout,
+    private readonly host: RepairHost,
+  ) {}
+
+  /** First event of a life: the recorded suspect and lost regions, and what the journal lost now. */
+  start(rec: Recovered): void {
+    const rb = this.cfg.limits.regionBytes;
+    this.store.start(rec.dirtyRegions.get(localSuspectKey) ?? []);
+    for (const r of rec.dirtyRegions.get(lostKey) ?? []) this.lost.add(r);
+    const lost = rec.lost;
+    if (lost === undefined || (lost.ranges.length === 0 && !lost.unknown)) return;
+    const regions = suspectRegions(lost.ranges, lost.unknown, this.cfg.volumeBytes, rb);
+    this.io.log('error', 'journal_damage', {
+      lostRanges: lost.ranges.length, unknown: lost.unknown, regions: regions.length,
+      effect: 'writes are missing from the primary\'s journal: their regions are read back from a mirror that holds them, then resynced to the others',
+    });
+    const fresh = regions.filter((r) => !this.lost.has(r));
+    for (const r of fresh) this.lost.add(r);
+    if (fresh.length > 0) this.io.push({ type: 'bitmapSet', opId: this.io.op(this), peer: lostKey, regions: fresh });
+    this.store.markSuspect(regions);
+  }
+
+  /** Only bitmapSet of `lostKey` completes here; nothing waits on it (the suspect record covers the window). */
+  onDone(ev: Completion): void {
+    assert(ev.type === 'bitmapPersisted', `${this.io.self}: ${ev.type} for a repair op ${ev.opId}`);
+  }
+
+  /** The local storage came back and names what it missed. */
+  storageRecovered(ranges: readonly ByteRange[], unknown: boolean): void {
+    const regions = suspectRegions(ranges, unknown, this.cfg.volumeBytes, this.cfg.limits.regionBytes);
+    if (regions.length === 0) return;
+    this.io.log('warn', 'storage_recovered', { regions: regions.length, unknown, effect: 'the regions it missed are read back from the mirrors' });
+    this.store.markSuspect(regions, () => this.io.push({ type: 'storageStaleRecorded', ranges }));
+  }
+
+  /** A write was cached (it goes to the mirrors now): a region read out for repair there is void. */
+  cached(e: PrimaryEntry): void {
+    if (this.reads.size === 0) return;
+    const regions = regionsOf(e.offsetBytes, e.lengthBytes, this.cfg.limits.regionBytes);
+    for (const rd of this.reads.values()) if (rd.kind === 'repair' && regions.includes(rd.region)) rd.touched = true;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Host reads served by the mirrors
+
+  /** Whether the host may read this range from local storage. */
+  readable(offsetBytes: number, lengthBytes: number): boolean {
+    return !this.store.isSuspect(offsetBytes, lengthBytes);
+  }
+
+  hostRead(id: HostOpId, offsetBytes: number, lengthBytes: number): void {
+    const rd: Read = { kind: 'host', id, offsetBytes, lengthBytes, tried: new Set(), source: '' };
+    this.sendHostRead(rd);
+  }
+
+  private sendHostRead(rd: Extract<Read, { kind: 'host' }>): void {
+    const source = this.fan.readSource(rd.offsetBytes, rd.lengthBytes, rd.tried);
+    if (source === undefined) {
+      const why = rd.tried.size === 0 ? 'no mirror that holds it is reachable' : `the mirrors that hold it failed the read (${[...rd.tried].join(', ')})`;
+      const message = `${this.io.self}: its own copy of ${rd.offsetBytes}+${rd.lengthBytes} is not whole (its storage failed or is being repaired) and ${why}`;
+      this.io.logLimited('host_read_unserved', repeatLogIntervalMs, 'error', 'host_read_unserved', { offsetBytes: rd.offsetBytes, lengthBytes: rd.lengthBytes, message });
+      this.host.ackHost(rd.id, { kind: 'io', message, sense: { key: 0x3, asc: 0x11, ascq: 0, message } });
+      return;
+    }
+    rd.tried.add(source);
+    rd.source = source;
+    const readId = this.readIdNext++;
+    this.reads.set(readId, rd);
+    this.io.send(source, { type: 'readRequest', epoch: this.host.epoch, readId, offsetBytes: rd.offsetBytes, lengthBytes: rd.lengthBytes });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Repair
+
+  /** Per tick: read suspect regions back from the mirrors (paced, capped, backed off after failures). */
+  tick(): void {
+    if (this.store.suspect.size === 0 || this.io.nowMs < this.retryAtMs) return;
+    let inflight = 0;
+    for (const rd of this.reads.values()) if (rd.kind === 'repair') inflight++;
+    inflight += this.writing.size;
+    const busy = new Set<number>(this.writing);
+    for (const rd of this.reads.values()) if (rd.kind === 'repair') busy.add(rd.region);
+    const rb = this.cfg.limits.regionBytes;
+    const unrecoverable: number[] = [];
+    for (const [r, st] of this.store.suspect) {
+      if (inflight >= this.cfg.limits.resyncInflightRegionsMax) break;
+      if (st !== 'set' || busy.has(r)) continue;
+      if (!this.fan.heldAnywhere(r)) {
+        unrecoverable.push(r);
+        continue;
+      }
+      const range = regionRange(r, this.cfg.volumeBytes, rb);
+      // Writes to it not yet cached would reach the mirror after the request: wait for them.
+      if (this.store.entries.some((e) => !e.cached && overlaps(e, range)) || this.store.queuedEntries().some((e) => overlaps(e, range))) continue;
+      const source = this.fan.readSource(range.offsetBytes, range.lengthBytes, new Set());
+      if (source === undefined) continue; // a mirror that holds it is not reachable now
+      const readId = this.readIdNext++;
+      this.reads.set(readId, { kind: 'repair', region: r, source, touched: false });
+      this.io.send(source, { type: 'readRequest', epoch: this.host.epoch, readId, offsetBytes: range.offsetBytes, lengthBytes: range.lengthBytes });
+      inflight++;
+    }
+    if (unrecoverable.length > 0) this.giveUp(unrecoverable);
+  }
+
+  /** No mirror holds these regions: the local copy stands (logged as an error: data may be lost). */
+  private giveUp(regions: number[]): void {
+    const ranges = rangesOfRegions(regions, this.cfg.volumeBytes, this.cfg.limits.regionBytes);
+    this.io.log('error', 'local_regions_unrecoverable', {
+      regions: regions.length, ranges: ranges.slice(0, 16).map((x) => `${x.offsetBytes}+${x.lengthBytes}`),
+      effect: 'no mirror holds these regions (each is dirty there): the primary\'s own copy is kept as it is and resynced to the mirrors; writes it lost there are gone',
+    });
+    this.finish(regions, undefined);
+  }
+
+  /** A repaired region (from `source`, or given up): clean locally; a lost one is dirty for every other mirror. */
+  private finish(regions: readonly number[], source: PeerId | undefined): void {
+    const lostNow = regions.filter((r) => this.lost.has(r));
+    if (lostNow.length > 0) {
+      this.fan.dirtyForOthers(lostNow, source);
+      for (const r of lostNow) this.lost.delete(r);
+      this.io.push({ type: 'bitmapClear', peer: lostKey, regions: lostNow });
+    }
+    this.store.clearSuspect(regions);
+  }
+
+  onReadData(peer: PeerId, m: Extract<PeerMsg, { type: 'readData' }>): void {
+    const rd = this.reads.get(m.readId);
+    if (rd === undefined || rd.source !== peer) return; // answered after its link reset, or not ours
+    this.reads.delete(m.readId);
+    if (rd.kind === 'host') {
+      if (m.sense === undefined && m.payload.byteLength === rd.lengthBytes) this.host.ackHost(rd.id, undefined, m.payload);
+      else this.sendHostRead(rd); // the next mirror that holds it
+      return;
+    }
+    const range = regionRange(rd.region, this.cfg.volumeBytes, this.cfg.limits.regionBytes);
+    if (m.sense !== undefined || m.payload.byteLength !== range.lengthBytes || rd.touched || !this.store.suspect.has(rd.region)) {
+      if (m.sense !== undefined || m.payload.byteLength !== range.lengthBytes) this.failed(rd.region, peer, m.sense?.message ?? `${m.payload.byteLength} bytes, expected ${range.lengthBytes}`);
+      return; // touched (or no longer suspect): read again at a later tick
+    }
+    this.writing.add(rd.region);
+    this.store.writeRegion(range.offsetBytes, m.payload, (sense) => {
+      this.writing.delete(rd.region);
+      if (sense !== undefined) {
+        this.failed(rd.region, this.io.self, sense.message);
+        return;
+      }
+      this.failures = 0;
+      this.repaired++;
+      this.finish([rd.region], peer);
+      if (this.store.suspect.size === 0) this.io.log('info', 'local_copy_repaired', { regions: this.repaired });
+    });
+  }
+
+  private failed(region: number, peer: PeerId, message: string): void {
+    this.failures++;
+    this.retryAtMs = this.io.nowMs + backoffMs(this.failures, repairRetryMsMin, repairRetryMsMax);
+    this.io.logLimited('local_repair_failed', repeatLogIntervalMs, 'warn', 'local_repair_failed', { region, peer, message, failures: this.failures, retryInMs: Math.round(this.retryAtMs - this.io.nowMs) });
+  }
+
+  /** A link went down: its reads are gone; host reads go to the next mirror, repairs are read again later. */
+  peerDown(peer: PeerId): void {
+    for (const [id, rd] of this.reads) {
+      if (rd.source !== peer) continue;
+      this.reads.delete(id);
+      if (rd.kind === 'host') this.sendHostRead(rd);
+    }
+  }
+
+  /** For status: suspect regions of the local copy, and how many repairs are out. */
+  status(): { suspectRegions: number; repairing: number } {
+    let repairing = this.writing.size;
+    for (const rd of this.reads.values()) if (rd.kind === 'repair') repairing++;
+    return { suspectRegions: this.store.suspect.size, repairing };
+  }
+}
+
+function overlaps(e: { offsetBytes: number; lengthBytes: number }, r: ByteRange): boolean {
+  return e.offsetBytes < r.offsetBytes + r.lengthBytes && r.offsetBytes < e.offsetBytes + e.lengthBytes;
+}
