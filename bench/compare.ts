@@ -3,7 +3,10 @@
 //   node --import tsx bench/compare.ts [--seconds 10] [--repeat 3] [--size 1GiB] [--profile]
 //
 // Systems, all on loopback/sparse files in one temp dir, all up for the whole run:
-//   geomirror-3    geomirror primary + 2 mirrors, three site processes (three copies)
+//   geomirror-3    geomirror primary + 2 mirrors, three site processes (three copies), with the
+//                  default mutual TLS 1.3 on the replication links (issue 17)
+//   geomirror-3-insecure  the same cluster with transport: insecure (plain TCP): the TLS cost is
+//                  the ratio geomirror-3 / geomirror-3-insecure
 //   qemu-quorum-3  qemu-nbd, quorum driver, vote-threshold=3 over three `nbdkit file` children:
 //                  three copies, a write completes when all three children have it
 //   nbdkit-1       `nbdkit file` alone: one copy, no replication (the ceiling)
@@ -23,6 +26,9 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { fetchStatus } from '../src/cli/status.js';
+import { adminCredentials } from '../src/cli/admin-client.js';
+import { loadConfig } from '../src/site/config.js';
+import { preparePki } from '../src/site/pki.js';
 import { parseSizeBytes } from '../src/site/units.js';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -37,7 +43,7 @@ const rssSampleMs = 200;
 /** fio gets this much longer than --seconds before it is called hung. */
 const fioGraceMs = 60_000;
 /** The issue's goals, printed next to the measured ratios. */
-export const goals = { vsQuorum4k: 1.5, vsQuorum1m: 2, vsNbdkitQd16: 0.5, primaryRssBytesMax: 150 * 1024 * 1024 };
+export const goals = { vsQuorum4k: 1.5, vsQuorum1m: 2, vsNbdkitQd16: 0.5, primaryRssBytesMax: 150 * 1024 * 1024, tlsVsPlain: 0.85 };
 
 export interface Point {
   id: string;
@@ -53,13 +59,14 @@ export const points: Point[] = [
   { id: '1m-write-qd4', label: '1 MiB seq write QD4', rw: 'write', bs: '1m', iodepth: 4 },
 ];
 
-export const systemIds = ['geomirror-3', 'qemu-quorum-3', 'nbdkit-1', 'geomirror-1'] as const;
+export const systemIds = ['geomirror-3', 'qemu-quorum-3', 'nbdkit-1', 'geomirror-1', 'geomirror-3-insecure'] as const;
 export type SystemId = (typeof systemIds)[number];
 const systemLabels: Record<SystemId, string> = {
   'geomirror-3': 'geomirror, 3 copies',
   'qemu-quorum-3': 'QEMU quorum, 3 copies',
   'nbdkit-1': 'nbdkit file, 1 copy',
   'geomirror-1': 'geomirror, 1 copy',
+  'geomirror-3-insecure': 'geomirror, 3 copies, plain TCP',
 };
 
 export interface CompareOptions {
@@ -167,14 +174,14 @@ async function stopProc(p: { child: ChildProcess; exited: Promise<void> }): Prom
 
 // ---- systems -----------------------------------------------------------------------------------
 
-async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, profileDir: string | undefined): Promise<Running> {
+async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, profileDir: string | undefined, transport: 'tls' | 'insecure' = 'tls'): Promise<Running> {
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'cluster.key'), `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
   // 0 mirrors: the file still lists one (the cluster file requires it); bench/primary-alone.mjs
   // runs the primary with the list emptied and that mirror never starts.
   const names = ['local', ...['east', 'west'].slice(0, Math.max(1, mirrors))];
   const nbdPort = await freePort();
-  const lines = ['cluster: bench', 'secret: file:./cluster.key', `volume: { name: vol0, size: ${sizeBytes}, blockSize: 4096 }`, 'sites:'];
+  const lines = ['cluster: bench', 'secret: file:./cluster.key', ...(transport === 'insecure' ? ['transport: insecure'] : []), `volume: { name: vol0, size: ${sizeBytes}, blockSize: 4096 }`, 'sites:'];
   const admins: Record<string, string> = {};
   for (const n of names) {
     admins[n] = `127.0.0.1:${await freePort()}`;
@@ -186,6 +193,10 @@ async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, p
   }
   const config = join(dir, 'cluster.yaml');
   writeFileSync(config, `${lines.join('\n')}\n`);
+  // As geomirror start does on first run: the cluster CA and the site certificates.
+  const loaded = loadConfig(config);
+  await preparePki(loaded);
+  const creds = adminCredentials(loaded);
   const env = { ...process.env, GEOMIRROR_LOG_FORMAT: 'json', GEOMIRROR_LOG_LEVEL: 'warn' };
   const procs = (mirrors === 0 ? ['local'] : names).map((n) => {
     const nodeFlags = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, n)}`] : [];
@@ -200,7 +211,7 @@ async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, p
     const deadline = Date.now() + startTimeoutMs;
     for (;;) {
       for (const p of procs) if (p.child.exitCode !== null) throw new Error(`geomirror site ${p.name} exited with code ${p.child.exitCode}; see ${join(dir, `${p.name}.log`)}`);
-      const r = await fetchStatus({ name: 'local', admin: admins.local! }, 2_000);
+      const r = await fetchStatus({ name: 'local', admin: admins.local!, site: 'local' }, 2_000, creds);
       if ('status' in r && r.status.state === 'in-sync' && r.status.peers.length === mirrors && r.status.peers.every((p) => p.sync === 'in-sync' && p.link === 'up')) break;
       if (Date.now() > deadline) throw new Error(`geomirror (${mirrors} mirrors) not in sync after ${startTimeoutMs} ms; see logs in ${dir}`);
       await sleep(100);
@@ -362,6 +373,7 @@ export async function runCompare(opts: CompareOptions): Promise<CompareResult> {
       startQuorum(join(work, 'quorum'), opts.sizeBytes).then((s) => (systems['qemu-quorum-3'] = s)),
       startNbdkitAlone(join(work, 'nbdkit'), opts.sizeBytes).then((s) => (systems['nbdkit-1'] = s)),
       startGeomirror(join(work, 'geomirror-1'), 0, opts.sizeBytes, undefined).then((s) => (systems['geomirror-1'] = s)),
+      startGeomirror(join(work, 'geomirror-3-insecure'), 2, opts.sizeBytes, undefined, 'insecure').then((s) => (systems['geomirror-3-insecure'] = s)),
     ]);
     for (const s of started) if (s.status === 'rejected') throw s.reason;
     for (let r = 0; r < opts.repeat; r++) {
@@ -410,6 +422,13 @@ export async function runCompare(opts: CompareOptions): Promise<CompareResult> {
       const value = ratio('geomirror-3', 'nbdkit-1', '4k-randwrite-qd16');
       return { name: 'geomirror-3 / nbdkit-1 IOPS, 4 KiB randwrite QD16', value, goal: `>= ${goals.vsNbdkitQd16}`, met: value >= goals.vsNbdkitQd16 };
     })(),
+    // The cost of TLS on the replication links, measured against the same cluster in plain TCP.
+    ...points
+      .filter((p) => p.id !== '4k-randwrite-qd1')
+      .map((p) => {
+        const value = ratio('geomirror-3', 'geomirror-3-insecure', p.id);
+        return { name: `geomirror-3 TLS / plain TCP IOPS, ${p.label}`, value, goal: `>= ${goals.tlsVsPlain}`, met: value >= goals.tlsVsPlain };
+      }),
     (() => {
       const value = (get('geomirror-3', '4k-randwrite-qd16').rssBytesPeak?.local ?? NaN) / 2 ** 20;
       return { name: 'geomirror-3 primary peak RSS during QD16 (MiB)', value, goal: `<= ${goals.primaryRssBytesMax / 2 ** 20}`, met: value * 2 ** 20 <= goals.primaryRssBytesMax };
@@ -459,7 +478,7 @@ export function summarizeProfile(dir: string): string[] {
 
 // ---- outputs -----------------------------------------------------------------------------------
 
-const colors: Record<SystemId, string> = { 'geomirror-3': '#1f77b4', 'qemu-quorum-3': '#d62728', 'nbdkit-1': '#7f7f7f', 'geomirror-1': '#2ca02c' };
+const colors: Record<SystemId, string> = { 'geomirror-3': '#1f77b4', 'qemu-quorum-3': '#d62728', 'nbdkit-1': '#7f7f7f', 'geomirror-1': '#2ca02c', 'geomirror-3-insecure': '#9467bd' };
 const esc = (s: string) => s.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;');
 const fmt = (v: number) => (!Number.isFinite(v) ? 'n/a' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
 

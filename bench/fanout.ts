@@ -20,6 +20,7 @@ import { createLogger } from '../src/site/log.js';
 import { createSiteMetrics } from '../src/site/metrics.js';
 import { openSiteDevices, Replica } from '../src/site/replica.js';
 import type { SiteContext } from '../src/site/run.js';
+import { siteSecurity } from '../test/net/tls-fixture.js';
 import { regionCount } from '../src/core/regions.js';
 import { defaultLimits } from '../src/core/types.js';
 import { Cluster, prng } from '../test/e2e/harness.js';
@@ -100,6 +101,7 @@ async function openReplica(configPath: string, name: string, mirrors?: string[])
     config,
     site,
     secret: readSecret(config),
+    linkSecurity: await siteSecurity(config, name),
     log: createLogger({ site: name, level: 'warn', format: 'json' }),
     metrics: createSiteMetrics({ site: name, role: site.role, cluster: config.cluster, processMetrics: false }),
   };

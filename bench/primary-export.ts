@@ -16,6 +16,7 @@ import { createLogger } from '../src/site/log.js';
 import { createSiteMetrics } from '../src/site/metrics.js';
 import { openSiteDevices, Replica } from '../src/site/replica.js';
 import type { NbdExport } from '../src/nbd/export.js';
+import { buildLinkSecurity } from '../src/site/link-security.js';
 
 /** Cache size of the bench primary: the default of the loopback target. */
 const cacheBytes = 64 * 1024 * 1024;
@@ -39,7 +40,7 @@ sites:
   site.mirrors = [];
   const log = createLogger({ site: 'local', level: 'warn' });
   const metrics = createSiteMetrics({ site: 'local', role: 'primary', cluster: 'bench', processMetrics: false });
-  const ctx = { config, site, secret: Buffer.alloc(32), log, metrics };
+  const ctx = { config, site, secret: Buffer.alloc(32), linkSecurity: buildLinkSecurity(config, undefined), log, metrics }; // no links: a primary without mirrors
   const devices = await openSiteDevices(ctx, regionCount(sizeBytes, defaultLimits.regionBytes));
   const replica = new Replica(ctx, devices);
   await replica.start();

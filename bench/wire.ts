@@ -10,7 +10,7 @@ import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { crc32 as zlibCrc32 } from 'node:zlib';
 import { crc32 as rsCrc32, crc32c as rsCrc32c } from '@node-rs/crc32';
 import { crc32Small } from '../src/wire/crc.js';
-import { Link } from '../src/net/index.js';
+import { Link, insecureLinks } from '../src/net/index.js';
 import { FrameEncoder, MessageReader, specByName, writeHeader, type WriteMsg } from '../src/wire/index.js';
 
 const args = process.argv.slice(2);
@@ -114,7 +114,7 @@ async function runFramed(a: Socket, b: Socket): Promise<number> {
 /** The same WRITEs through two authenticated Links (send()/whenWritable(), 'message' events, ACKs every 32 writes). */
 async function runLink(a: Socket, b: Socket): Promise<number> {
   const secret = Buffer.alloc(32, 1);
-  const common = { cluster: 'bench', secret, sendQueueBytesMax: sendQueueBytes, heartbeatIntervalMs: 1000, linkTimeoutMs: 60_000 };
+  const common = { cluster: 'bench', secret, security: insecureLinks({ volumeBytes: 1n << 40n, blockBytes: 4096 }), sendQueueBytesMax: sendQueueBytes, heartbeatIntervalMs: 1000, linkTimeoutMs: 60_000 };
   const la = new Link(a, { ...common, role: 'dialer', site: 'primary', peer: 'mirror' });
   const lb = new Link(b, { ...common, role: 'listener', site: 'mirror', acceptPeer: () => true });
   await Promise.all([la.whenEstablished(), lb.whenEstablished()]);

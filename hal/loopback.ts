@@ -62,7 +62,9 @@ export async function openLoopback(path: string, options: LoopbackOptions): Prom
   } catch (err) {
     if (errCode(err) !== 'ENOENT' || options.create !== true) throw openError(name, path, readOnly, err);
     try {
-      fh = await open(path, 'wx+'); // O_EXCL: never truncate a file someone else just made
+      // O_EXCL: never truncate a file someone else just made; 0600: a volume image is private
+      // to the service user (issue 17 item 8).
+      fh = await open(path, 'wx+', 0o600);
       created = true;
     } catch (err2) {
       if (errCode(err2) !== 'EEXIST') throw openError(name, path, readOnly, err2);

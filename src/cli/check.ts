@@ -43,8 +43,11 @@ Examples:
 
 Checks the file (with line and column), then for the sites that run here: device files present,
 big enough, readable and writable; listen/nbd/admin ports free; the key file valid and private;
-certificates beside it (ca.crt, SITE.crt, SITE.key) parse. Exit code 1 when there is a problem,
-0 when there are none (warnings only say what geomirror start would create).`,
+the TLS files (tls: in the file, default beside the key: ca.crt, site-SITE.crt, site-SITE.key)
+present, keys private (0600), each site certificate for its site and cluster, unexpired, from the
+CA and the pair of its key; nbd-tls: files readable. Exit code 1 when there is a problem, 0 when
+there are none (warnings say what geomirror start or geomirror pki would create, or that
+transport: insecure is on).`,
     )
     .action(async (opts: { config: string; site?: string; json?: boolean }) => {
       const report = await checkClusterFile(opts.config, opts.site !== undefined ? { site: opts.site } : {});

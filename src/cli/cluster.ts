@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig } from '../site/config.js';
+import { preparePki } from '../site/pki.js';
 import { packageRoot, shellCommand } from './package-root.js';
 import type { SiteReadyMessage } from './site.js';
 
@@ -272,6 +273,10 @@ site; the exit code is 0 when all stopped cleanly, 1 when a site failed.`,
         const config = loadConfig(opts.config);
         configFile = config.file;
         sites = config.siteNames;
+        // Every site runs on this machine, so this machine holds the cluster CA: a missing CA or
+        // site certificate is made here (a lone `geomirror site` never makes one).
+        const { created } = await preparePki(config);
+        for (const f of created) process.stderr.write(`geomirror cluster: created ${f.what} ${f.path}\n`);
       } catch (e) {
         process.stderr.write(`${e instanceof ConfigError ? e.message : String(e)}\n`);
         process.exitCode = 1;

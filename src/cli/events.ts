@@ -5,8 +5,10 @@
 // first prints what exists, then follows, reconnecting (with backoff) to a site that went away
 // and saying so.
 import type { Command } from 'commander';
+import { parseAddress } from '../site/config.js';
 import type { EventWhat, SiteEvent } from '../site/events.js';
-import { adminStream, statusTargets, type StatusTarget } from './status.js';
+import { adminStream, type AdminCredentials } from './admin-client.js';
+import { statusTargets, statusTimeoutMs, type StatusTarget } from './status.js';
 
 /** A site that went away is retried after this, doubling up to eventsRetryMsMax. */
 export const eventsRetryMsMin = 250;
@@ -70,18 +72,25 @@ function readLines(res: NodeJS.ReadableStream & { destroy(err?: Error): void }, 
   });
 }
 
+/** GET `path` on a target's admin port as a stream, HTTPS and authenticated like every admin request. */
+function openEvents(t: StatusTarget, path: string, creds: AdminCredentials): ReturnType<typeof adminStream> {
+  const a = parseAddress(t.admin);
+  if (a === undefined) return Promise.reject(new Error(`${t.admin} is not HOST:PORT`));
+  return adminStream({ host: a.host, port: a.port, path, ...(t.site !== undefined ? { site: t.site } : {}), creds, timeoutMs: statusTimeoutMs });
+}
+
 function why(err: unknown): string {
   const e = err as NodeJS.ErrnoException;
   return e.code === 'ECONNREFUSED' ? 'connection refused (is the site running?)' : e.code === 'ETIMEDOUT' ? 'no answer' : e.message;
 }
 
 /** --now: every site's `exists` events, in target order. Returns the targets that failed. */
-export async function eventsNow(targets: readonly StatusTarget[], print: (e: CliEvent) => void): Promise<{ target: StatusTarget; error: string }[]> {
+export async function eventsNow(targets: readonly StatusTarget[], creds: AdminCredentials, print: (e: CliEvent) => void): Promise<{ target: StatusTarget; error: string }[]> {
   const answers = await Promise.all(
     targets.map(async (t) => {
       const events: SiteEvent[] = [];
       try {
-        const res = await adminStream(t.admin, '/events?now=1');
+        const res = await openEvents(t, '/events?now=1', creds);
         if (res.statusCode !== 200) {
           res.resume();
           return { target: t, events, error: `HTTP ${res.statusCode} on /events (an older geomirror?)` };
@@ -98,7 +107,7 @@ export async function eventsNow(targets: readonly StatusTarget[], print: (e: Cli
 }
 
 /** Follows every site until `signal` aborts, reconnecting with backoff; `print` gets each event. */
-export async function eventsFollow(targets: readonly StatusTarget[], print: (e: CliEvent) => void, signal: AbortSignal): Promise<void> {
+export async function eventsFollow(targets: readonly StatusTarget[], creds: AdminCredentials, print: (e: CliEvent) => void, signal: AbortSignal): Promise<void> {
   const cliEvent = (t: StatusTarget, to: string, text: string): CliEvent => ({ seq: 0, at: new Date().toISOString(), type: 'change', site: t.name, what: 'admin', to, text });
   const follow = async (t: StatusTarget): Promise<void> => {
     let retryMs = eventsRetryMsMin;
@@ -106,7 +115,7 @@ export async function eventsFollow(targets: readonly StatusTarget[], print: (e: 
     while (!signal.aborted) {
       let failure: string;
       try {
-        const res = await adminStream(t.admin, '/events');
+        const res = await openEvents(t, '/events', creds);
         const stop = (): void => void res.destroy();
         signal.addEventListener('abort', stop, { once: true });
         try {
@@ -144,7 +153,7 @@ export function registerEvents(program: Command): void {
     .command('events')
     .description('one stream of state changes from every site: roles, epochs, links, sync and resync progress, failovers, fences, cache, devices')
     .option('-c, --config <file>', 'follow every site of a cluster file that has an admin address')
-    .option('-a, --admin <host:port>', 'follow one site\'s admin address (default 127.0.0.1:9400 when no --config)')
+    .option('-a, --admin <host:port>', 'follow one site\'s admin address (default 127.0.0.1:9400 when no --config; with --config: only that address)')
     .option('--now', 'print the current state of every site and exit')
     .option('--json', 'one JSON object per line (NDJSON)')
     .addHelpText(
@@ -156,12 +165,15 @@ Examples:
 
 Like drbdsetup events2: first what exists at each site ("exists:"), then one line per change
 (time, site, what changed), until Ctrl-C. A site that goes away is retried and named. With
---now, exit code 1 when a site does not answer.`,
+--now, exit code 1 when a site does not answer. The admin port is HTTPS and authenticated: a
+one-time token from the cluster key (the file's secret:), or the client certificate in
+GEOMIRROR_CLIENT_CERT_DIR.`,
     )
     .action(async (opts: { config?: string; admin?: string; now?: boolean; json?: boolean }) => {
       let targets: StatusTarget[];
+      let creds: AdminCredentials;
       try {
-        targets = statusTargets(opts);
+        ({ targets, creds } = statusTargets(opts));
       } catch (e) {
         process.stderr.write(`geomirror events: ${(e as Error).message}\n`);
         process.exitCode = 1;
@@ -171,7 +183,7 @@ Like drbdsetup events2: first what exists at each site ("exists:"), then one lin
       const width = Math.max(...targets.map((t) => t.name.length));
       const print = (e: CliEvent): void => void out.write(opts.json ? `${JSON.stringify(e)}\n` : `${formatEvent(e, width)}\n`);
       if (opts.now) {
-        const failed = await eventsNow(targets, print);
+        const failed = await eventsNow(targets, creds, print);
         for (const f of failed) process.stderr.write(`${f.target.name} (${f.target.admin}): ${f.error}\n`);
         process.exitCode = failed.length > 0 ? 1 : 0;
         return;
@@ -180,7 +192,7 @@ Like drbdsetup events2: first what exists at each site ("exists:"), then one lin
       const onSignal = (): void => abort.abort();
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
-      await eventsFollow(targets, print, abort.signal);
+      await eventsFollow(targets, creds, print, abort.signal);
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
     });

@@ -10,6 +10,7 @@ import { registerVerify } from './verify.js';
 import { registerDevices } from './devices.js';
 import { registerFlash } from './flash.js';
 import { registerSwitchover } from './switchover.js';
+import { registerPki } from './pki.js';
 import { packageManifest as pkg } from './package-root.js';
 import { registerCheck } from './check.js';
 import { registerEvents } from './events.js';
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   registerDevices(program);
   registerFlash(program);
   registerSwitchover(program);
+  registerPki(program);
   registerCheck(program);
   registerEvents(program);
   return program;

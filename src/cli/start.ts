@@ -8,9 +8,11 @@ import { dirname, join, relative } from 'node:path';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
 import { prepareLoopbackCluster } from '../site/prepare.js';
+import { preparePki } from '../site/pki.js';
 import { restartPolicyDefault, startCluster } from './cluster.js';
 import { packageRoot, shellCommand } from './package-root.js';
-import { fetchStatus, type StatusResult } from './status.js';
+import { fetchStatus, statusTimeoutMs, type StatusResult } from './status.js';
+import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
 
 export const defaultClusterFile = join(packageRoot, 'targets', 'loopback', 'cluster.yaml');
 /** How often the live status line refreshes. */
@@ -29,10 +31,10 @@ export function counterTotal(metricsText: string, name: string): number {
   return total;
 }
 
-async function fetchText(url: string): Promise<string | undefined> {
+async function fetchMetrics(host: string, port: number, site: string, creds: AdminCredentials): Promise<string | undefined> {
   try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
-    return res.ok ? await res.text() : undefined;
+    const r = await adminRequest({ host, port, method: 'GET', path: '/metrics', site, creds, timeoutMs: 2000, bodyCharsMax: 16 * 1024 * 1024 });
+    return r.code === 200 ? r.body : undefined;
   } catch {
     return undefined;
   }
@@ -70,6 +72,14 @@ export async function runStart(configFile: string): Promise<number> {
   const prepared = prepareLoopbackCluster(config);
   const rel = (p: string) => relative(process.cwd(), p) || p;
   if (prepared.createdKey) process.stdout.write(`created the cluster key ${rel(prepared.createdKey)}\n`);
+  try {
+    // TLS from the first minute: the cluster CA and every site's certificate (src/site/pki.ts).
+    const pki = await preparePki(config);
+    if (pki.created.length > 0) process.stdout.write(`created the cluster CA and site certificates under ${rel(config.tls.dir)} (${pki.created.filter((f) => f.path.endsWith('.crt')).length} certificates)\n`);
+  } catch (e) {
+    process.stderr.write(`geomirror start: ${(e as Error).message}\n`);
+    return 1;
+  }
   if (prepared.createdFiles.length > 0) process.stdout.write(`created ${prepared.createdFiles.length} loopback file(s) (sparse) under ${rel(dirname(prepared.createdFiles[0]!))}\n`);
 
   const logFile = join(config.dir, 'data', 'cluster.log');
@@ -127,12 +137,13 @@ export async function runStart(configFile: string): Promise<number> {
   process.stdout.write(lines.join('\n') + '\n');
 
   if (primary.admin) {
-    const adminUrl = `http://${primary.admin.text}`;
+    const creds = adminCredentials(config);
+    const primaryAdmin = primary.admin;
     let last = { t: Date.now(), writes: 0, bytes: 0 };
     const refresh = async () => {
       const [metrics, results] = await Promise.all([
-        fetchText(`${adminUrl}/metrics`),
-        Promise.all(config.siteNames.filter((n) => config.sites[n]!.admin).map((n) => fetchStatus({ name: n, admin: config.sites[n]!.admin!.text }))),
+        fetchMetrics(primaryAdmin.host, primaryAdmin.port, config.primary, creds),
+        Promise.all(config.siteNames.filter((n) => config.sites[n]!.admin).map((n) => fetchStatus({ name: n, admin: config.sites[n]!.admin!.text, site: n }, statusTimeoutMs, creds))),
       ]);
       const now = Date.now();
       const writes = metrics ? counterTotal(metrics, 'geomirror_writes_total') : last.writes;

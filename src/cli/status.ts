@@ -3,10 +3,11 @@
 // row per site. A mirror's sync state, link and RTT are taken from the site that feeds it
 // (the primary or the relay before it), because that side decides whether it is in sync;
 // a site's own view fills in where no feeder answered.
-import { request, type IncomingMessage } from 'node:http';
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, parseAddress } from '../site/config.js';
+import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
+import { defaultClusterFile } from './start.js';
 import { parseSiteStatus, type FailoverRecord, type PeerStatus, type SiteStatus } from '../site/status.js';
 import { formatBytes } from '../site/units.js';
 
@@ -21,15 +22,18 @@ export interface StatusTarget {
   /** Site name from the cluster file, or the address when queried by --admin. */
   name: string;
   admin: string;
+  /** The site expected there (its certificate must name it); unknown for --admin HOST:PORT. */
+  site?: string;
 }
 
 export type StatusResult = { target: StatusTarget; status: SiteStatus } | { target: StatusTarget; error: string };
 
-export async function fetchStatus(target: StatusTarget, timeoutMs = statusTimeoutMs): Promise<StatusResult> {
+/** GET /status of one site, authenticated with `creds` (adminCredentials of the cluster file). */
+export async function fetchStatus(target: StatusTarget, timeoutMs = statusTimeoutMs, creds?: AdminCredentials): Promise<StatusResult> {
   const a = parseAddress(target.admin);
   if (a === undefined) return { target, error: `${target.admin} is not HOST:PORT` };
   try {
-    const { code, body } = await httpGet(a.host, a.port, '/status', timeoutMs);
+    const { code, body } = await adminRequest({ host: a.host, port: a.port, method: 'GET', path: '/status', ...(target.site !== undefined ? { site: target.site } : {}), creds: creds ?? { cluster: '' }, timeoutMs, bodyCharsMax: statusBodyCharsMax });
     if (code !== 200) return { target, error: `HTTP ${code}: ${body.trim().slice(0, 200)}` };
     return { target, status: parseSiteStatus(JSON.parse(body), target.admin) };
   } catch (err) {
@@ -37,43 +41,6 @@ export async function fetchStatus(target: StatusTarget, timeoutMs = statusTimeou
     const why = e.code === 'ETIMEDOUT' ? `no answer within ${timeoutMs} ms` : e.code === 'ECONNREFUSED' ? 'connection refused (is the site running?)' : e.message;
     return { target, error: why };
   }
-}
-
-/**
- * Opens GET `path` on an admin address and hands back the response as it streams (geomirror
- * events); the caller reads and closes it. Same transport as the one-shot GETs below.
- */
-export function adminStream(admin: string, path: string, connectTimeoutMs = statusTimeoutMs): Promise<IncomingMessage> {
-  const a = parseAddress(admin);
-  if (a === undefined) return Promise.reject(new Error(`${admin} is not HOST:PORT`));
-  return new Promise((resolve, reject) => {
-    const req = request({ host: a.host, port: a.port, path, method: 'GET', agent: false, timeout: connectTimeoutMs }, (res) => {
-      req.setTimeout(0); // a stream may be quiet for a long time
-      resolve(res);
-    });
-    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-/** One GET without keep-alive (fetch's pooled sockets would hold the CLI open for seconds). */
-function httpGet(host: string, port: number, path: string, timeoutMs: number): Promise<{ code: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host, port, path, method: 'GET', agent: false, timeout: timeoutMs }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => {
-        body += c;
-        if (body.length > statusBodyCharsMax) req.destroy(new Error(`/status answer longer than ${statusBodyCharsMax} characters`));
-      });
-      res.on('end', () => resolve({ code: res.statusCode ?? 0, body }));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
-    req.on('error', reject);
-    req.end();
-  });
 }
 
 export interface StatusRow {
@@ -268,7 +235,7 @@ export function registerStatus(program: Command): void {
     .command('status')
     .description('show each site: role, epoch, last seq acked, in sync / degraded / resyncing, cache, link, RTT')
     .option('-a, --admin <host:port>', `query one site's admin address (default ${defaultAdmin} when no --config)`)
-    .option('-c, --config <file>', 'query every site of a cluster file that has an admin address')
+    .option('-c, --config <file>', 'query every site of a cluster file that has an admin address (and authenticate with its CA and key; with --admin: only that address)')
     .option('--json', 'print the raw /status answers as JSON')
     .option('-w, --watch', 'redraw every second, with progress bars for resyncs and verifies')
     .option('--interval <ms>', 'with --watch: milliseconds between redraws', '1000')
@@ -279,15 +246,19 @@ export function registerStatus(program: Command): void {
 Examples:
   $ geomirror status                                          # the npm start cluster
   $ geomirror status --config targets/loopback/cluster.yaml   # every site of a file
-  $ geomirror status --admin 10.0.0.5:9400 --json
+  $ geomirror status --admin 10.0.0.5:9400 --config cluster.yaml --json
   $ geomirror status --config targets/loopback/cluster.yaml --watch
+
+The admin port is HTTPS and authenticated: status makes a one-time token from the cluster key
+(the file's secret:), or uses the client certificate in GEOMIRROR_CLIENT_CERT_DIR.
 
 Exit code 1 when a site does not answer (not with --watch, which shows it and goes on).`,
     )
     .action(async (opts: { admin?: string; config?: string; json?: boolean; watch?: boolean; interval: string; count?: string }) => {
       let targets: StatusTarget[];
+      let creds: AdminCredentials;
       try {
-        targets = statusTargets(opts);
+        ({ targets, creds } = statusTargets(opts));
       } catch (e) {
         process.stderr.write(`geomirror status: ${(e as Error).message}\n`);
         process.exitCode = 1;
@@ -301,10 +272,10 @@ Exit code 1 when a site does not answer (not with --watch, which shows it and go
           process.exitCode = 1;
           return;
         }
-        await watch(targets, intervalMs, count);
+        await watch(targets, intervalMs, count, creds);
         return;
       }
-      const results = await Promise.all(targets.map((t) => fetchStatus(t)));
+      const results = await Promise.all(targets.map((t) => fetchStatus(t, statusTimeoutMs, creds)));
       if (opts.json) {
         process.stdout.write(`${JSON.stringify(results.map((r) => ({ site: r.target.name, admin: r.target.admin, ...('status' in r ? { status: r.status } : { error: r.error }) })), null, 2)}\n`);
       } else {
@@ -319,7 +290,7 @@ Exit code 1 when a site does not answer (not with --watch, which shows it and go
 export const watchIntervalMsMin = 100;
 
 /** status --watch: a frame per interval; on a terminal each replaces the last. */
-async function watch(targets: StatusTarget[], intervalMs: number, count: number): Promise<void> {
+async function watch(targets: StatusTarget[], intervalMs: number, count: number, creds: AdminCredentials): Promise<void> {
   const tty = process.stdout.isTTY === true;
   let stop = false;
   const onSignal = (): void => {
@@ -329,7 +300,7 @@ async function watch(targets: StatusTarget[], intervalMs: number, count: number)
   try {
     for (let frame = 0; frame < count && !stop; frame++) {
       const t0 = Date.now();
-      const results = await Promise.all(targets.map((t) => fetchStatus(t, Math.min(statusTimeoutMs, Math.max(intervalMs, 500)))));
+      const results = await Promise.all(targets.map((t) => fetchStatus(t, Math.min(statusTimeoutMs, Math.max(intervalMs, 500)), creds)));
       const text = watchFrame(results);
       process.stdout.write(tty ? `\x1b[H\x1b[J${text}\n` : `${text}\n\n`);
       if (frame + 1 < count) await new Promise((r) => setTimeout(r, Math.max(0, intervalMs - (Date.now() - t0))));
@@ -339,23 +310,27 @@ async function watch(targets: StatusTarget[], intervalMs: number, count: number)
   }
 }
 
-export function statusTargets(opts: { admin?: string; config?: string }): StatusTarget[] {
-  if (opts.admin !== undefined && opts.config !== undefined) throw new Error('give --admin or --config, not both');
-  if (opts.config === undefined) {
-    const admin = opts.admin ?? defaultAdmin;
-    if (parseAddress(admin) === undefined) throw new Error(`--admin ${admin} is not HOST:PORT, e.g. 127.0.0.1:9400`);
-    return [{ name: admin, admin }];
-  }
+/** Where to ask (--admin, or every site of --config) and the credentials of the cluster file. */
+export function statusTargets(opts: { admin?: string; config?: string }): { targets: StatusTarget[]; creds: AdminCredentials } {
   let config;
   try {
-    config = loadConfig(opts.config);
+    // The cluster file says where the sites are and holds the credentials (its CA and key):
+    // with --admin alone it is the default cluster's file.
+    config = loadConfig(opts.config ?? defaultClusterFile);
   } catch (e) {
     throw new Error(e instanceof ConfigError ? e.message : String(e));
   }
+  const creds = adminCredentials(config);
+  if (opts.admin !== undefined || opts.config === undefined) {
+    const admin = opts.admin ?? defaultAdmin;
+    if (parseAddress(admin) === undefined) throw new Error(`--admin ${admin} is not HOST:PORT, e.g. 127.0.0.1:9400`);
+    const site = config.siteNames.find((n) => config.sites[n]!.admin?.text === admin);
+    return { targets: [{ name: site ?? admin, admin, ...(site !== undefined ? { site } : {}) }], creds };
+  }
   const targets = config.siteNames.flatMap((n) => {
     const a = config.sites[n]!.admin;
-    return a ? [{ name: n, admin: a.text }] : [];
+    return a ? [{ name: n, admin: a.text, site: n }] : [];
   });
   if (targets.length === 0) throw new Error(`no site in ${config.file} has an admin: address to query; add e.g. admin: 127.0.0.1:9400`);
-  return targets;
+  return { targets, creds };
 }

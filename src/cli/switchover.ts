@@ -1,16 +1,16 @@
 // `geomirror promote --site X` and `geomirror demote --site Y`: planned switchover (issue 10
-// item 5). Each sends one POST to the site's admin address, signed with the cluster key
-// (src/site/admin.ts roleChangeAuth), and prints what the site answered.
+// item 5). Each sends one POST to the site's admin address (HTTPS), with a one-time token made
+// from the cluster key for that site, method, path, reason and force (src/site/admin-auth.ts),
+// so a captured request can be neither changed nor replayed; prints what the site answered.
 //   demote: the primary stops taking host writes, drains what is in flight to every in-sync
 //           site, then comes back as a mirror (same epoch).
 //   promote: the standby takes over as it would in a failover (new epoch persisted first, every
 //           other site resynced from its image), without waiting for the primary to go silent.
 // The usual order is demote the primary, then promote the standby; promote alone also works
 // (the new epoch fences the old primary, which rejoins as a mirror).
-import { request } from 'node:http';
 import type { Command } from 'commander';
-import { ConfigError, loadConfig, readSecret, type ClusterConfig } from '../site/config.js';
-import { roleChangeAuth } from '../site/admin.js';
+import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
+import { adminCredentials, adminRequest } from './admin-client.js';
 import { defaultClusterFile } from './start.js';
 
 /** Draining a primary may take a while (the site bounds it at 30 s). */
@@ -25,22 +25,18 @@ export async function requestRoleChange(config: ClusterConfig, action: 'promote'
   const site = config.sites[siteName];
   if (site === undefined) throw new Error(`no site named ${siteName} in ${config.file}; sites are ${config.siteNames.join(', ')}`);
   if (site.admin === undefined) throw new Error(`sites.${siteName}.admin is not set in ${config.file}; ${action} talks to the site's admin address`);
-  const secret = readSecret(config);
+  const creds = adminCredentials(config);
   const query = [...(reason ? [`reason=${encodeURIComponent(reason)}`] : []), ...(force ? ['force=1'] : [])];
   const path = `/${action}${query.length > 0 ? `?${query.join('&')}` : ''}`;
   const { host, port } = site.admin;
-  return new Promise((resolve, reject) => {
-    const req = request({ host, port, path, method: 'POST', agent: false, timeout: requestTimeoutMs, headers: { Authorization: roleChangeAuth(secret, action, siteName, undefined, reason ?? '', force) } }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ code: res.statusCode ?? 0, body }));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error(`${siteName} (${site.admin!.text}) did not answer within ${requestTimeoutMs / 1000} s`)));
-    req.on('error', (err: NodeJS.ErrnoException) => reject(err.code === 'ECONNREFUSED' ? new Error(`${siteName} (${site.admin!.text}): connection refused (is the site running?)`) : err));
-    req.end();
-  });
+  try {
+    return await adminRequest({ host, port, method: 'POST', path, site: siteName, creds, timeoutMs: requestTimeoutMs, bodyCharsMax: 64 * 1024 });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'ECONNREFUSED') throw new Error(`${siteName} (${site.admin.text}): connection refused (is the site running?)`);
+    if (e.code === 'ETIMEDOUT') throw new Error(`${siteName} (${site.admin.text}) did not answer within ${requestTimeoutMs / 1000} s`);
+    throw err;
+  }
 }
 
 function register(program: Command, action: 'promote' | 'demote', description: string, example: string): void {

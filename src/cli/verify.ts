@@ -4,10 +4,10 @@
 // kilobytes per GiB. Regions whose digests differ are merged into byte ranges and printed with
 // the sites on each side. Exit 0: all agree; 1: some range differs; 2: a site could not be
 // asked (the verify is incomplete, so it proves nothing).
-import { request } from 'node:http';
 import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { ConfigError, loadConfig, parseAddress, type ClusterConfig } from '../site/config.js';
+import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
 import { checksumAlgorithm, checksumCountMax, checksumRequestBytesMax, type ChecksumAnswer } from '../site/checksums.js';
 import { formatBytes, parseSizeBytes } from '../site/units.js';
 
@@ -41,6 +41,8 @@ export interface VerifyOptions {
   regionBytes: number;
   onProgress?: (doneBytes: number, totalBytes: number, mismatchingRegions: number) => void;
   timeoutMs?: number;
+  /** Default: from the cluster file (its CA and key). */
+  creds?: AdminCredentials;
 }
 
 /** The sites of a cluster file that keep a replica; each must have an admin address to be asked. */
@@ -57,13 +59,14 @@ export async function verifyCluster(opts: VerifyOptions): Promise<VerifyResult> 
   const sites = verifySites(config);
   const volumeBytes = config.volume.sizeBytes;
   const totalRegions = Math.ceil(volumeBytes / regionBytes);
+  const creds = opts.creds ?? adminCredentials(config);
   const perRound = Math.max(1, Math.min(checksumCountMax, Math.floor(verifyRoundBytesMax / regionBytes), Math.floor(checksumRequestBytesMax / regionBytes)));
   const ranges: MismatchRange[] = [];
   let mismatching = 0;
   for (let first = 0; first < totalRegions; first += perRound) {
     const count = Math.min(perRound, totalRegions - first);
     const offsetBytes = first * regionBytes;
-    const answers = await Promise.all(sites.map((s) => askSite(s, { offsetBytes, regionBytes, count }, volumeBytes, opts.timeoutMs ?? verifyRequestTimeoutMs)));
+    const answers = await Promise.all(sites.map((s) => askSite(s, { offsetBytes, regionBytes, count }, volumeBytes, opts.timeoutMs ?? verifyRequestTimeoutMs, creds)));
     for (let i = 0; i < sites.length; i++) {
       const a = answers[i]!;
       if (typeof a === 'string') return { kind: 'unreachable', site: sites[i]!.name, admin: sites[i]!.admin, error: a };
@@ -97,14 +100,14 @@ function sameGroups(a: string[][], b: string[][]): boolean {
 }
 
 /** One round from one site: its answer, or a string saying why it could not be had. */
-async function askSite(site: VerifySite, req: { offsetBytes: number; regionBytes: number; count: number }, volumeBytes: number, timeoutMs: number): Promise<ChecksumAnswer | string> {
+async function askSite(site: VerifySite, req: { offsetBytes: number; regionBytes: number; count: number }, volumeBytes: number, timeoutMs: number, creds: AdminCredentials): Promise<ChecksumAnswer | string> {
   const a = parseAddress(site.admin);
   if (a === undefined) return `${site.admin} is not HOST:PORT`;
   const path = `/checksums?offset=${req.offsetBytes}&regionBytes=${req.regionBytes}&count=${req.count}`;
   let code: number;
   let body: string;
   try {
-    ({ code, body } = await httpGet(a.host, a.port, path, timeoutMs));
+    ({ code, body } = await adminRequest({ host: a.host, port: a.port, method: 'GET', path, site: site.name, creds, timeoutMs, bodyCharsMax: answerCharsMax }));
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     return e.code === 'ETIMEDOUT' ? `no answer within ${timeoutMs} ms` : e.code === 'ECONNREFUSED' ? 'connection refused (is the site running?)' : e.message;
@@ -122,25 +125,6 @@ async function askSite(site: VerifySite, req: { offsetBytes: number; regionBytes
   if (answer.volumeBytes !== volumeBytes) return `its volume holds ${answer.volumeBytes} bytes but the cluster file says ${volumeBytes}; is it running another cluster file?`;
   if (!Array.isArray(answer.checksums) || answer.checksums.length !== expected) return `answered ${Array.isArray(answer.checksums) ? answer.checksums.length : 'no'} digests for ${expected} regions`;
   return answer;
-}
-
-/** One GET without keep-alive (a pooled socket would hold the CLI open after the last round). */
-function httpGet(host: string, port: number, path: string, timeoutMs: number): Promise<{ code: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host, port, path, method: 'GET', agent: false, timeout: timeoutMs }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => {
-        body += c;
-        if (body.length > answerCharsMax) req.destroy(new Error(`/checksums answer longer than ${answerCharsMax} characters`));
-      });
-      res.on('end', () => resolve({ code: res.statusCode ?? 0, body }));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
-    req.on('error', reject);
-    req.end();
-  });
 }
 
 /** `bytes 3145728-4194303 (1 MiB, 1 region): east differs from local, west` */

@@ -14,6 +14,9 @@
 // Claim 3: the host's SAN. Spec: doc/proto.md of NetworkBlockDevice/nbd (sections cited inline).
 
 import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
+import type { NbdTlsOptions } from './tls.js';
+import { clientHelloOffersPsk, nbdTlsClientProblem, tlsHelloBytesMax } from './tls.js';
 import { NbdServerParser, type ParserEvent } from './parser.js';
 import { NbdExportError, type NbdExport } from './export.js';
 import type { NbdLimits } from './limits.js';
@@ -49,6 +52,10 @@ export interface ConnectionHost {
   lookup(name: string): NbdExport | undefined;
   exports(): readonly NbdExport[];
   lockFor(exp: NbdExport): RangeLock;
+  /** NBD_OPT_STARTTLS (issue 17 item 7); undefined: TLS off. */
+  readonly tls: NbdTlsOptions | undefined;
+  /** The connection chose an export (it leaves the negotiating pool). */
+  transmitting(conn: Connection): void;
   /** Server-wide payload memory (see byte-budget.ts). */
   readonly budget: ByteBudget;
   closed(conn: Connection): void;
@@ -75,10 +82,21 @@ export class Connection {
   private ended = false;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private stallTimer: NodeJS.Timeout | undefined;
+  /** The stream in use: the accepted socket, or the TLS socket over it after NBD_OPT_STARTTLS. */
+  private socket: Socket;
+  /** TLS is up on this connection (after STARTTLS), and who the client proved to be. */
+  private tlsUp = false;
+  private upgrading = false;
+  /** 0 nothing received yet, 1 the client spoke (admission control evicts 0s first). */
+  progress: 0 | 1 = 0;
+  /** The client's source address (per-address limits). */
+  readonly address: string;
+  /** Set once the client authenticated in TLS: certificate CN or PSK identity. */
+  tlsClient: string | undefined;
 
   constructor(
     readonly id: number,
-    private readonly socket: Socket,
+    socket: Socket,
     private readonly host: ConnectionHost,
     /** When set, the server is full: every option is refused with this reason. */
     private readonly refusal?: string,
@@ -88,22 +106,40 @@ export class Connection {
       { optionBytesMax: l.optionBytesMax, optionDiscardBytesMax: l.optionDiscardBytesMax, writeBytesMax: l.requestBytesMax },
       (bytes) => host.budget.tryReserve(bytes), // released when the write completes
     );
+    this.socket = socket;
+    this.address = socket.remoteAddress ?? '?';
     socket.setNoDelay(true); // spec: "both the client and server SHOULD disable Nagle's algorithm"
-    socket.on('data', (chunk: Buffer) => {
-      if (this.stopReading) return void socket.pause(); // nothing may follow DISC/ABORT; drop it
-      this.parser.feed(chunk);
-      this.pump();
-    });
-    socket.on('drain', () => {
-      this.clearStall();
-      this.pump();
-    });
-    socket.on('end', () => this.onPeerEnd());
-    socket.on('error', (err) => this.log().debug({ err: err.message }, 'socket error'));
+    this.attach(socket);
     socket.on('close', () => this.onClose());
     this.handshakeTimer = setTimeout(() => this.hardDisconnect(`still negotiating after ${l.handshakeTimeoutMs} ms`), l.handshakeTimeoutMs);
     this.handshakeTimer.unref();
     this.send(r.greeting());
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    this.progress = 1;
+    if (this.stopReading) return void this.socket.pause(); // nothing may follow DISC/ABORT; drop it
+    this.parser.feed(chunk);
+    this.pump();
+  };
+  private readonly onDrain = (): void => {
+    this.clearStall();
+    this.pump();
+  };
+  private readonly onEnd = (): void => this.onPeerEnd();
+  private readonly onError = (err: Error): void => this.log().debug({ conn: this.id, err: err.message }, 'socket error');
+
+  private attach(s: Socket): void {
+    s.on('data', this.onData);
+    s.on('drain', this.onDrain);
+    s.on('end', this.onEnd);
+    s.on('error', this.onError);
+  }
+
+  private detach(s: Socket): void {
+    s.off('data', this.onData);
+    s.off('drain', this.onDrain);
+    s.off('end', this.onEnd);
   }
 
   get inTransmission(): boolean {
@@ -139,7 +175,7 @@ export class Connection {
 
   private pump(): void {
     const l = this.host.limits;
-    while (!this.stopReading && !this.ended) {
+    while (!this.stopReading && !this.ended && !this.upgrading) {
       const replyQueueFull = this.socket.writableLength > l.replyQueueBytesMax;
       if (replyQueueFull && this.stallTimer === undefined) {
         this.stallTimer = setTimeout(() => this.hardDisconnect(`replies not read for ${l.replyStallTimeoutMs} ms`), l.replyStallTimeoutMs);
@@ -167,7 +203,7 @@ export class Connection {
       }
       this.handle(ev);
     }
-    if (!this.stopReading && !this.ended && this.socket.isPaused()) this.socket.resume();
+    if (!this.stopReading && !this.ended && !this.upgrading && this.socket.isPaused()) this.socket.resume();
   }
 
   private handle(ev: ParserEvent): void {
@@ -217,6 +253,14 @@ export class Connection {
   private onOption(option: number, data: Buffer): void {
     if (!this.countOption()) return;
     if (this.refusal !== undefined) return this.refuseOption(option);
+    const tls = this.host.tls;
+    if (tls?.mode === 'require' && !this.tlsUp && option !== Opt.STARTTLS && option !== Opt.ABORT) {
+      // Spec, "TLS support": a server that requires TLS answers every option but STARTTLS and
+      // ABORT with NBD_REP_ERR_TLS_REQD; EXPORT_NAME cannot be answered, so the session ends.
+      if (option === Opt.EXPORT_NAME) return this.hardDisconnect('NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS on an export that requires TLS');
+      this.log().info({ conn: this.id, remote: this.address, option }, 'plain-text option refused: this export requires TLS (NBD_REP_ERR_TLS_REQD)');
+      return this.optErr(option, Rep.ERR_TLS_REQD, 'this export requires TLS: negotiate NBD_OPT_STARTTLS first (e.g. nbds:// URIs, --tls)');
+    }
     switch (option) {
       case Opt.EXPORT_NAME:
         return this.optExportName(data);
@@ -237,10 +281,81 @@ export class Connection {
       case Opt.SET_META_CONTEXT:
         return this.optMetaContext(option, data);
       case Opt.STARTTLS:
-        return this.optErr(option, Rep.ERR_UNSUP, 'this server does not support TLS');
+        if (tls === undefined) return this.optErr(option, Rep.ERR_UNSUP, 'TLS is not enabled on this export (nbd-tls: off)');
+        if (this.tlsUp) return this.optErr(option, Rep.ERR_INVALID, 'TLS is already in use on this connection');
+        if (data.length !== 0) return this.optErr(option, Rep.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+        return this.startTls(tls);
       default:
         // Includes NBD_OPT_EXTENDED_HEADERS (11), which newer libnbd sends first.
         return this.optErr(option, Rep.ERR_UNSUP, `option ${option} is not supported by this server`);
+    }
+  }
+
+  /**
+   * NBD_OPT_STARTTLS: ACK in plain text, then the TLS handshake on the same socket; option
+   * haggling goes on inside TLS. The client sends nothing until it reads the ACK, and bytes
+   * read early stay in the paused socket, which node:tls feeds to the handshake.
+   */
+  private startTls(tls: NbdTlsOptions): void {
+    this.upgrading = true;
+    const raw = this.socket;
+    this.detach(raw);
+    raw.pause();
+    this.sendFlushed(() => {
+      if (this.ended || raw.destroyed) return;
+      if (tls.psk === undefined || tls.pskContext === undefined) return this.tlsHandshake(tls, raw, false);
+      // Both x509 and PSK configured: read the ClientHello first to pick the context.
+      let hello = Buffer.alloc(0);
+      const onReadable = (): void => {
+        let chunk: Buffer | null;
+        while ((chunk = raw.read() as Buffer | null) !== null) hello = Buffer.concat([hello, chunk]);
+        const psk = clientHelloOffersPsk(hello);
+        if (psk === undefined && hello.length < tlsHelloBytesMax) return;
+        raw.off('readable', onReadable);
+        raw.unshift(hello);
+        this.tlsHandshake(tls, raw, psk === true);
+      };
+      raw.on('readable', onReadable);
+    }, r.optionReply(Opt.STARTTLS, Rep.ACK));
+  }
+
+  private tlsHandshake(tls: NbdTlsOptions, raw: Socket, pskOnly: boolean): void {
+    {
+      let pskIdentity: string | undefined;
+      const t = new TLSSocket(raw, {
+        isServer: true,
+        secureContext: pskOnly ? tls.pskContext!() : tls.secureContext(),
+        ...(pskOnly ? {} : { requestCert: tls.requestCert }),
+        rejectUnauthorized: false,
+        ...(tls.psk !== undefined
+          ? {
+              pskCallback: (_s: TLSSocket, identity: string): Buffer | null => {
+                const key = tls.psk!.get(identity) ?? null;
+                if (key !== null) pskIdentity = identity;
+                return key;
+              },
+            }
+          : {}),
+      } as ConstructorParameters<typeof TLSSocket>[1]);
+      t.on('error', (err) => {
+        if (!this.tlsUp) this.hardDisconnect(`TLS handshake failed: ${err.message}`);
+      });
+      t.once('secure', () => {
+        const who = nbdTlsClientProblem(tls, t, pskIdentity);
+        if ('problem' in who) {
+          this.log().warn({ conn: this.id, remote: this.address, reason: who.problem }, 'NBD TLS client refused');
+          this.hardDisconnect(`TLS client refused: ${who.problem}`);
+          return;
+        }
+        this.tlsClient = who.client;
+        this.tlsUp = true;
+        this.upgrading = false;
+        this.socket = t;
+        this.phaseCorked = false; // a fresh stream: nothing corked on it
+        this.attach(t);
+        this.log().info({ conn: this.id, remote: this.address, client: who.client, by: who.by, protocol: t.getProtocol(), cipher: t.getCipher()?.name }, 'NBD TLS established');
+        this.pump();
+      });
     }
   }
 
@@ -349,6 +464,7 @@ export class Connection {
     this.parser.startTransmission();
     if (this.handshakeTimer !== undefined) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = undefined;
+    this.host.transmitting(this);
     this.log().debug({ conn: this.id, export: exp.name, flags, structured: this.structured }, 'transmission started');
   }
 

@@ -34,6 +34,12 @@ export interface NbdLimits {
   readonly refusedConnectionsMax: number;
   /** Time from accept to entering transmission; a client still haggling after it is dropped. */
   readonly handshakeTimeoutMs: number;
+  /** Connections still negotiating at once; past it the oldest idle one is closed for a new one. */
+  readonly negotiatingMax: number;
+  /** ... of which from one source address. */
+  readonly negotiatingPerAddressMax: number;
+  /** Connections served at once from one source address. */
+  readonly connectionsPerAddressMax: number;
   /** On close(), time to let in-flight requests finish before connections are destroyed. */
   readonly closeGraceMs: number;
   /** Chunk of zeroes written per call when an export has no zero() of its own. */
@@ -70,7 +76,10 @@ export const defaultNbdLimits: NbdLimits = {
   replyStallTimeoutMs: 60_000,
   connectionsMax: 1024,
   refusedConnectionsMax: 64,
-  handshakeTimeoutMs: 30_000,
+  handshakeTimeoutMs: 10_000,
+  negotiatingMax: 1024,
+  negotiatingPerAddressMax: 512,
+  connectionsPerAddressMax: 768,
   closeGraceMs: 5_000,
   zeroChunkBytes: 1024 * 1024,
   blockStatusExtentsMax: 1024,

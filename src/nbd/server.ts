@@ -3,6 +3,12 @@
 // served; beyond that up to refusedConnectionsMax are told why (NBD_REP_ERR_POLICY) and the rest
 // are closed at once.
 //
+// A flood cannot lock a well-behaved client out (issue 17 item 5): connections still negotiating
+// are bounded in all (negotiatingMax) and per source address (negotiatingPerAddressMax); when a
+// bound is hit the new connection is admitted and the least advanced, oldest negotiating one is
+// closed (one that never sent a byte first). Negotiation has a deadline (handshakeTimeoutMs).
+// Connections in transmission count against connectionsMax and connectionsPerAddressMax.
+//
 // Claim 3: the host-facing SAN of the local site. DESIGN.md: "The NBD export is named after the
 // volume; the empty export name selects it too."
 
@@ -12,6 +18,7 @@ import { checkExport, type NbdExport } from './export.js';
 import { defaultNbdLimits, type NbdLimits } from './limits.js';
 import { RangeLock } from './range-lock.js';
 import { ByteBudget } from './byte-budget.js';
+import type { NbdTlsOptions } from './tls.js';
 
 export type { NbdLogger } from './connection.js';
 
@@ -22,7 +29,12 @@ export interface NbdServerOptions {
   readonly limits?: Partial<NbdLimits>;
   /** pino-compatible; default: silent. */
   readonly logger?: NbdLogger;
+  /** NBD_OPT_STARTTLS (allow or require); undefined: TLS off. */
+  readonly tls?: NbdTlsOptions;
 }
+
+/** At most one log line per this interval about connections dropped by admission control. */
+const dropLogIntervalMs = 10_000;
 
 const silent: NbdLogger = { debug() {}, info() {}, warn() {} };
 
@@ -35,6 +47,15 @@ export class NbdServer implements ConnectionHost {
   private readonly locks = new WeakMap<NbdExport, RangeLock>();
   private readonly served = new Set<Connection>();
   private readonly refused = new Set<Connection>();
+  /** Served connections still negotiating, in arrival order. */
+  private readonly negotiating = new Set<Connection>();
+  private readonly negotiatingByAddress = new Map<string, number>();
+  private readonly servedByAddress = new Map<string, number>();
+  private dropped = 0;
+  private dropLoggedMs: number | undefined;
+  /** Connections closed by admission control since start. */
+  droppedTotal = 0;
+  readonly tls: NbdTlsOptions | undefined;
   private readonly server: Server;
   private nextId = 1;
   private closing = false;
@@ -42,6 +63,7 @@ export class NbdServer implements ConnectionHost {
   constructor(options: NbdServerOptions) {
     this.limits = { ...defaultNbdLimits, ...options.limits };
     this.logger = options.logger ?? silent;
+    this.tls = options.tls;
     if (this.limits.serverPayloadBytesMax < this.limits.requestBytesMax) {
       throw new Error(`NBD server: serverPayloadBytesMax (${this.limits.serverPayloadBytesMax}) must be at least requestBytesMax (${this.limits.requestBytesMax})`);
     }
@@ -113,8 +135,48 @@ export class NbdServer implements ConnectionHost {
   }
 
   closed(conn: Connection): void {
-    this.served.delete(conn);
+    if (this.served.delete(conn)) bump(this.servedByAddress, conn.address, -1);
     this.refused.delete(conn);
+    if (this.negotiating.delete(conn)) bump(this.negotiatingByAddress, conn.address, -1);
+  }
+
+  transmitting(conn: Connection): void {
+    if (this.negotiating.delete(conn)) bump(this.negotiatingByAddress, conn.address, -1);
+  }
+
+  /** Closes negotiating connections until one more from `address` fits both bounds. */
+  private makeRoom(address: string): void {
+    const l = this.limits;
+    while ((this.negotiatingByAddress.get(address) ?? 0) >= l.negotiatingPerAddressMax) this.evict(address);
+    while (this.negotiating.size >= l.negotiatingMax) {
+      let busiest = address;
+      for (const [a, n] of this.negotiatingByAddress) if (n > (this.negotiatingByAddress.get(busiest) ?? 0)) busiest = a;
+      this.evict(busiest);
+    }
+  }
+
+  private evict(address: string): void {
+    let victim: Connection | undefined;
+    for (const c of this.negotiating) {
+      if (c.address !== address) continue;
+      if (victim === undefined || c.progress < victim.progress) victim = c;
+      if (victim.progress === 0) break;
+    }
+    if (victim === undefined) {
+      this.negotiatingByAddress.delete(address);
+      return;
+    }
+    this.negotiating.delete(victim);
+    bump(this.negotiatingByAddress, address, -1);
+    this.droppedTotal++;
+    this.dropped++;
+    victim.destroy();
+    const now = performance.now();
+    if (this.dropLoggedMs === undefined || now - this.dropLoggedMs >= dropLogIntervalMs) {
+      this.logger.warn({ address, dropped: this.dropped, negotiating: this.negotiating.size, negotiatingMax: this.limits.negotiatingMax }, `NBD port under a connection flood? closed ${this.dropped} connection(s) still negotiating (oldest idle first) to keep room for clients`);
+      this.dropLoggedMs = now;
+      this.dropped = 0;
+    }
   }
 
   private accept(socket: Socket): void {
@@ -123,11 +185,20 @@ export class NbdServer implements ConnectionHost {
       socket.destroy();
       return;
     }
-    if (this.served.size < this.limits.connectionsMax) {
-      this.served.add(new Connection(id, socket, this));
+    const address = socket.remoteAddress ?? '?';
+    this.makeRoom(address);
+    const perAddress = this.servedByAddress.get(address) ?? 0;
+    if (this.served.size < this.limits.connectionsMax && perAddress < this.limits.connectionsPerAddressMax) {
+      const c = new Connection(id, socket, this);
+      this.served.add(c);
+      bump(this.servedByAddress, address, 1);
+      this.negotiating.add(c);
+      bump(this.negotiatingByAddress, address, 1);
       return;
     }
-    const reason = `server is at its limit of ${this.limits.connectionsMax} connections; retry later`;
+    const reason = perAddress >= this.limits.connectionsPerAddressMax
+      ? `${address} already has ${perAddress} connections (connectionsPerAddressMax); retry later`
+      : `server is at its limit of ${this.limits.connectionsMax} connections; retry later`;
     this.logger.warn({ conn: id, remote: socket.remoteAddress }, `refusing NBD connection: ${reason}`);
     if (this.refused.size >= this.limits.refusedConnectionsMax) {
       socket.destroy();
@@ -135,4 +206,10 @@ export class NbdServer implements ConnectionHost {
     }
     this.refused.add(new Connection(id, socket, this, reason));
   }
+}
+
+function bump(m: Map<string, number>, key: string, by: number): void {
+  const n = (m.get(key) ?? 0) + by;
+  if (n <= 0) m.delete(key);
+  else m.set(key, n);
 }

@@ -1,16 +1,26 @@
 // The dialing side: keeps one authenticated link to one peer, reconnecting forever with
 // exponential backoff and jitter until stopped (a mirror that reboots, a WAN that drops).
+// While the peer stays down the log gets its first failure, then at most one summary line per
+// downLogIntervalMs with the count of failed attempts (not a line every backoff).
 import { randomBytes as cryptoRandomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { ErrorCode } from '../wire/index.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import { Link, silentLogger, type LinkClose, type LinkLogger, type LinkTimingOptions } from './link.js';
+import type { LinkSecurity } from './security.js';
+
+/** While a peer stays unreachable, at most one log line per this interval. */
+export const downLogIntervalMsDefault = 60_000;
 
 export interface DialerOptions extends LinkTimingOptions {
   readonly cluster: string;
   readonly site: string;
   readonly secret: Buffer;
+  /** TLS or lab-mode plain TCP, built once per site (src/net/security.ts). */
+  readonly security: LinkSecurity;
+  /** Rate limit of the "still down" log line (first failure always logged). */
+  readonly downLogIntervalMs?: number;
   /** The site dialed, and where it listens. */
   readonly peer: string;
   readonly host: string;
@@ -39,6 +49,10 @@ export class Dialer extends EventEmitter {
   private retryTimer: TimerHandle | undefined;
   private socket: Socket | undefined;
   private current: Link | undefined;
+  /** Failures since the last log line about this peer being down, and when that line was. */
+  private failuresUnlogged = 0;
+  private downLoggedMs: number | undefined;
+  readonly downLogIntervalMs: number;
 
   constructor(private readonly o: DialerOptions) {
     super();
@@ -47,6 +61,7 @@ export class Dialer extends EventEmitter {
     this.random = o.random ?? Math.random;
     this.backoffMsMin = o.backoffMsMin ?? 100;
     this.backoffMsMax = o.backoffMsMax ?? 10_000;
+    this.downLogIntervalMs = o.downLogIntervalMs ?? downLogIntervalMsDefault;
     if (!(this.backoffMsMin > 0 && this.backoffMsMax >= this.backoffMsMin)) {
       throw new RangeError(`dialer to '${o.peer}': need 0 < backoffMsMin (${this.backoffMsMin}) <= backoffMsMax (${this.backoffMsMax})`);
     }
@@ -108,7 +123,12 @@ export class Dialer extends EventEmitter {
       const link = new Link(socket, { ...this.o, role: 'dialer', randomBytes: this.o.randomBytes ?? cryptoRandomBytes });
       this.current = link;
       link.once('established', () => {
+        if (this.downLoggedMs !== undefined) {
+          this.log.info({ site: this.o.site, peer: this.o.peer, attempts: this.attempt }, `link to peer back after ${this.attempt} failed attempt(s)`);
+        }
         this.attempt = 0;
+        this.failuresUnlogged = 0;
+        this.downLoggedMs = undefined;
         this.emit('link', link);
       });
       link.once('close', (info: LinkClose) => {
@@ -118,11 +138,27 @@ export class Dialer extends EventEmitter {
     });
   }
 
+  /** First failure: one line; then one summary per downLogIntervalMs with the count and last reason. */
+  private logDown(reason: string, retryInMs: number): void {
+    const now = this.clock.nowMs();
+    this.failuresUnlogged++;
+    const fields = { site: this.o.site, peer: this.o.peer, address: `${this.o.host}:${this.o.port}`, attempt: this.attempt, retryInMs, reason };
+    if (this.downLoggedMs === undefined) {
+      this.log.warn(fields, 'link to peer down; reconnecting');
+    } else if (now - this.downLoggedMs >= this.downLogIntervalMs) {
+      this.log.warn({ ...fields, failedAttempts: this.failuresUnlogged, sinceMs: Math.round(now - this.downLoggedMs) }, `link to peer still down: ${this.failuresUnlogged} failed attempt(s) since the last report; reconnecting`);
+    } else {
+      return;
+    }
+    this.downLoggedMs = now;
+    this.failuresUnlogged = 0;
+  }
+
   private retry(reason: string): void {
     if (this.stopped) return;
     this.attempt++;
     const retryInMs = this.backoffMs(this.attempt);
-    this.log.warn({ site: this.o.site, peer: this.o.peer, address: `${this.o.host}:${this.o.port}`, attempt: this.attempt, retryInMs, reason }, 'link to peer down; reconnecting');
+    this.logDown(reason, retryInMs);
     this.emit('attempt-failed', { attempt: this.attempt, reason, retryInMs });
     this.retryTimer = this.clock.setTimeout(() => {
       this.retryTimer = undefined;
@@ -130,3 +166,4 @@ export class Dialer extends EventEmitter {
     }, retryInMs);
   }
 }
+

@@ -5,3 +5,4 @@ export * from './link.js';
 export * from './server.js';
 export * from './dialer.js';
 export * from './window.js';
+export * from './security.js';

@@ -1,12 +1,15 @@
-// One authenticated replication link over a net.Socket: runs the handshake (dialer or listener),
+// One authenticated replication link over a net.Socket: with `transport: tls` (the default of
+// every cluster, issue 17) it first runs mutual TLS 1.3 on the socket and checks the peer's
+// certificate (src/net/security.ts); then, inside TLS, it runs the handshake (dialer or listener),
 // then delivers decoded data messages to its listeners and sends messages with one vectored
 // write each. Heartbeats every heartbeatIntervalMs measure RTT; nothing received for
 // linkTimeoutMs and the link is dead. Any protocol error, refusal or timeout ends the link with
 // a REFUSE/ERROR frame carrying the code and reason, a log line naming the peer and the remote
 // address, and a closed socket; nothing else on the site is affected (DESIGN.md, wire protocol).
-import { randomBytes as cryptoRandomBytes } from 'node:crypto';
+import { randomBytes as cryptoRandomBytes, type X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
+import { TLSSocket, connect as tlsConnect } from 'node:tls';
 import {
   ErrorCode,
   FrameEncoder,
@@ -24,6 +27,7 @@ import {
 } from '../wire/index.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import { InflightWindow } from './window.js';
+import { peerCertificateProblem, certifiedSite, channelBindingBytes, channelBindingLabel, type LinkSecurity } from './security.js';
 
 export interface LinkLogger {
   info(obj: object, msg: string): void;
@@ -40,6 +44,12 @@ export const linkDefaults = {
   sendQueueBytesMax: 4 * 1024 * 1024,
   /** After sending REFUSE/ERROR, how long to wait for the peer to close before destroying. */
   closeGraceMs: 2000,
+  /**
+   * Once established, a frame whose first bytes arrived must be complete within this (a peer
+   * that trickles one byte a second cannot hold a half frame forever). 1 MiB at 1 Mbit/s takes
+   * ~8 s, so this leaves slow links room.
+   */
+  frameDeadlineMs: 30_000,
 } as const;
 
 export interface LinkTimingOptions {
@@ -48,6 +58,7 @@ export interface LinkTimingOptions {
   readonly handshakeTimeoutMs?: number;
   readonly sendQueueBytesMax?: number;
   readonly closeGraceMs?: number;
+  readonly frameDeadlineMs?: number;
   /** In-flight window per direction (protocol limits by default); see InflightWindow. */
   readonly inflightWritesMax?: number;
   readonly inflightBytesMax?: number;
@@ -63,12 +74,19 @@ export interface LinkOptions extends LinkTimingOptions {
   readonly cluster: string;
   readonly site: string;
   readonly secret: Buffer;
+  /** TLS or lab-mode plain TCP, and the volume geometry the handshake checks (security.ts). */
+  readonly security: LinkSecurity;
   /** Dialer: the site it dials. */
   readonly peer?: string;
   /** Listener: which dialing site names to accept. */
   readonly acceptPeer?: (site: string) => boolean;
   /** Listener: replay memory shared by all connections of a server. */
   readonly seenNonce?: (nonce: Buffer) => boolean;
+  /**
+   * Listener: where lines go until the peer is identified (certificate verified or handshake
+   * done); a stranger can make those at will, so the server passes a rate-limited logger.
+   */
+  readonly strangerLogger?: LinkLogger;
 }
 
 export interface LinkClose {
@@ -90,6 +108,8 @@ export class LinkClosedError extends Error {
 
 export interface Link {
   on(event: 'established', fn: (peer: string) => void): this;
+  /** TLS: the peer's certificate was verified and names this site (before HELLO/CHALLENGE). */
+  on(event: 'identified', fn: (site: string) => void): this;
   on(event: 'message', fn: (msg: DataMessage) => void): this;
   on(event: 'heartbeat', fn: (msg: HeartbeatMsg, rttMs: number | undefined) => void): this;
   on(event: 'close', fn: (info: LinkClose) => void): this;
@@ -97,6 +117,7 @@ export interface Link {
   /** The send window opened (an ACK or WRITE_ACK arrived). */
   on(event: 'window', fn: () => void): this;
   once(event: 'established', fn: (peer: string) => void): this;
+  once(event: 'identified', fn: (site: string) => void): this;
   once(event: 'close', fn: (info: LinkClose) => void): this;
   once(event: 'drain', fn: () => void): this;
   once(event: 'window', fn: () => void): this;
@@ -107,12 +128,35 @@ export class Link extends EventEmitter {
   /** "host:port" of the other end, for logs. */
   readonly remote: string;
   private st: LinkState = 'handshaking';
-  private readonly hs: Handshake;
+  /** Created once the transport is ready (after the TLS handshake, or at once without TLS). */
+  private hs: Handshake | undefined;
+  /** The stream frames travel on: the TLS socket over `raw`, or `raw` itself (insecure). */
+  readonly socket: Socket;
+  /** The peer's site name as its certificate states it (TLS only, once verified). */
+  private certified: string | undefined;
+  /** The peer's verified certificate (TLS only). */
+  peerCertificate: X509Certificate | undefined;
+  /** When a partial frame was last begun or a frame completed (frameDeadlineMs). */
+  private frameProgressMs = 0;
+  /**
+   * How far the handshake got, for the listener's admission control (LinkServer evicts the
+   * least advanced, oldest unidentified connection first): 0 nothing received, 1 a TLS
+   * ClientHello (or, without TLS, some bytes), 2 identified (certificate verified).
+   */
+  progress: 0 | 1 | 2 = 0;
+  /** Frames may be written: TLS is up (or there is no TLS). A REFUSE before that would be garbage. */
+  private transportUp = false;
   private readonly reader = new MessageReader();
   private readonly encoder = new FrameEncoder();
   private readonly clock: Clock;
-  private readonly log: LinkLogger;
+  private readonly known: LinkLogger;
+  private readonly stranger: LinkLogger;
+  /** The logger for this moment: rate-limited until the peer is identified. */
+  private get log(): LinkLogger {
+    return this.certified !== undefined || this.everEstablished ? this.known : this.stranger;
+  }
   private readonly o: Required<Omit<LinkTimingOptions, 'clock' | 'logger' | 'randomBytes' | 'heartbeatState' | 'inflightWritesMax' | 'inflightBytesMax'>>;
+  private readonly options: LinkOptions;
   /** WRITEs this side sent and the peer has not acknowledged. */
   readonly sendWindow: InflightWindow;
   /** WRITEs the peer sent and this side has not acknowledged (refused past the limit). */
@@ -134,51 +178,117 @@ export class Link extends EventEmitter {
   framesRx = 0;
   framesTx = 0;
 
-  constructor(readonly socket: Socket, options: LinkOptions) {
+  constructor(raw: Socket, options: LinkOptions) {
     super();
+    this.options = options;
     this.role = options.role;
     this.clock = options.clock ?? systemClock;
-    this.log = options.logger ?? silentLogger;
+    this.known = options.logger ?? silentLogger;
+    this.stranger = options.strangerLogger ?? this.known;
     this.o = {
       heartbeatIntervalMs: options.heartbeatIntervalMs ?? linkDefaults.heartbeatIntervalMs,
       linkTimeoutMs: options.linkTimeoutMs ?? linkDefaults.linkTimeoutMs,
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? linkDefaults.handshakeTimeoutMs,
       sendQueueBytesMax: options.sendQueueBytesMax ?? linkDefaults.sendQueueBytesMax,
       closeGraceMs: options.closeGraceMs ?? linkDefaults.closeGraceMs,
+      frameDeadlineMs: options.frameDeadlineMs ?? linkDefaults.frameDeadlineMs,
     };
     if (!(this.o.heartbeatIntervalMs > 0 && this.o.heartbeatIntervalMs < this.o.linkTimeoutMs)) {
       throw new RangeError(`link: heartbeatIntervalMs (${this.o.heartbeatIntervalMs}) must be > 0 and below linkTimeoutMs (${this.o.linkTimeoutMs})`);
     }
-    if (this.o.sendQueueBytesMax < socket.writableHighWaterMark) {
+    if (this.o.sendQueueBytesMax < raw.writableHighWaterMark) {
       // 'drain' only fires after a write crossed the socket's high-water mark; a smaller bound
       // would leave whenWritable() waiting for an event that never comes.
-      throw new RangeError(`link: sendQueueBytesMax (${this.o.sendQueueBytesMax}) must be at least the socket's writableHighWaterMark (${socket.writableHighWaterMark})`);
+      throw new RangeError(`link: sendQueueBytesMax (${this.o.sendQueueBytesMax}) must be at least the socket's writableHighWaterMark (${raw.writableHighWaterMark})`);
     }
     this.sendWindow = new InflightWindow(options.inflightWritesMax ?? inflightWritesMax, options.inflightBytesMax ?? inflightBytesMax);
     this.receiveWindow = new InflightWindow(options.inflightWritesMax ?? inflightWritesMax, options.inflightBytesMax ?? inflightBytesMax);
     this.heartbeatState = options.heartbeatState ?? (() => ({ epoch: 0n, lastSeq: 0n }));
-    this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this.remote = `${raw.remoteAddress ?? '?'}:${raw.remotePort ?? '?'}`;
     this.lastRxMs = this.clock.nowMs();
+    if (options.peer !== undefined) this.peerName = options.peer;
+    raw.setNoDelay(true);
+    const sec = options.security;
+    let socket: Socket = raw;
+    if (sec.transport === 'tls') {
+      // Both ends verify the chain themselves (rejectUnauthorized: false, then the checks in
+      // onSecure), so every refusal has a reason in the log and, inside TLS, in a REFUSE frame.
+      const secureContext = sec.tls.secureContext();
+      const t: TLSSocket = options.role === 'listener'
+        ? new TLSSocket(raw, { isServer: true, secureContext, requestCert: true, rejectUnauthorized: false })
+        : tlsConnect({ socket: raw, secureContext, rejectUnauthorized: false, checkServerIdentity: () => undefined });
+      t.once(options.role === 'listener' ? 'secure' : 'secureConnect', () => this.onSecure(t));
+      // The first key material exists once a well-formed ClientHello was answered.
+      if (options.role === 'listener') t.once('keylog', () => (this.progress = Math.max(this.progress, 1) as 0 | 1 | 2));
+      socket = t;
+    }
+    this.socket = socket;
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err: NodeJS.ErrnoException & { reason?: string }) => {
+      // TLS errors say more in code/reason (ERR_SSL_DECRYPTION_FAILED_OR_BAD_RECORD_MAC: a
+      // record altered on the path) than in message ("write EPROTO").
+      const detail = [err.code, err.reason].filter((x) => x !== undefined && !err.message.includes(String(x))).join(', ');
+      this.onTransportEnd(`${sec.transport === 'tls' && this.hs === undefined ? 'TLS handshake failed' : sec.transport === 'tls' ? 'TLS error' : 'socket error'}: ${err.message}${detail ? ` (${detail})` : ''}`);
+    });
+    socket.on('close', () =>
+      this.onTransportEnd(sec.transport === 'tls' && this.hs === undefined ? 'connection closed during the TLS handshake (a client without TLS or a certificate, or a handshake altered on the path)' : 'connection closed by the peer without a reason'),
+    );
+    socket.on('drain', () => this.emit('drain'));
+    this.timer = this.clock.setTimeout(() => {
+      this.fail(ErrorCode.HANDSHAKE_TIMEOUT, `handshake not finished within handshakeTimeoutMs (${this.o.handshakeTimeoutMs} ms)${this.hs === undefined && sec.transport === 'tls' ? ' (still in the TLS handshake)' : ''}`);
+    }, this.o.handshakeTimeoutMs);
+    if (sec.transport === 'insecure') {
+      this.transportUp = true;
+      this.startHandshake(undefined, undefined);
+    }
+  }
+
+  /** TLS is up: check the peer's certificate, then start the replication handshake inside it. */
+  private onSecure(t: TLSSocket): void {
+    if (this.closeInfo) return;
+    const sec = this.options.security;
+    if (sec.transport !== 'tls') return;
+    this.transportUp = true;
+    // Read once: node hands the peer certificate out as a fresh object per call.
+    const leaf = t.getPeerX509Certificate();
+    const bad = peerCertificateProblem(leaf, sec.tls.trusted());
+    const who = bad === undefined ? certifiedSite(leaf, sec.tls.cluster) : { problem: bad };
+    if ('problem' in who) {
+      this.fail(ErrorCode.AUTH_FAILED, `TLS peer refused: ${who.problem}`);
+      return;
+    }
+    if (this.role === 'dialer' && who.site !== this.options.peer) {
+      this.fail(ErrorCode.WRONG_SITE, `dialed '${this.options.peer}' but the certificate at ${this.remote} names site '${who.site}': check the address configured for '${this.options.peer}'`);
+      return;
+    }
+    this.certified = who.site;
+    this.peerCertificate = leaf;
+    this.progress = 2;
+    this.emit('identified', who.site);
+    this.startHandshake(who.site, t.exportKeyingMaterial(channelBindingBytes, channelBindingLabel, Buffer.alloc(0)));
+  }
+
+  private startHandshake(peerIdentity: string | undefined, channelBinding: Buffer | undefined): void {
+    const options = this.options;
     this.hs = new Handshake({
       role: options.role,
       cluster: options.cluster,
       site: options.site,
       secret: options.secret,
+      geometry: options.security.geometry,
       randomBytes: options.randomBytes ?? cryptoRandomBytes,
+      ...(peerIdentity !== undefined ? { peerIdentity } : {}),
+      ...(channelBinding !== undefined ? { channelBinding } : {}),
       ...(options.peer !== undefined ? { peer: options.peer } : {}),
       ...(options.acceptPeer !== undefined ? { acceptPeer: options.acceptPeer } : {}),
       ...(options.seenNonce !== undefined ? { seenNonce: options.seenNonce } : {}),
     });
-    if (options.peer !== undefined) this.peerName = options.peer;
-    socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', (err) => this.onTransportEnd(`socket error: ${err.message}`));
-    socket.on('close', () => this.onTransportEnd('connection closed by the peer without a reason'));
-    socket.on('drain', () => this.emit('drain'));
-    this.timer = this.clock.setTimeout(() => {
-      this.fail(ErrorCode.HANDSHAKE_TIMEOUT, `handshake not finished within handshakeTimeoutMs (${this.o.handshakeTimeoutMs} ms)`);
-    }, this.o.handshakeTimeoutMs);
     this.applyStep(this.hs.start());
+  }
+
+  /** TLS: the site the peer's verified certificate names (before and after establishment). */
+  get certifiedPeer(): string | undefined {
+    return this.certified;
   }
 
   get state(): LinkState {
@@ -312,9 +422,15 @@ export class Link extends EventEmitter {
 
   private onData(chunk: Buffer): void {
     if (this.st === 'closed') return;
-    this.lastRxMs = this.clock.nowMs();
+    const now = this.clock.nowMs();
+    this.lastRxMs = now;
+    if (this.progress === 0) this.progress = 1;
+    if (this.reader.frames.bufferedBytes === 0) this.frameProgressMs = now;
     try {
-      this.reader.push(chunk, (msg) => this.onMessage(msg));
+      this.reader.push(chunk, (msg) => {
+        this.frameProgressMs = now;
+        this.onMessage(msg);
+      });
     } catch (e) {
       if (e instanceof ProtocolError) this.fail(e.code, e.reason);
       else {
@@ -329,6 +445,7 @@ export class Link extends EventEmitter {
     if (this.st === 'closed') return;
     this.framesRx++;
     if (this.st === 'handshaking') {
+      if (this.hs === undefined) return; // cannot happen: no frame arrives before TLS is up
       this.applyStep(this.hs.receive(msg));
       return;
     }
@@ -386,7 +503,7 @@ export class Link extends EventEmitter {
     if (step.state === 'established') {
       this.st = 'established';
       this.everEstablished = true;
-      this.peerName = this.hs.peerSite!;
+      this.peerName = this.hs!.peerSite!;
       this.clock.clearTimeout(this.timer!);
       this.lastRxMs = this.clock.nowMs();
       this.log.info({ peer: this.peerName, remote: this.remote, role: this.role }, 'link established');
@@ -400,6 +517,11 @@ export class Link extends EventEmitter {
     const now = this.clock.nowMs();
     if (now - this.lastRxMs >= this.o.linkTimeoutMs) {
       this.fail(ErrorCode.LINK_TIMEOUT, `nothing received from '${this.peerName}' for ${Math.round(now - this.lastRxMs)} ms (linkTimeoutMs ${this.o.linkTimeoutMs})`);
+      return;
+    }
+    const held = this.reader.frames.bufferedBytes;
+    if (held > 0 && now - this.frameProgressMs >= this.o.frameDeadlineMs) {
+      this.fail(ErrorCode.LINK_TIMEOUT, `'${this.peerName}' sent ${held} bytes of a frame and no complete frame for ${Math.round(now - this.frameProgressMs)} ms (frameDeadlineMs ${this.o.frameDeadlineMs})`);
       return;
     }
     const { epoch, lastSeq } = this.heartbeatState();
@@ -438,7 +560,7 @@ export class Link extends EventEmitter {
     );
     this.st = 'closed';
     if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
-    if (!this.socket.destroyed && this.socket.writable) {
+    if (!this.socket.destroyed && this.socket.writable && this.transportUp) {
       this.write(wasHandshaking ? { type: 'REFUSE', code, reason } : { type: 'ERROR', code, reason });
       this.socket.end();
       this.graceTimer = this.clock.setTimeout(() => this.socket.destroy(), this.o.closeGraceMs);

@@ -1,40 +1,33 @@
-// The admin HTTP server of a site (issue 5 item 8, issue 8 items 2-3): GET /status (JSON from
-// the runtime), GET /metrics (Prometheus text) and GET /checksums (per-region digests of the
-// site's storage for geomirror verify, src/site/checksums.ts). The GETs are read-only on purpose:
-// exposing them to a monitoring network cannot corrupt data. The two POSTs of a planned
-// switchover (issue 10 item 5: /promote, /demote) change roles, so they need a request signed
-// with the cluster key (roleChangeAuth below), fresh within a minute; anything else is 401.
-import { createHmac, timingSafeEqual } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+// The admin server of a site (issue 5 item 8, issue 8 items 2-3, issue 17 item 6): GET /status
+// (JSON from the runtime), GET /metrics (Prometheus text), GET /checksums (keyed per-region
+// digests of the site's storage for geomirror verify, src/site/checksums.ts) and the two POSTs
+// of a planned switchover (/promote, /demote).
+//
+// HTTPS with the site's certificate from the cluster CA (plain HTTP only under transport:
+// insecure). Every request, GET included, must be authenticated: a client certificate from the
+// cluster CA (OU geomirror-client or geomirror-site, this cluster), or a one-time token made
+// from the cluster key (src/site/admin-auth.ts); anything else is 401 before a byte about the
+// site is said. A token is never accepted twice, so a captured signed POST cannot be replayed.
+import type { X509Certificate } from 'node:crypto';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { SecureContextOptions, TLSSocket } from 'node:tls';
 import type { Registry } from 'prom-client';
 import { ChecksumRequestError, type ChecksumAnswer } from './checksums.js';
 import { serveEvents, type EventSource } from './events.js';
 import type { Logger } from './log.js';
 import type { SiteStatus } from './status.js';
 import { RoleChangeError, type RoleChangeAnswer } from './role-change.js';
+import { AdminTokenChecker } from './admin-auth.js';
+import { clientCertUnit, peerCertificateProblem, siteCertUnit, subjectField } from '../net/security.js';
 
-/** How far a signed role-change request's clock may be from ours. */
-export const roleChangeSkewSecondsMax = 60;
-
-/**
- * `Authorization` value for POST /promote or /demote on `site`: HMAC-SHA256 with the cluster key
- * over the action, the site, the time and the `reason` query parameter ('' when none), so a
- * captured request cannot be replayed elsewhere, later, or with another reason.
- */
-export function roleChangeAuth(secret: Buffer, action: 'promote' | 'demote', site: string, unixSeconds = Math.floor(Date.now() / 1000), reason = '', force = false): string {
-  const mac = createHmac('sha256', secret).update(`geomirror ${action} ${site} ${unixSeconds}${force ? ' force' : ''}\n${reason}`).digest('hex');
-  return `Geomirror ${unixSeconds}:${mac}`;
-}
-
-function authOk(secret: Buffer, action: 'promote' | 'demote', site: string, reason: string, force: boolean, header: string | undefined): string | undefined {
-  const m = /^Geomirror (\d+):([0-9a-f]{64})$/.exec(header ?? '');
-  if (!m) return 'missing or malformed Authorization (geomirror promote/demote sign requests with the cluster key)';
-  const t = Number(m[1]);
-  if (Math.abs(Date.now() / 1000 - t) > roleChangeSkewSecondsMax) return `request time ${t} is more than ${roleChangeSkewSecondsMax} s from this site's clock`;
-  const want = Buffer.from(roleChangeAuth(secret, action, site, t, reason, force).split(':')[1]!, 'hex');
-  const got = Buffer.from(m[2]!, 'hex');
-  return timingSafeEqual(want, got) ? undefined : 'signature does not match this cluster\'s key';
+/** The site's TLS identity as the admin server needs it (src/site/link-security.ts SiteTlsIdentity). */
+export interface AdminTls {
+  /** Key, certificate and CA bundle for node:https (re-read when they change). */
+  contextOptions(): SecureContextOptions;
+  trusted(): readonly X509Certificate[];
+  onReload(fn: () => void): void;
 }
 
 /** A stuck provider must not hold admin connections forever. */
@@ -50,42 +43,80 @@ export interface AdminServerOptions {
   checksums?: (query: URLSearchParams) => Promise<ChecksumAnswer>;
   /** GET /events (geomirror events): the site's state changes as NDJSON (src/site/events.ts). */
   events?: EventSource;
-  /** POST /promote and /demote (planned switchover), signed with `secret`. */
-  roleChange?: { site: string; secret: Buffer; promote?: (reason: string, force: boolean) => Promise<RoleChangeAnswer>; demote?: (reason: string) => Promise<RoleChangeAnswer> };
+  /** POST /promote and /demote (planned switchover). */
+  roleChange?: { promote?: (reason: string, force: boolean) => Promise<RoleChangeAnswer>; demote?: (reason: string) => Promise<RoleChangeAnswer> };
+  /** Who may ask: this site and cluster, the admin-token key (adminTokenKey of the cluster key). */
+  auth: { site: string; cluster: string; tokenKey: Buffer };
+  /** HTTPS with the site's certificate; undefined: plain HTTP (transport: insecure only). */
+  tls?: AdminTls;
   log?: Logger;
 }
 
 export interface AdminServer {
   host: string;
   port: number;
-  /** http://host:port */
+  /** https://host:port (http:// under transport: insecure) */
   url: string;
   close(): Promise<void>;
 }
 
 export async function startAdminServer(options: AdminServerOptions): Promise<AdminServer> {
-  const server = createServer((req, res) => {
+  const tokens = new AdminTokenChecker(options.auth.tokenKey, options.auth.site);
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
+    const who = authenticate(options, tokens, req);
+    if ('why' in who) {
+      options.log?.warn({ event: 'admin-refused', remote: req.socket.remoteAddress, method: req.method, path: req.url, why: who.why }, `admin request refused: ${who.why}`);
+      res.setHeader('WWW-Authenticate', 'Geomirror-Token');
+      send(res, who.busy ? 503 : 401, 'text/plain; charset=utf-8', `${who.busy ? 'busy' : 'unauthorized'}: ${who.why}\n`);
+      return;
+    }
     handle(options, req, res).catch((err: unknown) => {
       options.log?.error({ err, path: req.url }, 'admin request failed');
       if (!res.headersSent) send(res, 500, 'text/plain; charset=utf-8', `internal error: ${(err as Error).message ?? String(err)}\n`);
       else res.destroy();
     });
-  });
+  };
+  const tls = options.tls;
+  const server: Server = tls
+    ? createHttpsServer({ ...tls.contextOptions(), requestCert: true, rejectUnauthorized: false }, handler)
+    : createHttpServer(handler);
+  if (tls) tls.onReload(() => (server as unknown as { setSecureContext(o: SecureContextOptions): void }).setSecureContext(tls.contextOptions()));
   server.requestTimeout = adminRequestTimeoutMs;
+  server.headersTimeout = adminRequestTimeoutMs;
   await listen(server, options.host, options.port);
   const port = (server.address() as AddressInfo).port;
   const hostText = options.host.includes(':') ? `[${options.host}]` : options.host;
-  options.log?.info({ event: 'admin-listening', host: options.host, port }, `admin HTTP on http://${hostText}:${port} (/status, /metrics)`);
+  const scheme = tls ? 'https' : 'http';
+  options.log?.info({ event: 'admin-listening', host: options.host, port }, `admin ${scheme.toUpperCase()} on ${scheme}://${hostText}:${port} (/status, /metrics; a client certificate or a geomirror token is required)`);
   return {
     host: options.host,
     port,
-    url: `http://${hostText}:${port}`,
+    url: `${scheme}://${hostText}:${port}`,
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();
       }),
   };
+}
+
+/** A client certificate of this cluster, or a one-time token; else why not. */
+function authenticate(options: AdminServerOptions, tokens: AdminTokenChecker, req: IncomingMessage): { by: string } | { why: string; busy?: boolean } {
+  const sock = req.socket as TLSSocket;
+  if (options.tls && typeof sock.getPeerX509Certificate === 'function') {
+    const cert = sock.getPeerX509Certificate();
+    if (cert !== undefined) {
+      const bad = peerCertificateProblem(cert, options.tls.trusted());
+      const unit = subjectField(cert.subject, 'OU');
+      if (bad !== undefined) return { why: `client certificate refused: ${bad}` };
+      if (subjectField(cert.subject, 'O') !== options.auth.cluster || (unit !== clientCertUnit && unit !== siteCertUnit)) {
+        return { why: `client certificate of ${JSON.stringify(subjectField(cert.subject, 'CN') ?? '?')} is not a client or site certificate of cluster ${options.auth.cluster}` };
+      }
+      return { by: `certificate ${subjectField(cert.subject, 'CN')}` };
+    }
+  }
+  const r = tokens.check(req.headers.authorization, req.method ?? 'GET', req.url ?? '/');
+  return r.ok ? { by: 'token' } : { why: r.why, ...(r.busy ? { busy: true } : {}) };
 }
 
 function listen(server: Server, host: string, port: number): Promise<void> {
@@ -150,15 +181,10 @@ async function roleChange(options: AdminServerOptions, action: 'promote' | 'demo
     send(res, 409, 'text/plain; charset=utf-8', `this site takes no role changes\n`);
     return;
   }
-  // Authenticated before anything else is said about this site (its role included).
+  // Already authenticated (authenticate(): certificate, or a one-time token for this site,
+  // method and path, reason and force included, so none of them can be changed or replayed).
   const signedReason = url.searchParams.get('reason') ?? '';
   const force = url.searchParams.get('force') === '1';
-  const bad = authOk(rc.secret, action, rc.site, signedReason, force, req.headers.authorization);
-  if (bad !== undefined) {
-    options.log?.warn({ event: 'role-change-refused', action, remote: req.socket.remoteAddress, why: bad }, `${action} refused: ${bad}`);
-    send(res, 401, 'text/plain; charset=utf-8', `${action} refused: ${bad}\n`);
-    return;
-  }
   const fn = rc[action];
   if (fn === undefined) {
     send(res, 409, 'text/plain; charset=utf-8', `this site cannot ${action} (its role has no ${action})\n`);

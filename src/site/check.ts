@@ -2,14 +2,15 @@
 // machine, found without starting anything (issue 19 item 4). The file first (the loader's
 // problems, with line and column), then a list of checkers over the sites that run here:
 // devices (present, big enough, readable and writable), ports (free), keys (readable, valid,
-// private) and certificates beside the key (present ones parse). Each finding names the key
+// private) and TLS files (present, private keys, certificates that pass the site's own checks). Each finding names the key
 // path, site or device and says the fix. More checkers are one entry in `checkers`.
-import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { constants, accessSync, readFileSync, statSync, type Stats } from 'node:fs';
 import { lookup } from 'node:dns/promises';
 import { networkInterfaces, hostname } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { ConfigError, loadConfig, readSecret, type Address, type ClusterConfig, type SiteConfig, type SiteDevice } from './config.js';
+import { certExpiryWarnDays, loadSiteTls, siteCertFiles } from './pki.js';
 import { probeListen } from './run.js';
 import { formatBytes } from './units.js';
 
@@ -179,46 +180,119 @@ function pemBlocks(text: string, kind: RegExp): number {
   return [...text.matchAll(/-----BEGIN ([A-Z0-9 ]+)-----[\s\S]+?-----END \1-----/g)].filter((m) => kind.test(m[1]!)).length;
 }
 
+/** A start-up message `what; fix` (or `what. Fix: fix`) split into a finding. */
+function splitFix(where: string, message: string, fallbackFix: string): CheckFinding {
+  const m = /^(.*?)(?:\. Fix: |; )(.*)$/s.exec(message);
+  return problem(where, m ? m[1]! : message, m ? m[2]! : fallbackFix);
+}
+
 /**
- * Certificates beside the key (`ca.crt`, `<site>.crt`, `<site>.key`), when present: each parses
- * (X.509 certificate, private key), a key is private, and a site's certificate has its key.
+ * TLS files (issue 17), where the cluster file puts them (`tls:`, default beside the key): the
+ * CA certificate parses; for each site here its certificate and key exist, the key is private,
+ * and the pair passes the checks the site makes at start (loadSiteTls: this site and cluster,
+ * not expired, from a CA in ca.crt, the key matches); CA keys on this machine are private; the
+ * files of `nbd-tls:` are readable (keys and PSK files private). Missing files are warnings
+ * (geomirror start and geomirror pki make them); `transport: insecure` is a warning.
  */
 export const certificatesChecker: Checker = {
   name: 'certificates',
   async check({ config, here }) {
-    const dir = config.secret.source === 'file' ? dirname(config.secret.path!) : config.dir;
     const out: CheckFinding[] = [];
-    const cert = (where: string, path: string): boolean => {
+    const issueFix = (site: string, force = false): string => `geomirror pki issue --config ${config.file} --site ${site}${force ? ' --force' : ''} (where the CA key is), then copy site-${site}.crt and site-${site}.key to the site`;
+    /** Present and readable: the stat; missing: undefined (the caller decides); otherwise a finding. */
+    const present = (where: string, path: string, what: string): Stats | undefined | false => {
       const st = statOf(path);
-      if (typeof st === 'string') return false;
+      if (st === 'ENOENT') return undefined;
+      if (typeof st === 'string') {
+        out.push(problem(where, `${what} ${path} cannot be examined (${st})`, 'fix its path or permissions'));
+        return false;
+      }
+      const access = (() => {
+        try {
+          accessSync(path, constants.R_OK);
+          return undefined;
+        } catch (err) {
+          return errCode(err);
+        }
+      })();
+      if (access !== undefined) {
+        out.push(problem(where, `${what} ${path} is not readable by this user (${access})`, `make the user the site runs as its owner (chown), or run check as that user`));
+        return false;
+      }
+      return st;
+    };
+    const privateKey = (where: string, path: string, what: string): void => {
+      const st = present(where, path, what);
+      if (!st) return;
+      const leak = privateFinding(where, path, st, what);
+      if (leak) out.push(leak);
+    };
+
+    for (const site of here) {
+      const t = site.nbdTls;
+      if (t.mode === 'off') continue;
+      const key = `sites.${site.name}.nbd-tls`;
+      if (t.psk !== undefined) {
+        if (present(`${key}.psk`, t.psk, 'PSK file') === undefined) out.push(problem(`${key}.psk`, `PSK file ${t.psk} does not exist`, `write it (identity:hexkey lines): psktool -u NAME -p ${t.psk}`));
+        privateKey(`${key}.psk`, t.psk, 'PSK file');
+      }
+      for (const [k, path] of [['cert', t.cert], ['ca', t.ca]] as const) {
+        if (path !== undefined && present(`${key}.${k}`, path, 'certificate') === undefined) out.push(problem(`${key}.${k}`, `certificate ${path} does not exist`, 'fix the path'));
+      }
+      if (t.key !== undefined) {
+        if (present(`${key}.key`, t.key, 'private key') === undefined) out.push(problem(`${key}.key`, `private key ${t.key} does not exist`, 'fix the path'));
+        privateKey(`${key}.key`, t.key, 'private key');
+      }
+    }
+
+    if (config.transport === 'insecure') {
+      out.push(warning('transport', 'transport: insecure: links between sites are plain TCP and the admin port plain HTTP (lab mode)', 'remove the transport: key for mutual TLS (geomirror start or geomirror pki init makes the certificates)'));
+      return out;
+    }
+    const { caCert, caKey } = config.tls;
+    const caSt = present('tls.ca', caCert, 'CA certificate');
+    let caOk = false;
+    if (caSt === undefined) {
+      out.push(warning('tls.ca', `CA certificate ${caCert} does not exist yet (sites refuse to start without it)`, `geomirror start creates it, or: geomirror pki init --config ${config.file} (then copy ca.crt to every site)`));
+    } else if (caSt) {
       try {
-        const text = readFileSync(path, 'utf8');
+        const text = readFileSync(caCert, 'utf8');
         if (pemBlocks(text, /CERTIFICATE$/) === 0) throw new Error('no PEM CERTIFICATE block');
         new X509Certificate(text);
+        caOk = true;
       } catch (err) {
-        out.push(problem(where, `${path} is not a PEM X.509 certificate (${(err as Error).message})`, 'replace it with the certificate the cluster CA issued'));
+        out.push(problem('tls.ca', `${caCert} is not a PEM X.509 certificate (${(err as Error).message})`, `copy the cluster's ca.crt here, or make a CA: geomirror pki init --config ${config.file}`));
       }
-      return true;
-    };
-    const key = (where: string, path: string): boolean => {
-      const st = statOf(path);
-      if (typeof st === 'string') return false;
-      try {
-        const text = readFileSync(path, 'utf8');
-        if (pemBlocks(text, /PRIVATE KEY$/) === 0) throw new Error('no PEM PRIVATE KEY block');
-        createPrivateKey(text);
-      } catch (err) {
-        out.push(problem(where, `${path} is not a PEM private key (${(err as Error).message})`, 'replace it with the site\'s private key'));
-      }
-      const leak = privateFinding(where, path, st, 'private key');
-      if (leak) out.push(leak);
-      return true;
-    };
-    cert('certificates', join(dir, 'ca.crt'));
+    }
+    // The CA keys sign every certificate: wherever they are on this machine, they are private.
+    privateKey('tls.ca-key', caKey, 'CA key');
+    privateKey('tls.ca-key', caKey.replace(/(\.key)?$/, '.old.key'), 'old CA key');
+
     for (const site of here) {
-      const hasCert = cert(`sites.${site.name} (certificate)`, join(dir, `${site.name}.crt`));
-      const hasKey = key(`sites.${site.name} (key)`, join(dir, `${site.name}.key`));
-      if (hasCert !== hasKey) out.push(problem(`sites.${site.name}`, `${join(dir, `${site.name}.${hasCert ? 'crt' : 'key'}`)} is there but ${site.name}.${hasCert ? 'key' : 'crt'} is not`, `put the site's certificate and key side by side in ${dir}`));
+      const where = `sites.${site.name}`;
+      const files = siteCertFiles(config, site.name);
+      const cert = present(`${where} (certificate)`, files.cert, 'certificate');
+      const key = present(`${where} (key)`, files.key, 'private key');
+      if (cert === undefined && key === undefined) {
+        out.push(warning(where, `site certificate ${files.cert} and key ${files.key} do not exist yet (the site refuses to start without them)`, `geomirror start creates them, or: ${issueFix(site.name)}`));
+        continue;
+      }
+      if (cert === undefined || key === undefined) {
+        const [has, missing] = cert === undefined ? [files.key, files.cert] : [files.cert, files.key];
+        out.push(problem(where, `${has} is there but ${missing} is not (a certificate and its key are made as a pair)`, issueFix(site.name, true)));
+      }
+      if (key) {
+        const leak = privateFinding(`${where} (key)`, files.key, key, 'private key');
+        if (leak) out.push(leak);
+      }
+      if (!cert || !key || !caOk || out.some((f) => f.where === `${where} (key)`)) continue;
+      try {
+        const m = loadSiteTls(config, site.name);
+        const daysLeft = Math.floor((m.notAfter.getTime() - Date.now()) / 86_400_000);
+        if (daysLeft < certExpiryWarnDays) out.push(warning(`${where} (certificate)`, `${files.cert} expires in ${daysLeft} day(s) (${m.notAfter.toISOString()})`, `renew it: ${issueFix(site.name, true)}`));
+      } catch (err) {
+        out.push(splitFix(`${where} (certificate)`, (err as Error).message.replace(new RegExp(`^site ${site.name}: `), ''), issueFix(site.name, true)));
+      }
     }
     return out;
   },

@@ -17,22 +17,24 @@ export const secretBytesMin = 16;
 /**
  * How a value is read. Scalars: `name` (namePattern), `secret` (file:PATH or hex), `size`
  * (units.ts), `duration`, `address` (HOST:PORT), `device` (a device string), `degrees`,
- * `siteRef` (a site name), `enum` (one of `values`). Lists: `devices`, `siteList`. Mappings:
- * `map` (keys from `keys`), `addressMap` (site name -> address), `siteMap` (site name -> site).
+ * `siteRef` (a site name), `enum` (one of `values`), `path` (a file or folder, relative to the
+ * cluster file). Lists: `devices`, `siteList`, `nameList` (non-empty strings). Mappings: `map`
+ * (keys from `keys`), `addressMap` (site name -> address), `siteMap` (site name -> site).
+ * Either: `enumOrMap` (one of `values`, or a mapping with keys from `keys`).
  */
-export type ValueType = 'name' | 'secret' | 'size' | 'duration' | 'address' | 'device' | 'degrees' | 'siteRef' | 'enum' | 'devices' | 'siteList' | 'map' | 'addressMap' | 'siteMap';
+export type ValueType = 'name' | 'secret' | 'size' | 'duration' | 'address' | 'device' | 'degrees' | 'siteRef' | 'enum' | 'path' | 'devices' | 'siteList' | 'nameList' | 'map' | 'addressMap' | 'siteMap' | 'enumOrMap';
 
 export interface KeySpec {
   readonly type: ValueType;
   /** One or two sentences for people: shown by editors from the schema. */
   readonly doc: string;
-  /** `enum`: the values accepted. */
-  readonly values?: readonly (string | number)[];
+  /** `enum`, `enumOrMap`: the values accepted. */
+  readonly values?: readonly (string | number | boolean)[];
   /** The value when the key is absent (as a user would write it). */
   readonly default?: string | number;
   /** `degrees`: the largest absolute value. */
   readonly limit?: number;
-  /** `map`: the keys of the nested mapping. */
+  /** `map`, `enumOrMap`: the keys of the nested mapping. */
   readonly keys?: KeyTable;
   /** Outside `sites`: the key must be present. */
   readonly required?: boolean;
@@ -61,6 +63,26 @@ export const locationKeys = {
   lon: { type: 'degrees', limit: 180, required: true, doc: 'Longitude in decimal degrees.' },
 } as const satisfies KeyTable;
 
+/** TLS modes of a site's NBD export (NBD_OPT_STARTTLS). */
+export const nbdTlsModes = ['off', 'allow', 'require'] as const;
+
+export const nbdTlsKeys = {
+  mode: { type: 'enum', values: nbdTlsModes, default: 'require', doc: 'off, allow (clients choose) or require (clients must start TLS before anything else); require when the mapping is given without mode.' },
+  psk: { type: 'path', doc: 'PSK file in the identity:hexkey format of nbdinfo --tls-psk-file and qemu tls-creds-psk.' },
+  cert: { type: 'path', doc: 'Server certificate for x509 (default: the site\'s own, from the cluster CA); goes with key.' },
+  key: { type: 'path', doc: 'Private key of cert.' },
+  ca: { type: 'path', doc: 'CA that client certificates must chain to (default: the cluster CA).' },
+  allow: { type: 'nameList', doc: 'Client allow-list: certificate CNs or PSK identities; absent: any client the CA or PSK file admits.' },
+} as const satisfies KeyTable;
+
+export const tlsKeys = {
+  ca: { type: 'path', doc: 'Trusted CA certificate(s), PEM (during a CA roll: the old and the new CA). Default: ca.crt in dir.' },
+  'ca-key': { type: 'path', doc: 'The CA\'s private key: only where certificates are issued (geomirror pki), never needed by a running site. Default: ca.key in dir.' },
+  dir: { type: 'path', doc: 'Folder of site-NAME.crt and site-NAME.key (and client-NAME/ folders). Default: the folder of the secret: file (or of the cluster file, for an inline secret).' },
+} as const satisfies KeyTable;
+
+export const transports = ['tls', 'insecure'] as const;
+
 export const siteKeys = {
   role: { type: 'enum', values: roles, roles: { allowed: all, required: all }, doc: 'primary (takes host writes, fans them out), mirror, relay (cascade hop), standby (takes over from the primary) or witness (breaks failover ties).' },
   listen: { type: 'address', roles: { allowed: all, required: ['mirror', 'relay', 'standby', 'witness'] }, doc: 'HOST:PORT where this site takes replication links from its peers.' },
@@ -81,6 +103,8 @@ export const siteKeys = {
   connect: { type: 'addressMap', roles: { allowed: all, required: [] }, doc: 'Peer site -> HOST:PORT this site dials instead of the peer\'s listen (NAT, tunnels).' },
   // Bounds what a resync takes from host writes on a shared link.
   'resync-rate': { type: 'size', roles: { allowed: ['primary', 'standby'], required: [] }, doc: 'Bytes per second a resync may copy to each mirror, e.g. 16M.' },
+  // TLS on the host-facing NBD export (issue 17): a mode, or a mapping with psk/cert/allow.
+  'nbd-tls': { type: 'enumOrMap', values: [...nbdTlsModes, false], default: 'off', keys: nbdTlsKeys, roles: { allowed: ['primary', 'standby', 'mirror'], required: [] }, doc: 'TLS on the NBD export (NBD_OPT_STARTTLS): off (false), allow or require with the site\'s certificate, or a mapping { mode, psk, cert, key, ca, allow }. An export bound off-loopback without require is logged as a warning.' },
 } as const satisfies KeyTable;
 
 export const clusterKeys = {
@@ -88,6 +112,9 @@ export const clusterKeys = {
   secret: { type: 'secret', required: true, doc: 'The shared cluster key: file:PATH (geomirror keygen --out PATH makes one) or the hex key itself (at least 16 bytes).' },
   volume: { type: 'map', keys: volumeKeys, required: true, doc: 'The mirrored volume: { name, size, blockSize }.' },
   sites: { type: 'siteMap', keys: siteKeys, required: true, doc: 'Site name -> site: exactly one primary and at least one mirror.' },
+  // Issue 17: links between sites are mutual TLS 1.3 unless the file says otherwise.
+  transport: { type: 'enum', values: transports, default: 'tls', doc: 'tls: mutual TLS 1.3 between sites with certificates from the cluster CA (geomirror pki). insecure: plain TCP, lab use only, logged as a warning at every start.' },
+  tls: { type: 'map', keys: tlsKeys, doc: 'Where the cluster\'s certificates live: { ca, ca-key, dir }. Default: beside the secret: file.' },
 } as const satisfies KeyTable;
 
 export type SiteKey = keyof typeof siteKeys;

@@ -37,10 +37,16 @@ function valueSchema(spec: KeySpec): Schema {
       return { type: 'string', minLength: 1 };
     case 'siteList':
       return { type: 'array', uniqueItems: true, items: { type: 'string', minLength: 1 } };
+    case 'nameList':
+      return { type: 'array', items: { type: 'string', minLength: 1 } };
+    case 'path':
+      return { type: 'string', pattern: '\\S' };
     case 'enum':
       return { enum: [...(spec.values ?? [])] };
     case 'map':
       return mapSchema(spec.keys ?? {});
+    case 'enumOrMap':
+      return { oneOf: [{ enum: [...(spec.values ?? [])] }, mapSchema(spec.keys ?? {})] };
     case 'addressMap':
       return { type: 'object', propertyNames: { pattern: namePattern.source }, additionalProperties: addressSchema };
     case 'siteMap':

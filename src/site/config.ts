@@ -8,12 +8,12 @@
 // Claims served: 1 (a local site and at least one remote mirror site, named and addressed),
 // 5-7 (site locations, checked by src/core/geo.ts), 8/13 (standby-for), 14 (relay chains).
 import { readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, isPair, isScalar, type Document } from 'yaml';
 import { parseSizeBytes, parseDurationMs, sizeSyntaxText } from './units.js';
 import { closest, didYouMean } from './suggest.js';
 import { DeviceStringError, formatDeviceString, parseDeviceString, type DeviceSpec } from '../../hal/devstring.js';
-import { cacheKeys, clusterKeys, locationKeys, nameLengthMax, namePattern, roles, secretBytesMin, siteKeys, volumeKeys, type KeyTable, type Role, type SiteKey } from './config-keys.js';
+import { cacheKeys, clusterKeys, locationKeys, nameLengthMax, namePattern, nbdTlsKeys, nbdTlsModes, roles, secretBytesMin, siteKeys, tlsKeys, transports, volumeKeys, type KeyTable, type Role, type SiteKey } from './config-keys.js';
 
 export { nameLengthMax, roles, secretBytesMin, type Role };
 export type RelayAck = (typeof siteKeys)['relay-ack']['values'][number];
@@ -77,6 +77,8 @@ export interface SiteConfig {
   standby?: string;
   /** Witness sites of the cluster (filled in by the loader): the primary keeps a link to each, a standby asks them. */
   witnesses: string[];
+  /** TLS on the NBD export (default off; an export bound off-loopback warns unless required). */
+  nbdTls: NbdTlsConfig;
 }
 
 export interface SecretSpec {
@@ -84,6 +86,38 @@ export interface SecretSpec {
   source: 'file' | 'inline';
   path?: string;
   inlineHex?: string;
+}
+
+/** How sites talk to each other: mutual TLS 1.3 (default) or lab-mode plain TCP (issue 17). */
+export type Transport = (typeof transports)[number];
+
+/**
+ * Where the cluster's certificates live (src/site/pki.ts). Default: files beside the `secret:`
+ * file (or the cluster file, for an inline secret): ca.crt, ca.key, site-NAME.crt, site-NAME.key.
+ */
+export interface TlsFiles {
+  /** Trusted CA certificate(s), PEM; during a CA roll it holds the old and the new CA. */
+  caCert: string;
+  /** The CA's private key: only where certificates are issued (`geomirror pki`), never needed by a running site. */
+  caKey: string;
+  /** Folder of site-NAME.crt / site-NAME.key (and client-NAME/ folders). */
+  dir: string;
+}
+
+export type NbdTlsMode = (typeof nbdTlsModes)[number];
+
+/** `nbd-tls:` of a site's export (NBD_OPT_STARTTLS, x509 and PSK). */
+export interface NbdTlsConfig {
+  mode: NbdTlsMode;
+  /** PSK file in the `identity:hexkey` format of nbdinfo --tls-psk-file / qemu tls-creds-psk. */
+  psk?: string;
+  /** Server certificate and key for x509 (default: the site's own, from the cluster CA). */
+  cert?: string;
+  key?: string;
+  /** CA that client certificates must chain to (default: the cluster CA). */
+  ca?: string;
+  /** Client allow-list: certificate CNs or PSK identities; absent = any client the CA or PSK file admits. */
+  allow?: string[];
 }
 
 export interface VolumeConfig {
@@ -99,6 +133,9 @@ export interface ClusterConfig {
   dir: string;
   cluster: string;
   secret: SecretSpec;
+  /** `transport:` (default tls). */
+  transport: Transport;
+  tls: TlsFiles;
   volume: VolumeConfig;
   /** Sites in file order. */
   sites: Record<string, SiteConfig>;
@@ -131,6 +168,9 @@ export class ConfigError extends Error {
 
 const keysOf = (table: KeyTable): readonly string[] => Object.keys(table);
 const topKeyNames = keysOf(clusterKeys);
+const requiredTopKeyNames = topKeyNames.filter((k) => (clusterKeys as KeyTable)[k]!.required === true);
+const tlsKeyNames = keysOf(tlsKeys);
+const nbdTlsKeyNames = keysOf(nbdTlsKeys);
 const volumeKeyNames = keysOf(volumeKeys);
 const cacheKeyNames = keysOf(cacheKeys);
 const locationKeyNames = keysOf(locationKeys);
@@ -241,16 +281,77 @@ class Validator {
       return undefined;
     }
     this.unknownKeys(root, [], topKeyNames);
-    for (const k of topKeyNames) if (!(k in root)) this.fail([k], 'is missing');
+    for (const k of requiredTopKeyNames) if (!(k in root)) this.fail([k], 'is missing');
     const cluster = 'cluster' in root ? this.name(root.cluster, ['cluster'], 'cluster name') : undefined;
     const secret = 'secret' in root ? this.secret(root.secret) : undefined;
     const volume = 'volume' in root ? this.volume(root.volume) : undefined;
     const sites = 'sites' in root ? this.sites(root.sites) : undefined;
+    let transport: Transport = clusterKeys.transport.default;
+    if ('transport' in root) {
+      const t = transports.find((v) => v === root.transport);
+      if (t !== undefined) transport = t;
+      else this.fail(['transport'], `${show(root.transport)} is not a transport; use tls (the default: mutual TLS 1.3 between sites) or insecure (lab mode: plain TCP, logged as a warning)`);
+    }
+    const tls = this.tlsFiles(root.tls, secret);
     // Cross-site checks run even when some site failed, so one pass names every problem.
     const primary = sites ? this.topology(sites) : undefined;
     if (!cluster || !secret || !volume || !sites || primary === undefined || this.problems.length > 0) return undefined;
     const warnings = reachabilityWarnings(sites, primary);
-    return { file, dir: this.dir, cluster, secret, volume, sites, siteNames: Object.keys(sites), primary, warnings };
+    return { file, dir: this.dir, cluster, secret, transport, tls, volume, sites, siteNames: Object.keys(sites), primary, warnings };
+  }
+
+  /** `tls:` paths; each defaults to a file beside the secret file (or the cluster file). */
+  private tlsFiles(x: unknown, secret: SecretSpec | undefined): TlsFiles {
+    const base = secret?.source === 'file' && secret.path !== undefined ? dirname(secret.path) : this.dir;
+    const out: TlsFiles = { caCert: join(base, 'ca.crt'), caKey: join(base, 'ca.key'), dir: base };
+    if (x === undefined) return out;
+    if (!isObj(x)) {
+      this.fail(['tls'], 'must be a mapping, e.g. { ca: ./data/ca.crt, ca-key: ./data/ca.key, dir: ./data }');
+      return out;
+    }
+    this.unknownKeys(x, ['tls'], tlsKeyNames);
+    for (const [key, field] of [['ca', 'caCert'], ['ca-key', 'caKey'], ['dir', 'dir']] as const) {
+      if (!(key in x)) continue;
+      const v = x[key];
+      if (typeof v !== 'string' || v.trim() === '') this.fail(['tls', key], `${show(v)} is not a path`);
+      else out[field] = this.path(v.trim());
+    }
+    if ('dir' in x && !('ca' in x)) out.caCert = join(out.dir, 'ca.crt');
+    if ('dir' in x && !('ca-key' in x)) out.caKey = join(out.dir, 'ca.key');
+    return out;
+  }
+
+  private nbdTls(x: unknown, keys: (string | number)[]): NbdTlsConfig {
+    const mode = (v: unknown): NbdTlsMode | undefined => nbdTlsModes.find((m) => m === v);
+    if (typeof x === 'string' || typeof x === 'boolean') {
+      const m = mode(x === false ? 'off' : x);
+      if (m === undefined) this.fail(keys, `${show(x)} is not an NBD TLS mode; use off, allow or require (or a mapping with mode, psk, cert, key, ca, allow)`);
+      return { mode: m ?? 'off' };
+    }
+    if (!isObj(x)) {
+      this.fail(keys, 'must be off, allow, require or a mapping, e.g. { mode: require, psk: ./data/nbd.psk, allow: [backup-host] }');
+      return { mode: 'off' };
+    }
+    this.unknownKeys(x, keys, nbdTlsKeyNames);
+    const out: NbdTlsConfig = { mode: nbdTlsKeys.mode.default };
+    if ('mode' in x) {
+      const m = mode(x.mode);
+      if (m === undefined) this.fail([...keys, 'mode'], `${show(x.mode)} is not an NBD TLS mode; use off, allow or require`);
+      else out.mode = m;
+    }
+    for (const k of ['psk', 'cert', 'key', 'ca'] as const) {
+      if (!(k in x)) continue;
+      const v = x[k];
+      if (typeof v !== 'string' || v.trim() === '') this.fail([...keys, k], `${show(v)} is not a path`);
+      else out[k] = this.path(v.trim());
+    }
+    if ((out.cert === undefined) !== (out.key === undefined)) this.fail([...keys, out.cert === undefined ? 'cert' : 'key'], 'cert and key go together (the server certificate and its private key)');
+    if ('allow' in x) {
+      const a = x.allow;
+      if (!Array.isArray(a) || a.some((n) => typeof n !== 'string' || n === '')) this.fail([...keys, 'allow'], 'must be a list of client names (certificate CNs or PSK identities), e.g. [backup-host]');
+      else out.allow = a as string[];
+    }
+    return out;
   }
 
   private secret(x: unknown): SecretSpec | undefined {
@@ -340,6 +441,7 @@ class Validator {
       failoverTimeoutMs: failoverTimeoutMsDefault,
       connect: {},
       witnesses: [],
+      nbdTls: { mode: siteKeys['nbd-tls'].default },
     };
     for (const key of ['listen', 'nbd', 'admin'] as const) {
       if (key in x) {
@@ -377,6 +479,7 @@ class Validator {
       if (r === 0) this.fail([...at, 'resync-rate'], 'must be more than 0 bytes per second, e.g. 64MiB');
       else if (r !== undefined) site.resyncBytesPerSec = r;
     }
+    if ('nbd-tls' in x) site.nbdTls = this.nbdTls(x['nbd-tls'], [...at, 'nbd-tls']);
     if ('connect' in x) {
       const c = x.connect;
       if (!isObj(c)) {

@@ -2,8 +2,11 @@
 // server and the stop path talk to the other). Types only, in a file of their own, so every
 // runtime can name them without importing the code that starts runtimes (no import cycle).
 import type { GeoReport } from '../core/geo.js';
+import type { NbdTlsOptions } from '../nbd/tls.js';
+import type { LinkSecurity } from '../net/security.js';
 import type { ChecksumAnswer, ChecksumRequest } from './checksums.js';
 import type { ClusterConfig, SiteConfig } from './config.js';
+import type { SiteTlsIdentity } from './link-security.js';
 import type { Logger } from './log.js';
 import type { SiteMetrics } from './metrics.js';
 import type { RoleChangeAnswer } from './role-change.js';
@@ -15,6 +18,16 @@ export interface SiteContext {
   site: SiteConfig;
   /** The cluster key (claim: sites authenticate each other with it). */
   secret: Buffer;
+  /**
+   * How every replication link of this site is secured (mutual TLS 1.3 with the site's
+   * certificate, or `transport: insecure`) plus the volume geometry the handshake checks:
+   * pass it as `security` to every LinkServer and Dialer the site constructs.
+   */
+  linkSecurity: LinkSecurity;
+  /** The site's certificate and key (reloaded when they change); undefined with transport: insecure. */
+  tlsIdentity?: SiteTlsIdentity;
+  /** TLS of the site's NBD export (`nbd-tls:`); pass it as `tls` to the NbdServer. Undefined: off. */
+  nbdTls?: NbdTlsOptions;
   log: Logger;
   metrics: SiteMetrics;
   /** Primary/standby with located mirrors: the claims 5-7 report, already logged. */

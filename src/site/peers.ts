@@ -48,6 +48,7 @@ export class Peers implements PeersPort {
       cluster: this.ctx.config.cluster,
       site: this.ctx.site.name,
       secret: this.ctx.secret,
+      security: this.ctx.linkSecurity,
       ...(this.opts.timing.heartbeatIntervalMs ? { heartbeatIntervalMs: this.opts.timing.heartbeatIntervalMs } : {}),
       ...(this.opts.timing.linkTimeoutMs ? { linkTimeoutMs: this.opts.timing.linkTimeoutMs } : {}),
       sendQueueBytesMax: linkSendQueueBytesMax,

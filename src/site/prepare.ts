@@ -19,8 +19,8 @@ export function prepareLoopbackCluster(config: ClusterConfig, siteNames: readonl
   const createdFiles: string[] = [];
   const create = (dev: SiteDevice, bytes: number): void => {
     if (dev.kind !== 'loopback' || existsSync(dev.path)) return;
-    mkdirSync(dirname(dev.path), { recursive: true });
-    const fd = openSync(dev.path, 'wx', 0o644);
+    mkdirSync(dirname(dev.path), { recursive: true, mode: 0o700 });
+    const fd = openSync(dev.path, 'wx', 0o600); // images and caches are private to the service user
     try {
       ftruncateSync(fd, bytes);
     } finally {

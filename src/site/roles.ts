@@ -59,7 +59,7 @@ async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
     const exp = meteredExport(readWrite
       ? replicaExport(replica, { name: config.volume.name, description: `geomirror ${config.cluster}: primary ${site.name} (epoch ${replica.status().epoch})`, sizeBytes: config.volume.sizeBytes })
       : blockDeviceExport(array!, { name: config.volume.name, description: `geomirror ${config.cluster}: read-only replica at ${site.name}`, readOnly: true }), ctx.metrics);
-    const server = new NbdServer({ exports: [exp], logger: componentLogger(ctx.log, 'nbd') });
+    const server = new NbdServer({ exports: [exp], logger: componentLogger(ctx.log, 'nbd'), ...(ctx.nbdTls ? { tls: ctx.nbdTls } : {}) });
     await server.listen(site.nbd.host, site.nbd.port);
     nbd = server;
     ctx.log.info({ event: 'nbd-listening', uri: `nbd://${site.nbd.text}/${config.volume.name}`, readOnly: exp.readOnly }, `NBD export ${config.volume.name} on ${site.nbd.text}${exp.readOnly ? ' (read-only)' : ''}`);

@@ -23,6 +23,11 @@ import { roleRuntimes } from './roles.js';
 import type { SiteStatus } from './status.js';
 import { didYouMean } from './suggest.js';
 import { formatBytes } from './units.js';
+import { buildLinkSecurity, SiteTlsIdentity, tlsContextOptions } from './link-security.js';
+import { privateFileProblem } from './private-files.js';
+import { adminTokenKey, checksumDigestKey } from './admin-auth.js';
+import type { NbdTlsOptions } from '../nbd/tls.js';
+import { buildNbdTls, nbdExposureWarning } from './nbd-tls.js';
 import type { RoleRuntime, SiteRuntime } from './context.js';
 
 export type { RoleRuntime, SiteContext, SiteRuntime } from './context.js';
@@ -71,14 +76,41 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   } catch (err) {
     problems.push((err as Error).message);
   }
+  if (config.secret.source === 'file') {
+    const p = privateFileProblem(config.secret.path!, 'secret');
+    if (p !== undefined) problems.push(p);
+  }
+  const log = options.log ?? createLogger({ site: site.name });
+  let tlsIdentity: SiteTlsIdentity | undefined;
+  if (config.transport === 'tls') {
+    try {
+      tlsIdentity = new SiteTlsIdentity(config, site.name, componentLogger(log, 'tls'));
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  }
+  let nbdTls: NbdTlsOptions | undefined;
+  try {
+    nbdTls = buildNbdTls(config, site, tlsIdentity);
+  } catch (err) {
+    problems.push((err as Error).message);
+  }
   if (runtimeFactory === undefined) {
     problems.push(`sites.${site.name}.role: this build of geomirror has no ${site.role} runtime yet (built: ${Object.keys(roleRuntimes).join(', ') || 'none'})`);
   }
   if (problems.length > 0 || secret === undefined || runtimeFactory === undefined) throw new StartupError(site.name, problems);
 
-  const log = options.log ?? createLogger({ site: site.name });
   const startedAtMs = Date.now();
-  log.info({ event: 'starting', role: site.role, cluster: config.cluster, config: config.file }, `starting ${site.role} site ${site.name} of cluster ${config.cluster}`);
+  log.info({ event: 'starting', role: site.role, cluster: config.cluster, config: config.file, transport: config.transport }, `starting ${site.role} site ${site.name} of cluster ${config.cluster}`);
+  if (config.transport === 'insecure') {
+    log.warn(
+      { event: 'insecure-transport' },
+      `INSECURE: transport: insecure in ${config.file}: replication links of site ${site.name} are plain TCP. Anyone on the path reads every write and can cut or stall the links; peers are authenticated by the cluster key alone. Lab use only: remove the transport: key to get mutual TLS.`,
+    );
+  }
+  const linkSecurity = buildLinkSecurity(config, tlsIdentity);
+  const exposure = nbdExposureWarning(config, site);
+  if (exposure !== undefined) log.warn({ event: 'nbd-exposed' }, exposure);
   for (const w of config.warnings) log.warn({ event: 'config-warning' }, w);
   const geo = logGeography(config, site, componentLogger(log, 'geo'));
   const metrics = createSiteMetrics({ site: site.name, role: site.role, cluster: config.cluster, processMetrics: options.processMetrics ?? true });
@@ -105,10 +137,21 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   }, eventSampleMs);
   sampler.unref();
   const admin = site.admin
-    ? await startAdminServer({ host: site.admin.host, port: site.admin.port, status: currentStatus, events: { feed, status: currentStatus }, checksums: (q) => siteChecksums(config, site, runtime, q), roleChange: { site: site.name, secret, promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) }, registry: metrics.registry, log: componentLogger(log, 'admin') })
+    ? await startAdminServer({
+        host: site.admin.host,
+        port: site.admin.port,
+        status: currentStatus,
+        events: { feed, status: currentStatus },
+        checksums: (q) => siteChecksums(config, site, runtime, q, checksumDigestKey(secret!)),
+        roleChange: { promote: (why, force) => roleChangeOf(runtime, 'promote', site.name)(why, force), demote: (why) => roleChangeOf(runtime, 'demote', site.name)(why) },
+        auth: { site: site.name, cluster: config.cluster, tokenKey: adminTokenKey(secret) },
+        ...(tlsIdentity ? { tls: { contextOptions: () => tlsContextOptions(tlsIdentity!.material), trusted: () => tlsIdentity!.trusted(), onReload: (fn: () => void) => tlsIdentity!.onReload(fn) } } : {}),
+        registry: metrics.registry,
+        log: componentLogger(log, 'admin'),
+      })
     : undefined;
   try {
-    runtime = await runtimeFactory({ config, site, secret, log, metrics, ...(geo ? { geo } : {}) });
+    runtime = await runtimeFactory({ config, site, secret, linkSecurity, ...(tlsIdentity ? { tlsIdentity } : {}), ...(nbdTls ? { nbdTls } : {}), log, metrics, ...(geo ? { geo } : {}) });
   } catch (err) {
     clearInterval(sampler);
     await admin?.close();
@@ -161,11 +204,11 @@ function withVerify(site: SiteConfig, status: SiteStatus): SiteStatus {
 }
 
 /** GET /checksums: validated here against the volume, computed by the runtime over its storage. */
-async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: SiteRuntime | undefined, query: URLSearchParams): Promise<ChecksumAnswer> {
+async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: SiteRuntime | undefined, query: URLSearchParams, digestKey: Buffer): Promise<ChecksumAnswer> {
   if (runtime?.checksums === undefined) {
     throw new ChecksumRequestError(runtime === undefined ? `site ${site.name} is still starting; retry in a moment` : `site ${site.name} (${site.role}) keeps no storage to checksum`, 503);
   }
-  const req = parseChecksumQuery(query, config.volume.sizeBytes, config.volume.blockSize);
+  const req = parseChecksumQuery(query, config.volume.sizeBytes, config.volume.blockSize, digestKey);
   if (checksumsBusy.has(site)) throw new ChecksumRequestError(`site ${site.name} is already computing checksums for another verify; retry when it is done`, 503);
   checksumsBusy.add(site);
   try {

@@ -48,6 +48,7 @@ export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<Sit
     cluster: config.cluster,
     site: site.name,
     secret: ctx.secret,
+    security: ctx.linkSecurity,
     peers: config.siteNames.filter((n) => n !== site.name),
     host: site.listen.host,
     port: site.listen.port,

@@ -23,6 +23,8 @@ export const ErrorCode = {
   NOT_AUTHENTICATED: 25,
   UNEXPECTED_MESSAGE: 26,
   HANDSHAKE_TIMEOUT: 27,
+  GEOMETRY_MISMATCH: 28,
+  IDENTITY_MISMATCH: 29,
   // Established link (ERROR).
   LINK_TIMEOUT: 40,
   SHUTDOWN: 41,
@@ -52,6 +54,8 @@ export const errorCodeDocs: Record<ErrorCode, string> = {
   [ErrorCode.NOT_AUTHENTICATED]: 'A data frame (WRITE, ACK, ...) arrived before the handshake finished.',
   [ErrorCode.UNEXPECTED_MESSAGE]: 'A handshake frame arrived out of order, or after the link was established.',
   [ErrorCode.HANDSHAKE_TIMEOUT]: 'The handshake did not finish within handshakeTimeoutMs.',
+  [ErrorCode.GEOMETRY_MISMATCH]: 'The peer\'s cluster file gives another volume size or block size than this site\'s (v2): fix the cluster files so every site has the same volume.',
+  [ErrorCode.IDENTITY_MISMATCH]: 'The site name claimed in HELLO/CHALLENGE is not the site named by the peer\'s TLS certificate (or the certificate names another cluster).',
   [ErrorCode.LINK_TIMEOUT]: 'Nothing was received for linkTimeoutMs: the link is declared dead.',
   [ErrorCode.SHUTDOWN]: 'The sender is stopping (orderly close).',
   [ErrorCode.WINDOW_EXCEEDED]: 'The sender has more unacknowledged WRITEs in flight than inflightWritesMax or inflightBytesMax.',

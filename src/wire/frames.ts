@@ -1,4 +1,4 @@
-// Frame and message layouts of the replication wire protocol v1, and their codec.
+// Frame and message layouts of the replication wire protocol v2, and their codec.
 // docs/PROTOCOL.md is generated from the specs in this file (src/wire/doc.ts); the byte vectors
 // in test/conformance/vectors.json pin the encoding. Big-endian everywhere; u64 fields are
 // bigint (never JS numbers: seqs and byte offsets pass 2^53).
@@ -10,9 +10,11 @@ import { buildStruct, type BuiltStruct, type FieldSpec } from './layout.js';
 /** "GMRP": geomirror replication protocol. Bytes 0..4 (magic, version) never change layout. */
 export const frameMagic = 0x474d5250;
 /** The wire protocol version this code speaks (header byte 4, HELLO/CHALLENGE version fields). */
-export const protocolVersion = 1;
-export const protocolVersionMin = 1;
-export const protocolVersionMax = 1;
+// v2 (issue 17): HELLO and CHALLENGE carry the volume geometry, and the MACs cover it and the
+// TLS channel binding. v1 sites cannot join a v2 cluster (refused with VERSION_UNSUPPORTED).
+export const protocolVersion = 2;
+export const protocolVersionMin = 2;
+export const protocolVersionMax = 2;
 
 export const headerBytes = 24;
 /** Largest data payload of one WRITE or RESYNC_DATA. */
@@ -77,7 +79,7 @@ export const headerStruct: BuiltStruct = buildStruct({
   name: 'header',
   fields: [
     { name: 'magic', type: 'u32', doc: '0x474D5250 ("GMRP")' },
-    { name: 'version', type: 'u8', doc: 'wire protocol version: 1' },
+    { name: 'version', type: 'u8', doc: 'wire protocol version: 2' },
     { name: 'type', type: 'u8', doc: 'message type (table "Message types")' },
     { name: 'flags', type: 'u16', doc: 'reserved in v1: must be 0' },
     { name: 'bodyBytes', type: 'u32', doc: 'body length in bytes (frame = 24 + bodyBytes <= frameBytesMax)' },
@@ -156,6 +158,9 @@ export const messageSpecs: readonly MessageSpec[] = [
     f('versionMax', 'u8', 'highest protocol version the dialer speaks'),
     f('reserved', 'u16', 'must be 0'),
     f('nonce', 'bytes32', 'dialer nonce: 32 fresh random bytes per connection'),
+    f('volumeBytes', 'u64', 'volume size of the dialer\'s cluster file, bytes (v2)'),
+    f('blockBytes', 'u32', 'volume block size of the dialer\'s cluster file, bytes (v2)'),
+    f('reserved2', 'u32', 'must be 0'),
   ], [
     { name: 'cluster', kind: 'str8', doc: 'cluster name' },
     { name: 'site', kind: 'str8', doc: 'dialer site name' },
@@ -166,6 +171,9 @@ export const messageSpecs: readonly MessageSpec[] = [
     f('reserved', 'u8', 'must be 0'),
     f('reserved2', 'u16', 'must be 0'),
     f('nonce', 'bytes32', 'listener nonce: 32 fresh random bytes per connection'),
+    f('volumeBytes', 'u64', 'volume size of the listener\'s cluster file, bytes (v2)'),
+    f('blockBytes', 'u32', 'volume block size of the listener\'s cluster file, bytes (v2)'),
+    f('reserved3', 'u32', 'must be 0'),
   ], [
     { name: 'cluster', kind: 'str8', doc: 'cluster name' },
     { name: 'site', kind: 'str8', doc: 'listener site name' },
@@ -304,8 +312,8 @@ for (const s of messageSpecs) {
 
 // ---- Message types -----------------------------------------------------------------------
 
-export interface HelloMsg { type: 'HELLO'; versionMin: number; versionMax: number; nonce: Buffer; cluster: string; site: string; target: string }
-export interface ChallengeMsg { type: 'CHALLENGE'; version: number; nonce: Buffer; cluster: string; site: string }
+export interface HelloMsg { type: 'HELLO'; versionMin: number; versionMax: number; nonce: Buffer; volumeBytes: bigint; blockBytes: number; cluster: string; site: string; target: string }
+export interface ChallengeMsg { type: 'CHALLENGE'; version: number; nonce: Buffer; volumeBytes: bigint; blockBytes: number; cluster: string; site: string }
 export interface ResponseMsg { type: 'RESPONSE'; mac: Buffer }
 export interface WelcomeMsg { type: 'WELCOME'; mac: Buffer }
 export interface RefuseMsg { type: 'REFUSE'; code: number; reason: string }

@@ -8,6 +8,11 @@
 //   RESPONSE(HMAC(secret, input("dialer")))  ->
 //                                          <- WELCOME(HMAC(secret, input("listener")))
 //
+// Inside TLS (issue 17) the HMAC exchange is a second factor: the certificate says which site
+// the peer is (peerIdentity, checked against the name it claims), and the MACs also cover the
+// TLS channel binding (RFC 5705 exporter), so a proof made on one TLS session is worthless on any
+// other, and the volume geometry, which both sides must agree on (GEOMETRY_MISMATCH otherwise).
+//
 // The dialer proves first, so a stranger never gets a MAC of the secret over a nonce of its
 // choosing. Both nonces are fresh per connection, so a recorded RESPONSE or WELCOME is worthless
 // on another connection; the listener also remembers recent HELLO nonces and refuses a replayed
@@ -26,6 +31,12 @@ import {
 
 export type HandshakeRole = 'dialer' | 'listener';
 
+/** The volume both ends must agree on: a site with another size or block size is refused. */
+export interface VolumeGeometry {
+  readonly volumeBytes: bigint;
+  readonly blockBytes: number;
+}
+
 export interface HandshakeOptions {
   readonly role: HandshakeRole;
   readonly cluster: string;
@@ -40,6 +51,16 @@ export interface HandshakeOptions {
   /** Listener: returns true if this nonce was seen before (and records it). */
   readonly seenNonce?: (nonce: Buffer) => boolean;
   readonly randomBytes: (n: number) => Buffer;
+  /** This site's volume geometry (from its cluster file); the peer's must be equal. */
+  readonly geometry: VolumeGeometry;
+  /**
+   * The peer's site name as its TLS certificate states it (verified by the transport against
+   * the cluster CA); the name claimed in HELLO/CHALLENGE must equal it. Undefined on a
+   * `transport: insecure` link, where the HMAC alone authenticates.
+   */
+  readonly peerIdentity?: string;
+  /** TLS exporter bytes of this connection, covered by both MACs (empty without TLS). */
+  readonly channelBinding?: Buffer;
   readonly versionMin?: number;
   readonly versionMax?: number;
 }
@@ -68,11 +89,24 @@ export function authInput(
   cluster: string,
   dialer: string,
   listener: string,
+  geometry: VolumeGeometry,
+  channelBinding: Buffer = Buffer.alloc(0),
 ): Buffer {
   const str8 = (s: string) => {
     const b = Buffer.from(s, 'utf8');
     return Buffer.concat([Buffer.from([b.length]), b]);
   };
+  const u64 = (v: bigint) => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64BE(v);
+    return b;
+  };
+  const u32 = (v: number) => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(v);
+    return b;
+  };
+  if (channelBinding.length > 255) throw new Error(`authInput: channel binding of ${channelBinding.length} bytes (at most 255)`);
   return Buffer.concat([
     Buffer.from(`geomirror-auth-${label}\0`, 'ascii'),
     Buffer.from([version]),
@@ -81,6 +115,10 @@ export function authInput(
     str8(cluster),
     str8(dialer),
     str8(listener),
+    u64(geometry.volumeBytes),
+    u32(geometry.blockBytes),
+    Buffer.from([channelBinding.length]),
+    channelBinding,
   ]);
 }
 
@@ -135,7 +173,7 @@ export class Handshake {
     return {
       send: [{
         type: 'HELLO', versionMin: this.versionMin, versionMax: this.versionMax, nonce: this.nonceDialer,
-        cluster: this.o.cluster, site: this.o.site, target: this.o.peer!,
+        volumeBytes: this.o.geometry.volumeBytes, blockBytes: this.o.geometry.blockBytes, cluster: this.o.cluster, site: this.o.site, target: this.o.peer!,
       }],
       state: this.st,
     };
@@ -179,9 +217,14 @@ export class Handshake {
         if (msg.target !== this.o.site) {
           return this.refuse(ErrorCode.WRONG_SITE, `site '${msg.site}' dialed '${msg.target}' but reached '${this.o.site}': check its address for '${msg.target}'`);
         }
+        if (this.o.peerIdentity !== undefined && msg.site !== this.o.peerIdentity) {
+          return this.refuse(ErrorCode.IDENTITY_MISMATCH, `the peer claims to be site '${msg.site}' but its certificate names site '${this.o.peerIdentity}'`);
+        }
         if (!this.o.acceptPeer!(msg.site)) {
           return this.refuse(ErrorCode.UNKNOWN_SITE, `site '${msg.site}' is not a peer of '${this.o.site}' in cluster '${this.o.cluster}': add it to the config or fix its name`);
         }
+        const geo = this.geometryProblem(msg.site, msg.volumeBytes, msg.blockBytes);
+        if (geo !== undefined) return this.refuse(ErrorCode.GEOMETRY_MISMATCH, geo);
         if (this.o.seenNonce?.(msg.nonce) === true) {
           return this.refuse(ErrorCode.REPLAYED_NONCE, `HELLO from '${msg.site}' reuses a nonce already seen: replayed handshake`);
         }
@@ -191,7 +234,10 @@ export class Handshake {
         this.listenerName = this.o.site;
         this.nonceListener = this.nonce();
         this.st = 'awaitResponse';
-        const challenge: ChallengeMsg = { type: 'CHALLENGE', version: v, nonce: this.nonceListener, cluster: this.o.cluster, site: this.o.site };
+        const challenge: ChallengeMsg = {
+          type: 'CHALLENGE', version: v, nonce: this.nonceListener,
+          volumeBytes: this.o.geometry.volumeBytes, blockBytes: this.o.geometry.blockBytes, cluster: this.o.cluster, site: this.o.site,
+        };
         return { send: [challenge], state: this.st };
       }
       case 'CHALLENGE': {
@@ -204,6 +250,11 @@ export class Handshake {
         if (msg.site !== this.o.peer) {
           return this.refuse(ErrorCode.WRONG_SITE, `dialed '${this.o.peer}' but reached site '${msg.site}': check the address configured for '${this.o.peer}'`);
         }
+        if (this.o.peerIdentity !== undefined && msg.site !== this.o.peerIdentity) {
+          return this.refuse(ErrorCode.IDENTITY_MISMATCH, `the peer claims to be site '${msg.site}' but its certificate names site '${this.o.peerIdentity}'`);
+        }
+        const geo = this.geometryProblem(msg.site, msg.volumeBytes, msg.blockBytes);
+        if (geo !== undefined) return this.refuse(ErrorCode.GEOMETRY_MISMATCH, geo);
         this.version = msg.version;
         this.nonceListener = msg.nonce;
         this.listenerName = msg.site;
@@ -230,6 +281,13 @@ export class Handshake {
     }
   }
 
+  /** Undefined when the peer's volume equals ours; else a reason naming both geometries. */
+  private geometryProblem(peer: string, volumeBytes: bigint, blockBytes: number): string | undefined {
+    const g = this.o.geometry;
+    if (volumeBytes === g.volumeBytes && blockBytes === g.blockBytes) return undefined;
+    return `site '${peer}' has volume size ${volumeBytes} bytes and block size ${blockBytes}, site '${this.o.site}' has ${g.volumeBytes} bytes and block size ${g.blockBytes}: every site of a cluster must use the same volume (fix volume: in the cluster file of one of them)`;
+  }
+
   private refuse(code: ErrorCode, reason: string): HandshakeStep {
     this.st = 'refused';
     this.refusalValue = { code, reason, by: 'local' };
@@ -245,7 +303,7 @@ export class Handshake {
   private mac(label: 'dialer' | 'listener'): Buffer {
     return authMac(
       this.o.secret,
-      authInput(label, this.version, this.nonceDialer!, this.nonceListener!, this.o.cluster, this.dialerName, this.listenerName),
+      authInput(label, this.version, this.nonceDialer!, this.nonceListener!, this.o.cluster, this.dialerName, this.listenerName, this.o.geometry, this.o.channelBinding),
     );
   }
 }

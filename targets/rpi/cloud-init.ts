@@ -22,6 +22,8 @@ export interface ProvisionPlan {
   bundleName: string;
   /** Key file to install, and where the cluster file expects it on the Pi (absent: inline secret). */
   key?: { name: string; destPath: string };
+  /** Folder (in the boot partition's geomirror/) with ca.crt and the site's certificate and key. */
+  tls?: string;
   /** Changes with every flash, so cloud-init treats a reflashed card as a new instance. */
   instanceId: string;
 }
@@ -33,6 +35,7 @@ export function userData(plan: ProvisionPlan): string {
   const nodeCheck = `command -v node >/dev/null 2>&1 && [ "$(node -p 'process.versions.node.split(".")[0]')" -ge ${nodeMajorMin} ] || { apt-get update && apt-get install -y nodejs; }`;
   const install = ['sh', `${installDir}/install.sh`, '--config', `${seed}/cluster.yaml`, '--site', plan.site];
   if (plan.key) install.push('--key', `${seed}/${plan.key.name}`, '--key-dest', plan.key.destPath);
+  if (plan.key && plan.tls) install.push('--tls', `${seed}/${plan.tls}`);
   const doc = {
     hostname: plan.site,
     manage_etc_hosts: true,
@@ -42,8 +45,9 @@ export function userData(plan: ProvisionPlan): string {
       ['tar', '-xzf', `${seed}/${plan.bundleName}`, '-C', installDir, '--strip-components=1'],
       install,
       ['systemctl', 'enable', '--now', unitName(plan.site)],
-      // The key now lives root:geomirror 0640 under /etc; the FAT copy is readable by anyone holding the card.
+      // The keys now live geomirror 0600 under /etc; the FAT copies are readable by anyone holding the card.
       ...(plan.key ? [['rm', '-f', `${seed}/${plan.key.name}`]] : []),
+      ...(plan.key && plan.tls ? [['rm', '-rf', `${seed}/${plan.tls}`]] : []),
     ],
   };
   return `#cloud-config\n# geomirror site ${plan.site}: written by geomirror flash\n${stringify(doc, { lineWidth: 0 })}`;

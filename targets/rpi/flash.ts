@@ -11,12 +11,13 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, constants, copyFileSync, createReadStream, createWriteStream, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { isAbsolute, join, posix, relative } from 'node:path';
+import { dirname, isAbsolute, join, posix, relative } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import cliProgress from 'cli-progress';
 import { packageRoot } from '../../src/cli/package-root.js';
 import { loadConfig, type ClusterConfig } from '../../src/site/config.js';
+import { siteCertFiles } from '../../src/site/pki.js';
 import { bootSubdir, etcDir, metaData, networkConfig, userData, type ProvisionPlan } from './cloud-init.js';
 import { checkFatBootSector, findBootPartition, mbrSectorBytes, parseMbr, type MbrPartition } from './mbr.js';
 import { checkTarget, readSystemView, type SystemView } from './target-check.js';
@@ -130,6 +131,27 @@ function keyDestination(config: ClusterConfig): string | undefined {
   return config.secret.path;
 }
 
+/**
+ * The TLS files a site needs ([source, name]), when the cluster runs TLS with its files beside the
+ * key (the default layout, which the Pi reproduces); else undefined, with a warning when TLS is
+ * on but the files are elsewhere or missing (copy them by hand, or geomirror pki init first).
+ */
+function tlsFilesFor(config: ClusterConfig, site: string, warnings: string[]): [string, string][] | undefined {
+  if (config.transport === 'insecure' || config.secret.source !== 'file') return undefined;
+  const f = siteCertFiles(config, site);
+  if (config.tls.dir !== dirname(config.secret.path!)) {
+    warnings.push(`tls: the certificates are not beside the key (${config.tls.dir}); copy ca.crt, site-${site}.crt and site-${site}.key to the Pi yourself`);
+    return undefined;
+  }
+  const files: [string, string][] = [[config.tls.caCert, 'ca.crt'], [f.cert, `site-${site}.crt`], [f.key, `site-${site}.key`]];
+  const missing = files.filter(([p]) => !existsSync(p)).map(([p]) => p);
+  if (missing.length > 0) {
+    warnings.push(`tls: ${missing.join(', ')} missing; make them with: geomirror pki init --config ${config.file} (the site will not start without them)`);
+    return undefined;
+  }
+  return files;
+}
+
 function siteWarnings(config: ClusterConfig, site: string): string[] {
   const s = config.sites[site]!;
   const out: string[] = [];
@@ -225,10 +247,13 @@ export async function flash(opts: FlashOptions): Promise<FlashResult> {
     const bundleName = posix.basename(bundle.replace(/\\/g, '/'));
     const bundleSha256 = createHash('sha256').update(readFileSync(bundle)).digest('hex');
     const keyDest = keyDestination(config);
+    // Issue 17: the site needs the cluster CA and its own certificate and key, beside the key.
+    const tlsFiles = tlsFilesFor(config, opts.site, warnings);
     const plan: ProvisionPlan = {
       site: opts.site,
       bundleName,
       ...(keyDest ? { key: { name: 'cluster.key', destPath: keyDest } } : {}),
+      ...(keyDest && tlsFiles ? { tls: 'tls' } : {}),
       instanceId: `geomirror-${opts.site}-${Date.now()}`,
     };
     const sub = join(stage, bootSubdir);
@@ -237,6 +262,10 @@ export async function flash(opts: FlashOptions): Promise<FlashResult> {
     writeFileSync(join(sub, `${bundleName}.sha256`), `${bundleSha256}  ${bundleName}\n`);
     copyFileSync(config.file, join(sub, 'cluster.yaml'));
     if (plan.key) copyFileSync(config.secret.path!, join(sub, plan.key.name));
+    if (plan.tls && tlsFiles) {
+      mkdirSync(join(sub, plan.tls));
+      for (const [from, name] of tlsFiles) copyFileSync(from, join(sub, plan.tls, name));
+    }
     writeFileSync(join(sub, 'site'), `${opts.site}\n`);
     writeFileSync(join(stage, 'user-data'), userData(plan));
     writeFileSync(join(stage, 'meta-data'), metaData(plan));
@@ -249,7 +278,7 @@ export async function flash(opts: FlashOptions): Promise<FlashResult> {
     // -o: overwrite same-named files (the image ships its own user-data); -s: recurse into geomirror/.
     mtools(['mcopy', '-i', img, '-o', '-s', sub, '::/'], opts.out);
     mtools(['mcopy', '-i', img, '-o', ...top.map((f) => join(stage, f)), '::/'], opts.out);
-    const files = [...top.map((f) => `/${f}`), ...['cluster.yaml', 'site', bundleName, `${bundleName}.sha256`, ...(plan.key ? [plan.key.name] : [])].map((f) => `/${bootSubdir}/${f}`)];
+    const files = [...top.map((f) => `/${f}`), ...['cluster.yaml', 'site', bundleName, `${bundleName}.sha256`, ...(plan.key ? [plan.key.name] : []), ...(plan.tls && tlsFiles ? tlsFiles.map(([, n]) => `${plan.tls}/${n}`) : [])].map((f) => `/${bootSubdir}/${f}`)];
     log(`site ${opts.site}: ${files.length} files in the boot partition (partition ${boot.index} at byte ${boot.offsetBytes}); bundle sha256 ${bundleSha256}`);
     return { boot, bundleSha256, files, warnings };
   } finally {

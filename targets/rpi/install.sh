@@ -1,19 +1,22 @@
 #!/bin/sh
 # Installs an unpacked geomirror arm64 bundle on a Raspberry Pi (run as root from the bundle's
 # folder, or by cloud-init's user-data that `geomirror flash` writes):
-#   sh /opt/geomirror/install.sh --config cluster.yaml --site NAME [--key FILE --key-dest PATH]
-# Creates the service user, installs the cluster file and key (root:geomirror 0640), the systemd
+#   sh /opt/geomirror/install.sh --config cluster.yaml --site NAME [--key FILE --key-dest PATH] [--tls DIR]
+# Creates the service user, installs the cluster file, the key (geomirror 0600 in a 0700 folder:
+# a site refuses a key others can read) and, from --tls DIR, the cluster's ca.crt and this site's
+# site-NAME.crt/.key beside the key (where the cluster file expects them by default), the systemd
 # unit and the site's udev rules. It does not start the site: systemctl enable --now geomirror@NAME.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-config= site= key= keydest=
+config= site= key= keydest= tls=
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) config=$2; shift 2 ;;
     --site) site=$2; shift 2 ;;
     --key) key=$2; shift 2 ;;
     --key-dest) keydest=$2; shift 2 ;;
-    *) echo "install.sh: unknown argument $1 (expected --config FILE --site NAME [--key FILE --key-dest PATH])" >&2; exit 2 ;;
+    --tls) tls=$2; shift 2 ;;
+    *) echo "install.sh: unknown argument $1 (expected --config FILE --site NAME [--key FILE --key-dest PATH] [--tls DIR])" >&2; exit 2 ;;
   esac
 done
 [ -n "$config" ] && [ -n "$site" ] || { echo "install.sh: --config FILE and --site NAME are required" >&2; exit 2; }
@@ -30,8 +33,13 @@ usermod -a -G plugdev,dialout geomirror
 install -d -m 0750 -o root -g geomirror /etc/geomirror
 install -m 0640 -o root -g geomirror "$config" /etc/geomirror/cluster.yaml
 if [ -n "$key" ]; then
-  install -d -m 0750 -o root -g geomirror "$(dirname "$keydest")"
-  install -m 0640 -o root -g geomirror "$key" "$keydest"
+  install -d -m 0700 -o geomirror -g geomirror "$(dirname "$keydest")"
+  install -m 0600 -o geomirror -g geomirror "$key" "$keydest"
+  if [ -n "$tls" ]; then
+    install -m 0644 -o geomirror -g geomirror "$tls/ca.crt" "$(dirname "$keydest")/ca.crt"
+    install -m 0644 -o geomirror -g geomirror "$tls/site-$site.crt" "$(dirname "$keydest")/site-$site.crt"
+    install -m 0600 -o geomirror -g geomirror "$tls/site-$site.key" "$(dirname "$keydest")/site-$site.key"
+  fi
 fi
 
 install -m 0644 "$here/systemd/geomirror@.service" /etc/systemd/system/geomirror@.service

@@ -36,6 +36,8 @@ describe('bench/compare', () => {
     const json = JSON.parse(readFileSync(r.files.json, 'utf8')) as { summary: unknown[]; ratios: { name: string }[] };
     expect(json.summary).toHaveLength(points.length * systemIds.length);
     expect(json.ratios.map((x) => x.name)).toContain('geomirror-3 / nbdkit-1 IOPS, 4 KiB randwrite QD16');
+    // issue 17: the TLS cost, against the same cluster over plain TCP in the same run.
+    expect(json.ratios.map((x) => x.name)).toEqual(expect.arrayContaining(['geomirror-3 TLS / plain TCP IOPS, 4 KiB randwrite QD16', 'geomirror-3 TLS / plain TCP IOPS, 1 MiB seq write QD4']));
     const svg = readFileSync(r.files.svg, 'utf8');
     expect(svg.startsWith('<svg')).toBe(true);
     expect(svg.match(/<rect [^>]*fill="#1f77b4"><title>/g)).toHaveLength(points.length * 2); // geomirror-3: one bar per point, IOPS and p99

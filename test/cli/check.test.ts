@@ -2,7 +2,7 @@
 // line and column (YAML), device, port or key, with the fix; exit 0 on the shipped examples.
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +13,7 @@ import { formatCheckTable } from '../../src/cli/check.js';
 import { checkClusterFile } from '../../src/site/check.js';
 import { loadConfig } from '../../src/site/config.js';
 import { prepareLoopbackCluster } from '../../src/site/prepare.js';
+import { createCa, preparePki } from '../../src/site/pki.js';
 import { freePort } from '../net/helpers.js';
 
 const run = promisify(execFile);
@@ -42,17 +43,20 @@ sites:
 `;
 
 let n = 0;
-/** A fresh folder with the file (and, when it loads, its loopback files and key made as geomirror start makes them). */
-function setUp(text: string): string {
+/** A fresh folder with the file (and, when it loads, its loopback files, key, CA and site certificates made as geomirror start makes them). */
+async function setUp(text: string): Promise<string> {
   const dir = join(root, `c${n++}`);
   mkdirSync(dir);
   const file = join(dir, 'cluster.yaml');
   writeFileSync(file, text);
+  let config;
   try {
-    prepareLoopbackCluster(loadConfig(file));
+    config = loadConfig(file);
   } catch {
-    // a file the loader refuses: nothing to prepare
+    return file; // a file the loader refuses: nothing to prepare
   }
+  prepareLoopbackCluster(config);
+  await preparePki(config);
   return file;
 }
 
@@ -115,15 +119,32 @@ const cases: Case[] = [
     machine: (dir) => writeFileSync(join(dir, 'data', 'cluster.key'), 'abcd\n', { mode: 0o600 }),
     want: [/^problem +secret +key file \S+cluster\.key must hold at least 16 bytes as hex +make a new one with: geomirror keygen/m],
   },
-  { name: 'ca.crt that is not PEM', machine: (dir) => writeFileSync(join(dir, 'data', 'ca.crt'), 'not a certificate\n'), want: [/^problem +certificates +\S+ca\.crt is not a PEM X\.509 certificate \(no PEM CERTIFICATE block\)/m] },
+  { name: 'ca.crt that is not PEM', machine: (dir) => writeFileSync(join(dir, 'data', 'ca.crt'), 'not a certificate\n'), want: [/^problem +tls\.ca +\S+ca\.crt is not a PEM X\.509 certificate \(no PEM CERTIFICATE block\) +copy the cluster's ca\.crt here/m] },
   {
     name: 'site key without its certificate, readable by others',
     machine: (dir) => {
+      rmSync(join(dir, 'data', 'site-east.crt'));
       const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-      writeFileSync(join(dir, 'data', 'east.key'), privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o644 });
-      chmodSync(join(dir, 'data', 'east.key'), 0o644);
+      rmSync(join(dir, 'data', 'site-east.key'));
+      writeFileSync(join(dir, 'data', 'site-east.key'), privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o644 });
+      chmodSync(join(dir, 'data', 'site-east.key'), 0o644);
     },
-    want: [/^problem +sites\.east \(key\) +private key \S+east\.key is readable by group or others/m, /^problem +sites\.east +\S+east\.key is there but east\.crt is not/m],
+    want: [/^problem +sites\.east \(key\) +private key \S+site-east\.key is readable by group or others \(mode 0644\) +chmod 600 \S+site-east\.key$/m, /^problem +sites\.east +\S+site-east\.key is there but \S+site-east\.crt is not .* +geomirror pki issue --config \S+ --site east --force/m],
+  },
+  { name: 'CA key readable by others', machine: (dir) => chmodSync(join(dir, 'data', 'ca.key'), 0o640), want: [/^problem +tls\.ca-key +CA key \S+ca\.key is readable by group or others \(mode 0640\) +chmod 600 \S+ca\.key$/m] },
+  {
+    name: 'site certificate from another CA',
+    machine: async (dir) => {
+      // A new CA replaces ca.crt: the site certificates made before are from the old one.
+      const config = loadConfig(join(dir, 'cluster.yaml'));
+      await createCa(config, { force: true });
+    },
+    want: [/^problem +sites\.local \(certificate\) +\S+site-local\.crt is not signed by a CA in \S+ca\.crt +copy the cluster's current ca\.crt here, or re-issue/m],
+  },
+  {
+    name: 'site certificate of another site',
+    machine: (dir) => writeFileSync(join(dir, 'data', 'site-east.crt'), readFileSync(join(dir, 'data', 'site-local.crt'))),
+    want: [/^problem +sites\.east \(certificate\) +\S+site-east\.crt is not a certificate of site 'east' of cluster 'demo'/m],
   },
   { name: 'no such cluster file', machine: (dir) => rmSync(join(dir, 'cluster.yaml')), want: [/^problem +\(file\) +cannot read the cluster file: no such file +check the path given to --config$/m] },
 ];
@@ -132,15 +153,28 @@ describe('geomirror check names each bad thing', () => {
   it(`has at least 12 broken cases (${cases.length})`, () => expect(cases.length).toBeGreaterThanOrEqual(12));
 
   it('finds nothing wrong in a good file on a prepared machine', async () => {
-    const file = setUp(good());
+    const file = await setUp(good());
     const report = await checkClusterFile(file);
     expect(report.findings).toEqual([]);
     expect(report.here).toEqual(['local', 'east']);
   });
 
+  it('warns (no problem) where geomirror start would make the TLS files, and about transport: insecure', async () => {
+    const file = await setUp(good());
+    for (const f of ['ca.crt', 'ca.key', 'site-local.crt', 'site-local.key', 'site-east.crt', 'site-east.key']) rmSync(join(file, '..', 'data', f));
+    const table = formatCheckTable(await checkClusterFile(file), join(file, '..'));
+    expect(table).toMatch(/^warning +tls\.ca +CA certificate \S+ca\.crt does not exist yet .* +geomirror start creates it, or: geomirror pki init --config/m);
+    expect(table).toMatch(/^warning +sites\.east +site certificate \S+site-east\.crt and key \S+site-east\.key do not exist yet/m);
+    expect(table).toMatch(/^cluster\.yaml: no problems, 3 warning\(s\)/m);
+    const insecure = await setUp(`transport: insecure\n${good()}`);
+    const t2 = formatCheckTable(await checkClusterFile(insecure), join(insecure, '..'));
+    expect(t2).toMatch(/^warning +transport +transport: insecure: links between sites are plain TCP/m);
+    expect(t2).toMatch(/^cluster\.yaml: no problems, 1 warning\(s\)/m);
+  });
+
   for (const c of cases) {
     it(c.name, async () => {
-      const file = setUp(c.text ? c.text(good()) : good());
+      const file = await setUp(c.text ? c.text(good()) : good());
       await c.machine?.(join(file, '..'));
       const report = await checkClusterFile(file, c.site !== undefined ? { site: c.site } : {});
       const table = formatCheckTable(report, join(file, '..'));
@@ -163,7 +197,7 @@ describe('geomirror check from the command line', () => {
       const { stdout } = await run(process.execPath, [bin, 'check', '--config', f]);
       expect(stdout, f).toMatch(/: no problems/);
     }
-    const broken = setUp(good().replace('mirrors: [east]', 'mirrors: [east'));
+    const broken = await setUp(good().replace('mirrors: [east]', 'mirrors: [east'));
     const err = await run(process.execPath, [bin, 'check', '--config', broken]).then(() => undefined, (e: { code: number; stdout: string }) => e);
     expect(err?.code).toBe(1);
     expect(err?.stdout).toMatch(/cluster\.yaml:\d+:\d+ \(yaml\) +not valid YAML/);

@@ -2,6 +2,9 @@
 // stopped on request, non-zero exit when a site dies. The manager is tested with a test-only
 // child (fixtures/fake-site.mjs) because the real sites need the replication runtime; the
 // last test runs the real `geomirror cluster` on a file whose site cannot start.
+import { adminCredentials } from '../../src/cli/admin-client.js';
+import { loadConfig } from '../../src/site/config.js';
+import { preparePki } from '../../src/site/pki.js';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -107,7 +110,7 @@ describe('cluster process manager', () => {
   it('runs real site commands: ready, admin /status, clean stop', async () => {
     const ports = await Promise.all(Array.from({ length: 5 }, () => freePort()));
     const cfg = join(dir, 'real.yaml');
-    writeFileSync(join(dir, 'real.key'), `${'ef'.repeat(32)}\n`);
+    writeFileSync(join(dir, 'real.key'), `${'ef'.repeat(32)}\n`, { mode: 0o600 });
     writeFileSync(
       cfg,
       `cluster: real
@@ -118,6 +121,7 @@ sites:
   east: { role: mirror, listen: 127.0.0.1:${ports[2]}, admin: 127.0.0.1:${ports[3]}, cache: { device: "memory:", size: 1MiB }, storage: ["memory:"] }
 `,
     );
+    await preparePki(loadConfig(cfg)); // what geomirror cluster/start do before starting sites
     const out = sink();
     const err = sink();
     const handle = startCluster({
@@ -129,8 +133,9 @@ sites:
       env: { GEOMIRROR_LOG_FORMAT: 'json' },
     });
     await handle.ready;
+    const creds = adminCredentials(loadConfig(cfg));
     const rows = statusRows(
-      await Promise.all([fetchStatus({ name: 'local', admin: `127.0.0.1:${ports[1]}` }), fetchStatus({ name: 'east', admin: `127.0.0.1:${ports[3]}` })]),
+      await Promise.all([fetchStatus({ name: 'local', admin: `127.0.0.1:${ports[1]}`, site: 'local' }, 3000, creds), fetchStatus({ name: 'east', admin: `127.0.0.1:${ports[3]}`, site: 'east' }, 3000, creds)]),
     );
     expect(rows.map((r) => [r.site, r.role, r.state, r.link])).toEqual([
       ['local', 'primary', 'in-sync', '1/1 up'],
@@ -153,7 +158,7 @@ sites:
 
   it('geomirror cluster exits non-zero naming a site that cannot start', async () => {
     const cfg = join(dir, 'cluster.yaml');
-    writeFileSync(join(dir, 'cluster.key'), `${'ab'.repeat(32)}\n`);
+    writeFileSync(join(dir, 'cluster.key'), `${'ab'.repeat(32)}\n`, { mode: 0o600 });
     writeFileSync(
       cfg,
       `cluster: t

@@ -7,7 +7,7 @@ import { buildProgram } from '../../src/cli/program.js';
 
 const run = promisify(execFile);
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const commands = ['promote', 'demote', 'start', 'cluster', 'site', 'status', 'keygen', 'verify', 'devices', 'flash', 'check', 'events'];
+const commands = ['promote', 'demote', 'start', 'cluster', 'site', 'status', 'keygen', 'verify', 'devices', 'flash', 'pki', 'check', 'events'];
 
 describe('geomirror --help', () => {
   it('npx geomirror --help lists every command', async () => {

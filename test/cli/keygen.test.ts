@@ -1,6 +1,6 @@
 // keygen: 32 random bytes as hex, written 0600, never overwritten without --force.
 import { execFile } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,6 +32,23 @@ describe('keygen', () => {
     writeKeyFile(path, true);
     expect(readFileSync(path, 'utf8')).not.toBe(first);
     expect(statSync(path).mode & 0o777).toBe(0o600);
+  });
+
+  it('never writes through a symlink, with or without --force (issue 17 item 8)', async () => {
+    const victim = join(dir, 'victim.txt');
+    writeFileSync(victim, 'precious\n');
+    const link = join(dir, 'link.key');
+    symlinkSync(victim, link);
+    expect(() => writeKeyFile(link, true)).toThrow(/is a symbolic link; refusing/);
+    const r = await run(process.execPath, [bin, 'keygen', '--out', link, '--force']).then(() => undefined, (e: { code: number; stderr: string }) => e);
+    expect(r?.code).toBe(1);
+    expect(r?.stderr).toContain('is a symbolic link');
+    expect(readFileSync(victim, 'utf8')).toBe('precious\n');
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    // A dangling link too: O_NOFOLLOW|O_EXCL would not create its target.
+    const dangling = join(dir, 'dangling.key');
+    symlinkSync(join(dir, 'nowhere', 'x'), dangling);
+    expect(() => writeKeyFile(dangling)).toThrow(/symbolic link/);
   });
 
   it('works from the command line', async () => {

@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { counterTotal } from '../../src/cli/start.js';
-import { fetchStatus } from '../../src/cli/status.js';
+import { fetchStatus, statusTimeoutMs } from '../../src/cli/status.js';
+import { adminCredentials } from '../../src/cli/admin-client.js';
+import { loadConfig } from '../../src/site/config.js';
 import { freePort } from '../e2e/harness.js';
 
 const bin = fileURLToPath(new URL('../../bin/geomirror.mjs', import.meta.url));
@@ -89,14 +91,16 @@ sites:
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     try {
       await expect.poll(() => out, { timeout: 60_000, interval: 100 }).toContain('is up');
-      const east = await fetchStatus({ name: 'east', admin: `127.0.0.1:${a2}` });
+      // The admin port is HTTPS with a token from the cluster key that start made (issue 17).
+      const creds = adminCredentials(loadConfig(cfg));
+      const east = await fetchStatus({ name: 'east', admin: `127.0.0.1:${a2}`, site: 'east' }, statusTimeoutMs, creds);
       const pid = 'status' in east ? east.status.pid : undefined;
       expect(pid).toBeGreaterThan(0);
       process.kill(pid!, 'SIGKILL');
       // On the terminal (this process's stdout/stderr), not only in data/cluster.log.
       await expect.poll(() => out, { timeout: 10_000, interval: 100 }).toContain(`geomirror: site east (pid ${pid}) was killed by SIGKILL; restarting it in 1 s (restart 1 of at most 5)`);
       await expect.poll(() => out, { timeout: 30_000, interval: 100 }).toMatch(/geomirror: site east is running again \(pid \d+, restart 1\)/);
-      const again = await fetchStatus({ name: 'east', admin: `127.0.0.1:${a2}` });
+      const again = await fetchStatus({ name: 'east', admin: `127.0.0.1:${a2}`, site: 'east' }, statusTimeoutMs, creds);
       expect('status' in again && again.status.pid !== pid).toBe(true);
       expect(readFileSync(join(sub, 'data', 'cluster.log'), 'utf8')).toContain(`site east (pid ${pid}) was killed by SIGKILL`);
     } finally {

@@ -1,5 +1,6 @@
-// geomirror status: queries real admin servers on 127.0.0.1 and prints one row per site,
-// taking a mirror's sync state, link and RTT from the primary that feeds it.
+// geomirror status: queries real admin servers on 127.0.0.1 (HTTPS with each site's certificate,
+// authenticated with a token from the cluster key) and prints one row per site, taking a
+// mirror's sync state, link and RTT from the primary that feeds it.
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -8,7 +9,13 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { failoverLines, fetchStatus, formatEtaSeconds, formatStatusTable, peerLines, progressBar, progressLines, statusRows, watchFrame, type StatusResult } from '../../src/cli/status.js';
-import { startAdminServer, type AdminServer } from '../../src/site/admin.js';
+import { startAdminServer, type AdminServer, type AdminServerOptions } from '../../src/site/admin.js';
+import { randomBytes } from 'node:crypto';
+import { adminTokenKey } from '../../src/site/admin-auth.js';
+import { adminCredentials, type AdminCredentials } from '../../src/cli/admin-client.js';
+import { parseConfig } from '../../src/site/config.js';
+import { preparePki } from '../../src/site/pki.js';
+import { SiteTlsIdentity, tlsContextOptions } from '../../src/site/link-security.js';
 import { createSiteMetrics } from '../../src/site/metrics.js';
 import type { FailoverRecord, SiteStatus } from '../../src/site/status.js';
 
@@ -36,30 +43,43 @@ const west: SiteStatus = { ...east, site: 'west', lastSeqAcked: '900', peers: [{
 const servers: AdminServer[] = [];
 let cfg = '';
 let deadPort = 0;
+let creds: AdminCredentials;
+let localTls: AdminServerOptions['tls'];
+const key = randomBytes(32);
 beforeAll(async () => {
-  for (const s of [primary, east, west]) {
-    const m = createSiteMetrics({ site: s.site, role: s.role, cluster: 'demo', processMetrics: false });
-    servers.push(await startAdminServer({ host: '127.0.0.1', port: 0, status: () => s, registry: m.registry }));
-  }
-  // A port that was free a moment ago: nobody answers there.
-  const m = createSiteMetrics({ site: 'x', role: 'mirror', cluster: 'demo', processMetrics: false });
-  const gone = await startAdminServer({ host: '127.0.0.1', port: 0, status: () => east, registry: m.registry });
-  deadPort = gone.port;
-  await gone.close();
-  const [p, e, w] = servers.map((s) => s.port);
-  cfg = join(dir, 'cluster.yaml');
-  writeFileSync(
-    cfg,
-    `cluster: demo
+  writeFileSync(join(dir, 'cluster.key'), `${key.toString('hex')}\n`, { mode: 0o600 });
+  const clusterText = (p: number, e: number, w: number, d = deadPort) => `cluster: demo
 secret: file:./cluster.key
 volume: { name: vol0, size: 1MiB }
 sites:
   local: { role: primary, nbd: 127.0.0.1:10809, admin: 127.0.0.1:${p}, cache: { device: "memory:", size: 64MiB }, storage: ["memory:"], mirrors: [east, west, north] }
   east: { role: mirror, listen: 127.0.0.1:7401, admin: 127.0.0.1:${e}, cache: { device: "memory:", size: 64MiB }, storage: ["memory:"] }
   west: { role: mirror, listen: 127.0.0.1:7402, admin: 127.0.0.1:${w}, cache: { device: "memory:", size: 64MiB }, storage: ["memory:"] }
-  north: { role: mirror, listen: 127.0.0.1:7403, admin: 127.0.0.1:${deadPort}, cache: { device: "memory:", size: 64MiB }, storage: ["memory:"] }
-`,
-  );
+  north: { role: mirror, listen: 127.0.0.1:7403, admin: 127.0.0.1:${d}, cache: { device: "memory:", size: 64MiB }, storage: ["memory:"] }
+`;
+  cfg = join(dir, 'cluster.yaml');
+  // Certificates name hosts, not ports: issue them first, then start the servers on free ports.
+  const first = parseConfig(clusterText(1, 2, 3, 4), cfg);
+  await preparePki(first);
+  const quiet = { info: () => {}, warn: () => {} };
+  for (const s of [primary, east, west]) {
+    const m = createSiteMetrics({ site: s.site, role: s.role, cluster: 'demo', processMetrics: false });
+    const id = new SiteTlsIdentity(first, s.site, quiet);
+    if (s.site === 'local') localTls = { contextOptions: () => tlsContextOptions(id.material), trusted: () => id.trusted(), onReload: () => undefined };
+    servers.push(await startAdminServer({
+      host: '127.0.0.1', port: 0, status: () => s, registry: m.registry,
+      auth: { site: s.site, cluster: 'demo', tokenKey: adminTokenKey(key) },
+      tls: { contextOptions: () => tlsContextOptions(id.material), trusted: () => id.trusted(), onReload: () => undefined },
+    }));
+  }
+  // A port that was free a moment ago: nobody answers there.
+  const m = createSiteMetrics({ site: 'x', role: 'mirror', cluster: 'demo', processMetrics: false });
+  const gone = await startAdminServer({ host: '127.0.0.1', port: 0, status: () => east, registry: m.registry, auth: { site: 'north', cluster: 'demo', tokenKey: adminTokenKey(key) } });
+  deadPort = gone.port;
+  await gone.close();
+  const [p, e, w] = servers.map((s) => s.port);
+  writeFileSync(cfg, clusterText(p!, e!, w!));
+  creds = adminCredentials(parseConfig(clusterText(p!, e!, w!), cfg));
 });
 afterAll(async () => {
   await Promise.all(servers.map((s) => s.close()));
@@ -69,12 +89,12 @@ afterAll(async () => {
 describe('geomirror status', () => {
   it('builds rows from the sites and their feeders', async () => {
     const results = await Promise.all([
-      fetchStatus({ name: 'local', admin: `127.0.0.1:${servers[0]!.port}` }),
-      fetchStatus({ name: 'east', admin: `127.0.0.1:${servers[1]!.port}` }),
-      fetchStatus({ name: 'west', admin: `127.0.0.1:${servers[2]!.port}` }),
-      fetchStatus({ name: 'north', admin: `127.0.0.1:${deadPort}` }),
+      fetchStatus({ name: 'local', admin: `127.0.0.1:${servers[0]!.port}`, site: 'local' }, 3000, creds),
+      fetchStatus({ name: 'east', admin: `127.0.0.1:${servers[1]!.port}`, site: 'east' }, 3000, creds),
+      fetchStatus({ name: 'west', admin: `127.0.0.1:${servers[2]!.port}`, site: 'west' }, 3000, creds),
+      fetchStatus({ name: 'north', admin: `127.0.0.1:${deadPort}`, site: 'north' }, 3000, creds),
     ]);
-    expect(results[3]).toEqual({ target: { name: 'north', admin: `127.0.0.1:${deadPort}` }, error: 'connection refused (is the site running?)' });
+    expect(results[3]).toEqual({ target: { name: 'north', admin: `127.0.0.1:${deadPort}`, site: 'north' }, error: 'connection refused (is the site running?)' });
     const rows = statusRows(results);
     expect(rows).toEqual([
       { site: 'local', role: 'primary', epoch: '2', acked: '1200', state: 'resyncing 40%', cache: '1 MiB/64 MiB (1%)', link: '2/2 up', rtt: '-' },
@@ -136,9 +156,9 @@ describe('geomirror status', () => {
   });
 
   it('prints JSON for one admin address', async () => {
-    const { stdout } = await run(process.execPath, [bin, 'status', '--json', '--admin', `127.0.0.1:${servers[2]!.port}`]);
+    const { stdout } = await run(process.execPath, [bin, 'status', '--json', '--admin', `127.0.0.1:${servers[2]!.port}`, '--config', cfg]);
     const out = JSON.parse(stdout) as { site: string; status: SiteStatus }[];
-    expect(out).toEqual([{ site: `127.0.0.1:${servers[2]!.port}`, admin: `127.0.0.1:${servers[2]!.port}`, status: west }]);
+    expect(out).toEqual([{ site: 'west', admin: `127.0.0.1:${servers[2]!.port}`, status: west }]);
   });
 });
 
@@ -187,9 +207,13 @@ describe('status numbers and progress bars (issue 19)', () => {
   it('status --watch --count 2 redraws twice from the live sites', async () => {
     const m = createSiteMetrics({ site: 'local', role: 'primary', cluster: 'demo', processMetrics: false });
     let calls = 0;
-    const server = await startAdminServer({ host: '127.0.0.1', port: 0, status: () => ({ ...resyncing, peers: resyncing.peers.map((p) => (p.name === 'west' ? { ...p, resyncPercent: 40 + 30 * calls++ } : p)) }), registry: m.registry });
+    const server = await startAdminServer({
+      host: '127.0.0.1', port: 0, status: () => ({ ...resyncing, peers: resyncing.peers.map((p) => (p.name === 'west' ? { ...p, resyncPercent: 40 + 30 * calls++ } : p)) }), registry: m.registry,
+      auth: { site: 'local', cluster: 'demo', tokenKey: adminTokenKey(key) }, tls: localTls,
+    });
     try {
-      const { stdout } = await run(process.execPath, [bin, 'status', '--admin', `127.0.0.1:${server.port}`, '--watch', '--count', '2', '--interval', '200']);
+      // --config for the credentials (the CA, the cluster key), --admin for the one address.
+      const { stdout } = await run(process.execPath, [bin, 'status', '--config', cfg, '--admin', `127.0.0.1:${server.port}`, '--watch', '--count', '2', '--interval', '200']);
       const frames = stdout.split(/^geomirror status at /m).filter((f) => f !== '');
       expect(frames).toHaveLength(2);
       expect(frames[0]).toContain(`resync local -> west  ${progressBar(0.4)}`);

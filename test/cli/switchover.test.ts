@@ -1,6 +1,7 @@
 // geomirror promote / demote (planned switchover, issue 10 item 5) against in-process admin
 // servers on 127.0.0.1 with fake role changes: the request is signed with the cluster key from
 // the file, a refusal exits 1 printing the site's reason, a success prints what the site did.
+import { adminTokenKey } from '../../src/site/admin-auth.js';
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -29,7 +30,7 @@ let cfg = '';
 async function site(name: string, role: SiteStatus['role'], key: Buffer, fns: { promote?: (r: string) => Promise<RoleChangeAnswer>; demote?: (r: string) => Promise<RoleChangeAnswer> }): Promise<AdminServer> {
   const m = createSiteMetrics({ site: name, role, cluster: 'demo', processMetrics: false });
   const status = (): SiteStatus => ({ cluster: 'demo', site: name, role, volume: 'vol0', epoch: 1, lastSeqAcked: '0', state: 'in-sync', cache: { usedBytes: 0, capacityBytes: 1, entries: 0 }, peers: [], pid: 1, uptimeSeconds: 1 });
-  const s = await startAdminServer({ host: '127.0.0.1', port: 0, status, registry: m.registry, roleChange: { site: name, secret: key, ...fns } });
+  const s = await startAdminServer({ host: '127.0.0.1', port: 0, status, registry: m.registry, roleChange: fns, auth: { site: name, cluster: 'demo', tokenKey: adminTokenKey(key) } });
   servers.push(s);
   return s;
 }
@@ -56,8 +57,10 @@ beforeAll(async () => {
   cfg = join(dir, 'cluster.yaml');
   writeFileSync(
     cfg,
+    // Plain HTTP admin servers here (HTTPS and client certificates: test/site/admin.test.ts).
     `cluster: demo
 secret: ${secretHex}
+transport: insecure
 volume: { name: vol0, size: 1MiB }
 sites:
   local: { role: primary, listen: 127.0.0.1:7400, nbd: 127.0.0.1:10809, admin: 127.0.0.1:${local.port}, cache: { device: "memory:", size: 1MiB }, storage: ["memory:"], mirrors: [east, west] }
@@ -122,7 +125,7 @@ describe('geomirror promote / demote', () => {
     expect(noDemote.stderr).toBe('geomirror demote: backup refused (HTTP 409): this site cannot demote (its role has no demote)\n');
     const wrongKey = await cli('promote', '--site', 'east', '--config', cfg);
     expect(wrongKey.code).toBe(1);
-    expect(wrongKey.stderr).toBe("geomirror promote: east refused (HTTP 401): promote refused: signature does not match this cluster's key\n");
+    expect(wrongKey.stderr).toBe("geomirror promote: east refused (HTTP 401): unauthorized: token does not match this cluster's key (or was made for another method or path)\n");
     const down = await cli('promote', '--site', 'west', '--config', cfg);
     expect(down.code).toBe(1);
     expect(down.stderr).toMatch(/^geomirror promote: west \(127\.0\.0\.1:\d+\): connection refused \(is the site running\?\)\n$/);

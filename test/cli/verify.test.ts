@@ -47,7 +47,7 @@ describe('geomirror verify on a live cluster', () => {
 
     // The same cluster checks the runtime's metrics (issue 8 item 3): ack latency per mirror,
     // in-flight per mirror (nothing left after the writes completed), writes a mirror received.
-    const metrics = async (site: string) => (await fetch(`http://${cluster!.site(site).admin}/metrics`)).text();
+    const metrics = async (site: string) => cluster!.metricsText(site);
     const primary = await metrics('local');
     const acks = Number(/^geomirror_ack_latency_seconds_count\{[^}]*peer="east"[^}]*\} (\d+)$/m.exec(primary)?.[1]);
     expect(acks, primary).toBeGreaterThan(0);

@@ -63,7 +63,7 @@ describe('docs/PROTOCOL.md', () => {
     for (const m of v.messages) {
       const h = Object.fromEntries(header.map((r) => [r.field, readField(m.bytes, r)]));
       expect(h.magic, m.name).toBe(0x474d5250);
-      expect(h.version, m.name).toBe(1);
+      expect(h.version, m.name).toBe(2);
       expect(h.type, m.name).toBe(types.get(m.fields.type));
       expect(h.frameSeq, m.name).toBe(m.frameSeq);
       expect(h.bodyBytes, m.name).toBe(m.bytes.length - 24);

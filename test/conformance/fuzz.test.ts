@@ -11,6 +11,7 @@ import {
   crc32,
   frameBytesMax,
   headerBytes,
+  protocolVersion,
   specByCode,
   type Message,
 } from '../../src/wire/index.js';
@@ -119,7 +120,7 @@ describe('parser fuzz (fast-check)', () => {
     fc.assert(fc.property(fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0, max: 255 }), (version, type) => {
       const h = rawHeader({ version, type, bodyBytes: 0 });
       const o = run([h]);
-      if (version !== 1) expect(o.error?.code).toBe(ErrorCode.VERSION_UNSUPPORTED);
+      if (version !== protocolVersion) expect(o.error?.code).toBe(ErrorCode.VERSION_UNSUPPORTED);
       else if (!specByCode.has(type)) {
         expect(o.error?.code).toBe(ErrorCode.UNKNOWN_TYPE);
       } else expect(o.error).toBeDefined(); // known types all need a body: MALFORMED

@@ -2,7 +2,11 @@
 // reports each case, so a second implementation (a relay on a microcontroller, say) can be
 // checked byte for byte against the spec.
 //
-//   npm run conformance -- HOST:PORT --secret FILE [--cluster C] [--site S] [--as NAME]
+//   npm run conformance -- HOST:PORT --config CLUSTER.yaml [--site S] [--as NAME]
+//   npm run conformance -- HOST:PORT --secret FILE [--cluster C] [--site S] [--as NAME]   (transport: insecure)
+//
+// With --config the player speaks TLS as site --as (its certificate from the cluster's files,
+// src/site/pki.ts) and takes the cluster name, key and volume geometry from the file.
 //
 // --site is the name of the site listening at HOST:PORT, --as a site name it accepts as a peer
 // (any configured peer of it; the tool authenticates as that site). Only non-mutating frames are
@@ -11,6 +15,8 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { channelBindingBytes, channelBindingLabel } from '../../src/net/index.js';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import {
@@ -25,6 +31,8 @@ import {
   type Message,
 } from '../../src/wire/index.js';
 import { loadVectors } from './load.js';
+import { loadConfig, readSecret } from '../../src/site/config.js';
+import { siteCertFiles } from '../../src/site/pki.js';
 import { rawHeader } from './vectors.js';
 
 export interface LiveOptions {
@@ -37,7 +45,14 @@ export interface LiveOptions {
   /** A peer name the site accepts. */
   as: string;
   timeoutMs?: number;
+  /** The site's volume geometry (HELLO carries ours; default 1 GiB / 4096). */
+  volumeBytes?: bigint;
+  blockBytes?: number;
+  /** TLS as site `as`: PEM CA bundle, certificate and key (transport: tls sites). */
+  tls?: { ca: string; cert: string; key: string };
 }
+
+const geometryOf = (o: LiveOptions) => ({ volumeBytes: o.volumeBytes ?? 1n << 30n, blockBytes: o.blockBytes ?? 4096 });
 
 export interface CaseResult { name: string; pass: boolean; detail: string }
 
@@ -49,6 +64,9 @@ class Conn {
   private waiters: (() => void)[] = [];
   closed = false;
   parseError: ProtocolError | undefined;
+
+  /** TLS exporter bytes of this connection (empty without TLS). */
+  binding: Buffer = Buffer.alloc(0);
 
   private constructor(private readonly s: Socket, private readonly timeoutMs: number) {
     s.on('data', (c: Buffer) => {
@@ -69,6 +87,16 @@ class Conn {
 
   static open(o: LiveOptions): Promise<Conn> {
     return new Promise((resolve, reject) => {
+      if (o.tls !== undefined) {
+        const t: TLSSocket = tlsConnect({ host: o.host, port: o.port, ca: o.tls.ca, cert: o.tls.cert, key: o.tls.key, minVersion: 'TLSv1.3', rejectUnauthorized: false, checkServerIdentity: () => undefined });
+        t.once('secureConnect', () => {
+          const c = new Conn(t, o.timeoutMs ?? 5000);
+          c.binding = t.exportKeyingMaterial(channelBindingBytes, channelBindingLabel, Buffer.alloc(0));
+          resolve(c);
+        });
+        t.once('error', (e) => reject(new Error(`cannot connect (TLS) to ${o.host}:${o.port}: ${e.message}`)));
+        return;
+      }
       const s = connect({ host: o.host, port: o.port });
       s.once('connect', () => resolve(new Conn(s, o.timeoutMs ?? 5000)));
       s.once('error', (e) => reject(new Error(`cannot connect to ${o.host}:${o.port}: ${e.message}`)));
@@ -118,7 +146,7 @@ class Conn {
 }
 
 const hello = (o: LiveOptions, nonce: Buffer, over: Partial<Extract<Message, { type: 'HELLO' }>> = {}): Message => ({
-  type: 'HELLO', versionMin: 1, versionMax: 1, nonce, cluster: o.cluster, site: o.as, target: o.site, ...over,
+  type: 'HELLO', versionMin: 2, versionMax: 2, nonce, ...geometryOf(o), cluster: o.cluster, site: o.as, target: o.site, ...over,
 });
 
 /** Full handshake as `o.as`; returns the open connection and what it used, or a failure detail. */
@@ -131,11 +159,11 @@ async function authenticate(o: LiveOptions, secret = o.secret): Promise<{ conn: 
     conn.end();
     return `expected CHALLENGE, got ${describe(ch, conn)}`;
   }
-  if (ch.version !== 1 || ch.cluster !== o.cluster || ch.site !== o.site || ch.nonce.length !== 32) {
+  if (ch.version !== 2 || ch.cluster !== o.cluster || ch.site !== o.site || ch.nonce.length !== 32) {
     conn.end();
     return `CHALLENGE fields wrong: version ${ch.version}, cluster '${ch.cluster}', site '${ch.site}'`;
   }
-  const mac = (label: 'dialer' | 'listener') => authMac(secret, authInput(label, 1, nonceD, ch.nonce, o.cluster, o.as, o.site));
+  const mac = (label: 'dialer' | 'listener') => authMac(secret, authInput(label, 2, nonceD, ch.nonce, o.cluster, o.as, o.site, geometryOf(o), conn.binding));
   const response: Message = { type: 'RESPONSE', mac: mac('dialer') };
   conn.send(response);
   const w = await conn.next();
@@ -231,12 +259,15 @@ export async function runLive(o: LiveOptions): Promise<CaseResult[]> {
     c.send(hello(o, nonceD));
     const ch = await c.next();
     if (ch?.type !== 'CHALLENGE') return;
-    c.send({ type: 'RESPONSE', mac: authMac(randomBytes(32), authInput('dialer', 1, nonceD, ch.nonce, o.cluster, o.as, o.site)) });
+    c.send({ type: 'RESPONSE', mac: authMac(randomBytes(32), authInput('dialer', 2, nonceD, ch.nonce, o.cluster, o.as, o.site, geometryOf(o), c.binding)) });
   });
   await refused('unknown cluster: REFUSE UNKNOWN_CLUSTER', ErrorCode.UNKNOWN_CLUSTER, (c) => c.send(hello(o, randomBytes(32), { cluster: `${o.cluster}-other` })));
-  await refused('unknown site: REFUSE UNKNOWN_SITE', ErrorCode.UNKNOWN_SITE, (c) => c.send(hello(o, randomBytes(32), { site: 'no-such-site-conformance' })));
+  // Over TLS the certificate says who we are: claiming another name is IDENTITY_MISMATCH.
+  if (o.tls === undefined) await refused('unknown site: REFUSE UNKNOWN_SITE', ErrorCode.UNKNOWN_SITE, (c) => c.send(hello(o, randomBytes(32), { site: 'no-such-site-conformance' })));
+  else await refused('claimed site is not the certificate\'s: REFUSE IDENTITY_MISMATCH', ErrorCode.IDENTITY_MISMATCH, (c) => c.send(hello(o, randomBytes(32), { site: 'no-such-site-conformance' })));
+  await refused('volume geometry differs: REFUSE GEOMETRY_MISMATCH', ErrorCode.GEOMETRY_MISMATCH, (c) => c.send(hello(o, randomBytes(32), { volumeBytes: geometryOf(o).volumeBytes + 4096n })));
   await refused('wrong target: REFUSE WRONG_SITE', ErrorCode.WRONG_SITE, (c) => c.send(hello(o, randomBytes(32), { target: `${o.site}-elsewhere` })));
-  await refused('no common version: REFUSE VERSION_UNSUPPORTED', ErrorCode.VERSION_UNSUPPORTED, (c) => c.send(hello(o, randomBytes(32), { versionMin: 2, versionMax: 9 })));
+  await refused('no common version: REFUSE VERSION_UNSUPPORTED', ErrorCode.VERSION_UNSUPPORTED, (c) => c.send(hello(o, randomBytes(32), { versionMin: 3, versionMax: 9 })));
   await refused('WRITE before authentication: REFUSE NOT_AUTHENTICATED', ErrorCode.NOT_AUTHENTICATED, (c) =>
     c.send({ type: 'WRITE', volumeId: 0, flags: 0, epoch: 1n, seq: 1n, offsetBytes: 0n, data: Buffer.alloc(512) }));
   await refused('replayed HELLO (nonce of the first case): REFUSE REPLAYED_NONCE', ErrorCode.REPLAYED_NONCE, (c) =>
@@ -299,7 +330,8 @@ async function main(argv: string[]): Promise<number> {
     .name('npm run conformance --')
     .description('play the wire protocol vectors against a live geomirror site and report each case')
     .argument('<HOST:PORT>', 'replication port of the site under test')
-    .requiredOption('--secret <FILE>', 'cluster key file (hex, as written by geomirror keygen)')
+    .option('--config <FILE>', 'the cluster file: cluster name, key, volume and (TLS) the certificate of --as')
+    .option('--secret <FILE>', 'cluster key file (hex, as written by geomirror keygen), for a transport: insecure site')
     .option('--cluster <NAME>', 'cluster name', 'demo')
     .option('--site <NAME>', 'name of the site under test', 'east')
     .option('--as <NAME>', 'authenticate as this site (a peer the site accepts)', 'local')
@@ -308,11 +340,23 @@ async function main(argv: string[]): Promise<number> {
   const target = program.args[0]!;
   const m = /^(.*):(\d+)$/.exec(target);
   if (!m) throw new Error(`'${target}' is not HOST:PORT (e.g. 127.0.0.1:7401)`);
-  const opts = program.opts<{ secret: string; cluster: string; site: string; as: string; timeoutMs: string }>();
-  const live: LiveOptions = {
-    host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]), secret: readSecretFile(opts.secret),
-    cluster: opts.cluster, site: opts.site, as: opts.as, timeoutMs: Number(opts.timeoutMs),
-  };
+  const opts = program.opts<{ config?: string; secret?: string; cluster: string; site: string; as: string; timeoutMs: string }>();
+  let live: LiveOptions;
+  if (opts.config !== undefined) {
+    const config = loadConfig(opts.config);
+    const files = siteCertFiles(config, opts.as);
+    live = {
+      host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]), secret: readSecret(config), cluster: config.cluster, site: opts.site, as: opts.as,
+      timeoutMs: Number(opts.timeoutMs), volumeBytes: BigInt(config.volume.sizeBytes), blockBytes: config.volume.blockSize,
+      ...(config.transport === 'tls' ? { tls: { ca: readFileSync(config.tls.caCert, 'utf8'), cert: readFileSync(files.cert, 'utf8'), key: readFileSync(files.key, 'utf8') } } : {}),
+    };
+  } else {
+    if (opts.secret === undefined) throw new Error('give --config CLUSTER.yaml (or --secret FILE for a transport: insecure site)');
+    live = {
+      host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]), secret: readSecretFile(opts.secret),
+      cluster: opts.cluster, site: opts.site, as: opts.as, timeoutMs: Number(opts.timeoutMs),
+    };
+  }
   (await Conn.open(live)).end(); // one clear error instead of every case failing to connect
   const results = await runLive(live);
   for (const r of results) console.log(`${r.pass ? 'PASS' : 'FAIL'}  ${r.name}${r.pass ? '' : `\n      ${r.detail}`}`);

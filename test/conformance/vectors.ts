@@ -66,9 +66,9 @@ export function messageCases(): { name: string; frameSeq: number; msg: Message }
   const mac = detBytes('mac', 32);
   const c = (name: string, msg: Message, frameSeq = 0) => ({ name, frameSeq, msg });
   const cases = [
-    c('HELLO', { type: 'HELLO', versionMin: 1, versionMax: 1, nonce, cluster: 'demo', site: 'local', target: 'east' }),
-    c('HELLO utf8 names', { type: 'HELLO', versionMin: 1, versionMax: 3, nonce, cluster: 'grappe-é', site: 'sité-1', target: '東' }),
-    c('CHALLENGE', { type: 'CHALLENGE', version: 1, nonce, cluster: 'demo', site: 'east' }),
+    c('HELLO', { type: 'HELLO', versionMin: 2, versionMax: 2, nonce, volumeBytes: 1n << 30n, blockBytes: 4096, cluster: 'demo', site: 'local', target: 'east' }),
+    c('HELLO utf8 names', { type: 'HELLO', versionMin: 2, versionMax: 3, nonce, volumeBytes: (1n << 44n) + 512n, blockBytes: 512, cluster: 'grappe-é', site: 'sité-1', target: '東' }),
+    c('CHALLENGE', { type: 'CHALLENGE', version: 2, nonce, volumeBytes: 1n << 30n, blockBytes: 4096, cluster: 'demo', site: 'east' }),
     c('RESPONSE', { type: 'RESPONSE', mac }, 1),
     c('WELCOME', { type: 'WELCOME', mac }, 1),
     c('REFUSE', { type: 'REFUSE', code: ErrorCode.AUTH_FAILED, reason: "site 'local' failed to prove the cluster secret" }),
@@ -169,7 +169,7 @@ export function refusalCases(): { name: string; bytes: Buffer; code: ErrorCode; 
   return [
     r('random bytes (HTTP request)', Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), ErrorCode.BAD_MAGIC, 'magic'),
     r('bad magic at byte 3', flip(hello, 3), ErrorCode.BAD_MAGIC, 'byte 3'),
-    r('version 2 (newer peer)', withHeader(hello, { version: 2, type: 0x01, bodyBytes: helloBody.length, bodyCrc: crc32(helloBody) }), ErrorCode.VERSION_UNSUPPORTED, 'newer'),
+    r('version 3 (newer peer)', withHeader(hello, { version: 3, type: 0x01, bodyBytes: helloBody.length, bodyCrc: crc32(helloBody) }), ErrorCode.VERSION_UNSUPPORTED, 'newer'),
     r('version 0 (older peer)', withHeader(hello, { version: 0, type: 0x01, bodyBytes: helloBody.length, bodyCrc: crc32(helloBody) }), ErrorCode.VERSION_UNSUPPORTED, 'older'),
     r('header checksum', flip(hello, 12, 0x80), ErrorCode.HEADER_CHECKSUM, 'header CRC'),
     r('4 GiB length field', rawHeader({ type: 0x10, bodyBytes: 0xffffffff }), ErrorCode.FRAME_TOO_LARGE, 'frameBytesMax'),
@@ -203,7 +203,7 @@ export function refusalCases(): { name: string; bytes: Buffer; code: ErrorCode; 
     })(), ErrorCode.MALFORMED, 'trailing'),
     r('HELLO with invalid UTF-8 name', (() => {
       const body = Buffer.from(helloBody);
-      body[36 + 1] = 0xff; // first byte of the cluster name
+      body[52 + 1] = 0xff; // first byte of the cluster name (after the 52 bytes of fixed fields)
       return Buffer.concat([rawHeader({ type: 0x01, bodyBytes: body.length, bodyCrc: crc32(body) }), body]);
     })(), ErrorCode.MALFORMED, 'UTF-8'),
     r('WRITE lengthBytes disagrees with body', (() => {
@@ -227,6 +227,8 @@ import { crc32 as crc32Of } from '../../src/wire/crc.js';
 
 export const vectorSecret = detBytes('cluster-secret', 32);
 export const vectorCluster = 'demo';
+/** The volume every vector site has (HELLO/CHALLENGE carry it, the MACs cover it). */
+export const vectorGeometry = { volumeBytes: 1n << 30n, blockBytes: 4096 };
 
 export interface HandshakeStepVector { dir: 'in' | 'out'; hex: string; type: string }
 export interface HandshakeVector {
@@ -237,6 +239,10 @@ export interface HandshakeVector {
   acceptPeers?: string[];
   nonce: string;
   seenNonces: string[];
+  /** The TLS exporter bytes both MACs cover (hex; '' for a transport: insecure link). */
+  channelBinding: string;
+  /** The peer's site name as its TLS certificate states it, when the link runs over TLS. */
+  peerIdentity?: string;
   steps: HandshakeStepVector[];
   outcome: 'established' | 'refused';
   code?: number;
@@ -255,6 +261,9 @@ export function runHandshake(
     cluster: vectorCluster,
     site: o.site,
     secret,
+    geometry: vectorGeometry,
+    channelBinding: Buffer.from(o.channelBinding, 'hex'),
+    ...(o.peerIdentity !== undefined ? { peerIdentity: o.peerIdentity } : {}),
     randomBytes: () => Buffer.from(o.nonce, 'hex'),
     ...(o.peer !== undefined ? { peer: o.peer } : {}),
     ...(o.acceptPeers !== undefined ? { acceptPeer: (s: string) => o.acceptPeers!.includes(s) } : {}),
@@ -309,17 +318,20 @@ export function handshakeCases(): HandshakeVector[] {
   const nOld = detBytes('nonce-listener-earlier-connection', 32);
   const wrongSecret = detBytes('wrong-secret', 32);
   const hello = (over: Partial<Extract<Message, { type: 'HELLO' }>> = {}): Message => ({
-    type: 'HELLO', versionMin: 1, versionMax: 1, nonce: nD, cluster: vectorCluster, site: 'local', target: 'east', ...over,
+    type: 'HELLO', versionMin: 2, versionMax: 2, nonce: nD, ...vectorGeometry, cluster: vectorCluster, site: 'local', target: 'east', ...over,
   });
-  const macFor = (label: 'dialer' | 'listener', nonceL: Buffer, secret = vectorSecret, dialer = 'local', listener = 'east') =>
-    authMac(secret, authInput(label, 1, nD, nonceL, vectorCluster, dialer, listener));
-  const listener = { role: 'listener' as const, site: 'east', acceptPeers: ['local', 'standby'], nonce: nL.toString('hex'), seenNonces: [] as string[] };
-  const dialer = { role: 'dialer' as const, site: 'local', peer: 'east', nonce: nD.toString('hex'), seenNonces: [] as string[] };
+  // The TLS exporter of the vectors' connection (a real one differs per connection).
+  const binding = detBytes('tls-channel-binding', 32);
+  const macFor = (label: 'dialer' | 'listener', nonceL: Buffer, secret = vectorSecret, dialer = 'local', listener = 'east', cb = binding) =>
+    authMac(secret, authInput(label, 2, nD, nonceL, vectorCluster, dialer, listener, vectorGeometry, cb));
+  const listener = { role: 'listener' as const, site: 'east', acceptPeers: ['local', 'standby'], nonce: nL.toString('hex'), seenNonces: [] as string[], channelBinding: binding.toString('hex'), peerIdentity: 'local' };
+  const dialer = { role: 'dialer' as const, site: 'local', peer: 'east', nonce: nD.toString('hex'), seenNonces: [] as string[], channelBinding: binding.toString('hex'), peerIdentity: 'east' };
+  const plainListener = { role: 'listener' as const, site: 'east', acceptPeers: ['local', 'standby'], nonce: nL.toString('hex'), seenNonces: [] as string[], channelBinding: '' };
   const script = (...msgs: Message[]) => {
     let i = 0;
     return () => msgs[i++];
   };
-  const challenge = (over: Partial<Extract<Message, { type: 'CHALLENGE' }>> = {}): Message => ({ type: 'CHALLENGE', version: 1, nonce: nL, cluster: vectorCluster, site: 'east', ...over });
+  const challenge = (over: Partial<Extract<Message, { type: 'CHALLENGE' }>> = {}): Message => ({ type: 'CHALLENGE', version: 2, nonce: nL, ...vectorGeometry, cluster: vectorCluster, site: 'east', ...over });
   return [
     runHandshake({ name: 'listener: established', ...listener }, script(hello(), { type: 'RESPONSE', mac: macFor('dialer', nL) })),
     runHandshake({ name: 'dialer: established', ...dialer }, script(challenge(), { type: 'WELCOME', mac: macFor('listener', nL) })),
@@ -328,13 +340,20 @@ export function handshakeCases(): HandshakeVector[] {
     runHandshake({ name: 'listener: replayed RESPONSE from an earlier connection', ...listener }, script(hello(), { type: 'RESPONSE', mac: macFor('dialer', nOld) })),
     runHandshake({ name: 'listener: replayed HELLO nonce', ...listener, seenNonces: [nD.toString('hex')] }, script(hello())),
     runHandshake({ name: 'listener: unknown cluster', ...listener }, script(hello({ cluster: 'other' }))),
-    runHandshake({ name: 'listener: unknown site', ...listener }, script(hello({ site: 'intruder' }))),
+    runHandshake({ name: 'listener: unknown site', ...listener, peerIdentity: 'intruder' }, script(hello({ site: 'intruder' }))),
+    runHandshake({ name: 'listener: claimed site is not the certificate\'s', ...listener, peerIdentity: 'standby' }, script(hello())),
+    runHandshake({ name: 'dialer: listener claims another site than its certificate', ...dialer, peerIdentity: 'west' }, script(challenge())),
+    runHandshake({ name: 'listener: volume size differs', ...listener }, script(hello({ volumeBytes: 2n << 30n }))),
+    runHandshake({ name: 'listener: block size differs', ...listener }, script(hello({ blockBytes: 512 }))),
+    runHandshake({ name: 'dialer: volume size differs', ...dialer }, script(challenge({ volumeBytes: 1n << 20n }))),
+    runHandshake({ name: 'listener: RESPONSE made on another TLS session', ...listener }, script(hello(), { type: 'RESPONSE', mac: macFor('dialer', nL, vectorSecret, 'local', 'east', detBytes('other-session', 32)) })),
+    runHandshake({ name: 'listener: established without TLS (transport: insecure)', ...plainListener }, script(hello(), { type: 'RESPONSE', mac: macFor('dialer', nL, vectorSecret, 'local', 'east', Buffer.alloc(0)) })),
     runHandshake({ name: 'listener: wrong target', ...listener }, script(hello({ target: 'west' }))),
-    runHandshake({ name: 'listener: no common version', ...listener }, script(hello({ versionMin: 2, versionMax: 3 }))),
+    runHandshake({ name: 'listener: no common version', ...listener }, script(hello({ versionMin: 3, versionMax: 4 }))),
     runHandshake({ name: 'listener: WRITE before authentication', ...listener }, script({ type: 'WRITE', volumeId: 0, flags: 0, epoch: 1n, seq: 1n, offsetBytes: 0n, data: detBytes('x', 512) })),
     runHandshake({ name: 'listener: WRITE after HELLO, before RESPONSE', ...listener }, script(hello(), { type: 'ACK', volumeId: 0, epoch: 1n, seq: 1n })),
     runHandshake({ name: 'listener: WELCOME out of order', ...listener }, script({ type: 'WELCOME', mac: macFor('listener', nL) })),
-    runHandshake({ name: 'dialer: reached the wrong site', ...dialer }, script(challenge({ site: 'west' }))),
+    runHandshake({ name: 'dialer: reached the wrong site', ...dialer, peerIdentity: 'west' }, script(challenge({ site: 'west' }))),
     runHandshake({ name: 'dialer: other cluster', ...dialer }, script(challenge({ cluster: 'other' }))),
     runHandshake({ name: 'dialer: refused by listener', ...dialer }, script({ type: 'REFUSE', code: ErrorCode.UNKNOWN_SITE, reason: "site 'local' is not a peer of 'east'" })),
   ];
@@ -342,9 +361,11 @@ export function handshakeCases(): HandshakeVector[] {
 
 export function buildVectors(): Json {
   return {
-    comment: 'geomirror wire protocol v1 byte vectors; generated by test/conformance/gen.ts from src/wire, checked by test/conformance/*.test.ts. bigint: "123n"; bytes: {"hex": ...}.',
+    comment: 'geomirror wire protocol v2 byte vectors; generated by test/conformance/gen.ts from src/wire, checked by test/conformance/*.test.ts. bigint: "123n"; bytes: {"hex": ...}.',
     secretHex: vectorSecret.toString('hex'),
     cluster: vectorCluster,
+    volumeBytes: toJson(vectorGeometry.volumeBytes),
+    blockBytes: vectorGeometry.blockBytes,
     messages: messageCases().map((c) => ({ name: c.name, frameSeq: c.frameSeq, fields: toJson(c.msg), hex: encodeFrame(c.msg, c.frameSeq).toString('hex') })),
     refusals: refusalCases().map((c) => ({
       name: c.name, hex: c.bytes.toString('hex'), code: c.code,

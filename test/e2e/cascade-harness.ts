@@ -10,8 +10,11 @@ import { closeSync, createWriteStream, mkdtempSync, openSync, readFileSync, rmSy
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fetchStatus } from '../../src/cli/status.js';
+import { adminCredentials, adminRequest, type AdminCredentials } from '../../src/cli/admin-client.js';
 import type { SiteStatus } from '../../src/site/status.js';
 import { WanProxy } from '../wanem/proxy.js';
+import { loadConfig } from '../../src/site/config.js';
+import { preparePki } from '../../src/site/pki.js';
 import { fastLinkEnv, freePort, sha256, sleep, stopGraceMs, statusPollMs, waitMsMax } from './harness.js';
 
 const bin = join(resolve(import.meta.dirname, '../..'), 'bin/geomirror.mjs');
@@ -89,6 +92,24 @@ export class CascadeCluster {
       }
     }
     for (const p of this.procs.values()) writeFileSync(p.configPath, this.configFor(p.spec.name));
+    // As geomirror start does on first run: one cluster CA and every site's certificate (the
+    // per-site files share the key's folder, so they share the CA).
+    const first = [...this.procs.values()][0];
+    if (first) {
+      const config = loadConfig(first.configPath);
+      await preparePki(config);
+      this.creds = adminCredentials(config);
+    }
+  }
+
+  /** How the harness authenticates to the sites' admin ports (the cluster's CA and key). */
+  creds: AdminCredentials = { cluster: '' };
+
+  /** GET /metrics of a site over its authenticated admin HTTPS ('' when it does not answer). */
+  async metricsText(name: string): Promise<string> {
+    const [host, port] = this.proc(name).admin.split(':');
+    const r = await adminRequest({ host: host!, port: Number(port), method: 'GET', path: '/metrics', site: name, creds: this.creds, timeoutMs: 5000, bodyCharsMax: 16 << 20 }).catch(() => undefined);
+    return r?.code === 200 ? r.body : '';
   }
 
   /** The cluster file as `self` sees it: other sites are reached through their proxies. */
@@ -145,7 +166,7 @@ export class CascadeCluster {
   }
 
   async status(name: string): Promise<SiteStatus | undefined> {
-    const r = await fetchStatus({ name, admin: this.proc(name).admin }, 2_000);
+    const r = await fetchStatus({ name, admin: this.proc(name).admin, site: name }, 2_000, this.creds);
     return 'status' in r ? r.status : undefined;
   }
 

@@ -131,7 +131,7 @@ describe('cascade: local -> relays -> remote, multi-process through the WAN emul
     expect(r2.peers.find((p) => p.relation === 'downstream')?.relay?.oldestUnackedSeq).toBeDefined();
     // Per hop in `geomirror status` and /metrics (issue 7 item 4).
     expect(formatStatusTable(statusRows([{ target: { name: 'r2', admin: c.proc('r2').admin }, status: r2 }]))).toMatch(/hop r2 -> remote \((up|down), ack cached\): \d+ cached, \d+ writes \/ .+ behind, oldest unacked seq \d+/);
-    const metrics = await (await fetch(`http://${c.proc('r2').admin}/metrics`)).text();
+    const metrics = await c.metricsText('r2');
     expect(metrics).toMatch(/geomirror_relay_lag_seconds\{[^}]*peer="remote"[^}]*\} [0-9.]+/);
     expect(metrics).toMatch(/geomirror_relay_oldest_unacked_seq\{[^}]*peer="remote"[^}]*\} [1-9]/);
     // Host writes wait: the acked count stops moving.

@@ -14,6 +14,8 @@ import type { DataMessage } from '../../src/wire/index.js';
 import { WriteFlags } from '../../src/wire/index.js';
 import type { SiteStatus } from '../../src/site/status.js';
 import { checkAckedWrites, Cluster, fastLinkEnv, NbdWriter, planWrites, sha256, sleep, waitMsMax, type PlannedWrite } from './harness.js';
+import { loadConfig } from '../../src/site/config.js';
+import { siteSecurity } from '../net/tls-fixture.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -77,7 +79,7 @@ function peer(s: SiteStatus, name: string) {
 /** Connects to `to` directly (no proxy) as site `as`, with the cluster key. */
 async function impersonate(c: Cluster, as: string, to: string): Promise<{ link: Link; got: DataMessage[]; stop(): void }> {
   const key = Buffer.from(readFileSync(join(c.dir, 'cluster.key'), 'utf8').trim(), 'hex');
-  const d = new Dialer({ cluster: 'e2e', site: as, secret: key, peer: to, host: '127.0.0.1', port: c.listenPorts.get(to)!, backoffMsMin: 100, backoffMsMax: 500 });
+  const d = new Dialer({ cluster: 'e2e', site: as, secret: key, security: await siteSecurity(loadConfig(c.configPath), as), peer: to, host: '127.0.0.1', port: c.listenPorts.get(to)!, backoffMsMin: 100, backoffMsMax: 500 });
   const link = await new Promise<Link>((resolve) => {
     d.once('link', resolve);
     d.start();
@@ -141,7 +143,7 @@ describe('failover to the standby (issue 10)', () => {
       expect(tookMs).toBeGreaterThanOrEqual(failoverTimeoutMs - heartbeatMs - 50);
       expect(tookMs).toBeLessThanOrEqual(2 * failoverTimeoutMs);
       expect(promoted.epoch).toBe(2);
-      const metrics = await (await fetch(`http://${cl.site('backup').admin}/metrics`)).text();
+      const metrics = await cl.metricsText('backup');
       expect(metrics).toMatch(/^geomirror_failovers_total\{kind="promoted",[^}]*\} 1$/m);
       expect(metrics).toMatch(/^geomirror_acting_role\{acting="primary",[^}]*\} 1$/m);
       expect(metrics).toMatch(/^geomirror_epoch\{[^}]*\} 2$/m);

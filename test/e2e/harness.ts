@@ -8,10 +8,13 @@ import { createWriteStream, mkdtempSync, readFileSync, rmSync, truncateSync, wri
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fetchStatus } from '../../src/cli/status.js';
+import { adminCredentials, adminRequest, type AdminCredentials } from '../../src/cli/admin-client.js';
 import type { SiteStatus } from '../../src/site/status.js';
 import { Cmd } from '../../src/nbd/protocol.js';
 import { RawClient } from '../nbd/raw-client.js';
 import { WanProxy } from '../wanem/proxy.js';
+import { loadConfig } from '../../src/site/config.js';
+import { preparePki } from '../../src/site/pki.js';
 
 const repoRoot = resolve(import.meta.dirname, '../..');
 const bin = join(repoRoot, 'bin/geomirror.mjs');
@@ -167,7 +170,14 @@ export class Cluster {
       this.sites.set(name, { name, admin, logPath: join(this.dir, `${name}.log`), storagePath: storage, child: undefined, exited: undefined, lives: 0 });
     }
     writeFileSync(this.configPath, `${lines.join('\n')}\n`);
+    // As geomirror start does on first run: the cluster CA and every site's certificate.
+    const config = loadConfig(this.configPath);
+    await preparePki(config);
+    this.creds = adminCredentials(config);
   }
+
+  /** How the harness authenticates to the sites' admin ports (the cluster's CA and key). */
+  creds: AdminCredentials = { cluster: '' };
 
   site(name: string): SiteProc {
     const s = this.sites.get(name);
@@ -209,8 +219,15 @@ export class Cluster {
   }
 
   async status(name: string): Promise<SiteStatus | undefined> {
-    const r = await fetchStatus({ name, admin: this.site(name).admin }, 2_000);
+    const r = await fetchStatus({ name, admin: this.site(name).admin, site: name }, 2_000, this.creds);
     return 'status' in r ? r.status : undefined;
+  }
+
+  /** GET /metrics of a site over its authenticated admin HTTPS ('' when it does not answer). */
+  async metricsText(name: string): Promise<string> {
+    const [host, port] = this.site(name).admin.split(':');
+    const r = await adminRequest({ host: host!, port: Number(port), method: 'GET', path: '/metrics', site: name, creds: this.creds, timeoutMs: 5000, bodyCharsMax: 16 << 20 }).catch(() => undefined);
+    return r?.code === 200 ? r.body : '';
   }
 
   /** Polls /status until `pred` holds; fails naming `what` and the last status seen. */

@@ -4,6 +4,8 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { loadConfig } from '../../src/site/config.js';
+import { siteCertFiles } from '../../src/site/pki.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -128,7 +130,10 @@ describe('NBD clients against the replicated volume', () => {
     const before = sha(replica('east'));
     const secret = Buffer.from(readFileSync(join(dir, 'cluster.key'), 'utf8').trim(), 'hex');
     // As `west` (a site the mirror accepts), so the primary's own link to east is never replaced.
-    const results = await runLive({ host: '127.0.0.1', port: eastListenPort, secret, cluster: 'nbdtest', site: 'east', as: 'west' });
+    const config = loadConfig(join(dir, 'cluster.yaml'));
+    const f = siteCertFiles(config, 'west');
+    const tls = { ca: readFileSync(config.tls.caCert, 'utf8'), cert: readFileSync(f.cert, 'utf8'), key: readFileSync(f.key, 'utf8') };
+    const results = await runLive({ host: '127.0.0.1', port: eastListenPort, secret, cluster: 'nbdtest', site: 'east', as: 'west', tls, volumeBytes: BigInt(volumeBytes), blockBytes: 4096 });
     const failed = results.filter((r) => !r.pass);
     expect(failed, failed.map((f) => `${f.name}: ${f.detail}`).join('\n')).toEqual([]);
     expect(results.length).toBeGreaterThan(20);

@@ -5,12 +5,13 @@
 import { randomBytes } from 'node:crypto';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Dialer, Link, LinkServer, ManualClock, type LinkClose } from '../../src/net/index.js';
+import { Dialer, Link, LinkServer, ManualClock, insecureLinks, type LinkClose } from '../../src/net/index.js';
 import { ErrorCode, MessageReader, ProtocolError, encodeFrame, type DataMessage, type Message, type WriteMsg } from '../../src/wire/index.js';
 import { rawHeader } from '../conformance/vectors.js';
 import { captureLogger, freePort, rawExchange, until } from './helpers.js';
 
 const secret = randomBytes(32);
+const security = insecureLinks({ volumeBytes: 1n << 30n, blockBytes: 4096 });
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();
@@ -18,7 +19,7 @@ afterEach(async () => {
 
 async function startServer(opts: Partial<ConstructorParameters<typeof LinkServer>[0]> = {}) {
   const logger = captureLogger();
-  const server = new LinkServer({ cluster: 'demo', site: 'east', secret, peers: ['local', 'standby'], host: '127.0.0.1', port: 0, logger, ...opts });
+  const server = new LinkServer({ cluster: 'demo', site: 'east', secret, security, peers: ['local', 'standby'], host: '127.0.0.1', port: 0, logger, ...opts });
   const { port } = await server.listen();
   cleanups.push(() => server.close());
   return { server, port, logger };
@@ -26,7 +27,7 @@ async function startServer(opts: Partial<ConstructorParameters<typeof LinkServer
 
 function startDialer(port: number, opts: Partial<ConstructorParameters<typeof Dialer>[0]> = {}) {
   const logger = captureLogger();
-  const dialer = new Dialer({ cluster: 'demo', site: 'local', peer: 'east', secret, host: '127.0.0.1', port, logger, backoffMsMin: 20, backoffMsMax: 200, ...opts });
+  const dialer = new Dialer({ cluster: 'demo', site: 'local', peer: 'east', secret, security, host: '127.0.0.1', port, logger, backoffMsMin: 20, backoffMsMax: 200, ...opts });
   dialer.start();
   cleanups.push(() => dialer.stop());
   return { dialer, logger };
@@ -154,7 +155,7 @@ describe('Link over TCP', () => {
 });
 
 /** Two Links over one real loopback connection, timers on a ManualClock. */
-async function linkedPair(clock: ManualClock, extra: { heartbeatIntervalMs?: number; linkTimeoutMs?: number; sendQueueBytesMax?: number; inflightWritesMax?: number; clockB?: ManualClock; windowB?: number } = {}) {
+async function linkedPair(clock: ManualClock, extra: { heartbeatIntervalMs?: number; linkTimeoutMs?: number; frameDeadlineMs?: number; sendQueueBytesMax?: number; inflightWritesMax?: number; clockB?: ManualClock; windowB?: number } = {}) {
   const srv = createServer();
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
   const accepted = new Promise<Socket>((r) => srv.once('connection', r));
@@ -163,7 +164,7 @@ async function linkedPair(clock: ManualClock, extra: { heartbeatIntervalMs?: num
   const b = await accepted;
   srv.close();
   const { clockB, windowB, ...timing } = extra;
-  const common = { cluster: 'demo', secret, clock, heartbeatIntervalMs: 100, linkTimeoutMs: 500, ...timing };
+  const common = { cluster: 'demo', secret, security, clock, heartbeatIntervalMs: 100, linkTimeoutMs: 500, frameDeadlineMs: 2000, ...timing };
   const logA = captureLogger();
   const logB = captureLogger();
   const la = new Link(a, { ...common, role: 'dialer', site: 'local', peer: 'east', logger: logA });
@@ -193,6 +194,27 @@ describe('Link timers (ManualClock)', () => {
     expect(la.state).toBe('established');
   });
 
+  it('an authenticated peer that trickles a frame byte by byte is cut after frameDeadlineMs, though bytes keep coming', async () => {
+    const clock = new ManualClock();
+    // The dialer's clock never moves (it sends no heartbeats into our hand-made bytes).
+    const { la, lb, a, logB } = await linkedPair(new ManualClock(), { clockB: clock, heartbeatIntervalMs: 100, linkTimeoutMs: 500 });
+    const closed = new Promise<LinkClose>((r) => lb.once('close', r));
+    // The start of a 4 KiB WRITE (encoded by hand, frameSeq continuing the dialer's frames),
+    // then one byte per 100 ms: always something received, never a whole frame.
+    const frame = encodeFrame(write(1n, 1), la.framesTx);
+    let sent = 0;
+    for (let t = 0; t < 40 && lb.state === 'established'; t++) {
+      a.write(frame.subarray(sent, sent + (t === 0 ? 30 : 1)));
+      sent += t === 0 ? 30 : 1;
+      await new Promise((r) => setTimeout(r, 2));
+      clock.advance(100);
+    }
+    const info = await closed;
+    expect(info.code).toBe(ErrorCode.LINK_TIMEOUT);
+    expect(info.reason).toMatch(/bytes of a frame and no complete frame for \d+ ms \(frameDeadlineMs 2000\)/);
+    expect(logB.lines.some((l) => /no complete frame/.test(String(l.obj.reason)))).toBe(true);
+  });
+
   it('a silent peer is declared dead after linkTimeoutMs (LINK_TIMEOUT on both logs)', async () => {
     const clock = new ManualClock();
     // The peer runs on its own clock, which never moves: after its first heartbeat it falls silent.
@@ -216,7 +238,7 @@ describe('Link timers (ManualClock)', () => {
     srv.close();
     cleanups.push(() => a.destroy());
     const log = captureLogger();
-    const lb = new Link(b, { role: 'listener', cluster: 'demo', site: 'east', secret, acceptPeer: () => true, clock, logger: log, handshakeTimeoutMs: 3000 });
+    const lb = new Link(b, { role: 'listener', cluster: 'demo', site: 'east', secret, security, acceptPeer: () => true, clock, logger: log, handshakeTimeoutMs: 3000 });
     const closed = new Promise<LinkClose>((r) => lb.once('close', r));
     const peerClosed = new Promise((r) => a.once('close', r));
     a.on('error', () => {});
@@ -287,11 +309,38 @@ describe('Link timers (ManualClock)', () => {
     expect(lb.state).toBe('closed');
   });
 
+  it('the dialer logs the first failure, then at most one summary per interval with a count (not a line per retry)', async () => {
+    const clock = new ManualClock();
+    const port = await freePort();
+    const logger = captureLogger();
+    let fails = 0;
+    let downMs = 0;
+    const dialer = new Dialer({ cluster: 'demo', site: 'local', peer: 'east', secret, security, host: '127.0.0.1', port, clock, logger, random: () => 0.5, backoffMsMin: 100, backoffMsMax: 1000, downLogIntervalMs: 5000 });
+    cleanups.push(() => dialer.stop());
+    dialer.on('attempt-failed', (f) => {
+      fails++;
+      downMs += f.retryInMs;
+      setImmediate(() => clock.advance(f.retryInMs)); // retry at once (the clock is ours)
+    });
+    dialer.start();
+    await until(() => fails >= 20, '20 failed attempts');
+    dialer.stop();
+    const down = logger.lines.filter((l) => /link to peer (down|still down)/.test(l.msg));
+    // 20 attempts, ~750 ms apart once backed off (~13 s of downtime): the first line, then one
+    // summary per 5 s of (manual) clock, never one per attempt.
+    expect(down[0]!.msg).toBe('link to peer down; reconnecting');
+    expect(down.length).toBeGreaterThanOrEqual(2);
+    expect(down.length).toBeLessThanOrEqual(2 + Math.floor(downMs / 5000));
+    expect(down.length).toBeLessThan(fails / 2);
+    const summaries = down.slice(1);
+    expect(summaries.every((l) => /still down: \d+ failed attempt\(s\)/.test(l.msg) && typeof l.obj.failedAttempts === 'number')).toBe(true);
+  });
+
   it('the dialer reconnects with exponential backoff and jitter until a listener appears', async () => {
     const clock = new ManualClock();
     const port = await freePort();
     const fails: { attempt: number; retryInMs: number }[] = [];
-    const dialer = new Dialer({ cluster: 'demo', site: 'local', peer: 'east', secret, host: '127.0.0.1', port, clock, random: () => 0.5, backoffMsMin: 100, backoffMsMax: 1000 });
+    const dialer = new Dialer({ cluster: 'demo', site: 'local', peer: 'east', secret, security, host: '127.0.0.1', port, clock, random: () => 0.5, backoffMsMin: 100, backoffMsMax: 1000 });
     cleanups.push(() => dialer.stop());
     dialer.on('attempt-failed', (f) => fails.push(f));
     dialer.start();
@@ -302,7 +351,7 @@ describe('Link timers (ManualClock)', () => {
     // 0.75 x min(1000, 100 * 2^(n-1))
     await until(() => fails.length === 7, 'failed attempt 7');
     expect(fails.map((f) => f.retryInMs)).toEqual([75, 150, 300, 600, 750, 750, 750]);
-    const server = new LinkServer({ cluster: 'demo', site: 'east', secret, peers: ['local'], host: '127.0.0.1', port, clock });
+    const server = new LinkServer({ cluster: 'demo', site: 'east', secret, security, peers: ['local'], host: '127.0.0.1', port, clock });
     await server.listen();
     cleanups.push(() => server.close());
     const linked = new Promise<Link>((r) => dialer.once('link', r));

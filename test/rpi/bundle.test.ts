@@ -2,6 +2,9 @@
 // qemu-aarch64-static with the official arm64 Node 20 and Debian's arm64 libc; its arm64 native
 // modules (usb, serialport, crc32) load; and the emulated site serves as the `east` mirror of an
 // x86 primary: 8 MiB written over NBD arrive byte-identical on east's storage.
+import { adminCredentials } from '../../src/cli/admin-client.js';
+import { loadConfig } from '../../src/site/config.js';
+import { preparePki } from '../../src/site/pki.js';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, ftruncateSync, closeSync } from 'node:fs';
@@ -78,7 +81,7 @@ describe('Raspberry Pi bundle under qemu-aarch64', () => {
     const [pe, pw, n, a1, a2, a3] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
     const data = join(dir, 'data');
     execFileSync('mkdir', ['-p', data]);
-    writeFileSync(join(data, 'cluster.key'), createHash('sha256').update('rpi-bundle-test').digest('hex') + '\n');
+    writeFileSync(join(data, 'cluster.key'), createHash('sha256').update('rpi-bundle-test').digest('hex') + '\n', { mode: 0o600 });
     const volumeBytes = 16 * 2 ** 20;
     for (const s of ['local', 'east', 'west']) {
       for (const [f, size] of [[`${s}.img`, volumeBytes], [`${s}.cache`, 8 * 2 ** 20]] as const) {
@@ -99,6 +102,9 @@ sites:
   west: { role: mirror, listen: 127.0.0.1:${pw}, admin: 127.0.0.1:${a3}, cache: { device: "loopback:./data/west.cache", size: 8MiB }, storage: ["loopback:./data/west.img"] }
 `,
     );
+    const loaded = loadConfig(cfg);
+    await preparePki(loaded); // the cluster CA and the three site certificates, as geomirror start makes them
+    const creds = adminCredentials(loaded);
     let logs = '';
     const start = (name: string, cmd: string, args: string[]): Promise<number | null> => {
       const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, GEOMIRROR_LOG_FORMAT: 'json' } });
@@ -116,7 +122,7 @@ sites:
     const deadline = Date.now() + 150_000;
     let state = '';
     while (Date.now() < deadline) {
-      const r = await fetchStatus({ name: 'local', admin: `127.0.0.1:${a1}` });
+      const r = await fetchStatus({ name: 'local', admin: `127.0.0.1:${a1}`, site: 'local' }, 3000, creds);
       state = 'status' in r ? r.status.state : r.error;
       if (state === 'in-sync') break;
       await new Promise((r) => setTimeout(r, 500));

@@ -3,6 +3,8 @@
 // into the FAT boot partition (read back here with mtools); it refuses an image without a FAT
 // boot partition, a missing site name, a mounted target and an unconfirmed overwrite, each
 // with a message that says why, and with the target's bytes unchanged.
+import { loadConfig } from '../../src/site/config.js';
+import { preparePki } from '../../src/site/pki.js';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -26,7 +28,7 @@ let bundle: string;
 let cfg: string;
 let key: Buffer;
 
-beforeAll(() => {
+beforeAll(async () => {
   piImg = makePiImage(dir, 'pi.img');
   noFatImg = makePiImage(dir, 'nofat.img', false);
   // flash copies whatever bundle it is given; a small stand-in keeps this file fast (the real
@@ -39,7 +41,7 @@ beforeAll(() => {
   execFileSync('tar', ['-czf', bundle, '-C', join(dir, 'bundle-src'), 'geomirror-0.1.0-linux-arm64']);
   mkdirSync(join(dir, 'keys'));
   key = Buffer.from(randomBytes(32).toString('hex') + '\n');
-  writeFileSync(join(dir, 'keys', 'cluster.key'), key);
+  writeFileSync(join(dir, 'keys', 'cluster.key'), key, { mode: 0o600 });
   cfg = join(dir, 'cluster.yaml');
   writeFileSync(
     cfg,
@@ -51,6 +53,7 @@ sites:
   east: { role: mirror, listen: 0.0.0.0:7401, admin: 0.0.0.0:9401, cache: { device: "loopback:/var/lib/geomirror/east.cache", size: 64MiB }, storage: ["usb:0781:5583:4C530001"] }
 `,
   );
+  await preparePki(loadConfig(cfg)); // the CA and the site certificates, as geomirror start or pki init make them
 });
 
 function geomirror(args: string[]): { status: number | null; stderr: string } {
@@ -77,6 +80,11 @@ function checkProvisioned(out: string, image: Buffer): void {
   expect(readFat(out, '/geomirror/geomirror-0.1.0-linux-arm64.tar.gz.sha256').toString()).toContain(sha(bundleBack));
   expect(readFat(out, '/geomirror/cluster.yaml').equals(readFileSync(cfg))).toBe(true);
   expect(readFat(out, '/geomirror/cluster.key').equals(key)).toBe(true);
+  // Issue 17: the cluster CA and east's own certificate and key travel with it (installed
+  // geomirror 0600 beside the key, then removed from the card).
+  expect(readFat(out, '/geomirror/tls/ca.crt').equals(readFileSync(join(dir, 'keys', 'ca.crt')))).toBe(true);
+  expect(readFat(out, '/geomirror/tls/site-east.key').equals(readFileSync(join(dir, 'keys', 'site-east.key')))).toBe(true);
+  expect(readFat(out, '/geomirror/tls/site-east.crt').length).toBeGreaterThan(100);
 
   const userDataText = readFat(out, '/user-data').toString();
   expect(userDataText.startsWith('#cloud-config\n')).toBe(true);
@@ -86,7 +94,7 @@ function checkProvisioned(out: string, image: Buffer): void {
   const at = (re: RegExp): number => cmds.findIndex((c) => re.test(c));
   const nodeStep = at(/apt-get install -y nodejs/);
   const untar = at(/^tar -xzf \/boot\/firmware\/geomirror\/geomirror-0\.1\.0-linux-arm64\.tar\.gz -C \/opt\/geomirror/);
-  const install = at(/^sh \/opt\/geomirror\/install\.sh --config \/boot\/firmware\/geomirror\/cluster\.yaml --site east --key \/boot\/firmware\/geomirror\/cluster\.key --key-dest \/etc\/geomirror\/keys\/cluster\.key$/);
+  const install = at(/^sh \/opt\/geomirror\/install\.sh --config \/boot\/firmware\/geomirror\/cluster\.yaml --site east --key \/boot\/firmware\/geomirror\/cluster\.key --key-dest \/etc\/geomirror\/keys\/cluster\.key --tls \/boot\/firmware\/geomirror\/tls$/);
   const enable = cmds.indexOf('systemctl enable --now geomirror@east.service');
   expect([nodeStep, untar, install, enable].every((i) => i >= 0), cmds.join('\n')).toBe(true);
   expect(nodeStep < untar && untar < install && install < enable).toBe(true);
@@ -94,6 +102,8 @@ function checkProvisioned(out: string, image: Buffer): void {
   const installSh = readFileSync(fileURLToPath(new URL('../../targets/rpi/install.sh', import.meta.url)), 'utf8');
   expect(installSh).toContain('install -m 0644 "$here/systemd/geomirror@.service" /etc/systemd/system/geomirror@.service');
   expect(installSh).toContain('/etc/udev/rules.d/60-geomirror.rules');
+  expect(installSh).toContain('install -m 0600 -o geomirror -g geomirror "$key" "$keydest"');
+  expect(cmds).toContain('rm -rf /boot/firmware/geomirror/tls');
 
   const md = parse(readFat(out, '/meta-data').toString()) as Record<string, string>;
   expect(md['instance-id']).toMatch(/^geomirror-east-/);

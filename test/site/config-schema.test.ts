@@ -52,11 +52,30 @@ describe('docs/cluster.schema.json', () => {
       ['bad address', (c) => { c.sites.east!.listen = 'localhost'; }, /\/sites\/east\/listen must match pattern/],
       ['bad device scheme', (c) => { c.sites.east!.storage = ['lopback:./x.img']; }, /\/sites\/east\/storage\/0 must match pattern/],
       ['block size', (c) => { c.volume.blockSize = 1024; }, /\/volume\/blockSize must be equal to one of the allowed values/],
+      ['transport', (c) => { (c as Record<string, unknown>).transport = 'tcp'; }, /\/transport must be equal to one of the allowed values/],
+      ['tls key', (c) => { (c as Record<string, unknown>).tls = { ca: './ca.crt', cakey: './ca.key' }; }, /\/tls must NOT have additional properties/],
+      ['nbd-tls mode', (c) => { c.sites.local!['nbd-tls'] = 'yes'; }, /\/sites\/local\/nbd-tls must match exactly one schema in oneOf/],
+      ['nbd-tls mapping key', (c) => { c.sites.local!['nbd-tls'] = { mode: 'require', pks: './nbd.psk' }; }, /\/sites\/local\/nbd-tls/],
+      ['nbd-tls on a witness', (c) => { c.sites.witness = { role: 'witness', listen: '127.0.0.1:7999', 'nbd-tls': 'require' }; }, /\/sites\/witness\/nbd-tls/],
     ];
     for (const [label, change, want] of variants) {
       const c = structuredClone(good);
       change(c);
       expect(errorsOf(c).join('\n'), label).toMatch(want);
+    }
+    // The TLS keys (issue 17) in the shapes the loader takes.
+    const tlsShapes: ((c: typeof good) => void)[] = [
+      (c) => { (c as Record<string, unknown>).transport = 'insecure'; },
+      (c) => { (c as Record<string, unknown>).tls = { dir: './pki', ca: './pki/ca.crt', 'ca-key': './pki/ca.key' }; },
+      (c) => { c.sites.local!['nbd-tls'] = 'require'; },
+      (c) => { c.sites.local!['nbd-tls'] = false; },
+      (c) => { c.sites.east!['nbd-tls'] = { mode: 'allow', psk: './data/nbd.psk', allow: ['backup-host'] }; },
+      (c) => { c.sites.local!['nbd-tls'] = { cert: './a.crt', key: './a.key', ca: './clients.crt' }; },
+    ];
+    for (const change of tlsShapes) {
+      const c = structuredClone(good);
+      change(c);
+      expect(errorsOf(c), JSON.stringify(c.sites.local)).toEqual([]);
     }
     // Sizes in every spelling the loader takes.
     for (const size of ['1G', '1GB', '1GiB', '1g', 1073741824]) {

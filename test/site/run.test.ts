@@ -6,7 +6,10 @@ import { createServer, type Server } from 'node:net';
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chmodSync } from 'node:fs';
+import { preparePki } from '../../src/site/pki.js';
+import { adminCredentials, adminRequest } from '../../src/cli/admin-client.js';
 import { freePort } from '../net/helpers.js';
 import { parseConfig, type ClusterConfig } from '../../src/site/config.js';
 import { createLogger } from '../../src/site/log.js';
@@ -16,6 +19,16 @@ import type { SiteStatus } from '../../src/site/status.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'geomirror-run-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
+// Every config of this file is cluster t in `dir`: one CA and one certificate per site for all.
+beforeAll(async () => {
+  await preparePki(await config('pki'));
+});
+
+/** GET over the site's admin HTTPS with a token from the cluster key; undefined when it does not answer. */
+async function adminGet(cfg: ClusterConfig, path: string): Promise<{ code: number; body: string } | undefined> {
+  const a = cfg.sites.local!.admin!;
+  return adminRequest({ host: a.host, port: a.port, method: 'GET', path, site: 'local', creds: adminCredentials(cfg), timeoutMs: 2000, bodyCharsMax: 1 << 22 }).catch(() => undefined);
+}
 
 
 async function config(name: string, extra = ''): Promise<ClusterConfig> {
@@ -40,7 +53,7 @@ ${extra}
 }
 
 function files(name: string, { key = true, img = 1024 * 1024 } = {}): void {
-  if (key) writeFileSync(join(dir, `${name}.key`), `${'cd'.repeat(32)}\n`);
+  if (key) writeFileSync(join(dir, `${name}.key`), `${'cd'.repeat(32)}\n`, { mode: 0o600 });
   writeFileSync(join(dir, `${name}-local.cache`), '');
   truncateSync(join(dir, `${name}-local.cache`), 64 * 1024);
   writeFileSync(join(dir, `${name}-local.img`), '');
@@ -79,20 +92,19 @@ describe('runSite', () => {
       return { status, stop: async () => void (stopped = true) };
     };
     const starting = runSite(cfg, 'local', { runtime, log: createLogger({ site: 'local', destination: logs, format: 'json' }), processMetrics: false });
-    const adminUrl = `http://${cfg.sites.local!.admin!.text}/status`;
-    await expect.poll(async () => ((await fetch(adminUrl).then((r) => r.json(), () => ({}))) as { state?: string }).state).toBe('starting');
+    await expect.poll(async () => (JSON.parse((await adminGet(cfg, '/status'))?.body ?? '{}') as { state?: string }).state).toBe('starting');
     release();
     const site = await starting;
     expect(seen!.secret).toEqual(Buffer.alloc(32, 0xcd));
     expect(seen!.site.name).toBe('local');
     expect(seen!.geo!.mirrors[0]!.tooClose).toBe(true);
-    const status = (await (await fetch(adminUrl)).json()) as SiteStatus;
+    const status = JSON.parse((await adminGet(cfg, '/status'))!.body) as SiteStatus;
     expect(status).toMatchObject({ state: 'in-sync', lastSeqAcked: '5', epoch: 1 });
-    const metrics = await (await fetch(`http://${cfg.sites.local!.admin!.text}/metrics`)).text();
+    const metrics = (await adminGet(cfg, '/metrics'))!.body;
     expect(metrics).toMatch(/^geomirror_cache_capacity_bytes\{.*\} 65536$/m);
     await site.stop();
     expect(stopped).toBe(true);
-    await expect(fetch(adminUrl)).rejects.toThrow();
+    expect(await adminGet(cfg, '/status')).toBeUndefined();
     const lines = logs.lines();
     expect(lines.find((l) => l.event === 'geography' && l.level === 'warn')?.msg).toMatch(/mirror east is only \d+\.\d miles from local; claim 5/);
     expect(lines.map((l) => l.event)).toEqual(expect.arrayContaining(['starting', 'ready', 'stopping', 'stopped']));
@@ -105,14 +117,14 @@ describe('runSite', () => {
     const runtime: RoleRuntime = async () => ({
       status,
       stop: async () => undefined,
-      checksums: async (req) => ({ algorithm: 'sha256', volumeBytes: 1024 * 1024, offsetBytes: req.offsetBytes, regionBytes: req.regionBytes, checksums: Array.from({ length: req.count }, () => '00'.repeat(32)) }),
+      checksums: async (req) => ({ algorithm: 'hmac-sha256', volumeBytes: 1024 * 1024, offsetBytes: req.offsetBytes, regionBytes: req.regionBytes, checksums: Array.from({ length: req.count }, () => '00'.repeat(32)) }),
     });
     const site = await runSite(cfg, 'local', { runtime, log: createLogger({ site: 'local', destination: collector(), format: 'json' }), processMetrics: false });
     try {
-      const admin = `http://${cfg.sites.local!.admin!.text}`;
-      expect(((await (await fetch(`${admin}/status`)).json()) as SiteStatus).verify).toBeUndefined();
-      expect((await fetch(`${admin}/checksums?offset=262144&regionBytes=65536&count=4`)).status).toBe(200);
-      expect(((await (await fetch(`${admin}/status`)).json()) as SiteStatus).verify).toEqual({ doneBytes: 524288, totalBytes: 1024 * 1024 });
+      const statusNow = async (): Promise<SiteStatus> => JSON.parse((await adminGet(cfg, '/status'))!.body) as SiteStatus;
+      expect((await statusNow()).verify).toBeUndefined();
+      expect((await adminGet(cfg, '/checksums?offset=262144&regionBytes=65536&count=4'))?.code).toBe(200);
+      expect((await statusNow()).verify).toEqual({ doneBytes: 524288, totalBytes: 1024 * 1024 });
       expect(site.status().verify).toEqual({ doneBytes: 524288, totalBytes: 1024 * 1024 });
     } finally {
       await site.stop();
@@ -138,9 +150,39 @@ describe('runSite', () => {
     ]);
   });
 
+  it('refuses a key file that group or others can read, with the chmod that fixes it (issue 17 item 8)', async () => {
+    const cfg = await config('open');
+    files('open');
+    chmodSync(join(dir, 'open.key'), 0o644);
+    expect(await startupProblems(runSite(cfg, 'local', { runtime: noRuntime }))).toEqual([
+      `secret: ${join(dir, 'open.key')} is readable or writable by group/others (mode 0644); a key must be private to the service user. Fix: chmod 600 ${join(dir, 'open.key')}`,
+    ]);
+    chmodSync(join(dir, 'site-local.key'), 0o640);
+    chmodSync(join(dir, 'open.key'), 0o600);
+    try {
+      expect(await startupProblems(runSite(cfg, 'local', { runtime: noRuntime }))).toEqual([
+        `site local key: ${join(dir, 'site-local.key')} is readable or writable by group/others (mode 0640); a key must be private to the service user. Fix: chmod 600 ${join(dir, 'site-local.key')}`,
+      ]);
+    } finally {
+      chmodSync(join(dir, 'site-local.key'), 0o600);
+    }
+  });
+
+  it('names a missing site certificate with the command that issues it', async () => {
+    const cfg = await config('nocert');
+    files('nocert');
+    rmSync(join(dir, 'site-east.crt'));
+    try {
+      const p2 = await startupProblems(runSite(cfg, 'east', { runtime: noRuntime }));
+      expect(p2).toContain(`site east: certificate ${join(dir, 'site-east.crt')} does not exist; issue it with: geomirror pki issue --config ${cfg.file} --site east`);
+    } finally {
+      await preparePki(cfg); // put it back (key and certificate are made as a pair)
+    }
+  });
+
   it('names a missing block device, a file given as one, and a block device as cache', async () => {
     const [nbd, east] = await Promise.all([freePort(), freePort()]);
-    writeFileSync(join(dir, 'block.key'), `${'cd'.repeat(32)}\n`);
+    writeFileSync(join(dir, 'block.key'), `${'cd'.repeat(32)}\n`, { mode: 0o600 });
     const img = join(dir, 'block-file.img');
     writeFileSync(img, '');
     truncateSync(img, 1024 * 1024);

@@ -4,11 +4,13 @@
 // primary connected, a few ms while heartbeats flow, growing once the primary is gone. A wrong
 // key is refused and it keeps serving; frames it has no use for are ignored.
 import { freePort } from '../net/helpers.js';
+import { siteSecurity } from '../net/tls-fixture.js';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Dialer, type Link } from '../../src/net/index.js';
+import { Dialer, type Link, type LinkSecurity } from '../../src/net/index.js';
 import { parseConfig, type ClusterConfig } from '../../src/site/config.js';
 import { createLogger } from '../../src/site/log.js';
 import { fromWire } from '../../src/site/peerwire.js';
@@ -23,6 +25,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 
 let cfg: ClusterConfig;
+let dir = '';
+const security = new Map<string, LinkSecurity>();
 let port = 0;
 let witness: RunningSite;
 const dialers: Dialer[] = [];
@@ -41,8 +45,9 @@ sites:
   backup: { role: standby, standby-for: local, listen: 127.0.0.1:${backup}, failover-timeout: 1s, cache: { device: "memory:", size: 64KiB }, storage: ["memory:"] }
   judge: { role: witness, listen: 127.0.0.1:${judge} }
 `,
-    join(tmpdir(), 'geomirror-witness-test.yaml'),
+    join((dir = mkdtempSync(join(tmpdir(), 'geomirror-witness-'))), 'cluster.yaml'),
   );
+  for (const s of ['local', 'backup', 'judge']) security.set(s, await siteSecurity(cfg, s));
   process.env.GEOMIRROR_HEARTBEAT_MS = String(heartbeatMs);
   process.env.GEOMIRROR_LINK_TIMEOUT_MS = '600';
   witness = await runSite(cfg, 'judge', { log: createLogger({ site: 'judge', level: 'silent' }), processMetrics: false });
@@ -51,6 +56,7 @@ sites:
 afterAll(async () => {
   for (const d of dialers.splice(0)) d.stop();
   await witness?.stop();
+  rmSync(dir, { recursive: true, force: true });
   for (const [k, v] of [['GEOMIRROR_HEARTBEAT_MS', savedEnv.hb], ['GEOMIRROR_LINK_TIMEOUT_MS', savedEnv.to]] as const) {
     if (v === undefined) delete process.env[k];
     else process.env[k] = v;
@@ -60,7 +66,7 @@ afterAll(async () => {
 /** Dials the witness as `as`; resolves with the established link. */
 function dial(as: string, opts: { key?: Buffer; epoch?: bigint } = {}): { dialer: Dialer; link: Promise<Link> } {
   const dialer = new Dialer({
-    cluster: 'w', site: as, secret: opts.key ?? secret, peer: 'judge', host: '127.0.0.1', port,
+    cluster: 'w', site: as, secret: opts.key ?? secret, security: security.get(as)!, peer: 'judge', host: '127.0.0.1', port,
     heartbeatIntervalMs: heartbeatMs, backoffMsMin: 50, backoffMsMax: 200,
     heartbeatState: () => ({ epoch: opts.epoch ?? 1n, lastSeq: 0n }),
   });
@@ -163,7 +169,7 @@ describe('witness runtime', () => {
 
   it('refuses a wrong key and keeps serving', async () => {
     const refusedBefore = (await witness.metrics.framesRefusedTotal.get()).values.reduce((n, v) => n + v.value, 0);
-    const bad = new Dialer({ cluster: 'w', site: 'local', secret: randomBytes(32), peer: 'judge', host: '127.0.0.1', port, backoffMsMin: 1000, backoffMsMax: 1000 });
+    const bad = new Dialer({ cluster: 'w', site: 'local', secret: randomBytes(32), security: security.get('local')!, peer: 'judge', host: '127.0.0.1', port, backoffMsMin: 1000, backoffMsMax: 1000 });
     dialers.push(bad);
     const failed = new Promise<{ reason: string }>((resolve) => bad.once('attempt-failed', resolve));
     let established = false;

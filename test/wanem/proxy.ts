@@ -45,6 +45,13 @@ export class WanProxy {
   oneWayLatencyMs: number;
   bandwidthBytesPerSec: number | undefined;
   readonly stats = { connections: 0, bytesForwarded: 0, bytesDropped: 0 };
+  /** When set, every chunk seen in either direction is kept here (what an on-path observer sees). */
+  recorded: Buffer[] | undefined;
+  /**
+   * On-path attacker hook: sees each chunk ('up' = dialer -> listener) before it is queued and
+   * returns what to forward instead (a flipped byte, an injected frame...).
+   */
+  tamper: ((dir: 'up' | 'down', chunk: Buffer) => Buffer) | undefined;
 
   private constructor(private readonly opts: WanProxyOptions) {
     this.oneWayLatencyMs = opts.oneWayLatencyMs ?? 0;
@@ -77,6 +84,19 @@ export class WanProxy {
   heal(): void {
     this.partitioned = false;
     for (const p of [...this.pipes]) if (p.blackholed) this.kill(p);
+  }
+
+  /** Writes `bytes` into every live connection, as if the sender had sent them (injection). */
+  inject(dir: 'up' | 'down', bytes: Buffer): number {
+    let n = 0;
+    for (const p of this.pipes) {
+      const to = dir === 'up' ? p.server : p.client;
+      if (!p.blackholed && !to.destroyed) {
+        to.write(bytes);
+        n++;
+      }
+    }
+    return n;
   }
 
   /** Reset every connection once (both sites see the link drop and reconnect). */
@@ -140,7 +160,10 @@ export class WanProxy {
       if (from.isPaused() && queuedBytes <= queuedBytesMax / 2) from.resume();
       if (queue.length > 0) timer = setTimeout(pump, Math.max(0, queue[0]!.departMs - nowMs));
     };
-    from.on('data', (chunk: Buffer) => {
+    const dir: 'up' | 'down' = from === p.client ? 'up' : 'down';
+    from.on('data', (seen: Buffer) => {
+      this.recorded?.push(Buffer.from(seen));
+      const chunk = this.tamper ? this.tamper(dir, seen) : seen;
       if (p.blackholed) {
         this.stats.bytesDropped += chunk.byteLength;
         return;

@@ -6,12 +6,13 @@ import { describe, expect, it } from 'vitest';
 import { ErrorCode, FrameEncoder, Handshake, NonceMemory, type Message } from '../../src/wire/index.js';
 
 const secret = randomBytes(32);
+const geometry = { volumeBytes: 1n << 30n, blockBytes: 4096 };
 
 function listener(nonces = new NonceMemory(), key = secret) {
-  return new Handshake({ role: 'listener', cluster: 'demo', site: 'east', secret: key, acceptPeer: (s) => s === 'local', seenNonce: (n) => nonces.check(n), randomBytes });
+  return new Handshake({ role: 'listener', cluster: 'demo', site: 'east', secret: key, acceptPeer: (s) => s === 'local', seenNonce: (n) => nonces.check(n), randomBytes, geometry });
 }
 function dialer(key = secret) {
-  return new Handshake({ role: 'dialer', cluster: 'demo', site: 'local', peer: 'east', secret: key, randomBytes });
+  return new Handshake({ role: 'dialer', cluster: 'demo', site: 'local', peer: 'east', secret: key, randomBytes, geometry });
 }
 
 /** Runs both machines against each other; returns every message the dialer sent. */

@@ -9,6 +9,7 @@ import {
   decodeMessage,
   encodeFrameParts,
   headerStruct,
+  protocolVersion,
   specByName,
   writeHeader,
   type Message,
@@ -23,7 +24,7 @@ describe('hand-coded header == buffer-layout header struct', () => {
       const hand = Buffer.alloc(24);
       writeHeader(hand, 0, type, bodyBytes, seq, bodyCrc);
       const bl = Buffer.alloc(24);
-      headerStruct.layout.encode({ magic: 0x474d5250, version: 1, type, flags: 0, bodyBytes, frameSeq: seq, bodyCrc, headerCrc: 0 }, bl, 0);
+      headerStruct.layout.encode({ magic: 0x474d5250, version: protocolVersion, type, flags: 0, bodyBytes, frameSeq: seq, bodyCrc, headerCrc: 0 }, bl, 0);
       bl.writeUInt32BE(crc32Small(bl, 0, 20), 20);
       expect(hand.toString('hex')).toBe(bl.toString('hex'));
       expect(headerStruct.layout.decode(hand, 0)).toMatchObject({ type, bodyBytes, frameSeq: seq, bodyCrc });
