@@ -59,7 +59,11 @@ describe('geomirror events', () => {
     let at = -1;
     const step = (label: string, pred: (e: SiteEvent) => boolean): SiteEvent => {
       const i = changes.findIndex((e, j) => j > at && pred(e));
-      expect(i, `${label} after position ${at} in: ${seen.join(', ')}`).toBeGreaterThan(at);
+      // On failure, also what the command said about each site's own stream (a stream lost and
+      // reopened misses the changes in between) and the first lines it printed for local.
+      const admin = lines().filter((e) => (e.what as string) === 'admin').map((e) => `${e.site}:${e.to}@${e.at}`);
+      const head = lines().filter((e) => e.site === 'local').slice(0, 12).map((e) => `${e.type}/${e.what}${e.peer ? `/${e.peer}` : ''}:${e.to}@${e.at}`);
+      expect(i, `${label} after position ${at} in: ${seen.join(', ')}; admin: ${admin.join(', ')}; local head: ${head.join(', ')}`).toBeGreaterThan(at);
       at = i;
       return changes[i]!;
     };
