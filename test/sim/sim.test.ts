@@ -35,6 +35,12 @@ describe('deterministic simulation of primary + mirrors', () => {
     expect(r.stats.unrecoverable).toBe(0);
   });
 
+  it('seed 2449: north holds the only copy of an acked write the primary\'s storage failed, then fails a later write there that fails everywhere; its storage report leaves out what it reported per write, so the primary still takes that block from north', () => {
+    const r = runSim({ seed: 2449 });
+    expect(r.failures).toEqual([]);
+    expect(r.stats.unrecoverable).toBe(0);
+  });
+
   it('is deterministic: the same seed gives the same run', () => {
     const a = runSim({ seed: 4242 });
     const b = runSim({ seed: 4242 });
