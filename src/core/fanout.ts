@@ -507,7 +507,7 @@ export class Fanout implements OpOwner {
 
   /** A bitmapSet is durable: its regions count as set, and the writes waiting on it may complete. */
   onDone(ev: Completion): void {
-    assert(ev.type === 'bitmapPersisted', `${this.io.self}: ${ev.type} for a bitmap op ${ev.opId}`);
+    assert(ev.type === 'bitmapPersisted', () => `${this.io.self}: ${ev.type} for a bitmap op ${ev.opId}`);
     for (const m of this.mirrors.values()) {
       for (const [r, st] of m.dirty) if (st === ev.opId) m.dirty.set(r, 'set');
     }

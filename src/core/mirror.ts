@@ -174,7 +174,7 @@ export class Mirror extends CoreRole {
    * re-perform them over newer writes of its own epoch.
    */
   releaseSettled(): void {
-    assert(this.settled(), `mirror ${this.cfg.self}: releaseSettled() before settled()`);
+    assert(this.settled(), () => `mirror ${this.cfg.self}: releaseSettled() before settled()`);
     this.store.dropAll();
     this.up.failed = [];
   }

@@ -103,7 +103,7 @@ export class LocalRepair implements OpOwner {
 
   /** Only bitmapSet of `lostKey` completes here; nothing waits on it (the suspect record covers the window). */
   onDone(ev: Completion): void {
-    assert(ev.type === 'bitmapPersisted', `${this.io.self}: ${ev.type} for a repair op ${ev.opId}`);
+    assert(ev.type === 'bitmapPersisted', () => `${this.io.self}: ${ev.type} for a repair op ${ev.opId}`);
   }
 
   /** The local storage came back and names what it missed. */

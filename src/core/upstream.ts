@@ -269,7 +269,7 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
 
   onDone(ev: Completion): void {
     const p = this.pendingEpoch;
-    assert(ev.type === 'metaPersisted' && p !== undefined && p.opId === ev.opId, `${this.io.self}: ${ev.type} for unknown op ${ev.opId}`);
+    assert(ev.type === 'metaPersisted' && p !== undefined && p.opId === ev.opId, () => `${this.io.self}: ${ev.type} for unknown op ${ev.opId}`);
     this.pendingEpoch = undefined;
     this.io.log('info', 'epoch_adopted', { epoch: p.epoch, previous: this.epoch, upstream: p.peer });
     this.epoch = p.epoch;
