@@ -26,6 +26,7 @@
 // in sync it gets no writes at all, only resync data, so the two streams never interleave.
 
 import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
+import { epochStepMax } from './upstream.js';
 import type { LocalStore, StoreEntry } from './local-store.js';
 import { badRanges, blocksIn, MissedBlocks, rangesOfRegions, regionCount, regionRange, regionsOf, regionsOfRanges } from './regions.js';
 import { assert, peerRangesMax, type ByteRange, type Completion, type Epoch, type HostOpId, type Limits, type MirrorLossPolicy, type OpId, type PeerId, type PeerMsg, type SenseInfo, type Seq } from './types.js';
@@ -226,12 +227,14 @@ export class Fanout implements OpOwner {
     const m = this.mirrors.get(peer);
     if (m === undefined) return;
     if (epoch > this.host.epoch) {
-      this.host.fence(epoch, peer);
+      if (epoch > this.host.epoch + epochStepMax) this.io.refuse(peer, 'bad_frame', `${peer} heartbeats epoch ${epoch}, more than ${epochStepMax} past this primary's ${this.host.epoch}`);
+      else this.host.fence(epoch, peer);
       return;
     }
     if (epoch < this.host.epoch) return; // a mirror not yet at our epoch: nothing it says applies
     if (rttMs !== undefined) m.rttMs = rttMs;
-    if (lastSeq > m.seqAcked) m.seqAcked = lastSeq;
+    // A heartbeat's last seq is information only, and only up to what was assigned.
+    if (lastSeq > m.seqAcked && lastSeq <= this.host.lastSeq()) m.seqAcked = lastSeq;
   }
 
   /** A frame of our epoch from a mirror (the primary checked the epoch). */
@@ -361,6 +364,12 @@ export class Fanout implements OpOwner {
 
   /** Cumulative: every write of our epoch up to `seq` is executed there. O(writes newly acked). */
   private onAck(m: MirrorState, seq: Seq): void {
+    // An ack of a seq this primary never assigned is a broken peer, not progress: believing it
+    // would move the cursor past real writes that then wait for this mirror for good.
+    if (seq > this.host.lastSeq()) {
+      this.io.refuse(m.peer, 'bad_frame', `${m.peer} acked seq ${seq}, beyond the last seq assigned (${this.host.lastSeq()})`);
+      return;
+    }
     if (seq > m.seqAcked) m.seqAcked = seq;
     if (seq <= m.ackCursor) return;
     const entries = this.store.entries;

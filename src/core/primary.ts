@@ -25,7 +25,8 @@
 // repaired from them (src/core/repair.ts).
 
 import { Fanout, type FanoutFlush, type FanoutHost, type LinkState, type MirrorSync, type PrimaryEntry } from './fanout.js';
-import { CoreIO, CoreRole, type OpOwner } from './io.js';
+import { CoreIO, CoreRole, repeatLogIntervalMs, type OpOwner } from './io.js';
+import { epochStepMax } from './upstream.js';
 import { LocalStore } from './local-store.js';
 import { LocalRepair } from './repair.js';
 import { assert, type ByteRange, type CacheEntry, type Completion, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type HostError, type HostOpId, type Limits } from './types.js';
@@ -440,7 +441,10 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       return;
     }
     if (msg.epoch > this.epoch) {
-      this.fence(msg.epoch, peer);
+      // A newer epoch is a promotion elsewhere; more than epochStepMax at once is not one (a
+      // peer's bad frame must not fence the primary for good: issue 17 item 4).
+      if (msg.epoch > this.epoch + epochStepMax) this.io.refuse(peer, 'bad_frame', `${peer} sent ${msg.type} of epoch ${msg.epoch}, ${msg.epoch - this.epoch} past this primary's ${this.epoch}: more than ${epochStepMax} promotions at once is not a failover`);
+      else this.fence(msg.epoch, peer);
       return;
     }
     if (msg.epoch < this.epoch) {
@@ -450,14 +454,17 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       this.io.log('warn', 'stale_epoch_message', { peer, type: msg.type, epoch: msg.epoch, ours: this.epoch });
       return;
     }
-    if (msg.type === 'fence') this.fence(msg.epoch, peer);
+    // A FENCE names the newer epoch that fences us; one of our own epoch fences nothing (it can
+    // come late from a race, or from a confused peer): logged, ignored.
+    if (msg.type === 'fence') this.io.logLimited(`fence_own_epoch:${peer}`, repeatLogIntervalMs, 'warn', 'fence_ignored', { peer, epoch: msg.epoch, why: 'a FENCE of this primary\'s own epoch fences nothing' });
     else if (msg.type === 'readData') this.repair.onReadData(peer, msg);
     else this.fan.recv(peer, msg);
   }
 
   /** A witness's heartbeat carries the newest epoch it has seen. */
   private onWitnessHeard(peer: PeerId, epoch: Epoch): void {
-    if (epoch > this.epoch) this.fence(epoch, peer);
+    if (epoch > this.epoch + epochStepMax) this.io.refuse(peer, 'bad_frame', `${peer} heartbeats epoch ${epoch}, more than ${epochStepMax} past this primary's ${this.epoch}`);
+    else if (epoch > this.epoch) this.fence(epoch, peer);
     else this.confirmed(peer);
   }
 
