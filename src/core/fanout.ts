@@ -57,6 +57,8 @@ export interface FanoutFlush {
   stage: 'waitWrites' | 'flushing';
   readonly waitingMirrors: Set<PeerId>;
   sense: SenseInfo | undefined;
+  /** Mirrors that answered it (flushAck). */
+  answered?: Set<PeerId>;
 }
 
 /** What the fan-out needs from the primary around it. */
@@ -323,6 +325,15 @@ export class Fanout implements OpOwner {
     }
     if (this.cfg.failover === true) this.io.send(m.peer, { type: 'ack', epoch: this.host.epoch, seq: this.committedSent });
     this.io.send(m.peer, { type: 'inSync', epoch: this.host.epoch, seq: this.host.lastSeq() });
+    // A FLUSH on its way waits for every mirror in sync when it completes, also one that is in
+    // sync again after it was sent (degraded meanwhile with nothing missed, or resynced): its
+    // answer means "durable on every mirror in sync" (through a relay, the far end: seed 16333
+    // of the chain acked a FLUSH the far end never saw).
+    for (const f of this.host.flushes) {
+      if (f.stage !== 'flushing' || f.waitingMirrors.has(m.peer) || f.answered?.has(m.peer) === true) continue;
+      f.waitingMirrors.add(m.peer);
+      this.io.send(m.peer, { type: 'flush', epoch: this.host.epoch, flushId: f.flushId, seq: f.upTo });
+    }
   }
 
   /**
@@ -407,6 +418,7 @@ export class Fanout implements OpOwner {
       this.degrade(m, `flush failed: ${sense.message}`);
     }
     f.waitingMirrors.delete(m.peer);
+    (f.answered ??= new Set()).add(m.peer);
   }
 
   /** A host flush's barrier reached every write it covers: to every in-sync mirror. */
