@@ -4,7 +4,12 @@
 // link's own heartbeats, with the round trip it measured: contract 6 of src/core/types.ts).
 // Which peers matter is the core's business: every event is fed, and the core ignores peers it
 // does not know. STATUS_REQUEST (a peer or `npm run conformance` asking) is answered here.
+// Before the core sees a frame, the edge checks that the peer may send it at all (the cluster
+// file's roles, src/site/authority.ts; a LAST_HEARD_ANSWER only answers a query sent on that
+// link): a frame against that is refused, logged naming the peer, and its link closed.
 import { Dialer, LinkServer, type Link } from '../net/index.js';
+import { ErrorCode, type DataMessage } from '../wire/index.js';
+import { PeerAuthority } from './authority.js';
 import type { CoreEvent, HeartbeatState, PeerId, PeerMsg } from '../core/types.js';
 import { AckTimer } from './ack-timer.js';
 import type { PeersPort } from './executor.js';
@@ -15,6 +20,8 @@ import type { SiteStatus } from './status.js';
 
 /** Link send queue: above the core's in-flight bound, so a link never refuses a send the window allowed. */
 const linkSendQueueBytesMax = 96 * 1024 * 1024;
+/** LAST_HEARD_QUERYs remembered per link awaiting their answer (a standby asks one at a time). */
+const lastHeardQueriesMax = 16;
 
 export interface PeersTiming {
   heartbeatIntervalMs?: number;
@@ -36,11 +43,16 @@ export class Peers implements PeersPort {
   /** Send-to-ack timing per peer, for the ack-latency histogram only (the core keeps the window). */
   private readonly ackTimer = new AckTimer();
   private stopped = false;
+  private readonly authority: PeerAuthority;
+  /** Per link: the LAST_HEARD_QUERY ids sent on it and not yet answered. */
+  private readonly queries = new WeakMap<Link, bigint[]>();
 
   constructor(
     private readonly ctx: SiteContext,
     private readonly opts: PeersOptions,
-  ) {}
+  ) {
+    this.authority = new PeerAuthority(ctx.config, ctx.site.name);
+  }
 
   private linkOptions() {
     const log = this.ctx.log;
@@ -93,11 +105,33 @@ export class Peers implements PeersPort {
   send(peer: PeerId, msg: PeerMsg): void {
     const link = this.links.get(peer);
     if (link === undefined || link.state !== 'established') return; // contract 4: dropped
-    if (sendOrClose(link, toWire(msg, this.ctx.site.name)) && msg.type === 'write') this.ackTimer.sent(peer, msg.seq, msg.lengthBytes, this.opts.nowMs());
+    if (!sendOrClose(link, toWire(msg, this.ctx.site.name))) return;
+    if (msg.type === 'write') this.ackTimer.sent(peer, msg.seq, msg.lengthBytes, this.opts.nowMs());
+    else if (msg.type === 'lastHeardQuery') {
+      const q = this.queries.get(link) ?? [];
+      q.push(msg.queryId);
+      if (q.length > lastHeardQueriesMax) q.shift();
+      this.queries.set(link, q);
+    }
   }
 
+  /** The core refused `peer`'s input (it logged why, naming the peer): end the link with REFUSED. */
   close(peer: PeerId, reason: string): void {
-    this.links.get(peer)?.close(undefined, reason);
+    this.links.get(peer)?.close(ErrorCode.REFUSED, reason);
+  }
+
+  /** Why the edge refuses `m` from `peer` on `link` (undefined: the core may see it). */
+  private edgeRefusal(link: Link, peer: PeerId, m: DataMessage): string | undefined {
+    const byRole = this.authority.refusal(peer, m.type);
+    if (byRole !== undefined) return byRole;
+    if (m.type === 'LAST_HEARD_ANSWER') {
+      // An answer is a vote in a failover: only one per question this site asked on this link.
+      const q = this.queries.get(link);
+      const i = q?.indexOf(m.queryId) ?? -1;
+      if (i < 0) return `${peer} sent LAST_HEARD_ANSWER to query ${m.queryId}, which ${this.ctx.site.name} did not ask it on this link`;
+      q!.splice(i, 1);
+    }
+    return undefined;
   }
 
   // ---- links --------------------------------------------------------------------------------
@@ -120,7 +154,14 @@ export class Peers implements PeersPort {
         sendOrClose(link, { type: 'STATUS_REPLY', requestId: m.requestId, entries: statusReplyEntries(this.opts.status()) });
         return;
       }
-      const msg = decodeOrClose(link, m, peer);
+      const refused = this.edgeRefusal(link, peer, m);
+      if (refused !== undefined) {
+        metrics.framesRefusedTotal.inc({ reason: String(ErrorCode.REFUSED) });
+        log.warn({ event: 'frame-refused', peer, remote: link.remote, type: m.type, reason: refused }, `refused ${m.type} from ${peer}: ${refused}`);
+        link.close(ErrorCode.REFUSED, refused);
+        return;
+      }
+      const msg = decodeOrClose(link, m, peer, log);
       if (msg === undefined) return;
       if (msg.type === 'ack') this.ackTimer.acked(peer, msg.seq, this.opts.nowMs(), (ms) => metrics.ackLatencySeconds.observe({ peer }, ms / 1000));
       else if (msg.type === 'write') {
