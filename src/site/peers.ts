@@ -6,9 +6,13 @@
 // does not know. STATUS_REQUEST (a peer or `npm run conformance` asking) is answered here.
 // Before the core sees a frame, the edge checks that the peer may send it at all (the cluster
 // file's roles, src/site/authority.ts; a LAST_HEARD_ANSWER only answers a query sent on that
-// link): a frame against that is refused, logged naming the peer, and its link closed.
+// link; no epoch, in a frame or a heartbeat, more than epochStepMax past this site's): a frame
+// against that is refused, logged naming the peer (rate-limited per peer), and its link closed.
 import { Dialer, LinkServer, type Link } from '../net/index.js';
-import { ErrorCode, type DataMessage } from '../wire/index.js';
+import { ErrorCode, type DataMessage, type FrameTypeName } from '../wire/index.js';
+import { rateLimitedLogger } from '../net/log-limit.js';
+import type { LinkLogger } from '../net/index.js';
+import { epochStepMax } from '../core/upstream.js';
 import { PeerAuthority } from './authority.js';
 import type { CoreEvent, HeartbeatState, PeerId, PeerMsg } from '../core/types.js';
 import { AckTimer } from './ack-timer.js';
@@ -46,6 +50,8 @@ export class Peers implements PeersPort {
   private readonly authority: PeerAuthority;
   /** Per link: the LAST_HEARD_QUERY ids sent on it and not yet answered. */
   private readonly queries = new WeakMap<Link, bigint[]>();
+  /** Per peer and kind: refusal lines, rate-limited (an authenticated peer can reconnect and refuse itself at will). */
+  private readonly refusalLogs = new Map<string, LinkLogger>();
 
   constructor(
     private readonly ctx: SiteContext,
@@ -120,10 +126,25 @@ export class Peers implements PeersPort {
     this.links.get(peer)?.close(ErrorCode.REFUSED, reason);
   }
 
+  /**
+   * Why an epoch `peer` claims (in a `type` frame or its heartbeat) cannot be true: more
+   * promotions at once than epochStepMax (the bound src/core/upstream.ts puts on EPOCH). The
+   * primary's core fences itself on any newer epoch from a mirror or its standby (that is how an
+   * old primary learns it was superseded), so a jump to 2^64-1 would fence it for good.
+   */
+  private epochRefusal(peer: PeerId, type: FrameTypeName, epoch: bigint): string | undefined {
+    const ours = this.opts.heartbeatState().epoch;
+    if (epoch <= ours + epochStepMax) return undefined;
+    return `${peer} sent ${type} of epoch ${epoch}, ${epoch - ours} past ${this.ctx.site.name}'s ${ours}: more than ${epochStepMax} promotions at once is not a failover (an epoch grows by one per promotion)`;
+  }
+
   /** Why the edge refuses `m` from `peer` on `link` (undefined: the core may see it). */
   private edgeRefusal(link: Link, peer: PeerId, m: DataMessage): string | undefined {
     const byRole = this.authority.refusal(peer, m.type);
     if (byRole !== undefined) return byRole;
+    const claimed = m.type === 'FENCE' ? m.currentEpoch : 'epoch' in m ? m.epoch : undefined;
+    const byEpoch = claimed === undefined ? undefined : this.epochRefusal(peer, m.type, claimed);
+    if (byEpoch !== undefined) return byEpoch;
     if (m.type === 'LAST_HEARD_ANSWER') {
       // An answer is a vote in a failover: only one per question this site asked on this link.
       const q = this.queries.get(link);
@@ -156,9 +177,14 @@ export class Peers implements PeersPort {
       }
       const refused = this.edgeRefusal(link, peer, m);
       if (refused !== undefined) {
-        metrics.framesRefusedTotal.inc({ reason: String(ErrorCode.REFUSED) });
-        log.warn({ event: 'frame-refused', peer, remote: link.remote, type: m.type, reason: refused }, `refused ${m.type} from ${peer}: ${refused}`);
-        link.close(ErrorCode.REFUSED, refused);
+        this.refuse(link, peer, m.type, refused);
+        return;
+      }
+      if (m.type === 'FENCE' && m.currentEpoch <= this.opts.heartbeatState().epoch) {
+        // A FENCE says "I am at a newer epoch than you". One that is not newer is stale news (it
+        // crossed this site's own epoch change) or a lie; the primary's core fences itself on a
+        // FENCE of its own epoch, so it never reaches the core. Not a reason to drop the link.
+        this.staleFenceLog(peer).info({ event: 'stale-fence-ignored', peer, epoch: String(m.currentEpoch), ours: String(this.opts.heartbeatState().epoch) }, `ignored a FENCE of epoch ${m.currentEpoch} from ${peer}: this site is at epoch ${this.opts.heartbeatState().epoch} already`);
         return;
       }
       const msg = decodeOrClose(link, m, peer, log);
@@ -171,6 +197,11 @@ export class Peers implements PeersPort {
       this.opts.feed({ type: 'recv', peer, msg });
     });
     link.on('heartbeat', (hb, rttMs) => {
+      const refused = this.epochRefusal(peer, 'HEARTBEAT', hb.epoch);
+      if (refused !== undefined) {
+        this.refuse(link, peer, 'HEARTBEAT', refused);
+        return;
+      }
       if (rttMs !== undefined) metrics.linkRttSeconds.set({ peer }, rttMs / 1000);
       this.opts.feed({ type: 'peerHeard', peer, epoch: hb.epoch, lastSeq: hb.lastSeq, ...(rttMs !== undefined ? { rttMs } : {}) });
     });
@@ -182,6 +213,27 @@ export class Peers implements PeersPort {
       log.warn({ event: 'link-down', peer, reason: info.reason }, `link to ${peer} down: ${info.reason}`);
       this.opts.feed({ type: 'peerDown', peer });
     });
+  }
+
+  private staleFenceLog(peer: PeerId): LinkLogger {
+    return this.limitedLog(`stale FENCEs ignored from ${peer}`);
+  }
+
+  private limitedLog(what: string): LinkLogger {
+    let log = this.refusalLogs.get(what);
+    if (log === undefined) {
+      const base = this.ctx.log;
+      log = rateLimitedLogger({ info: (o, msg) => base.info(o, msg), warn: (o, msg) => base.warn(o, msg) }, what);
+      this.refusalLogs.set(what, log);
+    }
+    return log;
+  }
+
+  /** Refuses `peer`'s `type` frame: counted, logged naming the peer (rate-limited per peer), the link closed with REFUSED. */
+  private refuse(link: Link, peer: PeerId, type: FrameTypeName, reason: string): void {
+    this.ctx.metrics.framesRefusedTotal.inc({ reason: String(ErrorCode.REFUSED) });
+    this.limitedLog(`frames refused from ${peer}`).warn({ event: 'frame-refused', peer, remote: link.remote, type, reason }, `refused ${type} from ${peer}: ${reason}`);
+    link.close(ErrorCode.REFUSED, reason);
   }
 
   async stop(reason: string): Promise<void> {
