@@ -191,8 +191,8 @@ describe('hostile peers (issue 17 items 3-4), as processes', () => {
       ['RESYNC_DATA past the end', { type: 'RESYNC_DATA', volumeId: 0, flags: 0, epoch: 1n, resyncId: 9n, offsetBytes: V, data: block }, /resync data #9: range 16777216\+4096 runs past/],
       ['RESYNC_DATA of zero bytes', { type: 'RESYNC_DATA', volumeId: 0, flags: 0, epoch: 1n, resyncId: 9n, offsetBytes: 0n, data: Buffer.alloc(0) }, /resync data #9: range 0\+0/],
       ['READ_REQUEST past the end', { type: 'READ_REQUEST', volumeId: 0, epoch: 1n, readId: 3n, offsetBytes: V - 4096n, lengthBytes: 8192 }, /read request #3: .*runs past/],
-      ['EPOCH jump of 2000', { type: 'EPOCH', epoch: 2001n, agreedLastSeq: 0n, primary: 'local' }, /announced epoch 2001, 2000 past this site's 1/],
-      ['EPOCH 2^64-1', { type: 'EPOCH', epoch: u64Max, agreedLastSeq: 0n, primary: 'local' }, /announced epoch 18446744073709551615/],
+      ['EPOCH jump of 2000', { type: 'EPOCH', epoch: 2001n, agreedLastSeq: 0n, primary: 'local' }, /epoch 2001, 2000 past east's 1: more than 1024 promotions/],
+      ['EPOCH 2^64-1', { type: 'EPOCH', epoch: u64Max, agreedLastSeq: 0n, primary: 'local' }, /epoch 18446744073709551615, 18446744073709551614 past east's 1/],
       ['WRITE with a reserved field set', (() => { const b = bodyOf(w(0n, block)); b.writeUInt16BE(1, 6); return b; })(), /reserved field reserved is not 0/],
       ['WRITE with an unknown flag', (() => { const b = bodyOf(w(0n, block)); b.writeUInt16BE(0x8000, 4); return b; })(), /unknown flag bits 0x8000/],
       ['WRITE whose length field disagrees with its body', (() => { const b = bodyOf(w(0n, block)); b.writeUInt32BE(8192, 32); return b; })(), /lengthBytes is 8192 but the body carries 4096/],
@@ -220,6 +220,46 @@ describe('hostile peers (issue 17 items 3-4), as processes', () => {
     c.heal();
     await expectNoEpochMoved();
     await writeAll(planWrites(1714, c.volumeBytes, 1 * MiB));
+    await expectReplicasIdentical();
+    expect(c.allRunning).toBe(true);
+  });
+
+  it('a downstream\'s identity claiming an epoch more than epochStepMax ahead (in a WRITE_ACK, FENCE, RESYNC_REQUEST, ACK or its heartbeats) is refused at the edge, named in the log; a FENCE of the primary\'s own epoch is ignored; the primary is not fenced and writes on', { timeout: testTimeoutMs }, async () => {
+    // The primary's core fences itself on any newer epoch from a mirror (how an old primary learns
+    // it was superseded), without a bound: one WRITE_ACK of epoch 2^64-1 fenced it for good.
+    const far = 1n + 1025n;
+    const frames: [string, Message][] = [
+      ['WRITE_ACK', { type: 'WRITE_ACK', volumeId: 0, status: 0, senseKey: 0, asc: 0, ascq: 0, epoch: u64Max, seq: 1n }],
+      ['FENCE', { type: 'FENCE', currentEpoch: far, refusedEpoch: 1n, primary: 'west', reason: 'west says stop' }],
+      ['RESYNC_REQUEST', { type: 'RESYNC_REQUEST', volumeId: 0, epoch: 1n << 63n, seqReceived: 0n, ranges: [] }],
+      ['ACK', { type: 'ACK', volumeId: 0, epoch: far, seq: 1n }],
+    ];
+    // The primary's own link to west is cut meanwhile: its redial would replace the forged link.
+    c.cut('local', 'west');
+    for (const [what, frame] of frames) {
+      const closed = await attack('west', 'local', [frame]);
+      expect(closed, what).toMatchObject({ by: 'peer', code: ErrorCode.REFUSED });
+      expect(closed.reason, what).toMatch(new RegExp(`^west sent ${frame.type} of epoch \\d+, \\d+ past local's 1: more than 1024 promotions`));
+      expect(await refusalLogged('local', 'west', new RegExp(`^west sent ${frame.type} of epoch`)), `local logged ${what}`).toBe(true);
+    }
+    // The same in heartbeats (the link's own frames, which reach the core as "peer heard").
+    const r = await RoguePeer.connect({ config, as: 'east', target: 'local', port: c.listenPorts.get('local')!, heartbeatEpoch: u64Max });
+    const closed = await Promise.race([r.whenClosed(), sleep(closeWaitMs).then(() => undefined)]);
+    r.close();
+    expect(closed).toMatchObject({ by: 'peer', code: ErrorCode.REFUSED });
+    expect(closed!.reason).toMatch(/^east sent HEARTBEAT of epoch 18446744073709551615/);
+    // A FENCE of the primary's own epoch is no news (its core would fence itself on it): ignored, logged, the link kept.
+    const same = await RoguePeer.connect({ config, as: 'west', target: 'local', port: c.listenPorts.get('local')!, heartbeatEpoch: 1n });
+    same.send({ type: 'FENCE', currentEpoch: 1n, refusedEpoch: 1n, primary: 'west', reason: 'west says stop' });
+    same.send({ type: 'STATUS_REQUEST', requestId: 77 });
+    expect(await same.waitMessage((m) => m.type === 'STATUS_REPLY' && m.requestId === 77, closeWaitMs)).toBeDefined();
+    expect(same.isOpen).toBe(true);
+    same.close();
+    expect(await logged('local', (x) => x.event === 'stale-fence-ignored' && x.peer === 'west')).toBe(true);
+    expect(c.logRecords('local').filter((x) => x.event === 'fenced' || x.msg === 'fenced')).toEqual([]);
+    c.heal();
+    await expectNoEpochMoved();
+    await writeAll(planWrites(1716, c.volumeBytes, 1 * MiB));
     await expectReplicasIdentical();
     expect(c.allRunning).toBe(true);
   });
