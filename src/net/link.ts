@@ -286,6 +286,15 @@ export class Link extends EventEmitter {
     this.applyStep(this.hs.start());
   }
 
+  /**
+   * Who the peer is, for log lines: the authenticated name once established (the dialed one for a
+   * dialer), else the site its verified certificate names (a listener refusing a handshake of an
+   * identified peer still names it), else undefined (the line has the remote address).
+   */
+  private get logPeer(): string | undefined {
+    return this.peerName ?? this.certified;
+  }
+
   /** TLS: the site the peer's verified certificate names (before and after establishment). */
   get certifiedPeer(): string | undefined {
     return this.certified;
@@ -435,7 +444,7 @@ export class Link extends EventEmitter {
       if (e instanceof ProtocolError) this.fail(e.code, e.reason);
       else {
         // A bug in a handler: the stack goes to our log, never onto the wire.
-        this.log.warn({ peer: this.peerName, remote: this.remote, err: (e as Error).stack ?? String(e) }, 'link handler threw');
+        this.log.warn({ peer: this.logPeer, remote: this.remote, err: (e as Error).stack ?? String(e) }, 'link handler threw');
         this.fail(ErrorCode.INTERNAL, 'internal error while handling a frame; see the log of this site');
       }
     }
@@ -555,7 +564,7 @@ export class Link extends EventEmitter {
     const wasHandshaking = this.st === 'handshaking';
     this.closeInfo = { code, reason, by: 'local' };
     this.log[level](
-      { peer: this.peerName, remote: this.remote, role: this.role, code, codeName: errorCodeName(code), reason },
+      { peer: this.logPeer, remote: this.remote, role: this.role, code, codeName: errorCodeName(code), reason },
       wasHandshaking ? 'link refused' : 'link closed',
     );
     this.st = 'closed';
@@ -575,7 +584,7 @@ export class Link extends EventEmitter {
     const wasHandshaking = this.st === 'handshaking';
     this.closeInfo = { code, reason: `${errorCodeName(code)} from '${this.peerName ?? this.remote}': ${reason}`, by: 'peer' };
     this.log.warn(
-      { peer: this.peerName, remote: this.remote, role: this.role, code, codeName: errorCodeName(code), reason, by: 'peer' },
+      { peer: this.logPeer, remote: this.remote, role: this.role, code, codeName: errorCodeName(code), reason, by: 'peer' },
       wasHandshaking ? 'link refused by peer' : 'link closed by peer',
     );
     this.st = 'closed';
@@ -592,7 +601,7 @@ export class Link extends EventEmitter {
       return;
     }
     this.closeInfo = { code: undefined, reason: `link to '${this.peerName ?? this.remote}': ${reason}`, by: 'transport' };
-    this.log.warn({ peer: this.peerName, remote: this.remote, role: this.role, reason }, 'link lost');
+    this.log.warn({ peer: this.logPeer, remote: this.remote, role: this.role, reason }, 'link lost');
     this.st = 'closed';
     if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
     this.socket.destroy();

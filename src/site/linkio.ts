@@ -3,16 +3,22 @@
 // answer STATUS_REQUEST from a SiteStatus. One place, so every role refuses the same way.
 import type { PeerMsg } from '../core/types.js';
 import type { Link } from '../net/index.js';
-import type { DataMessage } from '../wire/index.js';
+import { ErrorCode, type DataMessage } from '../wire/index.js';
 import { fromWire } from './peerwire.js';
 import type { SiteStatus } from './status.js';
 
-/** The core message in `m`; undefined when it is not one, or when it was refused (the link is closed). */
-export function decodeOrClose(link: Link, m: DataMessage, peer: string): PeerMsg | undefined {
+/**
+ * The core message in `m`; undefined when it is not one, or when it was refused: a field no
+ * volume of this cluster can have (fromWire throws, naming the peer), logged here and the link
+ * closed with REFUSED.
+ */
+export function decodeOrClose(link: Link, m: DataMessage, peer: string, log?: { warn(o: object, msg: string): void }): PeerMsg | undefined {
   try {
     return fromWire(m, peer);
   } catch (err) {
-    link.close(undefined, (err as Error).message);
+    const reason = (err as Error).message;
+    log?.warn({ event: 'frame-refused', peer, remote: link.remote, type: m.type, reason }, `refused ${m.type} from ${peer}: ${reason}`);
+    link.close(ErrorCode.REFUSED, reason);
     return undefined;
   }
 }

@@ -4,7 +4,16 @@
 // link's own heartbeats, with the round trip it measured: contract 6 of src/core/types.ts).
 // Which peers matter is the core's business: every event is fed, and the core ignores peers it
 // does not know. STATUS_REQUEST (a peer or `npm run conformance` asking) is answered here.
+// Before the core sees a frame, the edge checks that the peer may send it at all (the cluster
+// file's roles, src/site/authority.ts; a LAST_HEARD_ANSWER only answers a query sent on that
+// link; no epoch, in a frame or a heartbeat, more than epochStepMax past this site's): a frame
+// against that is refused, logged naming the peer (rate-limited per peer), and its link closed.
 import { Dialer, LinkServer, type Link } from '../net/index.js';
+import { ErrorCode, type DataMessage, type FrameTypeName } from '../wire/index.js';
+import { rateLimitedLogger } from '../net/log-limit.js';
+import type { LinkLogger } from '../net/index.js';
+import { epochStepMax } from '../core/upstream.js';
+import { PeerAuthority } from './authority.js';
 import type { CoreEvent, HeartbeatState, PeerId, PeerMsg } from '../core/types.js';
 import { AckTimer } from './ack-timer.js';
 import type { PeersPort } from './executor.js';
@@ -15,6 +24,8 @@ import type { SiteStatus } from './status.js';
 
 /** Link send queue: above the core's in-flight bound, so a link never refuses a send the window allowed. */
 const linkSendQueueBytesMax = 96 * 1024 * 1024;
+/** LAST_HEARD_QUERYs remembered per link awaiting their answer (a standby asks one at a time). */
+const lastHeardQueriesMax = 16;
 
 export interface PeersTiming {
   heartbeatIntervalMs?: number;
@@ -36,11 +47,18 @@ export class Peers implements PeersPort {
   /** Send-to-ack timing per peer, for the ack-latency histogram only (the core keeps the window). */
   private readonly ackTimer = new AckTimer();
   private stopped = false;
+  private readonly authority: PeerAuthority;
+  /** Per link: the LAST_HEARD_QUERY ids sent on it and not yet answered. */
+  private readonly queries = new WeakMap<Link, bigint[]>();
+  /** Per peer and kind: refusal lines, rate-limited (an authenticated peer can reconnect and refuse itself at will). */
+  private readonly refusalLogs = new Map<string, LinkLogger>();
 
   constructor(
     private readonly ctx: SiteContext,
     private readonly opts: PeersOptions,
-  ) {}
+  ) {
+    this.authority = new PeerAuthority(ctx.config, ctx.site.name);
+  }
 
   private linkOptions() {
     const log = this.ctx.log;
@@ -93,11 +111,48 @@ export class Peers implements PeersPort {
   send(peer: PeerId, msg: PeerMsg): void {
     const link = this.links.get(peer);
     if (link === undefined || link.state !== 'established') return; // contract 4: dropped
-    if (sendOrClose(link, toWire(msg, this.ctx.site.name)) && msg.type === 'write') this.ackTimer.sent(peer, msg.seq, msg.lengthBytes, this.opts.nowMs());
+    if (!sendOrClose(link, toWire(msg, this.ctx.site.name))) return;
+    if (msg.type === 'write') this.ackTimer.sent(peer, msg.seq, msg.lengthBytes, this.opts.nowMs());
+    else if (msg.type === 'lastHeardQuery') {
+      const q = this.queries.get(link) ?? [];
+      q.push(msg.queryId);
+      if (q.length > lastHeardQueriesMax) q.shift();
+      this.queries.set(link, q);
+    }
   }
 
+  /** The core refused `peer`'s input (it logged why, naming the peer): end the link with REFUSED. */
   close(peer: PeerId, reason: string): void {
-    this.links.get(peer)?.close(undefined, reason);
+    this.links.get(peer)?.close(ErrorCode.REFUSED, reason);
+  }
+
+  /**
+   * Why an epoch `peer` claims (in a `type` frame or its heartbeat) cannot be true: more
+   * promotions at once than epochStepMax (the bound src/core/upstream.ts puts on EPOCH). The
+   * primary's core fences itself on any newer epoch from a mirror or its standby (that is how an
+   * old primary learns it was superseded), so a jump to 2^64-1 would fence it for good.
+   */
+  private epochRefusal(peer: PeerId, type: FrameTypeName, epoch: bigint): string | undefined {
+    const ours = this.opts.heartbeatState().epoch;
+    if (epoch <= ours + epochStepMax) return undefined;
+    return `${peer} sent ${type} of epoch ${epoch}, ${epoch - ours} past ${this.ctx.site.name}'s ${ours}: more than ${epochStepMax} promotions at once is not a failover (an epoch grows by one per promotion)`;
+  }
+
+  /** Why the edge refuses `m` from `peer` on `link` (undefined: the core may see it). */
+  private edgeRefusal(link: Link, peer: PeerId, m: DataMessage): string | undefined {
+    const byRole = this.authority.refusal(peer, m.type);
+    if (byRole !== undefined) return byRole;
+    const claimed = m.type === 'FENCE' ? m.currentEpoch : 'epoch' in m ? m.epoch : undefined;
+    const byEpoch = claimed === undefined ? undefined : this.epochRefusal(peer, m.type, claimed);
+    if (byEpoch !== undefined) return byEpoch;
+    if (m.type === 'LAST_HEARD_ANSWER') {
+      // An answer is a vote in a failover: only one per question this site asked on this link.
+      const q = this.queries.get(link);
+      const i = q?.indexOf(m.queryId) ?? -1;
+      if (i < 0) return `${peer} sent LAST_HEARD_ANSWER to query ${m.queryId}, which ${this.ctx.site.name} did not ask it on this link`;
+      q!.splice(i, 1);
+    }
+    return undefined;
   }
 
   // ---- links --------------------------------------------------------------------------------
@@ -120,7 +175,19 @@ export class Peers implements PeersPort {
         sendOrClose(link, { type: 'STATUS_REPLY', requestId: m.requestId, entries: statusReplyEntries(this.opts.status()) });
         return;
       }
-      const msg = decodeOrClose(link, m, peer);
+      const refused = this.edgeRefusal(link, peer, m);
+      if (refused !== undefined) {
+        this.refuse(link, peer, m.type, refused);
+        return;
+      }
+      if (m.type === 'FENCE' && m.currentEpoch <= this.opts.heartbeatState().epoch) {
+        // A FENCE says "I am at a newer epoch than you". One that is not newer is stale news (it
+        // crossed this site's own epoch change) or a lie; the primary's core fences itself on a
+        // FENCE of its own epoch, so it never reaches the core. Not a reason to drop the link.
+        this.staleFenceLog(peer).info({ event: 'stale-fence-ignored', peer, epoch: String(m.currentEpoch), ours: String(this.opts.heartbeatState().epoch) }, `ignored a FENCE of epoch ${m.currentEpoch} from ${peer}: this site is at epoch ${this.opts.heartbeatState().epoch} already`);
+        return;
+      }
+      const msg = decodeOrClose(link, m, peer, log);
       if (msg === undefined) return;
       if (msg.type === 'ack') this.ackTimer.acked(peer, msg.seq, this.opts.nowMs(), (ms) => metrics.ackLatencySeconds.observe({ peer }, ms / 1000));
       else if (msg.type === 'write') {
@@ -130,6 +197,11 @@ export class Peers implements PeersPort {
       this.opts.feed({ type: 'recv', peer, msg });
     });
     link.on('heartbeat', (hb, rttMs) => {
+      const refused = this.epochRefusal(peer, 'HEARTBEAT', hb.epoch);
+      if (refused !== undefined) {
+        this.refuse(link, peer, 'HEARTBEAT', refused);
+        return;
+      }
       if (rttMs !== undefined) metrics.linkRttSeconds.set({ peer }, rttMs / 1000);
       this.opts.feed({ type: 'peerHeard', peer, epoch: hb.epoch, lastSeq: hb.lastSeq, ...(rttMs !== undefined ? { rttMs } : {}) });
     });
@@ -141,6 +213,27 @@ export class Peers implements PeersPort {
       log.warn({ event: 'link-down', peer, reason: info.reason }, `link to ${peer} down: ${info.reason}`);
       this.opts.feed({ type: 'peerDown', peer });
     });
+  }
+
+  private staleFenceLog(peer: PeerId): LinkLogger {
+    return this.limitedLog(`stale FENCEs ignored from ${peer}`);
+  }
+
+  private limitedLog(what: string): LinkLogger {
+    let log = this.refusalLogs.get(what);
+    if (log === undefined) {
+      const base = this.ctx.log;
+      log = rateLimitedLogger({ info: (o, msg) => base.info(o, msg), warn: (o, msg) => base.warn(o, msg) }, what);
+      this.refusalLogs.set(what, log);
+    }
+    return log;
+  }
+
+  /** Refuses `peer`'s `type` frame: counted, logged naming the peer (rate-limited per peer), the link closed with REFUSED. */
+  private refuse(link: Link, peer: PeerId, type: FrameTypeName, reason: string): void {
+    this.ctx.metrics.framesRefusedTotal.inc({ reason: String(ErrorCode.REFUSED) });
+    this.limitedLog(`frames refused from ${peer}`).warn({ event: 'frame-refused', peer, remote: link.remote, type, reason }, `refused ${type} from ${peer}: ${reason}`);
+    link.close(ErrorCode.REFUSED, reason);
   }
 
   async stop(reason: string): Promise<void> {

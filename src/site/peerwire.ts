@@ -79,8 +79,15 @@ export function toWire(msg: PeerMsg, self: string): DataMessage {
   }
 }
 
-/** Wire -> core. Returns undefined for frames that are not replication messages. */
+/**
+ * Wire -> core. Returns undefined for frames that are not replication messages. Throws a
+ * RangeError naming the peer for a field no volume of this cluster can have (another volume
+ * number, an offset past 2^53): the caller refuses the frame and closes the link.
+ */
 export function fromWire(m: DataMessage, peer: string): PeerMsg | undefined {
+  if ('volumeId' in m && m.volumeId !== volumeId) {
+    throw new RangeError(`${peer}: ${m.type} is for volume ${m.volumeId}, but this cluster has one volume (number ${volumeId}); check that ${peer} runs the same cluster file`);
+  }
   switch (m.type) {
     case 'WRITE':
       return { type: 'write', epoch: m.epoch, seq: m.seq, offsetBytes: safeOffset(m.offsetBytes, peer), lengthBytes: m.data.byteLength, fua: (m.flags & WriteFlags.FUA) !== 0, payload: m.data };

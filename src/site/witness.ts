@@ -10,9 +10,15 @@
 // and a link heartbeat from it counts only when its epoch is not older than the highest epoch
 // the primary has shown us (a restarted old primary replaying an older epoch is not "heard").
 // Ages are monotonic (performance.now), never wall clock; "never" means in this process life.
+//
+// Authority (issue 17 item 3): only the sites that dial a witness, the configured primary and
+// standby, may connect, and the epoch it answers with moves only through them, at most
+// epochStepMax at once: its epoch reaches the primary in every heartbeat and fences it if newer,
+// so a mirror (or a restarted old primary's stale peer) must not be able to raise it.
 import { performance } from 'node:perf_hooks';
+import { epochStepMax } from '../core/upstream.js';
 import { LinkServer, type Link } from '../net/index.js';
-import type { DataMessage } from '../wire/index.js';
+import { ErrorCode, type DataMessage } from '../wire/index.js';
 import { toWire } from './peerwire.js';
 import { decodeOrClose, sendOrClose, statusReplyEntries } from './linkio.js';
 import type { RoleRuntime, SiteContext, SiteRuntime } from './context.js';
@@ -40,6 +46,9 @@ export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<Sit
   const peers = new Map<string, PeerSeen>([[primary, { link: undefined }]]);
   let stopped = false;
 
+  /** Who dials a witness, and so who may speak to it and move its epoch: the primary and the standby. */
+  const dialers = Object.values(config.sites).filter((s) => s.role === 'primary' || s.role === 'standby').map((s) => s.name);
+
   const heardPrimary = (): void => {
     lastHeardPrimaryMs = performance.now();
   };
@@ -49,7 +58,7 @@ export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<Sit
     site: site.name,
     secret: ctx.secret,
     security: ctx.linkSecurity,
-    peers: config.siteNames.filter((n) => n !== site.name),
+    peers: dialers,
     host: site.listen.host,
     port: site.listen.port,
     ...(opts.heartbeatIntervalMs ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}),
@@ -60,7 +69,7 @@ export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<Sit
   });
 
   const answer = (link: Link, peer: string, m: DataMessage): void => {
-    const msg = decodeOrClose(link, m, peer);
+    const msg = decodeOrClose(link, m, peer, log);
     if (msg?.type !== 'lastHeardQuery') {
       log.debug({ event: 'frame-ignored', peer, type: m.type }, `witness ignores ${m.type} from ${peer}`);
       return;
@@ -94,6 +103,13 @@ export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<Sit
     });
     link.on('heartbeat', (hb, rttMs) => {
       if (rttMs !== undefined) metrics.linkRttSeconds.set({ peer }, rttMs / 1000);
+      if (hb.epoch > epoch + epochStepMax) {
+        const reason = `${peer} claims epoch ${hb.epoch}, ${hb.epoch - epoch} past ${site.name}'s ${epoch}: more than ${epochStepMax} promotions at once is not a failover`;
+        metrics.framesRefusedTotal.inc({ reason: String(ErrorCode.REFUSED) });
+        log.warn({ event: 'frame-refused', peer, type: 'HEARTBEAT', epoch: String(hb.epoch), ours: String(epoch), reason }, `refused HEARTBEAT from ${peer}: ${reason}`);
+        link.close(ErrorCode.REFUSED, reason);
+        return;
+      }
       if (hb.epoch > epoch) {
         epoch = hb.epoch;
         metrics.epoch.set(Number(epoch));

@@ -41,6 +41,18 @@ export function renderSections(): Map<string, string> {
   const types = ['| Code | Name | Phase | Body bytes (min..max) | Meaning |', '|---|---|---|---|---|'];
   for (const s of F.messageSpecs) types.push(`| ${hex2(s.code)} | ${s.name} | ${s.phase} | ${s.bodyBytesMin}..${s.bodyBytesMax} | ${s.doc} |`);
   out.set('types', types.join('\n'));
+  const flowDoc: Record<F.MessageFlow, string> = {
+    down: 'only from the receiver\'s upstream (a primary or standby that lists it, the relay that forwards to it)',
+    up: 'only from the receiver\'s downstream (a site the receiver lists or forwards to)',
+    both: 'either way between an upstream and its downstream',
+    any: 'from any authenticated site of the cluster',
+  };
+  const flows = ['| Flow | Messages | Accepted |', '|---|---|---|'];
+  for (const flow of ['down', 'up', 'both', 'any'] as const) {
+    const names = F.messageSpecs.filter((s) => s.phase === 'data' && F.messageFlow[s.name] === flow).map((s) => s.name);
+    flows.push(`| ${flow} | ${names.join(', ')} | ${flowDoc[flow]} |`);
+  }
+  out.set('flow', flows.join('\n'));
   const tails = ['| Kind | Encoding |', '|---|---|'];
   for (const [k, v] of Object.entries(F.tailKindDocs)) tails.push(`| ${k} | ${v.layout} |`);
   out.set('tails', tails.join('\n'));

@@ -32,6 +32,7 @@ export const ErrorCode = {
   STALE_EPOCH: 43,
   REPLACED: 44,
   INTERNAL: 45,
+  REFUSED: 46,
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -62,6 +63,7 @@ export const errorCodeDocs: Record<ErrorCode, string> = {
   [ErrorCode.STALE_EPOCH]: 'The peer works in an older epoch; see FENCE.',
   [ErrorCode.REPLACED]: 'A newer authenticated connection from the same site replaced this one.',
   [ErrorCode.INTERNAL]: 'The sender hit an internal error and closes the link; see its log.',
+  [ErrorCode.REFUSED]: 'A well-formed frame the receiving site refuses: its sender may not send it (see "Who sends what": not this site\'s upstream or downstream in the cluster file, an answer to no question, an epoch not announced through a primary or standby) or it names a volume, bytes or sequence numbers the site cannot accept. The reason names the peer and the frame; check both sites\' cluster files.',
 };
 
 const codeNames: Record<number, string> = Object.fromEntries(

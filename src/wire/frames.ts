@@ -300,6 +300,27 @@ export const messageSpecs: readonly MessageSpec[] = [
   ], [{ name: 'reason', kind: 'str16', doc: 'human-readable reason' }]),
 ];
 
+/**
+ * Which way each data message flows between two sites (issue 17 item 3), a fact of the protocol
+ * that a receiver checks against its cluster file before anything else looks at the frame:
+ *   down   from a site's upstream (the primary, the standby, the relay that forwards to it)
+ *   up     from a site's downstream (a mirror, relay or standby it sends writes to)
+ *   both   either way between an upstream and its downstream
+ *   any    from any authenticated site of the cluster (link upkeep, status, failover queries)
+ * Handshake messages flow before anything is known; REFUSE/ERROR end a link whoever sends them.
+ */
+export type MessageFlow = 'down' | 'up' | 'both' | 'any';
+export const messageFlow: Readonly<Record<FrameTypeName, MessageFlow>> = {
+  HELLO: 'any', CHALLENGE: 'any', RESPONSE: 'any', WELCOME: 'any', REFUSE: 'any', ERROR: 'any',
+  WRITE: 'down', FLUSH: 'down', RESYNC_DATA: 'down', IN_SYNC: 'down', READ_REQUEST: 'down', EPOCH: 'down',
+  PEER_DIRTY: 'down', PEER_CLEAN: 'down',
+  WRITE_ACK: 'up', FLUSH_ACK: 'up', RESYNC_REQUEST: 'up', RESYNC_ACK: 'up', READ_DATA: 'up', READ_FAILED: 'up', PEER_DIRTY_ACK: 'up',
+  // ACK: cumulative acks go up; the upstream's committed watermark comes down (issue 16 item 4).
+  // FENCE: whichever of the two is in the newer epoch tells the other.
+  ACK: 'both', FENCE: 'both',
+  HEARTBEAT: 'any', STATUS_REQUEST: 'any', STATUS_REPLY: 'any', LAST_HEARD_QUERY: 'any', LAST_HEARD_ANSWER: 'any',
+};
+
 export const specByCode: ReadonlyMap<number, MessageSpec> = new Map(messageSpecs.map((s) => [s.code, s]));
 export const specByName: ReadonlyMap<string, MessageSpec> = new Map(messageSpecs.map((s) => [s.name, s]));
 

@@ -62,6 +62,13 @@ export interface ClusterOptions {
    * `block:` and a loop device over that file); default `loopback:` of the file.
    */
   storage?: (site: string, imagePath: string) => string;
+  /** Give the primary a listen address even without a standby (tests that dial it). */
+  primaryListen?: boolean;
+  /**
+   * A cascade leg (issue 7) beside the fan-out: relay `name` (with a copy of its own) is one
+   * more target of the primary and forwards to mirror `leaf`.
+   */
+  relay?: { name: string; leaf: string };
 }
 
 export interface SiteProc {
@@ -84,11 +91,16 @@ export class Cluster {
   readonly listenPorts = new Map<string, number>();
   readonly names: string[];
 
-  private constructor(readonly opts: Required<ClusterOptions>) {
+  private constructor(readonly opts: Required<Omit<ClusterOptions, 'relay'>> & Pick<ClusterOptions, 'relay'>) {
     this.dir = mkdtempSync(join(tmpdir(), 'geomirror-e2e-'));
     this.configPath = join(this.dir, 'cluster.yaml');
     this.volumeBytes = opts.volumeBytes;
-    this.names = ['local', ...(opts.standby ? [opts.standby] : []), ...opts.mirrors, ...(opts.witness ? [opts.witness] : [])];
+    this.names = ['local', ...(opts.standby ? [opts.standby] : []), ...opts.mirrors, ...(opts.relay ? [opts.relay.name, opts.relay.leaf] : []), ...(opts.witness ? [opts.witness] : [])];
+  }
+
+  /** The sites the primary sends to itself: its mirrors, the relay, the standby (not the relay's leaf, not the witness). */
+  get primaryTargets(): string[] {
+    return this.names.filter((n) => n !== 'local' && n !== this.opts.witness && n !== this.opts.relay?.leaf);
   }
 
   /** The standby's NBD port (its export goes live read-write when it is promoted). */
@@ -99,7 +111,8 @@ export class Cluster {
   /** Who dials whom: the primary its mirrors and standby; the standby the mirrors and, once promoted, the old primary. */
   private dialPairs(): [string, string][] {
     const sb = this.opts.standby;
-    const pairs: [string, string][] = this.names.filter((n) => n !== 'local').map((n) => ['local', n]);
+    const pairs: [string, string][] = this.names.filter((n) => n !== 'local' && n !== this.opts.relay?.leaf).map((n) => ['local', n]);
+    if (this.opts.relay) pairs.push([this.opts.relay.name, this.opts.relay.leaf]);
     if (sb) for (const n of this.names) if (n !== sb) pairs.push([sb, n]);
     return pairs;
   }
@@ -122,7 +135,7 @@ export class Cluster {
   }
 
   static async create(options: ClusterOptions = {}): Promise<Cluster> {
-    const c = new Cluster({ volumeBytes: 64 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024, onMirrorLoss: 'degrade', mirrors: ['east', 'west'], env: fastLinkEnv, nodeArgs: [], standby: '', witness: '', failoverTimeoutMs: 1500, proxies: false, storage: (name) => `loopback:./${name}.img`, ...options });
+    const c = new Cluster({ volumeBytes: 64 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024, onMirrorLoss: 'degrade', mirrors: ['east', 'west'], env: fastLinkEnv, nodeArgs: [], standby: '', witness: '', failoverTimeoutMs: 1500, proxies: false, storage: (name) => `loopback:./${name}.img`, primaryListen: false, ...options });
     await c.writeFiles();
     return c;
   }
@@ -133,7 +146,7 @@ export class Cluster {
     this.nbdPort = await freePort();
     for (const n of this.names) if (n !== 'local') this.listenPorts.set(n, await freePort());
     // The old primary listens too once there is a standby: the promoted standby dials it.
-    if (o.standby) this.listenPorts.set('local', await freePort());
+    if (o.standby || o.primaryListen) this.listenPorts.set('local', await freePort());
     if (o.proxies) {
       for (const [from, to] of this.dialPairs()) {
         this.proxies.set(`${from}->${to}`, await WanProxy.start({ targetHost: '127.0.0.1', targetPort: this.listenPorts.get(to)! }));
@@ -160,7 +173,10 @@ export class Cluster {
       const common = `admin: ${admin}, cache: { device: "loopback:./${name}.cache", size: ${o.cacheBytes} }, storage: ["${o.storage(name, storage)}"]`;
       const listen = this.listenPorts.has(name) ? `listen: 127.0.0.1:${this.listenPorts.get(name)}, ` : '';
       if (name === 'local') {
-        lines.push(`  local: { role: primary, ${listen}nbd: 127.0.0.1:${this.nbdPort}, ${common}, mirrors: [${o.mirrors.join(', ')}], on-mirror-loss: ${o.onMirrorLoss}${connectOf(name)} }`);
+        const targets = [...o.mirrors, ...(o.relay ? [o.relay.name] : [])];
+        lines.push(`  local: { role: primary, ${listen}nbd: 127.0.0.1:${this.nbdPort}, ${common}, mirrors: [${targets.join(', ')}], on-mirror-loss: ${o.onMirrorLoss}${connectOf(name)} }`);
+      } else if (name === o.relay?.name) {
+        lines.push(`  ${name}: { role: relay, ${listen}forward: ${o.relay.leaf}, ${common}${connectOf(name)} }`);
       } else if (name === o.standby) {
         this.standbyNbdPort = await freePort();
         lines.push(`  ${name}: { role: standby, standby-for: local, failover-timeout: ${o.failoverTimeoutMs}ms, ${listen}nbd: 127.0.0.1:${this.standbyNbdPort}, ${common}${connectOf(name)} }`);
@@ -248,10 +264,16 @@ export class Cluster {
     }
   }
 
-  /** The primary says every mirror is in sync with its link up. */
-  waitInSync(timeoutMs = waitMsMax, seen?: (s: SiteStatus) => void): Promise<SiteStatus> {
-    const mirrors = this.names.filter((n) => n !== 'local' && n !== this.opts.witness).length;
-    return this.waitStatus('local', (s) => s.state === 'in-sync' && s.peers.length === mirrors && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'every mirror in sync', timeoutMs, seen);
+  /** The primary says every mirror is in sync with its link up (and a relay has passed everything to its leaf). */
+  async waitInSync(timeoutMs = waitMsMax, seen?: (s: SiteStatus) => void): Promise<SiteStatus> {
+    const mirrors = this.primaryTargets.length;
+    const st = await this.waitStatus('local', (s) => s.state === 'in-sync' && s.peers.length === mirrors && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'every mirror in sync', timeoutMs, seen);
+    const relay = this.opts.relay;
+    if (relay) {
+      await this.waitStatus(relay.name, (s) => s.peers.some((p) => p.relation === 'downstream' && p.link === 'up' && p.relay?.lagWrites === 0), `${relay.leaf} linked and nothing left for it`, timeoutMs);
+      await this.waitStatus(relay.leaf, (s) => s.cache.entries === 0 && s.peers.some((p) => p.name === relay.name && p.link === 'up'), `${relay.leaf} drained`, timeoutMs);
+    }
+    return st;
   }
 
   async kill9(name: string): Promise<void> {

@@ -2,7 +2,9 @@
 // Dialers that authenticate as the primary ('local') and as the standby ('backup'). It answers
 // LAST_HEARD_QUERY with how long ago the primary's link last spoke to it: never before the
 // primary connected, a few ms while heartbeats flow, growing once the primary is gone. A wrong
-// key is refused and it keeps serving; frames it has no use for are ignored.
+// key is refused and it keeps serving; frames it has no use for are ignored. Issue 17 item 3: only
+// the primary and the standby (the sites that dial a witness) may connect, and a heartbeat that
+// jumps the epoch past epochStepMax is refused (the witness's epoch fences the primary).
 import { freePort } from '../net/helpers.js';
 import { siteSecurity } from '../net/tls-fixture.js';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -47,7 +49,7 @@ sites:
 `,
     join((dir = mkdtempSync(join(tmpdir(), 'geomirror-witness-'))), 'cluster.yaml'),
   );
-  for (const s of ['local', 'backup', 'judge']) security.set(s, await siteSecurity(cfg, s));
+  for (const s of ['local', 'backup', 'judge', 'east']) security.set(s, await siteSecurity(cfg, s));
   process.env.GEOMIRROR_HEARTBEAT_MS = String(heartbeatMs);
   process.env.GEOMIRROR_LINK_TIMEOUT_MS = '600';
   witness = await runSite(cfg, 'judge', { log: createLogger({ site: 'judge', level: 'silent' }), processMetrics: false });
@@ -64,7 +66,7 @@ afterAll(async () => {
 });
 
 /** Dials the witness as `as`; resolves with the established link. */
-function dial(as: string, opts: { key?: Buffer; epoch?: bigint } = {}): { dialer: Dialer; link: Promise<Link> } {
+function dial(as: string, opts: { key?: Buffer; epoch?: bigint } = {}): { dialer: Dialer; link: Promise<Link>; failed: Promise<{ reason: string }> } {
   const dialer = new Dialer({
     cluster: 'w', site: as, secret: opts.key ?? secret, security: security.get(as)!, peer: 'judge', host: '127.0.0.1', port,
     heartbeatIntervalMs: heartbeatMs, backoffMsMin: 50, backoffMsMax: 200,
@@ -72,8 +74,9 @@ function dial(as: string, opts: { key?: Buffer; epoch?: bigint } = {}): { dialer
   });
   dialers.push(dialer);
   const link = new Promise<Link>((resolve) => dialer.once('link', resolve));
+  const failed = new Promise<{ reason: string }>((resolve) => dialer.once('attempt-failed', resolve));
   dialer.start();
-  return { dialer, link };
+  return { dialer, link, failed };
 }
 
 let queryIdNext = 0x1_0000_0000_0001n; // above 2^32: a number round trip would show
@@ -104,10 +107,12 @@ describe('witness runtime', () => {
   });
 
   let standby: Link;
+  let standbyDial: ReturnType<typeof dial>;
   let primary: { dialer: Dialer; link: Promise<Link> };
 
   it('answers "never" before the primary ever connected', async () => {
-    standby = await dial('backup').link;
+    standbyDial = dial('backup');
+    standby = await standbyDial.link;
     const a = await ask(standby);
     expect(a.heardAgoMs).toBe(-1);
     expect(a.epoch).toBe(1n); // the highest epoch of any heartbeat: the standby's own
@@ -167,6 +172,28 @@ describe('witness runtime', () => {
     expect(standby.state).toBe('established');
   });
 
+  it('refuses a mirror (only the primary and the standby dial a witness): its heartbeats cannot raise the epoch', async () => {
+    const mirror = dial('east', { epoch: 50n });
+    const f = await mirror.failed;
+    mirror.dialer.stop();
+    expect(f.reason).toMatch(/UNKNOWN_SITE|not a peer of 'judge'/);
+    expect((await ask(standby)).epoch).toBe(3n);
+  });
+
+  it('refuses a heartbeat that jumps the epoch by more than epochStepMax, even from the standby, and keeps serving', async () => {
+    standbyDial.dialer.stop(); // one connection per site: the jump's would replace it
+    const jump = dial('backup', { epoch: 3n + 1025n });
+    const link = await jump.link;
+    const closed = await new Promise<{ reason: string }>((resolve) => link.once('close', resolve));
+    jump.dialer.stop();
+    expect(closed.reason).toMatch(/REFUSED.*backup claims epoch 1028, 1025 past judge's 3/);
+    // One promotion ahead is what a failover looks like: taken.
+    standbyDial = dial('backup', { epoch: 4n });
+    standby = await standbyDial.link;
+    await sleep(heartbeatMs * 3);
+    expect((await ask(standby)).epoch).toBe(4n);
+  });
+
   it('refuses a wrong key and keeps serving', async () => {
     const refusedBefore = (await witness.metrics.framesRefusedTotal.get()).values.reduce((n, v) => n + v.value, 0);
     const bad = new Dialer({ cluster: 'w', site: 'local', secret: randomBytes(32), security: security.get('local')!, peer: 'judge', host: '127.0.0.1', port, backoffMsMin: 1000, backoffMsMax: 1000 });
@@ -185,6 +212,6 @@ describe('witness runtime', () => {
     const a = await ask(standby);
     expect(a.heardAgoMs).toBeGreaterThan(0);
     const again = await dial('backup').link;
-    expect((await ask(again)).epoch).toBe(3n);
+    expect((await ask(again)).epoch).toBe(4n);
   });
 });

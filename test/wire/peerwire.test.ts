@@ -108,3 +108,24 @@ describe('peerwire: inSync <-> IN_SYNC', () => {
     expect(body.toString('hex')).toBe('00000000' + '00000000' + '0102030405060708' + '1112131415161718');
   });
 });
+
+describe('peerwire: fields no volume of this cluster can have (issue 17 item 4)', () => {
+  const data = Buffer.alloc(4096, 7);
+  it('refuses a frame for another volume number, naming the peer and the volume', () => {
+    const frames: DataMessage[] = [
+      { type: 'WRITE', volumeId: 1, flags: 0, epoch: 1n, seq: 1n, offsetBytes: 0n, data },
+      { type: 'RESYNC_DATA', volumeId: 0xffffffff, flags: 0, epoch: 1n, resyncId: 1n, offsetBytes: 0n, data },
+      { type: 'ACK', volumeId: 2, epoch: 1n, seq: 1n },
+      { type: 'IN_SYNC', volumeId: 3, epoch: 1n, seq: 1n },
+      { type: 'READ_REQUEST', volumeId: 4, epoch: 1n, readId: 1n, offsetBytes: 0n, lengthBytes: 4096 },
+    ];
+    for (const m of frames) expect(() => fromWire(m, 'west'), m.type).toThrow(/west: .* is for volume \d+, but this cluster has one volume/);
+  });
+  it('refuses offsets past 2^53 instead of rounding them', () => {
+    expect(() => fromWire({ type: 'WRITE', volumeId: 0, flags: 0, epoch: 1n, seq: 1n, offsetBytes: 1n << 60n, data }, 'west')).toThrow(/west: offset 1152921504606846976 is beyond any volume/);
+    expect(() => fromWire({ type: 'RESYNC_REQUEST', volumeId: 0, epoch: 1n, seqReceived: 0n, ranges: [{ offsetBytes: 0n, lengthBytes: u64Max }] }, 'west')).toThrow(/beyond any volume/);
+  });
+  it('passes volume 0 through', () => {
+    expect(fromWire({ type: 'WRITE', volumeId: 0, flags: 0, epoch: 1n, seq: 1n, offsetBytes: 4096n, data }, 'west')).toMatchObject({ type: 'write', offsetBytes: 4096, lengthBytes: 4096 });
+  });
+});
