@@ -39,19 +39,6 @@ async function start(sites: CascadeSite[], hopLatencyMs: number, volumeBytes = 6
   return cluster;
 }
 
-/** Median host write latency (QD1, 4 KiB writes), ms. */
-async function medianWriteMs(w: NbdWriter, count: number, volumeBytes: number): Promise<number> {
-  const plan = planWrites(7, volumeBytes, count * 4096).map((p) => ({ ...p, data: p.data.subarray(0, 4096) }));
-  const times: number[] = [];
-  for (const p of plan.slice(0, count)) {
-    const t0 = performance.now();
-    await w.write(p);
-    times.push(performance.now() - t0);
-  }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)]!;
-}
-
 describe('cascade: local -> relays -> remote, multi-process through the WAN emulator', () => {
   it('64 MiB of seeded writes over 3 relays at 5 ms one-way per hop: the remote (and a relay copy) equal the image', async () => {
     const sites = chain(3, 'cached');
@@ -67,33 +54,32 @@ describe('cascade: local -> relays -> remote, multi-process through the WAN emul
     expect(c.hash('local')).toBe(image);
   }, 150_000);
 
-  it('cached: median host write latency with 3 relays is at most 1.5x that with 1; end-to-end grows with the chain', async () => {
-    const hopMs = 5;
-    const measure = async (relays: number, mode: 'cached' | 'end-to-end') => {
-      const c = await start(chain(relays, mode), hopMs, 16 * mib);
-      const ms = await medianWriteMs(writer!, 60, c.volumeBytes);
-      writer!.close();
-      writer = undefined;
-      await c.destroy();
-      cluster = undefined;
-      return ms;
-    };
-    // Each figure is the median of 60 QD1 writes. Other processes on a 2-core machine can slow one
-    // cluster's run as a whole; when the ratio misses, both are measured once more and each keeps
-    // its less disturbed run (the same treatment for both, so the ratio stays fair).
-    let cached1 = await measure(1, 'cached');
-    let cached3 = await measure(3, 'cached');
-    if (cached3 / cached1 > 1.5) {
-      cached1 = Math.min(cached1, await measure(1, 'cached'));
-      cached3 = Math.min(cached3, await measure(3, 'cached'));
-    }
-    const e2e1 = await measure(1, 'end-to-end');
-    const e2e3 = await measure(3, 'end-to-end');
-    console.log(`median host write ms at ${hopMs} ms/hop: cached 1 relay ${cached1.toFixed(1)}, 3 relays ${cached3.toFixed(1)}; end-to-end 1 relay ${e2e1.toFixed(1)}, 3 relays ${e2e3.toFixed(1)}`);
-    expect(cached3 / cached1).toBeLessThanOrEqual(1.5);
-    // Two more hops each way at 5 ms: at least 20 ms more round trip when every hop waits.
-    expect(e2e3).toBeGreaterThan(e2e1 + 2 * 2 * hopMs * 0.8);
-  }, 240_000);
+  // What relay-ack decides, checked by behaviour, not by timing (the latency figures are in
+  // bench/cascade.ts): with `cached` a host write is acked once the first relay cached it, so a
+  // far end that cannot be reached does not hold it up; with `end-to-end` it waits for the far
+  // end. The far end is cut off at the WAN emulator, then healed; every copy equals the image.
+  for (const mode of ['cached', 'end-to-end'] as const) {
+    it(`${mode}: 3 relays, the far end cut off: host writes ${mode === 'cached' ? 'are acked anyway' : 'wait for it'}; healed, every copy equals the image`, async () => {
+      const c = await start(chain(3, mode), 1, 16 * mib);
+      c.proxy('remote').partition();
+      const plan = planWrites(83, c.volumeBytes, 2 * mib).slice(0, 24);
+      const run = writer!.run(plan, 1);
+      if (mode === 'cached') {
+        expect(await run).toEqual([]);
+        expect(writer!.acked.size).toBe(plan.length);
+      } else {
+        // Not one write can be acked while the far end is unreachable: they all wait.
+        await sleep(2000);
+        expect(writer!.acked.size).toBe(0);
+      }
+      c.proxy('remote').heal();
+      if (mode === 'end-to-end') expect(await run).toEqual([]);
+      await c.waitDrained();
+      const image = sha256(applyWrites(c.volumeBytes, plan));
+      expect(c.hash('remote')).toBe(image);
+      expect(c.hash('local')).toBe(image);
+    }, 150_000);
+  }
 
   it('kill -9 r1 mid-stream and restart it: the remote converges byte-identical, no acked write lost', async () => {
     const c = await start(chain(2, 'cached'), 1, 32 * mib);

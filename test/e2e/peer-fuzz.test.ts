@@ -24,8 +24,6 @@
 //    downstream (how an old primary learns it was superseded): the real primary is fenced by design;
 //  - from an upstream's identity, a WRITE seq past the real upstream's: obeyed, and a relay's leaf
 //    then drops the real writes silently (finding, test/site/core-epoch-findings.test.ts);
-//  - to the primary, an ACK/WRITE_ACK/heartbeat lastSeq past its seqs: obeyed, and host writes
-//    stall for good (finding, same file).
 // Epochs more than epochStepMax ahead, seq 2^64-1 and stale values stay in.
 //
 // The end: no site process exited, no link closed with INTERNAL (a handler threw) and no "link
@@ -127,12 +125,11 @@ const lengths = (r: Rnd): number => pick(r, [0, 1, 511, 512, 4096, 4096, 8192, 1
 const seqs = (r: Rnd, s: Stream): bigint =>
   s.upstream ? pick(r, [0n, 1n, 2n, u64Max, u64Max]) : pick(r, [0n, 1n, 2n, 1000n, 1n << 31n, 1n << 32n, 1n << 63n, u64Max - 1n, u64Max, BigInt(int(r, 1 << 20))]);
 /**
- * Acked seqs a downstream claims to the primary (ACK, WRITE_ACK, HEARTBEAT lastSeq): only ones it
- * may hold. An ack beyond every seq the primary assigned is obeyed and stalls its host writes for
- * good: a finding in src/core/fanout.ts (test/site/core-epoch-findings.test.ts), left out here
- * until it is fixed; other streams keep the whole range.
+ * Acked seqs a downstream claims to the primary (ACK, WRITE_ACK, HEARTBEAT lastSeq): the whole
+ * range (an ack beyond every seq the primary assigned used to stall its host writes for good; the
+ * core refuses it now: test/site/core-epoch-findings.test.ts).
  */
-const ackSeqs = (r: Rnd, s: Stream): bigint => (s.target === 'local' ? pick(r, [0n, 1n, 2n, 3n]) : seqs(r, s));
+const ackSeqs = (r: Rnd, s: Stream): bigint => seqs(r, s);
 /**
  * Epochs of non-EPOCH frames: stale (0), current (1), newer ones, the top of the range. To the
  * primary, a downstream's frame of epoch 2..1+epochStepMax is left out: it is how an old primary
@@ -252,8 +249,8 @@ interface Planned {
 /**
  * Whether `bytes` (one whole frame) is one the fuzz leaves out (see seqs, ackSeqs, epochs,
  * epochAnnounced): an upstream's WRITE past its real seqs, an upstream's EPOCH of epoch
- * 2..1+epochStepMax, to the primary any epoch in that range from its downstream (legitimate
- * moves), or to the primary an ack past its seqs (a known core finding). Raw mutations (a flipped bit in a seq or epoch field, a body read as another
+ * 2..1+epochStepMax, or to the primary any epoch in that range from its downstream (legitimate
+ * moves). Raw mutations (a flipped bit in a seq or epoch field, a body read as another
  * type) can make one; such a draw is replaced by the next.
  */
 function leftOut(bytes: Buffer, s: Stream): boolean {
@@ -266,9 +263,6 @@ function leftOut(bytes: Buffer, s: Stream): boolean {
   }
   // A WRITE past the real upstream's seqs, from the upstream's identity (see seqs).
   if (s.upstream && m.type === 'WRITE' && m.seq > 3n && m.seq !== u64Max) return true;
-  // An ack past the primary's seqs, to the primary (see ackSeqs).
-  if (s.target === 'local' && (m.type === 'ACK' || m.type === 'WRITE_ACK') && m.seq > 3n) return true;
-  if (s.target === 'local' && m.type === 'HEARTBEAT' && m.lastSeq > 3n) return true;
   const claimed = m.type === 'FENCE' ? m.currentEpoch : 'epoch' in m ? (m as { epoch: bigint }).epoch : undefined;
   if (claimed === undefined || claimed < 2n || claimed > 1n + epochStepMax) return false;
   return (s.upstream && m.type === 'EPOCH') || s.target === 'local';
