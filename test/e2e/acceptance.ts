@@ -1,0 +1,144 @@
+// Shared pieces of the issue 16 acceptance tests (test/e2e/issue16-*.test.ts): cluster and
+// writer bookkeeping for afterAll, NBD helpers, log waits, the documented role swap, and
+// whole-file hashes that stream (1 GiB replicas).
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { closeSync, createReadStream, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import type { SiteStatus } from '../../src/site/status.js';
+import { Cluster, NbdWriter, sleep, waitMsMax, type ClusterOptions } from './harness.js';
+
+export const MiB = 1024 * 1024;
+const run = promisify(execFile);
+
+/** The clusters and NBD writers of a test file, for afterEach/afterAll. */
+export class Tracker {
+  readonly clusters: Cluster[] = [];
+  readonly writers: NbdWriter[] = [];
+
+  /** Creates a cluster; starts it and waits until the primary has every mirror in sync unless `start` is false. */
+  async cluster(opts: ClusterOptions, start = true): Promise<Cluster> {
+    const c = await Cluster.create(opts);
+    this.clusters.push(c);
+    if (start) {
+      await c.start();
+      await c.waitInSync();
+    }
+    return c;
+  }
+
+  /** Connects to an NBD export, retrying while nothing listens there yet. */
+  async connectWhenUp(port: number, timeoutMs = waitMsMax): Promise<NbdWriter> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        const w = await NbdWriter.connect(port);
+        this.writers.push(w);
+        return w;
+      } catch (err) {
+        if (Date.now() > deadline) throw new Error(`no NBD export on 127.0.0.1:${port} within ${timeoutMs} ms: ${(err as Error).message}`);
+        await sleep(50);
+      }
+    }
+  }
+
+  closeWriters(): void {
+    for (const w of this.writers.splice(0)) w.close();
+  }
+
+  async destroy(): Promise<void> {
+    this.closeWriters();
+    for (const c of this.clusters.splice(0)) await c.destroy();
+  }
+}
+
+/** A failing test carries every site's log. */
+export async function withLogs(c: Cluster | undefined, body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (err) {
+    const e = err as Error;
+    if (c) e.message = `${e.message}\n${c.dumpLogs()}`;
+    throw e;
+  }
+}
+
+/** The whole volume as a site's NBD export serves it, read with the real nbdcopy. */
+export async function readVolume(c: Cluster, port: number): Promise<Buffer> {
+  const out = join(c.dir, `readback-${port}-${Date.now()}.img`);
+  await run('nbdcopy', [`nbd://127.0.0.1:${port}/vol0`, out], { timeout: waitMsMax });
+  return readFileSync(out);
+}
+
+export function peer(s: SiteStatus, name: string): SiteStatus['peers'][number] | undefined {
+  return s.peers.find((p) => p.name === name);
+}
+
+/** Waits until a log record of `site` satisfies `pred`; returns it. */
+export async function waitLog(c: Cluster, site: string, pred: (r: Record<string, unknown>) => boolean, what: string, timeoutMs = waitMsMax): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const hit = c.logRecords(site).find(pred);
+    if (hit !== undefined) return hit;
+    if (Date.now() > deadline) throw new Error(`${site} logged no ${what} within ${timeoutMs} ms\n${c.logTail(site, 60)}`);
+    await sleep(50);
+  }
+}
+
+/** Bytes of every site's log file. */
+export function logBytes(c: Cluster): number {
+  let sum = 0;
+  for (const n of c.names) {
+    try {
+      sum += statSync(c.site(n).logPath).size;
+    } catch {
+      /* never started */
+    }
+  }
+  return sum;
+}
+
+/** Runs the real CLI against the cluster's file; resolves with its exit code and output. */
+export function cli(c: Cluster, args: string[]): Promise<{ code: number; out: string }> {
+  return run(process.execPath, [join(import.meta.dirname, '../../bin/geomirror.mjs'), ...args, '--config', c.configPath], { timeout: waitMsMax }).then(
+    (r) => ({ code: 0, out: r.stdout + r.stderr }),
+    (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` }),
+  );
+}
+
+/**
+ * The documented role swap (README "Failover", docs/ARCHITECTURE.md "Getting a standby back") of
+ * a harness cluster with standby `backup`: the cluster file with `backup` the primary (mirrors
+ * east, west) and `local` its standby. Swapping back is writing the original text again.
+ */
+export function swappedConfig(original: string, failoverTimeoutMs: number, mirrors: readonly string[] = ['east', 'west']): string {
+  const swapped = original
+    .replace(/(  local: \{ )role: primary, /, `$1role: standby, standby-for: backup, failover-timeout: ${failoverTimeoutMs}ms, `)
+    .replace(/(  backup: \{ )role: standby, standby-for: local, failover-timeout: \d+ms, /, `$1role: primary, mirrors: [${mirrors.join(', ')}], `);
+  if (swapped === original) throw new Error('the cluster file has no local primary / backup standby lines to swap');
+  return swapped;
+}
+
+/** sha256 of a file, streamed (replicas of 1 GiB). */
+export async function hashFile(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 * MiB })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** `length` bytes of a file at `offset`. */
+export function readRange(path: string, offset: number, length: number): Buffer {
+  const b = Buffer.alloc(length);
+  const fd = openSync(path, 'r');
+  try {
+    for (let done = 0; done < length; ) {
+      const n = readSync(fd, b, done, length - done, offset + done);
+      if (n === 0) throw new Error(`${path} ends at byte ${offset + done}, before ${offset + length}`);
+      done += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return b;
+}
