@@ -40,6 +40,8 @@ export interface PrimaryConfig extends CoreConfig {
    * A storage failure on it still degrades it (it cannot hold the write).
    */
   readonly standby?: PeerId;
+  /** When the standby's protection starts (FanoutConfig.standbyArm). */
+  readonly standbyArm?: 'start' | 'inSync';
   /**
    * Authority is proven, never remembered (issue 16 item 1): in a cluster that can fail over, a
    * (re)started primary serves host writes only once a strict majority of the cluster's `sites`

@@ -476,7 +476,9 @@ export class Standby extends CoreRole implements OpOwner {
     this.mirror.releaseSettled();
     // (d) Act as the primary of the new epoch.
     const dirty = p.dirty;
-    const primary = new Primary({ self: this.cfg.self, volumeBytes: this.cfg.volumeBytes, blockBytes: this.cfg.blockBytes, mirrors: this.downstreams(), onMirrorLoss: this.cfg.onMirrorLoss, limits: this.cfg.limits, failover: true }, this.io);
+    // The old primary is this primary's standby once it is back and whole (failback, issue 16
+    // item 5); until then it must not hold host writes up.
+    const primary = new Primary({ self: this.cfg.self, volumeBytes: this.cfg.volumeBytes, blockBytes: this.cfg.blockBytes, mirrors: this.downstreams(), onMirrorLoss: this.cfg.onMirrorLoss, limits: this.cfg.limits, failover: true, standby: this.cfg.primary, standbyArm: 'inSync' }, this.io);
     this.primaryCore = primary;
     this.phase = 'primary';
     this.promotions.push({ atMs: this.io.nowMs, fromEpoch: p.epoch - 1n, toEpoch: p.epoch, seqReceived: p.seqReceived, reason: p.reason });
