@@ -1,6 +1,6 @@
 // Shared pieces of the issue 16 acceptance tests (test/e2e/issue16-*.test.ts): cluster and
-// writer bookkeeping for afterAll, NBD helpers, log waits, the documented role swap, and
-// whole-file hashes that stream (1 GiB replicas).
+// writer bookkeeping for afterAll, NBD helpers, log waits, and whole-file hashes that stream
+// (1 GiB replicas).
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, createReadStream, openSync, readFileSync, readSync, statSync, writeSync } from 'node:fs';
@@ -108,19 +108,6 @@ export function cli(c: Cluster, args: string[]): Promise<{ code: number; out: st
     (r) => ({ code: 0, out: r.stdout + r.stderr }),
     (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` }),
   );
-}
-
-/**
- * The documented role swap (README "Failover", docs/ARCHITECTURE.md "Getting a standby back") of
- * a harness cluster with standby `backup`: the cluster file with `backup` the primary (mirrors
- * east, west) and `local` its standby. Swapping back is writing the original text again.
- */
-export function swappedConfig(original: string, failoverTimeoutMs: number, mirrors: readonly string[] = ['east', 'west']): string {
-  const swapped = original
-    .replace(/(  local: \{ )role: primary, /, `$1role: standby, standby-for: backup, failover-timeout: ${failoverTimeoutMs}ms, `)
-    .replace(/(  backup: \{ )role: standby, standby-for: local, failover-timeout: \d+ms, /, `$1role: primary, mirrors: [${mirrors.join(', ')}], `);
-  if (swapped === original) throw new Error('the cluster file has no local primary / backup standby lines to swap');
-  return swapped;
 }
 
 /** sha256 of a file, streamed (replicas of 1 GiB). */

@@ -1,15 +1,17 @@
 // Issue 16 acceptance, item 1 ("Stale promotion guard: acked writes lost"), multi-process:
-// primary `local`, standby `backup`, mirrors `east` and `west`. Failover (kill -9 local), swap the
-// roles in the cluster file and restart both, failover back (kill -9 backup), swap back and
-// restart both, then kill -9 local while it is still resyncing its standby backup (which missed
-// every write of epoch 3). backup's promotion guard was granted in epoch 1 and must not open in
+// primary `local`, standby `backup`, mirrors `east` and `west`. Failover (kill -9 local; local
+// restarts and follows backup as its standby, the documented flow since failback by command: no
+// file edited), failover back (kill -9 backup; local promotes to epoch 3 and takes writes backup
+// never sees), backup restarts and follows local as its standby while local resyncs it (slowed
+// down: local restarted with a resync-rate, the only edit of the file, not a role), then kill -9
+// local while it is still resyncing backup. backup's promotion guard was granted in epoch 1 and must not open in
 // epoch 3: it refuses to promote (and says why), or, whatever it does, every acked write is in
 // the volume afterwards (read back over NBD with nbdcopy, block by block) and every replica
 // hashes equal once the cluster is whole again.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { checkAckedWrites, planWrites, sha256, type Cluster, type NbdWriter, type PlannedWrite } from './harness.js';
-import { MiB, peer, readVolume, swappedConfig, Tracker, waitLog, withLogs } from './acceptance.js';
+import { MiB, peer, readVolume, Tracker, waitLog, withLogs } from './acceptance.js';
 
 const testTimeoutMs = 420_000;
 const failoverTimeoutMs = 1500;
@@ -23,7 +25,7 @@ function phase(k: number, c: Cluster, bytes: number): PlannedWrite[] {
 }
 
 describe('issue 16 item 1: the stale promotion guard', () => {
-  it('failover, swap, failover, swap back, kill -9 of the primary before its new standby is resynced: the standby does not promote with stale data; every acked write survives, replicas hash equal', async () => {
+  it('failover, old primary back as standby, failover back, old standby back as standby, kill -9 of the primary before its new standby is resynced: the standby does not promote with stale data; every acked write survives, replicas hash equal', async () => {
     const c = await t.cluster({ standby: 'backup', failoverTimeoutMs, volumeBytes: 16 * MiB });
     const issued: PlannedWrite[] = [];
     const acked = new Set<number>();
@@ -57,10 +59,7 @@ describe('issue 16 item 1: the stale promotion guard', () => {
       // 1. Failover: local dies mid-stream, backup promotes to epoch 2.
       await failoverMidStream(phase(1, c, 3 * MiB), c.nbdPort, 'local', 'backup', 2, c.standbyNbdPort);
 
-      // 2. The documented swap: backup primary, local its standby; restart both.
-      await c.stop('backup');
-      writeFileSync(c.configPath, swappedConfig(original, failoverTimeoutMs));
-      await c.restart('backup');
+      // 2. local restarts: fenced by epoch 2, it follows backup as its standby by itself.
       await c.restart('local');
       await c.waitStatus('local', (s) => s.role === 'standby' && s.standby?.inSync === true && s.epoch === 2, 'local is the in-sync standby of backup (epoch 2)');
       await c.waitStatus('backup', (s) => s.peers.length === 3 && s.peers.every((p) => p.sync === 'in-sync' && p.link === 'up'), 'local, east and west in sync at backup');
@@ -74,10 +73,12 @@ describe('issue 16 item 1: the stale promotion guard', () => {
       record(w4);
       w4.close();
 
-      // 4. Swap back (local primary, backup standby) with a slow resync, and restart both.
+      // 4. local restarts with a slow resync (the only edit: a rate, no role), proves epoch 3
+      // with the mirrors, and backup restarts: fenced by epoch 3, it follows local as its standby.
       await c.stop('local');
       writeFileSync(c.configPath, original.replace('on-mirror-loss: degrade', 'on-mirror-loss: degrade, resync-rate: 1MiB'));
       await c.restart('local');
+      await c.waitStatus('local', (s) => s.role === 'primary' && s.epoch === 3 && ['east', 'west'].every((n) => peer(s, n)?.sync === 'in-sync'), 'local is the primary of epoch 3 again');
       await c.restart('backup');
       await c.waitStatus('local', (s) => s.role === 'primary' && s.epoch === 3 && peer(s, 'backup')?.sync === 'resyncing' && (peer(s, 'backup')?.resyncPercent ?? 0) > 0, 'local (epoch 3) resyncing backup');
       const sb = await c.waitStatus('backup', (s) => s.role === 'standby', 'backup follows local as its standby');
