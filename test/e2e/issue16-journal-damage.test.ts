@@ -37,38 +37,38 @@ function records(text: string): Record<string, unknown>[] {
   for (const line of text.split('\n')) {
     if (!line.startsWith('{')) continue;
     try {
-        out.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        /* cut by kill -9 */
-      }
+      out.push(JSON.parse(line) as Record<string, unknown>);
+    } catch {
+      /* cut by kill -9 */
     }
-    return out;
   }
+  return out;
+}
 
-  function damageRanges(recs: Record<string, unknown>[]): string[] {
-    return recs.filter((r) => r.event === 'cache-damage').flatMap((r) => (Array.isArray(r.ranges) ? r.ranges.map(String) : []));
-  }
+function damageRanges(recs: Record<string, unknown>[]): string[] {
+  return recs.filter((r) => r.event === 'cache-damage').flatMap((r) => (Array.isArray(r.ranges) ? r.ranges.map(String) : []));
+}
 
-  describe('issue 16 item 3: a byte flipped in the middle of a journal', () => {
-    // FINDING (fails on main 4b20555): a relay without a copy drops the journal's lost ranges.
-    // src/core/relay.ts onStart calls startSuspect (which logs journal_damage and records the
-    // ranges) only when the relay has storage; otherwise `rec.lost` is ignored: the ranges are named
-    // in no join (resyncRequest) and no report upstream, the primary never resyncs them through the
-    // relay, and shows r1 in sync while remote keeps its old bytes where the lost write was not
-    // overwritten later (seen: 1519616+73728, zeroes where write #10 belongs). it.fails until the
-    // core names those ranges upstream; then make this `it` again.
-    it.fails("at a cached relay whose downstream was cut: after its restart the far mirror holds every host-acked write (hash), and the relay's log names the lost range [fails: relay without storage ignores Recovered.lost]", async () => {
-      cascade = await CascadeCluster.create({
-        sites: [
-          { name: 'local', role: 'primary', mirrors: ['r1'] },
-          { name: 'r1', role: 'relay', forward: 'remote', relayAck: 'cached' },
-          { name: 'remote', role: 'mirror' },
-        ],
-        volumeBytes: 16 * MiB,
-        hopLatencyMs: 0,
-      });
-      const c = cascade;
-      try {
+describe('issue 16 item 3: a byte flipped in the middle of a journal', () => {
+  // FINDING (fails on main 4b20555): a relay without a copy drops the journal's lost ranges.
+  // src/core/relay.ts onStart calls startSuspect (which logs journal_damage and records the
+  // ranges) only when the relay has storage; otherwise `rec.lost` is ignored: the ranges are named
+  // in no join (resyncRequest) and no report upstream, the primary never resyncs them through the
+  // relay, and shows r1 in sync while remote keeps its old bytes where the lost write was not
+  // overwritten later (seen: 1519616+73728, zeroes where write #10 belongs). it.fails until the
+  // core names those ranges upstream; then make this `it` again.
+  it.fails("at a cached relay whose downstream was cut: after its restart the far mirror holds every host-acked write (hash), and the relay's log names the lost range [fails: relay without storage ignores Recovered.lost]", async () => {
+    cascade = await CascadeCluster.create({
+      sites: [
+        { name: 'local', role: 'primary', mirrors: ['r1'] },
+        { name: 'r1', role: 'relay', forward: 'remote', relayAck: 'cached' },
+        { name: 'remote', role: 'mirror' },
+      ],
+      volumeBytes: 16 * MiB,
+      hopLatencyMs: 0,
+    });
+    const c = cascade;
+    try {
       await c.start();
       await c.waitLinked();
       cascadeWriter = await NbdWriter.connect(c.nbdPort);
