@@ -50,7 +50,7 @@ function damageRanges(recs: Record<string, unknown>[]): string[] {
 }
 
 describe('issue 16 item 3: a byte flipped in the middle of a journal', () => {
-  // FINDING (fails on main 4b20555): a relay without a copy drops the journal's lost ranges.
+  // FINDING (fails on main 4b20555 and on 07d5cc8): a relay without a copy drops the journal's lost ranges.
   // src/core/relay.ts onStart calls startSuspect (which logs journal_damage and records the
   // ranges) only when the relay has storage; otherwise `rec.lost` is ignored: the ranges are named
   // in no join (resyncRequest) and no report upstream, the primary never resyncs them through the
