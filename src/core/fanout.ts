@@ -1,6 +1,9 @@
 // The primary's side towards its mirrors (claims 10, 12): one state per mirror, and everything
 // that is decided per mirror. Pure; part of the Primary (src/core/primary.ts), which owns the
-// host side and the journal entries and hands each cached entry to `fanOut`.
+// host side and the journal entries and hands each cached entry to `fanOut`. (It runs past 450
+// lines: every per-mirror decision, link, ack, degrade, dirty bits and their standby copies,
+// resync and block-level repair sources, lives here on purpose, so one file answers "what does
+// the primary owe mirror M".)
 //
 //   link      peerUp -> announce `epoch`; the mirror's resyncRequest{seqReceived} is the join:
 //             an in-sync mirror gets, in seq order, what it has not received (a reset lost it),

@@ -2,6 +2,8 @@
 // It owns the host side (queue, in-flight window, seq assignment, FLUSH barriers, fencing);
 // its own copy is the shared local store (src/core/local-store.ts) and everything decided per
 // mirror (links, acks, degrade, dirty bitmaps, resync) is its fan-out (src/core/fanout.ts).
+// (It runs past 450 lines: the host side, its ack rule, FLUSH barriers, fencing, the authority
+// proof and the detach-and-repair path all decide one thing, when a host op is answered.)
 //
 // Write path, as encoded in the actions it returns:
 //   hostWrite -> (window slot) seq assigned -> cacheAppend (12 v)
