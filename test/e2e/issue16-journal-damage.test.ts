@@ -135,8 +135,8 @@ describe('issue 16 item 3: a byte flipped in the middle of a journal', () => {
       await c.restart('local');
       const damage = await waitLog(c, 'local', (r) => r.event === 'cache-damage', 'cache-damage');
       expect((damage.ranges as string[]).map(String)).toContain(`${f.offsetBytes}+${f.lengthBytes}`);
-      await waitLog(c, 'local', (r) => r.event === 'local_copy_repaired', 'local_copy_repaired (its suspect regions read back from the mirrors)');
-      await c.waitInSync();
+      await waitLog(c, 'local', (r) => r.event === 'local_copy_repaired', 'local_copy_repaired (its suspect regions read back from the mirrors)', 120_000);
+      await c.waitInSync(120_000);
 
       // Every host-acked write is on each mirror and on the primary; the replicas are equal.
       for (const m of ['east', 'west', 'local']) expect(checkAckedWrites(c.storage(m), issued, acked), `${m} holds every acked write`).toEqual([]);

@@ -25,6 +25,8 @@ const volumeBytes = 16 * MiB;
 const convergeMs = 30_000;
 const errorWindowMs = 5_000;
 const logBytesMax = 1024 * 1024;
+/** Item 8 sets no time bound on the repair: a generous one, so a loaded machine does not fail it. */
+const repairWaitMs = 120_000;
 
 const t = new Tracker();
 const faultDirs: string[] = [];
@@ -91,7 +93,7 @@ async function expectConverged(c: Cluster, written: Written, deadline: number): 
     last = Object.fromEntries(c.names.map((n) => [n, c.hash(n)]));
     if (Object.values(last).every((h) => h === want)) return;
     if (Date.now() > deadline) {
-      expect(last, `replicas still differ ${convergeMs} ms after the storage answered again`).toEqual(Object.fromEntries(c.names.map((n) => [n, want])));
+      expect(last, `replicas still differ at the deadline (${new Date(deadline).toISOString()})`).toEqual(Object.fromEntries(c.names.map((n) => [n, want])));
     }
     await sleep(500);
   }
@@ -152,7 +154,7 @@ describe.skipIf(faultyStorageUnavailable !== undefined)(`issue 16 item 8: the pr
       expect(storage.failing).toBe(true);
 
       storage.clear();
-      await expectConverged(c, { issued: writes, acked: w.acked, errors: [] }, Date.now() + convergeMs);
+      await expectConverged(c, { issued: writes, acked: w.acked, errors: [] }, Date.now() + repairWaitMs);
       expect(c.hash('local')).toBe(sha256(want));
     });
   }, testTimeoutMs);
@@ -176,7 +178,7 @@ describe.skipIf(faultyStorageUnavailable !== undefined)(`issue 16 item 8: the pr
       for (const i of w.acked) acked.add(i);
       const flushed = await w.flush().then(() => 'ok', (err: Error) => err.message);
       storage.clear();
-      await expectConverged(c, { issued: all, acked, errors: [] }, Date.now() + convergeMs);
+      await expectConverged(c, { issued: all, acked, errors: [] }, Date.now() + repairWaitMs);
       expect(flushed, 'a host flush while the primary storage fails').toBe('ok');
     });
   }, testTimeoutMs);
