@@ -8,7 +8,8 @@ import { existsSync } from 'node:fs';
 
 const toolsByPackage = {
   'qemu-utils': ['qemu-img', 'qemu-io', 'qemu-nbd'],
-  'libnbd-bin': ['nbdinfo', 'nbdcopy'],
+  // nbdfuse: the issue 16 storage-error tests serve a failing disk (nbdkit's error filter) as a file.
+  'libnbd-bin': ['nbdinfo', 'nbdcopy', 'nbdfuse'],
   // nbdsh: libnbd from Python, the client that sends requests of up to 64 MiB (test/nbd/interop).
   'python3-libnbd': ['nbdsh'],
   fio: ['fio'],

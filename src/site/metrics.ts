@@ -72,6 +72,8 @@ export interface SiteMetrics {
   /** Resync copy rate and time left per peer (PeerStatus.resyncBytesPerSec / resyncEtaSeconds). */
   resyncBytesPerSecond: Gauge<'peer'>;
   resyncEtaSeconds: Gauge<'peer'>;
+  /** Bytes resynced to a peer since this site began acting as primary (PeerStatus.resyncedBytes). */
+  resyncedBytes: Gauge<'peer'>;
   /** Highest seq a peer acked (PeerStatus.lastSeqAcked). */
   peerLastSeqAcked: Gauge<'peer'>;
   /** 1 for the link's state, 0 for the others (linkStates). */
@@ -197,6 +199,7 @@ export function createSiteMetrics(options: SiteMetricsOptions): SiteMetrics {
     resyncRemainingBytes: fromStatus('geomirror_resync_remaining_bytes', 'Bytes a resync still has to copy', ['peer'], (g, s) => eachPeer(g, s, (p) => (p.sync === 'in-sync' ? 0 : num(p.outOfSyncBytes)))),
     peerOutOfSyncBytes: fromStatus('geomirror_peer_out_of_sync_bytes', 'Bytes of a peer replica known to differ from this site (0: in sync)', ['peer'], (g, s) => eachPeer(g, s, (p) => num(p.outOfSyncBytes))),
     resyncBytesPerSecond: fromStatus('geomirror_resync_bytes_per_second', 'Resync copy rate to a peer', ['peer'], (g, s) => eachPeer(g, s, (p) => num(p.resyncBytesPerSec))),
+    resyncedBytes: fromStatus('geomirror_resynced_bytes', 'Bytes resynced to a peer since this site began acting as primary (after a failover: what the promotion cost that mirror)', ['peer'], (g, s) => eachPeer(g, s, (p) => num(p.resyncedBytes)), (s) => s.peers.some((p) => p.resyncedBytes !== undefined)),
     resyncEtaSeconds: fromStatus('geomirror_resync_eta_seconds', 'Seconds until a resync to a peer is done at the current rate', ['peer'], (g, s) => eachPeer(g, s, (p) => num(p.resyncEtaSeconds))),
     peerLastSeqAcked: fromStatus('geomirror_peer_last_seq_acked', 'Highest write sequence number a peer acked', ['peer'], (g, s) => eachPeer(g, s, (p) => (p.lastSeqAcked === undefined ? undefined : num(Number(p.lastSeqAcked))))),
     linkState: fromStatus('geomirror_link_state', 'Link to a peer: 1 for its state (down, connecting, up), 0 for the others', ['peer', 'state'], (g, s) => {

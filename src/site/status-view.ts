@@ -101,6 +101,7 @@ function primaryPeers(s: PrimaryStatus, regionBytes: number): PeerStatus[] {
       inflightWrites: x.inflightWrites,
       inflightBytes: x.inflightBytes,
       outOfSyncBytes,
+      resyncedBytes: x.resyncedBytes,
       ...(rate !== undefined ? { resyncBytesPerSec: Math.round(rate), ...(rate > 0 ? { resyncEtaSeconds: Math.ceil(outOfSyncBytes / rate) } : {}) } : {}),
     };
   });

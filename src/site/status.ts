@@ -37,6 +37,13 @@ export interface PeerStatus {
   resyncBytesPerSec?: number;
   /** While resyncing this peer: seconds until done at resyncBytesPerSec (outOfSyncBytes / rate). */
   resyncEtaSeconds?: number;
+  /**
+   * For peers this site feeds: bytes resynced to the peer since this site started acting as
+   * primary (regions copied, each counted once it is on the peer's storage). After a failover it
+   * says how much the promotion cost each mirror (issue 16 item 4: the divergent tail, not the
+   * volume). Optional: filled in where the core knows it.
+   */
+  resyncedBytes?: number;
   /** A relay's view of its downstream hop (issue 7 item 4): what it holds that has not gone down. */
   relay?: {
     ackMode: 'cached' | 'end-to-end';

@@ -34,7 +34,7 @@ const status = (over: Partial<SiteStatus> = {}): SiteStatus => ({
   hostInflight: { writes: 5, bytes: 20480 },
   peers: [
     { name: 'east', relation: 'mirror', link: 'up', rttMs: 2, sync: 'in-sync', lastSeqAcked: '120', inflightWrites: 2, inflightBytes: 8192, outOfSyncBytes: 0 },
-    { name: 'west', relation: 'mirror', link: 'connecting', sync: 'resyncing', resyncPercent: 25, lastSeqAcked: '80', inflightWrites: 3, inflightBytes: 12288, outOfSyncBytes: 3 << 20, resyncBytesPerSec: 1 << 20, resyncEtaSeconds: 3 },
+    { name: 'west', relation: 'mirror', link: 'connecting', sync: 'resyncing', resyncPercent: 25, lastSeqAcked: '80', inflightWrites: 3, inflightBytes: 12288, outOfSyncBytes: 3 << 20, resyncBytesPerSec: 1 << 20, resyncEtaSeconds: 3, resyncedBytes: 5 << 16 },
   ],
   failovers: [{ at: '2026-12-07T02:00:00.000Z', kind: 'promoted', site: 'local', fromEpoch: 2, toEpoch: 3, lastSeq: '100', reason: 'x' }],
   pid: 1,
@@ -69,6 +69,8 @@ describe('site metrics', () => {
     expect(value(text, 'geomirror_resync_remaining_bytes', { peer: 'east' })).toBe(0);
     expect(value(text, 'geomirror_resync_bytes_per_second', { peer: 'west' })).toBe(1 << 20);
     expect(value(text, 'geomirror_resync_eta_seconds', { peer: 'west' })).toBe(3);
+    expect(value(text, 'geomirror_resynced_bytes', { peer: 'west' })).toBe(5 << 16);
+    expect(value(text, 'geomirror_resynced_bytes', { peer: 'east' })).toBeUndefined();
     expect(value(text, 'geomirror_resync_progress_ratio', { peer: 'west' })).toBe(0.25);
     expect(value(text, 'geomirror_peer_last_seq_acked', { peer: 'west' })).toBe(80);
     expect(value(text, 'geomirror_link_rtt_seconds', { peer: 'east' })).toBe(0.002);
