@@ -68,6 +68,6 @@ function register(program: Command, action: 'promote' | 'demote', description: s
 }
 
 export function registerSwitchover(program: Command): void {
-  register(program, 'demote', 'planned switchover, step 1: the primary drains its in-flight writes and becomes a mirror', '  $ geomirror demote --site local --config targets/loopback/failover.yaml');
+  register(program, 'demote', 'planned switchover, step 1: the primary drains its in-flight writes and waits as a mirror; once the standby is promoted it follows it as its standby', '  $ geomirror demote --site local --config targets/loopback/failover.yaml');
   register(program, 'promote', 'planned switchover, step 2: the standby becomes the primary (new epoch; the others are resynced from it)', '  $ geomirror promote --site backup --config targets/loopback/failover.yaml --reason "maintenance at local"');
 }

@@ -1,6 +1,9 @@
 // The primary's side towards its mirrors (claims 10, 12): one state per mirror, and everything
 // that is decided per mirror. Pure; part of the Primary (src/core/primary.ts), which owns the
-// host side and the journal entries and hands each cached entry to `fanOut`.
+// host side and the journal entries and hands each cached entry to `fanOut`. (It runs past 450
+// lines: every per-mirror decision, link, ack, degrade, dirty bits and their standby copies,
+// resync and block-level repair sources, lives here on purpose, so one file answers "what does
+// the primary owe mirror M".)
 //
 //   link      peerUp -> announce `epoch`; the mirror's resyncRequest{seqReceived} is the join:
 //             an in-sync mirror gets, in seq order, what it has not received (a reset lost it),
@@ -76,6 +79,13 @@ export interface FanoutConfig {
   readonly onMirrorLoss: MirrorLossPolicy;
   readonly standby?: PeerId;
   /**
+   * When the standby's protection starts (it is never degraded for being unreachable from then
+   * on): `start` (default) at once, unless its bitmap says it is owed regions (then once it is
+   * in sync); `inSync` only once it is in sync in this life (a promoted primary: its standby is
+   * the old primary, likely dead, and must not block host writes until it is back and whole).
+   */
+  readonly standbyArm?: 'start' | 'inSync';
+  /**
    * The cluster can fail over (it has a standby): mirrors are told the committed watermark
    * (at their join and when it moves, per tick) and keep the tail above it (issue 16 item 4).
    */
@@ -135,6 +145,10 @@ export class Fanout implements OpOwner {
   private copyIdNext = 1n;
   /** The committed watermark last sent to the mirrors. */
   private committedSent: Seq = 0n;
+  /** The standby is protected (never degraded for being unreachable): see FanoutConfig.standbyArm. */
+  private standbyArmed = false;
+  /** Every other mirror's dirty bits were copied to the standby in this life (sayInSync). */
+  private standbyCopiedAll = false;
 
   constructor(
     private readonly io: CoreIO,
@@ -163,6 +177,8 @@ export class Fanout implements OpOwner {
       if (m.dirty.size > 0) m.sync = 'degraded';
     }
     for (const m of this.mirrors.values()) m.downSinceMs = this.io.nowMs;
+    const sb = this.cfg.standby === undefined ? undefined : this.mirrors.get(this.cfg.standby);
+    this.standbyArmed = sb !== undefined && this.cfg.standbyArm !== 'inSync' && sb.dirty.size === 0;
   }
 
   /** Claim 10 (ii): to every in-sync mirror at once; a mirror not in sync gets the regions dirtied. */
@@ -286,6 +302,22 @@ export class Fanout implements OpOwner {
    * learns from it that it keeps a tail above it).
    */
   private sayInSync(m: MirrorState): void {
+    if (m.peer === this.cfg.standby && !this.standbyArmed) {
+      this.standbyArmed = true;
+      this.io.log('info', 'standby_armed', { peer: m.peer, effect: 'it holds every acked write; from now on it is never degraded for being unreachable, so it can take over' });
+    }
+    // The standby that can take over must know what every other mirror misses now, not only
+    // what is marked from here on (a failed-back or new standby holds no copies yet): without
+    // them, its promotion would call a stale mirror in sync. Once per life: it keeps its copies
+    // durably, and every later mark waits for its copy.
+    if (m.peer === this.cfg.standby && !this.standbyCopiedAll) {
+      this.standbyCopiedAll = true;
+      for (const o of this.mirrors.values()) {
+        if (o === m) continue;
+        const regions = [...o.dirty.keys()].sort((a, b) => a - b);
+        for (let i = 0; i < regions.length; i += peerRangesMax) this.copyToStandby(o.peer, regions.slice(i, i + peerRangesMax), undefined);
+      }
+    }
     if (this.cfg.failover === true) this.io.send(m.peer, { type: 'ack', epoch: this.host.epoch, seq: this.committedSent });
     this.io.send(m.peer, { type: 'inSync', epoch: this.host.epoch, seq: this.host.lastSeq() });
   }
@@ -492,7 +524,7 @@ export class Fanout implements OpOwner {
 
   tick(): void {
     for (const m of this.mirrors.values()) {
-      if (this.cfg.onMirrorLoss === 'degrade' && m.peer !== this.cfg.standby && m.sync === 'inSync' && m.link !== 'ready' && this.io.nowMs - m.downSinceMs >= this.lim.mirrorLossGraceMs) {
+      if (this.cfg.onMirrorLoss === 'degrade' && (m.peer !== this.cfg.standby || !this.standbyArmed) && m.sync === 'inSync' && m.link !== 'ready' && this.io.nowMs - m.downSinceMs >= this.lim.mirrorLossGraceMs) {
         this.degrade(m, `unreachable for ${Math.round(this.io.nowMs - m.downSinceMs)} ms (grace ${this.lim.mirrorLossGraceMs} ms)`);
       }
       // Degraded while still connected (its storage failed): retry a resync after the grace period.

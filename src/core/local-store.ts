@@ -1,6 +1,8 @@
 // A site's own copy of the volume (claims 2, 4, 11, 16, 17, 18): the one implementation, used
 // by every role (primary, mirror, relay; a standby through its inner cores). Pure: it returns
-// actions through the role's CoreIO and takes their completions back.
+// actions through the role's CoreIO and takes their completions back. (It runs past 450 lines:
+// it is the one place every role's journal, ordering, durability and suspect regions live, and
+// splitting it would spread one invariant, journal before storage, over several files.)
 //
 // What it owns:
 //  - the journal view: every write in the battery-backed cache, in seq order (`entries`), the

@@ -2,6 +2,8 @@
 // It owns the host side (queue, in-flight window, seq assignment, FLUSH barriers, fencing);
 // its own copy is the shared local store (src/core/local-store.ts) and everything decided per
 // mirror (links, acks, degrade, dirty bitmaps, resync) is its fan-out (src/core/fanout.ts).
+// (It runs past 450 lines: the host side, its ack rule, FLUSH barriers, fencing, the authority
+// proof and the detach-and-repair path all decide one thing, when a host op is answered.)
 //
 // Write path, as encoded in the actions it returns:
 //   hostWrite -> (window slot) seq assigned -> cacheAppend (12 v)
@@ -40,6 +42,8 @@ export interface PrimaryConfig extends CoreConfig {
    * A storage failure on it still degrades it (it cannot hold the write).
    */
   readonly standby?: PeerId;
+  /** When the standby's protection starts (FanoutConfig.standbyArm). */
+  readonly standbyArm?: 'start' | 'inSync';
   /**
    * Authority is proven, never remembered (issue 16 item 1): in a cluster that can fail over, a
    * (re)started primary serves host writes only once a strict majority of the cluster's `sites`

@@ -18,13 +18,14 @@
 // `queryIntervalMs` while condition 1 holds (answers of an older query are ignored).
 //
 // Promotion (claim 13 vi, vii), in this order:
-//   c. Catch-up debt first: every other site (the mirrors AND the old primary) is owed a resync
-//      of the WHOLE volume from the standby's image (all regions dirty, bitmapSet, durable).
-//      That one rule covers both cases: a mirror holding less gets the missing writes, a mirror
-//      holding more (old-epoch writes the old primary sent it but never acked to the host) is
-//      overwritten. The cost is a full-volume transfer per mirror; narrowing it to the regions
-//      touched after min(seqAcked) needs mirrors to keep a per-epoch tail log (not built).
-//      Bitmaps are local bookkeeping: nothing of the new epoch is visible yet.
+//   c. Catch-up debt first (issue 16 item 4): every other site (the mirrors AND the old primary)
+//      is owed the regions where it may differ from the standby's image, recorded as bitmaps,
+//      durable: the writes above the committed watermark that the standby still holds in its
+//      journal (the divergent tail: a mirror holding less gets them, one holding more, old-epoch
+//      writes never acked to the host, is overwritten there), plus the site's dirty bits the
+//      old primary had (the standby's durable copy of them, peerDirty). What other sites hold
+//      beyond that tail they name themselves when they join. Bitmaps are local bookkeeping:
+//      nothing of the new epoch is visible yet.
 //   a. metaPersist { epoch: old + 1, acting: primary } before anything of the new epoch
 //      happens: a standby that restarts after this point comes back as the primary of the new
 //      epoch (with the debt of c already recorded) and can never act for the old epoch again.
@@ -476,7 +477,9 @@ export class Standby extends CoreRole implements OpOwner {
     this.mirror.releaseSettled();
     // (d) Act as the primary of the new epoch.
     const dirty = p.dirty;
-    const primary = new Primary({ self: this.cfg.self, volumeBytes: this.cfg.volumeBytes, blockBytes: this.cfg.blockBytes, mirrors: this.downstreams(), onMirrorLoss: this.cfg.onMirrorLoss, limits: this.cfg.limits, failover: true }, this.io);
+    // The old primary is this primary's standby once it is back and whole (failback, issue 16
+    // item 5); until then it must not hold host writes up.
+    const primary = new Primary({ self: this.cfg.self, volumeBytes: this.cfg.volumeBytes, blockBytes: this.cfg.blockBytes, mirrors: this.downstreams(), onMirrorLoss: this.cfg.onMirrorLoss, limits: this.cfg.limits, failover: true, standby: this.cfg.primary, standbyArm: 'inSync' }, this.io);
     this.primaryCore = primary;
     this.phase = 'primary';
     this.promotions.push({ atMs: this.io.nowMs, fromEpoch: p.epoch - 1n, toEpoch: p.epoch, seqReceived: p.seqReceived, reason: p.reason });

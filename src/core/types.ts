@@ -138,10 +138,13 @@ export interface Meta {
   readonly seqReserved: Seq;
   /**
    * The role this site took on in a failover, which overrides its configured role at every
-   * restart (issue 10): `primary` = a promoted standby, `mirror` = a demoted or fenced old
-   * primary. Sticky: a save that leaves it out keeps the stored value (src/site/persist.ts).
+   * restart (issues 10, 16 item 5): `primary` = promoted (the configured standby, or the
+   * configured primary promoted back), `standby` = a fenced primary that follows the site that
+   * was promoted (and can be promoted back: failback), `mirror` = a demoted primary waiting for
+   * the next primary (it becomes its standby once it adopts that epoch). Sticky: a save that
+   * leaves it out keeps the stored value (src/site/persist.ts).
    */
-  readonly acting?: 'primary' | 'mirror';
+  readonly acting?: 'primary' | 'standby' | 'mirror';
   /**
    * A standby's promotion guard (issue 10; issue 16 item 1: bound to its epoch): the epoch in
    * which its primary last said `inSync`, 0 once a resync region or a failed write undid that.

@@ -3,7 +3,9 @@
 // by its key path (`sites.east.cache.size`) and line, with the fix, and all problems are
 // reported together so an operator fixes the file in one pass. What comes out is a typed,
 // normalized ClusterConfig (sizes in bytes, durations in ms, device paths absolute) that the
-// site runtime can trust without re-checking.
+// site runtime can trust without re-checking. (It runs past 450 lines: one validator per key,
+// each with its own error text and fix, kept in one file so every check of the file is found in
+// one place; the schema and key list live in config-schema.ts and config-keys.ts.)
 //
 // Claims served: 1 (a local site and at least one remote mirror site, named and addressed),
 // 5-7 (site locations, checked by src/core/geo.ts), 8/13 (standby-for), 14 (relay chains).

@@ -51,7 +51,7 @@ export interface SiteRuntime {
   checksums?(req: ChecksumRequest): Promise<ChecksumAnswer>;
   /** Optional: planned switchover (`geomirror promote`, POST /promote): a following standby takes over. */
   promote?(reason: string, force?: boolean): Promise<RoleChangeAnswer>;
-  /** Optional: planned switchover (`geomirror demote`, POST /demote): the primary drains and becomes a mirror. */
+  /** Optional: planned switchover (`geomirror demote`, POST /demote): the primary drains and waits as a mirror, then follows the promoted standby as its standby. */
   demote?(reason: string): Promise<RoleChangeAnswer>;
 }
 

@@ -3,11 +3,13 @@
 // what it may do. The rest of src/site talks to this interface only (no `instanceof` on cores,
 // no role-string branches). Pure: the simulator (test/sim/failover.ts) picks its cores here too.
 //
-// The rule (issue 10): the cluster file's role, unless the meta record says a failover left this
-// site acting otherwise. `acting: mirror` makes a configured primary a mirror (fenced or demoted);
-// `acting: primary` makes a configured standby the primary of the persisted epoch, fanning out to
-// its old primary and the mirrors. A site the file calls standby follows as a standby even after
-// a failover left it a mirror: that is how roles are swapped back (docs/ARCHITECTURE.md).
+// The rule (issues 10, 16 item 5): the cluster file says the preferred roles; the meta record
+// says what a failover left this site acting as. The primary and its standby are a pair: each
+// runs as the primary (`acting: primary`, or the configured primary with no acting), or as the
+// standby that follows the other (`acting: standby`, or the configured standby), so a fenced
+// primary comes back as its partner's standby by itself and `geomirror promote` on it fails
+// back. `acting: mirror` is a demoted primary waiting for the next primary: it runs as a mirror
+// until it adopts that epoch, then as its standby (src/site/roles.ts).
 import { Mirror, type MirrorStatus } from '../core/mirror.js';
 import { Primary, type PrimaryStatus } from '../core/primary.js';
 import { Relay, type RelayAckMode, type RelayStatus } from '../core/relay.js';
@@ -90,33 +92,37 @@ export function chooseCore(site: CoreSite, meta: Meta, vol: CoreVolume): SiteCor
     if (site.forward === undefined) throw new Error(`sites.${site.name}.forward: a relay needs the next site of its chain`);
     return plain(new Relay({ ...common, ...ups, keepTail: site.failover, downstream: site.forward, ackMode: site.relayAck, storage: site.storage }), 'relay', [site.forward]);
   }
-  if (site.role === 'mirror' || (acting === 'mirror' && site.role === 'primary')) {
-    // A fenced or demoted old primary comes back as a mirror of whoever is primary now.
+  if (site.role === 'mirror' || (acting === 'mirror' && site.role === 'primary') || (acting === 'standby' && site.role === 'primary' && site.standby === undefined)) {
+    // A demoted old primary follows whoever is primary next, as a mirror until it learns who.
     return plain(new Mirror({ ...common, ...ups, keepTail: site.failover }), 'mirror', []);
   }
   // Authority is proven, never remembered (issue 16 item 1): where a failover can happen, a
   // primary serves only once a majority of the cluster's sites confirmed its epoch.
   const prove = (mirrors: readonly PeerId[]) => ({ proveAuthority: { sites: 1 + mirrors.length + site.witnesses.length, witnesses: site.witnesses } });
-  if (site.role === 'primary') {
+  if (site.role === 'primary' && acting !== 'standby') {
     const core = new Primary({ ...common, mirrors: site.mirrors, onMirrorLoss: site.onMirrorLoss, ...(site.standby ? { standby: site.standby, ...prove(site.mirrors) } : {}) });
     return primaryCore(core, site.mirrors, [...site.mirrors, ...site.witnesses]);
   }
-  const old = site.standbyFor;
-  if (old === undefined) throw new Error(`sites.${site.name}.standby-for: a standby needs the primary it backs up`);
+  // The other site of the pair, and the mirrors besides it (the same sites seen from either end).
+  const partner = site.role === 'primary' ? site.standby! : site.standbyFor;
+  if (partner === undefined) throw new Error(`sites.${site.name}.standby-for: a standby needs the primary it backs up`);
+  const others = site.mirrors.filter((m) => m !== partner);
   if (acting === 'primary') {
     // Promoted in an earlier life (meta.acting): the primary of the persisted epoch, fanning
-    // out to the old primary and the mirrors; the bitmaps hold what each is still owed.
-    const core = new Primary({ ...common, mirrors: [old, ...site.mirrors], onMirrorLoss: site.onMirrorLoss, ...prove([old, ...site.mirrors]) });
-    return primaryCore(core, [old, ...site.mirrors], [old, ...site.mirrors, ...site.witnesses]);
+    // out to its partner (its standby now) and the mirrors; the bitmaps hold what each is owed.
+    // The partner protects writes only once this primary saw it in sync (it may be the dead old
+    // primary, which must not hold host writes up).
+    const core = new Primary({ ...common, mirrors: [partner, ...others], onMirrorLoss: site.onMirrorLoss, standby: partner, standbyArm: 'inSync', ...prove([partner, ...others]) });
+    return primaryCore(core, [partner, ...others], [partner, ...others, ...site.witnesses]);
   }
   if (!(site.failoverTimeoutMs > vol.limits.heartbeatIntervalMs)) {
     throw new Error(`sites.${site.name}.failover-timeout: ${site.failoverTimeoutMs} ms must exceed the heartbeat interval (${vol.limits.heartbeatIntervalMs} ms), or a live primary looks lost between two heartbeats`);
   }
   const core = new Standby({
-    ...common, primary: old, mirrors: site.mirrors, ...(site.witnesses[0] ? { witness: site.witnesses[0] } : {}),
+    ...common, primary: partner, mirrors: others, ...(site.witnesses[0] ? { witness: site.witnesses[0] } : {}),
     failoverTimeoutMs: site.failoverTimeoutMs, queryIntervalMs: queryIntervalMsFor(site.failoverTimeoutMs), onMirrorLoss: site.onMirrorLoss,
   });
-  return standbyCore(core, [...site.mirrors, ...site.witnesses], old, site.mirrors);
+  return standbyCore(core, [...others, ...site.witnesses], partner, others);
 }
 
 const notAStandby = (acting: ActingRole) => (): string => `this site runs as ${acting}; only a following standby can be promoted`;

@@ -72,8 +72,8 @@ export function fileMetaStore(path: string): MetaStore {
     if (parsed.magic !== metaMagic || typeof parsed.epoch !== 'string' || typeof parsed.seqReserved !== 'string') {
       throw new Error(`${path}: not a geomirror meta record (expected ${metaMagic} with epoch and seqReserved)`);
     }
-    if (parsed.acting !== undefined && parsed.acting !== 'primary' && parsed.acting !== 'mirror') {
-      throw new Error(`${path}: acting is ${JSON.stringify(parsed.acting)}; expected primary or mirror (the role this site took on in a failover)`);
+    if (parsed.acting !== undefined && parsed.acting !== 'primary' && parsed.acting !== 'standby' && parsed.acting !== 'mirror') {
+      throw new Error(`${path}: acting is ${JSON.stringify(parsed.acting)}; expected primary, standby or mirror (the role this site took on in a failover)`);
     }
     if (parsed.inSyncEpoch !== undefined && (typeof parsed.inSyncEpoch !== 'string' || !/^\d+$/.test(parsed.inSyncEpoch))) {
       throw new Error(`${path}: inSyncEpoch is ${JSON.stringify(parsed.inSyncEpoch)}; expected a decimal epoch (the epoch in which this standby's primary last said it holds every acked write)`);

@@ -35,6 +35,8 @@ export interface ReplicaHooks {
   onPromoted?(): void;
   /** The primary core saw a newer epoch: this site must stop acting as primary (issue 10 item 4). */
   onFenced?(epoch: Epoch): void;
+  /** A demoted primary (acting mirror) adopted the epoch of the site promoted after it: it may follow that site as its standby now. */
+  onNewPrimary?(epoch: Epoch): void;
 }
 
 export interface ReplicaOptions {
@@ -250,6 +252,13 @@ export class Replica {
       this.ctx.metrics.failoversTotal.inc({ kind: 'fenced' });
       this.hooks.onFenced?.(fencedBy);
     }
+    if (this.acting === 'mirror' && this.dev.initialMeta.acting === 'mirror' && !this.fencedSeen) {
+      const epoch = this.sc.status().epoch;
+      if (epoch > this.dev.initialMeta.epoch) {
+        this.fencedSeen = true; // once
+        this.hooks.onNewPrimary?.(epoch);
+      }
+    }
   }
 
   /** Planned switchover (`geomirror promote`): a following standby promotes itself now. */
@@ -270,15 +279,16 @@ export class Replica {
   }
 
   /**
-   * Records that this site acts as a mirror from now on (fenced or demoted). Durable when it
-   * resolves; the meta store applies saves in issue order, so none the core issued earlier
-   * lands after it.
+   * Records the role this site acts in from now on: `standby` (fenced, or a demoted primary that
+   * learned who was promoted: it follows that site) or `mirror` (demoted, waiting for the next
+   * primary). Durable when it resolves; the meta store applies saves in issue order, so none the
+   * core issued earlier lands after it.
    */
-  async persistActingMirror(epoch: Epoch): Promise<void> {
+  async persistActing(acting: 'standby' | 'mirror', epoch: Epoch): Promise<void> {
     const cur = this.sc.status();
     const s = cur.role === 'standby' ? cur.inner : cur;
     const seqReserved = s.role === 'primary' ? s.seqNext : 1n;
-    await this.dev.meta.save({ epoch: epoch > s.epoch ? epoch : s.epoch, seqReserved, acting: 'mirror' });
+    await this.dev.meta.save({ epoch: epoch > s.epoch ? epoch : s.epoch, seqReserved, acting });
   }
 
   private die(err: Error): void {

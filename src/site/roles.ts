@@ -29,9 +29,11 @@ const demoteDrainMsMax = 30_000;
 /**
  * A replicating site (primary, mirror, relay, standby). One "life" is a Replica on freshly opened
  * devices with its NBD export; a failover ends a life and starts the next in the same process
- * (issue 10): a standby's export goes live read-write when it is promoted, and a fenced or
- * demoted primary persists `acting: mirror` and comes back as a mirror of the new epoch (its
- * export read-only, if it has one), to be resynced by the new primary.
+ * (issue 10): a standby's export goes live read-write when it is promoted; a fenced primary
+ * persists `acting: standby` and comes back as the standby of the site that was promoted (its
+ * partner in the pair), to be resynced by it and promoted back by `geomirror promote` (failback,
+ * issue 16 item 5); a demoted primary persists `acting: mirror` and follows as a mirror until the
+ * next primary's epoch reaches it, then as that site's standby. No file edit, no restart.
  */
 async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
   const { config, site } = ctx;
@@ -71,17 +73,22 @@ async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
     await n?.close();
   };
 
-  /** Ends this life and starts the next as a mirror (`acting: mirror` is durable first). */
-  const becomeMirror = (record: Omit<FailoverRecord, 'at' | 'site'>): Promise<void> => {
+  /** The primary and its standby are a pair: each can follow the other. */
+  const pairMember = site.role === 'primary' ? site.standby !== undefined : site.role === 'standby';
+
+  /** Ends this life and starts the next in `acting` (durable first); `record`: a failover event to keep. */
+  const becomeFollower = (acting: 'standby' | 'mirror', epoch: bigint, record: Omit<FailoverRecord, 'at' | 'site'> | undefined, why: string): Promise<void> => {
     if (swapping) return swapping;
     swapping = (async () => {
-      const rec: FailoverRecord = { at: new Date().toISOString(), site: site.name, ...record };
-      ctx.log.warn({ event: record.kind === 'fenced' ? 'fenced-rejoin-as-mirror' : 'demoted', ...rec }, `${site.name} stops acting as primary (${record.reason}); it comes back as a mirror of epoch ${record.toEpoch} and is resynced by the new primary`);
-      ctx.metrics.failoversTotal.inc({ kind: record.kind });
+      const rec: FailoverRecord | undefined = record && { at: new Date().toISOString(), site: site.name, ...record };
+      ctx.log.warn({ event: record === undefined ? 'follows-new-primary' : record.kind === 'fenced' ? 'fenced-rejoin' : 'demoted', acting, epoch: Number(epoch), ...(rec ?? {}) }, `${site.name} ${why}; it comes back as ${acting === 'standby' ? 'the standby of the primary of' : 'a mirror, waiting for the primary of the epoch after'} epoch ${epoch} and is resynced by it`);
+      if (record) ctx.metrics.failoversTotal.inc({ kind: record.kind });
       await closeExport();
-      await replica.persistActingMirror(BigInt(record.toEpoch));
-      replica.addHistory(rec);
-      await history.append(rec);
+      await replica.persistActing(acting, epoch);
+      if (rec) {
+        replica.addHistory(rec);
+        await history.append(rec);
+      }
       await replica.stop();
       if (stopping) return;
       await startLife();
@@ -109,7 +116,11 @@ async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
       },
       onFenced: (epoch) => {
         const st = r.status();
-        void becomeMirror({ kind: 'fenced', fromEpoch: st.epoch, toEpoch: Number(epoch), lastSeq: st.lastSeqAcked, reason: `a peer is at epoch ${epoch}: another site was promoted` });
+        const reason = `a peer is at epoch ${epoch}: another site was promoted`;
+        void becomeFollower(pairMember ? 'standby' : 'mirror', epoch, { kind: 'fenced', fromEpoch: st.epoch, toEpoch: Number(epoch), lastSeq: st.lastSeqAcked, reason }, `stops acting as primary (${reason})`);
+      },
+      onNewPrimary: (epoch) => {
+        if (pairMember) void becomeFollower('standby', epoch, undefined, `(demoted) learned that epoch ${epoch} has a primary`);
       },
     });
     replica = r;
@@ -168,7 +179,7 @@ async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
         }
         await new Promise((r) => setTimeout(r, 20));
       }
-      await becomeMirror({ kind: 'demoted', fromEpoch: st.epoch, toEpoch: st.epoch, lastSeq: st.lastSeqAcked, reason });
+      await becomeFollower('mirror', BigInt(st.epoch), { kind: 'demoted', fromEpoch: st.epoch, toEpoch: st.epoch, lastSeq: st.lastSeqAcked, reason }, `stops acting as primary (demoted: ${reason})`);
       return { site: site.name, epoch: st.epoch, phase: 'mirror' };
     },
   };

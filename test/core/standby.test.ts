@@ -237,6 +237,59 @@ describe('primary with a standby (issue 10: every host-acked write is on the sta
   });
 });
 
+describe('a promoted primary and its new standby (issue 16 item 5: failback)', () => {
+  it('the old primary, its standby now, holds no host write up until it is in sync, and is then given a copy of every dirty bit the primary holds for the other mirrors', () => {
+    // Promoted in an earlier life: east misses region 3 (the persisted bitmap); local, the old
+    // primary, is the standby, protected only once this primary has seen it in sync.
+    const t = primaryScript(['local', 'east'], { self: 'backup', standby: 'local', standbyArm: 'inSync' }, [], new Map([['east', [3]]]));
+    const out: string[] = [];
+    const drive = (rounds: number): void => {
+      for (let i = 0; i < rounds; i++) {
+        for (const prefix of ['metaPersist', 'cacheAppend', 'storageWrite', 'storageRead', 'bitmapSet']) {
+          while (t.openActions().some((a) => a.startsWith(prefix))) out.push(...t.done(prefix));
+        }
+        for (const a of t.last) {
+          if (a.type === 'send' && a.peer === 'local' && a.msg.type === 'resyncData') out.push(...t.recv('local', { type: 'resyncAck', epoch: 1n, resyncId: a.msg.resyncId }));
+        }
+        out.push(...t.tick(5));
+      }
+    };
+    // local is dead: a host write is acked without it once it is degraded (it is not armed).
+    out.push(...t.step(hostWrite(1, 0, 1024)));
+    drive(30);
+    expect(t.role.status().mirrors.map((m) => [m.peer, m.sync])).toEqual([['local', 'degraded'], ['east', 'degraded']]);
+    // east comes back (it is resynced), the host write is acked by east.
+    out.push(...t.step({ type: 'peerUp', peer: 'east' }));
+    out.push(...t.recv('east', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n }));
+    for (let i = 0; i < 20; i++) {
+      for (const a of t.last) {
+        if (a.type === 'send' && a.peer === 'east' && a.msg.type === 'resyncData') out.push(...t.recv('east', { type: 'resyncAck', epoch: 1n, resyncId: a.msg.resyncId }));
+        if (a.type === 'send' && a.peer === 'east' && a.msg.type === 'write') out.push(...t.recv('east', { type: 'ack', epoch: 1n, seq: a.msg.seq }));
+      }
+      drive(1);
+    }
+    expect(out).toContain('ackHost #1');
+    expect(t.logs).not.toContain('standby_armed');
+    // A new write while east is cut again: east misses it (dirty); local is still out.
+    out.push(...t.step({ type: 'peerDown', peer: 'east' }));
+    drive(40);
+    const eastDirty = t.role.status().mirrors.find((m) => m.peer === 'east')!.dirtyRegions;
+    out.push(...t.step(hostWrite(2, 2048, 1024)));
+    drive(5);
+    // local comes back, is resynced and, once in sync, armed and given east's dirty bits.
+    out.length = 0;
+    out.push(...t.step({ type: 'peerUp', peer: 'local' }));
+    out.push(...t.recv('local', { type: 'resyncRequest', epoch: 1n, seqReceived: 0n }));
+    drive(60);
+    expect(t.role.status().mirrors.find((m) => m.peer === 'local')?.sync).toBe('inSync');
+    expect(t.logs).toContain('standby_armed');
+    // east's dirty regions: region 3 (persisted from the earlier life) and region 2 (write 2),
+    // in one copy; on the old code local got none (it was degraded when they were marked).
+    expect(t.role.status().mirrors.find((m) => m.peer === 'east')!.dirtyRegions).toBe(eastDirty + 1);
+    expect(out.filter((l) => l.startsWith('send local peerDirty'))).toEqual([expect.stringMatching(/^send local peerDirty #\d+ east (@0\+1024,)?@2048\+2048$/)]);
+  });
+});
+
 describe('standby: promotion guard (issue 10: a standby that may miss acked writes is never promoted by itself)', () => {
   function voteLost(s: Script<Standby>): CoreAction[] {
     s.step({ type: 'peerDown', peer: 'local' });

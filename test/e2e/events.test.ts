@@ -2,7 +2,8 @@
 // `geomirror site` process; `geomirror events --json` follows both while the mirror is killed
 // with SIGKILL, misses writes, is restarted and resynced. The stream must show, in order, the
 // mirror's link down, degraded, link up, resyncing with progress and in sync; `--now --json`
-// must parse as JSON lines.
+// must parse as JSON lines. Meanwhile local's status of east is sampled: its acked seq never
+// goes back within an epoch and its out-of-sync bytes fall to 0.
 import { execFile, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -46,8 +47,33 @@ describe('geomirror events', () => {
       } finally {
         w.close();
       }
+      // Status while east is restarted and resynced (issue 19): local's view of east, sampled.
+      const samples: { epoch: number; acked: bigint; outOfSync: number; sync: string }[] = [];
+      let sampling = true;
+      const sampler = (async () => {
+        while (sampling) {
+          const st = await c.status('local').catch(() => undefined);
+          const e = st?.peers.find((p) => p.name === 'east');
+          if (st !== undefined && e?.lastSeqAcked !== undefined && e.outOfSyncBytes !== undefined) samples.push({ epoch: st.epoch, acked: BigInt(e.lastSeqAcked), outOfSync: e.outOfSyncBytes, sync: String(e.sync) });
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      })();
       await c.restart('east');
       await c.waitInSync();
+      await c.waitStatus('local', (s) => s.peers.some((p) => p.name === 'east' && p.outOfSyncBytes === 0 && p.sync === 'in-sync'), 'east out-of-sync bytes 0');
+      sampling = false;
+      await sampler;
+      // Acked seq never goes back within an epoch; out-of-sync bytes were counted and fell to 0.
+      for (let i = 1; i < samples.length; i++) {
+        const [a, b] = [samples[i - 1]!, samples[i]!];
+        if (a.epoch === b.epoch) expect(b.acked >= a.acked, `acked seq of east went from ${a.acked} to ${b.acked} in epoch ${a.epoch}`).toBe(true);
+      }
+      expect(Math.max(...samples.map((x) => x.outOfSync)), 'east was seen out of sync by some bytes').toBeGreaterThan(0);
+      const resyncing = samples.filter((x) => x.sync === 'resyncing').map((x) => x.outOfSync);
+      for (let i = 1; i < resyncing.length; i++) expect(resyncing[i]!, `out-of-sync bytes grew during the resync: ${resyncing.join(', ')}`).toBeLessThanOrEqual(resyncing[i - 1]!);
+      expect(samples.at(-1)!.outOfSync).toBe(0);
+      const distinct = [...new Set(samples.map((x) => x.outOfSync))];
+      console.log(`status of east at local: ${samples.length} samples, out-of-sync bytes ${distinct[0]} -> ${distinct.at(-1)} in ${distinct.length} steps, acked seq ${samples[0]!.acked} -> ${samples.at(-1)!.acked}`);
       const eastChanges = (): SiteEvent[] => lines().filter((e) => e.type === 'change' && e.site === 'local' && e.peer === 'east');
       await expect.poll(() => eastChanges().some((e) => e.what === 'sync' && e.to === 'in-sync'), { timeout: 30_000, interval: 100 }).toBe(true);
     } finally {
@@ -59,7 +85,11 @@ describe('geomirror events', () => {
     let at = -1;
     const step = (label: string, pred: (e: SiteEvent) => boolean): SiteEvent => {
       const i = changes.findIndex((e, j) => j > at && pred(e));
-      expect(i, `${label} after position ${at} in: ${seen.join(', ')}`).toBeGreaterThan(at);
+      // On failure, also what the command said about each site's own stream (a stream lost and
+      // reopened misses the changes in between) and the first lines it printed for local.
+      const admin = lines().filter((e) => (e.what as string) === 'admin').map((e) => `${e.site}:${e.to}@${e.at}`);
+      const head = lines().filter((e) => e.site === 'local').slice(0, 12).map((e) => `${e.type}/${e.what}${e.peer ? `/${e.peer}` : ''}:${e.to}@${e.at}`);
+      expect(i, `${label} after position ${at} in: ${seen.join(', ')}; admin: ${admin.join(', ')}; local head: ${head.join(', ')}`).toBeGreaterThan(at);
       at = i;
       return changes[i]!;
     };

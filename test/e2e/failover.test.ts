@@ -168,94 +168,64 @@ describe('failover to the standby (issue 10)', () => {
     });
   }, testTimeoutMs);
 
-  it('the old primary restarts: it learns epoch 2, refuses to act as primary, rejoins as a mirror and is resynced (hashes equal)', async () => {
+  it('the old primary restarts: it learns epoch 2, refuses to act as primary, comes back as the standby of backup by itself and is resynced (hashes equal)', async () => {
     expect(c, 'needs the cluster of the test before').toBeDefined();
     const cl = c!;
     await withLogs(cl, async () => {
       await cl.restart('local');
-      const local = await cl.waitStatus('local', (s) => s.role === 'mirror' && s.epoch === 2, 'local is a mirror of epoch 2');
+      // Issue 16 item 5: no file edit; the fenced primary follows the promoted site as its standby.
+      const local = await cl.waitStatus('local', (s) => s.role === 'standby' && s.standby?.phase === 'following' && s.epoch === 2, 'local is the standby of epoch 2');
       expect(local.configuredRole).toBe('primary');
       expect(local.failovers?.some((f) => f.kind === 'fenced' && f.toEpoch === 2)).toBe(true);
       await waitAllInSyncAtBackup(cl);
+      await cl.waitStatus('local', (s) => s.standby?.inSync === true, 'local holds every acked write of epoch 2 (promotable)');
       const want = cl.hash('backup');
       expectReplicasEqual(cl, want);
       expect(checkAckedWrites(cl.storage('local'), issued, acked)).toEqual([]);
-      // Its NBD export is the read-only replica now: a host write there is refused.
-      const w = await connectWhenUp(cl.nbdPort);
-      await expect(w.write({ index: 1e6, offsetBytes: 0, data: Buffer.alloc(4096, 0xab) })).rejects.toThrow(/NBD error/);
+      // A following standby serves no export until it is promoted.
+      await expect(NbdWriter.connect(cl.nbdPort)).rejects.toThrow();
     });
   }, testTimeoutMs);
 
-  it('kill -9 of the promoted standby: it restarts as the primary of epoch 2 (acting: primary persisted), serves writes, all replicas converge', async () => {
+  /** One failover of the pair: kill -9 `from` (the primary) mid-stream; `to` (its in-sync standby) takes over at `epoch`; `from` restarts as `to`'s standby. */
+  async function failoverOnce(cl: Cluster, from: 'local' | 'backup', to: 'local' | 'backup', epoch: number, seed: number): Promise<void> {
+    const port = (n: string) => (n === 'local' ? cl.nbdPort : cl.standbyNbdPort);
+    await cl.waitStatus(to, (s) => s.role === 'standby' && s.standby?.inSync === true, `${to} is the in-sync standby of ${from}`);
+    const writes = planWrites(seed, cl.volumeBytes, 4 * MiB).map((w) => ({ ...w, index: w.index + seed * 1000 }));
+    const w = await connectWhenUp(port(from));
+    const errors = await w.run(writes, 8, {
+      afterAck: async (_w, n) => {
+        if (n === Math.floor(writes.length / 2)) await cl.kill9(from);
+      },
+    });
+    expect(errors.length).toBeGreaterThan(0);
+    const promoted = await cl.waitStatus(to, (s) => s.role === 'primary', `${to} promoted`);
+    expect(promoted.epoch).toBe(epoch);
+    const w2 = await connectWhenUp(port(to));
+    expect(await w2.run(writes.slice(w.issued.length), 8)).toEqual([]);
+    await w2.flush();
+    issued.push(...w.issued, ...w2.issued);
+    for (const i of [...w.acked, ...w2.acked]) acked.add(i);
+    const back = await cl.restart(from);
+    expect(back.epoch).toBeLessThanOrEqual(epoch);
+    await cl.waitStatus(from, (s) => s.role === 'standby' && s.standby?.inSync === true && s.epoch === epoch, `${from} is the in-sync standby of ${to} at epoch ${epoch}`);
+    await cl.waitStatus(to, (s) => s.peers.filter((p) => p.relation === 'mirror').every((p) => p.sync === 'in-sync' && p.link === 'up'), `every site in sync with ${to}`);
+    const image = await readVolume(cl, port(to));
+    expect(checkAckedWrites(image, issued, acked)).toEqual([]);
+    expectReplicasEqual(cl, sha256(image));
+    for (const n of ['local', 'backup', 'east', 'west']) expect((await cl.status(n))?.epoch).toBe(epoch);
+  }
+
+  it('a second failover with no file edited: kill -9 the promoted backup; local, its in-sync standby now, takes over at epoch 3; backup comes back as its standby; all replicas converge', async () => {
     expect(c, 'needs the cluster of the tests before').toBeDefined();
     const cl = c!;
-    await withLogs(cl, async () => {
-      const writes = planWrites(1011, cl.volumeBytes, 4 * MiB).map((w) => ({ ...w, index: w.index + 100_000 }));
-      const w = await connectWhenUp(cl.standbyNbdPort);
-      const errors = await w.run(writes, 8, {
-        afterAck: async (_w, n) => {
-          if (n === Math.floor(writes.length / 2)) await cl.kill9('backup');
-        },
-      });
-      expect(errors.length).toBeGreaterThan(0);
-      const back = await cl.restart('backup');
-      expect(back).toMatchObject({ role: 'primary', configuredRole: 'standby', epoch: 2 });
-      const w2 = await connectWhenUp(cl.standbyNbdPort);
-      const rest = writes.slice(w.issued.length);
-      expect(await w2.run(rest, 8)).toEqual([]);
-      await w2.flush();
-      issued.push(...w.issued, ...w2.issued);
-      for (const i of [...w.acked, ...w2.acked]) acked.add(i);
-      await waitAllInSyncAtBackup(cl);
-      const image = await readVolume(cl, cl.standbyNbdPort);
-      expect(checkAckedWrites(image, issued, acked)).toEqual([]);
-      const want = sha256(image);
-      expectReplicasEqual(cl, want);
-      for (const n of ['local', 'east', 'west']) expect((await cl.status(n))?.epoch).toBe(2);
-    });
+    await withLogs(cl, () => failoverOnce(cl, 'backup', 'local', 3, 1011));
   }, testTimeoutMs);
 
-  it('roles swapped in the cluster file: the old primary becomes the standby of the new one; a second failover (kill -9 backup) promotes it back at epoch 3', async () => {
+  it('a third failover (issue 16 item 7: acting roles are state, the file only says preferred ones): kill -9 local; backup takes over at epoch 4; local comes back as its standby; every acked write present', async () => {
     expect(c, 'needs the cluster of the tests before').toBeDefined();
     const cl = c!;
-    await withLogs(cl, async () => {
-      await cl.stop('local');
-      await cl.stop('backup');
-      const text = readFileSync(cl.configPath, 'utf8');
-      const swapped = text
-        .replace(/(  local: \{ )role: primary, /, `$1role: standby, standby-for: backup, failover-timeout: ${failoverTimeoutMs}ms, `)
-        .replace(/(  backup: \{ )role: standby, standby-for: local, failover-timeout: \d+ms, /, '$1role: primary, mirrors: [east, west], ');
-      expect(swapped).not.toBe(text);
-      writeFileSync(cl.configPath, swapped);
-      await cl.restart('backup');
-      await cl.restart('local');
-      // local follows backup as its standby (its acting: mirror gives way to the file's standby)
-      // and is promotable once backup says it is in sync.
-      const sb = await cl.waitStatus('local', (s) => s.role === 'standby' && s.standby?.inSync === true, 'local is the in-sync standby of backup');
-      expect(sb.epoch).toBe(2);
-      await waitAllInSyncAtBackup(cl);
-
-      const writes = planWrites(1012, cl.volumeBytes, 6 * MiB).map((w) => ({ ...w, index: w.index + 200_000 }));
-      const w = await connectWhenUp(cl.standbyNbdPort);
-      const errors = await w.run(writes, 8, {
-        afterAck: async (_w, n) => {
-          if (n === Math.floor(writes.length / 2)) await cl.kill9('backup');
-        },
-      });
-      expect(errors.length).toBeGreaterThan(0);
-      const promoted = await cl.waitStatus('local', (s) => s.role === 'primary', 'local promoted back');
-      expect(promoted.epoch).toBe(3);
-      const w2 = await connectWhenUp(cl.nbdPort);
-      expect(await w2.run(writes.slice(w.issued.length), 8)).toEqual([]);
-      await w2.flush();
-      issued.push(...w.issued, ...w2.issued);
-      for (const i of [...w.acked, ...w2.acked]) acked.add(i);
-      await cl.waitStatus('local', (s) => ['east', 'west'].every((n) => peer(s, n)?.sync === 'in-sync' && peer(s, n)?.link === 'up'), 'east and west in sync with local');
-      const image = await readVolume(cl, cl.nbdPort);
-      expect(checkAckedWrites(image, issued, acked)).toEqual([]);
-      const want = sha256(image);
-      expect({ local: cl.hash('local'), east: cl.hash('east'), west: cl.hash('west') }).toEqual({ local: want, east: want, west: want });
-    });
+    await withLogs(cl, () => failoverOnce(cl, 'local', 'backup', 4, 1012));
   }, testTimeoutMs);
 });
 
@@ -325,7 +295,7 @@ describe('partitions (issue 10): a cut standby link never promotes; an isolated 
       c.heal();
       await expect(stuck).rejects.toThrow();
       expect(w.acked.has(1e6)).toBe(false);
-      await c.waitStatus('local', (s) => s.role === 'mirror' && s.epoch === 2, 'local is a mirror of epoch 2');
+      await c.waitStatus('local', (s) => s.role === 'standby' && s.epoch === 2, 'local is the standby of epoch 2');
       await waitAllInSyncAtBackup(c);
       const want = c.hash('backup');
       expectReplicasEqual(c, want);
@@ -368,8 +338,56 @@ describe('planned switchover (issue 10 item 5): geomirror demote, then geomirror
       expect(checkAckedWrites(image, writes, acked)).toEqual([]);
       const want = sha256(image);
       expectReplicasEqual(c, want);
-      // Every mirror follows epoch 2; the old primary does too, and says it was demoted.
+      // Every mirror follows epoch 2; the old primary does too, and says it was demoted. It
+      // learned who is primary now, so it follows backup as its standby by itself (issue 16 item 5).
       for (const n of ['local', 'east', 'west']) expect((await c.status(n))?.epoch).toBe(2);
+      await c.waitStatus('local', (s) => s.role === 'standby' && s.standby?.phase === 'following' && s.epoch === 2, 'the demoted local is the standby of backup');
+    });
+  }, testTimeoutMs);
+});
+
+describe('failback by command (issue 16 item 5): no file edited, no restart', () => {
+  it('after a failover, promote --site local brings the old primary back as primary and the old standby back as its standby; hashes equal, every acked write present', async () => {
+    const c = await cluster({ standby: 'backup', failoverTimeoutMs: 1500 });
+    await withLogs(c, async () => {
+      const configBefore = readFileSync(c.configPath, 'utf8');
+      const writes = planWrites(7070, c.volumeBytes, 9 * MiB);
+      const third = Math.floor(writes.length / 3);
+      const issued: PlannedWrite[] = [];
+      const acked = new Set<number>();
+      // 1. Writes at local, then kill -9 of local mid-stream: backup takes over (epoch 2).
+      const w1 = await connectWhenUp(c.nbdPort);
+      await w1.run(writes.slice(0, third), 8, { afterAck: async (_w, n) => { if (n === Math.floor(third / 2)) await c.kill9('local'); } });
+      issued.push(...w1.issued);
+      for (const i of w1.acked) acked.add(i);
+      await c.waitStatus('backup', (s) => s.role === 'primary' && s.epoch === 2, 'backup promoted');
+      const w2 = await connectWhenUp(c.standbyNbdPort);
+      const rest1 = writes.slice(w1.issued.length, 2 * third);
+      expect(await w2.run(rest1, 8)).toEqual([]);
+      issued.push(...w2.issued);
+      for (const i of w2.acked) acked.add(i);
+      // 2. local restarts: fenced, it follows backup as its standby and is resynced.
+      await c.restart('local');
+      await c.waitStatus('local', (s) => s.role === 'standby' && s.standby?.inSync === true && s.epoch === 2, 'local is the in-sync standby of backup');
+      // 3. Failback: promote the old primary. backup, fenced by epoch 3, follows local as its standby.
+      expect(await cli(c, ['promote', '--site', 'local', '--reason', 'failback'])).toMatchObject({ code: 0 });
+      const back = await c.waitStatus('local', (s) => s.role === 'primary' && s.epoch === 3, 'local is the primary again');
+      expect(back.failovers?.at(-1)).toMatchObject({ kind: 'promoted', fromEpoch: 2, toEpoch: 3, reason: 'failback' });
+      await c.waitStatus('backup', (s) => s.role === 'standby' && s.standby?.phase === 'following' && s.epoch === 3, 'backup is the standby again');
+      w2.close();
+      const w3 = await connectWhenUp(c.nbdPort);
+      const rest2 = writes.slice(w1.issued.length + w2.issued.length);
+      expect(await w3.run(rest2, 8)).toEqual([]);
+      await w3.flush();
+      issued.push(...w3.issued);
+      for (const i of w3.acked) acked.add(i);
+      // Everything converges on the original layout; nothing was edited.
+      await c.waitStatus('local', (s) => ['backup', 'east', 'west'].every((n) => peer(s, n)?.sync === 'in-sync' && peer(s, n)?.link === 'up'), 'every site in sync with local');
+      await c.waitStatus('backup', (s) => s.standby?.inSync === true, 'backup promotable again');
+      const image = await readVolume(c, c.nbdPort);
+      expect(checkAckedWrites(image, issued, acked)).toEqual([]);
+      expectReplicasEqual(c, sha256(image));
+      expect(readFileSync(c.configPath, 'utf8')).toBe(configBefore);
     });
   }, testTimeoutMs);
 });

@@ -145,6 +145,10 @@ class FailoverSim {
   private target: PeerId | undefined = 'local';
   /** switchover: the primary is being demoted (its export is closed: no new host writes). */
   private demoting = false;
+  /** The demoted local is about to restart as the standby of the new primary (followNewPrimary). */
+  private following = false;
+  /** The epoch local's meta said when its life started (replica.ts compares with initialMeta). */
+  private localLifeEpoch = 0n;
   /** standbyCrash: crashes of the standby still to come, and how the next one is triggered. */
   private standbyCrashesLeft = 0;
   private standbyCrashPlan: { mode: 'decided' | 'meta' | 'promoted' | 'afterWrites'; writes: number; life: number; armed: boolean } | undefined;
@@ -433,6 +437,29 @@ class FailoverSim {
     });
   }
 
+  /**
+   * Site layer (replica.ts onNewPrimary, roles.ts becomeFollower): the demoted local learned the
+   * epoch of the next primary; it stops cleanly, persists `acting: standby` at that epoch and
+   * comes back as its standby.
+   */
+  private followNewPrimary(epoch: bigint): void {
+    const s = this.sites.get('local')!;
+    this.following = false;
+    if (!(s.core instanceof Mirror) || s.persist.meta.acting !== 'mirror') return;
+    this.log(`FOLLOW local: learned epoch ${epoch}; restarting as the standby of backup`);
+    s.core = undefined;
+    s.run?.end();
+    s.run = undefined;
+    s.life++;
+    while (s.cache.inflight.length > 0) s.cache.completeOne();
+    while (s.persist.inflight.length > 0) s.persist.applyOne();
+    s.persist.inflight.push({ kind: 'meta', meta: { epoch, seqReserved: s.persist.meta.seqReserved, acting: 'standby' } });
+    s.persist.applyOne();
+    for (const [key, l] of this.links) if (key.split('|').includes(s.name) && l.up) this.disconnect(key);
+    this.startSite(s);
+    for (const [key, l] of this.links) if (key.split('|').includes(s.name) && !l.cut) this.sched.at(this.sched.now + 5, () => this.connect(key));
+  }
+
   /** standbyCrash: decide how the next crash of the standby is triggered (see execute/onHostAck). */
   private armStandbyCrash(): void {
     const modes = ['decided', 'meta', 'promoted', 'afterWrites'] as const;
@@ -557,10 +584,10 @@ class FailoverSim {
       return;
     }
     if (c !== undefined) this.crash(s);
-    // Site layer (roles.ts becomeMirror): `acting: mirror` at the epoch that fenced it is durable
-    // before the next life, which the acting record makes a Mirror.
+    // Site layer (roles.ts becomeFollower): `acting: standby` at the epoch that fenced it is
+    // durable before the next life, which the acting record makes the new primary's standby.
     const fencedBy = c instanceof Primary ? c.status().fencedBy : undefined;
-    s.persist.inflight.push({ kind: 'meta', meta: { epoch: fencedBy !== undefined && fencedBy > s.persist.meta.epoch ? fencedBy : s.persist.meta.epoch, seqReserved: s.persist.meta.seqReserved, acting: 'mirror' } });
+    s.persist.inflight.push({ kind: 'meta', meta: { epoch: fencedBy !== undefined && fencedBy > s.persist.meta.epoch ? fencedBy : s.persist.meta.epoch, seqReserved: s.persist.meta.seqReserved, acting: 'standby' } });
     s.persist.applyOne();
     this.startSite(s);
     for (const key of this.links.keys()) if (key.split('|').includes('local')) this.sched.at(this.sched.now + 5, () => this.connect(key));
@@ -579,19 +606,23 @@ class FailoverSim {
     const cfg = { self: s.name, volumeBytes, blockBytes, limits };
     const configured = s.name === 'local' ? 'primary' : s.name === 'backup' ? 'standby' : 'mirror';
     const acting = s.persist.meta.acting;
+    // The pair rule of src/site/cores.ts (issue 16 item 5): local and backup each run as the
+    // primary (acting primary, or the configured primary with no acting) or as the standby that
+    // follows the other (acting standby, or the configured standby); acting mirror is a demoted
+    // primary waiting for the next primary's epoch (then it follows it as its standby).
+    const partner = s.name === 'local' ? 'backup' : 'local';
+    if (s.name === 'local') this.localLifeEpoch = s.persist.meta.epoch;
     let role: string;
     if (configured === 'mirror' || acting === 'mirror') {
       role = acting === 'mirror' ? 'mirror (acting)' : 'mirror';
       s.core = new Mirror({ ...cfg, keepTail: true });
-    } else if (configured === 'primary') {
-      role = 'primary';
-      s.core = new Primary({ ...cfg, mirrors: names.filter((n) => n !== s.name), onMirrorLoss: this.oldPolicy, standby: 'backup', proveAuthority: { sites: 4, witnesses: [] } });
-    } else if (acting === 'primary') {
-      role = `primary (acting, epoch ${s.persist.meta.epoch})`;
-      s.core = new Primary({ ...cfg, mirrors: ['local', 'east', 'west'], onMirrorLoss: 'degrade', proveAuthority: { sites: 4, witnesses: [] } });
+    } else if ((configured === 'primary' && acting === undefined) || acting === 'primary') {
+      role = acting === 'primary' ? `primary (acting, epoch ${s.persist.meta.epoch})` : 'primary';
+      const mirrors = [partner, ...names.filter((n) => n !== s.name && n !== partner)];
+      s.core = new Primary({ ...cfg, mirrors, onMirrorLoss: configured === 'primary' ? this.oldPolicy : 'degrade', standby: partner, ...(acting === 'primary' ? { standbyArm: 'inSync' as const } : {}), proveAuthority: { sites: 4, witnesses: [] } });
     } else {
-      role = 'standby';
-      s.core = new Standby({ ...cfg, primary: 'local', mirrors: ['east', 'west'], failoverTimeoutMs, queryIntervalMs: 200, onMirrorLoss: 'degrade' });
+      role = configured === 'standby' ? 'standby' : `standby of ${partner} (acting, epoch ${s.persist.meta.epoch})`;
+      s.core = new Standby({ ...cfg, primary: partner, mirrors: ['east', 'west'], failoverTimeoutMs, queryIntervalMs: 200, onMirrorLoss: 'degrade' });
     }
     this.log(`${s.name}: START as ${role}`);
     const p = this.prng;
@@ -697,6 +728,13 @@ class FailoverSim {
 
   /** Every action a site's executor ran: the fault plans that hang on them. */
   private observed(s: Site, a: CoreAction): void {
+    if (s.name === 'local' && s.persist.meta.acting === 'mirror' && s.core instanceof Mirror && !this.following) {
+      const epoch = s.core.status().epoch;
+      if (epoch > this.localLifeEpoch) {
+        this.following = true;
+        this.sched.at(this.sched.now + 1, () => this.followNewPrimary(epoch));
+      }
+    }
     if (this.standbyCrashPlan !== undefined) this.watchStandby(s, a);
     if (this.behind !== undefined && s.name === 'backup' && a.type === 'log' && a.event === 'failover_refused') this.behind.refusals++;
   }
@@ -807,7 +845,7 @@ class FailoverSim {
     const backup = this.sites.get('backup')!;
     if (this.actsPrimary(backup)) return { primary: backup, core: backup.core as Primary | Standby };
     const local = this.sites.get('local')!;
-    if (local.core instanceof Primary) return { primary: local, core: local.core };
+    if (local.core instanceof Primary || (local.core instanceof Standby && local.core.status().phase === 'primary')) return { primary: local, core: local.core };
     return undefined;
   }
 

@@ -48,8 +48,8 @@ describe('meta record: sticky acting', () => {
 
   it('refuses an invalid acting value, naming the file', async () => {
     const path = fresh('.cache.meta');
-    writeFileSync(path, JSON.stringify({ magic: 'geomirror-meta-v1', epoch: '2', seqReserved: '5', acting: 'standby' }));
-    await expect(fileMetaStore(path).load()).rejects.toThrow(`${path}: acting is "standby"; expected primary or mirror`);
+    writeFileSync(path, JSON.stringify({ magic: 'geomirror-meta-v1', epoch: '2', seqReserved: '5', acting: 'relay' }));
+    await expect(fileMetaStore(path).load()).rejects.toThrow(`${path}: acting is "relay"; expected primary, standby or mirror`);
     writeFileSync(path, JSON.stringify({ magic: 'geomirror-meta-v1', epoch: '2', seqReserved: '5', acting: 7 }));
     await expect(fileMetaStore(path).load()).rejects.toThrow(`${path}: acting is 7`);
   });
