@@ -321,9 +321,9 @@ export class CacheJournal {
    * append order, when the entry and every earlier one are on the cache device, or with the
    * error. On a device that writes synchronously (a file in the page cache, writevNow) the group
    * commit is one synchronous pwritev at the end of this synchronous run (a microtask), so `done`
-   * usually runs from that microtask; it may also run before appendCb returns (a refused entry, a
-   * group commit that reached its size bound): callers must tolerate that (the executor queues
-   * completions, src/site/executor.ts).
+   * runs from a microtask, never inside appendCb for an accepted entry (settleBatch). A refused
+   * entry (bad metadata, too big, journal closed or broken) fails before appendCb returns:
+   * callers must tolerate that (the executor queues completions, src/site/executor.ts).
    */
   appendCb(meta: EntryMeta, payload: Uint8Array, done: AppendCallback): void {
     let flags: number;
@@ -497,7 +497,7 @@ export class CacheJournal {
     const padBytes = sizeBytes - entryHeaderBytes - payload.byteLength;
     let b = this.batch;
     if (b !== undefined && (b.endPos !== pos || b.buffers.length + 3 > batchBuffersMax)) {
-      this.flushBatch();
+      this.flushBatch(false);
       b = undefined;
     }
     if (b === undefined) {
@@ -514,33 +514,76 @@ export class CacheJournal {
     // then overlaps the next entry's CRC, which waiting for the batch would serialize (1 MiB
     // entries measured ~10% slower batched). A synchronous device overlaps nothing: the whole
     // run goes in one writev at its end.
-    if (b.endPos - b.pos >= batchBytesMax && this.device.writevNow === undefined) this.flushBatch();
+    if (b.endPos - b.pos >= batchBytesMax && this.device.writevNow === undefined) this.flushBatch(false);
   }
 
-  /** Entries of a group commit are on the device (or it failed): complete them in append order. */
-  private settleBatch(entries: readonly { handle: EntryHandle; settle: Settle }[], err: Error | undefined): void {
-    if (err !== undefined) {
-      for (const e of entries) e.settle(err, undefined);
-      return;
-    }
-    for (const e of entries) {
-      e.handle.state = 'cached';
-      this.completedJseq = e.handle.jseq;
-      e.settle(undefined, e.handle);
+  /**
+   * Entries of a group commit are on the device (or it failed): complete them in append order.
+   * A completion callback may append again, and on a synchronous device such an append can
+   * write a group commit at once (issue(): the ring wrapped, or the batch is full) before this
+   * loop reached the rest of this one. Completing those first would complete later entries
+   * first (and move completedJseq back); completing them inside issue() would re-enter it while
+   * it builds a batch (and lose the nested appends). So written batches queue here and complete
+   * only from drainSettled(), never inside issue(); a drain that runs while one is under way
+   * leaves the work to it.
+   */
+  private settleBatch(entries: readonly { handle: EntryHandle; settle: Settle }[], err: Error | undefined, now: boolean): void {
+    this.toSettle.push({ entries, err });
+    if (now) this.drainSettled();
+    else if (!this.drainScheduled) {
+      this.drainScheduled = true;
+      queueMicrotask(() => {
+        this.drainScheduled = false;
+        this.drainSettled();
+      });
     }
   }
+
+  private drainSettled(): void {
+    if (this.settling) return;
+    this.settling = true;
+    let i = 0;
+    try {
+      for (; i < this.toSettle.length; i++) {
+        const t = this.toSettle[i]!;
+        if (t.err !== undefined) {
+          for (const e of t.entries) e.settle(t.err, undefined);
+          continue;
+        }
+        for (const e of t.entries) {
+          e.handle.state = 'cached';
+          this.completedJseq = e.handle.jseq;
+          e.settle(undefined, e.handle);
+        }
+      }
+    } finally {
+      // A callback that threw leaves the batches after its own for the next drain.
+      this.toSettle.splice(0, Math.min(i + 1, this.toSettle.length));
+      this.settling = false;
+    }
+  }
+
+  /** Group commits written and waiting to complete, in order (settleBatch). */
+  private readonly toSettle: { entries: readonly { handle: EntryHandle; settle: Settle }[]; err: Error | undefined }[] = [];
+  private settling = false;
+  private drainScheduled = false;
 
   /** Entries issued in this synchronous run, not yet handed to the device (issue()). */
   private batch: { pos: number; endPos: number; buffers: Uint8Array[]; entries: { handle: EntryHandle; settle: Settle }[]; padBytes: number } | undefined;
 
-  private flushBatch(): void {
+  /**
+   * Writes the batch. `settleNow`: complete what is written before returning (false from
+   * issue(): a nested completion would re-enter it; settleBatch completes them from a microtask).
+   */
+  private flushBatch(settleNow = true): void {
     const b = this.batch;
     if (b === undefined) return;
     this.batch = undefined;
     const now = this.device.writevNow;
     if (now !== undefined && this.asyncBatches === 0) {
       // Page-cache device: the group commit is done when the syscall returns, and every earlier
-      // one completed already (none is in flight), so the entries complete here, in order.
+      // one is written already (none is in flight), so the entries complete in order after
+      // those still queued to complete.
       let failed: Error | undefined;
       try {
         now(b.buffers, b.pos);
@@ -548,7 +591,7 @@ export class CacheJournal {
         failed = err instanceof Error ? err : new Error(String(err));
         this.broken ??= failed;
       }
-      this.settleBatch(b.entries, failed);
+      this.settleBatch(b.entries, failed, settleNow);
       return;
     }
     this.asyncBatches++;
@@ -564,11 +607,11 @@ export class CacheJournal {
     const cached = Promise.all([this.lastCached, own]).then(
       () => {
         this.asyncBatches--;
-        this.settleBatch(b.entries, undefined);
+        this.settleBatch(b.entries, undefined, true);
       },
       (err: unknown) => {
         this.asyncBatches--;
-        this.settleBatch(b.entries, err instanceof Error ? err : new Error(String(err)));
+        this.settleBatch(b.entries, err instanceof Error ? err : new Error(String(err)), true);
         throw err;
       },
     );

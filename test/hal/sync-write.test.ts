@@ -175,6 +175,45 @@ describe('CacheJournal.appendCb over a file cache device', () => {
     await journal.close();
   });
 
+  it('completes appends made from inside a completion after every earlier one, even when they fill a group commit at once', async () => {
+    const dev = await openFileCacheDevice(join(dir, 'reentrant.cache'), { sizeBytes: 256 * 1024 });
+    const { journal } = await CacheJournal.open(dev);
+    const order: number[] = [];
+    const small = (i: number) => Buffer.alloc(64, i & 0xff);
+    const onDone = (i: number) => (err: Error | undefined) => {
+      expect(err).toBeUndefined();
+      order.push(i);
+      // The first completion appends 400 more (a core step run from the callback): more than one
+      // group commit holds, so one of them is written while entries 2 and 3 still wait to complete.
+      if (i === 1) for (let k = 100; k < 500; k++) journal.appendCb(meta(k), small(k), onDone(k));
+    };
+    for (let i = 1; i <= 3; i++) journal.appendCb(meta(i), small(i), onDone(i));
+    for (let t = 0; t < 5; t++) await Promise.resolve();
+    expect(order).toEqual([1, 2, 3, ...Array.from({ length: 400 }, (_, k) => k + 100)]);
+    await journal.close();
+  });
+
+  it('never completes an entry inside appendCb: an append from that completion would be lost from the batch being built', async () => {
+    const dev = await openFileCacheDevice(join(dir, 'nested.cache'), { sizeBytes: 256 * 1024 });
+    const { journal } = await CacheJournal.open(dev);
+    const order: number[] = [];
+    const small = (i: number) => Buffer.alloc(64, i & 0xff);
+    const onDone = (i: number) => (err: Error | undefined) => {
+      expect(err).toBeUndefined();
+      order.push(i);
+      if (i === 1) journal.appendCb(meta(1000), small(1000), onDone(1000));
+    };
+    // 300 entries in one run: the batch fills (buffers bound) and is written from inside appendCb.
+    for (let i = 1; i <= 300; i++) journal.appendCb(meta(i), small(i), onDone(i));
+    expect(order).toEqual([]);
+    for (let t = 0; t < 5; t++) await Promise.resolve();
+    expect(order).toEqual([...Array.from({ length: 300 }, (_, k) => k + 1), 1000]);
+    await journal.close();
+    const { journal: again, recovered } = await CacheJournal.open(await openFileCacheDevice(join(dir, 'nested.cache'), { sizeBytes: 256 * 1024 }));
+    expect(recovered.map((r) => Number(r.handle.seq))).toEqual([...Array.from({ length: 300 }, (_, k) => k + 1), 1000]);
+    await again.close();
+  });
+
   it('keeps every append on the thread pool with sync: true (each write waits for fdatasync)', async () => {
     const dev = await openFileCacheDevice(join(dir, 'durable.cache'), { sizeBytes: 256 * 1024, sync: true });
     expect(dev.writevNow).toBeUndefined();
