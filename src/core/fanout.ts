@@ -507,7 +507,7 @@ export class Fanout implements OpOwner {
 
   /** A bitmapSet is durable: its regions count as set, and the writes waiting on it may complete. */
   onDone(ev: Completion): void {
-    assert(ev.type === 'bitmapPersisted', `${this.io.self}: ${ev.type} for a bitmap op ${ev.opId}`);
+    assert(ev.type === 'bitmapPersisted', () => `${this.io.self}: ${ev.type} for a bitmap op ${ev.opId}`);
     for (const m of this.mirrors.values()) {
       for (const [r, st] of m.dirty) if (st === ev.opId) m.dirty.set(r, 'set');
     }
@@ -575,16 +575,22 @@ export class Fanout implements OpOwner {
    * that was cached (its storage holds them), and for every region of the range `holds` accepts
    * what it misses there (undefined: nothing). In-sync mirrors first.
    */
-  readSource(offsetBytes: number, lengthBytes: number, exclude: ReadonlySet<PeerId>, holds: (r: number, missed: MissedBlocks | 'all' | undefined) => boolean): PeerId | undefined {
+  readSource(offsetBytes: number, lengthBytes: number, exclude: ReadonlySet<PeerId>, holds: (r: number, missed: MissedBlocks | 'all' | undefined) => boolean): PeerId | 'wait' | undefined {
     const regions = regionsOf(offsetBytes, lengthBytes, this.lim.regionBytes);
     let fallback: PeerId | undefined;
+    let wait = false;
     for (const m of this.mirrors.values()) {
       if (m.link !== 'ready' || exclude.has(m.peer) || !regions.every((r) => holds(r, this.missedIn(m, r)))) continue;
-      if (!this.caughtUp(m, offsetBytes, lengthBytes)) continue;
+      // It holds them once it acked the writes there it has in flight: not a source yet, but
+      // not a reason to give up either (`wait`: ask again at the next tick).
+      if (!this.caughtUp(m, offsetBytes, lengthBytes)) {
+        wait = true;
+        continue;
+      }
       if (m.sync === 'inSync') return m.peer;
       fallback ??= m.peer;
     }
-    return fallback;
+    return fallback ?? (wait ? 'wait' : undefined);
   }
 
   /**

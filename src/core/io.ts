@@ -24,7 +24,7 @@ export class CoreIO {
 
   /** Starts a step: checks that time never runs backwards. */
   begin(nowMs: number): void {
-    assert(nowMs >= this.nowMs, `${this.self}: time went backwards: ${nowMs} < ${this.nowMs}`);
+    assert(nowMs >= this.nowMs, () => `${this.self}: time went backwards: ${nowMs} < ${this.nowMs}`);
     this.nowMs = nowMs;
   }
 
@@ -54,7 +54,7 @@ export class CoreIO {
   /** Hands a completion to the component that issued the op. */
   complete(ev: Completion): void {
     const owner = this.owners.get(ev.opId);
-    assert(owner !== undefined, `${this.self}: ${ev.type} for unknown op ${ev.opId}`);
+    assert(owner !== undefined, () => `${this.self}: ${ev.type} for unknown op ${ev.opId}`);
     this.owners.delete(ev.opId);
     owner.onDone(ev);
   }
@@ -126,9 +126,9 @@ export abstract class CoreRole implements Role {
 
   /** One event, without the prologue and epilogue. */
   handle(ev: CoreEvent): void {
-    assert(this.started || ev.type === 'start', `${this.io.self}: event ${ev.type} before start`);
+    assert(this.started || ev.type === 'start', () => `${this.io.self}: event ${ev.type} before start`);
     if (ev.type === 'start') {
-      assert(!this.started, `${this.io.self} started twice (a restart is a new instance)`);
+      assert(!this.started, () => `${this.io.self} started twice (a restart is a new instance)`);
       this.started = true;
     }
     // A completion goes to whichever component issued the op (CoreIO knows).

@@ -230,13 +230,13 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
 
   /** Takes an entry replayed from the journal at start (already cached). */
   adopt(e: E): void {
-    assert(e.cached && e.inCache, `replayed entry s${e.seq} must be cached`);
+    assert(e.cached && e.inCache, () => `replayed entry s${e.seq} must be cached`);
     this.track(e);
   }
 
   private track(e: E): void {
     const last = this.entries[this.entries.length - 1];
-    assert(last === undefined || last.epoch < e.epoch || (last.epoch === e.epoch && last.seq < e.seq), `seq ${e.seq} of epoch ${e.epoch} does not follow ${last?.seq} of epoch ${last?.epoch}`);
+    assert(last === undefined || last.epoch < e.epoch || (last.epoch === e.epoch && last.seq < e.seq), () => `seq ${e.seq} of epoch ${e.epoch} does not follow ${last?.seq} of epoch ${last?.epoch}`);
     this.entries.push(e);
     this.cacheBytes += e.lengthBytes;
   }
@@ -274,7 +274,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
 
   /** Performs `e` on storage once no earlier overlapping op is pending (completion: hooks.onStored). */
   perform(e: E): void {
-    assert(e.cached && e.sense === undefined, `${this.io.self}: s${e.seq} performed before its journal append completed`);
+    assert(e.cached && e.sense === undefined, () => `${this.io.self}: s${e.seq} performed before its journal append completed`);
     if (!this.cfg.storage) {
       e.stored = true;
       e.durable = true;
@@ -320,22 +320,22 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
 
   onDone(ev: Completion): void {
     const op = this.ops.get(ev.opId);
-    assert(op !== undefined, `${this.io.self}: ${ev.type} for unknown store op ${ev.opId}`);
+    assert(op !== undefined, () => `${this.io.self}: ${ev.type} for unknown store op ${ev.opId}`);
     this.ops.delete(ev.opId);
     const sense = 'sense' in ev ? ev.sense : undefined;
     if (op.kind === 'append') {
-      assert(ev.type === 'cacheAppended', `op ${ev.opId} is a cacheAppend, completed as ${ev.type}`);
+      assert(ev.type === 'cacheAppended', () => `op ${ev.opId} is a cacheAppend, completed as ${ev.type}`);
       this.onAppended(op.entry, sense);
     } else if (op.kind === 'suspect') {
-      assert(ev.type === 'bitmapPersisted', `op ${ev.opId} is a bitmapSet, completed as ${ev.type}`);
+      assert(ev.type === 'bitmapPersisted', () => `op ${ev.opId} is a bitmapSet, completed as ${ev.type}`);
       this.suspectOps--;
       for (const [r, st] of this.suspect) if (st === ev.opId) this.suspect.set(r, 'set');
       for (const d of op.done) d();
     } else if (op.kind === 'flush') {
-      assert(ev.type === 'storageFlushed', `op ${ev.opId} is a storageFlush, completed as ${ev.type}`);
+      assert(ev.type === 'storageFlushed', () => `op ${ev.opId} is a storageFlush, completed as ${ev.type}`);
       this.onFlushed(ev.opId, sense);
     } else {
-      assert(ev.type === 'storageWritten' || ev.type === 'storageRead', `op ${ev.opId} is a storage op, completed as ${ev.type}`);
+      assert(ev.type === 'storageWritten' || ev.type === 'storageRead', () => `op ${ev.opId} is a storage op, completed as ${ev.type}`);
       this.localInflight--;
       for (const next of this.overlap.complete(op.op)) this.issue(next);
       this.onLocalDone(op.op, ev.type === 'storageRead' ? ev.data : undefined, sense);
@@ -366,7 +366,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
       return;
     }
     if (op.kind === 'regionRead') {
-      if (sense === undefined) assert(data !== undefined && data.byteLength === op.lengthBytes, `storage read returned ${data?.byteLength} bytes, expected ${op.lengthBytes}`);
+      if (sense === undefined) assert(data !== undefined && data.byteLength === op.lengthBytes, () => `storage read returned ${data?.byteLength} bytes, expected ${op.lengthBytes}`);
       op.done(sense === undefined ? data : undefined, sense);
       return;
     }
@@ -395,7 +395,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
 
   private onFlushed(opId: OpId, sense: SenseInfo | undefined): void {
     const f = this.flushing;
-    assert(f !== undefined && f.opId === opId, `storageFlushed for unknown op ${opId}`);
+    assert(f !== undefined && f.opId === opId, () => `storageFlushed for unknown op ${opId}`);
     this.flushing = undefined;
     this.lastFlushMs = this.io.nowMs;
     if (sense !== undefined) {
@@ -484,7 +484,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
 
   /** Drops every entry (once settled(): resync data supersedes them, or a promotion ends their epoch). */
   dropAll(): void {
-    assert(this.entries.every((e) => e.cached && e.stored && e.durable), `${this.io.self}: dropAll() with entries still on their way`);
+    assert(this.entries.every((e) => e.cached && e.stored && e.durable), () => `${this.io.self}: dropAll() with entries still on their way`);
     if (this.entries.length > 0) this.drop(this.entries.splice(0));
   }
 

@@ -105,6 +105,13 @@ export class Mirror extends CoreRole {
   private applyResync(): void {
     if (this.resyncQueue.length === 0 || this.store.queuedCount > 0) return;
     if (this.store.entries.some((e) => !e.cached || !e.stored || !e.durable)) return; // the store flushes first (urgent)
+    // A failover's tail (keepTail): what the dropped entries and the resync data wrote may be
+    // above the committed watermark; it stays part of the tail without its entries.
+    const rb = this.cfg.limits.regionBytes;
+    this.up.holdForResync([
+      ...this.store.entries.flatMap((e) => regionsOf(e.offsetBytes, e.lengthBytes, rb)),
+      ...this.resyncQueue.flatMap((item) => regionsOf(item.offsetBytes, item.payload.byteLength, rb)),
+    ]);
     this.store.dropAll();
     this.up.failed = [];
     for (const item of this.resyncQueue.splice(0)) {
@@ -144,6 +151,7 @@ export class Mirror extends CoreRole {
     const rb = this.cfg.limits.regionBytes;
     const out = new Set<number>();
     for (const e of [...this.store.entries, ...this.store.queuedEntries()]) for (const r of regionsOf(e.offsetBytes, e.lengthBytes, rb)) out.add(r);
+    for (const r of this.up.resyncHeldRegions()) out.add(r);
     return [...out];
   }
 
@@ -166,7 +174,7 @@ export class Mirror extends CoreRole {
    * re-perform them over newer writes of its own epoch.
    */
   releaseSettled(): void {
-    assert(this.settled(), `mirror ${this.cfg.self}: releaseSettled() before settled()`);
+    assert(this.settled(), () => `mirror ${this.cfg.self}: releaseSettled() before settled()`);
     this.store.dropAll();
     this.up.failed = [];
   }

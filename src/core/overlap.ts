@@ -25,8 +25,8 @@ export class OverlapQueue<T> {
 
   /** Queues `item`; returns true when it may start now (the caller then issues it). */
   insert(offsetBytes: number, lengthBytes: number, item: T): boolean {
-    assert(this.pending.length < this.pendingMax, `overlap queue full (${this.pendingMax} ops): a window bound was not enforced upstream`);
-    assert(lengthBytes > 0, `overlap queue: empty range at ${offsetBytes}`);
+    assert(this.pending.length < this.pendingMax, () => `overlap queue full (${this.pendingMax} ops): a window bound was not enforced upstream`);
+    assert(lengthBytes > 0, () => `overlap queue: empty range at ${offsetBytes}`);
     const p: Pending<T> = { startBytes: offsetBytes, endBytes: offsetBytes + lengthBytes, item, started: false };
     p.started = !this.pending.some((q) => overlaps(q, p));
     this.pending.push(p);

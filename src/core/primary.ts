@@ -26,7 +26,7 @@
 
 import { Fanout, type FanoutFlush, type FanoutHost, type LinkState, type MirrorSync, type PrimaryEntry } from './fanout.js';
 import { CoreIO, CoreRole, type OpOwner } from './io.js';
-import { LocalStore, storeEntry } from './local-store.js';
+import { LocalStore } from './local-store.js';
 import { LocalRepair } from './repair.js';
 import { assert, type ByteRange, type CacheEntry, type Completion, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type HostError, type HostOpId, type Limits } from './types.js';
 import type { MirrorLossPolicy, OpId, PeerId, PeerMsg, Recovered, Seq } from './types.js';
@@ -115,9 +115,9 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
   constructor(private readonly cfg: PrimaryConfig, io?: CoreIO) {
     super(io ?? new CoreIO(cfg.self));
     this.lim = cfg.limits;
-    assert(cfg.volumeBytes > 0 && cfg.volumeBytes % cfg.blockBytes === 0, `volume size ${cfg.volumeBytes} is not a whole number of ${cfg.blockBytes}-byte blocks`);
+    assert(cfg.volumeBytes > 0 && cfg.volumeBytes % cfg.blockBytes === 0, () => `volume size ${cfg.volumeBytes} is not a whole number of ${cfg.blockBytes}-byte blocks`);
     assert(this.lim.inflightBytesMax <= this.lim.cacheBytesMax, 'inflightBytesMax must not exceed cacheBytesMax');
-    assert(!cfg.mirrors.includes(cfg.self), `primary ${cfg.self} lists itself as a mirror`);
+    assert(!cfg.mirrors.includes(cfg.self), () => `primary ${cfg.self} lists itself as a mirror`);
     // Claim 12 (v): performed only once cached, and after the fan-out (onCached).
     this.store = new LocalStore<PrimaryEntry>(this.io, { limits: cfg.limits, volumeBytes: cfg.volumeBytes, storage: true, performWhenCached: false }, {
       onCached: (e) => this.onCached(e),
@@ -180,8 +180,8 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
 
   /** A cache entry from before the restart: re-send to mirrors and re-perform locally (issue 5 item 5). */
   private replay(ce: CacheEntry): void {
-    assert(ce.epoch <= this.epoch, `cache holds epoch ${ce.epoch} newer than this site's epoch ${this.epoch}`);
-    assert(ce.epoch < this.epoch || ce.seq < this.seqReserved, `cache seq ${ce.seq} is not below the persisted reservation ${this.seqReserved}`);
+    assert(ce.epoch <= this.epoch, () => `cache holds epoch ${ce.epoch} newer than this site's epoch ${this.epoch}`);
+    assert(ce.epoch < this.epoch || ce.seq < this.seqReserved, () => `cache seq ${ce.seq} is not below the persisted reservation ${this.seqReserved}`);
     const e = this.newEntry(ce, undefined, true);
     this.store.adopt(e);
     // A write of an older epoch: its seq means nothing to mirrors now. Re-perform it locally
@@ -307,7 +307,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
   }
 
   onDone(ev: Completion): void {
-    assert(ev.type === 'metaPersisted' && ev.opId === this.reserveOp, `metaPersisted for unknown op ${ev.opId}`);
+    assert(ev.type === 'metaPersisted' && ev.opId === this.reserveOp, () => `metaPersisted for unknown op ${ev.opId}`);
     this.reserveOp = undefined;
     this.seqReserved = this.seqNext + this.lim.seqReserveChunk;
   }
@@ -315,7 +315,12 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
   private newEntry(ce: CacheEntry, hostId: HostOpId | undefined, replayed: boolean): PrimaryEntry {
     this.writesInflight++;
     this.bytesInflight += ce.lengthBytes;
-    return { ...storeEntry(ce, replayed), hostId, waitingMirrors: new Set(), bitmapWaits: new Set(), copyWaits: new Set(), done: false, ackedBy: 0 };
+    // One literal, no spread: an entry per host write (the same fields as storeEntry()).
+    return {
+      epoch: ce.epoch, seq: ce.seq, offsetBytes: ce.offsetBytes, lengthBytes: ce.lengthBytes, fua: ce.fua, payload: ce.payload,
+      cached: replayed, inCache: replayed, stored: false, durable: false, sense: undefined,
+      hostId, waitingMirrors: new Set(), bitmapWaits: new Set(), copyWaits: new Set(), done: false, ackedBy: 0,
+    };
   }
 
   /** Claim 12 (v): only once it is in the cache, to every in-sync mirror and (claim 4) locally. */

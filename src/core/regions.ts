@@ -5,7 +5,7 @@ import { assert, type ByteRange } from './types.js';
 
 /** Region indexes touched by a byte range. */
 export function regionsOf(offsetBytes: number, lengthBytes: number, regionBytes: number): number[] {
-  assert(lengthBytes > 0 && offsetBytes >= 0, `regionsOf: bad range ${offsetBytes}+${lengthBytes}`);
+  assert(lengthBytes > 0 && offsetBytes >= 0, () => `regionsOf: bad range ${offsetBytes}+${lengthBytes}`);
   const first = Math.floor(offsetBytes / regionBytes);
   const last = Math.floor((offsetBytes + lengthBytes - 1) / regionBytes);
   const out: number[] = [];
@@ -20,7 +20,7 @@ export function regionCount(volumeBytes: number, regionBytes: number): number {
 /** Byte range of region `r`, clipped at the end of the volume. */
 export function regionRange(r: number, volumeBytes: number, regionBytes: number): { offsetBytes: number; lengthBytes: number } {
   const offsetBytes = r * regionBytes;
-  assert(offsetBytes < volumeBytes, `region ${r} lies past the end of the ${volumeBytes}-byte volume`);
+  assert(offsetBytes < volumeBytes, () => `region ${r} lies past the end of the ${volumeBytes}-byte volume`);
   return { offsetBytes, lengthBytes: Math.min(regionBytes, volumeBytes - offsetBytes) };
 }
 

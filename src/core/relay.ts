@@ -158,8 +158,8 @@ export class Relay extends CoreRole implements OpOwner {
   constructor(private readonly cfg: RelayConfig) {
     super(new CoreIO(cfg.self));
     this.lim = cfg.limits;
-    assert(cfg.volumeBytes > 0 && cfg.volumeBytes % cfg.blockBytes === 0, `volume size ${cfg.volumeBytes} is not a whole number of ${cfg.blockBytes}-byte blocks`);
-    assert(cfg.downstream !== cfg.self, `relay ${cfg.self} forwards to itself`);
+    assert(cfg.volumeBytes > 0 && cfg.volumeBytes % cfg.blockBytes === 0, () => `volume size ${cfg.volumeBytes} is not a whole number of ${cfg.blockBytes}-byte blocks`);
+    assert(cfg.downstream !== cfg.self, () => `relay ${cfg.self} forwards to itself`);
     // Claim 20 (a): into the cache; claim 18: with storage, performed once cached.
     this.store = new LocalStore<REntry>(this.io, { limits: cfg.limits, volumeBytes: cfg.volumeBytes, storage: cfg.storage, performWhenCached: true });
     this.up = new Upstream(this.io, cfg, this.store, {
@@ -251,7 +251,7 @@ export class Relay extends CoreRole implements OpOwner {
 
   /** The life counter is durable: downstream resync ids of this life are unique. */
   onDone(ev: Completion): void {
-    assert(ev.type === 'metaPersisted' && ev.opId === this.lifeOp, `relay ${this.cfg.self}: ${ev.type} for unknown op ${ev.opId}`);
+    assert(ev.type === 'metaPersisted' && ev.opId === this.lifeOp, () => `relay ${this.cfg.self}: ${ev.type} for unknown op ${ev.opId}`);
     this.lifeOp = undefined;
     this.life = this.up.seqReserved;
   }

@@ -60,6 +60,8 @@ type Read =
 
 export class LocalRepair implements OpOwner {
   private readonly reads = new Map<bigint, Read>();
+  /** Host reads whose mirror holds the range but still has writes there in flight (retried per tick). */
+  private readonly waitingHostReads: Extract<Read, { kind: 'host' }>[] = [];
   private readIdNext = 1n;
   /** Regions being written locally with repair data. */
   private readonly writing = new Set<number>();
@@ -101,7 +103,7 @@ export class LocalRepair implements OpOwner {
 
   /** Only bitmapSet of `lostKey` completes here; nothing waits on it (the suspect record covers the window). */
   onDone(ev: Completion): void {
-    assert(ev.type === 'bitmapPersisted', `${this.io.self}: ${ev.type} for a repair op ${ev.opId}`);
+    assert(ev.type === 'bitmapPersisted', () => `${this.io.self}: ${ev.type} for a repair op ${ev.opId}`);
   }
 
   /** The local storage came back and names what it missed. */
@@ -180,6 +182,11 @@ export class LocalRepair implements OpOwner {
       for (let b = from; b < to; b++) if (missed.has(b)) return false;
       return true;
     });
+    if (source === 'wait') {
+      // The mirror that holds it still has writes there in flight: served once it acked them.
+      this.waitingHostReads.push(rd);
+      return;
+    }
     if (source === undefined) {
       const why = rd.tried.size === 0 ? 'no mirror that holds it is reachable' : `the mirrors that hold it failed the read (${[...rd.tried].join(', ')})`;
       const message = `${this.io.self}: its own copy of ${rd.offsetBytes}+${rd.lengthBytes} is not whole (its storage failed or is being repaired) and ${why}`;
@@ -199,6 +206,7 @@ export class LocalRepair implements OpOwner {
 
   /** Per tick: read suspect regions back from the mirrors (paced, capped, backed off after failures). */
   tick(): void {
+    if (this.waitingHostReads.length > 0) for (const rd of this.waitingHostReads.splice(0)) this.sendHostRead(rd);
     if (this.store.suspect.size === 0 || this.io.nowMs < this.retryAtMs) return;
     const busy = new Set<number>(this.writing);
     for (const rd of this.reads.values()) if (rd.kind === 'repair') busy.add(rd.region);
@@ -225,6 +233,7 @@ export class LocalRepair implements OpOwner {
         return t.size === 0 ? undefined : t;
       };
       const source = this.fan.readSource(range.offsetBytes, range.lengthBytes, new Set(), (_r, missed) => takeFrom(missed) !== undefined);
+      if (source === 'wait') continue; // a mirror that holds it has writes there in flight
       const take = source === undefined ? undefined : takeFrom(this.fan.missedOf(source, r));
       if (source === undefined || take === undefined) {
         sourceless.push(r);

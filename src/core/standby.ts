@@ -124,8 +124,8 @@ export class Standby extends CoreRole implements OpOwner {
   private refusalLoggedMs = -Infinity;
 
   constructor(private readonly cfg: StandbyConfig) {
-    assert(cfg.primary !== cfg.self && !cfg.mirrors.includes(cfg.self) && !cfg.mirrors.includes(cfg.primary), `standby ${cfg.self}: primary ${cfg.primary} and mirrors [${cfg.mirrors.join(', ')}] must be distinct sites other than itself`);
-    assert(cfg.failoverTimeoutMs > cfg.limits.heartbeatIntervalMs, `failoverTimeoutMs ${cfg.failoverTimeoutMs} must exceed heartbeatIntervalMs ${cfg.limits.heartbeatIntervalMs}, or a live primary looks lost between two heartbeats`);
+    assert(cfg.primary !== cfg.self && !cfg.mirrors.includes(cfg.self) && !cfg.mirrors.includes(cfg.primary), () => `standby ${cfg.self}: primary ${cfg.primary} and mirrors [${cfg.mirrors.join(', ')}] must be distinct sites other than itself`);
+    assert(cfg.failoverTimeoutMs > cfg.limits.heartbeatIntervalMs, () => `failoverTimeoutMs ${cfg.failoverTimeoutMs} must exceed heartbeatIntervalMs ${cfg.limits.heartbeatIntervalMs}, or a live primary looks lost between two heartbeats`);
     assert(cfg.queryIntervalMs > 0, 'queryIntervalMs must be positive');
     // One op id space and one action list for the standby and both of its inner cores.
     super(new CoreIO(cfg.self));
@@ -400,7 +400,7 @@ export class Standby extends CoreRole implements OpOwner {
     this.io.begin(nowMs);
     if (this.phase === 'following') {
       if (!this.inSyncConfirmed) {
-        assert(force, `standby ${this.cfg.self}: promote() without force while ${this.notPromotable()}`);
+        assert(force, () => `standby ${this.cfg.self}: promote() without force while ${this.notPromotable()}`);
         this.log('error', 'forced_promotion', { reason, risk: this.notPromotable() });
       }
       this.query = undefined;
@@ -444,19 +444,19 @@ export class Standby extends CoreRole implements OpOwner {
       return;
     }
     if (this.guardOps.delete(opId)) {
-      assert(type === 'metaPersisted', `op ${opId} is a metaPersist, completed as ${type}`);
+      assert(type === 'metaPersisted', () => `op ${opId} is a metaPersist, completed as ${type}`);
       return;
     }
     const p = this.promotion;
-    assert(p !== undefined, `standby ${this.cfg.self}: ${type} for op ${opId} with no promotion under way`);
+    assert(p !== undefined, () => `standby ${this.cfg.self}: ${type} for op ${opId} with no promotion under way`);
     if (opId === p.metaOp) {
-      assert(type === 'metaPersisted', `op ${opId} is a metaPersist, completed as ${type}`);
+      assert(type === 'metaPersisted', () => `op ${opId} is a metaPersist, completed as ${type}`);
       p.metaOp = undefined;
       this.meta = { epoch: p.epoch, seqReserved: 1n, acting: 'primary' };
       this.log('info', 'epoch_persisted', { epoch: p.epoch });
       return;
     }
-    assert(type === 'bitmapPersisted' && p.bitmapOps.delete(opId), `standby ${this.cfg.self}: unexpected ${type} for op ${opId}`);
+    assert(type === 'bitmapPersisted' && p.bitmapOps.delete(opId), () => `standby ${this.cfg.self}: unexpected ${type} for op ${opId}`);
   }
 
   private progressPromotion(): void {

@@ -42,6 +42,23 @@ export function startSuspect<E extends StoreEntry>(io: CoreIO, store: LocalStore
   return regions;
 }
 
+/** `ranges` without the bytes of `cut` (both byte ranges). */
+function minusRanges(ranges: readonly ByteRange[], cut: readonly { offsetBytes: number; lengthBytes: number }[]): ByteRange[] {
+  let out = [...ranges];
+  for (const c of cut) {
+    const cEnd = c.offsetBytes + c.lengthBytes;
+    out = out.flatMap((r) => {
+      const rEnd = r.offsetBytes + r.lengthBytes;
+      if (cEnd <= r.offsetBytes || rEnd <= c.offsetBytes) return [r];
+      const parts: ByteRange[] = [];
+      if (r.offsetBytes < c.offsetBytes) parts.push({ offsetBytes: r.offsetBytes, lengthBytes: c.offsetBytes - r.offsetBytes });
+      if (cEnd < rEnd) parts.push({ offsetBytes: cEnd, lengthBytes: rEnd - cEnd });
+      return parts;
+    });
+  }
+  return out;
+}
+
 /** The storage came back and names what it missed: suspect (durably), then reported upstream. */
 export function storageRecovered<E extends StoreEntry>(io: CoreIO, store: LocalStore<E>, up: Upstream<E>, ev: Extract<CoreEvent, { type: 'storageRecovered' }>, volumeBytes: number, regionBytes: number): void {
   const regions = suspectRegions(ev.ranges, ev.unknown, volumeBytes, regionBytes);
@@ -51,7 +68,10 @@ export function storageRecovered<E extends StoreEntry>(io: CoreIO, store: LocalS
     io.push({ type: 'storageStaleRecorded', ranges: ev.ranges });
     // Exactly what it missed (the upstream knows then which blocks this copy still holds); the
     // whole volume when it cannot say.
-    up.report(ev.unknown ? rangesOfRegions(regions, volumeBytes, regionBytes) : ev.ranges);
+    // Writes that failed here were reported one by one (writeStatus, again at every join): the
+    // upstream knows them exactly (and forgets them where they failed everywhere), so only what
+    // else the storage missed is reported as a range.
+    up.report(ev.unknown ? rangesOfRegions(regions, volumeBytes, regionBytes) : minusRanges(ev.ranges, up.failed.filter((e) => e.epoch === up.epoch)));
   });
 }
 

@@ -325,8 +325,9 @@ export class CoreAssertionError extends Error {
   }
 }
 
-export function assert(cond: unknown, message: string): asserts cond {
-  if (!cond) throw new CoreAssertionError(message);
+/** `message` may be a function: hot paths build their text only when the assertion fails. */
+export function assert(cond: unknown, message: string | (() => string)): asserts cond {
+  if (!cond) throw new CoreAssertionError(typeof message === 'function' ? message() : message);
 }
 
 /** What every role is configured with: its name, the volume's geometry, the bounds. */

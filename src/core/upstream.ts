@@ -85,6 +85,17 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
 
   /** Writes of older epochs held here have been accounted for by this epoch's upstream (it said inSync). */
   private tailAccounted = true;
+  /**
+   * keepTail: regions whose content here may hold writes above the committed watermark with no
+   * journal entry left to show it: the tail entries a resync dropped, and the regions resync
+   * data wrote (issue 16 item 4; they are part of a promotion's divergent tail like the
+   * journal's). Each is released once the committed watermark passes the upstream's last seq
+   * at the `inSync` that ended the resync (undefined: that inSync has not come yet). In memory:
+   * a restart forgets them (the journal's tail stays).
+   */
+  private readonly resyncHeld = new Map<number, Seq | undefined>();
+  /** The same, from an older epoch: named at the join like its journal tail, until its upstream says inSync. */
+  private readonly resyncHeldOlder = new Set<number>();
   private startMs = 0;
   private pendingEpoch: { epoch: Epoch; opId: OpId; peer: PeerId } | undefined;
 
@@ -168,13 +179,16 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
       case 'inSync':
         if (!this.tailAccounted) {
           this.tailAccounted = true;
+          this.resyncHeldOlder.clear();
           this.io.log('info', 'tail_accounted', { peer, epoch: this.epoch });
         }
+        for (const [r, at] of this.resyncHeld) if (at === undefined) this.resyncHeld.set(r, msg.seq);
         this.hooks.onInSync?.(peer, msg);
         break;
       case 'ack':
         // The upstream's committed watermark (issue 16 item 4): writes up to it may go.
         if (msg.seq > this.committed) this.committed = msg.seq;
+        for (const [r, at] of this.resyncHeld) if (at !== undefined && at <= this.committed) this.resyncHeld.delete(r);
         this.hooks.onCommitted?.(msg.seq);
         break;
       case 'readRequest': {
@@ -255,7 +269,7 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
 
   onDone(ev: Completion): void {
     const p = this.pendingEpoch;
-    assert(ev.type === 'metaPersisted' && p !== undefined && p.opId === ev.opId, `${this.io.self}: ${ev.type} for unknown op ${ev.opId}`);
+    assert(ev.type === 'metaPersisted' && p !== undefined && p.opId === ev.opId, () => `${this.io.self}: ${ev.type} for unknown op ${ev.opId}`);
     this.pendingEpoch = undefined;
     this.io.log('info', 'epoch_adopted', { epoch: p.epoch, previous: this.epoch, upstream: p.peer });
     this.epoch = p.epoch;
@@ -263,7 +277,9 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
     this.seqAcked = 0n;
     this.committed = 0n;
     this.failed = []; // writes of the old epoch: the new primary resyncs what they touched
-    this.tailAccounted = !this.store.entries.some((e) => e.epoch < p.epoch);
+    for (const r of this.resyncHeld.keys()) this.resyncHeldOlder.add(r);
+    this.resyncHeld.clear();
+    this.tailAccounted = !this.store.entries.some((e) => e.epoch < p.epoch) && this.resyncHeldOlder.size === 0;
     this.hooks.onEpochAdopted?.(p.epoch);
     this.join(p.peer);
   }
@@ -337,10 +353,24 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
     return this.acked(e) && !this.retained(e);
   }
 
+  /**
+   * keepTail: a resync is about to drop the journal's entries (`dropped`) and write `written`
+   * from the upstream's copy: both may hold writes above the committed watermark.
+   */
+  holdForResync(regions: Iterable<number>): void {
+    if (this.cfg.keepTail !== true) return;
+    for (const r of regions) this.resyncHeld.set(r, undefined);
+  }
+
+  /** Regions held as tail without journal entries (holdForResync), this epoch's and older ones. */
+  resyncHeldRegions(): number[] {
+    return [...new Set([...this.resyncHeld.keys(), ...this.resyncHeldOlder])];
+  }
+
   /** The regions of the writes of older epochs held here: what a new upstream must reconcile. */
   tailRegions(): number[] {
     if (this.tailAccounted) return [];
-    const regions: number[] = [];
+    const regions: number[] = [...this.resyncHeldOlder];
     const rb = this.cfg.limits.regionBytes;
     for (const e of this.store.entries) if (e.epoch < this.epoch) regions.push(...regionsOf(e.offsetBytes, e.lengthBytes, rb));
     return regions;

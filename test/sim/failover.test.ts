@@ -15,7 +15,7 @@ const BEHIND_PROMOTED_SEED = 8;
 describe('failover simulation (topology failover: local, backup standby, east, west)', () => {
   it('each scenario on a fixed seed promotes exactly when the primary is lost, and loses no acked write', () => {
     const cases: [FailoverScenario, boolean][] = [
-      ['crash', true], ['crashRejoin', true], ['isolate', true], ['cutStandby', false], ['none', false], ['standbyCrash', true], ['switchover', true], ['standbyBehind', true],
+      ['crash', true], ['crashRejoin', true], ['isolate', true], ['cutStandby', false], ['none', false], ['standbyCrash', true], ['switchover', true], ['standbyBehind', true], ['repeated', true],
     ];
     for (const [scenario] of cases) {
       const r = runFailover(7, { scenario });
@@ -28,6 +28,12 @@ describe('failover simulation (topology failover: local, backup standby, east, w
     expect(runFailover(7, { scenario: 'crash' }).stats.replicas).toBe(3);
     expect(runFailover(7, { scenario: 'standbyCrash' }).stats.replicas).toBe(3);
     expect(runFailover(7, { scenario: 'switchover' }).stats.replicas).toBe(4);
+    // Found by 3,000 seeds: a standby resynced after a failed write held writes above the
+    // committed watermark only in regions (its journal entries were dropped for the resync);
+    // its promotion must owe them to a mirror that was down (seed 1949: west differed).
+    expect(runFailover(1949).failures).toEqual([]);
+    // Three failovers, each old primary back as the standby of the next (issue 16 item 7).
+    expect(runFailover(7, { scenario: 'repeated' }).stats).toMatchObject({ replicas: 4, failovers: 3, staleRestarts: 3 });
   });
 
   it('standbyBehind: the primary dies before the standby is confirmed in sync again (refused) or after (promoted)', () => {
@@ -76,7 +82,7 @@ describe('failover simulation (topology failover: local, backup standby, east, w
     // The workload really crosses the failover (not all done before the fault).
     expect(spanning).toBeGreaterThan(250);
     expect(unknown).toBeGreaterThan(50);
-    for (const s of ['crash', 'crashRejoin', 'isolate', 'cutStandby', 'none', 'standbyCrash', 'switchover', 'standbyBehind']) expect(byScenario[s] ?? 0, s).toBeGreaterThan(50);
+    for (const s of ['crash', 'crashRejoin', 'isolate', 'cutStandby', 'none', 'standbyCrash', 'switchover', 'standbyBehind', 'repeated']) expect(byScenario[s] ?? 0, s).toBeGreaterThan(40);
     // The standby crash lands in every phase of the promotion, the switchover runs both ways.
     expect(standbyCrash.restartedAsPrimary, 'standby restarted as the acting primary').toBeGreaterThan(20);
     expect(standbyCrash.restartedAsStandby, 'standby restarted as a standby and promoted again').toBeGreaterThan(10);

@@ -28,6 +28,12 @@
 //                standby was not confirmed in sync (promotion guard, src/core/standby.ts) when the
 //                primary died, it must refuse (failover_refused), never promote, and no site acks a
 //                host write after the crash; if it was, it must promote and the usual checks apply.
+//   repeated     three failovers with no file edited (issue 16 items 5, 7): the primary dies,
+//                backup promotes (epoch 2); local restarts on its stale meta (the primary of
+//                epoch 1), is fenced, persists acting: standby and follows backup; once backup
+//                says it is in sync, backup dies: local promotes (epoch 3); backup restarts on
+//                ITS stale meta (acting primary of epoch 2), is fenced and follows local; once in
+//                sync, local dies: backup promotes (epoch 4); local restarts and follows again.
 // Every (re)start picks the core as the site layer does (src/site/replica.ts): a configured
 // standby whose meta says acting: primary starts as the Primary of the persisted epoch with the
 // persisted dirty bitmaps; a configured primary whose meta says acting: mirror starts as a Mirror.
@@ -56,7 +62,7 @@ import { Standby } from '../../src/core/standby.js';
 import { CoreAssertionError, defaultLimits, senseOf, type CoreAction, type CoreEvent, type Epoch, type Limits, type PeerId, type PeerMsg } from '../../src/core/types.js';
 import { SimCache, SimDisk, SimPersist } from './models.js';
 
-export type FailoverScenario = 'crash' | 'crashRejoin' | 'isolate' | 'cutStandby' | 'none' | 'standbyCrash' | 'switchover' | 'standbyBehind';
+export type FailoverScenario = 'crash' | 'crashRejoin' | 'isolate' | 'cutStandby' | 'none' | 'standbyCrash' | 'switchover' | 'standbyBehind' | 'repeated';
 
 export interface FailoverResult {
   readonly seed: number;
@@ -135,7 +141,7 @@ class FailoverSim {
   /** Last write id per block, in the order the host issued them. */
   private readonly blockWrites: number[][] = Array.from({ length: volumeBytes / blockBytes }, () => []);
   private readonly ackers = new Map<Epoch, Set<PeerId>>();
-  private readonly hostOps: number;
+  private hostOps: number;
   private readonly qd: number;
   private readonly pumpGapMs: number;
   /** Policy of the epoch-1 primary; under `degrade` it names `backup` as its standby (never degraded for unreachability). */
@@ -176,8 +182,11 @@ class FailoverSim {
     const later: FailoverScenario[] = ['standbyCrash', 'switchover'];
     const pick = new Prng(seed * 7919 + 104729).int(kinds.length + later.length);
     const behind = new Prng(seed * 104723 + 7907).int(8) === 0;
-    this.scenario = scenario ?? (behind ? 'standbyBehind' : pick < kinds.length ? drawn : later[pick - kinds.length]!);
+    const repeated = new Prng(seed * 15485863 + 32452843).int(7) === 0;
+    this.scenario = scenario ?? (behind ? 'standbyBehind' : repeated ? 'repeated' : pick < kinds.length ? drawn : later[pick - kinds.length]!);
     this.hostOps = 40 + this.prng.int(60);
+    // Three failovers take longer: the writer keeps writing through all of them.
+    if (this.scenario === 'repeated') this.hostOps *= 4;
     this.qd = 1 + this.prng.int(4);
     this.pumpGapMs = 10 + this.prng.int(40);
     this.oldPolicy = this.prng.chance(0.5) ? 'block' : 'degrade';
@@ -270,12 +279,20 @@ class FailoverSim {
       case 'isolate':
         this.sched.at(t0, () => {
           for (const n of names) if (n !== 'local') this.cut(linkKey('local', n));
-          this.sched.at(this.sched.now + failoverTimeoutMs * 2 + this.prng.int(2000), () => {
+          // The isolation lasts until the standby took over (at least the drawn time): a plain
+          // mirror that restarted meanwhile vouches only for its own life, so the majority can
+          // come later than the drawn heal (seed 662).
+          const healWhenPromoted = (): void => {
+            if (!this.actsPrimary(this.sites.get('backup')!)) {
+              this.sched.at(this.sched.now + 100, healWhenPromoted);
+              return;
+            }
             for (const n of names) if (n !== 'local') this.heal(linkKey('local', n));
             // The site layer restarts a fenced old primary as a mirror; model that once it has
             // learnt the new epoch (or after a bound, whichever first).
             this.sched.at(this.sched.now + 300, () => this.rejoinAsMirror());
-          });
+          };
+          this.sched.at(this.sched.now + failoverTimeoutMs * 2 + this.prng.int(2000), healWhenPromoted);
         });
         break;
       case 'cutStandby':
@@ -313,6 +330,14 @@ class FailoverSim {
         });
         break;
       }
+      case 'repeated':
+        this.extra.failovers = 0;
+        this.extra.staleRestarts = 0;
+        this.sched.at(t0, () => {
+          this.crash(local);
+          this.repeatedRound('backup', 'local', 2, this.sched.now);
+        });
+        break;
       case 'switchover': {
         const demote = this.prng.chance(0.5);
         const promoteDelayMs = this.prng.int(400);
@@ -458,6 +483,92 @@ class FailoverSim {
     for (const [key, l] of this.links) if (key.split('|').includes(s.name) && l.up) this.disconnect(key);
     this.startSite(s);
     for (const [key, l] of this.links) if (key.split('|').includes(s.name) && !l.cut) this.sched.at(this.sched.now + 5, () => this.connect(key));
+  }
+
+  /**
+   * repeated: `next` must take over from the dead `dead`; then `dead` restarts on its stale meta,
+   * is fenced and follows `next` as its standby; with rounds left, once `next` says it is in
+   * sync, `next` dies and the roles swap again.
+   */
+  private repeatedRound(next: 'local' | 'backup', dead: 'local' | 'backup', roundsLeft: number, sinceMs: number): void {
+    const n = this.sites.get(next)!;
+    if (this.sched.now - sinceMs > 30_000) {
+      this.fail(`repeated: ${next} did not take over from ${dead} within 30 s: ${this.describe()}`);
+      return;
+    }
+    if (!this.actsPrimary(n) || this.primaryNow() !== next) {
+      this.sched.at(this.sched.now + tickMs * 5, () => this.repeatedRound(next, dead, roundsLeft, sinceMs));
+      return;
+    }
+    this.extra.failovers = (this.extra.failovers as number) + 1;
+    this.log(`REPEATED: ${next} took over (failover ${this.extra.failovers}); ${dead} restarts on its stale meta`);
+    this.sched.at(this.sched.now + 100 + this.prng.int(600), () => {
+      const d = this.sites.get(dead)!;
+      this.extra.staleRestarts = (this.extra.staleRestarts as number) + 1;
+      this.startSite(d);
+      for (const [key, l] of this.links) if (key.split('|').includes(dead) && !l.up && !l.cut) this.sched.at(this.sched.now + 5, () => this.connect(key));
+      this.followWhenFenced(dead, this.sched.now, () => {
+        if (roundsLeft === 0) {
+          this.faultsDone = true;
+          return;
+        }
+        this.killWhenStandbyInSync(next, dead, this.sched.now, () => this.repeatedRound(dead, next, roundsLeft - 1, this.sched.now));
+      });
+    });
+  }
+
+  /** Site layer (roles.ts onFenced): a fenced member of the pair persists acting: standby at the fencing epoch and comes back as its partner's standby. */
+  private followWhenFenced(name: 'local' | 'backup', sinceMs: number, then: () => void): void {
+    const s = this.sites.get(name)!;
+    const c = s.core;
+    if (!(c instanceof Primary) || !c.status().fenced) {
+      if (this.sched.now - sinceMs > 30_000) {
+        this.fail(`repeated: ${name}, restarted on its stale meta, was not fenced within 30 s: ${this.describe()}`);
+        return;
+      }
+      this.sched.at(this.sched.now + tickMs * 5, () => this.followWhenFenced(name, sinceMs, then));
+      return;
+    }
+    const fencedBy = c.status().fencedBy!;
+    this.log(`REPEATED: ${name} fenced by epoch ${fencedBy}; restarting as the standby of its partner`);
+    s.core = undefined;
+    s.run?.end();
+    s.run = undefined;
+    s.life++;
+    while (s.cache.inflight.length > 0) s.cache.completeOne();
+    while (s.persist.inflight.length > 0) s.persist.applyOne();
+    s.persist.inflight.push({ kind: 'meta', meta: { epoch: fencedBy > s.persist.meta.epoch ? fencedBy : s.persist.meta.epoch, seqReserved: s.persist.meta.seqReserved, acting: 'standby' } });
+    s.persist.applyOne();
+    for (const [key, l] of this.links) if (key.split('|').includes(name) && l.up) this.disconnect(key);
+    this.startSite(s);
+    for (const [key, l] of this.links) if (key.split('|').includes(name) && !l.cut) this.sched.at(this.sched.now + 5, () => this.connect(key));
+    then();
+  }
+
+  /** Once `standby` follows `primary` and both say it is in sync (its guard open, the primary's view in sync and linked), `primary` dies. */
+  private killWhenStandbyInSync(primary: 'local' | 'backup', standby: 'local' | 'backup', sinceMs: number, then: () => void): void {
+    const sb = this.sites.get(standby)!.core;
+    const act = this.active();
+    const view = act?.primary.name === primary ? this.innerPrimary(act.core)?.mirrors.find((m) => m.peer === standby) : undefined;
+    const ready = sb instanceof Standby && sb.status().phase === 'following' && sb.status().inSyncConfirmed && view?.sync === 'inSync' && view.link === 'ready';
+    if (!ready) {
+      if (this.sched.now - sinceMs > 30_000) {
+        this.fail(`repeated: ${standby} never became an in-sync standby of ${primary} within 30 s: ${this.describe()}`);
+        return;
+      }
+      this.sched.at(this.sched.now + tickMs * 5, () => this.killWhenStandbyInSync(primary, standby, sinceMs, then));
+      return;
+    }
+    this.sched.at(this.sched.now + this.prng.int(300), () => {
+      this.log(`REPEATED: ${standby} is an in-sync standby; ${primary} dies`);
+      this.crash(this.sites.get(primary)!);
+      then();
+    });
+  }
+
+  private innerPrimary(core: Primary | Standby): ReturnType<Primary['status']> | undefined {
+    const st = core.status();
+    return st.role === 'primary' ? st : st.phase === 'primary' ? (st.inner as ReturnType<Primary['status']>) : undefined;
   }
 
   /** standbyCrash: decide how the next crash of the standby is triggered (see execute/onHostAck). */
@@ -749,9 +860,18 @@ class FailoverSim {
 
   /** The site whose export the host writes to: the promoted standby once it is primary, else the old primary unless it is dead, fenced or being demoted. */
   private primaryNow(): PeerId | undefined {
-    if (this.actsPrimary(this.sites.get('backup')!)) return 'backup';
-    if (!this.demoting && this.actsPrimary(this.sites.get('local')!)) return 'local';
-    return undefined;
+    // Of the pair, the one acting as primary in the newest epoch (a restarted stale primary is
+    // not fenced yet for a moment, but its epoch is older).
+    let best: PeerId | undefined;
+    let bestEpoch = -1n;
+    for (const name of ['backup', 'local'] as const) {
+      const s = this.sites.get(name)!;
+      if (name === 'local' && this.demoting) continue;
+      if (!this.actsPrimary(s)) continue;
+      const e = s.core!.status().epoch;
+      if (e > bestEpoch) [best, bestEpoch] = [name, e];
+    }
+    return best;
   }
 
   private pump(): void {
@@ -843,10 +963,11 @@ class FailoverSim {
 
   private active(): { primary: Site; core: Primary | Standby } | undefined {
     const backup = this.sites.get('backup')!;
-    if (this.actsPrimary(backup)) return { primary: backup, core: backup.core as Primary | Standby };
     const local = this.sites.get('local')!;
-    if (local.core instanceof Primary || (local.core instanceof Standby && local.core.status().phase === 'primary')) return { primary: local, core: local.core };
-    return undefined;
+    const cands = [backup, local].filter((s) => s.core instanceof Primary || (s.core instanceof Standby && s.core.status().phase === 'primary'));
+    const live = cands.filter((s) => this.actsPrimary(s));
+    const pick = (live.length > 0 ? live : cands).sort((a, b) => Number(b.core!.status().epoch - a.core!.status().epoch))[0];
+    return pick === undefined ? undefined : { primary: pick, core: pick.core as Primary | Standby };
   }
 
   /** The standby promoted: it is a Standby in phase primary, or it restarted as the acting Primary. */
