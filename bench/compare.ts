@@ -11,22 +11,30 @@
 //                  three copies, a write completes when all three children have it
 //   nbdkit-1       `nbdkit file` alone: one copy, no replication (the ceiling)
 //   geomirror-1    geomirror primary with no mirror (our own overhead)
+//   floor-3        bench/floor.mjs: a minimal Node.js three-copy pipeline with geomirror's
+//                  durability steps and nothing else (plain TCP): what the runtime allows
 // --profile runs the three geomirror-3 sites under node --cpu-prof and appends each one's top
 // self-time functions. Points: 4 KiB randwrite QD1, 4 KiB randwrite QD16, 1 MiB sequential write QD4 (fio
 // --ioengine=nbd). Each repeat runs every point on every system, rotating the system order so
 // no system always runs first (page cache warm-up and neighbours' noise spread evenly).
 // Output: bench/results/<timestamp>.json and .svg, and a table in bench/README.md between
 // markers. RSS of every geomirror process is sampled from /proc/<pid>/status while fio runs.
+// CPU per op (issue 18): user + system time of every server process of a system (all threads,
+// from /proc/<pid>/stat) over one fio run, divided by the writes fio completed. Unlike IOPS it
+// hardly moves when neighbours load the machine, so it is the figure to compare across runs.
+// The primary's GC share: the growth of its nodejs_gc_duration_seconds (GET /metrics) over the
+// same run, divided by its CPU time. --systems and --points run a subset (for development; the
+// table in bench/README.md comes from full runs).
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo } from 'node:net';
-import { cpus, tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { fetchStatus } from '../src/cli/status.js';
-import { adminCredentials } from '../src/cli/admin-client.js';
+import { adminCredentials, adminRequest } from '../src/cli/admin-client.js';
 import { loadConfig } from '../src/site/config.js';
 import { preparePki } from '../src/site/pki.js';
 import { parseSizeBytes } from '../src/site/units.js';
@@ -34,6 +42,7 @@ import { parseSizeBytes } from '../src/site/units.js';
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const bin = join(repoRoot, 'bin/geomirror.mjs');
 const primaryAlone = join(repoRoot, 'bench/primary-alone.mjs');
+const floorScript = join(repoRoot, 'bench/floor.mjs');
 const run = promisify(execFile);
 
 /** A system that is not serving within this after start is broken, not slow. */
@@ -43,7 +52,20 @@ const rssSampleMs = 200;
 /** fio gets this much longer than --seconds before it is called hung. */
 const fioGraceMs = 60_000;
 /** The issue's goals, printed next to the measured ratios. */
-export const goals = { vsQuorum4k: 1.5, vsQuorum1m: 2, vsNbdkitQd16: 0.5, primaryRssBytesMax: 150 * 1024 * 1024, tlsVsPlain: 0.85 };
+export const goals = {
+  /** IOPS vs QEMU quorum per point (issue 18). */
+  vsQuorum: { '4k-randwrite-qd1': 1.2, '4k-randwrite-qd16': 2.0, '1m-write-qd4': 2.0 } as Record<string, number>,
+  /** CPU per op vs QEMU quorum, 4 KiB QD16 (at most). */
+  cpuVsQuorumQd16: 1.0,
+  /** IOPS vs the floor pipeline, 4 KiB QD16. */
+  vsFloorQd16: 0.6,
+  /** Primary RSS during 4 KiB QD16 and during 1 MiB. */
+  primaryRssBytesMaxQd16: 150 * 1024 * 1024,
+  primaryRssBytesMax1m: 200 * 1024 * 1024,
+  /** GC time as a share of the primary's CPU time at 1 MiB (below). */
+  gcShare1m: 0.1,
+  tlsVsPlain: 0.85,
+};
 
 export interface Point {
   id: string;
@@ -59,7 +81,7 @@ export const points: Point[] = [
   { id: '1m-write-qd4', label: '1 MiB seq write QD4', rw: 'write', bs: '1m', iodepth: 4 },
 ];
 
-export const systemIds = ['geomirror-3', 'qemu-quorum-3', 'nbdkit-1', 'geomirror-1', 'geomirror-3-insecure'] as const;
+export const systemIds = ['geomirror-3', 'qemu-quorum-3', 'nbdkit-1', 'geomirror-1', 'geomirror-3-insecure', 'floor-3'] as const;
 export type SystemId = (typeof systemIds)[number];
 const systemLabels: Record<SystemId, string> = {
   'geomirror-3': 'geomirror, 3 copies',
@@ -67,6 +89,7 @@ const systemLabels: Record<SystemId, string> = {
   'nbdkit-1': 'nbdkit file, 1 copy',
   'geomirror-1': 'geomirror, 1 copy',
   'geomirror-3-insecure': 'geomirror, 3 copies, plain TCP',
+  'floor-3': 'floor: minimal Node 3-copy pipeline',
 };
 
 export interface CompareOptions {
@@ -78,6 +101,9 @@ export interface CompareOptions {
   readme: string | undefined;
   /** Run every geomirror-3 site under node --cpu-prof and print where each one's time goes. */
   profile: boolean;
+  /** Only these systems / points (default: all). */
+  systems?: readonly SystemId[];
+  points?: readonly string[];
   log?: (line: string) => void;
 }
 
@@ -92,6 +118,14 @@ export interface RunRow {
   latP99Us: number;
   /** Peak RSS per geomirror process during this run (bytes), by site name. */
   rssBytesPeak?: Record<string, number>;
+  /** Writes fio completed. */
+  ops: number;
+  /** User + system CPU of every server process over the run, per completed op (µs). */
+  cpuUsPerOp: number;
+  /** The same per process (by name). */
+  cpuUsPerOpBy: Record<string, number>;
+  /** geomirror: GC time of the primary over its CPU time in this run (0..1). */
+  gcShare?: number;
 }
 
 export interface SummaryRow {
@@ -100,12 +134,15 @@ export interface SummaryRow {
   iops: number;
   mibPerSecond: number;
   latP99Us: number;
+  cpuUsPerOp: number;
+  cpuUsPerOpBy: Record<string, number>;
+  gcShare?: number;
   rssBytesPeak?: Record<string, number>;
 }
 
 export interface CompareResult {
   date: string;
-  host: { cpus: number; cpuModel: string; node: string; fio: string; qemuNbd: string; nbdkit: string };
+  host: { cpus: number; cpuModel: string; node: string; fio: string; qemuNbd: string; nbdkit: string; loadAvgStart: number[]; loadAvgEnd?: number[] };
   options: { seconds: number; repeat: number; sizeBytes: number };
   runs: RunRow[];
   /** Median over repeats (RSS: max over repeats). */
@@ -116,10 +153,14 @@ export interface CompareResult {
   files: { json: string; svg: string };
 }
 
-interface Running {
+export interface Running {
   uri: string;
   /** geomirror site processes (name -> pid), for RSS. */
   pids: Record<string, number>;
+  /** Every server process of the system (name -> pid), for CPU per op. */
+  cpuPids: Record<string, number>;
+  /** geomirror: the primary's GC seconds so far (from its /metrics). */
+  gcSeconds?: () => Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -174,7 +215,7 @@ async function stopProc(p: { child: ChildProcess; exited: Promise<void> }): Prom
 
 // ---- systems -----------------------------------------------------------------------------------
 
-async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, profileDir: string | undefined, transport: 'tls' | 'insecure' = 'tls'): Promise<Running> {
+export async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, profileDir: string | undefined, transport: 'tls' | 'insecure' = 'tls'): Promise<Running> {
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'cluster.key'), `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
   // 0 mirrors: the file still lists one (the cluster file requires it); bench/primary-alone.mjs
@@ -221,7 +262,14 @@ async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, p
     await stop();
     throw err;
   }
-  return { uri: `nbd://127.0.0.1:${nbdPort}/vol0`, pids: Object.fromEntries(procs.map((p) => [p.name, p.child.pid!])), stop };
+  const pids = Object.fromEntries(procs.map((p) => [p.name, p.child.pid!]));
+  const [adminHost, adminPort] = admins.local!.split(':');
+  const gcSeconds = async (): Promise<number> => {
+    const r = await adminRequest({ host: adminHost!, port: Number(adminPort), method: 'GET', path: '/metrics', site: 'local', creds, timeoutMs: 10_000, bodyCharsMax: 4 * 2 ** 20 });
+    if (r.code !== 200) throw new Error(`GET /metrics of the primary answered ${r.code}`);
+    return gcSecondsOf(r.body);
+  };
+  return { uri: `nbd://127.0.0.1:${nbdPort}/vol0`, pids, cpuPids: pids, gcSeconds, stop };
 }
 
 async function startNbdkit(dir: string, name: string, sizeBytes: number): Promise<{ port: number; proc: { child: ChildProcess; exited: Promise<void> } }> {
@@ -236,7 +284,7 @@ async function startNbdkit(dir: string, name: string, sizeBytes: number): Promis
 
 async function startNbdkitAlone(dir: string, sizeBytes: number): Promise<Running> {
   const k = await startNbdkit(dir, 'ceiling', sizeBytes);
-  return { uri: `nbd://127.0.0.1:${k.port}/`, pids: {}, stop: () => stopProc(k.proc) };
+  return { uri: `nbd://127.0.0.1:${k.port}/`, pids: {}, cpuPids: { nbdkit: k.proc.child.pid! }, stop: () => stopProc(k.proc) };
 }
 
 /**
@@ -244,7 +292,7 @@ async function startNbdkitAlone(dir: string, sizeBytes: number): Promise<Running
  * quorum writes every child and completes the request when all have answered, and fails it
  * unless all three succeeded, so an ack means three copies (the same promise geomirror-3 makes).
  */
-async function startQuorum(dir: string, sizeBytes: number): Promise<Running> {
+export async function startQuorum(dir: string, sizeBytes: number): Promise<Running> {
   const kids: Awaited<ReturnType<typeof startNbdkit>>[] = [];
   for (let i = 0; i < 3; i++) kids.push(await startNbdkit(dir, `child${i}`, sizeBytes));
   const children = kids.map((k, i) => `children.${i}.driver=nbd,children.${i}.server.type=inet,children.${i}.server.host=127.0.0.1,children.${i}.server.port=${k.port}`).join(',');
@@ -260,19 +308,48 @@ async function startQuorum(dir: string, sizeBytes: number): Promise<Running> {
     await stop();
     throw err;
   }
-  return { uri: `nbd://127.0.0.1:${port}/vol0`, pids: {}, stop };
+  const cpuPids: Record<string, number> = { 'qemu-nbd': q.child.pid! };
+  kids.forEach((k, i) => (cpuPids[`nbdkit${i}`] = k.proc.child.pid!));
+  return { uri: `nbd://127.0.0.1:${port}/vol0`, pids: {}, cpuPids, stop };
+}
+
+/** bench/floor.mjs: a primary serving NBD and two mirrors, three processes on sparse files. */
+export async function startFloor(dir: string, sizeBytes: number): Promise<Running> {
+  mkdirSync(dir, { recursive: true });
+  const mirrorPorts = [await freePort(), await freePort()];
+  const nbdPort = await freePort();
+  const procs: { name: string; child: ChildProcess; exited: Promise<void> }[] = [];
+  const stop = async () => {
+    await Promise.all(procs.map(stopProc));
+  };
+  try {
+    for (const [i, port] of mirrorPorts.entries()) {
+      const p = { name: `mirror${i + 1}`, ...startProc(process.execPath, [floorScript, 'mirror', dir, String(sizeBytes), String(port)], join(dir, `mirror${i + 1}.log`)) };
+      procs.push(p);
+      await waitPort(port, `floor mirror ${i + 1}`, p.child);
+    }
+    const p = { name: 'primary', ...startProc(process.execPath, [floorScript, 'primary', dir, String(sizeBytes), String(nbdPort), mirrorPorts.join(',')], join(dir, 'primary.log')) };
+    procs.push(p);
+    await waitPort(nbdPort, 'floor primary', p.child);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  const pids = Object.fromEntries(procs.map((p) => [p.name, p.child.pid!]));
+  return { uri: `nbd://127.0.0.1:${nbdPort}/`, pids: {}, cpuPids: pids, stop };
 }
 
 // ---- fio ---------------------------------------------------------------------------------------
 
 interface FioWrite {
   iops: number;
+  total_ios: number;
   bw_bytes: number;
   clat_ns: { mean: number; percentile?: Record<string, number> };
   lat_ns: { mean: number };
 }
 
-export function parseFio(stdout: string): { iops: number; mibPerSecond: number; latMeanUs: number; latP50Us: number; latP99Us: number } {
+export function parseFio(stdout: string): { iops: number; ops: number; mibPerSecond: number; latMeanUs: number; latP50Us: number; latP99Us: number } {
   // fio's nbd engine prints "fio: connected to NBD server" before the JSON document.
   const start = stdout.indexOf('{');
   if (start < 0) throw new Error(`fio printed no JSON: ${stdout.slice(0, 300)}`);
@@ -284,6 +361,7 @@ export function parseFio(stdout: string): { iops: number; mibPerSecond: number; 
   const pct = w.clat_ns.percentile ?? {};
   return {
     iops: w.iops,
+    ops: w.total_ios,
     mibPerSecond: w.bw_bytes / 2 ** 20,
     latMeanUs: w.lat_ns.mean / 1000,
     latP50Us: (pct['50.000000'] ?? NaN) / 1000,
@@ -291,7 +369,7 @@ export function parseFio(stdout: string): { iops: number; mibPerSecond: number; 
   };
 }
 
-async function runFio(uri: string, p: Point, seconds: number): Promise<ReturnType<typeof parseFio>> {
+export async function runFio(uri: string, p: Point, seconds: number): Promise<ReturnType<typeof parseFio>> {
   const args = ['--name', p.id, '--ioengine=nbd', `--uri=${uri}`, `--rw=${p.rw}`, `--bs=${p.bs}`, `--iodepth=${p.iodepth}`, `--runtime=${seconds}`, '--time_based', '--output-format=json'];
   const { stdout } = await run('fio', args, { timeout: seconds * 1000 + fioGraceMs, maxBuffer: 16 * 2 ** 20 });
   return parseFio(stdout);
@@ -324,6 +402,38 @@ function rssSampler(pids: Record<string, number>): () => Record<string, number> 
   };
 }
 
+/** Clock ticks per second of /proc/<pid>/stat times (USER_HZ: 100 on every Linux we run on). */
+const userHz = 100;
+
+/** User + system CPU seconds of a process, all its threads (fields 14 and 15 of /proc/<pid>/stat). */
+export function cpuSeconds(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // field 3 onwards
+    return (Number(fields[11]) + Number(fields[12])) / userHz;
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU seconds of each named process now. */
+function cpuNow(pids: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, pid] of Object.entries(pids)) {
+    const s = cpuSeconds(pid);
+    if (s === undefined) throw new Error(`server process ${name} (pid ${pid}) is gone`);
+    out[name] = s;
+  }
+  return out;
+}
+
+/** Sum of every nodejs_gc_duration_seconds_sum series in a Prometheus text. */
+export function gcSecondsOf(metrics: string): number {
+  let sum = 0;
+  for (const m of metrics.matchAll(/^nodejs_gc_duration_seconds_sum(?:\{[^}]*\})? ([0-9.eE+-]+)$/gm)) sum += Number(m[1]);
+  return sum;
+}
+
 // ---- the run -----------------------------------------------------------------------------------
 
 const median = (xs: number[]): number => {
@@ -350,7 +460,8 @@ export async function runCompare(opts: CompareOptions): Promise<CompareResult> {
     fio: await toolVersion('fio', ['--version']),
     qemuNbd: await toolVersion('qemu-nbd', ['--version']),
     nbdkit: await toolVersion('nbdkit', ['--version']),
-  };
+    loadAvgStart: loadavg().map((x) => Math.round(x * 100) / 100),
+  } as CompareResult['host'];
   const work = mkdtempSync(join(tmpdir(), 'geomirror-bench-'));
   const profileDir = opts.profile ? join(work, 'cpu-prof') : undefined;
   const systems: Partial<Record<SystemId, Running>> = {};
@@ -368,26 +479,50 @@ export async function runCompare(opts: CompareOptions): Promise<CompareResult> {
     log(`starting systems in ${work} (volume ${opts.sizeBytes} bytes each)`);
     // Started together (start-up is mostly Node loading modules), each recorded as soon as it is
     // up so the finally below stops whatever did start when another fails.
-    const started = await Promise.allSettled([
-      startGeomirror(join(work, 'geomirror-3'), 2, opts.sizeBytes, profileDir).then((s) => (systems['geomirror-3'] = s)),
-      startQuorum(join(work, 'quorum'), opts.sizeBytes).then((s) => (systems['qemu-quorum-3'] = s)),
-      startNbdkitAlone(join(work, 'nbdkit'), opts.sizeBytes).then((s) => (systems['nbdkit-1'] = s)),
-      startGeomirror(join(work, 'geomirror-1'), 0, opts.sizeBytes, undefined).then((s) => (systems['geomirror-1'] = s)),
-      startGeomirror(join(work, 'geomirror-3-insecure'), 2, opts.sizeBytes, undefined, 'insecure').then((s) => (systems['geomirror-3-insecure'] = s)),
-    ]);
+    const wanted = opts.systems ?? systemIds;
+    const runPoints = points.filter((p) => opts.points === undefined || opts.points.includes(p.id));
+    const starters: Record<SystemId, () => Promise<Running>> = {
+      'geomirror-3': () => startGeomirror(join(work, 'geomirror-3'), 2, opts.sizeBytes, profileDir),
+      'qemu-quorum-3': () => startQuorum(join(work, 'quorum'), opts.sizeBytes),
+      'nbdkit-1': () => startNbdkitAlone(join(work, 'nbdkit'), opts.sizeBytes),
+      'geomirror-1': () => startGeomirror(join(work, 'geomirror-1'), 0, opts.sizeBytes, undefined),
+      'geomirror-3-insecure': () => startGeomirror(join(work, 'geomirror-3-insecure'), 2, opts.sizeBytes, undefined, 'insecure'),
+      'floor-3': () => startFloor(join(work, 'floor'), opts.sizeBytes),
+    };
+    const started = await Promise.allSettled(wanted.map((id) => starters[id]().then((s) => (systems[id] = s))));
     for (const s of started) if (s.status === 'rejected') throw s.reason;
     for (let r = 0; r < opts.repeat; r++) {
-      for (const [pi, p] of points.entries()) {
-        const k = (r + pi) % systemIds.length;
-        const order = [...systemIds.slice(k), ...systemIds.slice(0, k)];
+      for (const [pi, p] of runPoints.entries()) {
+        const k = (r + pi) % wanted.length;
+        const order = [...wanted.slice(k), ...wanted.slice(0, k)];
         for (const id of order) {
           const sys = systems[id]!;
           const stopRss = rssSampler(sys.pids);
+          const gc0 = await sys.gcSeconds?.();
+          const cpu0 = cpuNow(sys.cpuPids);
           const f = await runFio(sys.uri, p, opts.seconds);
+          const cpu1 = cpuNow(sys.cpuPids);
+          const gc1 = await sys.gcSeconds?.();
           const rss = stopRss();
-          const row: RunRow = { system: id, point: p.id, repeat: r, ...f, ...(Object.keys(rss).length > 0 ? { rssBytesPeak: rss } : {}) };
+          const cpuUsPerOpBy: Record<string, number> = {};
+          let cpuS = 0;
+          for (const name of Object.keys(cpu0)) {
+            const d = cpu1[name]! - cpu0[name]!;
+            cpuS += d;
+            cpuUsPerOpBy[name] = (d * 1e6) / f.ops;
+          }
+          const primaryCpuS = cpu1.local !== undefined ? cpu1.local - cpu0.local! : undefined;
+          const gcShare = gc0 !== undefined && gc1 !== undefined && primaryCpuS !== undefined && primaryCpuS > 0 ? (gc1 - gc0) / primaryCpuS : undefined;
+          const row: RunRow = {
+            system: id, point: p.id, repeat: r, ...f, cpuUsPerOp: (cpuS * 1e6) / f.ops, cpuUsPerOpBy,
+            ...(gcShare !== undefined ? { gcShare } : {}), ...(Object.keys(rss).length > 0 ? { rssBytesPeak: rss } : {}),
+          };
           runs.push(row);
-          log(`repeat ${r + 1}/${opts.repeat}  ${p.label.padEnd(22)} ${id.padEnd(14)} ${f.iops.toFixed(0).padStart(7)} IOPS  ${f.mibPerSecond.toFixed(1).padStart(7)} MiB/s  p99 ${f.latP99Us.toFixed(0).padStart(6)} us${rss.local ? `  primary RSS ${(rss.local / 2 ** 20).toFixed(0)} MiB` : ''}`);
+          log(
+            `repeat ${r + 1}/${opts.repeat}  ${p.label.padEnd(22)} ${id.padEnd(20)} ${f.iops.toFixed(0).padStart(7)} IOPS  ${f.mibPerSecond.toFixed(1).padStart(7)} MiB/s  p99 ${f.latP99Us.toFixed(0).padStart(6)} us  ` +
+              `CPU ${row.cpuUsPerOp.toFixed(0).padStart(5)} us/op (${Object.entries(cpuUsPerOpBy).map(([n, v]) => `${n} ${v.toFixed(0)}`).join(', ')})` +
+              `${gcShare !== undefined ? `  GC ${(100 * gcShare).toFixed(1)}%` : ''}${rss.local ? `  primary RSS ${(rss.local / 2 ** 20).toFixed(0)} MiB` : ''}`,
+          );
         }
       }
     }
@@ -398,43 +533,12 @@ export async function runCompare(opts: CompareOptions): Promise<CompareResult> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
-  const profile = profileDir ? Object.fromEntries(['local', 'east', 'west'].map((n) => [n, summarizeProfile(join(profileDir, n))])) : undefined;
+  const profile = profileDir && systems['geomirror-3'] ? Object.fromEntries(['local', 'east', 'west'].map((n) => [n, summarizeProfile(join(profileDir, n))])) : undefined;
   rmSync(work, { recursive: true, force: true });
 
-  const summary: SummaryRow[] = [];
-  for (const p of points) {
-    for (const id of systemIds) {
-      const rows = runs.filter((x) => x.system === id && x.point === p.id);
-      const rss: Record<string, number> = {};
-      for (const x of rows) for (const [n, b] of Object.entries(x.rssBytesPeak ?? {})) rss[n] = Math.max(rss[n] ?? 0, b);
-      summary.push({ system: id, point: p.id, iops: median(rows.map((x) => x.iops)), mibPerSecond: median(rows.map((x) => x.mibPerSecond)), latP99Us: median(rows.map((x) => x.latP99Us)), ...(Object.keys(rss).length ? { rssBytesPeak: rss } : {}) });
-    }
-  }
-  const get = (id: SystemId, point: string) => summary.find((s) => s.system === id && s.point === point)!;
-  const ratio = (a: SystemId, b: SystemId, point: string) => get(a, point).iops / get(b, point).iops;
-  const ratios = [
-    ...points.map((p) => {
-      const goal = p.bs === '1m' ? goals.vsQuorum1m : goals.vsQuorum4k;
-      const value = ratio('geomirror-3', 'qemu-quorum-3', p.id);
-      return { name: `geomirror-3 / qemu-quorum-3 IOPS, ${p.label}`, value, goal: `>= ${goal}`, met: value >= goal };
-    }),
-    (() => {
-      const value = ratio('geomirror-3', 'nbdkit-1', '4k-randwrite-qd16');
-      return { name: 'geomirror-3 / nbdkit-1 IOPS, 4 KiB randwrite QD16', value, goal: `>= ${goals.vsNbdkitQd16}`, met: value >= goals.vsNbdkitQd16 };
-    })(),
-    // The cost of TLS on the replication links, measured against the same cluster in plain TCP.
-    ...points
-      .filter((p) => p.id !== '4k-randwrite-qd1')
-      .map((p) => {
-        const value = ratio('geomirror-3', 'geomirror-3-insecure', p.id);
-        return { name: `geomirror-3 TLS / plain TCP IOPS, ${p.label}`, value, goal: `>= ${goals.tlsVsPlain}`, met: value >= goals.tlsVsPlain };
-      }),
-    (() => {
-      const value = (get('geomirror-3', '4k-randwrite-qd16').rssBytesPeak?.local ?? NaN) / 2 ** 20;
-      return { name: 'geomirror-3 primary peak RSS during QD16 (MiB)', value, goal: `<= ${goals.primaryRssBytesMax / 2 ** 20}`, met: value * 2 ** 20 <= goals.primaryRssBytesMax };
-    })(),
-  ];
-
+  host.loadAvgEnd = loadavg().map((x) => Math.round(x * 100) / 100);
+  const summary = summarize(runs);
+  const ratios = ratiosOf(summary);
   const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z').replaceAll(':', '-');
   mkdirSync(opts.outDir, { recursive: true });
   const files = { json: join(opts.outDir, `${date}.json`), svg: join(opts.outDir, `${date}.svg`) };
@@ -443,6 +547,60 @@ export async function runCompare(opts: CompareOptions): Promise<CompareResult> {
   writeFileSync(files.svg, renderSvg(result));
   if (opts.readme) updateReadme(opts.readme, result);
   return result;
+}
+
+/** Medians over repeats per system and point (RSS: the peak over repeats). */
+export function summarize(runs: readonly RunRow[]): SummaryRow[] {
+  const summary: SummaryRow[] = [];
+  for (const p of points) {
+    for (const id of systemIds) {
+      const rows = runs.filter((x) => x.system === id && x.point === p.id);
+      if (rows.length === 0) continue;
+      const rss: Record<string, number> = {};
+      for (const x of rows) for (const [n, b] of Object.entries(x.rssBytesPeak ?? {})) rss[n] = Math.max(rss[n] ?? 0, b);
+      const by: Record<string, number> = {};
+      for (const n of Object.keys(rows[0]!.cpuUsPerOpBy)) by[n] = median(rows.map((x) => x.cpuUsPerOpBy[n] ?? NaN));
+      const gc = rows.map((x) => x.gcShare).filter((x): x is number => x !== undefined);
+      summary.push({
+        system: id, point: p.id, iops: median(rows.map((x) => x.iops)), mibPerSecond: median(rows.map((x) => x.mibPerSecond)), latP99Us: median(rows.map((x) => x.latP99Us)),
+        cpuUsPerOp: median(rows.map((x) => x.cpuUsPerOp)), cpuUsPerOpBy: by, ...(gc.length > 0 ? { gcShare: median(gc) } : {}), ...(Object.keys(rss).length ? { rssBytesPeak: rss } : {}),
+      });
+    }
+  }
+  return summary;
+}
+
+/** The issue's ratios, for whatever systems and points the summary holds. */
+export function ratiosOf(summary: readonly SummaryRow[]): CompareResult['ratios'] {
+  const get = (id: SystemId, point: string) => summary.find((s) => s.system === id && s.point === point);
+  const out: CompareResult['ratios'] = [];
+  const at = (p: Point, a: SystemId, b: SystemId, key: 'iops' | 'cpuUsPerOp', name: string, goal: number | undefined, atMost = false): void => {
+    const x = get(a, p.id);
+    const y = get(b, p.id);
+    if (x === undefined || y === undefined) return;
+    const value = x[key] / y[key];
+    out.push({ name: `${name}, ${p.label}`, value, goal: goal === undefined ? '' : `${atMost ? '<=' : '>='} ${goal}`, met: goal === undefined ? true : atMost ? value <= goal : value >= goal });
+  };
+  for (const p of points) {
+    at(p, 'geomirror-3', 'qemu-quorum-3', 'iops', 'geomirror-3 / qemu-quorum-3 IOPS', goals.vsQuorum[p.id]);
+    at(p, 'geomirror-3', 'qemu-quorum-3', 'cpuUsPerOp', 'geomirror-3 / qemu-quorum-3 CPU per op', p.id === '4k-randwrite-qd16' ? goals.cpuVsQuorumQd16 : undefined, true);
+    at(p, 'geomirror-3', 'floor-3', 'iops', 'geomirror-3 / floor-3 IOPS', p.id === '4k-randwrite-qd16' ? goals.vsFloorQd16 : undefined);
+    at(p, 'geomirror-3', 'floor-3', 'cpuUsPerOp', 'geomirror-3 / floor-3 CPU per op', undefined, true);
+    at(p, 'geomirror-3-insecure', 'floor-3', 'iops', 'geomirror-3-insecure / floor-3 IOPS', undefined);
+    if (p.id !== '4k-randwrite-qd1') at(p, 'geomirror-3', 'geomirror-3-insecure', 'iops', 'geomirror-3 TLS / plain TCP IOPS', goals.tlsVsPlain);
+  }
+  const qd16 = points.find((p) => p.id === '4k-randwrite-qd16')!;
+  at(qd16, 'geomirror-3', 'nbdkit-1', 'iops', 'geomirror-3 / nbdkit-1 IOPS', undefined);
+  const rss = (point: string, max: number, label: string): void => {
+    const local = get('geomirror-3', point)?.rssBytesPeak?.local;
+    if (local === undefined) return;
+    out.push({ name: `geomirror-3 primary peak RSS during ${label} (MiB)`, value: local / 2 ** 20, goal: `<= ${max / 2 ** 20}`, met: local <= max });
+  };
+  rss('4k-randwrite-qd16', goals.primaryRssBytesMaxQd16, '4 KiB QD16');
+  rss('1m-write-qd4', goals.primaryRssBytesMax1m, '1 MiB QD4');
+  const gc = get('geomirror-3', '1m-write-qd4')?.gcShare;
+  if (gc !== undefined) out.push({ name: 'geomirror-3 primary GC share of its CPU, 1 MiB seq write QD4 (%)', value: 100 * gc, goal: `< ${100 * goals.gcShare1m}`, met: gc < goals.gcShare1m });
+  return out;
 }
 
 // ---- profile -----------------------------------------------------------------------------------
@@ -478,7 +636,7 @@ export function summarizeProfile(dir: string): string[] {
 
 // ---- outputs -----------------------------------------------------------------------------------
 
-const colors: Record<SystemId, string> = { 'geomirror-3': '#1f77b4', 'qemu-quorum-3': '#d62728', 'nbdkit-1': '#7f7f7f', 'geomirror-1': '#2ca02c', 'geomirror-3-insecure': '#9467bd' };
+const colors: Record<SystemId, string> = { 'geomirror-3': '#1f77b4', 'qemu-quorum-3': '#d62728', 'nbdkit-1': '#7f7f7f', 'geomirror-1': '#2ca02c', 'geomirror-3-insecure': '#9467bd', 'floor-3': '#ff7f0e' };
 const esc = (s: string) => s.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;');
 const fmt = (v: number) => (!Number.isFinite(v) ? 'n/a' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
 
@@ -489,16 +647,18 @@ export function renderSvg(r: CompareResult): string {
   const top = 70;
   const left = 20;
   const w = left * 2 + panelW * points.length;
-  const h = top + panelH * 2 + 30;
+  const h = top + panelH * 3 + 30;
   const out: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" font-family="sans-serif" font-size="11">`, `<rect width="${w}" height="${h}" fill="white"/>`];
   out.push(`<text x="${w / 2}" y="18" text-anchor="middle" font-size="14" font-weight="bold">geomirror vs QEMU quorum vs nbdkit: fio over NBD (${esc(r.date)}, ${r.options.seconds} s x ${r.options.repeat}, medians)</text>`);
   systemIds.forEach((id, i) => {
-    const x = left + i * 180;
-    out.push(`<rect x="${x}" y="32" width="12" height="12" fill="${colors[id]}"/><text x="${x + 16}" y="42">${esc(systemLabels[id])}</text>`);
+    const x = left + (i % 4) * 225;
+    const y = 32 + Math.floor(i / 4) * 16;
+    out.push(`<rect x="${x}" y="${y}" width="12" height="12" fill="${colors[id]}"/><text x="${x + 16}" y="${y + 10}">${esc(systemLabels[id])}</text>`);
   });
-  const metrics: { key: 'iops' | 'latP99Us'; title: string }[] = [
+  const metrics: { key: 'iops' | 'latP99Us' | 'cpuUsPerOp'; title: string }[] = [
     { key: 'iops', title: 'IOPS (higher is better)' },
     { key: 'latP99Us', title: 'p99 latency, us (lower is better)' },
+    { key: 'cpuUsPerOp', title: 'CPU us per op, all server processes (lower is better)' },
   ];
   metrics.forEach((m, row) => {
     points.forEach((p, col) => {
@@ -531,15 +691,17 @@ export const readmeEnd = '<!-- bench:compare:end -->';
 export function markdownReport(r: CompareResult, readmeDir: string): string {
   const lines: string[] = [];
   lines.push(`### fio over NBD: geomirror vs QEMU quorum vs nbdkit (${r.date})`, '');
-  lines.push(`\`node --import tsx bench/compare.ts --seconds ${r.options.seconds} --repeat ${r.options.repeat}\` on ${r.host.cpus} x ${r.host.cpuModel}, Node ${r.host.node}, ${r.host.fio}, ${r.host.qemuNbd}, ${r.host.nbdkit}. Every system on sparse files in one temp dir on this machine, volume ${r.options.sizeBytes} bytes; medians of ${r.options.repeat} repeat(s), systems alternating within each repeat.`, '');
-  lines.push('| point | system | IOPS | MiB/s | p99 latency (us) | peak RSS per geomirror process (MiB) |', '|---|---|---:|---:|---:|---|');
+  const load = (l: number[] | undefined) => (l === undefined ? '?' : l.map((x) => x.toFixed(2)).join(' '));
+  lines.push(`\`node --import tsx bench/compare.ts --seconds ${r.options.seconds} --repeat ${r.options.repeat}\` on ${r.host.cpus} x ${r.host.cpuModel}, Node ${r.host.node}, ${r.host.fio}, ${r.host.qemuNbd}, ${r.host.nbdkit}. Every system on sparse files in one temp dir on this machine, volume ${r.options.sizeBytes} bytes; medians of ${r.options.repeat} repeat(s), systems alternating within each repeat. Load average (1, 5, 15 min) ${load(r.host.loadAvgStart)} at the start, ${load(r.host.loadAvgEnd)} at the end. CPU per op: user + system time of every server process of the system over the run, divided by the writes fio completed.`, '');
+  lines.push('| point | system | IOPS | MiB/s | p99 latency (us) | CPU us/op (per process) | GC % of primary CPU | peak RSS per geomirror process (MiB) |', '|---|---|---:|---:|---:|---|---:|---|');
   for (const s of r.summary) {
     const p = points.find((x) => x.id === s.point)!;
     const rss = s.rssBytesPeak ? Object.entries(s.rssBytesPeak).map(([n, b]) => `${n} ${(b / 2 ** 20).toFixed(0)}`).join(', ') : '';
-    lines.push(`| ${p.label} | ${systemLabels[s.system]} | ${s.iops.toFixed(0)} | ${s.mibPerSecond.toFixed(1)} | ${fmt(s.latP99Us)} | ${rss} |`);
+    const by = Object.entries(s.cpuUsPerOpBy).map(([n, v]) => `${n} ${fmt(v)}`).join(', ');
+    lines.push(`| ${p.label} | ${systemLabels[s.system]} | ${s.iops.toFixed(0)} | ${s.mibPerSecond.toFixed(1)} | ${fmt(s.latP99Us)} | **${fmt(s.cpuUsPerOp)}** (${by}) | ${s.gcShare === undefined ? '' : (100 * s.gcShare).toFixed(1)} | ${rss} |`);
   }
   lines.push('', '| ratio | measured | goal | met |', '|---|---:|---|---|');
-  for (const x of r.ratios) lines.push(`| ${x.name} | ${fmt(x.value)} | ${x.goal} | ${x.met ? 'yes' : 'no'} |`);
+  for (const x of r.ratios) lines.push(`| ${x.name} | ${fmt(x.value)} | ${x.goal} | ${x.goal === '' ? '' : x.met ? 'yes' : 'no'} |`);
   lines.push('', `![IOPS and p99 latency per system](${relative(readmeDir, r.files.svg)})`, '', `Raw runs: \`${relative(readmeDir, r.files.json)}\`.`);
   for (const [site, top] of Object.entries(r.profile ?? {})) lines.push('', `CPU profile of geomirror-3 site ${site} (self time, top functions, whole run):`, '', '```', ...top.slice(0, 12), '```');
   return lines.join('\n');
@@ -580,8 +742,17 @@ export function parseArgs(argv: string[]): CompareOptions {
     else if (a === '--readme') o.readme = resolve(val());
     else if (a === '--no-readme') o.readme = undefined;
     else if (a === '--profile') o.profile = true;
+    else if (a === '--systems') {
+      const v = val().split(',');
+      for (const x of v) if (!(systemIds as readonly string[]).includes(x)) throw new Error(`--systems: unknown system ${x}; choose from ${systemIds.join(', ')}`);
+      o.systems = v as SystemId[];
+    } else if (a === '--points') {
+      const v = val().split(',');
+      for (const x of v) if (!points.some((p) => p.id === x)) throw new Error(`--points: unknown point ${x}; choose from ${points.map((p) => p.id).join(', ')}`);
+      o.points = v;
+    }
     else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: node --import tsx bench/compare.ts [--seconds N] [--repeat N] [--size 1GiB] [--out DIR] [--readme FILE | --no-readme] [--profile]\n');
+      process.stdout.write(`usage: node --import tsx bench/compare.ts [--seconds N] [--repeat N] [--size 1GiB] [--out DIR] [--readme FILE | --no-readme] [--profile] [--systems ${systemIds.join(',')}] [--points ${points.map((p) => p.id).join(',')}]\n`);
       process.exit(0);
     } else throw new Error(`unknown option ${a}; see --help`);
   }

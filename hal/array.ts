@@ -315,6 +315,58 @@ export class DiskArray implements BlockDevice {
     this.noteUnflushed(lba, blocks);
   }
 
+  /**
+   * write() with a callback: the site's write path (issue 18). Where every member that takes
+   * writes has writeNow (a file in the page cache), no rebuild chunk holds the range back and the
+   * write is not FUA, it is written to each member synchronously and `done` runs before this
+   * returns; a member that fails it is handled as write() does (marked failed, the write's range
+   * missed there, the state saved before `done`). Otherwise it goes through write().
+   */
+  submitWrite(lba: number, data: Uint8Array, options: WriteOptions | undefined, done: (err: unknown) => void): void {
+    const targets = options?.fua === true ? undefined : this.syncTargets(lba, data);
+    if (targets === undefined) {
+      this.write(lba, data, options).then(() => done(undefined), (err: unknown) => done(err ?? sense.hardware(this.name, 'write failed without a reason')));
+      return;
+    }
+    const blocks = data.byteLength / this.blockSizeBytes;
+    for (const m of this.members) if (m.state === 'failed') m.missed.add(lba, blocks);
+    let errors: (unknown | undefined)[] | undefined;
+    for (let i = 0; i < targets.length; i++) {
+      try {
+        targets[i]!.dev.writeNow!(lba, data);
+      } catch (err) {
+        (errors ??= new Array<unknown>(targets.length).fill(undefined))[i] = err;
+      }
+    }
+    if (errors === undefined) {
+      this.noteUnflushed(lba, blocks);
+      done(undefined);
+      return;
+    }
+    const results = errors.map((e): PromiseSettledResult<void> => (e === undefined ? { status: 'fulfilled', value: undefined } : { status: 'rejected', reason: e }));
+    this.settleMembers('write', lba, blocks, targets, results, []).then(() => {
+      this.noteUnflushed(lba, blocks);
+      done(undefined);
+    }, (err: unknown) => done(err ?? sense.hardware(this.name, 'write failed without a reason')));
+  }
+
+  /** The members a write goes to when it can be done synchronously now (see submitWrite), else undefined. */
+  private syncTargets(lba: number, data: Uint8Array): Member[] | undefined {
+    if (this.closed || data.byteLength % this.blockSizeBytes !== 0) return undefined; // write() reports it
+    const blocks = data.byteLength / this.blockSizeBytes;
+    if (!Number.isSafeInteger(lba) || lba < 0 || lba > this.blockCount || blocks > this.blockCount - lba) return undefined;
+    if (this.copying !== undefined && overlaps(this.copying, { lba, endLba: lba + blocks })) return undefined;
+    const targets: Member[] = [];
+    let ok = false;
+    for (const m of this.members) {
+      if (m.state === 'failed') continue;
+      if (m.dev.writeNow === undefined) return undefined;
+      if (m.state === 'ok') ok = true;
+      targets.push(m);
+    }
+    return ok ? targets : undefined;
+  }
+
   async read(lba: number, blocks: number): Promise<Buffer> {
     if (this.closed) throw sense.notPresent(this.name);
     checkRange(this, lba, blocks);
@@ -404,6 +456,18 @@ export class DiskArray implements BlockDevice {
     if (lba !== undefined) for (const m of this.members) if (m.state === 'failed') m.missed.add(lba, blocks);
     if (!targets.some((m) => m.state === 'ok')) throw this.allFailedError(lba, blocks);
     const results = await Promise.allSettled(targets.map((m) => op(m.dev)));
+    await this.settleMembers(what, lba, blocks, targets, results, unflushed);
+  }
+
+  /** After an op on `targets`: members that failed it are marked failed (durably); fails unless an ok member succeeded. */
+  private async settleMembers(
+    what: 'write' | 'flush',
+    lba: number | undefined,
+    blocks: number,
+    targets: readonly Member[],
+    results: readonly PromiseSettledResult<void>[],
+    unflushed: DiskArray['unflushed'],
+  ): Promise<void> {
     let succeeded = 0;
     let lastErr: unknown;
     const saves: Promise<void>[] = [];

@@ -158,6 +158,14 @@ export interface BlockDevice {
   read(lba: number, blocks: number): Promise<Buffer>;
   /** Writes `data` (a whole number of blocks) at `lba`. */
   write(lba: number, data: Uint8Array, options?: WriteOptions): Promise<void>;
+  /**
+   * Optional: writes `data` at `lba` where the kernel absorbs the write without waiting for the
+   * medium (a file in the page cache): done when it returns, throws a SenseError otherwise.
+   * Not durable until a later flush() (a FUA write goes through write()). The hot path of
+   * hal/array.ts uses it to spare a thread-pool round trip per write (issue 18); adapters with
+   * their own queues (USB, serial, kernel block devices) and wrappers leave it out.
+   */
+  writeNow?(lba: number, data: Uint8Array): void;
   /** Makes every completed write durable (fdatasync / SYNCHRONIZE CACHE). */
   flush(): Promise<void>;
   /** Optional: the blocks may be discarded; later reads return zeroes or the old data. */

@@ -163,11 +163,12 @@ interface Waiter {
   readonly settle: Settle;
 }
 
-/** How an append's promise is settled: directly, never by adopting another promise (see issue()). */
-interface Settle {
-  readonly resolve: (h: EntryHandle) => void;
-  readonly reject: (err: unknown) => void;
-}
+/**
+ * How an append completes: `err` undefined and the handle, or the error. Called directly, never
+ * through an adopted promise (see issue()).
+ */
+export type AppendCallback = (err: Error | undefined, handle: EntryHandle | undefined) => void;
+type Settle = AppendCallback;
 
 export interface CacheJournalOptions {
   /** Reclaimed bytes after which the head is persisted at once (default: 1/8 of the ring). */
@@ -194,6 +195,8 @@ export class CacheJournal {
   private persistAgain = false;
   private idleTimer: NodeJS.Timeout | undefined;
   private lastCached: Promise<unknown> = Promise.resolve();
+  /** Group commits written through the device's promise API and not yet completed. */
+  private asyncBatches = 0;
   private readonly waiters: Waiter[] = [];
   private broken: Error | undefined;
   private closed = false;
@@ -310,33 +313,40 @@ export class CacheJournal {
    * fails for lack of space. An entry bigger than the whole cache is refused at once.
    */
   append(meta: EntryMeta, payload: Uint8Array): Promise<EntryHandle> {
+    return new Promise<EntryHandle>((resolve, reject) => this.appendCb(meta, payload, (err, h) => (err === undefined ? resolve(h!) : reject(err))));
+  }
+
+  /**
+   * append() with a callback: the site's write path (no promise per entry). `done` runs once, in
+   * append order, when the entry and every earlier one are on the cache device, or with the
+   * error. On a device that writes synchronously (a file in the page cache, writevNow) the group
+   * commit is one synchronous pwritev at the end of this synchronous run (a microtask), so `done`
+   * runs from a microtask, never inside appendCb for an accepted entry (settleBatch). A refused
+   * entry (bad metadata, too big, journal closed or broken) fails before appendCb returns:
+   * callers must tolerate that (the executor queues completions, src/site/executor.ts).
+   */
+  appendCb(meta: EntryMeta, payload: Uint8Array, done: AppendCallback): void {
     let flags: number;
     try {
       flags = checkMeta(this.device.name, meta, payload);
     } catch (err) {
-      return Promise.reject(err); // a promise API fails through its promise, never by throwing
+      done(err as Error, undefined);
+      return;
     }
     const sizeBytes = alignUp(entryHeaderBytes + payload.byteLength);
     if (sizeBytes > this.capacityBytes) {
-      return Promise.reject(
-        sense.invalidField(
-          this.device.name,
-          `a ${payload.byteLength}-byte write cannot fit in a ${this.capacityBytes}-byte cache ring; split it or configure a larger cache.size`,
-        ),
-      );
+      done(sense.invalidField(this.device.name, `a ${payload.byteLength}-byte write cannot fit in a ${this.capacityBytes}-byte cache ring; split it or configure a larger cache.size`), undefined);
+      return;
     }
-    if (this.closed) return Promise.reject(sense.notPresent(this.device.name, 'cache journal is closed'));
-    if (this.broken !== undefined) return Promise.reject(this.brokenError());
-    let settle!: Settle;
-    const appended = new Promise<EntryHandle>((resolve, reject) => (settle = { resolve, reject }));
+    if (this.closed) return done(sense.notPresent(this.device.name, 'cache journal is closed'), undefined);
+    if (this.broken !== undefined) return done(this.brokenError(), undefined);
     const pos = this.waiters.length === 0 ? this.allocate(sizeBytes) : -1;
     if (pos >= 0) {
-      this.issue(pos, sizeBytes, meta, flags, payload, settle);
+      this.issue(pos, sizeBytes, meta, flags, payload, done);
     } else {
-      this.waiters.push({ sizeBytes, meta, flags, payload, settle });
+      this.waiters.push({ sizeBytes, meta, flags, payload, settle: done });
       this.makeRoom();
     }
-    return appended;
   }
 
   /** Marks an appended entry done (executed or acknowledged); entries may be done in any order. */
@@ -398,7 +408,7 @@ export class CacheJournal {
     this.closed = true;
     if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
     this.idleTimer = undefined;
-    for (const w of this.waiters.splice(0)) w.settle.reject(sense.notPresent(this.device.name, 'cache journal closed while this append waited for space'));
+    for (const w of this.waiters.splice(0)) w.settle(sense.notPresent(this.device.name, 'cache journal closed while this append waited for space'), undefined);
     this.flushBatch();
     await this.lastCached.catch(() => undefined);
     if (this.broken === undefined) {
@@ -451,7 +461,7 @@ export class CacheJournal {
       const w = this.waiters[0]!;
       if (this.broken !== undefined) {
         this.waiters.shift();
-        w.settle.reject(this.brokenError());
+        w.settle(this.brokenError(), undefined);
         continue;
       }
       const pos = this.allocate(w.sizeBytes);
@@ -487,7 +497,7 @@ export class CacheJournal {
     const padBytes = sizeBytes - entryHeaderBytes - payload.byteLength;
     let b = this.batch;
     if (b !== undefined && (b.endPos !== pos || b.buffers.length + 3 > batchBuffersMax)) {
-      this.flushBatch();
+      this.flushBatch(false);
       b = undefined;
     }
     if (b === undefined) {
@@ -500,18 +510,91 @@ export class CacheJournal {
     b.endPos = pos + sizeBytes;
     b.padBytes = padBytes;
     b.entries.push({ handle, settle });
-    // Big writes go at once: their device write then overlaps the next entry's CRC, which
-    // waiting for the batch would serialize (1 MiB entries measured ~10% slower batched).
-    if (b.endPos - b.pos >= batchBytesMax) this.flushBatch();
+    // Big writes go at once on a device written through the thread pool: their device write
+    // then overlaps the next entry's CRC, which waiting for the batch would serialize (1 MiB
+    // entries measured ~10% slower batched). A synchronous device overlaps nothing: the whole
+    // run goes in one writev at its end.
+    if (b.endPos - b.pos >= batchBytesMax && this.device.writevNow === undefined) this.flushBatch(false);
   }
+
+  /**
+   * Entries of a group commit are on the device (or it failed): complete them in append order.
+   * A completion callback may append again, and on a synchronous device such an append can
+   * write a group commit at once (issue(): the ring wrapped, or the batch is full) before this
+   * loop reached the rest of this one. Completing those first would complete later entries
+   * first (and move completedJseq back); completing them inside issue() would re-enter it while
+   * it builds a batch (and lose the nested appends). So written batches queue here and complete
+   * only from drainSettled(), never inside issue(); a drain that runs while one is under way
+   * leaves the work to it.
+   */
+  private settleBatch(entries: readonly { handle: EntryHandle; settle: Settle }[], err: Error | undefined, now: boolean): void {
+    this.toSettle.push({ entries, err });
+    if (now) this.drainSettled();
+    else if (!this.drainScheduled) {
+      this.drainScheduled = true;
+      queueMicrotask(() => {
+        this.drainScheduled = false;
+        this.drainSettled();
+      });
+    }
+  }
+
+  private drainSettled(): void {
+    if (this.settling) return;
+    this.settling = true;
+    let i = 0;
+    try {
+      for (; i < this.toSettle.length; i++) {
+        const t = this.toSettle[i]!;
+        if (t.err !== undefined) {
+          for (const e of t.entries) e.settle(t.err, undefined);
+          continue;
+        }
+        for (const e of t.entries) {
+          e.handle.state = 'cached';
+          this.completedJseq = e.handle.jseq;
+          e.settle(undefined, e.handle);
+        }
+      }
+    } finally {
+      // A callback that threw leaves the batches after its own for the next drain.
+      this.toSettle.splice(0, Math.min(i + 1, this.toSettle.length));
+      this.settling = false;
+    }
+  }
+
+  /** Group commits written and waiting to complete, in order (settleBatch). */
+  private readonly toSettle: { entries: readonly { handle: EntryHandle; settle: Settle }[]; err: Error | undefined }[] = [];
+  private settling = false;
+  private drainScheduled = false;
 
   /** Entries issued in this synchronous run, not yet handed to the device (issue()). */
   private batch: { pos: number; endPos: number; buffers: Uint8Array[]; entries: { handle: EntryHandle; settle: Settle }[]; padBytes: number } | undefined;
 
-  private flushBatch(): void {
+  /**
+   * Writes the batch. `settleNow`: complete what is written before returning (false from
+   * issue(): a nested completion would re-enter it; settleBatch completes them from a microtask).
+   */
+  private flushBatch(settleNow = true): void {
     const b = this.batch;
     if (b === undefined) return;
     this.batch = undefined;
+    const now = this.device.writevNow;
+    if (now !== undefined && this.asyncBatches === 0) {
+      // Page-cache device: the group commit is done when the syscall returns, and every earlier
+      // one is written already (none is in flight), so the entries complete in order after
+      // those still queued to complete.
+      let failed: Error | undefined;
+      try {
+        now(b.buffers, b.pos);
+      } catch (err) {
+        failed = err instanceof Error ? err : new Error(String(err));
+        this.broken ??= failed;
+      }
+      this.settleBatch(b.entries, failed, settleNow);
+      return;
+    }
+    this.asyncBatches++;
     let own: Promise<unknown> = this.device.writev(b.buffers, b.pos);
     own = own.catch((err: unknown) => {
       this.broken ??= err instanceof Error ? err : new Error(String(err));
@@ -523,14 +606,12 @@ export class CacheJournal {
     // append order: a site acks upstream in seq order.
     const cached = Promise.all([this.lastCached, own]).then(
       () => {
-        for (const e of b.entries) {
-          e.handle.state = 'cached';
-          this.completedJseq = e.handle.jseq;
-          e.settle.resolve(e.handle);
-        }
+        this.asyncBatches--;
+        this.settleBatch(b.entries, undefined, true);
       },
       (err: unknown) => {
-        for (const e of b.entries) e.settle.reject(err);
+        this.asyncBatches--;
+        this.settleBatch(b.entries, err instanceof Error ? err : new Error(String(err)), true);
         throw err;
       },
     );

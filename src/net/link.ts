@@ -415,11 +415,14 @@ export class Link extends EventEmitter {
     const parts = this.encoder.encode(msg);
     this.framesTx++;
     // Every frame sent in one event-loop turn goes out in one writev: cork at the first, uncork
-    // on the next tick (bench/wire.ts: uncorking per frame cost ~40% of throughput).
+    // at the end of the turn (bench/wire.ts: uncorking per frame cost ~40% of throughput). Not
+    // the next tick: that is the end of one socket read's callback, and a turn that reads
+    // several sockets (NBD requests, journal completions, acks) then paid one writev, and one
+    // TLS record, per read (issue 18: the primary's socket writev was ~27% of its CPU at 4 KiB).
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
-      process.nextTick(this.uncork);
+      setImmediate(this.uncork);
     }
     for (const p of parts) this.socket.write(p);
   }

@@ -90,17 +90,14 @@ export async function openSiteDevices(ctx: SiteContext, regionCount: number): Pr
   };
 }
 
-function entryKey(epoch: Epoch, seq: Seq): string {
-  return `${epoch}:${seq}`;
-}
-
 /**
  * The journal port: appends resolve in append order (the journal's contract), and a drop finds
  * the entry's handle by (epoch, seq). Entries recovered at open are handed to the core as
  * CacheEntry values (replay), and their handles are known here so the core can drop them.
  */
 export class JournalPortImpl implements JournalPort {
-  private readonly handles = new Map<string, EntryHandle>();
+  /** Handles by epoch, then seq (bigint keys compare by value; no string per write). */
+  private readonly handles = new Map<Epoch, Map<Seq, EntryHandle>>();
 
   /** `failed` counts each failed append (metrics). */
   constructor(
@@ -113,35 +110,43 @@ export class JournalPortImpl implements JournalPort {
     const out: CacheEntry[] = [];
     for (const r of list) {
       const h = r.handle;
-      this.handles.set(entryKey(h.epoch, h.seq), h);
+      this.keep(h);
       out.push({ epoch: h.epoch, seq: h.seq, offsetBytes: h.offsetBytes, lengthBytes: r.payload.byteLength, fua: (h.flags & CacheEntryFlags.FUA) !== 0, payload: r.payload });
     }
     return out.sort((a, b) => (a.epoch === b.epoch ? (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0) : a.epoch < b.epoch ? -1 : 1));
   }
 
   append(e: CacheEntry, done: (err: unknown) => void): void {
-    this.journal.append({ volume: volumeId, epoch: e.epoch, seq: e.seq, offsetBytes: e.offsetBytes, flags: e.fua ? CacheEntryFlags.FUA : 0 }, e.payload).then(
-      (h) => {
-        this.handles.set(entryKey(e.epoch, e.seq), h);
-        done(undefined);
-      },
-      (err: unknown) => {
+    this.journal.appendCb({ volume: volumeId, epoch: e.epoch, seq: e.seq, offsetBytes: e.offsetBytes, flags: e.fua ? CacheEntryFlags.FUA : 0 }, e.payload, (err, h) => {
+      if (err !== undefined) {
         this.failed();
-        done(err ?? new Error('cache append failed'));
-      },
-    );
+        done(err);
+        return;
+      }
+      this.keep(h!);
+      done(undefined);
+    });
   }
 
   drop(entries: readonly { epoch: Epoch; seq: Seq }[]): void {
     for (const e of entries) {
-      const k = entryKey(e.epoch, e.seq);
-      const h = this.handles.get(k);
+      const bySeq = this.handles.get(e.epoch);
+      const h = bySeq?.get(e.seq);
       if (h === undefined) continue; // its append failed: nothing to drop
-      this.handles.delete(k);
+      bySeq!.delete(e.seq);
+      if (bySeq!.size === 0) this.handles.delete(e.epoch);
       this.journal.markDone(h);
     }
   }
+
+  private keep(h: EntryHandle): void {
+    let bySeq = this.handles.get(h.epoch);
+    if (bySeq === undefined) this.handles.set(h.epoch, (bySeq = new Map()));
+    bySeq.set(h.seq, h);
+  }
 }
+
+const writeFua = { fua: true } as const;
 
 /** The storage port over the site's array: byte offsets in, block addresses to the array. `failed` counts each failed call (metrics). */
 export function storagePort(array: DiskArray, failed: (op: 'read' | 'write' | 'flush') => void = () => undefined): StoragePort {
@@ -151,7 +156,8 @@ export function storagePort(array: DiskArray, failed: (op: 'read' | 'write' | 'f
     return err ?? new Error('storage operation failed');
   };
   return {
-    write: (offsetBytes, payload, fua, done) => array.write(offsetBytes / bs, payload, { fua }).then(() => done(undefined), (err: unknown) => done(fail('write', err))),
+    // Callbacks, not promises: a page-cache write completes before submitWrite returns (issue 18).
+    write: (offsetBytes, payload, fua, done) => array.submitWrite(offsetBytes / bs, payload, fua ? writeFua : undefined, (err) => done(err === undefined ? undefined : fail('write', err))),
     read: (offsetBytes, lengthBytes, done) => array.read(offsetBytes / bs, lengthBytes / bs).then((data) => done(undefined, data), (err: unknown) => done(fail('read', err))),
     flush: (done) => array.flush().then(() => done(undefined), (err: unknown) => done(fail('flush', err))),
     // Not saved: the ranges are reported again at the next start, which only costs a repair.

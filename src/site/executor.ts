@@ -6,7 +6,9 @@
 // It feeds one event at a time to the core and carries out the returned actions in order;
 // completions come back as events through the same queue, so the core is never re-entered.
 // Devices are callback ports (no promise chains on the write path): each I/O action produces
-// exactly one completion, in issue order for the journal.
+// exactly one completion, in issue order for the journal. A port may complete an action before
+// its call returns (a page-cache write is done when the syscall returns, issue 18): that
+// completion queues like any other and is fed after the current action list, never inside it.
 //
 // Cumulative acks coalesce: the newest ack for a peer, sent by the end of this turn (env.defer),
 // covers every earlier one (one frame per burst, not one per completed write). Never reordered:
@@ -110,26 +112,41 @@ export class Executor {
     if (this.dead) return;
     this.queue.push(ev);
     if (this.feeding) return;
-    this.feeding = true;
-    try {
-      for (let e = this.queue.shift(); e !== undefined; e = this.queue.shift()) {
-        const actions = this.core.step(e, this.env.nowMs());
-        for (const a of actions) this.execute(a);
-      }
-    } catch (err) {
-      this.kill(err as Error);
-    } finally {
-      this.feeding = false;
-    }
-    this.onIdle?.();
+    this.drain(undefined);
   }
 
-  /** Executes actions a core returned outside `step` (a standby's planned promotion). */
+  /** Executes actions a core returned outside `step` (a standby's planned promotion), then what they completed. */
   run(actions: readonly CoreAction[]): void {
+    if (this.dead) return;
+    if (!this.feeding) {
+      this.drain(actions);
+      return;
+    }
+    // Called from inside a feed (a port callback): the running loop feeds what these complete.
     try {
       for (const a of actions) this.execute(a);
     } catch (err) {
       this.kill(err as Error);
+    }
+  }
+
+  /** Executes `first` (if any), then feeds queued events until none is left; the core is never re-entered. */
+  private drain(first: readonly CoreAction[] | undefined): void {
+    this.feeding = true;
+    try {
+      if (first !== undefined) for (const a of first) this.execute(a);
+      // An index, not shift(): completions of synchronous ports append while this runs.
+      const q = this.queue;
+      let i = 0;
+      for (; i < q.length && !this.dead; i++) {
+        const actions = this.core.step(q[i]!, this.env.nowMs());
+        for (const a of actions) this.execute(a);
+      }
+      q.length = 0;
+    } catch (err) {
+      this.kill(err as Error);
+    } finally {
+      this.feeding = false;
     }
     this.onIdle?.();
   }
