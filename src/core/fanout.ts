@@ -57,7 +57,7 @@ export interface FanoutFlush {
   stage: 'waitWrites' | 'flushing';
   readonly waitingMirrors: Set<PeerId>;
   sense: SenseInfo | undefined;
-  /** Mirrors that answered it (flushAck). */
+  /** Mirrors that answered it OK (flushAck without an error): its writes are durable there. */
   answered?: Set<PeerId>;
 }
 
@@ -173,6 +173,8 @@ export class Fanout implements OpOwner {
     for (const [peer, regions] of dirtyRegions) {
       const m = this.mirrors.get(peer);
       if (m === undefined) {
+        // The site's own bitmaps ('@local' suspect regions, '@lost' journal losses) are the repair's.
+        if (peer.startsWith('@')) continue;
         this.io.log('warn', 'bitmap_unknown_mirror', { peer, regions: regions.length, fix: 'the mirror was removed from the cluster file; its bitmap is ignored' });
         continue;
       }
@@ -418,7 +420,7 @@ export class Fanout implements OpOwner {
       this.degrade(m, `flush failed: ${sense.message}`);
     }
     f.waitingMirrors.delete(m.peer);
-    (f.answered ??= new Set()).add(m.peer);
+    if (sense === undefined) (f.answered ??= new Set()).add(m.peer);
   }
 
   /** A host flush's barrier reached every write it covers: to every in-sync mirror. */

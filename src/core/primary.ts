@@ -30,7 +30,7 @@ import { epochStepMax } from './upstream.js';
 import { LocalStore } from './local-store.js';
 import { LocalRepair } from './repair.js';
 import { assert, type ByteRange, type CacheEntry, type Completion, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type HostError, type HostOpId, type Limits } from './types.js';
-import type { MirrorLossPolicy, OpId, PeerId, PeerMsg, Recovered, Seq } from './types.js';
+import type { MirrorLossPolicy, OpId, PeerId, PeerMsg, Recovered, SenseInfo, Seq } from './types.js';
 
 export type { LinkState, MirrorSync } from './fanout.js';
 
@@ -59,6 +59,8 @@ export interface PrimaryConfig extends CoreConfig {
 interface HostFlush extends FanoutFlush {
   readonly id: HostOpId;
   localDone: boolean;
+  /** The local storage flush failed (the writes it covers stay in the journal until one succeeds). */
+  localSense?: SenseInfo;
 }
 
 type HostOp =
@@ -390,7 +392,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
         f.stage = 'flushing';
         this.store.flushWhenStored(this.epoch, f.upTo, (sense) => {
           f.localDone = true;
-          if (sense !== undefined) f.sense ??= sense;
+          if (sense !== undefined) f.localSense ??= sense;
         });
         this.fan.sendFlush(f);
       }
@@ -399,7 +401,15 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       const f = this.flushes[i]!;
       if (f.stage === 'flushing' && f.localDone && f.waitingMirrors.size === 0) {
         this.flushes.splice(i, 1);
-        this.ackHost(f.id, f.sense === undefined ? undefined : { kind: 'io', message: f.sense.message, sense: f.sense });
+        // The local storage could not flush (DRBD's detach, issue 16 item 3): the writes stay in
+        // the battery-backed journal until a flush succeeds, so the FLUSH holds if a mirror made
+        // them durable on its storage; with no mirror that answered, the host gets the error.
+        let sense = f.sense;
+        if (sense === undefined && f.localSense !== undefined) {
+          if ((f.answered?.size ?? 0) > 0) this.io.logLimited('host_flush_by_mirrors', repeatLogIntervalMs, 'warn', 'host_flush_by_mirrors', { mirrors: [...f.answered!], localError: f.localSense.message, effect: 'the host FLUSH is answered OK: its writes are durable on these mirrors and held in the local journal until the local storage flushes' });
+          else sense = f.localSense;
+        }
+        this.ackHost(f.id, sense === undefined ? undefined : { kind: 'io', message: sense.message, sense });
       } else {
         i++;
       }

@@ -236,6 +236,7 @@ describe('partitions (issue 10): a cut standby link never promotes; an isolated 
     const c = await cluster({ standby: 'backup', failoverTimeoutMs, proxies: true });
     await withLogs(c, async () => {
       const writes = planWrites(2020, c.volumeBytes, 6 * MiB);
+      await c.waitInSync(); // authority proven (a majority confirmed the epoch): host writes are taken
       const w = await connectWhenUp(c.nbdPort);
       expect(await w.run(writes, 8)).toEqual([]);
       await w.flush();
@@ -310,6 +311,7 @@ describe('planned switchover (issue 10 item 5): geomirror demote, then geomirror
     const c = await cluster({ standby: 'backup', failoverTimeoutMs: 20_000 });
     await withLogs(c, async () => {
       const writes = planWrites(3030, c.volumeBytes, 8 * MiB);
+      await c.waitInSync(); // authority proven (a majority confirmed the epoch): host writes are taken
       const w = await connectWhenUp(c.nbdPort);
       expect(await w.run(writes.slice(0, writes.length / 2), 8)).toEqual([]);
 
@@ -396,6 +398,7 @@ describe('promotion guard (issue 10): a standby that may miss acked writes does 
   it('a new standby still in its initial sync: the primary dies, the vote passes, the standby refuses; promote needs --force', async () => {
     const c = await cluster({ standby: 'backup', failoverTimeoutMs: 1000 });
     await withLogs(c, async () => {
+      await c.waitInSync(); // authority proven (a majority confirmed the epoch): host writes are taken
       const w = await connectWhenUp(c.nbdPort);
       expect(await w.run(planWrites(5050, c.volumeBytes, 8 * MiB), 8)).toEqual([]);
       await w.flush();

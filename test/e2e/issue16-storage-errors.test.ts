@@ -10,7 +10,7 @@
 //  - a primary whose storage fails mid-stream keeps acking host writes through its mirrors (DRBD's
 //    on-io-error detach) and NBD reads return the bytes of every acked write; once the storage
 //    answers again its copy is repaired and all replicas hash equal; a host flush in that state
-//    should complete too (it fails on main: it.fails with the FINDING below).
+//    should complete too (it failed before the core completed it through the mirrors).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -159,14 +159,12 @@ describe.skipIf(faultyStorageUnavailable !== undefined)(`issue 16 item 8: the pr
     });
   }, testTimeoutMs);
 
-  // FINDING (main 07d5cc8): a host flush fails with EIO (NBD error 5) while the primary's storage
-  // fails, although every write before it was acked through the mirrors (their regions durably
-  // suspect locally, the mirrors hold them). src/core/primary.ts progressFlushes hands the local
-  // storageFlush's sense to the host (ackHost ... kind 'io') whatever the mirrors hold; under
-  // DRBD's on-io-error detach the flush completes once the mirrors flushed. A host's file system
-  // takes a failed flush as lost data (ext4 and XFS go read-only). it.fails until the core
-  // completes such a flush through the mirrors; then make this `it` again.
-  it.fails('a host flush while the primary storage fails completes (every mirror holds the writes before it); after the storage returns all replicas hash equal [fails: the local flush error reaches the host]', async () => {
+  // Was a finding (main 07d5cc8): a host flush failed with EIO while the primary's storage
+  // failed, although every write before it was acked through the mirrors; a host's file system
+  // takes a failed flush as lost data (ext4 and XFS go read-only). Now, like DRBD's on-io-error
+  // detach, the flush completes once a mirror flushed (the writes stay in the local journal until
+  // the local storage flushes).
+  it('a host flush while the primary storage fails completes (every mirror holds the writes before it); after the storage returns all replicas hash equal', async () => {
     expect(c8, 'needs the cluster of the test before').toBeDefined();
     const { c, storage } = c8!;
     await withLogs(c, async () => {
