@@ -134,9 +134,12 @@ export class LocalRepair implements OpOwner {
       if (!this.store.suspect.has(r)) continue;
       const good = this.goodOf(r);
       const [from, to] = blocksIn(r, rb, this.cfg.blockBytes, e.offsetBytes, e.lengthBytes);
+      // A journal entry replayed at start may be older than the entry the journal lost there:
+      // it does not make those blocks right (only a host write of this life, or the repair, does).
+      const vouches = ok && !(e.hostId === undefined && this.lost.has(r));
       for (let b = from; b < to; b++) {
-        if (ok) good.add(b);
-        else good.delete(b);
+        if (vouches) good.add(b);
+        else if (!ok) good.delete(b);
       }
       if (good.full() && this.store.suspect.get(r) === 'set') done.push(r);
     }

@@ -96,14 +96,14 @@ describe('geomirror events', () => {
       at = i;
       return changes[i]!;
     };
-    step('link down', (e) => e.what === 'link' && e.to !== 'up');
+    const down = step('link down', (e) => e.what === 'link' && e.to !== 'up');
     step('degraded', (e) => e.what === 'sync' && e.to === 'degraded');
     step('link up', (e) => e.what === 'link' && e.to === 'up');
     const resync = step('resyncing', (e) => e.what === 'sync' && e.to === 'resyncing');
     expect(typeof resync.percent, 'resyncing carries its progress').toBe('number');
     step('in sync', (e) => e.what === 'sync' && e.to === 'in-sync');
     // Human lines name time, site and the change.
-    expect(changes.find((e) => e.what === 'link')!.text).toMatch(/^link to east down/);
+    expect(down.text).toMatch(/^link to east down/);
     console.log(`events for local -> east: ${seen.join(', ')}`);
     // The command itself says when it lost east's own stream and when east answered again.
     const eastAdmin = lines().filter((e) => e.site === 'east' && (e.what as string) === 'admin').map((e) => e.to);
