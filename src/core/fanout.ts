@@ -26,7 +26,6 @@
 // in sync it gets no writes at all, only resync data, so the two streams never interleave.
 
 import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
-import { epochStepMax } from './upstream.js';
 import type { LocalStore, StoreEntry } from './local-store.js';
 import { badRanges, blocksIn, MissedBlocks, rangesOfRegions, regionCount, regionRange, regionsOf, regionsOfRanges } from './regions.js';
 import { assert, peerRangesMax, type ByteRange, type Completion, type Epoch, type HostOpId, type Limits, type MirrorLossPolicy, type OpId, type PeerId, type PeerMsg, type SenseInfo, type Seq } from './types.js';
@@ -70,7 +69,8 @@ export interface FanoutHost {
   /** `e` lost a reason to wait (a mirror acked or was degraded, a bitmap became durable). */
   tryComplete(e: PrimaryEntry): void;
   /** A mirror's newer epoch: this primary is stale. */
-  fence(epoch: Epoch, peer: PeerId): void;
+  /** A peer speaks of a newer epoch (fences the primary, or is refused if no promotion moves that far). */
+  newerEpoch(epoch: Epoch, peer: PeerId, what: string): void;
   /** A mirror joined at our epoch: it confirms our authority (issue 16 item 1). */
   joined(peer: PeerId): void;
 }
@@ -231,8 +231,7 @@ export class Fanout implements OpOwner {
     const m = this.mirrors.get(peer);
     if (m === undefined) return;
     if (epoch > this.host.epoch) {
-      if (epoch > this.host.epoch + epochStepMax) this.io.refuse(peer, 'bad_frame', `${peer} heartbeats epoch ${epoch}, more than ${epochStepMax} past this primary's ${this.host.epoch}`);
-      else this.host.fence(epoch, peer);
+      this.host.newerEpoch(epoch, peer, 'heartbeat');
       return;
     }
     if (epoch < this.host.epoch) return; // a mirror not yet at our epoch: nothing it says applies

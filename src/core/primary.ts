@@ -451,10 +451,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       return;
     }
     if (msg.epoch > this.epoch) {
-      // A newer epoch is a promotion elsewhere; more than epochStepMax at once is not one (a
-      // peer's bad frame must not fence the primary for good: issue 17 item 4).
-      if (msg.epoch > this.epoch + epochStepMax) this.io.refuse(peer, 'bad_frame', `${peer} sent ${msg.type} of epoch ${msg.epoch}, ${msg.epoch - this.epoch} past this primary's ${this.epoch}: more than ${epochStepMax} promotions at once is not a failover`);
-      else this.fence(msg.epoch, peer);
+      this.newerEpoch(msg.epoch, peer, msg.type);
       return;
     }
     if (msg.epoch < this.epoch) {
@@ -473,8 +470,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
 
   /** A witness's heartbeat carries the newest epoch it has seen. */
   private onWitnessHeard(peer: PeerId, epoch: Epoch): void {
-    if (epoch > this.epoch + epochStepMax) this.io.refuse(peer, 'bad_frame', `${peer} heartbeats epoch ${epoch}, more than ${epochStepMax} past this primary's ${this.epoch}`);
-    else if (epoch > this.epoch) this.fence(epoch, peer);
+    if (epoch > this.epoch) this.newerEpoch(epoch, peer, 'heartbeat');
     else this.confirmed(peer);
   }
 
@@ -483,7 +479,17 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     this.confirmed(peer);
   }
 
-  fence(epoch: Epoch, peer: PeerId): void {
+  /**
+   * A peer speaks of a newer epoch: a promotion elsewhere fences this primary; more than
+   * epochStepMax at once is not one, and a peer's bad frame must not fence the primary for good
+   * (issue 17 item 4): refused, the link closed.
+   */
+  newerEpoch(epoch: Epoch, peer: PeerId, what: string): void {
+    if (epoch > this.epoch + epochStepMax) this.io.refuse(peer, 'bad_frame', `${peer} sent ${what} of epoch ${epoch}, ${epoch - this.epoch} past this primary's ${this.epoch}: more than ${epochStepMax} promotions at once is not a failover`);
+    else this.fence(epoch, peer);
+  }
+
+  private fence(epoch: Epoch, peer: PeerId): void {
     if (this.fenced !== undefined && this.fenced >= epoch) return;
     this.fenced = epoch;
     this.io.log('error', 'fenced', { peer, epoch, ours: this.epoch, effect: 'host writes are refused from now on' });

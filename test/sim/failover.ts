@@ -59,7 +59,7 @@ import { Mirror } from '../../src/core/mirror.js';
 import { Scheduler, SimLife, startHeartbeats, type SimDelays } from './world.js';
 import { Primary } from '../../src/core/primary.js';
 import { Standby } from '../../src/core/standby.js';
-import { CoreAssertionError, defaultLimits, senseOf, type CoreAction, type CoreEvent, type Epoch, type Limits, type PeerId, type PeerMsg } from '../../src/core/types.js';
+import { CoreAssertionError, defaultLimits, senseOf, type CoreAction, type CoreEvent, type Epoch, type Limits, type Meta, type PeerId, type PeerMsg } from '../../src/core/types.js';
 import { SimCache, SimDisk, SimPersist } from './models.js';
 
 export type FailoverScenario = 'crash' | 'crashRejoin' | 'isolate' | 'cutStandby' | 'none' | 'standbyCrash' | 'switchover' | 'standbyBehind' | 'repeated';
@@ -444,17 +444,7 @@ class FailoverSim {
     this.log(`DEMOTE local: quiescent at epoch ${st.epoch}, seqNext ${st.seqNext}; restarting as a mirror`);
     // A clean stop, not a crash: the saves the core issued complete first (persistActingMirror
     // waits for them), then `acting: mirror` is durable, then the process ends.
-    s.core = undefined;
-    s.run?.end();
-    s.run = undefined;
-    s.life++;
-    while (s.cache.inflight.length > 0) s.cache.completeOne();
-    while (s.persist.inflight.length > 0) s.persist.applyOne();
-    s.persist.inflight.push({ kind: 'meta', meta: { epoch: st.epoch, seqReserved: st.seqNext, acting: 'mirror' } });
-    s.persist.applyOne();
-    for (const [key, l] of this.links) if (key.split('|').includes(s.name) && l.up) this.disconnect(key);
-    this.startSite(s);
-    for (const key of this.links.keys()) if (key.split('|').includes(s.name)) this.sched.at(this.sched.now + 5, () => this.connect(key));
+    this.restartClean(s, { epoch: st.epoch, seqReserved: st.seqNext, acting: 'mirror' });
     this.demoting = false;
     this.sched.at(this.sched.now + promoteDelayMs, () => {
       this.promoteStandby();
@@ -472,13 +462,21 @@ class FailoverSim {
     this.following = false;
     if (!(s.core instanceof Mirror) || s.persist.meta.acting !== 'mirror') return;
     this.log(`FOLLOW local: learned epoch ${epoch}; restarting as the standby of backup`);
+    this.restartClean(s, { epoch, seqReserved: s.persist.meta.seqReserved, acting: 'standby' });
+  }
+
+  /**
+   * A clean stop, not a crash (site layer: the saves the core issued complete first, then `meta`
+   * is durable, then the process ends), and the next life with links dialled again.
+   */
+  private restartClean(s: Site, meta: Meta): void {
     s.core = undefined;
     s.run?.end();
     s.run = undefined;
     s.life++;
     while (s.cache.inflight.length > 0) s.cache.completeOne();
     while (s.persist.inflight.length > 0) s.persist.applyOne();
-    s.persist.inflight.push({ kind: 'meta', meta: { epoch, seqReserved: s.persist.meta.seqReserved, acting: 'standby' } });
+    s.persist.inflight.push({ kind: 'meta', meta });
     s.persist.applyOne();
     for (const [key, l] of this.links) if (key.split('|').includes(s.name) && l.up) this.disconnect(key);
     this.startSite(s);
@@ -531,17 +529,7 @@ class FailoverSim {
     }
     const fencedBy = c.status().fencedBy!;
     this.log(`REPEATED: ${name} fenced by epoch ${fencedBy}; restarting as the standby of its partner`);
-    s.core = undefined;
-    s.run?.end();
-    s.run = undefined;
-    s.life++;
-    while (s.cache.inflight.length > 0) s.cache.completeOne();
-    while (s.persist.inflight.length > 0) s.persist.applyOne();
-    s.persist.inflight.push({ kind: 'meta', meta: { epoch: fencedBy > s.persist.meta.epoch ? fencedBy : s.persist.meta.epoch, seqReserved: s.persist.meta.seqReserved, acting: 'standby' } });
-    s.persist.applyOne();
-    for (const [key, l] of this.links) if (key.split('|').includes(name) && l.up) this.disconnect(key);
-    this.startSite(s);
-    for (const [key, l] of this.links) if (key.split('|').includes(name) && !l.cut) this.sched.at(this.sched.now + 5, () => this.connect(key));
+    this.restartClean(s, { epoch: fencedBy > s.persist.meta.epoch ? fencedBy : s.persist.meta.epoch, seqReserved: s.persist.meta.seqReserved, acting: 'standby' });
     then();
   }
 
