@@ -10,9 +10,14 @@ import { CacheJournal, decodeEntryHeader, entryHeaderBytes, superblockSlotBytes,
 import { decodeSuperblock } from '../../hal/cache-format.js';
 import { MemoryCacheDevice } from '../../hal/cachedev.js';
 import type { SiteStatus } from '../../src/site/status.js';
-import { Cluster, NbdWriter, sleep, waitMsMax, type ClusterOptions } from './harness.js';
+import { Cluster, NbdWriter, planWrites, sleep, waitMsMax, type ClusterOptions, type PlannedWrite } from './harness.js';
 
 export const MiB = 1024 * 1024;
+
+/** Phase `k` of a test's writes: seeded by `seedBase + k`, indices apart from every other phase's. */
+export function phaseWrites(seedBase: number, k: number, c: Cluster, bytes: number): PlannedWrite[] {
+  return planWrites(seedBase + k, c.volumeBytes, bytes).map((w) => ({ ...w, index: w.index + k * 100_000 }));
+}
 const run = promisify(execFile);
 
 /** The clusters and NBD writers of a test file, for afterEach/afterAll. */

@@ -8,8 +8,8 @@
 // the volume afterwards (read back over NBD with nbdcopy, block by block) and every replica
 // hashes equal once the cluster is whole again.
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { checkAckedWrites, planWrites, sha256, type Cluster, type NbdWriter, type PlannedWrite } from './harness.js';
-import { MiB, peer, readVolume, Tracker, waitLog, withLogs } from './acceptance.js';
+import { checkAckedWrites, sha256, type Cluster, type NbdWriter, type PlannedWrite } from './harness.js';
+import { MiB, phaseWrites, peer, readVolume, Tracker, waitLog, withLogs } from './acceptance.js';
 
 const testTimeoutMs = 420_000;
 const failoverTimeoutMs = 1500;
@@ -18,9 +18,7 @@ afterEach(() => t.closeWriters());
 afterAll(() => t.destroy());
 
 /** Writes of phase `k`, indexed apart from every other phase's. */
-function phase(k: number, c: Cluster, bytes: number): PlannedWrite[] {
-  return planWrites(16_100 + k, c.volumeBytes, bytes).map((w) => ({ ...w, index: w.index + k * 100_000 }));
-}
+const phase = (k: number, c: Cluster, bytes: number): PlannedWrite[] => phaseWrites(16_100, k, c, bytes);
 
 describe('issue 16 item 1: the stale promotion guard', () => {
   it('failover, old primary back as standby, failover back, kill -9 of the primary before it resynced its old standby, which restarts while it is dead: the standby does not promote with stale data; every acked write survives, replicas hash equal', async () => {

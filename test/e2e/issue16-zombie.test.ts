@@ -9,8 +9,8 @@
 // write to backup was acked, every write local acked reads back over NBD, and all four replicas
 // hash equal.
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { checkAckedWrites, planWrites, sha256, sleep, type Cluster, type NbdWriter, type PlannedWrite } from './harness.js';
-import { MiB, peer, readVolume, Tracker, withLogs } from './acceptance.js';
+import { checkAckedWrites, sha256, sleep, type Cluster, type NbdWriter, type PlannedWrite } from './harness.js';
+import { MiB, phaseWrites, peer, readVolume, Tracker, withLogs } from './acceptance.js';
 
 const testTimeoutMs = 420_000;
 const failoverTimeoutMs = 1500;
@@ -20,9 +20,7 @@ const t = new Tracker();
 afterEach(() => t.closeWriters());
 afterAll(() => t.destroy());
 
-function phase(k: number, c: Cluster, bytes: number): PlannedWrite[] {
-  return planWrites(16_200 + k, c.volumeBytes, bytes).map((w) => ({ ...w, index: w.index + k * 100_000 }));
-}
+const phase = (k: number, c: Cluster, bytes: number): PlannedWrite[] => phaseWrites(16_200, k, c, bytes);
 
 describe('issue 16 item 2: a zombie primary', () => {
   it('a promoted site that died unfenced, restarted with its links cut, acks no host write; local (epoch 3) serves meanwhile; after the heal no acked write is lost and all replicas hash equal', async () => {
