@@ -213,7 +213,10 @@ describe('hostile peers (issue 17 items 3-4), as processes', () => {
       expect(await logged('east', (x) => x.peer === 'local' && why.test(String(x.reason ?? ''))), `east logged ${what} naming local`).toBe(true);
       expect(c.allRunning, `${what}: every site still up`).toBe(true);
     }
-    // A mirror's identity to the primary: resync ranges past the end close that link.
+    // A mirror's identity to the primary: resync ranges past the end close that link. The
+    // primary's own link to west is cut meanwhile: its redial would replace the forged link
+    // ("replaced by a new connection from west", seen once in CI) before the frame is judged.
+    c.cut('local', 'west');
     const past = await attack('west', 'local', [{ type: 'RESYNC_REQUEST', volumeId: 0, epoch: 1n, seqReceived: 0n, ranges: [{ offsetBytes: V - 4096n, lengthBytes: 8192n }] }]);
     expect(past.reason).toMatch(/resync request: range 16773120\+8192 is not within the 16777216-byte volume/);
     expect(await logged('local', (x) => x.peer === 'west' && /resync request/.test(String(x.reason ?? '')))).toBe(true);
