@@ -26,7 +26,7 @@
 // in sync it gets no writes at all, only resync data, so the two streams never interleave.
 
 import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
-import type { LocalStore, StoreEntry } from './local-store.js';
+import { firstAbove, type LocalStore, type StoreEntry } from './local-store.js';
 import { badRanges, blocksIn, MissedBlocks, rangesOfRegions, regionCount, regionRange, regionsOf, regionsOfRanges } from './regions.js';
 import { assert, peerRangesMax, type ByteRange, type Completion, type Epoch, type HostOpId, type Limits, type MirrorLossPolicy, type OpId, type PeerId, type PeerMsg, type SenseInfo, type Seq } from './types.js';
 
@@ -35,10 +35,13 @@ export interface PrimaryEntry extends StoreEntry {
   readonly hostId: HostOpId | undefined;
   /** In-sync mirrors this write was (or will be, after a reconnect) sent to and not yet acked by. */
   readonly waitingMirrors: Set<PeerId>;
-  /** bitmapSet ops that must be durable before the host ack (degraded mirrors miss this write). */
-  readonly bitmapWaits: Set<OpId>;
-  /** The standby's copies of those bits that must be durable there too (issue 16 item 4). */
-  readonly copyWaits: Set<bigint>;
+  /**
+   * bitmapSet ops that must be durable before the host ack (degraded mirrors miss this write):
+   * a count, the ops' waiter lists (Fanout.bitmapWaiters) say which; no Set per host write.
+   */
+  bitmapWaits: number;
+  /** The standby's copies of those bits that must be durable there too (issue 16 item 4); a count, as above (copy.waiters). */
+  copyWaits: number;
   /** Completed: acked to the host (or failed to it). */
   done: boolean;
   /** Mirrors that acked it (a write whose local storage write failed is acked to the host only if one did). */
@@ -490,7 +493,7 @@ export class Fanout implements OpOwner {
     const copy = { peer, ranges, waiters: [] as PrimaryEntry[] };
     this.copies.set(id, copy);
     if (e !== undefined) {
-      e.copyWaits.add(id);
+      e.copyWaits++;
       copy.waiters.push(e);
     }
     if (sb.link === 'ready') this.io.send(sb.peer, { type: 'peerDirty', epoch: this.host.epoch, id, peer, ranges });
@@ -505,7 +508,7 @@ export class Fanout implements OpOwner {
     if (c === undefined || m.peer !== this.cfg.standby) return;
     this.copies.delete(id);
     for (const e of c.waiters) {
-      e.copyWaits.delete(id);
+      e.copyWaits--;
       this.host.tryComplete(e);
     }
   }
@@ -515,13 +518,13 @@ export class Fanout implements OpOwner {
     const waiters = [...this.copies.values()].flatMap((c) => c.waiters);
     this.copies.clear();
     for (const e of waiters) {
-      e.copyWaits.clear();
+      e.copyWaits = 0;
       this.host.tryComplete(e);
     }
   }
 
   private waitBitmap(e: PrimaryEntry, opId: OpId): void {
-    e.bitmapWaits.add(opId);
+    e.bitmapWaits++;
     const list = this.bitmapWaiters.get(opId);
     if (list === undefined) this.bitmapWaiters.set(opId, [e]);
     else list.push(e);
@@ -536,7 +539,7 @@ export class Fanout implements OpOwner {
     const waiters = this.bitmapWaiters.get(ev.opId) ?? [];
     this.bitmapWaiters.delete(ev.opId);
     for (const e of waiters) {
-      e.bitmapWaits.delete(ev.opId);
+      e.bitmapWaits--;
       this.host.tryComplete(e);
     }
   }
@@ -746,17 +749,4 @@ export class Fanout implements OpOwner {
 
 export function writeMsg(e: StoreEntry): PeerMsg {
   return { type: 'write', epoch: e.epoch, seq: e.seq, offsetBytes: e.offsetBytes, lengthBytes: e.lengthBytes, fua: e.fua, payload: e.payload };
-}
-
-/** Index of the first entry of `epoch` with a seq above `seq` (entries are in (epoch, seq) order). */
-function firstAbove(entries: readonly StoreEntry[], epoch: Epoch, seq: Seq): number {
-  let lo = 0;
-  let hi = entries.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    const e = entries[mid]!;
-    if (e.epoch < epoch || (e.epoch === epoch && e.seq <= seq)) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
 }

@@ -503,3 +503,16 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
     return this.suspect.size === 0 && this.queued.length === 0 && this.localInflight === 0 && this.entries.every((e) => e.cached && e.durable && kept(e));
   }
 }
+
+/** Index of the first entry of `epoch` with a seq above `seq` (entries are in (epoch, seq) order). */
+export function firstAbove(entries: readonly StoreEntry[], epoch: Epoch, seq: Seq): number {
+  let lo = 0;
+  let hi = entries.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    const e = entries[mid]!;
+    if (e.epoch < epoch || (e.epoch === epoch && e.seq <= seq)) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}

@@ -27,7 +27,7 @@
 import { Fanout, type FanoutFlush, type FanoutHost, type LinkState, type MirrorSync, type PrimaryEntry } from './fanout.js';
 import { CoreIO, CoreRole, repeatLogIntervalMs, type OpOwner } from './io.js';
 import { epochStepMax } from './upstream.js';
-import { LocalStore } from './local-store.js';
+import { firstAbove, LocalStore } from './local-store.js';
 import { LocalRepair } from './repair.js';
 import { assert, type ByteRange, type CacheEntry, type Completion, type CoreConfig, type CoreEvent, type Epoch, type HeartbeatState, type HostError, type HostOpId, type Limits } from './types.js';
 import type { MirrorLossPolicy, OpId, PeerId, PeerMsg, Recovered, SenseInfo, Seq } from './types.js';
@@ -322,7 +322,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     return {
       epoch: ce.epoch, seq: ce.seq, offsetBytes: ce.offsetBytes, lengthBytes: ce.lengthBytes, fua: ce.fua, payload: ce.payload,
       cached: replayed, inCache: replayed, stored: false, durable: false, sense: undefined,
-      hostId, waitingMirrors: new Set(), bitmapWaits: new Set(), copyWaits: new Set(), done: false, ackedBy: 0,
+      hostId, waitingMirrors: new Set(), bitmapWaits: 0, copyWaits: 0, done: false, ackedBy: 0,
     };
   }
 
@@ -345,7 +345,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
    * host write only if no mirror holds it either.
    */
   tryComplete(e: PrimaryEntry): void {
-    if (e.done || !e.cached || !e.stored || e.waitingMirrors.size > 0 || e.bitmapWaits.size > 0 || e.copyWaits.size > 0) return;
+    if (e.done || !e.cached || !e.stored || e.waitingMirrors.size > 0 || e.bitmapWaits > 0 || e.copyWaits > 0) return;
     e.done = true;
     this.writesInflight--;
     this.bytesInflight -= e.lengthBytes;
@@ -380,15 +380,9 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
 
   private progressFlushes(): void {
     if (this.flushes.length === 0) return;
-    let firstOpen: Seq | undefined;
-    for (const e of this.store.entries) {
-      if (!e.done && e.epoch === this.epoch) {
-        firstOpen = e.seq;
-        break;
-      }
-    }
+    const committed = this.committedSeq();
     for (const f of this.flushes) {
-      if (f.stage === 'waitWrites' && (firstOpen === undefined || firstOpen > f.upTo)) {
+      if (f.stage === 'waitWrites' && committed >= f.upTo) {
         f.stage = 'flushing';
         this.store.flushWhenStored(this.epoch, f.upTo, (sense) => {
           f.localDone = true;
@@ -420,9 +414,24 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
 
   /** The highest seq of this epoch with every write up to it completed (acked by every in-sync site). */
   private committedSeq(): Seq {
-    for (const e of this.store.entries) if (e.epoch === this.epoch && !e.done) return e.seq - 1n;
-    return this.seqNext - 1n;
+    // From the last answer on: a completed write stays completed, so the entries up to it need
+    // no second look (the journal keeps thousands of them until the next storage flush).
+    const entries = this.store.entries;
+    const hint = this.committedHint;
+    let committed = this.seqNext - 1n;
+    for (let i = hint.epoch === this.epoch ? firstAbove(entries, hint.epoch, hint.seq) : 0; i < entries.length; i++) {
+      const e = entries[i]!;
+      if (e.epoch === this.epoch && !e.done) {
+        committed = e.seq - 1n;
+        break;
+      }
+    }
+    this.committedHint = { epoch: this.epoch, seq: committed };
+    return committed;
   }
+
+  /** committedSeq()'s last answer: every entry of that epoch up to that seq is done. */
+  private committedHint: { epoch: Epoch; seq: Seq } = { epoch: -1n, seq: 0n };
 
   /** The per-step epilogue (a standby calls it after `handle`). */
   afterStep(): void {

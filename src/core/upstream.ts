@@ -22,7 +22,7 @@
 // The role around it decides what a valid write, flush, resync region or inSync does.
 
 import type { CoreIO, OpOwner } from './io.js';
-import type { LocalStore, StoreEntry } from './local-store.js';
+import { firstAbove, type LocalStore, type StoreEntry } from './local-store.js';
 import { coarsenRanges, rangesOfRegions, regionsOf } from './regions.js';
 import { assert, peerRangesMax, peerReadBytesMax, type ByteRange, type SenseInfo, type CacheEntry, type Completion, type CoreConfig, type Epoch, type Meta, type OpId, type PeerId, type PeerMsg, type Seq } from './types.js';
 
@@ -317,7 +317,11 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
    */
   advanceAck(entries: readonly StoreEntry[], ready?: (e: StoreEntry) => boolean): void {
     let ack = this.seqAcked;
-    for (const e of entries) {
+    // From the first entry past the ack (entries are in (epoch, seq) order, LocalStore.track):
+    // a scan from the head cost O(journal) per received chunk, and the journal holds every
+    // write until the next storage flush (thousands at 4 KiB).
+    for (let i = firstAbove(entries, this.epoch, this.seqAcked); i < entries.length; i++) {
+      const e = entries[i]!;
       if (e.epoch !== this.epoch || e.seq <= this.seqAcked) continue;
       if (!e.cached || !e.stored) break;
       if (e.sense !== undefined) {
@@ -381,3 +385,4 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
 function noCopy(self: PeerId): SenseInfo {
   return { key: 0x5, asc: 0x20, ascq: 0, message: `${self} keeps no copy of the volume (a cache-only relay)` };
 }
+
