@@ -109,6 +109,11 @@ export class LocalRepair implements OpOwner {
   /** The local storage came back and names what it missed. */
   storageRecovered(ranges: readonly ByteRange[], unknown: boolean): void {
     const regions = suspectRegions(ranges, unknown, this.cfg.volumeBytes, this.cfg.limits.regionBytes);
+    // The repair writes that failed while it was away failed because it was away: the repair
+    // starts again now, not after their backoff (a mirror that holds the regions whole now
+    // may miss writes there later, and then no copy has every block).
+    this.failures = 0;
+    this.retryAtMs = 0;
     if (regions.length === 0) return;
     this.io.log('warn', 'storage_recovered', { regions: regions.length, unknown, effect: 'the regions it missed are read back from the mirrors' });
     this.store.markSuspect(regions, () => this.io.push({ type: 'storageStaleRecorded', ranges }));

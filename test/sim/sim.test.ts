@@ -41,6 +41,13 @@ describe('deterministic simulation of primary + mirrors', () => {
     expect(r.stats.unrecoverable).toBe(0);
   });
 
+  it('seed 6523: repair writes failed while the primary\'s storage was away; once it is back the repair starts at once (not after their backoff), while east still holds the region whole, instead of after east missed writes there too (it lost the acked write)', () => {
+    const r = runSim({ seed: 6523 });
+    expect(r.failures).toEqual([]);
+    expect(r.stats.repaired as number).toBeGreaterThan(0);
+    expect(r.stats.unrecoverable).toBe(0);
+  });
+
   it('is deterministic: the same seed gives the same run', () => {
     const a = runSim({ seed: 4242 });
     const b = runSim({ seed: 4242 });
