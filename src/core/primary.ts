@@ -410,7 +410,8 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     }
   }
 
-  private readonly completed = (e: PrimaryEntry): boolean => e.done;
+  /** Acked (or failed) to the host, and not a failed write the journal keeps for the repair (LocalRepair.keeps). */
+  private readonly completed = (e: PrimaryEntry): boolean => e.done && !this.repair.keeps(e);
 
   /** The highest seq of this epoch with every write up to it completed (acked by every in-sync site). */
   private committedSeq(): Seq {

@@ -19,6 +19,17 @@
 //   lost      a journal entry lost to damage may also be on some mirrors and not others (it
 //             may not have been acked): once its region is repaired from one mirror, it is
 //             dirty for every other mirror (bitmap `lostKey` until then), so all copies agree
+//   journaled a region made suspect only by storage writes that failed here is recorded so
+//             (bitmap `journaledKey`) and the journal keeps those writes (`keeps`) while the
+//             cache has room: then what this copy lacks there is exactly what the journal
+//             holds. A restart forgets which blocks were good and which blocks each mirror
+//             missed, so without it a region a mirror also missed writes in has no source
+//             (issue 16, sim: 16 of 20000 fan-out seeds lost an acked write that way); with it,
+//             the blocks no journal entry covers are good at once and the replay writes the
+//             others. Any other cause (the storage's own report, journal damage, the journal
+//             letting the writes go when the cache fills) marks it uncovered (`uncoveredKey`,
+//             durable before the cause is acted on: before the storage forgets its report,
+//             before the journal drops the writes).
 //
 // The fan-out never resyncs a mirror from a suspect region (Fanout.pickRegion), and the host ack
 // of a write whose local storage write failed waits until its region is recorded suspect and
@@ -34,10 +45,14 @@ import type { MissedBlocks } from './regions.js';
 import type { LocalStore } from './local-store.js';
 import { blocksIn, BlockSet, rangesOfRegions, regionRange, regionsOf } from './regions.js';
 import { suspectRegions } from './suspect.js';
-import { assert, localSuspectKey, type ByteRange, type Completion, type Epoch, type HostError, type HostOpId, type Limits, type PeerId, type PeerMsg, type Recovered } from './types.js';
+import { assert, localSuspectKey, type ByteRange, type Completion, type Epoch, type HostError, type HostOpId, type Limits, type OpId, type PeerId, type PeerMsg, type Recovered } from './types.js';
 
 /** The bitmap key of lost-journal regions that, once repaired, are dirtied for the other mirrors. */
 export const lostKey = '@lost';
+/** The bitmap key of suspect regions whose missing writes the journal holds (see the header). */
+export const journaledKey = '@journaled';
+/** The bitmap key of journaled regions that lost that property (see the header). */
+export const uncoveredKey = '@uncovered';
 
 /** Backoff of the repair after a failed or voided region read. */
 export const repairRetryMsMin = 100;
@@ -74,6 +89,13 @@ export class LocalRepair implements OpOwner {
   private failures = 0;
   private retryAtMs = 0;
   private repaired = 0;
+  /** Suspect regions recorded journaled (bitmap `journaledKey`, see the header). */
+  private readonly journaled = new Set<number>();
+  /**
+   * Suspect regions with a cause the journal does not hold: persisted (`uncoveredKey`; an op
+   * until durable) where they were journaled, else only known here (they never were).
+   */
+  private readonly uncovered = new Map<number, OpId | 'set'>();
 
   constructor(
     private readonly io: CoreIO,
@@ -89,21 +111,102 @@ export class LocalRepair implements OpOwner {
     this.store.start(rec.dirtyRegions.get(localSuspectKey) ?? []);
     for (const r of rec.dirtyRegions.get(lostKey) ?? []) this.lost.add(r);
     const lost = rec.lost;
-    if (lost === undefined || (lost.ranges.length === 0 && !lost.unknown)) return;
-    const regions = suspectRegions(lost.ranges, lost.unknown, this.cfg.volumeBytes, rb);
-    this.io.log('error', 'journal_damage', {
-      lostRanges: lost.ranges.length, unknown: lost.unknown, regions: regions.length,
-      effect: 'writes are missing from the primary\'s journal: their regions are read back from a mirror that holds them, then resynced to the others',
-    });
-    const fresh = regions.filter((r) => !this.lost.has(r));
-    for (const r of fresh) this.lost.add(r);
-    if (fresh.length > 0) this.io.push({ type: 'bitmapSet', opId: this.io.op(this), peer: lostKey, regions: fresh });
-    this.store.markSuspect(regions);
+    if (lost !== undefined && (lost.ranges.length > 0 || lost.unknown)) {
+      const regions = suspectRegions(lost.ranges, lost.unknown, this.cfg.volumeBytes, rb);
+      this.io.log('error', 'journal_damage', {
+        lostRanges: lost.ranges.length, unknown: lost.unknown, regions: regions.length,
+        effect: 'writes are missing from the primary\'s journal: their regions are read back from a mirror that holds them, then resynced to the others',
+      });
+      const fresh = regions.filter((r) => !this.lost.has(r));
+      for (const r of fresh) this.lost.add(r);
+      if (fresh.length > 0) this.io.push({ type: 'bitmapSet', opId: this.io.op(this), peer: lostKey, regions: fresh });
+      this.store.markSuspect(regions);
+    }
+    this.trustJournaled(rec);
   }
+
+  /**
+   * At start: a suspect region recorded journaled, never uncovered and not lost holds every
+   * block right except those the journal's entries cover, which their replay writes (stored()
+   * counts each as it lands). Every other suspect region is repaired from the mirrors.
+   */
+  private trustJournaled(rec: Recovered): void {
+    const rb = this.cfg.limits.regionBytes;
+    for (const r of rec.dirtyRegions.get(journaledKey) ?? []) this.journaled.add(r);
+    for (const r of rec.dirtyRegions.get(uncoveredKey) ?? []) this.uncovered.set(r, 'set');
+    let trusted = 0;
+    for (const r of this.store.suspect.keys()) {
+      if (!this.journaled.has(r) || this.uncovered.has(r) || this.lost.has(r)) {
+        this.uncovered.set(r, 'set');
+        continue;
+      }
+      const good = this.goodOf(r);
+      const replayed = new BlockSet(good.blocks);
+      for (const ce of rec.cacheEntries) {
+        if (!regionsOf(ce.offsetBytes, ce.lengthBytes, rb).includes(r)) continue;
+        const [from, to] = blocksIn(r, rb, this.cfg.blockBytes, ce.offsetBytes, ce.lengthBytes);
+        for (let b = from; b < to; b++) replayed.add(b);
+      }
+      for (let b = 0; b < good.blocks; b++) if (!replayed.has(b)) good.add(b);
+      trusted++;
+    }
+    if (trusted > 0) this.io.log('info', 'local_regions_journaled', { regions: trusted, effect: 'what this copy lacks there is in the journal: its replay repairs them, no mirror needed' });
+  }
+
+  /**
+   * Whether the journal keeps `e` past its host ack (the primary's drop rule): a write its
+   * storage failed, while a region of it is suspect and journaled. When the cache is half
+   * full those regions are marked uncovered first, and `e` goes once that is durable.
+   */
+  keeps(e: PrimaryEntry): boolean {
+    if (e.sense === undefined || !e.inCache || this.store.suspect.size === 0) return false;
+    const wanted: number[] = [];
+    let keep = false;
+    for (const r of regionsOf(e.offsetBytes, e.lengthBytes, this.cfg.limits.regionBytes)) {
+      if (!this.store.suspect.has(r) || !this.journaled.has(r)) continue;
+      const u = this.uncovered.get(r);
+      if (u === 'set') continue;
+      keep = true;
+      if (u === undefined) wanted.push(r);
+    }
+    if (keep && wanted.length > 0 && this.store.cacheBytes * 4 > this.cfg.limits.cacheBytesMax * 3) this.uncover(wanted, undefined);
+    return keep;
+  }
+
+  /** Persists `regions` uncovered where they were journaled; `then` runs once that is durable. */
+  private uncover(regions: readonly number[], then: (() => void) | undefined): void {
+    const persist: number[] = [];
+    const waitOn = new Set<OpId>();
+    for (const r of regions) {
+      const u = this.uncovered.get(r);
+      if (u === undefined && this.journaled.has(r)) persist.push(r);
+      else if (u === undefined) this.uncovered.set(r, 'set'); // never journaled: nothing to persist
+      else if (u !== 'set') waitOn.add(u);
+    }
+    if (persist.length > 0) {
+      const opId = this.io.op(this);
+      for (const r of persist) this.uncovered.set(r, opId);
+      this.io.push({ type: 'bitmapSet', opId, peer: uncoveredKey, regions: persist });
+      waitOn.add(opId);
+    }
+    if (then === undefined) return;
+    if (waitOn.size === 0) {
+      then();
+      return;
+    }
+    let left = waitOn.size;
+    for (const opId of waitOn) (this.uncoverWaits.get(opId) ?? this.uncoverWaits.set(opId, []).get(opId)!).push(() => --left === 0 && then());
+  }
+
+  private readonly uncoverWaits = new Map<OpId, (() => void)[]>();
 
   /** Only bitmapSet of `lostKey` completes here; nothing waits on it (the suspect record covers the window). */
   onDone(ev: Completion): void {
     assert(ev.type === 'bitmapPersisted', () => `${this.io.self}: ${ev.type} for a repair op ${ev.opId}`);
+    for (const [r, u] of this.uncovered) if (u === ev.opId) this.uncovered.set(r, 'set');
+    const waits = this.uncoverWaits.get(ev.opId);
+    this.uncoverWaits.delete(ev.opId);
+    for (const w of waits ?? []) w();
   }
 
   /** The local storage came back and names what it missed. */
@@ -116,7 +219,29 @@ export class LocalRepair implements OpOwner {
     this.retryAtMs = 0;
     if (regions.length === 0) return;
     this.io.log('warn', 'storage_recovered', { regions: regions.length, unknown, effect: 'the regions it missed are read back from the mirrors' });
-    this.store.markSuspect(regions, () => this.io.push({ type: 'storageStaleRecorded', ranges }));
+    // What it missed in a region suspect and journaled is what failed there (those writes the
+    // journal keeps; a failed repair write there carried blocks right either way); anywhere
+    // else, or when it cannot say what it missed, the region is uncovered: durably so before
+    // the storage forgets its report.
+    // (A region still being recorded suspect for a failed write counts: the report may come
+    // before that record completes.)
+    const uncovered = unknown ? regions : regions.filter((r) => !(this.store.suspect.has(r) && !this.uncovered.has(r)));
+    const rb = this.cfg.limits.regionBytes;
+    for (const x of ranges) {
+      for (const r of regionsOf(x.offsetBytes, x.lengthBytes, rb)) {
+        const good = this.good.get(r);
+        if (good === undefined) continue;
+        const [from, to] = blocksIn(r, rb, this.cfg.blockBytes, x.offsetBytes, x.lengthBytes);
+        for (let b = from; b < to; b++) good.delete(b);
+      }
+    }
+    if (unknown) for (const r of regions) this.good.delete(r);
+    let left = 2;
+    const both = (): void => {
+      if (--left === 0) this.io.push({ type: 'storageStaleRecorded', ranges });
+    };
+    this.uncover(uncovered, both);
+    this.store.markSuspect(regions, both);
   }
 
   /** A write was cached (it goes to the mirrors now): a region read out for repair there must not get its blocks. */
@@ -134,6 +259,17 @@ export class LocalRepair implements OpOwner {
   stored(e: PrimaryEntry, ok: boolean): void {
     if (this.store.suspect.size === 0) return;
     const rb = this.cfg.limits.regionBytes;
+    // Failed (its regions are durably suspect by now): a region no other cause made suspect is journaled.
+    // Every other block of such a region is right here (the loop below takes this write's out).
+    if (!ok && e.inCache) {
+      const fresh = regionsOf(e.offsetBytes, e.lengthBytes, rb).filter((r) => this.store.suspect.has(r) && !this.journaled.has(r) && !this.uncovered.has(r));
+      for (const r of fresh) {
+        this.journaled.add(r);
+        const good = this.goodOf(r);
+        for (let b = 0; b < good.blocks; b++) good.add(b);
+      }
+      if (fresh.length > 0) this.io.push({ type: 'bitmapSet', opId: this.io.op(this), peer: journaledKey, regions: fresh });
+    }
     const done: number[] = [];
     for (const r of regionsOf(e.offsetBytes, e.lengthBytes, rb)) {
       if (!this.store.suspect.has(r)) continue;
@@ -232,6 +368,15 @@ export class LocalRepair implements OpOwner {
         this.finish([r], undefined);
         continue;
       }
+      // Journaled: the blocks it lacks are in the journal's failed writes, written back from there.
+      if (this.journaled.has(r) && !this.uncovered.has(r) && !this.lost.has(r)) {
+        const fromJournal = this.repairFromJournal(r, range, good);
+        if (fromJournal === 'wait') continue;
+        if (fromJournal === 'writing') {
+          inflight++;
+          continue;
+        }
+      }
       // A mirror that holds some block this copy lacks (the best: all of them); the blocks it
       // missed too stay for another mirror, or are given up once none can serve them.
       const takeFrom = (missed: MissedBlocks | 'all' | undefined): BlockSet | undefined => {
@@ -253,6 +398,69 @@ export class LocalRepair implements OpOwner {
       inflight++;
     }
     this.checkStuck(sourceless);
+  }
+
+  /** The newest journal entry covering each block of region `r` (undefined: none). */
+  private newestCovering(r: number, range: ByteRange, blocks: number): (PrimaryEntry | undefined)[] {
+    const rb = this.cfg.limits.regionBytes;
+    const owner = new Array<PrimaryEntry | undefined>(blocks).fill(undefined);
+    const entries = this.store.entries;
+    for (let i = entries.length - 1; i >= 0; i--) {
+      const e = entries[i]!;
+      if (!overlaps(e, range)) continue;
+      const [from, to] = blocksIn(r, rb, this.cfg.blockBytes, e.offsetBytes, e.lengthBytes);
+      for (let b = from; b < to; b++) owner[b] ??= e;
+    }
+    return owner;
+  }
+
+  /**
+   * Writes back, from the journal, the blocks of a journaled region whose newest write failed
+   * here ('writing'); 'wait' while a newer write there is on its way to storage; 'none' when
+   * the journal holds none of the blocks it lacks (then the mirrors are asked).
+   */
+  private repairFromJournal(r: number, range: ByteRange, good: BlockSet): 'writing' | 'wait' | 'none' {
+    const owner = this.newestCovering(r, range, good.blocks);
+    const runs: { e: PrimaryEntry; from: number; to: number }[] = [];
+    for (let b = 0; b < good.blocks; b++) {
+      if (good.has(b)) continue;
+      const e = owner[b];
+      if (e === undefined) continue;
+      if (!e.stored) return 'wait';
+      if (e.sense === undefined || !e.inCache) continue;
+      const last = runs[runs.length - 1];
+      if (last !== undefined && last.e === e && last.to === b) last.to = b + 1;
+      else runs.push({ e, from: b, to: b + 1 });
+    }
+    if (runs.length === 0) return 'none';
+    this.writing.add(r);
+    const bb = this.cfg.blockBytes;
+    let left = runs.length;
+    let failure: string | undefined;
+    for (const run of runs) {
+      const at = range.offsetBytes + run.from * bb;
+      const end = Math.min(range.offsetBytes + run.to * bb, range.offsetBytes + range.lengthBytes);
+      this.store.writeRegion(at, run.e.payload.subarray(at - run.e.offsetBytes, end - run.e.offsetBytes), (sense) => {
+        if (sense !== undefined) failure ??= sense.message;
+        else {
+          // Only where it is still the newest write (one that came meanwhile counts for itself).
+          const now = this.newestCovering(r, range, good.blocks);
+          for (let b = run.from; b < run.to; b++) if (now[b] === run.e) good.add(b);
+        }
+        if (--left > 0) return;
+        this.writing.delete(r);
+        if (failure !== undefined) {
+          this.failed(r, this.io.self, failure);
+          return;
+        }
+        this.failures = 0;
+        if (!good.full() || this.store.suspect.get(r) !== 'set') return;
+        this.repaired++;
+        this.finish([r], undefined);
+        if (this.store.suspect.size === 0) this.io.log('info', 'local_copy_repaired', { regions: this.repaired, from: 'journal' });
+      });
+    }
+    return 'writing';
   }
 
   /**
@@ -289,7 +497,14 @@ export class LocalRepair implements OpOwner {
       this.io.push({ type: 'bitmapClear', peer: lostKey, regions: lostNow });
     }
     this.store.clearSuspect(regions);
-    for (const r of regions) if (!this.store.suspect.has(r)) this.good.delete(r);
+    const clean = regions.filter((r) => !this.store.suspect.has(r));
+    for (const r of clean) this.good.delete(r);
+    // Clean: whatever these records said no longer matters (a stale one describes a region
+    // that was right when it was cleared, so neither needs to be durable).
+    const wasJournaled = clean.filter((r) => this.journaled.delete(r));
+    const wasUncovered = clean.filter((r) => this.uncovered.delete(r));
+    if (wasJournaled.length > 0) this.io.push({ type: 'bitmapClear', peer: journaledKey, regions: wasJournaled });
+    if (wasUncovered.length > 0) this.io.push({ type: 'bitmapClear', peer: uncoveredKey, regions: wasUncovered });
   }
 
   onReadData(peer: PeerId, m: Extract<PeerMsg, { type: 'readData' }>): void {

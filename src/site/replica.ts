@@ -10,7 +10,7 @@
 import { performance } from 'node:perf_hooks';
 import { regionCount } from '../core/regions.js';
 import { defaultLimits, localSuspectKey, type CoreEvent, type Epoch, type Limits, type Recovered } from '../core/types.js';
-import { lostKey } from '../core/repair.js';
+import { journaledKey, lostKey, uncoveredKey } from '../core/repair.js';
 import type { LogLevel } from '../core/types.js';
 import { chooseCore, type ActingRole, type CoreSite, type SiteCore } from './cores.js';
 import { JournalPortImpl, statePort, storagePort, type SiteDevices } from './devices.js';
@@ -195,7 +195,7 @@ export class Replica {
     }
     // Besides the peers' bitmaps: this site's own suspect regions, the primary's lost-journal
     // regions, and a standby's copies of its primary's bits (issue 16 items 2-4).
-    const dirtyRegions = await this.dev.bitmaps.load([...peers, ...this.sc.copyPeers, localSuspectKey, lostKey]);
+    const dirtyRegions = await this.dev.bitmaps.load([...peers, ...this.sc.copyPeers, localSuspectKey, lostKey, journaledKey, uncoveredKey]);
     const cacheEntries = this.journalPort.recovered(this.dev.recoveredEntries);
     if (cacheEntries.length > 0) this.log.info({ event: 'cache-replay', entries: cacheEntries.length }, `replaying ${cacheEntries.length} write(s) left in the cache`);
     const lost = this.journalDamage();

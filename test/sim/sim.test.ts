@@ -45,6 +45,12 @@ describe('deterministic simulation of primary + mirrors', () => {
     const r = runSim({ seed: 6523 });
     expect(r.failures).toEqual([]);
     expect(r.stats.repaired as number).toBeGreaterThan(0);
+  });
+
+  it('seed 3026: east misses writes in regions whose writes the primary\'s own storage failed, then the primary restarts: the journal kept those failed writes and recorded the regions journaled, so the restart trusts the other blocks and the replay (or the repair from the journal) writes the rest; before, no copy held every block and an acked write was lost', () => {
+    const r = runSim({ seed: 3026 });
+    expect(r.failures).toEqual([]);
+    expect(r.stats.writeErrors as number).toBeGreaterThan(0);
     expect(r.stats.unrecoverable).toBe(0);
   });
 
