@@ -10,11 +10,11 @@ import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
 import { prepareLoopbackCluster } from '../site/prepare.js';
 import { preparePki } from '../site/pki.js';
 import { restartPolicyDefault, startCluster } from './cluster.js';
-import { packageRoot, shellCommand } from './package-root.js';
+import { defaultClusterFile } from './defaults.js';
+import { shellCommand } from './package-root.js';
 import { fetchStatus, statusTimeoutMs, type StatusResult } from './status.js';
 import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
 
-export const defaultClusterFile = join(packageRoot, 'targets', 'loopback', 'cluster.yaml');
 /** How often the live status line refreshes. */
 export const statusRefreshMs = 1000;
 

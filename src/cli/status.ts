@@ -7,14 +7,12 @@ import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, parseAddress } from '../site/config.js';
 import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
-import { defaultClusterFile } from './start.js';
+import { defaultAdmin, defaultClusterFile } from './defaults.js';
 import { parseSiteStatus, type FailoverRecord, type PeerStatus, type SiteStatus } from '../site/status.js';
 import { formatBytes } from '../site/units.js';
 
 /** A site that does not answer within this is shown as unreachable. */
 export const statusTimeoutMs = 3_000;
-/** The admin address of the default loopback cluster (targets/loopback). */
-export const defaultAdmin = '127.0.0.1:9400';
 /** A status answer is a few KiB; anything far larger is not a geomirror site. */
 export const statusBodyCharsMax = 1024 * 1024;
 

@@ -11,7 +11,7 @@
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
 import { adminCredentials, adminRequest } from './admin-client.js';
-import { defaultClusterFile } from './start.js';
+import { defaultClusterFile } from './defaults.js';
 
 /** Draining a primary may take a while (the site bounds it at 30 s). */
 const requestTimeoutMs = 45_000;
