@@ -3,7 +3,7 @@
 // naming the key path, site or device and the fix. Exit 1 when a site would not start.
 import { relative } from 'node:path';
 import type { Command } from 'commander';
-import { checkClusterFile, type CheckFinding, type CheckReport } from '../site/check.js';
+import type { CheckFinding, CheckReport } from '../site/check.js';
 
 /** The findings as a table: LEVEL, WHERE (key path, line:column), PROBLEM, FIX. */
 export function formatCheckTable(report: CheckReport, cwd = process.cwd()): string {
@@ -50,6 +50,9 @@ there are none (warnings say what geomirror start or geomirror pki would create,
 transport: insecure is on).`,
     )
     .action(async (opts: { config: string; site?: string; json?: boolean }) => {
+      // Loaded here, not at the top: the checks (config loader, X.509) are most of what the
+      // command loads, and `geomirror --help` must not pay for them (issue 19).
+      const { checkClusterFile } = await import('../site/check.js');
       const report = await checkClusterFile(opts.config, opts.site !== undefined ? { site: opts.site } : {});
       process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatCheckTable(report)}\n`);
       process.exitCode = report.findings.some((f) => f.severity === 'problem') ? 1 : 0;

@@ -7,8 +7,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
-import { ConfigError, loadConfig } from '../site/config.js';
-import { preparePki } from '../site/pki.js';
 import { packageRoot, shellCommand } from './package-root.js';
 import type { SiteReadyMessage } from './site.js';
 
@@ -267,6 +265,9 @@ dies (with its exit code or signal) and when it is restarted. Ctrl-C or SIGTERM 
 site; the exit code is 0 when all stopped cleanly, 1 when a site failed.`,
     )
     .action(async (opts: { config: string; restart?: boolean }) => {
+      // Loaded here, not at the top: `geomirror --help` and `geomirror start` (which imports
+      // startCluster) must not pay for the config loader and X.509 (issue 19).
+      const [{ ConfigError, loadConfig }, { preparePki }] = await Promise.all([import('../site/config.js'), import('../site/pki.js')]);
       let configFile: string;
       let sites: string[];
       try {

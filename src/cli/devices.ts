@@ -4,7 +4,6 @@
 // its wording live in hal/devices.ts (hal owns what a device is); this file only wires the
 // command. Listing never opens or claims a device, so it is safe next to a mounted disk.
 import type { Command } from 'commander';
-import { formatDevices, listDevices } from '../../hal/devices.js';
 
 export function registerDevices(program: Command): void {
   program
@@ -26,6 +25,8 @@ Examples:
   $ geomirror devices --json | jq '.block.devices[] | select(.inUse == null) | .deviceString'`,
     )
     .action(async (opts: { json?: boolean; devDir: string }) => {
+      // Loaded here: the discovery (USB, serial, sysfs) is not for `geomirror --help` (issue 19).
+      const { formatDevices, listDevices } = await import('../../hal/devices.js');
       const list = await listDevices({ devDir: opts.devDir });
       process.stdout.write(opts.json ? `${JSON.stringify(list, null, 2)}\n` : formatDevices(list));
     });

@@ -4,7 +4,8 @@
 // one line per event. --now prints what exists at every site and exits; without it the command
 // first prints what exists, then follows, reconnecting (with backoff) to a site that went away
 // and saying so.
-import type { Command } from 'commander';
+// The command line (its options and help) is events-command.ts, which loads this module
+// when the command runs.
 import { parseAddress } from '../site/config.js';
 import type { EventWhat, SiteEvent } from '../site/events.js';
 import { adminStream, type AdminCredentials } from './admin-client.js';
@@ -148,52 +149,39 @@ export async function eventsFollow(targets: readonly StatusTarget[], creds: Admi
   await Promise.all(targets.map(follow));
 }
 
-export function registerEvents(program: Command): void {
-  program
-    .command('events')
-    .description('one stream of state changes from every site: roles, epochs, links, sync and resync progress, failovers, fences, cache, devices')
-    .option('-c, --config <file>', 'follow every site of a cluster file that has an admin address')
-    .option('-a, --admin <host:port>', 'follow one site\'s admin address (default 127.0.0.1:9400 when no --config; with --config: only that address)')
-    .option('--now', 'print the current state of every site and exit')
-    .option('--json', 'one JSON object per line (NDJSON)')
-    .addHelpText(
-      'after',
-      `
-Examples:
-  $ geomirror events --config targets/loopback/cluster.yaml
-  $ geomirror events --config targets/loopback/cluster.yaml --now --json | jq .
+/** What `geomirror events` is given (src/cli/events-command.ts declares the options). */
+export interface EventsCliOptions {
+  config?: string;
+  admin?: string;
+  now?: boolean;
+  json?: boolean;
+}
 
-Like drbdsetup events2: first what exists at each site ("exists:"), then one line per change
-(time, site, what changed), until Ctrl-C. A site that goes away is retried and named. With
---now, exit code 1 when a site does not answer. The admin port is HTTPS and authenticated: a
-one-time token from the cluster key (the file's secret:), or the client certificate in
-GEOMIRROR_CLIENT_CERT_DIR.`,
-    )
-    .action(async (opts: { config?: string; admin?: string; now?: boolean; json?: boolean }) => {
-      let targets: StatusTarget[];
-      let creds: AdminCredentials;
-      try {
-        ({ targets, creds } = statusTargets(opts));
-      } catch (e) {
-        process.stderr.write(`geomirror events: ${(e as Error).message}\n`);
-        process.exitCode = 1;
-        return;
-      }
-      const out: Out = process.stdout;
-      const width = Math.max(...targets.map((t) => t.name.length));
-      const print = (e: CliEvent): void => void out.write(opts.json ? `${JSON.stringify(e)}\n` : `${formatEvent(e, width)}\n`);
-      if (opts.now) {
-        const failed = await eventsNow(targets, creds, print);
-        for (const f of failed) process.stderr.write(`${f.target.name} (${f.target.admin}): ${f.error}\n`);
-        process.exitCode = failed.length > 0 ? 1 : 0;
-        return;
-      }
-      const abort = new AbortController();
-      const onSignal = (): void => abort.abort();
-      process.once('SIGINT', onSignal);
-      process.once('SIGTERM', onSignal);
-      await eventsFollow(targets, creds, print, abort.signal);
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    });
+/** `geomirror events`: what exists at every site, then (without --now) every change until Ctrl-C; with --now, exit code 1 when a site does not answer. */
+export async function eventsCommand(opts: EventsCliOptions): Promise<void> {
+  let targets: StatusTarget[];
+  let creds: AdminCredentials;
+  try {
+    ({ targets, creds } = statusTargets(opts));
+  } catch (e) {
+    process.stderr.write(`geomirror events: ${(e as Error).message}\n`);
+    process.exitCode = 1;
+    return;
+  }
+  const out: Out = process.stdout;
+  const width = Math.max(...targets.map((t) => t.name.length));
+  const print = (e: CliEvent): void => void out.write(opts.json ? `${JSON.stringify(e)}\n` : `${formatEvent(e, width)}\n`);
+  if (opts.now) {
+    const failed = await eventsNow(targets, creds, print);
+    for (const f of failed) process.stderr.write(`${f.target.name} (${f.target.admin}): ${f.error}\n`);
+    process.exitCode = failed.length > 0 ? 1 : 0;
+    return;
+  }
+  const abort = new AbortController();
+  const onSignal = (): void => abort.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  await eventsFollow(targets, creds, print, abort.signal);
+  process.off('SIGINT', onSignal);
+  process.off('SIGTERM', onSignal);
 }

@@ -3,10 +3,6 @@
 // (issue 11). The work is in targets/rpi/flash.ts; this file is the command line and the question.
 import { createInterface } from 'node:readline/promises';
 import type { Command } from 'commander';
-import { ConfigError } from '../site/config.js';
-import { flash, FlashError } from '../../targets/rpi/flash.js';
-import { PartitionTableError } from '../../targets/rpi/mbr.js';
-import { TargetRefused } from '../../targets/rpi/target-check.js';
 
 interface FlashCliOptions {
   image: string;
@@ -48,6 +44,14 @@ Refuses a target that is mounted or holds the running system, and an image witho
 partition. Files go into the boot partition with mtools (no mounting, no root for a file target).`,
     )
     .action(async (opts: FlashCliOptions) => {
+      // Loaded here, not at the top: the image writer and its checks are not for
+      // `geomirror --help` (issue 19).
+      const [{ ConfigError }, { flash, FlashError }, { PartitionTableError }, { TargetRefused }] = await Promise.all([
+        import('../site/config.js'),
+        import('../../targets/rpi/flash.js'),
+        import('../../targets/rpi/mbr.js'),
+        import('../../targets/rpi/target-check.js'),
+      ]);
       try {
         await flash({
           image: opts.image,

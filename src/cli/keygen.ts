@@ -1,6 +1,5 @@
 // `geomirror keygen`: the cluster key every site authenticates with (src/site/key.ts).
 import type { Command } from 'commander';
-import { clusterKeyBytes, generateKeyHex, writeKeyFile } from '../site/key.js';
 
 export function registerKeygen(program: Command): void {
   program
@@ -16,7 +15,9 @@ Examples:
   $ geomirror keygen                              # print a key, e.g. for secret: <hex> inline
   $ geomirror keygen --out data/cluster.key --force`,
     )
-    .action((opts: { out?: string; force?: boolean }) => {
+    .action(async (opts: { out?: string; force?: boolean }) => {
+      // Loaded here: `geomirror --help` loads the command line only (issue 19).
+      const { clusterKeyBytes, generateKeyHex, writeKeyFile } = await import('../site/key.js');
       if (opts.out === undefined) {
         process.stdout.write(`${generateKeyHex()}\n`);
         return;

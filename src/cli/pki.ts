@@ -7,17 +7,25 @@
 import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
-import { clientCertDir, createCa, issueClientCert, issueSiteCert, preparePki, rollCa, siteCertFiles, splitPem, type CreatedFile } from '../site/pki.js';
-import { defaultClusterFile } from './start.js';
+import type { ClusterConfig } from '../site/config.js';
+import type { CreatedFile } from '../site/pki.js';
+import { defaultClusterFile } from './defaults.js';
 
 function report(files: CreatedFile[]): void {
   for (const f of files) process.stdout.write(`wrote ${f.what}: ${f.path}\n`);
 }
 
-async function withConfig(file: string, fn: (config: ClusterConfig) => Promise<void>): Promise<void> {
+type Pki = typeof import('../site/pki.js');
+
+/**
+ * Runs one pki command on the cluster file; a failure is one line and exit code 1. The config
+ * loader and the PKI (X.509) are loaded here, when a command runs: `geomirror --help` must not
+ * pay for them (issue 19).
+ */
+async function withConfig(file: string, fn: (config: ClusterConfig, pki: Pki) => Promise<void>): Promise<void> {
+  const [{ ConfigError, loadConfig }, pki] = await Promise.all([import('../site/config.js'), import('../site/pki.js')]);
   try {
-    await fn(loadConfig(file));
+    await fn(loadConfig(file), pki);
   } catch (e) {
     process.stderr.write(`geomirror pki: ${e instanceof ConfigError ? e.message : (e as Error).message}\n`);
     process.exitCode = 1;
@@ -44,7 +52,7 @@ site-NAME.key (each site needs ca.crt and its own pair). Rotation: docs/OPERATIO
   const cfg = (c: Command) => c.option('-c, --config <file>', 'the cluster file', defaultClusterFile);
 
   cfg(pki.command('init').description('create the CA (if missing) and every site certificate that is missing')).action(async (o: { config: string }) =>
-    withConfig(o.config, async (config) => {
+    withConfig(o.config, async (config, { preparePki }) => {
       if (config.transport === 'insecure') process.stderr.write('note: this cluster runs transport: insecure; the certificates are used once you remove that key\n');
       const { created } = await preparePki({ ...config, transport: 'tls' });
       if (created.length === 0) process.stdout.write(`nothing to do: the CA and every site certificate exist under ${config.tls.dir}\n`);
@@ -57,7 +65,7 @@ site-NAME.key (each site needs ca.crt and its own pair). Rotation: docs/OPERATIO
     .option('-f, --force', 'replace an existing key and certificate (renewal)')
     .option('--days <n>', 'validity in days', '365')
     .action(async (o: { config: string; site: string; force?: boolean; days: string }) =>
-      withConfig(o.config, async (config) => report(await issueSiteCert(config, o.site, { force: o.force === true, validDays: Number(o.days) }))),
+      withConfig(o.config, async (config, { issueSiteCert }) => report(await issueSiteCert(config, o.site, { force: o.force === true, validDays: Number(o.days) }))),
     );
 
   cfg(pki.command('client').description('issue a client certificate (ca-cert.pem, client-cert.pem, client-key.pem: the layout nbdinfo tls-certificates= and qemu tls-creds-x509 read)'))
@@ -66,7 +74,7 @@ site-NAME.key (each site needs ca.crt and its own pair). Rotation: docs/OPERATIO
     .option('-f, --force', 'replace existing files')
     .option('--days <n>', 'validity in days', '365')
     .action(async (o: { config: string; name: string; out?: string; force?: boolean; days: string }) =>
-      withConfig(o.config, async (config) => report(await issueClientCert(config, o.name, o.out ?? clientCertDir(config, o.name), { force: o.force === true, validDays: Number(o.days) }))),
+      withConfig(o.config, async (config, { clientCertDir, issueClientCert }) => report(await issueClientCert(config, o.name, o.out ?? clientCertDir(config, o.name), { force: o.force === true, validDays: Number(o.days) }))),
     );
 
   cfg(pki.command('roll-ca').description('replace the CA without stopping the cluster: --start (trust old + new), re-issue every site, --finish (trust only the new)'))
@@ -74,7 +82,7 @@ site-NAME.key (each site needs ca.crt and its own pair). Rotation: docs/OPERATIO
     .option('--finish', 'ca.crt holds only the new CA; the old key is removed')
     .option('-f, --force', 'finish even though some site certificates are still from the old CA')
     .action(async (o: { config: string; start?: boolean; finish?: boolean; force?: boolean }) =>
-      withConfig(o.config, async (config) => {
+      withConfig(o.config, async (config, { rollCa }) => {
         if (o.start === o.finish) throw new Error('give --start or --finish');
         report(await rollCa(config, o.start ? 'start' : 'finish', o.force === true));
         if (o.start) process.stdout.write(`next: copy ${config.tls.caCert} to every site, then for each site: geomirror pki issue --config ${config.file} --site NAME --force (and copy its pair), then: geomirror pki roll-ca --finish\n`);
@@ -82,11 +90,11 @@ site-NAME.key (each site needs ca.crt and its own pair). Rotation: docs/OPERATIO
     );
 
   cfg(pki.command('new-ca').description('create a CA for a new cluster (refuses to replace one: use roll-ca)')).action(async (o: { config: string }) =>
-    withConfig(o.config, async (config) => report(await createCa(config))),
+    withConfig(o.config, async (config, { createCa }) => report(await createCa(config))),
   );
 
   cfg(pki.command('show').description('list the CA(s) and site certificates with their expiry')).action(async (o: { config: string }) =>
-    withConfig(o.config, async (config) => {
+    withConfig(o.config, async (config, { siteCertFiles, splitPem }) => {
       const line = (what: string, path: string): void => {
         if (!existsSync(path)) return void process.stdout.write(`${what.padEnd(16)} missing (${path})\n`);
         for (const pem of splitPem(readFileSync(path, 'utf8'))) {

@@ -3,7 +3,6 @@
 // manager that spawned it goes away (its IPC channel closes), so no site outlives a killed
 // manager.
 import type { Command } from 'commander';
-import { ConfigError, loadConfig } from '../site/config.js';
 import type { RunningSite } from '../site/run.js';
 
 /** The message a site sends its cluster manager over IPC once it is serving. */
@@ -41,9 +40,9 @@ GEOMIRROR_LOG_LEVEL=debug|info|warn). Ctrl-C or SIGTERM stops the site cleanly.`
 }
 
 async function siteCommand(configFile: string, siteName: string): Promise<number> {
-  // Loaded here, not at the top: the whole site (net, nbd, metrics, devices) is most of what
-  // the command loads, and `geomirror --help` or `status` must not pay for it.
-  const { runSite, StartupError } = await import('../site/run.js');
+  // Loaded here, not at the top: the whole site (config, net, nbd, metrics, devices) is most of
+  // what the command loads, and `geomirror --help` or `status` must not pay for it.
+  const [{ ConfigError, loadConfig }, { runSite, StartupError }] = await Promise.all([import('../site/config.js'), import('../site/run.js')]);
   let running: RunningSite;
   try {
     running = await runSite(loadConfig(configFile), siteName);

@@ -3,18 +3,18 @@
 // process, prints the NBD URI, the replica paths and a try-it line, then a live one-line status
 // until Ctrl-C, which stops every site cleanly. Site logs go to a file so the status line stays
 // readable.
+// The command line (its options and help) is start-command.ts, which loads this module
+// when the command runs.
 import { createWriteStream, mkdirSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
-import type { Command } from 'commander';
 import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
 import { prepareLoopbackCluster } from '../site/prepare.js';
 import { preparePki } from '../site/pki.js';
 import { restartPolicyDefault, startCluster } from './cluster.js';
-import { packageRoot, shellCommand } from './package-root.js';
+import { shellCommand } from './package-root.js';
 import { fetchStatus, statusTimeoutMs, type StatusResult } from './status.js';
 import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
 
-export const defaultClusterFile = join(packageRoot, 'targets', 'loopback', 'cluster.yaml');
 /** How often the live status line refreshes. */
 export const statusRefreshMs = 1000;
 
@@ -160,26 +160,4 @@ export async function runStart(configFile: string): Promise<number> {
   log.end();
   process.stdout.write(`\nevery site stopped${code === 0 ? ' cleanly' : ' (some with errors: see the log)'}\n`);
   return code;
-}
-
-export function registerStart(program: Command): void {
-  program
-    .command('start')
-    .description('run the demo cluster on loopback files (what npm start runs): create files and key, start every site, show live status')
-    .option('-c, --config <file>', 'the cluster file', defaultClusterFile)
-    .addHelpText(
-      'after',
-      `
-Examples:
-  $ geomirror start                       # what npm start runs
-  $ geomirror start --config targets/loopback/mixed.yaml
-
-First run creates sparse loopback files and the cluster key next to the cluster file. Site
-logs go to data/cluster.log beside it; a site that dies is named on the terminal (with its
-exit code or signal) and restarted, with backoff, at most ${restartPolicyDefault.attemptsMax} times in a row. Ctrl-C stops
-every site; a second Ctrl-C kills them.`,
-    )
-    .action(async (opts: { config: string }) => {
-      process.exitCode = await runStart(opts.config);
-    });
 }

@@ -3,18 +3,17 @@
 // row per site. A mirror's sync state, link and RTT are taken from the site that feeds it
 // (the primary or the relay before it), because that side decides whether it is in sync;
 // a site's own view fills in where no feeder answered.
+// The command line (its options and help) is status-command.ts, which loads this module
+// when the command runs.
 import cliProgress from 'cli-progress';
-import type { Command } from 'commander';
 import { ConfigError, loadConfig, parseAddress } from '../site/config.js';
 import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
-import { defaultClusterFile } from './start.js';
+import { defaultAdmin, defaultClusterFile } from './defaults.js';
 import { parseSiteStatus, type FailoverRecord, type PeerStatus, type SiteStatus } from '../site/status.js';
 import { formatBytes } from '../site/units.js';
 
 /** A site that does not answer within this is shown as unreachable. */
 export const statusTimeoutMs = 3_000;
-/** The admin address of the default loopback cluster (targets/loopback). */
-export const defaultAdmin = '127.0.0.1:9400';
 /** A status answer is a few KiB; anything far larger is not a geomirror site. */
 export const statusBodyCharsMax = 1024 * 1024;
 
@@ -230,60 +229,46 @@ export function formatStatusTable(rows: StatusRow[], failovers: readonly string[
   return [...table, ...(under.length > 0 ? ['', ...under] : [])].join('\n');
 }
 
-export function registerStatus(program: Command): void {
-  program
-    .command('status')
-    .description('show each site: role, epoch, last seq acked, in sync / degraded / resyncing, cache, link, RTT')
-    .option('-a, --admin <host:port>', `query one site's admin address (default ${defaultAdmin} when no --config)`)
-    .option('-c, --config <file>', 'query every site of a cluster file that has an admin address (and authenticate with its CA and key; with --admin: only that address)')
-    .option('--json', 'print the raw /status answers as JSON')
-    .option('-w, --watch', 'redraw every second, with progress bars for resyncs and verifies')
-    .option('--interval <ms>', 'with --watch: milliseconds between redraws', '1000')
-    .option('--count <n>', 'with --watch: stop after n redraws (default: until Ctrl-C)')
-    .addHelpText(
-      'after',
-      `
-Examples:
-  $ geomirror status                                          # the npm start cluster
-  $ geomirror status --config targets/loopback/cluster.yaml   # every site of a file
-  $ geomirror status --admin 10.0.0.5:9400 --config cluster.yaml --json
-  $ geomirror status --config targets/loopback/cluster.yaml --watch
+/** What `geomirror status` is given (src/cli/status-command.ts declares the options). */
+export interface StatusCliOptions {
+  admin?: string;
+  config?: string;
+  json?: boolean;
+  watch?: boolean;
+  interval: string;
+  count?: string;
+}
 
-The admin port is HTTPS and authenticated: status makes a one-time token from the cluster key
-(the file's secret:), or uses the client certificate in GEOMIRROR_CLIENT_CERT_DIR.
-
-Exit code 1 when a site does not answer (not with --watch, which shows it and goes on).`,
-    )
-    .action(async (opts: { admin?: string; config?: string; json?: boolean; watch?: boolean; interval: string; count?: string }) => {
-      let targets: StatusTarget[];
-      let creds: AdminCredentials;
-      try {
-        ({ targets, creds } = statusTargets(opts));
-      } catch (e) {
-        process.stderr.write(`geomirror status: ${(e as Error).message}\n`);
-        process.exitCode = 1;
-        return;
-      }
-      if (opts.watch) {
-        const intervalMs = Number(opts.interval);
-        const count = opts.count === undefined ? Infinity : Number(opts.count);
-        if (!Number.isInteger(intervalMs) || intervalMs < watchIntervalMsMin || !(count >= 1)) {
-          process.stderr.write(`geomirror status: --interval must be a whole number of ms >= ${watchIntervalMsMin} and --count at least 1\n`);
-          process.exitCode = 1;
-          return;
-        }
-        await watch(targets, intervalMs, count, creds);
-        return;
-      }
-      const results = await Promise.all(targets.map((t) => fetchStatus(t, statusTimeoutMs, creds)));
-      if (opts.json) {
-        process.stdout.write(`${JSON.stringify(results.map((r) => ({ site: r.target.name, admin: r.target.admin, ...('status' in r ? { status: r.status } : { error: r.error }) })), null, 2)}\n`);
-      } else {
-        process.stdout.write(`${formatStatusTable(statusRows(results), [...peerLines(results), ...failoverLines(results)])}\n`);
-        for (const r of results) if ('error' in r) process.stderr.write(`${r.target.name} (${r.target.admin}): ${r.error}\n`);
-      }
-      if (results.some((r) => 'error' in r)) process.exitCode = 1;
-    });
+/** `geomirror status`: one table, or --json, or --watch frames; exit code 1 when a site does not answer. */
+export async function statusCommand(opts: StatusCliOptions): Promise<void> {
+  let targets: StatusTarget[];
+  let creds: AdminCredentials;
+  try {
+    ({ targets, creds } = statusTargets(opts));
+  } catch (e) {
+    process.stderr.write(`geomirror status: ${(e as Error).message}\n`);
+    process.exitCode = 1;
+    return;
+  }
+  if (opts.watch) {
+    const intervalMs = Number(opts.interval);
+    const count = opts.count === undefined ? Infinity : Number(opts.count);
+    if (!Number.isInteger(intervalMs) || intervalMs < watchIntervalMsMin || !(count >= 1)) {
+      process.stderr.write(`geomirror status: --interval must be a whole number of ms >= ${watchIntervalMsMin} and --count at least 1\n`);
+      process.exitCode = 1;
+      return;
+    }
+    await watch(targets, intervalMs, count, creds);
+    return;
+  }
+  const results = await Promise.all(targets.map((t) => fetchStatus(t, statusTimeoutMs, creds)));
+  if (opts.json) {
+    process.stdout.write(`${JSON.stringify(results.map((r) => ({ site: r.target.name, admin: r.target.admin, ...('status' in r ? { status: r.status } : { error: r.error }) })), null, 2)}\n`);
+  } else {
+    process.stdout.write(`${formatStatusTable(statusRows(results), [...peerLines(results), ...failoverLines(results)])}\n`);
+    for (const r of results) if ('error' in r) process.stderr.write(`${r.target.name} (${r.target.admin}): ${r.error}\n`);
+  }
+  if (results.some((r) => 'error' in r)) process.exitCode = 1;
 }
 
 /** Redraws faster than this would only load the sites. */

@@ -8,10 +8,10 @@
 //           other site resynced from its image), without waiting for the primary to go silent.
 // The usual order is demote the primary, then promote the standby; promote alone also works
 // (the new epoch fences the old primary, which rejoins as a mirror).
-import type { Command } from 'commander';
+// The command line (their options and help) is switchover-command.ts, which loads this module
+// when the command runs.
 import { ConfigError, loadConfig, type ClusterConfig } from '../site/config.js';
 import { adminCredentials, adminRequest } from './admin-client.js';
-import { defaultClusterFile } from './start.js';
 
 /** Draining a primary may take a while (the site bounds it at 30 s). */
 const requestTimeoutMs = 45_000;
@@ -39,35 +39,28 @@ export async function requestRoleChange(config: ClusterConfig, action: 'promote'
   }
 }
 
-function register(program: Command, action: 'promote' | 'demote', description: string, example: string): void {
-  const cmd = program
-    .command(action)
-    .description(description)
-    .requiredOption('-s, --site <name>', action === 'promote' ? 'the standby to promote' : 'the primary to demote')
-    .option('-c, --config <file>', 'the cluster file (the site\'s admin address and the cluster key)', defaultClusterFile)
-    .option('-r, --reason <text>', 'why (kept in the failover history and logs)');
-  if (action === 'promote') cmd.option('--force', 'promote even if the standby is not known to hold every acknowledged write (its primary never said in sync, or it was being resynced): acked writes it misses are LOST');
-  cmd
-    .addHelpText('after', `\nExamples:\n${example}\n\nExit code 1 when the site refuses (the reason is printed) or cannot be reached.`)
-    .action(async (opts: { site: string; config: string; reason?: string; force?: boolean }) => {
-      try {
-        const config = loadConfig(opts.config);
-        const r = await requestRoleChange(config, action, opts.site, opts.reason, opts.force === true);
-        if (r.code === 200) {
-          const a = JSON.parse(r.body) as { site: string; epoch: number; phase: string };
-          process.stdout.write(action === 'promote' ? `${a.site}: promotion started (phase ${a.phase}); watch it with geomirror status --config ${opts.config}\n` : `${a.site}: demoted; it is a mirror of epoch ${a.epoch} now. Promote the standby next: geomirror promote --site NAME\n`);
-        } else {
-          process.stderr.write(`geomirror ${action}: ${opts.site} refused (HTTP ${r.code}): ${r.body.trim()}\n`);
-          process.exitCode = 1;
-        }
-      } catch (e) {
-        process.stderr.write(`geomirror ${action}: ${e instanceof ConfigError ? e.message : (e as Error).message}\n`);
-        process.exitCode = 1;
-      }
-    });
+/** What `geomirror promote` and `geomirror demote` are given (src/cli/switchover-command.ts declares the options). */
+export interface RoleChangeCliOptions {
+  site: string;
+  config: string;
+  reason?: string;
+  force?: boolean;
 }
 
-export function registerSwitchover(program: Command): void {
-  register(program, 'demote', 'planned switchover, step 1: the primary drains its in-flight writes and waits as a mirror; once the standby is promoted it follows it as its standby', '  $ geomirror demote --site local --config targets/loopback/failover.yaml');
-  register(program, 'promote', 'planned switchover, step 2: the standby becomes the primary (new epoch; the others are resynced from it)', '  $ geomirror promote --site backup --config targets/loopback/failover.yaml --reason "maintenance at local"');
+/** `geomirror promote|demote`: asks the site, prints its answer; exit code 1 when it refuses or cannot be reached. */
+export async function roleChangeCommand(action: 'promote' | 'demote', opts: RoleChangeCliOptions): Promise<void> {
+  try {
+    const config = loadConfig(opts.config);
+    const r = await requestRoleChange(config, action, opts.site, opts.reason, opts.force === true);
+    if (r.code === 200) {
+      const a = JSON.parse(r.body) as { site: string; epoch: number; phase: string };
+      process.stdout.write(action === 'promote' ? `${a.site}: promotion started (phase ${a.phase}); watch it with geomirror status --config ${opts.config}\n` : `${a.site}: demoted; it is a mirror of epoch ${a.epoch} now. Promote the standby next: geomirror promote --site NAME\n`);
+    } else {
+      process.stderr.write(`geomirror ${action}: ${opts.site} refused (HTTP ${r.code}): ${r.body.trim()}\n`);
+      process.exitCode = 1;
+    }
+  } catch (e) {
+    process.stderr.write(`geomirror ${action}: ${e instanceof ConfigError ? e.message : (e as Error).message}\n`);
+    process.exitCode = 1;
+  }
 }

@@ -4,7 +4,8 @@
 // kilobytes per GiB. Regions whose digests differ are merged into byte ranges and printed with
 // the sites on each side. Exit 0: all agree; 1: some range differs; 2: a site could not be
 // asked (the verify is incomplete, so it proves nothing).
-import type { Command } from 'commander';
+// The command line (its options and help) is verify-command.ts, which loads this module
+// when the command runs.
 import cliProgress from 'cli-progress';
 import { ConfigError, loadConfig, parseAddress, type ClusterConfig } from '../site/config.js';
 import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
@@ -138,31 +139,14 @@ export function formatMismatch(r: MismatchRange): string {
   return `mismatch ${where}: ${who}`;
 }
 
-export function registerVerify(program: Command): void {
-  program
-    .command('verify')
-    .description('compare every replica region by region by checksum (DRBD online-verify style); print mismatching byte ranges')
-    .requiredOption('-c, --config <file>', 'the cluster file; every site with storage is asked on its admin address')
-    .option('-r, --region-size <size>', 'bytes per checksum region, a multiple of the block size', '1MiB')
-    .addHelpText(
-      'after',
-      `
-Each site digests its own storage (${checksumAlgorithm} per region, GET /checksums on its admin
-port); only digests cross the network. Writes in flight while verify runs can show up as
-mismatches that are gone a moment later: verify an idle volume, or re-run to confirm.
-
-Examples:
-  $ geomirror verify --config targets/loopback/cluster.yaml
-  $ geomirror verify --config cluster.yaml --region-size 64KiB    # name a mismatch more closely
-
-Exit codes: 0 every replica agrees, 1 some range differs, 2 a site could not be asked.`,
-    )
-    .action(async (opts: { config: string; regionSize: string }) => {
-      process.exitCode = await runVerifyCommand(opts);
-    });
+/** What `geomirror verify` is given (src/cli/verify-command.ts declares the options). */
+export interface VerifyCliOptions {
+  config: string;
+  regionSize: string;
 }
 
-async function runVerifyCommand(opts: { config: string; regionSize: string }): Promise<number> {
+/** `geomirror verify`: its exit code (0 every replica agrees, 1 some range differs, 2 a site could not be asked). */
+export async function runVerifyCommand(opts: VerifyCliOptions): Promise<number> {
   const fail = (msg: string, code: number): number => {
     process.stderr.write(`geomirror verify: ${msg}\n`);
     return code;

@@ -2,7 +2,8 @@
 //   - `npm ci && npm start` serves NBD, and the banner's `npx geomirror status ...` line works;
 //     every site runs the compiled dist/, never tsx;
 //   - `npm pack` ships only what runs; `npm install -g ./geomirror-*.tgz` (into a temp prefix)
-//     puts a `geomirror` on PATH that loads no tsx module, and the install is small;
+//     puts a `geomirror` on PATH that loads no tsx module (and for --help nothing but the command
+//     line: commander, no yaml, X.509 or site), and the install is small;
 //   - upgrading is the same command with a newer tarball;
 //   - the shipped systemd unit passes `systemd-analyze verify` against the installed binary.
 // These are the install and upgrade commands docs/OPERATIONS.md shows. The copy holds the
@@ -10,13 +11,14 @@
 // hold), so a run before committing tests what will be committed. Timings are printed for the
 // record, never asserted.
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../net/helpers.js';
+import { helpMayLoad, moduleTracer } from './module-trace.js';
 
 const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 const has = (cmd: string, args: string[], cwd?: string): boolean => spawnSync(cmd, args, { cwd, stdio: 'ignore' }).status === 0;
@@ -150,14 +152,15 @@ describe.skipIf(noGitCheckout)(`installing geomirror${noGitCheckout ? ' (skipped
     expect((await sh('geomirror', ['--version'], work, env)).trim()).toBe(version);
     ran.add('geomirror --version');
 
-    // Every module the process resolves, recorded by a module hook loaded with --import.
-    const trace = join(work, 'resolved.txt');
-    writeFileSync(join(work, 'trace-hooks.mjs'), "import { appendFileSync } from 'node:fs';\nexport async function resolve(s, c, next) { const r = await next(s, c); appendFileSync(process.env.GEOMIRROR_TRACE, r.url + '\\n'); return r; }\n");
-    writeFileSync(join(work, 'trace.mjs'), "import { register } from 'node:module';\nregister('./trace-hooks.mjs', import.meta.url);\n");
-    await sh('geomirror', ['--help'], work, { ...env, GEOMIRROR_TRACE: trace, NODE_OPTIONS: `--import=${pathToFileURL(join(work, 'trace.mjs')).href}` });
-    const resolved = readFileSync(trace, 'utf8').split('\n').filter(Boolean);
-    expect(resolved.some((u) => u.endsWith('/lib/node_modules/geomirror/dist/src/cli/main.js')), resolved.join('\n')).toBe(true);
+    // Every module the process resolves (test/cli/module-trace.ts): no tsx, and for --help
+    // nothing but commander and the command line (what keeps it under 0.5 s).
+    const trace = moduleTracer(work)(env);
+    await sh('geomirror', ['--help'], work, trace.env);
+    const resolved = trace.resolved();
+    const installedUrl = `${pathToFileURL(realpathSync(join(prefix, 'lib', 'node_modules', 'geomirror'))).href}/`;
+    expect(resolved, resolved.join('\n')).toContain(`${installedUrl}dist/src/cli/main.js`);
     expect(resolved.filter((u) => /tsx|typescript/.test(u))).toEqual([]);
+    expect([...new Set(resolved.filter((u) => !helpMayLoad(u, installedUrl)))], 'the installed geomirror --help loaded').toEqual([]);
     expect(existsSync(join(prefix, 'lib', 'node_modules', 'geomirror', 'node_modules', 'tsx'))).toBe(false);
 
     const walls: number[] = [];
