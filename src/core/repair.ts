@@ -224,8 +224,12 @@ export class LocalRepair implements OpOwner {
     // else, or when it cannot say what it missed, the region is uncovered: durably so before
     // the storage forgets its report.
     // (A region still being recorded suspect for a failed write counts: the report may come
-    // before that record completes.)
-    const uncovered = unknown ? regions : regions.filter((r) => !(this.store.suspect.has(r) && !this.uncovered.has(r)));
+    // before that record completes. So does a range a journal entry holds whose storage write
+    // failed or is still on its way: the report may also come before that write's failure.)
+    const held = (x: ByteRange): boolean => this.store.entries.some((e) => e.inCache && (!e.stored || e.sense !== undefined) && e.offsetBytes <= x.offsetBytes && x.offsetBytes + x.lengthBytes <= e.offsetBytes + e.lengthBytes);
+    const loose = new Set<number>();
+    if (!unknown) for (const x of ranges) if (!held(x)) for (const r of regionsOf(x.offsetBytes, x.lengthBytes, this.cfg.limits.regionBytes)) loose.add(r);
+    const uncovered = unknown ? regions : regions.filter((r) => !(this.store.suspect.has(r) && !this.uncovered.has(r)) && loose.has(r));
     const rb = this.cfg.limits.regionBytes;
     for (const x of ranges) {
       for (const r of regionsOf(x.offsetBytes, x.lengthBytes, rb)) {
