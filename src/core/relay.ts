@@ -235,8 +235,10 @@ export class Relay extends CoreRole implements OpOwner {
   private onStart(rec: Recovered): void {
     const cached = rec.cacheEntries;
     this.up.start(rec.meta);
-    if (this.cfg.storage) startSuspect(this.io, this.store, rec, this.cfg.volumeBytes, this.lim.regionBytes);
-    else this.store.start();
+    // With or without a copy: a journal that lost entries lost writes the downstream may never
+    // have got (a cached relay acks them upstream before they go down), so their regions are
+    // named upstream at every join until a resync through this relay covered them.
+    startSuspect(this.io, this.store, rec, this.cfg.volumeBytes, this.lim.regionBytes);
     // Replay: every entry goes downstream again (duplicates are ignored there) and, with
     // storage, is performed again on the relay's own copy.
     this.up.replay(cached, (ce) => this.entry(ce, true));
@@ -358,6 +360,8 @@ export class Relay extends CoreRole implements OpOwner {
         if (r === undefined) return;
         r.downDone = true;
         if (msg.sense !== undefined) r.sense ??= msg.sense;
+        // Without a copy here, the downstream holding the region is what makes it whole.
+        else if (!this.cfg.storage) this.store.clearSuspect(this.store.regionsWithin(r.offsetBytes, r.payload.byteLength));
         break;
       }
       default:

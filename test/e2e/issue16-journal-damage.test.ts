@@ -50,14 +50,14 @@ function damageRanges(recs: Record<string, unknown>[]): string[] {
 }
 
 describe('issue 16 item 3: a byte flipped in the middle of a journal', () => {
-  // FINDING (fails on main 4b20555 and on 07d5cc8): a relay without a copy drops the journal's lost ranges.
-  // src/core/relay.ts onStart calls startSuspect (which logs journal_damage and records the
-  // ranges) only when the relay has storage; otherwise `rec.lost` is ignored: the ranges are named
-  // in no join (resyncRequest) and no report upstream, the primary never resyncs them through the
-  // relay, and shows r1 in sync while remote keeps its old bytes where the lost write was not
-  // overwritten later (seen: 1519616+73728, zeroes where write #10 belongs). it.fails until the
-  // core names those ranges upstream; then make this `it` again.
-  it.fails("at a cached relay whose downstream was cut: after its restart the far mirror holds every host-acked write (hash), and the relay's log names the lost range [fails: relay without storage ignores Recovered.lost]", async () => {
+  // Was a finding (fails on main 4b20555, 07d5cc8 and 1449235): a relay without a copy ignored
+  // the journal's lost ranges (src/core/relay.ts called startSuspect only with storage): they
+  // were named in no join, the primary never resynced them through the relay and showed r1 in
+  // sync while remote kept its old bytes where the lost write was not overwritten later (seen:
+  // 1519616+73728, zeroes where write #10 belongs). Now the relay records them suspect with or
+  // without a copy, names them at every join, and clears them once the downstream acked the
+  // resync data covering them.
+  it("at a cached relay whose downstream was cut: after its restart the far mirror holds every host-acked write (hash), and the relay's log names the lost range", async () => {
     cascade = await CascadeCluster.create({
       sites: [
         { name: 'local', role: 'primary', mirrors: ['r1'] },
@@ -86,6 +86,14 @@ describe('issue 16 item 3: a byte flipped in the middle of a journal', () => {
       expect(flipped, `r1's journal holds ${writes.length} acked entries; one in the middle can be damaged`).toBeDefined();
       await c.restart('r1');
       c.proxy('remote').heal();
+      // The relay names the lost ranges when it rejoins and the primary resyncs them through it;
+      // until then the primary's status may still show r1 in sync (its link was down only for
+      // the restart), so wait for the resync's end before the drain.
+      const resyncDeadline = Date.now() + 120_000;
+      while (!records(c.logText('local')).some((r) => r.event === 'mirror_in_sync' && r.peer === 'r1')) {
+        if (Date.now() > resyncDeadline) throw new Error('local logged no mirror_in_sync for r1 within 120000 ms');
+        await sleep(50);
+      }
       await c.waitDrained(120_000);
 
       const image = applyWrites(c.volumeBytes, writes);
