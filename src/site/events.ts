@@ -153,6 +153,16 @@ export class EventFeed {
     return this.ring.filter((e) => e.seq > seq);
   }
 
+  /**
+   * What a new client is shown first: `s` sampled (so the next change is diffed against exactly
+   * this snapshot, not against an older idle sample: a link that went down between the two
+   * would otherwise never be reported), then its `exists` events.
+   */
+  snapshot(s: SiteStatus): SiteEvent[] {
+    this.sample(s);
+    return this.exists(s);
+  }
+
   /** The `exists` events of a snapshot (seq 0). */
   exists(s: SiteStatus): SiteEvent[] {
     const at = this.now().toISOString();
@@ -189,7 +199,7 @@ export async function serveEvents(source: EventSource, url: URL, req: IncomingMe
     res.writeHead(400, { 'Content-Type': 'text/plain; charset=utf-8' }).end(`since=${sinceText} is not an event number\n`);
     return;
   }
-  const snapshot = source.feed.exists(await source.status());
+  const snapshot = source.feed.snapshot(await source.status());
   const now = url.searchParams.get('now') === '1';
   let unsubscribe: (() => void) | undefined;
   if (!now) {

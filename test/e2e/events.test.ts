@@ -92,7 +92,9 @@ describe('geomirror events', () => {
       // reopened misses the changes in between) and the first lines it printed for local.
       const admin = lines().filter((e) => (e.what as string) === 'admin').map((e) => `${e.site}:${e.to}@${e.at}`);
       const head = lines().filter((e) => e.site === 'local').slice(0, 12).map((e) => `${e.type}/${e.what}${e.peer ? `/${e.peer}` : ''}:${e.to}@${e.at}`);
-      expect(i, `${label} after position ${at} in: ${seen.join(', ')}; admin: ${admin.join(', ')}; local head: ${head.join(', ')}`).toBeGreaterThan(at);
+      // ... and what the primary itself logged about east (when its link dropped, when it degraded).
+      const eastLog = c.logRecords('local').filter((r) => r.peer === 'east').slice(0, 16).map((r) => `${String(r.event ?? r.msg)}@${String(r.time)}`);
+      expect(i, `${label} after position ${at} in: ${seen.join(', ')}; admin: ${admin.join(', ')}; local head: ${head.join(', ')}; local's log about east: ${eastLog.join(', ')}`).toBeGreaterThan(at);
       at = i;
       return changes[i]!;
     };

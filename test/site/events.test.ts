@@ -99,6 +99,19 @@ describe('EventFeed', () => {
     expect(feed.exists(site())[0]).toMatchObject({ seq: 0, type: 'exists', what: 'site' });
   });
 
+  it('diffs the next change against the snapshot a new client was shown, not an older idle sample (a link that went down right after it is reported)', () => {
+    const feed = new EventFeed();
+    // An idle sample from before the link came up; then a client joins while it is up.
+    feed.sample(site({ peers: [east({ link: 'connecting' })] }));
+    const shown = feed.snapshot(site());
+    expect(shown.find((e) => e.what === 'peer')).toMatchObject({ type: 'exists', peer: 'east' });
+    const heard: string[] = [];
+    feed.subscribe((e) => heard.push(`${e.what}:${e.to}`));
+    // East is killed: the next sample has its link down again, as in the idle sample.
+    feed.sample(site({ peers: [east({ link: 'connecting' })] }));
+    expect(heard).toEqual(['link:connecting']);
+  });
+
   it('refuses listeners beyond its bound', () => {
     const feed = new EventFeed();
     const offs = Array.from({ length: eventListenersMax }, () => feed.subscribe(() => undefined));
