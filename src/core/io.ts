@@ -101,6 +101,19 @@ export function backoffMs(failures: number, minMs: number, maxMs: number): numbe
   return Math.min(maxMs, minMs * 2 ** Math.max(0, Math.min(30, failures - 1)));
 }
 
+/**
+ * Runs `done` once every op of `ops` completed (at once when there is none); `waiters(op)` is
+ * the list of callbacks its owner runs when that op completes.
+ */
+export function afterOps(ops: ReadonlySet<OpId>, waiters: (op: OpId) => (() => void)[], done: () => void): void {
+  if (ops.size === 0) {
+    done();
+    return;
+  }
+  let left = ops.size;
+  for (const op of ops) waiters(op).push(() => --left === 0 && done());
+}
+
 /** Whether `ev` completes an I/O op (it carries the op's id). */
 export function isCompletion(ev: CoreEvent): ev is Completion {
   return 'opId' in ev;

@@ -26,7 +26,7 @@
 // replay re-performs each cached entry on every member. What the roles decide: what else happens
 // once an entry is cached (a primary fans it out first), and when an entry may go.
 
-import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
+import { afterOps, backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
 import { OverlapQueue } from './overlap.js';
 import { rangesOfRegions, regionRange, regionsOf } from './regions.js';
 import { assert, localSuspectKey, type ByteRange, type CacheEntry, type Completion, type Epoch, type Limits, type OpId, type SenseInfo, type Seq } from './types.js';
@@ -160,13 +160,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
       this.io.push({ type: 'bitmapSet', opId, peer: localSuspectKey, regions: fresh });
       waitOn.add(opId);
     }
-    if (done === undefined) return;
-    if (waitOn.size === 0) {
-      done();
-      return;
-    }
-    let left = waitOn.size;
-    for (const opId of waitOn) (this.ops.get(opId) as { done: (() => void)[] }).done.push(() => --left === 0 && done());
+    if (done !== undefined) afterOps(waitOn, (opId) => (this.ops.get(opId) as { done: (() => void)[] }).done, done);
   }
 
   /** The regions hold the right data again (repaired from a peer): no longer suspect. */

@@ -39,7 +39,7 @@
 // and it acked every write there that was cached before the request (its storage holds them:
 // a mirror acks only once performed, and it serves the read ordered after them).
 
-import { backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
+import { afterOps, backoffMs, repeatLogIntervalMs, type CoreIO, type OpOwner } from './io.js';
 import type { Fanout, PrimaryEntry } from './fanout.js';
 import type { MissedBlocks } from './regions.js';
 import type { LocalStore } from './local-store.js';
@@ -189,13 +189,7 @@ export class LocalRepair implements OpOwner {
       this.io.push({ type: 'bitmapSet', opId, peer: uncoveredKey, regions: persist });
       waitOn.add(opId);
     }
-    if (then === undefined) return;
-    if (waitOn.size === 0) {
-      then();
-      return;
-    }
-    let left = waitOn.size;
-    for (const opId of waitOn) (this.uncoverWaits.get(opId) ?? this.uncoverWaits.set(opId, []).get(opId)!).push(() => --left === 0 && then());
+    if (then !== undefined) afterOps(waitOn, (opId) => this.uncoverWaits.get(opId) ?? this.uncoverWaits.set(opId, []).get(opId)!, then);
   }
 
   private readonly uncoverWaits = new Map<OpId, (() => void)[]>();
