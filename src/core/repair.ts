@@ -132,8 +132,13 @@ export class LocalRepair implements OpOwner {
    */
   private trustJournaled(rec: Recovered): void {
     const rb = this.cfg.limits.regionBytes;
-    for (const r of rec.dirtyRegions.get(journaledKey) ?? []) this.journaled.add(r);
-    for (const r of rec.dirtyRegions.get(uncoveredKey) ?? []) this.uncovered.set(r, 'set');
+    // Records of regions that are clean now (their clears need not be durable) mean nothing.
+    const staleJournaled = (rec.dirtyRegions.get(journaledKey) ?? []).filter((r) => !this.store.suspect.has(r));
+    const staleUncovered = (rec.dirtyRegions.get(uncoveredKey) ?? []).filter((r) => !this.store.suspect.has(r));
+    if (staleJournaled.length > 0) this.io.push({ type: 'bitmapClear', peer: journaledKey, regions: staleJournaled });
+    if (staleUncovered.length > 0) this.io.push({ type: 'bitmapClear', peer: uncoveredKey, regions: staleUncovered });
+    for (const r of rec.dirtyRegions.get(journaledKey) ?? []) if (this.store.suspect.has(r)) this.journaled.add(r);
+    for (const r of rec.dirtyRegions.get(uncoveredKey) ?? []) if (this.store.suspect.has(r)) this.uncovered.set(r, 'set');
     let trusted = 0;
     for (const r of this.store.suspect.keys()) {
       if (!this.journaled.has(r) || this.uncovered.has(r) || this.lost.has(r)) {
@@ -155,8 +160,8 @@ export class LocalRepair implements OpOwner {
 
   /**
    * Whether the journal keeps `e` past its host ack (the primary's drop rule): a write its
-   * storage failed, while a region of it is suspect and journaled. When the cache is half
-   * full those regions are marked uncovered first, and `e` goes once that is durable.
+   * storage failed, while a region of it is suspect and journaled. When the cache is 3/4 full
+   * those regions are marked uncovered first, and `e` goes once that is durable.
    */
   keeps(e: PrimaryEntry): boolean {
     if (e.sense === undefined || !e.inCache || this.store.suspect.size === 0) return false;
