@@ -138,7 +138,9 @@ export function startCluster(options: ClusterOptions): ClusterHandle {
       if (slots.every((p) => p.ready)) resolveReady();
     });
     child.once('error', (e) => err.write(`${prefix}cannot start: ${e.message}\n`));
-    child.once('exit', (code, signal) => onExit(slot, child, code, signal));
+    // 'close', not 'exit': only then are the site's stdout and stderr drained, so its last lines
+    // (a shutdown message) are printed before the manager calls it down and returns.
+    child.once('close', (code, signal) => onExit(slot, child, code, signal));
   };
 
   const onExit = (slot: SiteSlot, child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void => {
