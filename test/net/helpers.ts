@@ -44,10 +44,20 @@ export function rawExchange(port: number, bytes: Buffer): Promise<{ received: Bu
   });
 }
 
+/** Ports freePort() handed out in this process: the kernel may offer a closed one again at once. */
+const handedOut = new Set<number>();
+
 export async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
-  const port = (srv.address() as AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
+  // Never the same port twice in one process: two sites of one cluster file once got the same
+  // one (the file was refused: "127.0.0.1:43365 is already used by sites.backup.listen").
+  for (let attempt = 0; ; attempt++) {
+    const srv = createServer();
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+    const port = (srv.address() as AddressInfo).port;
+    await new Promise<void>((r) => srv.close(() => r()));
+    if (!handedOut.has(port) || attempt >= 100) {
+      handedOut.add(port);
+      return port;
+    }
+  }
 }
