@@ -15,6 +15,7 @@ import { WriteFlags } from '../../src/wire/index.js';
 import type { SiteStatus } from '../../src/site/status.js';
 import { checkAckedWrites, Cluster, fastLinkEnv, NbdWriter, planWrites, sha256, sleep, waitMsMax, type PlannedWrite } from './harness.js';
 import { loadConfig } from '../../src/site/config.js';
+import { withLogs } from './acceptance.js';
 import { siteSecurity } from '../net/tls-fixture.js';
 
 const run = promisify(execFile);
@@ -39,16 +40,6 @@ async function cluster(opts: Parameters<typeof Cluster.create>[0]): Promise<Clus
   return c;
 }
 
-/** A failing test carries every site's log. */
-async function withLogs(c: Cluster | undefined, body: () => Promise<void>): Promise<void> {
-  try {
-    await body();
-  } catch (err) {
-    const e = err as Error;
-    if (c) e.message = `${e.message}\n${c.dumpLogs()}`;
-    throw e;
-  }
-}
 
 /** Connects to an NBD export, retrying while nothing listens there yet (the standby before its promotion). */
 async function connectWhenUp(port: number, timeoutMs = waitMsMax): Promise<NbdWriter> {
