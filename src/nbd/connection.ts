@@ -74,6 +74,11 @@ export class Connection {
   /** Export for which base:allocation was selected by the last SET_META_CONTEXT (if any). */
   private metaExport: NbdExport | undefined;
   private exp: NbdExport | undefined;
+
+  /** The export this connection is transmitting on (undefined while negotiating). */
+  get servedExport(): NbdExport | undefined {
+    return this.exp;
+  }
   private flagsSent = 0;
   private inflightRequests = 0;
   private inflightBytes = 0;

@@ -101,3 +101,29 @@ export function checkExport(exp: NbdExport): void {
   }
   if (exp.canTrim && exp.trim === undefined) throw new Error(`${where}: canTrim is set but trim() is missing`);
 }
+
+/**
+ * A window of another export: bytes [offsetBytes, offsetBytes + sizeBytes) of `exp` served as an
+ * export of their own. A site with a consistency group of several volumes (issue 20) serves each
+ * volume this way over the group's one address space; the server range-checks every request
+ * against the window's size before it gets here, so a client of one volume never reaches another.
+ * FLUSH is the group's barrier (a FLUSH on any volume of a group covers the group, issue 20 item 2).
+ */
+export function sliceExport(exp: NbdExport, w: { name: string; description: string; offsetBytes: number; sizeBytes: number }): NbdExport {
+  const at = w.offsetBytes;
+  if (!Number.isSafeInteger(at) || at < 0 || at % exp.blockSizeBytes !== 0 || at + w.sizeBytes > exp.sizeBytes) {
+    throw new Error(`NBD export '${w.name}': window ${at}+${w.sizeBytes} does not fit block-aligned in '${exp.name}' (${exp.sizeBytes} bytes)`);
+  }
+  return {
+    ...exp,
+    name: w.name,
+    description: w.description,
+    sizeBytes: w.sizeBytes,
+    read: (o, l) => exp.read(at + o, l),
+    write: (o, d, opts) => exp.write(at + o, d, opts),
+    flush: () => exp.flush(),
+    ...(exp.trim ? { trim: (o: number, l: number, opts: NbdWriteOptions) => exp.trim!(at + o, l, opts) } : {}),
+    ...(exp.zero ? { zero: (o: number, l: number, opts: NbdZeroOptions) => exp.zero!(at + o, l, opts) } : {}),
+    ...(exp.blockStatus ? { blockStatus: (o: number, l: number) => exp.blockStatus!(at + o, l) } : {}),
+  };
+}

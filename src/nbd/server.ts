@@ -43,7 +43,7 @@ export class NbdServer implements ConnectionHost {
   readonly logger: NbdLogger;
   readonly budget: ByteBudget;
   private readonly byName = new Map<string, NbdExport>();
-  private readonly defaultName: string | undefined;
+  private defaultName: string | undefined;
   private readonly locks = new WeakMap<NbdExport, RangeLock>();
   private readonly served = new Set<Connection>();
   private readonly refused = new Set<Connection>();
@@ -114,6 +114,29 @@ export class NbdServer implements ConnectionHost {
     }, this.limits.closeGraceMs);
     await listenerClosed;
     clearTimeout(grace);
+  }
+
+  /**
+   * Adds an export while serving (a site with several volumes opens each as its group's life
+   * allows: a standby's volumes when it is promoted, issue 20). The first export added to an
+   * empty server is also the default one.
+   */
+  addExport(e: NbdExport): void {
+    checkExport(e);
+    if (this.byName.has(e.name)) throw new Error(`NBD server: two exports are named '${e.name}'; export names must be unique`);
+    this.byName.set(e.name, e);
+    this.defaultName ??= e.name;
+  }
+
+  /** Withdraws an export: new clients no longer see it, and its connections are closed (shutdown: in-flight requests finish, up to closeGraceMs). */
+  removeExport(name: string): void {
+    const e = this.byName.get(name);
+    if (e === undefined) return;
+    this.byName.delete(name);
+    if (this.defaultName === name) this.defaultName = this.byName.keys().next().value;
+    const conns = [...this.served].filter((c) => c.servedExport === e);
+    for (const c of conns) c.shutdown();
+    if (conns.length > 0) setTimeout(() => conns.forEach((c) => c.destroy()), this.limits.closeGraceMs).unref();
   }
 
   lookup(name: string): NbdExport | undefined {

@@ -24,6 +24,7 @@ import {
   type HandshakeStep,
   type HeartbeatMsg,
   type Message,
+  type VolumeGeometry,
 } from '../wire/index.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import { InflightWindow } from './window.js';
@@ -82,6 +83,8 @@ export interface LinkOptions extends LinkTimingOptions {
   readonly acceptPeer?: (site: string) => boolean;
   /** Listener: replay memory shared by all connections of a server. */
   readonly seenNonce?: (nonce: Buffer) => boolean;
+  /** Listener with several consistency groups (issue 20): the geometry of a group a HELLO names (Handshake.geometryOf). */
+  readonly geometryOf?: (group: number) => VolumeGeometry | undefined;
   /**
    * Listener: where lines go until the peer is identified (certificate verified or handshake
    * done); a stranger can make those at will, so the server passes a rate-limited logger.
@@ -161,7 +164,7 @@ export class Link extends EventEmitter {
   readonly sendWindow: InflightWindow;
   /** WRITEs the peer sent and this side has not acknowledged (refused past the limit). */
   readonly receiveWindow: InflightWindow;
-  private readonly heartbeatState: () => { epoch: bigint; lastSeq: bigint };
+  private heartbeatState: () => { epoch: bigint; lastSeq: bigint };
   private timer: TimerHandle | undefined;
   private graceTimer: TimerHandle | undefined;
   private lastRxMs: number;
@@ -282,6 +285,7 @@ export class Link extends EventEmitter {
       ...(options.peer !== undefined ? { peer: options.peer } : {}),
       ...(options.acceptPeer !== undefined ? { acceptPeer: options.acceptPeer } : {}),
       ...(options.seenNonce !== undefined ? { seenNonce: options.seenNonce } : {}),
+      ...(options.geometryOf !== undefined ? { geometryOf: options.geometryOf } : {}),
     });
     this.applyStep(this.hs.start());
   }
@@ -306,6 +310,19 @@ export class Link extends EventEmitter {
   /** The peer's site name: the authenticated one once established (dialer: the one it dialed). */
   get peer(): string | undefined {
     return this.peerName;
+  }
+  /**
+   * Where this link's HEARTBEATs take epoch and last seq from from now on: a link accepted on a
+   * port shared by several consistency groups (issue 20) learns its group only from HELLO, so
+   * the group's Peers sets it when the link is handed over.
+   */
+  heartbeatFrom(fn: () => { epoch: bigint; lastSeq: bigint }): void {
+    this.heartbeatState = fn;
+  }
+
+  /** The consistency group this link carries (issue 20; 0 in a single-volume cluster). */
+  get group(): number {
+    return this.hs?.group ?? this.options.security.geometry.group ?? 0;
   }
   /** True once the handshake succeeded (stays true after close). */
   get wasEstablished(): boolean {

@@ -44,6 +44,13 @@ export interface LinkServerOptions extends LinkTimingOptions {
   readonly pendingPerAddressMax?: number;
   readonly perPeerConnectionsMax?: number;
   readonly dropLogIntervalMs?: number;
+  /**
+   * A site with several consistency groups (issue 20) takes every group's links on its one port:
+   * the geometry of the group a HELLO names (undefined: not carried here), and how many groups
+   * there are (each peer may hold perPeerConnectionsMax connections per group).
+   */
+  readonly geometryOf?: (group: number) => import('../wire/index.js').VolumeGeometry | undefined;
+  readonly groupCount?: number;
 }
 
 interface Admitted {
@@ -98,7 +105,7 @@ export class LinkServer extends EventEmitter {
     this.acceptPeer = typeof peers === 'function' ? peers : (s: string) => s !== o.site && peers.includes(s);
     this.pendingMax = o.pendingMax ?? linkServerDefaults.pendingMax;
     this.pendingPerAddressMax = Math.min(this.pendingMax, o.pendingPerAddressMax ?? linkServerDefaults.pendingPerAddressMax);
-    this.perPeerConnectionsMax = o.perPeerConnectionsMax ?? linkServerDefaults.perPeerConnectionsMax;
+    this.perPeerConnectionsMax = o.perPeerConnectionsMax ?? linkServerDefaults.perPeerConnectionsMax * Math.max(1, o.groupCount ?? 1);
     this.server = createServer((socket) => this.onConnection(socket));
   }
 
@@ -122,9 +129,9 @@ export class LinkServer extends EventEmitter {
     });
   }
 
-  /** The established link to a peer, if any. */
-  link(peer: string): Link | undefined {
-    return this.byPeer.get(peer);
+  /** The established link to a peer (for consistency group `group`), if any. */
+  link(peer: string, group = 0): Link | undefined {
+    return this.byPeer.get(linkKey(peer, group));
   }
   get links(): Link[] {
     return [...this.byPeer.values()];
@@ -169,7 +176,7 @@ export class LinkServer extends EventEmitter {
       set.add(entry);
       if (set.size > this.perPeerConnectionsMax) {
         // The oldest one that is not the established link of this peer makes room.
-        const victim = [...set].find((e) => e !== entry && this.byPeer.get(peer) !== e.link) ?? [...set].find((e) => e !== entry)!;
+        const victim = [...set].find((e) => e !== entry && this.byPeer.get(linkKey(peer, e.link.group)) !== e.link) ?? [...set].find((e) => e !== entry)!;
         victim.link.close(ErrorCode.REPLACED, `more than perPeerConnectionsMax (${this.perPeerConnectionsMax}) connections from '${peer}'; the oldest is closed`);
       }
     };
@@ -181,14 +188,15 @@ export class LinkServer extends EventEmitter {
         set?.delete(entry);
         if (set?.size === 0) this.identified.delete(entry.peer);
       }
-      if (link.peer !== undefined && this.byPeer.get(link.peer) === link) this.byPeer.delete(link.peer);
+      if (link.peer !== undefined && this.byPeer.get(linkKey(link.peer, link.group)) === link) this.byPeer.delete(linkKey(link.peer, link.group));
       if (!link.wasEstablished) this.emit('refused', { remote, code: info.code, reason: info.reason, by: info.by });
     });
     link.once('established', (peer) => {
       identify(peer);
-      const old = this.byPeer.get(peer);
+      const key = linkKey(peer, link.group);
+      const old = this.byPeer.get(key);
       if (old !== undefined) old.close(ErrorCode.REPLACED, `a newer authenticated connection from '${peer}' (${link.remote}) replaced this one`);
-      this.byPeer.set(peer, link);
+      this.byPeer.set(key, link);
       this.emit('link', link);
     });
   }
@@ -237,4 +245,9 @@ export class LinkServer extends EventEmitter {
       this.dropped = 0;
     }
   }
+}
+
+/** Established links are one per peer and consistency group (issue 20); group 0 keys by the peer alone. */
+function linkKey(peer: string, group: number): string {
+  return group === 0 ? peer : `${peer}#${group}`;
 }

@@ -4,6 +4,7 @@
 // devices (present, big enough, readable and writable), ports (free), keys (readable, valid,
 // private) and TLS files (present, private keys, certificates that pass the site's own checks). Each finding names the key
 // path, site or device and says the fix. More checkers are one entry in `checkers`.
+import { groupClusterConfig, groupsOfSite } from './volumes.js';
 import { X509Certificate } from 'node:crypto';
 import { constants, accessSync, readFileSync, statSync, type Stats } from 'node:fs';
 import { lookup } from 'node:dns/promises';
@@ -113,6 +114,17 @@ export const devicesChecker: Checker = {
       if (access !== undefined) out.push(problem(where, `${dev.path} is not readable and writable by this user (${access})`, `run as its owner, or: chmod u+rw ${dev.path}`));
     };
     for (const site of here) {
+      if (config.multiVolume) {
+        // Several volumes (issue 20): a cache file per consistency group, a device per volume.
+        for (const g of groupsOfSite(config, site)) {
+          const gs = groupClusterConfig(config, g).sites[site.name];
+          if (gs?.cache) one(`sites.${site.name}.cache.device (group ${g.name})`, gs.cache.device, gs.cache.sizeBytes, `group ${g.name}'s share of cache.size`);
+        }
+        for (const v of config.volumes) {
+          site.volumeStorage?.[v.name]?.forEach((d, i) => one(`sites.${site.name}.storage[${i}] (volume ${v.name})`, d, v.sizeBytes, `volume ${v.name}'s size`));
+        }
+        continue;
+      }
       if (site.cache) one(`sites.${site.name}.cache.device`, site.cache.device, site.cache.sizeBytes, 'cache.size');
       site.storage.forEach((d, i) => one(`sites.${site.name}.storage[${i}]`, d, config.volume.sizeBytes, 'volume.size'));
     }

@@ -18,11 +18,12 @@ export const secretBytesMin = 16;
  * How a value is read. Scalars: `name` (namePattern), `secret` (file:PATH or hex), `size`
  * (units.ts), `duration`, `address` (HOST:PORT), `device` (a device string), `degrees`,
  * `siteRef` (a site name), `enum` (one of `values`), `path` (a file or folder, relative to the
- * cluster file). Lists: `devices`, `siteList`, `nameList` (non-empty strings). Mappings: `map`
+ * cluster file). Lists: `devices` (or, with several volumes, a mapping of volume name -> devices),
+ * `siteList`, `nameList` (non-empty strings), `mapList` (mappings with keys from `keys`). Mappings: `map`
  * (keys from `keys`), `addressMap` (site name -> address), `siteMap` (site name -> site).
  * Either: `enumOrMap` (one of `values`, or a mapping with keys from `keys`).
  */
-export type ValueType = 'name' | 'secret' | 'size' | 'duration' | 'address' | 'device' | 'degrees' | 'siteRef' | 'enum' | 'path' | 'devices' | 'siteList' | 'nameList' | 'map' | 'addressMap' | 'siteMap' | 'enumOrMap';
+export type ValueType = 'name' | 'secret' | 'size' | 'duration' | 'address' | 'device' | 'degrees' | 'siteRef' | 'enum' | 'path' | 'devices' | 'siteList' | 'nameList' | 'map' | 'mapList' | 'addressMap' | 'siteMap' | 'enumOrMap';
 
 export interface KeySpec {
   readonly type: ValueType;
@@ -51,6 +52,9 @@ export const volumeKeys = {
   name: { type: 'name', required: true, doc: 'Volume name; the NBD export is named after it (the empty export name selects it too).' },
   size: { type: 'size', required: true, doc: 'Volume size, a positive multiple of blockSize, e.g. 1G (sizes are binary: 1G = 1GB = 1GiB).' },
   blockSize: { type: 'enum', values: [512, 4096], default: 4096, doc: 'Logical block size in bytes.' },
+  // Issue 20: volumes of one consistency group share one (epoch, seq) stream.
+  group: { type: 'name', doc: 'volumes: consistency group; volumes of one group are written, flushed and failed over in one order (default: a group of its own, named after the volume).' },
+  sites: { type: 'siteList', doc: 'volumes: the sites that carry this volume (default: every site with storage); the primary and its standby carry every volume.' },
 } as const satisfies KeyTable;
 
 export const cacheKeys = {
@@ -90,7 +94,7 @@ export const siteKeys = {
   nbd: { type: 'address', roles: { allowed: ['primary', 'standby', 'mirror'], required: ['primary'] }, doc: 'HOST:PORT of the NBD export for hosts (read-only on a mirror).' },
   admin: { type: 'address', roles: { allowed: all, required: [] }, doc: 'HOST:PORT of the admin HTTP server: /status, /metrics, /events, /checksums.' },
   cache: { type: 'map', keys: cacheKeys, roles: { allowed: replicating, required: replicating }, doc: 'The battery-backed cache: { device, size }.' },
-  storage: { type: 'devices', roles: { allowed: replicating, required: ['primary', 'mirror', 'standby'] }, doc: 'Storage devices; several form a RAID-1 array inside the site. Optional on a relay (a relay with storage keeps a full copy, claim 18).' },
+  storage: { type: 'devices', roles: { allowed: replicating, required: ['primary', 'mirror', 'standby'] }, doc: 'Storage devices; several form a RAID-1 array inside the site. Optional on a relay (a relay with storage keeps a full copy, claim 18). With volumes:, each string carries {volume} (one file per volume), or storage maps volume name -> devices.' },
   mirrors: { type: 'siteList', roles: { allowed: ['primary', 'standby'], required: [] }, doc: 'Sites this site sends every write to at once (fan-out, claim 1). A standby defaults to its primary\'s list minus itself.' },
   forward: { type: 'siteRef', roles: { allowed: ['relay'], required: ['relay'] }, doc: 'Relay: the next hop of the cascade (claim 14).' },
   'standby-for': { type: 'siteRef', roles: { allowed: ['standby'], required: ['standby'] }, doc: 'Standby: the primary it backs up (claim 8).' },
@@ -110,7 +114,8 @@ export const siteKeys = {
 export const clusterKeys = {
   cluster: { type: 'name', required: true, doc: 'Cluster name: in logs, metrics labels and status.' },
   secret: { type: 'secret', required: true, doc: 'The shared cluster key: file:PATH (geomirror keygen --out PATH makes one) or the hex key itself (at least 16 bytes).' },
-  volume: { type: 'map', keys: volumeKeys, required: true, doc: 'The mirrored volume: { name, size, blockSize }.' },
+  volume: { type: 'map', keys: volumeKeys, doc: 'The mirrored volume: { name, size, blockSize } (or several under volumes:).' },
+  volumes: { type: 'mapList', keys: volumeKeys, doc: 'Several volumes on the same sites, each its own NBD export: a list of { name, size, blockSize, group, sites }. Storage strings carry {volume} (or storage maps volume -> devices).' },
   sites: { type: 'siteMap', keys: siteKeys, required: true, doc: 'Site name -> site: exactly one primary and at least one mirror.' },
   // Issue 17: links between sites are mutual TLS 1.3 unless the file says otherwise.
   transport: { type: 'enum', values: transports, default: 'tls', doc: 'tls: mutual TLS 1.3 between sites with certificates from the cluster CA (geomirror pki). insecure: plain TCP, lab use only, logged as a warning at every start.' },

@@ -29,8 +29,10 @@ function valueSchema(spec: KeySpec): Schema {
       return addressSchema;
     case 'device':
       return { type: 'string', pattern: `^(${deviceSchemesAccepted.join('|')}):` };
-    case 'devices':
-      return { type: 'array', minItems: 1, items: { type: 'string', pattern: `^(${deviceSchemesAccepted.join('|')}):` } };
+    case 'devices': {
+      const list = { type: 'array', minItems: 1, items: { type: 'string', pattern: `^(${deviceSchemesAccepted.join('|')}):` } };
+      return { oneOf: [list, { type: 'object', minProperties: 1, propertyNames: { pattern: namePattern.source }, additionalProperties: list }] };
+    }
     case 'degrees':
       return { type: 'number', minimum: -(spec.limit ?? 0), maximum: spec.limit ?? 0 };
     case 'siteRef':
@@ -45,6 +47,8 @@ function valueSchema(spec: KeySpec): Schema {
       return { enum: [...(spec.values ?? [])] };
     case 'map':
       return mapSchema(spec.keys ?? {});
+    case 'mapList':
+      return { type: 'array', minItems: 1, items: mapSchema(spec.keys ?? {}) };
     case 'enumOrMap':
       return { oneOf: [{ enum: [...(spec.values ?? [])] }, mapSchema(spec.keys ?? {})] };
     case 'addressMap':
@@ -96,6 +100,8 @@ export function clusterSchema(): Schema {
     title: 'geomirror cluster file',
     description: 'One YAML file describes a cluster (README "Configuration"). Generated from src/site/config-keys.ts; do not edit by hand.',
     ...mapSchema(clusterKeys),
+    // One volume (volume:) or several (volumes:), never both.
+    oneOf: [{ required: ['volume'], not: { required: ['volumes'] } }, { required: ['volumes'], not: { required: ['volume'] } }],
   };
 }
 

@@ -81,6 +81,14 @@ export interface SiteConfig {
   witnesses: string[];
   /** TLS on the NBD export (default off; an export bound off-loopback warns unless required). */
   nbdTls: NbdTlsConfig;
+  /** With `volumes:`: each carried volume's devices ({volume} filled in, or the storage mapping). */
+  volumeStorage?: Record<string, SiteDevice[]>;
+  /**
+   * In a group's config (src/site/volumes.ts) of several volumes: RAID-1 member i is the
+   * concatenation of storageParts[i] (the group's volumes' i-th devices, in group order).
+   * Each part holds `partBlocks[j]` blocks.
+   */
+  storageParts?: { devices: SiteDevice[]; blockCounts: number[] }[];
 }
 
 export interface SecretSpec {
@@ -129,6 +137,30 @@ export interface VolumeConfig {
   blockCount: number;
 }
 
+/** A volume of a `volumes:` list (issue 20): its consistency group and the sites that carry it. */
+export interface ListedVolume extends VolumeConfig {
+  group: string;
+  /** Sites that carry it, in file order (default: every site with storage). */
+  sites: string[];
+  /** Where it sits in its group's address space (src/site/volumes.ts). */
+  offsetBytes: number;
+}
+
+/**
+ * A consistency group (issue 20 item 2): its volumes are replicated as one stream over one
+ * address space, each volume a slice of it, so they share one (epoch, seq) order, one journal
+ * and one flush barrier. A cluster file with `volume:` has one group, named after the volume.
+ */
+export interface GroupConfig {
+  name: string;
+  /** Its number on the wire (HELLO's group, data frames' volumeId): file order, 0 first. */
+  index: number;
+  volumes: ListedVolume[];
+  /** The group's address space: its volumes back to back. */
+  volume: VolumeConfig;
+  sites: string[];
+}
+
 export interface ClusterConfig {
   /** Absolute path of the cluster file and its folder (relative paths resolve against it). */
   file: string;
@@ -138,7 +170,18 @@ export interface ClusterConfig {
   /** `transport:` (default tls). */
   transport: Transport;
   tls: TlsFiles;
+  /**
+   * The volume, with `volume:`. With `volumes:` (several volumes, issue 20), the address space of
+   * the first consistency group: code that serves one group takes its config from
+   * src/site/volumes.ts (groupConfig), where this is the group's own.
+   */
   volume: VolumeConfig;
+  /** Every volume, in file order (one, from `volume:`, in a single-volume file). */
+  volumes: ListedVolume[];
+  /** Consistency groups in order of first appearance; one in a single-volume file. */
+  groups: GroupConfig[];
+  /** True when the file uses `volumes:` (state files and device strings are per group then). */
+  multiVolume: boolean;
   /** Sites in file order. */
   sites: Record<string, SiteConfig>;
   siteNames: string[];
@@ -230,6 +273,8 @@ class Validator {
   readonly problems: ConfigProblem[] = [];
   /** Every site name in the file, including sites that failed validation. */
   private declared: string[] = [];
+  /** Sites whose storage: is a volume -> devices mapping (issue 20). */
+  private readonly storageMaps = new Map<string, Record<string, SiteDevice[]>>();
   constructor(
     private readonly doc: Document,
     private readonly lines: LineCounter,
@@ -286,7 +331,10 @@ class Validator {
     for (const k of requiredTopKeyNames) if (!(k in root)) this.fail([k], 'is missing');
     const cluster = 'cluster' in root ? this.name(root.cluster, ['cluster'], 'cluster name') : undefined;
     const secret = 'secret' in root ? this.secret(root.secret) : undefined;
-    const volume = 'volume' in root ? this.volume(root.volume) : undefined;
+    if ('volume' in root && 'volumes' in root) this.fail(['volumes'], 'give either volume: (one volume) or volumes: (several), not both');
+    else if (!('volume' in root) && !('volumes' in root)) this.fail(['volume'], 'is missing; e.g. volume: { name: vol0, size: 1GiB } (or volumes: [...] for several)');
+    const listed = 'volumes' in root ? this.volumeList(root.volumes) : undefined;
+    const single = 'volume' in root ? this.volume(root.volume, ['volume']) : undefined;
     const sites = 'sites' in root ? this.sites(root.sites) : undefined;
     let transport: Transport = clusterKeys.transport.default;
     if ('transport' in root) {
@@ -297,9 +345,11 @@ class Validator {
     const tls = this.tlsFiles(root.tls, secret);
     // Cross-site checks run even when some site failed, so one pass names every problem.
     const primary = sites ? this.topology(sites) : undefined;
-    if (!cluster || !secret || !volume || !sites || primary === undefined || this.problems.length > 0) return undefined;
+    const volumes = sites && primary !== undefined ? (listed !== undefined ? this.placeVolumes(listed, sites, primary) : single ? this.singleVolume(single, sites) : undefined) : undefined;
+    if (!cluster || !secret || !volumes || !sites || primary === undefined || this.problems.length > 0) return undefined;
     const warnings = reachabilityWarnings(sites, primary);
-    return { file, dir: this.dir, cluster, secret, transport, tls, volume, sites, siteNames: Object.keys(sites), primary, warnings };
+    const groups = groupsOf(volumes.list, sites);
+    return { file, dir: this.dir, cluster, secret, transport, tls, volume: groups[0]!.volume, volumes: volumes.list, groups, multiVolume: listed !== undefined, sites, siteNames: Object.keys(sites), primary, warnings };
   }
 
   /** `tls:` paths; each defaults to a file beside the secret file (or the cluster file). */
@@ -375,21 +425,127 @@ class Validator {
     return { source: 'inline', inlineHex: hex.toLowerCase() };
   }
 
-  private volume(x: unknown): VolumeConfig | undefined {
-    if (!isObj(x)) return this.fail(['volume'], 'must be a mapping, e.g. { name: vol0, size: 1GiB, blockSize: 4096 }');
-    this.unknownKeys(x, ['volume'], volumeKeyNames);
-    const name = 'name' in x ? this.name(x.name, ['volume', 'name'], 'volume name') : this.fail(['volume', 'name'], 'is missing');
+  private volume(x: unknown, at: (string | number)[], listed = false): (VolumeConfig & { group?: string; sites?: string[] }) | undefined {
+    if (!isObj(x)) return this.fail(at, 'must be a mapping, e.g. { name: vol0, size: 1GiB, blockSize: 4096 }');
+    this.unknownKeys(x, at, listed ? volumeKeyNames : volumeKeyNames.filter((k) => k !== 'group' && k !== 'sites'));
+    const name = 'name' in x ? this.name(x.name, [...at, 'name'], 'volume name') : this.fail([...at, 'name'], 'is missing');
     let blockSize: (typeof blockSizes)[number] | undefined = blockSizeDefault;
     if ('blockSize' in x) {
       blockSize = blockSizes.find((b) => b === x.blockSize);
-      if (blockSize === undefined) this.fail(['volume', 'blockSize'], `${show(x.blockSize)} is not supported; use ${blockSizes.join(' or ')}`);
+      if (blockSize === undefined) this.fail([...at, 'blockSize'], `${show(x.blockSize)} is not supported; use ${blockSizes.join(' or ')}`);
     }
-    const sizeBytes = 'size' in x ? this.size(x.size, ['volume', 'size']) : this.fail(['volume', 'size'], 'is missing; e.g. size: 1GiB');
+    const sizeBytes = 'size' in x ? this.size(x.size, [...at, 'size']) : this.fail([...at, 'size'], 'is missing; e.g. size: 1GiB');
+    const group = 'group' in x ? this.name(x.group, [...at, 'group'], 'group name') : undefined;
+    const sites = 'sites' in x ? this.siteList(x.sites, [...at, 'sites']) : undefined;
     if (sizeBytes === undefined || blockSize === undefined || name === undefined) return undefined;
     if (sizeBytes === 0 || sizeBytes % blockSize !== 0) {
-      return this.fail(['volume', 'size'], `${show(x.size)} must be a positive multiple of blockSize ${blockSize}`);
+      return this.fail([...at, 'size'], `${show(x.size)} must be a positive multiple of blockSize ${blockSize}`);
     }
-    return { name, sizeBytes, blockSize, blockCount: sizeBytes / blockSize };
+    return { name, sizeBytes, blockSize, blockCount: sizeBytes / blockSize, ...(group !== undefined ? { group } : {}), ...(sites !== undefined ? { sites } : {}) };
+  }
+
+  /** `volumes:` (issue 20): names unique, at most volumesMax, each a valid volume. */
+  private volumeList(x: unknown): (VolumeConfig & { group?: string; sites?: string[] })[] | undefined {
+    if (!Array.isArray(x) || x.length === 0) return this.fail(['volumes'], 'must be a non-empty list of volumes, e.g. [{ name: db-log, size: 1GiB, group: db }, { name: db-data, size: 8GiB, group: db }]');
+    if (x.length > volumesMax) return this.fail(['volumes'], `lists ${x.length} volumes; a cluster carries at most ${volumesMax} (each costs every site a journal share, links and memory)`);
+    const out: (VolumeConfig & { group?: string; sites?: string[] })[] = [];
+    x.forEach((v, i) => {
+      const vol = this.volume(v, ['volumes', i], true);
+      if (vol === undefined) return;
+      if (out.some((o) => o.name === vol.name)) this.fail(['volumes', i, 'name'], `${vol.name} is listed twice; volume names are NBD export names and must be unique`);
+      else out.push(vol);
+    });
+    return out.length === x.length ? out : undefined;
+  }
+
+  /** The one volume of a `volume:` file: every storage-carrying site carries it. */
+  private singleVolume(v: VolumeConfig, sites: Record<string, SiteConfig>): { list: ListedVolume[] } {
+    return { list: [{ ...v, group: v.name, sites: Object.values(sites).filter(carriesStorage).map((s) => s.name), offsetBytes: 0 }] };
+  }
+
+  /**
+   * Places listed volumes: which sites carry each (the primary and its standby carry all; a relay
+   * carries what its next hop carries), each site's devices per volume ({volume} in a storage
+   * string, or storage as a volume -> devices mapping), group rules (one block size and one site
+   * set per group; a group of several volumes aligned to regions), and per-site bounds.
+   */
+  private placeVolumes(vols: (VolumeConfig & { group?: string; sites?: string[] })[], sites: Record<string, SiteConfig>, primary: string): { list: ListedVolume[] } | undefined {
+    const storing = Object.values(sites).filter(carriesStorage).map((s) => s.name);
+    const list: ListedVolume[] = vols.map((v) => ({ name: v.name, sizeBytes: v.sizeBytes, blockSize: v.blockSize, blockCount: v.blockCount, group: v.group ?? v.name, sites: v.sites ?? storing, offsetBytes: 0 }));
+    const standby = sites[primary]!.standby;
+    const witness = Object.values(sites).find((s) => s.role === 'witness');
+    if (witness !== undefined) this.fail(['sites', witness.name, 'role'], 'a witness with volumes: is not built yet (its vote is per consistency group); remove the witness, or carry one volume with volume:');
+    list.forEach((v, i) => {
+      for (const n of storing) {
+        if (!v.sites.includes(n) && sites[n]!.role !== 'mirror' && n !== primary && n !== standby) this.fail(['volumes', i, 'sites'], `leaves out ${sites[n]!.role} ${n}; a volume may leave out mirror sites only (a relay forwards every volume on its chain)`);
+      }
+      for (const [j, n] of v.sites.entries()) {
+        const s = sites[n];
+        if (s === undefined) this.fail(['volumes', i, 'sites', j], `no site named ${show(n)}${didYouMean(n, Object.keys(sites))}; sites are ${Object.keys(sites).join(', ')}`);
+        else if (!carriesStorage(s)) this.fail(['volumes', i, 'sites', j], `${n} is a ${s.role}${s.role === 'relay' ? ' without storage' : ''}: it keeps no copy of a volume`);
+      }
+      for (const must of [primary, ...(standby !== undefined ? [standby] : [])]) {
+        if (!v.sites.includes(must)) this.fail(['volumes', i, 'sites'], `must include ${must}: the ${must === primary ? 'primary' : 'standby'} carries every volume (a failover moves them all)`);
+      }
+      for (const s of Object.values(sites)) {
+        if (s.role === 'relay' && s.forward !== undefined && v.sites.includes(s.name) && !v.sites.includes(s.forward)) {
+          this.fail(['volumes', i, 'sites'], `lists relay ${s.name} but not ${s.forward}, where ${s.name} forwards it; list both or neither`);
+        }
+      }
+    });
+    // Group rules: one block size and one site set per group (one stream reaches the same sites).
+    const byGroup = new Map<string, ListedVolume[]>();
+    for (const v of list) byGroup.set(v.group, [...(byGroup.get(v.group) ?? []), v]);
+    for (const [g, members] of byGroup) {
+      const first = members[0]!;
+      const at = (v: ListedVolume): number => list.indexOf(v);
+      for (const v of members.slice(1)) {
+        if (v.blockSize !== first.blockSize) this.fail(['volumes', at(v), 'blockSize'], `${v.blockSize} differs from ${first.name}'s ${first.blockSize}; the volumes of group ${g} share one stream and one block size`);
+        if (v.sites.join(',') !== first.sites.join(',')) this.fail(['volumes', at(v), 'sites'], `[${v.sites.join(', ')}] differs from ${first.name}'s [${first.sites.join(', ')}]; the volumes of group ${g} go to the same sites (one stream)`);
+      }
+      if (members.length > 1) {
+        for (const v of members) {
+          if (v.sizeBytes % groupAlignBytes !== 0) this.fail(['volumes', at(v), 'size'], `${v.sizeBytes} bytes is not a multiple of ${groupAlignBytes / 1024} KiB; a volume in a group of several is placed on region boundaries (e.g. ${Math.ceil(v.sizeBytes / groupAlignBytes) * groupAlignBytes / 1024 ** 2} MiB)`);
+        }
+      }
+      if (members.length > groupVolumesMax) this.fail(['volumes', at(members[groupVolumesMax]!), 'group'], `group ${g} has ${members.length} volumes; a group holds at most ${groupVolumesMax}`);
+    }
+    // Each storage-carrying site: its devices per volume.
+    for (const s of Object.values(sites)) {
+      const carried = list.filter((v) => v.sites.includes(s.name));
+      if (carried.length > siteVolumesMax) this.fail(['sites', s.name], `carries ${carried.length} volumes; a site carries at most ${siteVolumesMax}`);
+      if (!carriesStorage(s)) continue;
+      if (s.cache !== undefined && carried.length > 0 && s.cache.sizeBytes / carried.length < cacheShareBytesMin) {
+        this.fail(['sites', s.name, 'cache', 'size'], `${s.cache.sizeBytes} bytes shared by ${carried.length} volumes is ${Math.floor(s.cache.sizeBytes / carried.length)} bytes each; each volume needs at least ${cacheShareBytesMin / 1024 ** 2} MiB of cache (grow cache.size to ${(cacheShareBytesMin * carried.length) / 1024 ** 2}MiB)`);
+      }
+      const byVolume: Record<string, SiteDevice[]> = {};
+      const map = this.storageMaps.get(s.name);
+      if (map !== undefined) {
+        for (const v of carried) {
+          if (map[v.name] === undefined) this.fail(['sites', s.name, 'storage'], `has no devices for volume ${v.name}; add ${v.name}: ["loopback:./data/${s.name}-${v.name}.img"]`);
+          else byVolume[v.name] = map[v.name]!;
+        }
+        for (const name of Object.keys(map)) {
+          if (!carried.some((v) => v.name === name)) this.fail(['sites', s.name, 'storage', name], `${s.name} does not carry a volume named ${name}${didYouMean(name, carried.map((v) => v.name))}`);
+        }
+      } else {
+        s.storage.forEach((d, i) => {
+          const templated = d.text.includes(volumePlaceholder);
+          if (!templated && d.kind !== 'memory' && carried.length > 1) {
+            this.fail(['sites', s.name, 'storage', i], `${d.text} would hold ${carried.length} volumes at once; put ${volumePlaceholder} in it (e.g. loopback:./data/${s.name}-${volumePlaceholder}.img) or map each volume to its devices`);
+          }
+        });
+        for (const v of carried) byVolume[v.name] = s.storage.map((d) => (d.text.includes(volumePlaceholder) ? (parseSiteDevice(d.text.replaceAll(volumePlaceholder, v.name), (p) => p) as SiteDevice) : d));
+      }
+      // The members of a group's array are the volumes' devices side by side: equal counts.
+      for (const [g, members] of byGroup) {
+        const counts = members.filter((v) => byVolume[v.name] !== undefined).map((v) => byVolume[v.name]!.length);
+        if (new Set(counts).size > 1) this.fail(['sites', s.name, 'storage'], `the volumes of group ${g} have ${counts.join(', ')} devices each at ${s.name}; give each the same number (a group's RAID-1 members span its volumes)`);
+      }
+      s.volumeStorage = byVolume;
+      s.storage = carried.length > 0 ? byVolume[carried[0]!.name]! : s.storage;
+    }
+    return { list };
   }
 
   private size(x: unknown, keys: (string | number)[]): number | undefined {
@@ -455,7 +611,15 @@ class Validator {
       const c = this.cache(x.cache, [...at, 'cache']);
       if (c) site.cache = c;
     }
-    if ('storage' in x) site.storage = this.storage(x.storage, [...at, 'storage']);
+    if ('storage' in x) {
+      if (isObj(x.storage)) {
+        // volume name -> devices (issue 20); checked against the volumes in placeVolumes
+        const map: Record<string, SiteDevice[]> = {};
+        for (const [vol, list] of Object.entries(x.storage)) map[vol] = this.storage(list, [...at, 'storage', vol]);
+        this.storageMaps.set(name, map);
+        site.storage = Object.values(map)[0] ?? [];
+      } else site.storage = this.storage(x.storage, [...at, 'storage']);
+    }
     if ('mirrors' in x) site.mirrors = this.siteList(x.mirrors, [...at, 'mirrors']);
     if ('forward' in x) site.forward = this.siteRef(x.forward, [...at, 'forward']);
     if ('standby-for' in x) site.standbyFor = this.siteRef(x['standby-for'], [...at, 'standby-for']);
@@ -669,6 +833,41 @@ class Validator {
       }
     }
   }
+}
+
+/** In a storage string of a multi-volume file: replaced by each volume's name. */
+export const volumePlaceholder = '{volume}';
+/** Bounds of issue 20 item 1, per cluster file, group and site. */
+export const volumesMax = 64;
+export const groupVolumesMax = 16;
+export const siteVolumesMax = 64;
+/** Each volume a site carries gets at least this much of its cache (the journal of its group is the sum of its volumes' shares). */
+export const cacheShareBytesMin = 4 * 1024 * 1024;
+/** Volumes of a group of several are placed on region boundaries (core regionBytes, 64 KiB), so each region belongs to one volume. */
+export const groupAlignBytes = 64 * 1024;
+
+/** A site that keeps a copy: primary, mirror, standby, a relay with storage. */
+function carriesStorage(s: SiteConfig): boolean {
+  return s.role !== 'witness' && (s.role !== 'relay' || s.storage.length > 0);
+}
+
+/** Groups in order of first appearance, each volume at its offset in the group's address space. */
+function groupsOf(list: ListedVolume[], sites: Record<string, SiteConfig>): GroupConfig[] {
+  const groups: GroupConfig[] = [];
+  for (const v of list) {
+    let g = groups.find((x) => x.name === v.group);
+    if (g === undefined) {
+      g = { name: v.group, index: groups.length, volumes: [], volume: { name: v.group, sizeBytes: 0, blockSize: v.blockSize, blockCount: 0 }, sites: v.sites.filter((n) => sites[n] !== undefined) };
+      groups.push(g);
+    }
+    v.offsetBytes = g.volume.sizeBytes;
+    g.volumes.push(v);
+    g.volume.sizeBytes += v.sizeBytes;
+    g.volume.blockCount = g.volume.sizeBytes / g.volume.blockSize;
+  }
+  // A group of one volume is that volume (its name is the export's, and the state's).
+  for (const g of groups) if (g.volumes.length === 1) g.volume = { name: g.volumes[0]!.name, sizeBytes: g.volumes[0]!.sizeBytes, blockSize: g.volumes[0]!.blockSize, blockCount: g.volumes[0]!.blockCount };
+  return groups;
 }
 
 function pathText(keys: (string | number)[]): string {

@@ -5,7 +5,9 @@ import type { GeoReport } from '../core/geo.js';
 import type { NbdTlsOptions } from '../nbd/tls.js';
 import type { LinkSecurity } from '../net/security.js';
 import type { ChecksumAnswer, ChecksumRequest } from './checksums.js';
-import type { ClusterConfig, SiteConfig } from './config.js';
+import type { ClusterConfig, GroupConfig, SiteConfig } from './config.js';
+import type { LinkHub } from './link-hub.js';
+import type { NbdServer } from '../nbd/server.js';
 import type { SiteTlsIdentity } from './link-security.js';
 import type { Logger } from './log.js';
 import type { SiteMetrics } from './metrics.js';
@@ -32,6 +34,12 @@ export interface SiteContext {
   metrics: SiteMetrics;
   /** Primary/standby with located mirrors: the claims 5-7 report, already logged. */
   geo?: GeoReport;
+  /** With several consistency groups (issue 20): the site's one replication port, shared by the groups' Peers. */
+  linkHub?: LinkHub;
+  /** With several consistency groups: the site's one NBD server, where each group's life adds and withdraws its volumes' exports. */
+  nbdHub?: NbdServer;
+  /** The consistency group this context serves (its config is the group's: src/site/volumes.ts). */
+  group?: GroupConfig;
 }
 
 /** A running role: what the admin server and the stop path talk to. */

@@ -5,6 +5,7 @@
 import { CacheJournal, CacheEntryFlags, type EntryHandle, type JournalDamage } from '../../hal/cache.js';
 import { openCacheDevice } from '../../hal/cachedev.js';
 import { DiskArray } from '../../hal/array.js';
+import { ConcatDevice } from '../../hal/concat.js';
 import { openBlockDevice } from '../../hal/devstring.js';
 import type { BlockDevice } from '../../hal/blockdev.js';
 import type { CacheEntry, Epoch, Meta, Seq } from '../core/types.js';
@@ -45,11 +46,31 @@ export async function openSiteDevices(ctx: SiteContext, regionCount: number): Pr
   };
   const geometry = { blockSizeBytes: config.volume.blockSize, blockCount: config.volume.blockCount, baseDir: config.dir };
   const specs = new Map<string, (typeof site.storage)[number]>();
+  /** A member made of several volumes' devices (issue 20): opened part by part. */
+  const concatSpecs = new Map<string, { devices: (typeof site.storage)[number][]; blockCounts: number[] }>();
+  const openConcat = async (c: { devices: (typeof site.storage)[number][]; blockCounts: number[] }, create: boolean): Promise<BlockDevice> => {
+    const parts: BlockDevice[] = [];
+    try {
+      for (const [j, d] of c.devices.entries()) parts.push(await openBlockDevice(d.text, { blockSizeBytes: config.volume.blockSize, blockCount: c.blockCounts[j]!, baseDir: config.dir, create }));
+    } catch (err) {
+      await Promise.all(parts.map((p) => p.close().catch(() => undefined)));
+      throw err;
+    }
+    return new ConcatDevice(parts);
+  };
   try {
-    for (const d of site.storage) {
-      const dev = await openBlockDevice(d.text, { ...geometry, create: true });
-      specs.set(dev.name, d);
-      members.push(dev);
+    if (site.storageParts !== undefined) {
+      for (const c of site.storageParts) {
+        const dev = await openConcat(c, true);
+        concatSpecs.set(dev.name, c);
+        members.push(dev);
+      }
+    } else {
+      for (const d of site.storage) {
+        const dev = await openBlockDevice(d.text, { ...geometry, create: true });
+        specs.set(dev.name, d);
+        members.push(dev);
+      }
     }
   } catch (err) {
     await closeAll();
@@ -63,6 +84,11 @@ export async function openSiteDevices(ctx: SiteContext, regionCount: number): Pr
       // A failed member that answers probes again is reopened by its device string; never
       // created: a blank file in its place would pass for the volume (issue 16 item 3).
       reopen: async (name) => {
+        const c = concatSpecs.get(name);
+        if (c !== undefined) {
+          if (c.devices.some((d) => d.kind === 'memory')) throw new Error(`${name} cannot be reopened (a memory device is gone with its process)`);
+          return openConcat(c, false);
+        }
         const d = specs.get(name);
         if (d === undefined || d.kind === 'memory') throw new Error(`${name} cannot be reopened (${d === undefined ? 'unknown member' : 'a memory device is gone with its process'})`);
         return openBlockDevice(d.text, { ...geometry, create: false });

@@ -14,7 +14,7 @@ import type { SiteStatus } from './status.js';
  */
 export function decodeOrClose(link: Link, m: DataMessage, peer: string, log?: { warn(o: object, msg: string): void }): PeerMsg | undefined {
   try {
-    return fromWire(m, peer);
+    return fromWire(m, peer, link.group);
   } catch (err) {
     const reason = (err as Error).message;
     log?.warn({ event: 'frame-refused', peer, remote: link.remote, type: m.type, reason }, `refused ${m.type} from ${peer}: ${reason}`);

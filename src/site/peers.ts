@@ -44,6 +44,10 @@ export class Peers implements PeersPort {
   private readonly links = new Map<PeerId, Link>();
   private readonly dialers = new Map<PeerId, Dialer>();
   private server: LinkServer | undefined;
+  /** With several consistency groups: the site's shared port (src/site/link-hub.ts) and this group's handler on it. */
+  private hubHandler: ((link: Link) => void) | undefined;
+  /** The consistency group these links carry (issue 20; data frames carry it as volumeId). */
+  private readonly group: number;
   /** Send-to-ack timing per peer, for the ack-latency histogram only (the core keeps the window). */
   private readonly ackTimer = new AckTimer();
   private stopped = false;
@@ -58,9 +62,11 @@ export class Peers implements PeersPort {
     private readonly opts: PeersOptions,
   ) {
     this.authority = new PeerAuthority(ctx.config, ctx.site.name);
+    this.group = ctx.linkSecurity.geometry.group ?? 0;
   }
 
-  private linkOptions() {
+  /** What every link of this site is built with (src/site/link-hub.ts builds the shared port's from it too). */
+  linkOptions() {
     const log = this.ctx.log;
     return {
       cluster: this.ctx.config.cluster,
@@ -79,6 +85,13 @@ export class Peers implements PeersPort {
   async listen(): Promise<void> {
     const { site, config } = this.ctx;
     if (!site.listen) return;
+    const hub = this.ctx.linkHub;
+    if (hub !== undefined) {
+      this.hubHandler = (link) => this.attach(link);
+      hub.register(this.group, this.hubHandler);
+      await hub.listen();
+      return;
+    }
     const server = new LinkServer({ ...this.linkOptions(), peers: config.siteNames.filter((n) => n !== site.name), host: site.listen.host, port: site.listen.port });
     server.on('link', (link) => this.attach(link));
     server.on('refused', (r) => this.ctx.metrics.framesRefusedTotal.inc({ reason: r.code === undefined ? 'transport' : String(r.code) }));
@@ -111,7 +124,7 @@ export class Peers implements PeersPort {
   send(peer: PeerId, msg: PeerMsg): void {
     const link = this.links.get(peer);
     if (link === undefined || link.state !== 'established') return; // contract 4: dropped
-    if (!sendOrClose(link, toWire(msg, this.ctx.site.name))) return;
+    if (!sendOrClose(link, toWire(msg, this.ctx.site.name, this.group))) return;
     if (msg.type === 'write') this.ackTimer.sent(peer, msg.seq, msg.lengthBytes, this.opts.nowMs());
     else if (msg.type === 'lastHeardQuery') {
       const q = this.queries.get(link) ?? [];
@@ -163,6 +176,11 @@ export class Peers implements PeersPort {
       link.close();
       return;
     }
+    if (link.group !== this.group) {
+      link.close(ErrorCode.REFUSED, `a link of consistency group ${link.group} reached group ${this.group}`);
+      return;
+    }
+    link.heartbeatFrom(() => this.opts.heartbeatState());
     const old = this.links.get(peer);
     if (old && old !== link) old.close(undefined, `replaced by a new connection from ${peer}`);
     this.links.set(peer, link);
@@ -240,6 +258,7 @@ export class Peers implements PeersPort {
     if (this.stopped) return;
     this.stopped = true;
     for (const d of this.dialers.values()) d.stop();
+    if (this.hubHandler !== undefined) this.ctx.linkHub?.unregister(this.group, this.hubHandler);
     for (const l of this.links.values()) l.close(undefined, reason);
     await this.server?.close();
   }

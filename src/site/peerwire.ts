@@ -5,7 +5,7 @@
 import type { ByteRange, PeerMsg, SenseInfo } from '../core/types.js';
 import { AckStatus, WriteFlags, heardAgoMsMax, heardAgoNever, type DataMessage, type ResyncRange } from '../wire/index.js';
 
-/** The one volume of a v1 cluster. */
+/** The one volume of a single-volume cluster (with several, data frames carry their consistency group's number, issue 20). */
 export const volumeId = 0;
 
 function senseFields(sense: SenseInfo | undefined): { status: number; senseKey: number; asc: number; ascq: number } {
@@ -20,7 +20,7 @@ function senseOf(m: { status: number; senseKey: number; asc: number; ascq: numbe
 }
 
 /** Core -> wire. (Heartbeats are the link's own frames: src/net's Link sends and answers them.) */
-export function toWire(msg: PeerMsg, self: string): DataMessage {
+export function toWire(msg: PeerMsg, self: string, volumeId = 0): DataMessage {
   switch (msg.type) {
     case 'write':
       return {
@@ -84,9 +84,9 @@ export function toWire(msg: PeerMsg, self: string): DataMessage {
  * RangeError naming the peer for a field no volume of this cluster can have (another volume
  * number, an offset past 2^53): the caller refuses the frame and closes the link.
  */
-export function fromWire(m: DataMessage, peer: string): PeerMsg | undefined {
+export function fromWire(m: DataMessage, peer: string, volumeId = 0): PeerMsg | undefined {
   if ('volumeId' in m && m.volumeId !== volumeId) {
-    throw new RangeError(`${peer}: ${m.type} is for volume ${m.volumeId}, but this cluster has one volume (number ${volumeId}); check that ${peer} runs the same cluster file`);
+    throw new RangeError(`${peer}: ${m.type} is for volume ${m.volumeId}, but this link carries consistency group ${volumeId}; check that ${peer} runs the same cluster file`);
   }
   switch (m.type) {
     case 'WRITE':

@@ -6,6 +6,7 @@ import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync } from 'node:
 import { dirname } from 'node:path';
 import type { ClusterConfig, SiteDevice } from './config.js';
 import { writeKeyFile } from './key.js';
+import { groupClusterConfig, groupsOfSite } from './volumes.js';
 
 export interface Prepared {
   /** Loopback files created (sparse, at the size the file asks for). */
@@ -31,6 +32,15 @@ export function prepareLoopbackCluster(config: ClusterConfig, siteNames: readonl
   for (const name of siteNames) {
     const site = config.sites[name];
     if (site === undefined) throw new Error(`no site named ${name} in ${config.file}`);
+    if (config.multiVolume) {
+      // Several volumes (issue 20): a cache file per consistency group, a file per volume.
+      for (const g of groupsOfSite(config, site)) {
+        const gs = groupClusterConfig(config, g).sites[name];
+        if (gs?.cache) create(gs.cache.device, gs.cache.sizeBytes);
+      }
+      for (const v of config.volumes) for (const d of site.volumeStorage?.[v.name] ?? []) create(d, v.sizeBytes);
+      continue;
+    }
     if (site.cache) create(site.cache.device, site.cache.sizeBytes);
     for (const d of site.storage) create(d, config.volume.sizeBytes);
   }

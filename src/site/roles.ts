@@ -2,6 +2,7 @@
 // standby, witness) is added here as it is built; runSite refuses a role missing from this
 // table with a message saying so, rather than pretending to run it.
 import { blockDeviceExport } from '../nbd/blockdev-export.js';
+import { sliceExport } from '../nbd/export.js';
 import { NbdServer } from '../nbd/server.js';
 import { regionCount } from '../core/regions.js';
 import { defaultLimits } from '../core/types.js';
@@ -35,7 +36,7 @@ const demoteDrainMsMax = 30_000;
  * issue 16 item 5); a demoted primary persists `acting: mirror` and follows as a mirror until the
  * next primary's epoch reaches it, then as that site's standby. No file edit, no restart.
  */
-async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
+export async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
   const { config, site } = ctx;
   const opts = replicaOptionsFromEnv();
   const historyPath = site.cache?.device.kind === 'loopback' ? `${site.cache.device.path}.failovers.jsonl` : undefined;
@@ -53,14 +54,29 @@ async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
   });
   done.catch(() => undefined);
 
+  /** With several volumes (ctx.nbdHub): the names this life added to the site's NBD server. */
+  let served: string[] | undefined;
+
   const serve = async (readWrite: boolean): Promise<void> => {
-    if (!site.nbd || nbd !== undefined) return;
+    if (!site.nbd || nbd !== undefined || served !== undefined) return;
     const array = devices.array;
     if (!readWrite && array === undefined) return;
     // Primary: the mirrored volume, read-write. Mirror: its replica, read-only (DR checks, backups).
     const exp = meteredExport(readWrite
       ? replicaExport(replica, { name: config.volume.name, description: `geomirror ${config.cluster}: primary ${site.name} (epoch ${replica.status().epoch})`, sizeBytes: config.volume.sizeBytes })
       : blockDeviceExport(array!, { name: config.volume.name, description: `geomirror ${config.cluster}: read-only replica at ${site.name}`, readOnly: true }), ctx.metrics);
+    if (ctx.nbdHub !== undefined && ctx.group !== undefined) {
+      // Several volumes (issue 20): each volume of the group is a window of the group's export
+      // on the site's one NBD server, added while this life serves and withdrawn when it ends.
+      const g = ctx.group;
+      const exps = g.volumes.length === 1 && g.volumes[0]!.name === exp.name
+        ? [exp]
+        : g.volumes.map((v) => sliceExport(exp, { name: v.name, description: `${exp.description}, volume ${v.name} of group ${g.name}`, offsetBytes: v.offsetBytes, sizeBytes: v.sizeBytes }));
+      for (const e of exps) ctx.nbdHub.addExport(e);
+      served = exps.map((e) => e.name);
+      for (const e of exps) ctx.log.info({ event: 'nbd-listening', uri: `nbd://${site.nbd.text}/${e.name}`, readOnly: e.readOnly, group: g.name }, `NBD export ${e.name} on ${site.nbd.text}${e.readOnly ? ' (read-only)' : ''}`);
+      return;
+    }
     const server = new NbdServer({ exports: [exp], logger: componentLogger(ctx.log, 'nbd'), ...(ctx.nbdTls ? { tls: ctx.nbdTls } : {}) });
     await server.listen(site.nbd.host, site.nbd.port);
     nbd = server;
@@ -68,6 +84,10 @@ async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
   };
 
   const closeExport = async (): Promise<void> => {
+    if (served !== undefined) {
+      for (const name of served) ctx.nbdHub?.removeExport(name);
+      served = undefined;
+    }
     const n = nbd;
     nbd = undefined;
     await n?.close();

@@ -20,6 +20,8 @@ import { componentLogger, createLogger, type Logger } from './log.js';
 import { bindStatusGauges, createSiteMetrics, type SiteMetrics } from './metrics.js';
 import { EventFeed } from './events.js';
 import { roleRuntimes } from './roles.js';
+import { groupsRuntime } from './groups-runtime.js';
+import { groupClusterConfig, groupsOfSite } from './volumes.js';
 import type { SiteStatus } from './status.js';
 import { didYouMean } from './suggest.js';
 import { formatBytes } from './units.js';
@@ -68,8 +70,16 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
   if (site === undefined) {
     throw new StartupError(siteName, [`--site ${siteName}: no such site in ${config.file}${didYouMean(siteName, config.siteNames)}; sites are ${config.siteNames.join(', ')}`]);
   }
-  const runtimeFactory = options.runtime ?? roleRuntimes[site.role];
-  const problems = [...checkDevices(config, site), ...(await checkAddresses(site))];
+  // Several volumes (issue 20): one runtime per consistency group in this process.
+  const runtimeFactory = options.runtime ?? (config.multiVolume && site.role !== 'witness' ? groupsRuntime : roleRuntimes[site.role]);
+  const deviceProblems = config.multiVolume
+    ? groupsOfSite(config, site).flatMap((g) => {
+        const gc = groupClusterConfig(config, g);
+        const gs = gc.sites[site.name];
+        return gs === undefined ? [] : checkDevices(gc, gs);
+      })
+    : checkDevices(config, site);
+  const problems = [...deviceProblems, ...(await checkAddresses(site))];
   let secret: Buffer | undefined;
   try {
     secret = readSecret(config);
@@ -206,7 +216,7 @@ function withVerify(site: SiteConfig, status: SiteStatus): SiteStatus {
 /** GET /checksums: validated here against the volume, computed by the runtime over its storage. */
 async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: SiteRuntime | undefined, query: URLSearchParams, digestKey: Buffer): Promise<ChecksumAnswer> {
   if (runtime?.checksums === undefined) {
-    throw new ChecksumRequestError(runtime === undefined ? `site ${site.name} is still starting; retry in a moment` : `site ${site.name} (${site.role}) keeps no storage to checksum`, 503);
+    throw new ChecksumRequestError(runtime === undefined ? `site ${site.name} is still starting; retry in a moment` : config.multiVolume ? `site ${site.name} carries several volumes; geomirror verify compares single-volume clusters only (compare a volume's exports with nbdcopy/qemu-img compare meanwhile)` : `site ${site.name} (${site.role}) keeps no storage to checksum`, 503);
   }
   const req = parseChecksumQuery(query, config.volume.sizeBytes, config.volume.blockSize, digestKey);
   if (checksumsBusy.has(site)) throw new ChecksumRequestError(`site ${site.name} is already computing checksums for another verify; retry when it is done`, 503);
@@ -271,7 +281,12 @@ export function checkDevices(config: ClusterConfig, site: SiteConfig): string[] 
     // lost): the journal refuses it at open with the fix, or re-formats one that holds nothing.
     check(`sites.${site.name}.cache.device`, site.cache.device, site.cache.sizeBytes, 'cache.size', false);
   }
-  site.storage.forEach((d, i) => check(`sites.${site.name}.storage[${i}]`, d, config.volume.sizeBytes, 'volume.size'));
+  if (site.storageParts !== undefined) {
+    // A group of several volumes (issue 20): each volume's device against its own size.
+    site.storageParts.forEach((m, i) => m.devices.forEach((d, j) => check(`sites.${site.name}.storage[${i}] (volume ${config.volumes[j]?.name ?? j})`, d, m.blockCounts[j]! * config.volume.blockSize, `volume ${config.volumes[j]?.name ?? j}'s size`)));
+  } else {
+    site.storage.forEach((d, i) => check(`sites.${site.name}.storage[${i}]`, d, config.volume.sizeBytes, config.multiVolume ? `volume ${config.volume.name}'s size` : 'volume.size'));
+  }
   return problems;
 }
 

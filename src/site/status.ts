@@ -115,6 +115,18 @@ export interface SiteStatus {
   peers: PeerStatus[];
   pid: number;
   uptimeSeconds: number;
+  /**
+   * A site with several volumes (issue 20): each consistency group's own status, with its volumes.
+   * The fields above are then those of the first group the site carries.
+   */
+  groups?: GroupStatus[];
+}
+
+/** One consistency group at a site: its volumes and the status of its replication stream. */
+export interface GroupStatus {
+  group: string;
+  volumes: { name: string; sizeBytes: number; offsetBytes: number }[];
+  status: SiteStatus;
 }
 
 /** Checks a /status body from the network before the CLI trusts it (validate at the edge). */

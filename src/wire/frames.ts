@@ -160,7 +160,7 @@ export const messageSpecs: readonly MessageSpec[] = [
     f('nonce', 'bytes32', 'dialer nonce: 32 fresh random bytes per connection'),
     f('volumeBytes', 'u64', 'volume size of the dialer\'s cluster file, bytes (v2)'),
     f('blockBytes', 'u32', 'volume block size of the dialer\'s cluster file, bytes (v2)'),
-    f('reserved2', 'u32', 'must be 0'),
+    f('group', 'u32', 'consistency group this connection carries: its number in the cluster file, 0 for the one volume of a single-volume cluster; data frames on it carry it as volumeId'),
   ], [
     { name: 'cluster', kind: 'str8', doc: 'cluster name' },
     { name: 'site', kind: 'str8', doc: 'dialer site name' },
@@ -333,7 +333,7 @@ for (const s of messageSpecs) {
 
 // ---- Message types -----------------------------------------------------------------------
 
-export interface HelloMsg { type: 'HELLO'; versionMin: number; versionMax: number; nonce: Buffer; volumeBytes: bigint; blockBytes: number; cluster: string; site: string; target: string }
+export interface HelloMsg { type: 'HELLO'; versionMin: number; versionMax: number; nonce: Buffer; volumeBytes: bigint; blockBytes: number; group: number; cluster: string; site: string; target: string }
 export interface ChallengeMsg { type: 'CHALLENGE'; version: number; nonce: Buffer; volumeBytes: bigint; blockBytes: number; cluster: string; site: string }
 export interface ResponseMsg { type: 'RESPONSE'; mac: Buffer }
 export interface WelcomeMsg { type: 'WELCOME'; mac: Buffer }

@@ -35,6 +35,8 @@ export type HandshakeRole = 'dialer' | 'listener';
 export interface VolumeGeometry {
   readonly volumeBytes: bigint;
   readonly blockBytes: number;
+  /** Consistency group (issue 20): HELLO's group, 0 (absent) in a single-volume cluster. */
+  readonly group?: number;
 }
 
 export interface HandshakeOptions {
@@ -51,8 +53,13 @@ export interface HandshakeOptions {
   /** Listener: returns true if this nonce was seen before (and records it). */
   readonly seenNonce?: (nonce: Buffer) => boolean;
   readonly randomBytes: (n: number) => Buffer;
-  /** This site's volume geometry (from its cluster file); the peer's must be equal. */
+  /** This site's volume geometry (from its cluster file); the peer's must be equal. Dialer: with the group it dials. */
   readonly geometry: VolumeGeometry;
+  /**
+   * Listener with several consistency groups (issue 20): the geometry of the group a HELLO
+   * names, undefined when this site carries no such group. Default: `geometry` for its group.
+   */
+  readonly geometryOf?: (group: number) => VolumeGeometry | undefined;
   /**
    * The peer's site name as its TLS certificate states it (verified by the transport against
    * the cluster CA); the name claimed in HELLO/CHALLENGE must equal it. Undefined on a
@@ -117,6 +124,8 @@ export function authInput(
     str8(listener),
     u64(geometry.volumeBytes),
     u32(geometry.blockBytes),
+    // The group is covered too (issue 20), only when not 0 so single-volume MACs stay as they were.
+    ...(geometry.group ? [Buffer.from('group\0', 'ascii'), u32(geometry.group)] : []),
     Buffer.from([channelBinding.length]),
     channelBinding,
   ]);
@@ -128,6 +137,8 @@ export function authMac(secret: Buffer, input: Buffer): Buffer {
 
 export class Handshake {
   private st: HandshakeState = 'start';
+  /** The geometry of this connection: ours (dialer), or the group's a HELLO named (listener). */
+  private geometry!: VolumeGeometry;
   private nonceDialer: Buffer | undefined;
   private nonceListener: Buffer | undefined;
   private version = 0;
@@ -143,6 +154,12 @@ export class Handshake {
     if (o.role === 'listener' && o.acceptPeer === undefined) throw new Error('handshake: a listener needs acceptPeer');
     this.versionMin = o.versionMin ?? protocolVersionMin;
     this.versionMax = o.versionMax ?? protocolVersionMax;
+    this.geometry = o.geometry;
+  }
+
+  /** The consistency group this connection carries (issue 20): the dialer's, as the listener accepted it. */
+  get group(): number {
+    return this.geometry.group ?? 0;
   }
 
   get state(): HandshakeState {
@@ -173,7 +190,7 @@ export class Handshake {
     return {
       send: [{
         type: 'HELLO', versionMin: this.versionMin, versionMax: this.versionMax, nonce: this.nonceDialer,
-        volumeBytes: this.o.geometry.volumeBytes, blockBytes: this.o.geometry.blockBytes, cluster: this.o.cluster, site: this.o.site, target: this.o.peer!,
+        volumeBytes: this.o.geometry.volumeBytes, blockBytes: this.o.geometry.blockBytes, group: this.o.geometry.group ?? 0, cluster: this.o.cluster, site: this.o.site, target: this.o.peer!,
       }],
       state: this.st,
     };
@@ -223,6 +240,9 @@ export class Handshake {
         if (!this.o.acceptPeer!(msg.site)) {
           return this.refuse(ErrorCode.UNKNOWN_SITE, `site '${msg.site}' is not a peer of '${this.o.site}' in cluster '${this.o.cluster}': add it to the config or fix its name`);
         }
+        const mine = this.o.geometryOf ? this.o.geometryOf(msg.group) : (this.o.geometry.group ?? 0) === msg.group ? this.o.geometry : undefined;
+        if (mine === undefined) return this.refuse(ErrorCode.GEOMETRY_MISMATCH, `site '${msg.site}' dialed consistency group ${msg.group}, which '${this.o.site}' does not carry: check that both run the same cluster file (its volumes: list)`);
+        this.geometry = mine;
         const geo = this.geometryProblem(msg.site, msg.volumeBytes, msg.blockBytes);
         if (geo !== undefined) return this.refuse(ErrorCode.GEOMETRY_MISMATCH, geo);
         if (this.o.seenNonce?.(msg.nonce) === true) {
@@ -236,7 +256,7 @@ export class Handshake {
         this.st = 'awaitResponse';
         const challenge: ChallengeMsg = {
           type: 'CHALLENGE', version: v, nonce: this.nonceListener,
-          volumeBytes: this.o.geometry.volumeBytes, blockBytes: this.o.geometry.blockBytes, cluster: this.o.cluster, site: this.o.site,
+          volumeBytes: mine.volumeBytes, blockBytes: mine.blockBytes, cluster: this.o.cluster, site: this.o.site,
         };
         return { send: [challenge], state: this.st };
       }
@@ -283,7 +303,7 @@ export class Handshake {
 
   /** Undefined when the peer's volume equals ours; else a reason naming both geometries. */
   private geometryProblem(peer: string, volumeBytes: bigint, blockBytes: number): string | undefined {
-    const g = this.o.geometry;
+    const g = this.geometry;
     if (volumeBytes === g.volumeBytes && blockBytes === g.blockBytes) return undefined;
     return `site '${peer}' has volume size ${volumeBytes} bytes and block size ${blockBytes}, site '${this.o.site}' has ${g.volumeBytes} bytes and block size ${g.blockBytes}: every site of a cluster must use the same volume (fix volume: in the cluster file of one of them)`;
   }
@@ -303,7 +323,7 @@ export class Handshake {
   private mac(label: 'dialer' | 'listener'): Buffer {
     return authMac(
       this.o.secret,
-      authInput(label, this.version, this.nonceDialer!, this.nonceListener!, this.o.cluster, this.dialerName, this.listenerName, this.o.geometry, this.o.channelBinding),
+      authInput(label, this.version, this.nonceDialer!, this.nonceListener!, this.o.cluster, this.dialerName, this.listenerName, this.geometry, this.o.channelBinding),
     );
   }
 }

@@ -52,7 +52,7 @@ export interface LiveOptions {
   tls?: { ca: string; cert: string; key: string };
 }
 
-const geometryOf = (o: LiveOptions) => ({ volumeBytes: o.volumeBytes ?? 1n << 30n, blockBytes: o.blockBytes ?? 4096 });
+const geometryOf = (o: LiveOptions) => ({ volumeBytes: o.volumeBytes ?? 1n << 30n, blockBytes: o.blockBytes ?? 4096, group: 0 });
 
 export interface CaseResult { name: string; pass: boolean; detail: string }
 

@@ -66,8 +66,8 @@ export function messageCases(): { name: string; frameSeq: number; msg: Message }
   const mac = detBytes('mac', 32);
   const c = (name: string, msg: Message, frameSeq = 0) => ({ name, frameSeq, msg });
   const cases = [
-    c('HELLO', { type: 'HELLO', versionMin: 2, versionMax: 2, nonce, volumeBytes: 1n << 30n, blockBytes: 4096, cluster: 'demo', site: 'local', target: 'east' }),
-    c('HELLO utf8 names', { type: 'HELLO', versionMin: 2, versionMax: 3, nonce, volumeBytes: (1n << 44n) + 512n, blockBytes: 512, cluster: 'grappe-é', site: 'sité-1', target: '東' }),
+    c('HELLO', { type: 'HELLO', versionMin: 2, versionMax: 2, nonce, volumeBytes: 1n << 30n, blockBytes: 4096, group: 0, cluster: 'demo', site: 'local', target: 'east' }),
+    c('HELLO utf8 names', { type: 'HELLO', versionMin: 2, versionMax: 3, nonce, volumeBytes: (1n << 44n) + 512n, blockBytes: 512, group: 3, cluster: 'grappe-é', site: 'sité-1', target: '東' }),
     c('CHALLENGE', { type: 'CHALLENGE', version: 2, nonce, volumeBytes: 1n << 30n, blockBytes: 4096, cluster: 'demo', site: 'east' }),
     c('RESPONSE', { type: 'RESPONSE', mac }, 1),
     c('WELCOME', { type: 'WELCOME', mac }, 1),
@@ -318,7 +318,7 @@ export function handshakeCases(): HandshakeVector[] {
   const nOld = detBytes('nonce-listener-earlier-connection', 32);
   const wrongSecret = detBytes('wrong-secret', 32);
   const hello = (over: Partial<Extract<Message, { type: 'HELLO' }>> = {}): Message => ({
-    type: 'HELLO', versionMin: 2, versionMax: 2, nonce: nD, ...vectorGeometry, cluster: vectorCluster, site: 'local', target: 'east', ...over,
+    type: 'HELLO', versionMin: 2, versionMax: 2, nonce: nD, ...vectorGeometry, group: 0, cluster: vectorCluster, site: 'local', target: 'east', ...over,
   });
   // The TLS exporter of the vectors' connection (a real one differs per connection).
   const binding = detBytes('tls-channel-binding', 32);

@@ -117,7 +117,7 @@ describe('mutual TLS on replication links', () => {
 
   it('refuses a plain-TCP client speaking the old protocol, logged', async () => {
     const { port, logger } = await listen(config);
-    const hello = encodeFrame({ type: 'HELLO', versionMin: 2, versionMax: 2, nonce: Buffer.alloc(32, 1), volumeBytes: 1n << 30n, blockBytes: 4096, cluster: 'demo', site: 'local', target: 'east' }, 0);
+    const hello = encodeFrame({ type: 'HELLO', versionMin: 2, versionMax: 2, nonce: Buffer.alloc(32, 1), volumeBytes: 1n << 30n, blockBytes: 4096, group: 0, cluster: 'demo', site: 'local', target: 'east' }, 0);
     const r = await rawExchange(port, hello);
     expect(r.closed).toBe(true);
     expect(r.received.includes(Buffer.from('GMRP'))).toBe(false); // not a word of the protocol in plain text

@@ -119,7 +119,7 @@ describe('peerwire: fields no volume of this cluster can have (issue 17 item 4)'
       { type: 'IN_SYNC', volumeId: 3, epoch: 1n, seq: 1n },
       { type: 'READ_REQUEST', volumeId: 4, epoch: 1n, readId: 1n, offsetBytes: 0n, lengthBytes: 4096 },
     ];
-    for (const m of frames) expect(() => fromWire(m, 'west'), m.type).toThrow(/west: .* is for volume \d+, but this cluster has one volume/);
+    for (const m of frames) expect(() => fromWire(m, 'west'), m.type).toThrow(/west: .* is for volume \d+, but this link carries consistency group 0/);
   });
   it('refuses offsets past 2^53 instead of rounding them', () => {
     expect(() => fromWire({ type: 'WRITE', volumeId: 0, flags: 0, epoch: 1n, seq: 1n, offsetBytes: 1n << 60n, data }, 'west')).toThrow(/west: offset 1152921504606846976 is beyond any volume/);
