@@ -28,6 +28,7 @@ export class ConcatDevice implements BlockDevice {
   /** First LBA of each part. */
   private readonly starts: number[] = [];
   readonly writeNow?: (lba: number, data: Uint8Array) => void;
+  private closed = false;
 
   constructor(
     readonly parts: readonly BlockDevice[],
@@ -53,6 +54,7 @@ export class ConcatDevice implements BlockDevice {
     };
     if (parts.every((p) => p.writeNow !== undefined)) {
       this.writeNow = (lba, data) => {
+        this.writable(lba);
         for (const pc of this.pieces(lba, blocksIn(this, data, lba))) pc.part.writeNow!(pc.lba, this.slice(data, pc));
       };
     }
@@ -65,28 +67,43 @@ export class ConcatDevice implements BlockDevice {
   }
 
   async read(lba: number, blocks: number): Promise<Buffer> {
+    this.open();
     const pieces = this.pieces(lba, blocks);
     if (pieces.length === 1) return pieces[0]!.part.read(pieces[0]!.lba, pieces[0]!.blocks);
     return Buffer.concat(await Promise.all(pieces.map((pc) => pc.part.read(pc.lba, pc.blocks))));
   }
 
   async write(lba: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+    this.writable(lba);
     const pieces = this.pieces(lba, blocksIn(this, data, lba));
     await Promise.all(pieces.map((pc) => pc.part.write(pc.lba, this.slice(data, pc), options)));
   }
 
   async flush(): Promise<void> {
+    this.open();
     await Promise.all(this.parts.map((p) => p.flush()));
   }
 
   async trim(lba: number, blocks: number): Promise<void> {
+    this.writable(lba);
     await Promise.all(this.pieces(lba, blocks).map((pc) => pc.part.trim?.(pc.lba, pc.blocks)));
   }
 
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     const results = await Promise.allSettled(this.parts.map((p) => p.close()));
     const failed = results.find((r) => r.status === 'rejected');
     if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
+  }
+
+  private open(): void {
+    if (this.closed) throw sense.notPresent(this.name);
+  }
+
+  private writable(lba: number): void {
+    this.open();
+    if (this.capabilities.readOnly) throw sense.writeProtected(this.name, lba);
   }
 
   /** The request [lba, lba+blocks) cut at part boundaries (range-checked here, at the edge). */

@@ -34,6 +34,7 @@ export const fastLinkEnv = {
 };
 
 import { freePort } from '../net/helpers.js';
+import { prepareLoopbackCluster } from '../../src/site/prepare.js';
 
 export { freePort };
 
@@ -69,6 +70,12 @@ export interface ClusterOptions {
    * more target of the primary and forwards to mirror `leaf`.
    */
   relay?: { name: string; leaf: string };
+  /**
+   * Several volumes (issue 20): the file gets `volumes:` instead of `volume:`, every site one
+   * file per volume (NAME-VOLUME.img, through `{volume}` in its storage string) and one cache
+   * file per consistency group (made as geomirror start makes them).
+   */
+  volumes?: { name: string; sizeBytes: number; group?: string }[];
 }
 
 export interface SiteProc {
@@ -91,7 +98,7 @@ export class Cluster {
   readonly listenPorts = new Map<string, number>();
   readonly names: string[];
 
-  private constructor(readonly opts: Required<Omit<ClusterOptions, 'relay'>> & Pick<ClusterOptions, 'relay'>) {
+  private constructor(readonly opts: Required<Omit<ClusterOptions, 'relay' | 'volumes'>> & Pick<ClusterOptions, 'relay' | 'volumes'>) {
     this.dir = mkdtempSync(join(tmpdir(), 'geomirror-e2e-'));
     this.configPath = join(this.dir, 'cluster.yaml');
     this.volumeBytes = opts.volumeBytes;
@@ -156,7 +163,10 @@ export class Cluster {
       const entries = [...this.proxies].filter(([k]) => k.startsWith(`${name}->`)).map(([k, p]) => `${k.split('->')[1]}: 127.0.0.1:${p.port}`);
       return entries.length > 0 ? `, connect: { ${entries.join(', ')} }` : '';
     };
-    const lines = [`cluster: e2e`, `secret: file:./cluster.key`, `volume: { name: vol0, size: ${o.volumeBytes}, blockSize: 4096 }`, `sites:`];
+    const volumeLines = o.volumes === undefined
+      ? [`volume: { name: vol0, size: ${o.volumeBytes}, blockSize: 4096 }`]
+      : ['volumes:', ...o.volumes.map((v) => `  - { name: ${v.name}, size: ${v.sizeBytes}${v.group ? `, group: ${v.group}` : ''} }`)];
+    const lines = [`cluster: e2e`, `secret: file:./cluster.key`, ...volumeLines, `sites:`];
     for (const name of this.names) {
       const admin = `127.0.0.1:${await freePort()}`;
       if (name === o.witness) {
@@ -165,12 +175,15 @@ export class Cluster {
         continue;
       }
       const cache = join(this.dir, `${name}.cache`);
-      const storage = join(this.dir, `${name}.img`);
-      closeSync(openSync(cache, 'w'));
-      truncateSync(cache, o.cacheBytes);
-      closeSync(openSync(storage, 'w'));
-      truncateSync(storage, o.volumeBytes);
-      const common = `admin: ${admin}, cache: { device: "loopback:./${name}.cache", size: ${o.cacheBytes} }, storage: ["${o.storage(name, storage)}"]`;
+      const storage = o.volumes === undefined ? join(this.dir, `${name}.img`) : this.volumePath(name, o.volumes[0]!.name);
+      if (o.volumes === undefined) {
+        closeSync(openSync(cache, 'w'));
+        truncateSync(cache, o.cacheBytes);
+        closeSync(openSync(storage, 'w'));
+        truncateSync(storage, o.volumeBytes);
+      }
+      const storageText = o.volumes === undefined ? o.storage(name, storage) : `loopback:./${name}-{volume}.img`;
+      const common = `admin: ${admin}, cache: { device: "loopback:./${name}.cache", size: ${o.cacheBytes} }, storage: ["${storageText}"]`;
       const listen = this.listenPorts.has(name) ? `listen: 127.0.0.1:${this.listenPorts.get(name)}, ` : '';
       if (name === 'local') {
         const targets = [...o.mirrors, ...(o.relay ? [o.relay.name] : [])];
@@ -188,6 +201,7 @@ export class Cluster {
     writeFileSync(this.configPath, `${lines.join('\n')}\n`);
     // As geomirror start does on first run: the cluster CA and every site's certificate.
     const config = loadConfig(this.configPath);
+    if (o.volumes !== undefined) prepareLoopbackCluster(config);
     await preparePki(config);
     this.creds = adminCredentials(config);
   }
@@ -348,6 +362,11 @@ export class Cluster {
 
   dumpLogs(): string {
     return this.names.map((n) => this.logTail(n, 80)).join('\n');
+  }
+
+  /** With several volumes: the file of volume `volume` at site `name`. */
+  volumePath(name: string, volume: string): string {
+    return join(this.dir, `${name}-${volume}.img`);
   }
 
   storage(name: string): Buffer {
