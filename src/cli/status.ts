@@ -169,10 +169,41 @@ export function progressLines(results: StatusResult[]): string[] {
   return lines;
 }
 
+/**
+ * Sites with several volumes (issue 20) report each consistency group's status: the results
+ * split into one set per group (a site that does not carry a group is left out of its set),
+ * in order of first appearance. Undefined when no site reports groups.
+ */
+export function groupedResults(results: StatusResult[]): { group: string; volumes: string; results: StatusResult[] }[] | undefined {
+  if (!results.some((r) => 'status' in r && r.status.groups !== undefined)) return undefined;
+  const order: { group: string; volumes: string }[] = [];
+  for (const r of results) {
+    if (!('status' in r)) continue;
+    for (const g of r.status.groups ?? []) {
+      if (!order.some((o) => o.group === g.group)) order.push({ group: g.group, volumes: g.volumes.map((v) => `${v.name} ${formatBytes(v.sizeBytes)}`).join(', ') });
+    }
+  }
+  return order.map((o) => ({
+    ...o,
+    results: results.flatMap((r): StatusResult[] => {
+      if (!('status' in r)) return [r];
+      const g = r.status.groups?.find((x) => x.group === o.group);
+      return g === undefined ? [] : [{ target: r.target, status: g.status }];
+    }),
+  }));
+}
+
+/** The status tables: one, or one per consistency group under a heading naming its volumes. */
+export function statusText(results: StatusResult[], all = false): string {
+  const groups = groupedResults(results);
+  if (groups === undefined) return formatStatusTable(statusRows(results), [...peerLines(results, all), ...failoverLines(results)]);
+  return groups.map((g) => [`group ${g.group} (${g.volumes})`, formatStatusTable(statusRows(g.results), [...peerLines(g.results, all), ...failoverLines(g.results)])].join('\n')).join('\n\n');
+}
+
 /** One screen of `status --watch`: the table, peers, bars, failovers, and when. */
 export function watchFrame(results: StatusResult[], at: Date = new Date()): string {
-  const table = formatStatusTable(statusRows(results), [...peerLines(results, true), ...failoverLines(results)]);
-  const bars = progressLines(results);
+  const table = statusText(results, true);
+  const bars = (groupedResults(results) ?? [{ group: '', results }]).flatMap((g) => progressLines(g.results).map((l) => (g.group ? `[${g.group}] ${l}` : l)));
   const errors = results.flatMap((r) => ('error' in r ? [`${r.target.name} (${r.target.admin}): ${r.error}`] : []));
   return [`geomirror status at ${at.toISOString().replace(/\.\d{3}Z$/, 'Z')} (Ctrl-C ends)`, '', table, ...(bars.length > 0 ? ['', ...bars] : []), ...(errors.length > 0 ? ['', ...errors] : [])].join('\n');
 }
@@ -265,7 +296,7 @@ export async function statusCommand(opts: StatusCliOptions): Promise<void> {
   if (opts.json) {
     process.stdout.write(`${JSON.stringify(results.map((r) => ({ site: r.target.name, admin: r.target.admin, ...('status' in r ? { status: r.status } : { error: r.error }) })), null, 2)}\n`);
   } else {
-    process.stdout.write(`${formatStatusTable(statusRows(results), [...peerLines(results), ...failoverLines(results)])}\n`);
+    process.stdout.write(`${statusText(results)}\n`);
     for (const r of results) if ('error' in r) process.stderr.write(`${r.target.name} (${r.target.admin}): ${r.error}\n`);
   }
   if (results.some((r) => 'error' in r)) process.exitCode = 1;

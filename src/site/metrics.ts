@@ -144,31 +144,34 @@ export function createSiteMetrics(options: SiteMetricsOptions): SiteMetrics {
    * that does not fill the optional field yet), the values set directly are kept, minus any
    * peer="all" total (never a series: it made sum() count twice).
    */
-  const fromStatus = <L extends string>(name: string, help: string, labelNames: readonly L[], fill: (g: Gauge<L>, s: SiteStatus) => void, reported?: (s: SiteStatus) => boolean): Gauge<L> =>
-    new Gauge<L>({
+  const fromStatus = <L extends string>(name: string, help: string, labelNames: readonly L[], fill: (g: Setter<L>, s: SiteStatus) => void, reported?: (s: SiteStatus) => boolean): Gauge<L | 'group' | 'volume'> =>
+    new Gauge<L | 'group' | 'volume'>({
       name,
       help,
-      labelNames,
+      labelNames: [...labelNames, 'group', 'volume'],
       registers,
       async collect() {
         const s = await statusNow();
         if (s === undefined) return;
         if (reported !== undefined && !reported(s)) {
-          if ((labelNames as readonly string[]).includes('peer')) this.remove({ peer: 'all' } as Partial<Record<L, string>>);
+          if ((labelNames as readonly string[]).includes('peer')) this.remove({ peer: 'all' } as Partial<Record<L | 'group' | 'volume', string>>);
           return;
         }
         this.reset();
-        fill(this, s);
+        // Issue 20: every series carries its volume and consistency group. A group of several
+        // volumes has one replication stream: its numbers repeat for each of its volumes (sum
+        // by group with max(), not sum()).
+        for (const { labels, status } of volumeStatuses(s)) fill(withLabels(this, labels), status);
       },
     });
   const num = (x: unknown): number | undefined => (typeof x === 'number' && Number.isFinite(x) ? x : undefined);
-  const eachPeer = (g: Gauge<'peer'>, s: SiteStatus, value: (p: SiteStatus['peers'][number]) => number | undefined): void => {
+  const eachPeer = (g: Setter<'peer'>, s: SiteStatus, value: (p: SiteStatus['peers'][number]) => number | undefined): void => {
     for (const p of s.peers) {
       const v = value(p);
       if (v !== undefined) g.set({ peer: p.name }, v);
     }
   };
-  const oneHot = <L extends string>(g: Gauge<L>, labels: Partial<Record<L, string>>, key: L, values: readonly string[], current: string): void => {
+  const oneHot = <L extends string>(g: Setter<L>, labels: Partial<Record<L, string>>, key: L, values: readonly string[], current: string): void => {
     for (const v of values) g.set({ ...labels, [key]: v } as Partial<Record<L, string>>, v === current ? 1 : 0);
   };
 
@@ -226,11 +229,33 @@ export function createSiteMetrics(options: SiteMetricsOptions): SiteMetrics {
       eachPeer(g, s, (p) => (p.relay ? Number(p.relay.oldestUnackedSeq ?? 0) : undefined)),
     ),
     ...(options.role === 'witness' ? { lastHeardAnswersTotal: new Counter({ name: 'geomirror_last_heard_answers_total', help: 'Witness: answers to a standby asking when this site last heard the primary', registers }) } : {}),
-    setLinkState: (peer, state) => oneHot(m.linkState, { peer }, 'state', linkStates, state),
-    setSyncState: (peer, state) => oneHot(m.peerSyncState, { peer }, 'state', syncStates, state),
+    setLinkState: (peer, state) => oneHot(m.linkState as unknown as Setter<'peer' | 'state'>, { peer }, 'state', linkStates, state),
+    setSyncState: (peer, state) => oneHot(m.peerSyncState as unknown as Setter<'peer' | 'state'>, { peer }, 'state', syncStates, state),
     ioError: (device, op) => m.deviceIoErrorsTotal.inc({ device, op }),
   };
   return m;
+}
+
+/** What a status gauge's fill sets: a value, or a value for labels (group and volume added by fromStatus). */
+export interface Setter<L extends string> {
+  set(value: number): void;
+  set(labels: Partial<Record<L, string>>, value: number): void;
+}
+
+/** `g` with `base` labels added to every set. */
+function withLabels<L extends string>(g: Gauge<L | 'group' | 'volume'>, base: { group: string; volume: string }): Setter<L> {
+  return {
+    set: (a: number | Partial<Record<L, string>>, v?: number) => {
+      if (typeof a === 'number') g.set(base as Partial<Record<L | 'group' | 'volume', string>>, a);
+      else g.set({ ...a, ...base } as Partial<Record<L | 'group' | 'volume', string>>, v!);
+    },
+  } as Setter<L>;
+}
+
+/** The status of each volume a site serves, with its labels: one per volume of each group (issue 20). */
+export function volumeStatuses(s: SiteStatus): { labels: { group: string; volume: string }; status: SiteStatus }[] {
+  if (s.groups === undefined) return [{ labels: { group: s.volume, volume: s.volume }, status: s }];
+  return s.groups.flatMap((g) => g.volumes.map((v) => ({ labels: { group: g.group, volume: v.name }, status: g.status })));
 }
 
 /**

@@ -123,4 +123,24 @@ describe('site metrics', () => {
     expect(value(text, 'geomirror_host_io_errors_total', { op: 'flush' })).toBe(1);
     expect(value(text, 'geomirror_device_io_errors_total', { device: 'loopback:/data/east.img', op: 'write' })).toBe(2);
   });
+
+  it('every status series carries its volume and consistency group; a site with several volumes reports each group for each of its volumes (issue 20)', async () => {
+    const single = createSiteMetrics({ site: 'local', role: 'primary', cluster: 'demo', processMetrics: false });
+    bindStatusGauges(single, () => status());
+    expect(samples(await single.registry.metrics(), 'geomirror_epoch')).toEqual([{ labels: expect.objectContaining({ volume: 'vol0', group: 'vol0' }), value: 3 }]);
+    const m = createSiteMetrics({ site: 'local', role: 'primary', cluster: 'demo', processMetrics: false });
+    const db = status({ volume: 'db', epoch: 4 });
+    const vm = status({ volume: 'vm1', epoch: 7, lastSeqAcked: '9' });
+    bindStatusGauges(m, () => ({ ...db, groups: [
+      { group: 'db', volumes: [{ name: 'db-log', sizeBytes: 1 << 20, offsetBytes: 0 }, { name: 'db-data', sizeBytes: 4 << 20, offsetBytes: 1 << 20 }], status: db },
+      { group: 'vm1', volumes: [{ name: 'vm1', sizeBytes: 8 << 20, offsetBytes: 0 }], status: vm },
+    ] }));
+    const text = await m.registry.metrics();
+    expect(value(text, 'geomirror_epoch', { volume: 'db-log', group: 'db' })).toBe(4);
+    expect(value(text, 'geomirror_epoch', { volume: 'db-data', group: 'db' })).toBe(4);
+    expect(value(text, 'geomirror_epoch', { volume: 'vm1', group: 'vm1' })).toBe(7);
+    expect(value(text, 'geomirror_last_seq_acked', { volume: 'vm1' })).toBe(9);
+    expect(value(text, 'geomirror_peer_sync_state', { volume: 'db-data', peer: 'west', state: 'resyncing' })).toBe(1);
+    expect(samples(text, 'geomirror_epoch')).toHaveLength(3);
+  });
 });
