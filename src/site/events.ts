@@ -31,6 +31,8 @@ export interface SiteEvent {
   what: EventWhat;
   peer?: string;
   device?: string;
+  /** A site with several volumes (issue 20): the consistency group the event is about. */
+  group?: string;
   from?: string | number;
   to?: string | number;
   /** Resync progress 0-100, with sync `resyncing` and progress events. */
@@ -75,6 +77,22 @@ function peerEvents(a: PeerStatus | undefined, b: PeerStatus): Draft[] {
     }
   }
   return out;
+}
+
+/** Events of a site with several volumes (issue 20): each consistency group's, named; else the site's. */
+function perGroup(next: SiteStatus, events: (s: SiteStatus, g: string | undefined) => Draft[]): Draft[] {
+  if (next.groups === undefined) return events(next, undefined);
+  return next.groups.flatMap((g) => events(g.status, g.group).map((d) => ({ ...d, group: g.group, text: `group ${g.group}: ${d.text}` })));
+}
+
+/** statusEvents per consistency group where the site reports groups. */
+export function siteStatusEvents(prev: SiteStatus | undefined, next: SiteStatus): Draft[] {
+  return perGroup(next, (s, g) => statusEvents(g === undefined ? prev : prev?.groups?.find((x) => x.group === g)?.status, s));
+}
+
+/** snapshotEvents per consistency group where the site reports groups. */
+export function siteSnapshotEvents(s: SiteStatus): Draft[] {
+  return perGroup(s, (x) => snapshotEvents(x));
 }
 
 /** What changed from `prev` to `next` (both of one site). No previous snapshot: nothing changed. */
@@ -136,7 +154,7 @@ export class EventFeed {
 
   /** Feeds the newest snapshot; returns the change events it made. */
   sample(s: SiteStatus): SiteEvent[] {
-    const drafts = statusEvents(this.last, s);
+    const drafts = siteStatusEvents(this.last, s);
     this.last = s;
     const at = this.now().toISOString();
     const events = drafts.map((d) => ({ seq: this.seqNext++, at, type: 'change' as const, site: s.site, ...d }));
@@ -166,7 +184,7 @@ export class EventFeed {
   /** The `exists` events of a snapshot (seq 0). */
   exists(s: SiteStatus): SiteEvent[] {
     const at = this.now().toISOString();
-    return snapshotEvents(s).map((d) => ({ seq: 0, at, type: 'exists' as const, site: s.site, ...d }));
+    return siteSnapshotEvents(s).map((d) => ({ seq: 0, at, type: 'exists' as const, site: s.site, ...d }));
   }
 
   /** Calls `fn` for every new event until the returned function is called; undefined when full. */
