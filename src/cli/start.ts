@@ -115,11 +115,15 @@ export async function runStart(configFile: string): Promise<number> {
     return 1;
   }
   const primary = config.sites[config.primary]!;
-  const uri = primary.nbd ? `nbd://${primary.nbd.text}/${config.volume.name}` : undefined;
+  const uri = primary.nbd ? `nbd://${primary.nbd.text}/${config.volumes[0]!.name}` : undefined;
   const lines = [
     '',
-    `cluster ${config.cluster} is up: ${config.volume.name} (${config.volume.sizeBytes / 2 ** 20} MiB) on ${config.siteNames.length} sites`,
-    uri ? `  NBD export:  ${uri}` : '  (the primary has no nbd address)',
+    config.multiVolume
+      ? `cluster ${config.cluster} is up: ${config.volumes.length} volumes in ${config.groups.length} consistency group(s) on ${config.siteNames.length} sites`
+      : `cluster ${config.cluster} is up: ${config.volume.name} (${config.volume.sizeBytes / 2 ** 20} MiB) on ${config.siteNames.length} sites`,
+    ...(config.multiVolume && primary.nbd
+      ? ['  NBD exports:', ...config.volumes.map((v) => `    nbd://${primary.nbd!.text}/${v.name}  (${v.sizeBytes / 2 ** 20} MiB, group ${v.group})`)]
+      : [uri ? `  NBD export:  ${uri}` : '  (the primary has no nbd address)']),
     '  replicas:',
     ...config.siteNames.map((n) => `    ${n.padEnd(8)} ${config.sites[n]!.role.padEnd(8)} ${config.sites[n]!.storage.map((d) => rel(d.text.replace(/^loopback:/, ''))).join(', ')}`),
     '  try it:',
