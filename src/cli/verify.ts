@@ -6,8 +6,9 @@
 // asked (the verify is incomplete, so it proves nothing).
 // The command line (its options and help) is verify-command.ts, which loads this module
 // when the command runs.
+import { groupClusterConfig } from '../site/volumes.js';
 import cliProgress from 'cli-progress';
-import { ConfigError, loadConfig, parseAddress, type ClusterConfig } from '../site/config.js';
+import { ConfigError, loadConfig, parseAddress, type ClusterConfig, type GroupConfig } from '../site/config.js';
 import { adminCredentials, adminRequest, type AdminCredentials } from './admin-client.js';
 import { checksumAlgorithm, checksumCountMax, checksumRequestBytesMax, type ChecksumAnswer } from '../site/checksums.js';
 import { formatBytes, parseSizeBytes } from '../site/units.js';
@@ -44,6 +45,8 @@ export interface VerifyOptions {
   timeoutMs?: number;
   /** Default: from the cluster file (its CA and key). */
   creds?: AdminCredentials;
+  /** With several volumes (issue 20): the consistency group to verify (`config` is then its view, src/site/volumes.ts). */
+  group?: string;
 }
 
 /** The sites of a cluster file that keep a replica; each must have an admin address to be asked. */
@@ -67,7 +70,7 @@ export async function verifyCluster(opts: VerifyOptions): Promise<VerifyResult> 
   for (let first = 0; first < totalRegions; first += perRound) {
     const count = Math.min(perRound, totalRegions - first);
     const offsetBytes = first * regionBytes;
-    const answers = await Promise.all(sites.map((s) => askSite(s, { offsetBytes, regionBytes, count }, volumeBytes, opts.timeoutMs ?? verifyRequestTimeoutMs, creds)));
+    const answers = await Promise.all(sites.map((s) => askSite(s, { offsetBytes, regionBytes, count, ...(opts.group !== undefined ? { group: opts.group } : {}) }, volumeBytes, opts.timeoutMs ?? verifyRequestTimeoutMs, creds)));
     for (let i = 0; i < sites.length; i++) {
       const a = answers[i]!;
       if (typeof a === 'string') return { kind: 'unreachable', site: sites[i]!.name, admin: sites[i]!.admin, error: a };
@@ -101,10 +104,10 @@ function sameGroups(a: string[][], b: string[][]): boolean {
 }
 
 /** One round from one site: its answer, or a string saying why it could not be had. */
-async function askSite(site: VerifySite, req: { offsetBytes: number; regionBytes: number; count: number }, volumeBytes: number, timeoutMs: number, creds: AdminCredentials): Promise<ChecksumAnswer | string> {
+async function askSite(site: VerifySite, req: { offsetBytes: number; regionBytes: number; count: number; group?: string }, volumeBytes: number, timeoutMs: number, creds: AdminCredentials): Promise<ChecksumAnswer | string> {
   const a = parseAddress(site.admin);
   if (a === undefined) return `${site.admin} is not HOST:PORT`;
-  const path = `/checksums?offset=${req.offsetBytes}&regionBytes=${req.regionBytes}&count=${req.count}`;
+  const path = `/checksums?offset=${req.offsetBytes}&regionBytes=${req.regionBytes}&count=${req.count}${req.group !== undefined ? `&group=${encodeURIComponent(req.group)}` : ''}`;
   let code: number;
   let body: string;
   try {
@@ -161,28 +164,60 @@ export async function runVerifyCommand(opts: VerifyCliOptions): Promise<number> 
   if (regionBytes === undefined || regionBytes === 0 || regionBytes % config.volume.blockSize !== 0) {
     return fail(`--region-size ${opts.regionSize} must be a size that is a multiple of the block size ${config.volume.blockSize}, e.g. 1MiB or 64KiB`, 2);
   }
+  if (config.multiVolume) {
+    // Several volumes (issue 20): each consistency group is one address space at every site
+    // that carries it; verify them one after the other, naming volumes in what differs.
+    let worst = 0;
+    for (const g of config.groups) {
+      const gc = groupClusterConfig(config, g);
+      const code = await verifyOne(gc, regionBytes, g.name, (r) => `volume ${volumeAt(g, r.startBytes)}: ${formatMismatch(shiftRange(r, volumeOffset(g, r.startBytes)))}`);
+      worst = Math.max(worst, code);
+    }
+    return worst;
+  }
+  return verifyOne(config, regionBytes, undefined, formatMismatch);
+}
+
+/** The volume of group `g` holding byte `at` of the group's address space. */
+function volumeAt(g: GroupConfig, at: number): string {
+  return [...g.volumes].reverse().find((v) => v.offsetBytes <= at)?.name ?? g.volumes[0]!.name;
+}
+function volumeOffset(g: GroupConfig, at: number): number {
+  return [...g.volumes].reverse().find((v) => v.offsetBytes <= at)?.offsetBytes ?? 0;
+}
+function shiftRange(r: MismatchRange, by: number): MismatchRange {
+  return { ...r, startBytes: r.startBytes - by, endBytes: r.endBytes - by };
+}
+
+/** Verifies one address space (the volume, or one consistency group's): 0 agree, 1 differ, 2 incomplete. */
+async function verifyOne(config: ClusterConfig, regionBytes: number, group: string | undefined, describe: (r: MismatchRange) => string): Promise<number> {
+  const fail = (msg: string, code: number): number => {
+    process.stderr.write(`geomirror verify: ${msg}\n`);
+    return code;
+  };
+  const what = group === undefined ? config.volume.name : `group ${group} (${config.volumes.map((v) => v.name).join(', ')})`;
   let sites: VerifySite[];
   try {
     sites = verifySites(config);
   } catch (e) {
     return fail((e as Error).message, 2);
   }
-  process.stderr.write(`verifying ${formatBytes(config.volume.sizeBytes)} of ${config.volume.name} on ${sites.map((s) => s.name).join(', ')} in ${formatBytes(regionBytes)} regions (${checksumAlgorithm})\n`);
+  process.stderr.write(`verifying ${formatBytes(config.volume.sizeBytes)} of ${what} on ${sites.map((s) => s.name).join(', ')} in ${formatBytes(regionBytes)} regions (${checksumAlgorithm})\n`);
   const progress = progressReporter(config.volume.sizeBytes);
   let result: VerifyResult;
   try {
-    result = await verifyCluster({ config, regionBytes, onProgress: progress.update });
+    result = await verifyCluster({ config, regionBytes, onProgress: progress.update, ...(group !== undefined ? { group } : {}) });
   } finally {
     progress.stop();
   }
-  if (result.kind === 'unreachable') return fail(`site ${result.site} (${result.admin}): ${result.error}; the verify is incomplete`, 2);
+  if (result.kind === 'unreachable') return fail(`site ${result.site} (${result.admin}): ${result.error}; the verify${group !== undefined ? ` of group ${group}` : ''} is incomplete`, 2);
   if (result.kind === 'agree') {
-    process.stdout.write(`all ${sites.length} replicas agree: ${result.regions} regions of ${formatBytes(regionBytes)} compared\n`);
+    process.stdout.write(`${group !== undefined ? `group ${group}: ` : ''}all ${sites.length} replicas agree: ${result.regions} regions of ${formatBytes(regionBytes)} compared\n`);
     return 0;
   }
-  for (const r of result.ranges) process.stdout.write(`${formatMismatch(r)}\n`);
+  for (const r of result.ranges) process.stdout.write(`${describe(r)}\n`);
   const bad = result.ranges.reduce((n, r) => n + r.regions, 0);
-  process.stdout.write(`${bad} of ${result.regions} regions differ, in ${result.ranges.length} range${result.ranges.length === 1 ? '' : 's'}\n`);
+  process.stdout.write(`${group !== undefined ? `group ${group}: ` : ''}${bad} of ${result.regions} regions differ, in ${result.ranges.length} range${result.ranges.length === 1 ? '' : 's'}\n`);
   return 1;
 }
 

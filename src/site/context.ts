@@ -56,7 +56,7 @@ export interface SiteRuntime {
    * Optional, on sites with storage: per-region digests of this site's own storage, for
    * `geomirror verify` (GET /checksums on the admin port). The request is already validated.
    */
-  checksums?(req: ChecksumRequest): Promise<ChecksumAnswer>;
+  checksums?(req: ChecksumRequest, group?: string): Promise<ChecksumAnswer>;
   /** Optional: planned switchover (`geomirror promote`, POST /promote): a following standby takes over. */
   promote?(reason: string, force?: boolean): Promise<RoleChangeAnswer>;
   /** Optional: planned switchover (`geomirror demote`, POST /demote): the primary drains and waits as a mirror, then follows the promoted standby as its standby. */

@@ -12,6 +12,7 @@ import { linkTimingFromEnv } from './env-hooks.js';
 import { replicaRuntime } from './roles.js';
 import { groupContext, groupsOfSite } from './volumes.js';
 import type { RoleChangeAnswer } from './role-change.js';
+import { ChecksumRequestError } from './checksums.js';
 import { RoleChangeError } from './role-change.js';
 import type { SiteContext, SiteRuntime } from './context.js';
 import type { GroupConfig } from './config.js';
@@ -87,6 +88,12 @@ export async function groupsRuntime(ctx: SiteContext): Promise<SiteRuntime> {
     status,
     stop: stopAll,
     done,
+    // geomirror verify of several volumes: one consistency group at a time (GET /checksums?group=NAME).
+    checksums: async (req, group) => {
+      const r = running.find((x) => x.g.name === group);
+      if (r?.rt.checksums === undefined) throw new ChecksumRequestError(r === undefined ? `site ${site.name} carries no group named ${group ?? '(none given)'}; groups here: ${running.map((x) => x.g.name).join(', ')}` : `site ${site.name} keeps no storage of group ${group} to checksum`, 400);
+      return r.rt.checksums(req);
+    },
     promote: (reason, force) => each('promote', reason, force),
     demote: (reason) => each('demote', reason),
   };

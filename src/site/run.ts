@@ -213,18 +213,27 @@ function withVerify(site: SiteConfig, status: SiteStatus): SiteStatus {
   return { ...status, verify: { doneBytes: v.doneBytes, totalBytes: v.totalBytes } };
 }
 
-/** GET /checksums: validated here against the volume, computed by the runtime over its storage. */
+/** GET /checksums: validated here against the volume (with several volumes: the group named by ?group=), computed by the runtime over its storage. */
 async function siteChecksums(config: ClusterConfig, site: SiteConfig, runtime: SiteRuntime | undefined, query: URLSearchParams, digestKey: Buffer): Promise<ChecksumAnswer> {
   if (runtime?.checksums === undefined) {
-    throw new ChecksumRequestError(runtime === undefined ? `site ${site.name} is still starting; retry in a moment` : config.multiVolume ? `site ${site.name} carries several volumes; geomirror verify compares single-volume clusters only (compare a volume's exports with nbdcopy/qemu-img compare meanwhile)` : `site ${site.name} (${site.role}) keeps no storage to checksum`, 503);
+    throw new ChecksumRequestError(runtime === undefined ? `site ${site.name} is still starting; retry in a moment` : `site ${site.name} (${site.role}) keeps no storage to checksum`, 503);
   }
-  const req = parseChecksumQuery(query, config.volume.sizeBytes, config.volume.blockSize, digestKey);
+  let volume = config.volume;
+  let group: string | undefined;
+  if (config.multiVolume) {
+    group = query.get('group') ?? undefined;
+    const g = config.groups.find((x) => x.name === group);
+    if (g === undefined) throw new ChecksumRequestError(`site ${site.name} carries several volumes: name a consistency group with group= (one of ${config.groups.map((x) => x.name).join(', ')})`, 400);
+    volume = g.volume;
+    query.delete('group');
+  }
+  const req = parseChecksumQuery(query, volume.sizeBytes, volume.blockSize, digestKey);
   if (checksumsBusy.has(site)) throw new ChecksumRequestError(`site ${site.name} is already computing checksums for another verify; retry when it is done`, 503);
   checksumsBusy.add(site);
   try {
-    const answer = await runtime.checksums(req);
-    const doneBytes = Math.min(config.volume.sizeBytes, req.offsetBytes + req.regionBytes * req.count);
-    verifyProgress.set(site, { doneBytes, totalBytes: config.volume.sizeBytes, atMs: Date.now() });
+    const answer = await runtime.checksums(req, group);
+    const doneBytes = Math.min(volume.sizeBytes, req.offsetBytes + req.regionBytes * req.count);
+    verifyProgress.set(site, { doneBytes, totalBytes: volume.sizeBytes, atMs: Date.now() });
     return answer;
   } finally {
     checksumsBusy.delete(site);

@@ -12,7 +12,8 @@ import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { SiteStatus } from '../../src/site/status.js';
 import { checkAckedWrites, Cluster, NbdWriter, planWrites, sha256, sleep, waitMsMax, type PlannedWrite } from './harness.js';
-import { withLogs } from './acceptance.js';
+import { cli, withLogs } from './acceptance.js';
+import { openSync, writeSync, closeSync } from 'node:fs';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -157,6 +158,39 @@ describe('issue 20: 8 volumes in 2 consistency groups, primary + standby + 2 mir
         const hashes = ['backup', 'east', 'west'].map((n) => sha256(readFileSync(c.volumePath(n, v.name))));
         expect(new Set(hashes).size, `volume ${v.name}: backup, east and west hold the same bytes`).toBe(1);
       }
+    });
+  }, 300_000);
+
+  it('geomirror status prints a table per group, and geomirror verify compares every group and names the volume a damaged replica differs in', async () => {
+    const vols = [{ name: 'log', sizeBytes: 4 * MiB, group: 'db' }, { name: 'data', sizeBytes: 8 * MiB, group: 'db' }, { name: 'vm', sizeBytes: 4 * MiB }];
+    const c = await Cluster.create({ volumes: vols, volumeBytes: 4 * MiB, cacheBytes: 32 * MiB });
+    clusters.push(c);
+    await withLogs(c, async () => {
+      await c.start();
+      await c.waitStatus('local', (s) => groupStatuses(s).length === 2 && groupStatuses(s).every((g) => g.peers.length === 2 && g.peers.every((p) => p.sync === 'in-sync' && p.link === 'up')), 'every group in sync');
+      for (const v of vols) {
+        const w = await connectWhenUp(c.nbdPort, v.name);
+        for (const p of planWrites(7, v.sizeBytes, MiB)) await w.write(p);
+        await w.flush();
+      }
+      await c.waitStatus('local', (s) => groupStatuses(s).every((g) => g.cache.entries === 0), 'primary drained');
+      const status = await cli(c, ['status']);
+      expect(status.out).toMatch(/group db \(log 4 MiB, data 8 MiB\)\nSITE/);
+      expect(status.out).toMatch(/group vm \(vm 4 MiB\)\nSITE/);
+      const agree = await cli(c, ['verify', '--region-size', '64KiB']);
+      expect(agree.out).toContain('group db: all 3 replicas agree');
+      expect(agree.out).toContain('group vm: all 3 replicas agree');
+      expect(agree.code).toBe(0);
+      // One flipped byte in west's copy of 'data', 3 MiB into it: verify names the volume and the range in it.
+      await c.stop('west');
+      const fd = openSync(c.volumePath('west', 'data'), 'r+');
+      writeSync(fd, Buffer.from([0x5a]), 0, 1, 3 * MiB + 17);
+      closeSync(fd);
+      await c.restart('west');
+      const differ = await cli(c, ['verify', '--region-size', '64KiB']);
+      expect(differ.code).toBe(1);
+      expect(differ.out).toMatch(/volume data: mismatch bytes 3145728-3211263 \(64 KiB, 1 region\): west differs from local, east/);
+      expect(differ.out).toContain('group vm: all 3 replicas agree');
     });
   }, 300_000);
 });
