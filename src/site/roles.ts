@@ -24,6 +24,19 @@ function replicaOptionsFromEnv(): ReplicaOptions {
   return { ...linkTimingFromEnv(), ...(mirrorLossGraceMs ? { limits: { mirrorLossGraceMs } } : {}) };
 }
 
+/**
+ * A consistency group of a site with several volumes (issue 20 item 1) bounds its writes in
+ * flight by its number of volumes, so 16 volumes of one site hold at most 16 x this in flight
+ * (each group's cache share bounds it too: the Replica keeps in flight at most half its cache).
+ */
+export const inflightBytesPerVolumeMax = 8 * 1024 * 1024;
+
+function groupLimits(ctx: SiteContext, opts: ReplicaOptions): ReplicaOptions {
+  if (!ctx.config.multiVolume || ctx.group === undefined) return opts;
+  const inflightBytesMax = Math.min(opts.limits?.inflightBytesMax ?? defaultLimits.inflightBytesMax, ctx.group.volumes.length * inflightBytesPerVolumeMax);
+  return { ...opts, limits: { ...opts.limits, inflightBytesMax } };
+}
+
 /** Bound on draining a primary for a planned demotion: past it the demotion is refused. */
 const demoteDrainMsMax = 30_000;
 
@@ -38,7 +51,7 @@ const demoteDrainMsMax = 30_000;
  */
 export async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
   const { config, site } = ctx;
-  const opts = replicaOptionsFromEnv();
+  const opts = groupLimits(ctx, replicaOptionsFromEnv());
   const historyPath = site.cache?.device.kind === 'loopback' ? `${site.cache.device.path}.failovers.jsonl` : undefined;
   const history = new FailoverHistory(historyPath);
   let replica!: Replica;
