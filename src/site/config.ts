@@ -473,8 +473,6 @@ class Validator {
     const storing = Object.values(sites).filter(carriesStorage).map((s) => s.name);
     const list: ListedVolume[] = vols.map((v) => ({ name: v.name, sizeBytes: v.sizeBytes, blockSize: v.blockSize, blockCount: v.blockCount, group: v.group ?? v.name, sites: v.sites ?? storing, offsetBytes: 0 }));
     const standby = sites[primary]!.standby;
-    const witness = Object.values(sites).find((s) => s.role === 'witness');
-    if (witness !== undefined) this.fail(['sites', witness.name, 'role'], 'a witness with volumes: is not built yet (its vote is per consistency group); remove the witness, or carry one volume with volume:');
     list.forEach((v, i) => {
       for (const n of storing) {
         if (!v.sites.includes(n) && sites[n]!.role !== 'mirror' && n !== primary && n !== standby) this.fail(['volumes', i, 'sites'], `leaves out ${sites[n]!.role} ${n}; a volume may leave out mirror sites only (a relay forwards every volume on its chain)`);

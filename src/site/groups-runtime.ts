@@ -10,6 +10,7 @@ import { componentLogger } from './log.js';
 import { LinkHub } from './link-hub.js';
 import { linkTimingFromEnv } from './env-hooks.js';
 import { replicaRuntime } from './roles.js';
+import { witnessRuntime } from './witness.js';
 import { groupContext, groupsOfSite } from './volumes.js';
 import type { RoleChangeAnswer } from './role-change.js';
 import { ChecksumRequestError } from './checksums.js';
@@ -53,7 +54,7 @@ export async function groupsRuntime(ctx: SiteContext): Promise<SiteRuntime> {
   };
   try {
     for (const g of groups) {
-      const rt = await replicaRuntime(groupContext({ ...ctx, ...(hub ? { linkHub: hub } : {}), ...(nbd ? { nbdHub: nbd } : {}) }, g));
+      const rt = await (site.role === 'witness' ? witnessRuntime : replicaRuntime)(groupContext({ ...ctx, ...(hub ? { linkHub: hub } : {}), ...(nbd ? { nbdHub: nbd } : {}) }, g));
       running.push({ g, rt });
     }
   } catch (err) {

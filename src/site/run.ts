@@ -71,7 +71,7 @@ export async function runSite(config: ClusterConfig, siteName: string, options: 
     throw new StartupError(siteName, [`--site ${siteName}: no such site in ${config.file}${didYouMean(siteName, config.siteNames)}; sites are ${config.siteNames.join(', ')}`]);
   }
   // Several volumes (issue 20): one runtime per consistency group in this process.
-  const runtimeFactory = options.runtime ?? (config.multiVolume && site.role !== 'witness' ? groupsRuntime : roleRuntimes[site.role]);
+  const runtimeFactory = options.runtime ?? (config.multiVolume ? groupsRuntime : roleRuntimes[site.role]);
   const deviceProblems = config.multiVolume
     ? groupsOfSite(config, site).flatMap((g) => {
         const gc = groupClusterConfig(config, g);

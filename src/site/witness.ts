@@ -53,7 +53,12 @@ export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<Sit
     lastHeardPrimaryMs = performance.now();
   };
 
-  const server = new LinkServer({
+  // With several volumes (issue 20) the witness answers for each consistency group on the
+  // site's one port (src/site/link-hub.ts): one of these runtimes per group, each with its own
+  // epoch and its own view of the primary.
+  const hub = ctx.linkHub;
+  const group = ctx.linkSecurity.geometry.group ?? 0;
+  const server = hub !== undefined ? undefined : new LinkServer({
     cluster: config.cluster,
     site: site.name,
     secret: ctx.secret,
@@ -75,7 +80,7 @@ export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<Sit
       return;
     }
     const heardAgoMs = lastHeardPrimaryMs === undefined ? -1 : Math.max(0, performance.now() - lastHeardPrimaryMs);
-    const reply = toWire({ type: 'lastHeardAnswer', epoch, queryId: msg.queryId, heardAgoMs, seqReceived: 0n }, site.name)!;
+    const reply = toWire({ type: 'lastHeardAnswer', epoch, queryId: msg.queryId, heardAgoMs, seqReceived: 0n }, site.name, link.group)!;
     if (!sendOrClose(link, reply)) return;
     metrics.lastHeardAnswersTotal?.inc();
     log.info({ event: 'last-heard-answer', peer, queryId: String(msg.queryId), primary, heardAgoMs: Math.round(heardAgoMs), epoch: Number(epoch) }, `${peer} asked when ${site.name} last heard ${primary}: ${heardAgoMs < 0 ? 'never' : `${Math.round(heardAgoMs)} ms ago`}`);
@@ -86,6 +91,15 @@ export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<Sit
     if (peer === undefined || stopped) {
       link.close();
       return;
+    }
+    if (hub !== undefined) {
+      if (!dialers.includes(peer)) {
+        link.close(ErrorCode.REFUSED, `${peer} is neither the primary nor the standby; only they dial a witness`);
+        return;
+      }
+      link.heartbeatFrom(() => ({ epoch, lastSeq: 0n }));
+      const old = peers.get(peer)?.link;
+      if (old !== undefined && old !== link) old.close(undefined, `replaced by a new connection from ${peer}`);
     }
     // LinkServer already closed an older link of the same peer (REPLACED).
     peers.set(peer, { link });
@@ -151,19 +165,28 @@ export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<Sit
     uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
   });
 
-  server.on('link', attach);
-  server.on('refused', (r) => metrics.framesRefusedTotal.inc({ reason: r.code === undefined ? 'transport' : String(r.code) }));
   metrics.setLinkState(primary, 'down');
   metrics.actingRole.set({ acting: 'witness' }, 1);
-  const bound = await server.listen();
-  log.info({ event: 'witness-listening', host: bound.host, port: bound.port, primary }, `witness ${site.name} listening on ${site.listen.text}; watching primary ${primary}`);
+  if (hub !== undefined) {
+    hub.register(group, attach);
+    await hub.listen();
+    log.info({ event: 'witness-listening', group, primary }, `witness ${site.name} answering for group ${config.volume.name} on ${site.listen.text}; watching primary ${primary}`);
+  } else {
+    server!.on('link', attach);
+    server!.on('refused', (r) => metrics.framesRefusedTotal.inc({ reason: r.code === undefined ? 'transport' : String(r.code) }));
+    const bound = await server!.listen();
+    log.info({ event: 'witness-listening', host: bound.host, port: bound.port, primary }, `witness ${site.name} listening on ${site.listen.text}; watching primary ${primary}`);
+  }
 
   return {
     status,
     stop: async () => {
       if (stopped) return;
       stopped = true;
-      await server.close();
+      if (hub !== undefined) {
+        hub.unregister(group, attach);
+        for (const p of peers.values()) p.link?.close(undefined, `witness ${site.name} is stopping`);
+      } else await server!.close();
     },
   };
 };

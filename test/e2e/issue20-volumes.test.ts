@@ -193,4 +193,32 @@ describe('issue 20: 8 volumes in 2 consistency groups, primary + standby + 2 mir
       expect(differ.out).toContain('group vm: all 3 replicas agree');
     });
   }, 300_000);
+
+  it('a witness answers for every consistency group: with primary, standby and witness only, kill -9 of the primary promotes every group and the acked writes read back', async () => {
+    const vols = [{ name: 'a', sizeBytes: 4 * MiB, group: 'g1' }, { name: 'b', sizeBytes: 4 * MiB, group: 'g1' }, { name: 'c', sizeBytes: 4 * MiB }];
+    const c = await Cluster.create({ volumes: vols, volumeBytes: 4 * MiB, cacheBytes: 32 * MiB, mirrors: [], standby: 'backup', witness: 'wit', failoverTimeoutMs: 1500 });
+    clusters.push(c);
+    await withLogs(c, async () => {
+      await c.start();
+      await c.waitStatus('local', (s) => groupStatuses(s).length === 2 && groupStatuses(s).every((g) => g.peers.some((p) => p.name === 'backup' && p.sync === 'in-sync' && p.link === 'up')), 'backup in sync in every group');
+      await c.waitStatus('wit', (s) => groupStatuses(s).length === 2 && groupStatuses(s).every((g) => g.peers.some((p) => p.name === 'local' && p.link === 'up')), 'the witness hears the primary in every group');
+      const ws = new Map<string, NbdWriter>();
+      for (const v of vols) {
+        const w = await connectWhenUp(c.nbdPort, v.name);
+        ws.set(v.name, w);
+        for (const p of planWrites(11, v.sizeBytes, MiB)) await w.write(p);
+      }
+      await c.kill9('local');
+      await c.waitStatus('backup', (s) => groupStatuses(s).length === 2 && groupStatuses(s).every((g) => g.standby?.phase === 'primary'), 'every group promoted with the witness vote');
+      // Each group's promotion counted the witness's answer (2 of 3 sites: backup and wit).
+      const promoted = c.logRecords('backup').filter((r) => r.event === 'promoted' && typeof r.reason === 'string');
+      expect(new Set(promoted.map((r) => r.group))).toEqual(new Set(['g1', 'c']));
+      for (const r of promoted) expect(r.reason).toMatch(/2 of 3 sites cannot reach it \(backup, wit\)/);
+      for (const v of vols) {
+        const w = ws.get(v.name)!;
+        const img = await readExport(c, c.standbyNbdPort, v.name);
+        expect(checkAckedWrites(img, w.issued, w.acked), `volume ${v.name}`).toEqual([]);
+      }
+    });
+  }, 300_000);
 });
