@@ -68,6 +68,12 @@ export interface LinkTimingOptions {
   readonly randomBytes?: (n: number) => Buffer;
   /** Epoch and last seq to put in outgoing HEARTBEATs (the site's core knows them). */
   readonly heartbeatState?: () => { epoch: bigint; lastSeq: bigint };
+  /**
+   * A port shared by several consistency groups (issue 20): the heartbeat state of the group a
+   * link carries, known once HELLO named it (so even the first HEARTBEAT, sent when the link is
+   * established, carries that group's epoch). Takes precedence over heartbeatState.
+   */
+  readonly heartbeatStateOf?: (group: number) => { epoch: bigint; lastSeq: bigint };
 }
 
 export interface LinkOptions extends LinkTimingOptions {
@@ -158,7 +164,7 @@ export class Link extends EventEmitter {
   private get log(): LinkLogger {
     return this.certified !== undefined || this.everEstablished ? this.known : this.stranger;
   }
-  private readonly o: Required<Omit<LinkTimingOptions, 'clock' | 'logger' | 'randomBytes' | 'heartbeatState' | 'inflightWritesMax' | 'inflightBytesMax'>>;
+  private readonly o: Required<Omit<LinkTimingOptions, 'clock' | 'logger' | 'randomBytes' | 'heartbeatState' | 'heartbeatStateOf' | 'inflightWritesMax' | 'inflightBytesMax'>>;
   private readonly options: LinkOptions;
   /** WRITEs this side sent and the peer has not acknowledged. */
   readonly sendWindow: InflightWindow;
@@ -206,7 +212,8 @@ export class Link extends EventEmitter {
     }
     this.sendWindow = new InflightWindow(options.inflightWritesMax ?? inflightWritesMax, options.inflightBytesMax ?? inflightBytesMax);
     this.receiveWindow = new InflightWindow(options.inflightWritesMax ?? inflightWritesMax, options.inflightBytesMax ?? inflightBytesMax);
-    this.heartbeatState = options.heartbeatState ?? (() => ({ epoch: 0n, lastSeq: 0n }));
+    const of = options.heartbeatStateOf;
+    this.heartbeatState = of !== undefined ? () => of(this.group) : options.heartbeatState ?? (() => ({ epoch: 0n, lastSeq: 0n }));
     this.remote = `${raw.remoteAddress ?? '?'}:${raw.remotePort ?? '?'}`;
     this.lastRxMs = this.clock.nowMs();
     if (options.peer !== undefined) this.peerName = options.peer;

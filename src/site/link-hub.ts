@@ -12,6 +12,7 @@ import { ErrorCode, type VolumeGeometry } from '../wire/index.js';
 export class LinkHub {
   private server: LinkServer | undefined;
   private readonly handlers = new Map<number, (link: Link) => void>();
+  private readonly heartbeats = new Map<number, () => { epoch: bigint; lastSeq: bigint }>();
   private refusedHandler: ((r: { code: number | undefined }) => void) | undefined;
 
   constructor(
@@ -22,7 +23,13 @@ export class LinkHub {
   /** Binds the port once (later calls share it). */
   async listen(): Promise<void> {
     if (this.server !== undefined) return;
-    const server = new LinkServer({ ...this.options, geometryOf: (g) => this.geometries.get(g), groupCount: this.geometries.size });
+    const server = new LinkServer({
+      ...this.options,
+      geometryOf: (g) => this.geometries.get(g),
+      groupCount: this.geometries.size,
+      // Every HEARTBEAT, the first included, carries the epoch of the group its link carries.
+      heartbeatStateOf: (g) => this.heartbeats.get(g)?.() ?? { epoch: 0n, lastSeq: 0n },
+    });
     server.on('link', (link) => {
       const h = this.handlers.get(link.group);
       if (h === undefined) link.close(ErrorCode.SHUTDOWN, `consistency group ${link.group} of site '${this.options.site}' is restarting (a role change); redial`);
@@ -33,13 +40,16 @@ export class LinkHub {
     this.server = server;
   }
 
-  /** The Peers of `group` takes its links from now on. */
-  register(group: number, onLink: (link: Link) => void): void {
+  /** The Peers of `group` takes its links from now on; `heartbeat`: the group's epoch and last seq for its links' HEARTBEATs. */
+  register(group: number, onLink: (link: Link) => void, heartbeat: () => { epoch: bigint; lastSeq: bigint }): void {
     this.handlers.set(group, onLink);
+    this.heartbeats.set(group, heartbeat);
   }
 
   unregister(group: number, onLink: (link: Link) => void): void {
-    if (this.handlers.get(group) === onLink) this.handlers.delete(group);
+    if (this.handlers.get(group) !== onLink) return;
+    this.handlers.delete(group);
+    this.heartbeats.delete(group);
   }
 
   onRefused(fn: (r: { code: number | undefined }) => void): void {

@@ -88,7 +88,7 @@ export class Peers implements PeersPort {
     const hub = this.ctx.linkHub;
     if (hub !== undefined) {
       this.hubHandler = (link) => this.attach(link);
-      hub.register(this.group, this.hubHandler);
+      hub.register(this.group, this.hubHandler, () => this.opts.heartbeatState());
       await hub.listen();
       return;
     }

@@ -168,7 +168,7 @@ export const witnessRuntime: RoleRuntime = async (ctx: SiteContext): Promise<Sit
   metrics.setLinkState(primary, 'down');
   metrics.actingRole.set({ acting: 'witness' }, 1);
   if (hub !== undefined) {
-    hub.register(group, attach);
+    hub.register(group, attach, () => ({ epoch, lastSeq: 0n }));
     await hub.listen();
     log.info({ event: 'witness-listening', group, primary }, `witness ${site.name} answering for group ${config.volume.name} on ${site.listen.text}; watching primary ${primary}`);
   } else {
