@@ -187,7 +187,7 @@ describe('hostile peers (issue 17 items 3-4), as processes', () => {
       ['WRITE seq 2^64-1', w(0n, block, u64Max), /seq 2\^64-1 leaves no room/],
       ['WRITE offset 2^60', w(1n << 60n, block), /offset 1152921504606846976 is beyond any volume/],
       ['WRITE not block aligned', w(512n, block), /not whole 4096-byte blocks/],
-      ['WRITE for volume 7', w(0n, block, 1n << 30n, { volumeId: 7 } as Partial<Message>), /is for volume 7, but this cluster has one volume/],
+      ['WRITE for volume 7', w(0n, block, 1n << 30n, { volumeId: 7 } as Partial<Message>), /is for volume 7, but this link carries consistency group 0/],
       ['RESYNC_DATA past the end', { type: 'RESYNC_DATA', volumeId: 0, flags: 0, epoch: 1n, resyncId: 9n, offsetBytes: V, data: block }, /resync data #9: range 16777216\+4096 runs past/],
       ['RESYNC_DATA of zero bytes', { type: 'RESYNC_DATA', volumeId: 0, flags: 0, epoch: 1n, resyncId: 9n, offsetBytes: 0n, data: Buffer.alloc(0) }, /resync data #9: range 0\+0/],
       ['READ_REQUEST past the end', { type: 'READ_REQUEST', volumeId: 0, epoch: 1n, readId: 3n, offsetBytes: V - 4096n, lengthBytes: 8192 }, /read request #3: .*runs past/],
