@@ -56,6 +56,15 @@ function run(seed: number, trace: ((line: string) => void) | undefined): SimResu
   return runSim({ seed, hostOps: o.ops, topology: o.topology, trace });
 }
 
+/** The options of this run that shape a seed (for the replay line of a failed seed). */
+const replayArgs = [
+  o.topology !== undefined ? `--topology ${o.topology} ` : '',
+  o.ops !== undefined ? `--ops ${o.ops} ` : '',
+  o.volumes !== undefined ? `--volumes ${o.volumes} ` : '',
+  o.workload !== undefined ? `--workload ${o.workload} ` : '',
+  loadGiven && o.load !== undefined ? (o.load ? '--load ' : '--no-load ') : '',
+].join('');
+
 if (o.seed !== undefined) {
   const r = run(o.seed, o.quiet ? undefined : (line) => console.log(line));
   console.log(`seed ${r.seed}: ${r.ok ? 'ok' : 'FAILED'} ${JSON.stringify(r.stats)}`);
@@ -69,7 +78,7 @@ if (o.seed !== undefined) {
     const r = run(seed, undefined);
     if (!r.ok) {
       failed++;
-      console.log(`seed ${seed} FAILED: ${r.failures.join('; ')}  (replay: npm run sim -- --seed ${seed})`);
+      console.log(`seed ${seed} FAILED: ${r.failures.join('; ')}  (replay: npm run sim -- ${replayArgs}--seed ${seed})`);
     }
   }
   console.log(`${n - failed}/${n} seeds ok in ${((performance.now() - t0) / 1000).toFixed(1)} s`);

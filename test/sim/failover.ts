@@ -86,8 +86,11 @@ export interface FailoverOptions {
   readonly load?: boolean;
   /** log workload: skip the group-cut checks (a mutation test shows what the other checks miss). */
   readonly groupCheck?: boolean;
-  /** Tests swap a site's executor for a deliberately broken one (group-mutation.test.ts). */
-  readonly makeExecutor?: (site: PeerId) => ((core: Role, ports: ExecutorPorts, env: ExecutorEnv) => Executor) | undefined;
+  /**
+   * Tests swap a site's executor for a deliberately broken one (group-mutation.test.ts); `later`
+   * runs a callback after a simulated delay if this process life is still running then.
+   */
+  readonly makeExecutor?: (site: PeerId, later: (delayMs: number, fn: () => void) => void) => ((core: Role, ports: ExecutorPorts, env: ExecutorEnv) => Executor) | undefined;
 }
 
 export interface FailoverResult {
@@ -290,6 +293,9 @@ class FailoverSim {
         this.stats.recordsAcked = 0;
         this.stats.recordsReissued = 0;
         this.stats.recoveryReadsByMirror = 0;
+        this.stats.recoveries = 0;
+        this.extra.load = load ? 1 : 0;
+        this.stats.recoveredInFlight = 0;
       } else {
         this.randomInVolumes = layout;
       }
@@ -848,7 +854,12 @@ class FailoverSim {
         this.log(`backup: INJECT storage write failure at ${offsetBytes}+${payload.byteLength}`);
         return { sense: senseOf('injected medium error (standbyBehind)', 0x3, 0x0c, 0x00), completed: () => this.behindFailed() };
       },
-    }, this.makeExecutor?.(s.name));
+    }, this.makeExecutor?.(s.name, (delayMs, fn) => {
+      const life = s.life;
+      this.sched.at(this.sched.now + delayMs, () => {
+        if (s.life === life) fn();
+      });
+    }));
     this.feed(s, { type: 'start', recovered: { meta: s.persist.meta, cacheEntries: s.cache.list(), dirtyRegions: s.persist.dirtyRegions() } });
   }
 
@@ -1149,6 +1160,9 @@ class FailoverSim {
     const where = `after failover: ${rec.site} (epoch ${epoch}, life ${rec.life}) serves`;
     const res = checkGroupCut(g.layout, (v) => rec.parts[v]!, g.ackedMax, g.issuedMax, where);
     this.stats.groupChecks!++;
+    this.stats.recoveries!++;
+    // The record in flight when the primary was lost made it into the cut (else it is issued again).
+    if (res.cut > g.ackedMax) this.stats.recoveredInFlight!++;
     this.log(`GROUP: ${rec.key} serves the cut at record ${res.cut} (acked up to ${g.ackedMax}, issued up to ${g.issuedMax})${res.error !== undefined ? ` FAIL ${res.error}` : ''}`);
     if (res.error !== undefined && g.check) {
       this.fail(res.error);
@@ -1166,6 +1180,19 @@ class FailoverSim {
     const res = checkGroupCut(g.layout, (v) => s.disk.read(g.layout.volumes[v]!.offsetBytes, g.layout.volumes[v]!.logBytes), g.ackedMax, g.issuedMax, `${what} ${s.name}'s storage`);
     if (res.error !== undefined) this.fail(res.error);
     else this.stats.groupChecks!++;
+  }
+
+  /** With volumes: no byte outside every volume's slice was ever written (a volume's export is a window onto its slice). */
+  private checkOutsideVolumes(s: Site): void {
+    const layout = this.group?.layout ?? this.randomInVolumes;
+    if (layout === undefined || this.failures.length > 0) return;
+    const inside = (at: number): boolean => layout.volumes.some((v) => v.offsetBytes <= at && at < v.offsetBytes + v.sizeBytes);
+    for (let at = 0; at < volumeBytes; at += blockBytes) {
+      if (!inside(at) && s.disk.cur.subarray(at, at + blockBytes).some((b) => b !== 0)) {
+        this.fail(`block ${at / blockBytes} on ${s.name} lies outside every volume (${this.extra.layout as string}) but holds data`);
+        return;
+      }
+    }
   }
 
   private onHostAck(s: Site, id: number, error: string | undefined): void {
@@ -1274,6 +1301,7 @@ class FailoverSim {
     const expected = this.scenario === 'crash' || this.scenario === 'standbyCrash' || this.scenario === 'standbyBehind' ? 3 : 4; // every site that is alive is back in sync
     if (replicas.length !== expected) this.fail(`${replicas.length} replicas in sync after settling, expected ${expected}`);
     for (const r of replicas) this.checkGroupOn(r, r === primary ? 'after settling, the primary' : 'after settling, in-sync replica');
+    this.checkOutsideVolumes(primary);
     const ref = primary.disk.cur;
     for (const r of replicas.slice(1)) {
       if (Buffer.compare(Buffer.from(ref), Buffer.from(r.disk.cur)) !== 0) {
