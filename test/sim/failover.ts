@@ -47,6 +47,17 @@
 // promotion completed restarts as the acting primary. A host ack that arrives after the writer
 // gave up on the write (switched to the new primary) still counts as acked: it must survive too.
 //
+// Consistency groups (issue 20; FailoverOptions.volumes, test/sim/group.ts): the same world with
+// the address space split into 2-4 volumes, one replication stream for all. The `log` workload is
+// a database on the host: sequence-numbered records spread over the volumes, each written only
+// once the previous one was acked, random writes beside them in half the seeds. After every
+// failover (a new primary, or the same site in a new life) the host first reads every volume's
+// log on the new primary, as its NBD exports serve it (local storage where the core says the copy
+// is whole, else through the core and a mirror); the records present must be a prefix of the
+// issue order holding every acked record (the group cut), and the log goes on after that cut.
+// After settling, the same check runs on every in-sync replica's storage; no byte outside the
+// volumes' slices is ever written.
+//
 // It is a separate driver from sim.ts (not a new branch in it) so the fanout/chain/mixed seeds
 // keep drawing exactly the same random numbers. The two scenarios added later are picked by a
 // separate PRNG, so a seed that runs one of the first five draws what it drew before; standbyBehind
