@@ -98,6 +98,11 @@ export interface FailoverOptions {
   /** log workload: skip the group-cut checks (a mutation test shows what the other checks miss). */
   readonly groupCheck?: boolean;
   /**
+   * A deliberately wrong site layer (group-mutation.test.ts): the recovery reads go to local
+   * storage even where the core says the copy is not whole (a journal replay still pending).
+   */
+  readonly readsIgnoreCore?: boolean;
+  /**
    * Tests swap a site's executor for a deliberately broken one (group-mutation.test.ts); `later`
    * runs a callback after a simulated delay if this process life is still running then.
    */
@@ -255,6 +260,7 @@ class FailoverSim {
   private readonly randomInVolumes: GroupLayout | undefined;
   private readonly trace: ((line: string) => void) | undefined;
   private readonly makeExecutor: FailoverOptions['makeExecutor'];
+  private readonly readsIgnoreCore: boolean;
   private readonly reads = new Map<number, { rec: Recovery; volume: number }>();
   private readNext = readIdBase;
 
@@ -262,6 +268,7 @@ class FailoverSim {
     const scenario = opts.scenario;
     this.trace = opts.trace;
     this.makeExecutor = opts.makeExecutor;
+    this.readsIgnoreCore = opts.readsIgnoreCore ?? false;
     this.prng = new Prng(seed);
     const kinds: FailoverScenario[] = ['crash', 'crashRejoin', 'isolate', 'cutStandby', 'none'];
     const drawn = kinds[this.prng.int(kinds.length)]!;
@@ -1130,7 +1137,7 @@ class FailoverSim {
     const core = s.core;
     if (s.life !== rec.life || core === undefined || core instanceof Mirror) return; // gone: the next primary gets a recovery of its own
     const v = g.layout.volumes[volume]!;
-    if (core.readable(v.offsetBytes, v.logBytes)) {
+    if (this.readsIgnoreCore || core.readable(v.offsetBytes, v.logBytes)) {
       const data = s.disk.read(v.offsetBytes, v.logBytes);
       s.run!.later(0.5 + this.prng.float(), () => this.logRead(rec, volume, undefined, data));
       return;
