@@ -1,5 +1,7 @@
 // `npm run sim -- --seed S` replays one seed with a readable trace;
 // `npm run sim -- --seeds N [--from F]` runs N seeds and prints each failure with its seed.
+// `npm run sim -- --topology failover --volumes seeded --seeds N` runs the failover topology with
+// a consistency group of 2-4 volumes and the log workload (group-cut checks, test/sim/group.ts).
 import { Command } from 'commander';
 import { runFailover } from './failover.js';
 import { runSim, type SimResult, type Topology } from './sim.js';
@@ -17,9 +19,23 @@ const program = new Command()
   .option('--topology <t>', 'fanout (default), chain (local -> r1 -> r2 -> remote), mixed (east direct + r1 -> r2 -> west) or failover (local + backup standby + east + west; --ops is ignored)', (v) => {
     if (v !== 'fanout' && v !== 'chain' && v !== 'mixed' && v !== 'failover') throw new Error(`--topology ${v}: use fanout, chain, mixed or failover`);
     return v as CliTopology;
-  });
+  })
+  .option('--volumes <n>', 'failover topology: split the volume into a consistency group of n volumes (2-4), or "seeded" (2-4 drawn per seed); default 1', (v) => {
+    if (v === 'seeded') return v;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1 || n > 4) throw new Error(`--volumes ${v}: use 1, 2, 3, 4 or seeded`);
+    return n;
+  })
+  .option('--workload <w>', 'with --volumes: log (default: sequence-numbered dependent records, group-cut checks) or random', (v) => {
+    if (v !== 'log' && v !== 'random') throw new Error(`--workload ${v}: use log or random`);
+    return v as 'log' | 'random';
+  })
+  .option('--load', 'log workload: always add concurrent random writes (default: drawn per seed)')
+  .option('--no-load', 'log workload: never add concurrent random writes');
 program.parse();
-const o = program.opts<{ seed?: number; seeds?: number; from: number; ops?: number; quiet?: boolean; topology?: CliTopology }>();
+const o = program.opts<{ seed?: number; seeds?: number; from: number; ops?: number; quiet?: boolean; topology?: CliTopology; volumes?: number | 'seeded'; workload?: 'log' | 'random'; load?: boolean }>();
+if ((o.volumes !== undefined || o.workload !== undefined) && o.topology !== 'failover') throw new Error('--volumes and --workload need --topology failover');
+const loadGiven = process.argv.some((a) => a === '--load' || a === '--no-load');
 
 function parseSeed(v: string): number {
   const n = Number(v);
@@ -29,9 +45,25 @@ function parseSeed(v: string): number {
 
 /** The failover topology has its own driver (test/sim/failover.ts); the others share sim.ts. */
 function run(seed: number, trace: ((line: string) => void) | undefined): SimResult {
-  if (o.topology === 'failover') return runFailover(seed, { trace });
+  if (o.topology === 'failover') {
+    return runFailover(seed, {
+      trace,
+      ...(o.volumes !== undefined ? { volumes: o.volumes } : {}),
+      ...(o.workload !== undefined ? { workload: o.workload } : {}),
+      ...(loadGiven && o.load !== undefined ? { load: o.load } : {}),
+    });
+  }
   return runSim({ seed, hostOps: o.ops, topology: o.topology, trace });
 }
+
+/** The options of this run that shape a seed (for the replay line of a failed seed). */
+const replayArgs = [
+  o.topology !== undefined ? `--topology ${o.topology} ` : '',
+  o.ops !== undefined ? `--ops ${o.ops} ` : '',
+  o.volumes !== undefined ? `--volumes ${o.volumes} ` : '',
+  o.workload !== undefined ? `--workload ${o.workload} ` : '',
+  loadGiven && o.load !== undefined ? (o.load ? '--load ' : '--no-load ') : '',
+].join('');
 
 if (o.seed !== undefined) {
   const r = run(o.seed, o.quiet ? undefined : (line) => console.log(line));
@@ -46,7 +78,7 @@ if (o.seed !== undefined) {
     const r = run(seed, undefined);
     if (!r.ok) {
       failed++;
-      console.log(`seed ${seed} FAILED: ${r.failures.join('; ')}  (replay: npm run sim -- --seed ${seed})`);
+      console.log(`seed ${seed} FAILED: ${r.failures.join('; ')}  (replay: npm run sim -- ${replayArgs}--seed ${seed})`);
     }
   }
   console.log(`${n - failed}/${n} seeds ok in ${((performance.now() - t0) / 1000).toFixed(1)} s`);

@@ -47,6 +47,17 @@
 // promotion completed restarts as the acting primary. A host ack that arrives after the writer
 // gave up on the write (switched to the new primary) still counts as acked: it must survive too.
 //
+// Consistency groups (issue 20; FailoverOptions.volumes, test/sim/group.ts): the same world with
+// the address space split into 2-4 volumes, one replication stream for all. The `log` workload is
+// a database on the host: sequence-numbered records spread over the volumes, each written only
+// once the previous one was acked, random writes beside them in half the seeds. After every
+// failover (a new primary, or the same site in a new life) the host first reads every volume's
+// log on the new primary, as its NBD exports serve it (local storage where the core says the copy
+// is whole, else through the core and a mirror); the records present must be a prefix of the
+// issue order holding every acked record (the group cut), and the log goes on after that cut.
+// After settling, the same check runs on every in-sync replica's storage; no byte outside the
+// volumes' slices is ever written.
+//
 // It is a separate driver from sim.ts (not a new branch in it) so the fanout/chain/mixed seeds
 // keep drawing exactly the same random numbers. The two scenarios added later are picked by a
 // separate PRNG, so a seed that runs one of the first five draws what it drew before; standbyBehind
@@ -59,10 +70,44 @@ import { Mirror } from '../../src/core/mirror.js';
 import { Scheduler, SimLife, startHeartbeats, type SimDelays } from './world.js';
 import { Primary } from '../../src/core/primary.js';
 import { Standby } from '../../src/core/standby.js';
-import { CoreAssertionError, defaultLimits, senseOf, type CoreAction, type CoreEvent, type Epoch, type Limits, type Meta, type PeerId, type PeerMsg } from '../../src/core/types.js';
+import { CoreAssertionError, defaultLimits, senseOf, type CoreAction, type CoreEvent, type Epoch, type HostError, type Limits, type Meta, type PeerId, type PeerMsg, type Role } from '../../src/core/types.js';
+import type { Executor, ExecutorEnv, ExecutorPorts } from '../../src/site/executor.js';
+import { checkGroupCut, fillRecord, makeLayout, recordPlace, type GroupLayout } from './group.js';
 import { SimCache, SimDisk, SimPersist } from './models.js';
 
 export type FailoverScenario = 'crash' | 'crashRejoin' | 'isolate' | 'cutStandby' | 'none' | 'standbyCrash' | 'switchover' | 'standbyBehind' | 'repeated';
+
+export interface FailoverOptions {
+  /** Force one scenario (default: drawn from the seed). */
+  readonly scenario?: FailoverScenario;
+  readonly trace?: (line: string) => void;
+  /**
+   * Split the replicated address space into this many volumes of one consistency group (issue 20;
+   * see test/sim/group.ts), or 'seeded': 2-4 drawn from the seed. Default 1: one volume, the
+   * original workload, exactly the draws it always made.
+   */
+  readonly volumes?: number | 'seeded';
+  /**
+   * With volumes: `log` (default) writes sequence-numbered records, each only after the previous
+   * one was acked, checked for the group cut after every failover and at the end; `random`
+   * writes at random inside the volumes' slices.
+   */
+  readonly workload?: 'log' | 'random';
+  /** log workload: also concurrent random writes to the volumes' data areas (default: drawn from the seed). */
+  readonly load?: boolean;
+  /** log workload: skip the group-cut checks (a mutation test shows what the other checks miss). */
+  readonly groupCheck?: boolean;
+  /**
+   * A deliberately wrong site layer (group-mutation.test.ts): the recovery reads go to local
+   * storage even where the core says the copy is not whole (a journal replay still pending).
+   */
+  readonly readsIgnoreCore?: boolean;
+  /**
+   * Tests swap a site's executor for a deliberately broken one (group-mutation.test.ts); `later`
+   * runs a callback after a simulated delay if this process life is still running then.
+   */
+  readonly makeExecutor?: (site: PeerId, later: (delayMs: number, fn: () => void) => void) => ((core: Role, ports: ExecutorPorts, env: ExecutorEnv) => Executor) | undefined;
+}
 
 export interface FailoverResult {
   readonly seed: number;
@@ -122,12 +167,47 @@ interface HostWrite {
   readonly site: PeerId;
   readonly life: number;
   outcome: 'pending' | 'acked' | 'failed' | 'unknown';
+  /** log workload: the record this write carries. */
+  readonly record?: number;
+}
+
+/** Host reads get ids of their own (a write's id is its index in `writes`). */
+const readIdBase = 1_000_000_000;
+
+/** The multi-volume workload's state (FailoverOptions.volumes). */
+interface Group {
+  readonly layout: GroupLayout;
+  readonly prng: Prng;
+  readonly check: boolean;
+  readonly recordsTarget: number;
+  readonly randomTarget: number;
+  randomIssued: number;
+  /** The next record to issue (after a failover: the recovered cut + 1). */
+  nextRecord: number;
+  pendingRecord: HostWrite | undefined;
+  ackedMax: number;
+  issuedMax: number;
+  /** `site:life` of the primary whose cut was read (the writer's first primary needs none). */
+  verified: string | undefined;
+  /** The cut the last recovery found (none yet, or one under way: no bound, the recovery's own check covers late acks). */
+  lastCut: number;
+  recovery: Recovery | undefined;
+}
+
+/** The database's recovery after a failover: it reads every volume's log on the new primary before it writes the next record. */
+interface Recovery {
+  readonly key: string;
+  readonly site: PeerId;
+  readonly life: number;
+  readonly parts: (Uint8Array | undefined)[];
+  left: number;
+  attempts: number;
 }
 
 const linkKey = (a: PeerId, b: PeerId): string => (a < b ? `${a}|${b}` : `${b}|${a}`);
 
-export function runFailover(seed: number, opts: { scenario?: FailoverScenario; trace?: (line: string) => void } = {}): FailoverResult {
-  return new FailoverSim(seed, opts.scenario, opts.trace).run();
+export function runFailover(seed: number, opts: FailoverOptions = {}): FailoverResult {
+  return new FailoverSim(seed, opts).run();
 }
 
 class FailoverSim {
@@ -175,7 +255,20 @@ class FailoverSim {
   /** Only in the scenarios that use them (the stats of the first five stay as they were). */
   private readonly extra: Record<string, number | string> = {};
 
-  constructor(private readonly seed: number, scenario: FailoverScenario | undefined, private readonly trace?: (line: string) => void) {
+  /** Multi-volume group workload, if asked for. */
+  private readonly group: Group | undefined;
+  private readonly randomInVolumes: GroupLayout | undefined;
+  private readonly trace: ((line: string) => void) | undefined;
+  private readonly makeExecutor: FailoverOptions['makeExecutor'];
+  private readonly readsIgnoreCore: boolean;
+  private readonly reads = new Map<number, { rec: Recovery; volume: number }>();
+  private readNext = readIdBase;
+
+  constructor(private readonly seed: number, opts: FailoverOptions) {
+    const scenario = opts.scenario;
+    this.trace = opts.trace;
+    this.makeExecutor = opts.makeExecutor;
+    this.readsIgnoreCore = opts.readsIgnoreCore ?? false;
     this.prng = new Prng(seed);
     const kinds: FailoverScenario[] = ['crash', 'crashRejoin', 'isolate', 'cutStandby', 'none'];
     const drawn = kinds[this.prng.int(kinds.length)]!;
@@ -201,6 +294,32 @@ class FailoverSim {
         this.links.set(linkKey(names[i]!, names[j]!), { up: false, cut: false, conn: 0, delayMs: 1 + this.prng.int(5), lastDeliverMs: {} });
       }
     }
+    // The group draws from a PRNG of its own: the fault plan draws what it draws with one volume.
+    const gp = new Prng(seed * 48271 + 2147483647);
+    const volumes = opts.volumes === 'seeded' ? 2 + gp.int(3) : opts.volumes ?? 1;
+    if (volumes > 1 || opts.workload !== undefined) {
+      const log = (opts.workload ?? 'log') === 'log';
+      const layout = makeLayout(gp, volumes, volumeBytes, limits.regionBytes, blockBytes, log);
+      if (log) {
+        const load = opts.load ?? gp.chance(0.5);
+        this.group = {
+          layout, prng: gp, check: opts.groupCheck ?? true, recordsTarget: this.hostOps, randomTarget: load ? this.hostOps : 0, randomIssued: 0,
+          nextRecord: 1, pendingRecord: undefined, ackedMax: 0, issuedMax: 0, verified: undefined, lastCut: Number.MAX_SAFE_INTEGER, recovery: undefined,
+        };
+        this.stats.groupChecks = 0;
+        this.stats.records = 0;
+        this.stats.recordsAcked = 0;
+        this.stats.recordsReissued = 0;
+        this.stats.recoveryReadsByMirror = 0;
+        this.stats.recoveries = 0;
+        this.extra.load = load ? 1 : 0;
+        this.stats.recoveredInFlight = 0;
+      } else {
+        this.randomInVolumes = layout;
+      }
+      this.extra.volumes = volumes;
+      this.extra.layout = layout.volumes.map((v) => `${v.offsetBytes}+${v.sizeBytes}`).join(' ');
+    }
   }
 
   run(): FailoverResult {
@@ -219,7 +338,7 @@ class FailoverSim {
         break;
       }
       if (!this.sched.runOne()) break;
-      if (this.faultsDone && !this.mirrorFaultPending && this.outstanding() === 0 && ((this.issued >= this.hostOps && this.settled()) || this.refusedSettled())) break;
+      if (this.faultsDone && !this.mirrorFaultPending && this.outstanding() === 0 && ((this.workloadDone() && this.settled()) || this.refusedSettled())) break;
     }
     this.stopped = true;
     if (this.failures.length === 0) this.finalChecks();
@@ -739,7 +858,10 @@ class FailoverSim {
         this.disconnect(key);
         this.sched.at(this.sched.now + 5 + this.prng.int(100), () => this.connect(key));
       },
-      ack: (id, error) => this.onHostAck(s, id, error?.kind),
+      ack: (id, error, data) => {
+        if (id >= readIdBase) this.onReadAck(s, id, error, data);
+        else this.hostAcked(s, id, error?.kind);
+      },
       log: (level, event, fields) => this.log(`${s.name}: ${level} ${event} ${JSON.stringify(fields, (_k, v) => (typeof v === 'bigint' ? Number(v) : v))}`),
       fatal: (err) => this.fail(`${s.name}: ${err instanceof CoreAssertionError ? 'assertion' : 'exception'}: ${err.message}`),
       observe: (a) => this.observed(s, a),
@@ -750,7 +872,12 @@ class FailoverSim {
         this.log(`backup: INJECT storage write failure at ${offsetBytes}+${payload.byteLength}`);
         return { sense: senseOf('injected medium error (standbyBehind)', 0x3, 0x0c, 0x00), completed: () => this.behindFailed() };
       },
-    });
+    }, this.makeExecutor?.(s.name, (delayMs, fn) => {
+      const life = s.life;
+      this.sched.at(this.sched.now + delayMs, () => {
+        if (s.life === life) fn();
+      });
+    }));
     this.feed(s, { type: 'start', recovered: { meta: s.persist.meta, cacheEntries: s.cache.list(), dirtyRegions: s.persist.dirtyRegions() } });
   }
 
@@ -877,8 +1004,12 @@ class FailoverSim {
       this.target = next;
     }
     const t = this.target === undefined ? undefined : this.sites.get(this.target)!;
-    // One write per pump, pumps spread out, so the workload spans the fault and the failover.
-    if (t !== undefined && t.core !== undefined && this.issued < this.hostOps && this.outstanding() < this.qd) {
+    if (this.group !== undefined) {
+      this.groupPump(this.group, t);
+    } else if (this.randomInVolumes !== undefined) {
+      if (t !== undefined && t.core !== undefined && this.issued < this.hostOps && this.outstanding() < this.qd) this.randomVolumeWrite(t, this.randomInVolumes, this.prng);
+    } else if (t !== undefined && t.core !== undefined && this.issued < this.hostOps && this.outstanding() < this.qd) {
+      // One write per pump, pumps spread out, so the workload spans the fault and the failover.
       const lenBlocks = 1 + this.prng.int(8);
       const offBlocks = this.prng.int(volumeBytes / blockBytes - lenBlocks + 1);
       const id = this.writes.length + 1;
@@ -895,6 +1026,192 @@ class FailoverSim {
       this.feed(t, { type: 'hostWrite', id, offsetBytes: w.offsetBytes, lengthBytes: w.lengthBytes, fua: this.prng.chance(0.2), payload });
     }
     this.sched.at(this.sched.now + 2 + this.prng.int(this.pumpGapMs), () => this.pump());
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Multi-volume group workload (FailoverOptions.volumes, test/sim/group.ts)
+
+  /** Every host op the workload plans was issued and completed, and the cut of the primary now was read. */
+  private workloadDone(): boolean {
+    const g = this.group;
+    if (g === undefined) return this.issued >= this.hostOps;
+    if (g.nextRecord <= g.recordsTarget || g.pendingRecord !== undefined || g.randomIssued < g.randomTarget || g.recovery !== undefined) return false;
+    const now = this.primaryNow();
+    return now === undefined || g.verified === `${now}:${this.sites.get(now)!.life}`;
+  }
+
+  /**
+   * The database on the host: after a failover (a new primary, or the same one in a new life) it
+   * reads every volume's log first and goes on after the cut it found; otherwise it writes the
+   * next record once the previous one was acked, and (with load) random writes beside.
+   */
+  private groupPump(g: Group, t: Site | undefined): void {
+    if (g.pendingRecord !== undefined && g.pendingRecord.outcome !== 'pending') g.pendingRecord = undefined;
+    if (t === undefined || t.core === undefined) return;
+    const key = `${t.name}:${t.life}`;
+    g.verified ??= key; // the first primary: nothing was written yet
+    if (key !== g.verified) {
+      if (g.pendingRecord === undefined && g.recovery?.key !== key) this.startRecovery(g, t, key);
+    } else if (g.pendingRecord === undefined && g.nextRecord <= g.recordsTarget) {
+      this.recordWrite(g, t, g.nextRecord);
+    }
+    const randomPending = this.writes.filter((w) => w.outcome === 'pending' && w.record === undefined).length;
+    if (g.randomIssued < g.randomTarget && randomPending < this.qd) {
+      g.randomIssued++;
+      this.randomVolumeWrite(t, g.layout, g.prng);
+    }
+  }
+
+  private recordWrite(g: Group, t: Site, k: number): void {
+    const place = recordPlace(g.layout, k);
+    const lenBlocks = g.layout.recordBlocks;
+    const w = this.issueWrite(t, place.offsetBytes / blockBytes, lenBlocks, g.prng.chance(0.2), k);
+    g.pendingRecord = w;
+    if (k <= g.issuedMax) this.stats.recordsReissued!++;
+    g.issuedMax = Math.max(g.issuedMax, k);
+    this.stats.records!++;
+  }
+
+  /** A random write inside one volume's data area (through that volume's export: never across its end). */
+  private randomVolumeWrite(t: Site, layout: GroupLayout, p: Prng): void {
+    const v = layout.volumes[p.int(layout.volumes.length)]!;
+    const dataBlocks = (v.sizeBytes - v.logBytes) / blockBytes;
+    const lenBlocks = 1 + p.int(Math.min(8, dataBlocks));
+    const offBlocks = (v.offsetBytes + v.logBytes) / blockBytes + p.int(dataBlocks - lenBlocks + 1);
+    this.issueWrite(t, offBlocks, lenBlocks, p.chance(0.2), undefined);
+  }
+
+  private issueWrite(t: Site, offBlocks: number, lenBlocks: number, fua: boolean, record: number | undefined): HostWrite {
+    const id = this.writes.length + 1;
+    const w: HostWrite = { id, offsetBytes: offBlocks * blockBytes, lengthBytes: lenBlocks * blockBytes, site: t.name, life: t.life, outcome: 'pending', ...(record !== undefined ? { record } : {}) };
+    this.writes.push(w);
+    this.issued++;
+    for (let b = 0; b < lenBlocks; b++) this.blockWrites[offBlocks + b]!.push(id);
+    const payload = new Uint8Array(w.lengthBytes);
+    if (record !== undefined) fillRecord(this.group!.layout, record, payload);
+    const dv = new DataView(payload.buffer);
+    for (let b = 0; b < lenBlocks; b++) {
+      dv.setUint32(b * blockBytes, id);
+      dv.setUint32(b * blockBytes + 4, offBlocks + b);
+    }
+    this.feed(t, { type: 'hostWrite', id, offsetBytes: w.offsetBytes, lengthBytes: w.lengthBytes, fua, payload });
+    return w;
+  }
+
+  /** A host write completed (or the host gave up on it): the record writer follows. */
+  private hostAcked(s: Site, id: number, error: string | undefined): void {
+    const w = this.writes[id - 1];
+    const before = w?.outcome;
+    this.onHostAck(s, id, error);
+    const g = this.group;
+    if (g === undefined || w?.record === undefined) return;
+    const k = w.record;
+    if (w.outcome === 'acked' && before !== 'acked') {
+      g.ackedMax = Math.max(g.ackedMax, k);
+      this.stats.recordsAcked!++;
+      // A late ack (after the host switched away and read the new primary's cut): the record
+      // must be inside that cut, or the new primary lost a write the old one acked.
+      if (before === 'unknown' && g.check && k > g.lastCut) this.fail(`record ${k} was acked by ${s.name} after the failover, but the new primary's cut ends at record ${g.lastCut}`);
+    }
+    if (g.pendingRecord !== w) return;
+    g.pendingRecord = undefined;
+    if (w.outcome === 'acked') g.nextRecord = k + 1;
+    // failed (busy, fenced: refused before it was ordered): the same record again; unknown: the
+    // recovery on the next primary decides where the log goes on.
+  }
+
+  /** After a failover: read every volume's log on the new primary (through its exports). */
+  private startRecovery(g: Group, t: Site, key: string): void {
+    this.log(`GROUP: recovery read of ${g.layout.volumes.length} volume logs on ${key}`);
+    const rec: Recovery = { key, site: t.name, life: t.life, parts: g.layout.volumes.map(() => undefined), left: g.layout.volumes.length, attempts: 0 };
+    g.recovery = rec;
+    g.lastCut = Number.MAX_SAFE_INTEGER;
+    for (const v of g.layout.volumes) this.readLog(rec, v.index);
+  }
+
+  /** A host read of volume v's log: from the site's own storage where the core says it is whole, else through the core (a mirror may serve it), as host-api.ts reads. */
+  private readLog(rec: Recovery, volume: number): void {
+    const g = this.group!;
+    if (g.recovery !== rec) return;
+    const s = this.sites.get(rec.site)!;
+    const core = s.core;
+    if (s.life !== rec.life || core === undefined || core instanceof Mirror) return; // gone: the next primary gets a recovery of its own
+    const v = g.layout.volumes[volume]!;
+    if (this.readsIgnoreCore || core.readable(v.offsetBytes, v.logBytes)) {
+      const data = s.disk.read(v.offsetBytes, v.logBytes);
+      s.run!.later(0.5 + this.prng.float(), () => this.logRead(rec, volume, undefined, data));
+      return;
+    }
+    const id = this.readNext++;
+    this.reads.set(id, { rec, volume });
+    this.stats.recoveryReadsByMirror!++;
+    this.feed(s, { type: 'hostRead', id, offsetBytes: v.offsetBytes, lengthBytes: v.logBytes });
+  }
+
+  private onReadAck(s: Site, id: number, error: HostError | undefined, data: Uint8Array | undefined): void {
+    const r = this.reads.get(id);
+    if (r === undefined) {
+      this.fail(`${s.name} completed host read ${id} it was never given`);
+      return;
+    }
+    this.reads.delete(id);
+    if (r.rec.site !== s.name || r.rec.life !== s.life) return;
+    this.logRead(r.rec, r.volume, error, data);
+  }
+
+  private logRead(rec: Recovery, volume: number, error: HostError | undefined, data: Uint8Array | undefined): void {
+    const g = this.group!;
+    if (g.recovery !== rec) return;
+    if (error !== undefined || data === undefined) {
+      // busy (still promoting, queue full) or no copy could serve it yet: again after a backoff, capped.
+      if (++rec.attempts > 40) {
+        this.fail(`the recovery read of volume ${volume}'s log on ${rec.site} failed ${rec.attempts} times, last: ${error?.message ?? 'no data'}`);
+        return;
+      }
+      this.sched.at(this.sched.now + Math.min(200, 5 * 2 ** Math.min(rec.attempts, 6)), () => this.readLog(rec, volume));
+      return;
+    }
+    if (rec.parts[volume] === undefined) rec.left--;
+    rec.parts[volume] = data;
+    if (rec.left > 0) return;
+    g.recovery = undefined;
+    const epoch = this.sites.get(rec.site)!.core!.status().epoch;
+    const where = `after failover: ${rec.site} (epoch ${epoch}, life ${rec.life}) serves`;
+    const res = checkGroupCut(g.layout, (v) => rec.parts[v]!, g.ackedMax, g.issuedMax, where);
+    this.stats.groupChecks!++;
+    this.stats.recoveries!++;
+    // The record in flight when the primary was lost made it into the cut (else it is issued again).
+    if (res.cut > g.ackedMax) this.stats.recoveredInFlight!++;
+    this.log(`GROUP: ${rec.key} serves the cut at record ${res.cut} (acked up to ${g.ackedMax}, issued up to ${g.issuedMax})${res.error !== undefined ? ` FAIL ${res.error}` : ''}`);
+    if (res.error !== undefined && g.check) {
+      this.fail(res.error);
+      return;
+    }
+    g.verified = rec.key;
+    g.lastCut = res.cut;
+    g.nextRecord = res.cut + 1;
+  }
+
+  /** The group cut on a site's storage (after settling: every in-sync replica). */
+  private checkGroupOn(s: Site, what: string): void {
+    const g = this.group;
+    if (g === undefined || !g.check || this.failures.length > 0) return;
+    const res = checkGroupCut(g.layout, (v) => s.disk.read(g.layout.volumes[v]!.offsetBytes, g.layout.volumes[v]!.logBytes), g.ackedMax, g.issuedMax, `${what} ${s.name}'s storage`);
+    if (res.error !== undefined) this.fail(res.error);
+    else this.stats.groupChecks!++;
+  }
+
+  /** With volumes: no byte outside every volume's slice was ever written (a volume's export is a window onto its slice). */
+  private checkOutsideVolumes(s: Site): void {
+    const layout = this.group?.layout ?? this.randomInVolumes;
+    if (layout === undefined || this.failures.length > 0) return;
+    const inside = (at: number): boolean => layout.volumes.some((v) => v.offsetBytes <= at && at < v.offsetBytes + v.sizeBytes);
+    for (let at = 0; at < volumeBytes; at += blockBytes) {
+      if (!inside(at) && s.disk.cur.subarray(at, at + blockBytes).some((b) => b !== 0)) {
+        this.fail(`block ${at / blockBytes} on ${s.name} lies outside every volume (${this.extra.layout as string}) but holds data`);
+        return;
+      }
+    }
   }
 
   private onHostAck(s: Site, id: number, error: string | undefined): void {
@@ -1002,6 +1319,8 @@ class FailoverSim {
     this.stats.replicas = replicas.length;
     const expected = this.scenario === 'crash' || this.scenario === 'standbyCrash' || this.scenario === 'standbyBehind' ? 3 : 4; // every site that is alive is back in sync
     if (replicas.length !== expected) this.fail(`${replicas.length} replicas in sync after settling, expected ${expected}`);
+    for (const r of replicas) this.checkGroupOn(r, r === primary ? 'after settling, the primary' : 'after settling, in-sync replica');
+    this.checkOutsideVolumes(primary);
     const ref = primary.disk.cur;
     for (const r of replicas.slice(1)) {
       if (Buffer.compare(Buffer.from(ref), Buffer.from(r.disk.cur)) !== 0) {
@@ -1021,6 +1340,7 @@ class FailoverSim {
     if (b.refusals === 0) this.fail('backup never logged failover_refused');
     this.stats.replicas = 0;
     // No replica to compare: the acked writes are at least on the dead primary's disk.
+    this.checkGroupOn(this.sites.get('local')!, 'no failover: the dead primary');
     this.checkAckedOn(this.sites.get('local')!);
   }
 
