@@ -169,9 +169,33 @@ export function progressLines(results: StatusResult[]): string[] {
   return lines;
 }
 
+/**
+ * With an etcd coordinator (issue 20 item 3): one line per site that runs a session, e.g.
+ * `coordinator local holder: lease held (7587…), key held by local, epoch 1, etcd reachable`,
+ * and why when its authority is not plainly held.
+ */
+export function coordinatorLines(results: StatusResult[]): string[] {
+  const lines: string[] = [];
+  for (const r of results) {
+    if (!('status' in r)) continue;
+    const c = r.status.coordinator;
+    if (typeof c !== 'object' || c === null || typeof c.mode !== 'string') continue;
+    const parts = [
+      `lease ${c.lease}${typeof c.leaseId === 'string' ? ` (${c.leaseId})` : ''}`,
+      `key held by ${typeof c.holder === 'string' ? c.holder : 'nobody'}`,
+      ...(typeof c.epoch === 'number' ? [`epoch ${c.epoch}`] : []),
+      `etcd ${c.reachable === true ? 'reachable' : 'unreachable'}`,
+      ...(typeof c.authority === 'string' ? [`host writes ${c.authority === 'lost' ? 'held' : c.authority === 'exempt' ? 'served without a lease' : 'served'}`] : []),
+    ];
+    const why = c.authority !== 'held' && typeof c.why === 'string' && c.why !== '' ? `: ${c.why}` : '';
+    lines.push(`coordinator ${r.status.site} ${c.mode}: ${parts.join(', ')}${why}`.replace(/\p{Cc}+/gu, ' '));
+  }
+  return lines;
+}
+
 /** One screen of `status --watch`: the table, peers, bars, failovers, and when. */
 export function watchFrame(results: StatusResult[], at: Date = new Date()): string {
-  const table = formatStatusTable(statusRows(results), [...peerLines(results, true), ...failoverLines(results)]);
+  const table = formatStatusTable(statusRows(results), [...peerLines(results, true), ...coordinatorLines(results), ...failoverLines(results)]);
   const bars = progressLines(results);
   const errors = results.flatMap((r) => ('error' in r ? [`${r.target.name} (${r.target.admin}): ${r.error}`] : []));
   return [`geomirror status at ${at.toISOString().replace(/\.\d{3}Z$/, 'Z')} (Ctrl-C ends)`, '', table, ...(bars.length > 0 ? ['', ...bars] : []), ...(errors.length > 0 ? ['', ...errors] : [])].join('\n');
@@ -211,7 +235,7 @@ export function failoverLines(results: StatusResult[]): string[] {
     .map((f) => {
       const epochs = f.fromEpoch === f.toEpoch ? `epoch ${f.toEpoch}` : `epoch ${f.fromEpoch} -> ${f.toEpoch}`;
       const seq = typeof f.lastSeq === 'string' ? ` at seq ${f.lastSeq}` : '';
-      const why = typeof f.reason === 'string' && f.reason !== '' ? `: ${f.reason}` : '';
+      const why = (typeof f.reason === 'string' && f.reason !== '' ? `: ${f.reason}` : '') + (typeof f.revision === 'string' ? ` (etcd revision ${f.revision})` : '');
       // The reason may come from a request's query string: keep it on one line, no escapes.
       return `failover ${f.when} ${f.site} ${f.kind} ${epochs}${seq}${why}`.replace(/\p{Cc}+/gu, ' ');
     });
@@ -265,7 +289,7 @@ export async function statusCommand(opts: StatusCliOptions): Promise<void> {
   if (opts.json) {
     process.stdout.write(`${JSON.stringify(results.map((r) => ({ site: r.target.name, admin: r.target.admin, ...('status' in r ? { status: r.status } : { error: r.error }) })), null, 2)}\n`);
   } else {
-    process.stdout.write(`${formatStatusTable(statusRows(results), [...peerLines(results), ...failoverLines(results)])}\n`);
+    process.stdout.write(`${formatStatusTable(statusRows(results), [...peerLines(results), ...coordinatorLines(results), ...failoverLines(results)])}\n`);
     for (const r of results) if ('error' in r) process.stderr.write(`${r.target.name} (${r.target.admin}): ${r.error}\n`);
   }
   if (results.some((r) => 'error' in r)) process.exitCode = 1;
