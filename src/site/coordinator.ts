@@ -207,6 +207,13 @@ export class EtcdCoordinator {
     const { Etcd3 } = await import('etcd3');
     const { noop } = await import('cockatiel');
     const tls = this.o.config.tls;
+    const file = (key: string, path: string): Buffer => {
+      try {
+        return readFileSync(path);
+      } catch (err) {
+        throw new Error(`coordinator.${key}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); fix the path or its permissions`);
+      }
+    };
     const opts: IOptions = {
       hosts: [...this.o.endpoints],
       dialTimeout: this.rpcTimeoutMs,
@@ -216,7 +223,7 @@ export class EtcdCoordinator {
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + this.rpcTimeoutMs }),
       // https endpoints without ca/cert: the client uses TLS with the system's CAs by itself.
       ...(tls !== undefined && (tls.ca !== undefined || tls.cert !== undefined)
-        ? { credentials: { rootCertificate: tls.ca !== undefined ? readFileSync(tls.ca) : (undefined as unknown as Buffer), ...(tls.cert !== undefined ? { certChain: readFileSync(tls.cert), privateKey: readFileSync(tls.key!) } : {}) } }
+        ? { credentials: { rootCertificate: tls.ca !== undefined ? file('ca', tls.ca) : (undefined as unknown as Buffer), ...(tls.cert !== undefined ? { certChain: file('cert', tls.cert), privateKey: file('key', tls.key!) } : {}) } }
         : {}),
     };
     this.client = new Etcd3(opts);
@@ -225,27 +232,37 @@ export class EtcdCoordinator {
     this.authTimer = setInterval(() => this.evaluate(), 50);
   }
 
+  /** Ends the loop and closes the client (twice is harmless). */
   async stop(): Promise<void> {
+    this.halt();
+    // The lease is not revoked: a primary restarting within the TTL proves itself by it; a
+    // primary that stays down is replaced once it expires.
+    const c = this.client;
+    this.client = undefined;
+    c?.close();
+  }
+
+  private halt(): void {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     if (this.authTimer) clearInterval(this.authTimer);
-    // The lease is not revoked: a primary restarting within the TTL proves itself by it; a
-    // primary that stays down is replaced once it expires.
-    this.client?.close();
   }
 
-  /** Planned demotion: give the key up now (revoke the lease), so the standby wins at once. */
+  /** Planned demotion: end the loop and give the key up now (revoke the lease), so the standby wins at once. */
   async release(): Promise<void> {
+    this.halt();
     const id = this.leaseId;
     this.keyHeld = false;
     this.leaseId = undefined;
-    if (id === undefined || this.client === undefined) return;
-    try {
-      await this.client.leaseClient.leaseRevoke({ ID: id });
-      this.o.log.info({ event: 'coordinator-released', lease: id, key: this.primaryKey }, `coordinator: lease ${id} revoked, ${this.primaryKey} released`);
-    } catch (err) {
-      this.o.log.warn({ event: 'coordinator-release-failed', lease: id, err: (err as Error).message }, `coordinator: could not revoke lease ${id} (it expires within ${this.ttlMs} ms): ${(err as Error).message}`);
+    if (id !== undefined && this.client !== undefined) {
+      try {
+        await this.client.leaseClient.leaseRevoke({ ID: id });
+        this.o.log.info({ event: 'coordinator-released', lease: id, key: this.primaryKey }, `coordinator: lease ${id} revoked, ${this.primaryKey} released`);
+      } catch (err) {
+        this.o.log.warn({ event: 'coordinator-release-failed', lease: id, err: (err as Error).message }, `coordinator: could not revoke lease ${id} (it expires within ${this.ttlMs} ms): ${(err as Error).message}`);
+      }
     }
+    await this.stop();
   }
 
   /**
@@ -306,7 +323,7 @@ export class EtcdCoordinator {
 
   /** One turn of the loop: (re)gain a lease, keep it alive, acquire or campaign; then wait. */
   private async step(): Promise<void> {
-    if (this.stopped) return;
+    if (this.stopped || this.client === undefined) return;
     let nextMs: number;
     try {
       nextMs = await this.turn();

@@ -195,7 +195,6 @@ export class Replica {
 
   /** Planned demotion with a coordinator: give the group's key up now, so the standby wins it at once. */
   async releaseCoordinator(): Promise<void> {
-    await this.coord?.stop();
     await this.coord?.release();
   }
 

@@ -7,16 +7,30 @@
 //      its mirrors still reach it): it stops acking host writes before the standby can win,
 //      within the lease TTL, the standby takes over, every acked write is there.
 //   3. etcd killed: no promotion, the primary keeps serving and its log says why; etcd started
-//      again on the same data dir: the lease is held again (status says so).
+//      again on the same data dir: the lease is held again (status says so). Then a planned
+//      switchover: promote is refused (winning the key is the only way), demote releases the
+//      key and the standby wins it at once.
 // Checks are on bytes and on the order of events; the one timing relation is the issue's
 // ("within the lease TTL"), with a margin.
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { checkAckedWrites, sha256, sleep, type Cluster, type PlannedWrite } from './harness.js';
+import { checkAckedWrites, sha256, sleep, waitMsMax, type Cluster, type PlannedWrite } from './harness.js';
 import { MiB, peer, phaseWrites, readVolume, Tracker, withLogs } from './acceptance.js';
 import { haveEtcd, TestEtcd } from './etcd.js';
 import { WanProxy } from '../wanem/proxy.js';
 
 const testTimeoutMs = 180_000;
+const run = promisify(execFile);
+
+/** Runs the real CLI against the cluster's file; resolves with its exit code and output. */
+function cli(c: Cluster, args: string[]): Promise<{ code: number; out: string }> {
+  return run(process.execPath, [join(import.meta.dirname, '../../bin/geomirror.mjs'), ...args, '--config', c.configPath], { timeout: waitMsMax }).then(
+    (r) => ({ code: 0, out: r.stdout + r.stderr }),
+    (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` }),
+  );
+}
 const leaseTtlMs = 2000;
 const key = '/geomirror/e2e/vol0';
 
@@ -206,6 +220,21 @@ describe('etcd as the failover coordinator (issue 20 item 3)', () => {
       await c.waitInSync();
       const acked = new Set([...w.acked]);
       await expectConverged(c, c.nbdPort, [...before, ...during, ...after], acked, ['local', 'backup', 'east', 'west']);
+
+      // Planned switchover with a coordinator: promote is refused naming the way; demote drains
+      // local and revokes its lease, and backup wins the key without waiting for the TTL.
+      w.close();
+      expect(await cli(c, ['promote', '--site', 'backup'])).toMatchObject({ code: 1, out: expect.stringMatching(/takes over when it wins the coordinator's key \/geomirror\/e2e\/vol0\/primary .*geomirror demote --site local/) });
+      expect(await cli(c, ['demote', '--site', 'local', '--reason', 'maintenance'])).toMatchObject({ code: 0 });
+      const released = eventAt(c, 'local', 'coordinator-released');
+      expect(released).toBeDefined();
+      const promoted = await c.waitStatus('backup', (s) => s.role === 'primary', 'backup promoted after the demotion');
+      const won = eventAt(c, 'backup', 'coordinator-won', released!.time);
+      expect(won).toBeDefined();
+      // Won from the revoked key, not from a lease that ran out: well within one TTL.
+      expect(won!.time - released!.time).toBeLessThan(leaseTtlMs);
+      expect(promoted.failovers?.find((f) => f.kind === 'promoted')).toMatchObject({ fromEpoch: 1, toEpoch: 2, revision: String(won!.rec.revision) });
+      expect(etcd.get(`${key}/epoch`)).toBe('2');
     });
   }, testTimeoutMs);
 });
