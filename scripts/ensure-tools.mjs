@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Makes sure the real tools the interop tests drive are present (the tests use the real
-// nbdinfo, nbdcopy, nbdsh, qemu-img, qemu-io, fio, socat and nbdkit, never stand-ins). On a Debian
+// nbdinfo, nbdcopy, nbdsh, qemu-img, qemu-io, fio, socat, nbdkit and etcd, never stand-ins). On a Debian
 // machine where we are root this installs what is missing with apt-get, so `npm test` is one
 // command on a fresh clone; elsewhere it names the packages and stops.
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -27,6 +27,9 @@ const toolsByPackage = {
   mount: ['losetup'],
   'util-linux': ['partx', 'blockdev'],
   git: ['git'],
+  // etcd as the failover coordinator (issue 20 item 3): a real etcd member per test, and etcdctl.
+  'etcd-server': ['etcd'],
+  'etcd-client': ['etcdctl'],
 };
 
 // Packages that install files, not commands: checked by path.

@@ -196,8 +196,32 @@ export function groupedResults(results: StatusResult[]): { group: string; volume
 /** The status tables: one, or one per consistency group under a heading naming its volumes. */
 export function statusText(results: StatusResult[], all = false): string {
   const groups = groupedResults(results);
-  if (groups === undefined) return formatStatusTable(statusRows(results), [...peerLines(results, all), ...failoverLines(results)]);
-  return groups.map((g) => [`group ${g.group} (${g.volumes})`, formatStatusTable(statusRows(g.results), [...peerLines(g.results, all), ...failoverLines(g.results)])].join('\n')).join('\n\n');
+  if (groups === undefined) return formatStatusTable(statusRows(results), [...peerLines(results, all), ...coordinatorLines(results), ...failoverLines(results)]);
+  return groups.map((g) => [`group ${g.group} (${g.volumes})`, formatStatusTable(statusRows(g.results), [...peerLines(g.results, all), ...coordinatorLines(g.results), ...failoverLines(g.results)])].join('\n')).join('\n\n');
+}
+
+/**
+ * With an etcd coordinator (issue 20 item 3): one line per site that runs a session, e.g.
+ * `coordinator local holder: lease held (7587…), key held by local, epoch 1, etcd reachable`,
+ * and why when its authority is not plainly held.
+ */
+export function coordinatorLines(results: StatusResult[]): string[] {
+  const lines: string[] = [];
+  for (const r of results) {
+    if (!('status' in r)) continue;
+    const c = r.status.coordinator;
+    if (typeof c !== 'object' || c === null || typeof c.mode !== 'string') continue;
+    const parts = [
+      `lease ${c.lease}${typeof c.leaseId === 'string' ? ` (${c.leaseId})` : ''}`,
+      `key held by ${typeof c.holder === 'string' ? c.holder : 'nobody'}`,
+      ...(typeof c.epoch === 'number' ? [`epoch ${c.epoch}`] : []),
+      `etcd ${c.reachable === true ? 'reachable' : 'unreachable'}`,
+      ...(typeof c.authority === 'string' ? [`host writes ${c.authority === 'lost' ? 'held' : c.authority === 'exempt' ? 'served without a lease' : 'served'}`] : []),
+    ];
+    const why = c.authority !== 'held' && typeof c.why === 'string' && c.why !== '' ? `: ${c.why}` : '';
+    lines.push(`coordinator ${r.status.site} ${c.mode}: ${parts.join(', ')}${why}`.replace(/\p{Cc}+/gu, ' '));
+  }
+  return lines;
 }
 
 /** One screen of `status --watch`: the table, peers, bars, failovers, and when. */
@@ -242,7 +266,7 @@ export function failoverLines(results: StatusResult[]): string[] {
     .map((f) => {
       const epochs = f.fromEpoch === f.toEpoch ? `epoch ${f.toEpoch}` : `epoch ${f.fromEpoch} -> ${f.toEpoch}`;
       const seq = typeof f.lastSeq === 'string' ? ` at seq ${f.lastSeq}` : '';
-      const why = typeof f.reason === 'string' && f.reason !== '' ? `: ${f.reason}` : '';
+      const why = (typeof f.reason === 'string' && f.reason !== '' ? `: ${f.reason}` : '') + (typeof f.revision === 'string' ? ` (etcd revision ${f.revision})` : '');
       // The reason may come from a request's query string: keep it on one line, no escapes.
       return `failover ${f.when} ${f.site} ${f.kind} ${epochs}${seq}${why}`.replace(/\p{Cc}+/gu, ' ');
     });

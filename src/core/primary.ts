@@ -54,6 +54,13 @@ export interface PrimaryConfig extends CoreConfig {
   readonly proveAuthority?: { readonly sites: number; readonly witnesses: readonly PeerId[] };
   /** The cluster can fail over (default: it has a standby or must prove authority): mirrors keep a tail above the committed watermark it sends. */
   readonly failover?: boolean;
+  /**
+   * Authority from an external arbiter instead of `proveAuthority` (issue 20 item 3: etcd; the
+   * two never mix): the site feeds `authority` events. `held` is the state at start: false for
+   * a (re)started primary (it serves once the arbiter granted it, and refuses what it holds
+   * after authorityWaitMs if that never comes), true for a standby promoted by the arbiter.
+   */
+  readonly externalAuthority?: { readonly held: boolean };
 }
 
 interface HostFlush extends FanoutFlush {
@@ -79,6 +86,8 @@ export interface PrimaryStatus {
   readonly hostQueued: number;
   readonly cacheEntries: number;
   readonly cacheBytes: number;
+  /** With an external arbiter: whether its grant is held now, and host acks held back meanwhile. */
+  readonly authority?: { readonly held: boolean; readonly heldAcks: number; readonly reason: string };
   readonly mirrors: readonly {
     peer: PeerId;
     link: LinkState;
@@ -113,6 +122,12 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
   readonly flushes: HostFlush[] = [];
   /** While authority is not proven: who confirmed our epoch, since when we wait. */
   private proving: { readonly confirmed: Set<PeerId>; readonly sinceMs: number; refusing: boolean; loggedMs: number } | undefined;
+  /**
+   * With an external arbiter: its grant now (`held`), whether it was ever held in this life (a
+   * primary that never had it refuses after authorityWaitMs, as an unproven one does), and the
+   * successful host acks held back while it is not held (released in order when it is again).
+   */
+  private ext: { held: boolean; everHeld: boolean; readonly sinceMs: number; reason: string; refusing: boolean; readonly heldAcks: { id: HostOpId; data?: Uint8Array }[] } | undefined;
 
   /** `io`: a standby passes its own, so both of its inner cores share one op id space. */
   constructor(private readonly cfg: PrimaryConfig, io?: CoreIO) {
@@ -146,6 +161,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
         this.fan.committed(this.committedSeq());
         this.repair.tick();
         this.checkAuthority();
+        this.checkExternal();
         break;
       case 'hostWrite': this.onHostWrite(ev); break;
       case 'hostFlush': this.onHostFlush(ev.id); break;
@@ -161,7 +177,48 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
         else this.fan.peerHeard(ev.peer, ev.epoch, ev.lastSeq, ev.rttMs);
         break;
       case 'recv': this.onRecv(ev.peer, ev.msg); break;
+      case 'authority': this.onAuthority(ev.held, ev.reason); break;
+      case 'arbiterEpoch': if (ev.epoch > this.epoch) this.fence(ev.epoch, 'the coordinator'); break;
+      case 'arbiterGranted': this.io.log('warn', 'arbiter_grant_ignored', { epoch: ev.epoch, revision: ev.revision, why: 'this site is the primary already' }); break;
     }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // External arbiter (issue 20 item 3)
+
+  /** The arbiter's grant came or went (the site's coordinator session proved it either way). */
+  private onAuthority(held: boolean, reason: string): void {
+    const x = this.ext;
+    if (x === undefined) {
+      this.io.log('warn', 'authority_ignored', { held, reason, why: 'this primary has no external arbiter' });
+      return;
+    }
+    x.reason = reason;
+    if (x.held === held) return;
+    x.held = held;
+    if (!held) {
+      this.io.log('error', 'authority_lost', { epoch: this.epoch, reason, effect: 'host writes and flushes are held (not acked) until the grant is back, and fail if another site was promoted' });
+      return;
+    }
+    x.everHeld = true;
+    x.refusing = false;
+    const released = x.heldAcks.splice(0);
+    this.io.log('info', 'authority_held', { epoch: this.epoch, reason, releasedAcks: released.length });
+    for (const a of released) this.io.push(a.data !== undefined ? { type: 'ackHost', id: a.id, data: a.data } : { type: 'ackHost', id: a.id });
+  }
+
+  /** Never granted in this life: past authorityWaitMs what waits is refused, and so is what comes. */
+  private checkExternal(): void {
+    const x = this.ext;
+    if (x === undefined || x.held || x.everHeld || x.refusing || this.io.nowMs - x.sinceMs < this.lim.authorityWaitMs) return;
+    x.refusing = true;
+    this.io.log('warn', 'authority_unproven', { epoch: this.epoch, waitedMs: Math.round(this.io.nowMs - x.sinceMs), reason: x.reason, effect: 'host writes refused until the coordinator grants this primary its epoch' });
+    for (const op of this.hostQueue.splice(0)) this.ackHost(op.id, this.unprovenError());
+  }
+
+  /** Whether host operations may be admitted and acked now (the external arbiter's grant). */
+  private get authorized(): boolean {
+    return this.ext === undefined || this.ext.held;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -174,6 +231,8 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     this.repair.start(rec);
     this.fan.start(rec.dirtyRegions);
     if (this.cfg.proveAuthority !== undefined) this.proving = { confirmed: new Set(), sinceMs: this.io.nowMs, refusing: false, loggedMs: -Infinity };
+    const ext = this.cfg.externalAuthority;
+    if (ext !== undefined) this.ext = { held: ext.held, everHeld: ext.held, sinceMs: this.io.nowMs, reason: ext.held ? 'granted by the coordinator at the promotion' : 'not yet granted by the coordinator', refusing: false, heldAcks: [] };
     for (const ce of rec.cacheEntries) this.replay(ce);
     this.io.log('info', 'primary_start', {
       epoch: this.epoch, seqNext: this.seqNext, replayed: rec.cacheEntries.length,
@@ -207,7 +266,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       this.ackHost(w.id, this.fencedError());
       return;
     }
-    if (this.proving?.refusing === true) {
+    if (this.proving?.refusing === true || this.ext?.refusing === true) {
       this.ackHost(w.id, this.unprovenError());
       return;
     }
@@ -233,7 +292,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       this.ackHost(id, this.fencedError());
       return;
     }
-    if (this.proving?.refusing === true) {
+    if (this.proving?.refusing === true || this.ext?.refusing === true) {
       this.ackHost(id, this.unprovenError());
       return;
     }
@@ -245,6 +304,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
   }
 
   private unprovenError(): HostError {
+    if (this.ext !== undefined) return { kind: 'fenced', message: `${this.cfg.self} cannot prove it is the primary of epoch ${this.epoch}: the coordinator (etcd) has not granted it (${this.ext.reason}); it serves reads only until then` };
     const p = this.cfg.proveAuthority!;
     return { kind: 'fenced', message: `${this.cfg.self} cannot prove it is the primary of epoch ${this.epoch}: ${1 + (this.proving?.confirmed.size ?? 0)} of ${p.sites} sites confirmed it, a majority is needed; it serves reads only until then (are the other sites reachable? was another site promoted?)` };
   }
@@ -280,7 +340,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
 
   /** Moves host operations from the queue into the window, in arrival order (not before authority is proven, nor while suspect regions are being recorded). */
   private admit(): void {
-    if (this.proving !== undefined || this.store.recording) return;
+    if (this.proving !== undefined || this.store.recording || !this.authorized) return;
     while (this.hostQueue.length > 0) {
       const op = this.hostQueue[0]!;
       if (op.kind === 'flush') {
@@ -356,8 +416,12 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     this.ackHost(e.hostId, sense === undefined ? undefined : { kind: 'io', message: sense.message, sense });
   }
 
-  /** `data`: a host read served by a mirror. */
+  /** `data`: a host read served by a mirror. Without the external arbiter's grant a successful ack is held back (onAuthority). */
   ackHost(id: HostOpId, error: HostError | undefined, data?: Uint8Array): void {
+    if (error === undefined && !this.authorized) {
+      this.ext!.heldAcks.push(data !== undefined ? { id, data } : { id });
+      return;
+    }
     this.io.push(error !== undefined ? { type: 'ackHost', id, error } : data !== undefined ? { type: 'ackHost', id, data } : { type: 'ackHost', id });
   }
 
@@ -504,6 +568,8 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     this.fenced = epoch;
     this.io.log('error', 'fenced', { peer, epoch, ours: this.epoch, effect: 'host writes are refused from now on' });
     for (const op of this.hostQueue.splice(0)) this.ackHost(op.id, this.fencedError());
+    // Acks held for the arbiter's grant: it will not come back for this epoch.
+    for (const a of this.ext?.heldAcks.splice(0) ?? []) this.ackHost(a.id, this.fencedError());
   }
 
   // -------------------------------------------------------------------------------------------
@@ -524,7 +590,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
 
   /** True when nothing is pending anywhere: no host op, no cache entry, every mirror in sync. */
   quiescent(): boolean {
-    return this.hostQueue.length === 0 && this.flushes.length === 0 && this.store.quiescent() && this.fan.allInSync();
+    return this.hostQueue.length === 0 && this.flushes.length === 0 && (this.ext?.heldAcks.length ?? 0) === 0 && this.store.quiescent() && this.fan.allInSync();
   }
 
   status(): PrimaryStatus {
@@ -532,6 +598,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       role: 'primary', epoch: this.epoch, fenced: this.fenced !== undefined, fencedBy: this.fenced, seqNext: this.seqNext,
       writesInflight: this.writesInflight, bytesInflight: this.bytesInflight, hostQueued: this.hostQueue.length,
       cacheEntries: this.store.entries.length, cacheBytes: this.store.cacheBytes,
+      ...(this.ext !== undefined ? { authority: { held: this.ext.held, heldAcks: this.ext.heldAcks.length, reason: this.ext.reason } } : {}),
       mirrors: [...this.fan.mirrors.values()].map((m) => {
         let inflightWrites = 0;
         let inflightBytes = 0;

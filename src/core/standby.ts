@@ -58,6 +58,17 @@
 // and logged (`failover_refused`); only `promote --force` (a person accepting the loss) overrides
 // it. The witness (src/site/witness.ts) is counted and asked like a mirror; it holds no
 // data and only says when it last heard the primary.
+//
+// External arbiter (`arbiter: 'external'`, issue 20 item 3: etcd, src/site/coordinator.ts):
+// detection and vote above are not used (the two never mix in one group). The site's
+// coordinator session wins the primary's key for epoch + 1 in one etcd transaction and feeds
+// `arbiterGranted { epoch, revision }`; the promotion is the same (c, a, b, d), the revision is
+// kept in its record. The grant is taken only for exactly the next epoch and only while the
+// guard holds (the session campaigns only then; a grant that races a guard change is refused
+// and logged like a refused vote). Silence is not needed: a standby that still hears its
+// primary promotes when it wins, because the primary's lease lapsed first (it stopped acking
+// host writes by then; the timing argument is in src/site/coordinator.ts). The promoted
+// primary takes its authority from the arbiter too (PrimaryConfig.externalAuthority).
 
 import { CoreIO, CoreRole, type OpOwner } from './io.js';
 import { Mirror, type MirrorStatus } from './mirror.js';
@@ -79,16 +90,28 @@ export interface StandbyConfig extends CoreConfig {
   readonly queryIntervalMs: number;
   /** Policy of the Primary this site becomes after a promotion. */
   readonly onMirrorLoss: MirrorLossPolicy;
+  /** Who decides a failover: the built-in majority vote (default) or an external arbiter (etcd) through `arbiterGranted`. */
+  readonly arbiter?: 'vote' | 'external';
 }
 
 export type StandbyPhase = 'following' | 'promoting' | 'primary';
+
+/** One promotion of this standby; `revision`: the arbiter's revision it won at (external arbiter). */
+export interface Promotion {
+  readonly atMs: number;
+  readonly fromEpoch: Epoch;
+  readonly toEpoch: Epoch;
+  readonly seqReceived: Seq;
+  readonly reason: string;
+  readonly revision?: bigint;
+}
 
 export interface StandbyStatus {
   readonly role: 'standby';
   readonly phase: StandbyPhase;
   readonly epoch: Epoch;
   readonly lastHeardPrimaryMs: number | undefined;
-  readonly promotions: readonly { atMs: number; fromEpoch: Epoch; toEpoch: Epoch; seqReceived: Seq; reason: string }[];
+  readonly promotions: readonly Promotion[];
   readonly inner: MirrorStatus | PrimaryStatus;
   /** Promotion guard: the primary said this site holds every acked write, and nothing since undid it. */
   readonly inSyncConfirmed: boolean;
@@ -110,8 +133,8 @@ export class Standby extends CoreRole implements OpOwner {
   private queryIdNext = 1n;
   /** `nextMs`: when to ask again (queryIntervalMs after sending, sooner if an answer says when it would agree). */
   private query: { queryId: bigint; sentMs: number; nextMs: number; agree: Set<PeerId>; disagree: Set<PeerId> } | undefined;
-  private promotion: { epoch: Epoch; metaOp: OpId | undefined; bitmapOps: Set<OpId>; seqReceived: Seq; reason: string; metaIssued: boolean; dirty: Map<PeerId, number[]> } | undefined;
-  private readonly promotions: { atMs: number; fromEpoch: Epoch; toEpoch: Epoch; seqReceived: Seq; reason: string }[] = [];
+  private promotion: { epoch: Epoch; metaOp: OpId | undefined; bitmapOps: Set<OpId>; seqReceived: Seq; reason: string; metaIssued: boolean; dirty: Map<PeerId, number[]>; revision?: bigint } | undefined;
+  private readonly promotions: Promotion[] = [];
   /** Promotion guard (setInSync): the epoch it was granted in (0: not granted); from the meta record at start. */
   private inSyncEpoch: Epoch = 0n;
   private readonly guardOps = new Set<OpId>();
@@ -156,6 +179,12 @@ export class Standby extends CoreRole implements OpOwner {
         break;
       case 'recv': this.onRecv(ev.peer, ev.msg); break;
       case 'storageRecovered': this.forward(ev); break;
+      case 'arbiterGranted': this.onGranted(ev.epoch, ev.revision); break;
+      case 'authority':
+      case 'arbiterEpoch':
+        // The arbiter speaks to the primary this site became; a follower has no grant to lose.
+        if (this.primaryCore !== undefined) this.forward(ev);
+        break;
       case 'hostWrite':
       case 'hostFlush':
       case 'hostRead':
@@ -337,7 +366,7 @@ export class Standby extends CoreRole implements OpOwner {
 
   private onTick(): void {
     this.forward({ type: 'tick' });
-    if (this.phase !== 'following') return;
+    if (this.phase !== 'following' || this.cfg.arbiter === 'external') return;
     if (this.silentMs() < this.timeoutMs()) return;
     if (this.query !== undefined && this.io.nowMs < this.query.nextMs) return;
     const queryId = this.queryIdNext++;
@@ -391,12 +420,37 @@ export class Standby extends CoreRole implements OpOwner {
   }
 
   /**
+   * The external arbiter made this standby the primary of `epoch` (won at `revision`): promote,
+   * whether or not the primary is still heard (its lease lapsed first: src/site/coordinator.ts).
+   * Only exactly the next epoch, and only while the guard holds.
+   */
+  private onGranted(epoch: Epoch, revision: bigint): void {
+    if (this.phase !== 'following' || this.cfg.arbiter !== 'external') {
+      this.log('warn', 'arbiter_grant_ignored', { epoch, revision, why: this.phase !== 'following' ? `this site is ${this.phase} already` : 'this standby decides by the built-in vote' });
+      return;
+    }
+    const own = this.mirrorEpoch();
+    if (epoch !== own + 1n) {
+      this.log('error', 'arbiter_grant_refused', { epoch, revision, ours: own, why: `an epoch grows by exactly one per promotion; this site is at ${own}` });
+      return;
+    }
+    const refusal = this.notPromotable();
+    if (refusal !== undefined) {
+      this.log('error', 'failover_refused', { primary: this.cfg.primary, epoch, revision, why: refusal, fix: `restart ${this.cfg.primary}, or accept the loss with geomirror promote --site ${this.cfg.self} --force` });
+      return;
+    }
+    this.query = undefined;
+    this.beginPromotion(`won the coordinator's primary key for epoch ${epoch} at etcd revision ${revision} (the lease of ${this.cfg.primary} had expired or was revoked)`, revision);
+  }
+
+  /**
    * Planned switchover (`geomirror promote`, issue 10 item 5): promote now, without waiting for
    * silence or a vote. The same steps as a failover follow, so the same guarantees hold: the old
    * primary's acked writes are all here (it never acks without its standby), and the new epoch
-   * fences it.
+   * fences it. With an external arbiter the site wins the arbiter's key first and passes the
+   * `revision` it won at.
    */
-  promote(reason: string, nowMs: number, force = false): CoreAction[] {
+  promote(reason: string, nowMs: number, force = false, revision?: bigint): CoreAction[] {
     this.io.begin(nowMs);
     if (this.phase === 'following') {
       if (!this.inSyncConfirmed) {
@@ -404,13 +458,13 @@ export class Standby extends CoreRole implements OpOwner {
         this.log('error', 'forced_promotion', { reason, risk: this.notPromotable() });
       }
       this.query = undefined;
-      this.beginPromotion(reason);
+      this.beginPromotion(reason, revision);
     }
     this.afterStep();
     return this.io.take();
   }
 
-  private beginPromotion(reason: string): void {
+  private beginPromotion(reason: string, revision?: bigint): void {
     const own = this.mirror.status();
     const toEpoch = own.epoch + 1n;
     this.phase = 'promoting';
@@ -425,8 +479,8 @@ export class Standby extends CoreRole implements OpOwner {
     const tail = this.mirror.heldRegions();
     const dirty = new Map<PeerId, number[]>();
     for (const peer of this.downstreams()) dirty.set(peer, [...new Set([...tail, ...(this.copies.get(peer) ?? [])])].sort((a, b) => a - b));
-    this.promotion = { epoch: toEpoch, metaOp: undefined, bitmapOps: new Set(), seqReceived: own.seqReceived, reason, metaIssued: false, dirty };
-    this.log('warn', 'failover_decided', { fromEpoch: own.epoch, toEpoch, seqReceived: own.seqReceived, reason, tailRegions: tail.length, owed: Object.fromEntries([...dirty].map(([p, r]) => [p, r.length])) });
+    this.promotion = { epoch: toEpoch, metaOp: undefined, bitmapOps: new Set(), seqReceived: own.seqReceived, reason, metaIssued: false, dirty, ...(revision !== undefined ? { revision } : {}) };
+    this.log('warn', 'failover_decided', { fromEpoch: own.epoch, toEpoch, seqReceived: own.seqReceived, reason, ...(revision !== undefined ? { revision } : {}), tailRegions: tail.length, owed: Object.fromEntries([...dirty].map(([p, r]) => [p, r.length])) });
     for (const [peer, regions] of dirty) {
       const opId = this.io.op(this);
       this.promotion.bitmapOps.add(opId);
@@ -479,11 +533,15 @@ export class Standby extends CoreRole implements OpOwner {
     const dirty = p.dirty;
     // The old primary is this primary's standby once it is back and whole (failback, issue 16
     // item 5); until then it must not hold host writes up.
-    const primary = new Primary({ self: this.cfg.self, volumeBytes: this.cfg.volumeBytes, blockBytes: this.cfg.blockBytes, mirrors: this.downstreams(), onMirrorLoss: this.cfg.onMirrorLoss, limits: this.cfg.limits, failover: true, standby: this.cfg.primary, standbyArm: 'inSync' }, this.io);
+    // With an external arbiter the new primary holds its grant already (the key this site won)
+    // and loses it with the lease; a planned `promote` there is granted the same way by the site.
+    const ext = this.cfg.arbiter === 'external' ? { externalAuthority: { held: true } } : {};
+    const primary = new Primary({ self: this.cfg.self, volumeBytes: this.cfg.volumeBytes, blockBytes: this.cfg.blockBytes, mirrors: this.downstreams(), onMirrorLoss: this.cfg.onMirrorLoss, limits: this.cfg.limits, failover: true, standby: this.cfg.primary, standbyArm: 'inSync', ...ext }, this.io);
     this.primaryCore = primary;
     this.phase = 'primary';
-    this.promotions.push({ atMs: this.io.nowMs, fromEpoch: p.epoch - 1n, toEpoch: p.epoch, seqReceived: p.seqReceived, reason: p.reason });
-    this.log('warn', 'promoted', { epoch: p.epoch, seqReceived: p.seqReceived, mirrors: this.downstreams(), reason: p.reason });
+    const rev = p.revision !== undefined ? { revision: p.revision } : {};
+    this.promotions.push({ atMs: this.io.nowMs, fromEpoch: p.epoch - 1n, toEpoch: p.epoch, seqReceived: p.seqReceived, reason: p.reason, ...rev });
+    this.log('warn', 'promoted', { epoch: p.epoch, seqReceived: p.seqReceived, mirrors: this.downstreams(), reason: p.reason, ...rev });
     primary.handle({ type: 'start', recovered: { meta: this.meta, cacheEntries: [], dirtyRegions: dirty } });
     for (const peer of this.downstreams()) {
       if (this.linksUp.has(peer)) primary.handle({ type: 'peerUp', peer });

@@ -210,7 +210,23 @@ export type CoreEvent =
   | { type: 'storageRead'; opId: OpId; data?: Uint8Array; sense?: SenseInfo }
   | { type: 'storageFlushed'; opId: OpId; sense?: SenseInfo }
   | { type: 'bitmapPersisted'; opId: OpId }
-  | { type: 'metaPersisted'; opId: OpId };
+  | { type: 'metaPersisted'; opId: OpId }
+  // External arbiter (issue 20 item 3: etcd instead of the built-in vote). The site layer runs
+  // the arbiter's session (src/site/coordinator.ts) and feeds what it proved; the core decides.
+  /**
+   * A primary with `externalAuthority`: whether it holds the arbiter's grant for its epoch now
+   * (its lease, or the exception of the coordinator's header). Not held: host writes and
+   * flushes are held, neither admitted nor acked, until it is held again or a newer epoch
+   * fences this primary (then they fail).
+   */
+  | { type: 'authority'; held: boolean; reason: string }
+  /**
+   * A following standby with `arbiter: 'external'` won the primary's role for `epoch` (the
+   * arbiter's epoch record moved to it in the same transaction) at the arbiter's `revision`.
+   */
+  | { type: 'arbiterGranted'; epoch: Epoch; revision: bigint }
+  /** The arbiter holds `epoch`: a primary of an older epoch is fenced by it. */
+  | { type: 'arbiterEpoch'; epoch: Epoch };
 
 // ---------------------------------------------------------------------------------------------
 // Actions (returned by `step`)

@@ -18,12 +18,13 @@ export const secretBytesMin = 16;
  * How a value is read. Scalars: `name` (namePattern), `secret` (file:PATH or hex), `size`
  * (units.ts), `duration`, `address` (HOST:PORT), `device` (a device string), `degrees`,
  * `siteRef` (a site name), `enum` (one of `values`), `path` (a file or folder, relative to the
- * cluster file). Lists: `devices` (or, with several volumes, a mapping of volume name -> devices),
- * `siteList`, `nameList` (non-empty strings), `mapList` (mappings with keys from `keys`). Mappings: `map`
+ * cluster file), `keyPrefix` (an etcd key prefix, /a/b). Lists: `devices` (or, with several
+ * volumes, a mapping of volume name -> devices), `siteList`, `nameList` (non-empty strings),
+ * `urlList` (http:// or https:// endpoints), `mapList` (mappings with keys from `keys`). Mappings: `map`
  * (keys from `keys`), `addressMap` (site name -> address), `siteMap` (site name -> site).
  * Either: `enumOrMap` (one of `values`, or a mapping with keys from `keys`).
  */
-export type ValueType = 'name' | 'secret' | 'size' | 'duration' | 'address' | 'device' | 'degrees' | 'siteRef' | 'enum' | 'path' | 'devices' | 'siteList' | 'nameList' | 'map' | 'mapList' | 'addressMap' | 'siteMap' | 'enumOrMap';
+export type ValueType = 'name' | 'secret' | 'size' | 'duration' | 'address' | 'device' | 'degrees' | 'siteRef' | 'enum' | 'path' | 'devices' | 'siteList' | 'nameList' | 'urlList' | 'keyPrefix' | 'map' | 'mapList' | 'addressMap' | 'siteMap' | 'enumOrMap';
 
 export interface KeySpec {
   readonly type: ValueType;
@@ -87,6 +88,16 @@ export const tlsKeys = {
 
 export const transports = ['tls', 'insecure'] as const;
 
+// Issue 20 item 3: etcd as the failover arbiter instead of the built-in vote (config-coordinator.ts).
+export const coordinatorKeys = {
+  etcd: { type: 'urlList', required: true, doc: 'etcd endpoints, http://HOST:PORT, or https://HOST:PORT for TLS to etcd (one scheme for all).' },
+  prefix: { type: 'keyPrefix', default: '/geomirror', doc: 'Key prefix: a group\'s keys are PREFIX/CLUSTER/GROUP/primary (the lease-held key) and PREFIX/CLUSTER/GROUP/epoch.' },
+  'lease-ttl': { type: 'duration', default: '5s', doc: 'TTL of the primary\'s etcd lease, whole seconds from 2s: the primary stops acking host writes a margin before it lapses, and its standby can take over once it has.' },
+  ca: { type: 'path', doc: 'https only: CA certificate the etcd server must chain to (default: the system CAs).' },
+  cert: { type: 'path', doc: 'https only: client certificate for etcd client auth; goes with key.' },
+  key: { type: 'path', doc: 'Private key of cert.' },
+} as const satisfies KeyTable;
+
 export const siteKeys = {
   role: { type: 'enum', values: roles, roles: { allowed: all, required: all }, doc: 'primary (takes host writes, fans them out), mirror, relay (cascade hop), standby (takes over from the primary) or witness (breaks failover ties).' },
   listen: { type: 'address', roles: { allowed: all, required: ['mirror', 'relay', 'standby', 'witness'] }, doc: 'HOST:PORT where this site takes replication links from its peers.' },
@@ -109,6 +120,8 @@ export const siteKeys = {
   'resync-rate': { type: 'size', roles: { allowed: ['primary', 'standby'], required: [] }, doc: 'Bytes per second a resync may copy to each mirror, e.g. 16M.' },
   // TLS on the host-facing NBD export (issue 17): a mode, or a mapping with psk/cert/allow.
   'nbd-tls': { type: 'enumOrMap', values: [...nbdTlsModes, false], default: 'off', keys: nbdTlsKeys, roles: { allowed: ['primary', 'standby', 'mirror'], required: [] }, doc: 'TLS on the NBD export (NBD_OPT_STARTTLS): off (false), allow or require with the site\'s certificate, or a mapping { mode, psk, cert, key, ca, allow }. An export bound off-loopback without require is logged as a warning.' },
+  // Issue 20 item 3: the etcd endpoints as seen from this site (another route, a local member).
+  'coordinator-endpoints': { type: 'urlList', roles: { allowed: ['primary', 'standby'], required: [] }, doc: 'This site\'s own etcd endpoints instead of coordinator.etcd (same scheme), e.g. a route or a nearer etcd member.' },
 } as const satisfies KeyTable;
 
 export const clusterKeys = {
@@ -120,6 +133,7 @@ export const clusterKeys = {
   // Issue 17: links between sites are mutual TLS 1.3 unless the file says otherwise.
   transport: { type: 'enum', values: transports, default: 'tls', doc: 'tls: mutual TLS 1.3 between sites with certificates from the cluster CA (geomirror pki). insecure: plain TCP, lab use only, logged as a warning at every start.' },
   tls: { type: 'map', keys: tlsKeys, doc: 'Where the cluster\'s certificates live: { ca, ca-key, dir }. Default: beside the secret: file.' },
+  coordinator: { type: 'map', keys: coordinatorKeys, doc: 'Optional: etcd decides failover instead of the built-in majority vote (no witness then): { etcd: [URL, ...], prefix, lease-ttl, ca, cert, key }. The primary holds an etcd lease; its standby takes over only after winning the lease key.' },
 } as const satisfies KeyTable;
 
 export type SiteKey = keyof typeof siteKeys;

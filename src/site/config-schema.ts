@@ -41,6 +41,10 @@ function valueSchema(spec: KeySpec): Schema {
       return { type: 'array', uniqueItems: true, items: { type: 'string', minLength: 1 } };
     case 'nameList':
       return { type: 'array', items: { type: 'string', minLength: 1 } };
+    case 'urlList':
+      return { type: 'array', minItems: 1, items: { type: 'string', pattern: '^\\s*https?://' } };
+    case 'keyPrefix':
+      return { type: 'string', pattern: '^/[A-Za-z0-9_./-]*$' };
     case 'path':
       return { type: 'string', pattern: '\\S' };
     case 'enum':

@@ -15,6 +15,7 @@ import { LineCounter, parseDocument, isMap, isPair, isScalar, type Document } fr
 import { parseSizeBytes, parseDurationMs, sizeSyntaxText } from './units.js';
 import { closest, didYouMean } from './suggest.js';
 import { DeviceStringError, formatDeviceString, parseDeviceString, type DeviceSpec } from '../../hal/devstring.js';
+import { checkCoordinatorSites, parseCoordinator, parseEndpoints, type CoordinatorConfig } from './config-coordinator.js';
 import { cacheKeys, clusterKeys, locationKeys, nameLengthMax, namePattern, nbdTlsKeys, nbdTlsModes, roles, secretBytesMin, siteKeys, tlsKeys, transports, volumeKeys, type KeyTable, type Role, type SiteKey } from './config-keys.js';
 
 export { nameLengthMax, roles, secretBytesMin, type Role };
@@ -89,6 +90,8 @@ export interface SiteConfig {
    * Each part holds `partBlocks[j]` blocks.
    */
   storageParts?: { devices: SiteDevice[]; blockCounts: number[] }[];
+  /** `coordinator-endpoints:` this site's own etcd endpoints (issue 20 item 3). */
+  coordinatorEndpoints?: string[];
 }
 
 export interface SecretSpec {
@@ -188,6 +191,8 @@ export interface ClusterConfig {
   primary: string;
   /** Legal but suspicious (a mirror nobody sends to): logged at start, not refused. */
   warnings: string[];
+  /** `coordinator:` etcd arbitrates failover instead of the built-in vote (issue 20 item 3). */
+  coordinator?: CoordinatorConfig;
 }
 
 /** A problem in the cluster file: `path` is the key path, `message` says what and the fix. */
@@ -343,13 +348,16 @@ class Validator {
       else this.fail(['transport'], `${show(root.transport)} is not a transport; use tls (the default: mutual TLS 1.3 between sites) or insecure (lab mode: plain TCP, logged as a warning)`);
     }
     const tls = this.tlsFiles(root.tls, secret);
+    const coordinator = 'coordinator' in root ? parseCoordinator(root.coordinator, (k, m) => this.fail(k, m), (p) => this.path(p)) : undefined;
+    if (sites) checkCoordinatorSites(coordinator, 'coordinator' in root, sites, (k, m) => this.fail(k, m));
     // Cross-site checks run even when some site failed, so one pass names every problem.
     const primary = sites ? this.topology(sites) : undefined;
     const volumes = sites && primary !== undefined ? (listed !== undefined ? this.placeVolumes(listed, sites, primary) : single ? this.singleVolume(single, sites) : undefined) : undefined;
     if (!cluster || !secret || !volumes || !sites || primary === undefined || this.problems.length > 0) return undefined;
     const warnings = reachabilityWarnings(sites, primary);
+    if (coordinator && sites[primary]!.standby === undefined) warnings.push(`coordinator: ${primary} holds the etcd lease, but no site has role: standby, so nobody can take over from it`);
     const groups = groupsOf(volumes.list, sites);
-    return { file, dir: this.dir, cluster, secret, transport, tls, volume: groups[0]!.volume, volumes: volumes.list, groups, multiVolume: listed !== undefined, sites, siteNames: Object.keys(sites), primary, warnings };
+    return { file, dir: this.dir, cluster, secret, transport, tls, volume: groups[0]!.volume, volumes: volumes.list, groups, multiVolume: listed !== undefined, sites, siteNames: Object.keys(sites), primary, warnings, ...(coordinator ? { coordinator } : {}) };
   }
 
   /** `tls:` paths; each defaults to a file beside the secret file (or the cluster file). */
@@ -644,6 +652,10 @@ class Validator {
       else if (r !== undefined) site.resyncBytesPerSec = r;
     }
     if ('nbd-tls' in x) site.nbdTls = this.nbdTls(x['nbd-tls'], [...at, 'nbd-tls']);
+    if ('coordinator-endpoints' in x) {
+      const eps = parseEndpoints(x['coordinator-endpoints'], [...at, 'coordinator-endpoints'], (k, m) => this.fail(k, m));
+      if (eps) site.coordinatorEndpoints = eps.urls;
+    }
     if ('connect' in x) {
       const c = x.connect;
       if (!isObj(c)) {

@@ -39,6 +39,8 @@ export interface CoreSite {
   readonly failover: boolean;
   /** Sites the cluster file allows to be this site's upstream (undefined: any). */
   readonly upstreams?: readonly PeerId[];
+  /** Who decides a failover (issue 20 item 3): the built-in vote (default) or etcd (`coordinator:`): the two never mix. */
+  readonly arbiter?: 'vote' | 'external';
 }
 
 export interface CoreVolume {
@@ -97,10 +99,12 @@ export function chooseCore(site: CoreSite, meta: Meta, vol: CoreVolume): SiteCor
     return plain(new Mirror({ ...common, ...ups, keepTail: site.failover }), 'mirror', []);
   }
   // Authority is proven, never remembered (issue 16 item 1): where a failover can happen, a
-  // primary serves only once a majority of the cluster's sites confirmed its epoch.
-  const prove = (mirrors: readonly PeerId[]) => ({ proveAuthority: { sites: 1 + mirrors.length + site.witnesses.length, witnesses: site.witnesses } });
+  // primary serves only once a majority of the cluster's sites confirmed its epoch, or, with
+  // etcd as the arbiter, once the coordinator holds the group's key for it (never both).
+  const external = site.arbiter === 'external';
+  const prove = (mirrors: readonly PeerId[]) => (external ? { externalAuthority: { held: false } } : { proveAuthority: { sites: 1 + mirrors.length + site.witnesses.length, witnesses: site.witnesses } });
   if (site.role === 'primary' && acting !== 'standby') {
-    const core = new Primary({ ...common, mirrors: site.mirrors, onMirrorLoss: site.onMirrorLoss, ...(site.standby ? { standby: site.standby, ...prove(site.mirrors) } : {}) });
+    const core = new Primary({ ...common, mirrors: site.mirrors, onMirrorLoss: site.onMirrorLoss, ...(site.standby ? { standby: site.standby, ...prove(site.mirrors) } : external ? prove(site.mirrors) : {}) });
     return primaryCore(core, site.mirrors, [...site.mirrors, ...site.witnesses]);
   }
   // The other site of the pair, and the mirrors besides it (the same sites seen from either end).
@@ -121,6 +125,7 @@ export function chooseCore(site: CoreSite, meta: Meta, vol: CoreVolume): SiteCor
   const core = new Standby({
     ...common, primary: partner, mirrors: others, ...(site.witnesses[0] ? { witness: site.witnesses[0] } : {}),
     failoverTimeoutMs: site.failoverTimeoutMs, queryIntervalMs: queryIntervalMsFor(site.failoverTimeoutMs), onMirrorLoss: site.onMirrorLoss,
+    ...(external ? { arbiter: 'external' as const } : {}),
   });
   return standbyCore(core, [...others, ...site.witnesses], partner, others);
 }

@@ -4,6 +4,7 @@
 import type { PeerMsg } from '../core/types.js';
 import type { Link } from '../net/index.js';
 import { ErrorCode, type DataMessage } from '../wire/index.js';
+import { coordinatorStatusEntries } from './coordinator.js';
 import { fromWire } from './peerwire.js';
 import type { SiteStatus } from './status.js';
 
@@ -39,5 +40,7 @@ export function statusReplyEntries(st: SiteStatus): [string, string][] {
   return [
     ['site', st.site], ['role', st.role], ['epoch', String(st.epoch)], ['lastSeqAcked', st.lastSeqAcked],
     ['state', st.state], ['cacheEntries', String(st.cache.entries)],
+    // With an etcd coordinator: whether this site reaches etcd (its primary asks while its own lease is at risk).
+    ...coordinatorStatusEntries(st.coordinator, st.epoch, st.standby?.phase),
   ];
 }

@@ -92,6 +92,9 @@ export interface SiteMetrics {
   failoversTotal: Counter<'kind'>;
   /** 1 for the role this site acts as now (a failover can change it), 0 for the others. */
   actingRole: Gauge<'acting'>;
+  /** With an etcd coordinator (issue 20 item 3): 1 while this site's lease is kept alive, and whether etcd answers. */
+  coordinatorLeaseHeld: Gauge;
+  coordinatorReachable: Gauge;
   /** When the newest failover event of each kind happened, and the last seq it recorded. */
   failoverLastTimestampSeconds: Gauge<'kind'>;
   failoverLastSeq: Gauge<'kind'>;
@@ -223,6 +226,12 @@ export function createSiteMetrics(options: SiteMetricsOptions): SiteMetrics {
       for (const f of s.failovers ?? []) g.set({ kind: f.kind }, Number(f.lastSeq));
     }),
     actingRole: fromStatus('geomirror_acting_role', "Role this site acts as now (1), after any failover; the role label is the cluster file's", ['acting'], (g, s) => oneHot(g, {}, 'acting', roles, s.role)),
+    coordinatorLeaseHeld: fromStatus('geomirror_coordinator_lease_held', 'With an etcd coordinator: 1 while this site holds a live etcd lease (the primary: the group key\'s lease), else 0', [], (g, s) => {
+      if (s.coordinator !== undefined) g.set(s.coordinator.lease === 'held' ? 1 : 0);
+    }),
+    coordinatorReachable: fromStatus('geomirror_coordinator_reachable', 'With an etcd coordinator: 1 while etcd answers this site, else 0', [], (g, s) => {
+      if (s.coordinator !== undefined) g.set(s.coordinator.reachable ? 1 : 0);
+    }),
     framesRefusedTotal: new Counter({ name: 'geomirror_frames_refused_total', help: 'Frames refused at the edge, by reason', labelNames: ['reason'], registers }),
     relayLagSeconds: fromStatus('geomirror_relay_lag_seconds', 'Relay: age of the oldest cached write the downstream has not acked', ['peer'], (g, s) => eachPeer(g, s, (p) => (p.relay ? p.relay.lagMs / 1000 : undefined))),
     relayOldestUnackedSeq: fromStatus('geomirror_relay_oldest_unacked_seq', 'Relay: oldest cached seq not yet acked downstream (0: none)', ['peer'], (g, s) =>

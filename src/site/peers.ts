@@ -38,6 +38,11 @@ export interface PeersOptions {
   status(): SiteStatus;
   feed(ev: CoreEvent): void;
   nowMs(): number;
+  /**
+   * A STATUS_REPLY from `peer` to a STATUS_REQUEST this site sent it (requestStatus): the etcd
+   * coordinator's question to the standby (src/site/coordinator.ts). Replies to nothing asked are dropped.
+   */
+  statusReply?(peer: PeerId, requestId: number, entries: readonly (readonly [string, string])[]): void;
 }
 
 export class Peers implements PeersPort {
@@ -54,6 +59,8 @@ export class Peers implements PeersPort {
   private readonly authority: PeerAuthority;
   /** Per link: the LAST_HEARD_QUERY ids sent on it and not yet answered. */
   private readonly queries = new WeakMap<Link, bigint[]>();
+  /** Per link: the STATUS_REQUEST ids this site sent on it and not yet answered. */
+  private readonly statusAsked = new WeakMap<Link, number[]>();
   /** Per peer and kind: refusal lines, rate-limited (an authenticated peer can reconnect and refuse itself at will). */
   private readonly refusalLogs = new Map<string, LinkLogger>();
 
@@ -134,6 +141,18 @@ export class Peers implements PeersPort {
     }
   }
 
+  /** Sends STATUS_REQUEST `requestId` to `peer`; false when its link is not up (the answer goes to opts.statusReply). */
+  requestStatus(peer: PeerId, requestId: number): boolean {
+    const link = this.links.get(peer);
+    if (link === undefined || link.state !== 'established') return false;
+    if (!sendOrClose(link, { type: 'STATUS_REQUEST', requestId })) return false;
+    const q = this.statusAsked.get(link) ?? [];
+    q.push(requestId);
+    if (q.length > lastHeardQueriesMax) q.shift();
+    this.statusAsked.set(link, q);
+    return true;
+  }
+
   /** The core refused `peer`'s input (it logged why, naming the peer): end the link with REFUSED. */
   close(peer: PeerId, reason: string): void {
     this.links.get(peer)?.close(ErrorCode.REFUSED, reason);
@@ -191,6 +210,16 @@ export class Peers implements PeersPort {
     link.on('message', (m) => {
       if (m.type === 'STATUS_REQUEST') {
         sendOrClose(link, { type: 'STATUS_REPLY', requestId: m.requestId, entries: statusReplyEntries(this.opts.status()) });
+        return;
+      }
+      if (m.type === 'STATUS_REPLY') {
+        // Only the answer to a question asked on this link; anything else is dropped (harmless).
+        const q = this.statusAsked.get(link);
+        const i = q?.indexOf(m.requestId) ?? -1;
+        if (i >= 0) {
+          q!.splice(i, 1);
+          this.opts.statusReply?.(peer, m.requestId, m.entries);
+        }
         return;
       }
       const refused = this.edgeRefusal(link, peer, m);

@@ -20,6 +20,7 @@ import type { Logger } from './log.js';
 import { freshMeta } from './persist.js';
 import { Peers } from './peers.js';
 import { RoleChangeError } from './role-change.js';
+import { EtcdCoordinator } from './coordinator.js';
 import type { SiteContext, SiteRuntime } from './context.js';
 import type { FailoverRecord, SiteStatus } from './status.js';
 import { siteStatus } from './status-view.js';
@@ -53,6 +54,7 @@ function coreSite(config: ClusterConfig, site: SiteConfig, storage: boolean): Co
     name: site.name, role: site.role, mirrors: site.mirrors, witnesses: site.witnesses, relayAck: site.relayAck, onMirrorLoss: site.onMirrorLoss,
     failoverTimeoutMs: site.failoverTimeoutMs, storage, failover: Object.values(config.sites).some((x) => x.role === 'standby'),
     upstreams: upstreamsOf(config, site.name),
+    arbiter: config.coordinator !== undefined ? 'external' : 'vote',
     ...(site.forward !== undefined ? { forward: site.forward } : {}),
     ...(site.standbyFor !== undefined ? { standbyFor: site.standbyFor } : {}),
     ...(site.standby !== undefined ? { standby: site.standby } : {}),
@@ -78,6 +80,8 @@ export class Replica {
   private readonly peers: Peers;
   private readonly journalPort: JournalPortImpl;
   private readonly limits: Limits;
+  /** etcd as the failover arbiter (issue 20 item 3), on the primary and its standby only. */
+  private readonly coord: EtcdCoordinator | undefined;
   private promotedSeen = false;
   private fencedSeen = false;
   private ticker: NodeJS.Timeout | undefined;
@@ -111,7 +115,11 @@ export class Replica {
       status: () => this.status(),
       feed: (ev) => this.feed(ev),
       nowMs: () => this.nowMs(),
+      statusReply: (peer, requestId, entries) => {
+        if (peer === this.partner()) this.coord?.standbyReply(requestId, entries);
+      },
     });
+    this.coord = this.coordinator();
     this.host = new HostApi({
       name: site.name,
       feed: (ev) => this.feed(ev),
@@ -152,6 +160,42 @@ export class Replica {
 
   private get log(): Logger {
     return this.ctx.log;
+  }
+
+  /** The other site of the primary/standby pair (whom the coordinator's holder asks about etcd). */
+  private partner(): string | undefined {
+    const { site } = this.ctx;
+    return site.role === 'primary' ? site.standby : site.role === 'standby' ? site.standbyFor : undefined;
+  }
+
+  /**
+   * The etcd session of this life (src/site/coordinator.ts): the acting primary holds the
+   * group's key, a following standby campaigns for it. It proves; the core decides.
+   */
+  private coordinator(): EtcdCoordinator | undefined {
+    const { config, site } = this.ctx;
+    const c = config.coordinator;
+    if (c === undefined || (this.acting !== 'primary' && this.acting !== 'standby')) return undefined;
+    return new EtcdCoordinator({
+      config: c, endpoints: site.coordinatorEndpoints ?? c.endpoints, cluster: config.cluster, group: this.ctx.group?.name ?? config.volume.name, site: site.name,
+      mode: this.acting === 'primary' ? 'holder' : 'candidate', log: this.log,
+      hooks: {
+        epoch: () => this.sc.core.heartbeat().epoch,
+        mayCampaign: () => !this.fatal && !this.stopped && this.sc.phase() === 'following' && this.sc.notPromotable() === undefined,
+        authority: (held, reason) => this.feed({ type: 'authority', held, reason }),
+        granted: (epoch, revision) => this.feed({ type: 'arbiterGranted', epoch, revision }),
+        newerEpoch: (epoch) => this.feed({ type: 'arbiterEpoch', epoch }),
+        askStandby: (requestId) => {
+          const p = this.partner();
+          return p !== undefined && this.peers.requestStatus(p, requestId);
+        },
+      },
+    });
+  }
+
+  /** Planned demotion with a coordinator: give the group's key up now, so the standby wins it at once. */
+  async releaseCoordinator(): Promise<void> {
+    await this.coord?.release();
   }
 
   private nowMs(): number {
@@ -213,6 +257,7 @@ export class Replica {
     await this.peers.listen();
     for (const peer of this.sc.dials) this.peers.dial(peer);
     this.ticker = setInterval(() => this.feed({ type: 'tick' }), this.limits.tickMs);
+    await this.coord?.start();
   }
 
   /** What the cache journal lost to damage, logged with the fix, as the core's Recovered.lost (undefined: nothing). */
@@ -267,6 +312,9 @@ export class Replica {
     const phase = this.sc.phase();
     if (phase === undefined) throw new RoleChangeError(`${name} runs as ${this.acting}; only a following standby can be promoted`);
     if (phase !== 'following') throw new RoleChangeError(`${name} is already ${phase === 'primary' ? 'the primary' : 'being promoted'}`);
+    if (this.coord !== undefined) {
+      throw new RoleChangeError(`${name} takes over when it wins the coordinator's key ${this.coord.primaryKey} in etcd (the vote and a manual promote are not used with coordinator:): it does so by itself once the primary's lease expires, or at once after geomirror demote --site ${this.partner()} releases it`);
+    }
     if (this.fatal) throw new RoleChangeError(`${name} stopped: ${this.fatal.message}`);
     const risk = this.sc.notPromotable();
     if (risk !== undefined && !force) throw new RoleChangeError(`${risk}; to accept that, geomirror promote --site ${name} --force`);
@@ -303,7 +351,7 @@ export class Replica {
 
   status(): SiteStatus {
     const occ = this.dev.journal.occupancy();
-    return siteStatus({
+    const st = siteStatus({
       config: this.ctx.config, site: this.ctx.site, acting: this.acting, core: this.sc.status(),
       cache: { usedBytes: occ.bytes, capacityBytes: occ.capacityBytes, entries: occ.entries },
       linkOf: (peer) => this.peers.linkOf(peer), fatal: this.fatal !== undefined, nowMs: this.nowMs(),
@@ -313,6 +361,7 @@ export class Replica {
         { device: this.dev.journal.device.name, health: 'ok' as const },
       ],
     });
+    return this.coord !== undefined ? { ...st, coordinator: this.coord.status() } : st;
   }
 
   private readonly historyBase: FailoverRecord[] = [];
@@ -330,7 +379,7 @@ export class Replica {
         ? top.promotions.map((p) => {
             let at = this.promotionWallTimes.get(p.atMs);
             if (at === undefined) this.promotionWallTimes.set(p.atMs, (at = new Date(Date.now() - (now - p.atMs)).toISOString()));
-            return { at, kind: 'promoted' as const, site: this.ctx.site.name, fromEpoch: Number(p.fromEpoch), toEpoch: Number(p.toEpoch), lastSeq: p.seqReceived.toString(), reason: p.reason };
+            return { at, kind: 'promoted' as const, site: this.ctx.site.name, fromEpoch: Number(p.fromEpoch), toEpoch: Number(p.toEpoch), lastSeq: p.seqReceived.toString(), reason: p.reason, ...(p.revision !== undefined ? { revision: p.revision.toString() } : {}) };
           })
         : [];
     return [...this.historyBase, ...promotions, ...this.historyExtra].sort((a, b) => a.at.localeCompare(b.at));
@@ -350,6 +399,7 @@ export class Replica {
     if (this.stopped) return;
     this.stopped = true;
     if (this.ticker) clearInterval(this.ticker);
+    await this.coord?.stop();
     await this.peers.stop(`site ${this.ctx.site.name} is stopping`);
     // Writes still pending stay in the cache journal and are replayed at the next start.
     this.host.failAll(new HostIoError('io', `site ${this.ctx.site.name} is stopping`));

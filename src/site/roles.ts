@@ -212,6 +212,9 @@ export async function replicaRuntime(ctx: SiteContext): Promise<SiteRuntime> {
         }
         await new Promise((r) => setTimeout(r, 20));
       }
+      // With etcd as the arbiter, the drained primary gives the group's key up now: its standby
+      // wins it at once instead of after the lease TTL.
+      await replica.releaseCoordinator();
       await becomeFollower('mirror', BigInt(st.epoch), { kind: 'demoted', fromEpoch: st.epoch, toEpoch: st.epoch, lastSeq: st.lastSeqAcked, reason }, `stops acting as primary (demoted: ${reason})`);
       return { site: site.name, epoch: st.epoch, phase: 'mirror' };
     },

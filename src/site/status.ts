@@ -2,6 +2,7 @@
 // (issue 5 item 8): role, epoch, last seq acked, sync state, cache occupancy and, per peer,
 // link state and round-trip time. One shape, shared by the admin server and the CLI.
 import type { Role } from './config.js';
+import type { CoordinatorStatus } from './coordinator.js';
 import type { LinkState, SyncState } from './metrics.js';
 
 /**
@@ -70,6 +71,8 @@ export interface FailoverRecord {
   /** Decimal string (u64): the agreed last seq of the old epoch (promoted) or the last seq it assigned. */
   lastSeq: string;
   reason: string;
+  /** promoted by the etcd coordinator: the etcd revision of the transaction that won the key (decimal). */
+  revision?: string;
 }
 
 export interface SiteStatus {
@@ -92,6 +95,8 @@ export interface SiteStatus {
   };
   /** Every failover this site took part in, oldest first. */
   failovers?: FailoverRecord[];
+  /** With an etcd coordinator (issue 20 item 3): this site's lease, who holds the key, whether etcd answers. */
+  coordinator?: CoordinatorStatus;
   volume: string;
   epoch: number;
   /** Decimal string (u64). */

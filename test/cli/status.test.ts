@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { failoverLines, fetchStatus, formatEtaSeconds, formatStatusTable, peerLines, progressBar, progressLines, statusRows, watchFrame, type StatusResult } from '../../src/cli/status.js';
+import { coordinatorLines, failoverLines, fetchStatus, formatEtaSeconds, formatStatusTable, peerLines, progressBar, progressLines, statusRows, watchFrame, type StatusResult } from '../../src/cli/status.js';
 import { startAdminServer, type AdminServer, type AdminServerOptions } from '../../src/site/admin.js';
 import { randomBytes } from 'node:crypto';
 import { adminTokenKey } from '../../src/site/admin-auth.js';
@@ -153,6 +153,22 @@ describe('geomirror status', () => {
     expect(failoverLines([at('east', east), at('x', { ...east, failovers: [{ at: 7 } as unknown as FailoverRecord] })])).toEqual([]);
     expect(formatStatusTable(statusRows([at('east', east)]), [])).not.toContain('\n\n');
     expect(failoverLines([at('local', { ...east, failovers: [{ ...demoted, reason: 'line one\n\u001b[31mred' }] })])).toEqual(['failover 2026-11-25T05:40:00Z local demoted epoch 1 at seq 0: line one [31mred']);
+  });
+
+  it('with an etcd coordinator: a line per site with lease, key holder, epoch and reachability, why when host writes are not plainly served, and the revision of a promotion', () => {
+    const at = (name: string, status: SiteStatus): StatusResult => ({ target: { name, admin: '127.0.0.1:1' }, status });
+    const holder = { endpoints: ['http://127.0.0.1:2379'], key: '/geomirror/demo/vol0/primary', mode: 'holder' as const, reachable: false, lease: 'lost' as const, leaseId: '7587', holder: 'local', epoch: 2, revision: '41', authority: 'exempt' as const, why: 'etcd is unreachable from here and from the standby too' };
+    const results: StatusResult[] = [
+      at('local', { ...primary, coordinator: holder }),
+      at('backup', { ...east, site: 'backup', role: 'standby', coordinator: { endpoints: holder.endpoints, key: holder.key, mode: 'candidate', lease: 'held', leaseId: '7587', holder: 'local', epoch: 2, reachable: true, why: 'local holds the key' } }),
+      at('east', east),
+    ];
+    expect(coordinatorLines(results)).toEqual([
+      'coordinator local holder: lease lost (7587), key held by local, epoch 2, etcd unreachable, host writes served without a lease: etcd is unreachable from here and from the standby too',
+      'coordinator backup candidate: lease held (7587), key held by local, epoch 2, etcd reachable: local holds the key',
+    ]);
+    const promoted: FailoverRecord = { at: '2026-11-25T05:49:35Z', kind: 'promoted', site: 'backup', fromEpoch: 1, toEpoch: 2, lastSeq: '2', reason: 'won the key', revision: '41' };
+    expect(failoverLines([at('backup', { ...east, failovers: [promoted] })])).toEqual(['failover 2026-11-25T05:49:35Z backup promoted epoch 1 -> 2 at seq 2: won the key (etcd revision 41)']);
   });
 
   it('prints JSON for one admin address', async () => {

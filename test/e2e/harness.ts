@@ -76,6 +76,11 @@ export interface ClusterOptions {
    * file per consistency group (made as geomirror start makes them).
    */
   volumes?: { name: string; sizeBytes: number; group?: string }[];
+  /**
+   * etcd as the failover arbiter (issue 20 item 3): `coordinator:` with these endpoints and
+   * lease TTL, and per site its own endpoints (`coordinator-endpoints`, say through a proxy).
+   */
+  coordinator?: { endpoints: string[]; leaseTtl: string; prefix?: string; siteEndpoints?: Record<string, string[]> };
 }
 
 export interface SiteProc {
@@ -98,7 +103,7 @@ export class Cluster {
   readonly listenPorts = new Map<string, number>();
   readonly names: string[];
 
-  private constructor(readonly opts: Required<Omit<ClusterOptions, 'relay' | 'volumes'>> & Pick<ClusterOptions, 'relay' | 'volumes'>) {
+  private constructor(readonly opts: Required<Omit<ClusterOptions, 'relay' | 'volumes' | 'coordinator'>> & Pick<ClusterOptions, 'relay' | 'volumes' | 'coordinator'>) {
     this.dir = mkdtempSync(join(tmpdir(), 'geomirror-e2e-'));
     this.configPath = join(this.dir, 'cluster.yaml');
     this.volumeBytes = opts.volumeBytes;
@@ -166,7 +171,11 @@ export class Cluster {
     const volumeLines = o.volumes === undefined
       ? [`volume: { name: vol0, size: ${o.volumeBytes}, blockSize: 4096 }`]
       : ['volumes:', ...o.volumes.map((v) => `  - { name: ${v.name}, size: ${v.sizeBytes}${v.group ? `, group: ${v.group}` : ''} }`)];
-    const lines = [`cluster: e2e`, `secret: file:./cluster.key`, ...volumeLines, `sites:`];
+    const co = o.coordinator;
+    const coordOf = (name: string): string => (co?.siteEndpoints?.[name] !== undefined ? `, coordinator-endpoints: [${co.siteEndpoints[name]!.join(', ')}]` : '');
+    const lines = [`cluster: e2e`, `secret: file:./cluster.key`, ...volumeLines];
+    if (co) lines.push(`coordinator: { etcd: [${co.endpoints.join(', ')}], lease-ttl: ${co.leaseTtl}${co.prefix ? `, prefix: ${co.prefix}` : ''} }`);
+    lines.push('sites:');
     for (const name of this.names) {
       const admin = `127.0.0.1:${await freePort()}`;
       if (name === o.witness) {
@@ -187,12 +196,12 @@ export class Cluster {
       const listen = this.listenPorts.has(name) ? `listen: 127.0.0.1:${this.listenPorts.get(name)}, ` : '';
       if (name === 'local') {
         const targets = [...o.mirrors, ...(o.relay ? [o.relay.name] : [])];
-        lines.push(`  local: { role: primary, ${listen}nbd: 127.0.0.1:${this.nbdPort}, ${common}, mirrors: [${targets.join(', ')}], on-mirror-loss: ${o.onMirrorLoss}${connectOf(name)} }`);
+        lines.push(`  local: { role: primary, ${listen}nbd: 127.0.0.1:${this.nbdPort}, ${common}, mirrors: [${targets.join(', ')}], on-mirror-loss: ${o.onMirrorLoss}${connectOf(name)}${coordOf(name)} }`);
       } else if (name === o.relay?.name) {
         lines.push(`  ${name}: { role: relay, ${listen}forward: ${o.relay.leaf}, ${common}${connectOf(name)} }`);
       } else if (name === o.standby) {
         this.standbyNbdPort = await freePort();
-        lines.push(`  ${name}: { role: standby, standby-for: local, failover-timeout: ${o.failoverTimeoutMs}ms, ${listen}nbd: 127.0.0.1:${this.standbyNbdPort}, ${common}${connectOf(name)} }`);
+        lines.push(`  ${name}: { role: standby, standby-for: local, failover-timeout: ${o.failoverTimeoutMs}ms, ${listen}nbd: 127.0.0.1:${this.standbyNbdPort}, ${common}${connectOf(name)}${coordOf(name)} }`);
       } else {
         lines.push(`  ${name}: { role: mirror, ${listen}${common}${connectOf(name)} }`);
       }
