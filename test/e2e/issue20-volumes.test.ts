@@ -13,6 +13,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { SiteStatus } from '../../src/site/status.js';
 import { checkAckedWrites, Cluster, NbdWriter, planWrites, sha256, sleep, waitMsMax, type PlannedWrite } from './harness.js';
 import { cli, withLogs } from './acceptance.js';
+import { haveEtcd, TestEtcd } from './etcd.js';
 import { openSync, writeSync, closeSync } from 'node:fs';
 
 const run = promisify(execFile);
@@ -220,5 +221,39 @@ describe('issue 20: 8 volumes in 2 consistency groups, primary + standby + 2 mir
         expect(checkAckedWrites(img, w.issued, w.acked), `volume ${v.name}`).toEqual([]);
       }
     });
+  }, 300_000);
+
+  it('with etcd as the coordinator each consistency group has its own key: kill -9 of the primary, the standby wins every group\'s key (epoch 2 in etcd for each), every acked write reads back', async () => {
+    if (!haveEtcd()) throw new Error('this test needs etcd and etcdctl: apt-get install etcd-server etcd-client');
+    const etcd = await TestEtcd.start();
+    try {
+      const vols = [{ name: 'a', sizeBytes: 4 * MiB, group: 'g1' }, { name: 'b', sizeBytes: 4 * MiB, group: 'g1' }, { name: 'c', sizeBytes: 4 * MiB }];
+      const c = await Cluster.create({ volumes: vols, volumeBytes: 4 * MiB, cacheBytes: 32 * MiB, mirrors: ['east'], standby: 'backup', failoverTimeoutMs: 1500, coordinator: { endpoints: [etcd.endpoint], leaseTtl: '2s' } });
+      clusters.push(c);
+      await withLogs(c, async () => {
+        await c.start();
+        await c.waitStatus('local', (s) => groupStatuses(s).length === 2 && groupStatuses(s).every((g) => g.coordinator?.authority === 'held'), 'local holds every group key');
+        await c.waitStatus('backup', (s) => groupStatuses(s).every((g) => g.standby?.inSync === true && g.coordinator?.lease === 'held'), 'backup in sync and campaigning in every group');
+        for (const g of ['g1', 'c']) expect(JSON.parse(etcd.get(`/geomirror/e2e/${g}/primary`)!)).toMatchObject({ site: 'local', epoch: '1' });
+        const ws = new Map<string, NbdWriter>();
+        for (const v of vols) {
+          const w = await connectWhenUp(c.nbdPort, v.name);
+          ws.set(v.name, w);
+          for (const p of planWrites(13, v.sizeBytes, MiB)) await w.write(p);
+        }
+        await c.kill9('local');
+        await c.waitStatus('backup', (s) => groupStatuses(s).length === 2 && groupStatuses(s).every((g) => g.standby?.phase === 'primary'), 'every group promoted after winning its key');
+        for (const g of ['g1', 'c']) {
+          expect(JSON.parse(etcd.get(`/geomirror/e2e/${g}/primary`)!)).toMatchObject({ site: 'backup', epoch: '2' });
+          expect(etcd.get(`/geomirror/e2e/${g}/epoch`)).toBe('2');
+        }
+        for (const v of vols) {
+          const w = ws.get(v.name)!;
+          expect(checkAckedWrites(await readExport(c, c.standbyNbdPort, v.name), w.issued, w.acked), `volume ${v.name}`).toEqual([]);
+        }
+      });
+    } finally {
+      await etcd.destroy();
+    }
   }, 300_000);
 });
