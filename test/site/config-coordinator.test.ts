@@ -2,7 +2,8 @@
 // normalized; every refusal names its key path and says the fix; a witness beside it is refused
 // naming both keys (the vote and etcd never mix).
 import { describe, expect, it } from 'vitest';
-import { ConfigError, parseConfig } from '../../src/site/config.js';
+import { configProblems } from './config-problems.js';
+import { parseConfig } from '../../src/site/config.js';
 
 const file = '/srv/demo/cluster.yaml';
 const base = `
@@ -21,13 +22,7 @@ function text(coord: string, o: { local?: string; backup?: string; extra?: strin
 }
 
 function problems(t: string): string[] {
-  try {
-    parseConfig(t, file);
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return (err as ConfigError).problems.map((p) => p.message);
-  }
-  throw new Error('expected the config to be refused');
+  return configProblems(t, file);
 }
 
 describe('coordinator: (etcd as the failover arbiter)', () => {

@@ -2,7 +2,8 @@
 // volume's devices at each site, the group's view of the cluster (src/site/volumes.ts), and
 // every refusal naming its key.
 import { describe, expect, it } from 'vitest';
-import { ConfigError, parseConfig } from '../../src/site/config.js';
+import { configProblems } from './config-problems.js';
+import { parseConfig } from '../../src/site/config.js';
 import { cacheShareBytes, groupClusterConfig, groupContext } from '../../src/site/volumes.js';
 import type { SiteContext } from '../../src/site/context.js';
 
@@ -29,13 +30,7 @@ const dbVolumes = `  - { name: db-log, size: 64MiB, group: db }
   - { name: vm1, size: 1GiB }`;
 
 function problems(text: string): string[] {
-  try {
-    parseConfig(text, file);
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return (err as ConfigError).problems.map((p) => p.message);
-  }
-  throw new Error('expected the config to be refused');
+  return configProblems(text, file);
 }
 
 describe('volumes: in the cluster file (issue 20)', () => {
