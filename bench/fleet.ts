@@ -67,6 +67,8 @@ const loadBeforeKillMs = 1_000;
 const acksBeforeKillMin = 50;
 /** The standby's failover-timeout in the throughput clusters (default link timing there: heartbeat 1 s; nothing fails over). */
 const throughputFailoverTimeoutMs = 5_000;
+/** Idle CPU (every cluster in sync, no writer) is measured over this window, all clusters at once. */
+const idleWindowMs = 5_000;
 /** /status polls while waiting for a condition. */
 const pollMs = 50;
 
@@ -169,6 +171,8 @@ export interface LayoutSummary {
   /** Peak over repeats. */
   rssBytesPeak: Record<string, number>;
   rssBytesAtRest: Record<string, number>;
+  /** CPU time per second of each site process while in sync and idle (ms/s: 10 = 1% of a core). */
+  idleCpuMsPerS: Record<string, number>;
   rssGoalBytes: number;
   /** The primary's memory after its last run. */
   primaryMemory: Memory | undefined;
@@ -200,6 +204,8 @@ export interface FleetResult {
   failover: FailoverRun[];
   layouts: LayoutSummary[];
   failovers: FailoverSummary[];
+  /** Failover runs that failed (start-up or measurement), each with its reason and kept logs. */
+  failures: string[];
   goals: GoalRow[];
   profile?: Record<string, Record<string, string[]>>;
   files: { md: string; json: string };
@@ -243,6 +249,12 @@ interface StartedCluster {
   profileDir?: string;
 }
 
+/** A cluster that did not come up in sync (as opposed to a failure in a measured failover). */
+class StartupError extends Error {}
+
+/** Start-up attempts per failover run (a cluster that fails over by itself while starting is retried once). */
+const startupAttemptsMax = 2;
+
 async function startCluster(l: Layout, o: FleetOptions, env: Record<string, string>, failoverTimeoutMs: number, profileDir?: string): Promise<StartedCluster> {
   const volumes = volumesOf(l, o.volumeMib * MiB);
   const c = await Cluster.create({
@@ -250,11 +262,15 @@ async function startCluster(l: Layout, o: FleetOptions, env: Record<string, stri
     failoverTimeoutMs, env, ...(profileDir ? { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] } : {}),
   });
   try {
-    await c.start();
+    // The standby starts last: a primary starting many groups on a loaded machine can be silent
+    // for longer than a short failover-timeout, and a standby already watching would take over
+    // (seen on the shared 2-core machine at load 20 with 16 groups and a 1 s timeout).
+    await c.start(['local', 'east']);
+    await c.start(['backup']);
     await waitFleetInSync(c, l);
   } catch (err) {
     await c.stopAll();
-    throw new Error(`layout ${l.id}: the cluster did not come up in sync (logs kept in ${c.dir}): ${(err as Error).message}`);
+    throw new StartupError(`layout ${l.id}: the cluster did not come up in sync (logs kept in ${c.dir}): ${(err as Error).message}`);
   }
   return { c, layout: l, volumes: volumes.map((v) => v.name), pids: pidsOf(c), ...(profileDir ? { profileDir } : {}) };
 }
@@ -378,8 +394,11 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
   const profileRoot = o.profile ? join(tmpdir(), `geomirror-fleet-prof-${process.pid}`) : undefined;
   const started: StartedCluster[] = [];
   const atRest: Record<string, Record<string, number>> = {};
+  const idle: Record<string, Record<string, number>> = {};
   const load: LoadRun[] = [];
   const failover: FailoverRun[] = [];
+  /** What went wrong in a failover run, said in the report (that run is left out of the medians). */
+  const failures: string[] = [];
   const onSignal = (sig: NodeJS.Signals): void => {
     log(`${sig}: stopping every site`);
     void Promise.all(started.map((s) => s.c.stopAll().catch(() => undefined))).finally(() => process.exit(130));
@@ -397,6 +416,14 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       atRest[l.id] = Object.fromEntries(siteNames.map((n) => [n, rssBytes(s.pids[n]!) ?? NaN]));
       log(`layout ${l.id}: in sync; RSS at rest ${siteNames.map((n) => `${n} ${mib(atRest[l.id]![n])} MiB`).join(', ')}`);
     }
+    // What a fleet costs at rest: every group's timers, heartbeats and links, with no writer.
+    const cpuIdle0 = started.map((s) => cpuNow(s.pids));
+    await sleep(idleWindowMs);
+    started.forEach((s, i) => {
+      const c1 = cpuNow(s.pids);
+      idle[s.layout.id] = Object.fromEntries(siteNames.map((n) => [n, ((c1[n]! - cpuIdle0[i]![n]!) * 1e3) / (idleWindowMs / 1e3)]));
+      log(`layout ${s.layout.id}: idle CPU ${siteNames.map((n) => `${n} ${idle[s.layout.id]![n]!.toFixed(0)}`).join(', ')} ms/s`);
+    });
     for (let r = 0; r < o.repeat; r++) {
       const k = r % started.length;
       for (const s of [...started.slice(k), ...started.slice(0, k)]) {
@@ -413,9 +440,19 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     for (let r = 0; r < o.repeat && o.failoverLayouts.length > 0; r++) {
       const k = r % o.failoverLayouts.length;
       for (const l of [...o.failoverLayouts.slice(k), ...o.failoverLayouts.slice(0, k)]) {
-        const f = await failoverRun(l, o, r);
-        failover.push(f);
-        log(`repeat ${r + 1}/${o.repeat}  failover ${layoutLabel(l).padEnd(30)} promoted all ${f.promoteAllMs} ms (first ${f.promoteFirstMs})  write acked on every volume ${f.writeAllMs} ms (first ${f.writeFirstMs})  resync ${f.resyncMs} ms`);
+        for (let attempt = 1; attempt <= startupAttemptsMax; attempt++) {
+          try {
+            const f = await failoverRun(l, o, r);
+            failover.push(f);
+            log(`repeat ${r + 1}/${o.repeat}  failover ${layoutLabel(l).padEnd(30)} promoted all ${f.promoteAllMs} ms (first ${f.promoteFirstMs})  write acked on every volume ${f.writeAllMs} ms (first ${f.writeFirstMs})  resync ${f.resyncMs} ms`);
+            break;
+          } catch (err) {
+            const what = `failover ${layoutLabel(l)}, repeat ${r + 1}, attempt ${attempt}: ${(err as Error).message.split('\n')[0]!.slice(0, 600)}`;
+            failures.push(what);
+            log(what);
+            if (!(err instanceof StartupError)) break;
+          }
+        }
       }
     }
     ok = true;
@@ -431,7 +468,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
   host.loadAvgEnd = round2(loadavg());
 
   const profile = profileRoot ? profilesOf(started) : undefined;
-  const layouts = summarizeLoad(o, load, atRest);
+  const layouts = summarizeLoad(o, load, atRest, idle);
   const failovers = summarizeFailover(o, failover);
   const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z').replaceAll(':', '-');
   mkdirSync(o.outDir, { recursive: true });
@@ -439,7 +476,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
   const { log: _log, layouts: ls, failoverLayouts: fls, outDir: _out, ...rest } = o;
   const result: FleetResult = {
     date, commandLine: o.commandLine, host, options: { ...rest, layouts: ls.map((l) => l.id), failoverLayouts: fls.map((l) => l.id) },
-    load, failover, layouts, failovers, goals: goalsOf(layouts, failovers), ...(profile ? { profile } : {}), files,
+    load, failover, layouts, failovers, failures, goals: goalsOf(layouts, failovers), ...(profile ? { profile } : {}), files,
   };
   writeFileSync(files.json, `${JSON.stringify(result, null, 2)}\n`);
   writeFileSync(files.md, `${markdownReport(result)}\n`);
@@ -465,7 +502,7 @@ function profilesOf(started: StartedCluster[]): Record<string, Record<string, st
 }
 
 /** Medians over repeats per layout (RSS: the peak over repeats); ratios against the one-volume layout. */
-export function summarizeLoad(o: Pick<FleetOptions, 'layouts'>, load: readonly LoadRun[], atRest: Record<string, Record<string, number>>): LayoutSummary[] {
+export function summarizeLoad(o: Pick<FleetOptions, 'layouts'>, load: readonly LoadRun[], atRest: Record<string, Record<string, number>>, idle: Record<string, Record<string, number>>): LayoutSummary[] {
   const rows = o.layouts.map((l) => {
     const rs = load.filter((x) => x.layout === l.id);
     const rss: Record<string, number> = {};
@@ -474,7 +511,7 @@ export function summarizeLoad(o: Pick<FleetOptions, 'layouts'>, load: readonly L
     for (const n of siteNames) by[n] = median(rs.map((x) => x.cpuUsPerOpBy[n] ?? NaN));
     return {
       layout: l, iops: median(rs.map((x) => x.iops)), ratio: NaN, perVolumeIopsMin: Math.min(...rs.flatMap((x) => x.perVolumeIops)), perVolumeIopsMax: Math.max(...rs.flatMap((x) => x.perVolumeIops)),
-      latP99Us: median(rs.map((x) => x.latP99Us)), cpuUsPerOp: median(rs.map((x) => x.cpuUsPerOp)), cpuUsPerOpBy: by, rssBytesPeak: rss, rssBytesAtRest: atRest[l.id] ?? {},
+      latP99Us: median(rs.map((x) => x.latP99Us)), cpuUsPerOp: median(rs.map((x) => x.cpuUsPerOp)), cpuUsPerOpBy: by, rssBytesPeak: rss, rssBytesAtRest: atRest[l.id] ?? {}, idleCpuMsPerS: idle[l.id] ?? {},
       rssGoalBytes: rssGoalBytes(l.volumes), primaryMemory: rs.at(-1)?.memory.local,
     };
   });
@@ -505,6 +542,10 @@ export function goalsOf(layouts: readonly LayoutSummary[], failovers: readonly F
   const base = failovers.find((x) => x.layout.volumes === 1);
   for (const x of failovers) {
     if (base === undefined || x.layout.volumes === 1) continue;
+    if (x.runs === 0 || base.runs === 0) {
+      out.push({ goal: `failover, ${layoutLabel(x.layout)} / 1 volume`, measured: 'no successful run (see the failed runs above)', target: `<= ${goals.failoverRatioMax}x`, pass: false });
+      continue;
+    }
     const p = x.promoteAllMs / base.promoteAllMs;
     const w = x.writeAllMs / base.writeAllMs;
     out.push({ goal: `failover, kill -> every group promoted, ${layoutLabel(x.layout)} / 1 volume`, measured: `${p.toFixed(2)}x (${x.promoteAllMs} / ${base.promoteAllMs} ms)`, target: `<= ${goals.failoverRatioMax}x`, pass: p <= goals.failoverRatioMax });
@@ -518,12 +559,12 @@ export function markdownReport(r: FleetResult): string {
   const lines: string[] = [];
   lines.push(`### bench:fleet: many volumes on one cluster vs one volume (${r.date})`, '');
   lines.push(`\`${r.commandLine}\` on ${r.host.cpus} x ${r.host.cpuModel}, Node ${r.host.node}, ${r.host.fio}. Sites \`local\` (primary), \`backup\` (standby) and \`east\` (mirror), each one \`geomirror site\` process on loopback files; volumes of ${o.volumeMib} MiB, cache ${o.cacheMibPerVolume} MiB per volume per site. Writers: one fio job per volume (nbd engine, 4 KiB randwrite, iodepth ${o.iodepth}, ${o.seconds} s), layouts alternating within each repeat; medians of ${o.repeat} repeat(s). Load average (1, 5, 15 min) ${r.host.loadAvgStart.join(' ')} at the start, ${r.host.loadAvgEnd.join(' ')} at the end.`, '');
-  lines.push('| layout | aggregate IOPS | vs 1 volume | per-volume IOPS (min-max) | p99 latency (us, median of volumes) | CPU us/op (per site) | peak RSS per site (MiB) | RSS at rest (MiB) | RSS goal (MiB) | primary heap used / total, external (MiB) |', '|---|---:|---:|---|---:|---|---|---|---:|---|');
+  lines.push('| layout | aggregate IOPS | vs 1 volume | per-volume IOPS (min-max) | p99 latency (us, median of volumes) | CPU us/op (per site) | peak RSS per site (MiB) | RSS at rest (MiB) | RSS goal (MiB) | primary heap used / total, external (MiB) | idle CPU per site (ms/s) |', '|---|---:|---:|---|---:|---|---|---|---:|---|---|');
   for (const x of r.layouts) {
     const pm = x.primaryMemory;
     lines.push(
       `| ${layoutLabel(x.layout)} | ${x.iops.toFixed(0)} | ${Number.isFinite(x.ratio) ? `${x.ratio.toFixed(2)}x` : 'n/a'} | ${x.perVolumeIopsMin.toFixed(0)}-${x.perVolumeIopsMax.toFixed(0)} | ${fmt(x.latP99Us)} | **${fmt(x.cpuUsPerOp)}** (${siteNames.map((n) => `${n} ${fmt(x.cpuUsPerOpBy[n] ?? NaN)}`).join(', ')}) | ` +
-        `${siteNames.map((n) => `${n} ${mib(x.rssBytesPeak[n])}`).join(', ')} | ${siteNames.map((n) => `${n} ${mib(x.rssBytesAtRest[n])}`).join(', ')} | ${mib(x.rssGoalBytes)} | ${pm ? `${mib(pm.heapUsedBytes)} / ${mib(pm.heapTotalBytes)}, ${mib(pm.externalBytes)}` : 'n/a'} |`,
+        `${siteNames.map((n) => `${n} ${mib(x.rssBytesPeak[n])}`).join(', ')} | ${siteNames.map((n) => `${n} ${mib(x.rssBytesAtRest[n])}`).join(', ')} | ${mib(x.rssGoalBytes)} | ${pm ? `${mib(pm.heapUsedBytes)} / ${mib(pm.heapTotalBytes)}, ${mib(pm.externalBytes)}` : 'n/a'} | ${siteNames.map((n) => `${n} ${fmt(x.idleCpuMsPerS[n] ?? NaN)}`).join(', ')} |`,
     );
   }
   if (r.failovers.length > 0) {
@@ -531,6 +572,7 @@ export function markdownReport(r: FleetResult): string {
     lines.push('| layout | kill -> first group promoted (ms) | kill -> every group promoted (ms) | kill -> write acked on the first volume (ms) | kill -> write acked on every volume (ms) | last promotion -> mirror in sync in every group (ms) |', '|---|---:|---:|---:|---:|---:|');
     for (const x of r.failovers) lines.push(`| ${layoutLabel(x.layout)} | ${x.promoteFirstMs} | ${x.promoteAllMs} | ${x.writeFirstMs} | ${x.writeAllMs} | ${x.resyncMs} |`);
   }
+  if (r.failures.length > 0) lines.push('', `**Failover runs that failed** (left out of the medians; logs kept): ${r.failures.length}`, '', ...r.failures.map((f) => `- ${f}`));
   lines.push('', '| goal (issue 20) | measured | target | result |', '|---|---|---|---|');
   for (const g of r.goals) lines.push(`| ${g.goal} | ${g.measured} | ${g.target} | ${g.pass ? 'PASS' : 'MISS'} |`);
   for (const [layout, sites] of Object.entries(r.profile ?? {})) {
