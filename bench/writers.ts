@@ -32,15 +32,16 @@ export async function connectBy(port: number, deadlineMs: number, name = 'vol0')
 
 /**
  * Keeps `depth` writes from `next` in flight on `w` until `stop()` turns true or a write fails
- * (the server went away). Resolves once nothing is in flight any more.
+ * (the server went away or refused it). Resolves once nothing is in flight any more, with the
+ * first write error (undefined: stopped by `stop()` with every write acked).
  */
-export async function keepWriting(w: NbdWriter, next: () => PlannedWrite, depth: number, stop: () => boolean): Promise<void> {
+export async function keepWriting(w: NbdWriter, next: () => PlannedWrite, depth: number, stop: () => boolean): Promise<Error | undefined> {
   const inflight = new Set<Promise<void>>();
-  let failed = false;
+  let failed: Error | undefined;
   while (!stop() && !failed) {
     while (inflight.size < depth && !stop() && !failed) {
-      const p: Promise<void> = w.write(next()).catch(() => {
-        failed = true;
+      const p: Promise<void> = w.write(next()).catch((err: Error) => {
+        failed ??= err;
       });
       inflight.add(p);
       void p.finally(() => inflight.delete(p));
@@ -48,6 +49,7 @@ export async function keepWriting(w: NbdWriter, next: () => PlannedWrite, depth:
     await Promise.race(inflight);
   }
   await Promise.allSettled(inflight);
+  return failed;
 }
 
 /**
