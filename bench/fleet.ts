@@ -29,7 +29,7 @@
 // fleet-<date>.md (and .json) and stdout. --profile runs the sites under node --cpu-prof and
 // appends each site's top self-time functions per layout.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -127,6 +127,8 @@ export interface FleetOptions {
 
 export interface Memory {
   rssBytes: number;
+  /** The process's own pages (/proc/PID/smaps_rollup Anonymous): RSS without the node binary and libraries it shares with every other node process. */
+  anonymousBytes: number;
   heapUsedBytes: number;
   heapTotalBytes: number;
   externalBytes: number;
@@ -178,6 +180,8 @@ export interface LayoutSummary {
   rssGoalBytes: number;
   /** The primary's memory after its last run. */
   primaryMemory: Memory | undefined;
+  /** Each site's own (anonymous) pages after the layout's runs: the peak over repeats. */
+  anonymousBytes: Record<string, number>;
 }
 
 export interface FailoverSummary {
@@ -282,10 +286,19 @@ const metricOf = (text: string, name: string): number => {
   return m ? Number(m[1]) : NaN;
 };
 
-/** A site's memory as its /metrics (prom-client's process and V8 metrics) says. */
-async function memoryOf(c: Cluster, name: string): Promise<Memory> {
+function anonymousBytes(pid: number): number {
+  try {
+    const m = /^Anonymous:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+/** A site's memory as its /metrics (prom-client's process and V8 metrics) and /proc say. */
+async function memoryOf(c: Cluster, name: string, pid: number): Promise<Memory> {
   const t = await c.metricsText(name);
-  return { rssBytes: metricOf(t, 'process_resident_memory_bytes'), heapUsedBytes: metricOf(t, 'nodejs_heap_size_used_bytes'), heapTotalBytes: metricOf(t, 'nodejs_heap_size_total_bytes'), externalBytes: metricOf(t, 'nodejs_external_memory_bytes') };
+  return { anonymousBytes: anonymousBytes(pid), rssBytes: metricOf(t, 'process_resident_memory_bytes'), heapUsedBytes: metricOf(t, 'nodejs_heap_size_used_bytes'), heapTotalBytes: metricOf(t, 'nodejs_heap_size_total_bytes'), externalBytes: metricOf(t, 'nodejs_external_memory_bytes') };
 }
 
 // ---- load points -------------------------------------------------------------------------------
@@ -316,7 +329,7 @@ async function loadRun(s: StartedCluster, o: FleetOptions, repeat: number): Prom
     cpuUsPerOpBy[n] = (d * 1e6) / ops;
   }
   const memory: Record<string, Memory> = {};
-  for (const n of siteNames) memory[n] = await memoryOf(s.c, n);
+  for (const n of siteNames) memory[n] = await memoryOf(s.c, n, pids[n]!);
   return {
     layout: s.layout.id, repeat, iops: jobs.reduce((n, j) => n + j.iops, 0), ops, perVolumeIops: jobs.map((j) => j.iops), latP99Us: median(jobs.map((j) => j.latP99Us)),
     cpuUsPerOp: (cpuS * 1e6) / ops, cpuUsPerOpBy, rssBytesPeak, memory,
@@ -527,6 +540,7 @@ export function summarizeLoad(o: Pick<FleetOptions, 'layouts'>, load: readonly L
       layout: l, iops: median(rs.map((x) => x.iops)), ratio: NaN, perVolumeIopsMin: Math.min(...rs.flatMap((x) => x.perVolumeIops)), perVolumeIopsMax: Math.max(...rs.flatMap((x) => x.perVolumeIops)),
       latP99Us: median(rs.map((x) => x.latP99Us)), cpuUsPerOp: median(rs.map((x) => x.cpuUsPerOp)), cpuUsPerOpBy: by, rssBytesPeak: rss, rssBytesAtRest: atRest[l.id] ?? {}, idleCpuMsPerS: idle[l.id] ?? {},
       rssGoalBytes: rssGoalBytes(l.volumes), primaryMemory: rs.at(-1)?.memory.local,
+      anonymousBytes: Object.fromEntries(siteNames.map((n) => [n, Math.max(...rs.map((x) => x.memory[n]?.anonymousBytes ?? NaN))])),
     };
   });
   const base = rows.find((x) => x.layout.volumes === 1);
@@ -573,12 +587,12 @@ export function markdownReport(r: FleetResult): string {
   const lines: string[] = [];
   lines.push(`### bench:fleet: many volumes on one cluster vs one volume (${r.date})`, '');
   lines.push(`\`${r.commandLine}\` on ${r.host.cpus} x ${r.host.cpuModel}, Node ${r.host.node}, ${r.host.fio}. Sites \`local\` (primary), \`backup\` (standby) and \`east\` (mirror), each one \`geomirror site\` process on loopback files; volumes of ${o.volumeMib} MiB, cache ${o.cacheMibPerVolume} MiB per volume per site. Writers: one fio job per volume (nbd engine, 4 KiB randwrite, iodepth ${o.iodepth}, ${o.seconds} s), layouts alternating within each repeat; medians of ${o.repeat} repeat(s). Load average (1, 5, 15 min) ${r.host.loadAvgStart.join(' ')} at the start, ${r.host.loadAvgEnd.join(' ')} at the end.`, '');
-  if (r.layouts.length > 0) lines.push('| layout | aggregate IOPS | vs 1 volume | per-volume IOPS (min-max) | p99 latency (us, median of volumes) | CPU us/op (per site) | peak RSS per site (MiB) | RSS at rest (MiB) | RSS goal (MiB) | primary heap used / total, external (MiB) | idle CPU per site (ms/s) |', '|---|---:|---:|---|---:|---|---|---|---:|---|---|');
+  if (r.layouts.length > 0) lines.push('| layout | aggregate IOPS | vs 1 volume | per-volume IOPS (min-max) | p99 latency (us, median of volumes) | CPU us/op (per site) | peak RSS per site (MiB) | RSS at rest (MiB) | own (anonymous) pages after the runs (MiB) | RSS goal (MiB) | primary heap used / total, external (MiB) | idle CPU per site (ms/s) |', '|---|---:|---:|---|---:|---|---|---|---|---:|---|---|');
   for (const x of r.layouts) {
     const pm = x.primaryMemory;
     lines.push(
       `| ${layoutLabel(x.layout)} | ${x.iops.toFixed(0)} | ${Number.isFinite(x.ratio) ? `${x.ratio.toFixed(2)}x` : 'n/a'} | ${x.perVolumeIopsMin.toFixed(0)}-${x.perVolumeIopsMax.toFixed(0)} | ${fmt(x.latP99Us)} | **${fmt(x.cpuUsPerOp)}** (${siteNames.map((n) => `${n} ${fmt(x.cpuUsPerOpBy[n] ?? NaN)}`).join(', ')}) | ` +
-        `${siteNames.map((n) => `${n} ${mib(x.rssBytesPeak[n])}`).join(', ')} | ${siteNames.map((n) => `${n} ${mib(x.rssBytesAtRest[n])}`).join(', ')} | ${mib(x.rssGoalBytes)} | ${pm ? `${mib(pm.heapUsedBytes)} / ${mib(pm.heapTotalBytes)}, ${mib(pm.externalBytes)}` : 'n/a'} | ${siteNames.map((n) => `${n} ${fmt(x.idleCpuMsPerS[n] ?? NaN)}`).join(', ')} |`,
+        `${siteNames.map((n) => `${n} ${mib(x.rssBytesPeak[n])}`).join(', ')} | ${siteNames.map((n) => `${n} ${mib(x.rssBytesAtRest[n])}`).join(', ')} | ${siteNames.map((n) => `${n} ${mib(x.anonymousBytes[n])}`).join(', ')} | ${mib(x.rssGoalBytes)} | ${pm ? `${mib(pm.heapUsedBytes)} / ${mib(pm.heapTotalBytes)}, ${mib(pm.externalBytes)}` : 'n/a'} | ${siteNames.map((n) => `${n} ${fmt(x.idleCpuMsPerS[n] ?? NaN)}`).join(', ')} |`,
     );
   }
   if (r.failovers.length > 0) {

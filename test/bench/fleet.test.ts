@@ -36,7 +36,7 @@ describe('bench/fleet', () => {
     const many = parseLayout('16');
     const mem = (mib: number) => Object.fromEntries(siteNames.map((n) => [n, mib * 2 ** 20]));
     const row = (layout: typeof one, iops: number, ratio: number, rssMib: number) => ({
-      layout, iops, ratio, perVolumeIopsMin: 1, perVolumeIopsMax: 1, latP99Us: 1, cpuUsPerOp: 1, cpuUsPerOpBy: {}, rssBytesPeak: mem(rssMib), rssBytesAtRest: mem(rssMib), idleCpuMsPerS: {}, rssGoalBytes: (64 + 8 * layout.volumes) * 2 ** 20, primaryMemory: undefined,
+      layout, iops, ratio, perVolumeIopsMin: 1, perVolumeIopsMax: 1, latP99Us: 1, cpuUsPerOp: 1, cpuUsPerOpBy: {}, rssBytesPeak: mem(rssMib), rssBytesAtRest: mem(rssMib), idleCpuMsPerS: {}, rssGoalBytes: (64 + 8 * layout.volumes) * 2 ** 20, primaryMemory: undefined, anonymousBytes: {},
     });
     const fo = (layout: typeof one, ms: number) => ({ layout, runs: 1, promoteFirstMs: ms, promoteAllMs: ms, writeFirstMs: ms, writeAllMs: ms, resyncMs: ms });
     const g = goalsOf([row(one, 1000, 1, 100), row(many, 900, 0.9, 190)], [fo(one, 1000), fo(many, 1600)]);
