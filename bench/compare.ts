@@ -349,24 +349,42 @@ interface FioWrite {
   lat_ns: { mean: number };
 }
 
-export function parseFio(stdout: string): { iops: number; ops: number; mibPerSecond: number; latMeanUs: number; latP50Us: number; latP99Us: number } {
-  // fio's nbd engine prints "fio: connected to NBD server" before the JSON document.
+export interface FioJobResult {
+  name: string;
+  iops: number;
+  ops: number;
+  mibPerSecond: number;
+  latMeanUs: number;
+  latP50Us: number;
+  latP99Us: number;
+}
+
+/** Every job of fio's JSON output, in order (a job that failed is an error naming it). */
+export function parseFioJobs(stdout: string): FioJobResult[] {
+  // fio's nbd engine prints "fio: connected to NBD server" (once per job) before the JSON document.
   const start = stdout.indexOf('{');
   if (start < 0) throw new Error(`fio printed no JSON: ${stdout.slice(0, 300)}`);
-  const doc = JSON.parse(stdout.slice(start)) as { jobs: { error: number; write: FioWrite }[] };
-  const job = doc.jobs[0];
-  if (job === undefined) throw new Error('fio JSON has no job');
-  if (job.error !== 0) throw new Error(`fio job failed with error ${job.error}`);
-  const w = job.write;
-  const pct = w.clat_ns.percentile ?? {};
-  return {
-    iops: w.iops,
-    ops: w.total_ios,
-    mibPerSecond: w.bw_bytes / 2 ** 20,
-    latMeanUs: w.lat_ns.mean / 1000,
-    latP50Us: (pct['50.000000'] ?? NaN) / 1000,
-    latP99Us: (pct['99.000000'] ?? NaN) / 1000,
-  };
+  const doc = JSON.parse(stdout.slice(start)) as { jobs: { jobname: string; error: number; write: FioWrite }[] };
+  if (doc.jobs.length === 0) throw new Error('fio JSON has no job');
+  return doc.jobs.map((job) => {
+    if (job.error !== 0) throw new Error(`fio job ${job.jobname} failed with error ${job.error}`);
+    const w = job.write;
+    const pct = w.clat_ns.percentile ?? {};
+    return {
+      name: job.jobname,
+      iops: w.iops,
+      ops: w.total_ios,
+      mibPerSecond: w.bw_bytes / 2 ** 20,
+      latMeanUs: w.lat_ns.mean / 1000,
+      latP50Us: (pct['50.000000'] ?? NaN) / 1000,
+      latP99Us: (pct['99.000000'] ?? NaN) / 1000,
+    };
+  });
+}
+
+export function parseFio(stdout: string): { iops: number; ops: number; mibPerSecond: number; latMeanUs: number; latP50Us: number; latP99Us: number } {
+  const { name: _name, ...first } = parseFioJobs(stdout)[0]!;
+  return first;
 }
 
 export async function runFio(uri: string, p: Point, seconds: number): Promise<ReturnType<typeof parseFio>> {
@@ -375,7 +393,7 @@ export async function runFio(uri: string, p: Point, seconds: number): Promise<Re
   return parseFio(stdout);
 }
 
-function rssBytes(pid: number): number | undefined {
+export function rssBytes(pid: number): number | undefined {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) * 1024 : undefined;
@@ -385,7 +403,7 @@ function rssBytes(pid: number): number | undefined {
 }
 
 /** Samples RSS of each pid until stopped; returns the peak per name. */
-function rssSampler(pids: Record<string, number>): () => Record<string, number> {
+export function rssSampler(pids: Record<string, number>): () => Record<string, number> {
   const peak: Record<string, number> = {};
   const sample = () => {
     for (const [name, pid] of Object.entries(pids)) {
@@ -417,7 +435,7 @@ export function cpuSeconds(pid: number): number | undefined {
 }
 
 /** CPU seconds of each named process now. */
-function cpuNow(pids: Record<string, number>): Record<string, number> {
+export function cpuNow(pids: Record<string, number>): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [name, pid] of Object.entries(pids)) {
     const s = cpuSeconds(pid);
@@ -436,13 +454,13 @@ export function gcSecondsOf(metrics: string): number {
 
 // ---- the run -----------------------------------------------------------------------------------
 
-const median = (xs: number[]): number => {
+export const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-async function toolVersion(cmd: string, args: string[]): Promise<string> {
+export async function toolVersion(cmd: string, args: string[]): Promise<string> {
   try {
     const { stdout } = await run(cmd, args);
     return stdout.split('\n')[0]!.trim();

@@ -15,7 +15,8 @@
 import { Command } from 'commander';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { Cluster, NbdWriter, prng, sleep, type PlannedWrite } from '../test/e2e/harness.js';
+import { Cluster, NbdWriter, sleep } from '../test/e2e/harness.js';
+import { connectBy, keepWriting, writesForever } from './writers.js';
 
 interface Run {
   timeoutMs: number;
@@ -26,28 +27,6 @@ interface Run {
 
 const MiB = 1024 * 1024;
 
-/** Endless 4 KiB writes at random block-aligned offsets (distinct content per write). */
-function writesForever(volumeBytes: number, seed: number): () => PlannedWrite {
-  const rnd = prng(seed);
-  let index = 0;
-  return () => {
-    const data = Buffer.alloc(4096, index & 0xff);
-    data.writeUInt32LE(index, 0);
-    return { index: index++, offsetBytes: Math.floor(rnd() * (volumeBytes / 4096)) * 4096, data };
-  };
-}
-
-async function connect(port: number, deadlineMs: number): Promise<NbdWriter> {
-  for (;;) {
-    try {
-      return await NbdWriter.connect(port);
-    } catch (err) {
-      if (Date.now() > deadlineMs) throw err;
-      await sleep(10);
-    }
-  }
-}
-
 async function once(timeoutMs: number, volumeBytes: number, seed: number): Promise<Run> {
   const c = await Cluster.create({ standby: 'backup', failoverTimeoutMs: timeoutMs, volumeBytes });
   try {
@@ -57,20 +36,7 @@ async function once(timeoutMs: number, volumeBytes: number, seed: number): Promi
     const next = writesForever(volumeBytes, seed);
     const w = await NbdWriter.connect(c.nbdPort);
     let stop = false;
-    const load = (async () => {
-      const inflight = new Set<Promise<void>>();
-      while (!stop) {
-        while (inflight.size < 8 && !stop) {
-          const p: Promise<void> = w.write(next()).catch(() => {
-            stop = true;
-          });
-          inflight.add(p);
-          void p.finally(() => inflight.delete(p));
-        }
-        await Promise.race(inflight);
-      }
-      await Promise.allSettled(inflight);
-    })();
+    const load = keepWriting(w, next, 8, () => stop);
     await sleep(1000);
     const killedAt = Date.now();
     await c.kill9('local');
@@ -78,7 +44,7 @@ async function once(timeoutMs: number, volumeBytes: number, seed: number): Promi
     await load;
     w.close();
 
-    const w2 = await connect(c.standbyNbdPort, Date.now() + 60_000);
+    const w2 = await connectBy(c.standbyNbdPort, Date.now() + 60_000);
     await w2.write(next());
     const firstAckAt = Date.now();
     w2.close();
