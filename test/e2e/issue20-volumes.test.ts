@@ -81,6 +81,17 @@ async function connectWhenUp(port: number, name: string, timeoutMs = waitMsMax):
   }
 }
 
+/** 1 MiB of seeded writes to each volume through the primary's export, one after the other; the writers, by volume. */
+async function writeEach(c: Cluster, vols: readonly { name: string; sizeBytes: number }[], seed: number): Promise<Map<string, NbdWriter>> {
+  const ws = new Map<string, NbdWriter>();
+  for (const v of vols) {
+    const w = await connectWhenUp(c.nbdPort, v.name);
+    ws.set(v.name, w);
+    for (const p of planWrites(seed, v.sizeBytes, MiB)) await w.write(p);
+  }
+  return ws;
+}
+
 describe('issue 20: 8 volumes in 2 consistency groups, primary + standby + 2 mirrors, one process per site', () => {
   it('lists every volume as its own export; after kill -9 of the primary mid-stream every acked write of every volume reads back and each group cut is a prefix of the record order', async () => {
     const c = await Cluster.create({ volumes, volumeBytes, cacheBytes: 64 * MiB, standby: 'backup', failoverTimeoutMs: 1500 });
@@ -203,12 +214,7 @@ describe('issue 20: 8 volumes in 2 consistency groups, primary + standby + 2 mir
       await c.start();
       await c.waitStatus('local', (s) => groupStatuses(s).length === 2 && groupStatuses(s).every((g) => g.peers.some((p) => p.name === 'backup' && p.sync === 'in-sync' && p.link === 'up')), 'backup in sync in every group');
       await c.waitStatus('wit', (s) => groupStatuses(s).length === 2 && groupStatuses(s).every((g) => g.peers.some((p) => p.name === 'local' && p.link === 'up')), 'the witness hears the primary in every group');
-      const ws = new Map<string, NbdWriter>();
-      for (const v of vols) {
-        const w = await connectWhenUp(c.nbdPort, v.name);
-        ws.set(v.name, w);
-        for (const p of planWrites(11, v.sizeBytes, MiB)) await w.write(p);
-      }
+      const ws = await writeEach(c, vols, 11);
       await c.kill9('local');
       await c.waitStatus('backup', (s) => groupStatuses(s).length === 2 && groupStatuses(s).every((g) => g.standby?.phase === 'primary'), 'every group promoted with the witness vote');
       // Each group's promotion counted the witness's answer (2 of 3 sites: backup and wit).
@@ -235,12 +241,7 @@ describe('issue 20: 8 volumes in 2 consistency groups, primary + standby + 2 mir
         await c.waitStatus('local', (s) => groupStatuses(s).length === 2 && groupStatuses(s).every((g) => g.coordinator?.authority === 'held'), 'local holds every group key');
         await c.waitStatus('backup', (s) => groupStatuses(s).every((g) => g.standby?.inSync === true && g.coordinator?.lease === 'held'), 'backup in sync and campaigning in every group');
         for (const g of ['g1', 'c']) expect(JSON.parse(etcd.get(`/geomirror/e2e/${g}/primary`)!)).toMatchObject({ site: 'local', epoch: '1' });
-        const ws = new Map<string, NbdWriter>();
-        for (const v of vols) {
-          const w = await connectWhenUp(c.nbdPort, v.name);
-          ws.set(v.name, w);
-          for (const p of planWrites(13, v.sizeBytes, MiB)) await w.write(p);
-        }
+        const ws = await writeEach(c, vols, 13);
         await c.kill9('local');
         await c.waitStatus('backup', (s) => groupStatuses(s).length === 2 && groupStatuses(s).every((g) => g.standby?.phase === 'primary'), 'every group promoted after winning its key');
         for (const g of ['g1', 'c']) {
