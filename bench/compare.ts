@@ -25,13 +25,14 @@
 // The primary's GC share: the growth of its nodejs_gc_duration_seconds (GET /metrics) over the
 // same run, divided by its CPU time. --systems and --points run a subset (for development; the
 // table in bench/README.md comes from full runs).
+import { benchMain } from './main.js';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { fetchStatus } from '../src/cli/status.js';
 import { adminCredentials, adminRequest } from '../src/cli/admin-client.js';
@@ -777,14 +778,7 @@ export function parseArgs(argv: string[]): CompareOptions {
   return o;
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  let opts: CompareOptions;
-  try {
-    opts = parseArgs(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`bench/compare: ${(e as Error).message}\n`);
-    process.exit(2);
-  }
+await benchMain(import.meta.url, 'compare', parseArgs, async (opts) => {
   const r = await runCompare(opts);
-  process.stdout.write(`\n${markdownReport(r, process.cwd())}\n\nwrote ${r.files.json} and ${r.files.svg}${opts.readme ? ` and ${opts.readme}` : ''}\n`);
-}
+  return `${markdownReport(r, process.cwd())}\n\nwrote ${r.files.json} and ${r.files.svg}${opts.readme ? ` and ${opts.readme}` : ''}`;
+});

@@ -28,11 +28,11 @@
 // 8 MiB per volume; failover with V volumes <= 1.5x one volume's. Output: bench/results/
 // fleet-<date>.md (and .json) and stdout. --profile runs the sites under node --cpu-prof and
 // appends each site's top self-time functions per layout.
+import { benchMain } from './main.js';
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import type { SiteStatus } from '../src/site/status.js';
 import { Cluster, fastLinkEnv, NbdWriter, sleep } from '../test/e2e/harness.js';
@@ -675,14 +675,7 @@ export function parseArgs(argv: string[]): FleetOptions {
   return o;
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  let opts: FleetOptions;
-  try {
-    opts = parseArgs(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`bench/fleet: ${(e as Error).message}\n`);
-    process.exit(2);
-  }
+await benchMain(import.meta.url, 'fleet', parseArgs, async (opts) => {
   const r = await runFleet(opts);
-  process.stdout.write(`\n${markdownReport(r)}\n\nwrote ${r.files.md} and ${r.files.json}\n`);
-}
+  return `${markdownReport(r)}\n\nwrote ${r.files.md} and ${r.files.json}`;
+});
