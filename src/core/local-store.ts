@@ -110,6 +110,8 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
   private readonly ops = new Map<OpId, Op<E>>();
   private localInflight = 0;
   private unflushed: E[] = [];
+  /** Bytes of the writes in `unflushed` (the flush-by-bytes rule). */
+  private unflushedBytes = 0;
   private flushing: { opId: OpId; covers: E[]; waiters: Barrier[] } | undefined;
   /** Barriers waiting for every write they cover to be stored. */
   private barriers: Barrier[] = [];
@@ -383,6 +385,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
       e.durable = true;
     } else {
       this.unflushed.push(e);
+      this.unflushedBytes += e.lengthBytes;
     }
     this.hooks.onStored?.(e);
   }
@@ -399,6 +402,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
       this.flushRetryAtMs = this.io.nowMs + backoffMs(this.flushFailures, storageRetryMsMin, storageRetryMsMax);
       this.io.logLimited('storage_flush_failed', repeatLogIntervalMs, 'error', 'storage_flush_failed', { message: sense.message, failures: this.flushFailures, retryInMs: Math.round(this.flushRetryAtMs - this.io.nowMs) });
       this.unflushed.unshift(...f.covers);
+      for (const e of f.covers) this.unflushedBytes += e.lengthBytes;
     } else {
       if (this.flushFailures > 0) this.io.log('info', 'storage_flush_recovered', { failures: this.flushFailures });
       this.flushFailures = 0;
@@ -423,12 +427,13 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
     if (this.flushing !== undefined || this.io.nowMs < this.flushRetryAtMs) return;
     const n = this.unflushed.length;
     const lim = this.cfg.limits;
-    const periodic = n > 0 && (n >= lim.flushAfterWritesMax || this.io.nowMs - this.lastFlushMs >= lim.flushIntervalMs || this.cacheBytes * 2 >= lim.cacheBytesMax);
+    const periodic = n > 0 && (n >= lim.flushAfterWritesMax || this.unflushedBytes >= lim.flushAfterBytesMax || this.io.nowMs - this.lastFlushMs >= lim.flushIntervalMs || this.cacheBytes * 2 >= lim.cacheBytesMax);
     if (!(this.ready.length > 0 || (urgent && n > 0) || periodic)) return;
     const opId = this.io.op(this);
     this.ops.set(opId, { kind: 'flush' });
     this.flushing = { opId, covers: this.unflushed, waiters: this.ready };
     this.unflushed = [];
+    this.unflushedBytes = 0;
     this.ready = [];
     this.io.push({ type: 'storageFlush', opId });
   }
@@ -483,7 +488,13 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
   }
 
   private drop(gone: E[]): void {
-    for (const e of gone) this.cacheBytes -= e.lengthBytes;
+    for (const e of gone) {
+      this.cacheBytes -= e.lengthBytes;
+      // Out of the journal's view, nothing reads its bytes again (a resend, a forward, a repair
+      // from the journal all look among `entries`; a replay after a crash reads the journal
+      // device): the site may reuse the buffer (issue 18 item 3, hal/payload-pool.ts).
+      if (e.payload.byteLength > 0) this.io.push({ type: 'payloadDone', payload: e.payload });
+    }
     assert(this.cacheBytes >= 0, 'cache accounting went negative');
     const keys = gone.filter((e) => e.inCache).map((e) => ({ epoch: e.epoch, seq: e.seq }));
     if (keys.length > 0) this.io.push({ type: 'cacheDrop', entries: keys });

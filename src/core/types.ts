@@ -266,7 +266,12 @@ export type CoreAction =
   | { type: 'bitmapClear'; peer: PeerId; regions: readonly number[] }
   /** Persist the meta record; completion `metaPersisted`. */
   | { type: 'metaPersist'; opId: OpId; meta: Meta }
-  | { type: 'log'; level: LogLevel; event: string; fields: Record<string, unknown> };
+  | { type: 'log'; level: LogLevel; event: string; fields: Record<string, unknown> }
+  /**
+   * Nothing reads this write payload any more (its entry left the journal's view): the site
+   * may reuse its buffer (hal/payload-pool.ts). No completion.
+   */
+  | { type: 'payloadDone'; payload: Uint8Array };
 
 // ---------------------------------------------------------------------------------------------
 // Named bounds (TigerBeetle style: every queue and window has a maximum, checked on insert)
@@ -293,6 +298,12 @@ export interface Limits {
   readonly flushIntervalMs: number;
   /** ... or once this many performed writes await a flush. */
   readonly flushAfterWritesMax: number;
+  /**
+   * ... or once performed writes of this many bytes await one: large writes then leave the
+   * journal (and give their buffers back, hal/payload-pool.ts) after a few MiB, not after half
+   * the cache (issue 18).
+   */
+  readonly flushAfterBytesMax: number;
   /** Seqs reserved per metaPersist (the persisted high-water mark a restarted primary resumes from). */
   readonly seqReserveChunk: bigint;
   /** Host flushes in flight at once (beyond: queued in the host queue). */
@@ -323,6 +334,7 @@ export const defaultLimits: Limits = {
   heartbeatIntervalMs: 1000,
   flushIntervalMs: 1000,
   flushAfterWritesMax: 64,
+  flushAfterBytesMax: 8 * 1024 * 1024,
   seqReserveChunk: 1n << 20n,
   flushesInflightMax: 16,
   mirrorReceiveQueueMax: 1024,

@@ -12,6 +12,7 @@
 // one chunk, else a fresh copy. The parser never writes into chunks it was given, so views stay
 // valid for as long as the caller holds them.
 
+import { hostWritePooledBytesMax, payloadPool } from '../../hal/payload-pool.js';
 import {
   IHAVEOPT,
   REQUEST_MAGIC,
@@ -225,7 +226,9 @@ export class NbdServerParser {
       this.advance(n);
       return view;
     }
-    const out = Buffer.allocUnsafe(n); // filled completely by the loop below
+    // Filled completely by the loop below. A large write payload comes from the site's pool:
+    // the local store gives it back once the write is journaled and performed (issue 18).
+    const out = n <= hostWritePooledBytesMax ? payloadPool.take(n) : Buffer.allocUnsafe(n);
     let filled = 0;
     while (filled < n) {
       const c = this.chunks[0]!;

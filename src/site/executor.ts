@@ -13,6 +13,7 @@
 // Cumulative acks coalesce: the newest ack for a peer, sent by the end of this turn (env.defer),
 // covers every earlier one (one frame per burst, not one per completed write). Never reordered:
 // any other message to that peer first sends the ack it would overtake.
+import { payloadPool } from '../../hal/payload-pool.js';
 import type { ByteRange, CacheEntry, CoreAction, CoreEvent, Epoch, HostError, LogLevel, Meta, PeerId, PeerMsg, Role, Seq, SenseInfo } from '../core/types.js';
 
 /** The battery-backed cache journal. */
@@ -222,6 +223,9 @@ export class Executor {
         break;
       case 'log':
         this.env.log(a.level, a.event, a.fields);
+        break;
+      case 'payloadDone':
+        payloadPool.give(a.payload);
         break;
     }
   }

@@ -11,6 +11,7 @@
 // a fresh buffer; do not use the socket `onread` buffer-reuse option with this parser). A
 // retained view keeps its whole chunk alive (up to 64 KiB per read): consumers that keep
 // payloads long (the cache) copy them into their own storage.
+import { payloadPool, payloadPoolMinBytes } from '../../hal/payload-pool.js';
 import { crc32, crc32Small } from './crc.js';
 import { ErrorCode, ProtocolError } from './errors.js';
 import {
@@ -125,7 +126,10 @@ export class FrameParser {
         continue;
       }
       if (this.bodyBuf === undefined) {
-        this.bodyBuf = Buffer.allocUnsafeSlow(this.bodyBytes);
+        // A large body (a write's payload) comes from the site's pool: the local store gives
+        // it back once the write is journaled and performed (issue 18); other bodies are
+        // garbage as before when their frame is done.
+        this.bodyBuf = this.bodyBytes >= payloadPoolMinBytes ? payloadPool.take(this.bodyBytes) : Buffer.allocUnsafeSlow(this.bodyBytes);
         this.bodyFilled = 0;
       }
       const n = Math.min(this.bodyBytes - this.bodyFilled, end - pos);

@@ -51,6 +51,7 @@ export function fmt(a: CoreAction): string | undefined {
     case 'bitmapClear': return `bitmapClear ${a.peer} [${a.regions.join(',')}]`;
     case 'metaPersist': return `metaPersist e${a.meta.epoch} reserved s${a.meta.seqReserved}`;
     case 'log': return undefined;
+    case 'payloadDone': return undefined; // recorded in Script.released
   }
 }
 
@@ -62,6 +63,8 @@ export class Script<R extends Role> {
   nowMs = 0;
   last: CoreAction[] = [];
   readonly logs: string[] = [];
+  /** Payloads the role let go (`payloadDone`, not listed among a step's actions): their lengths, in order. */
+  readonly released: number[] = [];
   /** Every I/O action issued and not yet completed, by a readable key. */
   private readonly open: CoreAction[] = [];
 
@@ -77,6 +80,7 @@ export class Script<R extends Role> {
     this.last = actions;
     for (const a of this.last) {
       if (a.type === 'log') this.logs.push(a.event);
+      if (a.type === 'payloadDone') this.released.push(a.payload.byteLength);
       if ('opId' in a) this.open.push(a);
     }
     return this.last.map(fmt).filter((x): x is string => x !== undefined);

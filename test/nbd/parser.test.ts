@@ -5,6 +5,7 @@ import fc from 'fast-check';
 import { NbdServerParser, type ParserEvent } from '../../src/nbd/parser.js';
 import { Cmd, IHAVEOPT, Opt, REQUEST_MAGIC } from '../../src/nbd/protocol.js';
 import { defaultNbdLimits, requestBytesMaxDefault } from '../../src/nbd/limits.js';
+import { hostWritePooledBytesMax, payloadPool } from '../../hal/payload-pool.js';
 
 const limits = { optionBytesMax: 64, optionDiscardBytesMax: 1024, writeBytesMax: 32 };
 
@@ -134,6 +135,27 @@ describe('NbdServerParser', () => {
     }
     p.feed(Buffer.alloc(10_000));
     expect(p.next()).toMatchObject({ type: 'request', payloadSkipped: true, lengthBytes: 1_000_000 });
+  });
+
+  it('takes a write payload of up to one host-write piece from the payload pool, a longer one not (a slot backs one write)', () => {
+    const p = new NbdServerParser({ optionBytesMax: defaultNbdLimits.optionBytesMax, optionDiscardBytesMax: defaultNbdLimits.optionDiscardBytesMax, writeBytesMax: defaultNbdLimits.requestBytesMax });
+    p.feed(Buffer.concat([flags, option(Opt.GO, Buffer.alloc(0))]));
+    p.next();
+    p.next();
+    p.startTransmission();
+    const pooled = (n: number): boolean => {
+      const before = payloadPool.stats();
+      p.feed(request(Cmd.WRITE, 1n, 0n, n));
+      for (let at = 0; at < n; at += 65536) p.feed(Buffer.alloc(Math.min(65536, n - at), 7));
+      const ev = p.next() as Extract<ParserEvent, { type: 'request' }>;
+      expect(ev.payload!.length).toBe(n);
+      expect(ev.payload!.every((b) => b === 7)).toBe(true);
+      const after = payloadPool.stats();
+      return after.allocated + after.reused > before.allocated + before.reused;
+    };
+    expect(pooled(hostWritePooledBytesMax)).toBe(true);
+    expect(pooled(hostWritePooledBytesMax + 4096)).toBe(false);
+    expect(pooled(2 * hostWritePooledBytesMax)).toBe(false);
   });
 
   it('hands a 48 MiB write through whole under the default limits (64 MiB, like nbdkit and nbd-server)', () => {

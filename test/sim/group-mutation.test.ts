@@ -34,7 +34,8 @@ class RecordReorderer extends Executor {
     this.feed({ type: 'storageWritten', opId: a.opId }); // "done": the next dependent record comes
     const storage = this.p.storage;
     if (storage === undefined) throw new Error('the reordering executor runs at a site with storage');
-    this.later(holdMs, () => storage.write(a.offsetBytes, a.payload, a.fua, () => undefined));
+    const bytes = a.payload.slice(); // its own copy: the core lets the buffer go once the write is "done" and flushed
+    this.later(holdMs, () => storage.write(a.offsetBytes, bytes, a.fua, () => undefined));
   }
 }
 

@@ -120,8 +120,27 @@ export class SimLife {
       defer: (fn) => this.later(0, fn),
       log: (level, event, fields) => hooks.log(level, event, fields),
       fatal: (err) => hooks.fatal(err),
-      ...(hooks.observe !== undefined ? { observe: hooks.observe } : {}),
+      observe: (a) => {
+        if (a.type === 'payloadDone') this.released(a.payload);
+        hooks.observe?.(a);
+      },
     });
+  }
+
+  /**
+   * Payload buffers this life let go (`payloadDone`; the real site reuses them for later
+   * writes, hal/payload-pool.ts). Using one again (journal, storage, a frame) or letting it go
+   * twice is a use after release: the sim fails the run there (issue 18).
+   */
+  private readonly releasedPayloads = new WeakSet<ArrayBufferLike>();
+
+  private released(p: Uint8Array): void {
+    if (this.releasedPayloads.has(p.buffer)) throw new Error(`payload of ${p.byteLength} bytes let go twice (payloadDone)`);
+    this.releasedPayloads.add(p.buffer);
+  }
+
+  private checkLive(p: Uint8Array, use: string): void {
+    if (this.releasedPayloads.has(p.buffer)) throw new Error(`${use} of a payload already let go (payloadDone): a reused buffer would carry another write's bytes`);
   }
 
   get live(): boolean {
@@ -159,6 +178,7 @@ export class SimLife {
     return {
       journal: {
         append: (entry, done) => {
+          this.checkLive(entry.payload, 'journal append');
           this.hooks.journalMoved?.();
           cache.append(entry);
           // Appends complete in issue order (contract 2).
@@ -176,6 +196,7 @@ export class SimLife {
       },
       storage: {
         write: (offsetBytes, payload, fua, done) => {
+          this.checkLive(payload, `storage write @${offsetBytes}`);
           const fault = this.hooks.writeFault?.(offsetBytes, payload);
           if (fault !== undefined) {
             this.later(d.writeMs(), () => {
@@ -225,7 +246,16 @@ export class SimLife {
         },
       },
       peers: {
-        send: (peer, msg) => this.hooks.send(peer, msg),
+        send: (peer, msg) => {
+          // A frame leaves as bytes (src/wire): the receiver gets its own copy of a payload,
+          // never the sender's buffer, which the sender may let go and reuse.
+          if (msg.type === 'write' || msg.type === 'resyncData') {
+            this.checkLive(msg.payload, `${msg.type} to ${peer}`);
+            this.hooks.send(peer, { ...msg, payload: msg.payload.slice() });
+          } else {
+            this.hooks.send(peer, msg);
+          }
+        },
         close: (peer, reason) => this.hooks.close(peer, reason),
       },
       host: { ack: (id, error, data) => this.hooks.ack(id, error, data) },

@@ -1,0 +1,116 @@
+// Reused buffers for large write payloads (issue 18 item 3).
+//
+// Why: a 1 MiB host write used to get a fresh 1 MiB ArrayBuffer at every site (the NBD parser at
+// the primary, the frame parser at each mirror), held until the journal let the entry go. Those
+// buffers outlive a scavenge or two, get promoted, and only a full mark-compact frees them: at
+// 1 MiB QD4 a site ran 8-10 mark-compacts a second and concurrent marking and sweeping took a
+// third of its CPU (perf, bench/README.md). A slot taken from here and given back when its
+// write is done is reused for the next write: no new external memory per write, nothing for
+// the collector to find.
+//
+// Ownership is the whole risk, so the rules are narrow:
+//  - `take(n)` hands out a view of a slot (a power-of-two size class from 64 KiB to 2 MiB; other
+//    sizes are plain allocations, which `give` ignores). One slot backs at most one write: the
+//    NBD parser pools host writes only up to `hostWritePooledBytesMax`.
+//  - `give(b)` is called by the one owner that knows nothing reads `b` any more: the local
+//    store, when the write's entry leaves the journal's view (the core emits `payloadDone`,
+//    src/core/local-store.ts); resends, forwards and repairs only ever look among the entries
+//    still there, and a replay after a crash reads the journal device. (Letting go earlier, once
+//    acked everywhere and performed but before the flush, was tried: the simulator showed
+//    entries re-sent after their acks, when a mirror or relay comes back claiming less than it
+//    acked.) Anything not given back is simply garbage: a refused write, a frame for a dead
+//    link. So a missed give costs speed, never data.
+//  - A slot given twice is refused and counted (`doubleGives`, which tests check is 0): two
+//    owners of one slot would be two writes sharing bytes.
+//  - At most `idleBytesMax` of slots wait in the free lists; beyond that a given slot is
+//    dropped for the collector, so the pool's resident size is bounded.
+// Frames carry their own CRC, computed when they were encoded: if a slot were ever reused
+// while a stale reference still sat in a socket's queue, the receiver would refuse the frame,
+// not store the bytes.
+
+/** Smallest pooled size: below it Node's own 8 KiB pool and socket chunk views do better. */
+export const payloadPoolMinBytes = 64 * 1024;
+/** Largest pooled size class: a frame carrying a 1 MiB write payload plus its own fields. */
+export const payloadPoolMaxBytes = 2 * 1024 * 1024;
+/**
+ * Largest host write (NBD) taken from the pool. It must not exceed the largest piece the core
+ * takes as ONE write (src/site/host-api.ts hostWriteChunkBytesMax, 1 MiB;
+ * test/site/payload-pool-bound.test.ts checks it): a longer host write is cut into pieces that
+ * are views of one buffer, and its slot would go back to the pool when the first piece left
+ * the journal while the others were still in it. Longer requests (up to 64 MiB) are rare and
+ * allocated. A frame is always one write, so the frame parser may pool up to the top class.
+ */
+export const hostWritePooledBytesMax = 1024 * 1024;
+/** Default bound on idle slots (per process: every volume group of a site shares it). */
+export const payloadPoolIdleBytesMax = 32 * 1024 * 1024;
+
+const minShift = 16; // 64 KiB
+const classes = 6; // 64 KiB .. 2 MiB
+
+function classOf(n: number): number {
+  let c = 0;
+  while ((1 << (minShift + c)) < n) c++;
+  return c;
+}
+
+export interface PayloadPoolStats {
+  /** Slots handed out that came from a free list. */
+  reused: number;
+  /** Slots allocated because the free list of their class was empty. */
+  allocated: number;
+  /** Given back while already free: an ownership bug (two owners), refused. */
+  doubleGives: number;
+  /** Bytes of slots waiting in the free lists. */
+  idleBytes: number;
+}
+
+export class PayloadPool {
+  private readonly free: Buffer[][] = Array.from({ length: classes }, () => []);
+  /** Every slot this pool made, by its ArrayBuffer: the whole slot and its class. */
+  private readonly slots = new WeakMap<ArrayBufferLike, { slot: Buffer; cls: number }>();
+  private readonly idle = new WeakSet<ArrayBufferLike>();
+  private readonly s: PayloadPoolStats = { reused: 0, allocated: 0, doubleGives: 0, idleBytes: 0 };
+
+  constructor(readonly idleBytesMax = payloadPoolIdleBytesMax) {}
+
+  /** A buffer of exactly `n` bytes (contents undefined), pooled when `n` is in the pooled range. */
+  take(n: number): Buffer {
+    if (n < payloadPoolMinBytes || n > payloadPoolMaxBytes) return Buffer.allocUnsafe(n);
+    const cls = classOf(n);
+    let slot = this.free[cls]!.pop();
+    if (slot !== undefined) {
+      this.idle.delete(slot.buffer);
+      this.s.idleBytes -= slot.length;
+      this.s.reused++;
+    } else {
+      slot = Buffer.allocUnsafeSlow(1 << (minShift + cls));
+      this.slots.set(slot.buffer, { slot, cls });
+      this.s.allocated++;
+    }
+    return slot.subarray(0, n);
+  }
+
+  /**
+   * Nothing reads `b` (or any other view of its slot: a frame's payload is a view past the
+   * frame's own fields) any more: the slot may serve the next take(). Not a pool buffer: ignored.
+   */
+  give(b: Uint8Array): void {
+    const known = this.slots.get(b.buffer);
+    if (known === undefined) return;
+    if (this.idle.has(b.buffer)) {
+      this.s.doubleGives++;
+      return;
+    }
+    if (this.s.idleBytes + known.slot.length > this.idleBytesMax) return;
+    this.idle.add(b.buffer);
+    this.s.idleBytes += known.slot.length;
+    this.free[known.cls]!.push(known.slot);
+  }
+
+  stats(): Readonly<PayloadPoolStats> {
+    return { ...this.s };
+  }
+}
+
+/** The process's pool: the NBD and frame parsers take from it, the executor gives back. */
+export const payloadPool = new PayloadPool();

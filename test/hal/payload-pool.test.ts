@@ -1,0 +1,46 @@
+// hal/payload-pool.ts: large write payloads reuse slots; ownership mistakes are refused.
+import { describe, expect, it } from 'vitest';
+import { PayloadPool, payloadPoolMaxBytes, payloadPoolMinBytes } from '../../hal/payload-pool.js';
+
+describe('payload pool (issue 18)', () => {
+  it('hands a given-back slot to the next take of its size class, whole-slot views included', () => {
+    const p = new PayloadPool();
+    const a = p.take(1024 * 1024);
+    expect(a.length).toBe(1024 * 1024);
+    p.give(a.subarray(40)); // a frame's payload is a view past the frame's own fields
+    const b = p.take(1000 * 1024); // same class (1 MiB)
+    expect(b.buffer).toBe(a.buffer);
+    expect(b.length).toBe(1000 * 1024);
+    expect(p.stats()).toMatchObject({ allocated: 1, reused: 1, doubleGives: 0, idleBytes: 0 });
+    const c = p.take(1024 * 1024); // the slot is out again: a new one
+    expect(c.buffer).not.toBe(a.buffer);
+  });
+
+  it('refuses a second give of one slot: two owners would share bytes', () => {
+    const p = new PayloadPool();
+    const a = p.take(256 * 1024);
+    p.give(a);
+    p.give(a);
+    expect(p.stats().doubleGives).toBe(1);
+    const x = p.take(256 * 1024);
+    const y = p.take(256 * 1024);
+    expect(x.buffer).not.toBe(y.buffer);
+  });
+
+  it('leaves small, huge and foreign buffers alone', () => {
+    const p = new PayloadPool();
+    const small = p.take(payloadPoolMinBytes - 1);
+    const huge = p.take(payloadPoolMaxBytes + 1);
+    p.give(small);
+    p.give(huge);
+    p.give(Buffer.alloc(1024 * 1024));
+    expect(p.stats()).toMatchObject({ allocated: 0, reused: 0, idleBytes: 0 });
+  });
+
+  it('keeps at most idleBytesMax of idle slots', () => {
+    const p = new PayloadPool(2 * 1024 * 1024);
+    const bufs = [p.take(1024 * 1024), p.take(1024 * 1024), p.take(1024 * 1024)];
+    for (const b of bufs) p.give(b);
+    expect(p.stats().idleBytes).toBe(2 * 1024 * 1024);
+  });
+});
