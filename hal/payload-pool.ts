@@ -42,7 +42,7 @@ export const payloadPoolMaxBytes = 2 * 1024 * 1024;
  */
 export const hostWritePooledBytesMax = 1024 * 1024;
 /** Default bound on idle slots (per process: every volume group of a site shares it). */
-export const payloadPoolIdleBytesMax = 32 * 1024 * 1024;
+export const payloadPoolIdleBytesMax = 16 * 1024 * 1024;
 
 const minShift = 16; // 64 KiB
 const classes = 6; // 64 KiB .. 2 MiB
