@@ -99,10 +99,18 @@ export interface ReplayResult {
   readonly tailHeaderPositions: number[];
 }
 
-/** Reads the ring through a window so replay does a few big reads, not two per entry. */
+/**
+ * Reads the ring through a window so replay does a few big reads, not two per entry. Where the
+ * device can read into a given buffer, the window is one buffer reused for the whole pass: a
+ * view it returns is valid until the next get() (headers are decoded at once; a payload is
+ * copied out once its checksum holds). A fresh buffer per window left ~80 MiB of garbage per
+ * start of a site with a 64 MiB cache, resident until a mark-compact that an idle site may not
+ * run for a long time (issue 18, RSS).
+ */
 class WindowReader {
   private static readonly windowBytes = 4 * 1024 * 1024;
   private buf: Buffer = Buffer.alloc(0);
+  private filled = 0;
   private start = 0;
   constructor(
     private readonly device: CacheDevice,
@@ -110,9 +118,15 @@ class WindowReader {
   ) {}
 
   async get(pos: number, lengthBytes: number): Promise<Buffer> {
-    if (pos < this.start || pos + lengthBytes > this.start + this.buf.byteLength) {
+    if (pos < this.start || pos + lengthBytes > this.start + this.filled) {
       const len = Math.min(Math.max(lengthBytes, WindowReader.windowBytes), this.endBytes - pos);
-      this.buf = await this.device.read(pos, len); // a new buffer each time: old views stay valid
+      if (this.device.readInto !== undefined) {
+        if (this.buf.byteLength < len) this.buf = Buffer.allocUnsafe(Math.max(len, WindowReader.windowBytes));
+        await this.device.readInto(this.buf, pos, len);
+      } else {
+        this.buf = await this.device.read(pos, len);
+      }
+      this.filled = len;
       this.start = pos;
     }
     return this.buf.subarray(pos - this.start, pos - this.start + lengthBytes);
@@ -216,7 +230,8 @@ class RingView {
       throw sense.mediumRead(this.device.name, undefined, `cache replay checksummed more than twice the ring (${this.capacityBytes} bytes); the journal is corrupt`);
     }
     const payload = await this.reader.get(f.at + f.h.headerBytes, f.h.payloadBytes);
-    return crc32(payload) === f.h.payloadCrc ? payload : undefined;
+    // A copy: the reader reuses its window for the next read.
+    return crc32(payload) === f.h.payloadCrc ? Buffer.from(payload) : undefined;
   }
 
   /**

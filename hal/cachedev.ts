@@ -54,6 +54,11 @@ export interface CacheDevice {
   readonly writevNow?: (buffers: readonly Uint8Array[], offsetBytes: number) => void;
   /** Reads `lengthBytes` bytes at `offsetBytes` into a new buffer. */
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  /**
+   * Optional: reads into the start of `into` (at least `lengthBytes` long), so a reader that
+   * scans the whole ring (replay) reuses one buffer instead of leaving a garbage buffer per read.
+   */
+  readInto?(into: Buffer, offsetBytes: number, lengthBytes: number): Promise<void>;
   /** Makes completed writes durable (fdatasync; no-op in RAM). */
   sync(): Promise<void>;
   close(): Promise<void>;
@@ -252,6 +257,14 @@ export class FileCacheDevice implements CacheDevice {
     if (this.closed) throw sense.notPresent(this.name);
     checkAccess(this, offsetBytes, lengthBytes);
     const out = Buffer.allocUnsafe(lengthBytes);
+    await this.readInto(out, offsetBytes, lengthBytes);
+    return out;
+  }
+
+  async readInto(out: Buffer, offsetBytes: number, lengthBytes: number): Promise<void> {
+    if (this.closed) throw sense.notPresent(this.name);
+    checkAccess(this, offsetBytes, lengthBytes);
+    if (out.byteLength < lengthBytes) throw new RangeError(`readInto: a ${out.byteLength}-byte buffer cannot take ${lengthBytes} bytes`);
     try {
       let doneBytes = 0;
       while (doneBytes < lengthBytes) {
@@ -262,7 +275,6 @@ export class FileCacheDevice implements CacheDevice {
     } catch (err) {
       throw mapFsError(this.name, 'read', undefined, err);
     }
-    return out;
   }
 
   async sync(): Promise<void> {

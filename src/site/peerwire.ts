@@ -1,7 +1,9 @@
 // Maps the core's abstract peer messages (src/core/types.ts PeerMsg) onto wire frames
 // (src/wire, docs/PROTOCOL.md) and back. The core never sees bytes; the wire never sees roles.
 // Payloads cross as views both ways (no copy): a WRITE's data view is handed to the core, which
-// hands it to the cache journal; the parser never reuses memory it handed out.
+// hands it to the cache journal. The parser takes a large body from the site's payload pool,
+// which hands that memory out again only after the core let the write go (payloadDone, when
+// its entry left the journal's view: hal/payload-pool.ts).
 import type { ByteRange, PeerMsg, SenseInfo } from '../core/types.js';
 import { AckStatus, WriteFlags, heardAgoMsMax, heardAgoNever, type DataMessage, type ResyncRange } from '../wire/index.js';
 

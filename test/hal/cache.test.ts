@@ -67,6 +67,30 @@ describe('CacheJournal', () => {
     }
   });
 
+  it('a file journal replays many MiB of entries byte-exact through its one reused read window', async () => {
+    // 48 entries of 256 KiB..512 KiB: the ring holds ~18 MiB, several 4 MiB replay windows,
+    // with entries straddling window ends. Each payload must come back as written, not as
+    // bytes of a later window (the window buffer is reused, issue 18).
+    const dir = await mkdtemp(join(tmpdir(), 'gm-cache-window-'));
+    try {
+      const path = join(dir, 'c.cache');
+      const big = 32 * 1024 * 1024;
+      const { journal } = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes: big }));
+      const lens = Array.from({ length: 48 }, (_, i) => (256 + (i * 37) % 257) * 1024);
+      for (let i = 1; i <= lens.length; i++) await journal.append(meta(i), payloadFor(i, lens[i - 1]!));
+      const { journal: j2, recovered } = await CacheJournal.open(await openFileCacheDevice(path, { sizeBytes: big }));
+      expect(seqs(recovered)).toEqual(lens.map((_, i) => i + 1));
+      for (const r of recovered) {
+        const i = Number(r.handle.seq);
+        expect(r.payload.equals(payloadFor(i, lens[i - 1]!)), `payload of entry ${i}`).toBe(true);
+      }
+      await j2.close();
+      await journal.close().catch(() => undefined);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('keeps u64 epoch and seq exact past 2^53', async () => {
     const dev = new MemoryCacheDevice('memory:c', sizeBytes);
     const { journal } = await CacheJournal.open(dev);
