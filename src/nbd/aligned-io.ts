@@ -30,7 +30,7 @@ export async function writeRange(exp: NbdExport, lock: RangeLock, offsetBytes: n
   const end = offsetBytes + data.length;
   const a0 = floorTo(offsetBytes, b);
   const a1 = ceilTo(end, b);
-  const release = await lock.acquire(a0, a1);
+  const release = lock.tryAcquire(a0, a1) ?? (await lock.acquire(a0, a1));
   try {
     if (a0 === offsetBytes && a1 === end) {
       await exp.write(offsetBytes, data, { fua });

@@ -29,16 +29,21 @@ export class RangeLock {
   }
 
   acquire(start: number, end: number): Promise<Release> {
-    if (!(end > start)) throw new Error(`range lock: empty or inverted range [${start}, ${end})`);
-    const r: Range = { start, end };
-    if (!this.overlapsHeld(r) && !this.waiters.some((w) => overlaps(w, r))) {
-      this.held.add(r);
-      return Promise.resolve(this.releaser(r));
-    }
+    const now = this.tryAcquire(start, end);
+    if (now !== undefined) return Promise.resolve(now);
     return new Promise<Release>((resolve) => {
       const w: Waiter = { start, end, grant: () => resolve(this.releaser(w)) };
       this.waiters.push(w);
     });
+  }
+
+  /** The lock at once if nothing held or waiting overlaps (the same rule as acquire), else undefined: no promise on the common path. */
+  tryAcquire(start: number, end: number): Release | undefined {
+    if (!(end > start)) throw new Error(`range lock: empty or inverted range [${start}, ${end})`);
+    const r: Range = { start, end };
+    if (this.overlapsHeld(r) || this.waiters.some((w) => overlaps(w, r))) return undefined;
+    this.held.add(r);
+    return this.releaser(r);
   }
 
   private releaser(r: Range): Release {

@@ -63,6 +63,12 @@ export class HostApi implements HostPort {
 
   /** Writes `data` at `offsetBytes` through replication; resolves when every in-sync site executed it. */
   async write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void> {
+    if (data.byteLength <= hostWriteChunkBytesMax) {
+      // One piece (every write up to 1 MiB): no array of promises to gather.
+      await this.submit((id) => ({ type: 'hostWrite', id, offsetBytes, lengthBytes: data.byteLength, fua, payload: data }));
+      this.site.wrote(data.byteLength);
+      return;
+    }
     const parts: Promise<unknown>[] = [];
     for (let at = 0; at < data.byteLength; at += hostWriteChunkBytesMax) {
       const piece = data.subarray(at, Math.min(data.byteLength, at + hostWriteChunkBytesMax));

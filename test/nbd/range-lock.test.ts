@@ -23,6 +23,22 @@ describe('RangeLock', () => {
     expect(lock.size).toBe(0);
   });
 
+  it('tryAcquire grants at once by the same rule, and never overtakes an overlapping waiter', async () => {
+    const lock = new RangeLock();
+    const a = lock.tryAcquire(0, 4096)!;
+    expect(a).toBeTypeOf('function');
+    expect(lock.tryAcquire(0, 512)).toBeUndefined(); // overlaps held a
+    const waiting = lock.acquire(0, 8192); // waits for a
+    expect(lock.tryAcquire(4096, 8192)).toBeUndefined(); // free, but overlaps the waiter: FIFO
+    const far = lock.tryAcquire(8192, 12288)!;
+    expect(far).toBeTypeOf('function');
+    a();
+    (await waiting)();
+    far();
+    expect(lock.size).toBe(0);
+    expect(() => lock.tryAcquire(7, 7)).toThrow(/empty/);
+  });
+
   it('rejects empty ranges', () => {
     expect(() => new RangeLock().acquire(5, 5)).toThrow(/empty/);
   });
