@@ -20,8 +20,10 @@
 //    entries re-sent after their acks, when a mirror or relay comes back claiming less than it
 //    acked.) Anything not given back is simply garbage: a refused write, a frame for a dead
 //    link. So a missed give costs speed, never data.
-//  - A slot given twice is refused and counted (`doubleGives`, which tests check is 0): two
-//    owners of one slot would be two writes sharing bytes.
+//  - A slot given back while it already waits in a free list is refused and counted
+//    (`doubleGives`; the simulator fails a run on any double release or use after release,
+//    test/sim/world.ts). A give from a stale owner after the slot was taken again cannot be
+//    told apart here: that is why exactly one place, the local store's drop, gives back.
 //  - At most `idleBytesMax` of slots wait in the free lists; beyond that a given slot is
 //    dropped for the collector, so the pool's resident size is bounded.
 // Frames carry their own CRC, computed when they were encoded: if a slot were ever reused
