@@ -257,7 +257,7 @@ export class FileCacheDevice implements CacheDevice {
     if (this.closed) throw sense.notPresent(this.name);
     checkAccess(this, offsetBytes, lengthBytes);
     const out = Buffer.allocUnsafe(lengthBytes);
-    await this.readInto(out, offsetBytes, lengthBytes);
+    await this.fill(out, offsetBytes, lengthBytes);
     return out;
   }
 
@@ -265,6 +265,11 @@ export class FileCacheDevice implements CacheDevice {
     if (this.closed) throw sense.notPresent(this.name);
     checkAccess(this, offsetBytes, lengthBytes);
     if (out.byteLength < lengthBytes) throw new RangeError(`readInto: a ${out.byteLength}-byte buffer cannot take ${lengthBytes} bytes`);
+    await this.fill(out, offsetBytes, lengthBytes);
+  }
+
+  /** Reads `lengthBytes` at `offsetBytes` into `out` (checked by the caller), looping over short reads. */
+  private async fill(out: Buffer, offsetBytes: number, lengthBytes: number): Promise<void> {
     try {
       let doneBytes = 0;
       while (doneBytes < lengthBytes) {

@@ -65,17 +65,17 @@ export class HostApi implements HostPort {
   async write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void> {
     if (data.byteLength <= hostWriteChunkBytesMax) {
       // One piece (every write up to 1 MiB): no array of promises to gather.
-      await this.submit((id) => ({ type: 'hostWrite', id, offsetBytes, lengthBytes: data.byteLength, fua, payload: data }));
-      this.site.wrote(data.byteLength);
-      return;
+      await this.writePiece(offsetBytes, data, fua);
+    } else {
+      const parts: Promise<unknown>[] = [];
+      for (let at = 0; at < data.byteLength; at += hostWriteChunkBytesMax) parts.push(this.writePiece(offsetBytes + at, data.subarray(at, Math.min(data.byteLength, at + hostWriteChunkBytesMax)), fua));
+      await Promise.all(parts);
     }
-    const parts: Promise<unknown>[] = [];
-    for (let at = 0; at < data.byteLength; at += hostWriteChunkBytesMax) {
-      const piece = data.subarray(at, Math.min(data.byteLength, at + hostWriteChunkBytesMax));
-      parts.push(this.submit((id) => ({ type: 'hostWrite', id, offsetBytes: offsetBytes + at, lengthBytes: piece.byteLength, fua, payload: piece })));
-    }
-    await Promise.all(parts);
     this.site.wrote(data.byteLength);
+  }
+
+  private writePiece(offsetBytes: number, piece: Uint8Array, fua: boolean): Promise<Uint8Array | undefined> {
+    return this.submit((id) => ({ type: 'hostWrite', id, offsetBytes, lengthBytes: piece.byteLength, fua, payload: piece }));
   }
 
   /** Barrier: every write acked before this call is durable on every in-sync site's storage. */
