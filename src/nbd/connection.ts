@@ -15,6 +15,7 @@
 
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
+import { readInto } from '../net/read-into.js';
 import type { NbdTlsOptions } from './tls.js';
 import { clientHelloOffersPsk, nbdTlsClientProblem, tlsHelloBytesMax } from './tls.js';
 import { NbdServerParser, type ParserEvent } from './parser.js';
@@ -60,6 +61,9 @@ export interface ConnectionHost {
   readonly budget: ByteBudget;
   closed(conn: Connection): void;
 }
+
+/** Size of a connection's reused read buffer (what libuv reads per call by default). */
+const nbdReadBufferBytes = 64 * 1024;
 
 /** Context id we hand out for base:allocation (any nonzero-or-zero u32 is fine; we use 1). */
 const baseAllocationContextId = 1;
@@ -115,6 +119,10 @@ export class Connection {
     this.address = socket.remoteAddress ?? '?';
     socket.setNoDelay(true); // spec: "both the client and server SHOULD disable Nagle's algorithm"
     this.attach(socket);
+    // Without NBD TLS (the default), reads land in one reused buffer per connection instead of
+    // a fresh 64 KiB one each (src/net/read-into.ts); the parser copies what it keeps. With TLS
+    // configured, STARTTLS needs the socket's own read buffering, so 'data' events stay.
+    if (host.tls === undefined) readInto(socket, Buffer.allocUnsafeSlow(nbdReadBufferBytes), this.onRead);
     socket.on('close', () => this.onClose());
     this.handshakeTimer = setTimeout(() => this.hardDisconnect(`still negotiating after ${l.handshakeTimeoutMs} ms`), l.handshakeTimeoutMs);
     this.handshakeTimer.unref();
@@ -126,6 +134,14 @@ export class Connection {
     if (this.stopReading) return void this.socket.pause(); // nothing may follow DISC/ABORT; drop it
     this.parser.feed(chunk);
     this.pump();
+  };
+  /** A read into the reused buffer: everything the parser keeps is copied before we return. */
+  private readonly onRead = (bytes: number, buffer: Buffer): void => {
+    this.progress = 1;
+    if (this.stopReading) return void this.socket.pause();
+    this.parser.feed(buffer.subarray(0, bytes), true);
+    this.pump();
+    this.parser.settle();
   };
   private readonly onDrain = (): void => {
     this.clearStall();

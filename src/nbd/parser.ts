@@ -9,8 +9,11 @@
 // and reported, so the connection answers with the spec's error and stays in sync.
 //
 // Payload lifetime: a payload is a subarray view of the chunks given to feed() when it lies in
-// one chunk, else a fresh copy. The parser never writes into chunks it was given, so views stay
-// valid for as long as the caller holds them.
+// one chunk, else a copy filled as its bytes arrive (a pool slot up to hostWritePooledBytesMax).
+// The parser never writes into chunks it was given, so views stay valid for as long as the
+// caller holds them. A chunk fed as `transient` (a socket's reused read buffer,
+// src/net/read-into.ts) is read into again after the caller returns: nothing taken from it is a
+// view (small pieces are copied to a slab), and settle() copies what is left of it.
 
 import { hostWritePooledBytesMax, payloadPool } from '../../hal/payload-pool.js';
 import {
@@ -56,7 +59,7 @@ type Pending =
   | { kind: 'optionData'; option: number; lengthBytes: number }
   | { kind: 'writeAdmit'; header: RequestHeader }
   | { kind: 'optionSkip'; option: number; lengthBytes: number; leftBytes: number }
-  | { kind: 'writeData'; header: RequestHeader }
+  | { kind: 'writeData'; header: RequestHeader; buf: Buffer | undefined; filled: number }
   | { kind: 'writeSkip'; header: RequestHeader; leftBytes: number };
 
 interface RequestHeader {
@@ -73,6 +76,10 @@ export class NbdServerParser {
   private bufferedBytes = 0;
   private pending: Pending | undefined;
   private phaseNow: ParserPhase = 'clientFlags';
+  /** The last chunk fed, when it was fed as transient (see settle()). */
+  private transient: Buffer | undefined;
+  private slab = Buffer.alloc(0);
+  private slabUsed = 0;
 
   /**
    * `admitWrite` is asked for a write's payload bytes after its header is parsed and before any
@@ -100,7 +107,7 @@ export class NbdServerParser {
 
   /** Bytes held (fed but not yet consumed): bounded by one message plus one chunk. */
   get heldBytes(): number {
-    return this.bufferedBytes;
+    return this.bufferedBytes + (this.pending?.kind === 'writeData' ? this.pending.filled : 0);
   }
 
   /** True when a message is partly received (a clean EOF is one that leaves this false). */
@@ -108,10 +115,34 @@ export class NbdServerParser {
     return this.pending !== undefined || this.bufferedBytes > 0;
   }
 
-  feed(chunk: Buffer): void {
+  /**
+   * `transient`: the chunk's memory is reused once the caller returns; the caller pulls what it
+   * can with next() and then calls settle() before returning.
+   */
+  feed(chunk: Buffer, transient = false): void {
     if (this.phaseNow === 'dead' || chunk.length === 0) return;
     this.chunks.push(chunk);
     this.bufferedBytes += chunk.length;
+    this.transient = transient ? chunk : undefined;
+  }
+
+  /**
+   * The transient chunk is about to be reused: move a partly received write payload on into its
+   * own buffer and copy whatever else of the chunk is still unconsumed (a split header, a small
+   * partial payload).
+   */
+  settle(): void {
+    const t = this.transient;
+    if (t === undefined) return;
+    this.transient = undefined;
+    const p = this.pending;
+    if (p?.kind === 'writeData') this.fill(p);
+    const last = this.chunks.length - 1;
+    if (last < 0 || this.chunks[last] !== t) return;
+    if (last === 0) {
+      this.chunks[0] = Buffer.from(t.subarray(this.headOffset));
+      this.headOffset = 0;
+    } else this.chunks[last] = Buffer.from(t);
   }
 
   /** Called by the connection when NBD_OPT_GO succeeded or NBD_OPT_EXPORT_NAME was accepted. */
@@ -189,13 +220,20 @@ export class NbdServerParser {
       }
       case 'writeAdmit': {
         if (!this.admitWrite(p.header.lengthBytes)) return undefined;
-        this.pending = { kind: 'writeData', header: p.header };
+        this.pending = { kind: 'writeData', header: p.header, buf: undefined, filled: 0 };
         return this.continuePending(this.pending);
       }
       case 'writeData': {
-        if (this.bufferedBytes < p.header.lengthBytes) return undefined;
+        if (p.buf === undefined) {
+          if (this.bufferedBytes >= p.header.lengthBytes) {
+            this.pending = undefined;
+            return request(p.header, this.take(p.header.lengthBytes), false);
+          }
+          if (this.transient === undefined) return undefined; // wait: it may yet arrive in one chunk
+        }
+        if (!this.fill(p)) return undefined;
         this.pending = undefined;
-        return request(p.header, this.take(p.header.lengthBytes), false);
+        return request(p.header, p.buf, false);
       }
       case 'optionSkip':
       case 'writeSkip': {
@@ -216,28 +254,50 @@ export class NbdServerParser {
     return { type: 'fatal', reason };
   }
 
+  /** Moves buffered bytes into a write's payload buffer; true once it is complete. */
+  private fill(p: Extract<Pending, { kind: 'writeData' }>): boolean {
+    const n = p.header.lengthBytes;
+    if (p.buf === undefined) p.buf = payloadBuffer(n);
+    p.filled += this.copyInto(p.buf, p.filled, Math.min(n - p.filled, this.bufferedBytes));
+    return p.filled === n;
+  }
+
   /** Consumes n buffered bytes (caller checked n <= bufferedBytes): a view if in one chunk. */
   private take(n: number): Buffer {
     if (n === 0) return Buffer.alloc(0);
     const first = this.chunks[0]!;
     const availableInFirst = first.length - this.headOffset;
-    if (n <= availableInFirst) {
+    if (n <= availableInFirst && first !== this.transient) {
       const view = first.subarray(this.headOffset, this.headOffset + n);
       this.advance(n);
       return view;
     }
-    // Filled completely by the loop below. A large write payload comes from the site's pool:
-    // the local store gives it back once the write is journaled and performed (issue 18).
-    const out = n <= hostWritePooledBytesMax ? payloadPool.take(n) : Buffer.allocUnsafe(n);
+    let out: Buffer;
+    if (n <= availableInFirst && n < slabCopyBytesMax) {
+      // From a transient chunk: small pieces to the slab, filled front to back and never
+      // written behind (a retained piece keeps its 64 KiB slab alive, as a view kept a chunk).
+      if (this.slab.length - this.slabUsed < n) {
+        this.slab = Buffer.allocUnsafeSlow(slabBytes);
+        this.slabUsed = 0;
+      }
+      out = this.slab.subarray(this.slabUsed, this.slabUsed + n);
+      this.slabUsed += (n + 7) & ~7;
+    } else out = payloadBuffer(n);
+    this.copyInto(out, 0, n);
+    return out;
+  }
+
+  /** Copies and consumes n buffered bytes (caller checked n <= bufferedBytes) into out[at..]. */
+  private copyInto(out: Buffer, at: number, n: number): number {
     let filled = 0;
     while (filled < n) {
       const c = this.chunks[0]!;
       const m = Math.min(c.length - this.headOffset, n - filled);
-      c.copy(out, filled, this.headOffset, this.headOffset + m);
+      c.copy(out, at + filled, this.headOffset, this.headOffset + m);
       filled += m;
       this.advance(m);
     }
-    return out;
+    return n;
   }
 
   /** Drops up to n buffered bytes; returns how many were dropped. */
@@ -260,6 +320,16 @@ export class NbdServerParser {
       this.headOffset = 0;
     }
   }
+}
+
+const slabBytes = 64 * 1024;
+/** Pieces of a transient chunk up to this size are copied to the slab. */
+const slabCopyBytesMax = 16 * 1024;
+
+/** Memory for n payload bytes: a pool slot for a large write (the local store gives it back
+ * once the write is journaled and performed, issue 18), else a buffer of its own. */
+function payloadBuffer(n: number): Buffer {
+  return n <= hostWritePooledBytesMax ? payloadPool.take(n) : Buffer.allocUnsafe(n);
 }
 
 function request(h: RequestHeader, payload: Buffer | undefined, payloadSkipped: boolean): ParserEvent {

@@ -28,12 +28,16 @@ import {
 } from '../wire/index.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import { InflightWindow } from './window.js';
+import { readInto } from './read-into.js';
 import { peerCertificateProblem, certifiedSite, channelBindingBytes, channelBindingLabel, type LinkSecurity } from './security.js';
 
 export interface LinkLogger {
   info(obj: object, msg: string): void;
   warn(obj: object, msg: string): void;
 }
+
+/** Size of a link's reused receive buffer: one socket read (TLS hands out at most 16 KiB). */
+const linkReadBufferBytes = 64 * 1024;
 
 export const silentLogger: LinkLogger = { info: () => {}, warn: () => {} };
 
@@ -233,7 +237,11 @@ export class Link extends EventEmitter {
       socket = t;
     }
     this.socket = socket;
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    // Received bytes land in one buffer per link, reused for every read (src/net/read-into.ts);
+    // the parser copies out what it hands on. 'data' events (a fresh buffer per read) where
+    // this Node cannot.
+    const rx = Buffer.allocUnsafeSlow(linkReadBufferBytes);
+    if (!readInto(socket, rx, (n, b) => this.onData(b.subarray(0, n), true))) socket.on('data', (chunk: Buffer) => this.onData(chunk, false));
     socket.on('error', (err: NodeJS.ErrnoException & { reason?: string }) => {
       // TLS errors say more in code/reason (ERR_SSL_DECRYPTION_FAILED_OR_BAD_RECORD_MAC: a
       // record altered on the path) than in message ("write EPROTO").
@@ -456,17 +464,21 @@ export class Link extends EventEmitter {
     this.socket.uncork();
   };
 
-  private onData(chunk: Buffer): void {
+  private onData(chunk: Buffer, transient: boolean): void {
     if (this.st === 'closed') return;
     const now = this.clock.nowMs();
     this.lastRxMs = now;
     if (this.progress === 0) this.progress = 1;
     if (this.reader.frames.bufferedBytes === 0) this.frameProgressMs = now;
     try {
-      this.reader.push(chunk, (msg) => {
-        this.frameProgressMs = now;
-        this.onMessage(msg);
-      });
+      this.reader.push(
+        chunk,
+        (msg) => {
+          this.frameProgressMs = now;
+          this.onMessage(msg);
+        },
+        transient,
+      );
     } catch (e) {
       if (e instanceof ProtocolError) this.fail(e.code, e.reason);
       else {

@@ -7,10 +7,11 @@
 // the parser allocated for a body that spanned chunks. The parser NEVER writes into memory it
 // has handed out: a reassembly buffer is filled completely before its frame is emitted and is
 // then dropped by the parser. So a view stays valid for as long as the caller references it,
-// provided the caller does not mutate the chunks it pushed (net.Socket gives every 'data' event
-// a fresh buffer; do not use the socket `onread` buffer-reuse option with this parser). A
-// retained view keeps its whole chunk alive (up to 64 KiB per read): consumers that keep
-// payloads long (the cache) copy them into their own storage.
+// provided the caller does not mutate the chunks it pushed. A chunk pushed as `transient` (a
+// link's reused read buffer, src/net/read-into.ts) IS written over after push() returns: then
+// every body is copied out (to a pool slot when large, else to a slab the parser fills front to
+// back and never writes behind). A retained view keeps its whole chunk or slab alive (64 KiB):
+// consumers that keep payloads long (the cache) copy them into their own storage.
 import { payloadPool, payloadPoolMinBytes } from '../../hal/payload-pool.js';
 import { crc32, crc32Small } from './crc.js';
 import { ErrorCode, ProtocolError } from './errors.js';
@@ -28,6 +29,8 @@ import {
 const magicBytes = [(frameMagic >>> 24) & 0xff, (frameMagic >>> 16) & 0xff, (frameMagic >>> 8) & 0xff, frameMagic & 0xff];
 const versionOffset = 4;
 const emptyBody = Buffer.alloc(0);
+/** Small bodies copied out of a transient chunk go to slabs of this size. */
+const slabBytes = 64 * 1024;
 
 export interface ParserOptions {
   /** Largest frame accepted; at most the protocol's frameBytesMax. */
@@ -55,6 +58,8 @@ export class FrameParser {
   private bodyBuf: Buffer | undefined;
   private bodyFilled = 0;
   private expectedSeq = 0;
+  private slab = emptyBody;
+  private slabUsed = 0;
   private failure: ProtocolError | undefined;
   /** Frames delivered so far. */
   framesParsed = 0;
@@ -82,17 +87,17 @@ export class FrameParser {
    * Feed one chunk; `onFrame` is called for every complete frame, in order. Throws a
    * ProtocolError (and only that) at the first bad byte; frames before it were delivered.
    */
-  push(chunk: Buffer, onFrame: (frame: Frame) => void): void {
+  push(chunk: Buffer, onFrame: (frame: Frame) => void, transient = false): void {
     if (this.failure !== undefined) throw this.failure;
     try {
-      this.consume(chunk, onFrame);
+      this.consume(chunk, onFrame, transient);
     } catch (e) {
       if (e instanceof ProtocolError) this.failure = e;
       throw e;
     }
   }
 
-  private consume(chunk: Buffer, onFrame: (frame: Frame) => void): void {
+  private consume(chunk: Buffer, onFrame: (frame: Frame) => void, transient: boolean): void {
     let pos = 0;
     const end = chunk.length;
     while (pos < end) {
@@ -117,9 +122,10 @@ export class FrameParser {
         }
         this.inBody = true;
       }
-      // Body: a view of the chunk when it is all here, else reassemble into a fresh buffer.
+      // Body: a view of the chunk when it is all here (a copy when the chunk is `transient`:
+      // its memory is read into again after this call), else reassemble into a fresh buffer.
       if (this.bodyBuf === undefined && end - pos >= this.bodyBytes) {
-        const body = chunk.subarray(pos, pos + this.bodyBytes);
+        const body = transient ? this.copyOut(chunk, pos) : chunk.subarray(pos, pos + this.bodyBytes);
         pos += this.bodyBytes;
         this.inBody = false;
         this.emit(body, onFrame);
@@ -142,6 +148,27 @@ export class FrameParser {
       this.inBody = false;
       this.emit(body, onFrame);
     }
+  }
+
+  /**
+   * The body at chunk[pos..] in memory of its own: a pool slot when large (as a reassembled
+   * body), else the next bytes of a 64 KiB slab the parser fills front to back and never
+   * writes behind (a retained small body keeps its slab alive, as a view kept a 'data' chunk).
+   */
+  private copyOut(chunk: Buffer, pos: number): Buffer {
+    const n = this.bodyBytes;
+    let body: Buffer;
+    if (n >= payloadPoolMinBytes) body = payloadPool.take(n);
+    else {
+      if (this.slab.length - this.slabUsed < n) {
+        this.slab = Buffer.allocUnsafeSlow(Math.max(slabBytes, n));
+        this.slabUsed = 0;
+      }
+      body = this.slab.subarray(this.slabUsed, this.slabUsed + n);
+      this.slabUsed += (n + 7) & ~7;
+    }
+    chunk.copy(body, 0, pos, pos + n);
+    return body;
   }
 
   /** Reject random bytes at the first byte that cannot start a frame (magic, then version). */
@@ -228,7 +255,7 @@ export class MessageReader {
     this.frames = new FrameParser(options);
   }
 
-  push(chunk: Buffer, onMessage: (msg: Message) => void): void {
-    this.frames.push(chunk, (frame) => onMessage(decodeMessage(frame)));
+  push(chunk: Buffer, onMessage: (msg: Message) => void, transient = false): void {
+    this.frames.push(chunk, (frame) => onMessage(decodeMessage(frame)), transient);
   }
 }

@@ -1,6 +1,9 @@
 // Shared helpers of the link tests: a capturing logger, a raw TCP client, waiting on events.
+import { createHash, randomBytes } from 'node:crypto';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
-import type { LinkLogger } from '../../src/net/index.js';
+import { expect } from 'vitest';
+import type { Link, LinkLogger } from '../../src/net/index.js';
+import type { DataMessage, WriteMsg } from '../../src/wire/index.js';
 
 export interface LogLine { level: 'info' | 'warn'; msg: string; obj: Record<string, unknown> }
 
@@ -60,4 +63,31 @@ export async function freePort(): Promise<number> {
       return port;
     }
   }
+}
+
+/**
+ * Issue 18, reused receive buffers (src/net/read-into.ts): `from` sends WRITEs of 1 B..1 MiB,
+ * `to` keeps every payload it receives as the journal would (no copy), and only after the last
+ * one arrives are all of them hashed and compared with what was sent. A payload left as a view
+ * of the link's reused read buffer would have been overwritten by later reads. Also checks that
+ * the receiving socket really reads into its reused buffer (no 'data' listener).
+ */
+export async function sendWritesKeepAll(from: Link, to: Link, count = 48): Promise<void> {
+  expect(to.socket.listenerCount('data'), 'receiver reads into a reused buffer').toBe(0);
+  const sizes = [1, 4096, 4100, 65536, 65537, 200_000, 1 << 20, 512, 9000];
+  const sent: string[] = [];
+  const kept: WriteMsg[] = [];
+  to.on('message', (m: DataMessage) => {
+    if (m.type !== 'WRITE') return;
+    kept.push(m);
+    to.send({ type: 'ACK', volumeId: 0, epoch: m.epoch, seq: m.seq });
+  });
+  for (let i = 0; i < count; i++) {
+    const data = randomBytes(sizes[i % sizes.length]!);
+    sent.push(createHash('sha256').update(data).digest('hex'));
+    const msg: WriteMsg = { type: 'WRITE', volumeId: 0, flags: 0, epoch: 1n, seq: BigInt(i + 1), offsetBytes: BigInt(i) * 4096n, data };
+    if (!from.send(msg)) await from.whenWritable(); // false: sent, wait before the next
+  }
+  await until(() => kept.length === count, `${count} WRITEs received`, 30_000);
+  expect(kept.map((m) => createHash('sha256').update(m.data).digest('hex'))).toEqual(sent);
 }

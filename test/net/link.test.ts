@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Dialer, Link, LinkServer, ManualClock, insecureLinks, type LinkClose } from '../../src/net/index.js';
 import { ErrorCode, MessageReader, ProtocolError, encodeFrame, type DataMessage, type Message, type WriteMsg } from '../../src/wire/index.js';
 import { rawHeader } from '../conformance/vectors.js';
-import { captureLogger, freePort, rawExchange, until } from './helpers.js';
+import { captureLogger, freePort, rawExchange, sendWritesKeepAll, until } from './helpers.js';
 
 const secret = randomBytes(32);
 const security = insecureLinks({ volumeBytes: 1n << 30n, blockBytes: 4096 });
@@ -73,6 +73,15 @@ describe('Link over TCP', () => {
     expect(got.map((w) => w.seq)).toEqual(acked);
     for (const w of got) expect(Buffer.compare(w.data, Buffer.alloc(4096, Number(w.seq % 251n)))).toBe(0);
     expect(logger.lines.some((l) => l.msg === 'link established' && l.obj.peer === 'local')).toBe(true);
+  });
+
+  it('received payloads of 1 B..1 MiB stay intact while kept, both directions (reused read buffers)', async () => {
+    const { server, port } = await startServer();
+    const { dialer } = startDialer(port);
+    const link = await new Promise<Link>((r) => dialer.once('link', r));
+    await until(() => server.link('local') !== undefined, 'server side link');
+    await sendWritesKeepAll(link, server.link('local')!);
+    await sendWritesKeepAll(server.link('local')!, link, 18);
   });
 
   it('a wrong key is refused on both sides, each logging the reason', async () => {

@@ -14,7 +14,7 @@ import { parseConfig, type ClusterConfig } from '../../src/site/config.js';
 import { buildLinkSecurity, SiteTlsIdentity, tlsContextOptions } from '../../src/site/link-security.js';
 import { createCa, issueSiteCert, preparePki, rollCa, siteCertFiles, splitPem } from '../../src/site/pki.js';
 import { encodeFrame } from '../../src/wire/index.js';
-import { captureLogger, rawExchange, until } from './helpers.js';
+import { captureLogger, rawExchange, sendWritesKeepAll, until } from './helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'geomirror-tls-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -80,6 +80,16 @@ describe('mutual TLS on replication links', () => {
     await until(() => server.link('local')?.certifiedPeer === 'local', 'listener side certified local');
     const tls = link.socket as import('node:tls').TLSSocket;
     expect(tls.getProtocol()).toBe('TLSv1.3');
+  });
+
+  it('received payloads of 1 B..1 MiB stay intact while kept, both directions (TLS cleartext into reused buffers)', async () => {
+    await preparePki(config);
+    const { port, server } = await listen(config);
+    const { linked } = dial(port, security(config, 'local'));
+    const link = await linked;
+    await until(() => server.link('local')?.state === 'established', 'listener side established');
+    await sendWritesKeepAll(link, server.link('local')!);
+    await sendWritesKeepAll(server.link('local')!, link, 18);
   });
 
   it('refuses another site\'s certificate (west claiming to be local): IDENTITY_MISMATCH, logged', async () => {
