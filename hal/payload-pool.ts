@@ -25,7 +25,10 @@
 //    test/sim/world.ts). A give from a stale owner after the slot was taken again cannot be
 //    told apart here: that is why exactly one place, the local store's drop, gives back.
 //  - At most `idleBytesMax` of slots wait in the free lists; beyond that a given slot is
-//    dropped for the collector, so the pool's resident size is bounded.
+//    dropped for the collector, so the pool's resident size is bounded. `trim()`, run by the
+//    site every payloadPoolTrimIntervalMs, drops the slots no take() needed since the last
+//    trim (each class's low-water mark), so memory taken by a burst of large writes goes back
+//    within two intervals of the burst ending and a steady stream keeps its slots.
 // Frames carry their own CRC, computed when they were encoded: if a slot were ever reused
 // while a stale reference still sat in a socket's queue, the receiver would refuse the frame,
 // not store the bytes.
@@ -45,6 +48,8 @@ export const payloadPoolMaxBytes = 2 * 1024 * 1024;
 export const hostWritePooledBytesMax = 1024 * 1024;
 /** Default bound on idle slots (per process: every volume group of a site shares it). */
 export const payloadPoolIdleBytesMax = 16 * 1024 * 1024;
+/** How often a site trims idle slots (see trim()). */
+export const payloadPoolTrimIntervalMs = 5000;
 
 const minShift = 16; // 64 KiB
 const classes = 6; // 64 KiB .. 2 MiB
@@ -64,6 +69,8 @@ export interface PayloadPoolStats {
   doubleGives: number;
   /** Bytes of slots waiting in the free lists. */
   idleBytes: number;
+  /** Bytes of idle slots let go by trim() since the pool was made. */
+  trimmedBytes: number;
 }
 
 export class PayloadPool {
@@ -71,7 +78,9 @@ export class PayloadPool {
   /** Every slot this pool made, by its ArrayBuffer: the whole slot and its class. */
   private readonly slots = new WeakMap<ArrayBufferLike, { slot: Buffer; cls: number }>();
   private readonly idle = new WeakSet<ArrayBufferLike>();
-  private readonly s: PayloadPoolStats = { reused: 0, allocated: 0, doubleGives: 0, idleBytes: 0 };
+  /** Per class: the shortest its free list was since the last trim (slots nobody needed). */
+  private readonly lowWater: number[] = new Array<number>(classes).fill(0);
+  private readonly s: PayloadPoolStats = { reused: 0, allocated: 0, doubleGives: 0, idleBytes: 0, trimmedBytes: 0 };
 
   constructor(readonly idleBytesMax = payloadPoolIdleBytesMax) {}
 
@@ -79,7 +88,9 @@ export class PayloadPool {
   take(n: number): Buffer {
     if (n < payloadPoolMinBytes || n > payloadPoolMaxBytes) return Buffer.allocUnsafe(n);
     const cls = classOf(n);
-    let slot = this.free[cls]!.pop();
+    const list = this.free[cls]!;
+    let slot = list.pop();
+    if (list.length < this.lowWater[cls]!) this.lowWater[cls] = list.length;
     if (slot !== undefined) {
       this.idle.delete(slot.buffer);
       this.s.idleBytes -= slot.length;
@@ -107,6 +118,26 @@ export class PayloadPool {
     this.idle.add(b.buffer);
     this.s.idleBytes += known.slot.length;
     this.free[known.cls]!.push(known.slot);
+  }
+
+  /**
+   * Lets go of the slots that stayed idle since the last trim: per class, as many as the free
+   * list's low-water mark, oldest first (the bottom of the stack). Returns the bytes let go.
+   */
+  trim(): number {
+    let bytes = 0;
+    for (let cls = 0; cls < classes; cls++) {
+      const list = this.free[cls]!;
+      const drop = list.splice(0, Math.min(this.lowWater[cls]!, list.length));
+      for (const slot of drop) {
+        this.idle.delete(slot.buffer);
+        this.s.idleBytes -= slot.length;
+        bytes += slot.length;
+      }
+      this.lowWater[cls] = list.length;
+    }
+    this.s.trimmedBytes += bytes;
+    return bytes;
   }
 
   stats(): Readonly<PayloadPoolStats> {

@@ -3,6 +3,7 @@
 // manager that spawned it goes away (its IPC channel closes), so no site outlives a killed
 // manager.
 import v8 from 'node:v8';
+import { payloadPool, payloadPoolTrimIntervalMs } from '../../hal/payload-pool.js';
 import type { Command } from 'commander';
 import type { RunningSite } from '../site/run.js';
 
@@ -91,6 +92,9 @@ async function siteCommand(configFile: string, siteName: string): Promise<number
         },
       );
     };
+    // Idle payload slots go back after a burst of large writes (hal/payload-pool.ts trim()).
+    const trim = setInterval(() => payloadPool.trim(), payloadPoolTrimIntervalMs);
+    trim.unref();
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
     if (process.connected) process.once('disconnect', () => stop('cluster manager went away'));

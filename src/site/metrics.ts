@@ -15,6 +15,7 @@
 // total of others (no peer="all"): sum() over a metric never double counts; the host-side totals
 // have their own names (geomirror_host_inflight_*).
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { payloadPool } from '../../hal/payload-pool.js';
 import { roles } from './config-keys.js';
 import { siteStates, type SiteStatus } from './status.js';
 
@@ -127,7 +128,17 @@ export function createSiteMetrics(options: SiteMetricsOptions): SiteMetrics {
   const registry = new Registry();
   registry.setDefaultLabels({ cluster: options.cluster, site: options.site, role: options.role });
   const registers = [registry];
-  if (options.processMetrics !== false) collectDefaultMetrics({ register: registry });
+  if (options.processMetrics !== false) {
+    collectDefaultMetrics({ register: registry });
+    // The process's payload pool (hal/payload-pool.ts, issue 18): shared by every site and
+    // volume group in the process, so these are process metrics too.
+    new Gauge({ name: 'geomirror_payload_pool_idle_bytes', help: 'Bytes of large-write payload slots waiting for reuse (process-wide; trimmed after idle intervals)', registers, collect() {
+      this.set(payloadPool.stats().idleBytes);
+    } });
+    new Gauge({ name: 'geomirror_payload_pool_double_gives', help: 'Payload slots given back while already free (process-wide): an ownership bug, refused; should stay 0', registers, collect() {
+      this.set(payloadPool.stats().doubleGives);
+    } });
+  }
 
   // Status gauges call this from their collect(): the snapshot of this scrape, or undefined
   // while no provider is bound (then they keep what was set on them directly).

@@ -16,6 +16,40 @@ describe('payload pool (issue 18)', () => {
     expect(c.buffer).not.toBe(a.buffer);
   });
 
+  it('trim lets go of slots idle for a whole interval, keeps those a steady stream uses', () => {
+    const p = new PayloadPool();
+    const mib = 1024 * 1024;
+    const burst = Array.from({ length: 6 }, () => p.take(mib));
+    for (const b of burst) p.give(b);
+    expect(p.stats().idleBytes).toBe(6 * mib);
+    // A steady stream of 2 in flight: the free list never went below 4 this interval.
+    for (let i = 0; i < 10; i++) {
+      const x = p.take(mib);
+      const y = p.take(mib);
+      p.give(x);
+      p.give(y);
+    }
+    expect(p.trim()).toBe(0); // the first trim only marks: the burst's slots were counted idle from 0
+    for (let i = 0; i < 10; i++) {
+      const x = p.take(mib);
+      const y = p.take(mib);
+      p.give(x);
+      p.give(y);
+    }
+    expect(p.trim()).toBe(4 * mib); // four slots nobody needed; the stream's two stay
+    expect(p.stats()).toMatchObject({ idleBytes: 2 * mib, trimmedBytes: 4 * mib });
+    const kept = p.take(mib);
+    expect(p.stats().reused).toBeGreaterThan(0);
+    p.give(kept);
+    expect(p.trim()).toBe(mib); // the low-water mark this interval was 1
+    expect(p.trim()).toBe(mib); // quiet: the last one goes
+    expect(p.stats().idleBytes).toBe(0);
+    // A trimmed slot is never handed out again: the next take allocates.
+    const before = p.stats().allocated;
+    p.take(mib);
+    expect(p.stats().allocated).toBe(before + 1);
+  });
+
   it('refuses a second give of one slot: two owners would share bytes', () => {
     const p = new PayloadPool();
     const a = p.take(256 * 1024);

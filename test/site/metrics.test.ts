@@ -6,6 +6,7 @@ import { bindStatusGauges, createSiteMetrics } from '../../src/site/metrics.js';
 import { meteredExport } from '../../src/site/host-export.js';
 import { blockDeviceExport } from '../../src/nbd/blockdev-export.js';
 import { MemoryDevice } from '../../hal/memory.js';
+import { payloadPool } from '../../hal/payload-pool.js';
 import type { SiteStatus } from '../../src/site/status.js';
 
 /** name{labels} value for every sample of `name` in Prometheus text. */
@@ -43,6 +44,16 @@ const status = (over: Partial<SiteStatus> = {}): SiteStatus => ({
 });
 
 describe('site metrics', () => {
+  it('reports the process payload pool: idle bytes and refused double gives (issue 18)', async () => {
+    const m = createSiteMetrics({ site: 'local', role: 'primary', cluster: 'demo' });
+    const slot = payloadPool.take(1 << 20);
+    const idle = payloadPool.stats().idleBytes;
+    payloadPool.give(slot);
+    const text = await m.registry.metrics();
+    expect(value(text, 'geomirror_payload_pool_idle_bytes')).toBe(idle + (1 << 20));
+    expect(value(text, 'geomirror_payload_pool_double_gives')).toBe(payloadPool.stats().doubleGives);
+  });
+
   it('reads state gauges from one status snapshot per scrape, states as labels', async () => {
     const m = createSiteMetrics({ site: 'local', role: 'primary', cluster: 'demo', processMetrics: false });
     let calls = 0;
