@@ -3,7 +3,6 @@
 // manager that spawned it goes away (its IPC channel closes), so no site outlives a killed
 // manager.
 import v8 from 'node:v8';
-import { payloadPool, payloadPoolTrimIntervalMs } from '../../hal/payload-pool.js';
 import type { Command } from 'commander';
 import type { RunningSite } from '../site/run.js';
 
@@ -58,7 +57,11 @@ async function siteCommand(configFile: string, siteName: string): Promise<number
   v8.setFlagsFromString(`--heap-growing-percent=${siteHeapGrowingPercent}`);
   // Loaded here, not at the top: the whole site (config, net, nbd, metrics, devices) is most of
   // what the command loads, and `geomirror --help` or `status` must not pay for it.
-  const [{ ConfigError, loadConfig }, { runSite, StartupError }] = await Promise.all([import('../site/config.js'), import('../site/run.js')]);
+  const [{ ConfigError, loadConfig }, { runSite, StartupError }, { payloadPool, payloadPoolTrimIntervalMs }] = await Promise.all([
+    import('../site/config.js'),
+    import('../site/run.js'),
+    import('../../hal/payload-pool.js'),
+  ]);
   let running: RunningSite;
   try {
     running = await runSite(loadConfig(configFile), siteName);
