@@ -145,5 +145,31 @@ export class PayloadPool {
   }
 }
 
+/**
+ * Small pieces copied out of a socket's reused read buffer (src/net/read-into.ts): the next
+ * bytes of a 64 KiB slab, filled front to back and never written behind, so a piece stays
+ * valid while referenced (and keeps its slab alive, as a view kept a socket chunk before).
+ * One per parser.
+ */
+export class CopySlab {
+  private slab = Buffer.alloc(0);
+  private used = 0;
+
+  constructor(private readonly slabBytes = 64 * 1024) {}
+
+  /** A copy of src[start..end] (a piece longer than a slab gets a buffer of its own). */
+  copy(src: Uint8Array, start: number, end: number): Buffer {
+    const n = end - start;
+    if (this.slab.length - this.used < n) {
+      this.slab = Buffer.allocUnsafeSlow(Math.max(this.slabBytes, n));
+      this.used = 0;
+    }
+    const out = this.slab.subarray(this.used, this.used + n);
+    this.used += (n + 7) & ~7;
+    out.set(src.subarray(start, end));
+    return out;
+  }
+}
+
 /** The process's pool: the NBD and frame parsers take from it, the executor gives back. */
 export const payloadPool = new PayloadPool();

@@ -15,7 +15,7 @@
 // src/net/read-into.ts) is read into again after the caller returns: nothing taken from it is a
 // view (small pieces are copied to a slab), and settle() copies what is left of it.
 
-import { hostWritePooledBytesMax, payloadPool } from '../../hal/payload-pool.js';
+import { CopySlab, hostWritePooledBytesMax, payloadPool } from '../../hal/payload-pool.js';
 import {
   IHAVEOPT,
   REQUEST_MAGIC,
@@ -78,8 +78,7 @@ export class NbdServerParser {
   private phaseNow: ParserPhase = 'clientFlags';
   /** The last chunk fed, when it was fed as transient (see settle()). */
   private transient: Buffer | undefined;
-  private slab = Buffer.alloc(0);
-  private slabUsed = 0;
+  private readonly slab = new CopySlab();
 
   /**
    * `admitWrite` is asked for a write's payload bytes after its header is parsed and before any
@@ -272,17 +271,13 @@ export class NbdServerParser {
       this.advance(n);
       return view;
     }
-    let out: Buffer;
     if (n <= availableInFirst && n < slabCopyBytesMax) {
-      // From a transient chunk: small pieces to the slab, filled front to back and never
-      // written behind (a retained piece keeps its 64 KiB slab alive, as a view kept a chunk).
-      if (this.slab.length - this.slabUsed < n) {
-        this.slab = Buffer.allocUnsafeSlow(slabBytes);
-        this.slabUsed = 0;
-      }
-      out = this.slab.subarray(this.slabUsed, this.slabUsed + n);
-      this.slabUsed += (n + 7) & ~7;
-    } else out = payloadBuffer(n);
+      // A small piece of a transient chunk: to the slab.
+      const piece = this.slab.copy(first, this.headOffset, this.headOffset + n);
+      this.advance(n);
+      return piece;
+    }
+    const out = payloadBuffer(n);
     this.copyInto(out, 0, n);
     return out;
   }
@@ -322,7 +317,6 @@ export class NbdServerParser {
   }
 }
 
-const slabBytes = 64 * 1024;
 /** Pieces of a transient chunk up to this size are copied to the slab. */
 const slabCopyBytesMax = 16 * 1024;
 

@@ -12,7 +12,7 @@
 // every body is copied out (to a pool slot when large, else to a slab the parser fills front to
 // back and never writes behind). A retained view keeps its whole chunk or slab alive (64 KiB):
 // consumers that keep payloads long (the cache) copy them into their own storage.
-import { payloadPool, payloadPoolMinBytes } from '../../hal/payload-pool.js';
+import { CopySlab, payloadPool, payloadPoolMinBytes } from '../../hal/payload-pool.js';
 import { crc32, crc32Small } from './crc.js';
 import { ErrorCode, ProtocolError } from './errors.js';
 import {
@@ -29,8 +29,6 @@ import {
 const magicBytes = [(frameMagic >>> 24) & 0xff, (frameMagic >>> 16) & 0xff, (frameMagic >>> 8) & 0xff, frameMagic & 0xff];
 const versionOffset = 4;
 const emptyBody = Buffer.alloc(0);
-/** Small bodies copied out of a transient chunk go to slabs of this size. */
-const slabBytes = 64 * 1024;
 
 export interface ParserOptions {
   /** Largest frame accepted; at most the protocol's frameBytesMax. */
@@ -58,8 +56,7 @@ export class FrameParser {
   private bodyBuf: Buffer | undefined;
   private bodyFilled = 0;
   private expectedSeq = 0;
-  private slab = emptyBody;
-  private slabUsed = 0;
+  private readonly slab = new CopySlab();
   private failure: ProtocolError | undefined;
   /** Frames delivered so far. */
   framesParsed = 0;
@@ -150,23 +147,11 @@ export class FrameParser {
     }
   }
 
-  /**
-   * The body at chunk[pos..] in memory of its own: a pool slot when large (as a reassembled
-   * body), else the next bytes of a 64 KiB slab the parser fills front to back and never
-   * writes behind (a retained small body keeps its slab alive, as a view kept a 'data' chunk).
-   */
+  /** The body at chunk[pos..] in memory of its own: a pool slot when large, else the slab. */
   private copyOut(chunk: Buffer, pos: number): Buffer {
     const n = this.bodyBytes;
-    let body: Buffer;
-    if (n >= payloadPoolMinBytes) body = payloadPool.take(n);
-    else {
-      if (this.slab.length - this.slabUsed < n) {
-        this.slab = Buffer.allocUnsafeSlow(Math.max(slabBytes, n));
-        this.slabUsed = 0;
-      }
-      body = this.slab.subarray(this.slabUsed, this.slabUsed + n);
-      this.slabUsed += (n + 7) & ~7;
-    }
+    if (n < payloadPoolMinBytes) return this.slab.copy(chunk, pos, pos + n);
+    const body = payloadPool.take(n);
     chunk.copy(body, 0, pos, pos + n);
     return body;
   }

@@ -1,6 +1,6 @@
 // hal/payload-pool.ts: large write payloads reuse slots; ownership mistakes are refused.
 import { describe, expect, it } from 'vitest';
-import { PayloadPool, payloadPoolMaxBytes, payloadPoolMinBytes } from '../../hal/payload-pool.js';
+import { CopySlab, PayloadPool, payloadPoolMaxBytes, payloadPoolMinBytes } from '../../hal/payload-pool.js';
 
 describe('payload pool (issue 18)', () => {
   it('hands a given-back slot to the next take of its size class, whole-slot views included', () => {
@@ -76,5 +76,15 @@ describe('payload pool (issue 18)', () => {
     const bufs = [p.take(1024 * 1024), p.take(1024 * 1024), p.take(1024 * 1024)];
     for (const b of bufs) p.give(b);
     expect(p.stats().idleBytes).toBe(2 * 1024 * 1024);
+  });
+
+  it('CopySlab: copies never overlap or move, also across slabs and for a piece longer than a slab', () => {
+    const slab = new CopySlab(1024);
+    const src = Buffer.from(Array.from({ length: 3000 }, (_, i) => i % 251));
+    const pieces: [Buffer, number, number][] = [];
+    for (const [a, b] of [[0, 100], [5, 405], [1000, 1001], [7, 600], [0, 2500], [2999, 3000], [10, 1010]] as const) pieces.push([slab.copy(src, a, b), a, b]);
+    src.fill(0); // the source is reused: every copy must stand on its own
+    const want = Buffer.from(Array.from({ length: 3000 }, (_, i) => i % 251));
+    for (const [piece, a, b] of pieces) expect(Buffer.compare(piece, want.subarray(a, b))).toBe(0);
   });
 });
