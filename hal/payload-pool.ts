@@ -9,8 +9,10 @@
 // the collector to find.
 //
 // Ownership is the whole risk, so the rules are narrow:
-//  - `take(n)` hands out a view of a slot (a power-of-two size class from 64 KiB to 2 MiB; other
-//    sizes are plain allocations, which `give` ignores). One slot backs at most one write: the
+//  - `take(n)` hands out a view of a slot (size classes of a power of two from 4 KiB to 1 MiB,
+//    plus `slotHeadroomBytes`, so a WRITE frame's body, its payload and 40 bytes of its own
+//    fields, fits the class of its payload: a 1 MiB write takes a 1 MiB slot at a mirror, not
+//    2 MiB; other sizes are plain allocations, which `give` ignores). One slot backs at most one write: the
 //    NBD parser pools host writes only up to `hostWritePooledBytesMax`.
 //  - `give(b)` is called by the one owner that knows nothing reads `b` any more: the local
 //    store, when the write's entry leaves the journal's view (the core emits `payloadDone`,
@@ -33,10 +35,20 @@
 // while a stale reference still sat in a socket's queue, the receiver would refuse the frame,
 // not store the bytes.
 
-/** Smallest pooled size: below it Node's own 8 KiB pool and socket chunk views do better. */
-export const payloadPoolMinBytes = 64 * 1024;
-/** Largest pooled size class: a frame carrying a 1 MiB write payload plus its own fields. */
-export const payloadPoolMaxBytes = 2 * 1024 * 1024;
+/**
+ * Bytes past the power of two in every slot: room for a data frame's own fields (40 bytes) in
+ * front of its payload.
+ */
+export const slotHeadroomBytes = 64;
+/**
+ * Smallest pooled size. Small writes are pooled too: a 4 KiB payload in a slab or a fresh buffer
+ * lives until its entry leaves the journal (the next storage flush), long enough to be promoted,
+ * and then only a mark-compact frees it; at 4 KiB QD16 that garbage was 30-50 MiB of a site's
+ * resident memory and most of its GC time (issue 18).
+ */
+export const payloadPoolMinBytes = 4 * 1024;
+/** Largest pooled size: a frame carrying a 1 MiB write payload plus its own fields. */
+export const payloadPoolMaxBytes = 1024 * 1024 + slotHeadroomBytes;
 /**
  * Largest host write (NBD) taken from the pool. It must not exceed the largest piece the core
  * takes as ONE write (src/site/host-api.ts hostWriteChunkBytesMax, 1 MiB;
@@ -51,12 +63,12 @@ export const payloadPoolIdleBytesMax = 16 * 1024 * 1024;
 /** How often a site trims idle slots (see trim()). */
 export const payloadPoolTrimIntervalMs = 5000;
 
-const minShift = 16; // 64 KiB
-const classes = 6; // 64 KiB .. 2 MiB
+const minShift = 12; // 4 KiB
+const classes = 9; // 4 KiB .. 1 MiB, each plus slotHeadroomBytes
 
 function classOf(n: number): number {
   let c = 0;
-  while ((1 << (minShift + c)) < n) c++;
+  while ((1 << (minShift + c)) + slotHeadroomBytes < n) c++;
   return c;
 }
 
@@ -96,7 +108,7 @@ export class PayloadPool {
       this.s.idleBytes -= slot.length;
       this.s.reused++;
     } else {
-      slot = Buffer.allocUnsafeSlow(1 << (minShift + cls));
+      slot = Buffer.allocUnsafeSlow((1 << (minShift + cls)) + slotHeadroomBytes);
       this.slots.set(slot.buffer, { slot, cls });
       this.s.allocated++;
     }

@@ -226,7 +226,7 @@ export class NbdServerParser {
         if (p.buf === undefined) {
           if (this.bufferedBytes >= p.header.lengthBytes) {
             this.pending = undefined;
-            return request(p.header, this.take(p.header.lengthBytes), false);
+            return request(p.header, this.takePayload(p.header.lengthBytes), false);
           }
           if (this.transient === undefined) return undefined; // wait: it may yet arrive in one chunk
         }
@@ -277,6 +277,20 @@ export class NbdServerParser {
       this.advance(n);
       return piece;
     }
+    const out = payloadBuffer(n);
+    this.copyInto(out, 0, n);
+    return out;
+  }
+
+  /**
+   * A write's payload of n buffered bytes (caller checked n <= bufferedBytes): a view when it
+   * sits in one chunk that stays as it is, else a pool slot (given back when the write's entry
+   * leaves the journal), never the slab, whose pieces would pin 64 KiB each until a
+   * mark-compact.
+   */
+  private takePayload(n: number): Buffer {
+    const first = this.chunks[0];
+    if (n === 0 || first === undefined || (first !== this.transient && n <= first.length - this.headOffset)) return this.take(n);
     const out = payloadBuffer(n);
     this.copyInto(out, 0, n);
     return out;

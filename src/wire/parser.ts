@@ -19,6 +19,7 @@ import {
   decodeMessage,
   frameBytesMax as defaultFrameBytesMax,
   frameMagic,
+  FrameType,
   headerBytes,
   protocolVersion,
   specByCode,
@@ -28,6 +29,8 @@ import {
 
 const magicBytes = [(frameMagic >>> 24) & 0xff, (frameMagic >>> 16) & 0xff, (frameMagic >>> 8) & 0xff, frameMagic & 0xff];
 const versionOffset = 4;
+/** Bodies of other frames than WRITE from this size on come from the pool (resync data, reads). */
+const otherPooledBytesMin = 64 * 1024;
 const emptyBody = Buffer.alloc(0);
 
 export interface ParserOptions {
@@ -129,10 +132,10 @@ export class FrameParser {
         continue;
       }
       if (this.bodyBuf === undefined) {
-        // A large body (a write's payload) comes from the site's pool: the local store gives
-        // it back once the write is journaled and performed (issue 18); other bodies are
+        // A WRITE's body (and any large one) comes from the site's pool: the local store gives
+        // a write's back once its entry leaves the journal (issue 18); other bodies are
         // garbage as before when their frame is done.
-        this.bodyBuf = this.bodyBytes >= payloadPoolMinBytes ? payloadPool.take(this.bodyBytes) : Buffer.allocUnsafeSlow(this.bodyBytes);
+        this.bodyBuf = this.pooled() ? payloadPool.take(this.bodyBytes) : Buffer.allocUnsafeSlow(this.bodyBytes);
         this.bodyFilled = 0;
       }
       const n = Math.min(this.bodyBytes - this.bodyFilled, end - pos);
@@ -147,10 +150,15 @@ export class FrameParser {
     }
   }
 
-  /** The body at chunk[pos..] in memory of its own: a pool slot when large, else the slab. */
+  /** Whether this frame's body comes from the pool: a WRITE's (given back when its entry goes), or a large one. */
+  private pooled(): boolean {
+    return this.bodyBytes >= (this.type === FrameType.WRITE ? payloadPoolMinBytes : otherPooledBytesMin);
+  }
+
+  /** The body at chunk[pos..] in memory of its own: a pool slot for a WRITE or a large body, else the slab. */
   private copyOut(chunk: Buffer, pos: number): Buffer {
     const n = this.bodyBytes;
-    if (n < payloadPoolMinBytes) return this.slab.copy(chunk, pos, pos + n);
+    if (!this.pooled()) return this.slab.copy(chunk, pos, pos + n);
     const body = payloadPool.take(n);
     chunk.copy(body, 0, pos, pos + n);
     return body;

@@ -1,6 +1,6 @@
 // hal/payload-pool.ts: large write payloads reuse slots; ownership mistakes are refused.
 import { describe, expect, it } from 'vitest';
-import { CopySlab, PayloadPool, payloadPoolMaxBytes, payloadPoolMinBytes } from '../../hal/payload-pool.js';
+import { CopySlab, PayloadPool, payloadPoolMaxBytes, payloadPoolMinBytes, slotHeadroomBytes } from '../../hal/payload-pool.js';
 
 describe('payload pool (issue 18)', () => {
   it('hands a given-back slot to the next take of its size class, whole-slot views included', () => {
@@ -19,9 +19,10 @@ describe('payload pool (issue 18)', () => {
   it('trim lets go of slots idle for a whole interval, keeps those a steady stream uses', () => {
     const p = new PayloadPool();
     const mib = 1024 * 1024;
+    const slot = mib + slotHeadroomBytes; // what a 1 MiB class slot holds
     const burst = Array.from({ length: 6 }, () => p.take(mib));
     for (const b of burst) p.give(b);
-    expect(p.stats().idleBytes).toBe(6 * mib);
+    expect(p.stats().idleBytes).toBe(6 * slot);
     // A steady stream of 2 in flight: the free list never went below 4 this interval.
     for (let i = 0; i < 10; i++) {
       const x = p.take(mib);
@@ -36,13 +37,13 @@ describe('payload pool (issue 18)', () => {
       p.give(x);
       p.give(y);
     }
-    expect(p.trim()).toBe(4 * mib); // four slots nobody needed; the stream's two stay
-    expect(p.stats()).toMatchObject({ idleBytes: 2 * mib, trimmedBytes: 4 * mib });
+    expect(p.trim()).toBe(4 * slot); // four slots nobody needed; the stream's two stay
+    expect(p.stats()).toMatchObject({ idleBytes: 2 * slot, trimmedBytes: 4 * slot });
     const kept = p.take(mib);
     expect(p.stats().reused).toBeGreaterThan(0);
     p.give(kept);
-    expect(p.trim()).toBe(mib); // the low-water mark this interval was 1
-    expect(p.trim()).toBe(mib); // quiet: the last one goes
+    expect(p.trim()).toBe(slot); // the low-water mark this interval was 1
+    expect(p.trim()).toBe(slot); // quiet: the last one goes
     expect(p.stats().idleBytes).toBe(0);
     // A trimmed slot is never handed out again: the next take allocates.
     const before = p.stats().allocated;
@@ -72,10 +73,28 @@ describe('payload pool (issue 18)', () => {
   });
 
   it('keeps at most idleBytesMax of idle slots', () => {
-    const p = new PayloadPool(2 * 1024 * 1024);
+    const slot = 1024 * 1024 + slotHeadroomBytes;
+    const p = new PayloadPool(2 * slot);
     const bufs = [p.take(1024 * 1024), p.take(1024 * 1024), p.take(1024 * 1024)];
     for (const b of bufs) p.give(b);
-    expect(p.stats().idleBytes).toBe(2 * 1024 * 1024);
+    expect(p.stats().idleBytes).toBe(2 * slot);
+  });
+
+  it('pools small writes, and a data frame body (payload + 40 bytes of fields) in its payload class', () => {
+    const p = new PayloadPool();
+    for (const payload of [4096, 64 * 1024, 1024 * 1024]) {
+      const host = p.take(payload); // an NBD write's payload at the primary
+      const frame = p.take(payload + 40); // a WRITE frame's body at a mirror
+      p.give(host);
+      p.give(frame.subarray(40));
+      expect(host.buffer.byteLength).toBe(payload + slotHeadroomBytes);
+      expect(frame.buffer.byteLength).toBe(payload + slotHeadroomBytes);
+      // Both back in the free list of one class: the next two takes reuse them.
+      const again = [p.take(payload), p.take(payload + 40)];
+      const given = new Set<ArrayBufferLike>([host.buffer, frame.buffer]);
+      expect(again[0]!.buffer !== again[1]!.buffer && given.has(again[0]!.buffer) && given.has(again[1]!.buffer)).toBe(true);
+    }
+    expect(p.stats().doubleGives).toBe(0);
   });
 
   it('CopySlab: copies never overlap or move, also across slabs and for a piece longer than a slab', () => {

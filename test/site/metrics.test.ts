@@ -6,7 +6,7 @@ import { bindStatusGauges, createSiteMetrics } from '../../src/site/metrics.js';
 import { meteredExport } from '../../src/site/host-export.js';
 import { blockDeviceExport } from '../../src/nbd/blockdev-export.js';
 import { MemoryDevice } from '../../hal/memory.js';
-import { payloadPool } from '../../hal/payload-pool.js';
+import { payloadPool, slotHeadroomBytes } from '../../hal/payload-pool.js';
 import type { SiteStatus } from '../../src/site/status.js';
 
 /** name{labels} value for every sample of `name` in Prometheus text. */
@@ -50,7 +50,7 @@ describe('site metrics', () => {
     const idle = payloadPool.stats().idleBytes;
     payloadPool.give(slot);
     const text = await m.registry.metrics();
-    expect(value(text, 'geomirror_payload_pool_idle_bytes')).toBe(idle + (1 << 20));
+    expect(value(text, 'geomirror_payload_pool_idle_bytes')).toBe(idle + (1 << 20) + slotHeadroomBytes);
     expect(value(text, 'geomirror_payload_pool_double_gives')).toBe(payloadPool.stats().doubleGives);
   });
 
