@@ -63,6 +63,14 @@ export interface NbdExport {
 
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
   write(offsetBytes: number, data: Buffer, options: NbdWriteOptions): Promise<void>;
+  /**
+   * Optional callback form of write() for the hot path (issue 18: no promise chain per host
+   * write). Same contract; `done` is called exactly once and never before writeNow returns,
+   * with undefined on success or the error write() would have rejected with. The server uses
+   * it for block-aligned writes that take the range lock at once. A wrapper that spreads an
+   * export must wrap this too, or leave it out.
+   */
+  writeNow?(offsetBytes: number, data: Buffer, options: NbdWriteOptions, done: (err: unknown) => void): void;
   flush(): Promise<void>;
   /** Optional; only called when canTrim. Later reads may return old data or zeroes. */
   trim?(offsetBytes: number, lengthBytes: number, options: NbdWriteOptions): Promise<void>;
@@ -121,6 +129,7 @@ export function sliceExport(exp: NbdExport, w: { name: string; description: stri
     sizeBytes: w.sizeBytes,
     read: (o, l) => exp.read(at + o, l),
     write: (o, d, opts) => exp.write(at + o, d, opts),
+    writeNow: exp.writeNow ? (o, d, opts, done) => exp.writeNow!(at + o, d, opts, done) : undefined,
     flush: () => exp.flush(),
     ...(exp.trim ? { trim: (o: number, l: number, opts: NbdWriteOptions) => exp.trim!(at + o, l, opts) } : {}),
     ...(exp.zero ? { zero: (o: number, l: number, opts: NbdZeroOptions) => exp.zero!(at + o, l, opts) } : {}),

@@ -27,9 +27,11 @@ export class HostIoError extends Error {
   }
 }
 
+/** How a host operation completes: `err` undefined on success (with the data of a read the core served). */
+type OpDone = (err: Error | undefined, data?: Uint8Array) => void;
+
 interface Waiter {
-  resolve(data: Uint8Array | undefined): void;
-  reject(err: Error): void;
+  done: OpDone;
   startedMs: number;
 }
 
@@ -57,7 +59,9 @@ export interface HostApiSite {
 export class HostApi implements HostPort {
   private readonly ops = new Map<number, Waiter>();
   private idNext = 1;
-  private readonly parked: { go: () => void; reject: (err: Error) => void }[] = [];
+  private readonly parked: { go: () => void; fail: (err: Error) => void }[] = [];
+  /** Completions of writeNow() not yet reported: run together after the executor's turn. */
+  private completions: { done: (err: Error | undefined) => void; err: Error | undefined }[] = [];
 
   constructor(private readonly site: HostApiSite) {}
 
@@ -73,6 +77,29 @@ export class HostApi implements HostPort {
     }
     this.site.wrote(data.byteLength);
   }
+
+  /**
+   * write() without a promise per write (the NBD server's hot path, issue 18): `done` runs once,
+   * never before this returns and never inside the executor's turn (completions are reported
+   * together in one microtask after it), so a caller's reply code can neither re-enter the
+   * executor nor stop the site by throwing there.
+   */
+  writeNow(offsetBytes: number, data: Uint8Array, fua: boolean, done: (err: Error | undefined) => void): void {
+    if (data.byteLength > hostWriteChunkBytesMax) {
+      this.write(offsetBytes, data, fua).then(() => done(undefined), (err: unknown) => done(err instanceof Error ? err : new Error(String(err))));
+      return;
+    }
+    this.submitCb((id) => ({ type: 'hostWrite', id, offsetBytes, lengthBytes: data.byteLength, fua, payload: data }), (err) => {
+      if (err === undefined) this.site.wrote(data.byteLength);
+      if (this.completions.push({ done, err }) === 1) queueMicrotask(this.complete);
+    });
+  }
+
+  private readonly complete = (): void => {
+    const list = this.completions;
+    this.completions = [];
+    for (const c of list) c.done(c.err);
+  };
 
   private writePiece(offsetBytes: number, piece: Uint8Array, fua: boolean): Promise<Uint8Array | undefined> {
     return this.submit((id) => ({ type: 'hostWrite', id, offsetBytes, lengthBytes: piece.byteLength, fua, payload: piece }));
@@ -114,9 +141,9 @@ export class HostApi implements HostPort {
     this.ops.delete(id);
     if (error === undefined) {
       this.site.acked(this.site.nowMs() - w.startedMs);
-      w.resolve(data);
+      w.done(undefined, data);
     } else {
-      w.reject(new HostIoError(error.kind, error.message, error.kind === 'io' ? error.sense : undefined));
+      w.done(new HostIoError(error.kind, error.message, error.kind === 'io' ? error.sense : undefined));
     }
   }
 
@@ -127,37 +154,42 @@ export class HostApi implements HostPort {
 
   /** Every operation not yet completed fails with `err` (the site stops, or its life ends). */
   failAll(err: HostIoError): void {
-    for (const w of this.ops.values()) w.reject(err);
+    for (const w of this.ops.values()) w.done(err);
     this.ops.clear();
-    for (const p of this.parked.splice(0)) p.reject(err);
+    for (const p of this.parked.splice(0)) p.fail(err);
   }
 
   private submit(make: (id: number) => CoreEvent): Promise<Uint8Array | undefined> {
+    return new Promise<Uint8Array | undefined>((resolve, reject) => this.submitCb(make, (err, data) => (err === undefined ? resolve(data) : reject(err))));
+  }
+
+  /** Hands an operation to the core now if it has room, else parks it; `done` runs once, never before this returns. */
+  private submitCb(make: (id: number) => CoreEvent, done: OpDone): void {
     const down = this.site.down();
-    if (down !== undefined) return Promise.reject(new HostIoError('io', down));
+    if (down !== undefined) return void queueMicrotask(() => done(new HostIoError('io', down)));
     const room = this.site.hostRoom();
-    if (room === undefined) return Promise.reject(new HostIoError('fenced', `site ${this.site.name} runs as a ${this.site.acting()}; host writes go to the primary`));
-    return new Promise<Uint8Array | undefined>((resolve, reject) => {
-      const go = (): void => {
-        const why = this.site.down();
-        if (why !== undefined) {
-          reject(new HostIoError('io', why));
-          return;
-        }
-        const id = this.idNext++;
-        this.ops.set(id, {
-          resolve,
-          reject: (err) => {
-            // The core said "no room" (a standby mid-promotion): wait for room like any other.
-            if (err instanceof HostIoError && err.kind === 'busy') this.parked.push({ go, reject });
-            else reject(err);
-          },
-          startedMs: this.site.nowMs(),
-        });
-        this.site.feed(make(id));
-      };
-      if (this.parked.length > 0 || room <= 0) this.parked.push({ go, reject });
-      else go();
-    });
+    if (room === undefined) {
+      const refusal = new HostIoError('fenced', `site ${this.site.name} runs as a ${this.site.acting()}; host writes go to the primary`);
+      return void queueMicrotask(() => done(refusal));
+    }
+    const go = (): void => {
+      const why = this.site.down();
+      if (why !== undefined) {
+        done(new HostIoError('io', why));
+        return;
+      }
+      const id = this.idNext++;
+      this.ops.set(id, {
+        done: (err, data) => {
+          // The core said "no room" (a standby mid-promotion): wait for room like any other.
+          if (err instanceof HostIoError && err.kind === 'busy') this.parked.push({ go, fail: done });
+          else done(err, data);
+        },
+        startedMs: this.site.nowMs(),
+      });
+      this.site.feed(make(id));
+    };
+    if (this.parked.length > 0 || room <= 0) this.parked.push({ go, fail: done });
+    else go();
   }
 }

@@ -9,13 +9,18 @@ import { HostIoError } from './host-api.js';
 import type { Replica } from './replica.js';
 import type { SiteMetrics } from './metrics.js';
 
-function mapError(err: unknown, what: string): never {
+/** The NBD error for a host API failure (errno from its kind and sense); anything else as it is. */
+function exportError(err: unknown, what: string): unknown {
   if (err instanceof HostIoError) {
-    if (err.kind === 'fenced') throw new NbdExportError(Errno.EPERM, `${what}: ${err.message}`, { cause: err });
-    if (err.sense?.key === SenseKey.ILLEGAL_REQUEST && err.sense.asc === Asc.LBA_OUT_OF_RANGE[0]) throw new NbdExportError(Errno.ENOSPC, `${what}: ${err.message}`, { cause: err });
-    throw new NbdExportError(Errno.EIO, `${what}: ${err.message}`, { cause: err });
+    if (err.kind === 'fenced') return new NbdExportError(Errno.EPERM, `${what}: ${err.message}`, { cause: err });
+    if (err.sense?.key === SenseKey.ILLEGAL_REQUEST && err.sense.asc === Asc.LBA_OUT_OF_RANGE[0]) return new NbdExportError(Errno.ENOSPC, `${what}: ${err.message}`, { cause: err });
+    return new NbdExportError(Errno.EIO, `${what}: ${err.message}`, { cause: err });
   }
-  throw err;
+  return err;
+}
+
+function mapError(err: unknown, what: string): never {
+  throw exportError(err, what);
 }
 
 export function replicaExport(replica: Replica, opts: { name: string; description: string; sizeBytes: number }): NbdExport {
@@ -35,6 +40,7 @@ export function replicaExport(replica: Replica, opts: { name: string; descriptio
     multiConn: true,
     read: (offsetBytes, lengthBytes) => replica.host.read(offsetBytes, lengthBytes),
     write: (offsetBytes, data, { fua }) => replica.host.write(offsetBytes, data, fua).catch((err) => mapError(err, `write at byte ${offsetBytes}`)),
+    writeNow: (offsetBytes, data, { fua }, done) => replica.host.writeNow(offsetBytes, data, fua, (err) => done(err === undefined ? undefined : exportError(err, `write at byte ${offsetBytes}`))),
     flush: () => replica.host.flush().catch((err) => mapError(err, 'flush')),
     trim: async () => undefined,
   };
@@ -59,6 +65,13 @@ export function meteredExport(exp: NbdExport, metrics: Pick<SiteMetrics, 'readsT
       return data;
     },
     write: (offsetBytes, data, o) => exp.write(offsetBytes, data, o).catch(failed('write')),
+    writeNow: exp.writeNow
+      ? (offsetBytes, data, o, done) =>
+          exp.writeNow!(offsetBytes, data, o, (err) => {
+            if (err !== undefined) metrics.hostIoErrorsTotal.inc({ op: 'write' });
+            done(err);
+          })
+      : undefined,
     flush: () => exp.flush().catch(failed('flush')),
     ...(exp.trim ? { trim: (o: number, l: number, w: NbdWriteOptions) => exp.trim!(o, l, w).catch(failed('trim')) } : {}),
     ...(exp.zero ? { zero: (o: number, l: number, z: NbdZeroOptions) => exp.zero!(o, l, z).catch(failed('zero')) } : {}),
