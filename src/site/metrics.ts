@@ -39,11 +39,23 @@ export const statusSnapshotReuseMs = 100;
 /** What device I/O failed, for geomirror_device_io_errors_total. */
 export type IoOp = 'read' | 'write' | 'flush';
 
+/**
+ * Writes of one op counted as plain numbers on the write path and added to writesTotal and
+ * writeBytesTotal at each scrape (issue 18: a labelled inc() hashes its labels on every call,
+ * twice per write at every site).
+ */
+export interface WriteTally {
+  writes: number;
+  bytes: number;
+}
+
 export interface SiteMetrics {
   registry: Registry;
   /** Host writes (primary) or applied writes (mirror, relay): count and payload bytes. */
   writesTotal: Counter<'op'>;
   writeBytesTotal: Counter<'op'>;
+  /** The tally of `op` (one object per op, for the hot path), folded into the two counters above at every scrape. */
+  tally(op: string): WriteTally;
   /** Host reads served through the NBD export (primary, or a mirror's read-only export): count and bytes. */
   readsTotal: Counter;
   readBytesTotal: Counter;
@@ -189,10 +201,24 @@ export function createSiteMetrics(options: SiteMetricsOptions): SiteMetrics {
     for (const v of values) g.set({ ...labels, [key]: v } as Partial<Record<L, string>>, v === current ? 1 : 0);
   };
 
+  const tallies = new Map<string, WriteTally>();
+  const foldTallies = (): void => {
+    for (const [op, t] of tallies) {
+      if (t.writes > 0) m.writesTotal.inc({ op }, t.writes);
+      if (t.bytes > 0) m.writeBytesTotal.inc({ op }, t.bytes);
+      t.writes = 0;
+      t.bytes = 0;
+    }
+  };
   const m: SiteMetrics = {
     registry,
-    writesTotal: new Counter({ name: 'geomirror_writes_total', help: 'Writes handled, by op (write, flush, trim, zero)', labelNames: ['op'], registers }),
-    writeBytesTotal: new Counter({ name: 'geomirror_write_bytes_total', help: 'Payload bytes written, by op', labelNames: ['op'], registers }),
+    writesTotal: new Counter({ name: 'geomirror_writes_total', help: 'Writes handled, by op (write, flush, trim, zero)', labelNames: ['op'], registers, collect: foldTallies }),
+    writeBytesTotal: new Counter({ name: 'geomirror_write_bytes_total', help: 'Payload bytes written, by op', labelNames: ['op'], registers, collect: foldTallies }),
+    tally: (op) => {
+      let t = tallies.get(op);
+      if (t === undefined) tallies.set(op, (t = { writes: 0, bytes: 0 }));
+      return t;
+    },
     readsTotal: new Counter({ name: 'geomirror_reads_total', help: 'Host reads served through the NBD export', registers }),
     readBytesTotal: new Counter({ name: 'geomirror_read_bytes_total', help: 'Bytes of host reads served through the NBD export', registers }),
     hostIoErrorsTotal: new Counter({ name: 'geomirror_host_io_errors_total', help: 'Host requests through the NBD export answered with an error, by op', labelNames: ['op'], registers }),

@@ -204,6 +204,7 @@ export class Peers implements PeersPort {
     if (old && old !== link) old.close(undefined, `replaced by a new connection from ${peer}`);
     this.links.set(peer, link);
     const { log, metrics } = this.ctx;
+    const replicated = metrics.tally('replicated');
     metrics.setLinkState(peer, 'up');
     log.info({ event: 'link-up', peer, remote: link.remote }, `link to ${peer} up`);
     this.opts.feed({ type: 'peerUp', peer });
@@ -238,8 +239,8 @@ export class Peers implements PeersPort {
       if (msg === undefined) return;
       if (msg.type === 'ack') this.ackTimer.acked(peer, msg.seq, this.opts.nowMs(), (ms) => metrics.ackLatencySeconds.observe({ peer }, ms / 1000));
       else if (msg.type === 'write') {
-        metrics.writesTotal.inc({ op: 'replicated' });
-        metrics.writeBytesTotal.inc({ op: 'replicated' }, msg.lengthBytes);
+        replicated.writes++;
+        replicated.bytes += msg.lengthBytes;
       }
       this.opts.feed({ type: 'recv', peer, msg });
     });

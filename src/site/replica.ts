@@ -103,6 +103,7 @@ export class Replica {
     private readonly hooks: ReplicaHooks = {},
   ) {
     const { site, config, metrics } = ctx;
+    const written = metrics.tally('write');
     const heartbeatIntervalMs = opts.heartbeatIntervalMs ?? defaultLimits.heartbeatIntervalMs;
     this.limits = { ...defaultLimits, cacheBytesMax: dev.journal.capacityBytes, heartbeatIntervalMs, ...(site.resyncBytesPerSec ? { resyncBytesPerSecMax: site.resyncBytesPerSec } : {}), ...opts.limits };
     if (this.limits.inflightBytesMax > this.limits.cacheBytesMax) this.limits = { ...this.limits, inflightBytesMax: Math.floor(this.limits.cacheBytesMax / 2) };
@@ -134,8 +135,8 @@ export class Replica {
       nowMs: () => this.nowMs(),
       acked: (ms) => metrics.hostAckLatencySeconds.observe(ms / 1000),
       wrote: (bytes) => {
-        metrics.writesTotal.inc({ op: 'write' });
-        metrics.writeBytesTotal.inc({ op: 'write' }, bytes);
+        written.writes++;
+        written.bytes += bytes;
       },
       flushed: () => metrics.writesTotal.inc({ op: 'flush' }),
     });

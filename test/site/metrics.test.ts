@@ -44,6 +44,28 @@ const status = (over: Partial<SiteStatus> = {}): SiteStatus => ({
 });
 
 describe('site metrics', () => {
+  it('write tallies reach geomirror_writes_total and _write_bytes_total at each scrape, once', async () => {
+    const m = createSiteMetrics({ site: 'local', role: 'primary', cluster: 'demo', processMetrics: false });
+    const t = m.tally('write');
+    expect(m.tally('write')).toBe(t); // one object per op: the hot path keeps it
+    t.writes += 3;
+    t.bytes += 12288;
+    m.writesTotal.inc({ op: 'flush' });
+    let text = await m.registry.metrics();
+    expect(value(text, 'geomirror_writes_total', { op: 'write' })).toBe(3);
+    expect(value(text, 'geomirror_write_bytes_total', { op: 'write' })).toBe(12288);
+    expect(value(text, 'geomirror_writes_total', { op: 'flush' })).toBe(1);
+    t.writes++;
+    t.bytes += 4096;
+    m.tally('replicated').writes++;
+    text = await m.registry.metrics();
+    expect(value(text, 'geomirror_writes_total', { op: 'write' })).toBe(4);
+    expect(value(text, 'geomirror_write_bytes_total', { op: 'write' })).toBe(16384);
+    expect(value(text, 'geomirror_writes_total', { op: 'replicated' })).toBe(1);
+    text = await m.registry.metrics(); // nothing new: nothing added twice
+    expect(value(text, 'geomirror_writes_total', { op: 'write' })).toBe(4);
+  });
+
   it('reports the process payload pool: idle bytes and refused double gives (issue 18)', async () => {
     const m = createSiteMetrics({ site: 'local', role: 'primary', cluster: 'demo' });
     const slot = payloadPool.take(1 << 20);
