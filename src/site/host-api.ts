@@ -98,7 +98,17 @@ export class HostApi implements HostPort {
   private readonly complete = (): void => {
     const list = this.completions;
     this.completions = [];
-    for (const c of list) c.done(c.err);
+    // Every completion runs even if one throws (the others would wait for ever); the first
+    // error is then thrown on, as a throw in a promise reaction would have surfaced.
+    let thrown: { e: unknown } | undefined;
+    for (const c of list) {
+      try {
+        c.done(c.err);
+      } catch (e) {
+        thrown ??= { e };
+      }
+    }
+    if (thrown !== undefined) throw thrown.e;
   };
 
   private writePiece(offsetBytes: number, piece: Uint8Array, fua: boolean): Promise<Uint8Array | undefined> {
