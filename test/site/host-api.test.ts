@@ -1,7 +1,7 @@
 // src/site/host-api.ts writeNow (issue 18): the callback form of a host write completes exactly
 // once, never inside the executor's turn (so NBD reply code cannot re-enter the core or stop
 // the site by throwing there), with the same refusals and waiting as the promise form.
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { CoreEvent } from '../../src/core/types.js';
 import { HostApi, HostIoError, type HostApiSite } from '../../src/site/host-api.js';
 
@@ -90,5 +90,26 @@ describe('HostApi.writeNow (issue 18)', () => {
     api.failAll(new HostIoError('io', 'site stopped'));
     await tick();
     expect(done).toEqual(['ok', 'io']);
+  });
+
+  it('every completion of a batch runs even if one throws; the first error is thrown on', () => {
+    const scheduled: (() => void)[] = [];
+    const spy = vi.spyOn(globalThis, 'queueMicrotask').mockImplementation((fn) => void scheduled.push(fn));
+    try {
+      const site = fakeSite();
+      const api = new HostApi(site);
+      const ran: number[] = [];
+      api.writeNow(0, Buffer.alloc(512), false, () => {
+        ran.push(1);
+        throw new Error('reply failed');
+      });
+      api.writeNow(512, Buffer.alloc(512), false, () => void ran.push(2));
+      for (const ev of site.fed) api.ack((ev as { id: number }).id, undefined);
+      expect(scheduled).toHaveLength(1); // one microtask for the batch
+      expect(() => scheduled[0]!()).toThrow('reply failed');
+      expect(ran).toEqual([1, 2]);
+    } finally {
+      spy.mockRestore();
+    }
   });
 });
