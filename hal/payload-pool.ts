@@ -12,8 +12,8 @@
 //  - `take(n)` hands out a view of a slot (size classes of a power of two from 4 KiB to 1 MiB,
 //    plus `slotHeadroomBytes`, so a WRITE frame's body, its payload and 40 bytes of its own
 //    fields, fits the class of its payload: a 1 MiB write takes a 1 MiB slot at a mirror, not
-//    2 MiB; other sizes are plain allocations, which `give` ignores). One slot backs at most one write: the
-//    NBD parser pools host writes only up to `hostWritePooledBytesMax`.
+//    2 MiB; other sizes are plain allocations, which `give` ignores). One slot backs at most
+//    one write: the NBD parser pools host writes only up to `hostWritePooledBytesMax`.
 //  - `give(b)` is called by the one owner that knows nothing reads `b` any more: the local
 //    store, when the write's entry leaves the journal's view (the core emits `payloadDone`,
 //    src/core/local-store.ts); resends, forwards and repairs only ever look among the entries

@@ -129,20 +129,18 @@ export class Connection {
     this.send(r.greeting());
   }
 
-  private readonly onData = (chunk: Buffer): void => {
+  private readonly onData = (chunk: Buffer): void => this.received(chunk, false);
+  /** A read into the reused buffer (src/net/read-into.ts). */
+  private readonly onRead = (bytes: number, buffer: Buffer): void => this.received(buffer.subarray(0, bytes), true);
+
+  /** Bytes from the client; of a `transient` chunk, everything the parser keeps is copied before we return. */
+  private received(chunk: Buffer, transient: boolean): void {
     this.progress = 1;
     if (this.stopReading) return void this.socket.pause(); // nothing may follow DISC/ABORT; drop it
-    this.parser.feed(chunk);
-    this.pump();
-  };
-  /** A read into the reused buffer: everything the parser keeps is copied before we return. */
-  private readonly onRead = (bytes: number, buffer: Buffer): void => {
-    this.progress = 1;
-    if (this.stopReading) return void this.socket.pause();
-    this.parser.feed(buffer.subarray(0, bytes), true);
+    this.parser.feed(chunk, transient);
     this.pump();
     this.parser.settle();
-  };
+  }
   private readonly onDrain = (): void => {
     this.clearStall();
     this.pump();

@@ -277,7 +277,9 @@ export class NbdServerParser {
       this.advance(n);
       return piece;
     }
-    const out = payloadBuffer(n);
+    // Option data or a header across chunks: not a write's payload, so not from the pool
+    // (nothing would give the slot back).
+    const out = Buffer.allocUnsafe(n);
     this.copyInto(out, 0, n);
     return out;
   }

@@ -30,6 +30,11 @@ export class HostIoError extends Error {
 /** How a host operation completes: `err` undefined on success (with the data of a read the core served). */
 type OpDone = (err: Error | undefined, data?: Uint8Array) => void;
 
+/** The core event of one host write piece, once it has an id. */
+function hostWrite(offsetBytes: number, payload: Uint8Array, fua: boolean): (id: number) => CoreEvent {
+  return (id) => ({ type: 'hostWrite', id, offsetBytes, lengthBytes: payload.byteLength, fua, payload });
+}
+
 interface Waiter {
   done: OpDone;
   startedMs: number;
@@ -89,7 +94,7 @@ export class HostApi implements HostPort {
       this.write(offsetBytes, data, fua).then(() => done(undefined), (err: unknown) => done(err instanceof Error ? err : new Error(String(err))));
       return;
     }
-    this.submitCb((id) => ({ type: 'hostWrite', id, offsetBytes, lengthBytes: data.byteLength, fua, payload: data }), (err) => {
+    this.submitCb(hostWrite(offsetBytes, data, fua), (err) => {
       if (err === undefined) this.site.wrote(data.byteLength);
       if (this.completions.push({ done, err }) === 1) queueMicrotask(this.complete);
     });
@@ -112,7 +117,7 @@ export class HostApi implements HostPort {
   };
 
   private writePiece(offsetBytes: number, piece: Uint8Array, fua: boolean): Promise<Uint8Array | undefined> {
-    return this.submit((id) => ({ type: 'hostWrite', id, offsetBytes, lengthBytes: piece.byteLength, fua, payload: piece }));
+    return this.submit(hostWrite(offsetBytes, piece, fua));
   }
 
   /** Barrier: every write acked before this call is durable on every in-sync site's storage. */

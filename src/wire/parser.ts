@@ -9,8 +9,8 @@
 // then dropped by the parser. So a view stays valid for as long as the caller references it,
 // provided the caller does not mutate the chunks it pushed. A chunk pushed as `transient` (a
 // link's reused read buffer, src/net/read-into.ts) IS written over after push() returns: then
-// every body is copied out (to a pool slot when large, else to a slab the parser fills front to
-// back and never writes behind). A retained view keeps its whole chunk or slab alive (64 KiB):
+// every body is copied out (a WRITE's, or any large one, to a pool slot; others to a slab the
+// parser fills front to back and never writes behind). A retained view keeps its whole chunk or slab alive (64 KiB):
 // consumers that keep payloads long (the cache) copy them into their own storage.
 import { CopySlab, payloadPool, payloadPoolMinBytes } from '../../hal/payload-pool.js';
 import { crc32, crc32Small } from './crc.js';
