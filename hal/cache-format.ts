@@ -55,6 +55,7 @@
 
 import { crc32 } from '@node-rs/crc32';
 import * as BufferLayout from 'buffer-layout';
+import { readU64BE, writeU64BE } from './u64.js';
 
 /** Header of the entries this version writes (format version 2). */
 export const entryHeaderBytes = 128;
@@ -251,15 +252,15 @@ export function encodeEntryHeader(buf: Buffer, journalId: number, h: EntryFields
   writeU64(buf, h.jseq, 16);
   buf.writeUInt32BE(h.volume, 24);
   buf.writeUInt32BE(h.payloadBytes, 28);
-  buf.writeBigUInt64BE(h.epoch, 32);
-  buf.writeBigUInt64BE(h.seq, 40);
+  writeU64BE(buf, h.epoch, 32);
+  writeU64BE(buf, h.seq, 40);
   writeU64(buf, h.offsetBytes, 48);
   buf.writeUInt32BE(payloadCrc, 56);
   const p = link.prev;
   buf.writeUInt32BE(p?.payloadBytes ?? 0, 60);
   writeU64(buf, link.committedJseq, 64);
-  buf.writeBigUInt64BE(p?.epoch ?? 0n, 72);
-  buf.writeBigUInt64BE(p?.seq ?? 0n, 80);
+  writeU64BE(buf, p?.epoch ?? 0n, 72);
+  writeU64BE(buf, p?.seq ?? 0n, 80);
   writeU64(buf, p?.offsetBytes ?? 0, 88);
   writeU64(buf, p?.posBytes ?? 0, 96);
   buf.fill(0, 104, 124);
@@ -285,7 +286,7 @@ export function decodeEntryHeader(buf: Buffer): EntryHeader | undefined {
     const prev: PrevEntry | undefined =
       (buf.readUInt8(7) & linkPrevKnown) === 0
         ? undefined
-        : { epoch: buf.readBigUInt64BE(72), seq: buf.readBigUInt64BE(80), offsetBytes: readU64(buf, 88), payloadBytes: buf.readUInt32BE(60), posBytes: readU64(buf, 96) };
+        : { epoch: readU64BE(buf, 72), seq: readU64BE(buf, 80), offsetBytes: readU64(buf, 88), payloadBytes: buf.readUInt32BE(60), posBytes: readU64(buf, 96) };
     link = { committedJseq: readU64(buf, 64), prev };
   } else {
     return undefined;
@@ -300,8 +301,8 @@ export function decodeEntryHeader(buf: Buffer): EntryHeader | undefined {
     jseq: readU64(buf, 16),
     volume: buf.readUInt32BE(24),
     payloadBytes,
-    epoch: buf.readBigUInt64BE(32),
-    seq: buf.readBigUInt64BE(40),
+    epoch: readU64BE(buf, 32),
+    seq: readU64BE(buf, 40),
     offsetBytes: readU64(buf, 48),
     payloadCrc: buf.readUInt32BE(56),
     sizeBytes: alignUp(headerBytes + payloadBytes),

@@ -6,6 +6,7 @@ import { SmartBuffer } from 'smart-buffer';
 import { crc32, crc32Small } from './crc.js';
 import { ErrorCode, ProtocolError } from './errors.js';
 import { buildStruct, type BuiltStruct, type FieldSpec } from './layout.js';
+import { readU64BE, writeU64BE } from '../../hal/u64.js';
 
 /** "GMRP": geomirror replication protocol. Bytes 0..4 (magic, version) never change layout. */
 export const frameMagic = 0x474d5250;
@@ -486,19 +487,6 @@ export const resyncDataFixedBytes = 40;
  * arithmetic per call; most epochs, seqs and offsets fit 32 bits, so those take a number path.
  * Same bytes either way (test/wire/layout.test.ts checks them against buffer-layout).
  */
-function putU64(b: Buffer, v: bigint, at: number): void {
-  if (v >= 0n && v <= 0xffffffffn) {
-    b.writeUInt32BE(0, at);
-    b.writeUInt32BE(Number(v), at + 4);
-  } else {
-    b.writeBigUInt64BE(v, at);
-  }
-}
-
-function getU64(b: Buffer, at: number): bigint {
-  return b.readUInt32BE(at) === 0 ? BigInt(b.readUInt32BE(at + 4)) : b.readBigUInt64BE(at);
-}
-
 /** Header + fixed fields of a WRITE, RESYNC_DATA or READ_DATA, hand-coded (the hot path; one fixed layout). */
 function encodeDataHead(msg: DataPayloadMsg, frameSeq: number): Buffer {
   const fixedBytes = writeFixedBytes;
@@ -509,11 +497,11 @@ function encodeDataHead(msg: DataPayloadMsg, frameSeq: number): Buffer {
   h.writeUInt32BE(msg.volumeId, b);
   h.writeUInt16BE(msg.flags, b + 4);
   h.writeUInt16BE(0, b + 6);
-  putU64(h, msg.epoch, b + 8);
+  writeU64BE(h, msg.epoch, b + 8);
   // One fixed layout: the u64 at 16 is the seq, resyncId or readId.
   const at = b + 24;
-  putU64(h, msg.type === 'WRITE' ? msg.seq : msg.type === 'RESYNC_DATA' ? msg.resyncId : msg.readId, b + 16);
-  putU64(h, msg.offsetBytes, at);
+  writeU64BE(h, msg.type === 'WRITE' ? msg.seq : msg.type === 'RESYNC_DATA' ? msg.resyncId : msg.readId, b + 16);
+  writeU64BE(h, msg.offsetBytes, at);
   h.writeUInt32BE(data.length, at + 8);
   h.writeUInt32BE(0, at + 12);
   const bodyCrc = crc32(data, crc32Small(h, b, b + fixedBytes));
@@ -563,8 +551,8 @@ function encodeAck(msg: AckMsg | WriteAckMsg, frameSeq: number): Buffer {
     h[b + 6] = msg.asc;
     h[b + 7] = msg.ascq;
   }
-  putU64(h, msg.epoch, b + 8);
-  putU64(h, msg.seq, b + 16);
+  writeU64BE(h, msg.epoch, b + 8);
+  writeU64BE(h, msg.seq, b + 16);
   writeHeader(h, 0, FrameType[msg.type], ackBodyBytes, frameSeq, crc32Small(h, b, b + ackBodyBytes));
   return h;
 }
@@ -572,8 +560,8 @@ function encodeAck(msg: AckMsg | WriteAckMsg, frameSeq: number): Buffer {
 function decodeAck(s: MessageSpec, body: Buffer): AckMsg | WriteAckMsg {
   if (body.length !== ackBodyBytes) malformed(s, `body is ${body.length} bytes, ${s.name} is ${ackBodyBytes}`);
   const volumeId = body.readUInt32BE(0);
-  const epoch = getU64(body, 8);
-  const seq = getU64(body, 16);
+  const epoch = readU64BE(body, 8);
+  const seq = readU64BE(body, 16);
   if (s === ackSpec) {
     if (body.readUInt32BE(4) !== 0) reservedNonZero(s, 'reserved');
     return { type: 'ACK', volumeId, epoch, seq };
@@ -724,10 +712,10 @@ function decodeDataBody(s: MessageSpec, body: Buffer): DataPayloadMsg {
   if ((flags & ~allowed) !== 0) {
     throw new ProtocolError(ErrorCode.BAD_FLAGS, `${s.name} frame: unknown flag bits 0x${(flags & ~allowed).toString(16)}`);
   }
-  const epoch = getU64(body, 8);
-  const seq = getU64(body, 16); // seq of a WRITE, resyncId of a RESYNC_DATA, readId of a READ_DATA
+  const epoch = readU64BE(body, 8);
+  const seq = readU64BE(body, 16); // seq of a WRITE, resyncId of a RESYNC_DATA, readId of a READ_DATA
   const at = 24;
-  const offsetBytes = getU64(body, at);
+  const offsetBytes = readU64BE(body, at);
   const lengthBytes = body.readUInt32BE(at + 8);
   if (body.readUInt32BE(at + 12) !== 0) reservedNonZero(s, 'reserved2');
   if (lengthBytes !== body.length - fixedBytes) {

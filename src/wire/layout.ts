@@ -3,6 +3,7 @@
 // messages and to prove the hand-coded hot path right, and (b) the tables of docs/PROTOCOL.md
 // (src/wire/doc.ts renders them; test/conformance/doc.test.ts checks the doc against them).
 import * as BL from 'buffer-layout';
+import { readU64BE, writeU64BE } from '../../hal/u64.js';
 
 export type FieldType = 'u8' | 'u16' | 'u32' | 'u64' | 'bytes32';
 
@@ -26,10 +27,10 @@ class U64BE extends (BL.Layout as unknown as LayoutCtor) {
     super(8, property);
   }
   override decode(b: Buffer, offset = 0): bigint {
-    return b.readBigUInt64BE(offset);
+    return readU64BE(b, offset);
   }
   override encode(src: bigint, b: Buffer, offset = 0): number {
-    b.writeBigUInt64BE(src, offset);
+    writeU64BE(b, src, offset);
     return 8;
   }
 }
