@@ -33,8 +33,11 @@ import { assert, peerRangesMax, type ByteRange, type Completion, type Epoch, typ
 /** A write as the primary tracks it: the local store's entry plus who it still waits for. */
 export interface PrimaryEntry extends StoreEntry {
   readonly hostId: HostOpId | undefined;
-  /** In-sync mirrors this write was (or will be, after a reconnect) sent to and not yet acked by. */
-  readonly waitingMirrors: Set<PeerId>;
+  /**
+   * In-sync mirrors this write was (or will be, after a reconnect) sent to and not yet acked by,
+   * as a mask of their MirrorState.bit: no Set per host write on the hot path (issue 18).
+   */
+  waitingMask: number;
   /**
    * bitmapSet ops that must be durable before the host ack (degraded mirrors miss this write):
    * a count, the ops' waiter lists (Fanout.bitmapWaiters) say which; no Set per host write.
@@ -104,6 +107,8 @@ export type LinkState = 'down' | 'joining' | 'ready';
 
 export interface MirrorState {
   readonly peer: PeerId;
+  /** This mirror's bit in PrimaryEntry.waitingMask (one of 31: config's fanoutMirrorsMax). */
+  readonly bit: number;
   link: LinkState;
   sync: MirrorSync;
   downSinceMs: number;
@@ -163,9 +168,10 @@ export class Fanout implements OpOwner {
     private readonly host: FanoutHost,
   ) {
     this.lim = cfg.limits;
-    for (const peer of cfg.mirrors) {
+    assert(cfg.mirrors.length <= 31, `fan-out to ${cfg.mirrors.length} mirrors: at most 31 (one bit each in waitingMask)`);
+    for (const [i, peer] of cfg.mirrors.entries()) {
       this.mirrors.set(peer, {
-        peer, link: 'down', sync: 'inSync', downSinceMs: 0, degradedAtMs: 0, dirty: new Map(), missed: new Map(), inflight: new Map(),
+        peer, bit: 1 << i, link: 'down', sync: 'inSync', downSinceMs: 0, degradedAtMs: 0, dirty: new Map(), missed: new Map(), inflight: new Map(),
         tokensBytes: 0, lastRefillMs: 0, regionsDone: 0, progressDecile: 0, resyncedBytes: 0, resyncRunBytes: 0, resyncStartMs: 0, resyncFailures: 0, resyncRetryAtMs: 0, seqAcked: 0n, ackCursor: 0n, rttMs: undefined,
       });
     }
@@ -193,7 +199,7 @@ export class Fanout implements OpOwner {
   fanOut(e: PrimaryEntry): void {
     for (const m of this.mirrors.values()) {
       if (m.sync === 'inSync') {
-        e.waitingMirrors.add(m.peer);
+        e.waitingMask |= m.bit;
         if (m.link === 'ready') this.io.send(m.peer, writeMsg(e));
       } else {
         this.dirtyFor(m, e);
@@ -293,7 +299,7 @@ export class Fanout implements OpOwner {
     // Re-send, in seq order, what it has not received (the link reset lost it).
     let resent = 0;
     for (const e of this.store.entries) {
-      if (e.cached && e.epoch === this.host.epoch && e.seq > seqReceived && e.waitingMirrors.has(m.peer)) {
+      if (e.cached && e.epoch === this.host.epoch && e.seq > seqReceived && (e.waitingMask & m.bit) !== 0) {
         this.io.send(m.peer, writeMsg(e));
         resent++;
       }
@@ -391,7 +397,8 @@ export class Fanout implements OpOwner {
     for (let i = firstAbove(entries, this.host.epoch, m.ackCursor); i < entries.length; i++) {
       const e = entries[i]!;
       if (e.seq > seq) break;
-      if (e.waitingMirrors.delete(m.peer)) {
+      if ((e.waitingMask & m.bit) !== 0) {
+        e.waitingMask &= ~m.bit;
         e.ackedBy++;
         this.host.tryComplete(e);
       }
@@ -444,7 +451,8 @@ export class Fanout implements OpOwner {
     m.regionsDone = 0;
     let missed = 0;
     for (const e of this.store.entries) {
-      if (e.waitingMirrors.delete(m.peer)) {
+      if ((e.waitingMask & m.bit) !== 0) {
+        e.waitingMask &= ~m.bit;
         this.dirtyFor(m, e);
         missed++;
         this.host.tryComplete(e);
@@ -657,7 +665,7 @@ export class Fanout implements OpOwner {
 
   /** Whether `m` acked every cached write overlapping the range (its storage holds them). */
   private caughtUp(m: MirrorState, offsetBytes: number, lengthBytes: number): boolean {
-    return !this.store.entries.some((e) => e.waitingMirrors.has(m.peer) && e.offsetBytes < offsetBytes + lengthBytes && offsetBytes < e.offsetBytes + e.lengthBytes);
+    return !this.store.entries.some((e) => (e.waitingMask & m.bit) !== 0 && e.offsetBytes < offsetBytes + lengthBytes && offsetBytes < e.offsetBytes + e.lengthBytes);
   }
 
   /** Regions the primary's journal lost, repaired from `source`: every other mirror may differ there. */

@@ -382,7 +382,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     return {
       epoch: ce.epoch, seq: ce.seq, offsetBytes: ce.offsetBytes, lengthBytes: ce.lengthBytes, fua: ce.fua, payload: ce.payload,
       cached: replayed, inCache: replayed, stored: false, durable: false, sense: undefined,
-      hostId, waitingMirrors: new Set(), bitmapWaits: 0, copyWaits: 0, done: false, ackedBy: 0,
+      hostId, waitingMask: 0, bitmapWaits: 0, copyWaits: 0, done: false, ackedBy: 0,
     };
   }
 
@@ -405,7 +405,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
    * host write only if no mirror holds it either.
    */
   tryComplete(e: PrimaryEntry): void {
-    if (e.done || !e.cached || !e.stored || e.waitingMirrors.size > 0 || e.bitmapWaits > 0 || e.copyWaits > 0) return;
+    if (e.done || !e.cached || !e.stored || e.waitingMask !== 0 || e.bitmapWaits > 0 || e.copyWaits > 0) return;
     e.done = true;
     this.writesInflight--;
     this.bytesInflight -= e.lengthBytes;
@@ -603,7 +603,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
         let inflightWrites = 0;
         let inflightBytes = 0;
         for (const e of this.store.entries) {
-          if (!e.waitingMirrors.has(m.peer)) continue;
+          if ((e.waitingMask & m.bit) === 0) continue;
           inflightWrites++;
           inflightBytes += e.lengthBytes;
         }

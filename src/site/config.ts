@@ -770,6 +770,7 @@ class Validator {
       s.mirrors.forEach((m, i) => ref(s.name, ['sites', s.name, 'mirrors', i], m, s.role === 'primary' ? ['mirror', 'relay', 'standby'] : ['mirror', 'relay'], 'mirror to'));
       if (s.forward !== undefined) ref(s.name, ['sites', s.name, 'forward'], s.forward, ['mirror', 'relay'], 'forward to');
       if (s.standbyFor !== undefined) ref(s.name, ['sites', s.name, 'standby-for'], s.standbyFor, ['primary'], 'stand by for');
+      if (s.mirrors.length > fanoutMirrorsMax) this.fail(['sites', s.name, 'mirrors'], `lists ${s.mirrors.length} sites; a site fans out to at most ${fanoutMirrorsMax} (use relays for more)`);
       if (s.role === 'primary' && s.mirrors.length === 0 && !Object.values(sites).some((x) => x.role === 'standby')) {
         this.fail(['sites', s.name, 'mirrors'], 'a primary needs at least one mirror (claim 1); list them, e.g. mirrors: [east, west]');
       }
@@ -789,6 +790,10 @@ class Validator {
       // primary's mirrors is optional; it is added here so nobody can forget it.
       p.standby = standbys[0]!;
       if (!p.mirrors.includes(p.standby)) p.mirrors.push(p.standby);
+      if (p.mirrors.length > fanoutMirrorsMax) {
+        this.fail(['sites', primary, 'mirrors'], `lists ${p.mirrors.length - 1} sites and the standby ${p.standby} makes ${p.mirrors.length}; a site fans out to at most ${fanoutMirrorsMax} (use relays for more)`);
+        return undefined;
+      }
       if (p.listen === undefined) {
         this.fail(['sites', primary, 'listen'], `is missing; with a standby (${p.standby}) the primary needs a listen address: after a failover the new primary dials it there to resync it as a mirror`);
         return undefined;
@@ -848,6 +853,8 @@ class Validator {
 /** In a storage string of a multi-volume file: replaced by each volume's name. */
 export const volumePlaceholder = '{volume}';
 /** Bounds of issue 20 item 1, per cluster file, group and site. */
+/** Mirrors one site fans out to (the core tracks which of them still owe a write's ack as one bit each: src/core/fanout.ts). */
+export const fanoutMirrorsMax = 31;
 export const volumesMax = 64;
 export const groupVolumesMax = 16;
 export const siteVolumesMax = 64;

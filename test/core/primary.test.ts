@@ -32,6 +32,25 @@ describe('primary: write path (claims 10, 11, 12)', () => {
     expect(t.done('storageFlush')).toEqual(['cacheDrop s1']); // claim 12 (vi)
   });
 
+  it('with 31 mirrors (the most a site fans out to) the host ack waits for the last of them, whatever the order of acks', () => {
+    // PrimaryEntry.waitingMask holds one bit per mirror (issue 18): the 31st mirror's bit is
+    // 1 << 30, and an ack from an unknown or repeated mirror must not complete the write.
+    const names = Array.from({ length: 31 }, (_, i) => `m${i}`);
+    const t = primaryScript(names);
+    for (const n of names) join(t, n);
+    t.step(hostWrite(1, 0, 512));
+    t.done('metaPersist');
+    expect(t.done('cacheAppend s1').filter((a) => a.startsWith('send '))).toHaveLength(31);
+    t.done('storageWrite @0');
+    const order = [...names.slice(16), ...names.slice(0, 16)].reverse(); // m15..m0, m30..m16: the last bit acks last but one
+    const last = order.splice(order.indexOf('m30'), 1)[0]!;
+    for (const n of order) {
+      expect(t.recv(n, { type: 'ack', epoch: 1n, seq: 1n })).toEqual([]);
+      expect(t.recv(n, { type: 'ack', epoch: 1n, seq: 1n })).toEqual([]); // a repeated ack adds nothing
+    }
+    expect(t.recv(last, { type: 'ack', epoch: 1n, seq: 1n })).toEqual(['ackHost #1']);
+  });
+
   it('a FUA write is durable on completion: no flush needed before the drop', () => {
     const t = primaryScript(['east']);
     join(t, 'east');

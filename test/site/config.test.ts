@@ -146,6 +146,16 @@ describe('connect: and standby refusals name the key', () => {
     }
   });
 
+  it('fans out to at most 31 mirrors (the core keeps one bit per mirror), and says so naming the list', () => {
+    const mirrors = (n: number): string => {
+      const names = Array.from({ length: n }, (_, i) => `m${i}`);
+      const sites = names.map((m, i) => `  ${m}: { role: mirror, listen: 127.0.0.1:${7500 + i}, cache: { device: "loopback:./data/${m}.cache", size: 64MiB }, storage: ["loopback:./data/${m}.img"] }`);
+      return `${designExample.replace('mirrors: [east, west]', `mirrors: [east, west, ${names.join(', ')}]`)}${sites.join('\n')}\n`;
+    };
+    expect(parseConfig(mirrors(29), file).sites.local!.mirrors).toHaveLength(31);
+    expect(problems(mirrors(30))).toContainEqual(expect.stringMatching(/^sites\.local\.mirrors: lists 32 sites; a site fans out to at most 31 \(use relays for more\)/));
+  });
+
   it('refuses connecting to itself, a bad address and a non-mapping', () => {
     expect(problems(withConnect('{ local: "10.9.0.7:7400" }'))).toContainEqual(expect.stringMatching(/^sites\.local\.connect\.local: local does not connect to itself/));
     expect(problems(withConnect('{ east: "10.9.0.7" }'))).toContainEqual(expect.stringMatching(/^sites\.local\.connect\.east: "10\.9\.0\.7" is not HOST:PORT/));
