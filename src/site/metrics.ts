@@ -14,8 +14,9 @@
 // peer's state and 0 for the others, so `sum by (state)` counts peers per state. No series is a
 // total of others (no peer="all"): sum() over a metric never double counts; the host-side totals
 // have their own names (geomirror_host_inflight_*).
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { payloadPool } from '../../hal/payload-pool.js';
+import { LatencyHistogram } from './latency-histogram.js';
 import { roles } from './config-keys.js';
 import { siteStates, type SiteStatus } from './status.js';
 
@@ -64,9 +65,9 @@ export interface SiteMetrics {
   /** Storage and cache device errors, by device string and op (see ioError). */
   deviceIoErrorsTotal: Counter<'device' | 'op'>;
   /** Time from sending a write to a peer to that peer's ack, per peer (claim 10 iii). */
-  ackLatencySeconds: Histogram<'peer'>;
+  ackLatencySeconds: LatencyHistogram<'peer'>;
   /** Host-visible write latency (receipt to host ack, claim 10 iv). */
-  hostAckLatencySeconds: Histogram;
+  hostAckLatencySeconds: LatencyHistogram;
   /** Battery-backed cache occupancy (claims 12 v/vi): bytes and entries held, capacity. From status. */
   cacheUsedBytes: Gauge;
   cacheCapacityBytes: Gauge;
@@ -223,8 +224,8 @@ export function createSiteMetrics(options: SiteMetricsOptions): SiteMetrics {
     readBytesTotal: new Counter({ name: 'geomirror_read_bytes_total', help: 'Bytes of host reads served through the NBD export', registers }),
     hostIoErrorsTotal: new Counter({ name: 'geomirror_host_io_errors_total', help: 'Host requests through the NBD export answered with an error, by op', labelNames: ['op'], registers }),
     deviceIoErrorsTotal: new Counter({ name: 'geomirror_device_io_errors_total', help: 'Failed storage and cache device calls, by device and op', labelNames: ['device', 'op'], registers }),
-    ackLatencySeconds: new Histogram({ name: 'geomirror_ack_latency_seconds', help: 'Send-to-ack latency of replicated writes, per peer', labelNames: ['peer'], buckets: ackLatencyBucketsSeconds, registers }),
-    hostAckLatencySeconds: new Histogram({ name: 'geomirror_host_ack_latency_seconds', help: 'Receipt-to-host-ack latency of host writes', buckets: ackLatencyBucketsSeconds, registers }),
+    ackLatencySeconds: new LatencyHistogram('geomirror_ack_latency_seconds', 'Send-to-ack latency of replicated writes, per peer', ['peer'], ackLatencyBucketsSeconds, registers),
+    hostAckLatencySeconds: new LatencyHistogram('geomirror_host_ack_latency_seconds', 'Receipt-to-host-ack latency of host writes', [], ackLatencyBucketsSeconds, registers),
     cacheUsedBytes: fromStatus('geomirror_cache_used_bytes', 'Bytes held in the battery-backed cache', [], (g, s) => g.set(s.cache.usedBytes)),
     cacheCapacityBytes: fromStatus('geomirror_cache_capacity_bytes', 'Capacity of the battery-backed cache', [], (g, s) => g.set(s.cache.capacityBytes)),
     cacheEntries: fromStatus('geomirror_cache_entries', 'Write requests held in the battery-backed cache', [], (g, s) => g.set(s.cache.entries)),

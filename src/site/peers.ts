@@ -55,6 +55,8 @@ export class Peers implements PeersPort {
   private readonly group: number;
   /** Send-to-ack timing per peer, for the ack-latency histogram only (the core keeps the window). */
   private readonly ackTimer = new AckTimer();
+  /** Per peer, what records an ack's latency in geomirror_ack_latency_seconds (made once: acks are the hot path). */
+  private readonly ackObservers = new Map<string, (latencyMs: number) => void>();
   private stopped = false;
   private readonly authority: PeerAuthority;
   /** Per link: the LAST_HEARD_QUERY ids sent on it and not yet answered. */
@@ -237,7 +239,7 @@ export class Peers implements PeersPort {
       }
       const msg = decodeOrClose(link, m, peer, log);
       if (msg === undefined) return;
-      if (msg.type === 'ack') this.ackTimer.acked(peer, msg.seq, this.opts.nowMs(), (ms) => metrics.ackLatencySeconds.observe({ peer }, ms / 1000));
+      if (msg.type === 'ack') this.ackTimer.acked(peer, msg.seq, this.opts.nowMs(), this.ackObserver(peer));
       else if (msg.type === 'write') {
         replicated.writes++;
         replicated.bytes += msg.lengthBytes;
@@ -278,6 +280,15 @@ export class Peers implements PeersPort {
   }
 
   /** Refuses `peer`'s `type` frame: counted, logged naming the peer (rate-limited per peer), the link closed with REFUSED. */
+  private ackObserver(peer: string): (latencyMs: number) => void {
+    let o = this.ackObservers.get(peer);
+    if (o === undefined) {
+      const series = this.ctx.metrics.ackLatencySeconds.seriesOf({ peer });
+      this.ackObservers.set(peer, (o = (ms) => series.observe(ms / 1000)));
+    }
+    return o;
+  }
+
   private refuse(link: Link, peer: PeerId, type: FrameTypeName, reason: string): void {
     this.ctx.metrics.framesRefusedTotal.inc({ reason: String(ErrorCode.REFUSED) });
     this.limitedLog(`frames refused from ${peer}`).warn({ event: 'frame-refused', peer, remote: link.remote, type, reason }, `refused ${type} from ${peer}: ${reason}`);

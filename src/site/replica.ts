@@ -121,6 +121,7 @@ export class Replica {
       },
     });
     this.coord = this.coordinator();
+    const hostAck = metrics.hostAckLatencySeconds.seriesOf({});
     this.host = new HostApi({
       name: site.name,
       feed: (ev) => this.feed(ev),
@@ -133,7 +134,7 @@ export class Replica {
         return array.read(offsetBytes / array.blockSizeBytes, lengthBytes / array.blockSizeBytes);
       },
       nowMs: () => this.nowMs(),
-      acked: (ms) => metrics.hostAckLatencySeconds.observe(ms / 1000),
+      acked: (ms) => hostAck.observe(ms / 1000),
       wrote: (bytes) => {
         written.writes++;
         written.bytes += bytes;
