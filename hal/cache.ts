@@ -99,6 +99,11 @@ export interface EntryMeta {
   readonly offsetBytes: number;
   /** CacheEntryFlags bits. */
   readonly flags?: number;
+  /**
+   * CRC-32 of the payload when the caller has it (the site checksums a payload once: where a
+   * host write came in, or from a WRITE frame's verified body CRC); computed here otherwise.
+   */
+  readonly payloadCrc?: number;
 }
 
 type EntryState = 'writing' | 'cached' | 'done';
@@ -486,7 +491,7 @@ export class CacheJournal {
     const header = Buffer.allocUnsafe(entryHeaderBytes);
     // The watermark and the previous entry's identity let replay tell damage from a torn tail
     // and name a damaged entry's range (hal/cache-replay.ts).
-    encodeEntryHeader(header, this.journalId, handle, crc32(payload), { committedJseq: this.completedJseq + 1, prev: this.lastIssued });
+    encodeEntryHeader(header, this.journalId, handle, meta.payloadCrc ?? crc32(payload), { committedJseq: this.completedJseq + 1, prev: this.lastIssued });
     this.lastIssued = { epoch: meta.epoch, seq: meta.seq, offsetBytes: meta.offsetBytes, payloadBytes: payload.byteLength, posBytes: pos };
     // Group commit: entries appended in one synchronous run (a burst of frames from one socket
     // read, the actions of one core step) that sit back to back in the ring leave in ONE

@@ -756,5 +756,5 @@ export class Fanout implements OpOwner {
 }
 
 export function writeMsg(e: StoreEntry): PeerMsg {
-  return { type: 'write', epoch: e.epoch, seq: e.seq, offsetBytes: e.offsetBytes, lengthBytes: e.lengthBytes, fua: e.fua, payload: e.payload };
+  return { type: 'write', epoch: e.epoch, seq: e.seq, offsetBytes: e.offsetBytes, lengthBytes: e.lengthBytes, fua: e.fua, payload: e.payload, payloadCrc: e.payloadCrc };
 }

@@ -48,7 +48,7 @@ export interface StoreEntry extends CacheEntry {
 /** A store entry for `ce`: fresh (to be journaled), or replayed from the journal (cached already). */
 export function storeEntry(ce: CacheEntry, replayed: boolean): StoreEntry {
   return {
-    epoch: ce.epoch, seq: ce.seq, offsetBytes: ce.offsetBytes, lengthBytes: ce.lengthBytes, fua: ce.fua, payload: ce.payload,
+    epoch: ce.epoch, seq: ce.seq, offsetBytes: ce.offsetBytes, lengthBytes: ce.lengthBytes, fua: ce.fua, payload: ce.payload, payloadCrc: ce.payloadCrc,
     cached: replayed, inCache: replayed, stored: false, durable: false, sense: undefined,
   };
 }

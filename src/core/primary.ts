@@ -71,7 +71,7 @@ interface HostFlush extends FanoutFlush {
 }
 
 type HostOp =
-  | { kind: 'write'; id: HostOpId; offsetBytes: number; lengthBytes: number; fua: boolean; payload: Uint8Array }
+  | { kind: 'write'; id: HostOpId; offsetBytes: number; lengthBytes: number; fua: boolean; payload: Uint8Array; payloadCrc: number | undefined }
   | { kind: 'flush'; id: HostOpId };
 
 export interface PrimaryStatus {
@@ -274,7 +274,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
       this.ackHost(w.id, { kind: 'busy', message: `host queue full (${this.lim.hostQueueWritesMax} operations waiting for mirror acks); retry after an ack` });
       return;
     }
-    this.hostQueue.push({ kind: 'write', id: w.id, offsetBytes: w.offsetBytes, lengthBytes: w.lengthBytes, fua: w.fua, payload: w.payload });
+    this.hostQueue.push({ kind: 'write', id: w.id, offsetBytes: w.offsetBytes, lengthBytes: w.lengthBytes, fua: w.fua, payload: w.payload, payloadCrc: w.payloadCrc });
   }
 
   private validateWrite(offsetBytes: number, lengthBytes: number, payload: Uint8Array): string | undefined {
@@ -357,7 +357,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
         return;
       }
       this.hostQueue.shift();
-      const e = this.newEntry({ epoch: this.epoch, seq: this.seqNext++, offsetBytes: op.offsetBytes, lengthBytes: op.lengthBytes, fua: op.fua, payload: op.payload }, op.id, false);
+      const e = this.newEntry({ epoch: this.epoch, seq: this.seqNext++, offsetBytes: op.offsetBytes, lengthBytes: op.lengthBytes, fua: op.fua, payload: op.payload, payloadCrc: op.payloadCrc }, op.id, false);
       // Claim 12 (v): into the cache first; nothing is sent or performed until it is there.
       this.store.journal(e);
     }
@@ -380,7 +380,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
     this.bytesInflight += ce.lengthBytes;
     // One literal, no spread: an entry per host write (the same fields as storeEntry()).
     return {
-      epoch: ce.epoch, seq: ce.seq, offsetBytes: ce.offsetBytes, lengthBytes: ce.lengthBytes, fua: ce.fua, payload: ce.payload,
+      epoch: ce.epoch, seq: ce.seq, offsetBytes: ce.offsetBytes, lengthBytes: ce.lengthBytes, fua: ce.fua, payload: ce.payload, payloadCrc: ce.payloadCrc,
       cached: replayed, inCache: replayed, stored: false, durable: false, sense: undefined,
       hostId, waitingMask: 0, bitmapWaits: 0, copyWaits: 0, done: false, ackedBy: 0,
     };

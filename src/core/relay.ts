@@ -414,7 +414,7 @@ export class Relay extends CoreRole implements OpOwner {
       e.sent = true;
       writes++;
       bytes += e.lengthBytes;
-      this.io.send(this.cfg.downstream, { type: 'write', epoch: e.epoch, seq: e.seq, offsetBytes: e.offsetBytes, lengthBytes: e.lengthBytes, fua: e.fua, payload: e.payload });
+      this.io.send(this.cfg.downstream, { type: 'write', epoch: e.epoch, seq: e.seq, offsetBytes: e.offsetBytes, lengthBytes: e.lengthBytes, fua: e.fua, payload: e.payload, payloadCrc: e.payloadCrc });
     }
     // Flushes follow every write they cover on the (FIFO) link.
     for (const f of this.flushes) {

@@ -51,7 +51,7 @@ export interface SenseInfo {
 
 export type PeerMsg =
   /** A replicated host write. `fua`: durable at the receiver before it is acked. */
-  | { type: 'write'; epoch: Epoch; seq: Seq; offsetBytes: number; lengthBytes: number; fua: boolean; payload: Uint8Array }
+  | { type: 'write'; epoch: Epoch; seq: Seq; offsetBytes: number; lengthBytes: number; fua: boolean; payload: Uint8Array; payloadCrc?: number }
   /**
    * Cumulative ack. Downstream -> upstream: every write with seq <= `seq` of `epoch` is in the
    * sender's cache AND performed on its storage (claim 10 iii, 11). Upstream -> downstream
@@ -129,6 +129,12 @@ export interface CacheEntry {
   readonly lengthBytes: number;
   readonly fua: boolean;
   readonly payload: Uint8Array;
+  /**
+   * CRC-32 of `payload` when the site computed it already (issue 18: once per site): where the
+   * host write came in, or from a WRITE frame's verified body CRC. The core only passes it on,
+   * to the cache journal and in WRITEs it sends; absent, whoever needs it computes it.
+   */
+  readonly payloadCrc?: number;
 }
 
 /** The small persistent record every site keeps (epoch for fencing, seq reservation). */
@@ -186,7 +192,7 @@ export type CoreEvent =
   /** First event of every process life. `recovered` is what persistent storage held. */
   | { type: 'start'; recovered: Recovered }
   | { type: 'tick' }
-  | { type: 'hostWrite'; id: HostOpId; offsetBytes: number; lengthBytes: number; fua: boolean; payload: Uint8Array }
+  | { type: 'hostWrite'; id: HostOpId; offsetBytes: number; lengthBytes: number; fua: boolean; payload: Uint8Array; payloadCrc?: number }
   | { type: 'hostFlush'; id: HostOpId }
   /** A host read this site cannot serve from its own storage (it is suspect there): read from a peer. */
   | { type: 'hostRead'; id: HostOpId; offsetBytes: number; lengthBytes: number }

@@ -143,7 +143,7 @@ export class JournalPortImpl implements JournalPort {
   }
 
   append(e: CacheEntry, done: (err: unknown) => void): void {
-    this.journal.appendCb({ volume: volumeId, epoch: e.epoch, seq: e.seq, offsetBytes: e.offsetBytes, flags: e.fua ? CacheEntryFlags.FUA : 0 }, e.payload, (err, h) => {
+    this.journal.appendCb({ volume: volumeId, epoch: e.epoch, seq: e.seq, offsetBytes: e.offsetBytes, flags: e.fua ? CacheEntryFlags.FUA : 0, payloadCrc: e.payloadCrc }, e.payload, (err, h) => {
       if (err !== undefined) {
         this.failed();
         done(err);

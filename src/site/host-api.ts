@@ -10,6 +10,7 @@
 // counts or bounds; the NBD server's own byte budgets bound what can wait.
 import type { CoreEvent, HostError, SenseInfo } from '../core/types.js';
 import { payloadBytesMax } from '../wire/index.js';
+import { crc32 } from '../wire/crc.js';
 import type { HostPort } from './executor.js';
 
 /** Largest piece of a host write handed to the core: one WRITE frame's payload. */
@@ -32,7 +33,9 @@ type OpDone = (err: Error | undefined, data?: Uint8Array) => void;
 
 /** The core event of one host write piece, once it has an id. */
 function hostWrite(offsetBytes: number, payload: Uint8Array, fua: boolean): (id: number) => CoreEvent {
-  return (id) => ({ type: 'hostWrite', id, offsetBytes, lengthBytes: payload.byteLength, fua, payload });
+  // Checksummed once here: the cache journal and every WRITE frame to a mirror reuse it (issue 18).
+  const payloadCrc = crc32(payload);
+  return (id) => ({ type: 'hostWrite', id, offsetBytes, lengthBytes: payload.byteLength, fua, payload, payloadCrc });
 }
 
 interface Waiter {

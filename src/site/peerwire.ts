@@ -33,6 +33,7 @@ export function toWire(msg: PeerMsg, self: string, volumeId = 0): DataMessage {
         seq: msg.seq,
         offsetBytes: BigInt(msg.offsetBytes),
         data: Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength),
+        payloadCrc: msg.payloadCrc,
       };
     case 'ack':
       return { type: 'ACK', volumeId, epoch: msg.epoch, seq: msg.seq };
@@ -92,7 +93,7 @@ export function fromWire(m: DataMessage, peer: string, volumeId = 0): PeerMsg | 
   }
   switch (m.type) {
     case 'WRITE':
-      return { type: 'write', epoch: m.epoch, seq: m.seq, offsetBytes: safeOffset(m.offsetBytes, peer), lengthBytes: m.data.byteLength, fua: (m.flags & WriteFlags.FUA) !== 0, payload: m.data };
+      return { type: 'write', epoch: m.epoch, seq: m.seq, offsetBytes: safeOffset(m.offsetBytes, peer), lengthBytes: m.data.byteLength, fua: (m.flags & WriteFlags.FUA) !== 0, payload: m.data, payloadCrc: m.payloadCrc };
     case 'ACK':
       return { type: 'ack', epoch: m.epoch, seq: m.seq };
     case 'WRITE_ACK': {

@@ -3,7 +3,7 @@
 // in test/conformance/vectors.json pin the encoding. Big-endian everywhere; u64 fields are
 // bigint (never JS numbers: seqs and byte offsets pass 2^53).
 import { SmartBuffer } from 'smart-buffer';
-import { crc32, crc32Small } from './crc.js';
+import { crc32, crc32Combine, crc32Small, crc32Suffix } from './crc.js';
 import { ErrorCode, ProtocolError } from './errors.js';
 import { buildStruct, type BuiltStruct, type FieldSpec } from './layout.js';
 import { readU64BE, writeU64BE } from '../../hal/u64.js';
@@ -339,7 +339,15 @@ export interface ChallengeMsg { type: 'CHALLENGE'; version: number; nonce: Buffe
 export interface ResponseMsg { type: 'RESPONSE'; mac: Buffer }
 export interface WelcomeMsg { type: 'WELCOME'; mac: Buffer }
 export interface RefuseMsg { type: 'REFUSE'; code: number; reason: string }
-export interface WriteMsg { type: 'WRITE'; volumeId: number; flags: number; epoch: bigint; seq: bigint; offsetBytes: bigint; data: Buffer }
+export interface WriteMsg {
+  type: 'WRITE'; volumeId: number; flags: number; epoch: bigint; seq: bigint; offsetBytes: bigint; data: Buffer;
+  /**
+   * CRC-32 of `data`, when known (issue 18: each payload checksummed once per site). Encoding
+   * combines it with the fixed fields' CRC instead of reading data again; decoding sets it from
+   * the body CRC the parser verified, for the cache journal.
+   */
+  payloadCrc?: number;
+}
 export interface WriteAckMsg { type: 'WRITE_ACK'; volumeId: number; status: number; senseKey: number; asc: number; ascq: number; epoch: bigint; seq: bigint }
 export interface AckMsg { type: 'ACK'; volumeId: number; epoch: bigint; seq: bigint }
 export interface FlushMsg { type: 'FLUSH'; volumeId: number; epoch: bigint; flushId: bigint; barrierSeq: bigint }
@@ -383,6 +391,8 @@ export interface Frame {
   readonly frameSeq: number;
   /** View into received memory; valid as long as it is referenced (see parser.ts). */
   readonly body: Buffer;
+  /** The body's CRC-32 as the parser verified it (absent for frames not from a parser). */
+  readonly bodyCrc?: number;
 }
 
 // ---- Header (hand-coded hot path; test/conformance/layout.test.ts proves it equals headerStruct) ----
@@ -504,7 +514,8 @@ function encodeDataHead(msg: DataPayloadMsg, frameSeq: number): Buffer {
   writeU64BE(h, msg.offsetBytes, at);
   h.writeUInt32BE(data.length, at + 8);
   h.writeUInt32BE(0, at + 12);
-  const bodyCrc = crc32(data, crc32Small(h, b, b + fixedBytes));
+  const fixedCrc = crc32Small(h, b, b + fixedBytes);
+  const bodyCrc = msg.type === 'WRITE' && msg.payloadCrc !== undefined ? crc32Combine(fixedCrc, msg.payloadCrc, data.length) : crc32(data, fixedCrc);
   writeHeader(h, 0, FrameType[msg.type], fixedBytes + data.length, frameSeq, bodyCrc);
   return h;
 }
@@ -701,7 +712,7 @@ for (const s of [writeSpec, resyncDataSpec, readDataSpec]) {
 }
 
 /** WRITE / RESYNC_DATA / READ_DATA body, hand-coded (the hot path); `data` is a view of the body. */
-function decodeDataBody(s: MessageSpec, body: Buffer): DataPayloadMsg {
+function decodeDataBody(s: MessageSpec, body: Buffer, bodyCrc: number | undefined): DataPayloadMsg {
   const isWrite = s === writeSpec;
   const fixedBytes = writeFixedBytes;
   if (body.length < fixedBytes) malformed(s, `body is ${body.length} bytes, the fixed fields need ${fixedBytes}`);
@@ -723,7 +734,7 @@ function decodeDataBody(s: MessageSpec, body: Buffer): DataPayloadMsg {
   }
   const data = body.subarray(fixedBytes);
   return isWrite
-    ? { type: 'WRITE', volumeId, flags, epoch, seq, offsetBytes, data }
+    ? { type: 'WRITE', volumeId, flags, epoch, seq, offsetBytes, data, payloadCrc: bodyCrc === undefined ? undefined : crc32Suffix(bodyCrc, crc32Small(body, 0, fixedBytes), data.length) }
     : s === resyncDataSpec
       ? { type: 'RESYNC_DATA', volumeId, flags, epoch, resyncId: seq, offsetBytes, data }
       : { type: 'READ_DATA', volumeId, flags, epoch, readId: seq, offsetBytes, data };
@@ -737,7 +748,7 @@ export function decodeMessage(frame: Frame): Message {
   const s = specByCode.get(frame.type);
   if (s === undefined) throw new ProtocolError(ErrorCode.UNKNOWN_TYPE, `type 0x${frame.type.toString(16)} is not a v1 message`);
   const body = frame.body;
-  if (s === writeSpec || s === resyncDataSpec || s === readDataSpec) return decodeDataBody(s, body);
+  if (s === writeSpec || s === resyncDataSpec || s === readDataSpec) return decodeDataBody(s, body, frame.bodyCrc);
   if (s === ackSpec || s === writeAckSpec) return decodeAck(s, body);
   if (body.length < s.fixed.spanBytes) malformed(s, `body is ${body.length} bytes, the fixed fields need ${s.fixed.spanBytes}`);
   const fixed = s.fixed.layout.decode(body, 0);

@@ -236,7 +236,7 @@ export class FrameParser {
     }
     this.expectedSeq = (this.expectedSeq + 1) >>> 0;
     this.framesParsed++;
-    onFrame({ type: this.type, flags: this.flags, frameSeq: this.frameSeq, body });
+    onFrame({ type: this.type, flags: this.flags, frameSeq: this.frameSeq, body, bodyCrc: computed });
   }
 }
 

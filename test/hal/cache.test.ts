@@ -4,6 +4,7 @@
 import { mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { crc32 } from '@node-rs/crc32';
 import { describe, expect, it } from 'vitest';
 import {
   CacheEntryFlags,
@@ -432,6 +433,20 @@ describe('CacheJournal', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it('takes the payload CRC the caller gives (the site checksums once) and replay checks the payload against it', async () => {
+    const dev = new MemoryCacheDevice('memory:c', sizeBytes);
+    const { journal } = await CacheJournal.open(dev);
+    const good = payloadFor(1, 4096);
+    await journal.append({ ...meta(1), payloadCrc: crc32(good) }, good);
+    // A CRC that does not match its payload: replay must refuse that entry (the header's CRC is
+    // what replay checks the payload against, so the given one is really the one written).
+    const other = payloadFor(2, 4096);
+    await journal.append({ ...meta(2), payloadCrc: (crc32(other) ^ 0x80) >>> 0 }, other);
+    const { recovered } = await CacheJournal.open(crashCopy(dev));
+    expect(seqs(recovered)).toEqual([1]);
+    expect(recovered[0]!.payload.equals(good)).toBe(true);
   });
 
   it('writes 1 MiB payloads that replay byte for byte', async () => {
