@@ -2,6 +2,7 @@
 // are stored (vectors.json, checked in and compared by vectors.test.ts). JSON conventions: a
 // bigint is a decimal string ending in "n"; a Buffer is { "hex": "..." }.
 import { createHash } from 'node:crypto';
+import { crc32 } from '../../src/wire/crc.js';
 import {
   AckStatus,
   ErrorCode,
@@ -32,7 +33,16 @@ export function toJson(v: unknown): Json {
   if (typeof v === 'bigint') return `${v}n`;
   if (Buffer.isBuffer(v)) return { hex: v.toString('hex') };
   if (Array.isArray(v)) return v.map(toJson);
-  if (v !== null && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, toJson(x)]));
+  if (v !== null && typeof v === 'object') {
+    // A decoded WRITE carries payloadCrc, which is not on the wire: the decoder derives it (the
+    // CRC-32 of data) from the body CRC it verified. Checked here, then left out of the fields.
+    const o = v as { type?: unknown; payloadCrc?: unknown; data?: unknown };
+    if (o.type === 'WRITE' && 'payloadCrc' in o) {
+      if (o.payloadCrc !== undefined && (!Buffer.isBuffer(o.data) || o.payloadCrc !== crc32(o.data))) throw new Error(`decoded WRITE has payloadCrc ${String(o.payloadCrc)}, not the CRC-32 of its data`);
+      return Object.fromEntries(Object.entries(v).filter(([k]) => k !== 'payloadCrc').map(([k, x]) => [k, toJson(x)]));
+    }
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, toJson(x)]));
+  }
   return v as Json;
 }
 
