@@ -106,7 +106,7 @@ export const siteKeys = {
   admin: { type: 'address', roles: { allowed: all, required: [] }, doc: 'HOST:PORT of the admin HTTP server: /status, /metrics, /events, /checksums.' },
   cache: { type: 'map', keys: cacheKeys, roles: { allowed: replicating, required: replicating }, doc: 'The battery-backed cache: { device, size }.' },
   storage: { type: 'devices', roles: { allowed: replicating, required: ['primary', 'mirror', 'standby'] }, doc: 'Storage devices; several form a RAID-1 array inside the site. Optional on a relay (a relay with storage keeps a full copy, claim 18). With volumes:, each string carries {volume} (one file per volume), or storage maps volume name -> devices.' },
-  mirrors: { type: 'siteList', roles: { allowed: ['primary', 'standby'], required: [] }, doc: 'Sites this site sends every write to at once (fan-out, claim 1). A standby defaults to its primary\'s list minus itself.' },
+  mirrors: { type: 'siteList', roles: { allowed: ['primary', 'standby'], required: [] }, doc: 'Sites this site sends every write to at once (fan-out, claim 1), at most 31 (beyond: use relays). A standby defaults to its primary\'s list minus itself.' },
   forward: { type: 'siteRef', roles: { allowed: ['relay'], required: ['relay'] }, doc: 'Relay: the next hop of the cascade (claim 14).' },
   'standby-for': { type: 'siteRef', roles: { allowed: ['standby'], required: ['standby'] }, doc: 'Standby: the primary it backs up (claim 8).' },
   'relay-ack': { type: 'enum', values: ['cached', 'end-to-end'], default: 'cached', roles: { allowed: ['relay'], required: [] }, doc: 'Relay: ack upstream once the write is in its cache (cached, claim 14) or only after the downstream acked (end-to-end).' },
