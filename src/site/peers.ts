@@ -279,7 +279,7 @@ export class Peers implements PeersPort {
     return log;
   }
 
-  /** Refuses `peer`'s `type` frame: counted, logged naming the peer (rate-limited per peer), the link closed with REFUSED. */
+  /** What records `peer`'s ack latencies: its histogram series, found once (see ackObservers). */
   private ackObserver(peer: string): (latencyMs: number) => void {
     let o = this.ackObservers.get(peer);
     if (o === undefined) {
@@ -289,6 +289,7 @@ export class Peers implements PeersPort {
     return o;
   }
 
+  /** Refuses `peer`'s `type` frame: counted, logged naming the peer (rate-limited per peer), the link closed with REFUSED. */
   private refuse(link: Link, peer: PeerId, type: FrameTypeName, reason: string): void {
     this.ctx.metrics.framesRefusedTotal.inc({ reason: String(ErrorCode.REFUSED) });
     this.limitedLog(`frames refused from ${peer}`).warn({ event: 'frame-refused', peer, remote: link.remote, type, reason }, `refused ${type} from ${peer}: ${reason}`);

@@ -92,5 +92,6 @@ export function crc32Combine(crcA: number, crcB: number, bytesB: number): number
 
 /** crc(B) from crc(A || B), crc(A) and the length of B in bytes (the inverse of crc32Combine in B). */
 export function crc32Suffix(crcAB: number, crcA: number, bytesB: number): number {
-  return (multModP(shiftOp(bytesB), crcA) ^ crcAB) >>> 0;
+  // The same sum as crc32Combine: XOR with shift(crc(A)) undoes itself.
+  return crc32Combine(crcA, crcAB, bytesB);
 }
