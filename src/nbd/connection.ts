@@ -121,7 +121,9 @@ export class Connection {
     this.attach(socket);
     // Without NBD TLS (the default), reads land in one reused buffer per connection instead of
     // a fresh 64 KiB one each (src/net/read-into.ts); the parser copies what it keeps. With TLS
-    // configured, STARTTLS needs the socket's own read buffering, so 'data' events stay.
+    // configured, STARTTLS needs the plain socket's own read buffering (the ClientHello is read
+    // through it), so 'data' events stay until TLS is up; the TLSSocket reads into a reused
+    // buffer (tlsHandshake).
     if (host.tls === undefined) readInto(socket, Buffer.allocUnsafeSlow(nbdReadBufferBytes), this.onRead);
     socket.on('close', () => this.onClose());
     this.handshakeTimer = setTimeout(() => this.hardDisconnect(`still negotiating after ${l.handshakeTimeoutMs} ms`), l.handshakeTimeoutMs);
@@ -356,6 +358,15 @@ export class Connection {
             }
           : {}),
       } as ConstructorParameters<typeof TLSSocket>[1]);
+      // Cleartext lands in one reused buffer, as on a plain connection (issue 18 item 3; a
+      // TLSSocket otherwise hands out a fresh 16 KiB buffer per record). Set before the first
+      // turn, as readInto requires; what arrives before 'secure' (the client not yet checked)
+      // is kept, copied, and parsed only once the client is accepted.
+      const early: Buffer[] = [];
+      const reused = readInto(t, Buffer.allocUnsafeSlow(nbdReadBufferBytes), (bytes, buffer) => {
+        if (this.tlsUp) this.onRead(bytes, buffer);
+        else early.push(Buffer.from(buffer.subarray(0, bytes)));
+      });
       t.on('error', (err) => {
         if (!this.tlsUp) this.hardDisconnect(`TLS handshake failed: ${err.message}`);
       });
@@ -372,7 +383,8 @@ export class Connection {
         this.socket = t;
         this.phaseCorked = false; // a fresh stream: nothing corked on it
         this.attach(t);
-        this.log().info({ conn: this.id, remote: this.address, client: who.client, by: who.by, protocol: t.getProtocol(), cipher: t.getCipher()?.name }, 'NBD TLS established');
+        this.log().info({ conn: this.id, remote: this.address, client: who.client, by: who.by, protocol: t.getProtocol(), cipher: t.getCipher()?.name, reusedReadBuffer: reused }, 'NBD TLS established');
+        for (const chunk of early.splice(0)) this.received(chunk, false);
         this.pump();
       });
     }
