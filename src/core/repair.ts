@@ -29,7 +29,9 @@
 //             others. Any other cause (the storage's own report, journal damage, the journal
 //             letting the writes go when the cache fills) marks it uncovered (`uncoveredKey`,
 //             durable before the cause is acted on: before the storage forgets its report,
-//             before the journal drops the writes).
+//             before the journal drops the writes). The journal lets them go only where the
+//             mirrors hold every block this copy lacks; where it holds the only copy of acked
+//             writes they stay pinned, even with the cache full, until written back (`keeps`).
 //
 // The fan-out never resyncs a mirror from a suspect region (Fanout.pickRegion), and the host ack
 // of a write whose local storage write failed waits until its region is recorded suspect and
@@ -161,7 +163,12 @@ export class LocalRepair implements OpOwner {
   /**
    * Whether the journal keeps `e` past its host ack (the primary's drop rule): a write its
    * storage failed, while a region of it is suspect and journaled. When the cache is 3/4 full
-   * those regions are marked uncovered first, and `e` goes once that is durable.
+   * those regions are marked uncovered first, and `e` goes once that is durable: but only
+   * regions where the mirrors hold every block this copy lacks. Elsewhere the journal holds
+   * the only copy of acked writes (a mirror missed writes there too): they stay, pinned like a
+   * controller's cache that cannot destage, until the journal's repair writes them back
+   * (tick), even if the cache fills and host writes wait (sim seeds 3137 and 11014: the
+   * journal let them go under cache pressure just before its repair ran, and they were lost).
    */
   keeps(e: PrimaryEntry): boolean {
     if (e.sense === undefined || !e.inCache || this.store.suspect.size === 0) return false;
@@ -174,8 +181,37 @@ export class LocalRepair implements OpOwner {
       keep = true;
       if (u === undefined) wanted.push(r);
     }
-    if (keep && wanted.length > 0 && this.store.cacheBytes * 4 > this.cfg.limits.cacheBytesMax * 3) this.uncover(wanted, undefined);
+    if (keep && wanted.length > 0 && this.store.cacheBytes * 4 > this.cfg.limits.cacheBytesMax * 3) {
+      const held = wanted.filter((r) => this.mirrorsHold(r));
+      if (held.length > 0) this.uncover(held, undefined);
+      if (held.length < wanted.length) {
+        const pinned = wanted.filter((r) => !held.includes(r));
+        this.io.logLimited('journal_pinned', repeatLogIntervalMs, 'warn', 'journal_pinned', {
+          regions: pinned.length, ranges: rangesOfRegions(pinned, this.cfg.volumeBytes, this.cfg.limits.regionBytes).slice(0, 16).map((x) => `${x.offsetBytes}+${x.lengthBytes}`),
+          effect: 'the cache is 3/4 full, but the journal holds the only copy of acked writes there (the local storage failed them and no mirror holds them): they stay until the local storage takes them back; host writes wait once the cache is full',
+          fix: 'bring the local storage back (or replace the failing device); the journal then writes them back and the cache drains',
+        });
+      }
+    }
     return keep;
+  }
+
+  /** Whether, for every block of region `r` this copy lacks, some mirror missed no write to it (it may be down: the repair waits for it). */
+  private mirrorsHold(r: number): boolean {
+    const good = this.goodOf(r);
+    for (let b = 0; b < good.blocks; b++) {
+      if (good.has(b)) continue;
+      let held = false;
+      for (const peer of this.fan.mirrors.keys()) {
+        const missed = this.fan.missedOf(peer, r);
+        if (missed === undefined || (missed !== 'all' && !missed.has(b))) {
+          held = true;
+          break;
+        }
+      }
+      if (!held) return false;
+    }
+    return true;
   }
 
   /** Persists `regions` uncovered where they were journaled; `then` runs once that is durable. */
@@ -365,13 +401,15 @@ export class LocalRepair implements OpOwner {
       if (st !== 'set' || busy.has(r)) continue;
       const range = regionRange(r, this.cfg.volumeBytes, rb);
       // Writes to it not yet cached would reach the mirror after the request: wait for them.
-      if (this.store.entries.some((e) => !e.cached && overlaps(e, range)) || this.store.queuedEntries().some((e) => overlaps(e, range))) continue;
+      const uncached = this.store.entries.some((e) => !e.cached && overlaps(e, range)) || this.store.queuedEntries().some((e) => overlaps(e, range));
       const good = this.goodOf(r);
-      if (good.full()) {
+      if (!uncached && good.full()) {
         this.finish([r], undefined);
         continue;
       }
       // Journaled: the blocks it lacks are in the journal's failed writes, written back from there.
+      // Not held back by writes not yet cached (the store orders them after the write-back): with
+      // the journal pinned (keeps) and the cache full, those writes wait for this repair.
       if (this.journaled.has(r) && !this.uncovered.has(r) && !this.lost.has(r)) {
         const fromJournal = this.repairFromJournal(r, range, good);
         if (fromJournal === 'wait') continue;
@@ -380,6 +418,7 @@ export class LocalRepair implements OpOwner {
           continue;
         }
       }
+      if (uncached) continue;
       // A mirror that holds some block this copy lacks (the best: all of them); the blocks it
       // missed too stay for another mirror, or are given up once none can serve them.
       const takeFrom = (missed: MissedBlocks | 'all' | undefined): BlockSet | undefined => {

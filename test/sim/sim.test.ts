@@ -54,6 +54,24 @@ describe('deterministic simulation of primary + mirrors', () => {
     expect(r.stats.unrecoverable).toBe(0);
   });
 
+  // The journal's only copy under cache pressure (src/core/repair.ts keeps): both seeds lost an
+  // acked write on the old code (local_regions_unrecoverable, then "block N holds write A but
+  // later write B was acked"); the repair from the journal now writes them back instead.
+  it('seed 3137: the primary restarts, then its storage fails writes during an outage in regions east (one mirror) also missed; the cache is 3/4 full, and the journal keeps those writes (no mirror holds them) until its repair writes them back, instead of letting them go just before the repair ran (it lost the acked write)', () => {
+    const r = runSim({ seed: 3137 });
+    expect(r.failures).toEqual([]);
+    expect(r.stats.writeErrors as number).toBeGreaterThan(0);
+    expect(r.stats.repaired as number).toBeGreaterThan(0);
+    expect(r.stats.unrecoverable).toBe(0);
+  });
+
+  it('seed 11014: three mirrors, each degraded by its own storage outage, power cuts and crashes; then the primary\'s storage fails a write during an outage in a region no mirror holds whole, with the cache 3/4 full: the journal keeps them until its repair writes them back (it lost the acked write)', () => {
+    const r = runSim({ seed: 11014 });
+    expect(r.failures).toEqual([]);
+    expect(r.stats.writeErrors as number).toBeGreaterThan(0);
+    expect(r.stats.unrecoverable).toBe(0);
+  });
+
   it('is deterministic: the same seed gives the same run', () => {
     const a = runSim({ seed: 4242 });
     const b = runSim({ seed: 4242 });
