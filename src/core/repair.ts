@@ -401,15 +401,13 @@ export class LocalRepair implements OpOwner {
       if (st !== 'set' || busy.has(r)) continue;
       const range = regionRange(r, this.cfg.volumeBytes, rb);
       // Writes to it not yet cached would reach the mirror after the request: wait for them.
-      const uncached = this.store.entries.some((e) => !e.cached && overlaps(e, range)) || this.store.queuedEntries().some((e) => overlaps(e, range));
+      if (this.store.entries.some((e) => !e.cached && overlaps(e, range)) || this.store.queuedEntries().some((e) => overlaps(e, range))) continue;
       const good = this.goodOf(r);
-      if (!uncached && good.full()) {
+      if (good.full()) {
         this.finish([r], undefined);
         continue;
       }
       // Journaled: the blocks it lacks are in the journal's failed writes, written back from there.
-      // Not held back by writes not yet cached (the store orders them after the write-back): with
-      // the journal pinned (keeps) and the cache full, those writes wait for this repair.
       if (this.journaled.has(r) && !this.uncovered.has(r) && !this.lost.has(r)) {
         const fromJournal = this.repairFromJournal(r, range, good);
         if (fromJournal === 'wait') continue;
@@ -418,7 +416,6 @@ export class LocalRepair implements OpOwner {
           continue;
         }
       }
-      if (uncached) continue;
       // A mirror that holds some block this copy lacks (the best: all of them); the blocks it
       // missed too stay for another mirror, or are given up once none can serve them.
       const takeFrom = (missed: MissedBlocks | 'all' | undefined): BlockSet | undefined => {
