@@ -5,6 +5,14 @@ import { runSim } from './sim.js';
 
 const seedsCount = 500;
 
+/** Replays one seed that once lost an acked write: no failure now, and no region given up. */
+function replaysClean(seed: number): ReturnType<typeof runSim> {
+  const r = runSim({ seed });
+  expect(r.failures).toEqual([]);
+  expect(r.stats.unrecoverable).toBe(0);
+  return r;
+}
+
 describe('deterministic simulation of primary + mirrors', () => {
   it(`${seedsCount} seeds: no assertion, no lost acked write, flushes durable, replicas identical`, () => {
     const failures: string[] = [];
@@ -29,16 +37,12 @@ describe('deterministic simulation of primary + mirrors', () => {
   });
 
   it('seed 1660: the primary\'s storage failed a write only east holds; east has later writes there in flight, so the repair waits for its acks instead of giving the region up (it lost the acked write)', () => {
-    const r = runSim({ seed: 1660 });
-    expect(r.failures).toEqual([]);
+    const r = replaysClean(1660);
     expect(r.stats.writeErrors as number).toBeGreaterThan(0);
-    expect(r.stats.unrecoverable).toBe(0);
   });
 
   it('seed 2449: north holds the only copy of an acked write the primary\'s storage failed, then fails a later write there that fails everywhere; its storage report leaves out what it reported per write, so the primary still takes that block from north', () => {
-    const r = runSim({ seed: 2449 });
-    expect(r.failures).toEqual([]);
-    expect(r.stats.unrecoverable).toBe(0);
+    replaysClean(2449);
   });
 
   it('seed 6523: repair writes failed while the primary\'s storage was away; once it is back the repair starts at once (not after their backoff), while east still holds the region whole, instead of after east missed writes there too (it lost the acked write)', () => {
@@ -48,28 +52,22 @@ describe('deterministic simulation of primary + mirrors', () => {
   });
 
   it('seed 3026: east misses writes in regions whose writes the primary\'s own storage failed, then the primary restarts: the journal kept those failed writes and recorded the regions journaled, so the restart trusts the other blocks and the replay (or the repair from the journal) writes the rest; before, no copy held every block and an acked write was lost', () => {
-    const r = runSim({ seed: 3026 });
-    expect(r.failures).toEqual([]);
+    const r = replaysClean(3026);
     expect(r.stats.writeErrors as number).toBeGreaterThan(0);
-    expect(r.stats.unrecoverable).toBe(0);
   });
 
   // The journal's only copy under cache pressure (src/core/repair.ts keeps): both seeds lost an
   // acked write on the old code (local_regions_unrecoverable, then "block N holds write A but
   // later write B was acked"); the repair from the journal now writes them back instead.
   it('seed 3137: the primary restarts, then its storage fails writes during an outage in regions east (one mirror) also missed; the cache is 3/4 full, and the journal keeps those writes (no mirror holds them) until its repair writes them back, instead of letting them go just before the repair ran (it lost the acked write)', () => {
-    const r = runSim({ seed: 3137 });
-    expect(r.failures).toEqual([]);
+    const r = replaysClean(3137);
     expect(r.stats.writeErrors as number).toBeGreaterThan(0);
     expect(r.stats.repaired as number).toBeGreaterThan(0);
-    expect(r.stats.unrecoverable).toBe(0);
   });
 
   it('seed 11014: three mirrors, each degraded by its own storage outage, power cuts and crashes; then the primary\'s storage fails a write during an outage in a region no mirror holds whole, with the cache 3/4 full: the journal keeps them until its repair writes them back (it lost the acked write)', () => {
-    const r = runSim({ seed: 11014 });
-    expect(r.failures).toEqual([]);
+    const r = replaysClean(11014);
     expect(r.stats.writeErrors as number).toBeGreaterThan(0);
-    expect(r.stats.unrecoverable).toBe(0);
   });
 
   it('is deterministic: the same seed gives the same run', () => {
