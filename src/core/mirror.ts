@@ -18,7 +18,7 @@ import { CoreIO, CoreRole } from './io.js';
 import { LocalStore, storeEntry, type StoreEntry } from './local-store.js';
 import { regionsOf } from './regions.js';
 import { serveRead, startSuspect, storageRecovered } from './suspect.js';
-import { Upstream, type UpstreamConfig } from './upstream.js';
+import { heldKey, Upstream, type UpstreamConfig } from './upstream.js';
 import { assert, type Completion, type CoreEvent, type Epoch, type HeartbeatState, type PeerId, type Recovered, type Seq } from './types.js';
 
 export type MirrorConfig = UpstreamConfig;
@@ -91,6 +91,7 @@ export class Mirror extends CoreRole {
     this.up.start(rec.meta);
     startSuspect(this.io, this.store, rec, this.cfg.volumeBytes, this.cfg.limits.regionBytes);
     this.up.replay(rec.cacheEntries, (ce) => storeEntry(ce, true));
+    this.up.recoverHeld(this.cfg.keepTail === true ? rec.dirtyRegions.get(heldKey) ?? [] : []);
     this.io.log('info', 'mirror_start', { epoch: this.up.epoch, replayed: rec.cacheEntries.length, seqReceived: this.up.seqReceived, suspectRegions: this.store.suspect.size });
   }
 
@@ -107,11 +108,14 @@ export class Mirror extends CoreRole {
     if (this.store.entries.some((e) => !e.cached || !e.stored || !e.durable)) return; // the store flushes first (urgent)
     // A failover's tail (keepTail): what the dropped entries and the resync data wrote may be
     // above the committed watermark; it stays part of the tail without its entries.
+    // Recorded durably first (the entries are its only record); until then, this waits (the
+    // bitmapSet's completion is a step, and its epilogue comes back here).
     const rb = this.cfg.limits.regionBytes;
-    this.up.holdForResync([
+    const held = this.up.holdForResync([
       ...this.store.entries.flatMap((e) => regionsOf(e.offsetBytes, e.lengthBytes, rb)),
       ...this.resyncQueue.flatMap((item) => regionsOf(item.offsetBytes, item.payload.byteLength, rb)),
     ]);
+    if (!held) return;
     this.store.dropAll();
     this.up.failed = [];
     for (const item of this.resyncQueue.splice(0)) {

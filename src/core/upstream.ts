@@ -60,6 +60,13 @@ export interface UpstreamConfig extends CoreConfig {
 
 const u64Max = (1n << 64n) - 1n;
 
+/**
+ * keepTail: the bitmap key of the regions held as tail without journal entries (holdForResync),
+ * so a restart still names them: a standby that forgot them would, once promoted, leave the
+ * other mirrors' copies of those regions as they were (its tail is what it resyncs to them).
+ */
+export const heldKey = '@held';
+
 /** The most epochs a site accepts to move forward at once (promotions it missed while down). */
 export const epochStepMax = 1024n;
 
@@ -90,12 +97,22 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
    * journal entry left to show it: the tail entries a resync dropped, and the regions resync
    * data wrote (issue 16 item 4; they are part of a promotion's divergent tail like the
    * journal's). Each is released once the committed watermark passes the upstream's last seq
-   * at the `inSync` that ended the resync (undefined: that inSync has not come yet). In memory:
-   * a restart forgets them (the journal's tail stays).
+   * at the `inSync` that ended the resync (undefined: that inSync has not come yet). Recorded
+   * under `heldKey` before the entries are dropped; a restart finds them there and names them
+   * at the join like an older epoch's tail (recoverHeld), until the upstream says inSync.
    */
   private readonly resyncHeld = new Map<number, Seq | undefined>();
   /** The same, from an older epoch: named at the join like its journal tail, until its upstream says inSync. */
   private readonly resyncHeldOlder = new Set<number>();
+  /** Regions recorded under `heldKey`: durably ('set') or on the way (the bitmapSet's op). */
+  private readonly heldRecorded = new Map<number, OpId | 'set'>();
+  /** Completes the bitmapSet ops of `heldKey` (this class's own onDone takes the meta record's). */
+  private readonly heldOwner: OpOwner = {
+    onDone: (ev) => {
+      assert(ev.type === 'bitmapPersisted', () => `${this.io.self}: ${ev.type} for a held-regions op ${ev.opId}`);
+      for (const [r, u] of this.heldRecorded) if (u === ev.opId) this.heldRecorded.set(r, 'set');
+    },
+  };
   private startMs = 0;
   private pendingEpoch: { epoch: Epoch; opId: OpId; peer: PeerId } | undefined;
 
@@ -179,7 +196,9 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
       case 'inSync':
         if (!this.tailAccounted) {
           this.tailAccounted = true;
+          const older = [...this.resyncHeldOlder];
           this.resyncHeldOlder.clear();
+          this.releaseHeld(older);
           this.io.log('info', 'tail_accounted', { peer, epoch: this.epoch });
         }
         for (const [r, at] of this.resyncHeld) if (at === undefined) this.resyncHeld.set(r, msg.seq);
@@ -188,7 +207,15 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
       case 'ack':
         // The upstream's committed watermark (issue 16 item 4): writes up to it may go.
         if (msg.seq > this.committed) this.committed = msg.seq;
-        for (const [r, at] of this.resyncHeld) if (at !== undefined && at <= this.committed) this.resyncHeld.delete(r);
+        if (this.resyncHeld.size > 0) {
+          const released: number[] = [];
+          for (const [r, at] of this.resyncHeld) {
+            if (at === undefined || at > this.committed) continue;
+            this.resyncHeld.delete(r);
+            released.push(r);
+          }
+          this.releaseHeld(released);
+        }
         this.hooks.onCommitted?.(msg.seq);
         break;
       case 'readRequest': {
@@ -358,12 +385,44 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
   }
 
   /**
-   * keepTail: a resync is about to drop the journal's entries (`dropped`) and write `written`
-   * from the upstream's copy: both may hold writes above the committed watermark.
+   * keepTail: a resync is about to drop the journal's entries and write the upstream's copy in
+   * `regions`: both may hold writes above the committed watermark. True when it may go ahead:
+   * the regions are held, and recorded durably under `heldKey` (the dropped entries were the
+   * only record of them). False: the record is on its way; ask again once it completed.
    */
-  holdForResync(regions: Iterable<number>): void {
-    if (this.cfg.keepTail !== true) return;
-    for (const r of regions) this.resyncHeld.set(r, undefined);
+  holdForResync(regions: Iterable<number>): boolean {
+    if (this.cfg.keepTail !== true) return true;
+    const all = [...new Set(regions)];
+    const fresh = all.filter((r) => !this.heldRecorded.has(r));
+    if (fresh.length > 0) {
+      const opId = this.io.op(this.heldOwner);
+      for (const r of fresh) this.heldRecorded.set(r, opId);
+      this.io.push({ type: 'bitmapSet', opId, peer: heldKey, regions: fresh.sort((a, b) => a - b) });
+    }
+    if (all.some((r) => this.heldRecorded.get(r) !== 'set')) return false;
+    for (const r of all) this.resyncHeld.set(r, undefined);
+    return true;
+  }
+
+  /** At start: the regions recorded under `heldKey` are a tail of an unknown epoch, named at the join until the upstream says inSync. */
+  recoverHeld(regions: readonly number[]): void {
+    if (regions.length === 0) return;
+    for (const r of regions) {
+      this.resyncHeldOlder.add(r);
+      this.heldRecorded.set(r, 'set');
+    }
+    this.tailAccounted = false;
+  }
+
+  /** Regions no longer held in either set: their `heldKey` bits go (not durably: a stale bit costs a resync of that region at the next join). */
+  private releaseHeld(regions: Iterable<number>): void {
+    const gone: number[] = [];
+    for (const r of regions) {
+      if (this.resyncHeld.has(r) || this.resyncHeldOlder.has(r) || this.heldRecorded.get(r) !== 'set') continue;
+      this.heldRecorded.delete(r);
+      gone.push(r);
+    }
+    if (gone.length > 0) this.io.push({ type: 'bitmapClear', peer: heldKey, regions: gone.sort((a, b) => a - b) });
   }
 
   /** Regions held as tail without journal entries (holdForResync), this epoch's and older ones. */
