@@ -9,8 +9,8 @@
 // 11 and 17 (mirror: cache, perform, ack), 4 (reads from the primary's own storage).
 import { performance } from 'node:perf_hooks';
 import { regionCount } from '../core/regions.js';
-import { defaultLimits, localSuspectKey, type CoreEvent, type Epoch, type Limits, type Recovered } from '../core/types.js';
-import { journaledKey, lostKey, uncoveredKey } from '../core/repair.js';
+import { defaultLimits, type CoreEvent, type Epoch, type Limits, type Recovered } from '../core/types.js';
+import { siteBitmapKeys } from '../core/bitmap-keys.js';
 import type { LogLevel } from '../core/types.js';
 import { chooseCore, type ActingRole, type CoreSite, type SiteCore } from './cores.js';
 import { JournalPortImpl, statePort, storagePort, type SiteDevices } from './devices.js';
@@ -240,8 +240,9 @@ export class Replica {
       }
     }
     // Besides the peers' bitmaps: this site's own suspect regions, the primary's lost-journal
-    // regions, and a standby's copies of its primary's bits (issue 16 items 2-4).
-    const dirtyRegions = await this.dev.bitmaps.load([...peers, ...this.sc.copyPeers, localSuspectKey, lostKey, journaledKey, uncoveredKey]);
+    // regions, a standby's copies of its primary's bits (issue 16 items 2-4), and the failover
+    // tail a resync dropped (heldKey, src/core/upstream.ts).
+    const dirtyRegions = await this.dev.bitmaps.load([...peers, ...this.sc.copyPeers, ...siteBitmapKeys]);
     const cacheEntries = this.journalPort.recovered(this.dev.recoveredEntries);
     if (cacheEntries.length > 0) this.log.info({ event: 'cache-replay', entries: cacheEntries.length }, `replaying ${cacheEntries.length} write(s) left in the cache`);
     const lost = this.journalDamage();

@@ -6,6 +6,7 @@
 
 import type { Prng } from '../../hal/prng.js';
 import type { CacheEntry, Epoch, Meta, PeerId, Seq } from '../../src/core/types.js';
+import { siteBitmapKeys } from '../../src/core/bitmap-keys.js';
 
 /**
  * A disk: `cur` is what a read returns (it survives a process crash, like the page cache
@@ -166,9 +167,10 @@ export class SimPersist {
     this.inflight.length = 0;
   }
 
+  /** What a restart loads: every peer's bitmap, and of the site's own ('@...') the keys the real site loads (siteBitmapKeys). */
   dirtyRegions(): Map<PeerId, number[]> {
     const m = new Map<PeerId, number[]>();
-    for (const [p, s] of this.bitmaps) if (s.size > 0) m.set(p, [...s].sort((a, b) => a - b));
+    for (const [p, s] of this.bitmaps) if (s.size > 0 && (!p.startsWith('@') || siteBitmapKeys.includes(p))) m.set(p, [...s].sort((a, b) => a - b));
     return m;
   }
 }
