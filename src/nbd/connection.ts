@@ -34,6 +34,7 @@ import {
   Rep,
   TransmissionFlag,
   clientFlagsKnown,
+  optionHeaderBytes,
 } from './protocol.js';
 import * as r from './replies.js';
 import { blockStatusRange, readRange, trimRange, writeRange, zeroRange } from './aligned-io.js';
@@ -363,9 +364,14 @@ export class Connection {
       // turn, as readInto requires; what arrives before 'secure' (the client not yet checked)
       // is kept, copied, and parsed only once the client is accepted.
       const early: Buffer[] = [];
+      let earlyBytes = 0;
       const reused = readInto(t, Buffer.allocUnsafeSlow(nbdReadBufferBytes), (bytes, buffer) => {
-        if (this.tlsUp) this.onRead(bytes, buffer);
-        else early.push(Buffer.from(buffer.subarray(0, bytes)));
+        if (this.tlsUp) return this.onRead(bytes, buffer);
+        if (this.ended) return;
+        earlyBytes += bytes;
+        // Bounded like an option: a client that keeps sending before it is checked is closed.
+        if (earlyBytes > this.host.limits.optionBytesMax + optionHeaderBytes) return this.hardDisconnect(`sent ${earlyBytes} bytes before its TLS client check finished (more than one option of optionBytesMax ${this.host.limits.optionBytesMax})`);
+        early.push(Buffer.from(buffer.subarray(0, bytes)));
       });
       t.on('error', (err) => {
         if (!this.tlsUp) this.hardDisconnect(`TLS handshake failed: ${err.message}`);
