@@ -55,14 +55,16 @@ describe('the group-cut check catches a standby that applies dependent writes ou
     expect(unchecked.filter((r) => r.ok).length, 'broken cuts the end-state checks alone miss').toBeGreaterThan(10);
   });
 
-  it('seed 675: a site layer that reads the promoted standby\'s storage while its journal replay is pending serves a broken cut; through the core the cut holds', () => {
-    // standbyCrash: backup restarts as the acting primary; record 20 is in its journal, not yet
-    // re-performed on storage, record 21 is on storage (readable() is false for that range).
+  it('seed 486: a site layer that reads the promoted standby\'s storage while its journal replay is pending serves a broken cut; through the core the cut holds', () => {
+    // standbyCrash: backup restarts as the acting primary; record 11 is in its journal, not yet
+    // re-performed on storage, while a later record is on storage (readable() is false for that
+    // range). (Seed 675 showed this until the standby's '@held' records changed the schedule:
+    // the scenario is the seed's, not the code's; a search of seeds 1..6000 finds 486 and 1239.)
     const opts: FailoverOptions = { volumes: 'seeded', workload: 'log' };
-    const real = runFailover(675, opts);
+    const real = runFailover(486, opts);
     expect(real.failures).toEqual([]);
     expect(real.stats.recoveryReadsByMirror as number).toBeGreaterThan(0);
-    const wrong = runFailover(675, { ...opts, readsIgnoreCore: true });
-    expect(wrong.failures.join(' ')).toMatch(/after failover: backup .* serves: group cut broken: .*record 20 missing: a later write is present without an earlier one/);
+    const wrong = runFailover(486, { ...opts, readsIgnoreCore: true });
+    expect(wrong.failures.join(' ')).toMatch(/after failover: backup .* serves: group cut broken: .*record 11 missing: a later write is present without an earlier one/);
   });
 });
