@@ -90,6 +90,8 @@ export class LocalRepair implements OpOwner {
   private readonly lost = new Set<number>();
   private failures = 0;
   private retryAtMs = 0;
+  /** How many times the local storage came back (storageRecovered): a write issued before the last one failed because the storage was away. */
+  private recoveries = 0;
   private repaired = 0;
   /** Suspect regions recorded journaled (bitmap `journaledKey`, see the header). */
   private readonly journaled = new Set<number>();
@@ -252,6 +254,7 @@ export class LocalRepair implements OpOwner {
     // may miss writes there later, and then no copy has every block).
     this.failures = 0;
     this.retryAtMs = 0;
+    this.recoveries++;
     if (regions.length === 0) return;
     this.io.log('warn', 'storage_recovered', { regions: regions.length, unknown, effect: 'the regions it missed are read back from the mirrors' });
     // What it missed in a region suspect and journaled is what failed there (those writes the
@@ -474,6 +477,7 @@ export class LocalRepair implements OpOwner {
     if (runs.length === 0) return 'none';
     this.writing.add(r);
     const bb = this.cfg.blockBytes;
+    const issuedIn = this.recoveries;
     let left = runs.length;
     let failure: string | undefined;
     for (const run of runs) {
@@ -489,7 +493,7 @@ export class LocalRepair implements OpOwner {
         if (--left > 0) return;
         this.writing.delete(r);
         if (failure !== undefined) {
-          this.failed(r, this.io.self, failure);
+          this.failed(r, this.io.self, failure, issuedIn !== this.recoveries);
           return;
         }
         this.failures = 0;
@@ -581,6 +585,7 @@ export class LocalRepair implements OpOwner {
     }
     if (runs.length === 0) return; // every block is newer here: a later tick sees whether all are good
     this.writing.add(rd.region);
+    const issuedIn = this.recoveries;
     let left = runs.length;
     let failure: string | undefined;
     const bb = this.cfg.blockBytes;
@@ -591,7 +596,7 @@ export class LocalRepair implements OpOwner {
         if (--left > 0) return;
         this.writing.delete(rd.region);
         if (failure !== undefined) {
-          this.failed(rd.region, this.io.self, failure);
+          this.failed(rd.region, this.io.self, failure, issuedIn !== this.recoveries);
           return;
         }
         this.failures = 0;
@@ -603,10 +608,19 @@ export class LocalRepair implements OpOwner {
     }
   }
 
-  private failed(region: number, peer: PeerId, message: string): void {
-    this.failures++;
-    this.retryAtMs = this.io.nowMs + backoffMs(this.failures, repairRetryMsMin, repairRetryMsMax);
-    this.io.logLimited('local_repair_failed', repeatLogIntervalMs, 'warn', 'local_repair_failed', { region, peer, message, failures: this.failures, retryInMs: Math.round(this.retryAtMs - this.io.nowMs) });
+  /**
+   * A repair failed: the next ones wait a backoff. Not for a local write issued before the
+   * storage last came back (`beforeRecovery`): it failed because the storage was away, and
+   * storageRecovered started the repair again at once (sim seed 81279: such a write, failing
+   * 3 ms after the recovery, held every repair back 200 ms, until the one mirror holding a
+   * region was gone).
+   */
+  private failed(region: number, peer: PeerId, message: string, beforeRecovery = false): void {
+    if (!beforeRecovery) {
+      this.failures++;
+      this.retryAtMs = this.io.nowMs + backoffMs(this.failures, repairRetryMsMin, repairRetryMsMax);
+    }
+    this.io.logLimited('local_repair_failed', repeatLogIntervalMs, 'warn', 'local_repair_failed', { region, peer, message, failures: this.failures, retryInMs: Math.max(0, Math.round(this.retryAtMs - this.io.nowMs)) });
   }
 
   /** A link went down: its reads are gone; host reads go to the next mirror, repairs are read again later. */
