@@ -30,17 +30,19 @@ function restarted(east: 'degraded' | 'joined'): Script<Primary> {
   return t;
 }
 
+/** Records `out` in `lines`, east acking every write it is sent (and whatever that answers); returns `out`. */
+function answer(t: Script<Primary>, out: string[], lines: string[]): string[] {
+  lines.push(...out);
+  for (const l of out) {
+    const m = /^send east write s(\d+)/.exec(l);
+    if (m !== null) answer(t, t.recv('east', { type: 'ack', epoch: 1n, seq: BigInt(m[1]!) }), lines);
+  }
+  return out;
+}
+
 /** Completes every open action (oldest first), east acking what it is sent, until none is left; returns every line. */
 function settle(t: Script<Primary>, lines: string[] = []): string[] {
-  const ack = (out: string[]): string[] => {
-    lines.push(...out);
-    for (const l of out) {
-      const m = /^send east write s(\d+)/.exec(l);
-      if (m !== null) ack(t.recv('east', { type: 'ack', epoch: 1n, seq: BigInt(m[1]!) }));
-    }
-    return out;
-  };
-  for (let open = t.openActions(); open.length > 0; open = t.openActions()) ack(t.done(open[0]!));
+  for (let open = t.openActions(); open.length > 0; open = t.openActions()) answer(t, t.done(open[0]!), lines);
   return lines;
 }
 
@@ -48,12 +50,7 @@ function settle(t: Script<Primary>, lines: string[] = []): string[] {
 function fill(t: Script<Primary>, n: number): string[] {
   const lines: string[] = [];
   for (let i = 1; i <= n; i++) {
-    const out = t.step(hostWrite(i, i * 1024, 1024));
-    lines.push(...out);
-    for (const l of out) {
-      const m = /^send east write s(\d+)/.exec(l);
-      if (m !== null) lines.push(...t.recv('east', { type: 'ack', epoch: 1n, seq: BigInt(m[1]!) }));
-    }
+    answer(t, t.step(hostWrite(i, i * 1024, 1024)), lines);
     settle(t, lines);
   }
   return lines;
