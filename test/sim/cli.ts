@@ -16,6 +16,11 @@ const program = new Command()
   .option('--from <n>', 'first seed of a --seeds run', (v) => parseSeed(v), 1)
   .option('--ops <n>', 'host operations per run (default: seeded 120-240)', (v) => parseSeed(v))
   .option('--quiet', 'with --seed: only the verdict, no trace')
+  .option('--flush-after-writes <n>', 'fanout, chain, mixed: every site flushes its storage after n performed writes (default: seeded; the product default is 256)', (v) => {
+    const n = parseSeed(v);
+    if (n < 1) throw new Error(`--flush-after-writes ${v}: use 1 or more`);
+    return n;
+  })
   .option('--topology <t>', 'fanout (default), chain (local -> r1 -> r2 -> remote), mixed (east direct + r1 -> r2 -> west) or failover (local + backup standby + east + west; --ops is ignored)', (v) => {
     if (v !== 'fanout' && v !== 'chain' && v !== 'mixed' && v !== 'failover') throw new Error(`--topology ${v}: use fanout, chain, mixed or failover`);
     return v as CliTopology;
@@ -33,8 +38,9 @@ const program = new Command()
   .option('--load', 'log workload: always add concurrent random writes (default: drawn per seed)')
   .option('--no-load', 'log workload: never add concurrent random writes');
 program.parse();
-const o = program.opts<{ seed?: number; seeds?: number; from: number; ops?: number; quiet?: boolean; topology?: CliTopology; volumes?: number | 'seeded'; workload?: 'log' | 'random'; load?: boolean }>();
+const o = program.opts<{ seed?: number; seeds?: number; from: number; ops?: number; quiet?: boolean; flushAfterWrites?: number; topology?: CliTopology; volumes?: number | 'seeded'; workload?: 'log' | 'random'; load?: boolean }>();
 if ((o.volumes !== undefined || o.workload !== undefined) && o.topology !== 'failover') throw new Error('--volumes and --workload need --topology failover');
+if (o.flushAfterWrites !== undefined && o.topology === 'failover') throw new Error('--flush-after-writes is for the fanout, chain and mixed topologies (failover has fixed limits)');
 const loadGiven = process.argv.some((a) => a === '--load' || a === '--no-load');
 
 function parseSeed(v: string): number {
@@ -53,13 +59,14 @@ function run(seed: number, trace: ((line: string) => void) | undefined): SimResu
       ...(loadGiven && o.load !== undefined ? { load: o.load } : {}),
     });
   }
-  return runSim({ seed, hostOps: o.ops, topology: o.topology, trace });
+  return runSim({ seed, hostOps: o.ops, topology: o.topology, trace, ...(o.flushAfterWrites !== undefined ? { flushAfterWritesMax: o.flushAfterWrites } : {}) });
 }
 
 /** The options of this run that shape a seed (for the replay line of a failed seed). */
 const replayArgs = [
   o.topology !== undefined ? `--topology ${o.topology} ` : '',
   o.ops !== undefined ? `--ops ${o.ops} ` : '',
+  o.flushAfterWrites !== undefined ? `--flush-after-writes ${o.flushAfterWrites} ` : '',
   o.volumes !== undefined ? `--volumes ${o.volumes} ` : '',
   o.workload !== undefined ? `--workload ${o.workload} ` : '',
   loadGiven && o.load !== undefined ? (o.load ? '--load ' : '--no-load ') : '',

@@ -60,6 +60,12 @@ export interface SimOptions {
   readonly storageFaults?: boolean;
   /** Tests swap the executor for a deliberately broken one (executor-mutation.test.ts). */
   readonly makeExecutor?: (core: Role, ports: ExecutorPorts, env: ExecutorEnv) => Executor;
+  /**
+   * Storage flush after this many performed writes at every site, in place of the seeded draw
+   * (which is still made: the rest of the seed's schedule draws the same numbers). For runs at
+   * the product's default (`defaultLimits.flushAfterWritesMax`) or any other value.
+   */
+  readonly flushAfterWritesMax?: number;
 }
 
 export type Topology = 'fanout' | 'chain' | 'mixed';
@@ -227,7 +233,7 @@ class Sim {
       mirrorResyncQueueMax: 8,
       tickMs: 5,
     };
-    this.limits = { ...this.limits, cacheBytesMax: this.limits.inflightBytesMax + p.int(4) * 8192 };
+    this.limits = { ...this.limits, cacheBytesMax: this.limits.inflightBytesMax + p.int(4) * 8192, ...(opts.flushAfterWritesMax !== undefined ? { flushAfterWritesMax: opts.flushAfterWritesMax } : {}) };
     const meta = { epoch: 1n, seqReserved: 1n };
     for (const name of ['local', ...this.others]) {
       const downstream = edges.find(([a]) => a === name)?.[1];
