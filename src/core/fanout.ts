@@ -463,6 +463,16 @@ export class Fanout implements OpOwner {
     this.io.log('warn', 'mirror_degraded', { peer: m.peer, reason, writesMissed: missed, dirtyRegions: m.dirty.size });
   }
 
+  /**
+   * Regions of the local copy became suspect (a write there failed, or the storage came back
+   * having lost writes). A resync read of them already picked was queued behind those writes
+   * and may return what they left: it is sent again ("touched"). Checking the region at the
+   * resync's ack is not enough: a repair from the journal can make it whole again before then.
+   */
+  localSuspect(regions: readonly number[]): void {
+    for (const m of this.mirrors.values()) for (const v of m.inflight.values()) if (regions.includes(v.region)) v.touched = true;
+  }
+
   /** Records that mirror `m` misses write `e`; the host ack waits until the bits are durable. */
   private dirtyFor(m: MirrorState, e: PrimaryEntry): void {
     const regions = regionsOf(e.offsetBytes, e.lengthBytes, this.lim.regionBytes);

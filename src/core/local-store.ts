@@ -70,6 +70,12 @@ export interface LocalStoreHooks<E> {
   onCached?(e: E): void;
   /** The storage write of `e` completed; `e.sense` is set when it failed. */
   onStored?(e: E): void;
+  /**
+   * `regions` of this copy are marked suspect: a read of them queued or in flight may return
+   * what a failed or lost write left there, even if the region is whole again by the time
+   * the read's result is used.
+   */
+  onSuspect?(regions: readonly number[]): void;
 }
 
 type RegionDone = (sense: SenseInfo | undefined) => void;
@@ -147,6 +153,7 @@ export class LocalStore<E extends StoreEntry> implements OpOwner {
 
   /** Marks `regions` suspect (persisted); `done` runs once every one of them is durably recorded. */
   markSuspect(regions: readonly number[], done?: () => void): void {
+    this.hooks.onSuspect?.(regions);
     const fresh: number[] = [];
     const waitOn = new Set<OpId>();
     for (const r of regions) {

@@ -143,6 +143,7 @@ export class Primary extends CoreRole implements OpOwner, FanoutHost {
         this.repair.stored(e, e.sense === undefined);
         this.tryComplete(e);
       },
+      onSuspect: (regions) => this.fan.localSuspect(regions),
     });
     this.fan = new Fanout(this.io, { ...cfg, failover: cfg.failover ?? (cfg.standby !== undefined || cfg.proveAuthority !== undefined) }, this.store, this);
     this.repair = new LocalRepair(this.io, cfg, this.store, this.fan, this);

@@ -1,13 +1,13 @@
 // 500 seeded schedules of the real core under link resets, partitions, kill -9 and power cuts
 // (issue 5 item 9). A failure names its seed; replay it with `npm run sim -- --seed S`.
 import { describe, expect, it } from 'vitest';
-import { runSim } from './sim.js';
+import { runSim, type SimOptions } from './sim.js';
 
 const seedsCount = 500;
 
 /** Replays one seed that once lost an acked write: no failure now, and no region given up. */
-function replaysClean(seed: number): ReturnType<typeof runSim> {
-  const r = runSim({ seed });
+function replaysClean(seed: number, opts: Omit<SimOptions, 'seed'> = {}): ReturnType<typeof runSim> {
+  const r = runSim({ seed, ...opts });
   expect(r.failures).toEqual([]);
   expect(r.stats.unrecoverable).toBe(0);
   return r;
@@ -79,6 +79,18 @@ describe('deterministic simulation of primary + mirrors', () => {
   it('seed 81279: a write-back that failed because the storage was away does not hold the repair back until the only mirror holding a region is gone (it lost the acked write)', () => {
     const r = replaysClean(81279);
     expect(r.stats.writeErrors as number).toBeGreaterThan(0);
+  });
+
+  // Found by a sweep at the product's flush rule (256 writes, --flush-after-writes 256): a resync
+  // read of region 1 for east was queued behind s64's storage write; the storage was away, lost
+  // s64 and came back, making region 1 suspect while the read was in flight. The read returned
+  // the older s61 and went to east; the repair from the journal then made region 1 whole before
+  // east's ack, so the ack's check (region not suspect) passed and east's dirty bit was cleared
+  // with s64 missing. A region marked suspect now counts as touched for every resync in flight
+  // there (fanout.ts localSuspect), and it is sent again.
+  it('seed 3512 at a flush after 256 writes (the product default): the storage loses a write behind a resync read, the repair makes the region whole before the mirror acks it: the region is sent again (the mirror lost the acked write)', () => {
+    const r = replaysClean(3512, { flushAfterWritesMax: 256 });
+    expect(r.stats.outages as number).toBeGreaterThan(0);
   });
 
   it('is deterministic: the same seed gives the same run', () => {
