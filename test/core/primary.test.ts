@@ -186,6 +186,34 @@ describe('primary: mirror loss (issue 5 item 5)', () => {
     expect(t.tick(1)).toEqual(['storageRead @0+1024']); // sent again, now with the new data
   });
 
+  // Simulator seed 3512 at a flush after 256 writes (test/sim/sim.test.ts), cut down: the region
+  // becomes suspect while its resync read waits behind the failed write, and the repair makes
+  // it whole again before the mirror acks what the read returned.
+  it('resync: a read queued behind a local write that fails is sent again, though the repair makes the region whole before the ack', () => {
+    const failed = { sense: { key: 0x3, asc: 0x0c, ascq: 0, message: 'local.img at byte 0: write error (test)' } };
+    const t = primaryScript(['east', 'west'], {}, [], new Map([['east', [0]]]));
+    join(t, 'west');
+    join(t, 'east');
+    t.step(hostWrite(1, 0, 512));
+    t.done('metaPersist');
+    expect(t.done('cacheAppend s1')).toEqual(['send west write s1 @0+512', 'storageWrite @0+512']); // east misses it: region 0 dirty
+    expect(t.tick(1)).toEqual([]); // east's resync read of region 0 waits behind the write
+    expect(t.done('storageWrite @0+512', failed)).toEqual(['storageRead @0+1024', 'bitmapSet @local [0]']);
+    t.done('bitmapSet @local');
+    expect(t.done('storageRead')).toEqual(['send east resyncData #1 @0+1024']); // without s1
+    expect(t.recv('west', { type: 'ack', epoch: 1n, seq: 1n })).toEqual(['ackHost #1']);
+    // The repair writes s1 back from the journal: region 0 is whole again, and s1 leaves the journal.
+    expect(t.tick(1)).toEqual(['storageWrite @0+512 fua']);
+    t.done('bitmapSet @journaled');
+    expect(t.done('storageWrite @0+512 fua')).toEqual(['bitmapClear @local [0]', 'bitmapClear @journaled [0]', 'cacheDrop s1']);
+    // East acks data without s1: region 0 stays dirty for it and is read and sent again.
+    expect(t.recv('east', { type: 'resyncAck', epoch: 1n, resyncId: 1n })).toEqual([]);
+    expect(t.role.status().mirrors.find((m) => m.peer === 'east')).toMatchObject({ sync: 'resyncing', dirtyRegions: 1 });
+    expect(t.tick(1)).toEqual(['storageRead @0+1024']);
+    expect(t.done('storageRead')).toEqual(['send east resyncData #2 @0+1024']);
+    expect(t.recv('east', { type: 'resyncAck', epoch: 1n, resyncId: 2n })).toEqual(['bitmapClear east [0]', 'send east inSync e1 s1']);
+  });
+
   it('block: host writes wait while a mirror is down, however long; the mirror gets them re-sent on return', () => {
     const t = primaryScript(['east'], { onMirrorLoss: 'block' });
     join(t, 'east');
