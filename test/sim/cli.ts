@@ -16,7 +16,7 @@ const program = new Command()
   .option('--from <n>', 'first seed of a --seeds run', (v) => parseSeed(v), 1)
   .option('--ops <n>', 'host operations per run (default: seeded 120-240)', (v) => parseSeed(v))
   .option('--quiet', 'with --seed: only the verdict, no trace')
-  .option('--flush-after-writes <n>', 'fanout, chain, mixed: every site flushes its storage after n performed writes (default: seeded; the product default is 256)', (v) => {
+  .option('--flush-after-writes <n>', 'every site flushes its storage after n performed writes (default: seeded, or 16 in the failover topology; the product default is 256)', (v) => {
     const n = parseSeed(v);
     if (n < 1) throw new Error(`--flush-after-writes ${v}: use 1 or more`);
     return n;
@@ -40,7 +40,6 @@ const program = new Command()
 program.parse();
 const o = program.opts<{ seed?: number; seeds?: number; from: number; ops?: number; quiet?: boolean; flushAfterWrites?: number; topology?: CliTopology; volumes?: number | 'seeded'; workload?: 'log' | 'random'; load?: boolean }>();
 if ((o.volumes !== undefined || o.workload !== undefined) && o.topology !== 'failover') throw new Error('--volumes and --workload need --topology failover');
-if (o.flushAfterWrites !== undefined && o.topology === 'failover') throw new Error('--flush-after-writes is for the fanout, chain and mixed topologies (failover has fixed limits)');
 const loadGiven = process.argv.some((a) => a === '--load' || a === '--no-load');
 
 function parseSeed(v: string): number {
@@ -57,6 +56,7 @@ function run(seed: number, trace: ((line: string) => void) | undefined): SimResu
       ...(o.volumes !== undefined ? { volumes: o.volumes } : {}),
       ...(o.workload !== undefined ? { workload: o.workload } : {}),
       ...(loadGiven && o.load !== undefined ? { load: o.load } : {}),
+      ...(o.flushAfterWrites !== undefined ? { flushAfterWritesMax: o.flushAfterWrites } : {}),
     });
   }
   return runSim({ seed, hostOps: o.ops, topology: o.topology, trace, ...(o.flushAfterWrites !== undefined ? { flushAfterWritesMax: o.flushAfterWrites } : {}) });

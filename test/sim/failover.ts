@@ -107,6 +107,8 @@ export interface FailoverOptions {
    * runs a callback after a simulated delay if this process life is still running then.
    */
   readonly makeExecutor?: (site: PeerId, later: (delayMs: number, fn: () => void) => void) => ((core: Role, ports: ExecutorPorts, env: ExecutorEnv) => Executor) | undefined;
+  /** Every site flushes its storage after this many performed writes (default 16; the product's is 256). */
+  readonly flushAfterWritesMax?: number;
 }
 
 export interface FailoverResult {
@@ -216,6 +218,7 @@ class FailoverSim {
   private readonly sites = new Map<PeerId, Site>();
   private readonly links = new Map<string, Link>();
   private readonly failures: string[] = [];
+  private readonly limits: Limits;
   private readonly scenario: FailoverScenario;
   private readonly writes: HostWrite[] = [];
   /** Last write id per block, in the order the host issued them. */
@@ -265,6 +268,7 @@ class FailoverSim {
   private readNext = readIdBase;
 
   constructor(private readonly seed: number, opts: FailoverOptions) {
+    this.limits = opts.flushAfterWritesMax === undefined ? limits : { ...limits, flushAfterWritesMax: opts.flushAfterWritesMax };
     const scenario = opts.scenario;
     this.trace = opts.trace;
     this.makeExecutor = opts.makeExecutor;
@@ -299,7 +303,7 @@ class FailoverSim {
     const volumes = opts.volumes === 'seeded' ? 2 + gp.int(3) : opts.volumes ?? 1;
     if (volumes > 1 || opts.workload !== undefined) {
       const log = (opts.workload ?? 'log') === 'log';
-      const layout = makeLayout(gp, volumes, volumeBytes, limits.regionBytes, blockBytes, log);
+      const layout = makeLayout(gp, volumes, volumeBytes, this.limits.regionBytes, blockBytes, log);
       if (log) {
         const load = opts.load ?? gp.chance(0.5);
         this.group = {
@@ -821,7 +825,7 @@ class FailoverSim {
    */
   private startSite(s: Site): void {
     s.life++;
-    const cfg = { self: s.name, volumeBytes, blockBytes, limits };
+    const cfg = { self: s.name, volumeBytes, blockBytes, limits: this.limits };
     const configured = s.name === 'local' ? 'primary' : s.name === 'backup' ? 'standby' : 'mirror';
     const acting = s.persist.meta.acting;
     // The pair rule of src/site/cores.ts (issue 16 item 5): local and backup each run as the
@@ -897,7 +901,7 @@ class FailoverSim {
     for (const [x, y] of [[a, b], [b, a]] as const) {
       const sx = this.sites.get(x)!;
       const sy = this.sites.get(y)!;
-      startHeartbeats(this.sched, l, () => ({ life: sx.run, name: x }), () => ({ life: sy.run }), limits.heartbeatIntervalMs, () => this.deliverTime(l, y));
+      startHeartbeats(this.sched, l, () => ({ life: sx.run, name: x }), () => ({ life: sy.run }), this.limits.heartbeatIntervalMs, () => this.deliverTime(l, y));
     }
   }
 
