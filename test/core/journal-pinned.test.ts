@@ -84,6 +84,37 @@ describe('the primary journal under cache pressure (issue 18 note: sim seeds 313
     expect(lines).toContain('ackHost #99');
   });
 
+  it('a storage that keeps failing: the write-back retries with a capped backoff, the pinned log is rate-limited, s5 stays, the waiting host write is neither acked nor refused; once a write-back succeeds it goes in', () => {
+    const t = restarted('degraded');
+    fill(t, 15);
+    const logsBefore = t.logs.filter((l) => l === 'journal_pinned').length;
+    expect(t.step(hostWrite(99, 0, 1024))).toEqual([]);
+    // Ten minutes of ticks, every write-back failing at once.
+    let attempts = 0;
+    const lines: string[] = [];
+    for (let ms = 0; ms < 600_000; ms += 100) {
+      lines.push(...t.tick(100));
+      for (let open = t.openActions(); open.length > 0; open = t.openActions()) {
+        const next = open[0]!;
+        if (next.startsWith('storageWrite @0+512 fua')) {
+          attempts++;
+          lines.push(...t.done(next, failed));
+        } else lines.push(...t.done(next));
+      }
+    }
+    expect(attempts).toBeGreaterThan(10); // it keeps trying ...
+    expect(attempts).toBeLessThan(600); // ... but not every tick: at most one per second or so once backed off (cap 5 s)
+    const pinnedLogs = t.logs.filter((l) => l === 'journal_pinned').length - logsBefore;
+    expect(pinnedLogs).toBeGreaterThan(0);
+    expect(pinnedLogs).toBeLessThanOrEqual(61); // one per 10 s at most
+    expect(lines.filter((l) => /cacheDrop .*\bs5\b/.test(l) || l.includes('#99'))).toEqual([]);
+    // The storage answers again: the next write-back lands, s5 goes, host write 99 goes in.
+    const after: string[] = [];
+    for (let i = 0; i < 100 && !after.includes('ackHost #99'); i++) after.push(...t.tick(100), ...settle(t));
+    expect(after.join(' ')).toMatch(/cacheDrop .*\bs5\b/);
+    expect(after).toContain('ackHost #99');
+  });
+
   it('control: where a mirror holds the region, the journal lets the failed write go under pressure (marked uncovered first)', () => {
     const t = restarted('joined');
     const lines = fill(t, 13);
