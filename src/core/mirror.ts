@@ -175,12 +175,14 @@ export class Mirror extends CoreRole {
   /**
    * Once settled(), hands every remaining entry out of the cache (a cacheDrop). A promoted
    * standby must not leave old-epoch entries in its journal: a replay after a restart would
-   * re-perform them over newer writes of its own epoch.
+   * re-perform them over newer writes of its own epoch. The tail held without entries goes too
+   * (its '@held' bits): the promotion owes it to every other site already.
    */
   releaseSettled(): void {
     assert(this.settled(), () => `mirror ${this.cfg.self}: releaseSettled() before settled()`);
     this.store.dropAll();
     this.up.failed = [];
+    this.up.forgetHeld();
   }
 
   status(): MirrorStatus {

@@ -414,6 +414,21 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
     this.tailAccounted = false;
   }
 
+  /**
+   * A promotion recorded this site's tail as every other site's dirty regions, durably, before
+   * the new epoch (standby.ts): the tail is owed there now, and the `heldKey` record has nothing
+   * left to say. Its bits go (not durably: a stale bit costs one resync if this site follows
+   * again). A record still on its way stays, with the same cost.
+   */
+  forgetHeld(): void {
+    this.resyncHeld.clear();
+    this.resyncHeldOlder.clear();
+    const gone: number[] = [];
+    for (const [r, st] of this.heldRecorded) if (st === 'set') gone.push(r);
+    for (const r of gone) this.heldRecorded.delete(r);
+    if (gone.length > 0) this.io.push({ type: 'bitmapClear', peer: heldKey, regions: gone.sort((a, b) => a - b) });
+  }
+
   /** Regions no longer held in either set: their `heldKey` bits go (not durably: a stale bit costs a resync of that region at the next join). */
   private releaseHeld(regions: Iterable<number>): void {
     const gone: number[] = [];

@@ -5,6 +5,7 @@
 // those regions to the other mirrors (its tail is what it marks dirty for them, standby.ts).
 import { describe, expect, it } from 'vitest';
 import { Mirror } from '../../src/core/mirror.js';
+import { Standby } from '../../src/core/standby.js';
 import { blockBytes, mirrorScript, Script, testLimits, writeMsg } from './harness.js';
 
 describe('a keepTail mirror records the tail a resync drops (@held)', () => {
@@ -35,6 +36,22 @@ describe('a keepTail mirror records the tail a resync drops (@held)', () => {
     expect(t.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local resyncRequest e1 received s0 ranges @4096+1024']);
     expect(t.recv('local', { type: 'inSync', epoch: 1n, seq: 0n })).toEqual(['bitmapClear @held [4]']);
     expect(m.heldRegions()).toEqual([]);
+  });
+
+  it('a promotion owes the recorded regions to every other site, then lets the @held bits go', () => {
+    const s = new Script(new Standby({ self: 'backup', primary: 'local', mirrors: ['east', 'west'], volumeBytes: 16 * 1024, blockBytes, limits: { ...testLimits, heartbeatIntervalMs: 100 }, failoverTimeoutMs: 500, queryIntervalMs: 200, onMirrorLoss: 'degrade' }));
+    s.step({ type: 'start', recovered: { meta: { epoch: 1n, seqReserved: 0n }, cacheEntries: [], dirtyRegions: new Map([['@held', [4]]]) } });
+    for (const p of ['local', 'east', 'west']) s.step({ type: 'peerUp', peer: p });
+    expect(s.recv('local', { type: 'epoch', epoch: 1n })).toEqual(['send local resyncRequest e1 received s0 ranges @4096+1024']);
+    s.step({ type: 'peerDown', peer: 'local' });
+    const decided = s.took(s.role.promote('operator accepts loss', s.nowMs, true));
+    expect(decided.filter((l) => l.startsWith('bitmapSet'))).toEqual(['bitmapSet local [4]', 'bitmapSet east [4]', 'bitmapSet west [4]']);
+    const out: string[] = [];
+    for (const p of ['local', 'east', 'west']) out.push(...s.done(`bitmapSet ${p}`));
+    out.push(...s.done('metaPersist'));
+    expect(s.role.status().phase).toBe('primary');
+    // Before: no clear; the bit stayed, and this site named region 4 once more if it followed again.
+    expect(out).toContain('bitmapClear @held [4]');
   });
 
   it('control: a mirror without keepTail records nothing and drops at once', () => {
