@@ -470,14 +470,19 @@ export class Fanout implements OpOwner {
    * resync's ack is not enough: a repair from the journal can make it whole again before then.
    */
   localSuspect(regions: readonly number[]): void {
-    for (const m of this.mirrors.values()) for (const v of m.inflight.values()) if (regions.includes(v.region)) v.touched = true;
+    for (const m of this.mirrors.values()) this.touch(m, regions);
+  }
+
+  /** Resyncs of `m` in flight over `regions` are sent again once acked: what they read may lack a write there. */
+  private touch(m: MirrorState, regions: readonly number[]): void {
+    for (const v of m.inflight.values()) if (regions.includes(v.region)) v.touched = true;
   }
 
   /** Records that mirror `m` misses write `e`; the host ack waits until the bits are durable. */
   private dirtyFor(m: MirrorState, e: PrimaryEntry): void {
     const regions = regionsOf(e.offsetBytes, e.lengthBytes, this.lim.regionBytes);
     // A region being resynced that this write lands in is sent again ("touched").
-    for (const v of m.inflight.values()) if (regions.includes(v.region)) v.touched = true;
+    this.touch(m, regions);
     this.noteMissed(m, e.offsetBytes, e.lengthBytes);
     (e.missedBy ??= []).push(m.peer);
     this.markDirty(m, regions, e);

@@ -423,10 +423,7 @@ export class Upstream<E extends StoreEntry> implements OpOwner {
   forgetHeld(): void {
     this.resyncHeld.clear();
     this.resyncHeldOlder.clear();
-    const gone: number[] = [];
-    for (const [r, st] of this.heldRecorded) if (st === 'set') gone.push(r);
-    for (const r of gone) this.heldRecorded.delete(r);
-    if (gone.length > 0) this.io.push({ type: 'bitmapClear', peer: heldKey, regions: gone.sort((a, b) => a - b) });
+    this.releaseHeld([...this.heldRecorded.keys()]);
   }
 
   /** Regions no longer held in either set: their `heldKey` bits go (not durably: a stale bit costs a resync of that region at the next join). */

@@ -40,9 +40,12 @@ function answer(t: Script<Primary>, out: string[], lines: string[]): string[] {
   return out;
 }
 
-/** Completes every open action (oldest first), east acking what it is sent, until none is left; returns every line. */
-function settle(t: Script<Primary>, lines: string[] = []): string[] {
-  for (let open = t.openActions(); open.length > 0; open = t.openActions()) answer(t, t.done(open[0]!), lines);
+/**
+ * Completes every open action (oldest first), east acking what it is sent, until none is left;
+ * returns every line. Actions `fails` names complete with a write error.
+ */
+function settle(t: Script<Primary>, lines: string[] = [], fails: (action: string) => boolean = () => false): string[] {
+  for (let open = t.openActions(); open.length > 0; open = t.openActions()) answer(t, t.done(open[0]!, fails(open[0]!) ? failed : {}), lines);
   return lines;
 }
 
@@ -90,18 +93,13 @@ describe('the primary journal under cache pressure (issue 18 note: sim seeds 313
     const logsBefore = t.logs.filter((l) => l === 'journal_pinned').length;
     expect(t.step(hostWrite(99, 0, 1024))).toEqual([]);
     // Ten minutes of ticks, every write-back failing at once.
-    let attempts = 0;
+    const writeBack = 'storageWrite @0+512 fua';
     const lines: string[] = [];
     for (let ms = 0; ms < 600_000; ms += 100) {
       lines.push(...t.tick(100));
-      for (let open = t.openActions(); open.length > 0; open = t.openActions()) {
-        const next = open[0]!;
-        if (next.startsWith('storageWrite @0+512 fua')) {
-          attempts++;
-          lines.push(...t.done(next, failed));
-        } else lines.push(...t.done(next));
-      }
+      settle(t, lines, (a) => a === writeBack);
     }
+    const attempts = lines.filter((l) => l === writeBack).length;
     expect(attempts).toBeGreaterThan(10); // it keeps trying ...
     expect(attempts).toBeLessThan(600); // ... but not every tick: at most one per second or so once backed off (cap 5 s)
     const pinnedLogs = t.logs.filter((l) => l === 'journal_pinned').length - logsBefore;
