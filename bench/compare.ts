@@ -105,6 +105,8 @@ export interface CompareOptions {
   /** Only these systems / points (default: all). */
   systems?: readonly SystemId[];
   points?: readonly string[];
+  /** Extra node flags of every geomirror site process (experiments, e.g. --max-semi-space-size=4). */
+  siteNodeArgs?: readonly string[];
   log?: (line: string) => void;
 }
 
@@ -144,7 +146,7 @@ export interface SummaryRow {
 export interface CompareResult {
   date: string;
   host: { cpus: number; cpuModel: string; node: string; fio: string; qemuNbd: string; nbdkit: string; loadAvgStart: number[]; loadAvgEnd?: number[] };
-  options: { seconds: number; repeat: number; sizeBytes: number };
+  options: { seconds: number; repeat: number; sizeBytes: number; siteNodeArgs?: readonly string[] };
   runs: RunRow[];
   /** Median over repeats (RSS: max over repeats). */
   summary: SummaryRow[];
@@ -216,7 +218,7 @@ async function stopProc(p: { child: ChildProcess; exited: Promise<void> }): Prom
 
 // ---- systems -----------------------------------------------------------------------------------
 
-export async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, profileDir: string | undefined, transport: 'tls' | 'insecure' = 'tls'): Promise<Running> {
+export async function startGeomirror(dir: string, mirrors: number, sizeBytes: number, profileDir: string | undefined, transport: 'tls' | 'insecure' = 'tls', siteNodeArgs: readonly string[] = []): Promise<Running> {
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'cluster.key'), `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
   // 0 mirrors: the file still lists one (the cluster file requires it); bench/primary-alone.mjs
@@ -241,7 +243,7 @@ export async function startGeomirror(dir: string, mirrors: number, sizeBytes: nu
   const creds = adminCredentials(loaded);
   const env = { ...process.env, GEOMIRROR_LOG_FORMAT: 'json', GEOMIRROR_LOG_LEVEL: 'warn' };
   const procs = (mirrors === 0 ? ['local'] : names).map((n) => {
-    const nodeFlags = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, n)}`] : [];
+    const nodeFlags = [...siteNodeArgs, ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, n)}`] : [])];
     const args = mirrors === 0 ? [...nodeFlags, primaryAlone, config, n] : [...nodeFlags, bin, 'site', '--config', config, '--site', n];
     return { name: n, ...startProc(process.execPath, args, join(dir, `${n}.log`), env) };
   });
@@ -501,11 +503,11 @@ export async function runCompare(opts: CompareOptions): Promise<CompareResult> {
     const wanted = opts.systems ?? systemIds;
     const runPoints = points.filter((p) => opts.points === undefined || opts.points.includes(p.id));
     const starters: Record<SystemId, () => Promise<Running>> = {
-      'geomirror-3': () => startGeomirror(join(work, 'geomirror-3'), 2, opts.sizeBytes, profileDir),
+      'geomirror-3': () => startGeomirror(join(work, 'geomirror-3'), 2, opts.sizeBytes, profileDir, 'tls', opts.siteNodeArgs),
       'qemu-quorum-3': () => startQuorum(join(work, 'quorum'), opts.sizeBytes),
       'nbdkit-1': () => startNbdkitAlone(join(work, 'nbdkit'), opts.sizeBytes),
-      'geomirror-1': () => startGeomirror(join(work, 'geomirror-1'), 0, opts.sizeBytes, undefined),
-      'geomirror-3-insecure': () => startGeomirror(join(work, 'geomirror-3-insecure'), 2, opts.sizeBytes, undefined, 'insecure'),
+      'geomirror-1': () => startGeomirror(join(work, 'geomirror-1'), 0, opts.sizeBytes, undefined, 'tls', opts.siteNodeArgs),
+      'geomirror-3-insecure': () => startGeomirror(join(work, 'geomirror-3-insecure'), 2, opts.sizeBytes, undefined, 'insecure', opts.siteNodeArgs),
       'floor-3': () => startFloor(join(work, 'floor'), opts.sizeBytes),
     };
     const started = await Promise.allSettled(wanted.map((id) => starters[id]().then((s) => (systems[id] = s))));
@@ -561,7 +563,7 @@ export async function runCompare(opts: CompareOptions): Promise<CompareResult> {
   const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z').replaceAll(':', '-');
   mkdirSync(opts.outDir, { recursive: true });
   const files = { json: join(opts.outDir, `${date}.json`), svg: join(opts.outDir, `${date}.svg`) };
-  const result: CompareResult = { date, host, options: { seconds: opts.seconds, repeat: opts.repeat, sizeBytes: opts.sizeBytes }, runs, summary, ratios, ...(profile ? { profile } : {}), files };
+  const result: CompareResult = { date, host, options: { seconds: opts.seconds, repeat: opts.repeat, sizeBytes: opts.sizeBytes, ...(opts.siteNodeArgs?.length ? { siteNodeArgs: opts.siteNodeArgs } : {}) }, runs, summary, ratios, ...(profile ? { profile } : {}), files };
   writeFileSync(files.json, `${JSON.stringify(result, null, 2)}\n`);
   writeFileSync(files.svg, renderSvg(result));
   if (opts.readme) updateReadme(opts.readme, result);
@@ -711,7 +713,7 @@ export function markdownReport(r: CompareResult, readmeDir: string): string {
   const lines: string[] = [];
   lines.push(`### fio over NBD: geomirror vs QEMU quorum vs nbdkit (${r.date})`, '');
   const load = (l: number[] | undefined) => (l === undefined ? '?' : l.map((x) => x.toFixed(2)).join(' '));
-  lines.push(`\`node --import tsx bench/compare.ts --seconds ${r.options.seconds} --repeat ${r.options.repeat}\` on ${r.host.cpus} x ${r.host.cpuModel}, Node ${r.host.node}, ${r.host.fio}, ${r.host.qemuNbd}, ${r.host.nbdkit}. Every system on sparse files in one temp dir on this machine, volume ${r.options.sizeBytes} bytes; medians of ${r.options.repeat} repeat(s), systems alternating within each repeat. Load average (1, 5, 15 min) ${load(r.host.loadAvgStart)} at the start, ${load(r.host.loadAvgEnd)} at the end. CPU per op: user + system time of every server process of the system over the run, divided by the writes fio completed.`, '');
+  lines.push(`\`node --import tsx bench/compare.ts --seconds ${r.options.seconds} --repeat ${r.options.repeat}${r.options.siteNodeArgs?.length ? ` --site-node-args "${r.options.siteNodeArgs.join(' ')}"` : ''}\` on ${r.host.cpus} x ${r.host.cpuModel}, Node ${r.host.node}, ${r.host.fio}, ${r.host.qemuNbd}, ${r.host.nbdkit}. Every system on sparse files in one temp dir on this machine, volume ${r.options.sizeBytes} bytes; medians of ${r.options.repeat} repeat(s), systems alternating within each repeat. Load average (1, 5, 15 min) ${load(r.host.loadAvgStart)} at the start, ${load(r.host.loadAvgEnd)} at the end. CPU per op: user + system time of every server process of the system over the run, divided by the writes fio completed.`, '');
   lines.push('| point | system | IOPS | MiB/s | p99 latency (us) | CPU us/op (per process) | GC % of primary CPU | peak RSS per geomirror process (MiB) |', '|---|---|---:|---:|---:|---|---:|---|');
   for (const s of r.summary) {
     const p = points.find((x) => x.id === s.point)!;
@@ -761,6 +763,7 @@ export function parseArgs(argv: string[]): CompareOptions {
     else if (a === '--readme') o.readme = resolve(val());
     else if (a === '--no-readme') o.readme = undefined;
     else if (a === '--profile') o.profile = true;
+    else if (a === '--site-node-args') o.siteNodeArgs = val().split(' ').filter((x) => x !== '');
     else if (a === '--systems') {
       const v = val().split(',');
       for (const x of v) if (!(systemIds as readonly string[]).includes(x)) throw new Error(`--systems: unknown system ${x}; choose from ${systemIds.join(', ')}`);
@@ -771,7 +774,7 @@ export function parseArgs(argv: string[]): CompareOptions {
       o.points = v;
     }
     else if (a === '--help' || a === '-h') {
-      process.stdout.write(`usage: node --import tsx bench/compare.ts [--seconds N] [--repeat N] [--size 1GiB] [--out DIR] [--readme FILE | --no-readme] [--profile] [--systems ${systemIds.join(',')}] [--points ${points.map((p) => p.id).join(',')}]\n`);
+      process.stdout.write(`usage: node --import tsx bench/compare.ts [--seconds N] [--repeat N] [--size 1GiB] [--out DIR] [--readme FILE | --no-readme] [--profile] [--site-node-args "FLAGS"] [--systems ${systemIds.join(',')}] [--points ${points.map((p) => p.id).join(',')}]\n`);
       process.exit(0);
     } else throw new Error(`unknown option ${a}; see --help`);
   }
