@@ -145,6 +145,9 @@ export function mirrorScript(cacheEntries: CacheEntry[] = [], opts: Partial<Mirr
   return s;
 }
 
+/** A storage write that failed (medium error), as `done(prefix, writeFailed)` completes it. */
+export const writeFailed = { sense: { key: 0x3, asc: 0x0c, ascq: 0, message: 'local.img at byte 0: write error (test)' } };
+
 export function hostWrite(id: number, offsetBytes: number, lengthBytes: number, fua = false): CoreEvent {
   return { type: 'hostWrite', id, offsetBytes, lengthBytes, fua, payload: new Uint8Array(lengthBytes).fill(id) };
 }

@@ -7,9 +7,8 @@
 // itself) and go in once the write-back lets s5 go.
 import { describe, expect, it } from 'vitest';
 import type { Primary } from '../../src/core/primary.js';
-import { hostWrite, primaryScript, type Script } from './harness.js';
+import { hostWrite, primaryScript, writeFailed, type Script } from './harness.js';
 
-const failed = { sense: { key: 0x3, asc: 0x0c, ascq: 0, message: 'local.img at byte 0: write error (test)' } };
 const acked = new Uint8Array(512).fill(0x5a);
 
 /**
@@ -23,7 +22,7 @@ function restarted(east: 'degraded' | 'joined'): Script<Primary> {
     t.step({ type: 'peerUp', peer: 'east' });
     t.recv('east', { type: 'resyncRequest', epoch: 1n, seqReceived: 5n });
   }
-  t.done('storageWrite @0+512', failed);
+  t.done('storageWrite @0+512', writeFailed);
   t.done('bitmapSet @local [0]');
   t.done('bitmapSet @journaled [0]');
   settle(t);
@@ -45,7 +44,7 @@ function answer(t: Script<Primary>, out: string[], lines: string[]): string[] {
  * returns every line. Actions `fails` names complete with a write error.
  */
 function settle(t: Script<Primary>, lines: string[] = [], fails: (action: string) => boolean = () => false): string[] {
-  for (let open = t.openActions(); open.length > 0; open = t.openActions()) answer(t, t.done(open[0]!, fails(open[0]!) ? failed : {}), lines);
+  for (let open = t.openActions(); open.length > 0; open = t.openActions()) answer(t, t.done(open[0]!, fails(open[0]!) ? writeFailed : {}), lines);
   return lines;
 }
 
@@ -101,7 +100,7 @@ describe('the primary journal under cache pressure (issue 18 note: sim seeds 313
     }
     const attempts = lines.filter((l) => l === writeBack).length;
     expect(attempts).toBeGreaterThan(10); // it keeps trying ...
-    expect(attempts).toBeLessThan(600); // ... but not every tick: at most one per second or so once backed off (cap 5 s)
+    expect(attempts).toBeLessThan(600); // ... but not every 100 ms tick: the repair backs off, up to repairRetryMsMax (10 s) between attempts
     const pinnedLogs = t.logs.filter((l) => l === 'journal_pinned').length - logsBefore;
     expect(pinnedLogs).toBeGreaterThan(0);
     expect(pinnedLogs).toBeLessThanOrEqual(61); // one per 10 s at most

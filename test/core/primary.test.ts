@@ -1,7 +1,7 @@
 // Scenario scripts for the primary's mirror controller (claims 10-12): each step feeds one event
 // and lists the actions that must come back, in order.
 import { describe, expect, it } from 'vitest';
-import { hostWrite, primaryScript, type Script } from './harness.js';
+import { hostWrite, primaryScript, writeFailed, type Script } from './harness.js';
 import type { Primary } from '../../src/core/primary.js';
 
 function join(t: Script<Primary>, peer: string, seqReceived = 0n): void {
@@ -190,7 +190,6 @@ describe('primary: mirror loss (issue 5 item 5)', () => {
   // becomes suspect while its resync read waits behind the failed write, and the repair makes
   // it whole again before the mirror acks what the read returned.
   it('resync: a read queued behind a local write that fails is sent again, though the repair makes the region whole before the ack', () => {
-    const failed = { sense: { key: 0x3, asc: 0x0c, ascq: 0, message: 'local.img at byte 0: write error (test)' } };
     const t = primaryScript(['east', 'west'], {}, [], new Map([['east', [0]]]));
     join(t, 'west');
     join(t, 'east');
@@ -198,7 +197,7 @@ describe('primary: mirror loss (issue 5 item 5)', () => {
     t.done('metaPersist');
     expect(t.done('cacheAppend s1')).toEqual(['send west write s1 @0+512', 'storageWrite @0+512']); // east misses it: region 0 dirty
     expect(t.tick(1)).toEqual([]); // east's resync read of region 0 waits behind the write
-    expect(t.done('storageWrite @0+512', failed)).toEqual(['storageRead @0+1024', 'bitmapSet @local [0]']);
+    expect(t.done('storageWrite @0+512', writeFailed)).toEqual(['storageRead @0+1024', 'bitmapSet @local [0]']);
     t.done('bitmapSet @local');
     expect(t.done('storageRead')).toEqual(['send east resyncData #1 @0+1024']); // without s1
     expect(t.recv('west', { type: 'ack', epoch: 1n, seq: 1n })).toEqual(['ackHost #1']);

@@ -48,6 +48,9 @@ function parseSeed(v: string): number {
   return n;
 }
 
+/** --flush-after-writes, as both drivers take it. */
+const flushRule = o.flushAfterWrites !== undefined ? { flushAfterWritesMax: o.flushAfterWrites } : {};
+
 /** The failover topology has its own driver (test/sim/failover.ts); the others share sim.ts. */
 function run(seed: number, trace: ((line: string) => void) | undefined): SimResult {
   if (o.topology === 'failover') {
@@ -56,10 +59,10 @@ function run(seed: number, trace: ((line: string) => void) | undefined): SimResu
       ...(o.volumes !== undefined ? { volumes: o.volumes } : {}),
       ...(o.workload !== undefined ? { workload: o.workload } : {}),
       ...(loadGiven && o.load !== undefined ? { load: o.load } : {}),
-      ...(o.flushAfterWrites !== undefined ? { flushAfterWritesMax: o.flushAfterWrites } : {}),
+      ...flushRule,
     });
   }
-  return runSim({ seed, hostOps: o.ops, topology: o.topology, trace, ...(o.flushAfterWrites !== undefined ? { flushAfterWritesMax: o.flushAfterWrites } : {}) });
+  return runSim({ seed, hostOps: o.ops, topology: o.topology, trace, ...flushRule });
 }
 
 /** The options of this run that shape a seed (for the replay line of a failed seed). */
